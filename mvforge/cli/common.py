@@ -1,0 +1,26 @@
+"""Helpers shared by the typer apps: the user-error boundary and repeated option types."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import typer
+
+from mvforge.errors import UserError
+
+ADDRESS_HELP = "Ray cluster address (or set RAY_ADDRESS); a local Ray is started when unset."
+SET_HELP = "Override a config value, e.g. --set cycles.samples=64 (repeatable)."
+
+
+def run_app(app: typer.Typer) -> Callable[[], None]:
+    """An entry point that prints a UserError as one line and exits 2, without a traceback (design §5)."""
+
+    def main() -> None:
+        try:
+            app()
+        except UserError as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(2)
+
+    return main

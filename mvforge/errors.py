@@ -1,0 +1,9 @@
+"""User-facing errors: the CLI prints them as one line and exits 2, without a traceback (design §5)."""
+
+
+class UserError(Exception):
+    """Bad input from the user. The message names the problem and the fix, on one line."""
+
+
+class ConfigError(UserError):
+    """A config file or ``--set`` override that does not match the config dataclasses."""

@@ -1,0 +1,101 @@
+"""Typed configuration of `mvdata render` (TOML + ``--set``; the CLI flags write into these fields)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from mvforge.cameras import OrbitSampling
+
+
+@dataclass(frozen=True)
+class CyclesConfig:
+    """Cycles settings, all explicit so a render never depends on Blender's defaults (design §6)."""
+
+    samples: int = 32
+    """Path-tracing samples per pixel (the benchmark setting is 32 at 256²)."""
+    adaptive_threshold: float = 0.01
+    """Adaptive-sampling noise threshold; 0 disables adaptive sampling."""
+    denoise: bool = False
+    """Run the OpenImageDenoise pass (slower on CPU; useful at low sample counts)."""
+    max_bounces: int = 4
+    """Total light bounces."""
+    diffuse_bounces: int = 2
+    glossy_bounces: int = 2
+    transmission_bounces: int = 4
+    transparent_bounces: int = 8
+    view_transform: Literal["Standard", "AgX", "Filmic", "Raw"] = "Standard"
+    """Colour view transform; "Standard" = plain sRGB (Blender 5 defaults to AgX, so it is set explicitly)."""
+    threads: int = 1
+    """CPU threads per render process (Cycles); workers x threads should not exceed the node's cores."""
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    """auto picks OPTIX > CUDA > HIP > METAL when a GPU is present, else CPU."""
+
+
+@dataclass(frozen=True)
+class LightingConfig:
+    """HDRI environment light: one map per object, random rotation about Z and strength."""
+
+    hdri_dir: Path | None = None
+    """Directory of .exr/.hdr maps; default: the 8 CC0 studio-light HDRIs shipped in the bpy wheel."""
+    strength_min: float = 0.7
+    strength_max: float = 1.3
+    rotation_random: bool = True
+    """Rotate the map about Z uniformly in [0, 360) per object."""
+    visible_to_camera: bool = False
+    """Show the HDRI behind the object. Off by default: the film is transparent and views are RGBA anyway."""
+
+
+@dataclass(frozen=True)
+class PassesConfig:
+    """Optional per-view passes beside the RGBA image."""
+
+    depth: bool = False
+    """16-bit PNG depth along the camera axis, metres = value / 65535 x depth_max (scale in cameras.json)."""
+    normal: bool = False
+    """World-space normals as 8-bit PNG, n * 0.5 + 0.5."""
+    albedo: bool = False
+    """Diffuse colour (Cycles denoising albedo) as 8-bit PNG."""
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-object guards; what trips one becomes a failure record, never a crashed run."""
+
+    max_faces: int = 5_000_000
+    """Evaluated faces above this are rejected as too_many_faces."""
+    timeout_s: float = 900.0
+    """Wall-clock limit of one render process; on expiry its whole process group is killed (reason timeout)."""
+    memory_gb: float = 16.0
+    """Resident-memory cap of one render process group (reason memory_limit)."""
+    retries: int = 1
+    """Extra attempts for a process that died without a classified reason, before recording crashed."""
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Fetching sources that are URLs (Objaverse): done inside the render task, on the node that renders."""
+
+    cache_dir: Path | None = None
+    """Where downloaded objects are kept (env MVFORGE_CACHE, default ~/.cache/mvforge)."""
+    timeout_s: float = 120.0
+    retries: int = 3
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Everything that decides what a render looks like; saved as renders/config.toml."""
+
+    resolution: int = 256
+    """Square image side in pixels."""
+    orbits: int = 1
+    """Camera orbits per object, each with its own elevation, fov and distance (the paper renders 2)."""
+    seed: int = 0
+    """Run seed; each object's cameras and light derive from (seed, uid), so re-renders reproduce them."""
+    cameras: OrbitSampling = field(default_factory=OrbitSampling)
+    cycles: CyclesConfig = field(default_factory=CyclesConfig)
+    lighting: LightingConfig = field(default_factory=LightingConfig)
+    passes: PassesConfig = field(default_factory=PassesConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
