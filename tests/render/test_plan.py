@@ -1,0 +1,51 @@
+import json
+
+import numpy as np
+import pytest
+
+from mvforge import cameras
+from mvforge.config import load
+from mvforge.errors import UserError
+from mvforge.render.config import RenderConfig
+from mvforge.render.plan import SourceObject, hdri_pool, object_seed, plan_job
+
+
+def _obj(uid="abc-1", ext="glb"):
+    return SourceObject(uid=uid, kind="local", ext=ext, path=f"/x/{uid}.{ext}", caption="a thing")
+
+
+def test_default_hdri_pool_is_the_bpy_wheel_set():
+    pool = hdri_pool(None)
+    assert len(pool) == 8 and all(p.suffix == ".exr" for p in pool)
+
+
+def test_hdri_dir_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        hdri_pool(tmp_path / "missing")
+    with pytest.raises(UserError, match="no .exr"):
+        hdri_pool(tmp_path)
+
+
+def test_plan_is_a_pure_function_of_seed_and_uid():
+    cfg = load(RenderConfig, None, ["cameras.views=8", "orbits=2"])
+    pool = hdri_pool(None)
+    a, b = plan_job(_obj(), cfg, pool), plan_job(_obj(), cfg, pool)
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert len(a["views"]) == 16 and a["importer"] == "gltf"
+    other_seed = plan_job(_obj(), load(RenderConfig, None, ["cameras.views=8", "orbits=2", "seed=1"]), pool)
+    assert other_seed["views"][0]["elevation_deg"] != a["views"][0]["elevation_deg"]
+    assert plan_job(_obj("abc-2"), cfg, pool)["seed"] != a["seed"]
+    assert object_seed(0, "abc-1") == a["seed"] < 2**63
+
+
+def test_planned_views_follow_the_camera_convention():
+    job = plan_job(_obj(), load(RenderConfig, None, ["cameras.views=4"]), hdri_pool(None))
+    for v in job["views"]:
+        c2w = np.array(v["c2w"])
+        assert cameras.is_rigid(c2w)
+        np.testing.assert_allclose(c2w, cameras.orbit_c2w(v["elevation_deg"], v["azimuth_deg"], v["distance"]))
+    assert [v["azimuth_deg"] for v in job["views"]] == [0.0, 90.0, 180.0, 270.0]
+
+
+def test_unknown_extension_plans_an_unsupported_job():
+    assert plan_job(_obj(ext="xyz"), RenderConfig(), hdri_pool(None))["importer"] is None

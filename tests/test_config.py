@@ -1,0 +1,60 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from mvforge import config
+from mvforge.errors import ConfigError
+from mvforge.render.config import RenderConfig
+
+
+@dataclass(frozen=True)
+class Inner:
+    lr: float = 1e-4
+    name: str = "x"
+
+
+@dataclass(frozen=True)
+class Outer:
+    steps: int = 10
+    flag: bool = False
+    path: Path | None = None
+    inner: Inner = field(default_factory=Inner)
+    sizes: tuple[int, ...] = (1, 2)
+
+
+def test_toml_then_overrides(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('steps = 5\n[inner]\nlr = 0.5\nname = "a"\n')
+    cfg = config.load(Outer, f, ["inner.lr=2e-5", "flag=true", "sizes=[3, 4]", "path=/tmp/x"])
+    assert cfg == Outer(steps=5, flag=True, path=Path("/tmp/x"), inner=Inner(lr=2e-5, name="a"), sizes=(3, 4))
+
+
+def test_unknown_key_is_an_error_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="inner.lrr"):
+        config.load(Outer, None, ["inner.lrr=1"])
+    f = tmp_path / "c.toml"
+    f.write_text("stepz = 1\n")
+    with pytest.raises(ConfigError, match="stepz"):
+        config.load(Outer, f)
+
+
+@pytest.mark.parametrize("bad", ["steps=1.5", "flag=1", "inner=3", "steps", "inner.name=3"])
+def test_wrong_types_rejected(bad):
+    with pytest.raises(ConfigError):
+        config.load(Outer, None, [bad])
+
+
+def test_int_accepted_for_float_and_missing_file_error(tmp_path):
+    assert config.load(Outer, None, ["inner.lr=1"]).inner.lr == 1.0
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(Outer, tmp_path / "nope.toml")
+
+
+def test_round_trip_render_config(tmp_path):
+    cfg = config.load(RenderConfig, None, ["cycles.samples=7", "cameras.views=4", "lighting.hdri_dir=/x"])
+    f = tmp_path / "r.toml"
+    f.write_text(config.to_toml(cfg))
+    assert config.load(RenderConfig, f) == cfg
+    with pytest.raises(ConfigError, match="not one of"):
+        config.load(RenderConfig, None, ["cycles.view_transform=Fancy"])
