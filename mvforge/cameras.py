@@ -159,7 +159,9 @@ def sample_orbits(rng: np.random.Generator, sampling: OrbitSampling, orbits: int
         elevation = float(rng.uniform(sampling.elevation_min_deg, sampling.elevation_max_deg))
         fov = float(rng.uniform(sampling.fov_min_deg, sampling.fov_max_deg))
         jitter = float(rng.uniform(sampling.distance_jitter_min, sampling.distance_jitter_max))
-        start = float(rng.uniform(0.0, 360.0)) if sampling.random_azimuth_start else sampling.azimuth_start_deg
+        start = (
+            float(rng.uniform(0.0, 360.0)) if sampling.random_azimuth_start else sampling.azimuth_start_deg
+        )
         distance = sampling.frame_radius / math.tan(math.radians(fov) / 2) * jitter
         for k in range(sampling.views):
             azimuth = (start + 360.0 * k / sampling.views) % 360.0

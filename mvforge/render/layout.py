@@ -53,7 +53,9 @@ REASONS = (
 def check_uid(uid: str) -> str:
     """A uid is a path component and a webdataset key: letters, digits, '_' and '-' only (no dot)."""
     if not UID_RE.match(uid):
-        raise UserError(f"bad object uid {uid!r}: use 1-128 letters, digits, '_' or '-' (no dots, no slashes)")
+        raise UserError(
+            f"bad object uid {uid!r}: use 1-128 letters, digits, '_' or '-' (no dots, no slashes)"
+        )
     return uid
 
 

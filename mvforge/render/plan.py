@@ -72,7 +72,9 @@ def default_hdri_dir() -> Path:
     root = Path(next(iter(spec.submodule_search_locations)))
     hits = sorted(root.glob("*/datafiles/studiolights/world"))
     if not hits:
-        raise UserError(f"no HDRIs found in the bpy wheel at {root}; pass --hdri-dir DIR with .exr/.hdr files")
+        raise UserError(
+            f"no HDRIs found in the bpy wheel at {root}; pass --hdri-dir DIR with .exr/.hdr files"
+        )
     return hits[0]
 
 
@@ -80,7 +82,9 @@ def hdri_pool(hdri_dir: Path | None) -> list[Path]:
     """Sorted HDRI files of ``hdri_dir`` (default: bpy's); an empty pool is a user error."""
     directory = Path(hdri_dir) if hdri_dir is not None else default_hdri_dir()
     if not directory.is_dir():
-        raise UserError(f"HDRI directory {directory} does not exist; pass --hdri-dir DIR with .exr/.hdr files")
+        raise UserError(
+            f"HDRI directory {directory} does not exist; pass --hdri-dir DIR with .exr/.hdr files"
+        )
     pool = sorted(p for p in directory.iterdir() if p.suffix.lower() in HDRI_SUFFIXES)
     if not pool:
         raise UserError(f"HDRI directory {directory} holds no .exr or .hdr file; add some or drop --hdri-dir")

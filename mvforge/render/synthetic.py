@@ -19,7 +19,9 @@ from mvforge.fsutil import atomic_write_bytes, atomic_write_json
 from mvforge.render import layout
 
 
-def synthetic_view(rgb: tuple[int, int, int], azimuth_deg: float, resolution: int, kind: str = "ok") -> Image.Image:
+def synthetic_view(
+    rgb: tuple[int, int, int], azimuth_deg: float, resolution: int, kind: str = "ok"
+) -> Image.Image:
     """One RGBA view. ``kind``: ok | empty (nothing drawn) | border (cut by the image border) | tiny | uniform."""
     img = Image.new("RGBA", (resolution, resolution), (0, 0, 0, 0))
     draw = ImageDraw.Draw(img)
@@ -37,7 +39,9 @@ def synthetic_view(rgb: tuple[int, int, int], azimuth_deg: float, resolution: in
         return img
     shift = 0.2 * r * math.sin(math.radians(azimuth_deg))
     box = [r * 0.25 + shift, r * 0.2, r * 0.75 + shift, r * 0.8]
-    draw.ellipse(box, fill=(*rgb, 255), outline=(255 - rgb[0], 255 - rgb[1], 255 - rgb[2], 200), width=max(1, r // 32))
+    draw.ellipse(
+        box, fill=(*rgb, 255), outline=(255 - rgb[0], 255 - rgb[1], 255 - rgb[2], 200), width=max(1, r // 32)
+    )
     return img
 
 
@@ -66,7 +70,9 @@ def write_synthetic_object(
     cams = sample_orbits(rng, OrbitSampling(views=views), orbits=orbits)
     out = layout.object_dir(root, uid)
     for v in cams:
-        atomic_write_bytes(out / layout.view_name(v.index), png_bytes(synthetic_view(rgb, v.azimuth_deg, resolution, kind)))
+        atomic_write_bytes(
+            out / layout.view_name(v.index), png_bytes(synthetic_view(rgb, v.azimuth_deg, resolution, kind))
+        )
     atomic_write_json(out / layout.CAMERAS, layout.cameras_record(cams, resolution))
     atomic_write_json(
         out / layout.META,
@@ -100,6 +106,8 @@ def write_synthetic_render_dir(
     uids = []
     for i in range(n_objects):
         uid = f"obj-{i:04d}"
-        write_synthetic_object(root, uid, f"synthetic object number {i}", views=views, resolution=resolution, seed=seed)
+        write_synthetic_object(
+            root, uid, f"synthetic object number {i}", views=views, resolution=resolution, seed=seed
+        )
         uids.append(uid)
     return uids

@@ -43,7 +43,9 @@ def test_planned_views_follow_the_camera_convention():
     for v in job["views"]:
         c2w = np.array(v["c2w"])
         assert cameras.is_rigid(c2w)
-        np.testing.assert_allclose(c2w, cameras.orbit_c2w(v["elevation_deg"], v["azimuth_deg"], v["distance"]))
+        np.testing.assert_allclose(
+            c2w, cameras.orbit_c2w(v["elevation_deg"], v["azimuth_deg"], v["distance"])
+        )
     assert [v["azimuth_deg"] for v in job["views"]] == [0.0, 90.0, 180.0, 270.0]
 
 
