@@ -1,0 +1,111 @@
+"""`mvdata filter` and `mvdata make-tiny-clip`. Heavy imports (torch, open_clip, ray) happen inside the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mvforge.cli.common import ADDRESS_HELP
+
+FILTER_HELP = "\n\n".join(
+    [
+        "CLIP-score and quality-gate the objects of a render directory, then select (design §2.2).",
+        "Writes OUT/scores.parquet (per-view cosines, aggregate, gate results, reasons), OUT/selection.parquet "
+        "(uid, score, kept, reason, threshold), OUT/report.html and OUT/config.toml. Resumable: scored objects "
+        "are skipped, so re-running with another --clip-threshold / --keep-fraction / --agg only re-selects.",
+        "Weights (--pretrained): an open_clip tag (downloads), a checkpoint file, or local-dir:DIR. OpenAI "
+        "weights (--pretrained openai) were trained with QuickGELU: use a -quickgelu model (ViT-B-32-quickgelu, "
+        "ViT-L-14-quickgelu); a GELU model with OpenAI weights is refused, not silently mis-scored.",
+        "Offline example: mvdata make-tiny-clip --out tiny-clip; "
+        "mvdata filter renders --out filtered --pretrained local-dir:tiny-clip --keep-fraction 0.75",
+    ]
+)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("filter", help=FILTER_HELP)
+    def filter_cmd(
+        renders: Path = typer.Argument(..., help="Render directory written by `mvdata render` (design §2.1)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Filter output directory."),
+        config: Path | None = typer.Option(None, "--config", help="TOML file of FilterConfig settings."),
+        set_: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set gates.enabled=false."),
+        model: str | None = typer.Option(None, "--model", help="open_clip architecture [model.name]."),
+        pretrained: str | None = typer.Option(
+            None, "--pretrained", help="Tag, checkpoint file, or local-dir:DIR [model.pretrained]."
+        ),
+        model_config: Path | None = typer.Option(
+            None, "--model-config", help="Extra open_clip model JSON to register [model.model_config_file]."
+        ),
+        precision: str | None = typer.Option(
+            None, "--precision", help="fp32 (CPU/GPU) | fp16 | bf16 (GPU only) [model.precision]."
+        ),
+        device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda (local engine) [model.device]."),
+        views: int | None = typer.Option(None, "--views", help="Views scored per object, evenly spaced [views.count]."),
+        template: str | None = typer.Option(None, "--template", help="Text template with {} [text.template]."),
+        agg: str | None = typer.Option(None, "--agg", help="mean | median | max | topk:K [select.agg]."),
+        clip_threshold: float | None = typer.Option(
+            None, "--clip-threshold", help="Keep objects with aggregate cosine >= X [select.clip_threshold]."
+        ),
+        keep_fraction: float | None = typer.Option(
+            None, "--keep-fraction", help="Keep the best fraction F of eligible objects [select.keep_fraction]."
+        ),
+        no_gates: bool = typer.Option(False, "--no-gates", help="Store gate results but do not drop by them."),
+        engine: str | None = typer.Option(None, "--engine", help="ray | local (in-process) [run.engine]."),
+        workers: int | None = typer.Option(None, "--workers", help="Ray actors, one model each [run.workers]."),
+        gpus_per_worker: float | None = typer.Option(
+            None, "--gpus-per-worker", help="GPUs per actor; > 0 scores on cuda [run.gpus_per_worker]."
+        ),
+        batch_size: int | None = typer.Option(
+            None, "--batch-size", help="Images per model forward [model.image_batch_size]."
+        ),
+        rescore: bool = typer.Option(False, "--rescore", help="Discard stored scores and score everything again."),
+        address: str | None = typer.Option(None, "--address", envvar="RAY_ADDRESS", help=ADDRESS_HELP),
+    ) -> None:
+        from mvforge import config as cfglib
+        from mvforge.filter.config import FilterConfig
+        from mvforge.filter.pipeline import run_filter
+
+        flags = {
+            "model.name": model,
+            "model.pretrained": pretrained,
+            "model.model_config_file": str(model_config) if model_config else None,
+            "model.precision": precision,
+            "model.device": device,
+            "model.image_batch_size": batch_size,
+            "views.count": views,
+            "text.template": template,
+            "select.agg": agg,
+            "select.clip_threshold": clip_threshold,
+            "select.keep_fraction": keep_fraction,
+            "run.engine": engine,
+            "run.workers": workers,
+            "run.gpus_per_worker": gpus_per_worker,
+            "gates.enabled": False if no_gates else None,
+        }
+        cfg = cfglib.load(FilterConfig, config, list(set_))
+        data = cfglib.to_dict(cfg)
+        for dotted, value in flags.items():
+            if value is None:
+                continue
+            section, key = dotted.split(".")
+            data.setdefault(section, {})[key] = value
+        # A threshold flag replaces the other selection mode from a config file (they are exclusive).
+        if clip_threshold is not None and keep_fraction is None:
+            data["select"].pop("keep_fraction", None)
+        if keep_fraction is not None and clip_threshold is None:
+            data["select"].pop("clip_threshold", None)
+        cfg = cfglib.from_dict(FilterConfig, data)
+        run_filter(renders, out, cfg, address=address, rescore=rescore)
+
+    @app.command("make-tiny-clip")
+    def make_tiny_clip(
+        out: Path = typer.Option(..., "--out", "-o", help="Directory to write the model into."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the random initialisation."),
+    ) -> None:
+        """Write a tiny random-init open_clip model (tests, offline demo); load it with --pretrained local-dir:OUT."""
+        from mvforge.filter.tiny import TINY_NAME, WEIGHTS, write_tiny_clip
+
+        d = write_tiny_clip(out, seed=seed)
+        typer.echo(f"wrote {d}: use --pretrained local-dir:{d}")
+        typer.echo(f"  or --model {TINY_NAME} --model-config {d / (TINY_NAME + '.json')} --pretrained {d / WEIGHTS}")

@@ -1,0 +1,303 @@
+"""open_clip loading and per-object scoring: the one code path for real weights and the tiny test model.
+
+A ``Scorer`` is the callable class Ray Data runs in each actor (design §4): it loads the model once in its
+constructor, then turns a batch of uids into one score row per object. The rows' views are decoded here,
+inside the actor, so the dataset carries one small row per object and never a shuffle by uid.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from mvforge.errors import UserError
+from mvforge.filter.config import LOCAL_DIR_PREFIX, FilterConfig
+from mvforge.filter.gates import view_metrics
+from mvforge.render import layout
+
+# Reasons an object gets no score (recorded in scores.parquet, never raised).
+NOT_SCORABLE = ("empty_text", "unreadable_meta", "unreadable_cameras", "missing_view", "unreadable_view")
+
+# The part/score file schema is explicit: a batch whose objects all lack a score must not infer null types.
+SCORE_SCHEMA = pa.schema(
+    [
+        ("uid", pa.string()),
+        ("text", pa.string()),
+        ("model", pa.string()),
+        ("pretrained", pa.string()),
+        ("template", pa.string()),
+        ("reason", pa.string()),
+        ("message", pa.string()),
+        ("views_rendered", pa.int32()),
+        ("views", pa.list_(pa.int32())),
+        ("cosines", pa.list_(pa.float64())),
+        ("view_coverage", pa.list_(pa.float64())),
+        ("view_border", pa.list_(pa.float64())),
+        ("view_color_std", pa.list_(pa.float64())),
+    ]
+)
+
+
+# --- loading -------------------------------------------------------------------------------------------------
+
+
+def check_quickgelu(model_name: str, pretrained: str) -> None:
+    """OpenAI's CLIP weights were trained with QuickGELU; loading them into a GELU model gives silently wrong
+    embeddings (open_clip only warns). Refuse, and name the ``-quickgelu`` variant to use instead."""
+    import open_clip
+
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}
+    model_cfg = open_clip.get_model_config(model_name) or {}
+    if tag_cfg.get("quick_gelu", False) and not model_cfg.get("quick_gelu", False):
+        raise UserError(
+            f"pretrained {pretrained!r} was trained with QuickGELU but model {model_name!r} uses GELU; "
+            f"use --model {model_name}-quickgelu"
+        )
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA GPU is visible; use --device cpu (or auto)")
+    return device
+
+
+def model_spec(cfg: FilterConfig) -> tuple[str, str | None]:
+    """(open_clip model_name, pretrained) after validating that the weights exist where they are named."""
+    import open_clip
+
+    m = cfg.model
+    if m.model_config_file is not None:
+        if not Path(m.model_config_file).is_file():
+            raise UserError(f"--model-config {m.model_config_file} does not exist; pass an open_clip JSON config")
+        open_clip.add_model_config(Path(m.model_config_file))
+    if m.pretrained.startswith(LOCAL_DIR_PREFIX):
+        # open_clip spells a local folder as a model-name schema; its open_clip_config.json defines the model.
+        folder = Path(m.pretrained[len(LOCAL_DIR_PREFIX) :])
+        if not (folder / "open_clip_config.json").is_file():
+            raise UserError(f"--pretrained {m.pretrained}: no open_clip_config.json in {folder}; point at a model dir")
+        return f"{LOCAL_DIR_PREFIX}{folder}", None
+    if m.name not in open_clip.list_models():
+        raise UserError(f"unknown open_clip model {m.name!r}; see open_clip.list_models() or pass --model-config")
+    if m.pretrained and not os.path.isfile(m.pretrained):
+        check_quickgelu(m.name, m.pretrained)
+        if not open_clip.get_pretrained_cfg(m.name, m.pretrained):
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(m.name)) or "none"
+            raise UserError(
+                f"--pretrained {m.pretrained!r} is neither a file nor a tag of {m.name} (tags: {tags}); "
+                "pass a checkpoint file or local-dir:DIR"
+            )
+    return m.name, m.pretrained or None
+
+
+def load_clip(cfg: FilterConfig, device: str):
+    """(model id, model in eval mode, preprocess, tokenizer) through open_clip's own loader, whatever the weights' source."""
+    import open_clip
+
+    name, pretrained = model_spec(cfg)
+    logging.disable(logging.WARNING)  # open_clip logs to the root logger; our own errors say what matters
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # QuickGELU mismatches are refused above, not warned
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, precision=cfg.model.precision, device=device
+            )
+    except (RuntimeError, OSError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"could not load open_clip {name} / {pretrained}: {first}; offline, pass a checkpoint file or local-dir:DIR"
+        ) from None
+    finally:
+        logging.disable(logging.NOTSET)
+    model.eval()
+    return name, model, preprocess, open_clip.get_tokenizer(name)
+
+
+# --- reading one object ----------------------------------------------------------------------------------------
+
+
+def object_text(meta: dict, cfg: FilterConfig) -> str:
+    """The object's caption or name (+ tags) in the template; "" when it has no text at all."""
+    base = ""
+    for key in cfg.text.fields:
+        value = meta.get(key)
+        if isinstance(value, str) and value.strip():
+            base = " ".join(value.split())
+            break
+    if not base:
+        return ""
+    if cfg.text.include_tags:
+        tags = [t.get("name", "") if isinstance(t, dict) else str(t) for t in meta.get("tags") or []]
+        tags = [t.strip() for t in tags if t and t.strip()][: cfg.text.max_tags]
+        if tags:
+            base = f"{base}, {', '.join(tags)}"
+    return cfg.text.template.format(base)
+
+
+def view_subset(n_rendered: int, count: int) -> list[int]:
+    """``count`` view indices evenly spaced over ``n_rendered`` (8 of 32 -> 0, 4, ..., 28); all if fewer."""
+    if n_rendered <= count:
+        return list(range(n_rendered))
+    return [math.floor(i * n_rendered / count) for i in range(count)]
+
+
+def composite(rgba: Image.Image, background_rgb: tuple[int, int, int]) -> Image.Image:
+    """Straight-alpha RGBA over an opaque background (rgb*a + bg*(1-a), design §6), as RGB."""
+    bg = Image.new("RGBA", rgba.size, (*background_rgb, 255))
+    return Image.alpha_composite(bg, rgba).convert("RGB")
+
+
+def read_view(path: Path) -> Image.Image:
+    """Decode one view fully (PIL opens lazily: a truncated PNG fails in ``load``, so force it here)."""
+    with Image.open(path) as img:
+        img.load()
+        return img.convert("RGBA")
+
+
+class _Row:
+    """One object's result while its batch is being scored."""
+
+    def __init__(self, uid: str):
+        self.uid = uid
+        self.text = ""
+        self.reason = ""
+        self.message = ""
+        self.views_rendered = 0
+        self.views: list[int] = []
+        self.images: list[Image.Image] = []
+        self.metrics: list[tuple[float, float, float]] = []
+        self.cosines: list[float] = []
+
+    def fail(self, reason: str, message: str, keep_metrics: bool = False) -> None:
+        self.reason, self.message = reason, message
+        self.images = []
+        if not keep_metrics:  # a partly read object gets no gate results: its reason says why
+            self.metrics, self.views = [], []
+
+
+def read_object(root: Path, uid: str, cfg: FilterConfig) -> _Row:
+    """Text, chosen views (composited) and gate measurements of one object; problems become a reason."""
+    row = _Row(uid)
+    obj = layout.RenderedObject(uid, layout.object_dir(root, uid))
+    try:
+        meta = obj.meta
+    except (OSError, ValueError) as e:
+        row.fail("unreadable_meta", f"{layout.META}: {e}")
+        return row
+    try:
+        views = obj.cameras["views"]
+        files = [v.get("file") or layout.view_name(v["index"]) for v in views]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        row.fail("unreadable_cameras", f"{layout.CAMERAS}: {e}")
+        return row
+    row.views_rendered = len(files)
+    row.views = view_subset(len(files), cfg.views.count)
+    for i in row.views:
+        path = obj.path / files[i]
+        if not path.is_file():
+            row.fail("missing_view", f"view {files[i]} listed in {layout.CAMERAS} does not exist")
+            return row
+        try:
+            rgba = read_view(path)
+        except (OSError, ValueError, SyntaxError) as e:
+            row.fail("unreadable_view", f"{files[i]}: {e}")
+            return row
+        rgb = composite(rgba, cfg.views.background_rgb)
+        row.metrics.append(view_metrics(np.asarray(rgba), np.asarray(rgb), cfg.gates.alpha_threshold))
+        row.images.append(rgb)
+    # The text is checked after the views so an untitled object still gets its gate measurements.
+    row.text = object_text(meta, cfg)
+    if not row.text:
+        row.fail("empty_text", f"meta.json has no non-empty {' / '.join(cfg.text.fields)}", keep_metrics=True)
+    return row
+
+
+# --- the scorer --------------------------------------------------------------------------------------------------
+
+
+class Scorer:
+    """Loads the model once; ``scorer({"uid": [...]})`` returns a pyarrow Table of SCORE_SCHEMA rows.
+
+    Used as the Ray Data callable class (one per actor) and directly by the in-process engine.
+    """
+
+    def __init__(self, root: str, cfg: FilterConfig, device: str = "auto", threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(max(1, int(threads)))  # an actor owns cpus_per_worker cores, not the node
+        self.root = Path(root)
+        self.cfg = cfg
+        self.device = resolve_device(device)
+        self.model_name, self.model, self.preprocess, self.tokenizer = load_clip(cfg, self.device)
+        self.dtype = next(self.model.parameters()).dtype
+
+    def encode_images(self, images: list[Image.Image]):
+        """L2-normalised image embeddings (float32), ``image_batch_size`` images per forward."""
+        import torch
+
+        out = []
+        bs = self.cfg.model.image_batch_size
+        with torch.inference_mode():
+            for s in range(0, len(images), bs):
+                x = torch.stack([self.preprocess(im) for im in images[s : s + bs]])
+                f = self.model.encode_image(x.to(self.device, self.dtype))
+                out.append(torch.nn.functional.normalize(f.float(), dim=-1))
+        return torch.cat(out)
+
+    def encode_texts(self, texts: list[str]):
+        import torch
+
+        with torch.inference_mode():
+            f = self.model.encode_text(self.tokenizer(texts).to(self.device))
+            return torch.nn.functional.normalize(f.float(), dim=-1)
+
+    def score_rows(self, rows: list[_Row]) -> None:
+        """Fill ``cosines`` of every scorable row: one image pass over all their views, one text pass."""
+        scorable = [r for r in rows if not r.reason]
+        if not scorable:
+            return
+        images = [im for r in scorable for im in r.images]
+        texts = sorted({r.text for r in scorable})
+        img = self.encode_images(images)
+        txt = self.encode_texts(texts)
+        text_index = {t: i for i, t in enumerate(texts)}
+        start = 0
+        for r in scorable:
+            n = len(r.images)
+            cos = img[start : start + n] @ txt[text_index[r.text]]
+            r.cosines = cos.cpu().double().tolist()
+            start += n
+
+    def __call__(self, batch: dict) -> pa.Table:
+        rows = [read_object(self.root, str(uid), self.cfg) for uid in batch["uid"]]
+        self.score_rows(rows)
+        return pa.Table.from_pydict(
+            {
+                "uid": [r.uid for r in rows],
+                "text": [r.text for r in rows],
+                "model": [self.model_name] * len(rows),
+                "pretrained": [self.cfg.model.pretrained] * len(rows),
+                "template": [self.cfg.text.template] * len(rows),
+                "reason": [r.reason for r in rows],
+                "message": [r.message for r in rows],
+                "views_rendered": [r.views_rendered for r in rows],
+                "views": [r.views for r in rows],
+                "cosines": [r.cosines for r in rows],
+                "view_coverage": [[v[0] for v in r.metrics] for r in rows],
+                "view_border": [[v[1] for v in r.metrics] for r in rows],
+                "view_color_std": [[v[2] for v in r.metrics] for r in rows],
+            },
+            schema=SCORE_SCHEMA,
+        )
+

@@ -1,0 +1,190 @@
+"""Typed configuration of `mvdata filter` (TOML + ``--set``; the CLI flags write into these fields).
+
+The settings split in two kinds. Those that change a score (model, weights, text, views, background, the
+alpha level the gate metrics use) form the *scoring key*: a filter directory holds scores of one key only,
+and resume refuses to mix keys. Everything else (aggregate, thresholds, gate limits, report) is applied to
+the stored scores at selection time, so changing it re-selects without re-scoring (design §2.2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from mvforge.config import to_dict
+from mvforge.errors import UserError
+
+LOCAL_DIR_PREFIX = "local-dir:"
+
+
+@dataclass(frozen=True)
+class ClipModelConfig:
+    """Which open_clip model scores the renders, and how it runs."""
+
+    name: str = "ViT-B-32-quickgelu"
+    """open_clip architecture (``open_clip.list_models()``). OpenAI weights need a ``-quickgelu`` variant."""
+    pretrained: str = "openai"
+    """Weights: an open_clip tag (downloads; needs network), a checkpoint file (.safetensors/.pt/.bin),
+    or ``local-dir:DIR`` (a folder with open_clip_config.json + weights; its config defines the model)."""
+    model_config_file: Path | None = None
+    """Extra open_clip model config JSON registered with ``open_clip.add_model_config`` before loading, for
+    architectures not built into open_clip (its file stem is the model name)."""
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    """Weights and activations dtype; fp16/bf16 only on a GPU (CPU half precision is slow and inexact)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: cuda when the process sees a GPU (a Ray actor given num_gpus), else cpu."""
+    image_batch_size: int = 64
+    """Images per encode_image call (views of several objects are packed together)."""
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The text each object's views are compared with."""
+
+    template: str = "a 3D model of {}"
+    """Prompt template; ``{}`` is replaced by the object's text."""
+    fields: tuple[str, ...] = ("caption", "name")
+    """meta.json fields tried in order; the first non-empty one is the object's text."""
+    include_tags: bool = False
+    """Append the object's tags (meta.json ``tags``) after the text, comma-separated."""
+    max_tags: int = 5
+    """At most this many tags are appended (CLIP's context is 77 tokens)."""
+
+
+@dataclass(frozen=True)
+class ViewsConfig:
+    """Which views are scored and how transparent pixels are filled."""
+
+    count: int = 8
+    """Views scored per object, evenly spaced over its rendered views (8 of 32 = every 4th azimuth)."""
+    background_rgb: tuple[int, int, int] = (255, 255, 255)
+    """RGBA renders are composited on this colour before preprocessing (white, as CLIP saw product shots)."""
+
+
+@dataclass(frozen=True)
+class GatesConfig:
+    """Quality gates computed from the renders themselves (scored views only); metrics are always stored."""
+
+    enabled: bool = True
+    """Drop objects that fail a gate; when false the gate results are still stored and reported."""
+    alpha_threshold: int = 8
+    """A pixel belongs to the object when its alpha (0-255) is above this."""
+    empty_coverage_max: float = 0.0005
+    """empty_render: every scored view has an object-pixel fraction at or below this."""
+    tiny_coverage_min: float = 0.01
+    """tiny_coverage: the median object-pixel fraction over scored views is below this (1% of the image)."""
+    border_pixels_max_fraction: float = 0.02
+    """A view is cut by the border when more than this fraction of its outermost pixel ring is object."""
+    border_views_max_fraction: float = 0.5
+    """cut_by_border: more than this fraction of scored views are cut (renders fill the frame by design §3)."""
+    uniform_std_max: float = 0.02
+    """uniform_color: the mean over views of the composited image's RGB std (0-1 scale) is below this."""
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """How stored scores become a selection; changing any of these re-selects without re-scoring."""
+
+    agg: str = "mean"
+    """Per-object aggregate of the per-view cosines: mean | median | max | topk:K (mean of the K best)."""
+    clip_threshold: float | None = None
+    """Keep objects whose aggregate cosine is >= this. Exclusive with keep_fraction."""
+    keep_fraction: float | None = None
+    """Keep this fraction of the scorable, gate-passing objects, best first (DataComp style); the effective
+    threshold is reported. Exclusive with clip_threshold."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Execution: Ray Data actors or in-process."""
+
+    engine: Literal["ray", "local"] = "ray"
+    """ray: Ray Data with an actor pool (a cluster with --address); local: this process, no Ray (small runs)."""
+    workers: int = 1
+    """Actors in the pool, each holding one model copy."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per actor (also its torch thread count)."""
+    gpus_per_worker: float = 0.0
+    """GPUs per actor; > 0 puts the model on cuda."""
+    objects_per_batch: int = 16
+    """Objects per map_batches call; also the resume granularity (one part file per batch)."""
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """report.html contents."""
+
+    sheet_size: int = 12
+    """Objects per contact sheet (kept, dropped, near-threshold)."""
+    thumb_px: int = 96
+    """Thumbnail edge in pixels."""
+    histogram_bins: int = 40
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """`mvdata filter`: CLIP-score and quality-gate the objects of a render directory."""
+
+    model: ClipModelConfig = field(default_factory=ClipModelConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    gates: GatesConfig = field(default_factory=GatesConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+def parse_agg(agg: str) -> tuple[str, int]:
+    """``mean``/``median``/``max`` -> (name, 0); ``topk:K`` -> ("topk", K)."""
+    if agg in ("mean", "median", "max"):
+        return agg, 0
+    name, sep, k = agg.partition(":")
+    if name == "topk" and sep and k.isdigit() and int(k) >= 1:
+        return "topk", int(k)
+    raise UserError(f"bad --agg {agg!r}: use mean, median, max or topk:K with K >= 1")
+
+
+def validate(cfg: FilterConfig) -> None:
+    """Reject inconsistent settings before any work starts (one line naming the fix)."""
+    if "{}" not in cfg.text.template:
+        raise UserError(f"text template {cfg.text.template!r} has no '{{}}' for the object's text; add one")
+    if not cfg.text.fields:
+        raise UserError("text.fields is empty; name at least one meta.json field, e.g. caption")
+    if cfg.views.count < 1:
+        raise UserError(f"--views {cfg.views.count}: score at least 1 view per object")
+    if any(not 0 <= c <= 255 for c in cfg.views.background_rgb):
+        raise UserError(f"views.background_rgb {cfg.views.background_rgb}: use three values in 0..255")
+    name, k = parse_agg(cfg.select.agg)
+    if name == "topk" and k > cfg.views.count:
+        raise UserError(f"--agg topk:{k} needs at least {k} scored views; raise --views or lower K")
+    s = cfg.select
+    if (s.clip_threshold is None) == (s.keep_fraction is None):
+        raise UserError("pass exactly one of --clip-threshold X or --keep-fraction F")
+    if s.keep_fraction is not None and not 0.0 <= s.keep_fraction <= 1.0:
+        raise UserError(f"--keep-fraction {s.keep_fraction}: use a fraction in [0, 1]")
+    m = cfg.model
+    if m.precision != "fp32" and m.device == "cpu":
+        raise UserError(f"--precision {m.precision} needs a GPU; use --precision fp32 on CPU")
+    if m.image_batch_size < 1 or cfg.run.objects_per_batch < 1 or cfg.run.workers < 1:
+        raise UserError("image_batch_size, objects_per_batch and workers must be >= 1")
+
+
+def scoring_key(cfg: FilterConfig) -> dict:
+    """The settings a stored score depends on; a filter directory holds scores of exactly one key."""
+    m = cfg.model
+    return {
+        "model": m.name,
+        "pretrained": m.pretrained,
+        "model_config_file": str(m.model_config_file) if m.model_config_file else None,
+        "precision": m.precision,
+        "text": to_dict(cfg.text),
+        "views": to_dict(cfg.views),
+        "alpha_threshold": cfg.gates.alpha_threshold,
+    }
+
+
+def scoring_key_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,280 @@
+"""`mvdata filter`: score the objects of a render directory, then select, report and record (design §2.2, §4).
+
+```
+filter/parts/part-<run>-<seq>.parquet   one file per scored batch, renamed into place (the resume journal)
+filter/scores.parquet                   all rows, one per uid, merged from the parts; + aggregate and gates
+filter/selection.parquet                uid, score, kept, reason when dropped, threshold used
+filter/report.html                      histogram, counts, contact sheets
+filter/scoring.json                     the scoring key (model, weights, text, views) every score was made with
+filter/config.toml                      the resolved config
+filter/summary.json                     written LAST: counts, threshold, timings, versions ("done" marker)
+```
+
+Resume: the uids present in scores.parquet or any part are skipped. Parts are written by this driver (not
+by Ray's ``write_parquet``, which appends new files beside old ones on every run) with unique names, each
+renamed into place whole, and merged by uid into scores.parquet, so a SIGKILL at any point leaves at most
+whole parts and a re-run never duplicates a row. When every object is already scored the model is not even
+loaded: a new threshold re-selects from the stored scores.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from mvforge.config import to_toml
+from mvforge.errors import UserError
+from mvforge.filter.config import FilterConfig, scoring_key, scoring_key_hash, validate
+from mvforge.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, versions
+from mvforge.render import layout
+
+PARTS = "parts"
+SCORES = "scores.parquet"
+SELECTION = "selection.parquet"
+REPORT = "report.html"
+SCORING_KEY = "scoring.json"
+CONFIG = "config.toml"
+SUMMARY = "summary.json"
+
+
+# --- parquet files ------------------------------------------------------------------------------------------------
+
+
+def write_parquet_atomic(table, path: Path, metadata: dict | None = None) -> None:
+    import pyarrow.parquet as pq
+
+    if metadata:
+        meta = dict(table.schema.metadata or {})
+        meta.update({k.encode(): json.dumps(v).encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(meta)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def part_files(out: Path) -> list[Path]:
+    """Finished parts only: a writer killed mid-write leaves a ``.tmp-<pid>`` sibling, never a short part."""
+    return sorted(p for p in (out / PARTS).glob("part-*.parquet") if ".tmp-" not in p.name)
+
+
+def load_scored(out: Path):
+    """All stored score rows (scores.parquet + parts), one per uid (the first stored wins), as a Table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mvforge.filter.clip import SCORE_SCHEMA
+
+    tables = []
+    if (out / SCORES).is_file():
+        tables.append(pq.read_table(out / SCORES, columns=SCORE_SCHEMA.names).cast(SCORE_SCHEMA))
+    tables += [pq.read_table(p).cast(SCORE_SCHEMA) for p in part_files(out)]
+    if not tables:
+        return SCORE_SCHEMA.empty_table()
+    table = pa.concat_tables(tables)
+    seen: set[str] = set()
+    keep = []
+    for i, uid in enumerate(table.column("uid").to_pylist()):
+        if uid not in seen:
+            seen.add(uid)
+            keep.append(i)
+    return table.take(pa.array(keep, type=pa.int64()))
+
+
+def check_scoring_key(out: Path, cfg: FilterConfig, rescore: bool) -> None:
+    """One filter directory, one scoring key: mixing scores of two models would make thresholds meaningless."""
+    key = scoring_key(cfg)
+    path = out / SCORING_KEY
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("hash") != scoring_key_hash(key) and not rescore:
+            changed = sorted(k for k in key if stored.get("key", {}).get(k) != key[k])
+            raise UserError(
+                f"{out} holds scores made with other settings ({', '.join(changed)}); "
+                "use another --out, or --rescore to discard them"
+            )
+    if rescore:
+        for p in [*part_files(out), out / SCORES]:
+            p.unlink(missing_ok=True)
+    atomic_write_json(path, {"hash": scoring_key_hash(key), "key": key})
+
+
+# --- engines: both yield pyarrow Tables of score rows -------------------------------------------------------------
+
+
+def score_local(root: Path, uids: list[str], cfg: FilterConfig) -> Iterator:
+    """In-process: one Scorer in this process, ``objects_per_batch`` objects per call (tests, small runs)."""
+    from mvforge.filter.clip import Scorer
+
+    scorer = Scorer(str(root), cfg, device=cfg.model.device)
+    step = cfg.run.objects_per_batch
+    for s in range(0, len(uids), step):
+        yield scorer({"uid": uids[s : s + step]})
+
+
+def score_ray(root: Path, uids: list[str], cfg: FilterConfig, address: str | None) -> Iterator:
+    """Ray Data: one row per object (its uid), an actor pool of Scorers each loading the model once."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from mvforge.filter.clip import Scorer
+    from mvforge.raytools import init_ray
+
+    r = cfg.run
+    device = "cuda" if r.gpus_per_worker > 0 else "cpu"
+    init_ray(address)
+    # Our own bar counts objects; Ray Data's per-operator bars would interleave with it on stderr.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ds = ray.data.from_items([{"uid": u} for u in uids])
+    ds = ds.map_batches(
+        Scorer,
+        fn_constructor_kwargs={"root": str(root), "cfg": cfg, "device": device, "threads": r.cpus_per_worker},
+        batch_size=r.objects_per_batch,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=r.workers),
+        num_cpus=r.cpus_per_worker,
+        num_gpus=r.gpus_per_worker or None,
+    )
+    try:
+        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    except Exception as e:  # a UserError raised in an actor (bad weights) reaches the user as one line
+        cause = e
+        while cause is not None and not isinstance(cause, UserError):
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        if isinstance(cause, UserError):
+            raise UserError(str(cause)) from None
+        raise
+
+
+def check_device(cfg: FilterConfig) -> None:
+    """Half precision only on a GPU; the Ray engine gets a GPU only through --gpus-per-worker."""
+    m, r = cfg.model, cfg.run
+    if r.engine == "ray":
+        if m.device == "cuda" and r.gpus_per_worker <= 0:
+            raise UserError("--device cuda with the Ray engine needs --gpus-per-worker > 0")
+        on_gpu = r.gpus_per_worker > 0
+    else:
+        from mvforge.filter.clip import resolve_device
+
+        on_gpu = resolve_device(m.device) == "cuda"
+    if m.precision != "fp32" and not on_gpu:
+        raise UserError(f"--precision {m.precision} needs a GPU; use --precision fp32 on CPU")
+
+
+# --- the stage -------------------------------------------------------------------------------------------------------
+
+
+def run_filter(
+    renders: str | Path,
+    out: str | Path,
+    cfg: FilterConfig,
+    *,
+    address: str | None = None,
+    rescore: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Score what is not yet scored, merge, select, report; returns the summary (also in summary.json)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from mvforge.filter.clip import SCORE_SCHEMA, model_spec
+    from mvforge.filter.report import write_report
+    from mvforge.filter.select import annotate, select
+    from mvforge.progress import StageProgress, print_summary
+
+    t0 = time.monotonic()
+    validate(cfg)
+    root, out = Path(renders), Path(out)
+    uids = list(layout.iter_uids(root))
+    if not uids:
+        raise UserError(f"render directory {root} has no finished objects; run `mvdata render --out {root}` first")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SUMMARY).unlink(missing_ok=True)  # this run is not done until it writes a new one
+    check_scoring_key(out, cfg, rescore)
+    for stale in (out / PARTS).glob("*.tmp-*"):
+        stale.unlink(missing_ok=True)  # torn writes of a killed run
+    atomic_write_text(out / CONFIG, to_toml(cfg))
+
+    # 1. Score the objects that have no stored row.
+    done = set(load_scored(out).column("uid").to_pylist())
+    todo = [u for u in uids if u not in done]
+    counts: Counter[str] = Counter()
+    images = 0
+    t_score = time.monotonic()
+    if todo:
+        check_device(cfg)
+        model_spec(cfg)  # bad --model/--pretrained fails here, as one line, before Ray or weights load
+        batches = score_ray(root, todo, cfg, address) if cfg.run.engine == "ray" else score_local(root, todo, cfg)
+        run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        with StageProgress("filter", total=len(todo)) if progress else _NoProgress() as bar:
+            for seq, table in enumerate(batches):
+                table = table.cast(SCORE_SCHEMA)
+                write_parquet_atomic(table, out / PARTS / f"part-{run_id}-{seq:06d}.parquet")
+                images += sum(len(c) for c in table.column("cosines").to_pylist())
+                for reason in table.column("reason").to_pylist():
+                    counts[reason or "ok"] += 1
+                    bar.advance(reason or "ok")
+    t_score = time.monotonic() - t_score
+
+    # 2. Merge parts into scores.parquet (one row per uid), then drop the merged parts.
+    merged = load_scored(out)
+    merged = merged.filter(pc.is_in(merged.column("uid"), value_set=pa.array(uids))).sort_by("uid")
+    scores = annotate(merged.to_pandas(), cfg)
+    write_parquet_atomic(pa.Table.from_pandas(scores, preserve_index=False), out / SCORES)
+    for p in part_files(out):
+        p.unlink(missing_ok=True)
+
+    # 3. Select from the stored scores, report, and mark the run done.
+    selection, threshold = select(scores, cfg)
+    mode = "clip_threshold" if cfg.select.clip_threshold is not None else "keep_fraction"
+    write_parquet_atomic(
+        pa.Table.from_pandas(selection, preserve_index=False),
+        out / SELECTION,
+        metadata={"threshold": threshold, "mode": mode, "agg": cfg.select.agg},
+    )
+    write_report(out / REPORT, root, scores, selection, threshold, cfg)
+    dropped = Counter(r for r in selection["reason"] if r)
+    summary = {
+        "objects": len(uids),
+        "scored_this_run": len(todo),
+        "scorable": int(scores["aggregate"].notna().sum()),
+        "kept": int(selection["kept"].sum()),
+        "dropped": dict(sorted(dropped.items())),
+        "threshold": threshold if threshold != float("inf") else None,
+        "mode": mode,
+        "agg": cfg.select.agg,
+        "engine": cfg.run.engine,
+        "score_seconds": round(t_score, 3),
+        "wall_seconds": round(time.monotonic() - t0, 3),
+        "images_scored_this_run": images,
+        "images_per_second": round(images / t_score, 2) if todo and t_score > 0 else None,
+        "versions": versions("torch", "open_clip_torch", "ray", "bpy"),
+    }
+    atomic_write_json(out / SUMMARY, summary)
+    if progress:
+        rows = [
+            ("objects", len(uids)),
+            ("scored this run", len(todo)),
+            ("kept", summary["kept"]),
+            *[(f"dropped: {k}", v) for k, v in summary["dropped"].items()],
+            (f"threshold ({mode})", f"{threshold:.4f}"),
+            ("wall", f"{summary['wall_seconds']:.1f} s"),
+            ("report", str(out / REPORT)),
+        ]
+        print_summary("mvdata filter", rows)
+    return summary
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def advance(self, status: str = "ok", n: int = 1) -> None:
+        return None

@@ -1,0 +1,529 @@
+"""The Blender (bpy) scene adapter: executes one render job inside a fresh Blender process (design §2.1, §3, §4).
+
+The only module of mvforge that imports ``bpy`` (design §1). Everything it decides was decided by the planner
+(``mvforge.render.plan.plan_job``): cameras, HDRI, rotation, strength, seed. This module only executes:
+
+1. a fresh empty scene, then the format's bpy 5 importer;
+2. drop cameras and lights, evaluate armatures and shape keys at frame 0, gather the evaluated vertices;
+3. guards (reason codes of ``mvforge.render.layout.REASONS``), then normalise into [-0.5, 0.5]^3 (design §3);
+4. HDRI world, Cycles with every setting explicit, one camera whose ``matrix_world`` is the view's c2w;
+5. per view: RGBA PNG plus optional depth / normal / albedo passes, then ``cameras.json``.
+
+Failures that belong to the object (bad file, no mesh, ...) raise :class:`RenderFailure` with a reason code; the
+worker turns it into a failure record. Anything else is a crash, handled by the runner.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import time
+from pathlib import Path
+
+import bpy
+import numpy as np
+from mathutils import Matrix
+
+from mvforge.cameras import View
+from mvforge.fsutil import atomic_write_bytes, atomic_write_json
+from mvforge.render import layout
+
+# Object types whose evaluated form is a mesh Cycles renders (curves with bevel, text and metaballs included).
+GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "FONT", "META"}
+# Imported objects that would change the lighting or the camera: the job decides both (design §2.1).
+DROPPED_TYPES = {"CAMERA", "LIGHT", "LIGHT_PROBE", "SPEAKER"}
+# A bounding box whose longest side is below this fraction of its distance from the origin (or below it in
+# absolute terms, for objects near the origin) holds no usable shape: float32 vertices resolve ~1e-7 relative.
+ZERO_EXTENT_REL = 1e-8
+# Evaluate animated objects (armatures, shape keys) at frame 0: the rest/first pose (issue 3).
+EVAL_FRAME = 0
+# Depth pass encoding (16-bit PNG): value = depth / depth_max x 65535 with 0 = background (no hit). depth_max
+# covers the whole normalised object from every view: camera distance + half the cube's diagonal (sqrt(3)/2).
+DEPTH_PNG_MAX = 65535
+CUBE_HALF_DIAGONAL = math.sqrt(3.0) / 2.0
+# GPU backends in the order of preference of design §4.
+GPU_BACKENDS = ("OPTIX", "CUDA", "HIP", "METAL")
+NORMALIZE_EMPTY = "mvforge_normalize"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_DROPPED_CHUNKS = {b"tEXt", b"zTXt", b"iTXt", b"tIME"}
+
+
+class RenderFailure(Exception):
+    """A classified per-object failure: ``reason`` is one of ``mvforge.render.layout.REASONS``."""
+
+    def __init__(self, reason: str, message: str):
+        if reason not in layout.REASONS:
+            raise ValueError(f"unknown render failure reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+
+
+def render_job(job: dict, staging: Path) -> dict:
+    """Render ``job`` (a ``plan_job`` dict) into ``staging``; return normalization, stats, timings, versions."""
+    staging = Path(staging)
+    t0 = time.perf_counter()
+
+    # 1. Fresh scene and import.
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    import_object(job.get("importer"), job.get("input_path"))
+    t_import = time.perf_counter()
+
+    # 2-4. Clean up, evaluate, guard, normalise, count.
+    scene = bpy.context.scene
+    drop_cameras_and_lights()
+    scene.frame_set(EVAL_FRAME)
+    points, faces = evaluated_geometry()
+    check_geometry(points, faces, int(job["limits"]["max_faces"]))
+    normalization = normalize(points)
+    stats = scene_stats(points, faces)
+
+    # 5-6. World, engine and output settings.
+    setup_world(job["hdri"])
+    device = setup_cycles(job["cycles"], int(job["seed"]), int(job["resolution"]))
+    views = [view_from_dict(v) for v in job["views"]]
+    depth_max = max(v.distance for v in views) + CUBE_HALF_DIAGONAL
+    outputs = setup_passes(job.get("passes") or {}, staging, depth_max)
+    camera = add_camera()
+    t_setup = time.perf_counter()
+
+    # 7. One render per view.
+    render_s = write_s = 0.0
+    any_alpha = False
+    for v, spec in zip(views, job["views"], strict=True):
+        camera.matrix_world = Matrix(spec["c2w"])
+        camera.data.angle = math.radians(v.fov_deg)
+        if outputs is not None:
+            outputs.file_name = f"{v.index:03d}."
+        t = time.perf_counter()
+        bpy.ops.render.render(write_still=False)
+        t2 = time.perf_counter()
+        any_alpha |= save_view(staging / layout.view_name(v.index))
+        render_s += t2 - t
+        write_s += time.perf_counter() - t2
+
+    # 8. Cameras (written even when the render is empty: the staging dir is discarded on failure anyway).
+    passes = passes_record(job.get("passes") or {}, depth_max)
+    atomic_write_json(staging / layout.CAMERAS, layout.cameras_record(views, int(job["resolution"]), passes))
+    if not any_alpha:
+        raise RenderFailure("empty_render", f"all {len(views)} views have an all-zero alpha channel")
+    total = time.perf_counter() - t0
+    return {
+        "normalization": normalization,
+        "stats": stats,
+        "timings": {
+            "import_s": t_import - t0,
+            "setup_s": t_setup - t_import,
+            "render_s": render_s,
+            "write_s": write_s,
+            "total_s": total,
+        },
+        "blender": bpy.app.version_string,
+        "device": device,
+    }
+
+
+# --- 1. import -------------------------------------------------------------------------------------------------
+
+
+def import_object(importer: str | None, input_path: str | None) -> None:
+    """Import ``input_path`` with the bpy 5 operator of ``importer``; any failure is ``import_error``."""
+    if importer is None:
+        raise RenderFailure("unsupported_format", f"no importer for {input_path!r}")
+    if not input_path or not os.path.isfile(input_path):
+        raise RenderFailure("import_error", f"input file {input_path!r} does not exist")
+    if importer == "blend":
+        append_blend_objects(input_path)
+        return
+    operators = {
+        "gltf": bpy.ops.import_scene.gltf,
+        "obj": bpy.ops.wm.obj_import,
+        "fbx": bpy.ops.import_scene.fbx,
+        "ply": bpy.ops.wm.ply_import,
+        "stl": bpy.ops.wm.stl_import,
+        "usd": bpy.ops.wm.usd_import,
+        "alembic": bpy.ops.wm.alembic_import,
+    }
+    if importer not in operators:
+        raise RenderFailure("unsupported_format", f"unknown importer {importer!r}")
+    try:
+        result = operators[importer](filepath=str(input_path))
+    except Exception as e:  # importers report bad files as RuntimeError, some as Python errors of their own
+        raise RenderFailure("import_error", f"{importer} import failed: {one_line(e)}") from e
+    if "FINISHED" not in result:
+        raise RenderFailure("import_error", f"{importer} import returned {sorted(result)}")
+
+
+def append_blend_objects(path: str) -> None:
+    """Append every object of a .blend file into the scene, with its scripts never run (untrusted input)."""
+    # Auto-execution stays off: a downloaded .blend can carry Python drivers and startup scripts.
+    bpy.context.preferences.filepaths.use_scripts_auto_execute = False
+    try:
+        with bpy.data.libraries.load(path, link=False) as (src, dst):
+            dst.objects = list(src.objects)
+    except Exception as e:
+        raise RenderFailure("import_error", f"blend append failed: {one_line(e)}") from e
+    for obj in dst.objects:
+        if obj is not None:
+            bpy.context.scene.collection.objects.link(obj)
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+# --- 2. evaluate and guard -------------------------------------------------------------------------------------
+
+
+def drop_cameras_and_lights() -> None:
+    for obj in list(bpy.data.objects):
+        if obj.type in DROPPED_TYPES:
+            bpy.data.objects.remove(obj, do_unlink=True)
+
+
+def evaluated_geometry() -> tuple[np.ndarray, int]:
+    """World-space vertices (N, 3) float64 and the face count of everything the depsgraph renders.
+
+    Walks the depsgraph's object instances, so modifiers, armatures, shape keys and instancing (collection
+    instances, geometry nodes) are counted as they render, each instance with its own world matrix.
+    """
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    chunks: list[np.ndarray] = []
+    faces = 0
+    cache: dict[str, tuple[np.ndarray, int]] = {}
+    for inst in depsgraph.object_instances:
+        obj = inst.object
+        if obj.type not in GEOMETRY_TYPES:
+            continue
+        key = obj.name if not inst.is_instance else f"{obj.name}\0{obj.data.name if obj.data else ''}"
+        if key not in cache:
+            mesh = obj.to_mesh()
+            try:
+                local = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+                mesh.vertices.foreach_get("co", local)
+                cache[key] = (local.reshape(-1, 3).astype(np.float64), len(mesh.polygons))
+            finally:
+                obj.to_mesh_clear()
+        local, n_faces = cache[key]
+        m = np.array(inst.matrix_world, dtype=np.float64)
+        chunks.append(local @ m[:3, :3].T + m[:3, 3])
+        faces += n_faces
+    points = np.concatenate(chunks) if chunks else np.zeros((0, 3))
+    return points, faces
+
+
+def check_geometry(points: np.ndarray, faces: int, max_faces: int) -> None:
+    if len(points) == 0:
+        raise RenderFailure("no_mesh", "the file holds no mesh geometry")
+    if not np.all(np.isfinite(points)):
+        bad = int((~np.isfinite(points)).any(axis=1).sum())
+        raise RenderFailure("non_finite", f"{bad} of {len(points)} vertices are NaN or infinite")
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    extent = float((hi - lo).max())
+    if extent <= ZERO_EXTENT_REL * max(1.0, float(np.abs(points).max())):
+        raise RenderFailure("zero_extent", f"bounding box extent {extent:.3g} is zero")
+    # Checked after the extent: importers may drop the degenerate faces of a collapsed mesh.
+    if faces == 0:
+        raise RenderFailure("no_mesh", f"the meshes have {len(points)} vertices but no faces to render")
+    if faces > max_faces:
+        raise RenderFailure("too_many_faces", f"{faces} evaluated faces exceed limits.max_faces={max_faces}")
+
+
+# --- 3. normalise ----------------------------------------------------------------------------------------------
+
+
+def normalize(points: np.ndarray) -> dict:
+    """Fit the bbox into [-0.5, 0.5]^3, longest side 1, centre at the origin (design §3): x' = s x + offset.
+
+    The transform goes on a new empty that every root object is parented to, so hierarchies, armatures and
+    animations keep working under it.
+    """
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    scale = 1.0 / float((hi - lo).max())
+    offset = -scale * (lo + hi) / 2.0
+    empty = bpy.data.objects.new(NORMALIZE_EMPTY, None)
+    bpy.context.scene.collection.objects.link(empty)
+    empty.matrix_world = Matrix.Translation(offset.tolist()) @ Matrix.Scale(scale, 4)
+    for obj in bpy.context.scene.objects:
+        if obj.parent is None and obj is not empty:
+            world = obj.matrix_world.copy()
+            obj.parent = empty
+            # With an identity parent inverse, child world = parent world @ child basis.
+            obj.matrix_parent_inverse = Matrix.Identity(4)
+            obj.matrix_basis = world
+    bpy.context.view_layer.update()
+    return {"scale": scale, "offset": [float(x) for x in offset]}
+
+
+def scene_stats(points: np.ndarray, faces: int) -> dict:
+    return {
+        "faces": int(faces),
+        "vertices": int(len(points)),
+        "materials": len(bpy.data.materials),
+        "animations": len(bpy.data.actions),
+        "missing_textures": count_missing_textures(),
+    }
+
+
+def count_missing_textures() -> int:
+    """Images the object refers to whose pixels cannot be loaded (a missing or broken file)."""
+    missing = 0
+    for img in bpy.data.images:
+        if img.source not in {"FILE", "SEQUENCE", "TILED"}:
+            continue
+        # Reading .size loads the image buffer; a file that cannot be read reports 0 x 0.
+        if tuple(img.size) == (0, 0):
+            missing += 1
+    return missing
+
+
+# --- 5-6. world and engine -------------------------------------------------------------------------------------
+
+
+def setup_world(hdri: dict) -> None:
+    """Environment light from an HDRI, rotated about Z, scaled by strength; hidden from the camera unless asked."""
+    world = bpy.data.worlds.new("mvforge_hdri")
+    bpy.context.scene.world = world
+    world.use_nodes = True
+    nodes, links = world.node_tree.nodes, world.node_tree.links
+    nodes.clear()
+    coords = nodes.new("ShaderNodeTexCoord")
+    mapping = nodes.new("ShaderNodeMapping")
+    mapping.inputs["Rotation"].default_value = (0.0, 0.0, math.radians(float(hdri["rotation_deg"])))
+    env = nodes.new("ShaderNodeTexEnvironment")
+    try:
+        env.image = bpy.data.images.load(str(hdri["path"]), check_existing=True)
+    except RuntimeError as e:
+        # The HDRI pool is the user's input, checked by the planner; a file vanishing now is a crash, not the
+        # object's fault, so it must not become a per-object failure record.
+        raise RuntimeError(f"cannot load HDRI {hdri['path']}: {e}") from e
+    background = nodes.new("ShaderNodeBackground")
+    background.inputs["Strength"].default_value = float(hdri["strength"])
+    out = nodes.new("ShaderNodeOutputWorld")
+    links.new(coords.outputs["Generated"], mapping.inputs["Vector"])
+    links.new(mapping.outputs["Vector"], env.inputs["Vector"])
+    links.new(env.outputs["Color"], background.inputs["Color"])
+    links.new(background.outputs["Background"], out.inputs["Surface"])
+    world.cycles_visibility.camera = bool(hdri.get("visible_to_camera", False))
+
+
+def setup_cycles(cfg: dict, seed: int, resolution: int) -> str:
+    """Cycles with every setting explicit (design §6): a render never depends on Blender's defaults."""
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    cycles = scene.cycles
+    device = pick_device(cfg.get("device", "auto"))
+    cycles.device = "GPU" if device != "CPU" else "CPU"
+    cycles.samples = int(cfg["samples"])
+    threshold = float(cfg["adaptive_threshold"])
+    cycles.use_adaptive_sampling = threshold > 0
+    if threshold > 0:
+        cycles.adaptive_threshold = threshold
+    cycles.use_denoising = bool(cfg["denoise"])
+    cycles.max_bounces = int(cfg["max_bounces"])
+    cycles.diffuse_bounces = int(cfg["diffuse_bounces"])
+    cycles.glossy_bounces = int(cfg["glossy_bounces"])
+    cycles.transmission_bounces = int(cfg["transmission_bounces"])
+    cycles.transparent_max_bounces = int(cfg["transparent_bounces"])
+    # The seed is Cycles' sampling pattern: fixed per object so a re-render is reproducible (resume, §8).
+    cycles.seed = seed % (2**31)
+    cycles.use_animated_seed = False
+    scene.render.threads_mode = "FIXED"
+    scene.render.threads = max(1, int(cfg["threads"]))
+    # Keep the synced scene (BVH, textures) between the views: only the camera moves (design §8 overhead).
+    scene.render.use_persistent_data = True
+
+    scene.render.resolution_x = scene.render.resolution_y = resolution
+    scene.render.resolution_percentage = 100
+    scene.render.pixel_aspect_x = scene.render.pixel_aspect_y = 1.0
+    scene.render.film_transparent = True
+    scene.render.use_compositing = False
+    scene.render.use_sequencer = False
+    settings = scene.render.image_settings
+    settings.media_type = "IMAGE"
+    settings.file_format = "PNG"
+    settings.color_mode = "RGBA"
+    settings.color_depth = "8"
+    settings.compression = 15
+    # No metadata stamps (date, render time, ...): the same job must give byte-identical PNGs (resume, §8).
+    for attr in dir(scene.render):
+        if attr.startswith("use_stamp"):
+            setattr(scene.render, attr, False)
+    # Blender 5 defaults to AgX; the data set is plain sRGB "Standard" (design §2.1).
+    scene.display_settings.display_device = "sRGB"
+    scene.view_settings.view_transform = cfg["view_transform"]
+    scene.view_settings.look = "None"
+    scene.view_settings.exposure = 0.0
+    scene.view_settings.gamma = 1.0
+    scene.view_settings.use_curve_mapping = False
+    return device
+
+
+def pick_device(kind: str) -> str:
+    """The Cycles device: the first GPU backend of OPTIX > CUDA > HIP > METAL that has a device, else CPU."""
+    if kind == "cpu":
+        return "CPU"
+    prefs = bpy.context.preferences.addons["cycles"].preferences
+    for backend in GPU_BACKENDS:
+        try:
+            prefs.compute_device_type = backend
+        except TypeError:  # backend not compiled into this build
+            continue
+        prefs.get_devices()
+        devices = [d for d in prefs.devices if d.type == backend]
+        if devices:
+            for d in prefs.devices:
+                d.use = d.type == backend
+            return backend
+    if kind == "gpu":
+        raise RuntimeError("cycles.device = gpu but no OPTIX/CUDA/HIP/METAL device is available")
+    prefs.compute_device_type = "NONE"
+    return "CPU"
+
+
+def setup_passes(passes: dict, staging: Path, depth_max: float):
+    """Compositor File Output for the enabled passes (Blender 5 node-group compositor); None when none is on.
+
+    Files land as ``staging/NNN.<pass>.png`` (the node writes ``directory/file_name + item name``).
+    """
+    wanted = [name for name in ("depth", "normal", "albedo") if passes.get(name)]
+    if not wanted:
+        return None
+    scene = bpy.context.scene
+    layer = scene.view_layers[0]
+    layer.use_pass_z = "depth" in wanted
+    layer.use_pass_normal = "normal" in wanted
+    layer.use_pass_diffuse_color = "albedo" in wanted
+    tree = bpy.data.node_groups.new("mvforge_passes", "CompositorNodeTree")
+    scene.compositing_node_group = tree
+    scene.render.use_compositing = True
+    nodes, links = tree.nodes, tree.links
+    layers = nodes.new("CompositorNodeRLayers")
+    # The group output carries the plain image, so the compositor leaves the Render Result (our RGBA) untouched.
+    tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    group_out = nodes.new("NodeGroupOutput")
+    links.new(layers.outputs["Image"], group_out.inputs[0])
+    out = nodes.new("CompositorNodeOutputFile")
+    out.directory = str(staging) + os.sep
+    set_png(out.format, "RGB", "8")
+    for name in wanted:
+        item = out.file_output_items.new("FLOAT" if name == "depth" else "RGBA", name)
+        item.override_node_format = True
+        set_png(item.format, "BW" if name == "depth" else "RGB", "16" if name == "depth" else "8")
+        if name == "normal":
+            # Normals are data, not colour: no sRGB encoding, n * 0.5 + 0.5 written as is.
+            item.format.color_management = "OVERRIDE"
+            item.format.view_settings.view_transform = "Raw"
+    if "depth" in wanted:
+        scaled = math_node(nodes, "DIVIDE", layers.outputs["Depth"], depth_max, clamp=True, links=links)
+        # Background (and edge pixels whose depth sample missed) is 1e10 in Cycles: mark it 0, not depth_max.
+        hit = math_node(nodes, "LESS_THAN", layers.outputs["Depth"], depth_max, links=links)
+        depth = math_node(nodes, "MULTIPLY", scaled.outputs[0], None, links=links)
+        links.new(hit.outputs[0], depth.inputs[1])
+        links.new(depth.outputs[0], out.inputs["depth"])
+    if "normal" in wanted:
+        encode = nodes.new("ShaderNodeVectorMath")
+        encode.operation = "MULTIPLY_ADD"
+        encode.inputs[1].default_value = (0.5, 0.5, 0.5)
+        encode.inputs[2].default_value = (0.5, 0.5, 0.5)
+        links.new(layers.outputs["Normal"], encode.inputs[0])
+        links.new(encode.outputs[0], out.inputs["normal"])
+    if "albedo" in wanted:
+        links.new(layers.outputs["Diffuse Color"], out.inputs["albedo"])
+    return out
+
+
+def set_png(fmt, color_mode: str, depth: str) -> None:
+    fmt.media_type = "IMAGE"
+    fmt.file_format = "PNG"
+    fmt.color_mode = color_mode
+    fmt.color_depth = depth
+
+
+def math_node(nodes, operation: str, a, b: float | None, *, links, clamp: bool = False):
+    node = nodes.new("ShaderNodeMath")
+    node.operation = operation
+    node.use_clamp = clamp
+    links.new(a, node.inputs[0])
+    if b is not None:
+        node.inputs[1].default_value = b
+    return node
+
+
+def passes_record(passes: dict, depth_max: float) -> dict:
+    out: dict = {}
+    if passes.get("depth"):
+        out["depth"] = {
+            "file": "NNN.depth.png",
+            "encoding": "png16",
+            "depth_max": depth_max,
+            "meaning": "camera-axis depth = value / 65535 * depth_max; 0 = background",
+        }
+    if passes.get("normal"):
+        out["normal"] = {"file": "NNN.normal.png", "encoding": "world normal = rgb / 255 * 2 - 1"}
+    if passes.get("albedo"):
+        out["albedo"] = {"file": "NNN.albedo.png", "encoding": "diffuse colour, sRGB"}
+    return out
+
+
+# --- 7. camera and views ---------------------------------------------------------------------------------------
+
+
+def add_camera():
+    data = bpy.data.cameras.new("mvforge_camera")
+    data.sensor_fit = "AUTO"  # the fov applies to the larger side; renders are square (cameras.intrinsics)
+    data.lens_unit = "FOV"
+    data.shift_x = data.shift_y = 0.0
+    data.clip_start = 1e-3
+    data.clip_end = 1e3
+    camera = bpy.data.objects.new("mvforge_camera", data)
+    bpy.context.scene.collection.objects.link(camera)
+    bpy.context.scene.camera = camera
+    return camera
+
+
+def view_from_dict(v: dict) -> View:
+    return View(
+        index=int(v["index"]),
+        orbit=int(v["orbit"]),
+        elevation_deg=float(v["elevation_deg"]),
+        azimuth_deg=float(v["azimuth_deg"]),
+        fov_deg=float(v["fov_deg"]),
+        distance=float(v["distance"]),
+    )
+
+
+def save_view(path: Path) -> bool:
+    """Write the Render Result as RGBA PNG (atomically); True when any pixel has non-zero alpha."""
+    result = bpy.data.images["Render Result"]
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.png")
+    result.save_render(filepath=str(tmp))
+    # Cycles stamps its timings into text chunks even with every use_stamp_* off; without them the same job
+    # gives byte-identical files (resume must reproduce an uninterrupted run, design §8).
+    data = strip_png_text(tmp.read_bytes())
+    tmp.unlink()
+    atomic_write_bytes(path, data)
+    return png_has_alpha(path)
+
+
+def strip_png_text(data: bytes) -> bytes:
+    """The PNG without its text and time chunks (pixel data untouched, never re-encoded)."""
+    if data[:8] != PNG_SIGNATURE:
+        raise RuntimeError("Blender wrote a file that is not a PNG")
+    out, pos = [data[:8]], 8
+    while pos < len(data):
+        length = struct.unpack(">I", data[pos : pos + 4])[0]
+        end = pos + 12 + length  # length, type, data, crc
+        if data[pos + 4 : pos + 8] not in PNG_DROPPED_CHUNKS:
+            out.append(data[pos:end])
+        pos = end
+    return b"".join(out)
+
+
+def png_has_alpha(path: Path) -> bool:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        lo, hi = img.getchannel("A").getextrema()
+    return hi > 0

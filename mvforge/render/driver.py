@@ -1,0 +1,352 @@
+"""The `mvdata render` driver: plan every object, schedule one Ray task per object, record, resume.
+
+Resume is a property of the output directory, not of a job database (design §2.1): an object is done iff its
+meta.json (ok) or its failure record exists, so re-running the same command renders only what is missing.
+Each task downloads its object (when it is a URL) on the node that renders, then runs it in a Blender child
+process through ``runner.run_object``; the driver appends one manifest line per finished object.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import tomllib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from mvforge.config import to_dict, to_toml
+from mvforge.errors import UserError
+from mvforge.fsutil import append_jsonl, atomic_write_text, read_jsonl
+from mvforge.render import layout
+from mvforge.render.config import RenderConfig
+from mvforge.render.plan import FORMATS, SourceObject, hdri_pool, plan_job
+from mvforge.render.worker import FAULT_ENV
+
+# Settings that change how fast or how safely objects render but not what they look like: a resumed run may
+# change them. Everything else in RenderConfig decides the pixels, so it must match the run being resumed.
+_NON_RENDER_KEYS = {("cycles", "threads"), ("cycles", "device"), ("limits",), ("download",)}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What one `render` call did."""
+
+    total: int
+    """Objects named by the sources."""
+    skipped: int
+    """Already finished before this call (ok or failed), not rendered again."""
+    counts: dict[str, int]
+    """Objects finished by this call, by status (ok / failed)."""
+    reasons: dict[str, int]
+    """Failures of this call by reason code."""
+    views: int
+    render_seconds: float
+    """Summed wall time of the render processes of the ok objects."""
+    wall_seconds: float
+
+    @property
+    def seconds_per_view(self) -> float | None:
+        return self.render_seconds / self.views if self.views else None
+
+
+def render(
+    sources: list[SourceObject],
+    out: str | os.PathLike,
+    cfg: RenderConfig,
+    *,
+    workers: int = 1,
+    address: str | None = None,
+    gpus_per_worker: float = 0.0,
+    retry_failed: bool = False,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> Summary:
+    """Render ``sources`` into ``out`` with at most ``workers`` Blender processes at a time."""
+    start = time.monotonic()
+    out = Path(out)
+    _validate(sources, cfg, workers, gpus_per_worker)
+    pool = hdri_pool(cfg.lighting.hdri_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, cfg, overwrite)
+    remove_stale_staging(out)
+    _repair_manifest(out, sources)
+
+    todo = []
+    for obj in sources:
+        state = layout.status(out, obj.uid)
+        if state is None or overwrite or (state == "failed" and retry_failed):
+            todo.append(obj)
+    skipped = len(sources) - len(todo)
+    counts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    views = 0
+    render_s = 0.0
+    if todo:
+        for rec in _schedule(todo, out, cfg, pool, workers, address, gpus_per_worker, show_progress):
+            counts[rec["status"]] += 1
+            if rec["status"] == "ok":
+                views += rec["views"]
+                render_s += rec["render_seconds"] or rec["seconds"]
+            else:
+                reasons[rec["reason"]] += 1
+    summary = Summary(
+        total=len(sources),
+        skipped=skipped,
+        counts=dict(counts),
+        reasons=dict(reasons),
+        views=views,
+        render_seconds=render_s,
+        wall_seconds=time.monotonic() - start,
+    )
+    if show_progress:
+        _print_summary(summary, out)
+    return summary
+
+
+def _validate(sources: list[SourceObject], cfg: RenderConfig, workers: int, gpus_per_worker: float) -> None:
+    if not sources:
+        raise UserError("the sources name no object; pass demo, objaverse, a directory, a glob or 3D files")
+    uids = [s.uid for s in sources]
+    if len(set(uids)) != len(uids):
+        dup = next(u for u in uids if uids.count(u) > 1)
+        raise UserError(f"uid {dup} appears twice in the sources; give each object its own uid")
+    for s in sources:
+        layout.check_uid(s.uid)
+        if s.url is None and (s.path is None or not Path(s.path).is_file()):
+            raise UserError(f"object {s.uid}: file {s.path} does not exist; fix the path or remove it")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if gpus_per_worker < 0:
+        raise UserError(f"--gpus-per-worker must be 0 or more, got {gpus_per_worker}")
+    checks = [
+        (cfg.resolution >= 8, f"--resolution must be at least 8 pixels, got {cfg.resolution}"),
+        (cfg.cameras.views >= 1, f"--views must be at least 1, got {cfg.cameras.views}"),
+        (cfg.orbits >= 1, f"--orbits must be at least 1, got {cfg.orbits}"),
+        (cfg.cycles.samples >= 1, f"--samples must be at least 1, got {cfg.cycles.samples}"),
+        (cfg.cycles.threads >= 1, f"--threads must be at least 1, got {cfg.cycles.threads}"),
+        (cfg.limits.timeout_s > 0, f"--timeout must be positive, got {cfg.limits.timeout_s}"),
+        (cfg.limits.memory_gb > 0, f"--memory-gb must be positive, got {cfg.limits.memory_gb}"),
+        (cfg.limits.retries >= 0, f"--retries must be 0 or more, got {cfg.limits.retries}"),
+        (cfg.limits.max_faces >= 1, f"--max-faces must be at least 1, got {cfg.limits.max_faces}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def _render_part(d: dict) -> dict:
+    """The part of a config dict that decides the pixels (see _NON_RENDER_KEYS)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for key in _NON_RENDER_KEYS:
+        if len(key) == 1:
+            out.pop(key[0], None)
+        elif isinstance(out.get(key[0]), dict):
+            out[key[0]].pop(key[1], None)
+    return out
+
+
+def _check_config(out: Path, cfg: RenderConfig, overwrite: bool) -> None:
+    """Refuse to mix renders made with different settings in one directory; then save the config."""
+    path = out / layout.CONFIG
+    if path.is_file() and not overwrite:
+        try:
+            old = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError:
+            old = None
+        new = to_dict(cfg)
+        if old is not None and _render_part(old) != _render_part(new):
+            diff = _first_difference(_render_part(old), _render_part(new))
+            raise UserError(
+                f"{out} holds renders made with other settings ({diff}); pick a new --out, or pass "
+                "--overwrite to re-render everything with the new settings"
+            )
+    atomic_write_text(path, to_toml(cfg))
+
+
+def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _first_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key} was {a!r}, now {b!r}"
+    return ""
+
+
+def remove_stale_staging(out: Path) -> int:
+    """Delete ``*.tmp-*`` leftovers of killed runs (staging dirs, half-written records)."""
+    n = 0
+    for pattern in ("*/*.tmp-*", f"{layout.FAILED_DIR}/*.tmp-*", "*.tmp-*"):
+        for p in out.glob(pattern):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def _repair_manifest(out: Path, sources: list[SourceObject]) -> None:
+    """A driver killed between a task's end and its manifest line leaves a done object without a line:
+    add the missing lines from the terminal records, so the manifest lists every finished object."""
+    manifest = out / layout.MANIFEST
+    listed = {r.get("uid") for r in read_jsonl(manifest)}
+    for obj in sources:
+        if obj.uid in listed:
+            continue
+        state = layout.status(out, obj.uid)
+        if state == "ok":
+            append_jsonl(manifest, {"uid": obj.uid, "status": "ok", "reason": None, "recovered": True})
+        elif state == "failed":
+            import json
+
+            rec = json.loads(layout.failure_path(out, obj.uid).read_text(encoding="utf-8"))
+            append_jsonl(
+                manifest, {"uid": obj.uid, "status": "failed", "reason": rec.get("reason"), "recovered": True}
+            )
+
+
+# --- Ray ------------------------------------------------------------------------------------------------
+
+
+def render_task(obj: SourceObject, job: dict, out: str, cfg: RenderConfig, env: dict[str, str]) -> dict:
+    """Body of one Ray task: download when the object is a URL, then render it in a child process."""
+    from mvforge.render import runner
+
+    out_path = Path(out)
+    if job.get("importer") is None:
+        # No bpy importer reads this extension: record it without paying for a Blender start.
+        message = f"unknown 3D format {obj.ext!r}; supported: {', '.join(sorted(FORMATS))}"
+        runner.record_failure(
+            out_path, obj.uid, "unsupported_format", message, attempts=0, source=job.get("source")
+        )
+        return _failed(obj.uid, "unsupported_format", attempts=0)
+    extra: dict = {}
+    if obj.url is not None:
+        from mvforge.render.download import DownloadError, fetch
+
+        try:
+            got = fetch(
+                obj.url,
+                obj.path,
+                sha256=obj.sha256,
+                timeout_s=cfg.download.timeout_s,
+                retries=cfg.download.retries,
+            )
+        except DownloadError as e:
+            source = job.get("source")
+            runner.record_failure(out_path, obj.uid, "download_failed", str(e), attempts=1, source=source)
+            return _failed(obj.uid, "download_failed", attempts=1)
+        extra = {
+            "source": {"sha256": got.sha256, "bytes": got.bytes},
+            "timings": {"download_s": round(got.seconds, 3), "download_cached": got.cached},
+        }
+    return runner.run_object(job, out_path, cfg.limits, env=env, extra_meta=extra)
+
+
+def _failed(uid: str, reason: str, attempts: int) -> dict:
+    """The manifest record of a failure decided outside the runner."""
+    return {
+        "uid": uid,
+        "status": "failed",
+        "reason": reason,
+        "attempts": attempts,
+        "seconds": 0.0,
+        "render_seconds": None,
+        "views": 0,
+    }
+
+
+def _schedule(
+    todo: list[SourceObject],
+    out: Path,
+    cfg: RenderConfig,
+    pool: list[Path],
+    workers: int,
+    address: str | None,
+    gpus_per_worker: float,
+    show_progress: bool,
+):
+    """Yield each object's record as it finishes, keeping at most ``workers`` tasks in flight."""
+    import ray
+
+    from mvforge.progress import StageProgress
+    from mvforge.raytools import init_ray
+    from mvforge.render import runner
+
+    threads = cfg.cycles.threads
+    init_ray(address, num_cpus=max(os.cpu_count() or 1, workers * threads))
+    if gpus_per_worker > 0 and ray.cluster_resources().get("GPU", 0) < gpus_per_worker:
+        raise UserError(
+            f"--gpus-per-worker {gpus_per_worker:g} but the Ray cluster has no such GPU; drop the option or "
+            "pass --address of a cluster with GPUs"
+        )
+    # The fault-injection switch of the worker's tests travels explicitly: Ray workers may have been started
+    # before the driver's environment changed.
+    env = {FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
+    # max_retries=0: a Ray worker that dies (OOM killer, node loss) fails the task; the driver records it as
+    # crashed below. The runner already retries the Blender process, which is what usually dies.
+    task = ray.remote(render_task).options(
+        num_cpus=threads, num_gpus=gpus_per_worker, max_retries=0, name="mvforge-render"
+    )
+    manifest = out / layout.MANIFEST
+    pending = list(reversed(todo))
+    in_flight: dict = {}
+    progress = StageProgress("render", total=len(todo)) if show_progress else None
+    try:
+        if progress:
+            progress.__enter__()
+        while pending or in_flight:
+            while pending and len(in_flight) < workers:
+                obj = pending.pop()
+                job = plan_job(obj, cfg, pool)
+                in_flight[task.remote(obj, job, str(out), cfg, env)] = obj
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in done:
+                obj = in_flight.pop(ref)
+                try:
+                    rec = ray.get(ref)
+                except ray.exceptions.RayError as e:
+                    message = f"the Ray task died: {type(e).__name__}: {str(e).splitlines()[0]}"
+                    runner.record_failure(
+                        out,
+                        obj.uid,
+                        "crashed",
+                        message,
+                        attempts=1,
+                        source=None,
+                        log=runner.log_path(out, obj.uid),
+                    )
+                    rec = _failed(obj.uid, "crashed", attempts=1)
+                append_jsonl(manifest, rec | {"time": round(time.time(), 3)})
+                if progress:
+                    progress.advance(rec["status"])
+                yield rec
+    finally:
+        if progress:
+            progress.__exit__(None, None, None)
+        for ref in in_flight:
+            ray.cancel(ref, force=True)
+
+
+def _print_summary(summary: Summary, out: Path) -> None:
+    from mvforge.progress import print_summary
+
+    rows: list[tuple[str, object]] = [
+        ("objects in sources", summary.total),
+        ("already done (skipped)", summary.skipped),
+        ("rendered ok", summary.counts.get("ok", 0)),
+        ("failed", summary.counts.get("failed", 0)),
+    ]
+    rows += [(f"  {reason}", n) for reason, n in sorted(summary.reasons.items())]
+    rows += [
+        ("views rendered", summary.views),
+        ("seconds per view", f"{summary.seconds_per_view:.2f}" if summary.seconds_per_view else "-"),
+        ("wall time", f"{summary.wall_seconds:.1f} s"),
+        ("output", str(out)),
+    ]
+    print_summary("mvdata render", rows)

@@ -1,0 +1,58 @@
+"""Typed configuration of `mvdata shard` and of the streaming loader (TOML + ``--set``; CLI flags write here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """How a render directory becomes webdataset shards (design §2.3)."""
+
+    seed: int = 0
+    """Seeds the order of objects across shards; with the same input and seed the tars are byte-identical."""
+    max_count: int = 1000
+    """Most samples (objects) per shard."""
+    max_size_mb: float = 1000.0
+    """Most bytes per shard, in MB (10^6), estimated from the object's files; webdataset advises 100 MB-1 GB."""
+    val_fraction: float = 0.01
+    """Fraction of objects in the val split, chosen by a hash of the uid so the split is stable as data grows."""
+    workers: int = 2
+    """Concurrent shard-writing Ray tasks (one task per shard); 0 writes in the driver without Ray."""
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """The streaming multi-view loader used by training (design §2.4)."""
+
+    batch_size: int = 8
+    """Objects per 3D batch (per rank)."""
+    num_views: int = 4
+    """Views per object V (paper §3.3: 4 orthogonal views)."""
+    resolution: int = 256
+    """Training resolution in pixels (square); views are resized to it after compositing."""
+    view_mode: Literal["orthogonal", "random"] = "orthogonal"
+    """orthogonal: a random start azimuth of one orbit, then +360/V steps (design §2.4); random: V distinct
+    random views of one orbit."""
+    background: Literal["random_grey", "white", "color"] = "random_grey"
+    """What RGBA views are composited on: a uniform random grey per object (paper §4.1), white, or
+    ``background_rgb``."""
+    background_rgb: tuple[int, int, int] = (255, 255, 255)
+    """The colour (0-255) used when ``background`` is "color"."""
+    caption_suffix: str = ", 3d asset"
+    """Appended to 3D captions so text tells 3D data from LAION data (MVDream repo's default prompt suffix)."""
+    p_3d: float = 0.7
+    """Probability that a step is a 3D batch when 2D shards are given (paper §4.1: 30% LAION)."""
+    batch_size_2d: int | None = None
+    """Images per 2D batch; default batch_size x num_views, so a 2D step holds as many images as a 3D one."""
+    seed: int = 0
+    """Seeds every random choice; a batch's randomness is a function of (seed, rank, stream, position)."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank; 0 decodes in the training process."""
+    batches_per_epoch: int | None = None
+    """Steps per epoch per rank (webdataset's with_epoch); default: train samples // (batch_size x world)."""
+    shuffle_buffer: int = 64
+    """Samples held to shuffle within one shard visit (0: read order). The writer already shuffled objects."""
+    max_empty_visits: int = 50
+    """Consecutive shard visits without one good sample before the loader gives up (all data bad)."""

@@ -1,0 +1,469 @@
+"""The streaming multi-view loader (design §2.4): shards -> batches of B objects x V views for training.
+
+Model code knows nothing of it: a batch is a dict of tensors and strings.
+
+Exact resume by construction: no running RNG anywhere. Each rank splits its shards into ``W`` logical streams
+(one per DataLoader worker); a stream is an endless sequence of shard *visits* (webdataset's resampled shards),
+visit ``k`` choosing its shard and shuffle from ``(seed, kind, rank, stream, k)``, each sample's views and
+background from ``(seed, kind, rank, stream, k, i)`` with ``i`` its place in the visit. A batch carries the
+position ``(k, i)`` its stream reached, the main process keeps the position of every stream from the batches it
+consumed, and a restored loader replays a visit without decoding up to that position. The DataLoader serves
+workers round-robin, so after ``n`` consumed batches the loader rotates the stream-to-worker mapping by
+``n mod W`` and the next batch comes from the right stream.
+
+3D vs 2D per step comes from ``(seed, step)`` only, so every DDP rank takes the same branch (design §2.4).
+Every rank yields exactly ``batches_per_epoch`` batches per epoch (webdataset's with_epoch): streams are
+endless, so uneven shards never make one rank stop early and hang the others.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mvforge.cameras import normalize_camera
+from mvforge.errors import UserError
+from mvforge.shards import schema
+from mvforge.shards.config import LoaderConfig
+
+log = logging.getLogger("mvforge.shards.loader")
+
+# Integer tags separating the random streams derived from one seed.
+TAG_STEP, TAG_VISIT, TAG_SAMPLE = 1, 2, 3
+KIND_ID = {"3d": 3, "2d": 2}
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+
+
+class BadSample(Exception):
+    """A sample that cannot be used; ``reason`` is the counter it is reported under."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+# ---------------------------------------------------------------- shard lists and ranks
+def resolve_shards(source: str | Sequence[str], split: str = "train", storage_options: dict | None = None):
+    """(shard URLs, total samples or None) for a shard directory/URL with index.json, a brace pattern
+    ("train-{000000..000009}.tar") or a list of tar URLs."""
+    from braceexpand import braceexpand
+
+    if isinstance(source, (list, tuple)):
+        return sorted(str(s) for s in source), None
+    source = str(source)
+    if source.endswith(".tar"):
+        return sorted(braceexpand(source)), None
+    from mvforge.shards.writer import open_fs, read_json
+
+    fs, root = open_fs(source, storage_options)
+    index = read_json(fs, f"{root}/{schema.INDEX}")
+    if index is None:
+        raise UserError(
+            f"{source} has no {schema.INDEX}; run `mvdata shard --out {source}` or list .tar files"
+        )
+    entries = [s for s in index["shards"] if s["split"] == split]
+    if not entries:
+        raise UserError(f"{source} holds no {split} shard; lower --val-fraction or pass other shards")
+    base = source.rstrip("/")
+    return [f"{base}/{s['name']}" for s in entries], sum(s["nsamples"] for s in entries)
+
+
+def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """This process's (rank, world size): explicit, else torch.distributed when initialised, else RANK /
+    WORLD_SIZE from the environment (torchrun, Ray Train), else (0, 1)."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def stream_shards(shards: Sequence[str], rank: int, world: int, n_streams: int) -> list[list[str]]:
+    """Shards of each logical stream of ``rank``: split by node, then by worker (design §2.4)."""
+    if len(shards) < world:
+        raise UserError(
+            f"{len(shards)} shard(s) for {world} ranks: ranks would read the same data; "
+            "write smaller shards (mvdata shard --max-count) or train on fewer ranks"
+        )
+    mine = list(shards)[rank::world]
+    if len(mine) < n_streams:
+        warnings.warn(
+            f"rank {rank} has {len(mine)} shard(s) for {n_streams} loader workers (n_shards < ranks x workers): "
+            "its workers resample the same shards; write smaller shards for disjoint workers",
+            stacklevel=3,
+        )
+        return [mine] * n_streams
+    return [mine[w::n_streams] for w in range(n_streams)]
+
+
+def _rng(*parts: int) -> np.random.Generator:
+    return np.random.default_rng([int(p) for p in parts])
+
+
+def step_is_3d(seed: int, step: int, p_3d: float) -> bool:
+    """The branch of global step ``step``: a function of (seed, step) only, identical on every rank."""
+    return bool(_rng(seed, TAG_STEP, step).random() < p_3d)
+
+
+# ---------------------------------------------------------------- decoding
+def _background(rng: np.random.Generator, cfg: LoaderConfig) -> np.ndarray:
+    """RGB background as 8-bit levels (3,); the random grey is one level per object so its views agree."""
+    if cfg.background == "random_grey":
+        return np.full(3, int(rng.integers(0, 256)), dtype=np.int64)
+    if cfg.background == "white":
+        return np.full(3, 255, dtype=np.int64)
+    return np.asarray(cfg.background_rgb, dtype=np.int64)
+
+
+def _decode_rgba(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGBA"))
+    except Exception as e:  # PIL raises many types for corrupt data
+        raise BadSample("undecodable_image", type(e).__name__) from None
+
+
+def composite(rgba: np.ndarray, bg: np.ndarray) -> torch.Tensor:
+    """Straight-alpha RGBA uint8 (N, H, W, 4) over an 8-bit background (3,) -> float32 (N, 3, H, W) in
+    [-1, 1]: (rgb*a + bg*(255-a)) / 255^2, then x2-1 (design §6: Blender's PNG alpha is straight).
+
+    Done in float32 torch on the whole stack: 1.3 ms per 256² view against 5.0 ms for per-view numpy float
+    (one core of the 2-core VM, 2026-11-25).
+    """
+    x = torch.from_numpy(rgba).permute(0, 3, 1, 2).contiguous()
+    a = x[:, 3:].float()
+    out = x[:, :3].float().mul_(a)
+    out.add_((255.0 - a) * torch.as_tensor(bg, dtype=torch.float32).view(1, 3, 1, 1))
+    return out.mul_(2.0 / 65025.0).sub_(1.0)
+
+
+def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(N, 3, h, w) -> (N, 3, R, R), antialiased bilinear (no-op at the native size)."""
+    if images.shape[-2:] == (resolution, resolution):
+        return images
+    return torch.nn.functional.interpolate(
+        images, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
+    )
+
+
+def choose_views(views: list[dict], rng: np.random.Generator, cfg: LoaderConfig) -> list[int]:
+    """View indices: one orbit, then a random start and +360/V azimuth steps (nearest rendered azimuth), or
+    V distinct random views in random-view mode."""
+    orbits = sorted({int(v.get("orbit", 0)) for v in views})
+    orbit = orbits[int(rng.integers(len(orbits)))]
+    ring = sorted(
+        (v for v in views if int(v.get("orbit", 0)) == orbit), key=lambda v: float(v["azimuth_deg"])
+    )
+    if len(ring) < cfg.num_views:
+        raise BadSample("too_few_views", f"{len(ring)} < {cfg.num_views}")
+    if cfg.view_mode == "random":
+        return [int(ring[i]["index"]) for i in rng.choice(len(ring), cfg.num_views, replace=False)]
+    az = np.array([float(v["azimuth_deg"]) for v in ring])
+    start = int(rng.integers(len(ring)))
+    picked = []
+    for j in range(cfg.num_views):
+        target = az[start] + 360.0 * j / cfg.num_views
+        d = np.abs((az - target + 180.0) % 360.0 - 180.0)
+        picked.append(int(ring[int(np.argmin(d))]["index"]))
+    return picked
+
+
+def decode_3d(raw: dict, rng: np.random.Generator, cfg: LoaderConfig) -> dict:
+    """One object: V views composited and resized, (V, 16) cameras, caption. Raises BadSample."""
+    for ext in (schema.JSON_EXT, schema.CAMERAS_EXT):
+        if ext not in raw:
+            raise BadSample("missing_member", ext)
+    try:
+        doc = json.loads(raw[schema.JSON_EXT].decode("utf-8"))
+        views = doc["views"]
+        c2w = schema.load_npy(raw[schema.CAMERAS_EXT])
+    except Exception as e:
+        raise BadSample("bad_metadata", type(e).__name__) from None
+    position = {int(v["index"]): i for i, v in enumerate(views)}
+    picked = choose_views(views, rng, cfg)
+    bg = _background(rng, cfg)
+    rgba = []
+    for index in picked:
+        ext = schema.png_ext(index)
+        if ext not in raw:
+            raise BadSample("missing_view", ext)
+        rgba.append(_decode_rgba(raw[ext]))
+    if len({im.shape for im in rgba}) != 1:
+        raise BadSample("mixed_view_sizes")
+    cams = c2w[[position[i] for i in picked]]
+    if not np.all(np.isfinite(cams)):
+        raise BadSample("non_finite_camera")
+    caption = raw.get(schema.TXT_EXT, b"").decode("utf-8", errors="replace").strip()
+    return {
+        "images": _resize(composite(np.stack(rgba), bg), cfg.resolution),
+        "cameras": torch.from_numpy(normalize_camera(cams)),
+        "caption": caption + cfg.caption_suffix,
+        "uid": raw["__key__"],
+        "views": picked,
+        "background": bg / 255.0,
+    }
+
+
+def decode_2d(raw: dict, rng: np.random.Generator, cfg: LoaderConfig) -> dict:
+    """One image-text pair (img2dataset layout): centre-cropped square, resized, in [-1, 1]."""
+    ext = next((e for e in IMAGE_EXTS if e in raw), None)
+    if ext is None:
+        raise BadSample("missing_member", "image")
+    if schema.TXT_EXT not in raw:
+        raise BadSample("missing_member", "txt")
+    bg = _background(rng, cfg)
+    rgba = _decode_rgba(raw[ext])
+    h, w = rgba.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return {
+        "images": _resize(composite(rgba[None, top : top + s, left : left + s], bg), cfg.resolution),
+        "caption": raw[schema.TXT_EXT].decode("utf-8", errors="replace").strip(),
+        "uid": raw["__key__"],
+        "background": bg / 255.0,
+    }
+
+
+# ---------------------------------------------------------------- one logical stream
+def _open_samples(url: str, storage_options: dict | None) -> Iterator[dict]:
+    """Raw samples of one shard; a local path or any fsspec URL (webdataset's gopen has no s3://, §6)."""
+    import fsspec
+
+    with fsspec.open(url, "rb", **(storage_options or {})) as f:
+        yield from schema.iter_raw_samples(f, url)
+
+
+def _visit(url: str, rng: np.random.Generator, buffer: int, storage_options, bad: Counter) -> Iterator[dict]:
+    """One visit of a shard: its raw samples through a seeded shuffle buffer (deterministic given rng)."""
+    buf: list[dict] = []
+    try:
+        for raw in _open_samples(url, storage_options):
+            buf.append(raw)
+            if len(buf) > buffer:
+                j = int(rng.integers(len(buf)))
+                buf[j], buf[-1] = buf[-1], buf[j]
+                yield buf.pop()
+    except Exception as e:  # a truncated or unreadable shard ends its visit; counted, not fatal
+        bad["unreadable_shard"] += 1
+        log.warning("shard %s unreadable (%s: %s); visit ends early", url, type(e).__name__, e)
+    while buf:
+        j = int(rng.integers(len(buf)))
+        buf[j], buf[-1] = buf[-1], buf[j]
+        yield buf.pop()
+
+
+@dataclass
+class _Stream:
+    kind: str
+    shards: list[str]
+    cfg: LoaderConfig
+    rank: int
+    stream: int
+    batch_size: int
+    storage_options: dict | None = None
+
+    def batches(self, visit: int, offset: int) -> Iterator[dict]:
+        """Endless batches from position (visit, offset): ``offset`` samples of ``visit`` already consumed."""
+        cfg = self.cfg
+        kid = KIND_ID[self.kind]
+        decode = decode_3d if self.kind == "3d" else decode_2d
+        bad: Counter = Counter()
+        items: list[dict] = []
+        empty_visits = 0
+        while True:
+            vrng = _rng(cfg.seed, TAG_VISIT, kid, self.rank, self.stream, visit)
+            url = self.shards[int(vrng.integers(len(self.shards)))]
+            good = 0
+            for i, raw in enumerate(_visit(url, vrng, cfg.shuffle_buffer, self.storage_options, bad)):
+                if i < offset:
+                    continue  # replaying up to the restored position: read, never decoded
+                srng = _rng(cfg.seed, TAG_SAMPLE, kid, self.rank, self.stream, visit, i)
+                try:
+                    items.append(decode(raw, srng, cfg))
+                    good += 1
+                except BadSample as e:
+                    bad[e.reason] += 1
+                    log.warning("skipped %s sample %s of %s: %s", self.kind, raw.get("__key__"), url, e)
+                    continue
+                if len(items) == self.batch_size:
+                    yield self._collate(items, (self.stream, visit, i + 1), bad)
+                    items = []
+                    bad.clear()
+            empty_visits = 0 if good else empty_visits + 1
+            if empty_visits >= cfg.max_empty_visits:
+                raise RuntimeError(
+                    f"{self.kind} stream {self.stream} of rank {self.rank}: {empty_visits} shard visits in a row "
+                    f"gave no usable sample (bad so far: {dict(bad)}); check the shards with `mvdata verify`"
+                )
+            visit, offset = visit + 1, 0
+
+    def _collate(self, items: list[dict], position: tuple[int, int, int], bad: Counter) -> dict:
+        out = {
+            "kind": self.kind,
+            "images": torch.stack([x["images"] for x in items]),
+            "captions": [x["caption"] for x in items],
+            "uids": [x["uid"] for x in items],
+            "backgrounds": torch.from_numpy(np.stack([x["background"] for x in items]).astype(np.float32)),
+            "cameras": torch.stack([x["cameras"] for x in items]) if self.kind == "3d" else None,
+            "_position": position,
+            "_bad": dict(bad),
+        }
+        if self.kind == "3d":
+            out["views"] = torch.tensor([x["views"] for x in items])
+        return out
+
+
+class _StreamDataset(torch.utils.data.IterableDataset):
+    """The W logical streams of one rank; DataLoader worker p serves stream (p + rotate) mod W."""
+
+    def __init__(self, streams: list[_Stream], positions: list[tuple[int, int]], rotate: int):
+        self.streams, self.positions, self.rotate = streams, positions, rotate
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        physical = info.id if info is not None else 0
+        logical = (physical + self.rotate) % len(self.streams)
+        visit, offset = self.positions[logical]
+        yield from self.streams[logical].batches(visit, offset)
+
+
+# ---------------------------------------------------------------- the loader
+class MultiViewLoader:
+    """Iterate it once per epoch: ``for batch in loader`` yields the epoch's remaining batches.
+
+    A batch: ``kind`` ("3d" | "2d"), ``images`` float32 (B, V, 3, H, W) in [-1, 1] (V = 1 for 2D),
+    ``cameras`` (B, V, 16) or None for 2D, ``captions``, ``uids``, ``backgrounds`` (B, 3) in [0, 1],
+    ``views`` (B, V) rendered view indices (3D), ``step`` and ``epoch``.
+    """
+
+    def __init__(
+        self,
+        shards_3d: str | Sequence[str],
+        cfg: LoaderConfig = LoaderConfig(),
+        *,
+        shards_2d: str | Sequence[str] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        storage_options: dict | None = None,
+    ):
+        if cfg.batch_size < 1 or cfg.num_views < 1 or cfg.resolution < 1:
+            raise UserError("batch_size, num_views and resolution must be >= 1")
+        if not 0.0 <= cfg.p_3d <= 1.0:
+            raise UserError(f"p_3d must be in [0, 1] (got {cfg.p_3d})")
+        self.cfg = cfg
+        self.rank, self.world_size = rank_and_world(rank, world_size)
+        self.n_streams = max(1, cfg.num_workers)
+        urls_3d, total = resolve_shards(shards_3d, "train", storage_options)
+        self.batches_per_epoch = cfg.batches_per_epoch or (
+            max(1, total // (cfg.batch_size * self.world_size)) if total else None
+        )
+        if not self.batches_per_epoch:
+            raise UserError("set batches_per_epoch when the 3D shards are given as tar files (no index.json)")
+        sizes = {"3d": cfg.batch_size, "2d": cfg.batch_size_2d or cfg.batch_size * cfg.num_views}
+        self.kinds = {"3d": urls_3d}
+        if shards_2d is not None:
+            self.kinds["2d"] = resolve_shards(shards_2d, "train", storage_options)[0]
+        self.streams = {
+            kind: [
+                _Stream(kind, s, cfg, self.rank, w, sizes[kind], storage_options)
+                for w, s in enumerate(stream_shards(urls, self.rank, self.world_size, self.n_streams))
+            ]
+            for kind, urls in self.kinds.items()
+        }
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.step = 0
+        self.consumed = {k: 0 for k in self.kinds}
+        self.positions = {k: [(0, 0)] * self.n_streams for k in self.kinds}
+        self.bad: Counter = Counter()
+        self._live: dict[str, Iterator] = {}
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def kind_of_step(self, step: int) -> str:
+        if "2d" not in self.kinds:
+            return "3d"
+        return "3d" if step_is_3d(self.cfg.seed, step, self.cfg.p_3d) else "2d"
+
+    def _iterator(self, kind: str) -> Iterator[dict]:
+        if kind not in self._live:
+            ds = _StreamDataset(
+                self.streams[kind], list(self.positions[kind]), self.consumed[kind] % self.n_streams
+            )
+            if self.cfg.num_workers == 0:
+                self._live[kind] = iter(ds)
+            else:
+                self._live[kind] = iter(
+                    torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers)
+                )
+        return self._live[kind]
+
+    def __iter__(self) -> Iterator[dict]:
+        while self.batch_in_epoch < self.batches_per_epoch:
+            kind = self.kind_of_step(self.step)
+            batch = next(self._iterator(kind))
+            stream, visit, offset = batch.pop("_position")
+            self.positions[kind][stream] = (visit, offset)
+            self.consumed[kind] += 1
+            self.bad.update(batch.pop("_bad"))
+            batch["step"], batch["epoch"] = self.step, self.epoch
+            self.step += 1
+            self.batch_in_epoch += 1
+            yield batch
+        if self.bad:
+            log.warning("epoch %d: skipped bad samples %s", self.epoch, dict(self.bad))
+        self.epoch += 1
+        self.batch_in_epoch = 0
+
+    def state_dict(self) -> dict:
+        """Everything a checkpoint needs to resume the exact batch sequence (JSON-able)."""
+        return {
+            "version": 1,
+            "seed": self.cfg.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "num_workers": self.cfg.num_workers,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "streams": {
+                k: {"consumed": self.consumed[k], "positions": [list(p) for p in self.positions[k]]}
+                for k in self.kinds
+            },
+            "bad": dict(self.bad),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, mine in (
+            ("seed", self.cfg.seed),
+            ("rank", self.rank),
+            ("world_size", self.world_size),
+            ("num_workers", self.cfg.num_workers),
+        ):
+            if state.get(key) != mine:
+                raise UserError(
+                    f"loader state was saved with {key}={state.get(key)}, this loader has {mine}; "
+                    f"resume with the same {key} (the batch sequence depends on it)"
+                )
+        if set(state["streams"]) != set(self.kinds):
+            raise UserError(
+                "loader state and loader disagree on 2D shards; pass the same --shards-2d on resume"
+            )
+        self._live.clear()
+        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        for k, s in state["streams"].items():
+            self.consumed[k] = int(s["consumed"])
+            self.positions[k] = [tuple(int(x) for x in p) for p in s["positions"]]
+        self.bad = Counter(state.get("bad", {}))

@@ -1,0 +1,293 @@
+"""`mvdata shard`: a render directory -> deterministic webdataset shards, one Ray task per shard (design §2.3, §4).
+
+Order of work: read the input (render dir, optional selection), plan (pure, mvforge.shards.plan), skip shards
+whose marker matches the plan (resume), write the others as Ray tasks (tar to ``<name>.tmp-<pid>``, rename,
+then the ``<name>.stats.json`` marker), and write ``index.json`` last. The output may be a local directory
+or any fsspec URL (s3://, gs://, ...); a rename there is the file system's move.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mvforge.config import to_dict, to_toml
+from mvforge.errors import UserError
+from mvforge.render import layout
+from mvforge.shards import schema
+from mvforge.shards.config import ShardConfig
+from mvforge.shards.plan import ShardSpec, plan_shards
+
+
+# ---------------------------------------------------------------- file systems (local path or fsspec URL)
+def open_fs(url: str, storage_options: dict | None = None):
+    """(fsspec file system, path inside it) for a local directory or a URL such as s3://bucket/shards."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    return fs, path.rstrip("/")
+
+
+def put_bytes_atomic(fs, path: str, data: bytes) -> None:
+    """Write ``path`` through a temporary sibling and a move, so readers never see a partial file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
+def read_json(fs, path: str) -> dict | None:
+    import json
+
+    try:
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------- input
+def load_selection(path: str | Path) -> list[str]:
+    """Uids of the kept rows of a filter selection (design §2.2: columns uid, kept)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"selection file {path} does not exist; run `mvdata filter` or drop --selection")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a non-parquet file
+        raise UserError(
+            f"selection file {path} is not a readable parquet file ({e}); pass filter's output"
+        ) from None
+    missing = {"uid", "kept"} - set(df.columns)
+    if missing:
+        raise UserError(
+            f"selection file {path} lacks column(s) {sorted(missing)}; pass filter/selection.parquet"
+        )
+    return sorted(str(u) for u in df.loc[df["kept"].astype(bool), "uid"])
+
+
+@dataclass(frozen=True)
+class ShardInput:
+    uids: list[str]
+    sizes: dict[str, int]
+    not_rendered: list[str]
+    """Selected uids without a finished render (reported, not sharded)."""
+
+
+def collect_input(renders: str | Path, selection: str | Path | None) -> ShardInput:
+    renders = Path(renders)
+    ok = list(layout.iter_uids(renders))  # raises UserError when the directory is missing
+    if selection is not None:
+        wanted = load_selection(selection)
+        if not wanted:
+            raise UserError(
+                f"selection {selection} keeps no object; lower filter's threshold or drop --selection"
+            )
+        ok_set = set(ok)
+        uids = [u for u in wanted if u in ok_set]
+        not_rendered = [u for u in wanted if u not in ok_set]
+        if not uids:
+            raise UserError(
+                f"none of the {len(wanted)} selected objects has a finished render in {renders}; "
+                "pass the render directory the selection was made from"
+            )
+    else:
+        uids, not_rendered = ok, []
+    if not uids:
+        raise UserError(f"render directory {renders} holds no finished object; run `mvdata render` first")
+    sizes = {u: schema.object_size_bytes(layout.object_dir(renders, u)) for u in uids}
+    return ShardInput(uids, sizes, not_rendered)
+
+
+# ---------------------------------------------------------------- one shard (runs in a Ray task)
+def write_shard(spec: ShardSpec, renders: str, out: str, storage_options: dict | None = None) -> dict:
+    """Write one shard and its marker; returns the marker. Objects that cannot be read are skipped and listed."""
+    fs, root = open_fs(out, storage_options)
+    start = time.monotonic()
+    skipped: list[dict] = []
+
+    def samples():
+        for uid in spec.uids:
+            obj = layout.RenderedObject(uid, layout.object_dir(renders, uid))
+            try:
+                members = schema.object_members(obj)
+            except FileNotFoundError as e:
+                skipped.append({"uid": uid, "reason": "missing_file", "message": Path(e.filename or "").name})
+                continue
+            except (ValueError, KeyError) as e:  # unreadable cameras.json / meta.json
+                skipped.append({"uid": uid, "reason": "bad_metadata", "message": str(e)[:200]})
+                continue
+            yield uid, members
+
+    final = f"{root}/{spec.name}"
+    tmp = f"{final}.tmp-{os.getpid()}"
+    with fs.open(tmp, "wb") as f:
+        hw = schema.HashingWriter(f)
+        n = schema.write_samples(hw, samples())
+    fs.mv(tmp, final)
+    marker = {
+        "name": spec.name,
+        "split": spec.split,
+        "nsamples": n,
+        "bytes": hw.nbytes,
+        "sha256": hw.sha.hexdigest(),
+        "digest": spec.digest,
+        "skipped": skipped,
+        "seconds": round(time.monotonic() - start, 3),
+    }
+    put_bytes_atomic(fs, f"{root}/{schema.stats_name(spec.name)}", schema.json_bytes(marker))
+    return marker
+
+
+# ---------------------------------------------------------------- the stage
+class _Quiet:
+    """StageProgress's interface without output (library callers, tests, benchmarks)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def advance(self, status: str = "ok", n: int = 1) -> None:
+        pass
+
+
+def index_document(specs: list[ShardSpec], markers: dict[str, dict], cfg: ShardConfig, source: dict) -> dict:
+    """index.json: per shard name/split/nsamples/bytes/sha256, totals per split, skipped objects, the config.
+
+    Only content goes in (no timings, no worker count), so an interrupted-then-resumed run and an
+    uninterrupted one write the same document.
+    """
+    from mvforge import __version__
+
+    shards = [
+        {k: markers[s.name][k] for k in ("name", "split", "nsamples", "bytes", "sha256")} for s in specs
+    ]
+    totals: dict = {"shards": len(shards), "samples": 0, "bytes": 0}
+    for split in schema.SPLITS:
+        part = [s for s in shards if s["split"] == split]
+        totals[split] = {
+            "shards": len(part),
+            "samples": sum(s["nsamples"] for s in part),
+            "bytes": sum(s["bytes"] for s in part),
+        }
+        totals["samples"] += totals[split]["samples"]
+        totals["bytes"] += totals[split]["bytes"]
+    skipped = sorted((x for s in specs for x in markers[s.name]["skipped"]), key=lambda x: x["uid"])
+    config = {k: v for k, v in to_dict(cfg).items() if k != "workers"}
+    return {
+        "format": "mvforge-shards-v1",
+        "mvforge": __version__,
+        "shards": shards,
+        "totals": totals,
+        "skipped": skipped,
+        "config": config,
+        "source": source,
+    }
+
+
+def run_shard(
+    renders: str | Path,
+    out: str,
+    cfg: ShardConfig,
+    *,
+    selection: str | Path | None = None,
+    address: str | None = None,
+    storage_options: dict | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Shard ``renders`` into ``out`` (path or URL); resumes from markers; returns the index document."""
+    from mvforge.progress import StageProgress, print_summary
+
+    if cfg.workers < 0:
+        raise UserError(f"workers must be >= 0 (got {cfg.workers}); pass --workers 2")
+    inp = collect_input(renders, selection)
+    specs = plan_shards(inp.uids, inp.sizes, cfg)
+    fs, root = open_fs(out, storage_options)
+    fs.makedirs(root, exist_ok=True)
+    fs.invalidate_cache()
+
+    # Resume: a shard is done iff its marker exists and was written for this very plan.
+    markers: dict[str, dict] = {}
+    for spec in specs:
+        m = read_json(fs, f"{root}/{schema.stats_name(spec.name)}")
+        if m is None:
+            continue
+        if m.get("digest") != spec.digest:
+            raise UserError(
+                f"{out} holds {spec.name} from a different input or config; use a new --out directory"
+            )
+        markers[spec.name] = m
+    todo = [s for s in specs if s.name not in markers]
+    # A partial tar from a killed run is redone: drop leftovers of the shards about to be written.
+    todo_names = {s.name for s in todo}
+    for p in fs.glob(f"{root}/*.tmp-*"):
+        if Path(p).name.split(".tmp-")[0] in todo_names:
+            fs.rm(p)
+
+    start = time.monotonic()
+    written_bytes = 0
+    renders_s = str(Path(renders).resolve())
+    with StageProgress("shard", total=len(specs), unit="shards") if show_progress else _Quiet() as progress:
+        if markers:
+            progress.advance("skipped", len(markers))
+        if cfg.workers == 0 or not todo:
+            for spec in todo:
+                markers[spec.name] = write_shard(spec, renders_s, out, storage_options)
+                written_bytes += markers[spec.name]["bytes"]
+                progress.advance("ok")
+        else:
+            import ray
+
+            from mvforge.raytools import init_ray
+
+            init_ray(address, num_cpus=cfg.workers)
+            task = ray.remote(num_cpus=1, max_retries=2)(write_shard)
+            pending: dict = {}
+            queue = list(todo)
+            while queue or pending:
+                while queue and len(pending) < cfg.workers:
+                    spec = queue.pop(0)
+                    pending[task.remote(spec, renders_s, out, storage_options)] = spec
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    spec = pending.pop(ref)
+                    markers[spec.name] = ray.get(ref)
+                    written_bytes += markers[spec.name]["bytes"]
+                    progress.advance("ok")
+    elapsed = time.monotonic() - start
+
+    source = {
+        "renders": renders_s,
+        "selection": str(Path(selection).resolve()) if selection else None,
+        "not_rendered": inp.not_rendered,
+    }
+    index = index_document(specs, markers, cfg, source)
+    put_bytes_atomic(fs, f"{root}/config.toml", to_toml(cfg).encode("utf-8"))
+    # index.json last: its presence says the whole shard set is complete (design §2: the marker is last).
+    import json
+
+    put_bytes_atomic(
+        fs, f"{root}/{schema.INDEX}", (json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    )
+    if show_progress:
+        t = index["totals"]
+        print_summary(
+            f"mvdata shard -> {out}",
+            [
+                ("shards (train / val)", f"{t['train']['shards']} / {t['val']['shards']}"),
+                ("shards written / resumed", f"{len(todo)} / {len(specs) - len(todo)}"),
+                ("samples (train / val)", f"{t['train']['samples']} / {t['val']['samples']}"),
+                ("objects skipped (unreadable)", len(index["skipped"])),
+                ("selected but not rendered", len(inp.not_rendered)),
+                ("GB", f"{t['bytes'] / 1e9:.3f}"),
+                ("MB/s (this run)", f"{written_bytes / 1e6 / max(elapsed, 1e-9):.1f}"),
+                ("seconds", f"{elapsed:.1f}"),
+            ],
+        )
+    return index

@@ -1,0 +1,107 @@
+"""Must-show 3 (gates on synthetic renders) and 5 (an unreadable PNG or a missing view is a reason, not a crash)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mvforge.filter.gates import view_metrics
+from mvforge.filter.pipeline import run_filter
+from mvforge.render import layout
+from mvforge.render.synthetic import write_synthetic_object
+
+
+def test_view_metrics_on_handmade_images():
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[2:5, 3:7] = (200, 10, 10, 255)  # 12 object pixels, none on the border
+    rgba[0, 0] = (0, 0, 0, 5)  # faint alpha below the threshold: background
+    rgb = np.full((10, 10, 3), 255, np.uint8)
+    rgb[2:5, 3:7] = (200, 10, 10)
+    cov, border, std = view_metrics(rgba, rgb, alpha_threshold=8)
+    assert cov == pytest.approx(12 / 100)
+    assert border == 0.0
+    expected = np.mean([rgb[..., c].astype(np.float64).std() for c in range(3)]) / 255
+    assert std == pytest.approx(expected, rel=1e-5)
+    rgba[0, :, 3] = 255  # the whole top row: 10 of the 36 ring pixels
+    assert view_metrics(rgba, rgb, 8)[1] == pytest.approx(10 / 36)
+    flat = np.zeros((10, 10, 3), np.uint8) + np.array([10, 120, 240], np.uint8)
+    assert view_metrics(rgba, flat, 8)[2] == 0.0  # distinct channels, each flat: uniform
+
+
+@pytest.fixture(scope="module")
+def filtered(tmp_path_factory, make_cfg):
+    """One in-process run over good objects, the four gate kinds and three broken objects."""
+    root = tmp_path_factory.mktemp("renders")
+    for i in range(4):
+        write_synthetic_object(root, f"good-{i}", f"object {i}", views=8, resolution=32, seed=i)
+    for kind in ("empty", "border", "tiny", "uniform"):
+        write_synthetic_object(root, f"gate-{kind}", f"a {kind} object", views=8, resolution=32, kind=kind)
+    # Broken on disk: garbage bytes, a truncated PNG, a deleted view, and an object without any text.
+    for uid in ("bad-garbage", "bad-truncated", "bad-missing", "no-text"):
+        write_synthetic_object(root, uid, "" if uid == "no-text" else "a thing", views=8, resolution=32)
+    (layout.object_dir(root, "bad-garbage") / "002.png").write_bytes(b"this is not a png")
+    png = layout.object_dir(root, "bad-truncated") / "004.png"
+    png.write_bytes(png.read_bytes()[:60])
+    (layout.object_dir(root, "bad-missing") / "006.png").unlink()
+    out = tmp_path_factory.mktemp("filter")
+    summary = run_filter(root, out, make_cfg(), progress=False)
+    scores = pd.read_parquet(out / "scores.parquet").set_index("uid")
+    selection = pd.read_parquet(out / "selection.parquet").set_index("uid")
+    return summary, scores, selection, out
+
+
+def test_gates_on_synthetic_renders(filtered):
+    _, scores, selection, _ = filtered
+    gates = ["gate_empty_render", "gate_uniform_color", "gate_tiny_coverage", "gate_cut_by_border"]
+    flags = scores[gates]
+    for i in range(4):
+        assert not flags.loc[f"good-{i}"].any(), f"good-{i} failed a gate: {flags.loc[f'good-{i}'].to_dict()}"
+    assert flags.loc["gate-empty", "gate_empty_render"]
+    assert flags.loc["gate-border", "gate_cut_by_border"] and not flags.loc["gate-border", "gate_empty_render"]
+    assert flags.loc["gate-tiny", "gate_tiny_coverage"] and not flags.loc["gate-tiny", "gate_empty_render"]
+    assert flags.loc["gate-uniform", "gate_uniform_color"] and not flags.loc["gate-uniform", "gate_empty_render"]
+    expected = {
+        "gate-empty": "empty_render",
+        "gate-border": "cut_by_border",
+        "gate-tiny": "tiny_coverage",
+        "gate-uniform": "uniform_color",
+    }
+    for uid, reason in expected.items():
+        assert selection.loc[uid, "reason"] == reason
+        assert not selection.loc[uid, "kept"]
+    # Gate-dropped objects are still scored: the scores exist before any decision (design §2.2).
+    assert scores.loc[list(expected), "aggregate"].notna().all()
+
+
+def test_broken_objects_become_reasons(filtered):
+    summary, scores, selection, _ = filtered
+    assert summary["objects"] == 12
+    expected = {
+        "bad-garbage": ("unreadable_view", "002.png"),
+        "bad-truncated": ("unreadable_view", "004.png"),
+        "bad-missing": ("missing_view", "006.png"),
+        "no-text": ("empty_text", "caption"),
+    }
+    for uid, (reason, word) in expected.items():
+        assert scores.loc[uid, "reason"] == reason
+        assert word in scores.loc[uid, "message"]
+        assert len(scores.loc[uid, "cosines"]) == 0 and np.isnan(scores.loc[uid, "aggregate"])
+        assert selection.loc[uid, "reason"] == reason and not selection.loc[uid, "kept"]
+    # An untitled object still gets its gate measurements; an unreadable one gets none (NaN, no gate).
+    assert len(scores.loc["no-text", "view_coverage"]) == 8
+    assert np.isnan(scores.loc["bad-missing", "coverage_mean"])
+    assert not scores.loc["bad-missing", ["gate_empty_render", "gate_uniform_color"]].any()
+    # The keep-fraction pool is the 4 good objects: ceil(0.5 x 4) = 2 kept.
+    assert int(selection["kept"].sum()) == 2
+    assert selection.loc[selection["kept"]].index.str.startswith("good-").all()
+
+
+def test_report_has_histogram_counts_and_sheets(filtered):
+    *_, out = filtered
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and "threshold" in html
+    for title in ("Kept (best first)", "Near the threshold", "Dropped (worst first)"):
+        assert title in html
+    assert html.count("data:image/png;base64,") >= 4
+    assert "missing_view" in html and "empty_render" in html

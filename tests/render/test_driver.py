@@ -1,0 +1,194 @@
+"""The render driver end to end on a real local Ray: a hostile mix where every object ends in one record.
+
+Real renders (32 px, 2 views, 2 samples) for the objects that should succeed; the worker's fault injection
+for the hang and the crash; a real HTTP server on 127.0.0.1 for the downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mvforge.cameras import OrbitSampling
+from mvforge.errors import UserError
+from mvforge.fsutil import read_jsonl
+from mvforge.render import layout
+from mvforge.render.config import CyclesConfig, LimitsConfig, RenderConfig
+from mvforge.render.driver import render
+from mvforge.render.plan import SourceObject
+from mvforge.render.worker import FAULT_ENV
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "glb"
+TINY = RenderConfig(
+    resolution=32,
+    cameras=OrbitSampling(views=2),
+    cycles=CyclesConfig(samples=2, threads=1),
+    limits=LimitsConfig(timeout_s=15.0, retries=1),
+)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from mvforge.raytools import init_ray
+
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def glb_server(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(DATA / "Duck.glb", served / "Duck.glb")
+
+    class Files(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(served), **k)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _local(uid: str, path: Path, caption: str = "") -> SourceObject:
+    return SourceObject(uid=uid, kind="local", ext=path.suffix[1:].lower(), path=str(path), caption=caption)
+
+
+def _alive_with(marker: str) -> list[int]:
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                env = Path(f"/proc/{entry.name}/environ").read_bytes()
+                stat = Path(f"/proc/{entry.name}/stat").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in env and stat[stat.rfind(b")") + 2 :].split()[0] != b"Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_hostile_mix_ends_in_one_record_per_object(tmp_path, ray_local, glb_server, monkeypatch):
+    tag = uuid.uuid4().hex[:8]
+    odd = tmp_path / "odd.xyz"
+    odd.write_bytes(b"not a model")
+    cache = tmp_path / "cache"
+    duck_sha = hashlib.sha256((DATA / "Duck.glb").read_bytes()).hexdigest()
+    sources = [
+        _local("box", DATA / "BoxTextured.glb", "a textured box"),
+        SourceObject(
+            uid="duck_remote", kind="objaverse", ext="glb", path=str(cache / "Duck.glb"),
+            url=f"{glb_server}/Duck.glb", sha256=duck_sha, caption="a duck", name="Duck", tags=("toy",),
+        ),
+        SourceObject(
+            uid="missing_remote", kind="objaverse", ext="glb", path=str(cache / "missing.glb"),
+            url=f"{glb_server}/missing.glb",
+        ),
+        _local(f"hang_{tag}", DATA / "monkey.glb"),
+        _local(f"crash_{tag}", DATA / "monkey.glb"),
+        _local("odd", odd),
+    ]  # fmt: skip
+    monkeypatch.setenv(FAULT_ENV, f"hang_{tag}=hang,crash_{tag}=sigkill")
+    out = tmp_path / "renders"
+    summary = render(sources, out, TINY, workers=2, show_progress=False)
+
+    expected = {
+        "box": "ok",
+        "duck_remote": "ok",
+        "missing_remote": "download_failed",
+        f"hang_{tag}": "timeout",
+        f"crash_{tag}": "crashed",
+        "odd": "unsupported_format",
+    }
+    got = {}
+    for s in sources:
+        ok = (layout.object_dir(out, s.uid) / layout.META).is_file()
+        failed = layout.failure_path(out, s.uid).is_file()
+        assert ok != failed, s.uid  # exactly one terminal record
+        got[s.uid] = "ok" if ok else json.loads(layout.failure_path(out, s.uid).read_text())["reason"]
+    assert got == expected
+    manifest = read_jsonl(out / layout.MANIFEST)
+    assert sorted(r["uid"] for r in manifest) == sorted(expected)
+    assert {r["uid"]: r["reason"] or "ok" for r in manifest} == expected
+    assert summary.counts == {"ok": 2, "failed": 4} and summary.skipped == 0
+    assert summary.reasons == {"download_failed": 1, "timeout": 1, "crashed": 1, "unsupported_format": 1}
+    assert summary.views == 4 and summary.seconds_per_view > 0
+
+    # The ok objects are complete: 2 RGBA views, cameras, meta with provenance; the download is in the cache.
+    for uid in ("box", "duck_remote"):
+        d = layout.object_dir(out, uid)
+        assert sorted(p.name for p in d.iterdir()) == ["000.png", "001.png", "cameras.json", "meta.json"]
+        meta = json.loads((d / "meta.json").read_text())
+        assert meta["views"] == 2 and meta["engine"] == "CYCLES" and meta["samples"] == 2
+        assert meta["resolution"] == 32 and meta["versions"]["blender"].startswith("5.0")
+        assert meta["source"]["sha256"] and meta["hdri"]["name"]
+    meta = json.loads((layout.object_dir(out, "duck_remote") / "meta.json").read_text())
+    assert meta["source"]["sha256"] == duck_sha and meta["tags"] == ["toy"] and meta["caption"] == "a duck"
+    assert (cache / "Duck.glb").read_bytes() == (DATA / "Duck.glb").read_bytes()
+    assert (out / layout.CONFIG).is_file()
+    assert not list(out.glob("*/*.tmp-*")) and not list(out.glob("failed/*.tmp-*"))
+    assert not _alive_with(f"hang_{tag}=hang")  # no worker nor grandchild left behind
+
+    # Re-running the finished run renders nothing and touches nothing.
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if p.name != "config.toml"}
+    again = render(sources, out, TINY, workers=2, show_progress=False)
+    assert again.skipped == 6 and again.counts == {}
+    assert len(read_jsonl(out / layout.MANIFEST)) == 6
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+    # --retry-failed re-runs only the failures; without the faults the two monkeys now render.
+    monkeypatch.delenv(FAULT_ENV)
+    retried = render(
+        [s for s in sources if s.uid != "missing_remote"], out, TINY, workers=2, retry_failed=True,
+        show_progress=False,
+    )  # fmt: skip
+    assert retried.skipped == 2 and retried.counts == {"ok": 2, "failed": 1}
+    assert layout.status(out, f"hang_{tag}") == "ok" and not layout.failure_path(out, f"hang_{tag}").exists()
+
+
+def test_changed_render_settings_are_refused(tmp_path):
+    out = tmp_path / "renders"
+    out.mkdir()
+    from mvforge.config import to_toml
+
+    (out / layout.CONFIG).write_text(to_toml(TINY))
+    box = [_local("box", DATA / "BoxTextured.glb")]
+    from dataclasses import replace
+
+    with pytest.raises(UserError, match="resolution was 32, now 64.*--overwrite"):
+        render(box, out, replace(TINY, resolution=64), show_progress=False)
+    # Speed and safety settings may change between a run and its resume.
+    faster = replace(TINY, cycles=replace(TINY.cycles, threads=2), limits=LimitsConfig(timeout_s=5))
+    from mvforge.render.driver import _check_config
+
+    _check_config(out, faster, overwrite=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"workers": 0}, "--workers"), ({"gpus_per_worker": -1}, "--gpus-per-worker")],
+)
+def test_bad_options_are_user_errors(tmp_path, kwargs, match):
+    with pytest.raises(UserError, match=match):
+        render([_local("box", DATA / "BoxTextured.glb")], tmp_path, TINY, show_progress=False, **kwargs)
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        render([_local("gone", tmp_path / "gone.glb")], tmp_path / "out", TINY, show_progress=False)

@@ -1,0 +1,123 @@
+"""The render runner: timeout, crash retry and memory cap of a real child process, and no process left behind.
+
+Rendering is not the point here: the worker's fault injection (MVFORGE_RENDER_FAULT) makes the real worker
+process hang (spawning a grandchild first) or SIGKILL itself before it imports Blender.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mvforge.render import layout
+from mvforge.render.config import LimitsConfig, RenderConfig
+from mvforge.render.plan import SourceObject, hdri_pool, plan_job
+from mvforge.render.runner import group_rss_bytes, run_object
+from mvforge.render.worker import FAULT_ENV
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _job(uid: str) -> dict:
+    obj = SourceObject(uid=uid, kind="local", ext="glb", path=str(DATA / "glb" / "BoxTextured.glb"))
+    cfg = RenderConfig(resolution=32)
+    return plan_job(obj, cfg, hdri_pool(None))
+
+
+def _marked_pids(marker: str) -> set[int]:
+    """Live (non-zombie) processes whose environment carries ``marker``: the worker and its grandchild."""
+    pids = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{entry.name}/environ").read_bytes()
+            stat = Path(f"/proc/{entry.name}/stat").read_bytes()
+        except OSError:
+            continue
+        state = stat[stat.rfind(b")") + 2 :].split()[0]
+        if marker.encode() in env and state != b"Z":
+            pids.add(int(entry.name))
+    return pids
+
+
+def _run_watching(job, out, limits, env, marker):
+    """run_object in a thread while this thread records every marked process seen during the run."""
+    seen: set[int] = set()
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(rec=run_object(job, out, limits, env=env)))
+    start = time.monotonic()
+    t.start()
+    while t.is_alive():
+        seen |= _marked_pids(marker)
+        time.sleep(0.2)
+    t.join()
+    return box["rec"], seen, time.monotonic() - start
+
+
+def test_hung_worker_is_killed_at_timeout_and_leaves_no_process(tmp_path):
+    uid = f"hang_{uuid.uuid4().hex[:8]}"
+    env = {FAULT_ENV: f"{uid}=hang"}
+    limits = LimitsConfig(timeout_s=3.0, retries=1, memory_gb=8.0)
+    rec, seen, elapsed = _run_watching(_job(uid), tmp_path, limits, env, f"{FAULT_ENV}={uid}=hang")
+
+    # The worker and the grandchild it spawned were both alive during the run...
+    assert len(seen) >= 2, seen
+    # ...and neither survives it (not retried: a timeout would only trip again).
+    assert not _marked_pids(f"{FAULT_ENV}={uid}=hang")
+    assert rec["status"] == "failed" and rec["reason"] == "timeout" and rec["attempts"] == 1
+    assert 3.0 <= elapsed < 3.0 + 3.0 + 5.0  # timeout + SIGTERM grace + slack
+    assert layout.status(tmp_path, uid) == "failed"
+    failure = json.loads(layout.failure_path(tmp_path, uid).read_text())
+    assert failure["reason"] == "timeout" and failure["status"] == "failed"
+    assert "attempt 1" in failure["log_tail"]
+    assert failure["source"]["path"].endswith("BoxTextured.glb")
+    # The staging dir is gone and no object dir was made.
+    assert not list((tmp_path / uid[:2]).glob("*")) if (tmp_path / uid[:2]).exists() else True
+
+
+def test_worker_that_dies_is_retried_then_recorded_crashed(tmp_path):
+    uid = f"crash_{uuid.uuid4().hex[:8]}"
+    limits = LimitsConfig(timeout_s=60.0, retries=2)
+    rec = run_object(_job(uid), tmp_path, limits, env={FAULT_ENV: f"{uid}=sigkill"})
+    assert rec["status"] == "failed" and rec["reason"] == "crashed" and rec["attempts"] == 3
+    failure = json.loads(layout.failure_path(tmp_path, uid).read_text())
+    assert "SIGKILL" in failure["message"] and failure["attempts"] == 3
+    log = (tmp_path / "logs" / f"{uid}.log").read_text()
+    assert log.count("=== mvforge: attempt") == 3
+    assert not layout.object_dir(tmp_path, uid).exists()
+
+
+def test_memory_cap_kills_the_process_group(tmp_path):
+    uid = f"mem_{uuid.uuid4().hex[:8]}"
+    # Two Python interpreters (worker + grandchild) hold far more than 5 MB resident.
+    limits = LimitsConfig(timeout_s=60.0, memory_gb=0.005, retries=3)
+    rec, _, elapsed = _run_watching(
+        _job(uid), tmp_path, limits, {FAULT_ENV: f"{uid}=hang"}, f"{FAULT_ENV}={uid}=hang"
+    )
+    assert rec["status"] == "failed" and rec["reason"] == "memory_limit" and rec["attempts"] == 1
+    assert elapsed < 20
+    assert rec["peak_rss_mb"] > 5
+    assert not _marked_pids(f"{FAULT_ENV}={uid}=hang")
+
+
+def test_group_rss_counts_this_process():
+    own = 0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            own = int(line.split()[1]) * 1024
+    assert group_rss_bytes(os.getpgid(0)) >= own * 0.9
+    assert group_rss_bytes(2**22 + 12345) == 0  # no such group
+
+
+@pytest.mark.parametrize("fault", ["sigkill"])
+def test_no_retry_budget_means_one_attempt(tmp_path, fault):
+    uid = f"once_{uuid.uuid4().hex[:8]}"
+    rec = run_object(_job(uid), tmp_path, LimitsConfig(retries=0), env={FAULT_ENV: f"{uid}={fault}"})
+    assert rec["attempts"] == 1 and rec["reason"] == "crashed"

@@ -1,0 +1,227 @@
+"""Source resolution: local files, dirs, globs, caption sidecars, uids; Objaverse metadata in the package's format."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from mvforge.errors import UserError
+from mvforge.render.layout import UID_RE
+from mvforge.render.sources import (
+    OBJAVERSE_SUBDIR,
+    ObjaverseSelection,
+    readable_name,
+    resolve_sources,
+    safe_uid,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "glb"
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """a/Duck.glb, b/Duck.glb (same stem), b/sub/my.chair v2.obj, notes.txt, odd.xyz."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b" / "sub").mkdir(parents=True)
+    shutil.copy(DATA / "Duck.glb", tmp_path / "a" / "Duck.glb")
+    shutil.copy(DATA / "Duck.glb", tmp_path / "b" / "Duck.glb")
+    (tmp_path / "b" / "sub" / "my.chair v2.obj").write_text("v 0 0 0\n")
+    (tmp_path / "b" / "notes.txt").write_text("not a model")
+    (tmp_path / "odd.xyz").write_bytes(b"\x00")
+    return tmp_path
+
+
+def test_directory_is_recursive_and_keeps_known_formats(tree):
+    objs = resolve_sources([str(tree / "b")])
+    assert sorted(Path(o.path).name for o in objs) == ["Duck.glb", "my.chair v2.obj"]
+    chair = next(o for o in objs if o.ext == "obj")
+    assert chair.uid == "my_chair_v2" and chair.kind == "local"
+    assert chair.caption == "my chair v2"
+
+
+def test_same_stem_gets_a_path_hash_independent_of_argument_order(tree):
+    a, b = str((tree / "a" / "Duck.glb").resolve()), str((tree / "b" / "Duck.glb").resolve())
+    one = {o.path: o.uid for o in resolve_sources([str(tree / "a"), str(tree / "b")])}
+    two = {o.path: o.uid for o in resolve_sources([str(tree / "b"), str(tree / "a")])}
+    assert one == two
+    assert one[a] == "Duck"  # the first path in sort order keeps the plain stem
+    assert one[b] == "Duck-" + hashlib.sha1(b.encode()).hexdigest()[:8]
+    assert all(UID_RE.match(u) and "." not in u for u in one.values())
+
+
+def test_glob_single_files_and_duplicates(tree):
+    objs = resolve_sources([str(tree / "**" / "*.glb"), str(tree / "a" / "Duck.glb"), str(tree / "odd.xyz")])
+    assert len(objs) == 3  # a/Duck.glb named twice is one object
+    odd = next(o for o in objs if o.ext == "xyz")
+    assert odd.uid == "odd"  # an unknown extension is still an object (it fails later as unsupported_format)
+
+
+def test_caption_sidecars_csv_and_jsonl(tree):
+    csv = tree / "caps.csv"
+    csv.write_text(
+        'uid,path,caption\nduck_a,a/Duck.glb,"a yellow rubber duck"\nmy_chair_v2,,"a wooden chair"\n'
+    )
+    objs = {o.path: o for o in resolve_sources([str(tree / "a"), str(tree / "b")], captions=csv)}
+    duck_a = objs[str((tree / "a" / "Duck.glb").resolve())]
+    assert (duck_a.uid, duck_a.caption) == ("duck_a", "a yellow rubber duck")
+    # With a/Duck.glb renamed, b/Duck.glb no longer collides and keeps its plain stem.
+    assert objs[str((tree / "b" / "Duck.glb").resolve())].uid == "Duck"
+    chair = next(o for o in objs.values() if o.ext == "obj")
+    assert chair.caption == "a wooden chair"
+
+    jsonl = tree / "caps.jsonl"
+    jsonl.write_text(json.dumps({"path": str(tree / "odd.xyz"), "caption": "a mystery"}) + "\n")
+    (odd,) = resolve_sources([str(tree / "odd.xyz")], captions=jsonl)
+    assert odd.caption == "a mystery" and odd.uid == "odd"
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["/no/such/file.glb"], "neither demo"),
+        (["/no/such/*.glb"], "matches no file"),
+        ([], "no SOURCE"),
+    ],
+)
+def test_bad_sources_are_user_errors(args, match):
+    with pytest.raises(UserError, match=match):
+        resolve_sources(args)
+
+
+def test_objaverse_options_need_the_objaverse_source(tree):
+    with pytest.raises(UserError, match="add the source `objaverse`"):
+        resolve_sources([str(tree / "a")], objaverse=ObjaverseSelection(limit=3))
+
+
+def test_bad_caption_sidecar(tree):
+    bad = tree / "caps.csv"
+    bad.write_text("uid,text\nx,y\n")
+    with pytest.raises(UserError, match="caption column"):
+        resolve_sources([str(tree / "a")], captions=bad)
+
+
+def test_uid_and_caption_helpers():
+    assert safe_uid("CesiumMilkTruck") == "CesiumMilkTruck"
+    assert safe_uid("a.b c/d") == "a_b_c_d"
+    assert safe_uid("...") == "object"
+    assert readable_name("CesiumMilkTruck") == "cesium milk truck"
+    assert readable_name("office_chair-02") == "office chair 02"
+
+
+def test_demo_source_is_available_or_a_clear_error():
+    try:
+        from mvforge.assets import list_demo_objects  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="demo objects are not available"):
+            resolve_sources(["demo"])
+        return
+    objs = resolve_sources(["demo"])
+    assert len(objs) >= 12 and all(o.kind == "demo" and o.caption and Path(o.path).is_file() for o in objs)
+
+
+# --- Objaverse ------------------------------------------------------------------------------------------
+
+UIDS = {
+    "0a1b2c3d4e5f60718293a4b5c6d7e8f9": ("000-000", "Red Chair", ["chair", "furniture"]),
+    "1b2c3d4e5f60718293a4b5c6d7e8f90a": ("000-000", "Old Mug", ["mug"]),
+    "2c3d4e5f60718293a4b5c6d7e8f90a1b": ("000-001", "Desk Lamp", []),
+}
+
+
+def write_objaverse_metadata(root: Path) -> None:
+    """Metadata files exactly as objaverse 0.1.7 stores them under BASE_PATH/hf-objaverse-v1."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {uid: f"glbs/{d}/{uid}.glb" for uid, (d, _, _) in UIDS.items()}
+    with gzip.open(root / "object-paths.json.gz", "wt") as f:
+        json.dump(paths, f)
+    with gzip.open(root / "lvis-annotations.json.gz", "wt") as f:
+        json.dump({"chair": [next(iter(UIDS))], "mug": list(UIDS)[1:2]}, f)
+    (root / "metadata").mkdir(exist_ok=True)
+    for d in {d for d, _, _ in UIDS.values()}:
+        ann = {
+            uid: {"uid": uid, "name": name, "tags": [{"name": t, "slug": t} for t in tags]}
+            for uid, (dd, name, tags) in UIDS.items()
+            if dd == d
+        }
+        with gzip.open(root / "metadata" / f"{d}.json.gz", "wt") as f:
+            json.dump(ann, f)
+
+
+def test_objaverse_from_cache_offline(tmp_path, monkeypatch):
+    write_objaverse_metadata(tmp_path / OBJAVERSE_SUBDIR)
+    # An address nothing listens on: the run must not need the network when the metadata is cached.
+    offline = "http://127.0.0.1:9"
+    objs = resolve_sources(["objaverse"], cache=tmp_path, base_url=offline)
+    assert [o.uid for o in objs] == sorted(UIDS)
+    chair = objs[0]
+    assert chair.caption == "Red Chair, chair, furniture" and chair.tags == ("chair", "furniture")
+    assert chair.url == f"{offline}/glbs/000-000/{chair.uid}.glb"
+    assert chair.path == str(tmp_path / OBJAVERSE_SUBDIR / "glbs" / "000-000" / f"{chair.uid}.glb")
+    assert chair.kind == "objaverse" and chair.ext == "glb"
+
+    only_lamp = ObjaverseSelection(uids_file=_uid_file(tmp_path, [list(UIDS)[2]]))
+    (lamp,) = resolve_sources(["objaverse"], cache=tmp_path, base_url=offline, objaverse=only_lamp)
+    assert lamp.caption == "Desk Lamp" and lamp.tags == ()
+    (mug,) = resolve_sources(
+        ["objaverse"], cache=tmp_path, base_url=offline, objaverse=ObjaverseSelection(lvis="mug")
+    )
+    assert mug.name == "Old Mug"
+    assert len(resolve_sources(["objaverse"], cache=tmp_path, objaverse=ObjaverseSelection(limit=2))) == 2
+    with pytest.raises(UserError, match="LVIS category 'chiar'"):
+        resolve_sources(["objaverse"], cache=tmp_path, objaverse=ObjaverseSelection(lvis="chiar"))
+
+    # The objaverse package itself reads the same cache the same way (its paths are module globals).
+    import objaverse
+
+    monkeypatch.setattr(objaverse, "_VERSIONED_PATH", str(tmp_path / OBJAVERSE_SUBDIR))
+    assert objaverse.load_lvis_annotations()["mug"] == [mug.uid]
+    assert objaverse.load_annotations([chair.uid])[chair.uid]["name"] == chair.name
+
+
+def _uid_file(tmp_path: Path, uids: list[str]) -> Path:
+    p = tmp_path / "uids.txt"
+    p.write_text("# picked by hand\n" + "\n".join(uids) + "\n")
+    return p
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_objaverse_metadata_is_fetched_into_the_cache_once(tmp_path):
+    served = tmp_path / "hf"
+    write_objaverse_metadata(served)
+    handler = lambda *a, **k: _Files(*a, directory=str(served), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        cache = tmp_path / "cache"
+        objs = resolve_sources(
+            ["objaverse"], cache=cache, base_url=url, objaverse=ObjaverseSelection(lvis="chair")
+        )
+        assert [o.name for o in objs] == ["Red Chair"]
+        got = sorted(str(p.relative_to(cache)) for p in cache.rglob("*.gz"))
+        # Only the annotation file of the selected object's directory is fetched.
+        names = ["lvis-annotations.json.gz", "metadata/000-000.json.gz", "object-paths.json.gz"]
+        assert got == [f"{OBJAVERSE_SUBDIR}/{n}" for n in names]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    # Server gone: the cached metadata is enough.
+    assert (
+        len(
+            resolve_sources(
+                ["objaverse"], cache=cache, base_url=url, objaverse=ObjaverseSelection(lvis="chair")
+            )
+        )
+        == 1
+    )

@@ -1,0 +1,260 @@
+"""`mvdata shard`: exact member format, byte-identical output, selection, resume, SIGKILL, S3, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mvforge.errors import UserError
+from mvforge.render import layout
+from mvforge.render.synthetic import write_synthetic_render_dir
+from mvforge.shards import schema
+from mvforge.shards.config import ShardConfig
+from mvforge.shards.verify import verify
+from mvforge.shards.writer import run_shard
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _tars(root: Path) -> dict[str, str]:
+    return {p.name: _sha(p) for p in sorted(root.glob("*.tar"))}
+
+
+def test_members_are_the_original_files(renders, shards):
+    index = json.loads((shards / "index.json").read_text())
+    assert index["totals"]["samples"] == 8 and index["totals"]["shards"] == 4
+    seen = set()
+    for entry in index["shards"]:
+        path = shards / entry["name"]
+        assert entry["bytes"] == path.stat().st_size and entry["sha256"] == _sha(path)
+        assert json.loads((shards / f"{entry['name']}.stats.json").read_text())["sha256"] == entry["sha256"]
+        with tarfile.open(path) as tar:
+            members = tar.getmembers()
+            by_key: dict[str, list[str]] = {}
+            for m in members:
+                assert (m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) == (0, 0, 0, "", "", 0o444)
+                key, ext = schema.split_key(m.name)
+                by_key.setdefault(key, []).append(ext)
+            assert len(by_key) == entry["nsamples"]
+            for uid, exts in by_key.items():
+                seen.add(uid)
+                assert exts == sorted(exts)  # members sorted within a sample
+                assert exts == [f"{i:03d}.png" for i in range(8)] + ["cameras.npy", "json", "txt"]
+                obj = layout.load_object(renders, uid)
+                for i in range(8):  # PNG bytes never re-encoded
+                    assert tar.extractfile(f"{uid}.{i:03d}.png").read() == obj.view_path(i).read_bytes()
+                cams = schema.load_npy(tar.extractfile(f"{uid}.cameras.npy").read())
+                assert cams.dtype == np.float32 and cams.shape == (8, 4, 4)
+                np.testing.assert_array_equal(
+                    cams, np.asarray([v["c2w"] for v in obj.cameras["views"]], np.float32)
+                )
+                doc = json.loads(tar.extractfile(f"{uid}.json").read())
+                assert doc["views"] == obj.cameras["views"] and doc["meta"] == obj.meta
+                assert tar.extractfile(f"{uid}.txt").read().decode() == obj.caption
+    assert seen == set(layout.iter_uids(renders))
+
+
+def test_two_runs_byte_identical_with_ray(renders, shards, tmp_path):
+    """Ray tasks (2 workers) and the in-driver writer give the same bytes and the same index.json."""
+    from mvforge.raytools import init_ray
+
+    init_ray(num_cpus=2)
+    cfg = ShardConfig(max_count=2, val_fraction=0.0, workers=2)
+    run_shard(renders, str(tmp_path / "a"), cfg, show_progress=False)
+    run_shard(renders, str(tmp_path / "b"), cfg, show_progress=False)
+    assert _tars(tmp_path / "a") == _tars(tmp_path / "b") == _tars(shards)
+    index = (shards / "index.json").read_text()
+    assert (tmp_path / "a" / "index.json").read_text() == (tmp_path / "b" / "index.json").read_text() == index
+
+
+def test_selection_keeps_only_kept_rows(renders, tmp_path):
+    sel = tmp_path / "selection.parquet"
+    pd.DataFrame(
+        {
+            "uid": ["obj-0001", "obj-0003", "obj-0005", "nope"],
+            "kept": [True, False, True, True],
+            "score": [0.3, 0.1, 0.4, 0.5],
+        }
+    ).to_parquet(sel)
+    index = run_shard(
+        renders,
+        str(tmp_path / "s"),
+        ShardConfig(val_fraction=0.0, workers=0),
+        selection=sel,
+        show_progress=False,
+    )
+    keys = set()
+    for entry in index["shards"]:
+        with tarfile.open(tmp_path / "s" / entry["name"]) as tar:
+            keys |= {schema.split_key(n)[0] for n in tar.getnames()}
+    assert keys == {"obj-0001", "obj-0005"}
+    assert index["source"]["not_rendered"] == ["nope"]
+
+
+def test_resume_skips_done_shards_and_redoes_partial_tmp(renders, shards, tmp_path):
+    out = tmp_path / "s"
+    cfg = ShardConfig(max_count=2, val_fraction=0.0, workers=0)
+    run_shard(renders, str(out), cfg, show_progress=False)
+    # a killed run: one shard's marker and tar gone, a partial tar left as *.tmp-<pid>
+    (out / "train-000001.tar.stats.json").unlink()
+    (out / "train-000001.tar").unlink()
+    (out / "train-000001.tar.tmp-424242").write_bytes(b"partial")
+    (out / "index.json").unlink()
+    kept_mtime = (out / "train-000000.tar").stat().st_mtime_ns
+    run_shard(renders, str(out), cfg, show_progress=False)
+    assert (out / "train-000000.tar").stat().st_mtime_ns == kept_mtime  # skipped, not rewritten
+    assert not list(out.glob("*.tmp-*"))
+    assert _tars(out) == _tars(shards)
+    assert (out / "index.json").read_text() == (shards / "index.json").read_text()
+
+
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, mvdata_bin):
+    """Kill the whole `mvdata shard` process group mid-run, re-run through the entry point: same output."""
+    renders = tmp_path / "r"
+    write_synthetic_render_dir(renders, 40, views=4, resolution=16)
+    ref = tmp_path / "ref"
+    run_shard(renders, str(ref), ShardConfig(max_count=1, val_fraction=0.25, workers=0), show_progress=False)
+    out = tmp_path / "out"
+    cmd = [
+        mvdata_bin,
+        "shard",
+        "--renders",
+        str(renders),
+        "--out",
+        str(out),
+        "--max-count",
+        "1",
+        "--val-fraction",
+        "0.25",
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.stats.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray processes, as a crashed node would
+    proc.wait()
+    done = len(list(out.glob("*.stats.json")))
+    assert not (out / "index.json").exists() and 2 <= done < 40, f"kill came too late ({done} markers)"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "40" in r.stderr  # the summary table counts samples
+    assert (out / "index.json").read_text() == (ref / "index.json").read_text()
+    assert _tars(out) == _tars(ref)
+    assert not list(out.glob("*.tmp-*"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(k, v)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def test_s3_output_against_a_local_s3_server(renders, shards, s3_server):
+    import s3fs
+
+    from mvforge.shards.config import LoaderConfig
+    from mvforge.shards.loader import MultiViewLoader
+
+    opts = {"endpoint_url": s3_server}
+    fs = s3fs.S3FileSystem(**opts)
+    fs.mkdir("bucket")
+    cfg = ShardConfig(max_count=2, val_fraction=0.0, workers=0)
+    index = run_shard(renders, "s3://bucket/shards", cfg, storage_options=opts, show_progress=False)
+    fs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls("bucket/shards"))
+    assert "index.json" in names and not [n for n in names if ".tmp-" in n]
+    for entry in index["shards"]:
+        remote = fs.cat(f"bucket/shards/{entry['name']}")
+        assert remote == (shards / entry["name"]).read_bytes()
+    assert json.loads(fs.cat("bucket/shards/index.json"))["shards"] == index["shards"]
+    counts, problems = verify("s3://bucket/shards", opts)
+    assert problems == [] and counts["samples"] == 8
+    # resume on S3: everything is skipped, nothing rewritten
+    assert run_shard(renders, "s3://bucket/shards", cfg, storage_options=opts, show_progress=False) == index
+    loader = MultiViewLoader(
+        "s3://bucket/shards", LoaderConfig(batch_size=2, resolution=16), storage_options=opts
+    )
+    batch = next(iter(loader))
+    assert batch["images"].shape == (2, 4, 3, 16, 16)
+
+
+def test_bad_input_is_a_user_error(tmp_path, renders, mvdata_bin):
+    with pytest.raises(UserError, match="does not exist"):
+        run_shard(tmp_path / "missing", str(tmp_path / "o"), ShardConfig(workers=0))
+    mvdata = mvdata_bin
+    r = subprocess.run(
+        [mvdata, "shard", "--renders", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    sel = tmp_path / "empty.parquet"
+    pd.DataFrame({"uid": ["obj-0001"], "kept": [False]}).to_parquet(sel)
+    r = subprocess.run(
+        [mvdata, "shard", "--renders", str(renders), "--out", str(tmp_path / "o"), "--selection", str(sel)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "keeps no object" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(
+        [mvdata, "shard", "--renders", str(renders), "--out", str(tmp_path / "o"), "--set", "max_cont=3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "max_cont" in r.stderr
+
+
+def test_tar_bytes_equal_stdlib_tarfile():
+    """The chunked writer emits exactly the bytes of stdlib tarfile for the same members (long names too)."""
+    import io
+
+    samples = [
+        ("a" * 120, {"000.png": b"x" * 1000, "txt": b"hi"}),
+        ("b", {"json": b"{}" * 3000, "txt": b""}),
+        ("c" * 96, {"txt": b"\xc3\xa9" * 700}),
+    ]
+    mine = io.BytesIO()
+    schema.write_samples(schema.HashingWriter(mine), samples)
+    ref = io.BytesIO()
+    with tarfile.open(fileobj=ref, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+        for key, members in samples:
+            for ext in sorted(members):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mode = len(members[ext]), 0o444
+                tar.addfile(info, io.BytesIO(members[ext]))
+    assert mine.getvalue() == ref.getvalue()
