@@ -141,6 +141,8 @@ def composite(rgba: np.ndarray, bg: np.ndarray) -> torch.Tensor:
     Done in float32 torch on the whole stack: 1.3 ms per 256² view against 5.0 ms for per-view numpy float
     (one core of the 2-core VM, 2026-11-25).
     """
+    if not rgba.flags.writeable:  # a slice of PIL's read-only buffer (2D crops); torch wants writable memory
+        rgba = rgba.copy()
     x = torch.from_numpy(rgba).permute(0, 3, 1, 2).contiguous()
     a = x[:, 3:].float()
     out = x[:, :3].float().mul_(a)

@@ -143,9 +143,7 @@ def _header(name: str, size: int) -> bytes:
             tarfile.REGTYPE,
             bytes(100),  # linkname
             tarfile.GNU_MAGIC,
-            bytes(64),  # uname, gname
-            b"0000000\0" * 2,  # devmajor, devminor
-            bytes(167),  # prefix and padding
+            bytes(64 + 16 + 167),  # uname, gname, devmajor, devminor (NUL for regular files), prefix, pad
         )
     )
     return head[:148] + b"%06o\0" % sum(head) + head[155:]

@@ -258,3 +258,15 @@ def test_tar_bytes_equal_stdlib_tarfile():
                 info.size, info.mode = len(members[ext]), 0o444
                 tar.addfile(info, io.BytesIO(members[ext]))
     assert mine.getvalue() == ref.getvalue()
+
+
+def test_unreadable_object_is_skipped_and_listed(tmp_path):
+    renders = tmp_path / "r"
+    write_synthetic_render_dir(renders, 3, views=4, resolution=16)
+    (layout.object_dir(renders, "obj-0001") / "002.png").unlink()
+    index = run_shard(
+        renders, str(tmp_path / "s"), ShardConfig(val_fraction=0.0, workers=0), show_progress=False
+    )
+    assert index["totals"]["samples"] == 2
+    assert index["skipped"] == [{"uid": "obj-0001", "reason": "missing_file", "message": "002.png"}]
+    assert verify(str(tmp_path / "s"))[1] == []
