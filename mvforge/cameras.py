@@ -118,9 +118,12 @@ class OrbitSampling:
     """Lower bound of the fov, vertical = horizontal, drawn once per orbit (paper: U[15, 60])."""
     fov_max_deg: float = 60.0
     """Upper bound of the fov."""
-    frame_radius: float = 0.5
-    """Half-size of the origin plane the image spans: distance = frame_radius / tan(fov / 2) x jitter, so the
-    object's size on screen does not depend on the fov (design §3)."""
+    frame_radius: float = 0.9623
+    """Radius of the sphere about the origin that the view cone is fitted to:
+    distance = frame_radius / sin(fov / 2) x jitter, so the object's size on screen does not depend on the fov.
+    Default sqrt(3)/2 / 0.9: the circumsphere of the unit cube stays inside the image even at the smallest
+    jitter. (The design's 0.5 / tan(fov/2) frames only the cube's centre plane: any object that fills the
+    cube was cut by the image border, worst at wide fov where the near faces are magnified.)"""
     distance_jitter_min: float = 0.9
     """Lower bound of the distance jitter factor."""
     distance_jitter_max: float = 1.1
@@ -162,7 +165,7 @@ def sample_orbits(rng: np.random.Generator, sampling: OrbitSampling, orbits: int
         start = (
             float(rng.uniform(0.0, 360.0)) if sampling.random_azimuth_start else sampling.azimuth_start_deg
         )
-        distance = sampling.frame_radius / math.tan(math.radians(fov) / 2) * jitter
+        distance = sampling.frame_radius / math.sin(math.radians(fov) / 2) * jitter
         for k in range(sampling.views):
             azimuth = (start + 360.0 * k / sampling.views) % 360.0
             out.append(View(len(out), orbit, elevation, azimuth, fov, distance))

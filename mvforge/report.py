@@ -140,6 +140,7 @@ def _render_section(
 
     parts.append("<h3>Render timings</h3>")
     parts.append(_timings_table(objects))
+    parts.append(_config_details(root))
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -150,7 +151,8 @@ def _object_card(obj: layout.RenderedObject, report_dir: Path, cfg: ReportConfig
     except (OSError, ValueError) as e:
         return f'<div class="card"><b>{_e(obj.uid)}</b>: unreadable ({_e(str(e))})</div>'
     n = len(views)
-    picks = sorted({int(i * n / cfg.views_per_object) for i in range(min(cfg.views_per_object, n))})
+    k = min(cfg.views_per_object, n)
+    picks = sorted({int(i * n / k) for i in range(k)})
     imgs = []
     for i in picks:
         path = obj.path / str(views[i].get("file") or layout.view_name(i))
@@ -238,6 +240,12 @@ def _filter_section(root: Path | None, report_dir: Path, cfg: ReportConfig) -> t
     head = '<section id="filter"><h2>Filter</h2>'
     if root is None:
         return {}, head + '<p class="none">No filter output here (no filter/selection.parquet).</p></section>'
+    if not (root / "selection.parquet").is_file():
+        return (
+            {},
+            head
+            + '<p class="none">filter/ has no selection.parquet (the filter has not finished).</p></section>',
+        )
     try:
         rows = _read_parquet(root / "selection.parquet")
     except Exception as e:  # a broken parquet file must not take the whole report down
@@ -285,6 +293,7 @@ def _filter_section(root: Path | None, report_dir: Path, cfg: ReportConfig) -> t
         parts.append(histogram_svg(list(finite.values()), kept_flags, threshold, cfg.histogram_bins))
     else:
         parts.append('<p class="none">No finite scores to plot.</p>')
+    parts.append(_config_details(root))
     if (root / REPORT).is_file():
         parts.append(
             f'<p>Full filter report: <a href="{_href(root / REPORT, report_dir)}">filter/report.html</a></p>'
@@ -365,6 +374,8 @@ def _shard_section(root: Path | None) -> str:
     head = '<section id="shards"><h2>Shards</h2>'
     if root is None:
         return head + '<p class="none">No shard output here (no shards/index.json).</p></section>'
+    if not (root / "index.json").is_file():
+        return head + '<p class="none">shards/ has no index.json (sharding has not finished).</p></section>'
     try:
         index = json.loads((root / "index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -415,6 +426,15 @@ def _shard_section(root: Path | None) -> str:
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
+
+
+def _config_details(stage_dir: Path) -> str:
+    """The stage's resolved config.toml, folded away (what the outputs were made with, design §2)."""
+    try:
+        text = (stage_dir / "config.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return _details("resolved config.toml", text)
 
 
 def _read_parquet(path: Path) -> list[dict]:

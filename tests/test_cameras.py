@@ -83,11 +83,22 @@ def test_sample_orbits_ranges_and_reproducibility():
         assert len({(v.elevation_deg, v.fov_deg, v.distance) for v in views}) == 1
         v = views[0]
         assert 0 <= v.elevation_deg <= 30 and 15 <= v.fov_deg <= 60
-        base = 0.5 / math.tan(math.radians(v.fov_deg) / 2)
+        base = s.frame_radius / math.sin(math.radians(v.fov_deg) / 2)
         assert 0.9 * base <= v.distance <= 1.1 * base
         azimuths = [x.azimuth_deg for x in views]
         np.testing.assert_allclose(np.diff(azimuths), 360 / 32)
     assert a[0].elevation_deg != a[32].elevation_deg
+
+
+def test_default_framing_keeps_the_unit_cube_inside_the_image():
+    """Every corner of [-0.5, 0.5]^3 projects inside the image for any sampled orbit (no border cuts)."""
+    corners = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
+    s = OrbitSampling(views=8)
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        for v in cameras.sample_orbits(rng, s):
+            uv = cameras.project(corners, v.c2w, cameras.intrinsics(v.fov_deg, 64))
+            assert uv.min() >= 0 and uv.max() <= 64
 
 
 def test_sphere_directions_unbiased():

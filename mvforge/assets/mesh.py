@@ -5,9 +5,10 @@ triangles wind counter-clockwise seen from outside (right-hand rule gives the ou
 normal points outward. Coordinates are metres in the mvforge world (design §3: right-handed, Z up, front = -Y).
 
 Determinism: regenerating the demo files must give byte-identical GLBs on any machine. numpy's float64
-sin/cos may use SIMD kernels (SVML on AVX-512) whose last bit differs between CPUs, and ``@`` goes through
-BLAS, whose FMA use differs too. So angles go through Python's ``math`` (libm) and every product is written
-out element-wise: numpy's element-wise + and * are exactly rounded IEEE operations everywhere.
+transcendental functions can dispatch to CPU-specific SIMD kernels (SVML on AVX-512 for several of them), and
+``@`` goes through BLAS, whose use of FMA differs between CPUs. So angles go through Python's ``math`` (libm)
+and every product is written out element-wise: numpy's element-wise + and * are exactly rounded IEEE
+operations on every CPU (tests/assets re-generates with numpy's SIMD dispatch switched off and compares).
 """
 
 from __future__ import annotations
@@ -227,7 +228,11 @@ def box(center: Vec3, size: Vec3) -> Part:
 
 
 def tube(path: Sequence[Vec3], radius: float, sides: int = 12) -> Part:
-    """A round tube swept along a 3D polyline, capped flat at both ends (rotation-minimising frames)."""
+    """A round tube swept along a 3D polyline, capped flat at both ends (rotation-minimising frames).
+
+    Give bends several points: each ring is perpendicular to the mean of its two segments and not widened,
+    so a sharp corner pinches the tube (and folds it inside out when the radius exceeds the segments).
+    """
     p = np.array(path, dtype=np.float64)
     m = len(p)
     if m < 2:
@@ -294,11 +299,6 @@ def prism(polygon: Sequence[tuple[float, float]], thickness: float) -> Part:
         pos = np.array([(x0, -h, z0), (x1, -h, z1), (x1, h, z1), (x0, h, z0)])
         parts.append(Part(pos, np.repeat(np.array([n]), 4, axis=0), np.array([(0, 3, 2), (0, 2, 1)])))
     return merge(parts)
-
-
-def matmul3(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> tuple[Vec3, Vec3, Vec3]:
-    """3x3 product in plain Python floats (deterministic everywhere)."""
-    return tuple(tuple(sum(a[i][k] * b[k][j] for k in range(3)) for j in range(3)) for i in range(3))  # type: ignore[return-value]
 
 
 def align_z(direction: Vec3) -> tuple[Vec3, Vec3, Vec3]:

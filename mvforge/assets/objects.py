@@ -261,7 +261,9 @@ def rocket() -> Model:
         lathe([[(0.0, 0.14), (0.085, 0.14)], [(0.085, 0.14), (0.1, 0.3), *ogive[: split + 1]]], segments=40),
     )
     model.add(_mat("red paint", "#d32f2f", 0.35), lathe([ogive[split:]], segments=40))
-    fin = prism([(0.07, 0.16), (0.22, 0.04), (0.22, 0.17), (0.09, 0.4)], 0.016)
+    fin = prism(
+        [(0.07, 0.2), (0.22, 0.0), (0.22, 0.13), (0.09, 0.42)], 0.016
+    )  # the rocket stands on its fins
     model.add(
         _mat("red paint", "#d32f2f", 0.35),
         *(transform(fin, rotate=rotation("z", a)) for a in (0, 90, 180, 270)),
@@ -369,6 +371,7 @@ def donut() -> Model:
 
 
 def kettle() -> Model:
+    enamel = _mat("red enamel", "#b71c1c", 0.3)
     steel = _mat("stainless steel", "#c8c8c8", 0.22, metallic=1.0)
     body = lathe(
         [
@@ -393,7 +396,8 @@ def kettle() -> Model:
         [(-0.08, 0.0, 0.06), (-0.115, 0.0, 0.1), (-0.14, 0.0, 0.145), (-0.155, 0.0, 0.17)], 0.013, sides=14
     )
     model = Model()
-    model.add(steel, body, lid, spout)
+    model.add(enamel, body, spout)
+    model.add(steel, lid)
     black = _mat("black plastic", "#1a1a1a", 0.5)
     handle = [
         (0.07 * math.cos(math.radians(a)), 0.0, 0.17 + 0.12 * math.sin(math.radians(a)))
@@ -472,18 +476,11 @@ def desk() -> Model:
     fronts, handles = [], []
     for z in (0.12, 0.36, 0.6):
         fronts.append(box((-0.39, -0.277, z), (0.37, 0.02, 0.21)))
-        handles.append(
-            tube(
-                [
-                    (-0.45, -0.29, z + 0.05),
-                    (-0.45, -0.305, z + 0.05),
-                    (-0.33, -0.305, z + 0.05),
-                    (-0.33, -0.29, z + 0.05),
-                ],
-                0.006,
-                sides=8,
-            )
-        )
+        bar = transform(capsule(0.006, -0.06, 0.06, segments=12, rings=3), rotate=rotation("y", 90.0))
+        handles.append(transform(bar, translate=(-0.39, -0.305, z + 0.05)))
+        for x in (-0.44, -0.34):  # the two posts holding the bar off the drawer front
+            post = transform(cylinder(0.004, 0.0, 0.025, segments=10), rotate=rotation("x", 90.0))
+            handles.append(transform(post, translate=(x, -0.28, z + 0.05)))
     model.add(_mat("drawer fronts", "#9c6b43", 0.5), *fronts)
     model.add(_mat("brushed metal", "#d0d0d0", 0.3, metallic=1.0), *handles)
     return model
@@ -500,7 +497,7 @@ DEMO_SPECS: tuple[DemoSpec, ...] = (
     DemoSpec("demo-rocket", "a white and red toy rocket with fins and a round window", rocket),
     DemoSpec("demo-potted-cactus", "a green cactus with two arms in a terracotta pot", potted_cactus),
     DemoSpec("demo-donut", "a donut with pink icing and colourful sprinkles", donut),
-    DemoSpec("demo-kettle", "a stainless steel kettle with a black handle", kettle),
+    DemoSpec("demo-kettle", "a red enamel kettle with a steel lid and a black handle", kettle),
     DemoSpec("demo-bench", "a wooden park bench with black iron legs", bench),
     DemoSpec("demo-traffic-cone", "an orange traffic cone with white reflective stripes", traffic_cone),
     DemoSpec("demo-desk", "a wooden office desk with three drawers", desk),

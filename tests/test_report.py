@@ -1,0 +1,211 @@
+"""`mvdata report`: the HTML names every object and failure, every link resolves, the histogram counts are right."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from mvforge.fsutil import atomic_write_json
+from mvforge.render import layout
+from mvforge.render.synthetic import write_synthetic_render_dir
+from mvforge.report import ReportConfig, histogram_bins, write_report
+
+MVDATA = Path(sys.executable).with_name("mvdata")
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.srcs: list[str] = []
+        self.hrefs: list[str] = []
+        self.bins: list[tuple[int, int]] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.srcs.append(a["src"])
+        if tag == "a" and a.get("href"):
+            self.hrefs.append(a["href"])
+        if tag == "rect" and "data-count" in a:
+            self.bins.append((int(a["data-count"]), int(a["data-kept"])))
+
+
+def _parse(html: str) -> _Links:
+    p = _Links()
+    p.feed(html)
+    return p
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> tuple[Path, list[str], np.ndarray]:
+    """renders/ (4 synthetic objects + 2 failures), filter/ (scores + selection), shards/index.json."""
+    renders = tmp_path / "renders"
+    uids = write_synthetic_render_dir(renders, 4, views=6, resolution=16)
+    atomic_write_json(
+        layout.failure_path(renders, "broken-glb"),
+        {
+            "uid": "broken-glb",
+            "status": "failed",
+            "reason": "import_error",
+            "message": "bad <magic>",
+            "log_tail": "x",
+        },
+    )
+    atomic_write_json(
+        layout.failure_path(renders, "slow-one"), {"uid": "slow-one", "status": "failed", "reason": "timeout"}
+    )
+    # Timings as the runner writes them, so the timing summary has something to average.
+    for i, uid in enumerate(uids):
+        meta_path = layout.object_dir(renders, uid) / layout.META
+        meta = json.loads(meta_path.read_text())
+        meta["timings"] = {"render_s": 6.0 * (i + 1), "import_s": 0.5}
+        atomic_write_json(meta_path, meta)
+    (renders / "config.toml").write_text("resolution = 16\n")
+    scores = np.array([0.31, 0.22, 0.27, float("nan")])
+    (tmp_path / "filter").mkdir()
+    pq.write_table(pa.table({"uid": uids, "aggregate": scores}), tmp_path / "filter" / "scores.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "uid": uids,
+                "score": scores,
+                "kept": [True, False, True, False],
+                "reason": [None, "below_threshold", None, "empty_text"],
+                "threshold": [0.25] * 4,
+            }
+        ),
+        tmp_path / "filter" / "selection.parquet",
+    )
+    (tmp_path / "filter" / "report.html").write_text("<html></html>")
+    atomic_write_json(
+        tmp_path / "shards" / "index.json",
+        {
+            "shards": [
+                {
+                    "name": "train-000000.tar",
+                    "split": "train",
+                    "nsamples": 2,
+                    "bytes": 20480,
+                    "sha256": "ab" * 32,
+                },
+                {
+                    "name": "train-000001.tar",
+                    "split": "train",
+                    "nsamples": 1,
+                    "bytes": 10240,
+                    "sha256": "cd" * 32,
+                },
+                {
+                    "name": "val-000000.tar",
+                    "split": "val",
+                    "nsamples": 1,
+                    "bytes": 10240,
+                    "sha256": "ef" * 32,
+                },
+            ],
+            "totals": {"shards": 3, "samples": 4, "bytes": 40960},
+        },
+    )
+    return tmp_path, uids, scores
+
+
+def test_report_names_everything_and_links_resolve(run_dir):
+    root, uids, scores = run_dir
+    out = write_report(root, ReportConfig(views_per_object=3))
+    assert out == root / "report.html"
+    html = out.read_text(encoding="utf-8")
+    for uid in uids:
+        assert uid in html
+        assert layout.load_object(root / "renders", uid).caption in html
+    for text in (
+        "broken-glb",
+        "import_error",
+        "slow-one",
+        "timeout",
+        "bad &lt;magic&gt;",
+        "below_threshold",
+        "empty_text",
+        "train-000001.tar",
+        "val-000000.tar",
+        "resolution = 16",
+    ):
+        assert text in html, text
+    links = _parse(html)
+    assert len(links.srcs) == 3 * len(uids)
+    for ref in links.srcs + [h for h in links.hrefs if not h.startswith("#")]:
+        assert (root / unquote(ref)).is_file(), ref
+    assert "filter/report.html" in links.hrefs
+    # Asking for more views than were rendered shows each view once.
+    srcs = _parse(write_report(root, ReportConfig(views_per_object=50)).read_text()).srcs
+    assert len(srcs) == len(set(srcs)) == 6 * len(uids)
+    # Counts: 2 of 4 kept; shards 3 train samples in 2 shards, 1 val; render seconds per view 6/6 .. 24/6.
+    assert re.search(r"<td>4</td><td>2</td><td>2</td><td>0.2500</td>", html)
+    assert re.search(r"<td>train</td><td>2</td><td>3</td><td>30.7 KB</td>", html)
+    assert re.search(r"<td>render_s per view</td><td>4</td><td>2.500</td>", html)
+
+
+def test_histogram_matches_numpy(run_dir):
+    root, uids, scores = run_dir
+    html = write_report(root, ReportConfig(histogram_bins=5)).read_text()
+    bins = _parse(html).bins
+    finite = scores[np.isfinite(scores)]
+    expected, _ = np.histogram(finite, bins=5, range=(finite.min(), finite.max()))
+    assert [b[0] for b in bins] == expected.tolist()
+    kept = np.array([True, False, True])
+    expected_kept, _ = np.histogram(finite[kept], bins=5, range=(finite.min(), finite.max()))
+    assert [b[1] for b in bins] == expected_kept.tolist()
+    low, high, idx = histogram_bins([1.0, 1.0], 4)  # a single value still gets a finite range
+    assert low < 1.0 < high and idx[0] == idx[1]
+
+
+def test_embedded_thumbnails_are_pngs(run_dir):
+    root, uids, _ = run_dir
+    html = write_report(root, ReportConfig(views_per_object=2, embed_images=True, thumb_px=8)).read_text()
+    srcs = _parse(html).srcs
+    assert len(srcs) == 2 * len(uids)
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:
+            assert im.mode == "RGBA" and max(im.size) <= 8
+
+
+def test_missing_stages_say_so(tmp_path):
+    html = write_report(tmp_path).read_text()
+    for text in ("No render output here", "No filter output here", "No shard output here"):
+        assert text in html
+    (tmp_path / "filter").mkdir()
+    (tmp_path / "shards").mkdir()
+    html = write_report(tmp_path).read_text()
+    assert "has no selection.parquet" in html and "has no index.json" in html
+    # A render directory given directly is recognised as one.
+    uids = write_synthetic_render_dir(tmp_path / "r", 1, views=2, resolution=8)
+    assert uids[0] in write_report(tmp_path / "r").read_text()
+
+
+def test_cli_writes_report_and_rejects_bad_input(run_dir):
+    root, uids, _ = run_dir
+    proc = subprocess.run(
+        [str(MVDATA), "report", str(root), "--views", "2", "--embed"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(root / "report.html")
+    assert len(_parse((root / "report.html").read_text()).srcs) == 2 * len(uids)
+    bad = subprocess.run([str(MVDATA), "report", str(root / "nope")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+    bad_set = subprocess.run(
+        [str(MVDATA), "report", str(root), "--set", "thumbs=3"], capture_output=True, text=True
+    )
+    assert bad_set.returncode == 2 and "unknown config key" in bad_set.stderr
