@@ -26,10 +26,14 @@ FILTER_HELP = "\n\n".join(
 def register(app: typer.Typer) -> None:
     @app.command("filter", help=FILTER_HELP)
     def filter_cmd(
-        renders: Path = typer.Argument(..., help="Render directory written by `mvdata render` (design §2.1)."),
+        renders: Path = typer.Argument(
+            ..., help="Render directory written by `mvdata render` (design §2.1)."
+        ),
         out: Path = typer.Option(..., "--out", "-o", help="Filter output directory."),
         config: Path | None = typer.Option(None, "--config", help="TOML file of FilterConfig settings."),
-        set_: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set gates.enabled=false."),
+        set_: list[str] = typer.Option(
+            [], "--set", help="Override a config value, e.g. --set gates.enabled=false."
+        ),
         model: str | None = typer.Option(None, "--model", help="open_clip architecture [model.name]."),
         pretrained: str | None = typer.Option(
             None, "--pretrained", help="Tag, checkpoint file, or local-dir:DIR [model.pretrained]."
@@ -40,26 +44,40 @@ def register(app: typer.Typer) -> None:
         precision: str | None = typer.Option(
             None, "--precision", help="fp32 (CPU/GPU) | fp16 | bf16 (GPU only) [model.precision]."
         ),
-        device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda (local engine) [model.device]."),
-        views: int | None = typer.Option(None, "--views", help="Views scored per object, evenly spaced [views.count]."),
-        template: str | None = typer.Option(None, "--template", help="Text template with {} [text.template]."),
+        device: str | None = typer.Option(
+            None, "--device", help="auto | cpu | cuda (local engine) [model.device]."
+        ),
+        views: int | None = typer.Option(
+            None, "--views", help="Views scored per object, evenly spaced [views.count]."
+        ),
+        template: str | None = typer.Option(
+            None, "--template", help="Text template with {} [text.template]."
+        ),
         agg: str | None = typer.Option(None, "--agg", help="mean | median | max | topk:K [select.agg]."),
         clip_threshold: float | None = typer.Option(
             None, "--clip-threshold", help="Keep objects with aggregate cosine >= X [select.clip_threshold]."
         ),
         keep_fraction: float | None = typer.Option(
-            None, "--keep-fraction", help="Keep the best fraction F of eligible objects [select.keep_fraction]."
+            None,
+            "--keep-fraction",
+            help="Keep the best fraction F of eligible objects [select.keep_fraction].",
         ),
-        no_gates: bool = typer.Option(False, "--no-gates", help="Store gate results but do not drop by them."),
+        no_gates: bool = typer.Option(
+            False, "--no-gates", help="Store gate results but do not drop by them."
+        ),
         engine: str | None = typer.Option(None, "--engine", help="ray | local (in-process) [run.engine]."),
-        workers: int | None = typer.Option(None, "--workers", help="Ray actors, one model each [run.workers]."),
+        workers: int | None = typer.Option(
+            None, "--workers", help="Ray actors, one model each [run.workers]."
+        ),
         gpus_per_worker: float | None = typer.Option(
             None, "--gpus-per-worker", help="GPUs per actor; > 0 scores on cuda [run.gpus_per_worker]."
         ),
         batch_size: int | None = typer.Option(
             None, "--batch-size", help="Images per model forward [model.image_batch_size]."
         ),
-        rescore: bool = typer.Option(False, "--rescore", help="Discard stored scores and score everything again."),
+        rescore: bool = typer.Option(
+            False, "--rescore", help="Discard stored scores and score everything again."
+        ),
         address: str | None = typer.Option(None, "--address", envvar="RAY_ADDRESS", help=ADDRESS_HELP),
     ) -> None:
         from mvforge import config as cfglib
@@ -108,4 +126,6 @@ def register(app: typer.Typer) -> None:
 
         d = write_tiny_clip(out, seed=seed)
         typer.echo(f"wrote {d}: use --pretrained local-dir:{d}")
-        typer.echo(f"  or --model {TINY_NAME} --model-config {d / (TINY_NAME + '.json')} --pretrained {d / WEIGHTS}")
+        typer.echo(
+            f"  or --model {TINY_NAME} --model-config {d / (TINY_NAME + '.json')} --pretrained {d / WEIGHTS}"
+        )

@@ -79,16 +79,22 @@ def model_spec(cfg: FilterConfig) -> tuple[str, str | None]:
     m = cfg.model
     if m.model_config_file is not None:
         if not Path(m.model_config_file).is_file():
-            raise UserError(f"--model-config {m.model_config_file} does not exist; pass an open_clip JSON config")
+            raise UserError(
+                f"--model-config {m.model_config_file} does not exist; pass an open_clip JSON config"
+            )
         open_clip.add_model_config(Path(m.model_config_file))
     if m.pretrained.startswith(LOCAL_DIR_PREFIX):
         # open_clip spells a local folder as a model-name schema; its open_clip_config.json defines the model.
         folder = Path(m.pretrained[len(LOCAL_DIR_PREFIX) :])
         if not (folder / "open_clip_config.json").is_file():
-            raise UserError(f"--pretrained {m.pretrained}: no open_clip_config.json in {folder}; point at a model dir")
+            raise UserError(
+                f"--pretrained {m.pretrained}: no open_clip_config.json in {folder}; point at a model dir"
+            )
         return f"{LOCAL_DIR_PREFIX}{folder}", None
     if m.name not in open_clip.list_models():
-        raise UserError(f"unknown open_clip model {m.name!r}; see open_clip.list_models() or pass --model-config")
+        raise UserError(
+            f"unknown open_clip model {m.name!r}; see open_clip.list_models() or pass --model-config"
+        )
     if m.pretrained and not os.path.isfile(m.pretrained):
         check_quickgelu(m.name, m.pretrained)
         if not open_clip.get_pretrained_cfg(m.name, m.pretrained):
@@ -280,7 +286,16 @@ class Scorer:
             start += n
 
     def __call__(self, batch: dict) -> pa.Table:
-        rows = [read_object(self.root, str(uid), self.cfg) for uid in batch["uid"]]
+        uids = [str(u) for u in batch["uid"]]
+        if self.cfg.run.read_threads > 1 and len(uids) > 1:
+            # zlib (PNG) and PIL's resampling release the GIL: on a many-core GPU node the decode of a batch
+            # must not leave the accelerator idle for a single core's worth of PNGs.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(self.cfg.run.read_threads, len(uids))) as pool:
+                rows = list(pool.map(lambda u: read_object(self.root, u, self.cfg), uids))
+        else:
+            rows = [read_object(self.root, u, self.cfg) for u in uids]
         self.score_rows(rows)
         return pa.Table.from_pydict(
             {
@@ -300,4 +315,3 @@ class Scorer:
             },
             schema=SCORE_SCHEMA,
         )
-

@@ -111,6 +111,8 @@ class RunConfig:
     """GPUs per actor; > 0 puts the model on cuda."""
     objects_per_batch: int = 16
     """Objects per map_batches call; also the resume granularity (one part file per batch)."""
+    read_threads: int = 4
+    """Threads decoding the views of a batch inside each actor (or this process); 1 decodes serially."""
 
 
 @dataclass(frozen=True)
@@ -168,8 +170,8 @@ def validate(cfg: FilterConfig) -> None:
     m = cfg.model
     if m.precision != "fp32" and m.device == "cpu":
         raise UserError(f"--precision {m.precision} needs a GPU; use --precision fp32 on CPU")
-    if m.image_batch_size < 1 or cfg.run.objects_per_batch < 1 or cfg.run.workers < 1:
-        raise UserError("image_batch_size, objects_per_batch and workers must be >= 1")
+    if min(m.image_batch_size, cfg.run.objects_per_batch, cfg.run.workers, cfg.run.read_threads) < 1:
+        raise UserError("image_batch_size, objects_per_batch, workers and read_threads must be >= 1")
 
 
 def scoring_key(cfg: FilterConfig) -> dict:

@@ -19,7 +19,9 @@ GATE_REASONS = ("empty_render", "uniform_color", "tiny_coverage", "cut_by_border
 VIEW_COLUMNS = ("view_coverage", "view_border", "view_color_std")
 
 
-def view_metrics(rgba: np.ndarray, composited_rgb: np.ndarray, alpha_threshold: int) -> tuple[float, float, float]:
+def view_metrics(
+    rgba: np.ndarray, composited_rgb: np.ndarray, alpha_threshold: int
+) -> tuple[float, float, float]:
     """(object-pixel fraction, object fraction of the outermost pixel ring, mean per-channel RGB std in 0-1)
     of one view: ``rgba`` (H, W, 4) uint8 as rendered, ``composited_rgb`` (H, W, 3) uint8 on the background."""
     mask = rgba[..., 3] > alpha_threshold

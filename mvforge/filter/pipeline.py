@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 import uuid
 from collections import Counter
@@ -129,6 +130,7 @@ def score_ray(root: Path, uids: list[str], cfg: FilterConfig, address: str | Non
     init_ray(address)
     # Our own bar counts objects; Ray Data's per-operator bars would interleave with it on stderr.
     ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO lines and "bars disabled" notice
     ds = ray.data.from_items([{"uid": u} for u in uids])
     ds = ds.map_batches(
         Scorer,
@@ -191,7 +193,9 @@ def run_filter(
     root, out = Path(renders), Path(out)
     uids = list(layout.iter_uids(root))
     if not uids:
-        raise UserError(f"render directory {root} has no finished objects; run `mvdata render --out {root}` first")
+        raise UserError(
+            f"render directory {root} has no finished objects; run `mvdata render --out {root}` first"
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / SUMMARY).unlink(missing_ok=True)  # this run is not done until it writes a new one
     check_scoring_key(out, cfg, rescore)
@@ -208,7 +212,9 @@ def run_filter(
     if todo:
         check_device(cfg)
         model_spec(cfg)  # bad --model/--pretrained fails here, as one line, before Ray or weights load
-        batches = score_ray(root, todo, cfg, address) if cfg.run.engine == "ray" else score_local(root, todo, cfg)
+        batches = (
+            score_ray(root, todo, cfg, address) if cfg.run.engine == "ray" else score_local(root, todo, cfg)
+        )
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         with StageProgress("filter", total=len(todo)) if progress else _NoProgress() as bar:
             for seq, table in enumerate(batches):

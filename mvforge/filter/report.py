@@ -22,7 +22,9 @@ from mvforge.fsutil import atomic_write_text
 from mvforge.render import layout
 
 
-def histogram_svg(scores: np.ndarray, threshold: float, bins: int, width: int = 640, height: int = 200) -> str:
+def histogram_svg(
+    scores: np.ndarray, threshold: float, bins: int, width: int = 640, height: int = 200
+) -> str:
     """Bars of the aggregate-score histogram and a red line at the threshold."""
     scores = scores[np.isfinite(scores)]
     if scores.size == 0:
@@ -46,7 +48,9 @@ def histogram_svg(scores: np.ndarray, threshold: float, bins: int, width: int = 
         )
     if math.isfinite(threshold):
         tx = x(threshold)
-        parts.append(f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="5" y2="{10 + h}" stroke="red" stroke-width="2"/>')
+        parts.append(
+            f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="5" y2="{10 + h}" stroke="red" stroke-width="2"/>'
+        )
         parts.append(f'<text x="{tx + 3:.1f}" y="15" fill="red">threshold {threshold:.4f}</text>')
     parts.append(f'<text x="{pad}" y="{height - 8}">{lo:.4f}</text>')
     parts.append(f'<text x="{width - pad}" y="{height - 8}" text-anchor="end">{hi:.4f}</text>')
@@ -80,7 +84,7 @@ def contact_sheet(title: str, rows: pd.DataFrame, root: Path, cfg: FilterConfig)
         score = "—" if not np.isfinite(r.score) else f"{r.score:.4f}"
         why = html.escape(r.drop_reason or "kept")
         cells.append(
-            f'<figure>{img}<figcaption><b>{html.escape(r.uid)}</b><br>{score} · {why}<br>'
+            f"<figure>{img}<figcaption><b>{html.escape(r.uid)}</b><br>{score} · {why}<br>"
             f"<i>{html.escape(r.text or '')}</i></figcaption></figure>"
         )
     body = "".join(cells) or "<p>none</p>"

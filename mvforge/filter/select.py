@@ -39,7 +39,9 @@ def annotate(scores: pd.DataFrame, cfg: FilterConfig) -> pd.DataFrame:
     df = scores.copy()
     df["agg"] = cfg.select.agg
     df["aggregate"] = aggregate(list(df["cosines"]), cfg.select.agg)
-    gates = gate_table(list(df["view_coverage"]), list(df["view_border"]), list(df["view_color_std"]), cfg.gates)
+    gates = gate_table(
+        list(df["view_coverage"]), list(df["view_border"]), list(df["view_color_std"]), cfg.gates
+    )
     for key, values in gates.items():
         df[key] = values
     return df

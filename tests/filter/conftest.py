@@ -20,7 +20,9 @@ def _tiny_cfg(tiny_dir, *, local_dir: bool = False, **sections) -> FilterConfig:
         model = ClipModelConfig(pretrained=f"local-dir:{tiny_dir}")
     else:
         model = ClipModelConfig(
-            name=TINY_NAME, pretrained=str(tiny_dir / WEIGHTS), model_config_file=tiny_dir / f"{TINY_NAME}.json"
+            name=TINY_NAME,
+            pretrained=str(tiny_dir / WEIGHTS),
+            model_config_file=tiny_dir / f"{TINY_NAME}.json",
         )
     defaults = {
         "model": model,

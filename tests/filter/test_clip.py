@@ -30,7 +30,9 @@ def renders(tmp_path_factory):
 def direct_cosines(tiny_dir, root, uid: str, caption: str, views: list[int]) -> np.ndarray:
     """The reference: open_clip by hand, PIL compositing on white, the default template."""
     open_clip.add_model_config(tiny_dir / f"{TINY_NAME}.json")
-    model, _, preprocess = open_clip.create_model_and_transforms(TINY_NAME, pretrained=str(tiny_dir / WEIGHTS))
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        TINY_NAME, pretrained=str(tiny_dir / WEIGHTS)
+    )
     model.eval()
     tokenizer = open_clip.get_tokenizer(TINY_NAME)
     images = []
@@ -70,7 +72,9 @@ def test_loading_paths_agree_and_weights_are_loaded(make_cfg, renders):
     other = open_clip.create_model(TINY_NAME, pretrained=None)
     s = Scorer(str(renders), make_cfg(local_dir=False), device="cpu")
     assert s.model.training is False
-    diff = sum((p - q).abs().sum().item() for p, q in zip(s.model.parameters(), other.parameters(), strict=True))
+    diff = sum(
+        (p - q).abs().sum().item() for p, q in zip(s.model.parameters(), other.parameters(), strict=True)
+    )
     assert diff > 1.0
 
 
@@ -97,7 +101,9 @@ def test_object_text():
     from mvforge.filter.config import FilterConfig
 
     cfg = FilterConfig()
-    assert object_text({"caption": "  a  red\nteapot ", "name": "teapot"}, cfg) == "a 3D model of a red teapot"
+    assert (
+        object_text({"caption": "  a  red\nteapot ", "name": "teapot"}, cfg) == "a 3D model of a red teapot"
+    )
     assert object_text({"caption": "", "name": "chair"}, cfg) == "a 3D model of chair"
     assert object_text({"caption": None, "name": "  "}, cfg) == ""
     tagged = FilterConfig(text=TextConfig(include_tags=True, max_tags=2, template="{}"))

@@ -58,9 +58,13 @@ def test_gates_on_synthetic_renders(filtered):
     for i in range(4):
         assert not flags.loc[f"good-{i}"].any(), f"good-{i} failed a gate: {flags.loc[f'good-{i}'].to_dict()}"
     assert flags.loc["gate-empty", "gate_empty_render"]
-    assert flags.loc["gate-border", "gate_cut_by_border"] and not flags.loc["gate-border", "gate_empty_render"]
+    assert (
+        flags.loc["gate-border", "gate_cut_by_border"] and not flags.loc["gate-border", "gate_empty_render"]
+    )
     assert flags.loc["gate-tiny", "gate_tiny_coverage"] and not flags.loc["gate-tiny", "gate_empty_render"]
-    assert flags.loc["gate-uniform", "gate_uniform_color"] and not flags.loc["gate-uniform", "gate_empty_render"]
+    assert (
+        flags.loc["gate-uniform", "gate_uniform_color"] and not flags.loc["gate-uniform", "gate_empty_render"]
+    )
     expected = {
         "gate-empty": "empty_render",
         "gate-border": "cut_by_border",

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from mvforge.filter.config import RunConfig
 from mvforge.filter.pipeline import run_filter
 from mvforge.render import layout
 from mvforge.render.synthetic import write_synthetic_object, write_synthetic_render_dir
+
+# Ray Data's own DataContext warns about its deprecated fields when the context is shipped to workers.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
 
 def test_ray_data_equals_in_process(tmp_path, make_cfg, ray_local):

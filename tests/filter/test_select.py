@@ -17,7 +17,9 @@ from mvforge.render.synthetic import write_synthetic_render_dir
 
 def scores_frame(cosines: list[list[float]], reasons: list[str] | None = None) -> pd.DataFrame:
     n = len(cosines)
-    ok = [[0.3] * len(c) for c in cosines]  # coverage 30%, nothing on the border, colourful: passes every gate
+    ok = [
+        [0.3] * len(c) for c in cosines
+    ]  # coverage 30%, nothing on the border, colourful: passes every gate
     return pd.DataFrame(
         {
             "uid": [f"u{i}" for i in range(n)],
