@@ -18,6 +18,7 @@ Every failure is one atomic ``failed/<uid>.json`` with the log tail.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import shutil
@@ -150,10 +151,15 @@ def _classify(attempt: Attempt, limits: LimitsConfig, attempts: int) -> tuple[st
 # --- the child process ----------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: SIGKILL this child when its parent dies (a killed Ray worker must not leave Blender)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+@functools.cache
+def _die_with_parent():
+    """A preexec_fn that makes the kernel SIGKILL the child when its parent dies (PR_SET_PDEATHSIG).
+
+    ``prctl`` is looked up here, in the parent: between fork and exec the child of a multithreaded process (a
+    Ray worker) must not take locks such as the dynamic loader's, so the child only makes the call.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return functools.partial(prctl, _PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 def run_child(
@@ -182,7 +188,7 @@ def run_child(
             stderr=subprocess.STDOUT,
             env=child_env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent(),
         )
     pgid = proc.pid  # start_new_session: the child leads its own group
     kind = None

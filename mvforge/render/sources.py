@@ -336,7 +336,7 @@ def objaverse_objects(
         ann = annotations.get(uid, {})
         name = str(ann.get("name") or "").strip()
         tags = tuple(str(t.get("name", t) if isinstance(t, dict) else t) for t in ann.get("tags") or ())
-        caption = name if not tags else f"{name}, {', '.join(tags)}" if name else ", ".join(tags)
+        caption = ", ".join(filter(None, [name, *tags]))  # "Red Chair, chair, furniture"
         out.append(
             SourceObject(
                 uid=uid,

@@ -79,7 +79,7 @@ def test_hung_worker_is_killed_at_timeout_and_leaves_no_process(tmp_path):
     assert "attempt 1" in failure["log_tail"]
     assert failure["source"]["path"].endswith("BoxTextured.glb")
     # The staging dir is gone and no object dir was made.
-    assert not list((tmp_path / uid[:2]).glob("*")) if (tmp_path / uid[:2]).exists() else True
+    assert not list(tmp_path.glob(f"{uid[:2]}/*"))
 
 
 def test_worker_that_dies_is_retried_then_recorded_crashed(tmp_path):
@@ -121,3 +121,49 @@ def test_no_retry_budget_means_one_attempt(tmp_path, fault):
     uid = f"once_{uuid.uuid4().hex[:8]}"
     rec = run_object(_job(uid), tmp_path, LimitsConfig(retries=0), env={FAULT_ENV: f"{uid}={fault}"})
     assert rec["attempts"] == 1 and rec["reason"] == "crashed"
+
+
+def test_render_process_dies_with_its_killed_owner(tmp_path):
+    """PR_SET_PDEATHSIG: when the process running the runner (a Ray worker) is SIGKILLed, Blender dies too."""
+    import signal
+    import subprocess
+    import sys
+
+    uid = f"owner_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "job.json").write_text(json.dumps(_job(uid)))
+    code = (
+        "import json, sys\n"
+        "from mvforge.render.config import LimitsConfig\n"
+        "from mvforge.render.runner import run_object\n"
+        "job = json.load(open(sys.argv[1]))\n"
+        "run_object(job, sys.argv[2], LimitsConfig(timeout_s=120))\n"
+    )
+    marker = f"{FAULT_ENV}={uid}=hang"
+    env = dict(os.environ, **{FAULT_ENV: f"{uid}=hang"})
+    owner = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "job.json"), str(tmp_path / "out")], env=env
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(_marked_pids(marker) - {owner.pid}) < 2:  # the worker and its grandchild are up
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        workers = [
+            p
+            for p in _marked_pids(marker)
+            if b"mvforge.render.worker" in Path(f"/proc/{p}/cmdline").read_bytes()
+        ]
+        assert len(workers) == 1
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        deadline = time.monotonic() + 5
+        while workers[0] in _marked_pids(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert workers[0] not in _marked_pids(marker), "the render process outlived its owner"
+    finally:
+        # The kernel kills only the direct child; the fault's grandchild stays in the worker's group.
+        try:
+            os.killpg(workers[0], signal.SIGKILL)
+        except (ProcessLookupError, NameError, IndexError):
+            pass
+        owner.kill()
