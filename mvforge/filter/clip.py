@@ -23,7 +23,14 @@ from mvforge.filter.gates import view_metrics
 from mvforge.render import layout
 
 # Reasons an object gets no score (recorded in scores.parquet, never raised).
-NOT_SCORABLE = ("empty_text", "unreadable_meta", "unreadable_cameras", "missing_view", "unreadable_view")
+NOT_SCORABLE = (
+    "empty_text",
+    "unreadable_meta",
+    "unreadable_cameras",
+    "no_views",
+    "missing_view",
+    "unreadable_view",
+)
 
 # The part/score file schema is explicit: a batch whose objects all lack a score must not infer null types.
 SCORE_SCHEMA = pa.schema(
@@ -207,6 +214,9 @@ def read_object(root: Path, uid: str, cfg: FilterConfig) -> _Row:
         row.fail("unreadable_cameras", f"{layout.CAMERAS}: {e}")
         return row
     row.views_rendered = len(files)
+    if not files:  # nothing to score or measure: without this reason it would pass as a NaN score
+        row.fail("no_views", f"{layout.CAMERAS} lists no views")
+        return row
     row.views = view_subset(len(files), cfg.views.count)
     for i in row.views:
         path = obj.path / files[i]
@@ -238,6 +248,7 @@ class Scorer:
     """
 
     def __init__(self, root: str, cfg: FilterConfig, device: str = "auto", threads: int | None = None):
+        import open_clip
         import torch
 
         if threads:
@@ -246,7 +257,8 @@ class Scorer:
         self.cfg = cfg
         self.device = resolve_device(device)
         self.model_name, self.model, self.preprocess, self.tokenizer = load_clip(cfg, self.device)
-        self.dtype = next(self.model.parameters()).dtype
+        # open_clip's fp16/bf16 is mixed precision (LayerNorms stay fp32): the input dtype is its own rule.
+        self.dtype = open_clip.get_input_dtype(cfg.model.precision) or torch.float32
 
     def encode_images(self, images: list[Image.Image]):
         """L2-normalised image embeddings (float32), ``image_batch_size`` images per forward."""

@@ -74,12 +74,19 @@ class GatesConfig:
     """A pixel belongs to the object when its alpha (0-255) is above this."""
     empty_coverage_max: float = 0.0005
     """empty_render: every scored view has an object-pixel fraction at or below this."""
-    tiny_coverage_min: float = 0.01
-    """tiny_coverage: the median object-pixel fraction over scored views is below this (1% of the image)."""
+    tiny_coverage_min: float = 0.0025
+    """tiny_coverage: the median object-pixel fraction over scored views is below this. The renderer frames the
+    unit cube's circumsphere (``cameras.OrbitSampling.frame_radius``): a normalised cube covers ~25% of the
+    image, a thin rod (1 x 0.03) ~0.6%; 0.25% (~160 pixels at 256²) flags objects that normalisation shrank
+    (a stray far vertex), not thin ones."""
     border_pixels_max_fraction: float = 0.02
-    """A view is cut by the border when more than this fraction of its outermost pixel ring is object."""
+    """A view is cut by the border when more than this fraction of its outermost pixel ring is object (2% of
+    the ring is ~20 pixels at 256²: antialiasing or a stray vertex touching the edge does not count)."""
     border_views_max_fraction: float = 0.5
-    """cut_by_border: more than this fraction of scored views are cut (renders fill the frame by design §3)."""
+    """cut_by_border: more than this fraction of scored views are cut. The renderer frames the unit cube's
+    circumsphere inside the image (``cameras.OrbitSampling.frame_radius``), so a normalised object reaches the
+    border only when normalisation failed (a ground plane, a backdrop): that shows in most views, while one
+    view grazing the edge must not drop an object."""
     uniform_std_max: float = 0.02
     """uniform_color: the mean over views of the composited image's RGB std (0-1 scale) is below this."""
 
@@ -94,7 +101,8 @@ class SelectConfig:
     """Keep objects whose aggregate cosine is >= this. Exclusive with keep_fraction."""
     keep_fraction: float | None = None
     """Keep this fraction of the scorable, gate-passing objects, best first (DataComp style); the effective
-    threshold is reported. Exclusive with clip_threshold."""
+    threshold is reported, and objects tied with it are all kept (so the threshold, given back as
+    clip_threshold, reproduces the selection). Exclusive with clip_threshold."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,7 @@ class ReportConfig:
     thumb_px: int = 96
     """Thumbnail edge in pixels."""
     histogram_bins: int = 40
+    """Bars of the aggregate-score histogram."""
 
 
 @dataclass(frozen=True)
@@ -131,12 +140,19 @@ class FilterConfig:
     """`mvdata filter`: CLIP-score and quality-gate the objects of a render directory."""
 
     model: ClipModelConfig = field(default_factory=ClipModelConfig)
+    """The open_clip model and weights (part of the scoring key)."""
     text: TextConfig = field(default_factory=TextConfig)
+    """Each object's text (part of the scoring key)."""
     views: ViewsConfig = field(default_factory=ViewsConfig)
+    """Scored views and background (part of the scoring key)."""
     gates: GatesConfig = field(default_factory=GatesConfig)
+    """Quality-gate limits (applied at selection time, except alpha_threshold)."""
     select: SelectConfig = field(default_factory=SelectConfig)
+    """Aggregate and threshold or keep-fraction (applied at selection time)."""
     run: RunConfig = field(default_factory=RunConfig)
+    """Ray Data or in-process execution."""
     report: ReportConfig = field(default_factory=ReportConfig)
+    """report.html contents."""
 
 
 def parse_agg(agg: str) -> tuple[str, int]:
@@ -167,10 +183,8 @@ def validate(cfg: FilterConfig) -> None:
         raise UserError("pass exactly one of --clip-threshold X or --keep-fraction F")
     if s.keep_fraction is not None and not 0.0 <= s.keep_fraction <= 1.0:
         raise UserError(f"--keep-fraction {s.keep_fraction}: use a fraction in [0, 1]")
-    m = cfg.model
-    if m.precision != "fp32" and m.device == "cpu":
-        raise UserError(f"--precision {m.precision} needs a GPU; use --precision fp32 on CPU")
-    if min(m.image_batch_size, cfg.run.objects_per_batch, cfg.run.workers, cfg.run.read_threads) < 1:
+    # Precision against device is checked by pipeline.check_device, only when something is to be scored.
+    if min(cfg.model.image_batch_size, cfg.run.objects_per_batch, cfg.run.workers, cfg.run.read_threads) < 1:
         raise UserError("image_batch_size, objects_per_batch, workers and read_threads must be >= 1")
 
 
@@ -189,4 +203,5 @@ def scoring_key(cfg: FilterConfig) -> dict:
 
 
 def scoring_key_hash(key: dict) -> str:
+    """A short stable digest of ``scoring_key`` (stored in scoring.json)."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

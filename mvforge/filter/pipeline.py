@@ -90,7 +90,10 @@ def check_scoring_key(out: Path, cfg: FilterConfig, rescore: bool) -> None:
     """One filter directory, one scoring key: mixing scores of two models would make thresholds meaningless."""
     key = scoring_key(cfg)
     path = out / SCORING_KEY
-    if path.is_file():
+    # Only stored scores bind the directory: a run that failed before scoring (a wrong --pretrained) leaves
+    # its key behind, and the corrected command must not be refused for it.
+    has_scores = (out / SCORES).is_file() or bool(part_files(out))
+    if path.is_file() and has_scores:
         stored = json.loads(path.read_text(encoding="utf-8"))
         if stored.get("hash") != scoring_key_hash(key) and not rescore:
             changed = sorted(k for k in key if stored.get("key", {}).get(k) != key[k])
@@ -193,12 +196,15 @@ def run_filter(
     root, out = Path(renders), Path(out)
     uids = list(layout.iter_uids(root))
     if not uids:
+        failed = sum(1 for _ in (root / layout.FAILED_DIR).glob("*.json"))
+        retry = " --retry-failed" if failed else ""
         raise UserError(
-            f"render directory {root} has no finished objects; run `mvdata render --out {root}` first"
+            f"render directory {root} has no finished objects ({failed} failed); "
+            f"run `mvdata render --out {root}{retry}` first"
         )
     out.mkdir(parents=True, exist_ok=True)
-    (out / SUMMARY).unlink(missing_ok=True)  # this run is not done until it writes a new one
     check_scoring_key(out, cfg, rescore)
+    (out / SUMMARY).unlink(missing_ok=True)  # this run is not done until it writes a new one
     for stale in (out / PARTS).glob("*.tmp-*"):
         stale.unlink(missing_ok=True)  # torn writes of a killed run
     atomic_write_text(out / CONFIG, to_toml(cfg))

@@ -107,6 +107,8 @@ def write_report(
         near = near.sort_values("score", ascending=False)
     else:
         near = scored.head(0)
+    # The model actually loaded: with local-dir:DIR the folder's config names it, not cfg.model.name.
+    model = str(scores["model"].iloc[0]) if len(scores) else cfg.model.name
     reasons = selection["reason"].fillna("kept").value_counts()
     count_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in reasons.items())
     mode = (
@@ -124,7 +126,7 @@ figure {{ margin: 0; width: {cfg.report.thumb_px + 40}px; font-size: 11px; }}
 .missing {{ height: {cfg.report.thumb_px}px; background: #eee; color: #900; text-align: center; }}
 </style></head><body>
 <h1>mvdata filter</h1>
-<p>model <code>{html.escape(cfg.model.name)}</code>, weights <code>{html.escape(cfg.model.pretrained)}</code>,
+<p>model <code>{html.escape(model)}</code>, weights <code>{html.escape(cfg.model.pretrained)}</code>,
 template <code>{html.escape(cfg.text.template)}</code>, aggregate <code>{html.escape(cfg.select.agg)}</code> over
 {cfg.views.count} views; selection {html.escape(mode)}; effective threshold <b>{threshold:.4f}</b>.</p>
 <h2>Aggregate CLIP cosine</h2>

@@ -61,18 +61,21 @@ def effective_threshold(eligible_scores: np.ndarray, cfg: FilterConfig) -> float
 
 
 def select(annotated: pd.DataFrame, cfg: FilterConfig) -> tuple[pd.DataFrame, float]:
-    """(selection table: uid, score, kept, reason (None when kept), threshold; the effective threshold)."""
-    n = len(annotated)
-    reason = np.where(annotated["reason"].fillna("") != "", annotated["reason"].fillna(""), "").astype(object)
+    """(selection table: uid, score, kept, reason (None when kept), threshold; the effective threshold).
+
+    An object's reason is the first that applies: its scoring reason (clip.NOT_SCORABLE), the first failing
+    gate (GATE_REASONS order, when gates are enabled), ``non_finite_score``, ``below_threshold``.
+    """
+    reason = annotated["reason"].fillna("").to_numpy(dtype=object)
     if cfg.gates.enabled:
-        for gate in reversed(GATE_REASONS):  # reversed: the first failing gate in GATE_REASONS order wins
-            hit = (reason == "") | np.isin(reason, GATE_REASONS)
-            hit &= annotated[f"gate_{gate}"].to_numpy(dtype=bool)
-            reason = np.where(hit, gate, reason)
+        for gate in GATE_REASONS:
+            reason = np.where((reason == "") & annotated[f"gate_{gate}"].to_numpy(dtype=bool), gate, reason)
     score = annotated["aggregate"].to_numpy(dtype=np.float64)
+    # A NaN (fp16 overflow, an object without cosines) would sort first and become the keep-fraction threshold.
+    reason = np.where((reason == "") & ~np.isfinite(score), "non_finite_score", reason)
     eligible = reason == ""
     threshold = effective_threshold(score[eligible], cfg)
-    reason = np.where(eligible & ~(score >= threshold), "below_threshold", reason)
+    reason = np.where(eligible & (score < threshold), "below_threshold", reason)
     kept = reason == ""
     out = pd.DataFrame(
         {
@@ -80,7 +83,7 @@ def select(annotated: pd.DataFrame, cfg: FilterConfig) -> tuple[pd.DataFrame, fl
             "score": score,
             "kept": kept,
             "reason": [None if k else r for k, r in zip(kept, reason, strict=True)],
-            "threshold": np.full(n, threshold),
+            "threshold": np.full(len(annotated), threshold),
         }
     )
     return out, threshold

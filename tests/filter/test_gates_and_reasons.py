@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from mvforge.filter.gates import view_metrics
+from mvforge.filter.config import GatesConfig
+from mvforge.filter.gates import gate_table, view_metrics
 from mvforge.filter.pipeline import run_filter
 from mvforge.render import layout
 from mvforge.render.synthetic import write_synthetic_object
@@ -29,6 +32,20 @@ def test_view_metrics_on_handmade_images():
     assert view_metrics(rgba, flat, 8)[2] == 0.0  # distinct channels, each flat: uniform
 
 
+def test_border_gate_tolerates_a_graze_and_catches_a_backdrop():
+    """Real renders frame the unit cube inside the image, so border contact is rare. An object grazing the
+    border with a few pixels in one view is kept; one cut in most views (a ground plane) is flagged."""
+    ring = 4 * 256 - 4  # outermost pixel ring of a 256² view
+    graze = [0.0] * 7 + [5 / ring]  # 5 antialiased pixels on the edge of one view in 8
+    one_view_cut = [0.0] * 7 + [0.4]  # one view badly cut: still a minority of views
+    backdrop = [0.3] * 6 + [0.0] * 2  # cut in 6 of 8 views
+    lists = [graze, one_view_cut, backdrop]
+    ok = [[0.2] * 8] * 3
+    table = gate_table(ok, lists, ok, GatesConfig())
+    assert table["gate_cut_by_border"].tolist() == [False, False, True]
+    assert table["border_cut_fraction"].tolist() == [0.0, 1 / 8, 6 / 8]
+
+
 @pytest.fixture(scope="module")
 def filtered(tmp_path_factory, make_cfg):
     """One in-process run over good objects, the four gate kinds and three broken objects."""
@@ -36,14 +53,19 @@ def filtered(tmp_path_factory, make_cfg):
     for i in range(4):
         write_synthetic_object(root, f"good-{i}", f"object {i}", views=8, resolution=32, seed=i)
     for kind in ("empty", "border", "tiny", "uniform"):
-        write_synthetic_object(root, f"gate-{kind}", f"a {kind} object", views=8, resolution=32, kind=kind)
-    # Broken on disk: garbage bytes, a truncated PNG, a deleted view, and an object without any text.
-    for uid in ("bad-garbage", "bad-truncated", "bad-missing", "no-text"):
+        # "tiny" is a 3x3 square: 0.22% of a 64² view, under the default 0.25% limit.
+        res = 64 if kind == "tiny" else 32
+        write_synthetic_object(root, f"gate-{kind}", f"a {kind} object", views=8, resolution=res, kind=kind)
+    # Broken on disk: garbage bytes, a truncated PNG, a deleted view, no views at all, no text. The four bad-*
+    # objects share one batch (sorted uids, 4 per batch): a batch with nothing to score must not crash.
+    for uid in ("bad-garbage", "bad-truncated", "bad-missing", "bad-noviews", "no-text"):
         write_synthetic_object(root, uid, "" if uid == "no-text" else "a thing", views=8, resolution=32)
     (layout.object_dir(root, "bad-garbage") / "002.png").write_bytes(b"this is not a png")
     png = layout.object_dir(root, "bad-truncated") / "004.png"
     png.write_bytes(png.read_bytes()[:60])
     (layout.object_dir(root, "bad-missing") / "006.png").unlink()
+    cams = layout.object_dir(root, "bad-noviews") / layout.CAMERAS
+    cams.write_text(json.dumps({**json.loads(cams.read_text()), "views": []}))
     out = tmp_path_factory.mktemp("filter")
     summary = run_filter(root, out, make_cfg(), progress=False)
     scores = pd.read_parquet(out / "scores.parquet").set_index("uid")
@@ -80,11 +102,12 @@ def test_gates_on_synthetic_renders(filtered):
 
 def test_broken_objects_become_reasons(filtered):
     summary, scores, selection, _ = filtered
-    assert summary["objects"] == 12
+    assert summary["objects"] == 13
     expected = {
         "bad-garbage": ("unreadable_view", "002.png"),
         "bad-truncated": ("unreadable_view", "004.png"),
         "bad-missing": ("missing_view", "006.png"),
+        "bad-noviews": ("no_views", "cameras.json"),
         "no-text": ("empty_text", "caption"),
     }
     for uid, (reason, word) in expected.items():

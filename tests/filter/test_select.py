@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -76,6 +77,31 @@ def test_keep_fraction_is_datacomp_style_and_reports_threshold():
     assert every["kept"].sum() == 9
 
 
+def test_keep_fraction_with_all_scores_equal_keeps_the_ties():
+    """Every object ties at the threshold: all are kept, so the reported threshold reproduces the selection."""
+    df = annotate(scores_frame([[0.25, 0.25]] * 6), cfg(keep_fraction=0.5))
+    sel, thr = select(df, cfg(keep_fraction=0.5))
+    assert thr == pytest.approx(0.25) and sel["kept"].all()
+    again, _ = select(df, cfg(clip_threshold=thr))
+    assert again["kept"].all()
+
+
+def test_nan_scores_are_a_reason_not_the_threshold():
+    """A NaN aggregate sorts first under a descending sort: it must neither become the threshold nor be kept."""
+    frame = scores_frame([[0.1], [float("nan")], [0.3], [0.2], []])
+    for c in (cfg(keep_fraction=0.5), cfg(clip_threshold=0.15), cfg(keep_fraction=0.5, agg="max")):
+        sel, thr = select(annotate(frame, c), c)
+        assert sel["reason"].tolist() == [
+            "below_threshold",
+            "non_finite_score",
+            None,
+            None,
+            "non_finite_score",
+        ]
+        assert math.isfinite(thr)
+    assert select(annotate(frame, cfg(keep_fraction=0.5)), cfg(keep_fraction=0.5))[1] == pytest.approx(0.2)
+
+
 def test_gates_drop_before_the_fraction_is_taken():
     frame = scores_frame([[0.9], [0.5], [0.4], [0.3]])
     frame.at[0, "view_coverage"] = [0.0]  # the best score is an empty render
@@ -106,6 +132,11 @@ def test_new_threshold_reselects_without_rescoring(make_cfg, tiny_clip, tmp_path
     renders = tmp_path / "renders"
     write_synthetic_render_dir(renders, 6, views=4, resolution=32)
     out = tmp_path / "filter"
+    # A run that fails before scoring (weights not found) must not bind the directory to its settings.
+    with pytest.raises(UserError, match="neither a file nor a tag"):
+        run_filter(
+            renders, out, make_cfg(model=replace(make_cfg().model, pretrained="nope.pt")), progress=False
+        )
     first = run_filter(renders, out, make_cfg(), progress=False)
     assert first["scored_this_run"] == 6 and first["kept"] == 3
     before = pd.read_parquet(out / "scores.parquet")
