@@ -124,30 +124,36 @@ def _background(rng: np.random.Generator, cfg: LoaderConfig) -> np.ndarray:
     return np.asarray(cfg.background_rgb, dtype=np.int64)
 
 
-def _decode_rgba(data: bytes) -> np.ndarray:
+def _decode_rgba(data: bytes, min_size: int | None = None) -> np.ndarray:
+    """(H, W, 4) uint8. ``min_size``: a JPEG may be decoded at a 1/2, 1/4 or 1/8 scale whose sides stay
+    >= min_size (PIL's draft: the DCT skips the detail a later downscale would drop; LAION images are large)."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGBA"))
+            if min_size is not None and im.format == "JPEG":
+                im.draft("RGB", (min_size, min_size))
+            im.load()
+            # Renders are RGBA already: no convert (it would copy the image once more).
+            return np.asarray(im if im.mode == "RGBA" else im.convert("RGBA"))
     except Exception as e:  # PIL raises many types for corrupt data
         raise BadSample("undecodable_image", type(e).__name__) from None
 
 
 def composite(rgba: np.ndarray, bg: np.ndarray) -> torch.Tensor:
-    """Straight-alpha RGBA uint8 (N, H, W, 4) over an 8-bit background (3,) -> float32 (N, 3, H, W) in
-    [-1, 1]: (rgb*a + bg*(255-a)) / 255^2, then x2-1 (design §6: Blender's PNG alpha is straight).
+    """Straight-alpha RGBA uint8 (N, H, W, 4) over 8-bit backgrounds, (3,) or one per image (N, 3) ->
+    float32 (N, 3, H, W) in [-1, 1] (design §6: Blender's PNG alpha is straight).
 
-    Done in float32 torch on the whole stack: 1.3 ms per 256² view against 5.0 ms for per-view numpy float
-    (one core of the 2-core VM, 2026-11-25).
+    (rgb*a + bg*(255-a)) / 255^2 * 2 - 1 is computed as (rgb - bg) * a * 2/255^2 + (2 bg/255 - 1), in place
+    on planar float32: four passes over the pixels instead of eight. Planar first, because the same math on
+    channels-last memory ran 2x slower (docs/bench/shards.md).
     """
-    if not rgba.flags.writeable:  # a slice of PIL's read-only buffer (2D crops); torch wants writable memory
+    if not rgba.flags.writeable:  # e.g. np.asarray of a PIL image (read-only); torch wants writable memory
         rgba = rgba.copy()
-    x = torch.from_numpy(rgba).permute(0, 3, 1, 2).contiguous()
-    a = x[:, 3:].float()
-    out = x[:, :3].float().mul_(a)
-    out.add_((255.0 - a) * torch.as_tensor(bg, dtype=torch.float32).view(1, 3, 1, 1))
-    return out.mul_(2.0 / 65025.0).sub_(1.0)
+    x = torch.from_numpy(rgba).permute(0, 3, 1, 2).contiguous()  # planar uint8 first: a cheap copy
+    bg_t = torch.as_tensor(bg, dtype=torch.float32).view(-1, 3, 1, 1)
+    out = x[:, :3].float().sub_(bg_t).mul_(x[:, 3:].float())
+    return out.mul_(2.0 / 65025.0).add_(bg_t * (2.0 / 255.0) - 1.0)
 
 
 def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -159,6 +165,26 @@ def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
     )
 
 
+def batch_images(
+    views: list[list[np.ndarray]], backgrounds: list[np.ndarray], resolution: int
+) -> torch.Tensor:
+    """(B, V, 3, R, R) float32 in [-1, 1] from B samples of V RGBA uint8 views (h, w, 4) and their 8-bit
+    backgrounds (3,).
+
+    One composite and one resize over the whole batch: the only stack is of uint8 views (4 bytes a pixel)
+    rather than of finished float32 images (12 bytes a pixel), about a tenth of the loader's time at 256².
+    Samples of different sizes (2D crops, renders of another resolution) go one by one.
+    """
+    b, v = len(views), len(views[0])
+    if len({im.shape for vs in views for im in vs}) > 1:
+        return torch.stack(
+            [batch_images([vs], [bg], resolution)[0] for vs, bg in zip(views, backgrounds, strict=True)]
+        )
+    rgba = np.stack([im for vs in views for im in vs])  # (B*V, h, w, 4), writable
+    bg = np.repeat(np.stack(backgrounds), v, axis=0)  # (B*V, 3): one background per sample
+    return _resize(composite(rgba, bg), resolution).view(b, v, 3, resolution, resolution)
+
+
 def choose_views(views: list[dict], rng: np.random.Generator, cfg: LoaderConfig) -> list[int]:
     """View indices: one orbit, then a random start and +360/V azimuth steps (nearest rendered azimuth), or
     V distinct random views in random-view mode."""
@@ -168,7 +194,7 @@ def choose_views(views: list[dict], rng: np.random.Generator, cfg: LoaderConfig)
         (v for v in views if int(v.get("orbit", 0)) == orbit), key=lambda v: float(v["azimuth_deg"])
     )
     if len(ring) < cfg.num_views:
-        raise BadSample("too_few_views", f"{len(ring)} < {cfg.num_views}")
+        raise BadSample("too_few_views", f"orbit {orbit} has {len(ring)} views, num_views is {cfg.num_views}")
     if cfg.view_mode == "random":
         return [int(ring[i]["index"]) for i in rng.choice(len(ring), cfg.num_views, replace=False)]
     az = np.array([float(v["azimuth_deg"]) for v in ring])
@@ -178,11 +204,14 @@ def choose_views(views: list[dict], rng: np.random.Generator, cfg: LoaderConfig)
         target = az[start] + 360.0 * j / cfg.num_views
         d = np.abs((az - target + 180.0) % 360.0 - 180.0)
         picked.append(int(ring[int(np.argmin(d))]["index"]))
+    if len(set(picked)) < len(picked):  # the orbit's azimuths do not go round the object
+        raise BadSample("no_orthogonal_views", f"azimuths {sorted(set(az.round(1).tolist()))}")
     return picked
 
 
 def decode_3d(raw: dict, rng: np.random.Generator, cfg: LoaderConfig) -> dict:
-    """One object: V views composited and resized, (V, 16) cameras, caption. Raises BadSample."""
+    """One object: V decoded RGBA views and their background (composited per batch), (V, 16) cameras,
+    caption. Raises BadSample."""
     for ext in (schema.JSON_EXT, schema.CAMERAS_EXT):
         if ext not in raw:
             raise BadSample("missing_member", ext)
@@ -208,32 +237,32 @@ def decode_3d(raw: dict, rng: np.random.Generator, cfg: LoaderConfig) -> dict:
         raise BadSample("non_finite_camera")
     caption = raw.get(schema.TXT_EXT, b"").decode("utf-8", errors="replace").strip()
     return {
-        "images": _resize(composite(np.stack(rgba), bg), cfg.resolution),
+        "rgba": rgba,
         "cameras": torch.from_numpy(normalize_camera(cams)),
         "caption": caption + cfg.caption_suffix,
         "uid": raw["__key__"],
         "views": picked,
-        "background": bg / 255.0,
+        "background": bg,
     }
 
 
 def decode_2d(raw: dict, rng: np.random.Generator, cfg: LoaderConfig) -> dict:
-    """One image-text pair (img2dataset layout): centre-cropped square, resized, in [-1, 1]."""
+    """One image-text pair (img2dataset layout): the decoded, centre-cropped square and its background."""
     ext = next((e for e in IMAGE_EXTS if e in raw), None)
     if ext is None:
         raise BadSample("missing_member", "image")
     if schema.TXT_EXT not in raw:
         raise BadSample("missing_member", "txt")
     bg = _background(rng, cfg)
-    rgba = _decode_rgba(raw[ext])
+    rgba = _decode_rgba(raw[ext], min_size=cfg.resolution)
     h, w = rgba.shape[:2]
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2
     return {
-        "images": _resize(composite(rgba[None, top : top + s, left : left + s], bg), cfg.resolution),
+        "rgba": [rgba[top : top + s, left : left + s]],
         "caption": raw[schema.TXT_EXT].decode("utf-8", errors="replace").strip(),
         "uid": raw["__key__"],
-        "background": bg / 255.0,
+        "background": bg,
     }
 
 
@@ -304,19 +333,28 @@ class _Stream:
                     bad.clear()
             empty_visits = 0 if good else empty_visits + 1
             if empty_visits >= cfg.max_empty_visits:
-                raise RuntimeError(
+                hint = (
+                    "lower num_views to the views rendered per orbit"
+                    if "too_few_views" in bad
+                    else "check the shards with `mvdata verify`"
+                )
+                raise UserError(
                     f"{self.kind} stream {self.stream} of rank {self.rank}: {empty_visits} shard visits in a row "
-                    f"gave no usable sample (bad so far: {dict(bad)}); check the shards with `mvdata verify`"
+                    f"gave no usable sample (skipped: {dict(bad)}); {hint}"
                 )
             visit, offset = visit + 1, 0
 
     def _collate(self, items: list[dict], position: tuple[int, int, int], bad: Counter) -> dict:
         out = {
             "kind": self.kind,
-            "images": torch.stack([x["images"] for x in items]),
+            "images": batch_images(
+                [x["rgba"] for x in items], [x["background"] for x in items], self.cfg.resolution
+            ),
             "captions": [x["caption"] for x in items],
             "uids": [x["uid"] for x in items],
-            "backgrounds": torch.from_numpy(np.stack([x["background"] for x in items]).astype(np.float32)),
+            "backgrounds": torch.from_numpy(
+                (np.stack([x["background"] for x in items]) / 255.0).astype(np.float32)
+            ),
             "cameras": torch.stack([x["cameras"] for x in items]) if self.kind == "3d" else None,
             "_position": position,
             "_bad": dict(bad),
@@ -359,10 +397,13 @@ class MultiViewLoader:
         world_size: int | None = None,
         storage_options: dict | None = None,
     ):
-        if cfg.batch_size < 1 or cfg.num_views < 1 or cfg.resolution < 1:
-            raise UserError("batch_size, num_views and resolution must be >= 1")
+        for name in ("batch_size", "num_views", "resolution"):
+            if getattr(cfg, name) < 1:
+                raise UserError(
+                    f"{name} must be >= 1 (got {getattr(cfg, name)}); set loader {name} to 1 or more"
+                )
         if not 0.0 <= cfg.p_3d <= 1.0:
-            raise UserError(f"p_3d must be in [0, 1] (got {cfg.p_3d})")
+            raise UserError(f"p_3d must be in [0, 1] (got {cfg.p_3d}); set loader p_3d to e.g. 0.7")
         self.cfg = cfg
         self.rank, self.world_size = rank_and_world(rank, world_size)
         self.n_streams = max(1, cfg.num_workers)
@@ -413,6 +454,10 @@ class MultiViewLoader:
         return self._live[kind]
 
     def __iter__(self) -> Iterator[dict]:
+        if self.batch_in_epoch >= self.batches_per_epoch:
+            # The previous epoch's last batch was taken but its loop stopped there (a `break`, or a state
+            # saved right after it): that epoch is over, this loop is the next one.
+            self._end_epoch()
         while self.batch_in_epoch < self.batches_per_epoch:
             kind = self.kind_of_step(self.step)
             batch = next(self._iterator(kind))
@@ -424,6 +469,9 @@ class MultiViewLoader:
             self.step += 1
             self.batch_in_epoch += 1
             yield batch
+        self._end_epoch()
+
+    def _end_epoch(self) -> None:
         if self.bad:
             log.warning("epoch %d: skipped bad samples %s", self.epoch, dict(self.bad))
         self.epoch += 1

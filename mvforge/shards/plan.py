@@ -65,29 +65,17 @@ def plan_shards(uids: Sequence[str], sizes: Mapping[str, int], cfg: ShardConfig)
         members = sorted(
             (u for u in uids if split_of(u, cfg.val_fraction) == split), key=lambda u: order_key(cfg.seed, u)
         )
-        current: list[str] = []
-        size = 0
+        groups: list[list[str]] = []  # uids per shard of this split, and their estimated bytes
+        group_bytes: list[int] = []
         for uid in members:
             s = int(sizes[uid])
-            if current and (len(current) >= cfg.max_count or size + s > max_bytes):
-                out.append(
-                    ShardSpec(
-                        schema.shard_name(split, len([x for x in out if x.split == split])),
-                        split,
-                        tuple(current),
-                        size,
-                    )
-                )
-                current, size = [], 0
-            current.append(uid)
-            size += s
-        if current:
-            out.append(
-                ShardSpec(
-                    schema.shard_name(split, len([x for x in out if x.split == split])),
-                    split,
-                    tuple(current),
-                    size,
-                )
-            )
+            if not groups or len(groups[-1]) >= cfg.max_count or group_bytes[-1] + s > max_bytes:
+                groups.append([])
+                group_bytes.append(0)
+            groups[-1].append(uid)
+            group_bytes[-1] += s
+        out += [
+            ShardSpec(schema.shard_name(split, i), split, tuple(g), b)
+            for i, (g, b) in enumerate(zip(groups, group_bytes, strict=True))
+        ]
     return out

@@ -8,6 +8,7 @@ or any fsspec URL (s3://, gs://, ...); a rename there is the file system's move.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -39,13 +40,18 @@ def put_bytes_atomic(fs, path: str, data: bytes) -> None:
 
 
 def read_json(fs, path: str) -> dict | None:
-    import json
-
+    """The JSON document at ``path``, None when it does not exist."""
     try:
         with fs.open(path, "rb") as f:
-            return json.loads(f.read().decode("utf-8"))
+            data = f.read()
     except FileNotFoundError:
         return None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
+        raise UserError(
+            f"{path} is not valid JSON; delete it and re-run `mvdata shard` with the same --out"
+        ) from None
 
 
 # ---------------------------------------------------------------- input
@@ -67,13 +73,23 @@ def load_selection(path: str | Path) -> list[str]:
         raise UserError(
             f"selection file {path} lacks column(s) {sorted(missing)}; pass filter/selection.parquet"
         )
-    return sorted(str(u) for u in df.loc[df["kept"].astype(bool), "uid"])
+    kept = df.loc[df["kept"].astype(bool), "uid"].astype(str)
+    dups = sorted(set(kept[kept.duplicated()]))
+    if dups:
+        raise UserError(
+            f"selection file {path} keeps uid(s) {dups[:3]} more than once; re-run `mvdata filter` to rewrite it"
+        )
+    return sorted(kept)
 
 
 @dataclass(frozen=True)
 class ShardInput:
+    """What `mvdata shard` shards: finished renders, optionally restricted to a filter selection."""
+
     uids: list[str]
+    """Uids to shard, sorted."""
     sizes: dict[str, int]
+    """Estimated shard bytes per uid (schema.object_size_bytes), for max_size_mb."""
     not_rendered: list[str]
     """Selected uids without a finished render (reported, not sharded)."""
 
@@ -144,6 +160,13 @@ def write_shard(spec: ShardSpec, renders: str, out: str, storage_options: dict |
 
 
 # ---------------------------------------------------------------- the stage
+def _remove_temporaries(fs, root: str) -> None:
+    """Delete every ``*.tmp-<pid>`` file in the output: only this stage writes there, one run at a time."""
+    for p in fs.glob(f"{root}/*.tmp-*"):
+        fs.rm(p)
+    fs.invalidate_cache()
+
+
 class _Quiet:
     """StageProgress's interface without output (library callers, tests, benchmarks)."""
 
@@ -212,7 +235,18 @@ def run_shard(
     fs.makedirs(root, exist_ok=True)
     fs.invalidate_cache()
 
-    # Resume: a shard is done iff its marker exists and was written for this very plan.
+    # Resume: a shard is done iff its marker exists and was written for this very plan. A marker of a shard
+    # this plan does not have means another plan wrote here: mixing the two would corrupt the set.
+    planned = {schema.stats_name(s.name) for s in specs}
+    foreign = sorted(
+        n
+        for n in (p.rsplit("/", 1)[-1] for p in fs.glob(f"{root}/*{schema.STATS_SUFFIX}"))
+        if n not in planned
+    )
+    if foreign:
+        raise UserError(
+            f"{out} holds {foreign[0]} from a different input or config; use a new --out directory"
+        )
     markers: dict[str, dict] = {}
     for spec in specs:
         m = read_json(fs, f"{root}/{schema.stats_name(spec.name)}")
@@ -224,21 +258,19 @@ def run_shard(
             )
         markers[spec.name] = m
     todo = [s for s in specs if s.name not in markers]
-    # A partial tar from a killed run is redone: drop leftovers of the shards about to be written.
-    todo_names = {s.name for s in todo}
-    for p in fs.glob(f"{root}/*.tmp-*"):
-        if Path(p).name.split(".tmp-")[0] in todo_names:
-            fs.rm(p)
+    # A partial file of a killed run (tar, marker, index) is redone: drop every temporary left here.
+    _remove_temporaries(fs, root)
 
     start = time.monotonic()
     written_bytes = 0
     renders_s = str(Path(renders).resolve())
+    out_url = fs.unstrip_protocol(root)  # absolute, so a Ray worker with another cwd writes to the same place
     with StageProgress("shard", total=len(specs), unit="shards") if show_progress else _Quiet() as progress:
         if markers:
             progress.advance("skipped", len(markers))
         if cfg.workers == 0 or not todo:
             for spec in todo:
-                markers[spec.name] = write_shard(spec, renders_s, out, storage_options)
+                markers[spec.name] = write_shard(spec, renders_s, out_url, storage_options)
                 written_bytes += markers[spec.name]["bytes"]
                 progress.advance("ok")
         else:
@@ -253,7 +285,7 @@ def run_shard(
             while queue or pending:
                 while queue and len(pending) < cfg.workers:
                     spec = queue.pop(0)
-                    pending[task.remote(spec, renders_s, out, storage_options)] = spec
+                    pending[task.remote(spec, renders_s, out_url, storage_options)] = spec
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     spec = pending.pop(ref)
@@ -261,6 +293,7 @@ def run_shard(
                     written_bytes += markers[spec.name]["bytes"]
                     progress.advance("ok")
     elapsed = time.monotonic() - start
+    _remove_temporaries(fs, root)  # a task Ray retried after its worker died leaves its partial tar behind
 
     source = {
         "renders": renders_s,
@@ -270,8 +303,6 @@ def run_shard(
     index = index_document(specs, markers, cfg, source)
     put_bytes_atomic(fs, f"{root}/config.toml", to_toml(cfg).encode("utf-8"))
     # index.json last: its presence says the whole shard set is complete (design §2: the marker is last).
-    import json
-
     put_bytes_atomic(
         fs, f"{root}/{schema.INDEX}", (json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")
     )

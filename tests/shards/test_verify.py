@@ -72,3 +72,10 @@ def test_missing_directory_is_a_user_error(tmp_path, mvdata_bin):
         [mvdata_bin, "verify", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_corrupt_index_is_a_user_error(shards, tmp_path, mvdata_bin):
+    out = _copy(shards, tmp_path)
+    (out / "index.json").write_text('{"shards": [')
+    r = subprocess.run([mvdata_bin, "verify", str(out)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not valid JSON" in r.stderr and "Traceback" not in r.stderr

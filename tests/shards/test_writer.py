@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -112,6 +113,7 @@ def test_resume_skips_done_shards_and_redoes_partial_tmp(renders, shards, tmp_pa
     (out / "train-000001.tar.stats.json").unlink()
     (out / "train-000001.tar").unlink()
     (out / "train-000001.tar.tmp-424242").write_bytes(b"partial")
+    (out / "train-000003.tar.stats.json.tmp-424242").write_bytes(b"{")  # killed while writing a marker
     (out / "index.json").unlink()
     kept_mtime = (out / "train-000000.tar").stat().st_mtime_ns
     run_shard(renders, str(out), cfg, show_progress=False)
@@ -119,6 +121,29 @@ def test_resume_skips_done_shards_and_redoes_partial_tmp(renders, shards, tmp_pa
     assert not list(out.glob("*.tmp-*"))
     assert _tars(out) == _tars(shards)
     assert (out / "index.json").read_text() == (shards / "index.json").read_text()
+
+
+def test_resume_into_the_output_of_another_plan_is_a_user_error(renders, shards, tmp_path):
+    """Markers of another plan, whether of a planned shard name or not, must not mix into the new set."""
+    cfg = ShardConfig(max_count=2, val_fraction=0.0, workers=0)
+    out = tmp_path / "s"
+    shutil.copytree(shards, out)
+    with pytest.raises(UserError, match="new --out directory"):  # same names, other uids
+        run_shard(
+            renders, str(out), ShardConfig(max_count=8, val_fraction=0.0, workers=0), show_progress=False
+        )
+    # a marker this plan does not have (an earlier run with a val split), every planned shard matching
+    shutil.copy(out / "train-000000.tar.stats.json", out / "val-000000.tar.stats.json")
+    with pytest.raises(UserError, match="val-000000.tar.stats.json"):
+        run_shard(renders, str(out), cfg, show_progress=False)
+    assert _tars(out) == _tars(shards)  # nothing overwritten
+
+
+def test_selection_with_a_duplicate_uid_is_a_user_error(renders, tmp_path):
+    sel = tmp_path / "selection.parquet"
+    pd.DataFrame({"uid": ["obj-0001", "obj-0001"], "kept": [True, True]}).to_parquet(sel)
+    with pytest.raises(UserError, match="more than once"):
+        run_shard(renders, str(tmp_path / "s"), ShardConfig(workers=0), selection=sel, show_progress=False)
 
 
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, mvdata_bin):
