@@ -78,15 +78,41 @@ def register(app: typer.Typer) -> None:
             bool | None,
             typer.Option("--denoise/--no-denoise", help="OpenImageDenoise pass.", rich_help_panel=_R),
         ] = None,
+        adaptive_threshold: Annotated[
+            float | None,
+            typer.Option(
+                help="Cycles adaptive-sampling noise threshold; 0 = off (default: 0.01).", rich_help_panel=_R
+            ),
+        ] = None,
+        max_bounces: Annotated[
+            int | None, typer.Option(help="Cycles total light bounces (default: 4).", rich_help_panel=_R)
+        ] = None,
+        view_transform: Annotated[
+            str | None,
+            typer.Option(
+                help="Standard | AgX | Filmic | Raw (default: Standard = plain sRGB).", rich_help_panel=_R
+            ),
+        ] = None,
+        hdri_visible: Annotated[
+            bool | None,
+            typer.Option(
+                "--hdri-visible/--hdri-hidden",
+                help="Show the HDRI behind the object (default: hidden, transparent film).",
+                rich_help_panel=_R,
+            ),
+        ] = None,
         depth: Annotated[
-            bool, typer.Option("--depth", help="Also write 16-bit depth PNGs.", rich_help_panel=_R)
-        ] = False,
+            bool | None,
+            typer.Option("--depth/--no-depth", help="Also write 16-bit depth PNGs.", rich_help_panel=_R),
+        ] = None,
         normal: Annotated[
-            bool, typer.Option("--normal", help="Also write normal PNGs.", rich_help_panel=_R)
-        ] = False,
+            bool | None,
+            typer.Option("--normal/--no-normal", help="Also write normal PNGs.", rich_help_panel=_R),
+        ] = None,
         albedo: Annotated[
-            bool, typer.Option("--albedo", help="Also write albedo PNGs.", rich_help_panel=_R)
-        ] = False,
+            bool | None,
+            typer.Option("--albedo/--no-albedo", help="Also write albedo PNGs.", rich_help_panel=_R),
+        ] = None,
         timeout: Annotated[
             float | None,
             typer.Option(
@@ -179,10 +205,14 @@ def register(app: typer.Typer) -> None:
             "cycles.samples": samples,
             "cycles.threads": threads,
             "cycles.denoise": denoise,
+            "cycles.adaptive_threshold": adaptive_threshold,
+            "cycles.max_bounces": max_bounces,
+            "cycles.view_transform": view_transform,
             "lighting.hdri_dir": hdri_dir,
-            "passes.depth": True if depth else None,
-            "passes.normal": True if normal else None,
-            "passes.albedo": True if albedo else None,
+            "lighting.visible_to_camera": hdri_visible,
+            "passes.depth": depth,
+            "passes.normal": normal,
+            "passes.albedo": albedo,
             "limits.timeout_s": timeout,
             "limits.memory_gb": memory_gb,
             "limits.retries": retries,

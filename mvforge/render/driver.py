@@ -8,6 +8,9 @@ process through ``runner.run_object``; the driver appends one manifest line per 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
 import shutil
 import time
@@ -24,6 +27,8 @@ from mvforge.render.config import RenderConfig
 from mvforge.render.plan import FORMATS, SourceObject, hdri_pool, plan_job
 from mvforge.render.worker import FAULT_ENV
 
+# Held by the driver writing a render directory (see _exclusive).
+LOCK = ".render.lock"
 # Settings that change how fast or how safely objects render but not what they look like: a resumed run may
 # change them. Everything else in RenderConfig decides the pixels, so it must match the run being resumed.
 _NON_RENDER_KEYS = {("cycles", "threads"), ("cycles", "device"), ("limits",), ("download",)}
@@ -48,7 +53,14 @@ class Summary:
 
     @property
     def seconds_per_view(self) -> float | None:
+        """Cycles seconds per ok view (one process; divide by the workers for the run's throughput)."""
         return self.render_seconds / self.views if self.views else None
+
+    @property
+    def objects_per_minute(self) -> float | None:
+        """Objects finished by this call (ok or failed) per minute of wall time."""
+        done = sum(self.counts.values())
+        return done / self.wall_seconds * 60 if done and self.wall_seconds > 0 else None
 
 
 def render(
@@ -69,28 +81,29 @@ def render(
     _validate(sources, cfg, workers, gpus_per_worker)
     pool = hdri_pool(cfg.lighting.hdri_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, cfg, overwrite)
-    remove_stale_staging(out)
-    _repair_manifest(out, sources)
-
-    todo = []
-    for obj in sources:
-        state = layout.status(out, obj.uid)
-        if state is None or overwrite or (state == "failed" and retry_failed):
-            todo.append(obj)
-    skipped = len(sources) - len(todo)
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     views = 0
     render_s = 0.0
-    if todo:
-        for rec in _schedule(todo, out, cfg, pool, workers, address, gpus_per_worker, show_progress):
-            counts[rec["status"]] += 1
-            if rec["status"] == "ok":
-                views += rec["views"]
-                render_s += rec["render_seconds"] or rec["seconds"]
-            else:
-                reasons[rec["reason"]] += 1
+    with _exclusive(out):
+        _check_config(out, cfg, overwrite)
+        remove_stale_staging(out)
+        states = {obj.uid: layout.status(out, obj.uid) for obj in sources}
+        todo = [
+            obj
+            for obj in sources
+            if states[obj.uid] is None or overwrite or (states[obj.uid] == "failed" and retry_failed)
+        ]
+        _prepare_manifest(out, states, rerun={obj.uid for obj in todo})
+        skipped = len(sources) - len(todo)
+        if todo:
+            for rec in _schedule(todo, out, cfg, pool, workers, address, gpus_per_worker, show_progress):
+                counts[rec["status"]] += 1
+                if rec["status"] == "ok":
+                    views += rec["views"]
+                    render_s += rec["render_seconds"] or rec["seconds"]
+                else:
+                    reasons[rec["reason"]] += 1
     summary = Summary(
         total=len(sources),
         skipped=skipped,
@@ -108,9 +121,8 @@ def render(
 def _validate(sources: list[SourceObject], cfg: RenderConfig, workers: int, gpus_per_worker: float) -> None:
     if not sources:
         raise UserError("the sources name no object; pass demo, objaverse, a directory, a glob or 3D files")
-    uids = [s.uid for s in sources]
-    if len(set(uids)) != len(uids):
-        dup = next(u for u in uids if uids.count(u) > 1)
+    dup = next((u for u, n in Counter(s.uid for s in sources).items() if n > 1), None)
+    if dup is not None:
         raise UserError(f"uid {dup} appears twice in the sources; give each object its own uid")
     for s in sources:
         layout.check_uid(s.uid)
@@ -126,6 +138,11 @@ def _validate(sources: list[SourceObject], cfg: RenderConfig, workers: int, gpus
         (cfg.orbits >= 1, f"--orbits must be at least 1, got {cfg.orbits}"),
         (cfg.cycles.samples >= 1, f"--samples must be at least 1, got {cfg.cycles.samples}"),
         (cfg.cycles.threads >= 1, f"--threads must be at least 1, got {cfg.cycles.threads}"),
+        (
+            cfg.cycles.adaptive_threshold >= 0,
+            f"--adaptive-threshold must be 0 (off) or more, got {cfg.cycles.adaptive_threshold}",
+        ),
+        (cfg.cycles.max_bounces >= 0, f"--max-bounces must be 0 or more, got {cfg.cycles.max_bounces}"),
         (cfg.limits.timeout_s > 0, f"--timeout must be positive, got {cfg.limits.timeout_s}"),
         (cfg.limits.memory_gb > 0, f"--memory-gb must be positive, got {cfg.limits.memory_gb}"),
         (cfg.limits.retries >= 0, f"--retries must be 0 or more, got {cfg.limits.retries}"),
@@ -190,24 +207,58 @@ def remove_stale_staging(out: Path) -> int:
     return n
 
 
-def _repair_manifest(out: Path, sources: list[SourceObject]) -> None:
-    """A driver killed between a task's end and its manifest line leaves a done object without a line:
-    add the missing lines from the terminal records, so the manifest lists every finished object."""
-    manifest = out / layout.MANIFEST
-    listed = {r.get("uid") for r in read_jsonl(manifest)}
-    for obj in sources:
-        if obj.uid in listed:
-            continue
-        state = layout.status(out, obj.uid)
-        if state == "ok":
-            append_jsonl(manifest, {"uid": obj.uid, "status": "ok", "reason": None, "recovered": True})
-        elif state == "failed":
-            import json
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """One driver per render directory: a second one would delete the first one's staging dirs as stale and
+    render the same objects twice. flock is released by the kernel when the holder dies, so a SIGKILLed
+    driver never blocks its resume."""
+    import fcntl
 
-            rec = json.loads(layout.failure_path(out, obj.uid).read_text(encoding="utf-8"))
-            append_jsonl(
-                manifest, {"uid": obj.uid, "status": "failed", "reason": rec.get("reason"), "recovered": True}
-            )
+    with open(out / LOCK, "a+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"another `mvdata render` is writing {out}; wait for it to end or pick another --out"
+            ) from None
+        yield
+
+
+def _prepare_manifest(out: Path, states: dict[str, str | None], rerun: set[str]) -> None:
+    """Make manifest.jsonl hold exactly one line per finished object, agreeing with its terminal record,
+    before this call appends to it. ``states``: layout.status of the objects of this call.
+
+    - lines of objects about to be rendered again (``--retry-failed``, ``--overwrite``) are dropped: their new
+      line comes when they finish, so a retried object is never listed twice;
+    - a finished object without a line (the driver was killed between a task's end and its line), or whose
+      line disagrees with its record (a task the driver gave up on as crashed that still finished on a lost
+      node), gets its line from the record (``recovered``);
+    - a torn last line (a driver killed mid-append) is dropped instead of being glued to the next append.
+    Lines of objects outside ``states`` (another call's sources) are kept. The file is rewritten atomically,
+    and only when something changed.
+    """
+    manifest = out / layout.MANIFEST
+    last: dict[str, dict] = {}
+    for rec in read_jsonl(manifest):
+        if isinstance(rec, dict) and isinstance(rec.get("uid"), str):
+            last[rec["uid"]] = rec
+    records = [
+        rec
+        for uid, rec in last.items()
+        if uid not in rerun and (uid not in states or states[uid] == rec.get("status"))
+    ]
+    listed = {rec["uid"] for rec in records}
+    for uid, state in states.items():
+        if uid in listed or uid in rerun or state is None:
+            continue
+        reason = None
+        if state == "failed":
+            reason = json.loads(layout.failure_path(out, uid).read_text(encoding="utf-8")).get("reason")
+        records.append({"uid": uid, "status": state, "reason": reason, "recovered": True})
+    text = "".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records)
+    old = manifest.read_text(encoding="utf-8") if manifest.is_file() else ""
+    if text != old:
+        atomic_write_text(manifest, text)
 
 
 # --- Ray ------------------------------------------------------------------------------------------------
@@ -221,10 +272,7 @@ def render_task(obj: SourceObject, job: dict, out: str, cfg: RenderConfig, env: 
     if job.get("importer") is None:
         # No bpy importer reads this extension: record it without paying for a Blender start.
         message = f"unknown 3D format {obj.ext!r}; supported: {', '.join(sorted(FORMATS))}"
-        runner.record_failure(
-            out_path, obj.uid, "unsupported_format", message, attempts=0, source=job.get("source")
-        )
-        return _failed(obj.uid, "unsupported_format", attempts=0)
+        return runner.fail(out_path, obj.uid, "unsupported_format", message, attempts=0, source=job["source"])
     extra: dict = {}
     if obj.url is not None:
         from mvforge.render.download import DownloadError, fetch
@@ -238,27 +286,12 @@ def render_task(obj: SourceObject, job: dict, out: str, cfg: RenderConfig, env: 
                 retries=cfg.download.retries,
             )
         except DownloadError as e:
-            source = job.get("source")
-            runner.record_failure(out_path, obj.uid, "download_failed", str(e), attempts=1, source=source)
-            return _failed(obj.uid, "download_failed", attempts=1)
+            return runner.fail(out_path, obj.uid, "download_failed", str(e), attempts=1, source=job["source"])
         extra = {
             "source": {"sha256": got.sha256, "bytes": got.bytes},
             "timings": {"download_s": round(got.seconds, 3), "download_cached": got.cached},
         }
     return runner.run_object(job, out_path, cfg.limits, env=env, extra_meta=extra)
-
-
-def _failed(uid: str, reason: str, attempts: int) -> dict:
-    """The manifest record of a failure decided outside the runner."""
-    return {
-        "uid": uid,
-        "status": "failed",
-        "reason": reason,
-        "attempts": attempts,
-        "seconds": 0.0,
-        "render_seconds": None,
-        "views": 0,
-    }
 
 
 def _schedule(
@@ -311,17 +344,15 @@ def _schedule(
                 try:
                     rec = ray.get(ref)
                 except ray.exceptions.RayError as e:
-                    message = f"the Ray task died: {type(e).__name__}: {str(e).splitlines()[0]}"
-                    runner.record_failure(
+                    rec = runner.fail(
                         out,
                         obj.uid,
                         "crashed",
-                        message,
+                        _task_error(e),
                         attempts=1,
-                        source=None,
+                        source=dataclasses.asdict(obj) | {"tags": list(obj.tags)},
                         log=runner.log_path(out, obj.uid),
                     )
-                    rec = _failed(obj.uid, "crashed", attempts=1)
                 append_jsonl(manifest, rec | {"time": round(time.time(), 3)})
                 if progress:
                     progress.advance(rec["status"])
@@ -331,6 +362,17 @@ def _schedule(
             progress.__exit__(None, None, None)
         for ref in in_flight:
             ray.cancel(ref, force=True)
+
+
+def _task_error(e: Exception) -> str:
+    """One line for a task that ended without a record: an exception in our task code (the cause, not Ray's
+    "ray::task (pid=...)" banner) or a Ray worker that died (OOM killer, node lost)."""
+    cause = getattr(e, "cause", None)
+    if cause is not None:
+        text = " ".join(str(cause).split())[:300]
+        return f"the render task raised {type(cause).__name__}: {text}"
+    lines = str(e).strip().splitlines() or [""]
+    return f"the Ray task died: {type(e).__name__}: {lines[0][:300]}"
 
 
 def _print_summary(summary: Summary, out: Path) -> None:
@@ -346,6 +388,7 @@ def _print_summary(summary: Summary, out: Path) -> None:
     rows += [
         ("views rendered", summary.views),
         ("seconds per view", f"{summary.seconds_per_view:.2f}" if summary.seconds_per_view else "-"),
+        ("objects per minute", f"{summary.objects_per_minute:.1f}" if summary.objects_per_minute else "-"),
         ("wall time", f"{summary.wall_seconds:.1f} s"),
         ("output", str(out)),
     ]

@@ -9,6 +9,8 @@ renders/<uid[:2]>/<uid>/meta.json        written LAST: the object is done iff it
 renders/failed/<uid>.json                one record per failed object: status, reason, message, log_tail
 renders/manifest.jsonl                   one line per finished object (ok or failed)
 renders/config.toml                      the resolved config of the run
+renders/logs/<uid>.log                   Blender's stdout/stderr of the object's last attempt
+renders/.render.lock                     held by the running driver (one driver per directory)
 ```
 """
 

@@ -115,17 +115,17 @@ def run_object(
         }
     shutil.rmtree(staging, ignore_errors=True)
     reason, message = _classify(attempt, limits, n)
-    record_failure(out, uid, reason, message, attempts=n, source=job.get("source"), log=log)
-    return {
-        "uid": uid,
-        "status": "failed",
-        "reason": reason,
-        "attempts": n,
-        "seconds": round(seconds, 3),
-        "render_seconds": None,
-        "views": 0,
-        "peak_rss_mb": round(attempt.peak_rss_bytes / 2**20, 1),
-    }
+    return fail(
+        out,
+        uid,
+        reason,
+        message,
+        attempts=n,
+        source=job.get("source"),
+        log=log,
+        seconds=seconds,
+        peak_rss_bytes=attempt.peak_rss_bytes,
+    )
 
 
 def _classify(attempt: Attempt, limits: LimitsConfig, attempts: int) -> tuple[str, str]:
@@ -152,14 +152,27 @@ def _classify(attempt: Attempt, limits: LimitsConfig, attempts: int) -> tuple[st
 
 
 @functools.cache
+def _prctl():
+    """libc's ``prctl``, looked up in the parent: between fork and exec the child of a multithreaded process
+    (a Ray worker) must not take locks such as the dynamic loader's, so the child only makes the call."""
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
 def _die_with_parent():
     """A preexec_fn that makes the kernel SIGKILL the child when its parent dies (PR_SET_PDEATHSIG).
 
-    ``prctl`` is looked up here, in the parent: between fork and exec the child of a multithreaded process (a
-    Ray worker) must not take locks such as the dynamic loader's, so the child only makes the call.
+    The "parent" of PR_SET_PDEATHSIG is the *thread* that forked: run_child forks and waits in the same thread
+    and kills the group before it returns, so a thread ending early cannot kill a live render by mistake.
+    A parent that died between fork and prctl is caught by comparing getppid with the pid seen before fork.
     """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return functools.partial(prctl, _PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    prctl, parent = _prctl(), os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
 
 
 def run_child(
@@ -193,12 +206,7 @@ def run_child(
     pgid = proc.pid  # start_new_session: the child leads its own group
     kind = None
     try:
-        while True:
-            try:
-                proc.wait(timeout=POLL_S)
-                break
-            except subprocess.TimeoutExpired:
-                pass
+        while not _exited(proc, POLL_S):
             now = time.monotonic()
             if now >= deadline:
                 kind = "timeout"
@@ -213,11 +221,11 @@ def run_child(
                     stop_group(pgid, proc, grace_s)
                     break
     finally:
-        # Whatever happened (an exception here included), nothing of the group may outlive the attempt.
+        # Whatever happened (an exception here included), nothing of the group may outlive the attempt. The
+        # leader is reaped only after this killpg: until then its pid, which is the group id, cannot be reused
+        # by an unrelated process group that the signal would hit.
         _killpg(pgid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.wait()
     seconds = time.monotonic() - start
     result = _read_result(staging)
     if kind is None:
@@ -231,14 +239,25 @@ def run_child(
 
 
 def stop_group(pgid: int, proc: subprocess.Popen, grace_s: float) -> None:
-    """SIGTERM the group, give it ``grace_s`` to exit, then SIGKILL it."""
+    """SIGTERM the group, give the leader ``grace_s`` to exit, then SIGKILL the group (leader left unreaped)."""
     _killpg(pgid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        pass
+    _exited(proc, grace_s)
     _killpg(pgid, signal.SIGKILL)
-    proc.wait()
+
+
+def _exited(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for the child to exit WITHOUT reaping it (waitid WNOWAIT): see run_child."""
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # reaped behind our back (a stray os.wait()): it has exited
+            return True
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(0.05, left))
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -336,17 +355,31 @@ def _meta(job: dict, attempt: Attempt, attempts: int, seconds: float, extra: dic
 
 
 def finalize_ok(out: Path, uid: str, staging: Path, meta: dict) -> None:
-    """meta.json last into staging, then one rename makes the object visible as done."""
+    """meta.json last into staging, then one rename makes the object visible as done.
+
+    Order matters for "exactly one terminal record" under SIGKILL at any point: an old failure record and an
+    old object dir (``--retry-failed`` / ``--overwrite``) go first, so a kill in between leaves no record
+    (the object is rendered again on resume), never two.
+    """
     for name in (JOB, RESULT):
         (staging / name).unlink(missing_ok=True)
     atomic_write_json(staging / layout.META, meta)
-    final = layout.object_dir(out, uid)
-    if final.exists():
-        # A leftover without meta.json (a crash mid-rename never happens: os.replace is atomic, but an older
-        # tool or a hand edit may leave one), or an ok object being re-rendered with --overwrite.
-        shutil.rmtree(final)
-    os.replace(staging, final)
     layout.failure_path(out, uid).unlink(missing_ok=True)
+    discard_object_dir(out, uid)
+    os.replace(staging, layout.object_dir(out, uid))
+
+
+def discard_object_dir(out: Path, uid: str) -> None:
+    """Remove ``uid``'s object dir so that no reader ever sees half of it: first a rename out of the way (one
+    atomic step that hides meta.json), then the slow delete. A kill in between leaves a ``*.tmp-*`` dir that
+    the next run's driver deletes."""
+    final = layout.object_dir(out, uid)
+    if not final.exists():
+        return
+    doomed = final.with_name(f"{uid}.tmp-{os.getpid()}-old")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(final, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def record_failure(
@@ -361,9 +394,7 @@ def record_failure(
 ) -> None:
     """The one failure record of ``uid`` (any previous ok render of it is removed first)."""
     assert reason in layout.REASONS, reason
-    final = layout.object_dir(out, uid)
-    if final.exists():
-        shutil.rmtree(final)
+    discard_object_dir(out, uid)
     atomic_write_json(
         layout.failure_path(out, uid),
         {
@@ -376,6 +407,33 @@ def record_failure(
             "source": source,
         },
     )
+
+
+def fail(
+    out: Path,
+    uid: str,
+    reason: str,
+    message: str,
+    *,
+    attempts: int,
+    source: dict | None,
+    log: Path | None = None,
+    seconds: float = 0.0,
+    peak_rss_bytes: int = 0,
+) -> dict:
+    """Write ``uid``'s failure record and return its manifest line (also for failures decided outside the
+    runner: unknown format, download, a Ray task that died)."""
+    record_failure(out, uid, reason, message, attempts=attempts, source=source, log=log)
+    return {
+        "uid": uid,
+        "status": "failed",
+        "reason": reason,
+        "attempts": attempts,
+        "seconds": round(seconds, 3),
+        "render_seconds": None,
+        "views": 0,
+        "peak_rss_mb": round(peak_rss_bytes / 2**20, 1),
+    }
 
 
 def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -2,9 +2,9 @@
 
 Sources, any mix (issue 3):
 - ``demo``: the embedded demo objects (mvforge.assets).
-- a directory (searched recursively for the extensions of ``plan.FORMATS``), a glob, or single files. A
-  single file with an unknown extension still becomes an object: the worker records it as
-  ``unsupported_format``, so one odd file never stops a run.
+- a directory (searched recursively for the extensions of ``plan.FORMATS``), a glob (its matches with those
+  extensions), or single files. A single file with an unknown extension still becomes an object: it is
+  recorded as ``unsupported_format``, so one odd file never stops a run.
 - ``objaverse``: Objaverse 1.0, selected with ``--uids FILE`` / ``--lvis CATEGORY`` / ``--limit N``, read from
   the metadata files of the ``objaverse`` package, in the package's own layout but under a configurable cache
   directory (the package hard-codes ~/.objaverse). The objects themselves are downloaded later, inside the
@@ -104,9 +104,10 @@ def resolve_sources(
             local.extend(_expand_local(arg))
     found.extend(_local_objects(local))
     objects = _dedupe(found)
-    if captions is not None:
-        objects = apply_captions(objects, captions)
-    objects = _unique_uids(objects)
+    rows = read_captions(captions) if captions is not None else []
+    objects, named = _captions_by_path(objects, rows)
+    objects = _unique_uids(objects, keep=named)
+    objects = _captions_by_uid(objects, rows)
     for obj in objects:
         check_uid(obj.uid)
     return objects
@@ -127,9 +128,11 @@ def _expand_local(arg: str) -> list[Path]:
         return [path]
     if _GLOB_CHARS & set(arg):
         files = sorted(Path(p) for p in glob.glob(os.path.expanduser(arg), recursive=True))
-        files = [p for p in files if p.is_file()]
+        # Like a directory, a pattern keeps only 3D files: `models/*` must not turn every .mtl and texture
+        # next to an OBJ into an unsupported_format record.
+        files = [p for p in files if p.is_file() and _ext(p) in FORMATS]
         if not files:
-            raise UserError(f"glob {arg!r} matches no file; quote it and check the pattern")
+            raise UserError(f"glob {arg!r} matches no 3D file; quote it and check the pattern")
         return files
     raise UserError(
         f"source {arg!r} is neither demo, objaverse, an existing file or directory, nor a glob; fix the path"
@@ -207,8 +210,13 @@ def _dedupe(objects: list[SourceObject]) -> list[SourceObject]:
     return out
 
 
-def _unique_uids(objects: list[SourceObject]) -> list[SourceObject]:
-    """Give every object of a uid collision except the first by path a ``-<8 hex>`` suffix from its path."""
+def _unique_uids(objects: list[SourceObject], keep: set[int]) -> list[SourceObject]:
+    """Resolve uid collisions by giving some objects a ``-<8 hex>`` suffix from their path or URL.
+
+    Uids given by someone (demo and Objaverse uids, sidecar rows: the indices in ``keep``) never change; two of
+    them colliding is a user error. Among uids derived from file stems, the first path in sort order keeps the
+    plain stem, so uids do not depend on the order of the arguments.
+    """
     groups: dict[str, list[int]] = {}
     for i, obj in enumerate(objects):
         groups.setdefault(obj.uid, []).append(i)
@@ -216,8 +224,14 @@ def _unique_uids(objects: list[SourceObject]) -> list[SourceObject]:
     for uid, idx in groups.items():
         if len(idx) == 1:
             continue
-        ordered = sorted(idx, key=lambda i: objects[i].url or objects[i].path or "")
-        for i in ordered[1:]:
+        given = [i for i in idx if i in keep or objects[i].kind != "local"]
+        if len(given) > 1:
+            a, b = (objects[i].url or objects[i].path for i in given[:2])
+            raise UserError(f"uid {uid} is given to both {a} and {b}; give each its own uid in --captions")
+        derived = sorted(
+            (i for i in idx if i not in given), key=lambda i: objects[i].url or objects[i].path or ""
+        )
+        for i in derived[0 if given else 1 :]:
             where = objects[i].url or objects[i].path or ""
             short = hashlib.sha1(where.encode()).hexdigest()[:8]
             out[i] = replace(objects[i], uid=f"{uid[:MAX_UID_STEM]}-{short}")
@@ -233,7 +247,7 @@ def read_captions(path: Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"captions file {path} does not exist; pass a CSV or JSONL file to --captions")
     rows: list[dict] = []
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets save CSV with a byte-order mark
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -256,7 +270,8 @@ def read_captions(path: Path) -> list[dict]:
     for n, row in enumerate(rows, 1):
         uid = str(row.get("uid") or "").strip()
         rel = str(row.get("path") or "").strip()
-        if "caption" not in row or not (uid or rel):
+        # A short CSV row reads its missing cells as None: a missing caption, not the caption "None".
+        if row.get("caption") is None or not (uid or rel):
             raise UserError(f"{path} row {n} needs a caption and a uid or a path")
         full = ""
         if rel:
@@ -266,26 +281,26 @@ def read_captions(path: Path) -> list[dict]:
     return out
 
 
-def apply_captions(objects: list[SourceObject], captions: Path) -> list[SourceObject]:
-    """Captions (and uids, when a row names both a path and a uid) from the sidecar; path beats uid."""
-    by_path: dict[str, dict] = {}
-    by_uid: dict[str, dict] = {}
-    for row in read_captions(captions):
-        if row["path"]:
-            by_path[row["path"]] = row
-        elif row["uid"]:
-            by_uid[row["uid"]] = row
-    out = []
-    for obj in objects:
+def _captions_by_path(objects: list[SourceObject], rows: list[dict]) -> tuple[list[SourceObject], set[int]]:
+    """Captions of rows that name a local file, and their uid when the row gives one; returns the objects and
+    the indices whose uid a row gave (those never change in _unique_uids)."""
+    by_path = {row["path"]: row for row in rows if row["path"]}
+    out, named = [], set()
+    for i, obj in enumerate(objects):
         row = by_path.get(obj.path or "") if obj.kind != "objaverse" else None
-        if row is not None:
-            uid = check_uid(row["uid"]) if row["uid"] else obj.uid
-            out.append(replace(obj, uid=uid, caption=row["caption"]))
-        elif obj.uid in by_uid:
-            out.append(replace(obj, caption=by_uid[obj.uid]["caption"]))
-        else:
+        if row is None:
             out.append(obj)
-    return out
+            continue
+        if row["uid"]:
+            named.add(i)
+        out.append(replace(obj, uid=check_uid(row["uid"]) if row["uid"] else obj.uid, caption=row["caption"]))
+    return out, named
+
+
+def _captions_by_uid(objects: list[SourceObject], rows: list[dict]) -> list[SourceObject]:
+    """Captions of rows that name only a uid: applied to the final uids, after collisions were resolved."""
+    by_uid = {row["uid"]: row for row in rows if row["uid"] and not row["path"]}
+    return [replace(o, caption=by_uid[o.uid]["caption"]) if o.uid in by_uid else o for o in objects]
 
 
 # --- Objaverse 1.0 --------------------------------------------------------------------------------------

@@ -160,6 +160,10 @@ def test_hostile_mix_ends_in_one_record_per_object(tmp_path, ray_local, glb_serv
     )  # fmt: skip
     assert retried.skipped == 2 and retried.counts == {"ok": 2, "failed": 1}
     assert layout.status(out, f"hang_{tag}") == "ok" and not layout.failure_path(out, f"hang_{tag}").exists()
+    # Still one manifest line per object, each with the object's current outcome.
+    now = {**expected, f"hang_{tag}": "ok", f"crash_{tag}": "ok"}
+    assert sorted(r["uid"] for r in read_jsonl(out / layout.MANIFEST)) == sorted(now)
+    assert {r["uid"]: r["reason"] or "ok" for r in read_jsonl(out / layout.MANIFEST)} == now
 
 
 def test_changed_render_settings_are_refused(tmp_path):
@@ -192,3 +196,63 @@ def test_bad_options_are_user_errors(tmp_path, kwargs, match):
 def test_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         render([_local("gone", tmp_path / "gone.glb")], tmp_path / "out", TINY, show_progress=False)
+
+
+def test_manifest_is_repaired_to_one_line_per_finished_object(tmp_path):
+    """Duplicates, a torn last line, a missing line and a line of an object about to be re-rendered."""
+    import json as _json
+
+    from mvforge.fsutil import atomic_write_json
+    from mvforge.render.driver import _prepare_manifest
+
+    out = tmp_path
+    objs = [_local(u, DATA / "Duck.glb") for u in ("a", "b", "c", "d", "e")]
+    for uid in ("a", "b", "c"):
+        atomic_write_json(layout.object_dir(out, uid) / layout.META, {"uid": uid})
+    atomic_write_json(layout.failure_path(out, "d"), {"uid": "d", "reason": "timeout"})
+    lines = [
+        {"uid": "a", "status": "failed", "reason": "crashed"},  # failed before, ok after --retry-failed
+        {"uid": "a", "status": "ok", "reason": None},
+        {"uid": "b", "status": "ok", "reason": None},
+        {"uid": "zz_other_run", "status": "ok", "reason": None},  # not in these sources: kept as is
+        {"uid": "d", "status": "ok", "reason": None},  # disagrees with d's failure record
+    ]
+    text = "".join(_json.dumps(r, sort_keys=True) + "\n" for r in lines) + '{"uid": "c", "sta'
+    (out / layout.MANIFEST).write_text(text)
+    states = {o.uid: layout.status(out, o.uid) for o in objs}
+
+    _prepare_manifest(out, states, rerun={"b", "e"})
+    got = read_jsonl(out / layout.MANIFEST)
+    assert [r["uid"] for r in got] == ["a", "zz_other_run", "c", "d"]
+    assert got[0]["status"] == "ok" and got[2]["recovered"]
+    assert got[3]["status"] == "failed" and got[3]["reason"] == "timeout" and got[3]["recovered"]
+    assert (out / layout.MANIFEST).read_text().endswith("}\n")  # the torn line is gone
+
+    # Nothing to change: the file is left alone.
+    before = (out / layout.MANIFEST).stat().st_mtime_ns
+    _prepare_manifest(out, states, rerun={"b", "e"})
+    assert (out / layout.MANIFEST).stat().st_mtime_ns == before
+
+
+def test_a_second_driver_on_the_same_directory_is_refused(tmp_path):
+    from mvforge.render.driver import _exclusive
+
+    out = tmp_path / "renders"
+    out.mkdir()
+    with _exclusive(out):
+        with pytest.raises(UserError, match="another `mvdata render` is writing"):
+            render([_local("box", DATA / "BoxTextured.glb")], out, TINY, show_progress=False)
+    with _exclusive(out):  # released when the holder is done
+        pass
+
+
+def test_task_errors_name_the_cause_not_rays_banner():
+    import ray.exceptions
+
+    from mvforge.render.driver import _task_error
+
+    err = ray.exceptions.RayTaskError("render_task", "Traceback ...", OSError(28, "No space left on device"))
+    assert _task_error(err) == "the render task raised OSError: [Errno 28] No space left on device"
+    assert _task_error(ray.exceptions.WorkerCrashedError()).startswith(
+        "the Ray task died: WorkerCrashedError"
+    )

@@ -51,6 +51,11 @@ def test_help_through_the_entry_point_is_useful():
         "--retry-failed",
         "--lvis",
         "--memory-gb",
+        "--adaptive-threshold",
+        "--view-transform",
+        "--hdri-visible",
+        "--no-depth",
+        "--overwrite",
         "RAY_ADDRESS",
         "resume",
     ):
@@ -152,12 +157,13 @@ def test_sigkill_driver_then_resume_equals_an_uninterrupted_run(tmp_path):
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
+    # Ray's workers and the Blender processes die with their driver (fate sharing + PR_SET_PDEATHSIG).
+    assert not _wait_gone(marker, 30, ignore=RAY_AGENTS), "processes survived the driver's SIGKILL"
+    # Only now is the directory frozen: a task may finish its object between the driver's death and its own.
     done_before = {u for u in uids if layout.status(a, u) is not None}
     assert 1 <= len(done_before) < len(uids)
     before = {u: (layout.object_dir(a, u) / layout.META).stat().st_mtime_ns for u in done_before}
     logs_before = {u: (a / "logs" / f"{u}.log").stat().st_mtime_ns for u in done_before}
-    # Ray's workers and the Blender processes die with their driver (fate sharing + PR_SET_PDEATHSIG).
-    assert not _wait_gone(marker, 30, ignore=RAY_AGENTS), "processes survived the driver's SIGKILL"
 
     # 2. The same command again: only the unfinished objects are rendered.
     lines_before = len(read_jsonl(a / layout.MANIFEST))

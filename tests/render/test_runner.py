@@ -167,3 +167,39 @@ def test_render_process_dies_with_its_killed_owner(tmp_path):
         except (ProcessLookupError, NameError, IndexError):
             pass
         owner.kill()
+
+
+def test_terminal_records_replace_each_other_and_never_coexist(tmp_path):
+    """--overwrite / --retry-failed: a new outcome replaces the old one; a leftover of a kill is cleaned."""
+    from mvforge.render.driver import remove_stale_staging
+    from mvforge.render.runner import finalize_ok, record_failure, staging_dir
+
+    uid = "flip"
+
+    def render_ok(tag: str) -> None:
+        staging = staging_dir(tmp_path, uid)
+        staging.mkdir(parents=True)
+        (staging / "000.png").write_text(tag)
+        finalize_ok(tmp_path, uid, staging, {"uid": uid, "tag": tag})
+
+    def records() -> tuple[bool, bool]:
+        return (layout.object_dir(tmp_path, uid) / layout.META).is_file(), layout.failure_path(
+            tmp_path, uid
+        ).is_file()
+
+    render_ok("first")
+    render_ok("second")  # an ok object rendered again replaces the old dir as a whole
+    assert records() == (True, False)
+    assert (layout.object_dir(tmp_path, uid) / "000.png").read_text() == "second"
+    record_failure(tmp_path, uid, "timeout", "too slow", attempts=1, source=None)
+    assert records() == (False, True)
+    render_ok("third")
+    assert records() == (True, False)
+    assert sorted(p.name for p in (tmp_path / uid[:2]).iterdir()) == [uid]  # no staging or discarded dir left
+
+    # A kill between the rename out of the way and the delete leaves a *.tmp-* dir: the next run removes it.
+    doomed = layout.object_dir(tmp_path, uid).with_name(f"{uid}.tmp-999999-old")
+    doomed.mkdir()
+    (doomed / layout.META).write_text("{}")
+    assert remove_stale_staging(tmp_path) == 1 and not doomed.exists()
+    assert list(layout.iter_uids(tmp_path)) == [uid]

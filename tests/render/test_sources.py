@@ -59,6 +59,8 @@ def test_same_stem_gets_a_path_hash_independent_of_argument_order(tree):
 def test_glob_single_files_and_duplicates(tree):
     objs = resolve_sources([str(tree / "**" / "*.glb"), str(tree / "a" / "Duck.glb"), str(tree / "odd.xyz")])
     assert len(objs) == 3  # a/Duck.glb named twice is one object
+    # A pattern keeps only 3D files (notes.txt is not an object), like a directory.
+    assert sorted(Path(o.path).name for o in resolve_sources([str(tree / "b" / "*")])) == ["Duck.glb"]
     odd = next(o for o in objs if o.ext == "xyz")
     assert odd.uid == "odd"  # an unknown extension is still an object (it fails later as unsupported_format)
 
@@ -86,7 +88,7 @@ def test_caption_sidecars_csv_and_jsonl(tree):
     "args, match",
     [
         (["/no/such/file.glb"], "neither demo"),
-        (["/no/such/*.glb"], "matches no file"),
+        (["/no/such/*.glb"], "matches no 3D file"),
         ([], "no SOURCE"),
     ],
 )
@@ -225,3 +227,34 @@ def test_objaverse_metadata_is_fetched_into_the_cache_once(tmp_path):
         )
         == 1
     )
+
+
+def test_sidecar_uids_are_kept_and_stem_uids_make_way(tree):
+    """A uid a sidecar row gives is never renamed; the file whose stem-derived uid collides with it is."""
+    caps = tree / "caps.csv"
+    # Spreadsheets save CSV with a byte-order mark; the first column must still read as "uid".
+    caps.write_text("\ufeffuid,path,caption\nDuck,b/Duck.glb,the b duck\n", encoding="utf-8")
+    objs = {o.path: o for o in resolve_sources([str(tree / "a"), str(tree / "b")], captions=caps)}
+    a, b = str((tree / "a" / "Duck.glb").resolve()), str((tree / "b" / "Duck.glb").resolve())
+    assert (objs[b].uid, objs[b].caption) == ("Duck", "the b duck")
+    assert objs[a].uid == "Duck-" + hashlib.sha1(a.encode()).hexdigest()[:8]
+
+    # A uid-only row captions the object that ends up with that uid, after collisions were resolved.
+    caps.write_text("uid,path,caption\nDuck,,only the first duck\n")
+    objs = {o.path: o for o in resolve_sources([str(tree / "a"), str(tree / "b")], captions=caps)}
+    assert objs[a].caption == "only the first duck" and objs[b].caption == "duck"
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("uid,path,caption\nx,a/Duck.glb\n", "row 1 needs a caption"),  # a short row: no caption cell
+        ("uid,path,caption\nsame,a/Duck.glb,one\nsame,b/Duck.glb,two\n", "uid same is given to both"),
+        ("uid,path,caption\nbad.uid,a/Duck.glb,x\n", "bad object uid 'bad.uid'"),
+    ],
+)
+def test_bad_sidecar_rows_are_user_errors(tree, text, match):
+    caps = tree / "caps.csv"
+    caps.write_text(text)
+    with pytest.raises(UserError, match=match):
+        resolve_sources([str(tree / "a"), str(tree / "b")], captions=caps)
