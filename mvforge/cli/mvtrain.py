@@ -1,13 +1,15 @@
-"""`mvtrain`: the training stages (multi-view UNet fit, sampling, SDS).
+"""`mvtrain`: the training stages (multi-view UNet fit, sampling; SDS lands later).
 
-The data stages are in ``mvdata``; the trainer, sampler and SDS commands register here as they land.
+Heavy imports (torch, diffusers, ray) happen inside the command bodies, so `mvtrain --help` stays fast.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from mvforge.cli.common import run_app
+from mvforge.cli.common import ADDRESS_HELP, SET_HELP, run_app
 
 app = typer.Typer(
     name="mvtrain",
@@ -20,7 +22,7 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    """Keep the app a command group even while it has one command."""
+    """Keep the app a command group."""
 
 
 @app.command()
@@ -29,6 +31,121 @@ def version() -> None:
     from mvforge import __version__
 
     typer.echo(f"mvforge {__version__}")
+
+
+def _quiet_libraries() -> None:
+    """diffusers/transformers info chatter (accelerate hints, weight-loading bars) hides our progress."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@app.command("make-tiny-sd")
+def make_tiny_sd_cmd(
+    out: Path = typer.Option(..., "--out", help="New directory for the tiny random SD model."),
+    seed: int = typer.Option(0, help="Seed of the random weights."),
+    prediction_type: str = typer.Option(
+        "epsilon", help="Scheduler prediction type: epsilon or v_prediction."
+    ),
+) -> None:
+    """Write a tiny random Stable Diffusion directory (diffusers layout), offline, for tests and demos.
+
+    A finished one (model_index.json present) is kept as is, so a demo can re-run this step."""
+    from mvforge.errors import UserError
+
+    if (out / "model_index.json").is_file():
+        typer.echo(f"{out} (exists; remove it to rebuild)")
+        return
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise UserError(f"--prediction-type {prediction_type!r}: use epsilon or v_prediction")
+    _quiet_libraries()
+    from mvforge.train.tiny import make_tiny_sd
+
+    typer.echo(str(make_tiny_sd(out, seed=seed, prediction_type=prediction_type)))
+
+
+@app.command()
+def fit(
+    config: Path | None = typer.Option(None, "--config", help="TOML config (FitConfig); flags override it."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    pretrained: str | None = typer.Option(None, help="Diffusers SD directory (pretrained=...)."),
+    shards: str | None = typer.Option(None, help="3D shard directory from `mvdata shard` (shards=...)."),
+    shards_2d: str | None = typer.Option(None, "--shards-2d", help="2D image-text tars (shards_2d=...)."),
+    out: str | None = typer.Option(None, help="Run directory (out=...); an existing run is resumed."),
+    max_steps: int | None = typer.Option(None, help="Total optimizer steps (max_steps=...)."),
+    workers: int = typer.Option(0, help="Ray Train workers (DDP); 0 runs in this process."),
+    use_gpu: bool = typer.Option(False, "--use-gpu", help="One GPU per Ray Train worker."),
+    max_failures: int = typer.Option(0, help="Ray Train worker restarts before giving up."),
+    address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help=ADDRESS_HELP),
+) -> None:
+    """Train the multi-view UNet (MVDream §3) on 3D shards (+ optional 2D data); resumes an existing run."""
+    from mvforge import config as config_mod
+    from mvforge.errors import UserError
+    from mvforge.train.config import FitConfig
+
+    cfg = config_mod.load(FitConfig, config, set_)
+    flags = {
+        "pretrained": pretrained,
+        "shards": shards,
+        "shards_2d": shards_2d,
+        "out": out,
+        "max_steps": max_steps,
+    }
+    cfg = config_mod.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    if workers < 0:
+        raise UserError(f"--workers {workers}: pass 0 (in-process) or more")
+    _quiet_libraries()
+    if workers == 0:
+        from mvforge.train.loop import fit as run_fit
+
+        run_fit(cfg)
+    else:
+        from mvforge.train.ray_fit import fit_with_ray
+
+        result = fit_with_ray(cfg, workers, use_gpu=use_gpu, address=address, max_failures=max_failures)
+        typer.echo(f"ray train result: {result.path}; metrics {result.metrics}")
+
+
+@app.command()
+def sample(
+    run: Path = typer.Option(
+        ..., "--run", help="Run directory of `mvtrain fit`, or one checkpoint directory."
+    ),
+    prompt: str = typer.Option(..., "--prompt", help="Text prompt."),
+    out: Path = typer.Option(..., "--out", help="Directory for view_XX.png, grid.png, sample.json."),
+    config: Path | None = typer.Option(None, "--config", help="TOML config (SampleConfig)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    steps: int | None = typer.Option(None, help="DDIM steps (steps=...)."),
+    guidance_scale: float | None = typer.Option(None, help="CFG scale (guidance_scale=...)."),
+    resolution: int | None = typer.Option(None, help="Image side in pixels (resolution=...)."),
+    num_views: int | None = typer.Option(None, help="Views (num_views=...)."),
+    seed: int | None = typer.Option(None, help="Noise seed (seed=...)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Sample V views of a prompt with DDIM + classifier-free guidance; writes PNGs and a grid."""
+    from mvforge import config as config_mod
+    from mvforge.train.config import SampleConfig
+
+    cfg = config_mod.load(SampleConfig, config, set_)
+    flags = {
+        "steps": steps,
+        "guidance_scale": guidance_scale,
+        "resolution": resolution,
+        "num_views": num_views,
+        "seed": seed,
+    }
+    cfg = config_mod.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    _quiet_libraries()
+    from mvforge.train.loop import resolve_device
+    from mvforge.train.sample import sample_views, save_views
+
+    images = sample_views(run, prompt, cfg, device=resolve_device(device))
+    for p in save_views(images, out, prompt, cfg):
+        typer.echo(str(p))
 
 
 main = run_app(app)

@@ -1,0 +1,185 @@
+"""The multi-view UNet (MVDream §3.1-3.2): SD's UNet with 3D self-attention and a camera embedding.
+
+Reads top to bottom: the attention processor, the model, the loader.
+
+- 3D (multi-view) self-attention: the V views of one object share one self-attention. The processor reshapes
+  the tokens ``(b v) l c -> b (v l) c`` around attn1 only, so every view attends to the tokens of all views
+  with SD's own q/k/v weights (paper §3.1: "inflate" 2D self-attention, no new weights). Cross-attention (attn2)
+  keeps the default processor: each view reads the text on its own.
+- Camera: diffusers ``class_embed_type="projection"`` with 16 inputs is MVDream's camera MLP (Linear -> SiLU
+  -> Linear) added to the time embedding (paper §3.2, "added to the time embedding" was their best variant).
+  Only its last layer is zero-initialised, so at init the model equals SD (design §6).
+- 2D batches (paper §3.3: 30% LAION) carry no camera. With a class embedding diffusers raises on
+  ``class_labels=None``; MVDream's own UNet simply skips the camera term when ``camera is None``, so
+  ``MultiViewUNet.get_class_embed`` returns no class embedding then. A fake camera (zeros) would NOT be
+  equivalent: the MLP's first layer has a bias, so zeros still shift the time embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from mvforge.errors import UserError
+
+CAMERA_DIM = 16
+"""MVDream camera embedding input: the 4x4 c2w with unit translation, flattened (design §3)."""
+
+
+# ---------------------------------------------------------------- processor
+class MultiViewAttnProcessor:
+    """Self-attention over the tokens of all ``num_views`` views of an object; no weights of its own.
+
+    One instance is shared by every attn1 of a UNet; ``MultiViewUNet.forward`` sets ``num_views`` per call
+    (it must divide the batch). With ``num_views == 1`` it is exactly the plain processor.
+    """
+
+    def __init__(self) -> None:
+        self.num_views = 1
+        self.inner = AttnProcessor2_0()
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        v = self.num_views
+        if v == 1:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
+            raise ValueError("MultiViewAttnProcessor is for self-attention (attn1) on (batch, tokens, dim)")
+        bv, n, c = hidden_states.shape
+        if bv % v:
+            raise ValueError(f"batch {bv} is not a multiple of num_views {v}")
+        x = hidden_states.reshape(
+            bv // v, v * n, c
+        )  # (b v) l c -> b (v l) c: views are contiguous per object
+        out = self.inner(attn, x, None, None, temb)
+        return out.reshape(bv, n, c)
+
+
+def install_multiview_attention(unet: UNet2DConditionModel) -> MultiViewAttnProcessor:
+    """Give every attn1 the (shared) multi-view processor and every other attention the default one."""
+    mv = MultiViewAttnProcessor()
+    # set_attn_processor(dict) needs every key (design §6); attn2 keeps a fresh default processor.
+    procs = {
+        name: (mv if name.endswith("attn1.processor") else AttnProcessor2_0())
+        for name in unet.attn_processors
+    }
+    unet.set_attn_processor(procs)
+    unet.mv_processor = mv
+    return mv
+
+
+# ---------------------------------------------------------------- model
+class MultiViewUNet(UNet2DConditionModel):
+    """SD's UNet with multi-view self-attention and an optional camera embedding.
+
+    ``forward(sample, timestep, encoder_hidden_states, cameras=None, num_views=1)``: ``sample`` is
+    (B*V, C, h, w) with the V views of an object contiguous; ``cameras`` (B*V, 16) or None (a 2D batch).
+    """
+
+    def get_class_embed(self, sample: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor | None:
+        if class_labels is None:  # 2D batch: no camera term (see module docstring)
+            return None
+        return super().get_class_embed(sample=sample, class_labels=class_labels)
+
+    def forward(  # type: ignore[override]
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        cameras: torch.Tensor | None = None,
+        num_views: int = 1,
+    ) -> torch.Tensor:
+        mv = getattr(self, "mv_processor", None) or install_multiview_attention(self)
+        if cameras is not None and num_views < 1:
+            raise ValueError("num_views must be >= 1")
+        mv.num_views = num_views
+        try:
+            return super().forward(
+                sample, timestep, encoder_hidden_states, class_labels=cameras, return_dict=False
+            )[0]
+        finally:
+            mv.num_views = 1
+
+
+def init_camera(unet: UNet2DConditionModel, seed: int = 0) -> None:
+    """Seeded init of the new camera MLP: PyTorch's Linear init for the first layer, zeros for the last, so at
+    init the camera changes nothing (design §6). Seeded so two loads of SD give the same model (exact resume
+    and reproducible runs would otherwise differ in the first layer)."""
+    g = torch.Generator().manual_seed(seed)
+    first, last = unet.class_embedding.linear_1, unet.class_embedding.linear_2
+    bound = 1.0 / math.sqrt(first.in_features)
+    with torch.no_grad():
+        first.weight.uniform_(-bound, bound, generator=g)
+        first.bias.uniform_(-bound, bound, generator=g)
+        last.weight.zero_()
+        last.bias.zero_()
+
+
+# ---------------------------------------------------------------- loading
+def _is_multiview_config(config: dict) -> bool:
+    return (
+        config.get("class_embed_type") == "projection"
+        and config.get("projection_class_embeddings_input_dim") == CAMERA_DIM
+    )
+
+
+def load_unet(path: str | Path, subfolder: str = "unet") -> MultiViewUNet:
+    """A MultiViewUNet from a diffusers directory: an SD UNet (camera MLP added, last layer zero) or a
+    multi-view checkpoint of ours (loaded as is). The same path for SD 2.1 base and the tiny test model."""
+    path = Path(path)
+    config_file = path / subfolder / "config.json"
+    if not config_file.is_file():
+        raise UserError(
+            f"{path / subfolder} holds no diffusers UNet (config.json); pass a Stable Diffusion directory "
+            "(unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a run checkpoint"
+        )
+    config = json.loads(config_file.read_text())
+    if _is_multiview_config(config):
+        unet = MultiViewUNet.from_pretrained(path, subfolder=subfolder)
+    elif config.get("class_embed_type") is None:
+        base = UNet2DConditionModel.from_pretrained(path, subfolder=subfolder)
+        cfg = dict(base.config)
+        cfg.update(class_embed_type="projection", projection_class_embeddings_input_dim=CAMERA_DIM)
+        unet = MultiViewUNet.from_config(cfg)
+        missing, unexpected = unet.load_state_dict(base.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("class_embedding.") for k in missing):
+            raise UserError(f"{path / subfolder}: weights do not match the UNet config; re-save the model")
+        init_camera(unet)
+        del base
+    else:
+        raise UserError(
+            f"{path / subfolder} has class_embed_type={config.get('class_embed_type')!r}; "
+            "pass a plain Stable Diffusion UNet or an mvtrain checkpoint"
+        )
+    install_multiview_attention(unet)
+    return unet
+
+
+def load_frozen(path: str | Path):
+    """(vae, text_encoder, tokenizer, noise scheduler config) of a diffusers SD directory, frozen."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = Path(path)
+    for sub in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (path / sub).is_dir():
+            raise UserError(
+                f"{path} has no {sub}/; pass a diffusers Stable Diffusion directory "
+                "(or make a tiny one: mvtrain make-tiny-sd --out DIR)"
+            )
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae").eval().requires_grad_(False)
+    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval().requires_grad_(False)
+    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+    scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+    return vae, text_encoder, tokenizer, scheduler

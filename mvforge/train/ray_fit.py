@@ -1,0 +1,82 @@
+"""`mvtrain fit --workers N`: the training loop under Ray Train (TorchTrainer + DDP, design §4).
+
+The loop (loop.py) knows nothing about Ray; this module builds its ``Runtime`` from the Ray Train context:
+rank, device, DDP wrapping (``prepare_model``) and reporting (``ray.train.report`` with the checkpoint
+directory). Ray restarts failed workers up to ``max_failures`` times; a restarted loop resumes from the run's
+latest checkpoint, so a restart continues exactly where the last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mvforge import config as config_mod
+from mvforge.train.config import FitConfig
+
+
+def _train_loop_per_worker(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from mvforge.train.loop import Runtime, fit
+
+    cfg = config_mod.from_dict(FitConfig, loop_config["cfg"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+
+    def wrap(model):
+        # 2D steps skip the camera MLP (model.py), so DDP must tolerate parameters without gradients.
+        kwargs = {"find_unused_parameters": True} if cfg.shards_2d else {}
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs)
+
+    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        checkpoint = None
+        if checkpoint_dir is not None and rank == 0:
+            checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
+        ray.train.report({k: v for k, v in metrics.items() if k != "kind"}, checkpoint=checkpoint)
+
+    rt = Runtime(
+        rank=rank,
+        world_size=ctx.get_world_size(),
+        device=ray.train.torch.get_device(),
+        wrap_model=wrap,
+        report=report,
+        show_progress=False,
+    )
+    fit(cfg, rt)
+
+
+def fit_with_ray(
+    cfg: FitConfig, workers: int, use_gpu: bool = False, address: str | None = None, max_failures: int = 0
+):
+    """Run ``fit`` on ``workers`` Ray Train workers; returns Ray's Result."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from mvforge.raytools import init_ray
+
+    init_ray(address)
+    out = Path(cfg.out).resolve()
+    # Workers must see the run directory: absolute paths, the same on every node (shared storage on a cluster).
+    cfg = config_mod.replace(
+        cfg,
+        out=str(out),
+        pretrained=str(Path(cfg.pretrained).resolve()),
+        shards=_abs(cfg.shards),
+        shards_2d=_abs(cfg.shards_2d) if cfg.shards_2d else None,
+    )
+    trainer = TorchTrainer(
+        _train_loop_per_worker,
+        train_loop_config={"cfg": config_mod.to_dict(cfg)},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            name=out.name,
+            storage_path=str(out.parent / "ray_results"),
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
+    )
+    return trainer.fit()
+
+
+def _abs(source: str) -> str:
+    return source if "://" in source else str(Path(source).resolve())

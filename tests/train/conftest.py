@@ -1,0 +1,75 @@
+"""Fixtures of the training tests: a tiny random SD directory (offline) and tiny synthetic 3D/2D shards."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mvforge.render.synthetic import write_synthetic_render_dir
+from mvforge.shards.config import LoaderConfig, ShardConfig
+from mvforge.shards.writer import run_shard
+from mvforge.train.config import FitConfig
+from mvforge.train.tiny import make_tiny_sd
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    return make_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def shards_3d(tmp_path_factory) -> Path:
+    """4 objects x 8 views at 32 px in 2 train shards."""
+    root = tmp_path_factory.mktemp("train-data")
+    write_synthetic_render_dir(root / "renders", 4, views=8, resolution=32)
+    run_shard(
+        root / "renders",
+        str(root / "shards"),
+        ShardConfig(max_count=2, val_fraction=0.0, workers=0),
+        show_progress=False,
+    )
+    return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def shards_2d(tmp_path_factory) -> str:
+    """One img2dataset-layout tar of 8 JPEG + caption pairs."""
+    path = tmp_path_factory.mktemp("data-2d") / "00000.tar"
+    with tarfile.open(path, "w") as tar:
+        for i in range(8):
+            buf = io.BytesIO()
+            Image.new("RGB", (40, 32), (30 * i, 90, 200 - 20 * i)).save(buf, format="JPEG")
+            for ext, data in (("jpg", buf.getvalue()), ("txt", f"a photo number {i}".encode())):
+                info = tarfile.TarInfo(f"img-{i}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def make_fit_config():
+    return fit_config
+
+
+def fit_config(tiny_sd: Path, shards: Path, out: Path, **changes) -> FitConfig:
+    """A few-step CPU run: batch 2 objects x 4 views at 32 px, checkpoints every 2 steps."""
+    loader = changes.pop(
+        "loader", LoaderConfig(batch_size=2, num_views=4, resolution=32, batches_per_epoch=3)
+    )
+    base = dict(
+        pretrained=str(tiny_sd),
+        shards=str(shards),
+        out=str(out),
+        max_steps=4,
+        checkpoint_every=2,
+        log_every=1,
+        ema_decay=0.9,
+        device="cpu",
+        loader=loader,
+    )
+    base.update(changes)
+    return FitConfig(**base)

@@ -1,0 +1,135 @@
+"""The multi-view UNet: 3D self-attention against a hand computation, camera zero-init, 2D path, loading."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import open_clip
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+
+from mvforge.errors import UserError
+from mvforge.train.model import MultiViewAttnProcessor, MultiViewUNet, load_unet
+from mvforge.train.tiny import clip_tokenizer
+
+
+def _reference_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Plain softmax(q k^T / sqrt(d)) v over (batch, tokens, dim), written out by hand."""
+    b, n, _ = x.shape
+    h = attn.heads
+    q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+    d = q.shape[-1] // h
+    q, k, v = (t.view(b, n, h, d).transpose(1, 2) for t in (q, k, v))
+    w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)
+    out = (w @ v).transpose(1, 2).reshape(b, n, h * d)
+    return attn.to_out[0](out)
+
+
+def test_multiview_processor_equals_attention_over_all_views():
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
+    b, v, n = 2, 4, 5
+    x = torch.randn(b * v, n, 16)
+    mv = MultiViewAttnProcessor()
+    mv.num_views = v
+    with torch.no_grad():
+        got = mv(attn, x)
+        # Reference: every object's V*n tokens in one attention, then split back per view.
+        ref = _reference_attention(attn, x.reshape(b, v * n, 16)).reshape(b * v, n, 16)
+        per_view = _reference_attention(attn, x)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert (got - per_view).abs().max() > 1e-3  # it really mixes views
+
+
+def test_multiview_processor_with_one_view_is_the_plain_processor():
+    torch.manual_seed(1)
+    attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
+    x = torch.randn(3, 7, 16)
+    with torch.no_grad():
+        got = MultiViewAttnProcessor()(attn, x)
+        torch.testing.assert_close(got, AttnProcessor()(attn, x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, _reference_attention(attn, x), rtol=1e-5, atol=1e-5)
+
+
+def test_processors_attn1_multiview_attn2_default(tiny_sd):
+    unet = load_unet(tiny_sd)
+    procs = unet.attn_processors
+    assert procs and all(
+        isinstance(p, MultiViewAttnProcessor)
+        if k.endswith("attn1.processor")
+        else type(p) is AttnProcessor2_0
+        for k, p in procs.items()
+    )
+    assert any(k.endswith("attn2.processor") for k in procs)
+
+
+def _inputs(v: int = 4, b: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b * v, 4, 8, 8, generator=g)
+    t = torch.full((b * v,), 500)
+    text = torch.randn(b * v, 77, 32, generator=g)
+    cams = torch.randn(b * v, 16, generator=g)
+    return x, t, text, cams
+
+
+def test_2d_path_with_one_view_equals_the_plain_sd_unet(tiny_sd):
+    """No camera + num_views=1 is exactly SD's UNet: the camera MLP is skipped, not fed a fake camera."""
+    plain = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet").eval()
+    mv = load_unet(tiny_sd).eval()
+    x, t, text, _ = _inputs(v=3)
+    with torch.no_grad():
+        torch.testing.assert_close(mv(x, t, text), plain(x, t, text).sample, rtol=1e-5, atol=1e-5)
+        assert (mv(x, t, text, num_views=3) - plain(x, t, text).sample).abs().max() > 1e-4
+
+
+def test_camera_is_zero_at_init_and_learns_after_one_step(tiny_sd):
+    unet = load_unet(tiny_sd)
+    assert torch.count_nonzero(unet.class_embedding.linear_2.weight) == 0
+    assert torch.count_nonzero(unet.class_embedding.linear_1.weight) > 0  # only the last layer is zero
+    x, t, text, cams = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(unet(x, t, text, cameras=cams, num_views=4), unet(x, t, text, num_views=4))
+    opt = torch.optim.SGD(unet.parameters(), lr=0.1)
+    loss = (unet(x, t, text, cameras=cams, num_views=4) - torch.randn_like(x)).pow(2).mean()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        diff = unet(x, t, text, cameras=cams, num_views=4) - unet(x, t, text, num_views=4)
+    assert diff.abs().max() > 1e-6
+
+
+def test_saved_multiview_unet_loads_back(tiny_sd, tmp_path):
+    unet = load_unet(tiny_sd)
+    with torch.no_grad():
+        unet.class_embedding.linear_2.weight.fill_(0.01)
+    unet.save_pretrained(tmp_path / "unet")
+    (tmp_path / "config.toml").write_text("")
+    again = load_unet(tmp_path)
+    assert isinstance(again, MultiViewUNet)
+    for (k, a), (_, b) in zip(unet.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_load_unet_bad_input(tiny_sd, tmp_path):
+    with pytest.raises(UserError, match="holds no diffusers UNet"):
+        load_unet(tmp_path)
+    (tmp_path / "unet").mkdir()
+    config = json.loads((tiny_sd / "unet" / "config.json").read_text())
+    config["class_embed_type"] = "timestep"
+    (tmp_path / "unet" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="class_embed_type"):
+        load_unet(tmp_path)
+
+
+def test_tokenizer_matches_open_clip():
+    tok = clip_tokenizer()
+    ref = open_clip.get_tokenizer("ViT-B-32")
+    for text in ["a red chair, 3d asset", "Hello World!! 123", ""]:
+        ids = tok(text, padding="max_length", max_length=77).input_ids
+        want = ref([text])[0].tolist()
+        n = want.index(49407) + 1
+        assert ids[:n] == want[:n]
+    assert tok.model_max_length == 77
