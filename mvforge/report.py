@@ -65,14 +65,16 @@ def write_report(run_dir: Path, cfg: ReportConfig | None = None) -> Path:
     selection, filter_html = _filter_section(filter_dir, run_dir, cfg)
     render_html = _render_section(renders, run_dir, cfg, selection)
     shard_html = _shard_section(shards)
+    train_html = _train_section(run_dir / "train", run_dir / "samples", run_dir, cfg)
     body = "\n".join(
         [
             f"<h1>mvforge run report: {_e(run_dir.resolve().name)}</h1>",
             '<p class="nav"><a href="#renders">renders</a> · <a href="#filter">filter</a> · '
-            '<a href="#shards">shards</a></p>',
+            '<a href="#shards">shards</a> · <a href="#train">train</a></p>',
             render_html,
             filter_html,
             shard_html,
+            train_html,
         ]
     )
     atomic_write_text(out, _page(f"mvforge report: {run_dir.resolve().name}", body, cfg))
@@ -426,6 +428,40 @@ def _shard_section(root: Path | None) -> str:
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
+
+
+# --- train + samples ----------------------------------------------------------------------------------------
+
+
+def _train_section(train: Path, samples: Path, report_dir: Path, cfg: ReportConfig) -> str:
+    """Loss curve summary from train/metrics.csv and the sampled views of samples/ (mvtrain fit / sample)."""
+    head = '<section id="train"><h2>Training and sampling</h2>'
+    parts = []
+    metrics = train / "metrics.csv"
+    if metrics.is_file():
+        import csv
+
+        rows = list(csv.DictReader(metrics.read_text(encoding="utf-8").splitlines()))
+        table = [[r.get("step"), r.get("kind"), r.get("loss"), r.get("step_s")] for r in rows[-20:]]
+        parts.append(f"<p>{len(rows)} logged steps in {_e(_rel(metrics, report_dir))} (last 20 shown).</p>")
+        parts.append(_table(["step", "batch", "loss", "s/step"], table))
+        parts.append(_config_details(train))
+    else:
+        parts.append('<p class="none">No training run here (no train/metrics.csv).</p>')
+    grid = samples / "grid.png"
+    if grid.is_file():
+        meta = {}
+        if (samples / "sample.json").is_file():
+            meta = json.loads((samples / "sample.json").read_text(encoding="utf-8"))
+        src = _img_src(grid, report_dir, cfg)
+        parts.append(f"<p>Sampled views for “{_e(meta.get('prompt', ''))}”:</p>")
+        if src:
+            parts.append(
+                f'<img class="grid" src="{src}" alt="sampled views" style="image-rendering: pixelated; height: 128px">'
+            )
+    else:
+        parts.append('<p class="none">No samples here (no samples/grid.png).</p>')
+    return head + "\n".join(parts) + "</section>"
 
 
 def _config_details(stage_dir: Path) -> str:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the whole data pipeline on the embedded demo objects, small enough for 2 CPU cores.
-# render (Blender Cycles, Ray) -> filter (tiny random-init CLIP, keep-fraction) -> shard -> verify -> report.
+# render (Blender Cycles, Ray) -> filter (tiny random-init CLIP, keep-fraction) -> shard -> verify
+# -> fit (tiny random-init multi-view SD, a few steps) -> sample (4 views) -> report.
+# Every step resumes: running it again after an interruption redoes only what is missing.
 set -euo pipefail
 OUT=${1:-demo-out}
 BIN=.venv/bin
@@ -18,6 +20,15 @@ echo "== shard + verify"
 $BIN/mvdata shard --renders "$OUT/renders" --selection "$OUT/filter/selection.parquet" --out "$OUT/shards" \
   --max-count 4 --val-fraction 0.2
 $BIN/mvdata verify "$OUT/shards"
+
+echo "== fit: multi-view UNet (3D self-attention + camera embedding) on the shards, tiny random-init SD"
+$BIN/mvtrain make-tiny-sd --out "$OUT/models/tiny-sd"
+$BIN/mvtrain fit --pretrained "$OUT/models/tiny-sd" --shards "$OUT/shards" --out "$OUT/train" --workers 0 \
+  --max-steps 4 --set loader.batch_size=2 --set loader.resolution=64 --set checkpoint_every=2 --set log_every=1
+
+echo "== sample: 4 orthogonal views from text"
+$BIN/mvtrain sample --run "$OUT/train" --prompt "a red ceramic coffee mug" --out "$OUT/samples" --steps 10 \
+  --resolution 64 --device cpu
 
 echo "== report"
 $BIN/mvdata report "$OUT"

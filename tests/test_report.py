@@ -209,3 +209,21 @@ def test_cli_writes_report_and_rejects_bad_input(run_dir):
         [str(MVDATA), "report", str(root), "--set", "thumbs=3"], capture_output=True, text=True
     )
     assert bad_set.returncode == 2 and "unknown config key" in bad_set.stderr
+
+
+def test_train_and_sample_section(tmp_path):
+    html = write_report(tmp_path).read_text()
+    assert "No training run here" in html and "No samples here" in html
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "metrics.csv").write_text(
+        "step,epoch,kind,loss,lr,grad_norm,step_s\n1,0,3d,0.9876,1e-4,1.0,0.5\n2,0,2d,0.5432,1e-4,1.0,0.4\n"
+    )
+    (tmp_path / "samples").mkdir()
+    Image.new("RGB", (64, 16), (200, 10, 10)).save(tmp_path / "samples" / "grid.png")
+    atomic_write_json(tmp_path / "samples" / "sample.json", {"prompt": "a red mug"})
+    html = write_report(tmp_path).read_text()
+    assert "0.9876" in html and "0.5432" in html and "a red mug" in html
+    srcs = _parse(html).srcs
+    assert any(
+        (tmp_path / unquote(s)).resolve() == (tmp_path / "samples" / "grid.png").resolve() for s in srcs
+    )
