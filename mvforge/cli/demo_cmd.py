@@ -38,10 +38,10 @@ def register(app: typer.Typer) -> None:
             [], "--set", help=SET_HELP.replace("cycles.samples=64", "thumb_px=128")
         ),
         views: int | None = typer.Option(
-            None, "--views", help="Views per object in the contact sheet [views_per_object]."
+            None, "--views", help="Views per object in the contact sheet (views_per_object)."
         ),
         embed: bool | None = typer.Option(
-            None, "--embed/--link", help="Embed base64 thumbnails instead of linking the PNGs [embed_images]."
+            None, "--embed/--link", help="Embed base64 thumbnails instead of linking the PNGs (embed_images)."
         ),
     ) -> None:
         """Write RUN_DIR/report.html: contact sheet, failures, timings, CLIP histogram, shard counts."""

@@ -34,46 +34,46 @@ def register(app: typer.Typer) -> None:
         set_: list[str] = typer.Option(
             [], "--set", help="Override a config value, e.g. --set gates.enabled=false."
         ),
-        model: str | None = typer.Option(None, "--model", help="open_clip architecture [model.name]."),
+        model: str | None = typer.Option(None, "--model", help="open_clip architecture (model.name)."),
         pretrained: str | None = typer.Option(
-            None, "--pretrained", help="Tag, checkpoint file, or local-dir:DIR [model.pretrained]."
+            None, "--pretrained", help="Tag, checkpoint file, or local-dir:DIR (model.pretrained)."
         ),
         model_config: Path | None = typer.Option(
-            None, "--model-config", help="Extra open_clip model JSON to register [model.model_config_file]."
+            None, "--model-config", help="Extra open_clip model JSON to register (model.model_config_file)."
         ),
         precision: str | None = typer.Option(
-            None, "--precision", help="fp32 (CPU/GPU) | fp16 | bf16 (GPU only) [model.precision]."
+            None, "--precision", help="fp32 (CPU/GPU) | fp16 | bf16 (GPU only) (model.precision)."
         ),
         device: str | None = typer.Option(
-            None, "--device", help="auto | cpu | cuda (local engine) [model.device]."
+            None, "--device", help="auto | cpu | cuda (local engine) (model.device)."
         ),
         views: int | None = typer.Option(
-            None, "--views", help="Views scored per object, evenly spaced [views.count]."
+            None, "--views", help="Views scored per object, evenly spaced (views.count)."
         ),
         template: str | None = typer.Option(
-            None, "--template", help="Text template with {} [text.template]."
+            None, "--template", help="Text template with {} (text.template)."
         ),
-        agg: str | None = typer.Option(None, "--agg", help="mean | median | max | topk:K [select.agg]."),
+        agg: str | None = typer.Option(None, "--agg", help="mean | median | max | topk:K (select.agg)."),
         clip_threshold: float | None = typer.Option(
-            None, "--clip-threshold", help="Keep objects with aggregate cosine >= X [select.clip_threshold]."
+            None, "--clip-threshold", help="Keep objects with aggregate cosine >= X (select.clip_threshold)."
         ),
         keep_fraction: float | None = typer.Option(
             None,
             "--keep-fraction",
-            help="Keep the best fraction F of eligible objects [select.keep_fraction].",
+            help="Keep the best fraction F of eligible objects (select.keep_fraction).",
         ),
         no_gates: bool = typer.Option(
             False, "--no-gates", help="Store gate results but do not drop by them."
         ),
-        engine: str | None = typer.Option(None, "--engine", help="ray | local (in-process) [run.engine]."),
+        engine: str | None = typer.Option(None, "--engine", help="ray | local (in-process) (run.engine)."),
         workers: int | None = typer.Option(
-            None, "--workers", help="Ray actors, one model each [run.workers]."
+            None, "--workers", help="Ray actors, one model each (run.workers)."
         ),
         gpus_per_worker: float | None = typer.Option(
-            None, "--gpus-per-worker", help="GPUs per actor; > 0 scores on cuda [run.gpus_per_worker]."
+            None, "--gpus-per-worker", help="GPUs per actor; > 0 scores on cuda (run.gpus_per_worker)."
         ),
         batch_size: int | None = typer.Option(
-            None, "--batch-size", help="Images per model forward [model.image_batch_size]."
+            None, "--batch-size", help="Images per model forward (model.image_batch_size)."
         ),
         rescore: bool = typer.Option(
             False, "--rescore", help="Discard stored scores and score everything again."
