@@ -13,6 +13,11 @@ ADDRESS_HELP = "Ray cluster address (or set RAY_ADDRESS); a local Ray is started
 SET_HELP = "Override a config value, e.g. --set cycles.samples=64 (repeatable)."
 
 
+def set_help(example: str) -> str:
+    """The --set help with an example key of the command's own config."""
+    return f"Override a config value, e.g. --set {example} (repeatable)."
+
+
 def run_app(app: typer.Typer) -> Callable[[], None]:
     """An entry point that prints a UserError as one line and exits 2, without a traceback (design §5)."""
 

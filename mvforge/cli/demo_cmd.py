@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from mvforge.cli.common import SET_HELP
+from mvforge.cli.common import set_help
 
 
 def register(app: typer.Typer) -> None:
@@ -34,9 +34,7 @@ def register(app: typer.Typer) -> None:
     def report(
         run_dir: Path = typer.Argument(..., help="Run directory holding renders/, filter/ and/or shards/."),
         config: Path | None = typer.Option(None, "--config", help="TOML file of ReportConfig settings."),
-        set_: list[str] = typer.Option(
-            [], "--set", help=SET_HELP.replace("cycles.samples=64", "thumb_px=128")
-        ),
+        set_: list[str] = typer.Option([], "--set", help=set_help("thumb_px=128")),
         views: int | None = typer.Option(
             None, "--views", help="Views per object in the contact sheet (views_per_object)."
         ),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from mvforge.cli.common import ADDRESS_HELP, SET_HELP, run_app
+from mvforge.cli.common import ADDRESS_HELP, run_app, set_help
 
 app = typer.Typer(
     name="mvtrain",
@@ -71,7 +71,7 @@ def make_tiny_sd_cmd(
 @app.command()
 def fit(
     config: Path | None = typer.Option(None, "--config", help="TOML config (FitConfig); flags override it."),
-    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    set_: list[str] = typer.Option([], "--set", help=set_help("optim.lr=5e-5")),
     pretrained: str | None = typer.Option(None, help="Diffusers SD directory (pretrained=...)."),
     shards: str | None = typer.Option(None, help="3D shard directory from `mvdata shard` (shards=...)."),
     shards_2d: str | None = typer.Option(None, "--shards-2d", help="2D image-text tars (shards_2d=...)."),
@@ -118,7 +118,7 @@ def sample(
     prompt: str = typer.Option(..., "--prompt", help="Text prompt."),
     out: Path = typer.Option(..., "--out", help="Directory for view_XX.png, grid.png, sample.json."),
     config: Path | None = typer.Option(None, "--config", help="TOML config (SampleConfig)."),
-    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    set_: list[str] = typer.Option([], "--set", help=set_help("elevation_deg=20")),
     steps: int | None = typer.Option(None, help="DDIM steps (steps=...)."),
     guidance_scale: float | None = typer.Option(None, help="CFG scale (guidance_scale=...)."),
     resolution: int | None = typer.Option(None, help="Image side in pixels (resolution=...)."),

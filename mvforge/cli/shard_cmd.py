@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mvforge.cli.common import ADDRESS_HELP, SET_HELP
+from mvforge.cli.common import ADDRESS_HELP, set_help
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         config: Path | None = typer.Option(
             None, "--config", help="TOML file of shard settings (ShardConfig fields)."
         ),
-        overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+        overrides: list[str] = typer.Option([], "--set", help=set_help("max_count=500")),
     ) -> None:
         """Write deterministic webdataset shards from a render directory (resumable)."""
         from mvforge.config import load, replace
