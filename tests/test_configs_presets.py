@@ -1,0 +1,26 @@
+"""Every preset in configs/ loads into its stage's config dataclass (unknown keys would be an error)."""
+
+from pathlib import Path
+
+import pytest
+
+from mvforge.config import load
+from mvforge.render.config import RenderConfig
+from mvforge.train.config import FitConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+KIND = {"render": RenderConfig, "mvdream": FitConfig}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_preset_loads(path):
+    cls = KIND[path.stem.split("-")[0]]
+    cfg = load(cls, path)
+    assert isinstance(cfg, cls)
+
+
+def test_presets_carry_the_paper_settings():
+    fit = load(FitConfig, CONFIGS / "mvdream-sd21.toml")
+    assert (fit.loader.num_views, fit.loader.resolution, fit.loader.p_3d) == (4, 256, 0.7)
+    render = load(RenderConfig, CONFIGS / "render-objaverse.toml")
+    assert (render.cameras.views, render.orbits, render.resolution) == (32, 2, 256)
