@@ -44,13 +44,17 @@ class Runtime:
     """Where and how this copy of the loop runs; the in-process default is rank 0 of 1."""
 
     rank: int = 0
+    """This copy's global rank (seeds its per-step randomness and picks its loader split)."""
     world_size: int = 1
+    """Number of copies training together."""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    """Device of the models and batches."""
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
     """DDP wrapping (Ray Train's prepare_model); identity in-process."""
     report: Callable[[dict, Path | None], None] = lambda metrics, checkpoint: None
     """Called after each logged step with metrics and, at checkpoints, the checkpoint directory."""
     show_progress: bool = True
+    """Progress bar and summary table on rank 0 (off under Ray Train: workers' stdout is interleaved)."""
 
     def barrier(self) -> None:
         if self.world_size > 1 and torch.distributed.is_initialized():
@@ -134,8 +138,17 @@ def lr_lambda(warmup_steps: int) -> Callable[[int], float]:
     return lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
+def training_target(noise_sched, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet regresses: the noise (epsilon) or v = sqrt(a_t) * noise - sqrt(1 - a_t) * latents
+    (v-prediction, Salimans & Ho 2022; SD 2.1 at 768 px uses it), per the scheduler's prediction_type."""
+    if noise_sched.config.prediction_type == "epsilon":
+        return noise
+    return noise_sched.get_velocity(latents, noise, t)
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
     for e, p in zip(ema.parameters(), model.parameters(), strict=True):
         e.lerp_(p.detach(), 1.0 - decay)
 
@@ -258,9 +271,7 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
                 t = torch.randint(0, num_train_t, (b,), generator=g).repeat_interleave(v).to(dev)
                 noise = torch.randn(latents.shape, generator=g).to(dev)
                 noisy = noise_sched.add_noise(latents, noise, t)
-                target = (
-                    noise if prediction_type == "epsilon" else noise_sched.get_velocity(latents, noise, t)
-                )
+                target = training_target(noise_sched, latents, noise, t)
                 cams = None if cameras is None else cameras.reshape(b * v, -1).to(dev)
 
                 # 4d. Forward, MSE loss, backward, clip, step, EMA.

@@ -59,9 +59,8 @@ class MultiViewAttnProcessor:
         bv, n, c = hidden_states.shape
         if bv % v:
             raise ValueError(f"batch {bv} is not a multiple of num_views {v}")
-        x = hidden_states.reshape(
-            bv // v, v * n, c
-        )  # (b v) l c -> b (v l) c: views are contiguous per object
+        # (b v) l c -> b (v l) c: callers flatten (B, V, ...) to (B*V, ...), views of an object are adjacent.
+        x = hidden_states.reshape(bv // v, v * n, c)
         out = self.inner(attn, x, None, None, temb)
         return out.reshape(bv, n, c)
 
@@ -101,8 +100,8 @@ class MultiViewUNet(UNet2DConditionModel):
         num_views: int = 1,
     ) -> torch.Tensor:
         mv = getattr(self, "mv_processor", None) or install_multiview_attention(self)
-        if cameras is not None and num_views < 1:
-            raise ValueError("num_views must be >= 1")
+        if num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {num_views}")
         mv.num_views = num_views
         try:
             return super().forward(

@@ -52,6 +52,10 @@ def sample_views(
     from diffusers import DDIMScheduler
     from PIL import Image
 
+    if cfg.num_views < 1 or cfg.steps < 1:
+        raise UserError(
+            f"num_views {cfg.num_views}, steps {cfg.steps}: both must be >= 1 (e.g. --num-views 4 --steps 50)"
+        )
     dev = torch.device(device)
     ckpt = resolve_checkpoint(run)
     fit_cfg = tomllib.loads((ckpt / "config.toml").read_text())

@@ -90,7 +90,8 @@ def test_mvtrain_help_imports_no_torch():
     code = (
         "import sys\nfrom mvforge.cli.mvtrain import main\nsys.argv = ['mvtrain', '--help']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'ray', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'ray', 'diffusers', 'transformers', 'bpy', 'open_clip', 'webdataset',"
+        " 'pandas', 'pyarrow', 'PIL') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
