@@ -146,6 +146,25 @@ def replace(cfg: T, **changes: Any) -> T:
     return dataclasses.replace(cfg, **checked)
 
 
+def set_field(cfg: T, dotted: str, value: Any) -> T:
+    """``cfg`` with the (possibly nested) field ``dotted`` (``"cycles.samples"``) replaced, type-checked."""
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        return replace(cfg, **{head: value})
+    return dataclasses.replace(cfg, **{head: set_field(getattr(cfg, head), rest, value)})
+
+
+def with_flags(cfg: T, flags: dict[str, Any]) -> T:
+    """Apply command-line flags (dotted field -> value) on top of a loaded config; None means "not given".
+
+    The one way every command lets its flags override ``--config`` / ``--set`` (flags win).
+    """
+    for dotted, value in flags.items():
+        if value is not None:
+            cfg = set_field(cfg, dotted, value)
+    return cfg
+
+
 def to_dict(cfg: Any) -> dict:
     """Plain dict of a dataclass config (paths as strings, tuples as lists, None dropped: TOML has no null)."""
 

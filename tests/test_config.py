@@ -58,3 +58,12 @@ def test_round_trip_render_config(tmp_path):
     assert config.load(RenderConfig, f) == cfg
     with pytest.raises(ConfigError, match="not one of"):
         config.load(RenderConfig, None, ["cycles.view_transform=Fancy"])
+
+
+def test_with_flags_sets_nested_fields_skips_none_and_type_checks():
+    cfg = config.load(Outer, None, ["inner.name=fromfile", "steps=3"])
+    out = config.with_flags(cfg, {"inner.lr": 0.5, "steps": None, "path": "/a"})
+    assert out == Outer(steps=3, path=Path("/a"), inner=Inner(lr=0.5, name="fromfile"))
+    assert config.set_field(out, "path", None).path is None
+    with pytest.raises(ConfigError):
+        config.with_flags(cfg, {"inner.lr": "fast"})

@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
         flags = {
             "model.name": model,
             "model.pretrained": pretrained,
-            "model.model_config_file": str(model_config) if model_config else None,
+            "model.model_config_file": model_config,
             "model.precision": precision,
             "model.device": device,
             "model.image_batch_size": batch_size,
@@ -101,19 +101,12 @@ def register(app: typer.Typer) -> None:
             "run.gpus_per_worker": gpus_per_worker,
             "gates.enabled": False if no_gates else None,
         }
-        cfg = cfglib.load(FilterConfig, config, list(set_))
-        data = cfglib.to_dict(cfg)
-        for dotted, value in flags.items():
-            if value is None:
-                continue
-            section, key = dotted.split(".")
-            data.setdefault(section, {})[key] = value
+        cfg = cfglib.with_flags(cfglib.load(FilterConfig, config, list(set_)), flags)
         # A threshold flag replaces the other selection mode from a config file (they are exclusive).
         if clip_threshold is not None and keep_fraction is None:
-            data["select"].pop("keep_fraction", None)
+            cfg = cfglib.set_field(cfg, "select.keep_fraction", None)
         if keep_fraction is not None and clip_threshold is None:
-            data["select"].pop("clip_threshold", None)
-        cfg = cfglib.from_dict(FilterConfig, data)
+            cfg = cfglib.set_field(cfg, "select.clip_threshold", None)
         run_filter(renders, out, cfg, address=address, rescore=rescore)
 
     @app.command("make-tiny-clip")

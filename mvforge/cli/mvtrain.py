@@ -95,7 +95,7 @@ def fit(
         "out": out,
         "max_steps": max_steps,
     }
-    cfg = config_mod.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    cfg = config_mod.with_flags(cfg, flags)
     if workers < 0:
         raise UserError(f"--workers {workers}: pass 0 (in-process) or more")
     _quiet_libraries()
@@ -138,7 +138,7 @@ def sample(
         "num_views": num_views,
         "seed": seed,
     }
-    cfg = config_mod.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    cfg = config_mod.with_flags(cfg, flags)
     _quiet_libraries()
     from mvforge.train.loop import resolve_device
     from mvforge.train.sample import sample_views, save_views

@@ -219,9 +219,7 @@ def register(app: typer.Typer) -> None:
             "limits.max_faces": max_faces,
             "download.cache_dir": cache_dir,
         }
-        for key, value in flags.items():
-            if value is not None:
-                cfg = _set(cfg, key, value)
+        cfg = cfglib.with_flags(cfg, flags)
         objects = resolve_sources(
             sources,
             captions=captions,
@@ -241,15 +239,3 @@ def register(app: typer.Typer) -> None:
             retry_failed=retry_failed,
             overwrite=overwrite,
         )
-
-
-def _set(cfg, dotted: str, value):
-    """``cfg`` with the (possibly nested) field ``dotted`` replaced, type-checked like a config file value."""
-    import dataclasses
-
-    from mvforge import config as cfglib
-
-    head, _, rest = dotted.partition(".")
-    if not rest:
-        return cfglib.replace(cfg, **{head: value})
-    return dataclasses.replace(cfg, **{head: _set(getattr(cfg, head), rest, value)})

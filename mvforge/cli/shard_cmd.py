@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = typer.Option([], "--set", help=set_help("max_count=500")),
     ) -> None:
         """Write deterministic webdataset shards from a render directory (resumable)."""
-        from mvforge.config import load, replace
+        from mvforge.config import load, with_flags
         from mvforge.shards.config import ShardConfig
         from mvforge.shards.writer import run_shard
 
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
             "val_fraction": val_fraction,
             "workers": workers,
         }
-        cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+        cfg = with_flags(cfg, flags)
         run_shard(renders, out, cfg, selection=selection, address=address)
 
     @app.command()
