@@ -44,7 +44,7 @@ def main() -> None:
     from mvforge.filter.clip import Scorer
     from mvforge.filter.config import ClipModelConfig, FilterConfig, RunConfig, SelectConfig, ViewsConfig
     from mvforge.filter.pipeline import run_filter
-    from mvforge.render.layout import iter_uids
+    from mvforge.formats.renders import iter_uids
     from mvforge.render.synthetic import write_synthetic_render_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-filter-"))

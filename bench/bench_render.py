@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mvforge.cameras import OrbitSampling  # noqa: E402
-from mvforge.render import layout  # noqa: E402
+from mvforge.formats import renders as layout  # noqa: E402
 from mvforge.render.config import CyclesConfig, LimitsConfig, RenderConfig  # noqa: E402
 from mvforge.render.plan import SourceObject, hdri_pool, plan_job  # noqa: E402
 

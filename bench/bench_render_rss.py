@@ -24,7 +24,7 @@ import numpy as np
 
 from mvforge.assets import list_demo_objects
 from mvforge.config import load
-from mvforge.render import layout
+from mvforge.formats import renders as layout
 from mvforge.render.config import RenderConfig
 from mvforge.render.driver import render
 from mvforge.render.sources import resolve_sources

@@ -21,7 +21,7 @@ from PIL import Image
 
 
 def noisy_render_dir(root: Path, objects: int, views: int, resolution: int) -> list[Path]:
-    from mvforge.render import layout
+    from mvforge.formats import renders as layout
     from mvforge.render.synthetic import write_synthetic_render_dir
 
     write_synthetic_render_dir(root, objects, views=views, resolution=resolution)

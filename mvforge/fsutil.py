@@ -8,10 +8,24 @@ import platform
 from pathlib import Path
 from typing import Any
 
+TMP_MARK = ".tmp-"
+"""Every temporary file or directory mvforge writes has this in its name: ``<final name>.tmp-<pid>[-tag]``."""
 
-def tmp_path(path: Path) -> Path:
-    """The temporary sibling a writer fills before renaming it onto ``path``."""
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+def tmp_path(path: str | os.PathLike, tag: str = "") -> Path:
+    """The temporary sibling a writer fills before renaming it onto ``path`` (a file or a directory)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}{'-' + tag if tag else ''}")
+
+
+def is_tmp(name: str | os.PathLike) -> bool:
+    """True for a temporary name of :func:`tmp_path` (a leftover of a killed writer, never a result)."""
+    return TMP_MARK in Path(name).name
+
+
+def tmp_url(url: str) -> str:
+    """:func:`tmp_path` for an fsspec path or URL (``s3://b/x`` → ``s3://b/x.tmp-<pid>``)."""
+    return f"{url}{TMP_MARK}{os.getpid()}"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -74,3 +88,32 @@ def versions(*extra: str) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+# --- fsspec (local paths and object-store URLs) -----------------------------------------------------------------
+
+
+def open_fs(url: str | os.PathLike, storage_options: dict | None = None):
+    """(fsspec file system, path inside it) for a local directory or a URL such as s3://bucket/shards."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    return fs, path.rstrip("/")
+
+
+def put_bytes_atomic(fs, path: str, data: bytes) -> None:
+    """:func:`atomic_write_bytes` through fsspec: a temporary sibling, then a move, so readers never see part
+    of a file (object stores have no rename, but a move of one object is still all-or-nothing to readers)."""
+    tmp = tmp_url(path)
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
+def read_bytes_or_none(fs, path: str) -> bytes | None:
+    """The bytes at ``path``, None when it does not exist."""
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None

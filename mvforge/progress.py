@@ -25,12 +25,20 @@ console = Console(stderr=True)
 
 
 class StageProgress:
-    """done/total, rate, ETA and a failure count for one stage; use as a context manager."""
+    """done/total, rate, ETA and a failure count for one stage; use as a context manager.
 
-    def __init__(self, description: str, total: int, unit: str = "objects"):
+    ``enabled=False`` draws nothing but still counts (library callers, tests, benchmarks, ranks other than 0):
+    the one progress class of every stage, with no separate no-op variant.
+    """
+
+    def __init__(self, description: str, total: int, unit: str = "objects", enabled: bool = True):
         self.unit = unit
+        self.enabled = enabled
         self.counts: Counter[str] = Counter()
         self.start = time.monotonic()
+        self._progress = None
+        if not enabled:
+            return
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -46,14 +54,18 @@ class StageProgress:
         self._task = self._progress.add_task(description, total=total, rate="", failed=0)
 
     def __enter__(self) -> StageProgress:
-        self._progress.start()
+        if self._progress is not None:
+            self._progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._progress.stop()
+        if self._progress is not None:
+            self._progress.stop()
 
     def advance(self, status: str = "ok", n: int = 1) -> None:
         self.counts[status] += n
+        if self._progress is None:
+            return
         elapsed = max(time.monotonic() - self.start, 1e-9)
         done = sum(self.counts.values())
         rate = f"{done / elapsed * 60:.1f} {self.unit}/min"

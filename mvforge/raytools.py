@@ -29,3 +29,40 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+
+
+def bounded_map(submit, items, max_in_flight: int):
+    """Run ``submit(item) -> ObjectRef`` over ``items`` with at most ``max_in_flight`` tasks at once, yielding
+    ``(item, ref)`` as each finishes (completion order), for the caller to ``ray.get`` and handle errors.
+
+    The one fan-out loop of the stages (render objects, shard files, SDS prompts): holding every ref at once
+    would let Ray queue 10⁶ tasks on the driver, and ``ray.wait`` over a bounded set stays O(in flight).
+    If the caller stops early (an exception, a ``break``), the tasks still in flight are cancelled.
+    Raises ValueError when ``max_in_flight < 1``.
+    """
+    import ray
+
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+    pending = iter(items)
+    in_flight: dict = {}
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(in_flight) < max_in_flight:
+                item = next(pending, _END)
+                if item is _END:
+                    exhausted = True
+                    break
+                in_flight[submit(item)] = item
+            if not in_flight:
+                return
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in done:
+                yield in_flight.pop(ref), ref
+    finally:
+        for ref in in_flight:
+            ray.cancel(ref, force=True)
+
+
+_END = object()

@@ -25,8 +25,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mvforge.errors import UserError
-from mvforge.fsutil import atomic_write_text
-from mvforge.render import layout
+from mvforge.formats import renders as layout
+from mvforge.fsutil import atomic_write_text, is_tmp
 
 REPORT = "report.html"
 
@@ -186,7 +186,7 @@ def _read_failures(root: Path) -> list[dict]:
     """Every failure record, read defensively (a hand-edited or truncated record still shows up)."""
     out = []
     for p in sorted((root / layout.FAILED_DIR).glob("*.json")):
-        if ".tmp" in p.name:
+        if is_tmp(p):
             continue
         try:
             rec = json.loads(p.read_text(encoding="utf-8"))

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_json
-from mvforge.render import layout
 from mvforge.render.synthetic import write_synthetic_render_dir
 from mvforge.report import ReportConfig, histogram_bins, write_report
 

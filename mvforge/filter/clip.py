@@ -20,7 +20,7 @@ from PIL import Image
 from mvforge.errors import UserError
 from mvforge.filter.config import LOCAL_DIR_PREFIX, FilterConfig
 from mvforge.filter.gates import view_metrics
-from mvforge.render import layout
+from mvforge.formats import renders as layout
 
 # Reasons an object gets no score (recorded in scores.parquet, never raised).
 NOT_SCORABLE = (

@@ -31,17 +31,9 @@ from pathlib import Path
 from mvforge.config import to_toml
 from mvforge.errors import UserError
 from mvforge.filter.config import FilterConfig, scoring_key, scoring_key_hash, validate
-from mvforge.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, versions
-from mvforge.render import layout
-
-PARTS = "parts"
-SCORES = "scores.parquet"
-SELECTION = "selection.parquet"
-REPORT = "report.html"
-SCORING_KEY = "scoring.json"
-CONFIG = "config.toml"
-SUMMARY = "summary.json"
-
+from mvforge.formats import renders as layout
+from mvforge.formats.selection import CONFIG, PARTS, REPORT, SCORES, SCORING_KEY, SELECTION, SUMMARY  # noqa: E402
+from mvforge.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, is_tmp, versions
 
 # --- parquet files ------------------------------------------------------------------------------------------------
 
@@ -60,7 +52,7 @@ def write_parquet_atomic(table, path: Path, metadata: dict | None = None) -> Non
 
 def part_files(out: Path) -> list[Path]:
     """Finished parts only: a writer killed mid-write leaves a ``.tmp-<pid>`` sibling, never a short part."""
-    return sorted(p for p in (out / PARTS).glob("part-*.parquet") if ".tmp-" not in p.name)
+    return sorted(p for p in (out / PARTS).glob("part-*.parquet") if not is_tmp(p))
 
 
 def load_scored(out: Path):
@@ -222,7 +214,7 @@ def run_filter(
             score_ray(root, todo, cfg, address) if cfg.run.engine == "ray" else score_local(root, todo, cfg)
         )
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        with StageProgress("filter", total=len(todo)) if progress else _NoProgress() as bar:
+        with StageProgress("filter", total=len(todo), enabled=progress) as bar:
             for seq, table in enumerate(batches):
                 table = table.cast(SCORE_SCHEMA)
                 write_parquet_atomic(table, out / PARTS / f"part-{run_id}-{seq:06d}.parquet")
@@ -279,14 +271,3 @@ def run_filter(
         ]
         print_summary("mvdata filter", rows)
     return summary
-
-
-class _NoProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def advance(self, status: str = "ok", n: int = 1) -> None:
-        return None

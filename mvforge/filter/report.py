@@ -18,8 +18,8 @@ from PIL import Image
 
 from mvforge.filter.clip import composite, read_view
 from mvforge.filter.config import FilterConfig
+from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_text
-from mvforge.render import layout
 
 
 def histogram_svg(

@@ -5,7 +5,7 @@ The only module of mvforge that imports ``bpy`` (design §1). Everything it deci
 
 1. a fresh empty scene, then the format's bpy 5 importer;
 2. drop cameras and lights, evaluate armatures and shape keys at frame 0, gather the evaluated vertices;
-3. guards (reason codes of ``mvforge.render.layout.REASONS``), then normalise into [-0.5, 0.5]^3 (design §3);
+3. guards (reason codes of ``mvforge.formats.renders.REASONS``), then normalise into [-0.5, 0.5]^3 (design §3);
 4. HDRI world, Cycles with every setting explicit, one camera whose ``matrix_world`` is the view's c2w;
 5. per view: RGBA PNG plus optional depth / normal / albedo passes, then ``cameras.json``.
 
@@ -26,8 +26,8 @@ import numpy as np
 from mathutils import Matrix
 
 from mvforge.cameras import View
+from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json
-from mvforge.render import layout
 
 # Object types whose evaluated form is a mesh Cycles renders (curves with bevel, text and metaballs included).
 GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "FONT", "META"}
@@ -50,7 +50,7 @@ PNG_DROPPED_CHUNKS = {b"tEXt", b"zTXt", b"iTXt", b"tIME"}
 
 
 class RenderFailure(Exception):
-    """A classified per-object failure: ``reason`` is one of ``mvforge.render.layout.REASONS``."""
+    """A classified per-object failure: ``reason`` is one of ``mvforge.formats.renders.REASONS``."""
 
     def __init__(self, reason: str, message: str):
         if reason not in layout.REASONS:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from mvforge.config import to_dict, to_toml
 from mvforge.errors import UserError
+from mvforge.formats import renders as layout
 from mvforge.fsutil import append_jsonl, atomic_write_text, read_jsonl
-from mvforge.render import layout
 from mvforge.render.config import RenderConfig
 from mvforge.render.plan import FORMATS, SourceObject, hdri_pool, plan_job
 from mvforge.render.worker import FAULT_ENV
@@ -308,7 +308,7 @@ def _schedule(
     import ray
 
     from mvforge.progress import StageProgress
-    from mvforge.raytools import init_ray
+    from mvforge.raytools import bounded_map, init_ray
     from mvforge.render import runner
 
     threads = cfg.cycles.threads
@@ -327,41 +327,27 @@ def _schedule(
         num_cpus=threads, num_gpus=gpus_per_worker, max_retries=0, name="mvforge-render"
     )
     manifest = out / layout.MANIFEST
-    pending = list(reversed(todo))
-    in_flight: dict = {}
-    progress = StageProgress("render", total=len(todo)) if show_progress else None
-    try:
-        if progress:
-            progress.__enter__()
-        while pending or in_flight:
-            while pending and len(in_flight) < workers:
-                obj = pending.pop()
-                job = plan_job(obj, cfg, pool)
-                in_flight[task.remote(obj, job, str(out), cfg, env)] = obj
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            for ref in done:
-                obj = in_flight.pop(ref)
-                try:
-                    rec = ray.get(ref)
-                except ray.exceptions.RayError as e:
-                    rec = runner.fail(
-                        out,
-                        obj.uid,
-                        "crashed",
-                        _task_error(e),
-                        attempts=1,
-                        source=dataclasses.asdict(obj) | {"tags": list(obj.tags)},
-                        log=runner.log_path(out, obj.uid),
-                    )
-                append_jsonl(manifest, rec | {"time": round(time.time(), 3)})
-                if progress:
-                    progress.advance(rec["status"])
-                yield rec
-    finally:
-        if progress:
-            progress.__exit__(None, None, None)
-        for ref in in_flight:
-            ray.cancel(ref, force=True)
+
+    def submit(obj):
+        return task.remote(obj, plan_job(obj, cfg, pool), str(out), cfg, env)
+
+    with StageProgress("render", total=len(todo), enabled=show_progress) as progress:
+        for obj, ref in bounded_map(submit, todo, workers):
+            try:
+                rec = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                rec = runner.fail(
+                    out,
+                    obj.uid,
+                    "crashed",
+                    _task_error(e),
+                    attempts=1,
+                    source=dataclasses.asdict(obj) | {"tags": list(obj.tags)},
+                    log=runner.log_path(out, obj.uid),
+                )
+            append_jsonl(manifest, rec | {"time": round(time.time(), 3)})
+            progress.advance(rec["status"])
+            yield rec
 
 
 def _task_error(e: Exception) -> str:

@@ -30,8 +30,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from mvforge.fsutil import atomic_write_json, versions
-from mvforge.render import layout
+from mvforge.formats import renders as layout
+from mvforge.fsutil import atomic_write_json, tmp_path, versions
 from mvforge.render.config import LimitsConfig
 from mvforge.render.worker import EXIT_FAILED, EXIT_OK, RESULT
 
@@ -60,7 +60,7 @@ class Attempt:
 
 
 def staging_dir(out: Path, uid: str) -> Path:
-    return layout.object_dir(out, uid).with_name(f"{uid}.tmp-{os.getpid()}")
+    return tmp_path(layout.object_dir(out, uid))
 
 
 def log_path(out: Path, uid: str) -> Path:
@@ -330,28 +330,27 @@ def _meta(job: dict, attempt: Attempt, attempts: int, seconds: float, extra: dic
     if result.get("blender"):
         vers["blender"] = result["blender"]
     cycles = job.get("cycles") or {}
-    return {
-        "uid": job["uid"],
-        "status": "ok",
-        "source": source,
-        "caption": job_source.get("caption", ""),
-        "name": job_source.get("name", ""),
-        "tags": list(job_source.get("tags") or []),
-        "normalization": result.get("normalization"),
-        "stats": result.get("stats"),
-        "hdri": {k: v for k, v in (job.get("hdri") or {}).items() if k != "path"},
-        "seed": job.get("seed"),
-        "engine": "CYCLES",
-        "samples": cycles.get("samples"),
-        "resolution": job.get("resolution"),
-        "views": len(job.get("views") or []),
-        "orbits": len({v.get("orbit", 0) for v in job.get("views") or []}),
-        "timings": timings,
-        "attempts": attempts,
-        "peak_rss_mb": round(attempt.peak_rss_bytes / 2**20, 1),
-        "versions": vers,
-        "device": result.get("device", "CPU"),
-    }
+    return layout.RenderMeta(
+        uid=job["uid"],
+        source=source,
+        caption=job_source.get("caption", ""),
+        name=job_source.get("name", ""),
+        tags=list(job_source.get("tags") or []),
+        normalization=result.get("normalization"),
+        stats=result.get("stats"),
+        hdri={k: v for k, v in (job.get("hdri") or {}).items() if k != "path"},
+        seed=job.get("seed"),
+        engine="CYCLES",
+        samples=cycles.get("samples"),
+        resolution=job.get("resolution"),
+        views=len(job.get("views") or []),
+        orbits=len({v.get("orbit", 0) for v in job.get("views") or []}),
+        timings=timings,
+        attempts=attempts,
+        peak_rss_mb=round(attempt.peak_rss_bytes / 2**20, 1),
+        versions=vers,
+        device=result.get("device", "CPU"),
+    ).to_dict()
 
 
 def finalize_ok(out: Path, uid: str, staging: Path, meta: dict) -> None:
@@ -376,7 +375,7 @@ def discard_object_dir(out: Path, uid: str) -> None:
     final = layout.object_dir(out, uid)
     if not final.exists():
         return
-    doomed = final.with_name(f"{uid}.tmp-{os.getpid()}-old")
+    doomed = tmp_path(final, "old")
     shutil.rmtree(doomed, ignore_errors=True)
     os.replace(final, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
@@ -393,20 +392,16 @@ def record_failure(
     log: Path | None = None,
 ) -> None:
     """The one failure record of ``uid`` (any previous ok render of it is removed first)."""
-    assert reason in layout.REASONS, reason
-    discard_object_dir(out, uid)
-    atomic_write_json(
-        layout.failure_path(out, uid),
-        {
-            "uid": uid,
-            "status": "failed",
-            "reason": reason,
-            "message": message,
-            "log_tail": log_tail(log) if log is not None else "",
-            "attempts": attempts,
-            "source": source,
-        },
+    record = layout.FailureRecord(  # raises ValueError on a reason code outside layout.REASONS
+        uid=uid,
+        reason=reason,
+        message=message,
+        log_tail=log_tail(log) if log is not None else "",
+        attempts=attempts,
+        source=source,
     )
+    discard_object_dir(out, uid)
+    atomic_write_json(layout.failure_path(out, uid), record.to_dict())
 
 
 def fail(

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mvforge.errors import UserError
-from mvforge.render.layout import check_uid
+from mvforge.formats.renders import check_uid
 from mvforge.render.plan import FORMATS, SourceObject
 
 # The Hugging Face dataset the objaverse package downloads from (objaverse/__init__.py, v0.1.7).

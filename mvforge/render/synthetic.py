@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mvforge.cameras import OrbitSampling, sample_orbits
+from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json
-from mvforge.render import layout
 
 
 def synthetic_view(
@@ -74,28 +74,21 @@ def write_synthetic_object(
             out / layout.view_name(v.index), png_bytes(synthetic_view(rgb, v.azimuth_deg, resolution, kind))
         )
     atomic_write_json(out / layout.CAMERAS, layout.cameras_record(cams, resolution))
-    atomic_write_json(
-        out / layout.META,
-        {
-            "uid": uid,
-            "status": "ok",
-            "caption": caption,
-            "name": caption,
-            "tags": [],
-            "source": {"kind": "synthetic", "path": None, "sha256": None},
-            "normalization": {"scale": 1.0, "offset": [0.0, 0.0, 0.0]},
-            "stats": {"faces": 0, "vertices": 0, "materials": 0, "animations": 0, "missing_textures": 0},
-            "hdri": None,
-            "seed": seed,
-            "engine": "synthetic",
-            "samples": 0,
-            "resolution": resolution,
-            "views": len(cams),
-            "orbits": orbits,
-            "timings": {},
-            "versions": {},
-        },
+    meta = layout.RenderMeta(
+        uid=uid,
+        source={"kind": "synthetic", "path": None, "sha256": None},
+        caption=caption,
+        name=caption,
+        normalization={"scale": 1.0, "offset": [0.0, 0.0, 0.0]},
+        stats={"faces": 0, "vertices": 0, "materials": 0, "animations": 0, "missing_textures": 0},
+        seed=seed,
+        engine="synthetic",
+        samples=0,
+        resolution=resolution,
+        views=len(cams),
+        orbits=orbits,
     )
+    atomic_write_json(out / layout.META, meta.to_dict())
     return out
 
 

@@ -32,7 +32,7 @@ import torch
 
 from mvforge.cameras import normalize_camera
 from mvforge.errors import UserError
-from mvforge.shards import schema
+from mvforge.formats import shards as schema
 from mvforge.shards.config import LoaderConfig
 
 log = logging.getLogger("mvforge.shards.loader")
@@ -62,10 +62,10 @@ def resolve_shards(source: str | Sequence[str], split: str = "train", storage_op
     source = str(source)
     if source.endswith(".tar"):
         return sorted(braceexpand(source)), None
-    from mvforge.shards.writer import open_fs, read_json
+    from mvforge.fsutil import open_fs
 
     fs, root = open_fs(source, storage_options)
-    index = read_json(fs, f"{root}/{schema.INDEX}")
+    index = schema.read_index(fs, root)
     if index is None:
         raise UserError(
             f"{source} has no {schema.INDEX}; run `mvdata shard --out {source}` or list .tar files"

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mvforge.errors import UserError
-from mvforge.shards import schema
+from mvforge.formats import shards as schema
 from mvforge.shards.config import ShardConfig
 
 # Salt of the split hash: a constant so the split never depends on the seed or on other objects.

@@ -1,4 +1,5 @@
-"""The shard format (design §2.3): one webdataset sample per object, and a deterministic tar writer.
+"""The shard writer's pieces: one webdataset sample per object (the format is ``mvforge.formats.shards``) and a
+deterministic tar writer.
 
 A sample with key ``<uid>`` holds, in sorted member order:
 ``<uid>.000.png`` ... (original PNG bytes, never re-encoded), ``<uid>.cameras.npy`` ((V, 4, 4) float32 c2w in
@@ -15,51 +16,40 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from mvforge.render import layout
+from mvforge.formats import renders as layout
+from mvforge.formats.shards import (  # noqa: F401  (the writer's names, re-exported for its callers)
+    CAMERAS_EXT,
+    FORMAT,
+    FORMAT_VERSION,
+    INDEX,
+    JSON_EXT,
+    SPLITS,
+    STATS_SUFFIX,
+    TXT_EXT,
+    iter_raw_samples,
+    load_npy,
+    png_ext,
+    shard_name,
+    split_key,
+    stats_name,
+    view_exts,
+)
 
-INDEX = "index.json"
-STATS_SUFFIX = ".stats.json"
-CAMERAS_EXT = "cameras.npy"
-JSON_EXT = "json"
-TXT_EXT = "txt"
-SPLITS = ("train", "val")
 # GNU format: uids may be 128 characters, past ustar's 100-character name field; GNU long-name records carry
 # no timestamps, so they stay deterministic (PAX headers can carry float mtimes).
 TAR_FORMAT = tarfile.GNU_FORMAT
 TAR_MODE = 0o444
 
 
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
-
-
-def stats_name(shard: str) -> str:
-    return f"{shard}{STATS_SUFFIX}"
-
-
-def png_ext(view_index: int) -> str:
-    return layout.view_name(view_index)  # "000.png"
-
-
-def split_key(name: str) -> tuple[str, str]:
-    """(key, extension) of a member name, split at the first dot as webdataset does."""
-    key, _, ext = name.partition(".")
-    return key, ext
-
-
 def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
-
-
-def load_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def json_bytes(obj) -> bytes:
@@ -167,17 +157,3 @@ def write_samples(fileobj, samples: Iterable[tuple[str, dict[str, bytes]]]) -> i
     total = fileobj.tell() + 2 * tarfile.BLOCKSIZE
     fileobj.write(bytes(2 * tarfile.BLOCKSIZE + (-total % tarfile.RECORDSIZE)))
     return n
-
-
-def iter_raw_samples(fileobj, url: str = "") -> Iterator[dict]:
-    """Samples {"__key__", "__url__", ext: bytes, ...} of a tar stream, grouped by key with webdataset's own
-    rules (its tar iterator and grouper; the url is only a label)."""
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
-
-    files = ({**f, "__url__": url} for f in tar_file_iterator(fileobj))
-    yield from group_by_keys(files)
-
-
-def view_exts(sample: dict) -> list[str]:
-    """PNG view extensions ("000.png", ...) of a raw 3D sample, sorted."""
-    return sorted(k for k in sample if k.endswith(".png") and k[:3].isdigit() and k.count(".") == 1)

@@ -16,8 +16,8 @@ import numpy as np
 
 from mvforge.cameras import is_rigid
 from mvforge.errors import UserError
-from mvforge.shards import schema
-from mvforge.shards.writer import open_fs, read_json
+from mvforge.formats import shards as schema
+from mvforge.fsutil import open_fs
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def verify(url: str, storage_options: dict | None = None) -> tuple[dict, list[Pr
     """(counts, problems) for the shard directory at ``url``."""
     fs, root = open_fs(url, storage_options)
     fs.invalidate_cache()  # object stores: list what is there now, not a cached listing
-    index = read_json(fs, f"{root}/{schema.INDEX}")
+    index = schema.read_index(fs, root)
     if index is None:
         if not fs.exists(root):
             raise UserError(f"shard directory {url} does not exist; pass the --out of `mvdata shard`")

@@ -9,42 +9,24 @@ or any fsspec URL (s3://, gs://, ...); a rename there is the file system's move.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from mvforge.config import to_dict, to_toml
 from mvforge.errors import UserError
-from mvforge.render import layout
+from mvforge.formats import renders as layout
+from mvforge.formats import selection as selection_format
+from mvforge.fsutil import open_fs, put_bytes_atomic, read_bytes_or_none, tmp_url
 from mvforge.shards import schema
 from mvforge.shards.config import ShardConfig
 from mvforge.shards.plan import ShardSpec, plan_shards
 
 
-# ---------------------------------------------------------------- file systems (local path or fsspec URL)
-def open_fs(url: str, storage_options: dict | None = None):
-    """(fsspec file system, path inside it) for a local directory or a URL such as s3://bucket/shards."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
-    return fs, path.rstrip("/")
-
-
-def put_bytes_atomic(fs, path: str, data: bytes) -> None:
-    """Write ``path`` through a temporary sibling and a move, so readers never see a partial file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
-
-
 def read_json(fs, path: str) -> dict | None:
-    """The JSON document at ``path``, None when it does not exist."""
-    try:
-        with fs.open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
+    """A shard marker (``<name>.stats.json``), None when it does not exist."""
+    data = read_bytes_or_none(fs, path)
+    if data is None:
         return None
     try:
         return json.loads(data.decode("utf-8"))
@@ -56,30 +38,8 @@ def read_json(fs, path: str) -> dict | None:
 
 # ---------------------------------------------------------------- input
 def load_selection(path: str | Path) -> list[str]:
-    """Uids of the kept rows of a filter selection (design §2.2: columns uid, kept)."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"selection file {path} does not exist; run `mvdata filter` or drop --selection")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:  # pyarrow raises several types for a non-parquet file
-        raise UserError(
-            f"selection file {path} is not a readable parquet file ({e}); pass filter's output"
-        ) from None
-    missing = {"uid", "kept"} - set(df.columns)
-    if missing:
-        raise UserError(
-            f"selection file {path} lacks column(s) {sorted(missing)}; pass filter/selection.parquet"
-        )
-    kept = df.loc[df["kept"].astype(bool), "uid"].astype(str)
-    dups = sorted(set(kept[kept.duplicated()]))
-    if dups:
-        raise UserError(
-            f"selection file {path} keeps uid(s) {dups[:3]} more than once; re-run `mvdata filter` to rewrite it"
-        )
-    return sorted(kept)
+    """Uids of the kept rows of a filter selection (design §2.2; the reader is the format's own)."""
+    return selection_format.kept_uids(path)
 
 
 @dataclass(frozen=True)
@@ -140,7 +100,7 @@ def write_shard(spec: ShardSpec, renders: str, out: str, storage_options: dict |
             yield uid, members
 
     final = f"{root}/{spec.name}"
-    tmp = f"{final}.tmp-{os.getpid()}"
+    tmp = tmp_url(final)
     with fs.open(tmp, "wb") as f:
         hw = schema.HashingWriter(f)
         n = schema.write_samples(hw, samples())
@@ -167,19 +127,6 @@ def _remove_temporaries(fs, root: str) -> None:
     fs.invalidate_cache()
 
 
-class _Quiet:
-    """StageProgress's interface without output (library callers, tests, benchmarks)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    def advance(self, status: str = "ok", n: int = 1) -> None:
-        pass
-
-
 def index_document(specs: list[ShardSpec], markers: dict[str, dict], cfg: ShardConfig, source: dict) -> dict:
     """index.json: per shard name/split/nsamples/bytes/sha256, totals per split, skipped objects, the config.
 
@@ -204,7 +151,8 @@ def index_document(specs: list[ShardSpec], markers: dict[str, dict], cfg: ShardC
     skipped = sorted((x for s in specs for x in markers[s.name]["skipped"]), key=lambda x: x["uid"])
     config = {k: v for k, v in to_dict(cfg).items() if k != "workers"}
     return {
-        "format": "mvforge-shards-v1",
+        "format": schema.FORMAT,
+        "format_version": schema.FORMAT_VERSION,
         "mvforge": __version__,
         "shards": shards,
         "totals": totals,
@@ -265,7 +213,7 @@ def run_shard(
     written_bytes = 0
     renders_s = str(Path(renders).resolve())
     out_url = fs.unstrip_protocol(root)  # absolute, so a Ray worker with another cwd writes to the same place
-    with StageProgress("shard", total=len(specs), unit="shards") if show_progress else _Quiet() as progress:
+    with StageProgress("shard", total=len(specs), unit="shards", enabled=show_progress) as progress:
         if markers:
             progress.advance("skipped", len(markers))
         if cfg.workers == 0 or not todo:
@@ -276,22 +224,15 @@ def run_shard(
         else:
             import ray
 
-            from mvforge.raytools import init_ray
+            from mvforge.raytools import bounded_map, init_ray
 
             init_ray(address, num_cpus=cfg.workers)
             task = ray.remote(num_cpus=1, max_retries=2)(write_shard)
-            pending: dict = {}
-            queue = list(todo)
-            while queue or pending:
-                while queue and len(pending) < cfg.workers:
-                    spec = queue.pop(0)
-                    pending[task.remote(spec, renders_s, out_url, storage_options)] = spec
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    spec = pending.pop(ref)
-                    markers[spec.name] = ray.get(ref)
-                    written_bytes += markers[spec.name]["bytes"]
-                    progress.advance("ok")
+            submit = lambda spec: task.remote(spec, renders_s, out_url, storage_options)  # noqa: E731
+            for spec, ref in bounded_map(submit, todo, cfg.workers):
+                markers[spec.name] = ray.get(ref)
+                written_bytes += markers[spec.name]["bytes"]
+                progress.advance("ok")
     elapsed = time.monotonic() - start
     _remove_temporaries(fs, root)  # a task Ray retried after its worker died leaves its partial tar behind
 

@@ -12,7 +12,7 @@ import trimesh
 from mvforge.assets import DEMO_DIR, list_demo_objects
 from mvforge.assets.generate import generate_demo_assets
 from mvforge.assets.mesh import box, capsule, lathe, prism, sphere, torus, transform, tube
-from mvforge.render.layout import UID_RE
+from mvforge.formats.renders import UID_RE
 
 OBJECTS = list_demo_objects()
 REQUIRED = {

@@ -13,7 +13,7 @@ from mvforge.errors import UserError
 from mvforge.filter.clip import Scorer, check_quickgelu, composite, object_text, view_subset
 from mvforge.filter.config import TextConfig, ViewsConfig
 from mvforge.filter.tiny import TINY_NAME, WEIGHTS
-from mvforge.render import layout
+from mvforge.formats import renders as layout
 from mvforge.render.synthetic import write_synthetic_object
 
 CAPTIONS = {"obj-a": "a red teapot", "obj-b": "wooden chair", "obj-c": "a small blue car"}

@@ -11,7 +11,7 @@ import pytest
 from mvforge.filter.config import GatesConfig
 from mvforge.filter.gates import gate_table, view_metrics
 from mvforge.filter.pipeline import run_filter
-from mvforge.render import layout
+from mvforge.formats import renders as layout
 from mvforge.render.synthetic import write_synthetic_object
 
 

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from mvforge.cameras import OrbitSampling, intrinsics, is_rigid, orbit_c2w, project
-from mvforge.render import layout, worker
+from mvforge.formats import renders as layout
+from mvforge.render import worker
 from mvforge.render.config import CyclesConfig, LimitsConfig, PassesConfig, RenderConfig
 from mvforge.render.plan import SourceObject, hdri_pool, plan_job
 

@@ -19,8 +19,8 @@ import pytest
 
 from mvforge.cameras import OrbitSampling
 from mvforge.errors import UserError
+from mvforge.formats import renders as layout
 from mvforge.fsutil import read_jsonl
-from mvforge.render import layout
 from mvforge.render.config import CyclesConfig, LimitsConfig, RenderConfig
 from mvforge.render.driver import render
 from mvforge.render.plan import SourceObject

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mvforge.formats import renders as layout
 from mvforge.fsutil import read_jsonl
-from mvforge.render import layout
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "glb"
 MVDATA = str(Path(sys.executable).with_name("mvdata"))

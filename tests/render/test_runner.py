@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mvforge.render import layout
+from mvforge.formats import renders as layout
 from mvforge.render.config import LimitsConfig, RenderConfig
 from mvforge.render.plan import SourceObject, hdri_pool, plan_job
 from mvforge.render.runner import group_rss_bytes, run_object

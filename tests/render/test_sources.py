@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mvforge.errors import UserError
-from mvforge.render.layout import UID_RE
+from mvforge.formats.renders import UID_RE
 from mvforge.render.sources import (
     OBJAVERSE_SUBDIR,
     ObjaverseSelection,

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mvforge.cameras import normalize_camera
 from mvforge.errors import UserError
-from mvforge.render import layout
+from mvforge.formats import renders as layout
 from mvforge.shards import schema
 from mvforge.shards.config import LoaderConfig
 from mvforge.shards.loader import (

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from mvforge.errors import UserError
-from mvforge.render import layout
+from mvforge.formats import renders as layout
 from mvforge.render.synthetic import write_synthetic_render_dir
 from mvforge.shards import schema
 from mvforge.shards.config import ShardConfig

@@ -1,4 +1,5 @@
-"""The on-disk layout of a render directory (design §2.1): the contract read by filter and shard.
+"""The render directory format (design §2.1): the contract `mvdata render` writes and filter, shard and the
+report read. Pure Python (imported by every Blender child): no heavy import at module import time.
 
 ```
 renders/<uid[:2]>/<uid>/000.png ...      RGBA 8-bit, straight alpha, sRGB "Standard" view transform
@@ -22,11 +23,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal
 
 from mvforge.errors import UserError
+from mvforge.fsutil import is_tmp
+
+if TYPE_CHECKING:
+    import numpy as np
 
 UID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 FAILED_DIR = "failed"
@@ -35,6 +38,10 @@ CONFIG = "config.toml"
 CAMERAS = "cameras.json"
 META = "meta.json"
 CONVENTION = "mvforge/blender-c2w-opengl-zup"
+
+FORMAT_VERSION = 2
+"""Version of meta.json (key ``format_version``). 1: the layout before the key existed (readers treat a missing
+key as 1); 2: ``format_version`` added, fields as in :class:`RenderMeta`."""
 
 # Failure reason codes (design §2.1). Every object ends as exactly one ok meta.json or one failure record.
 REASONS = (
@@ -108,6 +115,8 @@ class RenderedObject:
 
     def c2w(self) -> np.ndarray:
         """(V, 4, 4) float32 camera-to-world matrices in view order."""
+        import numpy as np
+
         return np.asarray([v["c2w"] for v in self.cameras["views"]], dtype=np.float32)
 
     @property
@@ -123,7 +132,7 @@ def iter_uids(root: str | Path) -> Iterator[str]:
     uids = []
     for meta in root.glob(f"*/*/{META}"):
         prefix = meta.parent.parent.name
-        if prefix == FAILED_DIR or ".tmp" in meta.parent.name:
+        if prefix == FAILED_DIR or is_tmp(meta.parent):
             continue
         uids.append(meta.parent.name)
     yield from sorted(uids)
@@ -143,7 +152,7 @@ def load_object(root: str | Path, uid: str) -> RenderedObject:
 
 def iter_failures(root: str | Path) -> Iterator[dict]:
     for p in sorted((Path(root) / FAILED_DIR).glob("*.json")):
-        if ".tmp" in p.name:
+        if is_tmp(p):
             continue
         yield json.loads(p.read_text(encoding="utf-8"))
 
@@ -171,3 +180,106 @@ def cameras_record(views, resolution: int, passes: dict | None = None) -> dict:
             for v in views
         ],
     }
+
+
+# --- typed records ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderMeta:
+    """meta.json of an ok object (design §2.1), written last: its presence marks the object done.
+
+    ``extra`` holds keys this version does not name (written by a newer mvforge, or stage-specific additions),
+    so a read → write round trip loses nothing. Readers accept format 1 (no ``format_version`` key).
+    """
+
+    uid: str
+    source: dict[str, Any]
+    """kind, path/url, sha256 of the input file."""
+    caption: str = ""
+    name: str = ""
+    tags: list[str] = field(default_factory=list)
+    normalization: dict[str, Any] | None = None
+    """scale and offset that map the object into [-0.5, 0.5]^3 (design §3)."""
+    stats: dict[str, Any] | None = None
+    """faces, vertices, materials, animations, missing_textures, ... as counted by the Blender adapter."""
+    hdri: dict[str, Any] | None = None
+    seed: int | None = None
+    engine: str = "CYCLES"
+    samples: int | None = None
+    resolution: int | None = None
+    views: int = 0
+    orbits: int = 1
+    timings: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    attempts: int = 1
+    peak_rss_mb: float | None = None
+    device: str = "CPU"
+    status: str = "ok"
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import fields
+
+        return {**self.extra, **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> RenderMeta:
+        """A record from a meta.json document of any known version; raises UserError on a newer one."""
+        return cls(**_split_known(cls, doc, "meta.json"))
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """``failed/<uid>.json``: the one terminal record of an object that did not render (design §2.1)."""
+
+    uid: str
+    reason: str
+    """One of :data:`REASONS`."""
+    message: str
+    log_tail: str = ""
+    attempts: int = 1
+    source: dict[str, Any] | None = None
+    status: str = "failed"
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:
+            raise ValueError(f"unknown failure reason {self.reason!r}; known: {', '.join(REASONS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import fields
+
+        return {**self.extra, **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> FailureRecord:
+        return cls(**_split_known(cls, doc, "failure record"))
+
+
+def _split_known(cls, doc: dict[str, Any], what: str) -> dict[str, Any]:
+    """Constructor kwargs of ``cls`` from ``doc``: unknown keys go to ``extra``; format 1 = no version key."""
+    from dataclasses import fields
+
+    version = int(doc.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        raise UserError(
+            f"{what} of {doc.get('uid')!r} has format_version {version}, newer than this mvforge reads "
+            f"({FORMAT_VERSION}); upgrade mvforge"
+        )
+    names = {f.name for f in fields(cls)} - {"extra"}
+    kwargs = {k: v for k, v in doc.items() if k in names}
+    kwargs["format_version"] = version
+    kwargs["extra"] = {k: v for k, v in doc.items() if k not in names}
+    return kwargs
+
+
+def read_meta(root: str | Path, uid: str) -> RenderMeta:
+    """The typed meta.json of a finished object (any format version)."""
+    return RenderMeta.from_dict(load_object(root, uid).meta)
+
+
+def read_failure(root: str | Path, uid: str) -> FailureRecord:
+    return FailureRecord.from_dict(json.loads(failure_path(root, uid).read_text(encoding="utf-8")))

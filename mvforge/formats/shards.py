@@ -1,0 +1,107 @@
+"""The shard format (design §2.3): member names, the index document and readers; the writer is in
+``mvforge.shards.schema``. Pure Python at import time (numpy and webdataset are imported by the readers).
+
+A sample with key ``<uid>`` holds, in sorted member order:
+``<uid>.000.png`` ... (original PNG bytes, never re-encoded), ``<uid>.cameras.npy`` ((V, 4, 4) float32 c2w in
+view order), ``<uid>.json`` ({"uid", "views": cameras.json views, "resolution", "convention", "meta"}) and
+``<uid>.txt`` (the caption). Keys contain no dot because webdataset splits a member name at its first dot.
+
+```
+shards/train-000000.tar ...     the samples (deterministic GNU tars)
+shards/<name>.stats.json        per-shard marker, written after the tar is renamed into place
+shards/index.json               written LAST: per shard name/split/nsamples/bytes/sha256, totals, the config
+```
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from mvforge.errors import UserError
+from mvforge.formats import renders
+
+INDEX = "index.json"
+STATS_SUFFIX = ".stats.json"
+CAMERAS_EXT = "cameras.npy"
+JSON_EXT = "json"
+TXT_EXT = "txt"
+SPLITS = ("train", "val")
+FORMAT = "mvforge-shards-v1"
+"""The ``format`` name in index.json (unchanged since the first release: the tar layout has not changed)."""
+FORMAT_VERSION = 2
+"""Version of index.json (key ``format_version``). 1: before the key existed (a missing key reads as 1)."""
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def stats_name(shard: str) -> str:
+    return f"{shard}{STATS_SUFFIX}"
+
+
+def png_ext(view_index: int) -> str:
+    return renders.view_name(view_index)  # "000.png"
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """(key, extension) of a member name, split at the first dot as webdataset does."""
+    key, _, ext = name.partition(".")
+    return key, ext
+
+
+def load_npy(data: bytes):
+    """An ndarray from ``.npy`` bytes (pickles refused)."""
+    import numpy as np
+
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def iter_raw_samples(fileobj, url: str = "") -> Iterator[dict]:
+    """Samples {"__key__", "__url__", ext: bytes, ...} of a tar stream, grouped by key with webdataset's own
+    rules (its tar iterator and grouper; the url is only a label)."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    files = ({**f, "__url__": url} for f in tar_file_iterator(fileobj))
+    yield from group_by_keys(files)
+
+
+def view_exts(sample: dict) -> list[str]:
+    """PNG view extensions ("000.png", ...) of a raw 3D sample, sorted."""
+    return sorted(k for k in sample if k.endswith(".png") and k[:3].isdigit() and k.count(".") == 1)
+
+
+def parse_index(data: bytes | str, where: str = INDEX) -> dict[str, Any]:
+    """The index document from index.json bytes, any known version (1 = no ``format_version`` key).
+
+    Raises UserError when it is not JSON, not an mvforge index, or newer than this mvforge reads.
+    """
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise UserError(
+            f"{where} is not valid JSON; delete it and re-run `mvdata shard` with the same --out"
+        ) from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise UserError(
+            f"{where} is not an mvforge shard index (format {FORMAT!r}); pass an `mvdata shard` output"
+        )
+    version = int(doc.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        raise UserError(
+            f"{where} has format_version {version} (this mvforge reads <= {FORMAT_VERSION}); upgrade mvforge"
+        )
+    doc["format_version"] = version
+    return doc
+
+
+def read_index(fs, root: str) -> dict[str, Any] | None:
+    """The index document of the shard directory ``root`` on fsspec ``fs``; None when there is none yet (the
+    shard run has not finished: index.json is written last)."""
+    from mvforge.fsutil import read_bytes_or_none
+
+    data = read_bytes_or_none(fs, f"{root}/{INDEX}")
+    return None if data is None else parse_index(data, f"{root}/{INDEX}")
