@@ -6,49 +6,54 @@ Nothing heavy is imported at module level: the commands import their modules whe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from mvforge.cli.common import set_help
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("demo-assets")
-    def demo_assets(
-        out: Path | None = typer.Option(
-            None, "--out", "-o", help="Output directory (default: the package's mvforge/assets/demo)."
-        ),
-    ) -> None:
-        """Regenerate the 12 procedural demo objects (GLB + captions.jsonl); byte-identical on every run."""
-        from mvforge.assets.generate import generate_demo_assets
-        from mvforge.progress import print_summary
+def demo_assets(
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output directory (default: the package's mvforge/assets/demo)."),
+    ] = None,
+) -> None:
+    """Regenerate the 12 procedural demo objects (GLB + captions.jsonl); byte-identical on every run."""
+    from mvforge.assets.generate import generate_demo_assets
+    from mvforge.progress import print_summary
 
-        results = generate_demo_assets(out)
-        print_summary(
-            "demo objects",
-            [(obj.uid, f"{tris} triangles, {size / 1000:.1f} KB") for obj, tris, size in results],
-        )
-        typer.echo(str(results[0][0].path.parent))
+    results = generate_demo_assets(out)
+    print_summary(
+        "demo objects",
+        [(obj.uid, f"{tris} triangles, {size / 1000:.1f} KB") for obj, tris, size in results],
+    )
+    typer.echo(str(results[0][0].path.parent))
 
-    @app.command("report")
-    def report(
-        run_dir: Path = typer.Argument(..., help="Run directory holding renders/, filter/ and/or shards/."),
-        config: Path | None = typer.Option(None, "--config", help="TOML file of ReportConfig settings."),
-        set_: list[str] = typer.Option([], "--set", help=set_help("thumb_px=128")),
-        views: int | None = typer.Option(
-            None, "--views", help="Views per object in the contact sheet (views_per_object)."
-        ),
-        embed: bool | None = typer.Option(
-            None, "--embed/--link", help="Embed base64 thumbnails instead of linking the PNGs (embed_images)."
-        ),
-    ) -> None:
-        """Write RUN_DIR/report.html: contact sheet, failures, timings, CLIP histogram, shard counts."""
-        from mvforge.config import load, replace
-        from mvforge.report import ReportConfig, write_report
 
-        cfg = load(ReportConfig, config, set_)
-        if views is not None:
-            cfg = replace(cfg, views_per_object=views)
-        if embed is not None:
-            cfg = replace(cfg, embed_images=embed)
-        typer.echo(str(write_report(run_dir, cfg)))
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory holding renders/, filter/ and/or shards/.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML file of ReportConfig settings.")
+    ] = None,
+    set_: Annotated[list[str], typer.Option("--set", help=set_help("thumb_px=128"))] = [],
+    views: Annotated[
+        int | None, typer.Option("--views", help="Views per object in the contact sheet (views_per_object).")
+    ] = None,
+    embed: Annotated[
+        bool | None,
+        typer.Option(
+            "--embed/--link", help="Embed base64 thumbnails instead of linking the PNGs (embed_images)."
+        ),
+    ] = None,
+) -> None:
+    """Write RUN_DIR/report.html: contact sheet, failures, timings, CLIP histogram, shard counts."""
+    from mvforge.config import load, replace
+    from mvforge.report import ReportConfig, write_report
+
+    cfg = load(ReportConfig, config, set_)
+    if views is not None:
+        cfg = replace(cfg, views_per_object=views)
+    if embed is not None:
+        cfg = replace(cfg, embed_images=embed)
+    typer.echo(str(write_report(run_dir, cfg)))

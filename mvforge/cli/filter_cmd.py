@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -23,102 +24,122 @@ FILTER_HELP = "\n\n".join(
 )
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("filter", help=FILTER_HELP)
-    def filter_cmd(
-        renders: Path = typer.Argument(
-            ..., help="Render directory written by `mvdata render` (design §2.1)."
+def filter_cmd(
+    renders: Annotated[
+        Path, typer.Argument(help="Render directory written by `mvdata render` (design §2.1).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Filter output directory.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML file of FilterConfig settings.")
+    ] = None,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="Override a config value, e.g. --set gates.enabled=false.")
+    ] = [],
+    model: Annotated[str | None, typer.Option("--model", help="open_clip architecture (model.name).")] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option("--pretrained", help="Tag, checkpoint file, or local-dir:DIR (model.pretrained)."),
+    ] = None,
+    model_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--model-config", help="Extra open_clip model JSON to register (model.model_config_file)."
         ),
-        out: Path = typer.Option(..., "--out", "-o", help="Filter output directory."),
-        config: Path | None = typer.Option(None, "--config", help="TOML file of FilterConfig settings."),
-        set_: list[str] = typer.Option(
-            [], "--set", help="Override a config value, e.g. --set gates.enabled=false."
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option("--precision", help="fp32 (CPU/GPU) | fp16 | bf16 (GPU only) (model.precision)."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto | cpu | cuda (local engine) (model.device).")
+    ] = None,
+    views: Annotated[
+        int | None, typer.Option("--views", help="Views scored per object, evenly spaced (views.count).")
+    ] = None,
+    template: Annotated[
+        str | None, typer.Option("--template", help="Text template with {} (text.template).")
+    ] = None,
+    agg: Annotated[
+        str | None, typer.Option("--agg", help="mean | median | max | topk:K (select.agg).")
+    ] = None,
+    clip_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--clip-threshold", help="Keep objects with aggregate cosine >= X (select.clip_threshold)."
         ),
-        model: str | None = typer.Option(None, "--model", help="open_clip architecture (model.name)."),
-        pretrained: str | None = typer.Option(
-            None, "--pretrained", help="Tag, checkpoint file, or local-dir:DIR (model.pretrained)."
+    ] = None,
+    keep_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--keep-fraction", help="Keep the best fraction F of eligible objects (select.keep_fraction)."
         ),
-        model_config: Path | None = typer.Option(
-            None, "--model-config", help="Extra open_clip model JSON to register (model.model_config_file)."
-        ),
-        precision: str | None = typer.Option(
-            None, "--precision", help="fp32 (CPU/GPU) | fp16 | bf16 (GPU only) (model.precision)."
-        ),
-        device: str | None = typer.Option(
-            None, "--device", help="auto | cpu | cuda (local engine) (model.device)."
-        ),
-        views: int | None = typer.Option(
-            None, "--views", help="Views scored per object, evenly spaced (views.count)."
-        ),
-        template: str | None = typer.Option(
-            None, "--template", help="Text template with {} (text.template)."
-        ),
-        agg: str | None = typer.Option(None, "--agg", help="mean | median | max | topk:K (select.agg)."),
-        clip_threshold: float | None = typer.Option(
-            None, "--clip-threshold", help="Keep objects with aggregate cosine >= X (select.clip_threshold)."
-        ),
-        keep_fraction: float | None = typer.Option(
-            None,
-            "--keep-fraction",
-            help="Keep the best fraction F of eligible objects (select.keep_fraction).",
-        ),
-        no_gates: bool = typer.Option(
-            False, "--no-gates", help="Store gate results but do not drop by them."
-        ),
-        engine: str | None = typer.Option(None, "--engine", help="ray | local (in-process) (run.engine)."),
-        workers: int | None = typer.Option(
-            None, "--workers", help="Ray actors, one model each (run.workers)."
-        ),
-        gpus_per_worker: float | None = typer.Option(
-            None, "--gpus-per-worker", help="GPUs per actor; > 0 scores on cuda (run.gpus_per_worker)."
-        ),
-        batch_size: int | None = typer.Option(
-            None, "--batch-size", help="Images per model forward (model.image_batch_size)."
-        ),
-        rescore: bool = typer.Option(
-            False, "--rescore", help="Discard stored scores and score everything again."
-        ),
-        address: str | None = typer.Option(None, "--address", envvar="RAY_ADDRESS", help=ADDRESS_HELP),
-    ) -> None:
-        from mvforge import config as cfglib
-        from mvforge.filter.config import FilterConfig
-        from mvforge.filter.pipeline import run_filter
+    ] = None,
+    no_gates: Annotated[
+        bool, typer.Option("--no-gates", help="Store gate results but do not drop by them.")
+    ] = False,
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="ray | local (in-process) (run.engine).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Ray actors, one model each (run.workers).")
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None,
+        typer.Option("--gpus-per-worker", help="GPUs per actor; > 0 scores on cuda (run.gpus_per_worker)."),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Images per model forward (model.image_batch_size).")
+    ] = None,
+    rescore: Annotated[
+        bool, typer.Option("--rescore", help="Discard stored scores and score everything again.")
+    ] = False,
+    address: Annotated[str | None, typer.Option("--address", envvar="RAY_ADDRESS", help=ADDRESS_HELP)] = None,
+) -> None:
+    from mvforge.deps import require
 
-        flags = {
-            "model.name": model,
-            "model.pretrained": pretrained,
-            "model.model_config_file": model_config,
-            "model.precision": precision,
-            "model.device": device,
-            "model.image_batch_size": batch_size,
-            "views.count": views,
-            "text.template": template,
-            "select.agg": agg,
-            "select.clip_threshold": clip_threshold,
-            "select.keep_fraction": keep_fraction,
-            "run.engine": engine,
-            "run.workers": workers,
-            "run.gpus_per_worker": gpus_per_worker,
-            "gates.enabled": False if no_gates else None,
-        }
-        cfg = cfglib.with_flags(cfglib.load(FilterConfig, config, list(set_)), flags)
-        # A threshold flag replaces the other selection mode from a config file (they are exclusive).
-        if clip_threshold is not None and keep_fraction is None:
-            cfg = cfglib.set_field(cfg, "select.keep_fraction", None)
-        if keep_fraction is not None and clip_threshold is None:
-            cfg = cfglib.set_field(cfg, "select.clip_threshold", None)
-        run_filter(renders, out, cfg, address=address, rescore=rescore)
+    require("mvdata filter")
+    from mvforge import config as cfglib
+    from mvforge.filter.config import FilterConfig
+    from mvforge.filter.pipeline import run_filter
 
-    @app.command("make-tiny-clip")
-    def make_tiny_clip(
-        out: Path = typer.Option(..., "--out", "-o", help="Directory to write the model into."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the random initialisation."),
-    ) -> None:
-        """Write a tiny random-init open_clip model (tests, offline demo); load it with --pretrained local-dir:OUT."""
-        from mvforge.filter.tiny import TINY_NAME, WEIGHTS, write_tiny_clip
+    flags = {
+        "model.name": model,
+        "model.pretrained": pretrained,
+        "model.model_config_file": model_config,
+        "model.precision": precision,
+        "model.device": device,
+        "model.image_batch_size": batch_size,
+        "views.count": views,
+        "text.template": template,
+        "select.agg": agg,
+        "select.clip_threshold": clip_threshold,
+        "select.keep_fraction": keep_fraction,
+        "run.engine": engine,
+        "run.workers": workers,
+        "run.gpus_per_worker": gpus_per_worker,
+        "gates.enabled": False if no_gates else None,
+    }
+    cfg = cfglib.with_flags(cfglib.load(FilterConfig, config, list(set_)), flags)
+    # A threshold flag replaces the other selection mode from a config file (they are exclusive).
+    if clip_threshold is not None and keep_fraction is None:
+        cfg = cfglib.set_field(cfg, "select.keep_fraction", None)
+    if keep_fraction is not None and clip_threshold is None:
+        cfg = cfglib.set_field(cfg, "select.clip_threshold", None)
+    run_filter(renders, out, cfg, address=address, rescore=rescore)
 
-        d = write_tiny_clip(out, seed=seed)
-        typer.echo(f"wrote {d}: use --pretrained local-dir:{d}")
-        typer.echo(
-            f"  or --model {TINY_NAME} --model-config {d / (TINY_NAME + '.json')} --pretrained {d / WEIGHTS}"
-        )
+
+def make_tiny_clip(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the model into.")],
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random initialisation.")] = 0,
+) -> None:
+    """Write a tiny random-init open_clip model (tests, offline demo); load it with --pretrained local-dir:OUT."""
+    from mvforge.deps import require
+
+    require("mvdata make-tiny-clip")
+    from mvforge.filter.tiny import TINY_NAME, WEIGHTS, write_tiny_clip
+
+    d = write_tiny_clip(out, seed=seed)
+    typer.echo(f"wrote {d}: use --pretrained local-dir:{d}")
+    typer.echo(
+        f"  or --model {TINY_NAME} --model-config {d / (TINY_NAME + '.json')} --pretrained {d / WEIGHTS}"
+    )

@@ -1,13 +1,15 @@
 """`mvdata`: the data stages — render, filter, shard, verify — and demo helpers.
 
-Each stage registers its command from its own module (``mvforge.cli.<stage>_cmd``); those modules import
-nothing heavy at import time, so ``mvdata --help`` stays fast and imports no torch, bpy or ray.
+Each command is a module-level function in its own module (``mvforge.cli.<stage>_cmd``), registered below;
+those modules import nothing heavy at import time, so ``mvdata --help`` stays fast and imports no torch, bpy
+or ray. ``mvdata doctor`` says which extras are installed and which commands work.
 """
 
 from __future__ import annotations
 
 import typer
 
+from mvforge.cli import demo_cmd, filter_cmd, render_cmd, shard_cmd
 from mvforge.cli.common import run_app
 
 app = typer.Typer(
@@ -33,20 +35,40 @@ def version() -> None:
         typer.echo(f"{k} {v}")
 
 
-def _register() -> None:
-    import importlib
+@app.command()
+def doctor() -> None:
+    """Which mvforge extras are installed here and which commands work (no heavy import)."""
+    from mvforge import deps
+    from mvforge.progress import console
+    from mvforge.progress import summary_table as table
 
-    for name in ("render_cmd", "filter_cmd", "shard_cmd", "demo_cmd"):
-        try:
-            module = importlib.import_module(f"mvforge.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"mvforge.cli.{name}":
-                continue  # that stage is not built in this checkout
-            raise
-        module.register(app)
+    rep = deps.report()
+    console.print(
+        table(
+            "extras",
+            [(e, "ok" if not miss else f"missing {', '.join(miss)}") for e, miss in rep.extras.items()],
+        )
+    )
+    console.print(
+        table(
+            "commands",
+            [
+                (c, "ok" if ok else f"needs mvforge[{','.join(deps.COMMANDS[c])}]")
+                for c, ok in rep.commands.items()
+            ],
+        )
+    )
 
 
-_register()
+# One module per command (design §5); each body imports what it needs, so --help stays light.
+app.command("render", help=render_cmd.RENDER_HELP, no_args_is_help=True)(render_cmd.render)
+app.command("filter", help=filter_cmd.FILTER_HELP)(filter_cmd.filter_cmd)
+app.command("make-tiny-clip")(filter_cmd.make_tiny_clip)
+app.command("shard")(shard_cmd.shard)
+app.command("verify")(shard_cmd.verify)
+app.command("demo-assets")(demo_cmd.demo_assets)
+app.command("report")(demo_cmd.report)
+
 main = run_app(app)
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def sample(
     }
     cfg = config_mod.with_flags(cfg, flags)
     _quiet_libraries()
-    from mvforge.train.loop import resolve_device
+    from mvforge.devices import resolve_device
     from mvforge.train.sample import sample_views, save_views
 
     images = sample_views(run, prompt, cfg, device=resolve_device(device))

@@ -26,216 +26,215 @@ _L = "Limits"
 _X = "Scheduling and resume"
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("render", help=RENDER_HELP, no_args_is_help=True)
-    def render(
-        sources: Annotated[
-            list[str], typer.Argument(help="demo | objaverse | DIR | 'GLOB' | FILE ... (any mix).")
-        ],
-        out: Annotated[Path, typer.Option("--out", "-o", help="Output render directory.")],
-        workers: Annotated[
-            int, typer.Option(help="Concurrent Blender processes (Ray tasks).", rich_help_panel=_X)
-        ] = 1,
-        threads: Annotated[
-            int | None,
-            typer.Option(
-                help="Cycles CPU threads per process; workers x threads <= cores.", rich_help_panel=_R
-            ),
-        ] = None,
-        gpus_per_worker: Annotated[
-            float,
-            typer.Option(help="GPUs per render process (0 = CPU; 0.5 shares a GPU).", rich_help_panel=_X),
-        ] = 0.0,
-        resolution: Annotated[
-            int | None, typer.Option(help="Image side in pixels (default: 256).", rich_help_panel=_R)
-        ] = None,
-        views: Annotated[
-            int | None, typer.Option(help="Views (azimuths) per orbit (default: 32).", rich_help_panel=_R)
-        ] = None,
-        orbits: Annotated[
-            int | None,
-            typer.Option(
-                help="Orbits per object, each with its own elevation/fov (default: 1).", rich_help_panel=_R
-            ),
-        ] = None,
-        samples: Annotated[
-            int | None, typer.Option(help="Cycles samples per pixel (default: 32).", rich_help_panel=_R)
-        ] = None,
-        seed: Annotated[
-            int | None,
-            typer.Option(
-                help="Run seed; cameras and light derive from (seed, uid) (default: 0).", rich_help_panel=_R
-            ),
-        ] = None,
-        hdri_dir: Annotated[
-            Path | None,
-            typer.Option(
-                help="Directory of .exr/.hdr maps (default: the 8 CC0 HDRIs in the bpy wheel).",
-                rich_help_panel=_R,
-            ),
-        ] = None,
-        denoise: Annotated[
-            bool | None,
-            typer.Option("--denoise/--no-denoise", help="OpenImageDenoise pass.", rich_help_panel=_R),
-        ] = None,
-        adaptive_threshold: Annotated[
-            float | None,
-            typer.Option(
-                help="Cycles adaptive-sampling noise threshold; 0 = off (default: 0.01).", rich_help_panel=_R
-            ),
-        ] = None,
-        max_bounces: Annotated[
-            int | None, typer.Option(help="Cycles total light bounces (default: 4).", rich_help_panel=_R)
-        ] = None,
-        view_transform: Annotated[
-            str | None,
-            typer.Option(
-                help="Standard | AgX | Filmic | Raw (default: Standard = plain sRGB).", rich_help_panel=_R
-            ),
-        ] = None,
-        hdri_visible: Annotated[
-            bool | None,
-            typer.Option(
-                "--hdri-visible/--hdri-hidden",
-                help="Show the HDRI behind the object (default: hidden, transparent film).",
-                rich_help_panel=_R,
-            ),
-        ] = None,
-        depth: Annotated[
-            bool | None,
-            typer.Option("--depth/--no-depth", help="Also write 16-bit depth PNGs.", rich_help_panel=_R),
-        ] = None,
-        normal: Annotated[
-            bool | None,
-            typer.Option("--normal/--no-normal", help="Also write normal PNGs.", rich_help_panel=_R),
-        ] = None,
-        albedo: Annotated[
-            bool | None,
-            typer.Option("--albedo/--no-albedo", help="Also write albedo PNGs.", rich_help_panel=_R),
-        ] = None,
-        timeout: Annotated[
-            float | None,
-            typer.Option(
-                help="Seconds per object before its process group is killed (default: 900).",
-                rich_help_panel=_L,
-            ),
-        ] = None,
-        memory_gb: Annotated[
-            float | None,
-            typer.Option(
-                help="Resident-memory cap of one render process group, GB (default: 16).", rich_help_panel=_L
-            ),
-        ] = None,
-        retries: Annotated[
-            int | None,
-            typer.Option(
-                help="Extra attempts for a process that crashed, then `crashed` (default: 1).",
-                rich_help_panel=_L,
-            ),
-        ] = None,
-        max_faces: Annotated[
-            int | None,
-            typer.Option(help="Reject objects above this face count (default: 5000000).", rich_help_panel=_L),
-        ] = None,
-        captions: Annotated[
-            Path | None,
-            typer.Option(
-                help="CSV/JSONL sidecar with uid, path, caption columns for local files.", rich_help_panel=_S
-            ),
-        ] = None,
-        uids: Annotated[
-            Path | None, typer.Option(help="objaverse: text file with one uid per line.", rich_help_panel=_S)
-        ] = None,
-        lvis: Annotated[
-            str | None,
-            typer.Option(help="objaverse: only this LVIS category (e.g. chair).", rich_help_panel=_S),
-        ] = None,
-        limit: Annotated[
-            int | None, typer.Option(help="objaverse: the first N uids of the selection.", rich_help_panel=_S)
-        ] = None,
-        cache_dir: Annotated[
-            Path | None,
-            typer.Option(
-                envvar="MVFORGE_CACHE",
-                help="Download cache (Objaverse metadata and objects) (default: ~/.cache/mvforge).",
-                rich_help_panel=_S,
-            ),
-        ] = None,
-        objaverse_url: Annotated[
-            str | None,
-            typer.Option(
-                envvar="MVFORGE_OBJAVERSE_URL",
-                help="Objaverse base URL (default: the allenai/objaverse Hugging Face dataset); a mirror or a test server.",
-                rich_help_panel=_S,
-            ),
-        ] = None,
-        address: Annotated[
-            str | None, typer.Option(envvar="RAY_ADDRESS", help=ADDRESS_HELP, rich_help_panel=_X)
-        ] = None,
-        config: Annotated[
-            Path | None,
-            typer.Option(
-                help="TOML file of RenderConfig settings (e.g. a previous DIR/config.toml).",
-                rich_help_panel=_X,
-            ),
-        ] = None,
-        set_: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP, rich_help_panel=_X)] = None,
-        retry_failed: Annotated[
-            bool, typer.Option(help="Render the objects that failed before again.", rich_help_panel=_X)
-        ] = False,
-        overwrite: Annotated[
-            bool,
-            typer.Option(
-                help="Render every object again, also finished ones, with the new settings.",
-                rich_help_panel=_X,
-            ),
-        ] = False,
-    ) -> None:
-        from mvforge import config as cfglib
-        from mvforge.render.config import RenderConfig
-        from mvforge.render.driver import render as run_render
-        from mvforge.render.sources import ObjaverseSelection, resolve_sources
+def render(
+    sources: Annotated[
+        list[str], typer.Argument(help="demo | objaverse | DIR | 'GLOB' | FILE ... (any mix).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output render directory.")],
+    workers: Annotated[
+        int, typer.Option(help="Concurrent Blender processes (Ray tasks).", rich_help_panel=_X)
+    ] = 1,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Cycles CPU threads per process; workers x threads <= cores.", rich_help_panel=_R),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float,
+        typer.Option(help="GPUs per render process (0 = CPU; 0.5 shares a GPU).", rich_help_panel=_X),
+    ] = 0.0,
+    resolution: Annotated[
+        int | None, typer.Option(help="Image side in pixels (default: 256).", rich_help_panel=_R)
+    ] = None,
+    views: Annotated[
+        int | None, typer.Option(help="Views (azimuths) per orbit (default: 32).", rich_help_panel=_R)
+    ] = None,
+    orbits: Annotated[
+        int | None,
+        typer.Option(
+            help="Orbits per object, each with its own elevation/fov (default: 1).", rich_help_panel=_R
+        ),
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option(help="Cycles samples per pixel (default: 32).", rich_help_panel=_R)
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Run seed; cameras and light derive from (seed, uid) (default: 0).", rich_help_panel=_R
+        ),
+    ] = None,
+    hdri_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory of .exr/.hdr maps (default: the 8 CC0 HDRIs in the bpy wheel).",
+            rich_help_panel=_R,
+        ),
+    ] = None,
+    denoise: Annotated[
+        bool | None,
+        typer.Option("--denoise/--no-denoise", help="OpenImageDenoise pass.", rich_help_panel=_R),
+    ] = None,
+    adaptive_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Cycles adaptive-sampling noise threshold; 0 = off (default: 0.01).", rich_help_panel=_R
+        ),
+    ] = None,
+    max_bounces: Annotated[
+        int | None, typer.Option(help="Cycles total light bounces (default: 4).", rich_help_panel=_R)
+    ] = None,
+    view_transform: Annotated[
+        str | None,
+        typer.Option(
+            help="Standard | AgX | Filmic | Raw (default: Standard = plain sRGB).", rich_help_panel=_R
+        ),
+    ] = None,
+    hdri_visible: Annotated[
+        bool | None,
+        typer.Option(
+            "--hdri-visible/--hdri-hidden",
+            help="Show the HDRI behind the object (default: hidden, transparent film).",
+            rich_help_panel=_R,
+        ),
+    ] = None,
+    depth: Annotated[
+        bool | None,
+        typer.Option("--depth/--no-depth", help="Also write 16-bit depth PNGs.", rich_help_panel=_R),
+    ] = None,
+    normal: Annotated[
+        bool | None,
+        typer.Option("--normal/--no-normal", help="Also write normal PNGs.", rich_help_panel=_R),
+    ] = None,
+    albedo: Annotated[
+        bool | None,
+        typer.Option("--albedo/--no-albedo", help="Also write albedo PNGs.", rich_help_panel=_R),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds per object before its process group is killed (default: 900).",
+            rich_help_panel=_L,
+        ),
+    ] = None,
+    memory_gb: Annotated[
+        float | None,
+        typer.Option(
+            help="Resident-memory cap of one render process group, GB (default: 16).", rich_help_panel=_L
+        ),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        typer.Option(
+            help="Extra attempts for a process that crashed, then `crashed` (default: 1).",
+            rich_help_panel=_L,
+        ),
+    ] = None,
+    max_faces: Annotated[
+        int | None,
+        typer.Option(help="Reject objects above this face count (default: 5000000).", rich_help_panel=_L),
+    ] = None,
+    captions: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV/JSONL sidecar with uid, path, caption columns for local files.", rich_help_panel=_S
+        ),
+    ] = None,
+    uids: Annotated[
+        Path | None, typer.Option(help="objaverse: text file with one uid per line.", rich_help_panel=_S)
+    ] = None,
+    lvis: Annotated[
+        str | None,
+        typer.Option(help="objaverse: only this LVIS category (e.g. chair).", rich_help_panel=_S),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="objaverse: the first N uids of the selection.", rich_help_panel=_S)
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="MVFORGE_CACHE",
+            help="Download cache (Objaverse metadata and objects) (default: ~/.cache/mvforge).",
+            rich_help_panel=_S,
+        ),
+    ] = None,
+    objaverse_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MVFORGE_OBJAVERSE_URL",
+            help="Objaverse base URL (default: the allenai/objaverse Hugging Face dataset); a mirror or a test server.",
+            rich_help_panel=_S,
+        ),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help=ADDRESS_HELP, rich_help_panel=_X)
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML file of RenderConfig settings (e.g. a previous DIR/config.toml).",
+            rich_help_panel=_X,
+        ),
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP, rich_help_panel=_X)] = None,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Render the objects that failed before again.", rich_help_panel=_X)
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Render every object again, also finished ones, with the new settings.",
+            rich_help_panel=_X,
+        ),
+    ] = False,
+) -> None:
+    from mvforge.deps import require
 
-        cfg = cfglib.load(RenderConfig, config, set_ or [])
-        flags = {
-            "resolution": resolution,
-            "orbits": orbits,
-            "seed": seed,
-            "cameras.views": views,
-            "cycles.samples": samples,
-            "cycles.threads": threads,
-            "cycles.denoise": denoise,
-            "cycles.adaptive_threshold": adaptive_threshold,
-            "cycles.max_bounces": max_bounces,
-            "cycles.view_transform": view_transform,
-            "lighting.hdri_dir": hdri_dir,
-            "lighting.visible_to_camera": hdri_visible,
-            "passes.depth": depth,
-            "passes.normal": normal,
-            "passes.albedo": albedo,
-            "limits.timeout_s": timeout,
-            "limits.memory_gb": memory_gb,
-            "limits.retries": retries,
-            "limits.max_faces": max_faces,
-            "download.cache_dir": cache_dir,
-        }
-        cfg = cfglib.with_flags(cfg, flags)
-        objects = resolve_sources(
-            sources,
-            captions=captions,
-            objaverse=ObjaverseSelection(uids_file=uids, lvis=lvis, limit=limit),
-            cache=cfg.download.cache_dir,
-            base_url=objaverse_url,
-            download_timeout_s=cfg.download.timeout_s,
-            download_retries=cfg.download.retries,
-        )
-        run_render(
-            objects,
-            out,
-            cfg,
-            workers=workers,
-            address=address,
-            gpus_per_worker=gpus_per_worker,
-            retry_failed=retry_failed,
-            overwrite=overwrite,
-        )
+    require("mvdata render")
+    from mvforge import config as cfglib
+    from mvforge.render.config import RenderConfig
+    from mvforge.render.driver import render as run_render
+    from mvforge.render.sources import ObjaverseSelection, resolve_sources
+
+    cfg = cfglib.load(RenderConfig, config, set_ or [])
+    flags = {
+        "resolution": resolution,
+        "orbits": orbits,
+        "seed": seed,
+        "cameras.views": views,
+        "cycles.samples": samples,
+        "cycles.threads": threads,
+        "cycles.denoise": denoise,
+        "cycles.adaptive_threshold": adaptive_threshold,
+        "cycles.max_bounces": max_bounces,
+        "cycles.view_transform": view_transform,
+        "lighting.hdri_dir": hdri_dir,
+        "lighting.visible_to_camera": hdri_visible,
+        "passes.depth": depth,
+        "passes.normal": normal,
+        "passes.albedo": albedo,
+        "limits.timeout_s": timeout,
+        "limits.memory_gb": memory_gb,
+        "limits.retries": retries,
+        "limits.max_faces": max_faces,
+        "download.cache_dir": cache_dir,
+    }
+    cfg = cfglib.with_flags(cfg, flags)
+    objects = resolve_sources(
+        sources,
+        captions=captions,
+        objaverse=ObjaverseSelection(uids_file=uids, lvis=lvis, limit=limit),
+        cache=cfg.download.cache_dir,
+        base_url=objaverse_url,
+        download_timeout_s=cfg.download.timeout_s,
+        download_retries=cfg.download.retries,
+    )
+    run_render(
+        objects,
+        out,
+        cfg,
+        workers=workers,
+        address=address,
+        gpus_per_worker=gpus_per_worker,
+        retry_failed=retry_failed,
+        overwrite=overwrite,
+    )

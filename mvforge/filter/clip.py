@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from mvforge.devices import resolve_device
 from mvforge.errors import UserError
 from mvforge.filter.config import LOCAL_DIR_PREFIX, FilterConfig
 from mvforge.filter.gates import view_metrics
@@ -67,16 +68,6 @@ def check_quickgelu(model_name: str, pretrained: str) -> None:
             f"pretrained {pretrained!r} was trained with QuickGELU but model {model_name!r} uses GELU; "
             f"use --model {model_name}-quickgelu"
         )
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but no CUDA GPU is visible; use --device cpu (or auto)")
-    return device
 
 
 def model_spec(cfg: FilterConfig) -> tuple[str, str | None]:

@@ -155,9 +155,9 @@ def check_device(cfg: FilterConfig) -> None:
             raise UserError("--device cuda with the Ray engine needs --gpus-per-worker > 0")
         on_gpu = r.gpus_per_worker > 0
     else:
-        from mvforge.filter.clip import resolve_device
+        from mvforge.devices import resolve_device
 
-        on_gpu = resolve_device(m.device) == "cuda"
+        on_gpu = resolve_device(m.device).type == "cuda"
     if m.precision != "fp32" and not on_gpu:
         raise UserError(f"--precision {m.precision} needs a GPU; use --precision fp32 on CPU")
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from mvforge import config as config_mod
+from mvforge.devices import resolve_device
 from mvforge.errors import UserError
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, versions
 from mvforge.train.config import FitConfig
@@ -59,14 +60,6 @@ class Runtime:
     def barrier(self) -> None:
         if self.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("device cuda requested but no CUDA GPU is visible; use --set device=cpu")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -1,0 +1,39 @@
+"""The one device resolver of every torch stage (filter, train, sample, sds, eval; issue 8)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mvforge.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps`` → a ``torch.device``.
+
+    ``auto`` picks the first CUDA GPU when one is visible, else the CPU (never MPS: several ops the UNet needs
+    fall back to the CPU there silently). Raises UserError for a GPU that is not visible or an unknown name.
+    """
+    import torch
+
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name} requested but no CUDA GPU is visible; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(
+                f"device {name}: only {torch.cuda.device_count()} CUDA GPU(s) visible; use cuda:0"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {name} requested but MPS is not available; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return dev
