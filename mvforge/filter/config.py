@@ -39,6 +39,10 @@ class ClipModelConfig:
     image_batch_size: int = 64
     """Images per encode_image call (views of several objects are packed together)."""
 
+    def __post_init__(self) -> None:
+        if self.image_batch_size < 1:
+            raise UserError(f"model.image_batch_size must be >= 1 (got {self.image_batch_size})")
+
 
 @dataclass(frozen=True)
 class TextConfig:
@@ -53,6 +57,12 @@ class TextConfig:
     max_tags: int = 5
     """At most this many tags are appended (CLIP's context is 77 tokens)."""
 
+    def __post_init__(self) -> None:
+        if "{}" not in self.template:
+            raise UserError(f"text template {self.template!r} has no '{{}}' for the object's text; add one")
+        if not self.fields:
+            raise UserError("text.fields is empty; name at least one meta.json field, e.g. caption")
+
 
 @dataclass(frozen=True)
 class ViewsConfig:
@@ -62,6 +72,12 @@ class ViewsConfig:
     """Views scored per object, evenly spaced over its rendered views (8 of 32 = every 4th azimuth)."""
     background_rgb: tuple[int, int, int] = (255, 255, 255)
     """RGBA renders are composited on this colour before preprocessing (white, as CLIP saw product shots)."""
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise UserError(f"--views {self.count}: score at least 1 view per object")
+        if any(not 0 <= c <= 255 for c in self.background_rgb):
+            raise UserError(f"views.background_rgb {self.background_rgb}: use three values in 0..255")
 
 
 @dataclass(frozen=True)
@@ -104,6 +120,11 @@ class SelectConfig:
     threshold is reported, and objects tied with it are all kept (so the threshold, given back as
     clip_threshold, reproduces the selection). Exclusive with clip_threshold."""
 
+    def __post_init__(self) -> None:
+        parse_agg(self.agg)
+        if self.keep_fraction is not None and not 0.0 <= self.keep_fraction <= 1.0:
+            raise UserError(f"--keep-fraction {self.keep_fraction}: use a fraction in [0, 1]")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -121,6 +142,10 @@ class RunConfig:
     """Objects per map_batches call; also the resume granularity (one part file per batch)."""
     read_threads: int = 4
     """Threads decoding the views of a batch inside each actor (or this process); 1 decodes serially."""
+
+    def __post_init__(self) -> None:
+        if min(self.objects_per_batch, self.workers, self.read_threads) < 1:
+            raise UserError("run.objects_per_batch, run.workers and run.read_threads must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -154,6 +179,11 @@ class FilterConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     """report.html contents."""
 
+    def __post_init__(self) -> None:
+        name, k = parse_agg(self.select.agg)
+        if name == "topk" and k > self.views.count:
+            raise UserError(f"--agg topk:{k} needs at least {k} scored views; raise --views or lower K")
+
 
 def parse_agg(agg: str) -> tuple[str, int]:
     """``mean``/``median``/``max`` -> (name, 0); ``topk:K`` -> ("topk", K)."""
@@ -166,26 +196,11 @@ def parse_agg(agg: str) -> tuple[str, int]:
 
 
 def validate(cfg: FilterConfig) -> None:
-    """Reject inconsistent settings before any work starts (one line naming the fix)."""
-    if "{}" not in cfg.text.template:
-        raise UserError(f"text template {cfg.text.template!r} has no '{{}}' for the object's text; add one")
-    if not cfg.text.fields:
-        raise UserError("text.fields is empty; name at least one meta.json field, e.g. caption")
-    if cfg.views.count < 1:
-        raise UserError(f"--views {cfg.views.count}: score at least 1 view per object")
-    if any(not 0 <= c <= 255 for c in cfg.views.background_rgb):
-        raise UserError(f"views.background_rgb {cfg.views.background_rgb}: use three values in 0..255")
-    name, k = parse_agg(cfg.select.agg)
-    if name == "topk" and k > cfg.views.count:
-        raise UserError(f"--agg topk:{k} needs at least {k} scored views; raise --views or lower K")
+    """The one rule a config cannot check on construction: a run needs exactly one selection rule (the
+    default config names none, so presets stay composable). Every other check is in ``__post_init__``."""
     s = cfg.select
     if (s.clip_threshold is None) == (s.keep_fraction is None):
         raise UserError("pass exactly one of --clip-threshold X or --keep-fraction F")
-    if s.keep_fraction is not None and not 0.0 <= s.keep_fraction <= 1.0:
-        raise UserError(f"--keep-fraction {s.keep_fraction}: use a fraction in [0, 1]")
-    # Precision against device is checked by pipeline.check_device, only when something is to be scored.
-    if min(cfg.model.image_batch_size, cfg.run.objects_per_batch, cfg.run.workers, cfg.run.read_threads) < 1:
-        raise UserError("image_batch_size, objects_per_batch, workers and read_threads must be >= 1")
 
 
 def scoring_key(cfg: FilterConfig) -> dict:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from mvforge.errors import UserError
+
 
 @dataclass(frozen=True)
 class ShardConfig:
@@ -19,7 +21,20 @@ class ShardConfig:
     val_fraction: float = 0.01
     """Fraction of objects in the val split, chosen by a hash of the uid so the split is stable as data grows."""
     workers: int = 2
-    """Concurrent shard-writing Ray tasks (one task per shard); 0 writes in the driver without Ray."""
+    """Concurrent shard-writing Ray tasks (one task per shard); 0 writes in the driver without Ray.
+    Execution only: not part of index.json's config (resume with another worker count is the same output)."""
+
+    def __post_init__(self) -> None:
+        if self.max_count < 1:
+            raise UserError(f"max_count must be >= 1 (got {self.max_count}); pass --max-count 1000")
+        if self.max_size_mb <= 0:
+            raise UserError(f"max_size_mb must be > 0 (got {self.max_size_mb}); pass --max-size-mb 1000")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UserError(
+                f"val_fraction must be in [0, 1) (got {self.val_fraction}); pass --val-fraction 0.01"
+            )
+        if self.workers < 0:
+            raise UserError(f"workers must be >= 0 (got {self.workers}); pass --workers 2")
 
 
 @dataclass(frozen=True)
@@ -56,3 +71,16 @@ class LoaderConfig:
     """Samples held to shuffle within one shard visit (0: read order). The writer already shuffled objects."""
     max_empty_visits: int = 50
     """Consecutive shard visits without one good sample before the loader gives up (all data bad)."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "num_views", "resolution", "max_empty_visits"):
+            if getattr(self, name) < 1:
+                raise UserError(
+                    f"loader.{name} must be >= 1 (got {getattr(self, name)}); set it to 1 or more"
+                )
+        if not 0.0 <= self.p_3d <= 1.0:
+            raise UserError(f"loader.p_3d must be in [0, 1] (got {self.p_3d}); set it to e.g. 0.7")
+        if self.num_workers < 0 or self.shuffle_buffer < 0:
+            raise UserError("loader.num_workers and loader.shuffle_buffer must be >= 0")
+        if any(not 0 <= c <= 255 for c in self.background_rgb):
+            raise UserError(f"loader.background_rgb {self.background_rgb}: use three values in 0..255")

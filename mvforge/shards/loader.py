@@ -397,14 +397,7 @@ class MultiViewLoader:
         world_size: int | None = None,
         storage_options: dict | None = None,
     ):
-        for name in ("batch_size", "num_views", "resolution"):
-            if getattr(cfg, name) < 1:
-                raise UserError(
-                    f"{name} must be >= 1 (got {getattr(cfg, name)}); set loader {name} to 1 or more"
-                )
-        if not 0.0 <= cfg.p_3d <= 1.0:
-            raise UserError(f"p_3d must be in [0, 1] (got {cfg.p_3d}); set loader p_3d to e.g. 0.7")
-        self.cfg = cfg
+        self.cfg = cfg  # validated by LoaderConfig.__post_init__
         self.rank, self.world_size = rank_and_world(rank, world_size)
         self.n_streams = max(1, cfg.num_workers)
         urls_3d, total = resolve_shards(shards_3d, "train", storage_options)

@@ -51,12 +51,7 @@ def order_key(seed: int, uid: str) -> bytes:
 def plan_shards(uids: Sequence[str], sizes: Mapping[str, int], cfg: ShardConfig) -> list[ShardSpec]:
     """Shards for ``uids`` (sizes in bytes per uid): split by uid hash, ordered by (seed, uid) hash, packed
     greedily so no shard passes max_count samples or max_size_mb (a single larger object gets its own)."""
-    if cfg.max_count < 1:
-        raise UserError(f"max_count must be >= 1 (got {cfg.max_count}); pass --max-count 1000 or similar")
-    if cfg.max_size_mb <= 0:
-        raise UserError(f"max_size_mb must be > 0 (got {cfg.max_size_mb}); pass --max-size-mb 1000")
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise UserError(f"val_fraction must be in [0, 1) (got {cfg.val_fraction}); pass --val-fraction 0.01")
+    # cfg's own ranges are checked by ShardConfig.__post_init__.
     if len(set(uids)) != len(uids):
         raise UserError("duplicate uids in the input; each object must appear once")
     max_bytes = int(cfg.max_size_mb * 1e6)

@@ -175,8 +175,6 @@ def run_shard(
     """Shard ``renders`` into ``out`` (path or URL); resumes from markers; returns the index document."""
     from mvforge.progress import StageProgress, print_summary
 
-    if cfg.workers < 0:
-        raise UserError(f"workers must be >= 0 (got {cfg.workers}); pass --workers 2")
     inp = collect_input(renders, selection)
     specs = plan_shards(inp.uids, inp.sizes, cfg)
     fs, root = open_fs(out, storage_options)
