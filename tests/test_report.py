@@ -198,7 +198,7 @@ def test_missing_stages_say_so(tmp_path):
 def test_cli_writes_report_and_rejects_bad_input(run_dir):
     root, uids, _ = run_dir
     proc = subprocess.run(
-        [str(MVDATA), "report", str(root), "--views", "2", "--embed"], capture_output=True, text=True
+        [str(MVDATA), "report", str(root), "--views-shown", "2", "--embed"], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(root / "report.html")

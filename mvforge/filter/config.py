@@ -75,7 +75,7 @@ class ViewsConfig:
 
     def __post_init__(self) -> None:
         if self.count < 1:
-            raise UserError(f"--views {self.count}: score at least 1 view per object")
+            raise UserError(f"--score-views {self.count}: score at least 1 view per object")
         if any(not 0 <= c <= 255 for c in self.background_rgb):
             raise UserError(f"views.background_rgb {self.background_rgb}: use three values in 0..255")
 
@@ -182,7 +182,7 @@ class FilterConfig:
     def __post_init__(self) -> None:
         name, k = parse_agg(self.select.agg)
         if name == "topk" and k > self.views.count:
-            raise UserError(f"--agg topk:{k} needs at least {k} scored views; raise --views or lower K")
+            raise UserError(f"--agg topk:{k} needs at least {k} scored views; raise --score-views or lower K")
 
 
 def parse_agg(agg: str) -> tuple[str, int]:

@@ -56,7 +56,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, make_cfg, tiny_clip):
     # The weights as a checkpoint file + registered config (the local-dir: path is covered in test_clip.py).
     out = tmp_path / "killed"
     args = [
-        "filter", str(renders), "--out", str(out), "--engine", "local", "--views", "2", "--agg", "max",
+        "filter", str(renders), "--out", str(out), "--engine", "local", "--score-views", "2", "--agg", "max",
         "--model", TINY_NAME, "--model-config", str(tiny_clip / f"{TINY_NAME}.json"),
         "--pretrained", str(tiny_clip / WEIGHTS), "--keep-fraction", "0.5", "--set", "run.objects_per_batch=1",
     ]  # fmt: skip
@@ -83,7 +83,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, make_cfg, tiny_clip):
     scores = pd.read_parquet(out / "scores.parquet")
     assert len(scores) == N_KILL and scores["uid"].is_unique
     assert not list(parts.glob("*"))  # merged parts are removed; no torn temporaries left
-    assert scores["views"].map(list).tolist() == [[0, 2]] * N_KILL  # --views 2 of 4
+    assert scores["views"].map(list).tolist() == [[0, 2]] * N_KILL  # --score-views 2 of 4
     assert (scores["aggregate"] == scores["cosines"].map(max)).all()  # --agg max
     expected = pd.read_parquet(reference / "selection.parquet")
     got = pd.read_parquet(out / "selection.parquet")
