@@ -139,13 +139,21 @@ class RunConfig:
     gpus_per_worker: float = 0.0
     """GPUs per actor; > 0 puts the model on cuda."""
     objects_per_batch: int = 16
-    """Objects per map_batches call; also the resume granularity (one part file per batch)."""
+    """Objects per map_batches call."""
+    objects_per_part: int = 2048
+    """Scored objects grouped into one parquet part (the resume journal): ~170 files for 350K objects."""
+    part_flush_s: float = 120.0
+    """A part is also written when this many seconds passed since the last one: a kill loses at most that."""
     read_threads: int = 4
     """Threads decoding the views of a batch inside each actor (or this process); 1 decodes serially."""
 
     def __post_init__(self) -> None:
-        if min(self.objects_per_batch, self.workers, self.read_threads) < 1:
-            raise UserError("run.objects_per_batch, run.workers and run.read_threads must be >= 1")
+        if min(self.objects_per_batch, self.workers, self.read_threads, self.objects_per_part) < 1:
+            raise UserError(
+                "run.objects_per_batch, run.objects_per_part, run.workers and run.read_threads must be >= 1"
+            )
+        if self.part_flush_s <= 0:
+            raise UserError(f"run.part_flush_s must be > 0 (got {self.part_flush_s})")
 
 
 @dataclass(frozen=True)

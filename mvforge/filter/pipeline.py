@@ -1,7 +1,7 @@
 """`mvdata filter`: score the objects of a render directory, then select, report and record (design §2.2, §4).
 
 ```
-filter/parts/part-<run>-<seq>.parquet   one file per scored batch, renamed into place (the resume journal)
+filter/parts/part-<run>-<seq>.parquet   scored batches grouped (run.objects_per_part), renamed into place whole
 filter/scores.parquet                   all rows, one per uid, merged from the parts; + aggregate and gates
 filter/selection.parquet                uid, score, kept, reason when dropped, threshold used
 filter/report.html                      histogram, counts, contact sheets
@@ -48,6 +48,38 @@ def write_parquet_atomic(table, path: Path, metadata: dict | None = None) -> Non
     buf = io.BytesIO()
     pq.write_table(table, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+class PartWriter:
+    """Groups scored batches into parquet parts of about ``objects_per_part`` rows (or whatever arrived within
+    ``flush_s`` seconds), each written whole under a unique name: the resume journal.
+
+    One part per Ray batch would mean ~50K small files at Objaverse scale (issue 8); a part per few thousand
+    objects keeps the directory small while a kill loses at most ``flush_s`` seconds of scoring.
+    """
+
+    def __init__(self, out: Path, run_id: str, objects_per_part: int, flush_s: float):
+        self.out, self.run_id = out, run_id
+        self.objects_per_part, self.flush_s = objects_per_part, flush_s
+        self.pending: list = []
+        self.rows = 0
+        self.written = 0
+        self.last_flush = time.monotonic()
+
+    def add(self, table) -> None:
+        self.pending.append(table)
+        self.rows += table.num_rows
+        if self.rows >= self.objects_per_part or time.monotonic() - self.last_flush >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if self.pending:
+            path = self.out / PARTS / f"part-{self.run_id}-{self.written:06d}.parquet"
+            write_parquet_atomic(pa.concat_tables(self.pending), path)
+            self.written += 1
+        self.pending, self.rows, self.last_flush = [], 0, time.monotonic()
 
 
 def part_files(out: Path) -> list[Path]:
@@ -214,14 +246,16 @@ def run_filter(
             score_ray(root, todo, cfg, address) if cfg.run.engine == "ray" else score_local(root, todo, cfg)
         )
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        parts = PartWriter(out, run_id, cfg.run.objects_per_part, cfg.run.part_flush_s)
         with StageProgress("filter", total=len(todo), enabled=progress) as bar:
-            for seq, table in enumerate(batches):
+            for table in batches:
                 table = table.cast(SCORE_SCHEMA)
-                write_parquet_atomic(table, out / PARTS / f"part-{run_id}-{seq:06d}.parquet")
+                parts.add(table)
                 images += sum(len(c) for c in table.column("cosines").to_pylist())
                 for reason in table.column("reason").to_pylist():
                     counts[reason or "ok"] += 1
                     bar.advance(reason or "ok")
+            parts.flush()
     t_score = time.monotonic() - t_score
 
     # 2. Merge parts into scores.parquet (one row per uid), then drop the merged parts.

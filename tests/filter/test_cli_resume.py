@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -27,7 +28,7 @@ from mvforge.filter.pipeline import run_filter
 from mvforge.filter.tiny import TINY_NAME, WEIGHTS
 from mvforge.render.synthetic import write_synthetic_render_dir
 
-N_KILL = 24  # objects, one part file each: the killed run is caught after 3 parts
+N_KILL = 24  # objects, two per part file (run.objects_per_part=2): the killed run is caught after 3 parts
 MVDATA = str(Path(sys.executable).with_name("mvdata"))
 
 
@@ -58,7 +59,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, make_cfg, tiny_clip):
     args = [
         "filter", str(renders), "--out", str(out), "--engine", "local", "--score-views", "2", "--agg", "max",
         "--model", TINY_NAME, "--model-config", str(tiny_clip / f"{TINY_NAME}.json"),
-        "--pretrained", str(tiny_clip / WEIGHTS), "--keep-fraction", "0.5", "--set", "run.objects_per_batch=1",
+        "--pretrained", str(tiny_clip / WEIGHTS), "--keep-fraction", "0.5", "--set", "run.objects_per_batch=1", "--set", "run.objects_per_part=2",
     ]  # fmt: skip
     proc = subprocess.Popen([MVDATA, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     parts = out / "parts"
@@ -70,8 +71,11 @@ def test_sigkill_mid_run_then_resume(tmp_path, make_cfg, tiny_clip):
     assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    scored_before = len(list(parts.glob("part-*.parquet")))
-    assert 3 <= scored_before < N_KILL and not (out / "summary.json").exists()
+    part_paths = sorted(parts.glob("part-*.parquet"))
+    scored_before = len(part_paths)
+    assert 3 <= scored_before < N_KILL // 2 and not (out / "summary.json").exists()
+    # Batches of one object are grouped two to a part (issue 8: no file per batch at scale).
+    assert {pq.read_metadata(p).num_rows for p in part_paths} == {2}
 
     resumed = mvdata(*args)
     assert resumed.returncode == 0, resumed.stderr
@@ -79,7 +83,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, make_cfg, tiny_clip):
     for name in ("scores.parquet", "selection.parquet", "report.html", "config.toml", "summary.json"):
         assert (out / name).is_file(), name
     summary = pd.read_json(out / "summary.json", typ="series")
-    assert summary["scored_this_run"] == N_KILL - scored_before  # resume skipped what the killed run stored
+    assert summary["scored_this_run"] == N_KILL - 2 * scored_before  # resume skipped what the killed run stored
     scores = pd.read_parquet(out / "scores.parquet")
     assert len(scores) == N_KILL and scores["uid"].is_unique
     assert not list(parts.glob("*"))  # merged parts are removed; no torn temporaries left
