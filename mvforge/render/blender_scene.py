@@ -28,7 +28,7 @@ from mathutils import Matrix
 
 from mvforge.cameras import View
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json
-from mvforge.render import layout
+from mvforge.render import layout, precheck
 
 # Object types whose evaluated form is a mesh Cycles renders (curves with bevel, text and metaballs included).
 GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "FONT", "META"}
@@ -71,6 +71,7 @@ def render_job(job: dict, staging: Path) -> dict:
 
     # 1. Fresh scene and import.
     bpy.ops.wm.read_factory_settings(use_empty=True)
+    precheck = check_positions_before_import(job.get("importer"), job.get("input_path"))
     import_object(job.get("importer"), job.get("input_path"))
     t_import = time.perf_counter()
 
@@ -88,6 +89,7 @@ def render_job(job: dict, staging: Path) -> dict:
     vertex_colors = apply_vertex_colors(bool(materials.get("vertex_colors", True)))
     normalization = normalize(geo.points)
     stats = scene_stats(geo, missing, stripped, vertex_colors)
+    stats["positions_precheck"] = precheck
 
     # 5-6. World, engine and output settings.
     setup_world(job["hdri"])
@@ -164,6 +166,21 @@ def import_object(importer: str | None, input_path: str | None) -> None:
         raise RenderFailure("import_error", f"{importer} import failed: {one_line(e)}") from e
     if "FINISHED" not in result:
         raise RenderFailure("import_error", f"{importer} import returned {sorted(result)}")
+
+
+def check_positions_before_import(importer: str | None, input_path: str | None) -> str:
+    """Fail ``non_finite`` when the file holds NaN/inf positions its importer would silently set to 0 (issue
+    11); return how the positions were checked (``mvforge.render.precheck``), recorded in meta.json stats."""
+    if not input_path or not os.path.isfile(input_path):
+        return "not_needed"  # import_object reports the missing file
+    bad, how = precheck.non_finite_positions(importer, input_path)
+    if bad:
+        what = "POSITION accessors with non-finite bounds" if how == "accessor_bounds" else "positions"
+        raise RenderFailure(
+            "non_finite",
+            f"{bad} {what} are NaN or infinite in the file (the {importer} importer would silently set them to 0)",
+        )
+    return how
 
 
 def append_blend_objects(path: str) -> None:

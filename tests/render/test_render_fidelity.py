@@ -301,6 +301,18 @@ def test_points_only_is_no_mesh_and_points_never_count(tmp):
     assert "20 loose vertices" in result["message"]
 
 
+# --- 4. non-finite positions ----------------------------------------------------------------------------------
+
+
+def test_non_finite_obj_fails_before_the_importer_repairs_it(tmp):
+    # Blender's OBJ importer would read the inf as 0 and render a different, flat object as ok.
+    path = tmp / "inf.obj"
+    path.write_text("v 0 0 0\nv 1 0 0\nv inf 1 0\nv 0 0 1\nf 1 2 3\nf 1 2 4\n")
+    code, result, _ = run_worker(tmp, "inf-obj", path, SMALL)
+    assert (code, result["reason"]) == (worker.EXIT_FAILED, "non_finite")
+    assert "importer would silently set them to 0" in result["message"]
+
+
 # --- 5. instanced geometry -------------------------------------------------------------------------------------
 
 INSTANCE_SCRIPT = """
