@@ -75,9 +75,10 @@ class GatesConfig:
     empty_coverage_max: float = 0.0005
     """empty_render: every scored view has an object-pixel fraction at or below this."""
     tiny_coverage_min: float = 0.0025
-    """tiny_coverage: the median object-pixel fraction over scored views is below this. The renderer frames the
-    unit cube's circumsphere (``cameras.OrbitSampling.frame_radius``): a normalised cube covers ~25% of the
-    image, a thin rod (1 x 0.03) ~0.6%; 0.25% (~160 pixels at 256²) flags objects that normalisation shrank
+    """tiny_coverage: the median object-pixel fraction over scored views is below this. Under the ``fit``
+    framing the renderer frames the unit cube's circumsphere (``cameras.OrbitSampling.frame_radius``; objects
+    are about 4x larger in area under ``mvdream``, so this limit is conservative there): a normalised cube
+    covers ~25% of the image, a thin rod (1 x 0.03) ~0.6%; 0.25% (~160 pixels at 256²) flags objects that normalisation shrank
     (a stray far vertex), not thin ones."""
     border_pixels_max_fraction: float = 0.02
     """A view is cut by the border when more than this fraction of its outermost pixel ring is object (2% of

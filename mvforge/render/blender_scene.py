@@ -3,9 +3,12 @@
 The only module of mvforge that imports ``bpy`` (design §1). Everything it decides was decided by the planner
 (``mvforge.render.plan.plan_job``): cameras, HDRI, rotation, strength, seed. This module only executes:
 
-1. a fresh empty scene, then the format's bpy 5 importer;
-2. drop cameras and lights, evaluate armatures and shape keys at frame 0, gather the evaluated vertices;
-3. guards (reason codes of ``mvforge.render.layout.REASONS``), then normalise into [-0.5, 0.5]^3 (design §3);
+1. a fresh empty scene; positions the importer would silently repair (NaN/inf) are checked first
+   (``mvforge.render.precheck``), then the format's bpy 5 importer;
+2. drop cameras and lights, evaluate armatures and shape keys at frame 0, gather what renders (faces, point
+   clouds, curves; not loose vertices or hidden objects);
+3. guards (reason codes of ``mvforge.render.layout.REASONS``), missing textures (fail or strip), vertex-colour
+   materials (issue 11), then normalise what renders into [-0.5, 0.5]^3 (design §3);
 4. HDRI world, Cycles with every setting explicit, one camera whose ``matrix_world`` is the view's c2w;
 5. per view: RGBA PNG plus optional depth / normal / albedo passes, then ``cameras.json``.
 
