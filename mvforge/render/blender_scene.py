@@ -74,7 +74,7 @@ def render_job(job: dict, staging: Path) -> dict:
 
     # 1. Fresh scene and import.
     bpy.ops.wm.read_factory_settings(use_empty=True)
-    precheck = check_positions_before_import(job.get("importer"), job.get("input_path"))
+    positions_check = check_positions_before_import(job.get("importer"), job.get("input_path"))
     import_object(job.get("importer"), job.get("input_path"))
     t_import = time.perf_counter()
 
@@ -92,7 +92,7 @@ def render_job(job: dict, staging: Path) -> dict:
     vertex_colors = apply_vertex_colors(bool(materials.get("vertex_colors", True)))
     normalization = normalize(geo.points)
     stats = scene_stats(geo, missing, stripped, vertex_colors)
-    stats["positions_precheck"] = precheck
+    stats["positions_precheck"] = positions_check
 
     # 5-6. World, engine and output settings.
     setup_world(job["hdri"])

@@ -104,8 +104,9 @@ def write_binary_ply(path: Path, verts: np.ndarray, faces: list[tuple[int, ...]]
     return path
 
 
-# The importers of text and binary formats (OBJ, PLY, glTF) replace NaN coordinates by 0, so a NaN vertex
-# reaches the scene only through a .blend: made here by Blender itself, in a separate process.
+# The importers of text and binary formats (OBJ, PLY, glTF) replace NaN coordinates by 0; the worker catches
+# those before importing (tests/render/test_precheck.py). A NaN vertex reaches the scene, and the post-import
+# guard, only through a .blend: made here by Blender itself, in a separate process.
 NAN_BLEND_SCRIPT = """
 import sys, bpy, numpy as np
 bpy.ops.wm.read_factory_settings(use_empty=True)
