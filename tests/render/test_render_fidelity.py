@@ -175,6 +175,14 @@ def write_gltf(
     return path
 
 
+def write_color_obj_with_material(path: Path) -> Path:
+    """The OBJ cube with vertex colours and its own blue material, which ignores them."""
+    path.with_suffix(".mtl").write_text("newmtl blue\nKd 0 0 1\n")
+    text = write_color_obj(path).read_text()
+    path.write_text(f"mtllib {path.with_suffix('.mtl').name}\nusemtl blue\n{text}")
+    return path
+
+
 def write_color_gltf(path: Path) -> Path:
     """A glTF cube with COLOR_0 (linear, per the glTF spec) equal to ``SRGB`` decoded, and no material."""
     verts, tris = cube_triangles()
@@ -213,6 +221,7 @@ def color_runs(tmp):
         "ply": write_color_ply(tmp / "color.ply"),
         "obj": write_color_obj(tmp / "color.obj"),
         "gltf": write_color_gltf(tmp / "color.gltf"),
+        "obj-material": write_color_obj_with_material(tmp / "color-material.obj"),
         "real-ply": DATA / "vertex_colors_ply" / "reference.ply",
     }
     return {name: run_worker(tmp, f"color-{name}", path, ALBEDO) for name, path in inputs.items()}
@@ -251,6 +260,16 @@ def test_vertex_colors_render_in_their_colour_space(color_runs, fmt):
         # Every fully covered pixel shows the source colour (a grey or a colour-space slip is off by > 40).
         assert np.abs(np.median(inside, axis=0) - SRGB).max() <= COLOR_TOL, (fmt, np.median(inside, axis=0))
         assert np.mean(np.abs(inside - SRGB).max(axis=1) <= COLOR_TOL) > 0.95
+
+
+def test_a_material_that_ignores_vertex_colors_is_kept_and_recorded(color_runs):
+    code, result, staging = color_runs["obj-material"]
+    assert code == worker.EXIT_OK, result
+    assert result["stats"]["vertex_colors"] == {"applied": 0, "used_by_material": 0, "ignored_by_material": 1}
+    alpha = rgba(staging / layout.view_name(0))[..., 3]
+    with Image.open(staging / layout.view_name(0, "albedo")) as im:
+        albedo = np.asarray(im.convert("RGB")).astype(np.float64)[alpha == 255]
+    assert np.abs(np.median(albedo, axis=0) - [0, 0, 255]).max() <= COLOR_TOL  # the author's blue, not SRGB
 
 
 def test_real_vertex_coloured_scan_is_not_grey(color_runs):
@@ -299,6 +318,39 @@ def test_points_only_is_no_mesh_and_points_never_count(tmp):
     code, result, _ = run_worker(tmp, "points-only", write_gltf(tmp / "points.gltf", pts, None, None), SMALL)
     assert (code, result["reason"]) == (worker.EXIT_FAILED, "no_mesh")
     assert "20 loose vertices" in result["message"]
+
+
+HIDDEN_SCRIPT = """
+import sys, bpy
+bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.ops.mesh.primitive_cube_add(size=2.0)  # visible: [-1, 1]^3
+bpy.ops.mesh.primitive_cube_add(size=2.0, location=(50, 0, 0))
+bpy.context.active_object.hide_render = True
+bpy.ops.mesh.primitive_cube_add(size=2.0, location=(0, -40, 0))
+bpy.context.active_object.visible_camera = False
+mesh = bpy.data.meshes.new("cloud")  # two loose points, converted: Cycles renders point clouds, they count
+mesh.from_pydata([(1, 0, 0), (3, 0, 0)], [], [])
+cloud = bpy.data.objects.new("cloud", mesh)
+bpy.context.scene.collection.objects.link(cloud)
+bpy.context.view_layer.objects.active = cloud
+bpy.ops.object.select_all(action="DESELECT")
+cloud.select_set(True)
+bpy.ops.object.convert(target="POINTCLOUD")
+bpy.ops.wm.save_as_mainfile(filepath=sys.argv[1])
+"""
+
+
+def test_hidden_objects_are_ignored_and_point_clouds_count(tmp):
+    path = tmp / "hidden.blend"
+    subprocess.run(
+        [sys.executable, "-c", HIDDEN_SCRIPT, str(path)], check=True, capture_output=True, timeout=120
+    )
+    code, result, _ = run_worker(tmp, "hidden", path, dataclasses.replace(SMALL, resolution=32))
+    assert code == worker.EXIT_OK, result
+    # Rendered extent: x in [-1, 3] (cube + cloud), y and z in [-1, 1]: scale 1/4, centre x = 1.
+    assert result["normalization"]["scale"] == pytest.approx(0.25, rel=1e-6)
+    assert result["normalization"]["offset"] == pytest.approx([-0.25, 0.0, 0.0], abs=1e-6)
+    assert result["stats"]["ignored"] == {"loose_vertices": 0, "hidden_objects": 2}
 
 
 # --- 4. non-finite positions ----------------------------------------------------------------------------------
