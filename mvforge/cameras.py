@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -118,12 +119,19 @@ class OrbitSampling:
     """Lower bound of the fov, vertical = horizontal, drawn once per orbit (paper: U[15, 60])."""
     fov_max_deg: float = 60.0
     """Upper bound of the fov."""
+    framing: Literal["mvdream", "fit"] = "fit"
+    """How far the camera stands (issue 11), recorded in cameras.json:
+
+    - ``"mvdream"``: the paper's rule (arXiv 2308.16512 §4.1 as reported by a secondary source, design §3, §10):
+      distance = 0.5 / tan(fov / 2) x jitter. At jitter 1 the unit square on the centre plane spans the whole
+      image: the object fills the frame and its near corners may be cut. This reproduces the paper; MVDream's
+      own SDS samples cameras at about the same ratio (about 10% tighter: [0.8, 1.0] / tan(fov / 2) around a
+      radius-1 field), so a model trained on ``fit`` renders sees objects half the size it is queried at.
+    - ``"fit"``: distance = frame_radius / sin(fov / 2) x jitter: the sphere of radius ``frame_radius`` stays
+      inside the view cone, so nothing is ever cut and objects fill about half the frame."""
     frame_radius: float = 0.9623
-    """Radius of the sphere about the origin that the view cone is fitted to:
-    distance = frame_radius / sin(fov / 2) x jitter, so the object's size on screen does not depend on the fov.
-    Default sqrt(3)/2 / 0.9: the circumsphere of the unit cube stays inside the image even at the smallest
-    jitter. (The design's 0.5 / tan(fov/2) frames only the cube's centre plane: any object that fills the
-    cube was cut by the image border, worst at wide fov where the near faces are magnified.)"""
+    """``fit`` framing only: radius of the sphere about the origin that the view cone is fitted to. Default
+    sqrt(3)/2 / 0.9: the circumsphere of the unit cube stays inside the image even at the smallest jitter."""
     distance_jitter_min: float = 0.9
     """Lower bound of the distance jitter factor."""
     distance_jitter_max: float = 1.1
@@ -165,11 +173,24 @@ def sample_orbits(rng: np.random.Generator, sampling: OrbitSampling, orbits: int
         start = (
             float(rng.uniform(0.0, 360.0)) if sampling.random_azimuth_start else sampling.azimuth_start_deg
         )
-        distance = sampling.frame_radius / math.sin(math.radians(fov) / 2) * jitter
+        distance = framing_distance(sampling, fov) * jitter
         for k in range(sampling.views):
             azimuth = (start + 360.0 * k / sampling.views) % 360.0
             out.append(View(len(out), orbit, elevation, azimuth, fov, distance))
     return out
+
+
+def framing_distance(sampling: OrbitSampling, fov_deg: float) -> float:
+    """Camera distance before jitter for ``fov_deg`` under ``sampling.framing`` (see ``OrbitSampling.framing``).
+
+    Raises ValueError for an unknown framing (the config layer checks the literal before this is reached).
+    """
+    half = math.radians(fov_deg) / 2
+    if sampling.framing == "mvdream":
+        return 0.5 / math.tan(half)
+    if sampling.framing == "fit":
+        return sampling.frame_radius / math.sin(half)
+    raise ValueError(f"unknown framing {sampling.framing!r}; use 'mvdream' or 'fit'")
 
 
 def random_sphere_directions(rng: np.random.Generator, n: int) -> np.ndarray:

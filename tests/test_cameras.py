@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -106,3 +107,18 @@ def test_sphere_directions_unbiased():
     np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0)
     # A uniform sphere has E[|x|] = 1/2 per axis; normalize(U[-1,1]^3) over-weights the cube's corners (~0.53).
     assert abs(np.abs(d).mean() - 0.5) < 0.01
+
+
+def test_mvdream_framing_is_the_paper_rule():
+    """framing = "mvdream": distance = 0.5 / tan(fov / 2) x jitter (paper §4.1, design §3, issue 11)."""
+    s = OrbitSampling(views=4, framing="mvdream")
+    for v in cameras.sample_orbits(np.random.default_rng(5), s, orbits=3):
+        jitter = v.distance * math.tan(math.radians(v.fov_deg) / 2) / 0.5
+        assert 0.9 <= jitter <= 1.1
+        # The centre-plane unit square spans resolution / jitter pixels.
+        edge = np.array([[-0.5, 0.0, 0.0], [0.5, 0.0, 0.0]])
+        c2w = cameras.orbit_c2w(0.0, 0.0, v.distance)
+        uv = cameras.project(edge, c2w, cameras.intrinsics(v.fov_deg, 256))
+        assert uv[1, 0] - uv[0, 0] == pytest.approx(256 / jitter)
+    with pytest.raises(ValueError, match="framing"):
+        cameras.framing_distance(dataclasses.replace(s, framing="tight"), 30.0)

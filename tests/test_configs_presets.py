@@ -24,3 +24,4 @@ def test_presets_carry_the_paper_settings():
     assert (fit.loader.num_views, fit.loader.resolution, fit.loader.p_3d) == (4, 256, 0.7)
     render = load(RenderConfig, CONFIGS / "render-objaverse.toml")
     assert (render.cameras.views, render.orbits, render.resolution) == (32, 2, 256)
+    assert render.cameras.framing == "mvdream"  # the paper's distance rule (issue 11)

@@ -38,7 +38,8 @@ def report(
     ] = None,
     set_: Annotated[list[str], typer.Option("--set", help=set_help("thumb_px=128"))] = [],
     views: Annotated[
-        int | None, typer.Option("--views-shown", help="Views per object in the contact sheet (views_per_object).")
+        int | None,
+        typer.Option("--views-shown", help="Views per object in the contact sheet (views_per_object)."),
     ] = None,
     embed: Annotated[
         bool | None,

@@ -54,7 +54,11 @@ def filter_cmd(
         str | None, typer.Option("--device", help="auto | cpu | cuda (local engine) (model.device).")
     ] = None,
     views: Annotated[
-        int | None, typer.Option("--score-views", help="Views scored per object, evenly spaced over the rendered ones (views.count).")
+        int | None,
+        typer.Option(
+            "--score-views",
+            help="Views scored per object, evenly spaced over the rendered ones (views.count).",
+        ),
     ] = None,
     template: Annotated[
         str | None, typer.Option("--template", help="Text template with {} (text.template).")

@@ -20,7 +20,7 @@ from PIL import Image
 from mvforge.devices import resolve_device
 from mvforge.errors import UserError
 from mvforge.filter.config import LOCAL_DIR_PREFIX, FilterConfig
-from mvforge.filter.gates import view_metrics
+from mvforge.filter.gates import PIXEL_COLUMNS, pixel_metrics, view_metrics
 from mvforge.formats import renders as layout
 
 # Reasons an object gets no score (recorded in scores.parquet, never raised).
@@ -49,8 +49,30 @@ SCORE_SCHEMA = pa.schema(
         ("view_coverage", pa.list_(pa.float64())),
         ("view_border", pa.list_(pa.float64())),
         ("view_color_std", pa.list_(pa.float64())),
+        # Issue 11: the pixel safety net, the framing the views were rendered with, stripped textures.
+        *[(name, pa.list_(pa.float64())) for name in PIXEL_COLUMNS],
+        ("framing", pa.string()),
+        ("stripped_textures", pa.int32()),
     ]
 )
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """``table`` in SCORE_SCHEMA, columns added by later versions filled in (empty lists: nothing measured,
+    so no gate fires; 0 stripped textures; unknown framing), so a filter directory scored before them resumes.
+    """
+    n = table.num_rows
+    for field in SCORE_SCHEMA:
+        if field.name in table.column_names:
+            continue
+        if pa.types.is_list(field.type):
+            column = pa.array([[] for _ in range(n)], type=field.type)
+        elif pa.types.is_integer(field.type):
+            column = pa.array([0] * n, type=field.type)
+        else:
+            column = pa.nulls(n, type=field.type)
+        table = table.append_column(field, column)
+    return table.select(SCORE_SCHEMA.names).cast(SCORE_SCHEMA)
 
 
 # --- loading -------------------------------------------------------------------------------------------------
@@ -180,13 +202,16 @@ class _Row:
         self.views: list[int] = []
         self.images: list[Image.Image] = []
         self.metrics: list[tuple[float, float, float]] = []
+        self.pixels: list[tuple[float, float, float, float]] = []
+        self.framing: str | None = None
+        self.stripped_textures = 0
         self.cosines: list[float] = []
 
     def fail(self, reason: str, message: str, keep_metrics: bool = False) -> None:
         self.reason, self.message = reason, message
         self.images = []
         if not keep_metrics:  # a partly read object gets no gate results: its reason says why
-            self.metrics, self.views = [], []
+            self.metrics, self.pixels, self.views = [], [], []
 
 
 def read_object(root: Path, uid: str, cfg: FilterConfig) -> _Row:
@@ -201,10 +226,13 @@ def read_object(root: Path, uid: str, cfg: FilterConfig) -> _Row:
     try:
         views = obj.cameras["views"]
         files = [v.get("file") or layout.view_name(v["index"]) for v in views]
+        row.framing = obj.cameras.get("framing")
     except (OSError, ValueError, KeyError, TypeError) as e:
         row.fail("unreadable_cameras", f"{layout.CAMERAS}: {e}")
         return row
     row.views_rendered = len(files)
+    stats = meta.get("stats") if isinstance(meta, dict) else None
+    row.stripped_textures = int((stats or {}).get("stripped_textures") or 0)
     if not files:  # nothing to score or measure: without this reason it would pass as a NaN score
         row.fail("no_views", f"{layout.CAMERAS} lists no views")
         return row
@@ -221,6 +249,7 @@ def read_object(root: Path, uid: str, cfg: FilterConfig) -> _Row:
             return row
         rgb = composite(rgba, cfg.views.background_rgb)
         row.metrics.append(view_metrics(np.asarray(rgba), np.asarray(rgb), cfg.gates.alpha_threshold))
+        row.pixels.append(pixel_metrics(np.asarray(rgba), cfg.gates.alpha_threshold))
         row.images.append(rgb)
     # The text is checked after the views so an untitled object still gets its gate measurements.
     row.text = object_text(meta, cfg)
@@ -315,6 +344,9 @@ class Scorer:
                 "view_coverage": [[v[0] for v in r.metrics] for r in rows],
                 "view_border": [[v[1] for v in r.metrics] for r in rows],
                 "view_color_std": [[v[2] for v in r.metrics] for r in rows],
+                **{name: [[v[k] for v in r.pixels] for r in rows] for k, name in enumerate(PIXEL_COLUMNS)},
+                "framing": [r.framing for r in rows],
+                "stripped_textures": [r.stripped_textures for r in rows],
             },
             schema=SCORE_SCHEMA,
         )

@@ -91,9 +91,10 @@ class GatesConfig:
     empty_coverage_max: float = 0.0005
     """empty_render: every scored view has an object-pixel fraction at or below this."""
     tiny_coverage_min: float = 0.0025
-    """tiny_coverage: the median object-pixel fraction over scored views is below this. The renderer frames the
-    unit cube's circumsphere (``cameras.OrbitSampling.frame_radius``): a normalised cube covers ~25% of the
-    image, a thin rod (1 x 0.03) ~0.6%; 0.25% (~160 pixels at 256²) flags objects that normalisation shrank
+    """tiny_coverage: the median object-pixel fraction over scored views is below this. Under the ``fit``
+    framing the renderer frames the unit cube's circumsphere (``cameras.OrbitSampling.frame_radius``; objects
+    are about 4x larger in area under ``mvdream``, so this limit is conservative there): a normalised cube
+    covers ~25% of the image, a thin rod (1 x 0.03) ~0.6%; 0.25% (~160 pixels at 256²) flags objects that normalisation shrank
     (a stray far vertex), not thin ones."""
     border_pixels_max_fraction: float = 0.02
     """A view is cut by the border when more than this fraction of its outermost pixel ring is object (2% of
@@ -102,7 +103,24 @@ class GatesConfig:
     """cut_by_border: more than this fraction of scored views are cut. The renderer frames the unit cube's
     circumsphere inside the image (``cameras.OrbitSampling.frame_radius``), so a normalised object reaches the
     border only when normalisation failed (a ground plane, a backdrop): that shows in most views, while one
-    view grazing the edge must not drop an object."""
+    view grazing the edge must not drop an object. Renders made with ``cameras.framing = "mvdream"`` (the paper's
+    rule: the object fills the frame, corners may be cut; recorded in cameras.json) are exempt (issue 11)."""
+    keep_stripped_textures: bool = False
+    """Keep objects whose missing texture images the renderer stripped (render ``materials.missing_textures =
+    "strip"``, meta.json ``stats.stripped_textures``); dropped as ``stripped_textures`` by default."""
+    magenta_max_fraction: float = 0.1
+    """missing_texture_color: on average over scored views more than this fraction of the object's pixels is
+    magenta, Cycles' colour for an image it cannot load (issue 11 safety net). A genuinely magenta object is
+    dropped too: raise this to keep such objects."""
+    dark_max_fraction: float = 0.9
+    """underexposed: on average more than this fraction of the object's pixels is crushed to black (every
+    channel below 10 of 255): a light that never reached it, a black emissive-only material."""
+    clipped_max_fraction: float = 0.6
+    """overexposed: on average more than this fraction of the object's pixels is blown to white (every channel
+    at 250 or more): an emitter or a far too strong light; shading detail is gone."""
+    opaque_min_fraction: float = 0.3
+    """faint_alpha: on average less than this fraction of the object's pixels is at least half opaque: a
+    ghost of near-empty alpha (alpha-blended or zero-alpha materials) that would train as a smudge."""
     uniform_std_max: float = 0.02
     """uniform_color: the mean over views of the composited image's RGB std (0-1 scale) is below this."""
 

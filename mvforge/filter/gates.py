@@ -1,4 +1,7 @@
-"""Quality gates computed from the renders themselves (issue 5): empty, cut by the border, tiny, uniform colour.
+"""Quality gates computed from the renders themselves (issue 5): empty, cut by the border, tiny, uniform colour,
+plus the pixel-level safety net of issue 11 (the missing-image colour, under- and over-exposure, faint alpha) and
+objects whose broken textures the renderer stripped. The safety net exists because no list of importers and
+material checks in the renderer is ever complete: whatever slipped through still shows in the pixels.
 
 Raw per-view measurements are taken while the views are decoded for CLIP and stored in scores.parquet as
 lists; summaries and pass/fail decisions are computed from those lists with the current thresholds
@@ -12,11 +15,36 @@ import numpy as np
 from mvforge.filter.config import GatesConfig
 
 # Order matters: an object's drop reason is its first failing gate. An empty render is also "uniform" and a
-# frame-filling backdrop also "cut by the border", so the more specific diagnosis comes first.
-GATE_REASONS = ("empty_render", "uniform_color", "tiny_coverage", "cut_by_border")
+# frame-filling backdrop also "cut by the border", so the more specific diagnosis comes first; a render known to
+# be repaired or broken (stripped textures, magenta) is named before the generic symptoms it also shows.
+GATE_REASONS = (
+    "empty_render",
+    "stripped_textures",
+    "missing_texture_color",
+    "faint_alpha",
+    "underexposed",
+    "overexposed",
+    "uniform_color",
+    "tiny_coverage",
+    "cut_by_border",
+)
 
 # Per-view lists stored by the scorer (aligned with the ``views`` column).
 VIEW_COLUMNS = ("view_coverage", "view_border", "view_color_std")
+# The safety-net lists (issue 11), also per view: fractions of the object's pixels (alpha above the threshold).
+PIXEL_COLUMNS = ("view_magenta", "view_dark", "view_clipped", "view_opaque")
+
+# Magenta (the colour Cycles shows for an image it cannot load) after shading: red and blue within 15% of each
+# other, green under a quarter of them, not near black. Shading scales all three channels, so a hue test
+# catches lit and shadowed magenta alike.
+MAGENTA_RB_BALANCE = 0.15
+MAGENTA_G_RATIO = 0.25
+MAGENTA_MIN_LEVEL = 48
+# A pixel is crushed to black when no channel exceeds this, blown to white when every channel reaches this.
+DARK_LEVEL = 10
+CLIPPED_LEVEL = 250
+# A pixel of the object is opaque from this alpha on (half coverage).
+OPAQUE_ALPHA = 128
 
 
 def view_metrics(
@@ -33,11 +61,43 @@ def view_metrics(
     return coverage, border, std
 
 
+def pixel_metrics(rgba: np.ndarray, alpha_threshold: int) -> tuple[float, float, float, float]:
+    """The safety-net measurements of one view (issue 11), each a fraction in [0, 1] of the object's pixels
+    (alpha above ``alpha_threshold``) of ``rgba`` (H, W, 4) uint8 straight-alpha sRGB: (magenta, crushed to
+    black, blown to white, opaque). A view without object pixels gives zeros (the empty gate handles it)."""
+    mask = rgba[..., 3] > alpha_threshold
+    n = int(mask.sum())
+    if n == 0:
+        return 0.0, 0.0, 0.0, 0.0
+    px = rgba[mask].astype(np.int32)
+    r, g, b, a = px[:, 0], px[:, 1], px[:, 2], px[:, 3]
+    hi = np.maximum(r, b)
+    magenta = (
+        (hi >= MAGENTA_MIN_LEVEL)
+        & (np.abs(r - b) <= MAGENTA_RB_BALANCE * hi)
+        & (g <= MAGENTA_G_RATIO * np.minimum(r, b))
+    )
+    dark = px[:, :3].max(axis=1) < DARK_LEVEL
+    clipped = px[:, :3].min(axis=1) >= CLIPPED_LEVEL
+    opaque = a >= OPAQUE_ALPHA
+    return float(magenta.mean()), float(dark.mean()), float(clipped.mean()), float(opaque.mean())
+
+
 def gate_table(
-    coverage: list[np.ndarray], border: list[np.ndarray], color_std: list[np.ndarray], cfg: GatesConfig
+    coverage: list[np.ndarray],
+    border: list[np.ndarray],
+    color_std: list[np.ndarray],
+    cfg: GatesConfig,
+    *,
+    pixels: dict[str, list] | None = None,
+    framing: list | None = None,
+    stripped_textures: list | None = None,
 ) -> dict[str, np.ndarray]:
     """Summary metrics and "problem found" booleans per object from its per-view lists.
 
+    ``pixels``: the per-view lists of ``PIXEL_COLUMNS`` (missing ones: no measurement, no gate). ``framing``:
+    each object's cameras.json framing; under ``"mvdream"`` the paper's rule lets corners be cut, so the border
+    gate does not apply (issue 11). ``stripped_textures``: meta.json ``stats.stripped_textures`` per object.
     An object without measured views (unreadable) gets NaN metrics and fails no gate: it already has a reason.
     """
 
@@ -48,14 +108,35 @@ def gate_table(
     cov_median = reduce(coverage, np.median)
     cut = reduce(border, lambda b: (b > cfg.border_pixels_max_fraction).mean())
     std_mean = reduce(color_std, np.mean)
+    n = len(coverage)
+    pixels = pixels or {}
+
+    def pixel_mean(name: str) -> np.ndarray:
+        lists = pixels.get(name)
+        return reduce(lists, np.mean) if lists is not None else np.full(n, np.nan)
+
+    magenta, dark, clipped, opaque = (pixel_mean(c) for c in PIXEL_COLUMNS)
+    border_applies = np.array([f != "mvdream" for f in (framing if framing is not None else [None] * n)])
+    stripped = np.array(
+        [float(x) if x is not None and np.isfinite(x) else 0.0 for x in (stripped_textures or [0] * n)]
+    )
     with np.errstate(invalid="ignore"):
         return {
             "coverage_mean": reduce(coverage, np.mean),
             "coverage_median": cov_median,
             "border_cut_fraction": cut,
             "color_std_mean": std_mean,
+            "magenta_mean": magenta,
+            "dark_mean": dark,
+            "clipped_mean": clipped,
+            "opaque_mean": opaque,
             "gate_empty_render": cov_max <= cfg.empty_coverage_max,
+            "gate_stripped_textures": (stripped > 0) & (not cfg.keep_stripped_textures),
+            "gate_missing_texture_color": magenta > cfg.magenta_max_fraction,
+            "gate_faint_alpha": opaque < cfg.opaque_min_fraction,
+            "gate_underexposed": dark > cfg.dark_max_fraction,
+            "gate_overexposed": clipped > cfg.clipped_max_fraction,
             "gate_uniform_color": std_mean < cfg.uniform_std_max,
             "gate_tiny_coverage": cov_median < cfg.tiny_coverage_min,
-            "gate_cut_by_border": cut > cfg.border_views_max_fraction,
+            "gate_cut_by_border": (cut > cfg.border_views_max_fraction) & border_applies,
         }

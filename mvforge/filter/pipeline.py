@@ -92,12 +92,13 @@ def load_scored(out: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mvforge.filter.clip import SCORE_SCHEMA
+    from mvforge.filter.clip import SCORE_SCHEMA, conform
 
     tables = []
     if (out / SCORES).is_file():
-        tables.append(pq.read_table(out / SCORES, columns=SCORE_SCHEMA.names).cast(SCORE_SCHEMA))
-    tables += [pq.read_table(p).cast(SCORE_SCHEMA) for p in part_files(out)]
+        stored = pq.read_table(out / SCORES)
+        tables.append(conform(stored.select([n for n in SCORE_SCHEMA.names if n in stored.column_names])))
+    tables += [conform(pq.read_table(p)) for p in part_files(out)]
     if not tables:
         return SCORE_SCHEMA.empty_table()
     table = pa.concat_tables(tables)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from mvforge.filter.config import FilterConfig, parse_agg
-from mvforge.filter.gates import GATE_REASONS, gate_table
+from mvforge.filter.gates import GATE_REASONS, PIXEL_COLUMNS, gate_table
 
 
 def aggregate(cosines: list, agg: str) -> np.ndarray:
@@ -40,7 +40,13 @@ def annotate(scores: pd.DataFrame, cfg: FilterConfig) -> pd.DataFrame:
     df["agg"] = cfg.select.agg
     df["aggregate"] = aggregate(list(df["cosines"]), cfg.select.agg)
     gates = gate_table(
-        list(df["view_coverage"]), list(df["view_border"]), list(df["view_color_std"]), cfg.gates
+        list(df["view_coverage"]),
+        list(df["view_border"]),
+        list(df["view_color_std"]),
+        cfg.gates,
+        pixels={c: list(df[c]) for c in PIXEL_COLUMNS if c in df},
+        framing=list(df["framing"]) if "framing" in df else None,
+        stripped_textures=list(df["stripped_textures"]) if "stripped_textures" in df else None,
     )
     for key, values in gates.items():
         df[key] = values

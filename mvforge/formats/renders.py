@@ -56,6 +56,7 @@ REASONS = (
     "crashed",
     "memory_limit",
     "empty_render",
+    "missing_texture",
 )
 
 
@@ -157,12 +158,17 @@ def iter_failures(root: str | Path) -> Iterator[dict]:
         yield json.loads(p.read_text(encoding="utf-8"))
 
 
-def cameras_record(views, resolution: int, passes: dict | None = None) -> dict:
-    """The cameras.json document for ``views`` (``mvforge.cameras.View``) rendered at ``resolution``²."""
+def cameras_record(views, resolution: int, passes: dict | None = None, framing: str | None = None) -> dict:
+    """The cameras.json document for ``views`` (``mvforge.cameras.View``) rendered at ``resolution``².
+
+    ``framing``: ``OrbitSampling.framing`` the distances were drawn with ("mvdream" | "fit", issue 11); None
+    (synthetic renders) leaves the key out. The filter's border gate reads it.
+    """
     from mvforge.cameras import intrinsics
 
     return {
         "convention": CONVENTION,
+        **({"framing": framing} if framing else {}),
         "resolution": [resolution, resolution],
         "passes": passes or {},
         "views": [

@@ -3,9 +3,12 @@
 The only module of mvforge that imports ``bpy`` (design §1). Everything it decides was decided by the planner
 (``mvforge.render.plan.plan_job``): cameras, HDRI, rotation, strength, seed. This module only executes:
 
-1. a fresh empty scene, then the format's bpy 5 importer;
-2. drop cameras and lights, evaluate armatures and shape keys at frame 0, gather the evaluated vertices;
-3. guards (reason codes of ``mvforge.formats.renders.REASONS``), then normalise into [-0.5, 0.5]^3 (design §3);
+1. a fresh empty scene; positions the importer would silently repair (NaN/inf) are checked first
+   (``mvforge.render.precheck``), then the format's bpy 5 importer;
+2. drop cameras and lights, evaluate armatures and shape keys at frame 0, gather what renders (faces, point
+   clouds, curves; not loose vertices or hidden objects);
+3. guards (reason codes of ``mvforge.formats.renders.REASONS``), missing textures (fail or strip), vertex-colour
+   materials (issue 11), then normalise what renders into [-0.5, 0.5]^3 (design §3);
 4. HDRI world, Cycles with every setting explicit, one camera whose ``matrix_world`` is the view's c2w;
 5. per view: RGBA PNG plus optional depth / normal / albedo passes, then ``cameras.json``.
 
@@ -19,6 +22,7 @@ import math
 import os
 import struct
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import bpy
@@ -28,9 +32,12 @@ from mathutils import Matrix
 from mvforge.cameras import View
 from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json
+from mvforge.render import precheck
 
 # Object types whose evaluated form is a mesh Cycles renders (curves with bevel, text and metaballs included).
 GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "FONT", "META"}
+# Object types Cycles renders as points or strands: counted in the bounding box, without faces (issue 11).
+POINT_TYPES = {"POINTCLOUD", "CURVES"}
 # Imported objects that would change the lighting or the camera: the job decides both (design §2.1).
 DROPPED_TYPES = {"CAMERA", "LIGHT", "LIGHT_PROBE", "SPEAKER"}
 # A bounding box whose longest side is below this fraction of its distance from the origin (or below it in
@@ -45,6 +52,8 @@ CUBE_HALF_DIAGONAL = math.sqrt(3.0) / 2.0
 # GPU backends in the order of preference of design §4.
 GPU_BACKENDS = ("OPTIX", "CUDA", "HIP", "METAL")
 NORMALIZE_EMPTY = "mvforge_normalize"
+# Jobs planned before limits.max_evaluated_faces existed carry only max_faces.
+DEFAULT_MAX_EVALUATED = 100_000_000
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_DROPPED_CHUNKS = {b"tEXt", b"zTXt", b"iTXt", b"tIME"}
 
@@ -66,6 +75,7 @@ def render_job(job: dict, staging: Path) -> dict:
 
     # 1. Fresh scene and import.
     bpy.ops.wm.read_factory_settings(use_empty=True)
+    positions_check = check_positions_before_import(job.get("importer"), job.get("input_path"))
     import_object(job.get("importer"), job.get("input_path"))
     t_import = time.perf_counter()
 
@@ -73,10 +83,17 @@ def render_job(job: dict, staging: Path) -> dict:
     scene = bpy.context.scene
     drop_cameras_and_lights()
     scene.frame_set(EVAL_FRAME)
-    points, faces = evaluated_geometry()
-    check_geometry(points, faces, int(job["limits"]["max_faces"]))
-    normalization = normalize(points)
-    stats = scene_stats(points, faces)
+    geo = evaluated_geometry()
+    limits = job["limits"]
+    check_geometry(
+        geo, int(limits["max_faces"]), int(limits.get("max_evaluated_faces", DEFAULT_MAX_EVALUATED))
+    )
+    materials = job.get("materials") or {}
+    missing, stripped = handle_missing_textures(materials.get("missing_textures", "fail"))
+    vertex_colors = apply_vertex_colors(bool(materials.get("vertex_colors", True)))
+    normalization = normalize(geo.points)
+    stats = scene_stats(geo, missing, stripped, vertex_colors)
+    stats["positions_precheck"] = positions_check
 
     # 5-6. World, engine and output settings.
     setup_world(job["hdri"])
@@ -104,7 +121,8 @@ def render_job(job: dict, staging: Path) -> dict:
 
     # 8. Cameras (written even when the render is empty: the staging dir is discarded on failure anyway).
     passes = passes_record(job.get("passes") or {}, depth_max)
-    atomic_write_json(staging / layout.CAMERAS, layout.cameras_record(views, int(job["resolution"]), passes))
+    record = layout.cameras_record(views, int(job["resolution"]), passes, framing=job.get("framing"))
+    atomic_write_json(staging / layout.CAMERAS, record)
     if not any_alpha:
         raise RenderFailure("empty_render", f"all {len(views)} views have an all-zero alpha channel")
     total = time.perf_counter() - t0
@@ -154,6 +172,21 @@ def import_object(importer: str | None, input_path: str | None) -> None:
         raise RenderFailure("import_error", f"{importer} import returned {sorted(result)}")
 
 
+def check_positions_before_import(importer: str | None, input_path: str | None) -> str:
+    """Fail ``non_finite`` when the file holds NaN/inf positions its importer would silently set to 0 (issue
+    11); return how the positions were checked (``mvforge.render.precheck``), recorded in meta.json stats."""
+    if not input_path or not os.path.isfile(input_path):
+        return "not_needed"  # import_object reports the missing file
+    bad, how = precheck.non_finite_positions(importer, input_path)
+    if bad:
+        what = "POSITION accessors with non-finite bounds" if how == "accessor_bounds" else "positions"
+        raise RenderFailure(
+            "non_finite",
+            f"{bad} {what} are NaN or infinite in the file (the {importer} importer would silently set them to 0)",
+        )
+    return how
+
+
 def append_blend_objects(path: str) -> None:
     """Append every object of a .blend file into the scene, with its scripts never run (untrusted input)."""
     # Auto-execution stays off: a downloaded .blend can carry Python drivers and startup scripts.
@@ -182,52 +215,132 @@ def drop_cameras_and_lights() -> None:
             bpy.data.objects.remove(obj, do_unlink=True)
 
 
-def evaluated_geometry() -> tuple[np.ndarray, int]:
-    """World-space vertices (N, 3) float64 and the face count of everything the depsgraph renders.
+@dataclass
+class Geometry:
+    """What the depsgraph renders, gathered once after import (issue 11: normalise over what renders)."""
+
+    points: np.ndarray
+    """(N, 3) float64 world positions that render: vertices used by a face, point-cloud points, curve points."""
+    all_points: np.ndarray
+    """(M, 3) float64 every evaluated vertex and point, rendered or not (the zero-extent / non-finite checks)."""
+    faces: int
+    """Evaluated faces: every instance counted (what Cycles traces)."""
+    unique_faces: int
+    """Faces of each distinct evaluated geometry counted once, however often instanced (what memory holds)."""
+    ignored: dict = field(default_factory=dict)
+    """What does not render and was left out of the bounding box: ``loose_vertices`` (vertices of no face:
+    points and edges of a mesh, which Cycles does not draw), ``hidden_objects`` (hidden from render or from
+    camera rays)."""
+
+
+def evaluated_geometry() -> Geometry:
+    """Everything the depsgraph renders, with its world positions and face counts.
 
     Walks the depsgraph's object instances, so modifiers, armatures, shape keys and instancing (collection
-    instances, geometry nodes) are counted as they render, each instance with its own world matrix.
+    instances, geometry nodes) are counted as they render, each instance with its own world matrix. Mesh
+    vertices that belong to no face are left out of ``points`` (a glTF POINTS primitive imports as loose
+    vertices that never render, issue 11); point clouds and hair curves are kept, Cycles renders them.
     """
     depsgraph = bpy.context.evaluated_depsgraph_get()
-    chunks: list[np.ndarray] = []
+    rendered: list[np.ndarray] = []
+    every: list[np.ndarray] = []
     faces = 0
-    cache: dict[str, tuple[np.ndarray, int]] = {}
+    loose = hidden = 0
+    cache: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
     for inst in depsgraph.object_instances:
         obj = inst.object
-        if obj.type not in GEOMETRY_TYPES:
+        if obj.type not in GEOMETRY_TYPES and obj.type not in POINT_TYPES:
             continue
-        key = obj.name if not inst.is_instance else f"{obj.name}\0{obj.data.name if obj.data else ''}"
+        original = obj.original
+        if original.hide_render or not original.visible_camera:
+            hidden += 1
+            continue
+        key = geometry_key(inst)
         if key not in cache:
-            mesh = obj.to_mesh()
-            try:
-                local = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
-                mesh.vertices.foreach_get("co", local)
-                cache[key] = (local.reshape(-1, 3).astype(np.float64), len(mesh.polygons))
-            finally:
-                obj.to_mesh_clear()
-        local, n_faces = cache[key]
+            cache[key] = local_geometry(obj)
+            loose += len(cache[key][0]) - len(cache[key][1])
+        local_all, local_used, n_faces = cache[key]
         m = np.array(inst.matrix_world, dtype=np.float64)
-        chunks.append(local @ m[:3, :3].T + m[:3, 3])
+        rendered.append(local_used @ m[:3, :3].T + m[:3, 3])
+        every.append(local_all @ m[:3, :3].T + m[:3, 3])
         faces += n_faces
-    points = np.concatenate(chunks) if chunks else np.zeros((0, 3))
-    return points, faces
+    unique_faces = sum(n for _, _, n in cache.values())
+    ignored = {"loose_vertices": int(loose), "hidden_objects": int(hidden)}
+    return Geometry(stack(rendered), stack(every), int(faces), int(unique_faces), ignored)
 
 
-def check_geometry(points: np.ndarray, faces: int, max_faces: int) -> None:
-    if len(points) == 0:
+def geometry_key(inst) -> str:
+    """Which evaluated geometries are the same in memory: instances of one data block, and objects that share
+    one mesh without modifiers (linked duplicates), are one geometry (issue 11)."""
+    obj = inst.object
+    data = obj.data.name if obj.data else ""
+    if inst.is_instance:
+        return f"instance\0{obj.name}\0{data}"
+    if obj.type == "MESH" and not obj.original.modifiers and obj.original.data.shape_keys is None:
+        return f"mesh\0{obj.original.data.name}"
+    return f"object\0{obj.name}"
+
+
+def local_geometry(obj) -> tuple[np.ndarray, np.ndarray, int]:
+    """(all positions, rendered positions, faces) of one evaluated object in its local frame, float64."""
+    if obj.type in POINT_TYPES:
+        pos = obj.data.attributes["position"]
+        local = np.empty(len(pos.data) * 3, dtype=np.float32)
+        pos.data.foreach_get("vector", local)
+        local = local.reshape(-1, 3).astype(np.float64)
+        return local, local, 0
+    mesh = obj.to_mesh()
+    try:
+        local = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+        mesh.vertices.foreach_get("co", local)
+        local = local.reshape(-1, 3).astype(np.float64)
+        corners = np.empty(len(mesh.loops), dtype=np.int32)
+        mesh.loops.foreach_get("vertex_index", corners)
+        used = local[np.unique(corners)] if len(mesh.polygons) else local[:0]
+        return local, used, len(mesh.polygons)
+    finally:
+        obj.to_mesh_clear()
+
+
+def stack(chunks: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(chunks) if chunks else np.zeros((0, 3))
+
+
+def check_geometry(geo: Geometry, max_faces: int, max_evaluated_faces: int) -> None:
+    """Raise :class:`RenderFailure` (no_mesh, non_finite, zero_extent, too_many_faces) for unusable geometry."""
+    if len(geo.all_points) == 0:
         raise RenderFailure("no_mesh", "the file holds no mesh geometry")
-    if not np.all(np.isfinite(points)):
-        bad = int((~np.isfinite(points)).any(axis=1).sum())
-        raise RenderFailure("non_finite", f"{bad} of {len(points)} vertices are NaN or infinite")
+    if not np.all(np.isfinite(geo.all_points)):
+        bad = int((~np.isfinite(geo.all_points)).any(axis=1).sum())
+        raise RenderFailure("non_finite", f"{bad} of {len(geo.all_points)} vertices are NaN or infinite")
+    # Checked over every vertex first: importers may drop the degenerate faces of a collapsed mesh, which must
+    # still read as zero_extent, not as no_mesh.
+    check_extent(geo.all_points)
+    if len(geo.points) == 0:
+        raise RenderFailure(
+            "no_mesh",
+            f"nothing renders: {len(geo.all_points)} vertices but no faces, point clouds or curves "
+            f"({geo.ignored['loose_vertices']} loose vertices, {geo.ignored['hidden_objects']} hidden objects)",
+        )
+    check_extent(geo.points)
+    if geo.unique_faces > max_faces:
+        raise RenderFailure(
+            "too_many_faces",
+            f"{geo.unique_faces} unique faces exceed limits.max_faces={max_faces} (memory guard)",
+        )
+    if geo.faces > max_evaluated_faces:
+        raise RenderFailure(
+            "too_many_faces",
+            f"{geo.faces} evaluated faces (instances counted) exceed "
+            f"limits.max_evaluated_faces={max_evaluated_faces}",
+        )
+
+
+def check_extent(points: np.ndarray) -> None:
     lo, hi = points.min(axis=0), points.max(axis=0)
     extent = float((hi - lo).max())
     if extent <= ZERO_EXTENT_REL * max(1.0, float(np.abs(points).max())):
         raise RenderFailure("zero_extent", f"bounding box extent {extent:.3g} is zero")
-    # Checked after the extent: importers may drop the degenerate faces of a collapsed mesh.
-    if faces == 0:
-        raise RenderFailure("no_mesh", f"the meshes have {len(points)} vertices but no faces to render")
-    if faces > max_faces:
-        raise RenderFailure("too_many_faces", f"{faces} evaluated faces exceed limits.max_faces={max_faces}")
 
 
 # --- 3. normalise ----------------------------------------------------------------------------------------------
@@ -256,26 +369,128 @@ def normalize(points: np.ndarray) -> dict:
     return {"scale": scale, "offset": [float(x) for x in offset]}
 
 
-def scene_stats(points: np.ndarray, faces: int) -> dict:
+def scene_stats(geo: Geometry, missing_textures: int, stripped_textures: int, vertex_colors: dict) -> dict:
+    """meta.json ``stats``: counts of what was rendered and what was repaired or ignored (issue 11)."""
     return {
-        "faces": int(faces),
-        "vertices": int(len(points)),
+        "faces": geo.faces,
+        "unique_faces": geo.unique_faces,
+        "vertices": int(len(geo.points)),
+        "ignored": geo.ignored,
         "materials": len(bpy.data.materials),
         "animations": len(bpy.data.actions),
-        "missing_textures": count_missing_textures(),
+        "missing_textures": missing_textures,
+        "stripped_textures": stripped_textures,
+        "vertex_colors": vertex_colors,
     }
 
 
-def count_missing_textures() -> int:
+# --- 3b. materials that would render wrong (issue 11) ----------------------------------------------------------
+
+
+def missing_images() -> set:
     """Images the object refers to whose pixels cannot be loaded (a missing or broken file)."""
-    missing = 0
+    missing = set()
     for img in bpy.data.images:
         if img.source not in {"FILE", "SEQUENCE", "TILED"}:
             continue
         # Reading .size loads the image buffer; a file that cannot be read reports 0 x 0.
         if tuple(img.size) == (0, 0):
-            missing += 1
+            missing.add(img.name)
     return missing
+
+
+def image_nodes(missing: set) -> list[tuple]:
+    """(node tree, node) of every image-texture node, in materials and node groups, showing a missing image."""
+    trees = [m.node_tree for m in bpy.data.materials if m.node_tree is not None]
+    trees += [g for g in bpy.data.node_groups if g.bl_idname == "ShaderNodeTree"]
+    return [
+        (tree, node)
+        for tree in trees
+        for node in tree.nodes
+        if node.bl_idname == "ShaderNodeTexImage" and node.image is not None and node.image.name in missing
+    ]
+
+
+def handle_missing_textures(policy: str) -> tuple[int, int]:
+    """Apply ``materials.missing_textures`` (fail | strip); return (missing images, image nodes removed).
+
+    Cycles renders an unloadable image as magenta (1, 0, 1): such views must never reach shards as ``ok``.
+    ``strip`` removes the image nodes, so whatever socket they fed falls back to its own value (the material's
+    base colour). Raises :class:`RenderFailure` ``missing_texture`` under ``fail`` when a node shows one.
+    """
+    missing = missing_images()
+    nodes = image_nodes(missing)
+    if not nodes:
+        return len(missing), 0
+    names = sorted({node.image.name for _, node in nodes})
+    if policy != "strip":
+        raise RenderFailure(
+            "missing_texture",
+            f"{len(names)} texture image(s) cannot be loaded ({', '.join(names[:5])}); they would render "
+            "magenta (set materials.missing_textures = 'strip' to render the base colour instead)",
+        )
+    for tree, node in nodes:
+        tree.nodes.remove(node)
+    return len(missing), len(nodes)
+
+
+VERTEX_COLOR_NODES = {"ShaderNodeVertexColor", "ShaderNodeAttribute"}
+
+
+def reads_color_attribute(material) -> bool:
+    """True when the material's node tree reads any attribute (a linked Color Attribute or Attribute node)."""
+    tree = material.node_tree
+    if tree is None:
+        return False
+    return any(
+        node.bl_idname in VERTEX_COLOR_NODES and any(out.is_linked for out in node.outputs)
+        for node in tree.nodes
+    )
+
+
+def apply_vertex_colors(enabled: bool) -> dict:
+    """Give material-less meshes that carry a colour attribute a material that renders it (issue 11).
+
+    Importers already store the attribute in Blender's linear space (PLY bytes and OBJ ``v x y z r g b`` read
+    as sRGB, glTF COLOR_0 as linear), so the Color Attribute node renders it as the file means it. A mesh
+    whose own material ignores the attribute keeps that material: its author chose the look, and the attribute
+    may be data (a mask, baked AO). Returns the counts recorded as meta.json ``stats.vertex_colors``:
+    ``applied`` (material added), ``used_by_material``, ``ignored_by_material`` (meshes with an attribute).
+    """
+    counts = {"applied": 0, "used_by_material": 0, "ignored_by_material": 0}
+    made: dict[str, object] = {}
+    for mesh in {o.data for o in bpy.data.objects if o.type == "MESH" and o.data is not None}:
+        attrs = mesh.color_attributes
+        if len(attrs) == 0:
+            continue
+        materials = [m for m in mesh.materials if m is not None]
+        if materials:
+            used = any(reads_color_attribute(m) for m in materials)
+            counts["used_by_material" if used else "ignored_by_material"] += 1
+            continue
+        if not enabled:
+            counts["ignored_by_material"] += 1
+            continue
+        index = attrs.render_color_index if 0 <= attrs.render_color_index < len(attrs) else 0
+        name = attrs[index].name
+        if name not in made:
+            made[name] = vertex_color_material(name)
+        mesh.materials.clear()
+        mesh.materials.append(made[name])
+        counts["applied"] += 1
+    return counts
+
+
+def vertex_color_material(attribute: str):
+    """A Principled BSDF whose base colour is the colour attribute ``attribute``."""
+    mat = bpy.data.materials.new(f"mvforge_vertex_color_{attribute}")
+    mat.use_nodes = True
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    bsdf = next(n for n in nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
+    color = nodes.new("ShaderNodeVertexColor")
+    color.layer_name = attribute
+    links.new(color.outputs["Color"], bsdf.inputs["Base Color"])
+    return mat
 
 
 # --- 5-6. world and engine -------------------------------------------------------------------------------------

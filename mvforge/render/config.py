@@ -64,13 +64,33 @@ class LimitsConfig:
     """Per-object guards; what trips one becomes a failure record, never a crashed run."""
 
     max_faces: int = 5_000_000
-    """Evaluated faces above this are rejected as too_many_faces."""
+    """Unique faces (each mesh counted once however often it is instanced: what memory holds) above this are
+    rejected as too_many_faces (issue 11: instancing costs almost no memory)."""
+    max_evaluated_faces: int = 100_000_000
+    """Evaluated faces (every instance counted: what Cycles traces) above this are rejected as too_many_faces;
+    the failure message names which of the two caps fired."""
     timeout_s: float = 900.0
     """Wall-clock limit of one render process; on expiry its whole process group is killed (reason timeout)."""
     memory_gb: float = 16.0
     """Resident-memory cap of one render process group (reason memory_limit)."""
     retries: int = 1
     """Extra attempts for a process that died without a classified reason, before recording crashed."""
+
+
+@dataclass(frozen=True)
+class MaterialsConfig:
+    """What the renderer does about materials that would render wrong yet look ``ok`` (issue 11)."""
+
+    missing_textures: Literal["fail", "strip"] = "fail"
+    """An image texture whose file is absent or unreadable renders magenta in Cycles. ``fail``: the object
+    fails with reason ``missing_texture``. ``strip``: the broken image nodes are removed so the material's base
+    colour shows; meta.json ``stats.stripped_textures`` and the manifest record it, and the filter drops the
+    object unless ``gates.keep_stripped_textures`` is set."""
+    vertex_colors: bool = True
+    """Give meshes that carry a colour attribute but no material a material that reads it (PLY scans, OBJ
+    ``v x y z r g b``), so they do not render plain grey. A mesh whose own material ignores the attribute keeps
+    its material (the author chose it; the attribute may be data such as a mask); meta.json
+    ``stats.vertex_colors`` counts both cases."""
 
 
 @dataclass(frozen=True)
@@ -98,4 +118,5 @@ class RenderConfig:
     lighting: LightingConfig = field(default_factory=LightingConfig)
     passes: PassesConfig = field(default_factory=PassesConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    materials: MaterialsConfig = field(default_factory=MaterialsConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)

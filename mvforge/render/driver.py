@@ -86,9 +86,11 @@ def render(
     views = 0
     render_s = 0.0
     with _exclusive(out):
-        _check_config(out, cfg, overwrite)
+        _check_config(out, cfg, overwrite, {obj.uid for obj in sources})
         remove_stale_staging(out)
         states = {obj.uid: layout.status(out, obj.uid) for obj in sources}
+        if not overwrite:
+            _check_same_sources(out, [obj for obj in sources if states[obj.uid] == "ok"])
         todo = [
             obj
             for obj in sources
@@ -124,6 +126,16 @@ def _validate(sources: list[SourceObject], cfg: RenderConfig, workers: int, gpus
     dup = next((u for u, n in Counter(s.uid for s in sources).items() if n > 1), None)
     if dup is not None:
         raise UserError(f"uid {dup} appears twice in the sources; give each object its own uid")
+    # Object directories are named by uid: on a case-insensitive filesystem two uids equal ignoring case
+    # would share one directory, whatever filesystem this run happens to be on (issue 11).
+    folded: dict[str, str] = {}
+    for s in sources:
+        other = folded.setdefault(s.uid.casefold(), s.uid)
+        if other != s.uid:
+            raise UserError(
+                f"uids {other} and {s.uid} differ only in case and would share a directory on a "
+                "case-insensitive filesystem; rename one"
+            )
     for s in sources:
         layout.check_uid(s.uid)
         if s.url is None and (s.path is None or not Path(s.path).is_file()):
@@ -164,10 +176,14 @@ def _render_part(d: dict) -> dict:
     return out
 
 
-def _check_config(out: Path, cfg: RenderConfig, overwrite: bool) -> None:
-    """Refuse to mix renders made with different settings in one directory; then save the config."""
+def _check_config(out: Path, cfg: RenderConfig, overwrite: bool, uids: set[str] | None = None) -> None:
+    """Refuse to mix renders made with different settings in one directory; then save the config.
+
+    ``--overwrite`` with new settings re-renders only the objects of this call (``uids``): finished objects
+    outside them would keep the old settings under the new config.toml, so that is refused too (issue 11).
+    """
     path = out / layout.CONFIG
-    if path.is_file() and not overwrite:
+    if path.is_file():
         try:
             old = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError:
@@ -175,11 +191,55 @@ def _check_config(out: Path, cfg: RenderConfig, overwrite: bool) -> None:
         new = to_dict(cfg)
         if old is not None and _render_part(old) != _render_part(new):
             diff = _first_difference(_render_part(old), _render_part(new))
-            raise UserError(
-                f"{out} holds renders made with other settings ({diff}); pick a new --out, or pass "
-                "--overwrite to re-render everything with the new settings"
-            )
+            if not overwrite:
+                raise UserError(
+                    f"{out} holds renders made with other settings ({diff}); pick a new --out, or pass "
+                    "--overwrite to re-render everything with the new settings"
+                )
+            others = _finished_uids(out) - (uids or set())
+            if uids is not None and others:
+                raise UserError(
+                    f"--overwrite with new settings ({diff}) would re-render only the objects named, leaving "
+                    f"{len(others)} other finished object(s) in {out} (e.g. {min(others)}) with the old ones; "
+                    "name all of them, or pick a new --out"
+                )
     atomic_write_text(path, to_toml(cfg))
+
+
+def _finished_uids(out: Path) -> set[str]:
+    """Uids with a terminal record (ok or failed) in the render directory ``out``."""
+    failed = {p.stem for p in (out / layout.FAILED_DIR).glob("*.json") if ".tmp" not in p.name}
+    return set(layout.iter_uids(out)) | failed
+
+
+def _check_same_sources(out: Path, finished: list[SourceObject]) -> None:
+    """Refuse a uid whose finished render came from a different file (issue 11): resume would skip it and the
+    dataset would pair the new file's uid with the old file's images.
+
+    Compares the sha256 recorded in meta.json with the local file's (hashed here, once per finished object on
+    every resume) or with the published one of a download. Raises UserError naming the uid and both files.
+    """
+    from mvforge.render.download import sha256_file
+
+    for obj in finished:
+        try:
+            meta = json.loads((layout.object_dir(out, obj.uid) / layout.META).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # an unreadable record is the filter's business (unreadable_meta), not a reuse
+        recorded = (meta.get("source") or {}).get("sha256")
+        if not recorded:
+            continue
+        if obj.url is None and obj.path:
+            current = sha256_file(obj.path)
+        else:
+            current = obj.sha256
+        if current and current != recorded:
+            was = (meta.get("source") or {}).get("path") or (meta.get("source") or {}).get("url")
+            raise UserError(
+                f"uid {obj.uid} was rendered from another file ({was}, sha256 {recorded[:12]}...), now "
+                f"{obj.path or obj.url} (sha256 {current[:12]}...); give the new file its own uid, or pass "
+                "--overwrite to replace the old render"
+            )
 
 
 def _first_difference(old: dict, new: dict, prefix: str = "") -> str:

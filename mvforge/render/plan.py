@@ -106,6 +106,7 @@ def plan_job(obj: SourceObject, cfg: RenderConfig, pool: list[Path]) -> dict:
         "input_path": obj.path,
         "seed": seed,
         "resolution": cfg.resolution,
+        "framing": cfg.cameras.framing,
         "views": [dataclasses.asdict(v) | {"c2w": v.c2w.tolist()} for v in views],
         "hdri": {
             "path": str(hdri),
@@ -116,5 +117,9 @@ def plan_job(obj: SourceObject, cfg: RenderConfig, pool: list[Path]) -> dict:
         },
         "cycles": to_dict(cfg.cycles),
         "passes": to_dict(cfg.passes),
-        "limits": {"max_faces": cfg.limits.max_faces},
+        "limits": {
+            "max_faces": cfg.limits.max_faces,
+            "max_evaluated_faces": cfg.limits.max_evaluated_faces,
+        },
+        "materials": to_dict(cfg.materials),
     }

@@ -112,6 +112,10 @@ def run_object(
             "render_seconds": attempt.result.get("timings", {}).get("render_s") if attempt.result else None,
             "views": len(job["views"]),
             "peak_rss_mb": round(attempt.peak_rss_bytes / 2**20, 1),
+            # Rendered with broken texture nodes removed (materials.missing_textures = "strip", issue 11).
+            "stripped_textures": int(
+                ((attempt.result or {}).get("stats") or {}).get("stripped_textures") or 0
+            ),
         }
     shutil.rmtree(staging, ignore_errors=True)
     reason, message = _classify(attempt, limits, n)

@@ -213,28 +213,34 @@ def _dedupe(objects: list[SourceObject]) -> list[SourceObject]:
 def _unique_uids(objects: list[SourceObject], keep: set[int]) -> list[SourceObject]:
     """Resolve uid collisions by giving some objects a ``-<8 hex>`` suffix from their path or URL.
 
-    Uids given by someone (demo and Objaverse uids, sidecar rows: the indices in ``keep``) never change; two of
+    Uids collide when they are equal ignoring case: an object directory is named by its uid, and on a
+    case-insensitive filesystem (macOS, Windows) ``Chair`` and ``chair`` would share one (issue 11). Uids given
+    by someone (demo and Objaverse uids, sidecar rows: the indices in ``keep``) never change; two of
     them colliding is a user error. Among uids derived from file stems, the first path in sort order keeps the
     plain stem, so uids do not depend on the order of the arguments.
     """
     groups: dict[str, list[int]] = {}
     for i, obj in enumerate(objects):
-        groups.setdefault(obj.uid, []).append(i)
+        groups.setdefault(obj.uid.casefold(), []).append(i)
     out = list(objects)
-    for uid, idx in groups.items():
+    for idx in groups.values():
         if len(idx) == 1:
             continue
         given = [i for i in idx if i in keep or objects[i].kind != "local"]
         if len(given) > 1:
             a, b = (objects[i].url or objects[i].path for i in given[:2])
-            raise UserError(f"uid {uid} is given to both {a} and {b}; give each its own uid in --captions")
+            ua, ub = (objects[i].uid for i in given[:2])
+            same = (
+                f"uid {ua} is given to both" if ua == ub else f"uids {ua} and {ub} (equal ignoring case) name"
+            )
+            raise UserError(f"{same} {a} and {b}; give each its own uid in --captions")
         derived = sorted(
             (i for i in idx if i not in given), key=lambda i: objects[i].url or objects[i].path or ""
         )
         for i in derived[0 if given else 1 :]:
             where = objects[i].url or objects[i].path or ""
             short = hashlib.sha1(where.encode()).hexdigest()[:8]
-            out[i] = replace(objects[i], uid=f"{uid[:MAX_UID_STEM]}-{short}")
+            out[i] = replace(objects[i], uid=f"{objects[i].uid[:MAX_UID_STEM]}-{short}")
     return out
 
 

@@ -22,7 +22,8 @@ from mvforge.fsutil import atomic_write_bytes, atomic_write_json
 def synthetic_view(
     rgb: tuple[int, int, int], azimuth_deg: float, resolution: int, kind: str = "ok"
 ) -> Image.Image:
-    """One RGBA view. ``kind``: ok | empty (nothing drawn) | border (cut by the image border) | tiny | uniform."""
+    """One RGBA view. ``kind``: ok | empty (nothing drawn) | border (cut by the image border) | tiny | uniform,
+    or the pixel faults of issue 11: magenta (a missing texture, shaded) | dark | bright | faint (alpha 40)."""
     img = Image.new("RGBA", (resolution, resolution), (0, 0, 0, 0))
     draw = ImageDraw.Draw(img)
     r = resolution
@@ -36,6 +37,15 @@ def synthetic_view(
         return img
     if kind == "border":
         draw.ellipse([-r // 2, r // 4, r // 2, 3 * r // 4], fill=(*rgb, 255))
+        return img
+    faults = {"magenta": (230, 20, 225), "dark": (4, 3, 2), "bright": (255, 255, 255), "faint": rgb}
+    if kind in faults:
+        alpha = 40 if kind == "faint" else 255
+        draw.ellipse([r * 0.25, r * 0.2, r * 0.75, r * 0.8], fill=(*faults[kind], alpha))
+        if kind == "magenta":  # shaded like a lit render: the lower half in shadow, same hue
+            px = np.asarray(img).copy()
+            px[r // 2 :, :, :3] //= 2
+            img = Image.fromarray(px, "RGBA")
         return img
     shift = 0.2 * r * math.sin(math.radians(azimuth_deg))
     box = [r * 0.25 + shift, r * 0.2, r * 0.75 + shift, r * 0.8]
@@ -62,8 +72,13 @@ def write_synthetic_object(
     rgb: tuple[int, int, int] | None = None,
     kind: str = "ok",
     orbits: int = 1,
+    framing: str | None = None,
+    stripped_textures: int = 0,
 ) -> Path:
-    """Write one finished object (views, cameras.json, then meta.json last) and return its directory."""
+    """Write one finished object (views, cameras.json, then meta.json last) and return its directory.
+
+    ``framing`` goes into cameras.json and ``stripped_textures`` into meta.json ``stats`` (the filter reads
+    both, issue 11)."""
     layout.check_uid(uid)
     rng = np.random.default_rng([seed, *uid.encode()])
     rgb = rgb or tuple(int(x) for x in rng.integers(40, 220, size=3))
@@ -73,14 +88,21 @@ def write_synthetic_object(
         atomic_write_bytes(
             out / layout.view_name(v.index), png_bytes(synthetic_view(rgb, v.azimuth_deg, resolution, kind))
         )
-    atomic_write_json(out / layout.CAMERAS, layout.cameras_record(cams, resolution))
+    atomic_write_json(out / layout.CAMERAS, layout.cameras_record(cams, resolution, framing=framing))
     meta = layout.RenderMeta(
         uid=uid,
         source={"kind": "synthetic", "path": None, "sha256": None},
         caption=caption,
         name=caption,
         normalization={"scale": 1.0, "offset": [0.0, 0.0, 0.0]},
-        stats={"faces": 0, "vertices": 0, "materials": 0, "animations": 0, "missing_textures": 0},
+        stats={
+            "faces": 0,
+            "vertices": 0,
+            "materials": 0,
+            "animations": 0,
+            "missing_textures": stripped_textures,
+            "stripped_textures": stripped_textures,
+        },
         seed=seed,
         engine="synthetic",
         samples=0,

@@ -83,7 +83,9 @@ def test_sigkill_mid_run_then_resume(tmp_path, make_cfg, tiny_clip):
     for name in ("scores.parquet", "selection.parquet", "report.html", "config.toml", "summary.json"):
         assert (out / name).is_file(), name
     summary = pd.read_json(out / "summary.json", typ="series")
-    assert summary["scored_this_run"] == N_KILL - 2 * scored_before  # resume skipped what the killed run stored
+    assert (
+        summary["scored_this_run"] == N_KILL - 2 * scored_before
+    )  # resume skipped what the killed run stored
     scores = pd.read_parquet(out / "scores.parquet")
     assert len(scores) == N_KILL and scores["uid"].is_unique
     assert not list(parts.glob("*"))  # merged parts are removed; no torn temporaries left

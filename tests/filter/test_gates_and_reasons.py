@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from mvforge.filter.config import GatesConfig
-from mvforge.filter.gates import gate_table, view_metrics
+from mvforge.filter.gates import GATE_REASONS, PIXEL_COLUMNS, gate_table, pixel_metrics, view_metrics
 from mvforge.filter.pipeline import run_filter
 from mvforge.formats import renders as layout
-from mvforge.render.synthetic import write_synthetic_object
+from mvforge.render.synthetic import synthetic_view, write_synthetic_object
 
 
 def test_view_metrics_on_handmade_images():
@@ -46,6 +46,56 @@ def test_border_gate_tolerates_a_graze_and_catches_a_backdrop():
     assert table["border_cut_fraction"].tolist() == [0.0, 1 / 8, 6 / 8]
 
 
+def test_pixel_safety_net_measures_each_fault():
+    """Issue 11: magenta (a missing image, lit and shadowed), crushed, blown and faint views, on synthetic images."""
+    views = {
+        k: np.asarray(synthetic_view((90, 140, 60), 0.0, 64, k))
+        for k in ("ok", "magenta", "dark", "bright", "faint")
+    }
+    m = {k: pixel_metrics(v, alpha_threshold=8) for k, v in views.items()}
+    magenta, dark, clipped, opaque = zip(*m.values(), strict=True)
+    names = list(m)
+    # Each fault shows in its own measure only; the ordinary view shows none of them.
+    assert m["ok"][:3] == (0.0, 0.0, 0.0) and m["ok"][3] > 0.9
+    assert names[int(np.argmax(magenta))] == "magenta" and m["magenta"][0] > 0.95  # both halves count
+    assert names[int(np.argmax(dark))] == "dark" and m["dark"][1] == 1.0
+    assert names[int(np.argmax(clipped))] == "bright" and m["bright"][2] == 1.0
+    assert names[int(np.argmin(opaque))] == "faint" and m["faint"][3] == 0.0
+    # Pink, purple and red are not the missing-image colour.
+    for rgb in ((255, 105, 180), (128, 0, 255), (230, 20, 30), (60, 10, 58)):
+        img = np.zeros((4, 4, 4), np.uint8) + np.array([*rgb, 255], np.uint8)
+        assert pixel_metrics(img, 8)[0] == (1.0 if rgb == (60, 10, 58) else 0.0), rgb
+    assert pixel_metrics(np.zeros((4, 4, 4), np.uint8), 8) == (0.0, 0.0, 0.0, 0.0)  # no object: no verdict
+    # The gates over 8 views each: a fault in every view trips its gate, a few such pixels per view do not.
+    few = [[0.05] * 8]
+    every = [[1.0] * 8]
+    zero = [[0.0] * 8]
+    full = [[1.0] * 8]
+    ok = [[0.2] * 8]
+    for column, gate, bad, good in (
+        ("view_magenta", "gate_missing_texture_color", every, few),
+        ("view_dark", "gate_underexposed", every, few),
+        ("view_clipped", "gate_overexposed", every, few),
+        ("view_opaque", "gate_faint_alpha", zero, full),
+    ):
+        pixels = {c: zero + zero for c in PIXEL_COLUMNS} | {"view_opaque": full + full}
+        pixels[column] = bad + good
+        table = gate_table(ok * 2, zero * 2, ok * 2, GatesConfig(), pixels=pixels)
+        assert table[gate].tolist() == [True, False], gate
+        assert sum(table[g].sum() for g in (f"gate_{r}" for r in GATE_REASONS)) == 1, gate
+
+
+def test_border_gate_is_off_under_mvdream_framing_and_stripped_textures_drop():
+    backdrop = [[0.3] * 8] * 3
+    ok = [[0.2] * 8] * 3
+    table = gate_table(ok, backdrop, ok, GatesConfig(), framing=["fit", "mvdream", None])
+    assert table["gate_cut_by_border"].tolist() == [True, False, True]
+    table = gate_table(ok, [[0.0] * 8] * 3, ok, GatesConfig(), stripped_textures=[0, 2, None])
+    assert table["gate_stripped_textures"].tolist() == [False, True, False]
+    kept = gate_table(ok, ok, ok, GatesConfig(keep_stripped_textures=True), stripped_textures=[0, 2, 0])
+    assert not kept["gate_stripped_textures"].any()
+
+
 @pytest.fixture(scope="module")
 def filtered(tmp_path_factory, make_cfg):
     """One in-process run over good objects, the four gate kinds and three broken objects."""
@@ -56,6 +106,15 @@ def filtered(tmp_path_factory, make_cfg):
         # "tiny" is a 3x3 square: 0.22% of a 64² view, under the default 0.25% limit.
         res = 64 if kind == "tiny" else 32
         write_synthetic_object(root, f"gate-{kind}", f"a {kind} object", views=8, resolution=res, kind=kind)
+    # Issue 11: the pixel safety net, a repaired render, and cut corners that the paper's framing expects.
+    for kind in ("magenta", "dark", "bright", "faint"):
+        write_synthetic_object(root, f"net-{kind}", f"a {kind} object", views=8, resolution=32, kind=kind)
+    write_synthetic_object(
+        root, "net-stripped", "a stripped object", views=8, resolution=32, stripped_textures=1
+    )
+    write_synthetic_object(
+        root, "good-cut-mvdream", "a big object", views=8, kind="border", framing="mvdream"
+    )
     # Broken on disk: garbage bytes, a truncated PNG, a deleted view, no views at all, no text. The four bad-*
     # objects share one batch (sorted uids, 4 per batch): a batch with nothing to score must not crash.
     for uid in ("bad-garbage", "bad-truncated", "bad-missing", "bad-noviews", "no-text"):
@@ -75,10 +134,12 @@ def filtered(tmp_path_factory, make_cfg):
 
 def test_gates_on_synthetic_renders(filtered):
     _, scores, selection, _ = filtered
-    gates = ["gate_empty_render", "gate_uniform_color", "gate_tiny_coverage", "gate_cut_by_border"]
+    gates = [f"gate_{r}" for r in GATE_REASONS]
     flags = scores[gates]
-    for i in range(4):
-        assert not flags.loc[f"good-{i}"].any(), f"good-{i} failed a gate: {flags.loc[f'good-{i}'].to_dict()}"
+    for uid in [f"good-{i}" for i in range(4)] + ["good-cut-mvdream"]:
+        assert not flags.loc[uid].any(), f"{uid} failed a gate: {flags.loc[uid].to_dict()}"
+    assert scores.loc["good-cut-mvdream", "framing"] == "mvdream"
+    assert scores.loc["good-cut-mvdream", "border_cut_fraction"] > 0.5  # cut, as the paper's framing allows
     assert flags.loc["gate-empty", "gate_empty_render"]
     assert (
         flags.loc["gate-border", "gate_cut_by_border"] and not flags.loc["gate-border", "gate_empty_render"]
@@ -92,6 +153,11 @@ def test_gates_on_synthetic_renders(filtered):
         "gate-border": "cut_by_border",
         "gate-tiny": "tiny_coverage",
         "gate-uniform": "uniform_color",
+        "net-magenta": "missing_texture_color",
+        "net-dark": "underexposed",
+        "net-bright": "overexposed",
+        "net-faint": "faint_alpha",
+        "net-stripped": "stripped_textures",
     }
     for uid, reason in expected.items():
         assert selection.loc[uid, "reason"] == reason
@@ -102,7 +168,7 @@ def test_gates_on_synthetic_renders(filtered):
 
 def test_broken_objects_become_reasons(filtered):
     summary, scores, selection, _ = filtered
-    assert summary["objects"] == 13
+    assert summary["objects"] == 19
     expected = {
         "bad-garbage": ("unreadable_view", "002.png"),
         "bad-truncated": ("unreadable_view", "004.png"),
@@ -119,8 +185,8 @@ def test_broken_objects_become_reasons(filtered):
     assert len(scores.loc["no-text", "view_coverage"]) == 8
     assert np.isnan(scores.loc["bad-missing", "coverage_mean"])
     assert not scores.loc["bad-missing", ["gate_empty_render", "gate_uniform_color"]].any()
-    # The keep-fraction pool is the 4 good objects: ceil(0.5 x 4) = 2 kept.
-    assert int(selection["kept"].sum()) == 2
+    # The keep-fraction pool is the 5 good objects: ceil(0.5 x 5) = 3 kept.
+    assert int(selection["kept"].sum()) == 3
     assert selection.loc[selection["kept"]].index.str.startswith("good-").all()
 
 

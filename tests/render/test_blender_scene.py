@@ -105,8 +105,9 @@ def write_binary_ply(path: Path, verts: np.ndarray, faces: list[tuple[int, ...]]
     return path
 
 
-# The importers of text and binary formats (OBJ, PLY, glTF) replace NaN coordinates by 0, so a NaN vertex
-# reaches the scene only through a .blend: made here by Blender itself, in a separate process.
+# The importers of text and binary formats (OBJ, PLY, glTF) replace NaN coordinates by 0; the worker catches
+# those before importing (tests/render/test_precheck.py). A NaN vertex reaches the scene, and the post-import
+# guard, only through a .blend: made here by Blender itself, in a separate process.
 NAN_BLEND_SCRIPT = """
 import sys, bpy, numpy as np
 bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -203,6 +204,8 @@ def big_render(tmp):
         write_marker_obj(tmp / "big.obj", BIG_SCALE, BIG_OFFSET, missing_texture=True),
         TINY,
         uid="unit",
+        # The missing texture is stripped (issue 11), so it must render exactly like the untextured unit object.
+        materials={"missing_textures": "strip", "vertex_colors": True},
     )
 
 
@@ -221,6 +224,21 @@ def test_marker_lands_where_cameras_json_projects_it(unit_render):
         expected = project(MARKER[None], c2w, K)[0]
         found = marker_centroid(rgba(staging / view["file"]))
         assert np.linalg.norm(found - expected) < 2.0, (view["index"], found, expected)
+
+
+def test_fit_framing_keeps_all_cube_corners_inside_the_alpha_box(unit_render):
+    """Under ``fit`` (the default), every corner of [-0.5, 0.5]^3 lands inside the rendered alpha box (issue 11)."""
+    _, _, staging = unit_render
+    cams = json.loads((staging / layout.CAMERAS).read_text())
+    assert cams["framing"] == "fit"
+    corners = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
+    for view in cams["views"]:
+        x0, y0, x1, y1 = alpha_bbox(rgba(staging / view["file"]))
+        uv = project(corners, np.array(view["c2w"]), np.array(view["K"]))
+        # The corner cubes reach the corner points; a pixel of slack for the alpha > 128 cut.
+        assert np.all(uv[:, 0] >= x0 - 1) and np.all(uv[:, 0] <= x1 + 2), (uv, x0, x1)
+        assert np.all(uv[:, 1] >= y0 - 1) and np.all(uv[:, 1] <= y1 + 2), (uv, y0, y1)
+        assert x0 > 0 and y0 > 0 and x1 < 63 and y1 < 63
 
 
 def test_depth_pass_matches_camera_axis_distance(unit_render):
@@ -268,6 +286,7 @@ def test_scaled_and_offset_object_renders_like_the_unit_one(unit_render, big_ren
     assert np.allclose(norm["scale"] * (MARKER * BIG_SCALE + BIG_OFFSET) + norm["offset"], MARKER, atol=1e-6)
     assert big["stats"]["faces"] == unit["stats"]["faces"] == 9 * 6
     assert (unit["stats"]["missing_textures"], big["stats"]["missing_textures"]) == (0, 1)
+    assert big["stats"]["stripped_textures"] == 1
     for k in range(4):
         a, b = rgba(unit_dir / layout.view_name(k)), rgba(big_dir / layout.view_name(k))
         assert np.abs(np.array(alpha_bbox(a)) - np.array(alpha_bbox(b))).max() <= 1

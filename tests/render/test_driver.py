@@ -256,3 +256,57 @@ def test_task_errors_name_the_cause_not_rays_banner():
     assert _task_error(ray.exceptions.WorkerCrashedError()).startswith(
         "the Ray task died: WorkerCrashedError"
     )
+
+
+# --- issue 11: uid reuse, case collisions, --overwrite on a subset (refused before any render) -----------------
+
+
+def _finished(out: Path, uid: str, path: Path) -> None:
+    from mvforge.fsutil import atomic_write_json
+
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    atomic_write_json(
+        layout.object_dir(out, uid) / layout.META, {"uid": uid, "source": {"path": str(path), "sha256": sha}}
+    )
+
+
+def test_a_finished_uid_reused_for_another_file_is_refused(tmp_path):
+    out = tmp_path / "renders"
+    _finished(out, "box", DATA / "Duck.glb")
+    with pytest.raises(UserError, match="uid box was rendered from another file.*Duck.glb.*own uid"):
+        render([_local("box", DATA / "BoxTextured.glb")], out, TINY, show_progress=False)
+    # The same file again is a plain resume: skipped, nothing rendered.
+    again = render([_local("box", DATA / "Duck.glb")], out, TINY, show_progress=False)
+    assert again.skipped == 1 and again.counts == {}
+
+
+def test_uids_equal_ignoring_case_are_refused_or_disambiguated(tmp_path):
+    from mvforge.render.sources import resolve_sources
+
+    with pytest.raises(UserError, match="Chair and chair differ only in case"):
+        render(
+            [_local("Chair", DATA / "Duck.glb"), _local("chair", DATA / "monkey.glb")],
+            tmp_path / "out",
+            TINY,
+            show_progress=False,
+        )
+    # Uids derived from file names are disambiguated instead (whatever this filesystem is).
+    for sub, name in (("a", "Chair.glb"), ("b", "chair.glb")):
+        (tmp_path / sub).mkdir()
+        shutil.copy(DATA / "Duck.glb", tmp_path / sub / name)
+    uids = sorted(o.uid for o in resolve_sources([str(tmp_path / "a"), str(tmp_path / "b")]))
+    assert len({u.casefold() for u in uids}) == 2 and uids[0] == "Chair" and uids[1].startswith("chair-")
+
+
+def test_overwrite_with_new_settings_on_a_subset_is_refused(tmp_path):
+    from dataclasses import replace
+
+    from mvforge.config import to_toml
+
+    out = tmp_path / "renders"
+    out.mkdir()
+    (out / layout.CONFIG).write_text(to_toml(TINY))
+    _finished(out, "other", DATA / "Duck.glb")
+    box = [_local("box", DATA / "BoxTextured.glb")]
+    with pytest.raises(UserError, match="1 other finished object.*other.*old ones"):
+        render(box, out, replace(TINY, resolution=64), overwrite=True, show_progress=False)
