@@ -141,6 +141,18 @@ class OrbitSampling:
     random_azimuth_start: bool = False
     """Draw the start azimuth uniformly per orbit instead of using ``azimuth_start_deg``."""
 
+    def __post_init__(self) -> None:
+        from mvforge.errors import UserError
+
+        if self.views < 1:
+            raise UserError(f"--views must be at least 1, got {self.views}")
+        if not self.elevation_min_deg <= self.elevation_max_deg or not -90 <= self.elevation_min_deg <= 90:
+            raise UserError("cameras.elevation_min_deg <= elevation_max_deg, both in [-90, 90] degrees")
+        if not 0 < self.fov_min_deg <= self.fov_max_deg < 180:
+            raise UserError("cameras.fov_min_deg <= fov_max_deg, both in (0, 180) degrees")
+        if not 0 < self.distance_jitter_min <= self.distance_jitter_max:
+            raise UserError("cameras.distance_jitter_min <= distance_jitter_max, both > 0")
+
 
 @dataclass(frozen=True)
 class View:

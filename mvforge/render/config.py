@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from mvforge.cameras import OrbitSampling
+from mvforge.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,18 @@ class CyclesConfig:
     """CPU threads per render process (Cycles); workers x threads should not exceed the node's cores."""
     device: Literal["auto", "cpu", "gpu"] = "auto"
     """auto picks OPTIX > CUDA > HIP > METAL when a GPU is present, else CPU."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.samples >= 1, f"--samples must be at least 1, got {self.samples}"),
+            (self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
+            (
+                self.adaptive_threshold >= 0,
+                f"--adaptive-threshold must be 0 (off) or more, got {self.adaptive_threshold}",
+            ),
+            (self.max_bounces >= 0, f"--max-bounces must be 0 or more, got {self.max_bounces}"),
+        ]
+        _raise_first(checks)
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,19 @@ class LimitsConfig:
     retries: int = 1
     """Extra attempts for a process that died without a classified reason, before recording crashed."""
 
+    def __post_init__(self) -> None:
+        checks = [
+            (self.timeout_s > 0, f"--timeout must be positive, got {self.timeout_s}"),
+            (self.memory_gb > 0, f"--memory-gb must be positive, got {self.memory_gb}"),
+            (self.retries >= 0, f"--retries must be 0 or more, got {self.retries}"),
+            (self.max_faces >= 1, f"--max-faces must be at least 1, got {self.max_faces}"),
+            (
+                self.max_evaluated_faces >= 1,
+                f"limits.max_evaluated_faces must be at least 1, got {self.max_evaluated_faces}",
+            ),
+        ]
+        _raise_first(checks)
+
 
 @dataclass(frozen=True)
 class MaterialsConfig:
@@ -120,3 +146,17 @@ class RenderConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     materials: MaterialsConfig = field(default_factory=MaterialsConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.resolution >= 8, f"--resolution must be at least 8 pixels, got {self.resolution}"),
+            (self.orbits >= 1, f"--orbits must be at least 1, got {self.orbits}"),
+        ]
+        _raise_first(checks)
+
+
+def _raise_first(checks: list[tuple[bool, str]]) -> None:
+    """Raise the message of the first failed (ok, message) check as a one-line UserError."""
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)

@@ -144,25 +144,7 @@ def _validate(sources: list[SourceObject], cfg: RenderConfig, workers: int, gpus
         raise UserError(f"--workers must be at least 1, got {workers}")
     if gpus_per_worker < 0:
         raise UserError(f"--gpus-per-worker must be 0 or more, got {gpus_per_worker}")
-    checks = [
-        (cfg.resolution >= 8, f"--resolution must be at least 8 pixels, got {cfg.resolution}"),
-        (cfg.cameras.views >= 1, f"--views must be at least 1, got {cfg.cameras.views}"),
-        (cfg.orbits >= 1, f"--orbits must be at least 1, got {cfg.orbits}"),
-        (cfg.cycles.samples >= 1, f"--samples must be at least 1, got {cfg.cycles.samples}"),
-        (cfg.cycles.threads >= 1, f"--threads must be at least 1, got {cfg.cycles.threads}"),
-        (
-            cfg.cycles.adaptive_threshold >= 0,
-            f"--adaptive-threshold must be 0 (off) or more, got {cfg.cycles.adaptive_threshold}",
-        ),
-        (cfg.cycles.max_bounces >= 0, f"--max-bounces must be 0 or more, got {cfg.cycles.max_bounces}"),
-        (cfg.limits.timeout_s > 0, f"--timeout must be positive, got {cfg.limits.timeout_s}"),
-        (cfg.limits.memory_gb > 0, f"--memory-gb must be positive, got {cfg.limits.memory_gb}"),
-        (cfg.limits.retries >= 0, f"--retries must be 0 or more, got {cfg.limits.retries}"),
-        (cfg.limits.max_faces >= 1, f"--max-faces must be at least 1, got {cfg.limits.max_faces}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    # cfg's own ranges are checked on construction (RenderConfig and its sections' __post_init__).
 
 
 def _render_part(d: dict) -> dict:
