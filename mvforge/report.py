@@ -12,9 +12,6 @@ with ``embed_images``, small base64 PNG thumbnails so the single file can be mai
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
 import os
@@ -24,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from mvforge import htmlkit
 from mvforge.errors import UserError
 from mvforge.formats import renders as layout
+from mvforge.formats import selection as selection_format
+from mvforge.formats import shards as shard_format
 from mvforge.fsutil import atomic_write_text, is_tmp
 
 REPORT = "report.html"
@@ -62,22 +62,24 @@ def write_report(run_dir: Path, cfg: ReportConfig | None = None) -> Path:
     filter_dir = _stage_dir(run_dir, "filter", lambda d: (d / "selection.parquet").is_file())
     shards = _stage_dir(run_dir, "shards", lambda d: (d / "index.json").is_file())
 
+    # One section per stage, each its own template (mvforge/templates/report_*.html.j2), in pipeline order.
     selection, filter_html = _filter_section(filter_dir, run_dir, cfg)
-    render_html = _render_section(renders, run_dir, cfg, selection)
-    shard_html = _shard_section(shards)
-    train_html = _train_section(run_dir / "train", run_dir / "samples", run_dir, cfg)
-    body = "\n".join(
-        [
-            f"<h1>mvforge run report: {_e(run_dir.resolve().name)}</h1>",
-            '<p class="nav"><a href="#renders">renders</a> · <a href="#filter">filter</a> · '
-            '<a href="#shards">shards</a> · <a href="#train">train</a></p>',
-            render_html,
-            filter_html,
-            shard_html,
-            train_html,
-        ]
+    sections = [
+        ("renders", "renders", _render_section(renders, run_dir, cfg, selection)),
+        ("filter", "filter", filter_html),
+        ("shards", "shards", _shard_section(shards)),
+        ("train", "train", _train_section(run_dir / "train", run_dir / "samples", run_dir, cfg)),
+    ]
+    name = run_dir.resolve().name
+    page = htmlkit.render(
+        "page.html.j2",
+        title=f"mvforge report: {name}",
+        heading=f"mvforge run report: {name}",
+        nav=[(sid, label) for sid, label, _ in sections],
+        sections=[html for _, _, html in sections],
+        thumb_px=cfg.thumb_px,
     )
-    atomic_write_text(out, _page(f"mvforge report: {run_dir.resolve().name}", body, cfg))
+    atomic_write_text(out, page)
     return out
 
 
@@ -102,84 +104,64 @@ def _stage_dir(run_dir: Path, name: str, looks_right) -> Path | None:
 def _render_section(
     root: Path | None, report_dir: Path, cfg: ReportConfig, selection: dict[str, dict]
 ) -> str:
-    head = '<section id="renders"><h2>Renders</h2>'
     if root is None:
-        return head + '<p class="none">No render output here (no renders/ directory).</p></section>'
+        return htmlkit.render("report_renders.html.j2", root=None)
     objects = list(layout.iter_objects(root))
     failures = _read_failures(root)
-    parts = [head, f"<p>Directory: <code>{_e(_rel(root, report_dir))}</code></p>"]
     manifest = [r for r in _read_jsonl(root / layout.MANIFEST) if isinstance(r, dict)]
-    parts.append(
-        _table(
-            ["ok objects", "failed objects", "manifest lines"],
-            [[len(objects), len(failures), len(manifest) if manifest else "none"]],
-        )
+    counts = Counter(f["reason"] for f in failures)
+    return htmlkit.render(
+        "report_renders.html.j2",
+        root=_rel(root, report_dir),
+        n_ok=len(objects),
+        manifest_lines=len(manifest) if manifest else "none",
+        cards=[
+            _object_card(obj, report_dir, cfg, selection.get(obj.uid)) for obj in objects[: cfg.max_objects]
+        ],
+        more_objects=max(0, len(objects) - cfg.max_objects),
+        failures=failures,
+        max_failures=cfg.max_failures,
+        reason_counts=sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])),
+        timings=_timings_rows(objects),
+        config=_config_text(root),
     )
 
-    parts.append("<h3>Contact sheet</h3>")
-    if not objects:
-        parts.append('<p class="none">No object rendered successfully.</p>')
-    for obj in objects[: cfg.max_objects]:
-        parts.append(_object_card(obj, report_dir, cfg, selection.get(obj.uid)))
-    if len(objects) > cfg.max_objects:
-        parts.append(
-            f"<p>… and {len(objects) - cfg.max_objects} more objects (raise max_objects to see them).</p>"
-        )
 
-    parts.append("<h3>Failures</h3>")
-    if not failures:
-        parts.append('<p class="none">No failures.</p>')
-    else:
-        counts = Counter(f["reason"] for f in failures)
-        parts.append(_table(["reason", "objects"], sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))))
-        rows = [
-            [f["uid"], f["reason"], _clip(f["message"], 300), _details("log tail", f["log_tail"])]
-            for f in failures[: cfg.max_failures]
-        ]
-        parts.append(_table(["uid", "reason", "message", "log"], rows, raw_cols={3}))
-        if len(failures) > cfg.max_failures:
-            parts.append(f"<p>… and {len(failures) - cfg.max_failures} more failure records.</p>")
-
-    parts.append("<h3>Render timings</h3>")
-    parts.append(_timings_table(objects))
-    parts.append(_config_details(root))
-    parts.append("</section>")
-    return "\n".join(parts)
-
-
-def _object_card(obj: layout.RenderedObject, report_dir: Path, cfg: ReportConfig, sel: dict | None) -> str:
+def _object_card(obj: layout.RenderedObject, report_dir: Path, cfg: ReportConfig, sel: dict | None) -> dict:
     try:
         meta, views = obj.meta, obj.cameras.get("views", [])
     except (OSError, ValueError) as e:
-        return f'<div class="card"><b>{_e(obj.uid)}</b>: unreadable ({_e(str(e))})</div>'
+        return {"uid": obj.uid, "error": str(e)}
     n = len(views)
     k = min(cfg.views_per_object, n)
     picks = sorted({int(i * n / k) for i in range(k)})
-    imgs = []
+    shown = []
     for i in picks:
         path = obj.path / str(views[i].get("file") or layout.view_name(i))
-        src = _img_src(path, report_dir, cfg)
         az = views[i].get("azimuth_deg")
         title = f"view {i}" + (f", azimuth {az:.0f}°" if isinstance(az, (int, float)) else "")
-        imgs.append(f'<img src="{src}" alt="{_e(obj.uid)} {title}" title="{_e(title)}">' if src else "")
-    badge = ""
+        shown.append({"src": _img_src(path, report_dir, cfg), "title": title})
+    badge = None
     if sel is not None:
         kept = bool(sel.get("kept"))
         score = sel.get("score")
         score_txt = f" {score:.3f}" if isinstance(score, float) and math.isfinite(score) else ""
         label = "kept" if kept else f"dropped: {sel.get('reason') or 'unknown'}"
-        badge = f' <span class="badge {"kept" if kept else "dropped"}">{_e(label)}{score_txt}</span>'
+        badge = {"cls": "kept" if kept else "dropped", "label": label + score_txt}
     facts = [
         f"{n} views",
         f"{meta.get('resolution')} px" if meta.get("resolution") else "",
         f"{meta.get('samples')} samples" if meta.get("samples") else "",
         f"HDRI {meta['hdri'].get('name')}" if isinstance(meta.get("hdri"), dict) else "",
     ]
-    return (
-        f'<div class="card"><div class="cap"><b>{_e(obj.uid)}</b>{badge}<br>{_e(obj.caption)}'
-        f'<br><span class="facts">{_e(" · ".join(f for f in facts if f))}</span></div>'
-        f'<div class="views">{"".join(imgs)}</div></div>'
-    )
+    return {
+        "uid": obj.uid,
+        "error": None,
+        "badge": badge,
+        "caption": obj.caption,
+        "facts": " · ".join(f for f in facts if f),
+        "views": shown,
+    }
 
 
 def _read_failures(root: Path) -> list[dict]:
@@ -204,7 +186,7 @@ def _read_failures(root: Path) -> list[dict]:
     return out
 
 
-def _timings_table(objects: list[layout.RenderedObject]) -> str:
+def _timings_rows(objects: list[layout.RenderedObject]) -> list[list]:
     """Mean, median, max and total of every numeric timing in meta.json, plus render seconds per view."""
     series: dict[str, list[float]] = {}
     for obj in objects:
@@ -218,9 +200,7 @@ def _timings_table(objects: list[layout.RenderedObject]) -> str:
         render_s = timings.get("render_s")
         if isinstance(render_s, (int, float)) and views:
             series.setdefault("render_s per view", []).append(float(render_s) / views)
-    if not series:
-        return '<p class="none">No timings recorded in meta.json.</p>'
-    rows = [
+    return [
         [
             k,
             len(v),
@@ -231,7 +211,6 @@ def _timings_table(objects: list[layout.RenderedObject]) -> str:
         ]
         for k, v in sorted(series.items())
     ]
-    return _table(["timing (s)", "objects", "mean", "median", "max", "total"], rows)
 
 
 # --- filter -------------------------------------------------------------------------------------------------
@@ -239,164 +218,101 @@ def _timings_table(objects: list[layout.RenderedObject]) -> str:
 
 def _filter_section(root: Path | None, report_dir: Path, cfg: ReportConfig) -> tuple[dict[str, dict], str]:
     """(uid -> selection row, HTML); an empty dict when there is no selection."""
-    head = '<section id="filter"><h2>Filter</h2>'
+    tpl = "report_filter.html.j2"
     if root is None:
-        return {}, head + '<p class="none">No filter output here (no filter/selection.parquet).</p></section>'
-    if not (root / "selection.parquet").is_file():
-        return (
-            {},
-            head
-            + '<p class="none">filter/ has no selection.parquet (the filter has not finished).</p></section>',
+        return {}, htmlkit.render(tpl, problem="No filter output here (no filter/selection.parquet).")
+    if not (root / selection_format.SELECTION).is_file():
+        return {}, htmlkit.render(
+            tpl, problem="filter/ has no selection.parquet (the filter has not finished)."
         )
     try:
-        rows = _read_parquet(root / "selection.parquet")
+        rows = _read_parquet(root / selection_format.SELECTION)
     except Exception as e:  # a broken parquet file must not take the whole report down
-        return (
-            {},
-            head + f'<p class="none">filter/selection.parquet is unreadable: {_e(str(e))}</p></section>',
-        )
+        return {}, htmlkit.render(tpl, problem=f"filter/selection.parquet is unreadable: {e}")
     selection = {str(r["uid"]): r for r in rows if "uid" in r}
     kept = sum(1 for r in rows if r.get("kept"))
     threshold = next((r["threshold"] for r in rows if isinstance(r.get("threshold"), (int, float))), None)
-    parts = [head, f"<p>Directory: <code>{_e(_rel(root, report_dir))}</code></p>"]
     thr_txt = (
         "not recorded"
         if threshold is None
         else ("+inf (keeps none)" if math.isinf(threshold) else f"{threshold:.4f}")
     )
-    parts.append(
-        _table(
-            ["objects", "kept", "dropped", "threshold used"], [[len(rows), kept, len(rows) - kept, thr_txt]]
-        )
-    )
     reasons = Counter(str(r.get("reason") or "unknown") for r in rows if not r.get("kept"))
-    if reasons:
-        parts.append(
-            _table(["drop reason", "objects"], sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
-        )
 
     # The histogram shows every stored aggregate score (scores.parquet keeps them before thresholding).
     scores: dict[str, float] = {}
-    if (root / "scores.parquet").is_file():
+    scores_problem = None
+    if (root / selection_format.SCORES).is_file():
         try:
-            for r in _read_parquet(root / "scores.parquet"):
+            for r in _read_parquet(root / selection_format.SCORES):
                 if "uid" in r and isinstance(r.get("aggregate"), (int, float)):
                     scores[str(r["uid"])] = float(r["aggregate"])
         except Exception as e:
-            parts.append(f'<p class="none">filter/scores.parquet is unreadable: {_e(str(e))}</p>')
+            scores_problem = f"filter/scores.parquet is unreadable: {e}"
     if not scores:
         scores = {
             u: float(r["score"]) for u, r in selection.items() if isinstance(r.get("score"), (int, float))
         }
-    finite = {u: s for u, s in scores.items() if math.isfinite(s)}
-    parts.append("<h3>Aggregate CLIP score</h3>")
-    if finite:
-        kept_flags = [bool(selection.get(u, {}).get("kept")) for u in finite]
-        parts.append(histogram_svg(list(finite.values()), kept_flags, threshold, cfg.histogram_bins))
-    else:
-        parts.append('<p class="none">No finite scores to plot.</p>')
-    parts.append(_config_details(root))
-    if (root / REPORT).is_file():
-        parts.append(
-            f'<p>Full filter report: <a href="{_href(root / REPORT, report_dir)}">filter/report.html</a></p>'
-        )
-    parts.append("</section>")
-    return selection, "\n".join(parts)
-
-
-def histogram_bins(values: list[float], bins: int) -> tuple[float, float, list[int]]:
-    """(low, high, bin index of each value): equal-width bins over [min, max], the last bin closed."""
-    low, high = min(values), max(values)
-    if high == low:
-        low, high = low - 0.5, high + 0.5
-    width = (high - low) / bins
-    return low, high, [min(int((v - low) / width), bins - 1) for v in values]
-
-
-def histogram_svg(
-    values: list[float],
-    kept: list[bool],
-    threshold: float | None,
-    bins: int,
-    width: int = 640,
-    height: int = 180,
-) -> str:
-    """Stacked histogram (kept green over dropped grey) with the threshold as a red line; inline SVG.
-
-    Each bar carries ``data-count``/``data-kept`` so tests can check the counts against numpy.
-    """
-    low, high, idx = histogram_bins(values, bins)
-    total, kept_n = [0] * bins, [0] * bins
-    for i, k in zip(idx, kept, strict=True):
-        total[i] += 1
-        kept_n[i] += int(k)
-    pad_l, pad_b, plot_h = 36, 22, height - 30
-    bar_w = (width - pad_l - 8) / bins
-    scale = plot_h / max(max(total), 1)
-    out = [
-        f'<svg class="hist" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        f'xmlns="http://www.w3.org/2000/svg">'
-    ]
-    for b in range(bins):
-        x = pad_l + b * bar_w
-        h_all, h_kept = total[b] * scale, kept_n[b] * scale
-        y0 = height - pad_b
-        lo_b, hi_b = low + (high - low) * b / bins, low + (high - low) * (b + 1) / bins
-        out.append(
-            f'<rect class="bin" x="{x:.1f}" y="{y0 - h_all:.1f}" width="{bar_w - 1:.1f}" height="{h_all:.1f}" '
-            f'fill="#9e9e9e" data-count="{total[b]}" data-kept="{kept_n[b]}">'
-            f"<title>[{lo_b:.3f}, {hi_b:.3f}): {total[b]} objects, {kept_n[b]} kept</title></rect>"
-        )
-        if kept_n[b]:
-            out.append(
-                f'<rect x="{x:.1f}" y="{y0 - h_kept:.1f}" width="{bar_w - 1:.1f}" height="{h_kept:.1f}" fill="#43a047"/>'
-            )
-    out.append(
-        f'<line x1="{pad_l}" y1="{height - pad_b}" x2="{width - 8}" y2="{height - pad_b}" stroke="#333"/>'
+    uids = list(scores)
+    histogram = htmlkit.histogram_svg(
+        [scores[u] for u in uids],
+        cfg.histogram_bins,
+        kept=[bool(selection.get(u, {}).get("kept")) for u in uids],
+        threshold=threshold,
     )
-    out.append(f'<text x="{pad_l}" y="{height - 6}" font-size="11">{low:.3f}</text>')
-    out.append(f'<text x="{width - 8}" y="{height - 6}" font-size="11" text-anchor="end">{high:.3f}</text>')
-    out.append(f'<text x="4" y="14" font-size="11">{max(total)}</text>')
-    if threshold is not None and math.isfinite(threshold) and low <= threshold <= high:
-        tx = pad_l + (threshold - low) / (high - low) * (width - pad_l - 8)
-        out.append(
-            f'<line class="threshold" x1="{tx:.1f}" y1="4" x2="{tx:.1f}" y2="{height - pad_b}" stroke="#e53935" '
-            f'stroke-width="2"><title>threshold {threshold:.4f}</title></line>'
-        )
-    out.append("</svg>")
-    legend = '<p class="legend"><span style="color:#43a047">■</span> kept <span style="color:#9e9e9e">■</span> dropped'
-    legend += ' <span style="color:#e53935">|</span> threshold</p>'
-    return "".join(out) + legend
+    full = (
+        _href(root / selection_format.REPORT, report_dir)
+        if (root / selection_format.REPORT).is_file()
+        else None
+    )
+    html = htmlkit.render(
+        tpl,
+        problem=None,
+        root=_rel(root, report_dir),
+        n=len(rows),
+        kept=kept,
+        threshold=thr_txt,
+        reasons=sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])),
+        scores_problem=scores_problem,
+        histogram=histogram,
+        config=_config_text(root),
+        full_report=full,
+    )
+    return selection, html
+
+
+# histogram_bins stays importable from here (tests and callers of the earlier API).
+histogram_bins = htmlkit.histogram_bins
 
 
 # --- shards -------------------------------------------------------------------------------------------------
 
 
 def _shard_section(root: Path | None) -> str:
-    head = '<section id="shards"><h2>Shards</h2>'
+    tpl = "report_shards.html.j2"
     if root is None:
-        return head + '<p class="none">No shard output here (no shards/index.json).</p></section>'
-    if not (root / "index.json").is_file():
-        return head + '<p class="none">shards/ has no index.json (sharding has not finished).</p></section>'
+        return htmlkit.render(tpl, problem="No shard output here (no shards/index.json).")
+    if not (root / shard_format.INDEX).is_file():
+        return htmlkit.render(tpl, problem="shards/ has no index.json (sharding has not finished).")
     try:
-        index = json.loads((root / "index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        return head + f'<p class="none">shards/index.json is unreadable: {_e(str(e))}</p></section>'
-    shards = (
-        [s for s in (index.get("shards") or []) if isinstance(s, dict)] if isinstance(index, dict) else []
-    )
+        index = shard_format.parse_index(
+            (root / shard_format.INDEX).read_bytes(), "shards/index.json", strict=False
+        )
+    except (OSError, UserError) as e:
+        return htmlkit.render(tpl, problem=f"shards/index.json is unreadable: {e}")
+    shards = [s for s in (index.get("shards") or []) if isinstance(s, dict)]
     if not shards:
-        return head + '<p class="none">index.json lists no shards.</p></section>'
+        return htmlkit.render(tpl, problem="index.json lists no shards.")
     per_split: dict[str, list[int]] = {}
     for s in shards:
         acc = per_split.setdefault(str(s.get("split") or "?"), [0, 0, 0])
         acc[0] += 1
         acc[1] += _int(s.get("nsamples"))
         acc[2] += _int(s.get("bytes"))
-    rows = [
+    splits = [
         [split, n, samples, _human_bytes(size)] for split, (n, samples, size) in sorted(per_split.items())
     ]
-    rows.append(
+    splits.append(
         [
             "all",
             len(shards),
@@ -404,27 +320,24 @@ def _shard_section(root: Path | None) -> str:
             _human_bytes(sum(r[2] for r in per_split.values())),
         ]
     )
-    parts = [head, _table(["split", "shards", "samples", "bytes"], rows)]
     skipped = index.get("skipped") or []
-    if isinstance(skipped, list) and skipped:
-        parts.append(f"<p>{len(skipped)} objects skipped while sharding (see index.json).</p>")
-    parts.append(
-        _table(
-            ["shard", "split", "samples", "bytes", "sha256"],
-            [
-                [
-                    s.get("name", "?"),
-                    s.get("split", "?"),
-                    _int(s.get("nsamples")),
-                    _human_bytes(_int(s.get("bytes"))),
-                    str(s.get("sha256") or "")[:16],
-                ]
-                for s in shards
-            ],
-        )
+    rows = [
+        [
+            s.get("name", "?"),
+            s.get("split", "?"),
+            _int(s.get("nsamples")),
+            _human_bytes(_int(s.get("bytes"))),
+            str(s.get("sha256") or "")[:16],
+        ]
+        for s in shards
+    ]
+    return htmlkit.render(
+        tpl,
+        problem=None,
+        splits=splits,
+        skipped=len(skipped) if isinstance(skipped, list) else 0,
+        shards=rows,
     )
-    parts.append("</section>")
-    return "\n".join(parts)
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
@@ -435,42 +348,37 @@ def _shard_section(root: Path | None) -> str:
 
 def _train_section(train: Path, samples: Path, report_dir: Path, cfg: ReportConfig) -> str:
     """Loss curve summary from train/metrics.csv and the sampled views of samples/ (mvtrain fit / sample)."""
-    head = '<section id="train"><h2>Training and sampling</h2>'
-    parts = []
-    metrics = train / "metrics.csv"
-    if metrics.is_file():
+    metrics = None
+    if (train / "metrics.csv").is_file():
         import csv
 
-        rows = list(csv.DictReader(metrics.read_text(encoding="utf-8").splitlines()))
-        table = [[r.get("step"), r.get("kind"), r.get("loss"), r.get("step_s")] for r in rows[-20:]]
-        parts.append(f"<p>{len(rows)} logged steps in {_e(_rel(metrics, report_dir))} (last 20 shown).</p>")
-        parts.append(_table(["step", "batch", "loss", "s/step"], table))
-        parts.append(_config_details(train))
-    else:
-        parts.append('<p class="none">No training run here (no train/metrics.csv).</p>')
-    grid = samples / "grid.png"
-    if grid.is_file():
+        path = train / "metrics.csv"
+        rows = list(csv.DictReader(path.read_text(encoding="utf-8").splitlines()))
+        metrics = {
+            "count": len(rows),
+            "path": _rel(path, report_dir),
+            "rows": [[r.get("step"), r.get("kind"), r.get("loss"), r.get("step_s")] for r in rows[-20:]],
+            "config": _config_text(train),
+        }
+    sample = None
+    if (samples / "grid.png").is_file():
         meta = {}
         if (samples / "sample.json").is_file():
             meta = json.loads((samples / "sample.json").read_text(encoding="utf-8"))
-        src = _img_src(grid, report_dir, cfg)
-        parts.append(f"<p>Sampled views for “{_e(meta.get('prompt', ''))}”:</p>")
-        if src:
-            parts.append(
-                f'<img class="grid" src="{src}" alt="sampled views" style="image-rendering: pixelated; height: 128px">'
-            )
-    else:
-        parts.append('<p class="none">No samples here (no samples/grid.png).</p>')
-    return head + "\n".join(parts) + "</section>"
+        sample = {
+            "prompt": meta.get("prompt", ""),
+            "how": "",
+            "src": _img_src(samples / "grid.png", report_dir, cfg),
+        }
+    return htmlkit.render("report_train.html.j2", metrics=metrics, sample=sample)
 
 
-def _config_details(stage_dir: Path) -> str:
-    """The stage's resolved config.toml, folded away (what the outputs were made with, design §2)."""
+def _config_text(stage_dir: Path) -> str:
+    """The stage's resolved config.toml (what the outputs were made with, design §2); "" when unreadable."""
     try:
-        text = (stage_dir / "config.toml").read_text(encoding="utf-8")
+        return (stage_dir / "config.toml").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return ""
-    return _details("resolved config.toml", text)
 
 
 def _read_parquet(path: Path) -> list[dict]:
@@ -495,12 +403,9 @@ def _img_src(path: Path, report_dir: Path, cfg: ReportConfig) -> str | None:
 
     try:
         with Image.open(path) as im:
-            im.thumbnail((cfg.thumb_px, cfg.thumb_px))
-            buf = io.BytesIO()
-            im.save(buf, format="PNG", optimize=True)
+            return htmlkit.thumbnail_uri(im, cfg.thumb_px)
     except OSError:
         return None
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _rel(path: Path, start: Path) -> str:
@@ -509,20 +414,6 @@ def _rel(path: Path, start: Path) -> str:
 
 def _href(path: Path, start: Path) -> str:
     return quote(_rel(path, start))
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _details(summary: str, text: str) -> str:
-    if not text.strip():
-        return ""
-    return f"<details><summary>{_e(summary)}</summary><pre>{_e(text[-4000:])}</pre></details>"
 
 
 def _int(v: object) -> int:
@@ -536,37 +427,3 @@ def _human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{n} B"
-
-
-def _table(header: list[str], rows: list, raw_cols: set[int] = frozenset()) -> str:
-    """An HTML table; cells are escaped except in ``raw_cols`` (pre-built HTML)."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{c if i in raw_cols else _e(c)}</td>" for i, c in enumerate(row)) + "</tr>"
-        for row in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _page(title: str, body: str, cfg: ReportConfig) -> str:
-    px = cfg.thumb_px
-    css = f"""
-body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1400px; }}
-h2 {{ border-bottom: 1px solid #ccc; padding-bottom: 4px; margin-top: 32px; }}
-table {{ border-collapse: collapse; margin: 8px 0; }}
-td, th {{ border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; font-size: 13px; }}
-th {{ background: #f3f3f3; }}
-.card {{ display: flex; gap: 12px; align-items: center; border-bottom: 1px solid #eee; padding: 6px 0; }}
-.cap {{ width: 260px; flex: none; font-size: 13px; }}
-.facts {{ color: #777; font-size: 12px; }}
-.views img {{ width: {px}px; height: {px}px; margin: 1px; image-rendering: auto;
-  background: repeating-conic-gradient(#ddd 0% 25%, #fff 0% 50%) 50% / 16px 16px; }}
-.badge {{ font-size: 11px; padding: 1px 5px; border-radius: 3px; color: #fff; }}
-.badge.kept {{ background: #43a047; }} .badge.dropped {{ background: #9e9e9e; }}
-.none {{ color: #888; font-style: italic; }}
-pre {{ max-height: 240px; overflow: auto; font-size: 11px; }}
-"""
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-        f"<style>{css}</style></head><body>\n{body}\n</body></html>\n"
-    )

@@ -227,3 +227,24 @@ def test_train_and_sample_section(tmp_path):
     assert any(
         (tmp_path / unquote(s)).resolve() == (tmp_path / "samples" / "grid.png").resolve() for s in srcs
     )
+
+
+def test_markup_in_captions_and_records_is_escaped(tmp_path):
+    """Markup lives in templates with autoescaping (issue 8): text from files never becomes HTML."""
+    from mvforge.formats import renders as fmt
+    from mvforge.render.synthetic import write_synthetic_object
+
+    write_synthetic_object(tmp_path / "renders", "evil", "<script>alert(1)</script>", views=2, resolution=8)
+    atomic_write_json(
+        fmt.failure_path(tmp_path / "renders", "bad"),
+        {
+            "uid": "bad",
+            "reason": "import_error",
+            "message": "<img src=x onerror=alert(2)>",
+            "log_tail": "</pre>",
+        },
+    )
+    html = write_report(tmp_path).read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(2)&gt;" in html
+    assert "&lt;/pre&gt;" in html

@@ -74,10 +74,11 @@ def view_exts(sample: dict) -> list[str]:
     return sorted(k for k in sample if k.endswith(".png") and k[:3].isdigit() and k.count(".") == 1)
 
 
-def parse_index(data: bytes | str, where: str = INDEX) -> dict[str, Any]:
+def parse_index(data: bytes | str, where: str = INDEX, strict: bool = True) -> dict[str, Any]:
     """The index document from index.json bytes, any known version (1 = no ``format_version`` key).
 
-    Raises UserError when it is not JSON, not an mvforge index, or newer than this mvforge reads.
+    Raises UserError when it is not JSON, not an mvforge index (``strict``; a report reads hand-made ones too),
+    or newer than this mvforge reads.
     """
     try:
         doc = json.loads(data)
@@ -85,7 +86,7 @@ def parse_index(data: bytes | str, where: str = INDEX) -> dict[str, Any]:
         raise UserError(
             f"{where} is not valid JSON; delete it and re-run `mvdata shard` with the same --out"
         ) from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    if not isinstance(doc, dict) or (strict and doc.get("format") != FORMAT):
         raise UserError(
             f"{where} is not an mvforge shard index (format {FORMAT!r}); pass an `mvdata shard` output"
         )
