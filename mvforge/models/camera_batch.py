@@ -15,13 +15,13 @@ import numpy as np
 
 def _ns(*xs):
     """(namespace, as_array) for the inputs: torch when any input is a tensor, else numpy."""
-    for x in xs:
-        if type(x).__module__.startswith("torch"):
-            import torch
+    like = next((x for x in xs if type(x).__module__.startswith("torch")), None)
+    if like is None:
+        return np, lambda a: np.asarray(a, dtype=np.float64)
+    import torch
 
-            like = x
-            return torch, lambda a: torch.as_tensor(a, dtype=like.dtype, device=like.device)
-    return np, lambda a: np.asarray(a, dtype=np.float64)
+    dtype = like.dtype if like.is_floating_point() else torch.float32
+    return torch, lambda a: torch.as_tensor(a, dtype=dtype, device=like.device)
 
 
 def orbit_c2w_batch(elevation_deg, azimuth_deg, distance=1.0):

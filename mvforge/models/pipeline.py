@@ -19,6 +19,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from mvforge.errors import UserError
+from mvforge.fsutil import tmp_path
 from mvforge.models.camera_batch import camera_embedding, orbit_c2w_batch, orthogonal_views
 from mvforge.models.model import (
     MultiViewUNet,
@@ -129,7 +132,11 @@ class MultiViewDiffusion:
     # -- loading, moving, saving
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        *,
         use_ema: bool = True,
     ) -> MultiViewDiffusion:
         """Load from a pipeline directory, an ``mvtrain fit`` checkpoint (``unet_ema/`` when ``use_ema`` and
@@ -185,9 +192,18 @@ class MultiViewDiffusion:
         )
 
     def save_pretrained(self, out: str | Path) -> Path:
-        """Write a pipeline directory (safetensors; the official DDIM as its scheduler)."""
-        self.pipeline("ddim").save_pretrained(out)
-        return Path(out)
+        """Write a pipeline directory (safetensors; the official DDIM as its scheduler) to ``out``, which must
+        not exist or be empty. Filled as ``out.tmp-<pid>`` and renamed into place: complete or absent."""
+        out = Path(out)
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"{out} is not empty; pass a new directory for the pipeline")
+        tmp = tmp_path(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.pipeline("ddim").save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+        return out
 
     # -- encode / predict / decode
     @torch.no_grad()
@@ -327,7 +343,9 @@ class MVDreamPipeline(DiffusionPipeline):
 
     def __init__(self, vae, text_encoder, tokenizer, unet: MultiViewUNet, scheduler) -> None:
         super().__init__()
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.register_modules(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
+        )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
