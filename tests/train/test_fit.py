@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
+from mvforge.train.model import MultiViewUNet
+from mvforge.train.sample import sample_views, save_views
 from PIL import Image
 
 from mvforge.shards.config import LoaderConfig
 from mvforge.shards.loader import step_is_3d
 from mvforge.train.config import SampleConfig
 from mvforge.train.loop import checkpoints, fit, latest_checkpoint
-from mvforge.train.model import MultiViewUNet
-from mvforge.train.sample import sample_views, save_views
 
 VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from mvforge.train.sample import sample_views
 
 from mvforge.errors import UserError
 from mvforge.train.config import SampleConfig
 from mvforge.train.loop import ema_update, training_target
-from mvforge.train.sample import sample_views
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
