@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
 from mvforge.cameras import normalize_camera, orbit_c2w
 from mvforge.errors import UserError
 from mvforge.models import MultiViewDiffusion, resolve_model
 from mvforge.models.model import load_unet
-from mvforge.models.pipeline import SCHEDULERS, MVDreamPipeline
+from mvforge.models.pipeline import SCHEDULERS, MVDreamPipeline, make_scheduler
 
 RES, STEPS = 16, 3  # tiny: latents 8 x 8 (the VAE downsamples x2)
 
@@ -170,6 +170,23 @@ def test_one_view_without_camera_effect_equals_diffusers_sd_pipeline(tiny_sd, na
         **kw,
     )
     torch.testing.assert_close(got.images, want.images, rtol=1e-4, atol=1e-4)
+
+
+def test_scheduler_settings_hold_for_any_source_config():
+    """The official DDIM settings (design §10) override whatever the model's scheduler config says."""
+    src = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+    )  # clip_sample default
+    ddim = make_scheduler("ddim", src.config)
+    assert (ddim.config.clip_sample, ddim.config.set_alpha_to_one, ddim.config.prediction_type) == (
+        False,
+        False,
+        "epsilon",
+    )
+    assert make_scheduler("dpm++", src.config).config.algorithm_type == "dpmsolver++"
+    assert make_scheduler("pndm", src.config).config.skip_prk_steps
+    with pytest.raises(UserError, match="not offered"):
+        make_scheduler("lms", src.config)
 
 
 def test_save_pretrained_round_trip_is_bit_identical_and_unet_is_vanilla(model, tiny_mv, tmp_path):
