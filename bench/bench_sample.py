@@ -6,7 +6,8 @@ resolution and device. The multi-view side is ``MVDreamPipeline`` (camera MLP, 3
 views of an object, V images per call); the plain side is ``StableDiffusionPipeline`` with the identical
 ``UNet2DConditionModel`` (no camera, per-image attention) making V images per call
 (``num_images_per_prompt=V``). Calls are interleaved A/B so load from other processes hits both alike; the
-median per side is reported, divided by the V images of a call.
+median and the best call per side are reported, divided by the V images of a call (on a shared machine the
+best call is the least disturbed one).
 
 The model is SD-shaped (VAE downsampling x8, cross-attention at SD's three upper levels, two resnets per level),
 with small widths so it runs on a CPU; ``--arch sd21`` builds SD 2.1 base's sizes (random weights: the timing
@@ -85,7 +86,10 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     import diffusers
 
     diffusers.utils.logging.set_verbosity_error()
@@ -133,7 +137,7 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    run_mv(), run_sd()  # warm-up (allocator, kernels)
+    print(f"  warm-up: {timed(run_mv):.2f} s, {timed(run_sd):.2f} s", flush=True)  # allocator, kernels
     times = {"multiview": [], "plain SD": []}
     peak = {}
     for _ in range(args.repeats):
@@ -141,9 +145,11 @@ def main() -> None:
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             times[name].append(timed(fn))
+            print(f"  {name}: {times[name][-1]:.2f} s", flush=True)
             if dev.type == "cuda":
                 peak[name] = torch.cuda.max_memory_allocated() / 2**30
     med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
     for name, ts in times.items():
         mem = f", peak {peak[name]:.2f} GiB" if name in peak else ""
         print(

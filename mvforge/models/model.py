@@ -178,15 +178,14 @@ def load_unet(path: str | Path, subfolder: str = "unet") -> MultiViewUNet:
     config = json.loads(config_file.read_text())
     if _is_multiview_config(config):
         unet = MultiViewUNet.from_pretrained(path, subfolder=subfolder)
-    elif config.get("class_embed_type") is None:
-        unet = multiview_from_sd(UNet2DConditionModel.from_pretrained(path, subfolder=subfolder))
-    else:
-        raise UserError(
-            f"{path / subfolder} has class_embed_type={config.get('class_embed_type')!r}; "
-            "pass a plain Stable Diffusion UNet or an mvtrain checkpoint"
-        )
-    install_multiview_attention(unet)
-    return unet
+        install_multiview_attention(unet)
+        return unet
+    if config.get("class_embed_type") is None:
+        return multiview_from_sd(UNet2DConditionModel.from_pretrained(path, subfolder=subfolder))
+    raise UserError(
+        f"{path / subfolder} has class_embed_type={config.get('class_embed_type')!r}; "
+        "pass a plain Stable Diffusion UNet or an mvtrain checkpoint"
+    )
 
 
 def multiview_from_sd(base: UNet2DConditionModel) -> MultiViewUNet:

@@ -59,6 +59,7 @@ def test_fit_resume_equals_uninterrupted_and_checkpoint_loads(make_fit_config, t
 
 
 def test_fit_mixes_2d_batches_and_v_prediction(make_fit_config, tiny_sd, shards_3d, shards_2d, tmp_path):
+    """Also runs with gradient checkpointing (3D and 2D steps: num_views 4 and 1 under recomputation)."""
     sd = tmp_path / "sd-v"
     import shutil
 
@@ -67,7 +68,15 @@ def test_fit_mixes_2d_batches_and_v_prediction(make_fit_config, tiny_sd, shards_
     sched.write_text(sched.read_text().replace('"epsilon"', '"v_prediction"'))
     loader = LoaderConfig(batch_size=2, num_views=4, resolution=32, batches_per_epoch=4, p_3d=0.5, seed=3)
     records = fit(
-        make_fit_config(sd, shards_3d, tmp_path / "run", shards_2d=shards_2d, loader=loader, max_steps=4)
+        make_fit_config(
+            sd,
+            shards_3d,
+            tmp_path / "run",
+            shards_2d=shards_2d,
+            loader=loader,
+            max_steps=4,
+            gradient_checkpointing=True,
+        )
     )
     kinds = [r["kind"] for r in records]
     assert kinds == ["3d" if step_is_3d(3, s, 0.5) else "2d" for s in range(4)]
