@@ -365,9 +365,11 @@ def _train_section(train: Path, samples: Path, report_dir: Path, cfg: ReportConf
         meta = {}
         if (samples / "sample.json").is_file():
             meta = json.loads((samples / "sample.json").read_text(encoding="utf-8"))
+        c = meta.get("config", {})
+        how = f"{c['scheduler']}, {c['steps']} steps, CFG {c['guidance_scale']}" if "scheduler" in c else ""
         sample = {
             "prompt": meta.get("prompt", ""),
-            "how": "",
+            "how": how,
             "src": _img_src(samples / "grid.png", report_dir, cfg),
         }
     return htmlkit.render("report_train.html.j2", metrics=metrics, sample=sample)

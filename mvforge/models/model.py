@@ -1,0 +1,244 @@
+"""The multi-view UNet (MVDream §3.1-3.2): SD's UNet with 3D self-attention and a camera embedding.
+
+Reads top to bottom: the attention processors, the model, the loaders (UNet, frozen SD parts, text encoding).
+
+- 3D (multi-view) self-attention: the V views of one object share one self-attention. The processor reshapes
+  the tokens ``(b v) l c -> b (v l) c`` around attn1 only, so every view attends to the tokens of all views
+  with SD's own q/k/v weights (paper §3.1: "inflate" 2D self-attention, no new weights). Cross-attention (attn2)
+  keeps plain attention: each view reads the text on its own. ``num_views`` travels with each call
+  (``cross_attention_kwargs``), so gradient checkpointing recomputes with the same value (issue 9).
+- Camera: diffusers ``class_embed_type="projection"`` with 16 inputs is MVDream's camera MLP (Linear -> SiLU
+  -> Linear) added to the time embedding (paper §3.2, "added to the time embedding" was their best variant).
+  Only its last layer is zero-initialised, so at init the model equals SD (design §6).
+- 2D batches (paper §3.3: 30% LAION) carry no camera. With a class embedding diffusers raises on
+  ``class_labels=None``; MVDream's own UNet simply skips the camera term when ``camera is None``, so
+  ``MultiViewUNet.get_class_embed`` returns no class embedding then. A fake camera (zeros) would NOT be
+  equivalent: the MLP's first layer has a bias, so zeros still shift the time embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from diffusers import ModelMixin as ModelMixin  # noqa: F401  (read by diffusers' pipeline loader, see below)
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from mvforge.errors import UserError
+
+# DiffusionPipeline.from_pretrained loads a component recorded as ["mvforge.models.model", "MultiViewUNet"] by
+# looking its loading base classes (ModelMixin, ...) up as attributes of this module: keep ModelMixin imported.
+
+CAMERA_DIM = 16
+"""MVDream camera embedding input: the 4x4 c2w with unit translation, flattened (design §3)."""
+
+
+# ---------------------------------------------------------------- processors
+class MultiViewAttnProcessor(AttnProcessor2_0):
+    """Self-attention over the tokens of all ``num_views`` views of an object; no weights of its own (attn1).
+
+    ``num_views`` arrives with each call as a keyword (``cross_attention_kwargs={"num_views": v}`` of
+    ``UNet2DConditionModel.forward``), never as processor state: diffusers' gradient checkpointing
+    (``Transformer2DModel`` checkpoints each block with ``cross_attention_kwargs`` among its saved arguments)
+    replays the block in backward with the same value (issue 9: state reset after forward made the
+    recomputation run with one view, and torch raised ``CheckpointError``). With ``num_views == 1`` it is
+    exactly the plain SDPA processor.
+    """
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        num_views: int = 1,
+    ) -> torch.Tensor:
+        v = num_views
+        if v == 1:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
+            raise ValueError("MultiViewAttnProcessor is for self-attention (attn1) on (batch, tokens, dim)")
+        bv, n, c = hidden_states.shape
+        if bv % v:
+            raise ValueError(f"batch {bv} is not a multiple of num_views {v}")
+        # (b v) l c -> b (v l) c: callers flatten (B, V, ...) to (B*V, ...), views of an object are adjacent.
+        x = hidden_states.reshape(bv // v, v * n, c)
+        out = super().__call__(attn, x, None, None, temb)
+        return out.reshape(bv, n, c)
+
+
+class CrossAttnProcessor(AttnProcessor2_0):
+    """attn2 (text cross-attention): each view reads the text on its own, so ``num_views`` is accepted and
+    unused. Accepting it keeps diffusers from warning "cross_attention_kwargs ['num_views'] are not expected"
+    on every call (it inspects the processor's signature)."""
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        num_views: int = 1,
+    ) -> torch.Tensor:
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def install_multiview_attention(unet: UNet2DConditionModel) -> None:
+    """Give every attn1 the multi-view processor and every other attention the plain one (both stateless)."""
+    # set_attn_processor(dict) needs every key (design §6).
+    procs = {
+        name: (MultiViewAttnProcessor() if name.endswith("attn1.processor") else CrossAttnProcessor())
+        for name in unet.attn_processors
+    }
+    unet.set_attn_processor(procs)
+
+
+# ---------------------------------------------------------------- model
+class MultiViewUNet(UNet2DConditionModel):
+    """SD's UNet with multi-view self-attention and an optional camera embedding.
+
+    ``forward(sample, timestep, encoder_hidden_states, cameras=None, num_views=1)``: ``sample`` (B*V, C, h, w)
+    float with the V views of an object contiguous; ``timestep`` (B*V,) or a scalar; ``encoder_hidden_states``
+    (B*V, 77, D); ``cameras`` (B*V, 16) MVDream embeddings or None (a 2D batch). Returns the prediction
+    (B*V, C, h, w). The weights and config are a standard ``UNet2DConditionModel``'s, so vanilla diffusers
+    loads a saved ``unet/``; the multi-view behaviour is the processors (``install_multiview_attention``).
+    """
+
+    def get_class_embed(self, sample: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor | None:
+        if class_labels is None:  # 2D batch: no camera term (see module docstring)
+            return None
+        return super().get_class_embed(sample=sample, class_labels=class_labels)
+
+    def has_multiview_attention(self) -> bool:
+        """Whether the first self-attention has the multi-view processor (a short walk, stops at the first)."""
+        for m in self.modules():
+            if isinstance(m, Attention) and not m.is_cross_attention:
+                return isinstance(m.processor, MultiViewAttnProcessor)
+        return False
+
+    def forward(  # type: ignore[override]
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        cameras: torch.Tensor | None = None,
+        num_views: int = 1,
+    ) -> torch.Tensor:
+        if num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {num_views}")
+        if not self.has_multiview_attention():  # e.g. after a plain from_pretrained / set_attn_processor
+            install_multiview_attention(self)
+        return super().forward(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            class_labels=cameras,
+            cross_attention_kwargs={"num_views": num_views},
+            return_dict=False,
+        )[0]
+
+
+def init_camera(unet: UNet2DConditionModel, seed: int = 0) -> None:
+    """Seeded init of the new camera MLP: PyTorch's Linear init for the first layer, zeros for the last, so at
+    init the camera changes nothing (design §6). Seeded so two loads of SD give the same model (exact resume
+    and reproducible runs would otherwise differ in the first layer)."""
+    g = torch.Generator().manual_seed(seed)
+    first, last = unet.class_embedding.linear_1, unet.class_embedding.linear_2
+    bound = 1.0 / math.sqrt(first.in_features)
+    with torch.no_grad():
+        first.weight.uniform_(-bound, bound, generator=g)
+        first.bias.uniform_(-bound, bound, generator=g)
+        last.weight.zero_()
+        last.bias.zero_()
+
+
+# ---------------------------------------------------------------- loading
+def _is_multiview_config(config: dict) -> bool:
+    return (
+        config.get("class_embed_type") == "projection"
+        and config.get("projection_class_embeddings_input_dim") == CAMERA_DIM
+    )
+
+
+def load_unet(path: str | Path, subfolder: str = "unet") -> MultiViewUNet:
+    """A MultiViewUNet from a diffusers directory: an SD UNet (camera MLP added, last layer zero) or a
+    multi-view checkpoint of ours (loaded as is). The same path for SD 2.1 base and the tiny test model."""
+    path = Path(path)
+    config_file = path / subfolder / "config.json"
+    if not config_file.is_file():
+        raise UserError(
+            f"{path / subfolder} holds no diffusers UNet (config.json); pass a Stable Diffusion directory "
+            "(unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a run checkpoint"
+        )
+    config = json.loads(config_file.read_text())
+    if _is_multiview_config(config):
+        unet = MultiViewUNet.from_pretrained(path, subfolder=subfolder)
+        install_multiview_attention(unet)
+        return unet
+    if config.get("class_embed_type") is None:
+        return multiview_from_sd(UNet2DConditionModel.from_pretrained(path, subfolder=subfolder))
+    raise UserError(
+        f"{path / subfolder} has class_embed_type={config.get('class_embed_type')!r}; "
+        "pass a plain Stable Diffusion UNet or an mvtrain checkpoint"
+    )
+
+
+def multiview_from_sd(base: UNet2DConditionModel) -> MultiViewUNet:
+    """SD's UNet with the camera MLP added (seeded first layer, zero last layer: equal to ``base`` at init)."""
+    # Private keys out: a fresh model's "_use_default_values" lists class_embed_type and would undo the update.
+    cfg = {k: v for k, v in base.config.items() if not k.startswith("_")}
+    cfg.update(class_embed_type="projection", projection_class_embeddings_input_dim=CAMERA_DIM)
+    unet = MultiViewUNet.from_config(cfg)
+    missing, unexpected = unet.load_state_dict(base.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("class_embedding.") for k in missing):
+        raise UserError("the UNet's weights do not match its config; re-save the model")
+    init_camera(unet)
+    install_multiview_attention(unet)
+    return unet
+
+
+def load_frozen(path: str | Path):
+    """(vae, text_encoder, tokenizer, noise scheduler config) of a diffusers SD directory, frozen."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = Path(path)
+    for sub in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (path / sub).is_dir():
+            raise UserError(
+                f"{path} has no {sub}/; pass a diffusers Stable Diffusion directory "
+                "(or make a tiny one: mvtrain make-tiny-sd --out DIR)"
+            )
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae").eval().requires_grad_(False)
+    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval().requires_grad_(False)
+    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+    scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+    return vae, text_encoder, tokenizer, scheduler
+
+
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Token ids (N, 77) int64: BOS, BPE tokens, EOS, then the tokenizer's pad id (0 for SD 2.x and OpenCLIP:
+    SD's cross-attention reads all 77 positions, issue 9); truncated to 77 with EOS kept last.
+
+    ``split_special_tokens``: the pad token "!" is a special token of SD 2.x's saved tokenizer, and transformers
+    would split every "!" in a prompt off as id 0 ("!!" is one BPE token for open_clip). With it the ids equal
+    open_clip's ``tokenize`` (tested).
+    """
+    return tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        split_special_tokens=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def encode_text(tokenizer, text_encoder, prompts: list[str], device: torch.device | str) -> torch.Tensor:
+    """Text-encoder hidden states (N, 77, D) of N prompts (ids from ``tokenize``)."""
+    return text_encoder(tokenize(tokenizer, prompts).to(device))[0]
