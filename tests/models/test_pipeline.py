@@ -122,17 +122,18 @@ def test_encode_images_with_and_without_gradient(model):
     assert decoded.shape == images.shape and decoded.min() >= -1 and decoded.max() <= 1
 
 
-def _run(model, name: str, seed: int) -> torch.Tensor:
+def _run(model, name: str, seed: int, steps: int = STEPS) -> torch.Tensor:
     pipe = model.pipeline(name)
+    pipe.set_progress_bar_config(disable=True)
     gen = torch.Generator().manual_seed(seed)
-    return pipe("a chair", num_inference_steps=STEPS, resolution=RES, generator=gen, output_type="pt").images
+    return pipe("a chair", num_inference_steps=steps, resolution=RES, generator=gen, output_type="pt").images
 
 
 def test_every_scheduler_is_deterministic_and_distinct(model):
     """Must-show 2: same seed -> the same images; another seed or another scheduler -> different images."""
     outs = {}
     for name in SCHEDULERS:
-        a, b, c = _run(model, name, 0), _run(model, name, 0), _run(model, name, 1)
+        a, b, c = _run(model, name, 0, 2), _run(model, name, 0, 2), _run(model, name, 1, 2)
         assert torch.equal(a, b), name
         assert (a - c).abs().max() > 1e-3, name
         outs[name] = a
@@ -142,33 +143,29 @@ def test_every_scheduler_is_deterministic_and_distinct(model):
             assert (outs[m] - outs[n]).abs().max() > 1e-4, (m, n)
 
 
+@pytest.fixture(scope="module")
+def sd_and_fresh_mv(tiny_sd):
+    sd = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None, requires_safety_checker=False)
+    sd.set_progress_bar_config(disable=True)
+    return sd, MultiViewDiffusion(load_unet(tiny_sd), sd.vae, sd.text_encoder, sd.tokenizer, sd.scheduler)
+
+
 @pytest.mark.parametrize("name", list(SCHEDULERS))
-def test_one_view_without_camera_effect_equals_diffusers_sd_pipeline(tiny_sd, name):
+def test_one_view_without_camera_effect_equals_diffusers_sd_pipeline(sd_and_fresh_mv, name):
     """With V = 1 and the fresh (zero) camera MLP the model is SD's UNet, so every scheduler must give what
     diffusers' own StableDiffusionPipeline gives from the same noise: the loop drives schedulers as diffusers."""
-    sd = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None, requires_safety_checker=False)
-    mv = MultiViewDiffusion(load_unet(tiny_sd), sd.vae, sd.text_encoder, sd.tokenizer, sd.scheduler)
+    sd, mv = sd_and_fresh_mv
     pipe = mv.pipeline(name)
     sd.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
     x = torch.randn(2, 4, RES // 2, RES // 2, generator=torch.Generator().manual_seed(4))
     kw = dict(num_inference_steps=STEPS, guidance_scale=5.0, output_type="latent")
+    prompts = ["a chair", "a lamp"]
     got = pipe(
-        ["a chair", "a lamp"],
-        num_views=1,
-        latents=x,
-        resolution=RES,
-        generator=torch.Generator().manual_seed(0),
-        **kw,
+        prompts, num_views=1, latents=x, resolution=RES, generator=torch.Generator().manual_seed(0), **kw
     )
     # SD pads prompts with the tokenizer's pad id too; the tiny tokenizer pads with 0 like mvforge.
-    want = sd(
-        ["a chair", "a lamp"],
-        latents=x.clone(),
-        height=RES,
-        width=RES,
-        generator=torch.Generator().manual_seed(0),
-        **kw,
-    )
+    gen = torch.Generator().manual_seed(0)
+    want = sd(prompts, latents=x.clone(), height=RES, width=RES, generator=gen, **kw)
     torch.testing.assert_close(got.images, want.images, rtol=1e-4, atol=1e-4)
 
 
