@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "mvtrain fit": ("train", "shard"),
     "mvtrain sample": ("train",),
     "mvtrain make-tiny-sd": ("train",),
+    "mvtrain eval": ("train",),
 }
 """The extras each command needs (``mvdata doctor`` reports which commands work)."""
 
