@@ -67,7 +67,11 @@ def test_killed_run_resumes_without_regenerating(tmp_path, pipe, clip, reference
     assert g["images"] == 12 and doc["metrics"]["reference"]["images"] == 12
     assert g["fid"] > 0 and g["kid"]["subset_size"] == 12 and g["kid"]["n"] == 1
     assert 0 <= g["clip_score"]["over_images"]["mean"] <= 100 and g["clip_score"]["over_prompts"]["n"] == 3
-    assert doc["preparation"] == {"background_rgb": [255, 255, 255], "image_size": 32, "resize": "PIL bicubic"}
+    assert doc["preparation"] == {
+        "background_rgb": [255, 255, 255],
+        "image_size": 32,
+        "resize": "PIL bicubic",
+    }
     rows = (tmp_path / "a" / "eval.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[1].startswith("0,synthetic object number 0,")
     assert (tmp_path / "a" / "grids" / "generated.png").is_file()
@@ -89,7 +93,9 @@ def test_resume_with_other_settings_is_refused(tmp_path, pipe, clip, reference_d
 def test_reference_without_renders_and_missing_weights(tmp_path, clip, small_cfg):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no finished renders and no shards"):
-        run.run_eval(None, "m", tmp_path / "empty", tmp_path / "o", small_cfg, extractors.TinyFeatures(), clip)
+        run.run_eval(
+            None, "m", tmp_path / "empty", tmp_path / "o", small_cfg, extractors.TinyFeatures(), clip
+        )
     with pytest.raises(UserError, match="pass --inception-weights FILE"):
         extractors.InceptionFeatures(tmp_path / "missing.pth")
     with pytest.raises(UserError, match="--clip-pretrained"):
