@@ -1,5 +1,5 @@
 """Fixtures of the eval tests: a tiny open_clip model on disk (loaded like real weights), a synthetic render
-directory as the reference, and small generation settings (2 DDIM steps, 32 px)."""
+directory as the reference, and small generation settings (1 DDIM step, 32 px)."""
 
 from __future__ import annotations
 
@@ -28,5 +28,5 @@ def small_cfg():
     from mvforge.models.config import SampleConfig
 
     return EvalConfig(
-        sample=SampleConfig(steps=2, num_views=4, resolution=32), image_size=32, features="tiny", is_splits=2
+        sample=SampleConfig(steps=1, num_views=4, resolution=32), image_size=32, features="tiny", is_splits=2
     )

@@ -133,14 +133,24 @@ def test_cli_tiny_eval_and_sds(tmp_path, tiny_mv, tiny_clip_dir, reference_dir):
     out = tmp_path / "eval"
     res = _mvtrain(
         "eval", "--model", str(tiny_mv), "--reference", str(reference_dir), "--out", str(out),
-        "--features", "tiny", "--clip-pretrained", f"local-dir:{tiny_clip_dir}", "--steps", "2",
-        "--resolution", "32", "--image-size", "32", "--max-prompts", "2", "--sds", str(tmp_path / "sds"),
+        "--features", "tiny", "--clip-pretrained", f"local-dir:{tiny_clip_dir}", "--steps", "1",
+        "--resolution", "32", "--image-size", "32", "--max-prompts", "1", "--sds", str(tmp_path / "sds"),
         "--device", "cpu",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads((out / "eval.json").read_text())
-    assert doc["prompts"]["count"] == 2 and doc["views_per_prompt"] == 4
+    assert doc["prompts"]["count"] == 1 and doc["views_per_prompt"] == 4
     sds_doc = json.loads((out / "sds.json").read_text())
     (row,) = sds_doc["results"]
     assert row["prompt"] == "a red mug" and row["source"] == "turntable" and row["views"] == 6
     assert row["consistency"] is not None and 0 <= row["clip_score"]["mean"] <= 100
+
+    # The report's eval section: the Table 1-shaped rows, the SDS row and the caveat before the paper's figures.
+    from mvforge.report import write_report
+
+    html = write_report(tmp_path).read_text()
+    section = html[html.index('<section id="eval">') :]
+    assert "generated (4 images)" in section and "reference renders (12 images)" in section
+    assert "a red mug" in section and "not comparable with the paper" in section
+    assert section.index("Not comparable") < section.index("40.38")
+    assert 'src="eval/grids/generated.png"' in section
