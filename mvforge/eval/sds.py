@@ -1,9 +1,9 @@
 """CLIP score of `mvtrain sds` results against their prompts (issue 15, ``mvtrain eval --sds DIR``).
 
-A result directory holds ``summary.json`` (with ``prompt``), ``turntable.gif`` (a full orbit) and/or
-``snapshots/*.png``. The scored views are ``views`` frames evenly spaced over the turntable (then the
-consistency figure applies: its frames are ring-ordered), else the snapshots in name order (no consistency:
-snapshots need not be views of one orbit).
+A result directory holds ``summary.json`` (with ``prompt``, written last), ``turntable.gif`` (a full orbit)
+and ``snapshots/step-NNNNNN.png`` (each the V orbit views at azimuths 0/90/180/270 side by side, issue 14's
+layout). The scored views are ``views`` frames evenly spaced over the turntable, else the square tiles of the
+latest snapshot; both are ring-ordered, so the consistency figure applies.
 """
 
 from __future__ import annotations
@@ -44,16 +44,15 @@ def result_views(result: Path, views: int) -> tuple[list[Image.Image], bool]:
     snaps = sorted((result / "snapshots").glob("*.png"))
     if not snaps:
         raise UserError(f"{result} has no turntable.gif and no snapshots/*.png; let `mvtrain sds` finish")
-    out = []
-    for p in snaps:
-        with Image.open(p) as im:
-            out.append(im.convert("RGBA"))
-    return out, False
+    with Image.open(snaps[-1]) as im:  # step-NNNNNN sorts by step: the latest
+        strip = im.convert("RGBA")
+    h = strip.height
+    return [strip.crop((x, 0, x + h, h)) for x in range(0, strip.width - h + 1, h)], False
 
 
 def score_sds(roots: list[str | Path], clip, prepare, views: int = 8) -> list[dict]:
-    """One row per SDS result: dir, prompt, source (turntable/snapshots), views, CLIP score mean ± std over
-    the views (100 · cos clipped at 0) and the consistency figure (turntable only, else None). ``prepare``:
+    """One row per SDS result: dir, prompt, source (turntable/snapshot), views, CLIP score mean ± std over
+    the views (100 · cos clipped at 0) and the consistency figure (None with a single view). ``prepare``:
     the image preparation shared with the main eval (background, resize)."""
     rows = []
     for root in roots:
@@ -67,12 +66,12 @@ def score_sds(roots: list[str | Path], clip, prepare, views: int = 8) -> list[di
             emb = clip.images(images)
             text = np.repeat(clip.texts([prompt]), len(images), axis=0)
             scores = metrics.mean_std(metrics.clip_scores(emb, text))
-            cons = float(adjacent_view_similarity(emb[None])[0]) if turntable and len(images) > 1 else None
+            cons = float(adjacent_view_similarity(emb[None])[0]) if len(images) > 1 else None
             rows.append(
                 {
                     "dir": str(result),
                     "prompt": prompt,
-                    "source": "turntable" if turntable else "snapshots",
+                    "source": "turntable" if turntable else "snapshot",
                     "views": len(images),
                     "clip_score": scores.to_dict(),
                     "consistency": cons,

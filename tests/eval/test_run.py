@@ -154,3 +154,26 @@ def test_cli_tiny_eval_and_sds(tmp_path, tiny_mv, tiny_clip_dir, reference_dir):
     assert "a red mug" in section and "not comparable with the paper" in section
     assert section.index("Not comparable") < section.index("40.38")
     assert 'src="eval/grids/generated.png"' in section
+
+
+def test_sds_snapshot_tiles_and_missing_results(tmp_path, clip):
+    """Without a turntable, the latest snapshot's square tiles are the views (issue 14's snapshot layout)."""
+    from PIL import Image
+
+    from mvforge.eval import sds
+
+    res = tmp_path / "sds" / "a-mug"
+    (res / "snapshots").mkdir(parents=True)
+    (res / "summary.json").write_text(json.dumps({"prompt": "a mug"}))
+    Image.new("RGB", (64, 16), (0, 0, 0)).save(res / "snapshots" / "step-000050.png")
+    strip = Image.new("RGB", (64, 16), (255, 0, 0))
+    strip.paste((0, 255, 0), (16, 0, 32, 16))
+    strip.save(res / "snapshots" / "step-000100.png")
+    views, turntable = sds.result_views(res, 8)
+    assert not turntable and [v.getpixel((8, 8))[:3] for v in views] == [
+        (255, 0, 0), (0, 255, 0), (255, 0, 0), (255, 0, 0),
+    ]  # fmt: skip
+    (row,) = sds.score_sds([tmp_path / "sds"], clip, lambda im: run.prepare(im, (255, 255, 255), 32))
+    assert row["source"] == "snapshot" and row["views"] == 4 and row["consistency"] is not None
+    with pytest.raises(UserError, match="no summary.json"):
+        sds.score_sds([tmp_path / "nothing"], clip, lambda im: im)
