@@ -417,7 +417,10 @@ def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
     gen = metrics.get("generated")
     if gen:
         kid = gen.get("kid") or {}
-        kid_text = f"{_pm(kid, 5)} (N {gen['images']}, subset {kid.get('subset_size')})" if kid else ""
+        kid_text = ""
+        if kid:  # one subset = every image once: no spread to show
+            value = f"{kid['mean']:.5f}" if kid.get("n") == 1 else _pm(kid, 5)
+            kid_text = f"{value} (N {gen['images']}, subset {kid.get('subset_size')})"
         rows.append(
             [
                 f"generated ({gen['images']} images)",
