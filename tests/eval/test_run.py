@@ -42,19 +42,22 @@ def clip(tiny_clip_dir):
 
 
 def test_killed_run_resumes_without_regenerating(tmp_path, pipe, clip, reference_dir, small_cfg):
+    from mvforge import config as config_mod
+
+    small_cfg = config_mod.set_field(small_cfg, "max_prompts", 2)  # 2 of the 3 reference captions
     feats = extractors.TinyFeatures()
-    killed = Counting(pipe, kill_at=2)
+    killed = Counting(pipe, kill_at=1)
     with pytest.raises(KeyboardInterrupt):
         run.run_eval(killed, "tiny", reference_dir, tmp_path / "a", small_cfg, feats, clip)
-    assert killed.calls == 2 and not (tmp_path / "a" / "eval.json").exists()
+    assert killed.calls == 1 and not (tmp_path / "a" / "eval.json").exists()
 
     resumed = Counting(pipe)
     doc = run.run_eval(resumed, "tiny", reference_dir, tmp_path / "a", small_cfg, feats, clip)
-    assert resumed.calls == 1  # 3 reference captions, 2 finished before the kill
+    assert resumed.calls == 1  # 2 prompts, 1 finished before the kill
 
     fresh = Counting(pipe)
     run.run_eval(fresh, "tiny", reference_dir, tmp_path / "b", small_cfg, feats, clip)
-    assert fresh.calls == 3
+    assert fresh.calls == 2
     a = (tmp_path / "a" / "eval.json").read_text()
     assert a == (tmp_path / "b" / "eval.json").read_text()  # same seed -> same views -> same numbers
 
@@ -63,17 +66,17 @@ def test_killed_run_resumes_without_regenerating(tmp_path, pipe, clip, reference
     assert again.calls == 0 and (tmp_path / "a" / "eval.json").read_text() == a
 
     g = doc["metrics"]["generated"]
-    assert doc["prompts"] == {"count": 3, "source": "reference captions"}
-    assert g["images"] == 12 and doc["metrics"]["reference"]["images"] == 12
-    assert g["fid"] > 0 and g["kid"]["subset_size"] == 12 and g["kid"]["n"] == 1
-    assert 0 <= g["clip_score"]["over_images"]["mean"] <= 100 and g["clip_score"]["over_prompts"]["n"] == 3
+    assert doc["prompts"] == {"count": 2, "source": "reference captions"}
+    assert g["images"] == 8 and doc["metrics"]["reference"]["images"] == 12
+    assert g["fid"] > 0 and g["kid"]["subset_size"] == 8 and g["kid"]["n"] == 100
+    assert 0 <= g["clip_score"]["over_images"]["mean"] <= 100 and g["clip_score"]["over_prompts"]["n"] == 2
     assert doc["preparation"] == {
         "background_rgb": [255, 255, 255],
         "image_size": 32,
         "resize": "PIL bicubic",
     }
     rows = (tmp_path / "a" / "eval.csv").read_text().splitlines()
-    assert len(rows) == 4 and rows[1].startswith("0,synthetic object number 0,")
+    assert len(rows) == 3 and rows[1].startswith("0,synthetic object number 0,")
     assert (tmp_path / "a" / "grids" / "generated.png").is_file()
     timing = json.loads((tmp_path / "a" / "timing.json").read_text())
     assert timing["prompts_generated"] == 0 and timing["scoring_s"] > 0
