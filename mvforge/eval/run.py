@@ -299,6 +299,8 @@ def run_eval(
         "views_per_prompt": v,
         "preparation": {"background_rgb": list(bg), "image_size": size, "resize": RESIZE},
         "extractors": {"features": features.name, "clip": clip.name},
+        # CLIP score text: the prompt as written (MVDream scores against the caption, not the ", 3d asset" text).
+        "clip_text": "prompt without sample.prompt_suffix; reference: its caption",
         "metrics": summarise(gen, ref, cfg),
         "config": config_mod.to_dict(cfg),
     }
