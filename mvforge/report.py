@@ -69,6 +69,7 @@ def write_report(run_dir: Path, cfg: ReportConfig | None = None) -> Path:
         ("filter", "filter", filter_html),
         ("shards", "shards", _shard_section(shards)),
         ("train", "train", _train_section(run_dir / "train", run_dir / "samples", run_dir, cfg)),
+        ("eval", "eval", _eval_section(run_dir / "eval", run_dir, cfg)),
     ]
     name = run_dir.resolve().name
     page = htmlkit.render(
@@ -373,6 +374,104 @@ def _train_section(train: Path, samples: Path, report_dir: Path, cfg: ReportConf
             "src": _img_src(samples / "grid.png", report_dir, cfg),
         }
     return htmlkit.render("report_train.html.j2", metrics=metrics, sample=sample)
+
+
+# --- eval ---------------------------------------------------------------------------------------------------
+
+
+def _pm(block: dict | None, digits: int = 2) -> str:
+    """ "mean ± std" of a MeanStd dict from eval.json; "" when absent."""
+    if not block or block.get("mean") is None:
+        return ""
+    return f"{block['mean']:.{digits}f} ± {block['std']:.{digits}f}"
+
+
+def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
+    """Table 1-shaped summary of eval/eval.json (`mvtrain eval`, issue 15), grids, SDS rows, the paper's
+    figures behind the caveat that they are not comparable (design §10)."""
+    from mvforge.eval.paper import CAVEAT, PAPER_TABLE1
+
+    path = root / "eval.json"
+    sds_path = root / "sds.json"
+    if not path.is_file() and not sds_path.is_file():
+        return htmlkit.render("report_eval.html.j2", problem="No evaluation here (no eval/eval.json).")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        sds = json.loads(sds_path.read_text(encoding="utf-8")) if sds_path.is_file() else {}
+    except (OSError, ValueError) as e:
+        return htmlkit.render("report_eval.html.j2", problem=f"eval output unreadable: {e}")
+    metrics = doc.get("metrics", {})
+    rows = []
+    ref = metrics.get("reference")
+    if ref:
+        rows.append(
+            [
+                f"reference renders ({ref['images']} images)",
+                "",
+                _pm(ref.get("inception_score")),
+                _pm(ref.get("clip_score", {}).get("over_images")),
+                "",
+                _pm(ref.get("consistency")),
+            ]
+        )
+    gen = metrics.get("generated")
+    if gen:
+        kid = gen.get("kid") or {}
+        kid_text = ""
+        if kid:  # one subset = every image once: no spread to show
+            value = f"{kid['mean']:.5f}" if kid.get("n") == 1 else _pm(kid, 5)
+            kid_text = f"{value} (N {gen['images']}, subset {kid.get('subset_size')})"
+        rows.append(
+            [
+                f"generated ({gen['images']} images)",
+                f"{gen['fid']:.2f}" if gen.get("fid") is not None else "",
+                _pm(gen.get("inception_score")),
+                _pm(gen.get("clip_score", {}).get("over_images"))
+                + f" (per prompt {_pm(gen.get('clip_score', {}).get('over_prompts'))})",
+                kid_text,
+                _pm(gen.get("consistency")),
+            ]
+        )
+    timing = ""
+    if (root / "timing.json").is_file():
+        t = json.loads((root / "timing.json").read_text(encoding="utf-8"))
+        gen_s = t.get("generation_s_per_prompt")
+        timing = (
+            f"generation {gen_s:.2f} s/prompt over {t['prompts_generated']} prompts this run, "
+            if gen_s is not None
+            else "nothing generated this run, "
+        ) + f"scoring {t['scoring_s_per_prompt']:.2f} s/prompt"
+    prep = doc.get("preparation", {})
+    prompts = doc.get("prompts", {})
+    return htmlkit.render(
+        "report_eval.html.j2",
+        problem=None,
+        n_prompts=prompts.get("count", 0),
+        source=prompts.get("source", ""),
+        views=doc.get("views_per_prompt", ""),
+        model=doc.get("model", ""),
+        reference=doc.get("reference", ""),
+        background=tuple(prep.get("background_rgb", ())),
+        image_size=prep.get("image_size", ""),
+        resize=prep.get("resize", ""),
+        features=doc.get("extractors", {}).get("features", ""),
+        clip=doc.get("extractors", {}).get("clip", "") or sds.get("clip", ""),
+        rows=rows,
+        timing=timing,
+        grid=_img_src(root / "grids" / "generated.png", report_dir, cfg),
+        ref_grid=_img_src(root / "grids" / "reference.png", report_dir, cfg),
+        sds=[
+            [
+                r["prompt"],
+                f"{r['views']} ({r['source']})",
+                _pm(r["clip_score"]),
+                f"{r['consistency']:.2f}" if r["consistency"] is not None else "",
+            ]
+            for r in sds.get("results", [])
+        ],
+        caveat=CAVEAT,
+        paper=[list(r) for r in PAPER_TABLE1],
+    )
 
 
 def _config_text(stage_dir: Path) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from mvforge.cli import eval_cmd
 from mvforge.cli.common import ADDRESS_HELP, run_app, set_help
 
 app = typer.Typer(
@@ -201,6 +202,8 @@ def sample(
     for d in dirs:
         typer.echo(str(d / "grid.png"))
 
+
+app.command("eval")(eval_cmd.eval_)
 
 main = run_app(app)
 

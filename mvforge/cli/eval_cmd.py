@@ -1,0 +1,148 @@
+"""`mvtrain eval`: MVDream's Table 1 metrics (FID, IS, CLIP score; + KID and mvforge's consistency figure) of a
+multi-view model against reference renders, and CLIP scores of `mvtrain sds` results (issue 15).
+
+Nothing heavy is imported at module level (design §5): torch, diffusers and open_clip load in the body.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mvforge.cli.common import set_help
+
+
+def eval_(
+    out: Annotated[
+        Path, typer.Option("--out", help="Directory for eval.json, eval.csv, grids/ (resumable).")
+    ],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model", help="`mvtrain fit` run, checkpoint, or pipeline directory to generate with."
+        ),
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option("--reference", help="Held-out render directory or shard directory (its val split)."),
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option("--prompts", help="Text file, one prompt per line (default: the reference captions)."),
+    ] = None,
+    sds: Annotated[
+        list[Path],
+        typer.Option("--sds", help="`mvtrain sds` result directory (or a parent of them); repeatable."),
+    ] = [],
+    config: Annotated[Path | None, typer.Option("--config", help="TOML config (EvalConfig).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help=set_help("sample.steps=20"))] = [],
+    features: Annotated[
+        str | None,
+        typer.Option(
+            help="FID/KID/IS features: inception (needs --inception-weights) or tiny (smoke tests)."
+        ),
+    ] = None,
+    inception_weights: Annotated[
+        Path | None, typer.Option(help="torchvision inception_v3 ImageNet weights file (.pth).")
+    ] = None,
+    clip_model: Annotated[str | None, typer.Option(help="open_clip model name (clip_model).")] = None,
+    clip_pretrained: Annotated[
+        str | None, typer.Option(help="open_clip checkpoint file or local-dir:DIR (as `mvdata filter`).")
+    ] = None,
+    clip_model_config: Annotated[
+        Path | None, typer.Option(help="open_clip JSON config for a custom --clip-model.")
+    ] = None,
+    max_prompts: Annotated[int | None, typer.Option(help="Only the first N prompts (0: all).")] = None,
+    num_views: Annotated[int | None, typer.Option(help="Views per prompt (sample.num_views), 4.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (sample.steps), 50.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of prompt 0; prompt i uses seed + i (sample.seed).")
+    ] = None,
+    resolution: Annotated[
+        int | None, typer.Option(help="Generated image side (sample.resolution), 256.")
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Side both sets are resized to before scoring.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Generate V views per prompt (resumable) and score them: FID, KID, IS, CLIP score, consistency."""
+    from mvforge import config as config_mod
+    from mvforge.deps import require
+    from mvforge.errors import UserError
+    from mvforge.eval.config import EvalConfig
+
+    require("mvtrain eval")
+    cfg = config_mod.load(EvalConfig, config, set_)
+    flags = {
+        "features": features,
+        "inception_weights": inception_weights,
+        "clip_model": clip_model,
+        "clip_pretrained": clip_pretrained,
+        "clip_model_config": clip_model_config,
+        "max_prompts": max_prompts,
+        "sample.num_views": num_views,
+        "sample.steps": steps,
+        "sample.seed": seed,
+        "sample.resolution": resolution,
+        "image_size": image_size,
+    }
+    cfg = config_mod.with_flags(cfg, flags)
+    if model is None and not sds:
+        raise UserError("pass --model DIR --reference DIR (generate and score) and/or --sds DIR")
+    if model is not None and reference is None:
+        raise UserError("--model needs --reference DIR (the held-out renders or shards to compare with)")
+    # Input checks first (prompts, reference, model, weights), before the diffusion model loads.
+    from mvforge.models.resolve import resolve_model
+    from mvforge.models.sample import check_config, read_prompts
+
+    texts = read_prompts(prompts) if prompts is not None else None
+    if model is not None:
+        check_config(cfg.sample, None if device == "auto" else device)
+        resolve_model(model)
+    from mvforge.cli.mvtrain import _quiet_libraries
+    from mvforge.devices import resolve_device
+    from mvforge.eval import extractors, run
+    from mvforge.eval import sds as sds_mod
+    from mvforge.fsutil import atomic_write_json
+
+    dev = resolve_device(device)
+    clip = extractors.OpenClip(cfg.clip_model, cfg.clip_pretrained, cfg.clip_model_config, str(dev))
+    doc = None
+    if model is not None:
+        refs_probe = run.read_reference(
+            reference, 1, cfg.reference_split
+        )  # "no renders" before any model load
+        del refs_probe
+        feats = (
+            extractors.TinyFeatures()
+            if cfg.features == "tiny"
+            else extractors.InceptionFeatures(cfg.inception_weights, str(dev))
+        )
+        _quiet_libraries()
+        from mvforge.models.pipeline import MultiViewDiffusion
+        from mvforge.models.sample import torch_dtype
+
+        check_config(cfg.sample, dev.type)
+        mvd = MultiViewDiffusion.from_pretrained(
+            model, dev, torch_dtype(cfg.sample.precision), use_ema=cfg.sample.use_ema
+        )
+        pipe = mvd.pipeline(cfg.sample.scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        doc = run.run_eval(pipe, str(model), reference, out, cfg, feats, clip, texts, show_progress=True)
+    if sds:
+        bg, size = tuple(cfg.background_rgb), cfg.image_size
+        rows = sds_mod.score_sds(sds, clip, lambda im: run.prepare(im, bg, size))
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "sds.json", {"clip": clip.name, "results": rows})
+        for r in rows:
+            typer.echo(f"sds {r['dir']}: CLIP {r['clip_score']['mean']:.2f} ± {r['clip_score']['std']:.2f}")
+    if doc is not None:
+        g = doc["metrics"]["generated"]
+        typer.echo(
+            f"FID {g['fid']:.3f}  KID {g['kid']['mean']:.5f}  IS {g['inception_score']['mean']:.3f}  "
+            f"CLIP {g['clip_score']['over_images']['mean']:.2f}  consistency {g['consistency']['mean']:.2f}"
+        )
+        typer.echo(str(out / "eval.json"))

@@ -1,0 +1,193 @@
+"""Feature extractors of `mvtrain eval`, from local weight files only (issue 15; nothing is downloaded, design §6).
+
+Two roles, each a small protocol so a test or a caller can inject its own:
+
+- ``ImageFeatures``: images -> (pool features (N, D), class logits (N, K)) for FID/KID and IS. The real one is
+  torchvision's Inception v3 (ImageNet weights file ``inception_v3_google-0cc3c7bd.pth``, 2048-d pool, 1000
+  logits); ``TinyFeatures`` is a seeded random projection for tests and the demo (its numbers mean nothing).
+  torchvision's Inception is not the TF graph pytorch-fid / torch-fidelity use, so FID values differ from theirs.
+- ``ClipEmbedder``: images and texts -> embeddings for the CLIP score and the consistency figure. ``OpenClip``
+  loads an open_clip model with the conventions of `mvdata filter`: ``local-dir:DIR`` (an open_clip folder with
+  open_clip_config.json), or a model name plus a checkpoint file (``--clip-model-config`` for a custom JSON).
+
+Images are PIL RGB, already composited and resized by the caller (``mvforge.eval.run.prepare``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from mvforge.errors import UserError
+
+LOCAL_DIR_PREFIX = "local-dir:"  # open_clip's spelling of a local model folder (as `mvdata filter`)
+BATCH = 16
+
+
+class ImageFeatures(Protocol):
+    name: str
+
+    def __call__(self, images: list) -> tuple[np.ndarray, np.ndarray]:
+        """(features (N, D) float64, logits (N, K) float64) of N PIL RGB images."""
+        ...
+
+
+class ClipEmbedder(Protocol):
+    name: str
+
+    def images(self, images: list) -> np.ndarray:
+        """(N, D) float64 image embeddings of N PIL RGB images."""
+        ...
+
+    def texts(self, texts: list[str]) -> np.ndarray:
+        """(N, D) float64 text embeddings."""
+        ...
+
+
+class TinyFeatures:
+    """A seeded random projection of 8 x 8 RGB thumbnails: 32-d tanh features, 10 logits. For tests and the
+    offline demo only: it exercises every code path, but its FID/IS measure nothing about image quality."""
+
+    def __init__(self, seed: int = 0, dim: int = 32, classes: int = 10):
+        rng = np.random.default_rng(seed)
+        self.w1 = rng.standard_normal((8 * 8 * 3, dim)) / np.sqrt(8 * 8 * 3)
+        self.w2 = rng.standard_normal((dim, classes)) * 3.0
+        self.name = f"tiny-random(seed={seed}; numbers mean nothing)"
+
+    def __call__(self, images: list) -> tuple[np.ndarray, np.ndarray]:
+        x = np.stack(
+            [np.asarray(im.convert("RGB").resize((8, 8)), dtype=np.float64).ravel() for im in images]
+        )
+        f = np.tanh((x / 127.5 - 1.0) @ self.w1 * 3.0)
+        return f, f @ self.w2
+
+
+class InceptionFeatures:
+    """torchvision's Inception v3 from a local ImageNet weights file: 299 px bilinear input scaled to [-1, 1]
+    (what the Google weights expect; torchvision's ``transform_input`` does the same from ImageNet-normalised
+    input), the 2048-d average-pool output as features, the 1000 ImageNet logits for IS."""
+
+    def __init__(self, weights: str | Path | None, device: str = "cpu"):
+        import torch
+        from torchvision.models import inception_v3
+
+        if weights is None or not Path(weights).is_file():
+            raise UserError(
+                f"Inception weights {weights or '(none given)'} not found; pass --inception-weights FILE "
+                "(torchvision's inception_v3_google-0cc3c7bd.pth) or --features tiny for a smoke test"
+            )
+        model = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as e:  # a wrong file: say which and why in one line
+            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(
+                f"{weights} is not torchvision inception_v3 weights ({first}); pass inception_v3_google-*.pth"
+            ) from None
+        self.model = model.eval().to(device)
+        self.device = device
+        self.name = f"torchvision inception_v3 ({Path(weights).name})"
+        self._pool = None
+        self.model.avgpool.register_forward_hook(lambda _m, _i, out: setattr(self, "_pool", out))
+
+    def __call__(self, images: list) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        feats, logits = [], []
+        with torch.no_grad():
+            for i in range(0, len(images), BATCH):
+                x = torch.from_numpy(
+                    np.stack([np.asarray(im.convert("RGB")) for im in images[i : i + BATCH]])
+                )
+                x = x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(self.device)
+                x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+                out = self.model(x)
+                feats.append(self._pool.flatten(1).double().cpu().numpy())
+                logits.append(out.double().cpu().numpy())
+        return np.concatenate(feats), np.concatenate(logits)
+
+
+class OpenClip:
+    """An open_clip model loaded from local files only; embeddings are L2-normalised."""
+
+    def __init__(
+        self,
+        model: str,
+        pretrained: str | None,
+        model_config: str | Path | None = None,
+        device: str = "cpu",
+    ):
+        import open_clip
+
+        if not pretrained:
+            raise UserError(
+                "no CLIP weights: pass --clip-pretrained local-dir:DIR or a checkpoint file (as `mvdata filter`)"
+            )
+        if pretrained.startswith(LOCAL_DIR_PREFIX):
+            folder = Path(pretrained[len(LOCAL_DIR_PREFIX) :])
+            if not (folder / "open_clip_config.json").is_file():
+                raise UserError(
+                    f"--clip-pretrained {pretrained}: no open_clip_config.json in {folder}; point at a model dir"
+                )
+            name, weights = pretrained, None
+        else:
+            if not Path(pretrained).is_file():
+                raise UserError(
+                    f"--clip-pretrained {pretrained} is not a file; pass a local open_clip checkpoint or "
+                    "local-dir:DIR (eval downloads nothing)"
+                )
+            if model_config is not None:
+                if not Path(model_config).is_file():
+                    raise UserError(
+                        f"--clip-model-config {model_config} does not exist; pass an open_clip JSON"
+                    )
+                open_clip.add_model_config(Path(model_config))
+            if model not in open_clip.list_models():
+                raise UserError(
+                    f"unknown open_clip model {model!r}; see open_clip.list_models() or pass --clip-model-config"
+                )
+            name, weights = model, pretrained
+        logging.disable(logging.WARNING)  # open_clip logs to the root logger; our errors say what matters
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                    name, pretrained=weights, device=device
+                )
+        except (RuntimeError, OSError, ValueError) as e:
+            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(
+                f"could not load open_clip {name} / {weights}: {first}; pass local weights"
+            ) from None
+        finally:
+            logging.disable(logging.NOTSET)
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(name)
+        self.device = device
+        self.name = f"open_clip {name}" + (f" ({Path(weights).name})" if weights else "")
+
+    def images(self, images: list) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(images), BATCH):
+                x = torch.stack([self.preprocess(im) for im in images[i : i + BATCH]]).to(self.device)
+                out.append(self.model.encode_image(x, normalize=True).double().cpu().numpy())
+        return np.concatenate(out)
+
+    def texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(texts), BATCH):
+                tok = self.tokenizer(texts[i : i + BATCH]).to(self.device)
+                out.append(self.model.encode_text(tok, normalize=True).double().cpu().numpy())
+        return np.concatenate(out)
