@@ -117,8 +117,8 @@ def fit(
         typer.echo(f"ray train result: {result.path}; metrics {result.metrics}")
 
 
-def _authors(text: str) -> str:
-    return f"{text} Default: the authors' (MVDream's official inference, design §10)."
+def _authors(text: str, default: str) -> str:
+    return f"{text} Default {default}, the authors' (MVDream's official inference)."
 
 
 @app.command()
@@ -139,22 +139,22 @@ def sample(
     config: Path | None = typer.Option(None, "--config", help="TOML config (SampleConfig)."),
     set_: list[str] = typer.Option([], "--set", help=set_help("prompt_suffix=''")),
     scheduler: str | None = typer.Option(
-        None, help=_authors("ddim, dpm++, euler, euler-a or pndm (scheduler=...), ddim.")
+        None, help=_authors("ddim, dpm++, euler, euler-a or pndm (scheduler=...).", "ddim")
     ),
-    steps: int | None = typer.Option(None, help=_authors("Denoising steps (steps=...), 50.")),
-    guidance_scale: float | None = typer.Option(None, help=_authors("CFG scale (guidance_scale=...), 10.")),
+    steps: int | None = typer.Option(None, help=_authors("Denoising steps (steps=...).", "50")),
+    guidance_scale: float | None = typer.Option(None, help=_authors("CFG scale (guidance_scale=...).", "10")),
     negative_prompt: str | None = typer.Option(
-        None, help=_authors("Unconditional text (negative_prompt=...), empty.")
+        None, help=_authors("Unconditional text (negative_prompt=...).", "empty")
     ),
     elevation: float | None = typer.Option(
-        None, help=_authors("Camera elevation deg (elevation_deg=...), 15.")
+        None, help=_authors("Camera elevation deg (elevation_deg=...).", "15")
     ),
     azimuth_start: float | None = typer.Option(
-        None, help=_authors("Azimuth of view 0 in deg (azimuth_start_deg=...), 90.")
+        None, help=_authors("Azimuth of view 0 in deg (azimuth_start_deg=...).", "90")
     ),
-    num_views: int | None = typer.Option(None, help=_authors("Views, 360/V apart (num_views=...), 4.")),
-    seed: int | None = typer.Option(None, help=_authors("Noise seed (seed=...), 23.")),
-    resolution: int | None = typer.Option(None, help=_authors("Image side in px (resolution=...), 256.")),
+    num_views: int | None = typer.Option(None, help=_authors("Views, 360/V apart (num_views=...).", "4")),
+    seed: int | None = typer.Option(None, help=_authors("Noise seed (seed=...).", "23")),
+    resolution: int | None = typer.Option(None, help=_authors("Image side in px (resolution=...).", "256")),
     precision: str | None = typer.Option(None, help="fp32, or fp16 / bf16 on a GPU (precision=...)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     save_pipeline: Path | None = typer.Option(
