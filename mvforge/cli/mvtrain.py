@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from mvforge.cli import convert_cmd
 from mvforge.cli.common import ADDRESS_HELP, run_app, set_help
 
 app = typer.Typer(
@@ -201,6 +202,9 @@ def sample(
     for d in dirs:
         typer.echo(str(d / "grid.png"))
 
+
+# One module per command (design §5); each body imports what it needs, so --help stays light.
+app.command("convert")(convert_cmd.convert)
 
 main = run_app(app)
 
