@@ -14,9 +14,13 @@ import typer
 def convert(
     src: Annotated[
         Path,
-        typer.Argument(help="sd-v2.1-base-4view.pt / sd-v1.5-4view.pt (or .safetensors); nothing is downloaded."),
+        typer.Argument(
+            help="sd-v2.1-base-4view.pt / sd-v1.5-4view.pt (or .safetensors); nothing is downloaded."
+        ),
     ],
-    out: Annotated[Path, typer.Option("--out", help="New directory for the pipeline (model_index.json, ...).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="New directory for the pipeline (model_index.json, ...).")
+    ],
     original_config: Annotated[
         Path | None,
         typer.Option(
@@ -25,7 +29,9 @@ def convert(
             "architecture the checkpoint's text tower names.",
         ),
     ] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="Weights dtype written: fp32, fp16 or bf16.")] = "fp32",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Weights dtype written: fp32, fp16 or bf16.")
+    ] = "fp32",
 ) -> None:
     """Convert an official MVDream checkpoint into a pipeline directory for `mvtrain sample --model DIR`."""
     from mvforge.deps import require

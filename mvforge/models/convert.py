@@ -162,7 +162,9 @@ def load_state_dict(src: str | Path) -> dict:
         except Exception as e:  # truncated zip, legacy (non-zip) format, random bytes
             raise UserError(f"{src} is not a complete torch checkpoint ({_first_line(e)[:160]})") from None
     else:
-        raise UserError(f"{src}: use a .pt/.ckpt checkpoint or a .safetensors file (got {suffix or 'no suffix'})")
+        raise UserError(
+            f"{src}: use a .pt/.ckpt checkpoint or a .safetensors file (got {suffix or 'no suffix'})"
+        )
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -253,6 +255,28 @@ def _ldm_name_of_missing(missing: str, sources: dict[str, str]) -> str | None:
     return best
 
 
+def _sibling_of_unused(missing: str, unused: set[str]) -> str | None:
+    """A missing ``....weight`` whose ``....bias`` the converter left unused (or the reverse): diffusers'
+    converters skip a module when its weight is absent, so the source name is the unused sibling's."""
+    leaf = missing.rsplit(".", 1)[-1]
+    other = {"weight": "bias", "bias": "weight"}.get(leaf)
+    if other is None:
+        return None
+    mod = missing.rsplit(".", 2)[-2]
+    hits = sorted(
+        u for u in unused if u.endswith(f".{mod}.{other}") and u[: -len(other)] + leaf not in unused
+    )
+    return hits[0][: -len(other)] + leaf if len(hits) == 1 else None
+
+
+def _unknown(part_keys, used: set[str], prefix: str) -> None:
+    left = sorted(set(part_keys) - used)
+    if left:
+        raise UserError(
+            f"unknown key {prefix}{left[0]} ({len(left)} unconverted); not part of this architecture"
+        )
+
+
 def _check_and_load(model_cls, config, converted: dict, part: dict, prefix: str):
     """Match ``converted`` against ``model_cls(config)`` built on the meta device: the same keys and shapes.
     Raises UserError naming the source key (``prefix`` + name) that is missing, unknown or mis-shaped.
@@ -263,9 +287,10 @@ def _check_and_load(model_cls, config, converted: dict, part: dict, prefix: str)
         model = model_cls(config) if not isinstance(config, dict) else model_cls.from_config(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     sources = _sources(converted, part)
+    unused = set(part) - set(sources.values())
     for k in expected:
         if k not in converted:
-            name = _ldm_name_of_missing(k, sources)
+            name = _sibling_of_unused(k, unused) or _ldm_name_of_missing(k, sources)
             where = f"{prefix}{name}" if name else f"a {prefix}* key"
             raise UserError(f"missing key {where} (converted name {k}); the checkpoint is incomplete")
     for k, v in converted.items():
@@ -293,10 +318,14 @@ def _unet(sd: dict, cfg: dict):
     params = cfg["model"]["params"]["unet_config"]["params"]
     camera_dim = params.get("camera_dim")
     if camera_dim != CAMERA_DIM:
-        raise UserError(f"unet_config camera_dim is {camera_dim}; MVDream checkpoints have camera_dim {CAMERA_DIM}")
+        raise UserError(
+            f"unet_config camera_dim is {camera_dim}; MVDream checkpoints have camera_dim {CAMERA_DIM}"
+        )
     with warnings.catch_warnings():  # diffusers deprecates the image_size argument; its default is SD's
         warnings.simplefilter("ignore")
-        config = create_unet_diffusers_config_from_ldm(cfg, {}, image_size=8 * int(params.get("image_size", 32)))
+        config = create_unet_diffusers_config_from_ldm(
+            cfg, {}, image_size=8 * int(params.get("image_size", 32))
+        )
     config["sample_size"] = int(params.get("image_size", 32))
     config.update(class_embed_type="projection", projection_class_embeddings_input_dim=CAMERA_DIM)
     part = {k[len(UNET_PREFIX) :]: v for k, v in sd.items() if k.startswith(UNET_PREFIX)}
@@ -313,12 +342,15 @@ def _unet(sd: dict, cfg: dict):
     for i in (0, 2):
         for leaf in ("weight", "bias"):
             if f"label_emb.0.{i}.{leaf}" not in renamed:
-                raise UserError(f"missing key {UNET_PREFIX}camera_embed.{i}.{leaf}; the checkpoint is incomplete")
+                raise UserError(
+                    f"missing key {UNET_PREFIX}camera_embed.{i}.{leaf}; the checkpoint is incomplete"
+                )
     try:
         converted = convert_ldm_unet_checkpoint({UNET_PREFIX + k: v for k, v in renamed.items()}, config)
     except KeyError as e:
         raise UserError(f"missing key {UNET_PREFIX}{e.args[0]}; the checkpoint is incomplete") from None
     model, used = _check_and_load(MultiViewUNet, config, converted, renamed, UNET_PREFIX)
+    _unknown(renamed, used, UNET_PREFIX)
     back = {("camera_embed." + k[len("label_emb.0.") :] if k.startswith("label_emb.0.") else k) for k in used}
     return model, converted, {UNET_PREFIX + k for k in back}
 
@@ -333,20 +365,27 @@ def _vae(sd: dict, cfg: dict):
     params = cfg["model"]["params"]
     ddconfig = params["first_stage_config"]["params"]["ddconfig"]
     if ddconfig.get("attn_resolutions"):
-        raise UserError("first_stage_config attn_resolutions must be [] (SD's VAE); diffusers has no such VAE")
+        raise UserError(
+            "first_stage_config attn_resolutions must be [] (SD's VAE); diffusers has no such VAE"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        config = create_vae_diffusers_config_from_ldm(cfg, {}, image_size=int(ddconfig.get("resolution", 256)))
+        config = create_vae_diffusers_config_from_ldm(
+            cfg, {}, image_size=int(ddconfig.get("resolution", 256))
+        )
     part = {k[len(VAE_PREFIX) :]: v for k, v in sd.items() if k.startswith(VAE_PREFIX)}
     try:
         converted = convert_ldm_vae_checkpoint({VAE_PREFIX + k: v for k, v in part.items()}, config)
     except KeyError as e:
         raise UserError(f"missing key {VAE_PREFIX}{e.args[0]}; the checkpoint is incomplete") from None
     model, used = _check_and_load(AutoencoderKL, config, converted, part, VAE_PREFIX)
+    _unknown(part, used, VAE_PREFIX)
     return model, converted, {VAE_PREFIX + k for k in used}
 
 
-def _text_config(width: int, layers: int, heads: int, mlp: int, vocab: int, positions: int, act: str, proj: int):
+def _text_config(
+    width: int, layers: int, heads: int, mlp: int, vocab: int, positions: int, act: str, proj: int
+):
     from transformers import CLIPTextConfig
 
     if width % heads:
@@ -386,7 +425,9 @@ def _openclip(sd: dict, cfg: dict):
     for k in ("token_embedding.weight", "positional_embedding", "ln_final.weight", "ln_final.bias"):
         if k not in part:
             raise UserError(f"missing key {OPENCLIP_PREFIX}{k}; the checkpoint is incomplete")
-    depth = 1 + max((int(k.split(".")[2]) for k in part if k.startswith("transformer.resblocks.")), default=-1)
+    depth = 1 + max(
+        (int(k.split(".")[2]) for k in part if k.startswith("transformer.resblocks.")), default=-1
+    )
     keep = depth - (1 if layer == "penultimate" else 0)
     if keep < 1:
         raise UserError(f"the OpenCLIP text tower has {depth} blocks; {layer} needs more")
@@ -403,10 +444,18 @@ def _openclip(sd: dict, cfg: dict):
         int(part["text_projection"].shape[1]) if "text_projection" in part else width,
     )
     dropped = {}
+    block0 = {k[len("transformer.resblocks.0.") :] for k in part if k.startswith("transformer.resblocks.0.")}
+    for i in range(keep, depth):  # blocks cut off are dropped, but a checkpoint missing part of one is broken
+        for sub in sorted(block0):
+            if f"transformer.resblocks.{i}.{sub}" not in part:
+                name = f"{OPENCLIP_PREFIX}transformer.resblocks.{i}.{sub}"
+                raise UserError(f"missing key {name}; the checkpoint is incomplete")
     cut = {f"transformer.resblocks.{i}." for i in range(keep, depth)}
     for k in part:
         if any(k.startswith(c) for c in cut):
-            dropped[OPENCLIP_PREFIX + k] = f"text block after the {layer} layer (unused by the official model)"
+            dropped[OPENCLIP_PREFIX + k] = (
+                f"text block after the {layer} layer (unused by the official model)"
+            )
         elif k in ("text_projection", "logit_scale", "attn_mask"):
             dropped[OPENCLIP_PREFIX + k] = "CLIP head (unused: the UNet reads the token states)"
     # A neutral prefix: diffusers skips resblocks.23 of the prefix "cond_stage_model.model." (ViT-H's last
@@ -421,7 +470,9 @@ def _openclip(sd: dict, cfg: dict):
     rec = _Recorder({tag + k: v for k, v in kept.items()})
     converted = convert_open_clip_checkpoint(_Width(width), rec, prefix=tag)
     model, used = _check_and_load(CLIPTextModel, config, converted, kept, OPENCLIP_PREFIX)
-    used = {OPENCLIP_PREFIX + k for k in used} | {OPENCLIP_PREFIX + k[len(tag) :] for k in rec.read}
+    used |= {k[len(tag) :] for k in rec.read}
+    _unknown(kept, used, OPENCLIP_PREFIX)
+    used = {OPENCLIP_PREFIX + k for k in used}
     return model, converted, used, dropped
 
 
@@ -442,12 +493,17 @@ def _clip(sd: dict, cfg: dict):
     if params.get("layer", "last") != "last":
         raise UserError(f"cond_stage_config layer {params['layer']!r}: only 'last' is supported for CLIP")
     part = {k[len(CLIP_PREFIX) :]: v for k, v in sd.items() if k.startswith(CLIP_PREFIX)}
-    for k in ("text_model.embeddings.token_embedding.weight", "text_model.embeddings.position_embedding.weight"):
+    for k in (
+        "text_model.embeddings.token_embedding.weight",
+        "text_model.embeddings.position_embedding.weight",
+    ):
         if k not in part:
             raise UserError(f"missing key {CLIP_PREFIX}{k}; the checkpoint is incomplete")
     dropped = {}
     if "text_model.embeddings.position_ids" in part:
-        dropped[CLIP_PREFIX + "text_model.embeddings.position_ids"] = "constant buffer (arange) transformers rebuilds"
+        dropped[CLIP_PREFIX + "text_model.embeddings.position_ids"] = (
+            "constant buffer (arange) transformers rebuilds"
+        )
     # The official version string is openai/clip-vit-large-patch14: open_clip's ViT-L-14 with OpenAI's QuickGELU.
     arch_cfg = open_clip.get_model_config(params.get("arch", "ViT-L-14"))
     text_cfg = arch_cfg["text_cfg"]
@@ -464,9 +520,10 @@ def _clip(sd: dict, cfg: dict):
         "quick_gelu",
         width,
     )
-    kept = {CLIP_PREFIX + k: v for k, v in part.items() if CLIP_PREFIX + k not in dropped}
-    converted = convert_ldm_clip_checkpoint(kept)
-    model, used = _check_and_load(CLIPTextModel, config, converted, part, CLIP_PREFIX)
+    kept_part = {k: v for k, v in part.items() if CLIP_PREFIX + k not in dropped}
+    converted = convert_ldm_clip_checkpoint({CLIP_PREFIX + k: v for k, v in kept_part.items()})
+    model, used = _check_and_load(CLIPTextModel, config, converted, kept_part, CLIP_PREFIX)
+    _unknown(kept_part, used, CLIP_PREFIX)
     return model, converted, {CLIP_PREFIX + k for k in used}, dropped
 
 
@@ -582,7 +639,9 @@ def convert_checkpoint(
     known |= set(SCHEDULE_BUFFERS) & set(sd)
     unknown = sorted(set(sd) - known)
     if unknown:
-        raise UserError(f"unknown key {unknown[0]} ({len(unknown)} unknown); not part of an MVDream checkpoint")
+        raise UserError(
+            f"unknown key {unknown[0]} ({len(unknown)} unknown); not part of an MVDream checkpoint"
+        )
 
     tmp = tmp_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -612,7 +671,9 @@ def convert_checkpoint(
             model, conv, u, d = _clip(sd, cfg)
             kind = "clip"
         else:
-            raise UserError("missing the text tower (cond_stage_model.model.* or cond_stage_model.transformer.*)")
+            raise UserError(
+                "missing the text tower (cond_stage_model.model.* or cond_stage_model.transformer.*)"
+            )
         model.config.architectures = ["CLIPTextModel"]
         model.config.torch_dtype = torch_dtype
         model.config.save_pretrained(tmp / "text_encoder")
