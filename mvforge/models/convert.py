@@ -286,6 +286,10 @@ def _check_and_load(model_cls, config, converted: dict, part: dict, prefix: str)
     with torch.device("meta"):
         model = model_cls(config) if not isinstance(config, dict) else model_cls.from_config(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    # transformers 5's CLIPTextModel has no ``text_model.`` level; the official (and diffusers') names do.
+    for k in [k for k in converted if k.startswith("text_model.") and k not in expected]:
+        if k[len("text_model.") :] in expected:
+            converted[k[len("text_model.") :]] = converted.pop(k)
     sources = _sources(converted, part)
     unused = set(part) - set(sources.values())
     for k in expected:
@@ -549,10 +553,10 @@ def _scheduler(sd: dict, cfg: dict):
         beta_end=float(params.get("linear_end", 0.012)),
         prediction_type="epsilon" if param == "eps" else "v_prediction",
         clip_sample=False,
-        set_alpha_to_one=False,
         steps_offset=1,
         timestep_spacing="leading",
     )
+    # make_scheduler adds DDIM's final-alpha convention (set_alpha_to_one=False) when the DDIM is written.
     sched = DDPMScheduler(beta_schedule="scaled_linear", **kwargs)
     if not torch.allclose(sched.betas.double(), betas, rtol=1e-5, atol=1e-9):
         sched = DDPMScheduler(trained_betas=betas.tolist(), **kwargs)
@@ -675,7 +679,7 @@ def convert_checkpoint(
                 "missing the text tower (cond_stage_model.model.* or cond_stage_model.transformer.*)"
             )
         model.config.architectures = ["CLIPTextModel"]
-        model.config.torch_dtype = torch_dtype
+        model.config.dtype = torch_dtype
         model.config.save_pretrained(tmp / "text_encoder")
         _write_weights(conv, tmp / "text_encoder" / "model.safetensors", torch_dtype, True)
         positions = model.config.max_position_embeddings
