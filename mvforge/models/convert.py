@@ -448,9 +448,21 @@ def _openclip(sd: dict, cfg: dict):
         int(part["text_projection"].shape[1]) if "text_projection" in part else width,
     )
     dropped = {}
-    block0 = {k[len("transformer.resblocks.0.") :] for k in part if k.startswith("transformer.resblocks.0.")}
-    for i in range(keep, depth):  # blocks cut off are dropped, but a checkpoint missing part of one is broken
-        for sub in sorted(block0):
+
+    # Blocks cut off are dropped, but a checkpoint missing part of one is broken: each must hold what every
+    # kept block holds (a key only some kept blocks hold is the converter's to name below).
+    def block(i: int) -> set[str]:
+        head = f"transformer.resblocks.{i}."
+        return {k[len(head) :] for k in part if k.startswith(head)}
+
+    common = set.intersection(*(block(i) for i in range(keep)))
+    known = set.union(*(block(i) for i in range(keep)))
+    for i in range(keep, depth):
+        for sub in sorted(block(i) - known):
+            raise UserError(
+                f"unknown key {OPENCLIP_PREFIX}transformer.resblocks.{i}.{sub}; not an OpenCLIP block key"
+            )
+        for sub in sorted(common):
             if f"transformer.resblocks.{i}.{sub}" not in part:
                 name = f"{OPENCLIP_PREFIX}transformer.resblocks.{i}.{sub}"
                 raise UserError(f"missing key {name}; the checkpoint is incomplete")

@@ -456,6 +456,7 @@ def test_a_missing_key_is_named(v2, tmp_path, key):
         "model.diffusion_model.label_emb.0.0.weight",
         "first_stage_model.encoder.down.0.extra",
         "cond_stage_model.model.transformer.resblocks.0.attn.extra",
+        "cond_stage_model.model.transformer.resblocks.2.attn.extra",
         "ema_decay",
     ],
 )
