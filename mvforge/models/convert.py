@@ -20,6 +20,7 @@ that layout, described by an LDM yaml) and writes a ``MVDreamPipeline`` director
 from __future__ import annotations
 
 import json
+import re
 import resource
 import time
 import warnings
@@ -153,11 +154,20 @@ def load_state_dict(src: str | Path) -> dict:
         import pickle
 
         try:
-            sd = torch.load(src, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                sd = torch.load(src, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                # A legacy (pre-zip) torch file cannot be memory-mapped; weights_only still guards it.
+                sd = torch.load(src, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
+            found = re.search(r"GLOBAL (\S+)", str(e))
+            if found is None:  # not a pickle at all (text, random bytes): no code was involved
+                raise UserError(f"{src} is not a torch checkpoint ({_first_line(e)[:120]})") from None
             raise UserError(
-                f"{src} was refused: it is not a plain tensor checkpoint (weights_only loading stopped at "
-                f"{_first_line(e)[:120]!r}); convert only checkpoints from a source you trust"
+                f"{src} was refused: loading it would import {found.group(1)} (pickled code, not plain "
+                "tensors); convert only checkpoints from a source you trust"
             ) from None
         except Exception as e:  # truncated zip, legacy (non-zip) format, random bytes
             raise UserError(f"{src} is not a complete torch checkpoint ({_first_line(e)[:160]})") from None
@@ -596,7 +606,6 @@ def _tokenizer(kind: str, positions: int):
 
 # ---------------------------------------------------------------- writing
 def _write_weights(converted: dict, path: Path, dtype, transformers_format: bool) -> None:
-    import torch
     from safetensors.torch import save_file
 
     out, seen = {}, set()
@@ -611,7 +620,6 @@ def _write_weights(converted: dict, path: Path, dtype, transformers_format: bool
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(out, str(path), metadata={"format": "pt"} if transformers_format else None)
     del out
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
 
 def _peak_rss_mb() -> float:
@@ -744,6 +752,16 @@ def convert_checkpoint(
     return report
 
 
+def _licence(architecture: str) -> str:
+    base = {
+        "sd-v2-base": "Stable Diffusion 2.1 base (CreativeML Open RAIL++-M)",
+        "sd-v1": "Stable Diffusion 1.5 (CreativeML OpenRAIL-M)",
+    }.get(architecture)
+    if base is None:
+        return "those of the checkpoint and of the model it was fine-tuned from."
+    return f"the released MVDream weights are a fine-tune of {base} and carry its use restrictions."
+
+
 def model_card(record: dict) -> str:
     """The pipeline directory's README.md: source, licence, what equals the official code and how it was
     measured (issue 10)."""
@@ -758,9 +776,8 @@ def model_card(record: dict) -> str:
         "",
         f"- Source checkpoint: `{record['source']}` (LDM layout, bytedance/MVDream), "
         f"architecture `{record['architecture']}`; weights written in {record['dtype']}.",
-        "- Licence: the source weights' own terms apply unchanged (the released MVDream checkpoints are "
-        "fine-tunes of Stable Diffusion and carry its CreativeML OpenRAIL-M use restrictions; check the "
-        "release page of the file you converted). mvforge adds no terms.",
+        f"- Licence: the source weights' own terms apply unchanged: {_licence(record['architecture'])} "
+        "Check the release page of the file you converted; mvforge adds no terms.",
         "- Load: `MultiViewDiffusion.from_pretrained(DIR)` or `mvtrain sample --model DIR --prompt TEXT` "
         "(official inference defaults: DDIM 50 steps, eta 0, CFG 10, 4 views at elevation 15, ', 3d asset').",
         "",

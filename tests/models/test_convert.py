@@ -365,9 +365,9 @@ def test_unsafe_truncated_and_foreign_files_are_refused_in_one_line(v2, tmp_path
     (tmp_path / "notes.pt").write_text("not a checkpoint\n")
     (tmp_path / "model.txt").write_bytes(good)
     cases = {
-        "evil.pt": "refused",
+        "evil.pt": "refused: loading it would import",
         "truncated.pt": "not a complete torch checkpoint",
-        "notes.pt": "not a complete torch checkpoint",
+        "notes.pt": "is not a torch checkpoint",
         "model.txt": "use a .pt/.ckpt checkpoint or a .safetensors",
         "absent.pt": "does not exist",
     }
@@ -383,15 +383,8 @@ def test_cli_convert_then_sample_end_to_end(v2, tmp_path, capsys):
     d, _, _ = v2
     out = tmp_path / "pipe"
     # convert in this process (its output line), sample through the installed entry point.
-    code, _ = _cli(
-        capsys,
-        "convert",
-        str(d / "tiny-v2.pt"),
-        "--out",
-        str(out),
-        "--original-config",
-        str(d / "tiny-v2.yaml"),
-    )
+    args = ["convert", str(d / "tiny-v2.pt"), "--out", str(out), "--original-config", str(d / "tiny-v2.yaml")]
+    code, _ = _cli(capsys, *args, "--dtype", "bf16")
     assert code in (0, None)
     assert "peak RSS" in capsys.readouterr().out or (out / "conversion.json").is_file()
     samp = subprocess.run(
@@ -401,6 +394,10 @@ def test_cli_convert_then_sample_end_to_end(v2, tmp_path, capsys):
         text=True,
     )
     assert samp.returncode == 0, samp.stderr
+    from safetensors import safe_open
+
+    with safe_open(out / "unet" / "diffusion_pytorch_model.safetensors", "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.bfloat16  # --dtype bf16 (sampled in fp32)
     assert sorted(p.name for p in (tmp_path / "views").glob("view_*.png")) == [
         f"view_{i:02d}.png" for i in range(4)
     ]
