@@ -31,15 +31,20 @@ def main() -> None:
     ap.add_argument("--text-width", type=int, default=1024)
     ap.add_argument("--vae-ch", type=int, default=128)
     ap.add_argument("--dtype", default="fp32")
+    ap.add_argument(
+        "--reuse", action="store_true", help="Keep an existing checkpoint in --work (same sizes)."
+    )
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     ckpt, out = args.work / "random-sd21-4view.pt", args.work / "converted"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    sd = random_sd21_checkpoint(args.model_channels, args.text_width, vae_ch=args.vae_ch)
-    params = sum(v.numel() for v in sd.values())
-    torch.save(sd, ckpt)
-    del sd
+    params = None
+    if not (args.reuse and ckpt.is_file()):
+        sd = random_sd21_checkpoint(args.model_channels, args.text_width, vae_ch=args.vae_ch)
+        params = sum(v.numel() for v in sd.values())
+        torch.save(sd, ckpt)
+        del sd
     gen_s = time.perf_counter() - t0
     # The official configuration is picked from the state dict unless the sizes differ from it.
     cmd = [

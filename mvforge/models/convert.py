@@ -605,21 +605,37 @@ def _tokenizer(kind: str, positions: int):
 
 
 # ---------------------------------------------------------------- writing
-def _write_weights(converted: dict, path: Path, dtype, transformers_format: bool) -> None:
+SHARD_SIZE = "1GB"
+"""Largest safetensors file written: safetensors serialises a whole file in memory, so shards bound the
+converter's extra memory (diffusers and transformers load the sharded layout with its index json)."""
+
+
+def _write_weights(converted: dict, folder: Path, stem: str, dtype, transformers_format: bool) -> None:
+    """``converted`` as ``folder/<stem>.safetensors`` (or shards ``<stem>-0000i-of-0000n.safetensors`` plus
+    ``<stem>.safetensors.index.json`` above ``SHARD_SIZE``), floating tensors cast to ``dtype`` shard by shard."""
+    from huggingface_hub import split_torch_state_dict_into_shards
     from safetensors.torch import save_file
 
-    out, seen = {}, set()
-    for k, v in converted.items():
-        if v.is_floating_point():
-            v = v.to(dtype)
-        v = v.contiguous()
-        if v.data_ptr() in seen:  # safetensors refuses shared storage
-            v = v.clone()
-        seen.add(v.data_ptr())
-        out[k] = v
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(path), metadata={"format": "pt"} if transformers_format else None)
-    del out
+    from mvforge.fsutil import atomic_write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    split = split_torch_state_dict_into_shards(
+        converted, filename_pattern=stem + "{suffix}.safetensors", max_shard_size=SHARD_SIZE
+    )
+    for filename, keys in split.filename_to_tensors.items():
+        shard, seen = {}, set()
+        for k in keys:
+            v = converted[k]
+            v = (v.to(dtype) if v.is_floating_point() else v).contiguous()
+            if v.data_ptr() in seen:  # safetensors refuses shared storage
+                v = v.clone()
+            seen.add(v.data_ptr())
+            shard[k] = v
+        save_file(shard, str(folder / filename), metadata={"format": "pt"} if transformers_format else None)
+        del shard
+    if split.is_sharded:
+        index = {"metadata": dict(split.metadata), "weight_map": split.tensor_to_filename}
+        atomic_write_json(folder / f"{stem}.safetensors.index.json", index)
 
 
 def _peak_rss_mb() -> float:
@@ -676,14 +692,14 @@ def convert_checkpoint(
         # One component at a time: converted, checked, written, freed.
         model, conv, u = _unet(sd, cfg)
         model.save_config(tmp / "unet")
-        _write_weights(conv, tmp / "unet" / "diffusion_pytorch_model.safetensors", torch_dtype, False)
+        _write_weights(conv, tmp / "unet", "diffusion_pytorch_model", torch_dtype, False)
         used |= u
         report.converted["unet"] = len(u)
         del model, conv
 
         model, conv, u = _vae(sd, cfg)
         model.save_config(tmp / "vae")
-        _write_weights(conv, tmp / "vae" / "diffusion_pytorch_model.safetensors", torch_dtype, False)
+        _write_weights(conv, tmp / "vae", "diffusion_pytorch_model", torch_dtype, False)
         used |= u
         report.converted["vae"] = len(u)
         del model, conv
@@ -701,7 +717,7 @@ def convert_checkpoint(
         model.config.architectures = ["CLIPTextModel"]
         model.config.dtype = torch_dtype
         model.config.save_pretrained(tmp / "text_encoder")
-        _write_weights(conv, tmp / "text_encoder" / "model.safetensors", torch_dtype, True)
+        _write_weights(conv, tmp / "text_encoder", "model", torch_dtype, True)
         positions = model.config.max_position_embeddings
         used |= u
         dropped.update(d)

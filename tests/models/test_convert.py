@@ -242,7 +242,7 @@ def test_v2_checkpoint_converts_to_the_same_model(v2, v2_converted):
 
 
 @torch.no_grad()
-def test_v1_checkpoint_with_hf_clip_text_converts_to_the_same_model(tmp_path):
+def test_v1_checkpoint_with_hf_clip_text_converts_to_the_same_model(tmp_path, monkeypatch):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from mvforge.models.convert import convert_checkpoint
@@ -273,7 +273,11 @@ def test_v1_checkpoint_with_hf_clip_text_converts_to_the_same_model(tmp_path):
     sd = _checkpoint(unet, _vae(1), "cond_stage_model.transformer.", text_sd)
     torch.save(sd, tmp_path / "tiny-v1.pt")
     (tmp_path / "tiny-v1.yaml").write_text(YAML_V1)
+    # Small shards here: the sharded layout (what a full-size conversion writes) must load the same.
+    monkeypatch.setattr("mvforge.models.convert.SHARD_SIZE", "200KB")
     convert_checkpoint(tmp_path / "tiny-v1.pt", tmp_path / "out", tmp_path / "tiny-v1.yaml")
+    assert (tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    assert (tmp_path / "out" / "text_encoder" / "model.safetensors.index.json").is_file()
     mvd = MultiViewDiffusion.from_pretrained(tmp_path / "out")
     x, t, cond, cams = _unet_inputs(48)
     assert _max_diff(mvd.unet(x, t, cond, cams, 4), unet(x, t, cond, cams, 4)) < 1e-4
