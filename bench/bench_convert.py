@@ -82,6 +82,7 @@ def main() -> None:
                 "convert_wall_s": round(wall, 1),
                 "convert_s": rec["seconds"],
                 "peak_rss_mb": rec["peak_rss_mb"],
+                "rss_mb_at_end": rec["rss_mb_at_end"],
                 "dtype": args.dtype,
             }
         )

@@ -642,6 +642,19 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def _rss_split_mb() -> dict[str, float]:
+    """Current resident memory by kind (Linux /proc): ``file`` is mostly the memory-mapped source checkpoint,
+    page cache the kernel can drop under pressure; ``anon`` is what the conversion itself holds."""
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(("RssAnon:", "RssFile:")):
+                out[line.split(":")[0][3:].lower()] = round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    return out
+
+
 def convert_checkpoint(
     src: str | Path,
     out: str | Path,
@@ -756,6 +769,7 @@ def convert_checkpoint(
             "alphas_cumprod_max_abs_error": err,
             "seconds": round(report.seconds, 2),
             "peak_rss_mb": round(report.peak_rss_mb, 1),
+            "rss_mb_at_end": _rss_split_mb(),
         }
         atomic_write_json(tmp / "conversion.json", record)
         atomic_write_text(tmp / "README.md", model_card(record))
