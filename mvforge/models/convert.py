@@ -11,10 +11,12 @@ that layout, described by an LDM yaml) and writes a ``MVDreamPipeline`` director
   ``label_emb.0.{0,2}`` and goes through diffusers' LDM converter as a projection class embedding),
   ``first_stage_model.*`` (VAE, diffusers' converter), ``cond_stage_model.model.*`` (OpenCLIP, SD 2.x) or
   ``cond_stage_model.transformer.*`` (HF CLIP, SD 1.x), and the 12 schedule buffers of ``register_schedule``.
-  Every key is converted or listed in ``DROPPED``-style rules below; a missing or unknown one is a UserError
-  naming it.
+  Every key is converted or dropped with a reason (``conversion.json``: the text blocks after the yaml's
+  layer, the CLIP head, the 10 schedule buffers derived from ``betas``); a missing or unknown key is a
+  UserError naming it.
 - One component at a time: each is converted, checked against a model built on the meta device (no weights
-  allocated), cast and written as safetensors before the next is read.
+  allocated), cast and written as safetensors shards (``SHARD_SIZE``) before the next is read. The source's
+  pages are read once through the mmap; they count in the reported peak RSS as file-backed page cache.
 """
 
 from __future__ import annotations

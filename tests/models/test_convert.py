@@ -405,3 +405,15 @@ def test_cli_convert_then_sample_end_to_end(v2, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "views").glob("view_*.png")) == [
         f"view_{i:02d}.png" for i in range(4)
     ]
+
+
+def test_without_a_yaml_the_official_architecture_is_read_from_the_text_tower():
+    from mvforge.models.convert import OFFICIAL_CONFIGS, load_original_config
+
+    t = torch.zeros(1)
+    assert load_original_config(None, {"cond_stage_model.model.positional_embedding": t})[0] == "sd-v2-base"
+    assert load_original_config(None, {"cond_stage_model.transformer.text_model.x": t})[0] == "sd-v1"
+    unet = OFFICIAL_CONFIGS["sd-v2-base"]["model"]["params"]["unet_config"]["params"]
+    assert (unet["context_dim"], unet["num_head_channels"], unet["camera_dim"]) == (1024, 64, 16)
+    with pytest.raises(UserError, match="--original-config"):
+        load_original_config(None, {"model.diffusion_model.x": t})
