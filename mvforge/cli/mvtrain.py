@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from mvforge.cli import eval_cmd
+from mvforge.cli import convert_cmd, eval_cmd
 from mvforge.cli.common import ADDRESS_HELP, run_app, set_help
 
 app = typer.Typer(
@@ -203,6 +203,7 @@ def sample(
         typer.echo(str(d / "grid.png"))
 
 
+app.command("convert")(convert_cmd.convert)
 app.command("eval")(eval_cmd.eval_)
 
 main = run_app(app)
