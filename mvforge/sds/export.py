@@ -68,8 +68,8 @@ def extract_mesh(
         )
     verts, faces = mcubes.marching_cubes(grid, cfg.iso_level)
     verts = verts / cfg.mc_resolution * 2.0 * radius - radius  # grid index -> world
-    # PyMCubes orients faces with normals pointing to increasing values (inwards for a density); flip them.
-    mesh = trimesh.Trimesh(vertices=verts, faces=faces[:, ::-1], process=True)
+    # PyMCubes winds faces outwards (towards lower values) for a density that is high inside: kept as is.
+    mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=True)
     if cfg.keep_largest_component and len(mesh.faces):
         parts = mesh.split(only_watertight=False)
         if len(parts) > 1:
