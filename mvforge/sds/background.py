@@ -25,9 +25,7 @@ class EnvironmentBackground(nn.Module):
             "freqs", 2.0 ** torch.arange(cfg.n_frequencies, dtype=torch.float32), persistent=False
         )
         n_in = 3 + 6 * cfg.n_frequencies
-        self.mlp = nn.Sequential(
-            nn.Linear(n_in, cfg.hidden), nn.ReLU(inplace=True), nn.Linear(cfg.hidden, 3)
-        )
+        self.mlp = nn.Sequential(nn.Linear(n_in, cfg.hidden), nn.ReLU(inplace=True), nn.Linear(cfg.hidden, 3))
 
     def forward(self, directions: torch.Tensor) -> torch.Tensor:
         scaled = directions[..., None, :] * self.freqs[:, None]  # (..., K, 3)
@@ -35,7 +33,9 @@ class EnvironmentBackground(nn.Module):
         return torch.sigmoid(self.mlp(enc))
 
 
-def draw_background_color(rng: np.random.Generator, cfg: BackgroundConfig) -> tuple[float, float, float] | None:
+def draw_background_color(
+    rng: np.random.Generator, cfg: BackgroundConfig
+) -> tuple[float, float, float] | None:
     """One random colour (replace the MLP this step) with probability ``random_color_prob``, else None."""
     if rng.random() < cfg.random_color_prob:
         r, g, b = rng.random(3)

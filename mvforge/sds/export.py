@@ -26,7 +26,9 @@ from mvforge.sds.config import ExportConfig
 Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 
 
-def sample_grid(fn: Callable[[torch.Tensor], torch.Tensor], radius: float, resolution: int, chunk: int = 65536):
+def sample_grid(
+    fn: Callable[[torch.Tensor], torch.Tensor], radius: float, resolution: int, chunk: int = 65536
+):
     """``fn`` at the (resolution+1)^3 vertices of a grid over [-radius, radius]^3 -> (R+1, R+1, R+1) numpy.
 
     Index order [i, j, k] is (x, y, z). Evaluated without gradients in chunks of ``chunk`` points.
@@ -121,7 +123,9 @@ def write_turntable(frames: np.ndarray, out_dir: str | Path, fps: int, mp4: bool
         except ImportError:
             from mvforge.errors import UserError
 
-            raise UserError("turntable.mp4 needs pyav: pip install av (or set export_mesh.mp4=false)") from None
+            raise UserError(
+                "turntable.mp4 needs pyav: pip install av (or set export_mesh.mp4=false)"
+            ) from None
         buf = io.BytesIO()
         # yuv420p needs even sides; libx264 is in pyav's wheels.
         iio.imwrite(buf, frames, extension=".mp4", plugin="pyav", codec="libx264", fps=fps)

@@ -71,9 +71,7 @@ class MultiViewSDS:
         emb = self.model.encode_prompt([prompt + self.cfg.prompt_suffix, self.cfg.negative_prompt])
         return TextEmbeddings(emb[:1], emb[1:2])
 
-    def draw(
-        self, n: int, t_range: tuple[int, int], generator: torch.Generator
-    ) -> tuple[int, torch.Tensor]:
+    def draw(self, n: int, t_range: tuple[int, int], generator: torch.Generator) -> tuple[int, torch.Tensor]:
         """One timestep uniform in the inclusive ``t_range`` and noise (n, 4, h, w) float32 on CPU."""
         t = int(torch.randint(t_range[0], t_range[1] + 1, (1,), generator=generator))
         noise = torch.randn((n, 4, self.latent_size, self.latent_size), generator=generator)
@@ -95,7 +93,9 @@ class MultiViewSDS:
         """
         n = rgb.shape[0]
         if n % self.num_views or cameras.shape != (n, 16) or noise.shape[0] != n:
-            raise ValueError(f"rgb {tuple(rgb.shape)}, cameras {tuple(cameras.shape)}, noise {tuple(noise.shape)}")
+            raise ValueError(
+                f"rgb {tuple(rgb.shape)}, cameras {tuple(cameras.shape)}, noise {tuple(noise.shape)}"
+            )
         model = self.model
         # 1. resize to the model's resolution (every phase, official), [0, 1] -> [-1, 1], encode with grad
         x = rgb.permute(0, 3, 1, 2)

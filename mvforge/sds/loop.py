@@ -45,7 +45,9 @@ from mvforge.sds.renderer import VolumeRenderer
 
 CKPT_PREFIX = "step-"
 # Independent random streams of one step (exact resume, module docstring).
-STREAM_CAMERAS, STREAM_SHADING, STREAM_BACKGROUND, STREAM_T_NOISE, STREAM_VAE, STREAM_RAYS, STREAM_OCC = range(7)
+STREAM_CAMERAS, STREAM_SHADING, STREAM_BACKGROUND, STREAM_T_NOISE, STREAM_VAE, STREAM_RAYS, STREAM_OCC = (
+    range(7)
+)
 SNAPSHOT_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
 
 
@@ -53,7 +55,9 @@ def prompt_slug(prompt: str, max_len: int = 60) -> str:
     """Directory name of a prompt: lower case, runs of other characters as '-', at most ``max_len`` chars."""
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:max_len].strip("-")
     if not slug:
-        raise UserError(f"prompt {prompt!r} has no letters or digits to name its directory; describe the object")
+        raise UserError(
+            f"prompt {prompt!r} has no letters or digits to name its directory; describe the object"
+        )
     return slug
 
 
@@ -145,7 +149,9 @@ def load_checkpoint(path: Path, state: SDSState) -> int:
     try:
         state.renderer.load_state_dict(ckpt["renderer"])
     except RuntimeError as e:
-        raise UserError(f"{path} does not fit this config's field ({str(e).splitlines()[0]}); use its config") from None
+        raise UserError(
+            f"{path} does not fit this config's field ({str(e).splitlines()[0]}); use its config"
+        ) from None
     state.optimizer.load_state_dict(ckpt["optimizer"])
     return int(ckpt["step"])
 
@@ -157,7 +163,9 @@ def _prune(run_dir: Path, keep: int, protect: set[int]) -> None:
             p.unlink(missing_ok=True)
 
 
-def render_views(state: SDSState, azimuths, resolution: int, cfg: SDSConfig, bg=None, fov_deg=40.0, elev=15.0):
+def render_views(
+    state: SDSState, azimuths, resolution: int, cfg: SDSConfig, bg=None, fov_deg=40.0, elev=15.0
+):
     """Albedo renders (V, H, W, 3) uint8 of the field from fixed orbit cameras (snapshots, turntable)."""
     device = next(state.field.parameters()).device
     distance = 0.9 / math.tan(math.radians(fov_deg) / 2)  # inside the training range [0.8, 1.0] / tan(fov/2)
@@ -191,11 +199,17 @@ def load_guidance_model(cfg: SDSConfig, device: torch.device):
     from mvforge.models import MultiViewDiffusion
 
     if not cfg.model:
-        raise UserError("no model given; pass --model with an `mvtrain fit` run or a converted MVDream pipeline")
-    half = cfg.guidance.half_precision == "fp16" or (cfg.guidance.half_precision == "auto" and device.type == "cuda")
+        raise UserError(
+            "no model given; pass --model with an `mvtrain fit` run or a converted MVDream pipeline"
+        )
+    half = cfg.guidance.half_precision == "fp16" or (
+        cfg.guidance.half_precision == "auto" and device.type == "cuda"
+    )
     if half and device.type != "cuda":
         raise UserError("guidance.half_precision=fp16 needs CUDA; set it to auto or fp32")
-    return MultiViewDiffusion.from_pretrained(cfg.model, device=device, dtype=torch.float16 if half else torch.float32)
+    return MultiViewDiffusion.from_pretrained(
+        cfg.model, device=device, dtype=torch.float16 if half else torch.float32
+    )
 
 
 def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
@@ -264,7 +278,9 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
             cfg.guidance.anneal_steps,
         )
         t, noise = guidance.draw(out.rgb.shape[0], t_range, _torch_gen(seed, step, STREAM_T_NOISE))
-        g = guidance(out.rgb, cams.embedding, text, t, noise, vae_generator=_torch_gen(seed, step, STREAM_VAE))
+        g = guidance(
+            out.rgb, cams.embedding, text, t, noise, vae_generator=_torch_gen(seed, step, STREAM_VAE)
+        )
         loss = cfg.loss.lambda_sds * g.loss
         loss_orient = torch.zeros((), device=device)
         if out.orient is not None:
@@ -360,7 +376,9 @@ class _Progress:
         self._p.start()
 
     def update(self, done: int, loss: float, step_s: float) -> None:
-        self._p.update(self._task, completed=done, rate=f"{1 / max(step_s, 1e-9):.2f} steps/s", loss=f"{loss:.4g}")
+        self._p.update(
+            self._task, completed=done, rate=f"{1 / max(step_s, 1e-9):.2f} steps/s", loss=f"{loss:.4g}"
+        )
 
     def close(self) -> None:
         self._p.stop()

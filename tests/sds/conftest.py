@@ -37,9 +37,7 @@ def tiny_sds_config(model: Path, out: Path, **changes) -> SDSConfig:
         field=FieldConfig(n_levels=4, log2_hashmap_size=12, max_resolution=64, mlp_hidden=16),
         renderer=RendererConfig(samples_per_ray=16, occupancy_resolution=8, occupancy_update_every=2),
         material=MaterialConfig(ambient_only_steps=2),
-        camera=CameraConfig(
-            groups_low_res=1, resolution_low=16, resolution_high=24, resolution_milestone=3
-        ),
+        camera=CameraConfig(groups_low_res=1, resolution_low=16, resolution_high=24, resolution_milestone=3),
         export_mesh=ExportConfig(
             mc_resolution=24, iso_level=5.0, turntable_frames=4, turntable_resolution=16, turntable_fps=4
         ),

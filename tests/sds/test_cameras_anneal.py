@@ -30,7 +30,9 @@ GOLDEN = {
 def test_orbit_cameras_match_design_golden_values(elev, azim):
     cams = orbit_cameras(elev, [azim], fov_deg=40.0, distance=1.0)
     np.testing.assert_allclose(cams.c2w[0].numpy(), GOLDEN[(elev, azim)], atol=1e-4)
-    np.testing.assert_allclose(cams.embedding[0].numpy(), np.asarray(GOLDEN[(elev, azim)]).reshape(16), atol=1e-4)
+    np.testing.assert_allclose(
+        cams.embedding[0].numpy(), np.asarray(GOLDEN[(elev, azim)]).reshape(16), atol=1e-4
+    )
 
 
 def test_sampled_groups_share_elevation_fov_distance_light_and_step_azimuth_by_90():

@@ -27,7 +27,9 @@ def albedo(p: torch.Tensor) -> torch.Tensor:
 def test_sphere_exports_watertight_mesh_of_the_right_radius_y_up_with_albedo_colours(tmp_path):
     # a floater that the largest-component filter must drop
     def with_floater(p):
-        return torch.maximum(density(p), 100.0 * (1.0 - (p - torch.tensor([0.8, 0.8, -0.8])).norm(dim=-1) / 0.1))
+        return torch.maximum(
+            density(p), 100.0 * (1.0 - (p - torch.tensor([0.8, 0.8, -0.8])).norm(dim=-1) / 0.1)
+        )
 
     cfg = ExportConfig(mc_resolution=64, iso_level=25.0)
     mesh = extract_mesh(with_floater, albedo, 1.0, cfg)

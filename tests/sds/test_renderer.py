@@ -68,7 +68,9 @@ def test_ball_opacity_and_depth_match_closed_form():
 
 def test_occupancy_grid_skips_empty_space_without_changing_the_render():
     ball = Ball(20.0, 0.4)
-    cfg = RendererConfig(samples_per_ray=128, ray_chunk=700, occupancy_resolution=16, occupancy_update_every=1)
+    cfg = RendererConfig(
+        samples_per_ray=128, ray_chunk=700, occupancy_resolution=16, occupancy_update_every=1
+    )
     renderer = VolumeRenderer(ball, None, cfg)
     cams = orbit_cameras(10.0, [45.0], fov_deg=40.0, distance=2.5)
     full = renderer.render(cams, 24, ALBEDO)
