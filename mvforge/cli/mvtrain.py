@@ -51,6 +51,11 @@ def make_tiny_sd_cmd(
     prediction_type: str = typer.Option(
         "epsilon", help="Scheduler prediction type: epsilon or v_prediction."
     ),
+    multiview: bool = typer.Option(
+        False,
+        "--multiview",
+        help="A multi-view pipeline directory (camera MLP, for `mvtrain sample --model`).",
+    ),
 ) -> None:
     """Write a tiny random Stable Diffusion directory (diffusers layout), offline, for tests and demos.
 
@@ -63,9 +68,10 @@ def make_tiny_sd_cmd(
     if prediction_type not in ("epsilon", "v_prediction"):
         raise UserError(f"--prediction-type {prediction_type!r}: use epsilon or v_prediction")
     _quiet_libraries()
-    from mvforge.train.tiny import make_tiny_sd
+    from mvforge.models.tiny import make_tiny_mv_pipeline, make_tiny_sd
 
-    typer.echo(str(make_tiny_sd(out, seed=seed, prediction_type=prediction_type)))
+    make = make_tiny_mv_pipeline if multiview else make_tiny_sd
+    typer.echo(str(make(out, seed=seed, prediction_type=prediction_type)))
 
 
 @app.command()
@@ -110,42 +116,85 @@ def fit(
         typer.echo(f"ray train result: {result.path}; metrics {result.metrics}")
 
 
+def _authors(text: str) -> str:
+    return f"{text} Default: the authors' (MVDream's official inference, design §10)."
+
+
 @app.command()
 def sample(
-    run: Path = typer.Option(
-        ..., "--run", help="Run directory of `mvtrain fit`, or one checkpoint directory."
+    model: Path = typer.Option(
+        ...,
+        "--model",
+        "--run",
+        help="`mvtrain fit` run directory (its latest checkpoint), one checkpoint, or a pipeline directory.",
     ),
-    prompt: str = typer.Option(..., "--prompt", help="Text prompt."),
+    prompt: str | None = typer.Option(
+        None, "--prompt", help="Text prompt (the ', 3d asset' suffix is added)."
+    ),
+    prompts: Path | None = typer.Option(
+        None, "--prompts", help="Text file, one prompt per line: OUT/<nnnn>-<slug>/ per prompt, progress bar."
+    ),
     out: Path = typer.Option(..., "--out", help="Directory for view_XX.png, grid.png, sample.json."),
     config: Path | None = typer.Option(None, "--config", help="TOML config (SampleConfig)."),
-    set_: list[str] = typer.Option([], "--set", help=set_help("elevation_deg=20")),
-    steps: int | None = typer.Option(None, help="DDIM steps (steps=...)."),
-    guidance_scale: float | None = typer.Option(None, help="CFG scale (guidance_scale=...)."),
-    resolution: int | None = typer.Option(None, help="Image side in pixels (resolution=...)."),
-    num_views: int | None = typer.Option(None, help="Views (num_views=...)."),
-    seed: int | None = typer.Option(None, help="Noise seed (seed=...)."),
+    set_: list[str] = typer.Option([], "--set", help=set_help("prompt_suffix=''")),
+    scheduler: str | None = typer.Option(
+        None, help=_authors("ddim, dpm++, euler, euler-a or pndm (scheduler=...), ddim.")
+    ),
+    steps: int | None = typer.Option(None, help=_authors("Denoising steps (steps=...), 50.")),
+    guidance_scale: float | None = typer.Option(None, help=_authors("CFG scale (guidance_scale=...), 10.")),
+    negative_prompt: str | None = typer.Option(
+        None, help=_authors("Unconditional text (negative_prompt=...), empty.")
+    ),
+    elevation: float | None = typer.Option(
+        None, help=_authors("Camera elevation deg (elevation_deg=...), 15.")
+    ),
+    azimuth_start: float | None = typer.Option(
+        None, help=_authors("Azimuth of view 0 in deg (azimuth_start_deg=...), 90.")
+    ),
+    num_views: int | None = typer.Option(None, help=_authors("Views, 360/V apart (num_views=...), 4.")),
+    seed: int | None = typer.Option(None, help=_authors("Noise seed (seed=...), 23.")),
+    resolution: int | None = typer.Option(None, help=_authors("Image side in px (resolution=...), 256.")),
+    precision: str | None = typer.Option(None, help="fp32, or fp16 / bf16 on a GPU (precision=...)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    save_pipeline: Path | None = typer.Option(
+        None, "--save-pipeline", help="Also write the model as a diffusers pipeline directory (new dir)."
+    ),
 ) -> None:
-    """Sample V views of a prompt with DDIM + classifier-free guidance; writes PNGs and a grid."""
+    """Sample V views of each prompt with the multi-view diffusers pipeline; writes PNGs, a grid, sample.json."""
     from mvforge import config as config_mod
-    from mvforge.train.config import SampleConfig
+    from mvforge.errors import UserError
+    from mvforge.models.config import SampleConfig
 
     cfg = config_mod.load(SampleConfig, config, set_)
     flags = {
+        "scheduler": scheduler,
         "steps": steps,
         "guidance_scale": guidance_scale,
-        "resolution": resolution,
+        "negative_prompt": negative_prompt,
+        "elevation_deg": elevation,
+        "azimuth_start_deg": azimuth_start,
         "num_views": num_views,
         "seed": seed,
+        "resolution": resolution,
+        "precision": precision,
     }
     cfg = config_mod.with_flags(cfg, flags)
+    if (prompt is None) == (prompts is None):
+        raise UserError("pass exactly one of --prompt TEXT or --prompts FILE")
     _quiet_libraries()
+    from mvforge.models.pipeline import MultiViewDiffusion
+    from mvforge.models.sample import DTYPES, check_config, read_prompts, sample_prompts
     from mvforge.train.loop import resolve_device
-    from mvforge.train.sample import sample_views, save_views
 
-    images = sample_views(run, prompt, cfg, device=resolve_device(device))
-    for p in save_views(images, out, prompt, cfg):
-        typer.echo(str(p))
+    dev = resolve_device(device)
+    check_config(cfg, dev)
+    texts = [prompt] if prompt is not None else read_prompts(prompts)
+    mvd = MultiViewDiffusion.from_pretrained(model, dev, DTYPES[cfg.precision], use_ema=cfg.use_ema)
+    if save_pipeline is not None:
+        typer.echo(str(mvd.save_pretrained(save_pipeline)))
+    dirs = sample_prompts(mvd, texts, out, cfg, dev, show_progress=prompts is not None, label=str(model))
+    for d in dirs:
+        typer.echo(str(d / "grid.png"))
 
 
 @app.command()

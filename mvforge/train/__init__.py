@@ -1,1 +1,1 @@
-"""Multi-view diffusion training (MVDream §3): the model, the tiny test model maker, the loop, the sampler."""
+"""Multi-view diffusion training (MVDream §3): the loop and Ray Train; the model is in mvforge.models."""

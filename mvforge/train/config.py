@@ -1,4 +1,4 @@
-"""Typed configuration of `mvtrain fit` and `mvtrain sample` (TOML + ``--set``; CLI flags write here)."""
+"""Typed configuration of `mvtrain fit` (TOML + ``--set``; CLI flags write here). Sampling: mvforge/models/config.py."""
 
 from __future__ import annotations
 
@@ -62,27 +62,3 @@ class FitConfig:
     """The streaming loader (batch size, views, resolution, p_3d, ...)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """The optimizer."""
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    """Multi-view sampling with DDIM and classifier-free guidance."""
-
-    steps: int = 50
-    """DDIM steps."""
-    guidance_scale: float = 7.5
-    """Classifier-free guidance scale (1 disables guidance)."""
-    num_views: int = 4
-    """Views V; cameras at 360/V azimuth steps from ``azimuth_start_deg``."""
-    elevation_deg: float = 15.0
-    """Camera elevation of every view (MVDream's sampling default)."""
-    azimuth_start_deg: float = 0.0
-    """Azimuth of view 0."""
-    resolution: int = 256
-    """Image side in pixels; must be a multiple of the VAE's downsampling factor."""
-    seed: int = 0
-    """Seeds the initial noise."""
-    use_ema: bool = True
-    """Sample with unet_ema/ when the checkpoint has it."""
-    negative_prompt: str = ""
-    """Text for the unconditional branch of CFG."""

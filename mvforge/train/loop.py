@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from mvforge import config as config_mod
 from mvforge.errors import UserError
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, versions
+from mvforge.models.model import encode_text, load_frozen, load_unet
+from mvforge.models.resolve import CKPT_PREFIX, checkpoints, latest_checkpoint
 from mvforge.train.config import FitConfig
-from mvforge.train.model import load_frozen, load_unet
 
-CKPT_PREFIX = "step-"
 METRICS_FIELDS = ("step", "epoch", "kind", "loss", "lr", "grad_norm", "step_s")
 
 
@@ -70,20 +70,6 @@ def resolve_device(name: str) -> torch.device:
 
 
 # ---------------------------------------------------------------- checkpoints
-def checkpoints(out: Path) -> list[Path]:
-    """Finished checkpoints of a run, oldest first (a ``.tmp`` directory is an unfinished write)."""
-    root = Path(out) / "checkpoints"
-    if not root.is_dir():
-        return []
-    done = [p for p in root.iterdir() if p.name.startswith(CKPT_PREFIX) and "." not in p.name]
-    return sorted(done, key=lambda p: int(p.name[len(CKPT_PREFIX) :]))
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    found = checkpoints(out)
-    return found[-1] if found else None
-
-
 def _torch_bytes(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -121,17 +107,6 @@ def save_checkpoint(out: Path, step: int, rt: Runtime, unet, ema, optimizer, lr_
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     """All randomness of one step on one rank: a function of (seed, step, rank) only (exact resume)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4099 + rank)
-
-
-def encode_text(tokenizer, text_encoder, captions: list[str], device: torch.device) -> torch.Tensor:
-    ids = tokenizer(
-        captions,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-    return text_encoder(ids.to(device))[0]
 
 
 def lr_lambda(warmup_steps: int) -> Callable[[int], float]:

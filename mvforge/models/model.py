@@ -1,11 +1,12 @@
 """The multi-view UNet (MVDream §3.1-3.2): SD's UNet with 3D self-attention and a camera embedding.
 
-Reads top to bottom: the attention processor, the model, the loader.
+Reads top to bottom: the attention processors, the model, the loaders (UNet, frozen SD parts, text encoding).
 
 - 3D (multi-view) self-attention: the V views of one object share one self-attention. The processor reshapes
   the tokens ``(b v) l c -> b (v l) c`` around attn1 only, so every view attends to the tokens of all views
   with SD's own q/k/v weights (paper §3.1: "inflate" 2D self-attention, no new weights). Cross-attention (attn2)
-  keeps the default processor: each view reads the text on its own.
+  keeps plain attention: each view reads the text on its own. ``num_views`` travels with each call
+  (``cross_attention_kwargs``), so gradient checkpointing recomputes with the same value (issue 9).
 - Camera: diffusers ``class_embed_type="projection"`` with 16 inputs is MVDream's camera MLP (Linear -> SiLU
   -> Linear) added to the time embedding (paper §3.2, "added to the time embedding" was their best variant).
   Only its last layer is zero-initialised, so at init the model equals SD (design §6).
@@ -22,26 +23,30 @@ import math
 from pathlib import Path
 
 import torch
+from diffusers import ModelMixin as ModelMixin  # noqa: F401  (read by diffusers' pipeline loader, see below)
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from mvforge.errors import UserError
 
+# DiffusionPipeline.from_pretrained loads a component recorded as ["mvforge.models.model", "MultiViewUNet"] by
+# looking its loading base classes (ModelMixin, ...) up as attributes of this module: keep ModelMixin imported.
+
 CAMERA_DIM = 16
 """MVDream camera embedding input: the 4x4 c2w with unit translation, flattened (design §3)."""
 
 
-# ---------------------------------------------------------------- processor
-class MultiViewAttnProcessor:
-    """Self-attention over the tokens of all ``num_views`` views of an object; no weights of its own.
+# ---------------------------------------------------------------- processors
+class MultiViewAttnProcessor(AttnProcessor2_0):
+    """Self-attention over the tokens of all ``num_views`` views of an object; no weights of its own (attn1).
 
-    One instance is shared by every attn1 of a UNet; ``MultiViewUNet.forward`` sets ``num_views`` per call
-    (it must divide the batch). With ``num_views == 1`` it is exactly the plain processor.
+    ``num_views`` arrives with each call as a keyword (``cross_attention_kwargs={"num_views": v}`` of
+    ``UNet2DConditionModel.forward``), never as processor state: diffusers' gradient checkpointing
+    (``Transformer2DModel`` checkpoints each block with ``cross_attention_kwargs`` among its saved arguments)
+    replays the block in backward with the same value (issue 9: state reset after forward made the
+    recomputation run with one view, and torch raised ``CheckpointError``). With ``num_views == 1`` it is
+    exactly the plain SDPA processor.
     """
-
-    def __init__(self) -> None:
-        self.num_views = 1
-        self.inner = AttnProcessor2_0()
 
     def __call__(
         self,
@@ -50,10 +55,11 @@ class MultiViewAttnProcessor:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
+        num_views: int = 1,
     ) -> torch.Tensor:
-        v = self.num_views
+        v = num_views
         if v == 1:
-            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
             raise ValueError("MultiViewAttnProcessor is for self-attention (attn1) on (batch, tokens, dim)")
         bv, n, c = hidden_states.shape
@@ -61,35 +67,59 @@ class MultiViewAttnProcessor:
             raise ValueError(f"batch {bv} is not a multiple of num_views {v}")
         # (b v) l c -> b (v l) c: callers flatten (B, V, ...) to (B*V, ...), views of an object are adjacent.
         x = hidden_states.reshape(bv // v, v * n, c)
-        out = self.inner(attn, x, None, None, temb)
+        out = super().__call__(attn, x, None, None, temb)
         return out.reshape(bv, n, c)
 
 
-def install_multiview_attention(unet: UNet2DConditionModel) -> MultiViewAttnProcessor:
-    """Give every attn1 the (shared) multi-view processor and every other attention the default one."""
-    mv = MultiViewAttnProcessor()
-    # set_attn_processor(dict) needs every key (design §6); attn2 keeps a fresh default processor.
+class CrossAttnProcessor(AttnProcessor2_0):
+    """attn2 (text cross-attention): each view reads the text on its own, so ``num_views`` is accepted and
+    unused. Accepting it keeps diffusers from warning "cross_attention_kwargs ['num_views'] are not expected"
+    on every call (it inspects the processor's signature)."""
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        num_views: int = 1,
+    ) -> torch.Tensor:
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def install_multiview_attention(unet: UNet2DConditionModel) -> None:
+    """Give every attn1 the multi-view processor and every other attention the plain one (both stateless)."""
+    # set_attn_processor(dict) needs every key (design §6).
     procs = {
-        name: (mv if name.endswith("attn1.processor") else AttnProcessor2_0())
+        name: (MultiViewAttnProcessor() if name.endswith("attn1.processor") else CrossAttnProcessor())
         for name in unet.attn_processors
     }
     unet.set_attn_processor(procs)
-    unet.mv_processor = mv
-    return mv
 
 
 # ---------------------------------------------------------------- model
 class MultiViewUNet(UNet2DConditionModel):
     """SD's UNet with multi-view self-attention and an optional camera embedding.
 
-    ``forward(sample, timestep, encoder_hidden_states, cameras=None, num_views=1)``: ``sample`` is
-    (B*V, C, h, w) with the V views of an object contiguous; ``cameras`` (B*V, 16) or None (a 2D batch).
+    ``forward(sample, timestep, encoder_hidden_states, cameras=None, num_views=1)``: ``sample`` (B*V, C, h, w)
+    float with the V views of an object contiguous; ``timestep`` (B*V,) or a scalar; ``encoder_hidden_states``
+    (B*V, 77, D); ``cameras`` (B*V, 16) MVDream embeddings or None (a 2D batch). Returns the prediction
+    (B*V, C, h, w). The weights and config are a standard ``UNet2DConditionModel``'s, so vanilla diffusers
+    loads a saved ``unet/``; the multi-view behaviour is the processors (``install_multiview_attention``).
     """
 
     def get_class_embed(self, sample: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor | None:
         if class_labels is None:  # 2D batch: no camera term (see module docstring)
             return None
         return super().get_class_embed(sample=sample, class_labels=class_labels)
+
+    def has_multiview_attention(self) -> bool:
+        """Whether the first self-attention has the multi-view processor (a short walk, stops at the first)."""
+        for m in self.modules():
+            if isinstance(m, Attention) and not m.is_cross_attention:
+                return isinstance(m.processor, MultiViewAttnProcessor)
+        return False
 
     def forward(  # type: ignore[override]
         self,
@@ -99,16 +129,18 @@ class MultiViewUNet(UNet2DConditionModel):
         cameras: torch.Tensor | None = None,
         num_views: int = 1,
     ) -> torch.Tensor:
-        mv = getattr(self, "mv_processor", None) or install_multiview_attention(self)
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
-        mv.num_views = num_views
-        try:
-            return super().forward(
-                sample, timestep, encoder_hidden_states, class_labels=cameras, return_dict=False
-            )[0]
-        finally:
-            mv.num_views = 1
+        if not self.has_multiview_attention():  # e.g. after a plain from_pretrained / set_attn_processor
+            install_multiview_attention(self)
+        return super().forward(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            class_labels=cameras,
+            cross_attention_kwargs={"num_views": num_views},
+            return_dict=False,
+        )[0]
 
 
 def init_camera(unet: UNet2DConditionModel, seed: int = 0) -> None:
@@ -147,20 +179,26 @@ def load_unet(path: str | Path, subfolder: str = "unet") -> MultiViewUNet:
     if _is_multiview_config(config):
         unet = MultiViewUNet.from_pretrained(path, subfolder=subfolder)
     elif config.get("class_embed_type") is None:
-        base = UNet2DConditionModel.from_pretrained(path, subfolder=subfolder)
-        cfg = dict(base.config)
-        cfg.update(class_embed_type="projection", projection_class_embeddings_input_dim=CAMERA_DIM)
-        unet = MultiViewUNet.from_config(cfg)
-        missing, unexpected = unet.load_state_dict(base.state_dict(), strict=False)
-        if unexpected or any(not k.startswith("class_embedding.") for k in missing):
-            raise UserError(f"{path / subfolder}: weights do not match the UNet config; re-save the model")
-        init_camera(unet)
-        del base
+        unet = multiview_from_sd(UNet2DConditionModel.from_pretrained(path, subfolder=subfolder))
     else:
         raise UserError(
             f"{path / subfolder} has class_embed_type={config.get('class_embed_type')!r}; "
             "pass a plain Stable Diffusion UNet or an mvtrain checkpoint"
         )
+    install_multiview_attention(unet)
+    return unet
+
+
+def multiview_from_sd(base: UNet2DConditionModel) -> MultiViewUNet:
+    """SD's UNet with the camera MLP added (seeded first layer, zero last layer: equal to ``base`` at init)."""
+    # Private keys out: a fresh model's "_use_default_values" lists class_embed_type and would undo the update.
+    cfg = {k: v for k, v in base.config.items() if not k.startswith("_")}
+    cfg.update(class_embed_type="projection", projection_class_embeddings_input_dim=CAMERA_DIM)
+    unet = MultiViewUNet.from_config(cfg)
+    missing, unexpected = unet.load_state_dict(base.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("class_embedding.") for k in missing):
+        raise UserError("the UNet's weights do not match its config; re-save the model")
+    init_camera(unet)
     install_multiview_attention(unet)
     return unet
 
@@ -182,3 +220,16 @@ def load_frozen(path: str | Path):
     tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
     scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
     return vae, text_encoder, tokenizer, scheduler
+
+
+def encode_text(tokenizer, text_encoder, prompts: list[str], device: torch.device | str) -> torch.Tensor:
+    """Text-encoder hidden states (N, 77, D) of N prompts, padded to the tokenizer's 77 positions with its pad
+    token (id 0 for SD 2.x / OpenCLIP: SD's cross-attention reads all 77 positions, issue 9), truncated."""
+    ids = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return text_encoder(ids.to(device))[0]

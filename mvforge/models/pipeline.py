@@ -1,0 +1,435 @@
+"""The multi-view diffusion model every stage uses (``MultiViewDiffusion``) and its diffusers pipeline
+(``MVDreamPipeline``: text -> V views), design §1 and §10, issue 9.
+
+- ``MultiViewDiffusion``: the loaded parts (multi-view UNet, VAE, text encoder, tokenizer, training noise
+  schedule) with what sampling, SDS, MVDreamBooth and evaluation need: encode prompts, encode images to latents
+  (with or without gradient), decode latents, predict ε or x0 for groups of V views with classifier-free
+  guidance. The order of the conditional/unconditional halves of a guided batch is ``CFG_ORDER``, defined here
+  only.
+- ``MVDreamPipeline``: a ``DiffusionPipeline`` subclass with the standard layout (``model_index.json``,
+  ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``, safetensors), so ``save_pretrained`` /
+  ``from_pretrained`` work as for any diffusers pipeline. diffusers records this class and the UNet's class
+  (``mvforge.models.model.MultiViewUNet``) by import path in ``model_index.json``: keep both paths stable.
+  ``unet/`` itself is a standard ``UNet2DConditionModel`` (vanilla diffusers loads it); the multi-view
+  behaviour comes from the processors mvforge installs.
+- Two different "rescale" operations, named apart: ``guidance_rescale`` is diffusers' per-image std rescale of
+  the guided ε (Lin et al. 2023, §3.4); ``rescale_x0_multiview`` is MVDream's rescale of the guided x0 to the
+  std of the conditional x0 over each group of V views, mixed with a factor (design §10; SDS uses it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+)
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from mvforge.errors import UserError
+from mvforge.fsutil import tmp_path
+from mvforge.models.camera_batch import camera_embedding, orbit_c2w_batch, orthogonal_views
+from mvforge.models.model import (
+    MultiViewUNet,
+    _is_multiview_config,
+    encode_text,
+    load_frozen,
+    load_unet,
+)
+from mvforge.models.resolve import is_pipeline_dir, resolve_model
+
+CFG_ORDER = ("cond", "uncond")
+"""Order of the two halves of a classifier-free-guidance batch: ``[cond (N), uncond (N)]`` along dim 0
+(MVDream-threestudio's guidance order). Only ``MultiViewDiffusion.predict_noise`` builds and splits such a
+batch."""
+
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler-a": EulerAncestralDiscreteScheduler,
+    "pndm": PNDMScheduler,
+}
+"""The sampling schedulers offered and tested (issue 9), all diffusers'. DDIM is the authors' (design §10)."""
+
+
+def make_scheduler(name: str, config) -> object:
+    """A sampling scheduler ``name`` (a key of ``SCHEDULERS``) on the noise schedule of ``config`` (any diffusers
+    scheduler config of the model: betas, train timesteps, steps offset).
+
+    The model output reaching a scheduler is always ε (``predict_noise`` converts v-prediction), so
+    ``prediction_type`` is epsilon. DDIM is set up as the official LDM sampler (design §10): no sample clipping,
+    the last step's "previous" alpha is alphas_cumprod[0] (``set_alpha_to_one=False``), timesteps uniform with
+    offset 1 (LDM's ``ddim_discretize="uniform"``). DPM-Solver++ is the 2nd-order multistep ``dpmsolver++``;
+    PNDM skips its Runge-Kutta warm-up as SD's own scheduler config does.
+    """
+    if name not in SCHEDULERS:
+        raise UserError(f"scheduler {name!r} is not offered; use one of {', '.join(SCHEDULERS)}")
+    cfg = dict(config)
+    cfg.update(prediction_type="epsilon")
+    extra = {
+        "ddim": dict(clip_sample=False, set_alpha_to_one=False, timestep_spacing="leading"),
+        "dpm++": dict(algorithm_type="dpmsolver++", solver_order=2),
+        "pndm": dict(skip_prk_steps=True, set_alpha_to_one=False),
+    }.get(name, {})
+    cfg.update(extra)
+    return SCHEDULERS[name].from_config(cfg)
+
+
+def scheduler_name(scheduler) -> str:
+    """The ``SCHEDULERS`` key of a scheduler instance (raises ValueError for another class)."""
+    for name, cls in SCHEDULERS.items():
+        if type(scheduler) is cls:
+            return name
+    raise ValueError(f"{type(scheduler).__name__} is not one of the offered schedulers {list(SCHEDULERS)}")
+
+
+def orbit_cameras(
+    num_views: int = 4, elevation_deg: float = 15.0, azimuth_start_deg: float = 90.0
+) -> np.ndarray:
+    """(V, 16) float32 MVDream camera embeddings: V azimuths 360/V apart from ``azimuth_start_deg`` at one
+    elevation (the official inference: 4 views, elevation 15, start 90; design §10)."""
+    az = orthogonal_views(azimuth_start_deg, num_views)
+    return camera_embedding(orbit_c2w_batch(elevation_deg, az))
+
+
+# ---------------------------------------------------------------- the model every stage uses
+class MultiViewDiffusion:
+    """The multi-view diffusion model: loaded parts plus encode / predict (with CFG) / decode.
+
+    Attributes: ``unet`` (MultiViewUNet), ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler`` (the training
+    noise schedule, a DDPMScheduler), ``num_train_timesteps``, ``vae_scale_factor`` (8 for SD),
+    ``resolution`` (native image side: UNet sample size x VAE factor), ``alphas_cumprod`` ((T,) float32 on the
+    model's device). Latents of V views of an object are contiguous along dim 0 ((B*V, 4, h, w)).
+    """
+
+    def __init__(self, unet: MultiViewUNet, vae, text_encoder, tokenizer, scheduler) -> None:
+        if not isinstance(unet, MultiViewUNet):
+            raise TypeError(f"unet must be a MultiViewUNet, got {type(unet).__name__}")
+        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.scheduler = DDPMScheduler.from_config(scheduler.config)
+        self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.resolution = int(unet.config.sample_size) * self.vae_scale_factor
+        self._alphas = None
+
+    # -- loading, moving, saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        *,
+        use_ema: bool = True,
+    ) -> MultiViewDiffusion:
+        """Load from a pipeline directory, an ``mvtrain fit`` checkpoint (``unet_ema/`` when ``use_ema`` and
+        present) or run (its latest checkpoint), via ``resolve_model``. Raises UserError for a missing
+        directory or a UNet without the camera embedding (a plain SD model: train it first)."""
+        path = resolve_model(path)
+        if is_pipeline_dir(path):
+            _require_multiview(path / "unet")
+            pipe = MVDreamPipeline.from_pretrained(path)
+            parts = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
+        else:
+            sub = "unet_ema" if use_ema and (path / "unet_ema").is_dir() else "unet"
+            _require_multiview(path / sub)
+            pretrained = tomllib.loads((path / "config.toml").read_text()).get("pretrained", "")
+            if not pretrained:
+                raise UserError(f"{path / 'config.toml'} names no pretrained model; re-save the checkpoint")
+            vae, text_encoder, tokenizer, sched = load_frozen(pretrained)
+            parts = load_unet(path, sub), vae, text_encoder, tokenizer, sched
+        model = cls(*parts)
+        return model.to(device, dtype)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+        for m in (self.unet, self.vae, self.text_encoder):
+            m.to(device)
+            if dtype is not None and m.dtype != dtype:  # (an equal dtype would only make diffusers warn)
+                m.to(dtype)
+            m.eval().requires_grad_(False)
+        self._alphas = None
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        if self._alphas is None or self._alphas.device != self.device:
+            self._alphas = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
+        return self._alphas
+
+    def pipeline(self, scheduler: str = "ddim") -> MVDreamPipeline:
+        """The diffusers pipeline over these same modules (nothing reloaded) with sampling ``scheduler``."""
+        return MVDreamPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=make_scheduler(scheduler, self.scheduler.config),
+        )
+
+    def save_pretrained(self, out: str | Path) -> Path:
+        """Write a pipeline directory (safetensors; the official DDIM as its scheduler) to ``out``, which must
+        not exist or be empty. Filled as ``out.tmp-<pid>`` and renamed into place: complete or absent."""
+        out = Path(out)
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"{out} is not empty; pass a new directory for the pipeline")
+        tmp = tmp_path(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.pipeline("ddim").save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+        return out
+
+    # -- encode / predict / decode
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """Text conditioning (N, 77, D) in the model's dtype for N prompts (padded with id 0, issue 9)."""
+        if isinstance(prompts, str):
+            raise TypeError("encode_prompt takes a list of prompts")
+        return encode_text(self.tokenizer, self.text_encoder, list(prompts), self.device).to(self.dtype)
+
+    def encode_images(self, images: torch.Tensor, *, grad: bool = False, generator=None) -> torch.Tensor:
+        """Latents (N, 4, H/f, W/f) of images (N, 3, H, W) float in [-1, 1], sampled from the VAE posterior
+        and multiplied by the VAE's scaling factor. ``grad=True`` keeps the graph through the encoder (SDS
+        backpropagates into the rendered images); ``generator`` seeds the posterior sample."""
+        with torch.set_grad_enabled(grad):
+            dist = self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist
+            return dist.sample(generator) * self.vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) in [-1, 1] (clamped) of latents (N, 4, h, w) scaled as ``encode_images``."""
+        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return images.clamp(-1, 1)
+
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor | int,
+        cond: torch.Tensor,
+        uncond: torch.Tensor | None = None,
+        cameras: torch.Tensor | None = None,
+        num_views: int = 4,
+        guidance_scale: float = 1.0,
+        guidance_rescale: float = 0.0,
+    ) -> torch.Tensor:
+        """Guided ε (B*V, 4, h, w) for noisy latents (B*V, 4, h, w), views of an object contiguous.
+
+        ``t``: int timesteps (B*V,) or a scalar; ``cond``/``uncond``: (B*V, 77, D) text conditioning (uncond
+        None: no guidance, ``guidance_scale`` must be 1); ``cameras``: (B*V, 16) embeddings or None (2D mode,
+        every image on its own: pass ``num_views=1``). CFG: ``uncond + s * (cond - uncond)``, one UNet call
+        on the batch ``CFG_ORDER`` describes, the cameras on both halves (design §10). ``guidance_rescale``:
+        diffusers' per-image std rescale of the guided ε (0 = off; not MVDream's x0 rescale). A
+        v-prediction model's output is converted to ε. Gradients flow to ``latents`` if it requires them.
+        """
+        n = latents.shape[0]
+        if n % num_views:
+            raise ValueError(f"batch {n} is not a multiple of num_views {num_views}")
+        guided = uncond is not None
+        if not guided and guidance_scale != 1.0:
+            raise ValueError("guidance_scale != 1 needs the unconditional embeddings (uncond)")
+        t = torch.as_tensor(t, device=self.device)
+        t = t.expand(n) if t.ndim == 0 else t
+        x, text, cams, tt = latents, cond, cameras, t
+        if guided:
+            halves = {"cond": cond, "uncond": uncond}
+            x = torch.cat([latents, latents])
+            text = torch.cat([halves[k] for k in CFG_ORDER])
+            cams = None if cameras is None else torch.cat([cameras, cameras])
+            tt = torch.cat([t, t])
+        dtype = self.unet.dtype
+        out = self.unet(
+            x.to(dtype), tt, text.to(dtype), None if cams is None else cams.to(dtype), num_views
+        ).to(latents.dtype)
+        if self.scheduler.config.prediction_type == "v_prediction":
+            out = self._v_to_eps(x, tt, out)
+        if not guided:
+            return out
+        parts = dict(zip(CFG_ORDER, out.chunk(2), strict=True))
+        eps = parts["uncond"] + guidance_scale * (parts["cond"] - parts["uncond"])
+        if guidance_rescale > 0:
+            eps = rescale_noise_cfg(eps, parts["cond"], guidance_rescale)
+        return eps
+
+    def _coeffs(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.alphas_cumprod[torch.as_tensor(t, device=self.device).long()].to(like.dtype)
+        a = a.reshape(-1, *([1] * (like.ndim - 1)))
+        return a.sqrt(), (1 - a).sqrt()
+
+    def _v_to_eps(self, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        sa, s1 = self._coeffs(t, x)
+        return sa * v + s1 * x
+
+    def predict_x0(self, latents: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
+        """x0 = (x_t - sqrt(1 - a_t) ε) / sqrt(a_t) for (N, 4, h, w) latents, ``t`` (N,) or a scalar."""
+        t = torch.as_tensor(t, device=self.device)
+        t = t.expand(latents.shape[0]) if t.ndim == 0 else t
+        sa, s1 = self._coeffs(t, latents)
+        return (latents - s1 * eps) / sa
+
+    @staticmethod
+    def rescale_x0_multiview(
+        x0_guided: torch.Tensor, x0_cond: torch.Tensor, num_views: int, factor: float
+    ) -> torch.Tensor:
+        """MVDream's x0 std rescale (design §10, CFG rescale 0.5 in its SDS): per group of V views, the guided
+        x0 (B*V, C, h, w) scaled to the std of the conditional x0 over the whole group, then mixed
+        ``factor * rescaled + (1 - factor) * x0_guided``. Not diffusers' ``guidance_rescale`` (per image, on ε).
+        """
+        n = x0_guided.shape[0]
+        if n % num_views:
+            raise ValueError(f"batch {n} is not a multiple of num_views {num_views}")
+        g = x0_guided.reshape(n // num_views, -1)
+        c = x0_cond.reshape(n // num_views, -1)
+        # 1e-8 keeps a constant group finite (the official code's epsilon).
+        ratio = (c.std(dim=1) + 1e-8) / (g.std(dim=1) + 1e-8)
+        rescaled = x0_guided * ratio.repeat_interleave(num_views).reshape(-1, *([1] * (x0_guided.ndim - 1)))
+        return factor * rescaled + (1 - factor) * x0_guided
+
+
+def _require_multiview(unet_dir: Path) -> None:
+    import json
+
+    config_file = unet_dir / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"{unet_dir} holds no UNet (config.json); re-save the model")
+    if not _is_multiview_config(json.loads(config_file.read_text())):
+        raise UserError(
+            f"{unet_dir} has no camera embedding (a plain Stable Diffusion UNet?); train it with "
+            "`mvtrain fit --pretrained DIR`, then pass the run"
+        )
+
+
+# ---------------------------------------------------------------- the diffusers pipeline
+@dataclass
+class MVDreamPipelineOutput(BaseOutput):
+    """``images``: B*V images (views of an object contiguous): PIL list, (N, H, W, 3) float numpy in [0, 1],
+    (N, 3, H, W) tensor in [0, 1] or latents (N, 4, h, w), per ``output_type``."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+
+
+class MVDreamPipeline(DiffusionPipeline):
+    """Text -> V views of an object (MVDream §3, the official inference of design §10).
+
+    ``MVDreamPipeline.from_pretrained(dir)`` / ``save_pretrained(dir)`` as any diffusers pipeline; the
+    scheduler is one of ``SCHEDULERS`` (swap with ``make_scheduler(name, pipe.scheduler.config)``).
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(self, vae, text_encoder, tokenizer, unet: MultiViewUNet, scheduler) -> None:
+        super().__init__()
+        self.register_modules(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
+        )
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    def check_inputs(self, prompts, negative_prompt, num_views, steps, resolution, latents) -> None:
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a string or a non-empty list of strings")
+        if not isinstance(negative_prompt, str):
+            raise ValueError("negative_prompt must be a string (the same for every prompt)")
+        if num_views < 1 or steps < 1:
+            raise ValueError(f"num_views {num_views} and num_inference_steps {steps} must be >= 1")
+        if resolution % self.vae_scale_factor:
+            raise ValueError(f"resolution {resolution} is not a multiple of {self.vae_scale_factor}")
+        shape = (len(prompts) * num_views, self.unet.config.in_channels)
+        if latents is not None and tuple(latents.shape[:2]) != shape:
+            raise ValueError(f"latents of shape {tuple(latents.shape)}; expected {shape} + (h, w)")
+
+    def prepare_latents(self, n: int, resolution: int, generator, latents) -> torch.Tensor:
+        h = resolution // self.vae_scale_factor
+        shape = (n, self.unet.config.in_channels, h, h)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+        return latents.to(self.device, torch.float32) * self.scheduler.init_noise_sigma
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str = "",
+        num_views: int = 4,
+        elevation_deg: float = 15.0,
+        azimuth_start_deg: float = 90.0,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 10.0,
+        guidance_rescale: float = 0.0,
+        eta: float = 0.0,
+        resolution: int | None = None,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+    ) -> MVDreamPipelineOutput:
+        """V views of each prompt. Defaults: the official inference (design §10: 4 views, elevation 15, start
+        azimuth 90, CFG 10, eta 0, empty negative prompt; 50 steps of the pipeline's scheduler). The ", 3d
+        asset" suffix is the caller's (``mvtrain sample`` adds it). ``resolution``: image side (default
+        the model's native size); ``latents``: initial noise (B*V, 4, h, w) instead of drawing it with
+        ``generator``; ``eta``: DDIM's only. Returns ``MVDreamPipelineOutput`` (B*V images, object-major).
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        resolution = resolution or int(self.unet.config.sample_size) * self.vae_scale_factor
+        # 1. Check inputs.
+        self.check_inputs(prompts, negative_prompt, num_views, num_inference_steps, resolution, latents)
+        model = MultiViewDiffusion(self.unet, self.vae, self.text_encoder, self.tokenizer, self.scheduler)
+        n = len(prompts) * num_views
+
+        # 2. Encode the prompts: each object's text repeated over its V views.
+        cond = model.encode_prompt(prompts).repeat_interleave(num_views, dim=0)
+        uncond = None
+        if guidance_scale != 1.0:
+            uncond = model.encode_prompt([negative_prompt]).expand(n, -1, -1)
+
+        # 3. Cameras: V orbit views, the same for every object.
+        cams = torch.from_numpy(orbit_cameras(num_views, elevation_deg, azimuth_start_deg))
+        cams = cams.to(self.device).repeat(len(prompts), 1)
+
+        # 4. Timesteps.
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+
+        # 5. Initial noise.
+        latents = self.prepare_latents(n, resolution, generator, latents)
+
+        # 6. Denoise: guided ε for all views of all objects in one UNet call per step.
+        step_kwargs = {}
+        if isinstance(self.scheduler, DDIMScheduler):
+            step_kwargs["eta"] = eta
+        if isinstance(self.scheduler, EulerAncestralDiscreteScheduler | DDIMScheduler):
+            step_kwargs["generator"] = generator
+        for t in self.progress_bar(self.scheduler.timesteps):
+            x = self.scheduler.scale_model_input(latents, t)
+            eps = model.predict_noise(x, t, cond, uncond, cams, num_views, guidance_scale, guidance_rescale)
+            latents = self.scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+
+        # 7. Decode.
+        if output_type == "latent":
+            return MVDreamPipelineOutput(images=latents)
+        images = model.decode_latents(latents).float()
+        images = self.image_processor.postprocess(images, output_type=output_type)
+        self.maybe_free_model_hooks()
+        return MVDreamPipelineOutput(images=images)

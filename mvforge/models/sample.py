@@ -1,0 +1,129 @@
+"""`mvtrain sample`: V views of each prompt through ``MVDreamPipeline``; writes views, a grid and sample.json.
+
+Output layout: one prompt -> ``OUT/view_00.png ... view_{V-1}.png``, ``OUT/grid.png`` (the views side by side),
+``OUT/sample.json`` (prompt, text sent to the model, model, config) written last; several prompts (``--prompts
+FILE``) -> the same in ``OUT/<nnnn>-<slug>/`` per prompt. Every prompt starts from the same seed, so a prompt's
+views do not depend on its place in the file.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import torch
+
+from mvforge import config as config_mod
+from mvforge.errors import UserError
+from mvforge.fsutil import atomic_write_bytes, atomic_write_json
+from mvforge.models.config import SampleConfig
+from mvforge.models.pipeline import MultiViewDiffusion
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def check_config(cfg: SampleConfig, device: torch.device) -> None:
+    """Reject bad sampling settings before any model loads (UserError naming the fix)."""
+    if cfg.num_views < 1 or cfg.steps < 1:
+        raise UserError(
+            f"num_views {cfg.num_views}, steps {cfg.steps}: both must be >= 1 (e.g. --num-views 4 --steps 50)"
+        )
+    if cfg.resolution < 8:
+        raise UserError(f"resolution {cfg.resolution}: pass an image side such as 256")
+    if cfg.precision != "fp32" and device.type != "cuda":
+        raise UserError(f"--precision {cfg.precision} needs a CUDA GPU; use fp32 on {device.type}")
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Non-empty lines of a text file (``#`` starts a comment line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; pass a text file with one prompt per line")
+    prompts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise UserError(f"{path} holds no prompts; write one prompt per line")
+    return prompts
+
+
+def slug(text: str, n: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "prompt"
+
+
+def sample_prompts(
+    model: str | Path | MultiViewDiffusion,
+    prompts: list[str],
+    out: str | Path,
+    cfg: SampleConfig = SampleConfig(),
+    device: torch.device | str = "cpu",
+    show_progress: bool = True,
+    label: str | None = None,
+) -> list[Path]:
+    """Sample every prompt and write its views; returns the output directory of each prompt. ``model``: a
+    loaded model or a path for ``MultiViewDiffusion.from_pretrained``; ``label``: the model's name in
+    sample.json (default: the path)."""
+    device = torch.device(device)
+    check_config(cfg, device)
+    if not prompts:
+        raise UserError("no prompt; pass --prompt TEXT or --prompts FILE")
+    source = model if isinstance(model, MultiViewDiffusion) else None
+    if source is None:
+        source = MultiViewDiffusion.from_pretrained(model, device, DTYPES[cfg.precision], use_ema=cfg.use_ema)
+    meta = {"model": label or str(model)}
+    pipe = source.pipeline(cfg.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    out = Path(out)
+    dirs = [out] if len(prompts) == 1 else [out / f"{i:04d}-{slug(p)}" for i, p in enumerate(prompts)]
+    progress = None
+    if show_progress:
+        from mvforge.progress import StageProgress
+
+        progress = StageProgress("mvtrain sample", len(prompts), unit="prompts").__enter__()
+    try:
+        for prompt, d in zip(prompts, dirs, strict=True):
+            images = pipe(
+                prompt + cfg.prompt_suffix,
+                negative_prompt=cfg.negative_prompt,
+                num_views=cfg.num_views,
+                elevation_deg=cfg.elevation_deg,
+                azimuth_start_deg=cfg.azimuth_start_deg,
+                num_inference_steps=cfg.steps,
+                guidance_scale=cfg.guidance_scale,
+                guidance_rescale=cfg.guidance_rescale,
+                eta=cfg.eta,
+                resolution=cfg.resolution,
+                generator=torch.Generator().manual_seed(cfg.seed),
+            ).images
+            save_views(images, d, meta | {"prompt": prompt, "text": prompt + cfg.prompt_suffix}, cfg)
+            if progress is not None:
+                progress.advance()
+    finally:
+        if progress is not None:
+            progress.__exit__(None, None, None)
+    return dirs
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_views(images: list, out: str | Path, meta: dict, cfg: SampleConfig) -> list[Path]:
+    """view_00.png ... and grid.png (the V views side by side), then sample.json; returns the image paths."""
+    from PIL import Image
+
+    out = Path(out)
+    paths = []
+    for i, im in enumerate(images):
+        p = out / f"view_{i:02d}.png"
+        atomic_write_bytes(p, _png(im))
+        paths.append(p)
+    w, h = images[0].size
+    grid = Image.new("RGB", (w * len(images), h))
+    for i, im in enumerate(images):
+        grid.paste(im, (i * w, 0))
+    atomic_write_bytes(out / "grid.png", _png(grid))
+    atomic_write_json(out / "sample.json", {**meta, "config": config_mod.to_dict(cfg)})
+    return [*paths, out / "grid.png"]
