@@ -241,6 +241,11 @@ class SDSConfig:
     """Where the field and the frozen model run."""
     export: bool = True
     """Write mesh.glb, mesh.obj and the turntable at the end."""
+    deterministic: bool = True
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` for the run (mvforge). Without it the hash
+    grid's backward (an index accumulation) sums in a thread-dependent order, and Adam with eps 1e-15 turns
+    that float noise into lr-sized steps of untouched table entries: resume would not repeat a run. Costs
+    speed on CUDA; benchmarks set it false."""
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     renderer: RendererConfig = dataclasses.field(default_factory=RendererConfig)
     material: MaterialConfig = dataclasses.field(default_factory=MaterialConfig)

@@ -226,6 +226,8 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.out) / prompt_slug(cfg.prompt)
     t_start = time.monotonic()
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
     # 1. The frozen model, the guidance and the prompt's embeddings (computed once).
     if model is None:

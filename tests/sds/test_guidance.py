@@ -61,7 +61,9 @@ def test_gradients_reach_every_trainable_parameter_group(model):
     renderer = VolumeRenderer(field, background, RendererConfig(samples_per_ray=16))
     sds = MultiViewSDS(model, GuidanceConfig())
     cams = orbit_cameras(15.0, [0.0, 90.0, 180.0, 270.0], fov_deg=40.0, distance=2.5)
-    out = renderer.render(cams, 16, Shading("lambertian", 0.5, 0.5), generator=torch.Generator().manual_seed(0))
+    out = renderer.render(
+        cams, 16, Shading("lambertian", 0.5, 0.5), generator=torch.Generator().manual_seed(0)
+    )
     t, noise = sds.draw(4, (20, 980), torch.Generator().manual_seed(0))
     sds(out.rgb, cams.embedding, sds.encode_text("a mug"), t, noise).loss.backward()
     groups = {**field.param_groups(), "background": list(background.parameters())}
