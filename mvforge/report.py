@@ -13,6 +13,7 @@ with ``embed_images``, small base64 PNG thumbnails so the single file can be mai
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -66,15 +67,17 @@ def write_report(run_dir: Path, cfg: ReportConfig | None = None) -> Path:
     render_html = _render_section(renders, run_dir, cfg, selection)
     shard_html = _shard_section(shards)
     train_html = _train_section(run_dir / "train", run_dir / "samples", run_dir, cfg)
+    sds_html = _sds_section(run_dir / "sds", run_dir, cfg)
     body = "\n".join(
         [
             f"<h1>mvforge run report: {_e(run_dir.resolve().name)}</h1>",
             '<p class="nav"><a href="#renders">renders</a> · <a href="#filter">filter</a> · '
-            '<a href="#shards">shards</a> · <a href="#train">train</a></p>',
+            '<a href="#shards">shards</a> · <a href="#train">train</a> · <a href="#sds">sds</a></p>',
             render_html,
             filter_html,
             shard_html,
             train_html,
+            sds_html,
         ]
     )
     atomic_write_text(out, _page(f"mvforge report: {run_dir.resolve().name}", body, cfg))
@@ -461,6 +464,48 @@ def _train_section(train: Path, samples: Path, report_dir: Path, cfg: ReportConf
             )
     else:
         parts.append('<p class="none">No samples here (no samples/grid.png).</p>')
+    return head + "\n".join(parts) + "</section>"
+
+
+# --- sds ----------------------------------------------------------------------------------------------------
+
+
+def _sds_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
+    """Per `mvtrain sds` run under sds/ (design §2.6): summary, the turntable and the latest 4-view snapshot."""
+    head = '<section id="sds"><h2>Text to 3D (SDS)</h2>'
+    runs = sorted(p.parent for p in root.glob("*/summary.json")) if root.is_dir() else []
+    if not runs:
+        return head + '<p class="none">No SDS run here (no sds/*/summary.json).</p></section>'
+    parts = []
+    for run in runs:
+        try:
+            summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        parts.append(
+            f"<h3>“{_e(summary.get('prompt', run.name))}”</h3><p>{_e(summary.get('steps'))} steps in "
+            f"{_e(summary.get('seconds'))} s on {_e(summary.get('device'))} ({_e(summary.get('backend'))} hash grid), "
+            f"peak memory {_e(summary.get('peak_memory_mb'))} MB. "
+            f'<a href="{_href(run / "mesh.glb", report_dir)}">mesh.glb</a> · '
+            f'<a href="{_href(run / "mesh.obj", report_dir)}">mesh.obj</a> · '
+            f'<a href="{_href(run / "turntable.mp4", report_dir)}">turntable.mp4</a></p>'
+        )
+        gif = run / "turntable.gif"
+        if gif.is_file():
+            # the GIF itself (a thumbnail would drop the animation)
+            src = (
+                "data:image/gif;base64," + base64.b64encode(gif.read_bytes()).decode("ascii")
+                if cfg.embed_images
+                else _href(gif, report_dir)
+            )
+            parts.append(f'<img class="grid" src="{src}" alt="turntable" style="height: 160px">')
+        snaps = sorted((run / "snapshots").glob("step-*.png"))
+        if snaps:
+            src = _img_src(snaps[-1], report_dir, dataclasses.replace(cfg, thumb_px=max(cfg.thumb_px, 512)))
+            if src:
+                parts.append(f"<p>Snapshot {_e(snaps[-1].stem)} (4 views, {len(snaps)} snapshots):</p>")
+                parts.append(f'<img class="grid" src="{src}" alt="snapshot" style="height: 128px">')
+        parts.append(_config_details(run))
     return head + "\n".join(parts) + "</section>"
 
 

@@ -40,7 +40,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_field_and_outputs(ti
     ref = run_sds(cfg, show_progress=False)
 
     # the same run through the CLI, killed after its first checkpoint
-    killed_cfg = dataclasses.replace(cfg, out=str(tmp_path / "killed"), export=True, snapshot_every=2)
+    killed_cfg = dataclasses.replace(cfg, out=str(tmp_path / "sds"), export=True, snapshot_every=2)
     cfg_file = tmp_path / "sds.toml"
     cfg_file.write_text(config_mod.to_toml(killed_cfg))
     proc = subprocess.Popen(
@@ -50,7 +50,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_field_and_outputs(ti
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    run_dir = tmp_path / "killed" / "a-red-ceramic-mug"
+    run_dir = tmp_path / "sds" / "a-red-ceramic-mug"
     deadline = time.monotonic() + 240
     while not checkpoints(run_dir) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -81,6 +81,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_field_and_outputs(ti
     assert (resumed / "snapshots" / "step-000006.png").is_file()
     assert len(trimesh.load(resumed / "mesh.glb", force="mesh").faces) > 0
     assert config_mod.load(SDSConfig, resumed / "config.toml") == killed_cfg
+    # the run report shows the turntable (the GIF itself) and the latest snapshot
+    from mvforge.report import write_report
+
+    html = write_report(tmp_path).read_text()
+    assert "a red ceramic mug" in html and "sds/a-red-ceramic-mug/turntable.gif" in html and "step-000006" in html
 
 
 @pytest.mark.parametrize(
