@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the whole data pipeline on the embedded demo objects, small enough for 2 CPU cores.
 # render (Blender Cycles, Ray) -> filter (tiny random-init CLIP, keep-fraction) -> shard -> verify
-# -> fit (tiny random-init multi-view SD, a few steps) -> sample (4 views) -> report.
+# -> fit (tiny random-init multi-view SD, a few steps) -> sample (4 views) -> sds (text to 3D: mesh + turntable)
+# -> report.
 # Every step resumes: running it again after an interruption redoes only what is missing.
 set -euo pipefail
 OUT=${1:-demo-out}
@@ -29,6 +30,10 @@ $BIN/mvtrain fit --pretrained "$OUT/models/tiny-sd" --shards "$OUT/shards" --out
 echo "== sample: 4 orthogonal views from text"
 $BIN/mvtrain sample --run "$OUT/train" --prompt "a red ceramic coffee mug" --out "$OUT/samples" --steps 10 \
   --resolution 64 --device cpu
+
+echo "== sds: text to 3D with the fitted tiny model as the prior (configs/sds-demo-cpu.toml: 300 steps at 32 px)"
+$BIN/mvtrain sds --config configs/sds-demo-cpu.toml --model "$OUT/train" --prompt "a red ceramic coffee mug" \
+  --out "$OUT/sds"
 
 echo "== report"
 $BIN/mvdata report "$OUT"
