@@ -31,7 +31,7 @@ echo "== sample: 4 orthogonal views from text"
 $BIN/mvtrain sample --run "$OUT/train" --prompt "a red ceramic coffee mug" --out "$OUT/samples" --steps 10 \
   --resolution 64 --device cpu
 
-echo "== sds: text to 3D with the fitted tiny model as the prior (configs/sds-demo-cpu.toml: 300 steps at 32 px)"
+echo "== sds: text to 3D with the fitted tiny model as the prior (configs/sds-demo-cpu.toml: 200 steps at 32 px)"
 $BIN/mvtrain sds --config configs/sds-demo-cpu.toml --model "$OUT/train" --prompt "a red ceramic coffee mug" \
   --out "$OUT/sds"
 
