@@ -85,7 +85,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_field_and_outputs(ti
     from mvforge.report import write_report
 
     html = write_report(tmp_path).read_text()
-    assert "a red ceramic mug" in html and "sds/a-red-ceramic-mug/turntable.gif" in html and "step-000006" in html
+    assert (
+        "a red ceramic mug" in html
+        and "sds/a-red-ceramic-mug/turntable.gif" in html
+        and "step-000006" in html
+    )
 
 
 @pytest.mark.parametrize(
@@ -113,3 +117,15 @@ def test_user_errors_are_one_line(args, message, tiny_mv, tmp_path, request):
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.stderr
+
+
+def test_sds_help_imports_no_heavy_library():
+    code = (
+        "import sys\nfrom mvforge.cli.mvtrain import main\nsys.argv = ['mvtrain', 'sds', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'ray', 'diffusers', 'trimesh', 'mcubes', 'imageio', 'av', 'bpy')"
+        " if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=True)
+    assert "--prompt" in out.stdout and "--preview" in out.stdout and "HEAVY []" in out.stdout, out.stdout
