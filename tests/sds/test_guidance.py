@@ -76,3 +76,16 @@ def test_empty_prompt_is_a_user_error(model):
 
     with pytest.raises(UserError, match="prompt is empty"):
         MultiViewSDS(model, GuidanceConfig()).encode_text("  ")
+
+
+def test_preview_writes_the_four_views_of_the_prompt(model, tmp_path):
+    from PIL import Image
+
+    from mvforge.sds.config import SDSConfig
+    from mvforge.sds.preview import preview_views
+
+    cfg = SDSConfig(prompt="a red ceramic mug", out=str(tmp_path), device="cpu")
+    path = preview_views(cfg, steps=2, model=model)
+    assert path == tmp_path / "a-red-ceramic-mug" / "preview.png"
+    with Image.open(path) as im:
+        assert im.size == (4 * model.resolution, model.resolution)
