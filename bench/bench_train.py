@@ -20,7 +20,7 @@ import time
 import torch
 from diffusers import UNet2DConditionModel
 
-from mvforge.train.model import load_unet
+from mvforge.models.model import load_unet
 
 # SD 2.1 base's UNet architecture (random weights: the timing does not depend on them), for GPU machines.
 SD21_UNET = dict(

@@ -457,7 +457,11 @@ def _train_section(train: Path, samples: Path, report_dir: Path, cfg: ReportConf
         if (samples / "sample.json").is_file():
             meta = json.loads((samples / "sample.json").read_text(encoding="utf-8"))
         src = _img_src(grid, report_dir, cfg)
-        parts.append(f"<p>Sampled views for “{_e(meta.get('prompt', ''))}”:</p>")
+        c = meta.get("config", {})
+        how = (
+            f" ({c['scheduler']}, {c['steps']} steps, CFG {c['guidance_scale']})" if "scheduler" in c else ""
+        )
+        parts.append(f"<p>Sampled views for “{_e(meta.get('prompt', ''))}”{_e(how)}:</p>")
         if src:
             parts.append(
                 f'<img class="grid" src="{src}" alt="sampled views" style="image-rendering: pixelated; height: 128px">'

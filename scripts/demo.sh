@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the whole data pipeline on the embedded demo objects, small enough for 2 CPU cores.
 # render (Blender Cycles, Ray) -> filter (tiny random-init CLIP, keep-fraction) -> shard -> verify
-# -> fit (tiny random-init multi-view SD, a few steps) -> sample (4 views) -> sds (text to 3D: mesh + turntable)
-# -> report.
+# -> fit (tiny random-init multi-view SD, a few steps) -> sample (4 views, diffusers pipeline)
+# -> sds (text to 3D: mesh + turntable) -> report.
 # Every step resumes: running it again after an interruption redoes only what is missing.
 set -euo pipefail
 OUT=${1:-demo-out}
@@ -27,9 +27,12 @@ $BIN/mvtrain make-tiny-sd --out "$OUT/models/tiny-sd"
 $BIN/mvtrain fit --pretrained "$OUT/models/tiny-sd" --shards "$OUT/shards" --out "$OUT/train" --workers 0 \
   --max-steps 4 --set loader.batch_size=2 --set loader.resolution=64 --set checkpoint_every=2 --set log_every=1
 
-echo "== sample: 4 orthogonal views from text"
-$BIN/mvtrain sample --run "$OUT/train" --prompt "a red ceramic coffee mug" --out "$OUT/samples" --steps 10 \
-  --resolution 64 --device cpu
+echo "== sample: 4 views from text through the multi-view diffusers pipeline (the authors' DDIM + CFG 10, 10 steps)"
+PIPE="$OUT/models/mv-pipeline"  # the trained model as a diffusers pipeline directory, written once
+SAVE=()
+[ -f "$PIPE/model_index.json" ] || SAVE=(--save-pipeline "$PIPE")
+$BIN/mvtrain sample --model "$OUT/train" --prompt "a red ceramic coffee mug" --out "$OUT/samples" --steps 10 \
+  --resolution 64 --device cpu "${SAVE[@]}"
 
 echo "== sds: text to 3D with the fitted tiny model as the prior (configs/sds-demo-cpu.toml: 200 steps at 32 px)"
 $BIN/mvtrain sds --config configs/sds-demo-cpu.toml --model "$OUT/train" --prompt "a red ceramic coffee mug" \

@@ -1,4 +1,5 @@
-"""Session-wide test settings: no network, no usage stats, CUDA-only tests skipped without a GPU."""
+"""Session-wide test settings: no network, no usage stats, CUDA-only tests skipped without a GPU; the tiny
+random diffusion models (offline) shared by tests/models and tests/train."""
 
 from __future__ import annotations
 
@@ -24,3 +25,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory):
+    """A tiny random Stable Diffusion directory (diffusers layout)."""
+    from mvforge.models.tiny import make_tiny_sd
+
+    return make_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_mv(tmp_path_factory):
+    """A tiny random multi-view pipeline directory (MVDreamPipeline layout, camera MLP random)."""
+    from mvforge.models.tiny import make_tiny_mv_pipeline
+
+    return make_tiny_mv_pipeline(tmp_path_factory.mktemp("mv") / "tiny-mv", seed=0)

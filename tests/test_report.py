@@ -220,9 +220,12 @@ def test_train_and_sample_section(tmp_path):
     )
     (tmp_path / "samples").mkdir()
     Image.new("RGB", (64, 16), (200, 10, 10)).save(tmp_path / "samples" / "grid.png")
-    atomic_write_json(tmp_path / "samples" / "sample.json", {"prompt": "a red mug"})
+    config = {"scheduler": "ddim", "steps": 10, "guidance_scale": 10.0}
+    atomic_write_json(tmp_path / "samples" / "sample.json", {"prompt": "a red mug", "config": config})
     html = write_report(tmp_path).read_text()
-    assert "0.9876" in html and "0.5432" in html and "a red mug" in html
+    assert (
+        "0.9876" in html and "0.5432" in html and "a red mug" in html and "ddim, 10 steps, CFG 10.0" in html
+    )
     srcs = _parse(html).srcs
     assert any(
         (tmp_path / unquote(s)).resolve() == (tmp_path / "samples" / "grid.png").resolve() for s in srcs

@@ -179,17 +179,22 @@ def sample(
         "precision": precision,
     }
     cfg = config_mod.with_flags(cfg, flags)
+    # Input checks first: a bad flag fails before torch and diffusers are imported.
+    from mvforge.models.resolve import resolve_model
+    from mvforge.models.sample import check_config, read_prompts, sample_prompts, torch_dtype
+
     if (prompt is None) == (prompts is None):
         raise UserError("pass exactly one of --prompt TEXT or --prompts FILE")
+    check_config(cfg, None if device == "auto" else device)
+    texts = [prompt] if prompt is not None else read_prompts(prompts)
+    resolve_model(model)
     _quiet_libraries()
     from mvforge.models.pipeline import MultiViewDiffusion
-    from mvforge.models.sample import DTYPES, check_config, read_prompts, sample_prompts
     from mvforge.train.loop import resolve_device
 
     dev = resolve_device(device)
-    check_config(cfg, dev)
-    texts = [prompt] if prompt is not None else read_prompts(prompts)
-    mvd = MultiViewDiffusion.from_pretrained(model, dev, DTYPES[cfg.precision], use_ema=cfg.use_ema)
+    check_config(cfg, dev.type)
+    mvd = MultiViewDiffusion.from_pretrained(model, dev, torch_dtype(cfg.precision), use_ema=cfg.use_ema)
     if save_pipeline is not None:
         typer.echo(str(mvd.save_pretrained(save_pipeline)))
     dirs = sample_prompts(mvd, texts, out, cfg, dev, show_progress=prompts is not None, label=str(model))

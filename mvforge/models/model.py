@@ -178,15 +178,14 @@ def load_unet(path: str | Path, subfolder: str = "unet") -> MultiViewUNet:
     config = json.loads(config_file.read_text())
     if _is_multiview_config(config):
         unet = MultiViewUNet.from_pretrained(path, subfolder=subfolder)
-    elif config.get("class_embed_type") is None:
-        unet = multiview_from_sd(UNet2DConditionModel.from_pretrained(path, subfolder=subfolder))
-    else:
-        raise UserError(
-            f"{path / subfolder} has class_embed_type={config.get('class_embed_type')!r}; "
-            "pass a plain Stable Diffusion UNet or an mvtrain checkpoint"
-        )
-    install_multiview_attention(unet)
-    return unet
+        install_multiview_attention(unet)
+        return unet
+    if config.get("class_embed_type") is None:
+        return multiview_from_sd(UNet2DConditionModel.from_pretrained(path, subfolder=subfolder))
+    raise UserError(
+        f"{path / subfolder} has class_embed_type={config.get('class_embed_type')!r}; "
+        "pass a plain Stable Diffusion UNet or an mvtrain checkpoint"
+    )
 
 
 def multiview_from_sd(base: UNet2DConditionModel) -> MultiViewUNet:
@@ -222,14 +221,24 @@ def load_frozen(path: str | Path):
     return vae, text_encoder, tokenizer, scheduler
 
 
-def encode_text(tokenizer, text_encoder, prompts: list[str], device: torch.device | str) -> torch.Tensor:
-    """Text-encoder hidden states (N, 77, D) of N prompts, padded to the tokenizer's 77 positions with its pad
-    token (id 0 for SD 2.x / OpenCLIP: SD's cross-attention reads all 77 positions, issue 9), truncated."""
-    ids = tokenizer(
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Token ids (N, 77) int64: BOS, BPE tokens, EOS, then the tokenizer's pad id (0 for SD 2.x and OpenCLIP:
+    SD's cross-attention reads all 77 positions, issue 9); truncated to 77 with EOS kept last.
+
+    ``split_special_tokens``: the pad token "!" is a special token of SD 2.x's saved tokenizer, and transformers
+    would split every "!" in a prompt off as id 0 ("!!" is one BPE token for open_clip). With it the ids equal
+    open_clip's ``tokenize`` (tested).
+    """
+    return tokenizer(
         prompts,
         padding="max_length",
         max_length=tokenizer.model_max_length,
         truncation=True,
+        split_special_tokens=True,
         return_tensors="pt",
     ).input_ids
-    return text_encoder(ids.to(device))[0]
+
+
+def encode_text(tokenizer, text_encoder, prompts: list[str], device: torch.device | str) -> torch.Tensor:
+    """Text-encoder hidden states (N, 77, D) of N prompts (ids from ``tokenize``)."""
+    return text_encoder(tokenize(tokenizer, prompts).to(device))[0]

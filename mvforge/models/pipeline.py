@@ -81,7 +81,9 @@ def make_scheduler(name: str, config) -> object:
     """
     if name not in SCHEDULERS:
         raise UserError(f"scheduler {name!r} is not offered; use one of {', '.join(SCHEDULERS)}")
-    cfg = dict(config)
+    # Private keys out: "_use_default_values" would make from_config drop the overrides below for keys the
+    # source scheduler left at its defaults (a default DDPMScheduler has clip_sample=True there).
+    cfg = {k: v for k, v in dict(config).items() if not k.startswith("_")}
     cfg.update(prediction_type="epsilon")
     extra = {
         "ddim": dict(clip_sample=False, set_alpha_to_one=False, timestep_spacing="leading"),

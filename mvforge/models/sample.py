@@ -12,27 +12,32 @@ import io
 import re
 from pathlib import Path
 
-import torch
-
 from mvforge import config as config_mod
 from mvforge.errors import UserError
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json
 from mvforge.models.config import SampleConfig
-from mvforge.models.pipeline import MultiViewDiffusion
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# torch, diffusers and PIL are imported inside the functions that need them: the CLI validates its input with
+# this module before paying for those imports (a bad flag fails in well under a second).
 
 
-def check_config(cfg: SampleConfig, device: torch.device) -> None:
-    """Reject bad sampling settings before any model loads (UserError naming the fix)."""
+def torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def check_config(cfg: SampleConfig, device_type: str | None = None) -> None:
+    """Reject bad sampling settings before any model loads (UserError naming the fix). ``device_type``
+    ("cpu", "cuda"; None: not known yet) checks that fp16/bf16 run on a GPU."""
     if cfg.num_views < 1 or cfg.steps < 1:
         raise UserError(
             f"num_views {cfg.num_views}, steps {cfg.steps}: both must be >= 1 (e.g. --num-views 4 --steps 50)"
         )
     if cfg.resolution < 8:
         raise UserError(f"resolution {cfg.resolution}: pass an image side such as 256")
-    if cfg.precision != "fp32" and device.type != "cuda":
-        raise UserError(f"--precision {cfg.precision} needs a CUDA GPU; use fp32 on {device.type}")
+    if cfg.precision != "fp32" and device_type not in (None, "cuda"):
+        raise UserError(f"--precision {cfg.precision} needs a CUDA GPU; use fp32 on {device_type}")
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -52,24 +57,30 @@ def slug(text: str, n: int = 40) -> str:
 
 
 def sample_prompts(
-    model: str | Path | MultiViewDiffusion,
+    model,
     prompts: list[str],
     out: str | Path,
     cfg: SampleConfig = SampleConfig(),
-    device: torch.device | str = "cpu",
+    device="cpu",
     show_progress: bool = True,
     label: str | None = None,
 ) -> list[Path]:
     """Sample every prompt and write its views; returns the output directory of each prompt. ``model``: a
-    loaded model or a path for ``MultiViewDiffusion.from_pretrained``; ``label``: the model's name in
+    loaded ``MultiViewDiffusion`` or a path for its ``from_pretrained``; ``device``: a torch device or name; ``label``: the model's name in
     sample.json (default: the path)."""
+    import torch
+
+    from mvforge.models.pipeline import MultiViewDiffusion
+
     device = torch.device(device)
-    check_config(cfg, device)
+    check_config(cfg, device.type)
     if not prompts:
         raise UserError("no prompt; pass --prompt TEXT or --prompts FILE")
     source = model if isinstance(model, MultiViewDiffusion) else None
     if source is None:
-        source = MultiViewDiffusion.from_pretrained(model, device, DTYPES[cfg.precision], use_ema=cfg.use_ema)
+        source = MultiViewDiffusion.from_pretrained(
+            model, device, torch_dtype(cfg.precision), use_ema=cfg.use_ema
+        )
     meta = {"model": label or str(model)}
     pipe = source.pipeline(cfg.scheduler)
     pipe.set_progress_bar_config(disable=True)

@@ -33,8 +33,11 @@ def clip_tokenizer():
     chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {t: i for i, t in enumerate(tokens)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, pad_token="!")  # "!" is id 0
+    tok = CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, model_max_length=77)
+    # Set after construction: a pad_token passed to the constructor becomes an added special token, and "!" in
+    # a prompt would then be split off as id 0 instead of merged by BPE ("!!" is one token for open_clip).
+    tok.pad_token = "!"  # id 0
+    return tok
 
 
 def _tiny_parts(seed: int, prediction_type: str) -> dict:

@@ -58,6 +58,8 @@ class FitConfig:
     """Where the in-process loop runs (Ray workers use the device Ray Train gives them)."""
     mixed_precision: Literal["no", "bf16"] = "no"
     """bf16 autocast for the UNet forward on CUDA."""
+    gradient_checkpointing: bool = False
+    """Recompute the UNet's activations in backward: less memory, more compute, the same gradients."""
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     """The streaming loader (batch size, views, resolution, p_3d, ...)."""
     optim: OptimConfig = field(default_factory=OptimConfig)

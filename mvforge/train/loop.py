@@ -172,6 +172,8 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
     text_encoder.to(dev)
     resume = latest_checkpoint(out)
     unet = load_unet(resume if resume else cfg.pretrained).to(dev).train()
+    if cfg.gradient_checkpointing:  # num_views travels with each call, so recomputation sees it (issue 9)
+        unet.enable_gradient_checkpointing()
     ema = None
     if cfg.ema_decay > 0:
         has_ema = resume is not None and (resume / "unet_ema").is_dir()

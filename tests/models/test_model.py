@@ -1,7 +1,10 @@
-"""The multi-view UNet: 3D self-attention against a hand computation, camera zero-init, 2D path, loading."""
+"""The multi-view UNet: 3D self-attention against a hand computation, camera zero-init, 2D path, loading,
+gradient checkpointing (issue 9 must-show 1), the tokenizer's padding (must-show 4)."""
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import math
 
@@ -9,11 +12,17 @@ import open_clip
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+from diffusers.models.attention_processor import Attention, AttnProcessor
 
 from mvforge.errors import UserError
-from mvforge.train.model import MultiViewAttnProcessor, MultiViewUNet, load_unet
-from mvforge.train.tiny import clip_tokenizer
+from mvforge.models.model import (
+    CrossAttnProcessor,
+    MultiViewAttnProcessor,
+    MultiViewUNet,
+    load_unet,
+    tokenize,
+)
+from mvforge.models.tiny import clip_tokenizer
 
 
 def _reference_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
@@ -33,10 +42,8 @@ def test_multiview_processor_equals_attention_over_all_views():
     attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
     b, v, n = 2, 4, 5
     x = torch.randn(b * v, n, 16)
-    mv = MultiViewAttnProcessor()
-    mv.num_views = v
     with torch.no_grad():
-        got = mv(attn, x)
+        got = MultiViewAttnProcessor()(attn, x, num_views=v)
         # Reference: every object's V*n tokens in one attention, then split back per view.
         ref = _reference_attention(attn, x.reshape(b, v * n, 16)).reshape(b * v, n, 16)
         per_view = _reference_attention(attn, x)
@@ -54,16 +61,49 @@ def test_multiview_processor_with_one_view_is_the_plain_processor():
         torch.testing.assert_close(got, _reference_attention(attn, x), rtol=1e-5, atol=1e-5)
 
 
-def test_processors_attn1_multiview_attn2_default(tiny_sd):
+def test_processors_attn1_multiview_attn2_plain_all_take_num_views(tiny_sd):
     unet = load_unet(tiny_sd)
     procs = unet.attn_processors
     assert procs and all(
-        isinstance(p, MultiViewAttnProcessor)
-        if k.endswith("attn1.processor")
-        else type(p) is AttnProcessor2_0
+        type(p) is (MultiViewAttnProcessor if k.endswith("attn1.processor") else CrossAttnProcessor)
         for k, p in procs.items()
     )
     assert any(k.endswith("attn2.processor") for k in procs)
+    # diffusers drops (and warns about) a cross_attention_kwargs key missing from a processor's signature.
+    assert all("num_views" in inspect.signature(p.__call__).parameters for p in procs.values())
+
+
+def test_cross_attention_processor_equals_the_plain_one():
+    torch.manual_seed(2)
+    attn = Attention(query_dim=16, cross_attention_dim=8, heads=2, dim_head=8).eval()
+    x, text = torch.randn(4, 7, 16), torch.randn(4, 5, 8)
+    with torch.no_grad():
+        got = CrossAttnProcessor()(attn, x, text, num_views=4)
+        torch.testing.assert_close(got, AttnProcessor()(attn, x, text), rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_sd):
+    """Issue 9 must-show 1: num_views travels with the call, so the recomputation in backward sees 4 views.
+    (With num_views as processor state reset after forward, torch raised CheckpointError here.)"""
+    plain = load_unet(tiny_sd).train()
+    with torch.no_grad():  # a trained camera MLP, so the camera path is in the gradients too
+        plain.class_embedding.linear_2.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    ckpt = copy.deepcopy(plain)
+    ckpt.enable_gradient_checkpointing()
+    x, t, text, cams = _inputs(v=4, b=2)
+    target = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    losses, grads = [], []
+    for unet in (plain, ckpt):
+        loss = (unet(x, t, text, cameras=cams, num_views=4) - target).pow(2).mean()
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({k: p.grad for k, p in unet.named_parameters()})
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    assert grads[0].keys() == grads[1].keys()
+    for k, g in grads[0].items():
+        torch.testing.assert_close(grads[1][k], g, rtol=1e-5, atol=1e-7, msg=k)
+    attn1 = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+    assert grads[0][attn1].abs().max() > 0
 
 
 def _inputs(v: int = 4, b: int = 1, seed: int = 0):
@@ -124,15 +164,18 @@ def test_load_unet_bad_input(tiny_sd, tmp_path):
         load_unet(tmp_path)
 
 
-def test_tokenizer_matches_open_clip():
-    tok = clip_tokenizer()
-    ref = open_clip.get_tokenizer("ViT-B-32")
-    for text in ["a red chair, 3d asset", "Hello World!! 123", ""]:
-        ids = tok(text, padding="max_length", max_length=77).input_ids
-        want = ref([text])[0].tolist()
-        n = want.index(49407) + 1
-        assert ids[:n] == want[:n]
-    assert tok.model_max_length == 77
+def test_tokenizer_matches_open_clip_padding_included(tiny_mv):
+    """Issue 9 must-show 4: all 77 ids equal open_clip's ``tokenize`` (pad id 0, as SD 2.x), also for the
+    tokenizer saved in a pipeline directory and for a prompt longer than 77 tokens (truncated alike)."""
+    from transformers import CLIPTokenizer
+
+    saved = CLIPTokenizer.from_pretrained(tiny_mv, subfolder="tokenizer")
+    texts = ["a red chair, 3d asset", "Hello World!! 123", "", " ".join(["word"] * 100)]
+    want = open_clip.tokenize(texts).tolist()
+    for tok in (clip_tokenizer(), saved):
+        assert tokenize(tok, texts).tolist() == want
+        assert tok.pad_token_id == 0 and tok.model_max_length == 77
+    assert want[0][-1] == 0  # the padding really is compared
 
 
 def test_unet_attends_across_views_of_one_object_only(tiny_sd):

@@ -1,4 +1,4 @@
-"""Fixtures of the training tests: a tiny random SD directory (offline) and tiny synthetic 3D/2D shards."""
+"""Fixtures of the training tests: tiny synthetic 3D/2D shards (the tiny SD model is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,6 @@ from mvforge.render.synthetic import write_synthetic_render_dir
 from mvforge.shards.config import LoaderConfig, ShardConfig
 from mvforge.shards.writer import run_shard
 from mvforge.train.config import FitConfig
-from mvforge.train.tiny import make_tiny_sd
-
-
-@pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory) -> Path:
-    return make_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd", seed=0)
 
 
 @pytest.fixture(scope="session")

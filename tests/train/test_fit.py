@@ -12,12 +12,13 @@ import torch
 from diffusers import UNet2DConditionModel
 from PIL import Image
 
+from mvforge.models import MultiViewDiffusion
+from mvforge.models.config import SampleConfig
+from mvforge.models.model import MultiViewUNet
+from mvforge.models.sample import sample_prompts
 from mvforge.shards.config import LoaderConfig
 from mvforge.shards.loader import step_is_3d
-from mvforge.train.config import SampleConfig
 from mvforge.train.loop import checkpoints, fit, latest_checkpoint
-from mvforge.train.model import MultiViewUNet
-from mvforge.train.sample import sample_views, save_views
 
 VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
@@ -58,6 +59,7 @@ def test_fit_resume_equals_uninterrupted_and_checkpoint_loads(make_fit_config, t
 
 
 def test_fit_mixes_2d_batches_and_v_prediction(make_fit_config, tiny_sd, shards_3d, shards_2d, tmp_path):
+    """Also runs with gradient checkpointing (3D and 2D steps: num_views 4 and 1 under recomputation)."""
     sd = tmp_path / "sd-v"
     import shutil
 
@@ -66,7 +68,15 @@ def test_fit_mixes_2d_batches_and_v_prediction(make_fit_config, tiny_sd, shards_
     sched.write_text(sched.read_text().replace('"epsilon"', '"v_prediction"'))
     loader = LoaderConfig(batch_size=2, num_views=4, resolution=32, batches_per_epoch=4, p_3d=0.5, seed=3)
     records = fit(
-        make_fit_config(sd, shards_3d, tmp_path / "run", shards_2d=shards_2d, loader=loader, max_steps=4)
+        make_fit_config(
+            sd,
+            shards_3d,
+            tmp_path / "run",
+            shards_2d=shards_2d,
+            loader=loader,
+            max_steps=4,
+            gradient_checkpointing=True,
+        )
     )
     kinds = [r["kind"] for r in records]
     assert kinds == ["3d" if step_is_3d(3, s, 0.5) else "2d" for s in range(4)]
@@ -74,16 +84,27 @@ def test_fit_mixes_2d_batches_and_v_prediction(make_fit_config, tiny_sd, shards_
     assert all(math.isfinite(r["loss"]) for r in records)
 
 
-def test_sample_writes_v_views_and_grid(make_fit_config, tiny_sd, shards_3d, tmp_path):
+def test_sample_from_a_run_writes_views_and_its_pipeline_reloads_bit_identical(
+    make_fit_config, tiny_sd, shards_3d, tmp_path
+):
+    """`mvtrain sample` from a fit run (its latest checkpoint, EMA weights) and must-show 3 for a checkpoint:
+    save_pretrained -> from_pretrained gives the same images, bit for bit."""
     fit(make_fit_config(tiny_sd, shards_3d, tmp_path / "run", max_steps=1))
     cfg = SampleConfig(steps=2, resolution=32, num_views=4)
-    images = sample_views(tmp_path / "run", "a red chair", cfg)
-    assert len(images) == 4 and all(im.size == (32, 32) for im in images)
-    paths = save_views(images, tmp_path / "out", "a red chair", cfg)
-    assert [p.name for p in paths] == [f"view_{i:02d}.png" for i in range(4)] + ["grid.png"]
-    assert Image.open(paths[-1]).size == (128, 32)
-    again = sample_views(tmp_path / "run", "a red chair", cfg)  # seeded: reproducible
-    assert all(a.tobytes() == b.tobytes() for a, b in zip(images, again, strict=True))
+    model = MultiViewDiffusion.from_pretrained(tmp_path / "run")
+    ema = MultiViewUNet.from_pretrained(latest_checkpoint(tmp_path / "run"), subfolder="unet_ema")
+    assert all(torch.equal(w, ema.state_dict()[k]) for k, w in model.unet.state_dict().items())
+    (out,) = sample_prompts(model, ["a red chair"], tmp_path / "out", cfg, show_progress=False)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["grid.png", "sample.json"] + [f"view_{i:02d}.png" for i in range(4)]
+    assert Image.open(out / "grid.png").size == (128, 32)
+    meta = json.loads((out / "sample.json").read_text())
+    assert meta["text"] == "a red chair, 3d asset" and meta["config"]["guidance_scale"] == 10.0
+
+    again = MultiViewDiffusion.from_pretrained(model.save_pretrained(tmp_path / "pipe"))
+    (out2,) = sample_prompts(again, ["a red chair"], tmp_path / "out2", cfg, show_progress=False)
+    for name in ("grid.png", "view_00.png"):
+        assert (out / name).read_bytes() == (out2 / name).read_bytes()
 
 
 def test_mvtrain_help_imports_no_torch():

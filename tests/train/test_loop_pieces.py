@@ -1,4 +1,4 @@
-"""Pieces of the training step and sampler checked against hand formulas (no training run needed)."""
+"""Pieces of the training step checked against hand formulas (no training run needed)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from mvforge.errors import UserError
-from mvforge.train.config import SampleConfig
 from mvforge.train.loop import ema_update, training_target
-from mvforge.train.sample import sample_views
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -36,8 +33,3 @@ def test_ema_update_is_decay_weighted_average():
     ema_update(ema, model, 0.9)
     for e, b, m in zip(ema.parameters(), before, model.parameters(), strict=True):
         torch.testing.assert_close(e, 0.9 * b + 0.1 * m.detach())
-
-
-def test_sample_rejects_zero_views_before_loading(tmp_path):
-    with pytest.raises(UserError, match="num_views 0"):
-        sample_views(tmp_path, "a chair", SampleConfig(num_views=0))

@@ -1,0 +1,106 @@
+"""`mvtrain sample` through the installed entry point on the tiny multi-view pipeline (CPU), and its help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mvforge.errors import UserError
+from mvforge.models.config import SampleConfig
+from mvforge.models.sample import sample_prompts
+
+MVTRAIN = str(Path(sys.executable).with_name("mvtrain"))
+FAST = ["--steps", "2", "--resolution", "16", "--device", "cpu"]
+
+
+def _mvtrain(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([MVTRAIN, *args], capture_output=True, text=True)
+
+
+def test_sample_cli_defaults_files_and_equality_with_the_api(tiny_mv, tmp_path):
+    proc = _mvtrain(
+        "sample", "--model", str(tiny_mv), "--prompt", "a chair", "--out", str(tmp_path / "cli"), *FAST
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "cli"
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "sample.json"] + [
+        f"view_{i:02d}.png" for i in range(4)
+    ]
+    meta = json.loads((out / "sample.json").read_text())
+    c = meta["config"]
+    # The official inference's settings (design §10) unless a flag says otherwise.
+    assert (c["scheduler"], c["eta"], c["guidance_scale"], c["negative_prompt"]) == ("ddim", 0.0, 10.0, "")
+    assert (c["elevation_deg"], c["azimuth_start_deg"], c["num_views"], c["seed"]) == (15.0, 90.0, 4, 23)
+    assert meta["text"] == "a chair, 3d asset" and c["steps"] == 2 and c["resolution"] == 16
+    # The same views as the Python API with the same settings.
+    cfg = SampleConfig(steps=2, resolution=16)
+    (api,) = sample_prompts(tiny_mv, ["a chair"], tmp_path / "api", cfg, show_progress=False)
+    for name in ("grid.png", "view_03.png"):
+        assert (api / name).read_bytes() == (out / name).read_bytes()
+
+
+def test_sample_cli_prompts_file_scheduler_and_save_pipeline(tiny_mv, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red chair\n# a comment\n\nA Lamp!\n")
+    args = [
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(tmp_path / "out"),
+        "--scheduler",
+        "euler-a",
+        "--num-views",
+        "2",
+    ]
+    proc = _mvtrain(
+        "sample", "--model", str(tiny_mv), *args, "--save-pipeline", str(tmp_path / "pipe"), *FAST
+    )
+    assert proc.returncode == 0, proc.stderr
+    dirs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert dirs == ["0000-a-red-chair", "0001-a-lamp"]
+    assert json.loads((tmp_path / "out" / dirs[1] / "sample.json").read_text())["prompt"] == "A Lamp!"
+    assert len(list((tmp_path / "out" / dirs[0]).glob("view_*.png"))) == 2
+    assert (tmp_path / "pipe" / "model_index.json").is_file()  # its round trip: tests/models/test_pipeline.py
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "{tmp}/nope", "--prompt", "x"], "does not exist"),
+        (["--model", "{mv}", "--prompt", "x", "--prompts", "{tmp}/p.txt"], "exactly one of"),
+        (["--model", "{mv}", "--prompt", "x", "--scheduler", "lms"], "scheduler"),
+        (["--model", "{mv}", "--prompt", "x", "--precision", "fp16"], "needs a CUDA GPU"),
+        (["--model", "{mv}", "--prompts", "{tmp}/missing.txt"], "one prompt per line"),
+    ],
+)
+def test_sample_cli_bad_input_is_one_line_exit_2(tiny_mv, tmp_path, args, message):
+    args = [a.format(tmp=tmp_path, mv=tiny_mv) for a in args]
+    proc = _mvtrain("sample", *args, "--out", str(tmp_path / "o"), "--device", "cpu")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith("error:") and message in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_sample_rejects_zero_views_before_loading(tmp_path):
+    with pytest.raises(UserError, match="num_views 0"):
+        sample_prompts(tmp_path / "no-model", ["a chair"], tmp_path / "o", SampleConfig(num_views=0))
+
+
+def test_sample_help_imports_no_torch_and_names_the_authors_defaults():
+    """Must-show 5: `mvtrain --help` and `mvtrain sample --help` import none of the heavy libraries."""
+    for argv in (["mvtrain", "--help"], ["mvtrain", "sample", "--help"]):
+        code = (
+            f"import sys\nfrom mvforge.cli.mvtrain import main\nsys.argv = {argv!r}\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'ray', 'bpy', 'open_clip', 'PIL')"
+            " if m in sys.modules]\nprint('HEAVY', heavy)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"COLUMNS": "200"}
+        ).stdout
+        assert "HEAVY []" in out, out
+    assert "authors'" in out and "--scheduler" in out and "--prompts" in out
