@@ -44,6 +44,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "mvtrain sample": ("train",),
     "mvtrain make-tiny-sd": ("train",),
     "mvtrain eval": ("train",),
+    "mvtrain convert": ("train",),
+    "mvtrain sds": ("train",),
 }
 """The extras each command needs (``mvdata doctor`` reports which commands work)."""
 

@@ -12,6 +12,8 @@ with ``embed_images``, small base64 PNG thumbnails so the single file can be mai
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 import math
 import os
@@ -69,6 +71,7 @@ def write_report(run_dir: Path, cfg: ReportConfig | None = None) -> Path:
         ("filter", "filter", filter_html),
         ("shards", "shards", _shard_section(shards)),
         ("train", "train", _train_section(run_dir / "train", run_dir / "samples", run_dir, cfg)),
+        ("sds", "sds", _sds_section(run_dir / "sds", run_dir, cfg)),
         ("eval", "eval", _eval_section(run_dir / "eval", run_dir, cfg)),
     ]
     name = run_dir.resolve().name
@@ -374,6 +377,47 @@ def _train_section(train: Path, samples: Path, report_dir: Path, cfg: ReportConf
             "src": _img_src(samples / "grid.png", report_dir, cfg),
         }
     return htmlkit.render("report_train.html.j2", metrics=metrics, sample=sample)
+
+
+# --- sds ----------------------------------------------------------------------------------------------------
+
+
+def _sds_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
+    """Per `mvtrain sds` run under sds/ (design §2.6): summary, the turntable and the latest 4-view snapshot."""
+    runs = sorted(p.parent for p in root.glob("*/summary.json")) if root.is_dir() else []
+    items = []
+    for run in runs:
+        try:
+            summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        gif = run / "turntable.gif"
+        turntable = None
+        if gif.is_file():
+            # the GIF itself, never a thumbnail (a PNG thumbnail would drop the animation)
+            turntable = (
+                "data:image/gif;base64," + base64.b64encode(gif.read_bytes()).decode("ascii")
+                if cfg.embed_images
+                else _href(gif, report_dir)
+            )
+        snaps = sorted((run / "snapshots").glob("step-*.png"))
+        snapshot = None
+        if snaps:
+            src = _img_src(snaps[-1], report_dir, dataclasses.replace(cfg, thumb_px=max(cfg.thumb_px, 512)))
+            snapshot = {"src": src, "name": snaps[-1].stem, "count": len(snaps)} if src else None
+        items.append(
+            {
+                "prompt": summary.get("prompt", run.name),
+                "summary": summary,
+                "mesh_glb": _href(run / "mesh.glb", report_dir),
+                "mesh_obj": _href(run / "mesh.obj", report_dir),
+                "mp4": _href(run / "turntable.mp4", report_dir),
+                "turntable": turntable,
+                "snapshot": snapshot,
+                "config": _config_text(run),
+            }
+        )
+    return htmlkit.render("report_sds.html.j2", runs=items)
 
 
 # --- eval ---------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the whole data pipeline on the embedded demo objects, small enough for 2 CPU cores.
 # render (Blender Cycles, Ray) -> filter (tiny random-init CLIP, keep-fraction) -> shard -> verify
-# -> fit (tiny random-init multi-view SD, a few steps) -> sample (4 views, diffusers pipeline) -> eval -> report.
+# -> fit (tiny random-init multi-view SD, a few steps) -> sample (4 views, diffusers pipeline)
+# -> sds (text to 3D: mesh + turntable) -> eval -> report.
 # Every step resumes: running it again after an interruption redoes only what is missing.
 set -euo pipefail
 OUT=${1:-demo-out}
@@ -32,6 +33,10 @@ SAVE=()
 [ -f "$PIPE/model_index.json" ] || SAVE=(--save-pipeline "$PIPE")
 $BIN/mvtrain sample --model "$OUT/train" --prompt "a red ceramic coffee mug" --out "$OUT/samples" --steps 10 \
   --resolution 64 --device cpu "${SAVE[@]}"
+
+echo "== sds: text to 3D with the fitted tiny model as the prior (configs/sds-demo-cpu.toml: 200 steps at 32 px)"
+$BIN/mvtrain sds --config configs/sds-demo-cpu.toml --model "$OUT/train" --prompt "a red ceramic coffee mug" \
+  --out "$OUT/sds"
 
 echo "== eval: FID/KID/IS/CLIP score + consistency of the sampled model against the held-out shards (tiny"
 echo "   random extractors: the numbers exercise the code, they measure nothing; resumable)"

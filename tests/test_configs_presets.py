@@ -1,15 +1,17 @@
 """Every preset in configs/ loads into its stage's config dataclass (unknown keys would be an error)."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from mvforge.config import load
 from mvforge.render.config import RenderConfig
+from mvforge.sds.config import SDSConfig
 from mvforge.train.config import FitConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-KIND = {"render": RenderConfig, "mvdream": FitConfig}
+KIND = {"render": RenderConfig, "mvdream": FitConfig, "sds": SDSConfig}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
@@ -25,3 +27,16 @@ def test_presets_carry_the_paper_settings():
     render = load(RenderConfig, CONFIGS / "render-objaverse.toml")
     assert (render.cameras.views, render.orbits, render.resolution) == (32, 2, 256)
     assert render.cameras.framing == "mvdream"  # the paper's distance rule (issue 11)
+
+
+def test_sds_preset_is_the_official_setup():
+    sds = load(SDSConfig, CONFIGS / "sds-mvdream.toml")
+    assert sds == dataclasses.replace(
+        SDSConfig(),
+        checkpoint_every=1000,
+        renderer=sds.renderer,
+        export_mesh=sds.export_mesh,
+    ), "the preset and the dataclass defaults (both the official settings) disagree"
+    assert (sds.guidance.guidance_scale, sds.guidance.recon_std_rescale, sds.max_steps) == (50.0, 0.5, 10000)
+    light = load(SDSConfig, CONFIGS / "sds-mvdream-noshading.toml")
+    assert light.material.albedo_prob == 1.0 and light.field.normals == "finite_difference"

@@ -1,4 +1,4 @@
-"""`mvtrain`: the training stages (multi-view UNet fit, sampling; SDS lands later).
+"""`mvtrain`: the training stages (multi-view UNet fit, sampling, text-to-3D score distillation).
 
 Heavy imports (torch, diffusers, ray) happen inside the command bodies, so `mvtrain --help` stays fast.
 """
@@ -201,6 +201,100 @@ def sample(
     dirs = sample_prompts(mvd, texts, out, cfg, dev, show_progress=prompts is not None, label=str(model))
     for d in dirs:
         typer.echo(str(d / "grid.png"))
+
+
+@app.command()
+def sds(
+    prompt: str | None = typer.Option(None, "--prompt", help="Text prompt (prompt=...)."),
+    model: str | None = typer.Option(
+        None, "--model", help="`mvtrain fit` run/checkpoint or converted MVDream pipeline dir (model=...)."
+    ),
+    out: str | None = typer.Option(
+        None, "--out", help="Parent directory; writes OUT/<prompt-slug>/ (out=...)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML config (SDSConfig), e.g. configs/sds-mvdream.toml; flags override it."
+    ),
+    set_: list[str] = typer.Option([], "--set", help=set_help("camera.resolution_low=32")),
+    max_steps: int | None = typer.Option(None, "--steps", help="Optimisation steps (max_steps=...)."),
+    seed: int | None = typer.Option(None, help="Seed of the field and every per-step draw (seed=...)."),
+    device: str | None = typer.Option(None, help="auto, cpu or cuda (device=...)."),
+    preview: bool = typer.Option(
+        False,
+        "--preview",
+        help="Only sample the prompt's 4 views through the model (multi-face views predict a "
+        "failed SDS) into OUT/<slug>/preview.png, then stop.",
+    ),
+    prompts: Path | None = typer.Option(
+        None, "--prompts", help="Text file, one prompt per line: one Ray task per prompt and seed."
+    ),
+    seeds: str | None = typer.Option(
+        None, "--seeds", help="Comma-separated seeds for --prompts (default: seed)."
+    ),
+    gpus_per_task: float = typer.Option(1.0, "--gpus-per-task", help="GPUs per Ray task (0 on CPU)."),
+    task_timeout_s: float = typer.Option(
+        0, "--task-timeout", help="Seconds per prompt before it is failed (0: none)."
+    ),
+    address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help=ADDRESS_HELP),
+) -> None:
+    """Text to 3D: optimise a field so its 4 orthogonal renders satisfy the multi-view model (MVDream §3.3);
+    export mesh.glb/mesh.obj and a turntable. An existing run directory is resumed."""
+    from mvforge import config as config_mod
+    from mvforge.errors import UserError
+    from mvforge.sds.config import SDSConfig
+
+    cfg = config_mod.load(SDSConfig, config, set_)
+    flags = {
+        "prompt": prompt,
+        "model": model,
+        "out": out,
+        "max_steps": max_steps,
+        "seed": seed,
+        "device": device,
+    }
+    cfg = config_mod.with_flags(cfg, flags)
+    if prompts is not None:
+        if prompt is not None:
+            raise UserError("pass either --prompt or --prompts, not both")
+        from mvforge.sds.ray_prompts import read_prompts, run_prompts
+
+        seed_list = _parse_seeds(seeds, cfg.seed)
+        run_prompts(
+            cfg,
+            read_prompts(prompts),
+            seed_list,
+            address=address,
+            gpus_per_task=gpus_per_task,
+            timeout_s=task_timeout_s,
+        )
+        return
+    if not cfg.prompt.strip():
+        raise UserError("the prompt is empty; pass --prompt 'a description of the object'")
+    if not cfg.model:
+        raise UserError(
+            "no model given; pass --model with an `mvtrain fit` run or a converted MVDream pipeline"
+        )
+    _quiet_libraries()
+    if preview:
+        from mvforge.sds.preview import preview_views
+
+        typer.echo(str(preview_views(cfg)))
+        return
+    from mvforge.sds.loop import run_sds
+
+    run_dir = run_sds(cfg)
+    typer.echo(str(run_dir))
+
+
+def _parse_seeds(text: str | None, default: int) -> list[int]:
+    from mvforge.errors import UserError
+
+    if not text:
+        return [default]
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: write integers separated by commas, e.g. --seeds 0,1,2") from None
 
 
 app.command("convert")(convert_cmd.convert)

@@ -1,0 +1,190 @@
+"""Benchmark: seconds per SDS iteration at the 64² and 256² phases and peak memory (issue 14, design §8).
+
+One iteration = what `mvtrain sds` does per step: occupancy update, camera draw, volume render of the views
+(hash-grid field at the official size unless overridden), resize to the model's resolution, VAE encode with
+gradients, one CFG UNet call on both halves, x0 loss, orientation loss, backward, AdamW step. Each phase runs
+``--warmup`` untimed then ``--iters`` timed iterations; the median is reported and 10K steps are extrapolated
+as 5K at 64² (batch 8) + 5K at 256² (batch 4), the official schedule.
+
+    .venv/bin/python bench/bench_sds.py                                 # CPU, tiny guidance model
+    .venv/bin/python bench/bench_sds.py --device cuda --model /weights/mvdream-sd21-4view --samples 256
+    .venv/bin/python bench/bench_sds.py --device cuda --sd21-random --samples 256   # SD 2.1-size random weights
+
+``--shading`` lambertian (default, the post-warm-up phase with analytic normals) or albedo (the warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mvforge.sds.anneal import timestep_range
+from mvforge.sds.cameras import sample_cameras
+from mvforge.sds.config import SDSConfig
+from mvforge.sds.guidance import MultiViewSDS
+from mvforge.sds.loop import build_state
+from mvforge.sds.material import ALBEDO, Shading
+
+
+def sd21_random_pipeline(out: Path) -> Path:
+    """An SD 2.1-base-size multi-view pipeline with random weights (the timing does not depend on them)."""
+    from diffusers import AutoencoderKL, DDIMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from mvforge.models.model import MultiViewUNet
+    from mvforge.models.pipeline import MVDreamPipeline
+    from mvforge.models.tiny import clip_tokenizer
+
+    torch.manual_seed(0)
+    unet = MultiViewUNet(
+        sample_size=32,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True,
+        class_embed_type="projection",
+        projection_class_embeddings_input_dim=16,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=256,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=23,
+            num_attention_heads=16,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            projection_dim=1024,
+            hidden_act="gelu",
+        )
+    )
+    sched = DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
+    )
+    MVDreamPipeline(
+        vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet, scheduler=sched
+    ).save_pretrained(out)
+    return out
+
+
+def run_phase(
+    cfg: SDSConfig, model, device, resolution: int, groups: int, shading: Shading, warmup: int, iters: int
+):
+    state = build_state(cfg, device)
+    sds = MultiViewSDS(model, cfg.guidance, num_views=cfg.camera.n_view)
+    text = sds.encode_text("a DSLR photo of a corgi")
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for step in range(warmup + iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        state.renderer.update_occupancy(step * cfg.renderer.occupancy_update_every)
+        cams = sample_cameras(np.random.default_rng(step), cfg.camera, groups).to(device)
+        out = state.renderer.render(
+            cams, resolution, shading, generator=torch.Generator().manual_seed(step), with_orient=True
+        )
+        t, noise = sds.draw(
+            out.rgb.shape[0], timestep_range(4000, model.num_train_timesteps), torch.Generator()
+        )
+        loss = sds(out.rgb, cams.embedding, text, t, noise).loss
+        if out.orient is not None:
+            loss = loss + 100.0 * out.orient.sum() / (out.opacity > 0).sum().clamp_min(1)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        import resource
+
+        peak = (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        )  # KiB -> GiB (process high-water mark)
+    return statistics.median(times), peak, state.field.backend
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", help="pipeline or `mvtrain fit` dir (default: a tiny random one)")
+    ap.add_argument("--sd21-random", action="store_true", help="SD 2.1-size random multi-view pipeline")
+    ap.add_argument("--samples", type=int, default=32, help="renderer.samples_per_ray")
+    ap.add_argument("--resolutions", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--shading", default="lambertian", choices=["lambertian", "albedo"])
+    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "tcnn"])
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+
+    from mvforge.models import MultiViewDiffusion
+    from mvforge.models.tiny import make_tiny_mv_pipeline
+
+    device = torch.device(args.device)
+    tmp = Path(tempfile.mkdtemp())
+    path = args.model or (
+        sd21_random_pipeline(tmp / "sd21") if args.sd21_random else make_tiny_mv_pipeline(tmp / "tiny")
+    )
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    model = MultiViewDiffusion.from_pretrained(path, device=device, dtype=dtype)
+    base = SDSConfig(deterministic=False)
+    cfg = dataclasses.replace(
+        base,
+        renderer=dataclasses.replace(base.renderer, samples_per_ray=args.samples),
+        field=dataclasses.replace(base.field, backend=args.backend),
+    )
+    shading = ALBEDO if args.shading == "albedo" else Shading("lambertian", 0.5, 0.5)
+    rows = {}
+    for res in args.resolutions:
+        groups = cfg.camera.groups_low_res if res <= 64 else cfg.camera.groups_high_res
+        s, peak, backend = run_phase(cfg, model, device, res, groups, shading, args.warmup, args.iters)
+        rows[res] = {"s_per_iter": round(s, 3), "peak_gib": round(peak, 2), "views": groups * 4}
+        print(
+            f"{res}² x {groups * 4} views: {s:.3f} s/iter, peak {peak:.2f} GiB ({backend} hash grid)",
+            flush=True,
+        )
+    if 64 in rows and 256 in rows:
+        total = 5000 * rows[64]["s_per_iter"] + 5000 * rows[256]["s_per_iter"]
+        print(f"10K steps (5K at 64², 5K at 256²): {total / 60:.1f} min")
+        rows["10k_min"] = round(total / 60, 1)
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "model": "sd21-random" if args.sd21_random else (args.model or "tiny"),
+        "samples_per_ray": args.samples,
+        "shading": args.shading,
+        "results": rows,
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

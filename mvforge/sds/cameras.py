@@ -1,0 +1,142 @@
+"""Random multi-view camera batches and rays for SDS (issue 14; design §3 and §10).
+
+What a batch carries follows MVDream-threestudio's ``random_multiview.py``: groups of ``n_view`` views that share
+elevation, fov, distance and point light, with azimuths ``(u + k) / n_view * 360`` from one uniform ``u`` per
+group. The poses come from :mod:`mvforge.cameras` (the convention of the renders and the trainer: Z up, azimuth 0
+at -Y, OpenGL camera axes), and the conditioning is its ``normalize_camera``, so the frozen model sees cameras
+exactly as it was trained on them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mvforge import cameras
+from mvforge.sds.config import CameraConfig
+
+
+@dataclass
+class CameraBatch:
+    """N = groups * n_view views; views of a group are contiguous. Tensors float32 on CPU unless moved."""
+
+    c2w: torch.Tensor
+    """(N, 4, 4) camera-to-world, mvforge axes (design §3)."""
+    fov_deg: torch.Tensor
+    """(N,) vertical = horizontal field of view in degrees."""
+    elevation_deg: torch.Tensor
+    """(N,) elevation above the XY plane in degrees."""
+    azimuth_deg: torch.Tensor
+    """(N,) azimuth in degrees in [0, 360), 0 at -Y, 90 at +X."""
+    distance: torch.Tensor
+    """(N,) distance of the camera from the origin in field units."""
+    light_position: torch.Tensor
+    """(N, 3) world position of the point light (shared within a group)."""
+    embedding: torch.Tensor
+    """(N, 16) MVDream camera conditioning (``mvforge.cameras.normalize_camera``)."""
+    n_view: int
+    """Views per group."""
+
+    def to(self, device: torch.device | str) -> CameraBatch:
+        moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.__dict__.items()}
+        return CameraBatch(**moved)
+
+
+def _elevation(rng: np.random.Generator, low_deg: float, high_deg: float) -> float:
+    """Half the draws uniform in degrees, half uniform on the sphere (area-uniform in sin(elevation)).
+
+    The official sampler flips this coin per batch; mvforge flips it per group, which at one group per step
+    is the same and at two groups mixes both within a batch (same marginal distribution).
+    """
+    if rng.random() < 0.5:
+        return float(rng.uniform(low_deg, high_deg))
+    s = rng.uniform(math.sin(math.radians(low_deg)), math.sin(math.radians(high_deg)))
+    return math.degrees(math.asin(s))
+
+
+def sample_cameras(rng: np.random.Generator, cfg: CameraConfig, groups: int) -> CameraBatch:
+    """``groups`` groups of ``cfg.n_view`` views, drawn from ``rng`` (deterministic given its state).
+
+    Distances are ``U[distance_range] / tan(fov / 2)`` (official ``relative_radius``: the radius-1 field fills
+    about the same share of the frame at every fov). Lights: direction = normalize(camera position +
+    N(0, light_position_perturb^2)), distance U[light_distance_range] (DreamFusion's rule, as the official).
+    Raises ValueError for groups < 1 or n_view < 1.
+    """
+    if groups < 1 or cfg.n_view < 1:
+        raise ValueError("groups and n_view must be >= 1")
+    c2w, fov, elev, azim, dist, light, emb = [], [], [], [], [], [], []
+    for _ in range(groups):
+        elevation = _elevation(rng, *cfg.elevation_range_deg)
+        fov_deg = float(rng.uniform(*cfg.fov_range_deg))
+        distance = float(rng.uniform(*cfg.distance_range)) / math.tan(math.radians(fov_deg) / 2)
+        u = float(rng.random())
+        light_distance = float(rng.uniform(*cfg.light_distance_range))
+        # Light from the group's first camera, as the official draws one light per group of views.
+        jitter = rng.standard_normal(3) * cfg.light_position_perturb
+        first_pos = cameras.orbit_position(elevation, u / cfg.n_view * 360.0, distance)
+        direction = first_pos + jitter
+        light_pos = direction / np.linalg.norm(direction) * light_distance
+        for k in range(cfg.n_view):
+            azimuth = ((u + k) / cfg.n_view * 360.0) % 360.0
+            pose = cameras.orbit_c2w(elevation, azimuth, distance)
+            c2w.append(pose)
+            emb.append(cameras.normalize_camera(pose))
+            fov.append(fov_deg)
+            elev.append(elevation)
+            azim.append(azimuth)
+            dist.append(distance)
+            light.append(light_pos)
+    f32 = torch.float32
+    return CameraBatch(
+        c2w=torch.as_tensor(np.stack(c2w), dtype=f32),
+        fov_deg=torch.tensor(fov, dtype=f32),
+        elevation_deg=torch.tensor(elev, dtype=f32),
+        azimuth_deg=torch.tensor(azim, dtype=f32),
+        distance=torch.tensor(dist, dtype=f32),
+        light_position=torch.as_tensor(np.stack(light), dtype=f32),
+        embedding=torch.as_tensor(np.stack(emb), dtype=f32),
+        n_view=cfg.n_view,
+    )
+
+
+def orbit_cameras(
+    elevation_deg: float, azimuths_deg: list[float], fov_deg: float, distance: float
+) -> CameraBatch:
+    """Fixed cameras (snapshots, turntables, previews): one group of len(azimuths) views; light at the camera."""
+    c2w = np.stack([cameras.orbit_c2w(elevation_deg, a, distance) for a in azimuths_deg])
+    n = len(azimuths_deg)
+    f32 = torch.float32
+    return CameraBatch(
+        c2w=torch.as_tensor(c2w, dtype=f32),
+        fov_deg=torch.full((n,), fov_deg, dtype=f32),
+        elevation_deg=torch.full((n,), elevation_deg, dtype=f32),
+        azimuth_deg=torch.tensor([a % 360.0 for a in azimuths_deg], dtype=f32),
+        distance=torch.full((n,), distance, dtype=f32),
+        light_position=torch.as_tensor(c2w[:, :3, 3], dtype=f32),
+        embedding=torch.as_tensor(cameras.normalize_camera(c2w), dtype=f32),
+        n_view=n,
+    )
+
+
+def get_rays(c2w: torch.Tensor, fov_deg: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """World rays through pixel centres of square images.
+
+    c2w (N, 4, 4) and fov_deg (N,) -> origins (N, H, W, 3) and unit directions (N, H, W, 3), H = W =
+    ``resolution``. Pixel (i, j) centre (j + 0.5, i + 0.5); +X right and +Y up in the image, the camera looks
+    down -Z (design §3), so row 0 is the top of the image.
+    """
+    n = c2w.shape[0]
+    device, dtype = c2w.device, c2w.dtype
+    idx = torch.arange(resolution, device=device, dtype=dtype) + 0.5
+    focal = 0.5 * resolution / torch.tan(torch.deg2rad(fov_deg.to(dtype)) / 2)  # (N,) pixels
+    x = (idx[None, None, :] - resolution / 2) / focal[:, None, None]  # (N, 1, W)
+    y = -(idx[None, :, None] - resolution / 2) / focal[:, None, None]  # (N, H, 1)
+    x, y = torch.broadcast_tensors(x, y)
+    d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)  # (N, H, W, 3)
+    d_world = torch.einsum("nij,nhwj->nhwi", c2w[:, :3, :3], d_cam)
+    d_world = d_world / d_world.norm(dim=-1, keepdim=True)
+    origins = c2w[:, None, None, :3, 3].expand(n, resolution, resolution, 3)
+    return origins, d_world

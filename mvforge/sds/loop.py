@@ -1,0 +1,386 @@
+"""The SDS optimisation loop of `mvtrain sds` (issue 14; design §2.6, §9: one loop read top to bottom).
+
+Run directory ``<out>/<prompt-slug>/``::
+
+    config.toml                 the resolved SDSConfig (written first)
+    checkpoints/step-NNNNNN.pt  field, background, occupancy grid, optimiser, step (atomic files)
+    metrics.jsonl               one row per logged step: step, loss, loss_sds, loss_orient, t, resolution, step_s
+    snapshots/step-NNNNNN.png   4 views (elevation 15, azimuths 0/90/180/270), albedo, every snapshot_every
+    mesh.glb, mesh.obj          marching cubes of the final field (export.py)
+    turntable.gif, .mp4         albedo-lit orbit of the final field
+    summary.json                written LAST: prompt, steps, seconds, peak memory, backend, device, outputs
+
+Exact resume: every random draw of step s (cameras, shading, background colour, t, noise, the VAE's posterior
+sample, ray jitter, occupancy-grid probes) comes from a generator seeded with (seed, s, stream), and the annealing
+and loss ramps are functions of s. A checkpoint holds everything else that evolves: the field, background,
+optimiser and occupancy grid. So a run killed after a checkpoint and resumed repeats the uninterrupted run's
+losses and ends with the same field (tested on CPU). Checkpoints: every ``checkpoint_every`` steps, one just
+before the 64² -> 256² switch (memory peaks right after it) and one at the end.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mvforge import config as config_mod
+from mvforge.errors import UserError
+from mvforge.fsutil import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
+from mvforge.sds.anneal import linear_ramp, timestep_range
+from mvforge.sds.background import EnvironmentBackground, draw_background_color
+from mvforge.sds.cameras import orbit_cameras, sample_cameras
+from mvforge.sds.config import SDSConfig
+from mvforge.sds.field import HashGridField
+from mvforge.sds.guidance import MultiViewSDS
+from mvforge.sds.material import ALBEDO, draw_shading
+from mvforge.sds.renderer import VolumeRenderer
+
+CKPT_PREFIX = "step-"
+# Independent random streams of one step (exact resume, module docstring).
+STREAM_CAMERAS, STREAM_SHADING, STREAM_BACKGROUND, STREAM_T_NOISE, STREAM_VAE, STREAM_RAYS, STREAM_OCC = (
+    range(7)
+)
+SNAPSHOT_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
+
+
+def prompt_slug(prompt: str, max_len: int = 60) -> str:
+    """Directory name of a prompt: lower case, runs of other characters as '-', at most ``max_len`` chars."""
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:max_len].strip("-")
+    if not slug:
+        raise UserError(
+            f"prompt {prompt!r} has no letters or digits to name its directory; describe the object"
+        )
+    return slug
+
+
+def _np_rng(seed: int, step: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, step, stream])
+
+
+def _torch_gen(seed: int, step: int, stream: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, step, stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA device is visible; set device=cpu or auto")
+    return torch.device(name)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoints of a run, oldest first (``*.pt.tmp-<pid>`` files are unfinished writes)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob(f"{CKPT_PREFIX}*.pt")]
+    return sorted(done, key=lambda p: int(p.stem[len(CKPT_PREFIX) :]))
+
+
+@dataclass
+class SDSState:
+    """What a run builds and evolves: the trainable modules and their optimiser."""
+
+    field: HashGridField
+    background: EnvironmentBackground
+    renderer: VolumeRenderer
+    optimizer: torch.optim.Optimizer
+
+
+def build_state(cfg: SDSConfig, device: torch.device) -> SDSState:
+    """Field, background and renderer on ``device`` (weights seeded by ``cfg.seed``) and AdamW with one learning
+    rate per group: grid, MLPs, background (official: 1e-2, 1e-3, 1e-3; betas (0.9, 0.99), eps 1e-15)."""
+    torch.manual_seed(cfg.seed)
+    field = HashGridField(cfg.field)
+    background = EnvironmentBackground(cfg.background)
+    renderer = VolumeRenderer(field, background, cfg.renderer).to(device)
+    groups = field.param_groups()
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": groups["grid"], "lr": o.lr_grid, "name": "grid"},
+            {"params": groups["mlp"], "lr": o.lr_mlp, "name": "mlp"},
+            {"params": list(background.parameters()), "lr": o.lr_background, "name": "background"},
+        ],
+        betas=o.betas,
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+    )
+    return SDSState(field, background, renderer, optimizer)
+
+
+def save_checkpoint(run_dir: Path, state: SDSState, step: int, cfg: SDSConfig) -> Path:
+    """``checkpoints/step-NNNNNN.pt`` (``step`` steps done), written atomically."""
+    buf = io.BytesIO()
+    torch.save(
+        {
+            "step": step,
+            "renderer": state.renderer.state_dict(),  # field + background + occupancy grid
+            "optimizer": state.optimizer.state_dict(),
+            "backend": state.field.backend,
+            "config": config_mod.to_dict(cfg),
+        },
+        buf,
+    )
+    path = run_dir / "checkpoints" / f"{CKPT_PREFIX}{step:06d}.pt"
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_checkpoint(path: Path, state: SDSState) -> int:
+    """Restore ``state`` from a checkpoint; returns its step. Raises UserError for a field of another shape."""
+    device = next(state.renderer.parameters()).device
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    if ckpt.get("backend", "torch") != state.field.backend:
+        raise UserError(
+            f"{path} was written by the {ckpt.get('backend')} hash grid and this run uses {state.field.backend}; "
+            f"set field.backend={ckpt.get('backend')} to resume it"
+        )
+    try:
+        state.renderer.load_state_dict(ckpt["renderer"])
+    except RuntimeError as e:
+        raise UserError(
+            f"{path} does not fit this config's field ({str(e).splitlines()[0]}); use its config"
+        ) from None
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    return int(ckpt["step"])
+
+
+def _prune(run_dir: Path, keep: int, protect: set[int]) -> None:
+    found = checkpoints(run_dir)
+    for p in found[: max(len(found) - keep, 0)]:
+        if int(p.stem[len(CKPT_PREFIX) :]) not in protect:
+            p.unlink(missing_ok=True)
+
+
+def render_views(
+    state: SDSState, azimuths, resolution: int, cfg: SDSConfig, bg=None, fov_deg=40.0, elev=15.0
+):
+    """Albedo renders (V, H, W, 3) uint8 of the field from fixed orbit cameras (snapshots, turntable)."""
+    device = next(state.field.parameters()).device
+    distance = 0.9 / math.tan(math.radians(fov_deg) / 2)  # inside the training range [0.8, 1.0] / tan(fov/2)
+    frames = []
+    with torch.no_grad():
+        for az in azimuths:
+            cams = orbit_cameras(elev, [az], fov_deg, distance).to(device)
+            out = state.renderer.render(cams, resolution, ALBEDO, bg_color=bg)
+            frames.append((out.rgb[0].clamp(0, 1) * 255).round().byte().cpu().numpy())
+    return np.stack(frames)
+
+
+def _save_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def load_guidance_model(cfg: SDSConfig, device: torch.device):
+    """The frozen multi-view model (fp16 on CUDA unless guidance.half_precision=fp32, fp32 on CPU)."""
+    from mvforge.models import MultiViewDiffusion
+
+    if not cfg.model:
+        raise UserError(
+            "no model given; pass --model with an `mvtrain fit` run or a converted MVDream pipeline"
+        )
+    half = cfg.guidance.half_precision == "fp16" or (
+        cfg.guidance.half_precision == "auto" and device.type == "cuda"
+    )
+    if half and device.type != "cuda":
+        raise UserError("guidance.half_precision=fp16 needs CUDA; set it to auto or fp32")
+    return MultiViewDiffusion.from_pretrained(
+        cfg.model, device=device, dtype=torch.float16 if half else torch.float32
+    )
+
+
+def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
+    """Optimise a field for ``cfg.prompt`` and export it; resumes ``<out>/<slug>`` when it has checkpoints.
+
+    ``model``: an already loaded ``MultiViewDiffusion`` (Ray tasks and tests reuse one); loaded from
+    ``cfg.model`` otherwise. Returns the run directory. Raises UserError for an empty prompt, a missing or
+    non-multi-view model, or a checkpoint that does not fit the config.
+    """
+    if not cfg.prompt.strip():
+        raise UserError("the prompt is empty; pass --prompt 'a description of the object'")
+    if cfg.max_steps < 1 or cfg.checkpoint_every < 1:
+        raise UserError("max_steps and checkpoint_every must be >= 1")
+    device = resolve_device(cfg.device)
+    run_dir = Path(cfg.out) / prompt_slug(cfg.prompt)
+    t_start = time.monotonic()
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    # 1. The frozen model, the guidance and the prompt's embeddings (computed once).
+    if model is None:
+        model = load_guidance_model(cfg, device)
+    guidance = MultiViewSDS(model, cfg.guidance, num_views=cfg.camera.n_view)
+    text = guidance.encode_text(cfg.prompt)
+
+    # 2. Field, background, renderer, optimiser; resume from the latest checkpoint.
+    state = build_state(cfg, device)
+    start = 0
+    found = checkpoints(run_dir)
+    if found:
+        start = load_checkpoint(found[-1], state)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.toml", config_mod.to_toml(cfg))
+    metrics_path = run_dir / "metrics.jsonl"
+    # Rows past the checkpoint belong to the killed run's lost steps: drop them, the resumed run rewrites them.
+    rows = [r for r in read_jsonl(metrics_path) if r.get("step", 0) < start]
+    atomic_write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+    # 3. The loop.
+    cam_cfg, seed = cfg.camera, cfg.seed
+    progress = _Progress(cfg.max_steps, start) if show_progress else None
+    for step in range(start, cfg.max_steps):
+        t0 = time.monotonic()
+        state.renderer.update_occupancy(step, _torch_gen(seed, step, STREAM_OCC))
+        high = step >= cam_cfg.resolution_milestone
+        resolution = cam_cfg.resolution_high if high else cam_cfg.resolution_low
+        groups = cam_cfg.groups_high_res if high else cam_cfg.groups_low_res
+        cams = sample_cameras(_np_rng(seed, step, STREAM_CAMERAS), cam_cfg, groups).to(device)
+        shading = draw_shading(_np_rng(seed, step, STREAM_SHADING), cfg.material, step)
+        bg = draw_background_color(_np_rng(seed, step, STREAM_BACKGROUND), cfg.background)
+        bg = None if bg is None else torch.tensor(bg, device=device)
+        lambda_orient = linear_ramp(*cfg.loss.lambda_orient, step, cfg.loss.orient_ramp_steps)
+
+        # render -> SDS on the renders -> orientation loss on the normals
+        out = state.renderer.render(
+            cams,
+            resolution,
+            shading,
+            bg_color=bg,
+            generator=_torch_gen(seed, step, STREAM_RAYS),
+            with_orient=lambda_orient > 0,
+        )
+        t_range = timestep_range(
+            step,
+            model.num_train_timesteps,
+            cfg.guidance.min_step_percent,
+            cfg.guidance.max_step_percent,
+            cfg.guidance.anneal_steps,
+        )
+        t, noise = guidance.draw(out.rgb.shape[0], t_range, _torch_gen(seed, step, STREAM_T_NOISE))
+        g = guidance(
+            out.rgb, cams.embedding, text, t, noise, vae_generator=_torch_gen(seed, step, STREAM_VAE)
+        )
+        loss = cfg.loss.lambda_sds * g.loss
+        loss_orient = torch.zeros((), device=device)
+        if out.orient is not None:
+            # threestudio's orientation loss: normals facing the camera where there is density, per visible ray
+            loss_orient = out.orient.sum() / (out.opacity > 0).sum().clamp_min(1)
+            loss = loss + lambda_orient * loss_orient
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        done = step + 1
+        step_s = time.monotonic() - t0
+
+        if done % cfg.log_every == 0 or done == cfg.max_steps:
+            row = {
+                "step": step,
+                "loss": float(loss.detach()),
+                "loss_sds": float(g.loss.detach()),
+                "loss_orient": float(loss_orient.detach()),
+                "t": t,
+                "resolution": resolution,
+                "shading": shading.mode,
+                "step_s": round(step_s, 4),
+            }
+            append_jsonl(metrics_path, row)
+        if progress is not None:
+            progress.update(done, float(loss.detach()), step_s)
+        if cfg.snapshot_every > 0 and done % cfg.snapshot_every == 0:
+            views = render_views(state, SNAPSHOT_AZIMUTHS, resolution, cfg)
+            _save_png(run_dir / "snapshots" / f"step-{done:06d}.png", np.concatenate(list(views), axis=1))
+        pre_switch = done == cam_cfg.resolution_milestone
+        if done % cfg.checkpoint_every == 0 or pre_switch or done == cfg.max_steps:
+            save_checkpoint(run_dir, state, done, cfg)
+            protect = {cam_cfg.resolution_milestone}
+            _prune(run_dir, cfg.keep_checkpoints, protect)
+    if progress is not None:
+        progress.close()
+
+    # 4. Export: mesh (GLB + OBJ) and turntable of the final field, then the summary (written last).
+    outputs = {}
+    if cfg.export:
+        from mvforge.sds.export import extract_mesh, write_mesh, write_turntable
+
+        e = cfg.export_mesh
+        mesh = extract_mesh(state.field.density, state.field.albedo, state.field.radius, e, device)
+        glb, obj = write_mesh(mesh, run_dir)
+        frames = render_views(
+            state,
+            [360.0 * i / e.turntable_frames for i in range(e.turntable_frames)],
+            e.turntable_resolution,
+            cfg,
+            bg=torch.ones(3, device=device),
+            fov_deg=e.turntable_fov_deg,
+            elev=e.turntable_elevation_deg,
+        )
+        written = write_turntable(frames, run_dir, e.turntable_fps, mp4=e.mp4)
+        outputs = {p.name: p.name for p in [glb, obj, *written]}
+        outputs["mesh_faces"] = len(mesh.faces)
+    summary = {
+        "prompt": cfg.prompt,
+        "steps": cfg.max_steps,
+        "resumed_from_step": start,
+        "seconds": round(time.monotonic() - t_start, 2),
+        "peak_memory_mb": round(_peak_memory_mb(device), 1),
+        "backend": state.field.backend,
+        "device": str(device),
+        "model": cfg.model,
+        "guidance_dtype": str(model.dtype),
+        "outputs": outputs,
+    }
+    atomic_write_json(run_dir / "summary.json", summary)
+    return run_dir
+
+
+class _Progress:
+    """steps done/total, steps/s, ETA and the loss on one rich line (stderr)."""
+
+    def __init__(self, total: int, start: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from mvforge.progress import console
+
+        self._p = Progress(
+            TextColumn("[bold]sds"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self._task = self._p.add_task("sds", total=total, completed=start, rate="", loss="")
+        self._p.start()
+
+    def update(self, done: int, loss: float, step_s: float) -> None:
+        self._p.update(
+            self._task, completed=done, rate=f"{1 / max(step_s, 1e-9):.2f} steps/s", loss=f"{loss:.4g}"
+        )
+
+    def close(self) -> None:
+        self._p.stop()

@@ -1,0 +1,136 @@
+"""Many prompts at once: one Ray task per (prompt, seed), one GPU each (issue 14, design §4).
+
+The same code runs on a laptop's local Ray and on a cluster (``--address``). Each task is ``run_sds`` on its own
+run directory, so a re-run resumes every unfinished prompt and skips finished ones (``summary.json`` present).
+A task past its timeout is cancelled and counted as failed; the driver shows a progress bar over prompts and
+ends with one summary table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from mvforge.errors import UserError
+from mvforge.sds.config import SDSConfig
+from mvforge.sds.loop import prompt_slug
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Non-empty lines of a text file (``#`` starts a comment line). Raises UserError when there are none."""
+    if not path.is_file():
+        raise UserError(f"prompts file {path} does not exist; pass a text file with one prompt per line")
+    prompts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise UserError(f"{path} holds no prompts; write one prompt per line")
+    return prompts
+
+
+def _task_configs(cfg: SDSConfig, prompts: list[str], seeds: list[int]) -> list[SDSConfig]:
+    out = []
+    for p in prompts:
+        prompt_slug(p)  # fail early on a prompt that cannot name a directory
+        for s in seeds:
+            parent = cfg.out if len(seeds) == 1 else str(Path(cfg.out) / f"seed-{s}")
+            out.append(dataclasses.replace(cfg, prompt=p, seed=s, out=parent))
+    return out
+
+
+def run_prompts(
+    cfg: SDSConfig,
+    prompts: list[str],
+    seeds: list[int],
+    address: str | None = None,
+    gpus_per_task: float = 1.0,
+    timeout_s: float = 0.0,
+) -> list[dict]:
+    """Run every (prompt, seed) as a Ray task; returns one record per task (prompt, seed, status, seconds, dir)."""
+    import ray
+
+    from mvforge.progress import StageProgress, print_summary
+    from mvforge.raytools import init_ray
+
+    if not cfg.model:
+        raise UserError(
+            "no model given; pass --model with an `mvtrain fit` run or a converted MVDream pipeline"
+        )
+    tasks = _task_configs(cfg, prompts, seeds)
+    init_ray(address)
+
+    @ray.remote(num_gpus=gpus_per_task, max_retries=0)
+    def one(task_cfg: SDSConfig) -> str:
+        from mvforge.sds.loop import run_sds
+
+        return str(run_sds(task_cfg, show_progress=False))
+
+    records: list[dict] = []
+    pending = {}
+    # Submit only as many tasks as can run at once, so a task's timeout counts its run, not its queueing.
+    res = ray.cluster_resources()
+    slots = int(res.get("GPU", 0) // gpus_per_task) if gpus_per_task > 0 else int(res.get("CPU", 1))
+    slots = max(slots, 1)
+    queue = []
+    with StageProgress("sds prompts", total=len(tasks), unit="prompts") as bar:
+        for tc in tasks:
+            run_dir = Path(tc.out) / prompt_slug(tc.prompt)
+            if (run_dir / "summary.json").is_file():
+                records.append(
+                    {"prompt": tc.prompt, "seed": tc.seed, "status": "skipped", "dir": str(run_dir)}
+                )
+                bar.advance("skipped")
+            else:
+                queue.append((tc, run_dir))
+        while queue or pending:
+            while queue and len(pending) < slots:
+                tc, run_dir = queue.pop(0)
+                pending[one.remote(tc)] = (tc, time.monotonic(), run_dir)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            now = time.monotonic()
+            for ref in ready:
+                tc, t0, run_dir = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                    status, error = "ok", ""
+                except Exception as e:  # a failed prompt must not stop the others; it is reported below
+                    status, error = "failed", str(e).splitlines()[-1][:200]
+                records.append(
+                    {
+                        "prompt": tc.prompt,
+                        "seed": tc.seed,
+                        "status": status,
+                        "seconds": round(now - t0, 1),
+                        "dir": str(run_dir),
+                        "error": error,
+                    }
+                )
+                bar.advance(status)
+            if timeout_s > 0:
+                for ref, (tc, t0, run_dir) in list(pending.items()):
+                    if now - t0 > timeout_s:
+                        ray.cancel(ref, force=True)
+                        pending.pop(ref)
+                        records.append(
+                            {
+                                "prompt": tc.prompt,
+                                "seed": tc.seed,
+                                "status": "timeout",
+                                "seconds": round(now - t0, 1),
+                                "dir": str(run_dir),
+                                "error": "timeout",
+                            }
+                        )
+                        bar.advance("timeout")
+    rows = []
+    for r in records:
+        extra = ""
+        summary = Path(r["dir"]) / "summary.json"
+        if r["status"] in ("ok", "skipped") and summary.is_file():
+            extra = f"{json.loads(summary.read_text())['seconds']} s"
+        rows.append(
+            (f"{r['prompt']} (seed {r['seed']})", f"{r['status']} {extra or r.get('error', '')}".strip())
+        )
+    print_summary("mvtrain sds", rows)
+    return records
