@@ -28,6 +28,10 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "safetensors",
         "scipy",
         "yaml",
+        "trimesh",
+        "mcubes",
+        "imageio",
+        "av",
     ),
 }
 """Import names each extra provides (what :func:`require` checks), one entry per extra of pyproject.toml."""
