@@ -29,3 +29,14 @@ def run_app(app: typer.Typer) -> Callable[[], None]:
             sys.exit(2)
 
     return main
+
+
+def quiet_libraries() -> None:
+    """diffusers/transformers info chatter (accelerate hints, weight-loading bars) hides our progress."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

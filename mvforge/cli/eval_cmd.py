@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from mvforge.cli.common import set_help
+from mvforge.cli.common import quiet_libraries, set_help
 
 
 def eval_(
@@ -102,7 +102,6 @@ def eval_(
     if model is not None:
         check_config(cfg.sample, None if device == "auto" else device)
         resolve_model(model)
-    from mvforge.cli.mvtrain import _quiet_libraries
     from mvforge.devices import resolve_device
     from mvforge.eval import extractors, run
     from mvforge.eval import sds as sds_mod
@@ -121,7 +120,7 @@ def eval_(
             if cfg.features == "tiny"
             else extractors.InceptionFeatures(cfg.inception_weights, str(dev))
         )
-        _quiet_libraries()
+        quiet_libraries()
         from mvforge.models.pipeline import MultiViewDiffusion
         from mvforge.models.sample import torch_dtype
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import typer
 
-from mvforge.cli import convert_cmd, eval_cmd
-from mvforge.cli.common import ADDRESS_HELP, run_app, set_help
+from mvforge.cli import convert_cmd, eval_cmd, sample_cmd, sds_cmd
+from mvforge.cli.common import ADDRESS_HELP, quiet_libraries, run_app, set_help
 
 app = typer.Typer(
     name="mvtrain",
@@ -32,47 +32,6 @@ def version() -> None:
     from mvforge import __version__
 
     typer.echo(f"mvforge {__version__}")
-
-
-def _quiet_libraries() -> None:
-    """diffusers/transformers info chatter (accelerate hints, weight-loading bars) hides our progress."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-@app.command("make-tiny-sd")
-def make_tiny_sd_cmd(
-    out: Path = typer.Option(..., "--out", help="New directory for the tiny random SD model."),
-    seed: int = typer.Option(0, help="Seed of the random weights."),
-    prediction_type: str = typer.Option(
-        "epsilon", help="Scheduler prediction type: epsilon or v_prediction."
-    ),
-    multiview: bool = typer.Option(
-        False,
-        "--multiview",
-        help="A multi-view pipeline directory (camera MLP, for `mvtrain sample --model`).",
-    ),
-) -> None:
-    """Write a tiny random Stable Diffusion directory (diffusers layout), offline, for tests and demos.
-
-    A finished one (model_index.json present) is kept as is, so a demo can re-run this step."""
-    from mvforge.errors import UserError
-
-    if (out / "model_index.json").is_file():
-        typer.echo(f"{out} (exists; remove it to rebuild)")
-        return
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise UserError(f"--prediction-type {prediction_type!r}: use epsilon or v_prediction")
-    _quiet_libraries()
-    from mvforge.models.tiny import make_tiny_mv_pipeline, make_tiny_sd
-
-    make = make_tiny_mv_pipeline if multiview else make_tiny_sd
-    typer.echo(str(make(out, seed=seed, prediction_type=prediction_type)))
 
 
 @app.command()
@@ -105,7 +64,7 @@ def fit(
     cfg = config_mod.with_flags(cfg, flags)
     if workers < 0:
         raise UserError(f"--workers {workers}: pass 0 (in-process) or more")
-    _quiet_libraries()
+    quiet_libraries()
     if workers == 0:
         from mvforge.train.loop import fit as run_fit
 
@@ -117,186 +76,10 @@ def fit(
         typer.echo(f"ray train result: {result.path}; metrics {result.metrics}")
 
 
-def _authors(text: str, default: str) -> str:
-    return f"{text} Default {default}, the authors' (MVDream's official inference)."
-
-
-@app.command()
-def sample(
-    model: Path = typer.Option(
-        ...,
-        "--model",
-        "--run",
-        help="`mvtrain fit` run directory (its latest checkpoint), one checkpoint, or a pipeline directory.",
-    ),
-    prompt: str | None = typer.Option(
-        None, "--prompt", help="Text prompt (the ', 3d asset' suffix is added)."
-    ),
-    prompts: Path | None = typer.Option(
-        None, "--prompts", help="Text file, one prompt per line: OUT/<nnnn>-<slug>/ per prompt, progress bar."
-    ),
-    out: Path = typer.Option(..., "--out", help="Directory for view_XX.png, grid.png, sample.json."),
-    config: Path | None = typer.Option(None, "--config", help="TOML config (SampleConfig)."),
-    set_: list[str] = typer.Option([], "--set", help=set_help("prompt_suffix=''")),
-    scheduler: str | None = typer.Option(
-        None, help=_authors("ddim, dpm++, euler, euler-a or pndm (scheduler=...).", "ddim")
-    ),
-    steps: int | None = typer.Option(None, help=_authors("Denoising steps (steps=...).", "50")),
-    guidance_scale: float | None = typer.Option(None, help=_authors("CFG scale (guidance_scale=...).", "10")),
-    negative_prompt: str | None = typer.Option(
-        None, help=_authors("Unconditional text (negative_prompt=...).", "empty")
-    ),
-    elevation: float | None = typer.Option(
-        None, help=_authors("Camera elevation deg (elevation_deg=...).", "15")
-    ),
-    azimuth_start: float | None = typer.Option(
-        None, help=_authors("Azimuth of view 0 in deg (azimuth_start_deg=...).", "90")
-    ),
-    num_views: int | None = typer.Option(None, help=_authors("Views, 360/V apart (num_views=...).", "4")),
-    seed: int | None = typer.Option(None, help=_authors("Noise seed (seed=...).", "23")),
-    resolution: int | None = typer.Option(None, help=_authors("Image side in px (resolution=...).", "256")),
-    precision: str | None = typer.Option(None, help="fp32, or fp16 / bf16 on a GPU (precision=...)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    save_pipeline: Path | None = typer.Option(
-        None, "--save-pipeline", help="Also write the model as a diffusers pipeline directory (new dir)."
-    ),
-) -> None:
-    """Sample V views of each prompt with the multi-view diffusers pipeline; writes PNGs, a grid, sample.json."""
-    from mvforge import config as config_mod
-    from mvforge.errors import UserError
-    from mvforge.models.config import SampleConfig
-
-    cfg = config_mod.load(SampleConfig, config, set_)
-    flags = {
-        "scheduler": scheduler,
-        "steps": steps,
-        "guidance_scale": guidance_scale,
-        "negative_prompt": negative_prompt,
-        "elevation_deg": elevation,
-        "azimuth_start_deg": azimuth_start,
-        "num_views": num_views,
-        "seed": seed,
-        "resolution": resolution,
-        "precision": precision,
-    }
-    cfg = config_mod.with_flags(cfg, flags)
-    # Input checks first: a bad flag fails before torch and diffusers are imported.
-    from mvforge.models.resolve import resolve_model
-    from mvforge.models.sample import check_config, read_prompts, sample_prompts, torch_dtype
-
-    if (prompt is None) == (prompts is None):
-        raise UserError("pass exactly one of --prompt TEXT or --prompts FILE")
-    check_config(cfg, None if device == "auto" else device)
-    texts = [prompt] if prompt is not None else read_prompts(prompts)
-    resolve_model(model)
-    _quiet_libraries()
-    from mvforge.devices import resolve_device
-    from mvforge.models.pipeline import MultiViewDiffusion
-
-    dev = resolve_device(device)
-    check_config(cfg, dev.type)
-    mvd = MultiViewDiffusion.from_pretrained(model, dev, torch_dtype(cfg.precision), use_ema=cfg.use_ema)
-    if save_pipeline is not None:
-        typer.echo(str(mvd.save_pretrained(save_pipeline)))
-    dirs = sample_prompts(mvd, texts, out, cfg, dev, show_progress=prompts is not None, label=str(model))
-    for d in dirs:
-        typer.echo(str(d / "grid.png"))
-
-
-@app.command()
-def sds(
-    prompt: str | None = typer.Option(None, "--prompt", help="Text prompt (prompt=...)."),
-    model: str | None = typer.Option(
-        None, "--model", help="`mvtrain fit` run/checkpoint or converted MVDream pipeline dir (model=...)."
-    ),
-    out: str | None = typer.Option(
-        None, "--out", help="Parent directory; writes OUT/<prompt-slug>/ (out=...)."
-    ),
-    config: Path | None = typer.Option(
-        None, "--config", help="TOML config (SDSConfig), e.g. configs/sds-mvdream.toml; flags override it."
-    ),
-    set_: list[str] = typer.Option([], "--set", help=set_help("camera.resolution_low=32")),
-    max_steps: int | None = typer.Option(None, "--steps", help="Optimisation steps (max_steps=...)."),
-    seed: int | None = typer.Option(None, help="Seed of the field and every per-step draw (seed=...)."),
-    device: str | None = typer.Option(None, help="auto, cpu or cuda (device=...)."),
-    preview: bool = typer.Option(
-        False,
-        "--preview",
-        help="Only sample the prompt's 4 views through the model (multi-face views predict a "
-        "failed SDS) into OUT/<slug>/preview.png, then stop.",
-    ),
-    prompts: Path | None = typer.Option(
-        None, "--prompts", help="Text file, one prompt per line: one Ray task per prompt and seed."
-    ),
-    seeds: str | None = typer.Option(
-        None, "--seeds", help="Comma-separated seeds for --prompts (default: seed)."
-    ),
-    gpus_per_task: float = typer.Option(1.0, "--gpus-per-task", help="GPUs per Ray task (0 on CPU)."),
-    task_timeout_s: float = typer.Option(
-        0, "--task-timeout", help="Seconds per prompt before it is failed (0: none)."
-    ),
-    address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help=ADDRESS_HELP),
-) -> None:
-    """Text to 3D: optimise a field so its 4 orthogonal renders satisfy the multi-view model (MVDream §3.3);
-    export mesh.glb/mesh.obj and a turntable. An existing run directory is resumed."""
-    from mvforge import config as config_mod
-    from mvforge.errors import UserError
-    from mvforge.sds.config import SDSConfig
-
-    cfg = config_mod.load(SDSConfig, config, set_)
-    flags = {
-        "prompt": prompt,
-        "model": model,
-        "out": out,
-        "max_steps": max_steps,
-        "seed": seed,
-        "device": device,
-    }
-    cfg = config_mod.with_flags(cfg, flags)
-    if prompts is not None:
-        if prompt is not None:
-            raise UserError("pass either --prompt or --prompts, not both")
-        from mvforge.sds.ray_prompts import read_prompts, run_prompts
-
-        seed_list = _parse_seeds(seeds, cfg.seed)
-        run_prompts(
-            cfg,
-            read_prompts(prompts),
-            seed_list,
-            address=address,
-            gpus_per_task=gpus_per_task,
-            timeout_s=task_timeout_s,
-        )
-        return
-    if not cfg.prompt.strip():
-        raise UserError("the prompt is empty; pass --prompt 'a description of the object'")
-    if not cfg.model:
-        raise UserError(
-            "no model given; pass --model with an `mvtrain fit` run or a converted MVDream pipeline"
-        )
-    _quiet_libraries()
-    if preview:
-        from mvforge.sds.preview import preview_views
-
-        typer.echo(str(preview_views(cfg)))
-        return
-    from mvforge.sds.loop import run_sds
-
-    run_dir = run_sds(cfg)
-    typer.echo(str(run_dir))
-
-
-def _parse_seeds(text: str | None, default: int) -> list[int]:
-    from mvforge.errors import UserError
-
-    if not text:
-        return [default]
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seeds {text!r}: write integers separated by commas, e.g. --seeds 0,1,2") from None
-
-
+# One module per command (design §5); each body imports what it needs, so --help stays light.
+app.command("make-tiny-sd")(sample_cmd.make_tiny_sd)
+app.command("sample")(sample_cmd.sample)
+app.command("sds")(sds_cmd.sds)
 app.command("convert")(convert_cmd.convert)
 app.command("eval")(eval_cmd.eval_)
 

@@ -1,0 +1,142 @@
+"""`mvtrain sample` (text to V views through MVDreamPipeline, issue 9) and `mvtrain make-tiny-sd`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mvforge.cli.common import quiet_libraries, set_help
+
+
+def make_tiny_sd(
+    out: Annotated[Path, typer.Option("--out", help="New directory for the tiny random SD model.")],
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    prediction_type: Annotated[
+        str, typer.Option(help="Scheduler prediction type: epsilon or v_prediction.")
+    ] = "epsilon",
+    multiview: Annotated[
+        bool,
+        typer.Option(
+            "--multiview", help="A multi-view pipeline directory (camera MLP, for `mvtrain sample --model`)."
+        ),
+    ] = False,
+) -> None:
+    """Write a tiny random Stable Diffusion directory (diffusers layout), offline, for tests and demos.
+
+    A finished one (model_index.json present) is kept as is, so a demo can re-run this step."""
+    from mvforge.errors import UserError
+
+    if (out / "model_index.json").is_file():
+        typer.echo(f"{out} (exists; remove it to rebuild)")
+        return
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise UserError(f"--prediction-type {prediction_type!r}: use epsilon or v_prediction")
+    quiet_libraries()
+    from mvforge.models.tiny import make_tiny_mv_pipeline, make_tiny_sd
+
+    make = make_tiny_mv_pipeline if multiview else make_tiny_sd
+    typer.echo(str(make(out, seed=seed, prediction_type=prediction_type)))
+
+
+def _authors(text: str, default: str) -> str:
+    return f"{text} Default {default}, the authors' (MVDream's official inference)."
+
+
+def sample(
+    model: Annotated[
+        Path,
+        typer.Option(
+            "--model",
+            "--run",
+            help="`mvtrain fit` run directory (its latest checkpoint), one checkpoint, or a pipeline directory.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Directory for view_XX.png, grid.png, sample.json.")],
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", help="Text prompt (the ', 3d asset' suffix is added).")
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts", help="Text file, one prompt per line: OUT/<nnnn>-<slug>/ per prompt, progress bar."
+        ),
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML config (SampleConfig).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help=set_help("prompt_suffix=''"))] = [],
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help=_authors("ddim, dpm++, euler, euler-a or pndm (scheduler=...).", "ddim")),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help=_authors("Denoising steps (steps=...).", "50"))] = None,
+    guidance_scale: Annotated[
+        float | None, typer.Option(help=_authors("CFG scale (guidance_scale=...).", "10"))
+    ] = None,
+    negative_prompt: Annotated[
+        str | None, typer.Option(help=_authors("Unconditional text (negative_prompt=...).", "empty"))
+    ] = None,
+    elevation: Annotated[
+        float | None, typer.Option(help=_authors("Camera elevation deg (elevation_deg=...).", "15"))
+    ] = None,
+    azimuth_start: Annotated[
+        float | None, typer.Option(help=_authors("Azimuth of view 0 in deg (azimuth_start_deg=...).", "90"))
+    ] = None,
+    num_views: Annotated[
+        int | None, typer.Option(help=_authors("Views, 360/V apart (num_views=...).", "4"))
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=_authors("Noise seed (seed=...).", "23"))] = None,
+    resolution: Annotated[
+        int | None, typer.Option(help=_authors("Image side in px (resolution=...).", "256"))
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="fp32, or fp16 / bf16 on a GPU (precision=...).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    save_pipeline: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-pipeline", help="Also write the model as a diffusers pipeline directory (new dir)."
+        ),
+    ] = None,
+) -> None:
+    """Sample V views of each prompt with the multi-view diffusers pipeline; writes PNGs, a grid, sample.json."""
+    from mvforge import config as config_mod
+    from mvforge.errors import UserError
+    from mvforge.models.config import SampleConfig
+
+    cfg = config_mod.load(SampleConfig, config, set_)
+    flags = {
+        "scheduler": scheduler,
+        "steps": steps,
+        "guidance_scale": guidance_scale,
+        "negative_prompt": negative_prompt,
+        "elevation_deg": elevation,
+        "azimuth_start_deg": azimuth_start,
+        "num_views": num_views,
+        "seed": seed,
+        "resolution": resolution,
+        "precision": precision,
+    }
+    cfg = config_mod.with_flags(cfg, flags)
+    # Input checks first: a bad flag fails before torch and diffusers are imported.
+    from mvforge.models.resolve import resolve_model
+    from mvforge.models.sample import check_config, read_prompts, sample_prompts, torch_dtype
+
+    if (prompt is None) == (prompts is None):
+        raise UserError("pass exactly one of --prompt TEXT or --prompts FILE")
+    check_config(cfg, None if device == "auto" else device)
+    texts = [prompt] if prompt is not None else read_prompts(prompts)
+    resolve_model(model)
+    quiet_libraries()
+    from mvforge.devices import resolve_device
+    from mvforge.models.pipeline import MultiViewDiffusion
+
+    dev = resolve_device(device)
+    check_config(cfg, dev.type)
+    mvd = MultiViewDiffusion.from_pretrained(model, dev, torch_dtype(cfg.precision), use_ema=cfg.use_ema)
+    if save_pipeline is not None:
+        typer.echo(str(mvd.save_pretrained(save_pipeline)))
+    dirs = sample_prompts(mvd, texts, out, cfg, dev, show_progress=prompts is not None, label=str(model))
+    for d in dirs:
+        typer.echo(str(d / "grid.png"))
