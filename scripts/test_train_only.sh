@@ -18,8 +18,7 @@ PY
 
 # The tests a training node must pass: the model layer, the trainer, the shard format and loader, the shared
 # layers (cameras, config, formats), and the package rule.
-TESTS=(tests/train tests/shards tests/test_cameras.py tests/test_config.py tests/test_architecture.py tests/cli)
-[ -d tests/models ] && TESTS+=(tests/models)
+TESTS=(tests/train tests/shards tests/models tests/sds tests/eval tests/test_cameras.py tests/test_config.py tests/test_architecture.py tests/cli)
 [ -d tests/formats ] && TESTS+=(tests/formats)
 MVFORGE_TRAIN_ONLY=1 "$PY" -m pytest -q -rs "${TESTS[@]}" --junitxml "$REPORT"
 
