@@ -18,7 +18,12 @@ class CyclesConfig:
     adaptive_threshold: float = 0.01
     """Adaptive-sampling noise threshold; 0 disables adaptive sampling."""
     denoise: bool = False
-    """Run the OpenImageDenoise pass (slower on CPU; useful at low sample counts)."""
+    """Run Cycles' OpenImageDenoise pass (albedo + normal guided, prefilter ACCURATE) after sampling; meta.json
+    ``cycles.denoiser`` records which denoiser ran (issue 12)."""
+    world_map_resolution: int = 0
+    """Side of the HDRI world's importance map in pixels (Cycles world "Map Resolution", MANUAL sampling);
+    0 = AUTOMATIC, where Cycles sizes it from the HDRI. The map costs time to build per render and a finer
+    map lowers the noise only where the light is concentrated (issue 12; design §8 "Render speed facts")."""
     max_bounces: int = 4
     """Total light bounces."""
     diffuse_bounces: int = 2

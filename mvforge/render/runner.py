@@ -354,6 +354,7 @@ def _meta(job: dict, attempt: Attempt, attempts: int, seconds: float, extra: dic
         peak_rss_mb=round(attempt.peak_rss_bytes / 2**20, 1),
         versions=vers,
         device=result.get("device", "CPU"),
+        cycles=result.get("cycles"),
     ).to_dict()
 
 
