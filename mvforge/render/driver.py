@@ -74,8 +74,13 @@ def render(
     retry_failed: bool = False,
     overwrite: bool = False,
     show_progress: bool = True,
+    task=None,
 ) -> Summary:
-    """Render ``sources`` into ``out`` with at most ``workers`` Blender processes at a time."""
+    """Render ``sources`` into ``out`` with at most ``workers`` Blender processes at a time.
+
+    ``task``: the function each Ray task runs, with :func:`render_task`'s signature and contract (default
+    :func:`render_task`); the driver's dry run passes ``mvforge.render.synthetic.stub_render_task`` (issue 12).
+    """
     start = time.monotonic()
     out = Path(out)
     _validate(sources, cfg, workers, gpus_per_worker)
@@ -99,7 +104,10 @@ def render(
         _prepare_manifest(out, states, rerun={obj.uid for obj in todo})
         skipped = len(sources) - len(todo)
         if todo:
-            for rec in _schedule(todo, out, cfg, pool, workers, address, gpus_per_worker, show_progress):
+            scheduled = _schedule(
+                todo, out, cfg, pool, workers, address, gpus_per_worker, show_progress, task or render_task
+            )
+            for rec in scheduled:
                 counts[rec["status"]] += 1
                 if rec["status"] == "ok":
                     views += rec["views"]
@@ -363,6 +371,7 @@ def _schedule(
     address: str | None,
     gpus_per_worker: float,
     show_progress: bool,
+    task_fn=render_task,
 ):
     """Yield each object's record as it finishes, keeping at most ``workers`` tasks in flight."""
     import ray
@@ -383,7 +392,7 @@ def _schedule(
     env = {FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
     # max_retries=0: a Ray worker that dies (OOM killer, node loss) fails the task; the driver records it as
     # crashed below. The runner already retries the Blender process, which is what usually dies.
-    task = ray.remote(render_task).options(
+    task = ray.remote(task_fn).options(
         num_cpus=threads, num_gpus=gpus_per_worker, max_retries=0, name="mvforge-render"
     )
     manifest = out / layout.MANIFEST

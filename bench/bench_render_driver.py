@@ -1,0 +1,132 @@
+"""Dry run of the `mvdata render` driver at 10⁵ objects: time and peak memory per phase, no rendering (issue 12).
+
+Run: .venv/bin/python bench/bench_render_driver.py --n 1000 10000 100000 [--workers 8 --done 0.5]
+
+Each N runs in a fresh Python process (so peak RSS is that N's), over N synthetic sources (uids are hex digests,
+as Objaverse's, so the ``<uid[:2]>`` fan-out is realistic; every source names one small real file) in a render
+directory where a ``--done`` fraction of them already has its meta.json (a resumed run). Phases, timed one by
+one with the driver's own functions, then the whole ``driver.render`` with
+``mvforge.render.synthetic.stub_render_task`` as the Ray task (it writes each object's terminal record):
+validate, resume scan (layout.status), same-source check (sha256 of each finished object's file),
+manifest preparation, planning (plan_job: cameras, HDRI, seed), then the full call (Ray start + task
+submission through bounded_map + manifest appends), then a second call over the finished directory (nothing
+to render). Prints per-phase seconds, µs per object and the driver's peak RSS, and the growth ratio per 10×
+of N: ~10 means linear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SOURCE = ROOT / "tests" / "data" / "glb" / "BoxTextured.glb"
+
+
+def one(n: int, workers: int, done: float, workdir: Path) -> dict:
+    from mvforge.formats import renders as layout
+    from mvforge.fsutil import atomic_write_json
+    from mvforge.render import driver
+    from mvforge.render.config import RenderConfig
+    from mvforge.render.download import sha256_file
+    from mvforge.render.plan import SourceObject, hdri_pool, plan_job
+    from mvforge.render.synthetic import stub_render_task
+
+    out = workdir / "renders"
+    sha = sha256_file(SOURCE)
+    sources = [
+        SourceObject(
+            uid=hashlib.sha256(str(i).encode()).hexdigest()[:32], kind="local", ext="glb", path=str(SOURCE)
+        )
+        for i in range(n)
+    ]
+    cfg = RenderConfig()
+    t = time.perf_counter()
+    n_done = int(n * done)
+    for obj in sources[:n_done]:
+        meta = layout.RenderMeta(uid=obj.uid, source={"kind": "local", "path": obj.path, "sha256": sha})
+        atomic_write_json(layout.object_dir(out, obj.uid) / layout.META, meta.to_dict())
+    build_s = time.perf_counter() - t
+
+    phases: dict[str, float] = {}
+
+    def timed(name, fn, *a, **k):
+        t0 = time.perf_counter()
+        r = fn(*a, **k)
+        phases[name] = time.perf_counter() - t0
+        return r
+
+    timed("validate", driver._validate, sources, cfg, workers, 0.0)
+    pool = hdri_pool(None)
+    states = timed("resume_scan", lambda: {o.uid: layout.status(out, o.uid) for o in sources})
+    timed("same_source_check", driver._check_same_sources, out, [o for o in sources if states[o.uid] == "ok"])
+    todo = [o for o in sources if states[o.uid] is None]
+    timed("plan", lambda: [plan_job(o, cfg, pool) for o in todo])
+    t0 = time.perf_counter()
+    summary = driver.render(sources, out, cfg, workers=workers, show_progress=False, task=stub_render_task)
+    phases["render_call"] = time.perf_counter() - t0
+    phases["submit_and_record"] = phases["render_call"] - sum(
+        phases[k] for k in ("validate", "resume_scan", "same_source_check", "plan")
+    )
+    t0 = time.perf_counter()
+    again = driver.render(sources, out, cfg, workers=workers, show_progress=False, task=stub_render_task)
+    phases["resume_finished"] = time.perf_counter() - t0
+    manifest = (out / layout.MANIFEST).read_text(encoding="utf-8").count("\n")
+    assert summary.counts.get("ok") == n - n_done and again.skipped == n, (summary, again)
+    assert manifest == n, manifest
+    return {
+        "n": n,
+        "done_before": n_done,
+        "rendered": summary.counts.get("ok", 0),
+        "workers": workers,
+        "build_tree_s": build_s,
+        "phases_s": phases,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, nargs="+", default=[1000, 10000, 100000])
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--done", type=float, default=0.5, help="fraction finished before the run (resume)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        with tempfile.TemporaryDirectory(prefix="mvforge-dryrun-") as tmp:
+            print(json.dumps(one(args.n[0], args.workers, args.done, Path(tmp))))
+        return
+    rows = []
+    for n in args.n:
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        cmd = [sys.executable, __file__, "--child", "--n", str(n), "--workers", str(args.workers)]
+        cmd += ["--done", str(args.done)]
+        res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        row = json.loads(res.stdout.strip().splitlines()[-1]) | {"load": load}
+        rows.append(row)
+        ph = row["phases_s"]
+        print(
+            f"n={n}: "
+            + ", ".join(f"{k} {v:.2f} s ({v / n * 1e6:.0f} µs/obj)" for k, v in ph.items())
+            + f"; peak RSS {row['peak_rss_mb']:.0f} MB; load {load}",
+            flush=True,
+        )
+    for a, b in zip(rows, rows[1:], strict=False):
+        k = b["n"] / a["n"]
+        growth = {ph: b["phases_s"][ph] / max(a["phases_s"][ph], 1e-9) for ph in a["phases_s"]}
+        print(f"{a['n']} -> {b['n']} (x{k:g}): " + ", ".join(f"{ph} x{g:.1f}" for ph, g in growth.items()))
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
