@@ -44,6 +44,15 @@ def one(n: int, workers: int, done: float, workdir: Path) -> dict:
 
     out = workdir / "renders"
     sha = sha256_file(SOURCE)
+    st = os.stat(SOURCE)
+    # What the runner records beside the sha256 (size, mtime), so a resume re-hashes only changed files.
+    recorded = {
+        "kind": "local",
+        "path": str(SOURCE),
+        "sha256": sha,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+    }
     sources = [
         SourceObject(
             uid=hashlib.sha256(str(i).encode()).hexdigest()[:32], kind="local", ext="glb", path=str(SOURCE)
@@ -54,7 +63,7 @@ def one(n: int, workers: int, done: float, workdir: Path) -> dict:
     t = time.perf_counter()
     n_done = int(n * done)
     for obj in sources[:n_done]:
-        meta = layout.RenderMeta(uid=obj.uid, source={"kind": "local", "path": obj.path, "sha256": sha})
+        meta = layout.RenderMeta(uid=obj.uid, source=recorded)
         atomic_write_json(layout.object_dir(out, obj.uid) / layout.META, meta.to_dict())
     build_s = time.perf_counter() - t
 

@@ -57,6 +57,7 @@ VARIANTS = {
     "map256-32": {"samples": 32, "world_map_resolution": 256, "denoise": False},
     "map256-16-oidn": {"samples": 16, "world_map_resolution": 256, "denoise": True},
     "map256-8-oidn": {"samples": 8, "world_map_resolution": 256, "denoise": True},
+    "map256-4-oidn": {"samples": 4, "world_map_resolution": 256, "denoise": True},
 }
 
 

@@ -224,8 +224,10 @@ def _check_same_sources(out: Path, finished: list[SourceObject]) -> None:
     """Refuse a uid whose finished render came from a different file (issue 11): resume would skip it and the
     dataset would pair the new file's uid with the old file's images.
 
-    Compares the sha256 recorded in meta.json with the local file's (hashed here, once per finished object on
-    every resume) or with the published one of a download. Raises UserError naming the uid and both files.
+    Compares the sha256 recorded in meta.json with the local file's or with the published one of a download.
+    A local file is hashed only when its size or mtime differ from those recorded beside the sha256 (issue 12:
+    hashing every finished file on every resume grew with the data set's bytes, hours at 10⁶ objects); renders
+    made before record neither and are hashed. Raises UserError naming the uid and both files.
     """
     from mvforge.render.download import sha256_file
 
@@ -238,6 +240,8 @@ def _check_same_sources(out: Path, finished: list[SourceObject]) -> None:
         if not recorded:
             continue
         if obj.url is None and obj.path:
+            if _unchanged(obj.path, meta.get("source") or {}):
+                continue
             current = sha256_file(obj.path)
         else:
             current = obj.sha256
@@ -248,6 +252,18 @@ def _check_same_sources(out: Path, finished: list[SourceObject]) -> None:
                 f"{obj.path or obj.url} (sha256 {current[:12]}...); give the new file its own uid, or pass "
                 "--overwrite to replace the old render"
             )
+
+
+def _unchanged(path: str, recorded: dict) -> bool:
+    """True when ``path`` is the recorded path, with the size and mtime (ns) recorded when its sha256 was
+    taken: the same file, as make and rsync judge it."""
+    if recorded.get("path") != path or recorded.get("size") is None or recorded.get("mtime_ns") is None:
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_size == recorded["size"] and st.st_mtime_ns == recorded["mtime_ns"]
 
 
 def _first_difference(old: dict, new: dict, prefix: str = "") -> str:

@@ -98,3 +98,34 @@ def test_meta_records_the_denoiser_and_world_map_that_blender_used(tmp_path):
     )
     assert plain["denoiser"] is None
     assert plain["world_sampling"] == "AUTOMATIC" and plain["world_map_resolution"] is None
+
+
+def test_resume_rehashes_a_finished_source_only_when_its_size_or_mtime_changed(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from mvforge.errors import UserError
+
+    src = tmp_path / "box.glb"
+    shutil.copy(GLB, src)
+    st = os.stat(src)
+    out = tmp_path / "renders"
+    obj = SourceObject(uid="box", kind="local", ext="glb", path=str(src))
+    source = {"kind": "local", "path": str(src), "sha256": sha256_file(src)}
+    source |= {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    atomic_write_json(layout.object_dir(out, "box") / layout.META, layout.RenderMeta("box", source).to_dict())
+
+    def no_hashing(path):
+        raise AssertionError(f"{path} was hashed although unchanged")
+
+    with monkeypatch.context() as m:
+        m.setattr("mvforge.render.download.sha256_file", no_hashing)
+        driver._check_same_sources(out, [obj])
+
+    # Another file under the same path and uid: new bytes, new mtime -> hashed and refused.
+    data = bytearray(src.read_bytes())
+    data[-1] ^= 0xFF
+    src.write_bytes(bytes(data))
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    with pytest.raises(UserError, match="uid box was rendered from another file"):
+        driver._check_same_sources(out, [obj])
