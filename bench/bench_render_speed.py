@@ -58,6 +58,16 @@ VARIANTS = {
     "map256-16-oidn": {"samples": 16, "world_map_resolution": 256, "denoise": True},
     "map256-8-oidn": {"samples": 8, "world_map_resolution": 256, "denoise": True},
     "map256-4-oidn": {"samples": 4, "world_map_resolution": 256, "denoise": True},
+    "map256-8-oidnfast": {
+        "samples": 8,
+        "world_map_resolution": 256,
+        "denoise": True,
+        "denoise_prefilter": "FAST",
+        "denoise_quality": "BALANCED",
+    },
+    "map512-8-oidn": {"samples": 8, "world_map_resolution": 512, "denoise": True},
+    "auto-8-oidn": {"samples": 8, "world_map_resolution": 0, "denoise": True},
+    "auto-16-oidn": {"samples": 16, "world_map_resolution": 0, "denoise": True},
 }
 
 
@@ -205,7 +215,7 @@ def main() -> None:
     p.add_argument(
         "--objects", nargs="*", default=DEFAULT_OBJECTS, help="GLB stems in tests/data/glb, or paths"
     )
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS)[:5], choices=list(VARIANTS))
     p.add_argument("--framings", nargs="*", default=["fit", "mvdream"], choices=["fit", "mvdream"])
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--resolution", type=int, default=256)

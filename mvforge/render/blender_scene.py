@@ -547,10 +547,11 @@ def setup_cycles(cfg: dict, seed: int, resolution: int) -> str:
     cycles.use_denoising = bool(cfg["denoise"])
     # The denoiser's settings are explicit too (recorded in meta.json ``cycles``): OpenImageDenoise, which runs
     # on any CPU, guided by albedo and normal so texture detail is kept (issue 12 compares SSIM on textures).
+    # Jobs planned before these keys existed get the settings Cycles defaults to.
     cycles.denoiser = "OPENIMAGEDENOISE"
     cycles.denoising_input_passes = "RGB_ALBEDO_NORMAL"
-    cycles.denoising_prefilter = "ACCURATE"
-    cycles.denoising_quality = "HIGH"
+    cycles.denoising_prefilter = cfg.get("denoise_prefilter", "ACCURATE")
+    cycles.denoising_quality = cfg.get("denoise_quality", "HIGH")
     cycles.denoising_use_gpu = False
     cycles.max_bounces = int(cfg["max_bounces"])
     cycles.diffuse_bounces = int(cfg["diffuse_bounces"])
@@ -600,6 +601,8 @@ def cycles_record() -> dict:
         "adaptive_threshold": float(cycles.adaptive_threshold) if cycles.use_adaptive_sampling else 0.0,
         "denoiser": str(cycles.denoiser) if cycles.use_denoising else None,
         "denoising_input_passes": str(cycles.denoising_input_passes) if cycles.use_denoising else None,
+        "denoising_prefilter": str(cycles.denoising_prefilter) if cycles.use_denoising else None,
+        "denoising_quality": str(cycles.denoising_quality) if cycles.use_denoising else None,
         "world_sampling": str(world.cycles.sampling_method) if world is not None else None,
         "world_map_resolution": (
             int(world.cycles.sample_map_resolution)

@@ -20,6 +20,11 @@ class CyclesConfig:
     denoise: bool = False
     """Run Cycles' OpenImageDenoise pass (albedo + normal guided, prefilter ACCURATE) after sampling; meta.json
     ``cycles.denoiser`` records which denoiser ran (issue 12)."""
+    denoise_prefilter: Literal["ACCURATE", "FAST", "NONE"] = "ACCURATE"
+    """How OpenImageDenoise treats its albedo and normal guides: ACCURATE denoises them first (two more
+    filter runs), FAST assumes them clean. Cycles' "Denoising Prefilter"."""
+    denoise_quality: Literal["HIGH", "BALANCED", "FAST"] = "HIGH"
+    """OpenImageDenoise's filter quality (Cycles' "Denoising Quality"): BALANCED and FAST trade detail for time."""
     world_map_resolution: int = 0
     """Side of the HDRI world's importance map in pixels (Cycles world "Map Resolution", MANUAL sampling);
     0 = AUTOMATIC, where Cycles sizes it from the HDRI. The map costs time to build per render and a finer
