@@ -68,11 +68,15 @@ def one(n: int, workers: int, done: float, workdir: Path) -> dict:
     build_s = time.perf_counter() - t
 
     phases: dict[str, float] = {}
+    cpu: dict[str, float] = {}
 
     def timed(name, fn, *a, **k):
-        t0 = time.perf_counter()
+        # CPU seconds of this (driver) process beside the wall time: on a shared machine the wall time of a
+        # phase swings with the load, its CPU time does not.
+        t0, c0 = time.perf_counter(), time.process_time()
         r = fn(*a, **k)
         phases[name] = time.perf_counter() - t0
+        cpu[name] = time.process_time() - c0
         return r
 
     timed("validate", driver._validate, sources, cfg, workers, 0.0)
@@ -82,15 +86,12 @@ def one(n: int, workers: int, done: float, workdir: Path) -> dict:
     todo = [o for o in sources if states[o.uid] is None]
     # Each job is dropped once planned, as the driver's submit does: holding them all would be the bench's memory.
     timed("plan", lambda: sum(len(plan_job(o, cfg, pool)["views"]) for o in todo))
-    t0 = time.perf_counter()
-    summary = driver.render(sources, out, cfg, workers=workers, show_progress=False, task=stub_render_task)
-    phases["render_call"] = time.perf_counter() - t0
-    phases["submit_and_record"] = phases["render_call"] - sum(
-        phases[k] for k in ("validate", "resume_scan", "same_source_check", "plan")
-    )
-    t0 = time.perf_counter()
-    again = driver.render(sources, out, cfg, workers=workers, show_progress=False, task=stub_render_task)
-    phases["resume_finished"] = time.perf_counter() - t0
+    kwargs = {"workers": workers, "show_progress": False, "task": stub_render_task}
+    summary = timed("render_call", driver.render, sources, out, cfg, **kwargs)
+    before = ("validate", "resume_scan", "same_source_check", "plan")
+    phases["submit_and_record"] = phases["render_call"] - sum(phases[k] for k in before)
+    cpu["submit_and_record"] = cpu["render_call"] - sum(cpu[k] for k in before)
+    again = timed("resume_finished", driver.render, sources, out, cfg, **kwargs)
     manifest = (out / layout.MANIFEST).read_text(encoding="utf-8").count("\n")
     assert summary.counts.get("ok") == n - n_done and again.skipped == n, (summary, again)
     assert manifest == n, manifest
@@ -101,6 +102,7 @@ def one(n: int, workers: int, done: float, workdir: Path) -> dict:
         "workers": workers,
         "build_tree_s": build_s,
         "phases_s": phases,
+        "phases_cpu_s": cpu,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -127,14 +129,21 @@ def main() -> None:
         ph = row["phases_s"]
         print(
             f"n={n}: "
-            + ", ".join(f"{k} {v:.2f} s ({v / n * 1e6:.0f} µs/obj)" for k, v in ph.items())
+            + ", ".join(
+                f"{k} {v:.2f} s (cpu {row['phases_cpu_s'][k]:.2f} s, {v / n * 1e6:.0f} µs/obj)"
+                for k, v in ph.items()
+            )
             + f"; peak RSS {row['peak_rss_mb']:.0f} MB; load {load}",
             flush=True,
         )
     for a, b in zip(rows, rows[1:], strict=False):
         k = b["n"] / a["n"]
-        growth = {ph: b["phases_s"][ph] / max(a["phases_s"][ph], 1e-9) for ph in a["phases_s"]}
-        print(f"{a['n']} -> {b['n']} (x{k:g}): " + ", ".join(f"{ph} x{g:.1f}" for ph, g in growth.items()))
+        for key in ("phases_s", "phases_cpu_s"):
+            growth = {ph: b[key][ph] / max(a[key][ph], 1e-9) for ph in a[key]}
+            print(
+                f"{key} {a['n']} -> {b['n']} (x{k:g}): "
+                + ", ".join(f"{ph} x{g:.1f}" for ph, g in growth.items())
+            )
     print(json.dumps(rows))
 
 
