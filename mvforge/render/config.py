@@ -13,22 +13,26 @@ from mvforge.cameras import OrbitSampling
 class CyclesConfig:
     """Cycles settings, all explicit so a render never depends on Blender's defaults (design §6)."""
 
-    samples: int = 32
-    """Path-tracing samples per pixel (the benchmark setting is 32 at 256²)."""
+    samples: int = 8
+    """Path-tracing samples per pixel. 8 with the denoiser below gives lower noise than 32 without it, at about
+    half the time per view (issue 12, docs/bench/render_speed.md: PSNR and SSIM against 1,024-sample
+    references, 256², fit and mvdream framings); before issue 12 the default was 32 without denoising."""
     adaptive_threshold: float = 0.01
     """Adaptive-sampling noise threshold; 0 disables adaptive sampling."""
-    denoise: bool = False
-    """Run Cycles' OpenImageDenoise pass (albedo + normal guided, prefilter ACCURATE) after sampling; meta.json
+    denoise: bool = True
+    """Run Cycles' OpenImageDenoise pass (guided by albedo and normal) after sampling; meta.json
     ``cycles.denoiser`` records which denoiser ran (issue 12)."""
-    denoise_prefilter: Literal["ACCURATE", "FAST", "NONE"] = "ACCURATE"
-    """How OpenImageDenoise treats its albedo and normal guides: ACCURATE denoises them first (two more
-    filter runs), FAST assumes them clean. Cycles' "Denoising Prefilter"."""
-    denoise_quality: Literal["HIGH", "BALANCED", "FAST"] = "HIGH"
-    """OpenImageDenoise's filter quality (Cycles' "Denoising Quality"): BALANCED and FAST trade detail for time."""
+    denoise_prefilter: Literal["ACCURATE", "FAST", "NONE"] = "FAST"
+    """How OpenImageDenoise treats its albedo and normal guides (Cycles' "Denoising Prefilter"): ACCURATE
+    denoises them first (two more filter runs), FAST assumes them clean. At 256² ACCURATE + HIGH cost ~0.8 s
+    per view on 2 cores against ~0.15 s for FAST + BALANCED, for under 1 dB (issue 12)."""
+    denoise_quality: Literal["HIGH", "BALANCED", "FAST"] = "BALANCED"
+    """OpenImageDenoise's filter quality (Cycles' "Denoising Quality"); see ``denoise_prefilter``."""
     world_map_resolution: int = 0
     """Side of the HDRI world's importance map in pixels (Cycles world "Map Resolution", MANUAL sampling);
-    0 = AUTOMATIC, where Cycles sizes it from the HDRI. The map costs time to build per render and a finer
-    map lowers the noise only where the light is concentrated (issue 12; design §8 "Render speed facts")."""
+    0 = AUTOMATIC, where Cycles sizes it from the HDRI (1024 for the bundled 1024x512 maps). Persistent data
+    builds the map once per object, not per view, so a coarser map saves little time here and costs a lot of
+    noise: MANUAL 256 lost 6-8 dB against AUTOMATIC at 32 spp (issue 12, docs/bench/render_speed.md)."""
     max_bounces: int = 4
     """Total light bounces."""
     diffuse_bounces: int = 2
