@@ -173,6 +173,16 @@ def _validate(sources: list[SourceObject], cfg: RenderConfig, workers: int, gpus
             raise UserError(message)
 
 
+# Cycles keys added by issue 12, with the values that reproduce what renders made before them did (the AUTOMATIC
+# world map; Cycles' own denoiser defaults), so those directories still resume.
+_CYCLES_BEFORE_ISSUE_12 = {
+    "world_map_resolution": 0,
+    "denoise_prefilter": "ACCURATE",
+    "denoise_quality": "HIGH",
+}
+_DENOISER_KEYS = ("denoise_prefilter", "denoise_quality")
+
+
 def _render_part(d: dict) -> dict:
     """The part of a config dict that decides the pixels (see _NON_RENDER_KEYS)."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
@@ -181,6 +191,14 @@ def _render_part(d: dict) -> dict:
             out.pop(key[0], None)
         elif isinstance(out.get(key[0]), dict):
             out[key[0]].pop(key[1], None)
+    cycles = out.get("cycles")
+    if isinstance(cycles, dict):
+        for key, value in _CYCLES_BEFORE_ISSUE_12.items():
+            cycles.setdefault(key, value)
+        if not cycles.get("denoise", False):
+            # Without the denoiser its settings decide nothing.
+            for key in _DENOISER_KEYS:
+                cycles.pop(key, None)
     return out
 
 

@@ -130,3 +130,32 @@ def test_resume_rehashes_a_finished_source_only_when_its_size_or_mtime_changed(t
     os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     with pytest.raises(UserError, match="uid box was rendered from another file"):
         driver._check_same_sources(out, [obj])
+
+
+def test_a_directory_rendered_before_the_new_cycles_keys_resumes_with_its_old_settings(tmp_path):
+    import dataclasses
+
+    import tomli_w
+
+    from mvforge.config import to_dict
+    from mvforge.errors import UserError
+
+    # config.toml as written before issue 12: 32 samples, no denoiser, no world-map or denoiser keys.
+    old = RenderConfig(cycles=CyclesConfig(samples=32, denoise=False))
+    doc = to_dict(old)
+    for key in ("world_map_resolution", "denoise_prefilter", "denoise_quality"):
+        del doc["cycles"][key]
+    out = tmp_path / "renders"
+    out.mkdir()
+    (out / layout.CONFIG).write_text(tomli_w.dumps(doc), encoding="utf-8")
+
+    # The new defaults (8 samples, denoised) differ: refused, naming the first difference.
+    with pytest.raises(UserError, match="cycles.denoise was False, now True"):
+        driver._check_config(out, RenderConfig(), overwrite=False)
+    # The old settings given explicitly resume; the denoiser's settings do not matter with it off.
+    driver._check_config(out, old, overwrite=False)
+    # A coarser world map changes the noise: refused.
+    coarse = dataclasses.replace(old, cycles=dataclasses.replace(old.cycles, world_map_resolution=256))
+    (out / layout.CONFIG).write_text(tomli_w.dumps(doc), encoding="utf-8")
+    with pytest.raises(UserError, match="world_map_resolution was 0, now 256"):
+        driver._check_config(out, coarse, overwrite=False)
