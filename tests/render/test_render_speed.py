@@ -86,11 +86,18 @@ def _meta_cycles(tmp_path: Path, cycles: CyclesConfig) -> dict:
 def test_meta_records_the_denoiser_and_world_map_that_blender_used(tmp_path):
     got = _meta_cycles(
         tmp_path / "oidn",
-        CyclesConfig(samples=4, denoise=True, denoise_prefilter="FAST", world_map_resolution=64, threads=1),
+        CyclesConfig(
+            samples=4,
+            denoise=True,
+            denoise_prefilter="ACCURATE",
+            denoise_quality="FAST",
+            world_map_resolution=64,
+            threads=1,
+        ),
     )
     assert got["denoiser"] == "OPENIMAGEDENOISE"
     assert got["denoising_input_passes"] == "RGB_ALBEDO_NORMAL"
-    assert got["denoising_prefilter"] == "FAST" and got["denoising_quality"] == "HIGH"
+    assert got["denoising_prefilter"] == "ACCURATE" and got["denoising_quality"] == "FAST"
     assert got["world_sampling"] == "MANUAL" and got["world_map_resolution"] == 64
     assert got["samples"] == 4 and got["persistent_data"] is True
 
