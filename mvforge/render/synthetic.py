@@ -136,8 +136,6 @@ def stub_render_task(obj, job: dict, out: str, cfg, env: dict[str, str]) -> dict
     line, so planning, resume scans, the manifest and Ray task submission are exercised at full scale while
     Cycles costs nothing. ``obj``: a SourceObject; ``cfg``: the RenderConfig (unused).
     """
-    import os
-
     from mvforge.render import runner
 
     out_path = Path(out)
@@ -152,7 +150,6 @@ def stub_render_task(obj, job: dict, out: str, cfg, env: dict[str, str]) -> dict
         samples=0,
         resolution=job["resolution"],
         views=len(job["views"]),
-        timings={"pid": os.getpid()},
     )
     runner.finalize_ok(out_path, uid, staging, meta.to_dict())
     return {
