@@ -63,6 +63,7 @@ VARIANTS = {
     # OpenImageDenoise with prefilter FAST and quality BALANCED: one filter run, ~6x cheaper at 256².
     "map256-8-fast": {"samples": 8, "world_map_resolution": 256, **FAST_OIDN},
     "map256-16-fast": {"samples": 16, "world_map_resolution": 256, **FAST_OIDN},
+    "map512-8-fast": {"samples": 8, "world_map_resolution": 512, **FAST_OIDN},
     "auto-8-fast": {"samples": 8, "world_map_resolution": 0, **FAST_OIDN},
     "auto-16-fast": {"samples": 16, "world_map_resolution": 0, **FAST_OIDN},
 }
