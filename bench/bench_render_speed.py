@@ -64,6 +64,7 @@ VARIANTS = {
     "map256-8-fast": {"samples": 8, "world_map_resolution": 256, **FAST_OIDN},
     "map256-16-fast": {"samples": 16, "world_map_resolution": 256, **FAST_OIDN},
     "map512-8-fast": {"samples": 8, "world_map_resolution": 512, **FAST_OIDN},
+    "map512-16-fast": {"samples": 16, "world_map_resolution": 512, **FAST_OIDN},
     "auto-8-fast": {"samples": 8, "world_map_resolution": 0, **FAST_OIDN},
     "auto-16-fast": {"samples": 16, "world_map_resolution": 0, **FAST_OIDN},
 }
