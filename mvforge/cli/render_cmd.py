@@ -55,7 +55,7 @@ def render(
         ),
     ] = None,
     samples: Annotated[
-        int | None, typer.Option(help="Cycles samples per pixel (default: 8, denoised).", rich_help_panel=_R)
+        int | None, typer.Option(help="Cycles samples per pixel (default: 16, denoised).", rich_help_panel=_R)
     ] = None,
     seed: Annotated[
         int | None,
