@@ -148,7 +148,7 @@ def test_a_directory_rendered_before_the_new_cycles_keys_resumes_with_its_old_se
     from mvforge.errors import UserError
 
     # config.toml as written before issue 12: 32 samples, no denoiser, no world-map or denoiser keys.
-    old = RenderConfig(cycles=CyclesConfig(samples=32, denoise=False))
+    old = RenderConfig(cycles=CyclesConfig(samples=32, denoise=False, world_map_resolution=0))
     doc = to_dict(old)
     for key in ("world_map_resolution", "denoise_prefilter", "denoise_quality"):
         del doc["cycles"][key]
