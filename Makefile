@@ -14,12 +14,12 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: install demo test test-train lint format bench constraints clean
 
-# Everything ([all,dev]) under constraints.txt: the versions this project was last tested with.
+# Everything ([all,dev,bench]) under constraints.txt: the versions this project was last tested with.
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 (bpy 5.0 wheels need it)"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[all,dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all,dev,bench]"
 	touch $(STAMP)
 
 # A training node: the train and shard extras only, numpy 2 (what bpy forbids), under constraints-train.txt.

@@ -55,7 +55,7 @@ def render(
         ),
     ] = None,
     samples: Annotated[
-        int | None, typer.Option(help="Cycles samples per pixel (default: 32).", rich_help_panel=_R)
+        int | None, typer.Option(help="Cycles samples per pixel (default: 16, denoised).", rich_help_panel=_R)
     ] = None,
     seed: Annotated[
         int | None,
@@ -72,7 +72,9 @@ def render(
     ] = None,
     denoise: Annotated[
         bool | None,
-        typer.Option("--denoise/--no-denoise", help="OpenImageDenoise pass.", rich_help_panel=_R),
+        typer.Option(
+            "--denoise/--no-denoise", help="OpenImageDenoise pass (default: on).", rich_help_panel=_R
+        ),
     ] = None,
     adaptive_threshold: Annotated[
         float | None,

@@ -221,6 +221,10 @@ class RenderMeta:
     attempts: int = 1
     peak_rss_mb: float | None = None
     device: str = "CPU"
+    cycles: dict[str, Any] | None = None
+    """The sampling settings read back from Blender (issue 12): samples, adaptive_threshold, denoiser (None when
+    no denoiser ran, else "OPENIMAGEDENOISE"), denoising_input_passes, denoising_prefilter, denoising_quality, world_sampling (AUTOMATIC | MANUAL),
+    world_map_resolution (pixels, MANUAL only), max_bounces, persistent_data. None in renders made before."""
     status: str = "ok"
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)

@@ -96,7 +96,7 @@ def render_job(job: dict, staging: Path) -> dict:
     stats["positions_precheck"] = positions_check
 
     # 5-6. World, engine and output settings.
-    setup_world(job["hdri"])
+    setup_world(job["hdri"], int(job["cycles"].get("world_map_resolution", 0)))
     device = setup_cycles(job["cycles"], int(job["seed"]), int(job["resolution"]))
     views = [view_from_dict(v) for v in job["views"]]
     depth_max = max(v.distance for v in views) + CUBE_HALF_DIAGONAL
@@ -138,6 +138,7 @@ def render_job(job: dict, staging: Path) -> dict:
         },
         "blender": bpy.app.version_string,
         "device": device,
+        "cycles": cycles_record(),
     }
 
 
@@ -496,10 +497,19 @@ def vertex_color_material(attribute: str):
 # --- 5-6. world and engine -------------------------------------------------------------------------------------
 
 
-def setup_world(hdri: dict) -> None:
-    """Environment light from an HDRI, rotated about Z, scaled by strength; hidden from the camera unless asked."""
+def setup_world(hdri: dict, map_resolution: int = 0) -> None:
+    """Environment light from an HDRI, rotated about Z, scaled by strength; hidden from the camera unless asked.
+
+    ``map_resolution``: side of the world's importance map (MANUAL sampling), 0 = Cycles' AUTOMATIC size.
+    Cycles builds the map at an object's first render call and persistent data keeps it for the other views;
+    a coarser map is cheaper to build and still unbiased, but noisier (issue 12: MANUAL 256 lost 3-8 dB PSNR
+    against AUTOMATIC at 256², more than its time saved).
+    """
     world = bpy.data.worlds.new("mvforge_hdri")
     bpy.context.scene.world = world
+    world.cycles.sampling_method = "MANUAL" if map_resolution > 0 else "AUTOMATIC"
+    if map_resolution > 0:
+        world.cycles.sample_map_resolution = int(map_resolution)
     world.use_nodes = True
     nodes, links = world.node_tree.nodes, world.node_tree.links
     nodes.clear()
@@ -536,6 +546,14 @@ def setup_cycles(cfg: dict, seed: int, resolution: int) -> str:
     if threshold > 0:
         cycles.adaptive_threshold = threshold
     cycles.use_denoising = bool(cfg["denoise"])
+    # The denoiser's settings are explicit too (recorded in meta.json ``cycles``): OpenImageDenoise, which runs
+    # on any CPU, guided by albedo and normal so texture detail is kept (issue 12 compares SSIM on textures).
+    # Jobs planned before these keys existed get the settings Cycles defaults to.
+    cycles.denoiser = "OPENIMAGEDENOISE"
+    cycles.denoising_input_passes = "RGB_ALBEDO_NORMAL"
+    cycles.denoising_prefilter = cfg.get("denoise_prefilter", "ACCURATE")
+    cycles.denoising_quality = cfg.get("denoise_quality", "HIGH")
+    cycles.denoising_use_gpu = False
     cycles.max_bounces = int(cfg["max_bounces"])
     cycles.diffuse_bounces = int(cfg["diffuse_bounces"])
     cycles.glossy_bounces = int(cfg["glossy_bounces"])
@@ -573,6 +591,28 @@ def setup_cycles(cfg: dict, seed: int, resolution: int) -> str:
     scene.view_settings.gamma = 1.0
     scene.view_settings.use_curve_mapping = False
     return device
+
+
+def cycles_record() -> dict:
+    """The sampling settings that decide the noise of a view, read back from the scene (meta.json ``cycles``)."""
+    scene = bpy.context.scene
+    cycles, world = scene.cycles, scene.world
+    return {
+        "samples": int(cycles.samples),
+        "adaptive_threshold": float(cycles.adaptive_threshold) if cycles.use_adaptive_sampling else 0.0,
+        "denoiser": str(cycles.denoiser) if cycles.use_denoising else None,
+        "denoising_input_passes": str(cycles.denoising_input_passes) if cycles.use_denoising else None,
+        "denoising_prefilter": str(cycles.denoising_prefilter) if cycles.use_denoising else None,
+        "denoising_quality": str(cycles.denoising_quality) if cycles.use_denoising else None,
+        "world_sampling": str(world.cycles.sampling_method) if world is not None else None,
+        "world_map_resolution": (
+            int(world.cycles.sample_map_resolution)
+            if world is not None and world.cycles.sampling_method == "MANUAL"
+            else None
+        ),
+        "max_bounces": int(cycles.max_bounces),
+        "persistent_data": bool(scene.render.use_persistent_data),
+    }
 
 
 def pick_device(kind: str) -> str:

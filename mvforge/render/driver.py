@@ -74,8 +74,13 @@ def render(
     retry_failed: bool = False,
     overwrite: bool = False,
     show_progress: bool = True,
+    task=None,
 ) -> Summary:
-    """Render ``sources`` into ``out`` with at most ``workers`` Blender processes at a time."""
+    """Render ``sources`` into ``out`` with at most ``workers`` Blender processes at a time.
+
+    ``task``: the function each Ray task runs, with :func:`render_task`'s signature and contract (default
+    :func:`render_task`); the driver's dry run passes ``mvforge.render.synthetic.stub_render_task`` (issue 12).
+    """
     start = time.monotonic()
     out = Path(out)
     _validate(sources, cfg, workers, gpus_per_worker)
@@ -99,7 +104,10 @@ def render(
         _prepare_manifest(out, states, rerun={obj.uid for obj in todo})
         skipped = len(sources) - len(todo)
         if todo:
-            for rec in _schedule(todo, out, cfg, pool, workers, address, gpus_per_worker, show_progress):
+            scheduled = _schedule(
+                todo, out, cfg, pool, workers, address, gpus_per_worker, show_progress, task or render_task
+            )
+            for rec in scheduled:
                 counts[rec["status"]] += 1
                 if rec["status"] == "ok":
                     views += rec["views"]
@@ -147,6 +155,16 @@ def _validate(sources: list[SourceObject], cfg: RenderConfig, workers: int, gpus
     # cfg's own ranges are checked on construction (RenderConfig and its sections' __post_init__).
 
 
+# Cycles keys added by issue 12, with the values that reproduce what renders made before them did (the AUTOMATIC
+# world map; Cycles' own denoiser defaults), so those directories still resume.
+_CYCLES_BEFORE_ISSUE_12 = {
+    "world_map_resolution": 0,
+    "denoise_prefilter": "ACCURATE",
+    "denoise_quality": "HIGH",
+}
+_DENOISER_KEYS = ("denoise_prefilter", "denoise_quality")
+
+
 def _render_part(d: dict) -> dict:
     """The part of a config dict that decides the pixels (see _NON_RENDER_KEYS)."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
@@ -155,6 +173,14 @@ def _render_part(d: dict) -> dict:
             out.pop(key[0], None)
         elif isinstance(out.get(key[0]), dict):
             out[key[0]].pop(key[1], None)
+    cycles = out.get("cycles")
+    if isinstance(cycles, dict):
+        for key, value in _CYCLES_BEFORE_ISSUE_12.items():
+            cycles.setdefault(key, value)
+        if not cycles.get("denoise", False):
+            # Without the denoiser its settings decide nothing.
+            for key in _DENOISER_KEYS:
+                cycles.pop(key, None)
     return out
 
 
@@ -198,8 +224,10 @@ def _check_same_sources(out: Path, finished: list[SourceObject]) -> None:
     """Refuse a uid whose finished render came from a different file (issue 11): resume would skip it and the
     dataset would pair the new file's uid with the old file's images.
 
-    Compares the sha256 recorded in meta.json with the local file's (hashed here, once per finished object on
-    every resume) or with the published one of a download. Raises UserError naming the uid and both files.
+    Compares the sha256 recorded in meta.json with the local file's or with the published one of a download.
+    A local file is hashed only when its size or mtime differ from those recorded beside the sha256 (issue 12:
+    hashing every finished file on every resume grew with the data set's bytes, hours at 10⁶ objects); renders
+    made before record neither and are hashed. Raises UserError naming the uid and both files.
     """
     from mvforge.render.download import sha256_file
 
@@ -212,6 +240,8 @@ def _check_same_sources(out: Path, finished: list[SourceObject]) -> None:
         if not recorded:
             continue
         if obj.url is None and obj.path:
+            if _unchanged(obj.path, meta.get("source") or {}):
+                continue
             current = sha256_file(obj.path)
         else:
             current = obj.sha256
@@ -222,6 +252,18 @@ def _check_same_sources(out: Path, finished: list[SourceObject]) -> None:
                 f"{obj.path or obj.url} (sha256 {current[:12]}...); give the new file its own uid, or pass "
                 "--overwrite to replace the old render"
             )
+
+
+def _unchanged(path: str, recorded: dict) -> bool:
+    """True when ``path`` is the recorded path, with the size and mtime (ns) recorded when its sha256 was
+    taken: the same file, as make and rsync judge it."""
+    if recorded.get("path") != path or recorded.get("size") is None or recorded.get("mtime_ns") is None:
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_size == recorded["size"] and st.st_mtime_ns == recorded["mtime_ns"]
 
 
 def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
@@ -345,6 +387,7 @@ def _schedule(
     address: str | None,
     gpus_per_worker: float,
     show_progress: bool,
+    task_fn=render_task,
 ):
     """Yield each object's record as it finishes, keeping at most ``workers`` tasks in flight."""
     import ray
@@ -365,7 +408,7 @@ def _schedule(
     env = {FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
     # max_retries=0: a Ray worker that dies (OOM killer, node loss) fails the task; the driver records it as
     # crashed below. The runner already retries the Blender process, which is what usually dies.
-    task = ray.remote(render_task).options(
+    task = ray.remote(task_fn).options(
         num_cpus=threads, num_gpus=gpus_per_worker, max_retries=0, name="mvforge-render"
     )
     manifest = out / layout.MANIFEST

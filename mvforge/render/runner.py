@@ -322,7 +322,11 @@ def _meta(job: dict, attempt: Attempt, attempts: int, seconds: float, extra: dic
     if source.get("path") and not source.get("sha256") and Path(source["path"]).is_file():
         from mvforge.render.download import sha256_file
 
+        st = os.stat(source["path"])
         source["sha256"] = sha256_file(source["path"])
+        # Size and mtime as hashed: a resume re-hashes the file only when they changed (issue 12: hashing
+        # every finished object's file on every resume was the driver's slowest step at 10⁵ objects).
+        source["size"], source["mtime_ns"] = st.st_size, st.st_mtime_ns
     source.update(extra.get("source", {}))
     job_source = job.get("source") or {}
     timings = dict(result.get("timings") or {})
@@ -354,6 +358,7 @@ def _meta(job: dict, attempt: Attempt, attempts: int, seconds: float, extra: dic
         peak_rss_mb=round(attempt.peak_rss_bytes / 2**20, 1),
         versions=vers,
         device=result.get("device", "CPU"),
+        cycles=result.get("cycles"),
     ).to_dict()
 
 

@@ -30,7 +30,8 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "glb"
 TINY = RenderConfig(
     resolution=32,
     cameras=OrbitSampling(views=2),
-    cycles=CyclesConfig(samples=2, threads=1),
+    # No denoiser: this file tests records, not pixels, and its 15 s timeout must hold on a loaded machine.
+    cycles=CyclesConfig(samples=2, threads=1, denoise=False),
     limits=LimitsConfig(timeout_s=15.0, retries=1),
 )
 

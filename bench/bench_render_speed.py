@@ -1,0 +1,324 @@
+"""Render speed at equal noise: mvforge's Blender child vs objaverse-xl's script, judged by PSNR per second (issue 12).
+
+Run (the peer script is never vendored; pass your checkout's copy):
+
+    .venv/bin/python bench/bench_render_speed.py --peer-script ~/objaverse-xl/scripts/rendering/blender_script.py
+
+Measured side by side in one run, on the same objects, 8 views at 256², same bounce limits, same threads:
+1. each mvforge variant (Cycles samples, world importance-map resolution, OpenImageDenoise) for each framing
+   (``fit``, ``mvdream``): one Blender child per object through ``mvforge.render.runner.run_object``, the
+   process model of ``mvdata render`` without Ray (Ray's start is paid once per run, not per object);
+2. the peer, one fresh process per object through ``bench/run_peer_script.py`` (its own cameras: radius
+   U[1.5, 2.2], 49° fov; its own 4 sun lights);
+3. noise: PSNR against a 1,024-sample, non-adaptive, non-denoised render of the same view (same cameras,
+   lights and seed), on the first ``--psnr-views`` views of the first ``--psnr-objects`` objects; each side
+   against its own reference. PSNR over the whole image and over the object's pixels only (alpha of either
+   image > 0), on RGB composited over grey 0.5; SSIM (scikit-image) on the object's bounding box, where
+   denoising could smear textures. References are cached under ``bench/out/render_speed/ref``;
+4. object coverage: fraction of pixels with alpha > 0.5, mean over all views.
+
+Prints a table and writes ``bench/out/render_speed/results.json``. Figures go to docs/benchmarks.md by hand,
+with the machine, date and the load average printed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mvforge.cameras import OrbitSampling  # noqa: E402
+from mvforge.config import to_dict  # noqa: E402
+from mvforge.formats import renders as layout  # noqa: E402
+from mvforge.render.config import CyclesConfig, LimitsConfig, RenderConfig  # noqa: E402
+from mvforge.render.plan import SourceObject, hdri_pool, plan_job  # noqa: E402
+
+GLBS = ROOT / "tests" / "data" / "glb"
+OUT = ROOT / "bench" / "out" / "render_speed"
+PEER_RUNNER = ROOT / "bench" / "run_peer_script.py"
+# Texture-heavy objects first: the PSNR/SSIM set is the first --psnr-objects of this order (issue 12).
+DEFAULT_OBJECTS = ["BoxTextured", "CesiumMilkTruck", "Duck", "AlphaBlendModeTest", "monkey"]
+REF_SAMPLES = 1024
+# name -> CyclesConfig overrides. "auto32" is the default before issue 12.
+FAST_OIDN = {"denoise": True, "denoise_prefilter": "FAST", "denoise_quality": "BALANCED"}
+VARIANTS = {
+    "auto32": {"samples": 32, "world_map_resolution": 0, "denoise": False},
+    "map256-32": {"samples": 32, "world_map_resolution": 256, "denoise": False},
+    # OpenImageDenoise at Cycles' defaults (prefilter ACCURATE, quality HIGH): three filter runs per view.
+    "map256-16-oidn": {"samples": 16, "world_map_resolution": 256, "denoise": True},
+    "map256-8-oidn": {"samples": 8, "world_map_resolution": 256, "denoise": True},
+    "map256-4-oidn": {"samples": 4, "world_map_resolution": 256, "denoise": True},
+    # OpenImageDenoise with prefilter FAST and quality BALANCED: one filter run, ~6x cheaper at 256².
+    "map256-8-fast": {"samples": 8, "world_map_resolution": 256, **FAST_OIDN},
+    "map256-16-fast": {"samples": 16, "world_map_resolution": 256, **FAST_OIDN},
+    "map512-8-fast": {"samples": 8, "world_map_resolution": 512, **FAST_OIDN},
+    "map512-16-fast": {"samples": 16, "world_map_resolution": 512, **FAST_OIDN},
+    "auto-8-fast": {"samples": 8, "world_map_resolution": 0, **FAST_OIDN},
+    "auto-16-fast": {"samples": 16, "world_map_resolution": 0, **FAST_OIDN},
+}
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def read_rgba(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGBA"), dtype=np.float64) / 255.0
+
+
+def composite(rgba: np.ndarray) -> np.ndarray:
+    """RGB over grey 0.5 (PNG alpha is straight, design §6)."""
+    a = rgba[..., 3:4]
+    return rgba[..., :3] * a + 0.5 * (1.0 - a)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+
+
+def noise_scores(img: Path, ref: Path) -> dict:
+    """PSNR (whole image, object pixels) and SSIM (object bounding box) of ``img`` against ``ref``."""
+    from skimage.metrics import structural_similarity
+
+    x, r = read_rgba(img), read_rgba(ref)
+    cx, cr = composite(x), composite(r)
+    mask = (x[..., 3] > 0) | (r[..., 3] > 0)
+    ys, xs = np.nonzero(mask)
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    return {
+        "psnr": psnr(cx, cr),
+        "psnr_object": psnr(cx[mask], cr[mask]),
+        "ssim_object": float(structural_similarity(cx[box], cr[box], channel_axis=2, data_range=1.0)),
+    }
+
+
+def coverage(paths: list[Path]) -> float:
+    return float(np.mean([(read_rgba(p)[..., 3] > 0.5).mean() for p in paths]))
+
+
+# --- mvforge -----------------------------------------------------------------------------------------------
+
+
+def mvforge_cfg(args, framing: str, overrides: dict) -> RenderConfig:
+    cycles = dataclasses.replace(CyclesConfig(threads=args.threads), **overrides)
+    cameras = OrbitSampling(views=args.views, framing=framing)
+    return RenderConfig(resolution=args.resolution, cameras=cameras, cycles=cycles, seed=args.seed)
+
+
+def run_mvforge(
+    objects: list[SourceObject], cfg: RenderConfig, out: Path, *, views: int | None = None
+) -> list:
+    """Render each object in its own Blender child (runner.run_object); return per-object figures."""
+    from mvforge.render import runner
+
+    pool = hdri_pool(None)
+    rows = []
+    for obj in objects:
+        job = plan_job(obj, cfg, pool)
+        if views is not None:
+            job["views"] = job["views"][:views]
+        done = layout.object_dir(out, obj.uid) / layout.META
+        if views is not None and done.is_file():  # a cached reference
+            rows.append({"uid": obj.uid, "cached": True})
+            continue
+        t = time.perf_counter()
+        rec = runner.run_object(job, out, LimitsConfig(timeout_s=3600))
+        wall = time.perf_counter() - t
+        if rec["status"] != "ok":
+            raise RuntimeError(f"{obj.uid} failed: {rec}")
+        meta = json.loads(done.read_text(encoding="utf-8"))
+        rows.append({"uid": obj.uid, "wall_s": wall, "views": len(job["views"]), "timings": meta["timings"]})
+    return rows
+
+
+# --- the peer ----------------------------------------------------------------------------------------------
+
+
+def run_peer(args, objects: list[SourceObject], out: Path, *, views: int, samples: int, ref: bool) -> list:
+    rows = []
+    c = CyclesConfig()
+    for obj in objects:
+        d = out / obj.uid
+        if ref and (d / f"{views - 1:03d}.png").is_file():
+            rows.append({"uid": obj.uid, "cached": True})
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        cmd = [
+            sys.executable, str(PEER_RUNNER), "--peer-script", str(args.peer_script), "--object", obj.path,
+            "--out", str(d), "--views", str(views), "--resolution", str(args.resolution),
+            "--samples", str(samples), "--threads", str(args.threads), "--seed", str(args.seed),
+            "--max-bounces", str(c.max_bounces), "--diffuse-bounces", str(c.diffuse_bounces),
+            "--glossy-bounces", str(c.glossy_bounces), "--transmission-bounces", str(c.transmission_bounces),
+            "--transparent-bounces", str(c.transparent_bounces),
+        ]  # fmt: skip
+        if ref:
+            cmd.append("--no-adaptive")
+        d.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        with open(d / "log.txt", "wb") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+        rows.append({"uid": obj.uid, "wall_s": time.perf_counter() - t, "views": views})
+    return rows
+
+
+# --- scoring -----------------------------------------------------------------------------------------------
+
+
+def summarize(rows: list, view_paths, ref_paths, psnr_objects: list[str], psnr_views: int) -> dict:
+    wall = sum(r["wall_s"] for r in rows)
+    views = sum(r["views"] for r in rows)
+    all_views = [p for r in rows for p in view_paths(r["uid"], r["views"])]
+    scores = [
+        noise_scores(p, q)
+        for uid in psnr_objects
+        for p, q in zip(view_paths(uid, psnr_views), ref_paths(uid, psnr_views), strict=True)
+        if q.is_file()  # no reference rendered for this framing (--ref-framings)
+    ]
+    out = {
+        "objects": len(rows),
+        "wall_s": wall,
+        "views_per_s": views / wall,
+        "s_per_view": wall / views,
+        "objects_per_min": len(rows) / wall * 60,
+        "coverage": coverage(all_views),
+    }
+    for key in ("psnr", "psnr_object", "ssim_object"):
+        out[key] = float(np.mean([s[key] for s in scores])) if scores else float("nan")
+    out["scored_views"] = len(scores)
+    cycles_s = [r["timings"]["render_s"] for r in rows if "timings" in r]
+    if cycles_s:
+        # Everything outside the Cycles render calls (process start, import bpy, import, setup, PNG writes).
+        out["overhead"] = 1.0 - sum(cycles_s) / wall
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--peer-script", type=Path, help="objaverse-xl's scripts/rendering/blender_script.py")
+    p.add_argument(
+        "--objects", nargs="*", default=DEFAULT_OBJECTS, help="GLB stems in tests/data/glb, or paths"
+    )
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS)[:5], choices=list(VARIANTS))
+    p.add_argument("--framings", nargs="*", default=["fit", "mvdream"], choices=["fit", "mvdream"])
+    p.add_argument("--views", type=int, default=8)
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--psnr-objects", type=int, default=3)
+    p.add_argument("--psnr-views", type=int, default=2)
+    p.add_argument("--refs-only", action="store_true", help="only render (and cache) the references")
+    p.add_argument(
+        "--ref-framings",
+        nargs="*",
+        choices=["fit", "mvdream"],
+        help="framings to score (default: --framings)",
+    )
+    args = p.parse_args()
+
+    objects = []
+    for name in args.objects:
+        path = Path(name) if name.endswith(".glb") else GLBS / f"{name}.glb"
+        objects.append(SourceObject(uid=path.stem, kind="local", ext="glb", path=str(path.resolve())))
+    psnr_objs = objects[: args.psnr_objects]
+    print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load {load()}")  # fmt: skip
+
+    # References first (cached): 1,024 spp, adaptive off, no denoiser, AUTOMATIC world map (the old default:
+    # the map only changes the noise, never the converged image, so one reference serves every variant).
+    ref_over = {
+        "samples": REF_SAMPLES,
+        "adaptive_threshold": 0.0,
+        "denoise": False,
+        "world_map_resolution": 0,
+    }
+    for framing in args.framings if args.ref_framings is None else args.ref_framings:
+        t = time.perf_counter()
+        run_mvforge(
+            psnr_objs, mvforge_cfg(args, framing, ref_over), OUT / "ref" / framing, views=args.psnr_views
+        )
+        print(f"reference {framing}: {time.perf_counter() - t:.0f} s (load {load()})", flush=True)
+    if args.peer_script:
+        t = time.perf_counter()
+        run_peer(args, psnr_objs, OUT / "ref" / "peer", views=args.psnr_views, samples=REF_SAMPLES, ref=True)
+        print(f"reference peer: {time.perf_counter() - t:.0f} s (load {load()})", flush=True)
+    if args.refs_only:
+        return
+
+    results: dict = {"machine": platform.node(), "cores": os.cpu_count(), "load_start": load(), "runs": {}}
+    psnr_uids = [o.uid for o in psnr_objs]
+
+    def mv_paths(root: Path):
+        return lambda uid, n: [layout.object_dir(root, uid) / layout.view_name(i) for i in range(n)]
+
+    def peer_paths(root: Path):
+        return lambda uid, n: [root / uid / f"{i:03d}.png" for i in range(n)]
+
+    # Object by object, every run in turn: the load of a shared machine drifts, and interleaving spreads the
+    # drift over all runs instead of favouring whichever ran in a quiet minute.
+    runs: dict[str, dict] = {}
+    if args.peer_script:
+        runs["peer"] = {"dir": OUT / "peer", "paths": peer_paths, "ref": OUT / "ref" / "peer"}
+    for framing in args.framings:
+        for name in args.variants:
+            runs[f"mvforge {framing} {name}"] = {
+                "dir": OUT / framing / name,
+                "paths": mv_paths,
+                "ref": OUT / "ref" / framing,
+                "cfg": mvforge_cfg(args, framing, VARIANTS[name]),
+            }
+    rows: dict[str, list] = {key: [] for key in runs}
+    for run in runs.values():
+        shutil.rmtree(run["dir"], ignore_errors=True)
+    for obj in objects:
+        for key, run in runs.items():
+            if "cfg" in run:
+                rows[key] += run_mvforge([obj], run["cfg"], run["dir"])
+            else:
+                rows[key] += run_peer(args, [obj], run["dir"], views=args.views, samples=32, ref=False)
+        print(f"{obj.uid} done (load {load()})", flush=True)
+    for key, run in runs.items():
+        res = summarize(
+            rows[key], run["paths"](run["dir"]), run["paths"](run["ref"]), psnr_uids, args.psnr_views
+        )
+        if "cfg" in run:
+            res["cycles"] = to_dict(run["cfg"].cycles)
+        results["runs"][key] = res
+    results["load_end"] = load()
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print(f"load: start {results['load_start']}, end {results['load_end']}")
+    print_table(results)
+
+
+def print_table(results: dict) -> None:
+    peer = results["runs"].get("peer")
+    print("\n| run | s/view | views/s vs peer | objects/min | coverage | PSNR dB | PSNR object dB | SSIM object "
+          "| overhead |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for key, r in results["runs"].items():
+        ratio = f"{r['views_per_s'] / peer['views_per_s']:.2f}x" if peer else "-"
+        over = f"{r['overhead'] * 100:.1f}%" if "overhead" in r else "-"
+        print(
+            f"| {key} | {r['s_per_view']:.2f} | {ratio} | {r['objects_per_min']:.1f} | {r['coverage'] * 100:.1f}% "
+            f"| {r['psnr']:.2f} | {r['psnr_object']:.2f} | {r['ssim_object']:.4f} | {over} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

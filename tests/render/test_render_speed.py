@@ -1,0 +1,168 @@
+"""Issue 12 (render speed): the driver's dry run with the stub renderer, and the sampling settings in meta.json.
+
+The dry run is the small version of ``bench/bench_render_driver.py`` (10⁵ objects): 10³ synthetic sources, half
+of them finished before the run, through the real driver, a real local Ray and the real resume logic; only
+Cycles is replaced (``mvforge.render.synthetic.stub_render_task``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from mvforge.cameras import OrbitSampling
+from mvforge.formats import renders as layout
+from mvforge.fsutil import atomic_write_json, read_jsonl
+from mvforge.render import driver
+from mvforge.render.config import CyclesConfig, LimitsConfig, RenderConfig
+from mvforge.render.download import sha256_file
+from mvforge.render.plan import SourceObject, hdri_pool, plan_job
+from mvforge.render.runner import run_object
+from mvforge.render.synthetic import stub_render_task
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+GLB = DATA / "glb" / "BoxTextured.glb"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from mvforge.raytools import init_ray
+
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def test_dry_run_over_1000_sources_half_finished_ends_in_one_record_each(tmp_path, ray_local):
+    n = 1000
+    sources = [
+        SourceObject(
+            uid=hashlib.sha256(str(i).encode()).hexdigest()[:32], kind="local", ext="glb", path=str(GLB)
+        )
+        for i in range(n)
+    ]
+    out = tmp_path / "renders"
+    sha = sha256_file(GLB)
+    for obj in sources[::2]:  # half finished by an earlier run
+        meta = layout.RenderMeta(uid=obj.uid, source={"kind": "local", "path": obj.path, "sha256": sha})
+        atomic_write_json(layout.object_dir(out, obj.uid) / layout.META, meta.to_dict())
+    cfg = RenderConfig()
+
+    first = driver.render(sources, out, cfg, workers=4, show_progress=False, task=stub_render_task)
+
+    assert first.skipped == n // 2
+    assert first.counts == {"ok": n // 2}
+    assert all(layout.status(out, o.uid) == "ok" for o in sources)
+    lines = read_jsonl(out / layout.MANIFEST)
+    assert sorted(rec["uid"] for rec in lines) == sorted(o.uid for o in sources)  # one line per object
+    rendered = {rec["uid"] for rec in lines if not rec.get("recovered")}
+    assert rendered == {o.uid for o in sources[1::2]}
+    # The stub wrote what the plan said: 32 views by default, seeded per object.
+    one = sources[1]
+    meta = json.loads((layout.object_dir(out, one.uid) / layout.META).read_text(encoding="utf-8"))
+    assert meta["views"] == 32 and meta["seed"] == plan_job(one, cfg, hdri_pool(None))["seed"]
+    assert not list(out.glob("*/*.tmp-*"))
+
+    again = driver.render(sources, out, cfg, workers=4, show_progress=False, task=stub_render_task)
+    assert again.skipped == n and again.counts == {}
+    assert len(read_jsonl(out / layout.MANIFEST)) == n
+
+
+def _meta_cycles(tmp_path: Path, cycles: CyclesConfig) -> dict:
+    obj = SourceObject(uid="box", kind="local", ext="glb", path=str(GLB))
+    cfg = RenderConfig(resolution=32, cameras=OrbitSampling(views=1), cycles=cycles)
+    rec = run_object(plan_job(obj, cfg, hdri_pool(None)), tmp_path, LimitsConfig(timeout_s=120))
+    assert rec["status"] == "ok", rec
+    return json.loads((layout.object_dir(tmp_path, "box") / layout.META).read_text(encoding="utf-8"))[
+        "cycles"
+    ]
+
+
+def test_meta_records_the_denoiser_and_world_map_that_blender_used(tmp_path):
+    got = _meta_cycles(
+        tmp_path / "oidn",
+        CyclesConfig(
+            samples=4,
+            denoise=True,
+            denoise_prefilter="ACCURATE",
+            denoise_quality="FAST",
+            world_map_resolution=64,
+            threads=1,
+        ),
+    )
+    assert got["denoiser"] == "OPENIMAGEDENOISE"
+    assert got["denoising_input_passes"] == "RGB_ALBEDO_NORMAL"
+    assert got["denoising_prefilter"] == "ACCURATE" and got["denoising_quality"] == "FAST"
+    assert got["world_sampling"] == "MANUAL" and got["world_map_resolution"] == 64
+    assert got["samples"] == 4 and got["persistent_data"] is True
+
+    plain = _meta_cycles(
+        tmp_path / "plain", CyclesConfig(samples=4, denoise=False, world_map_resolution=0, threads=1)
+    )
+    assert plain["denoiser"] is None
+    assert plain["world_sampling"] == "AUTOMATIC" and plain["world_map_resolution"] is None
+
+
+def test_resume_rehashes_a_finished_source_only_when_its_size_or_mtime_changed(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from mvforge.errors import UserError
+
+    src = tmp_path / "box.glb"
+    shutil.copy(GLB, src)
+    st = os.stat(src)
+    out = tmp_path / "renders"
+    obj = SourceObject(uid="box", kind="local", ext="glb", path=str(src))
+    source = {"kind": "local", "path": str(src), "sha256": sha256_file(src)}
+    source |= {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    atomic_write_json(layout.object_dir(out, "box") / layout.META, layout.RenderMeta("box", source).to_dict())
+
+    def no_hashing(path):
+        raise AssertionError(f"{path} was hashed although unchanged")
+
+    with monkeypatch.context() as m:
+        m.setattr("mvforge.render.download.sha256_file", no_hashing)
+        driver._check_same_sources(out, [obj])
+
+    # Another file under the same path and uid: new bytes, new mtime -> hashed and refused.
+    data = bytearray(src.read_bytes())
+    data[-1] ^= 0xFF
+    src.write_bytes(bytes(data))
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    with pytest.raises(UserError, match="uid box was rendered from another file"):
+        driver._check_same_sources(out, [obj])
+
+
+def test_a_directory_rendered_before_the_new_cycles_keys_resumes_with_its_old_settings(tmp_path):
+    import dataclasses
+
+    import tomli_w
+
+    from mvforge.config import to_dict
+    from mvforge.errors import UserError
+
+    # config.toml as written before issue 12: 32 samples, no denoiser, no world-map or denoiser keys.
+    old = RenderConfig(cycles=CyclesConfig(samples=32, denoise=False, world_map_resolution=0))
+    doc = to_dict(old)
+    for key in ("world_map_resolution", "denoise_prefilter", "denoise_quality"):
+        del doc["cycles"][key]
+    out = tmp_path / "renders"
+    out.mkdir()
+    (out / layout.CONFIG).write_text(tomli_w.dumps(doc), encoding="utf-8")
+
+    # The new defaults (8 samples, denoised) differ: refused, naming the first difference.
+    with pytest.raises(UserError, match="cycles.denoise was False, now True"):
+        driver._check_config(out, RenderConfig(), overwrite=False)
+    # The old settings given explicitly resume; the denoiser's settings do not matter with it off.
+    driver._check_config(out, old, overwrite=False)
+    # A coarser world map changes the noise: refused.
+    coarse = dataclasses.replace(old, cycles=dataclasses.replace(old.cycles, world_map_resolution=256))
+    (out / layout.CONFIG).write_text(tomli_w.dumps(doc), encoding="utf-8")
+    with pytest.raises(UserError, match="world_map_resolution was 0, now 256"):
+        driver._check_config(out, coarse, overwrite=False)
