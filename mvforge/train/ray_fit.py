@@ -25,9 +25,8 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     rank = ctx.get_world_rank()
 
     def wrap(model):
-        # 2D steps skip the camera MLP (model.py), so DDP must tolerate parameters without gradients.
-        kwargs = {"find_unused_parameters": True} if cfg.shards_2d else {}
-        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs)
+        # The graph is static on 2D steps too (loop.py adds 0 x the camera MLP's output), so plain DDP.
+        return ray.train.torch.prepare_model(model)
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         checkpoint = None
@@ -47,9 +46,20 @@ def _train_loop_per_worker(loop_config: dict) -> None:
 
 
 def fit_with_ray(
-    cfg: FitConfig, workers: int, use_gpu: bool = False, address: str | None = None, max_failures: int = 0
+    cfg: FitConfig,
+    workers: int,
+    use_gpu: bool = False,
+    address: str | None = None,
+    max_failures: int = 0,
+    storage_path: str | None = None,
 ):
-    """Run ``fit`` on ``workers`` Ray Train workers; returns Ray's Result."""
+    """Run ``fit`` on ``workers`` Ray Train workers (one per GPU with ``use_gpu``); returns Ray's Result.
+
+    ``max_failures``: restarts after a worker dies; each restart resumes from the run's latest checkpoint
+    (loop.py), so the data order and the final weights are those of an uninterrupted run. ``storage_path``:
+    where Ray Train keeps its results and reported checkpoints (shared storage or an fsspec URL such as
+    ``s3://bucket/runs``; default ``<out>/../ray_results``). The run directory ``cfg.out`` itself must be on
+    storage every node sees."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -71,7 +81,7 @@ def fit_with_ray(
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=RunConfig(
             name=out.name,
-            storage_path=str(out.parent / "ray_results"),
+            storage_path=storage_path or str(out.parent / "ray_results"),
             failure_config=FailureConfig(max_failures=max_failures),
         ),
     )
