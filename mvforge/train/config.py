@@ -148,7 +148,9 @@ class FitConfig:
         if self.max_steps < 1:
             raise UserError(f"max_steps must be >= 1 (got {self.max_steps})")
         if self.grad_accum_steps < 1:
-            raise UserError(f"grad_accum_steps must be >= 1 (got {self.grad_accum_steps}); 1 disables accumulation")
+            raise UserError(
+                f"grad_accum_steps must be >= 1 (got {self.grad_accum_steps}); 1 disables accumulation"
+            )
         if not 0 <= self.caption_dropout < 1:
             raise UserError(f"caption_dropout must be in [0, 1) (got {self.caption_dropout}); e.g. 0.1")
         if not 0 <= self.ema_decay < 1:

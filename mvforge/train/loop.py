@@ -172,8 +172,10 @@ def load_models(cfg: FitConfig, rt: Runtime, resume: Path | None) -> StepModels:
             f"scheduler prediction_type {noise_sched.config.prediction_type!r}: train supports epsilon or "
             "v_prediction"
         )
-    vae.to(dev, autocast or torch.float32)
-    text_encoder.to(dev, autocast or torch.float32)
+    for frozen in (vae, text_encoder):
+        frozen.to(dev)
+        if autocast is not None:  # (a cast to the same dtype only makes diffusers warn)
+            frozen.to(autocast)
     unet = load_unet(resume if resume else cfg.pretrained).to(dev).train()
     if cfg.gradient_checkpointing:  # num_views travels with each call, so recomputation sees it (issue 9)
         unet.enable_gradient_checkpointing()
@@ -382,7 +384,9 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
     step = load_training_state(resume, m.device, optimizer, lr_sched, scaler) if resume else 0
 
     # 3. Data: the streaming loader, at its saved position on resume (another worker count: checkpoint.py).
-    loader = _StepLoader(cfg.shards, cfg.loader, shards_2d=cfg.shards_2d, rank=rt.rank, world_size=rt.world_size)
+    loader = _StepLoader(
+        cfg.shards, cfg.loader, shards_2d=cfg.shards_2d, rank=rt.rank, world_size=rt.world_size
+    )
     loader.accum = k
     if resume is not None:
         loader.load_state_dict(loader_state(resume, rt.rank, rt.world_size))
@@ -477,7 +481,13 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
             preempted = rt.any(stop["sigterm"])
             ckpt = None
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or preempted:
-                state = {"unet": m.unet, "ema": ema, "optimizer": optimizer, "lr_sched": lr_sched, "scaler": scaler}
+                state = {
+                    "unet": m.unet,
+                    "ema": ema,
+                    "optimizer": optimizer,
+                    "lr_sched": lr_sched,
+                    "scaler": scaler,
+                }
                 ckpt = save_checkpoint(out, step, rt, state, loader, cfg)
             if log_now or ckpt is not None:
                 rt.report(rec, ckpt)
@@ -508,7 +518,10 @@ def _summary(records, start_step, step, t_start, out, effective_batch, skipped) 
         [
             ("steps this run", done),
             ("resumed from step", start_step),
-            ("3d / 2d steps", f"{sum(r['kind'] == '3d' for r in records)} / {sum(r['kind'] == '2d' for r in records)}"),
+            (
+                "3d / 2d steps",
+                f"{sum(r['kind'] == '3d' for r in records)} / {sum(r['kind'] == '2d' for r in records)}",
+            ),
             ("effective batch (objects)", effective_batch),
             ("non-finite steps skipped", skipped),
             ("last loss", f"{losses[-1]:.4f}" if losses else "-"),

@@ -18,7 +18,9 @@ def training_target(noise_sched, latents: torch.Tensor, noise: torch.Tensor, t: 
     return noise_sched.get_velocity(latents, noise, t)
 
 
-def sample_noise(shape: tuple[int, ...], generator: torch.Generator, noise_offset: float = 0.0) -> torch.Tensor:
+def sample_noise(
+    shape: tuple[int, ...], generator: torch.Generator, noise_offset: float = 0.0
+) -> torch.Tensor:
     """Gaussian noise (N, C, h, w) float32 on CPU; with ``noise_offset`` > 0 plus ``noise_offset`` x N(0, 1)
     per sample and channel (constant over h, w: lets the model shift the mean brightness, "noise offset",
     Guttenberg 2023). Draw order: the noise, then the offsets (exact resume depends on it)."""
@@ -54,5 +56,7 @@ def diffusion_loss(
     weighted by Min-SNR-γ when ``snr_gamma`` > 0 (then the mean of weighted per-sample MSEs)."""
     if snr_gamma <= 0:
         return F.mse_loss(pred.float(), target.float())
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, pred.ndim)))
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(
+        dim=tuple(range(1, pred.ndim))
+    )
     return (per_sample * min_snr_weights(alphas_cumprod, t, snr_gamma, prediction_type)).mean()

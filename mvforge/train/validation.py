@@ -67,7 +67,9 @@ def validate(m, ema, cfg, step: int, out: Path, writer=None) -> Path:
         with amp:
             for i, prompt in enumerate(v.prompts):
                 d = root / f"{i:02d}-{slug(prompt)}"
-                sample_prompts(mvd, [prompt], d, sample_cfg, m.device, show_progress=False, label=f"step {step}")
+                sample_prompts(
+                    mvd, [prompt], d, sample_cfg, m.device, show_progress=False, label=f"step {step}"
+                )
                 entries.append({"prompt": prompt, "kind": "3d", "dir": d.name})
             cfg_2d = SampleConfig(**{**sample_cfg.__dict__, "num_views": 1, "prompt_suffix": ""})
             for i, prompt in enumerate(v.prompts_2d, start=len(v.prompts)):
