@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-from mvforge.cli.common import ADDRESS_HELP, run_app, set_help
+from mvforge.cli import fit_cmd
+from mvforge.cli.common import run_app, set_help
 
 app = typer.Typer(
     name="mvtrain",
@@ -72,48 +73,6 @@ def make_tiny_sd_cmd(
 
     make = make_tiny_mv_pipeline if multiview else make_tiny_sd
     typer.echo(str(make(out, seed=seed, prediction_type=prediction_type)))
-
-
-@app.command()
-def fit(
-    config: Path | None = typer.Option(None, "--config", help="TOML config (FitConfig); flags override it."),
-    set_: list[str] = typer.Option([], "--set", help=set_help("optim.lr=5e-5")),
-    pretrained: str | None = typer.Option(None, help="Diffusers SD directory (pretrained=...)."),
-    shards: str | None = typer.Option(None, help="3D shard directory from `mvdata shard` (shards=...)."),
-    shards_2d: str | None = typer.Option(None, "--shards-2d", help="2D image-text tars (shards_2d=...)."),
-    out: str | None = typer.Option(None, help="Run directory (out=...); an existing run is resumed."),
-    max_steps: int | None = typer.Option(None, help="Total optimizer steps (max_steps=...)."),
-    workers: int = typer.Option(0, help="Ray Train workers (DDP); 0 runs in this process."),
-    use_gpu: bool = typer.Option(False, "--use-gpu", help="One GPU per Ray Train worker."),
-    max_failures: int = typer.Option(0, help="Ray Train worker restarts before giving up."),
-    address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help=ADDRESS_HELP),
-) -> None:
-    """Train the multi-view UNet (MVDream §3) on 3D shards (+ optional 2D data); resumes an existing run."""
-    from mvforge import config as config_mod
-    from mvforge.errors import UserError
-    from mvforge.train.config import FitConfig
-
-    cfg = config_mod.load(FitConfig, config, set_)
-    flags = {
-        "pretrained": pretrained,
-        "shards": shards,
-        "shards_2d": shards_2d,
-        "out": out,
-        "max_steps": max_steps,
-    }
-    cfg = config_mod.with_flags(cfg, flags)
-    if workers < 0:
-        raise UserError(f"--workers {workers}: pass 0 (in-process) or more")
-    _quiet_libraries()
-    if workers == 0:
-        from mvforge.train.loop import fit as run_fit
-
-        run_fit(cfg)
-    else:
-        from mvforge.train.ray_fit import fit_with_ray
-
-        result = fit_with_ray(cfg, workers, use_gpu=use_gpu, address=address, max_failures=max_failures)
-        typer.echo(f"ray train result: {result.path}; metrics {result.metrics}")
 
 
 def _authors(text: str) -> str:
@@ -201,6 +160,8 @@ def sample(
     for d in dirs:
         typer.echo(str(d / "grid.png"))
 
+
+app.command("fit")(fit_cmd.fit)
 
 main = run_app(app)
 
