@@ -20,7 +20,7 @@ from mvforge.shards.config import LoaderConfig
 from mvforge.shards.loader import step_is_3d
 from mvforge.train.loop import checkpoints, fit, latest_checkpoint
 
-VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+VENV_BIN = Path(sys.executable).parent
 
 
 def test_fit_resume_equals_uninterrupted_and_checkpoint_loads(make_fit_config, tiny_sd, shards_3d, tmp_path):
