@@ -34,6 +34,16 @@ def _train_loop_per_worker(loop_config: dict) -> None:
             checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
         ray.train.report({k: v for k, v in metrics.items() if k != "kind"}, checkpoint=checkpoint)
 
+    if rank == 0:  # one line per (re)start of the worker group: restarts after failures show here
+        from mvforge.fsutil import append_jsonl
+        from mvforge.models.resolve import latest_checkpoint
+
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        ckpt = latest_checkpoint(cfg.out)
+        append_jsonl(
+            Path(cfg.out) / "worker_starts.jsonl",
+            {"world_size": ctx.get_world_size(), "resume": str(ckpt or "")},
+        )
     rt = Runtime(
         rank=rank,
         world_size=ctx.get_world_size(),
