@@ -12,7 +12,6 @@ import pytest
 import ray.cloudpickle
 import test_step  # tests/train is on sys.path (no __init__.py): pytest's default prepend import mode
 import torch
-from test_step import cat_inputs, injected_inputs
 
 from mvforge.models.model import MultiViewUNet
 from mvforge.train.config import FitConfig, OptimConfig
@@ -39,7 +38,7 @@ def _ddp_step(loop_config: dict) -> None:
     rt = Runtime(rank=rank, world_size=2, wrap_model=ray.train.torch.prepare_model)
     m = load_models(cfg, rt, None)
     optimizer, lr_sched = make_optimizer(m.unet, cfg, m.device)
-    micro_batch_loss(m, injected_inputs(1, seed=rank), cfg).backward()
+    micro_batch_loss(m, loop_config["inputs"][rank], cfg).backward()
     optimizer_step(m, optimizer, lr_sched, None, cfg)
     if rank == 0:
         torch.save(m.unet.state_dict(), loop_config["out"])
@@ -57,22 +56,26 @@ def ray_local():
 
 
 @pytest.mark.slow
-def test_ddp_step_over_two_workers_equals_one_step_on_the_concatenation(ray_local, tiny_sd, tmp_path):
+def test_ddp_step_over_two_workers_equals_one_step_on_the_concatenation(
+    ray_local, tiny_sd, tmp_path, step_inputs
+):
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from mvforge.train.loop import load_models, make_optimizer, micro_batch_loss, optimizer_step
 
+    injected_inputs, cat_inputs = step_inputs
+    inputs = [injected_inputs(1, seed=r) for r in range(2)]
     base = {"pretrained": str(tiny_sd), "shards": "unused", "device": "cpu"}
     TorchTrainer(
         _ddp_step,
-        train_loop_config={"cfg": base, "out": str(tmp_path / "ddp.pt")},
+        train_loop_config={"cfg": base, "inputs": inputs, "out": str(tmp_path / "ddp.pt")},
         scaling_config=ScalingConfig(num_workers=2),
     ).fit()
     cfg = FitConfig(**base, optim=OPTIM)
     m = load_models(cfg, Runtime(), None)
     optimizer, lr_sched = make_optimizer(m.unet, cfg, m.device)
-    micro_batch_loss(m, cat_inputs([injected_inputs(1, seed=r) for r in range(2)]), cfg).backward()
+    micro_batch_loss(m, cat_inputs(inputs), cfg).backward()
     optimizer_step(m, optimizer, lr_sched, None, cfg)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     moved = 0
