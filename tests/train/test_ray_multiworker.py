@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import ray.cloudpickle
-import test_step  # tests/train is on sys.path (no __init__.py): pytest's default prepend import mode
 import torch
 
 from mvforge.models.model import MultiViewUNet
@@ -18,9 +17,8 @@ from mvforge.train.config import FitConfig, OptimConfig
 from mvforge.train.loop import FAULT_ENV, Runtime, fit, latest_checkpoint
 from mvforge.train.ray_fit import fit_with_ray
 
-# The Ray workers cannot import test modules: ship this one and its helpers by value.
+# The Ray workers cannot import test modules: ship this one by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-ray.cloudpickle.register_pickle_by_value(test_step)
 
 # Adam's first step is lr * g / (|g| + eps): a large eps keeps float noise in near-zero gradients from being
 # amplified to lr-sized differences, so the comparison below is of the gradient all-reduce, not of rounding.
