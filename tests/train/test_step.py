@@ -15,7 +15,7 @@ from mvforge.train.loop import Runtime, load_models, make_optimizer, micro_batch
 
 
 def test_accumulated_gradients_equal_one_large_batch_with_one_allreduce(tiny_sd, tmp_path, step_inputs):
-    """k = 3 micro-batches of 1 object (DDP, no_sync on the first two) vs one batch of 3 objects: the same
+    """(And 2D steps keep the DDP graph static.) k = 3 micro-batches of 1 object (DDP, no_sync on the first two) vs one batch of 3 objects: the same
     per-parameter gradients (atol 1e-6 + rtol 1e-4: float32 sums in another order), and the k micro-batches
     launch exactly the all-reduces of one backward pass (one per gradient bucket)."""
     k = 3
@@ -50,6 +50,12 @@ def test_accumulated_gradients_equal_one_large_batch_with_one_allreduce(tiny_sd,
         micro_batch_loss(m, cat_inputs(micro), cfg).backward()
         calls_one = len(calls)
         large = {n: p.grad.clone() for n, p in m.unet.named_parameters()}
+        # 2D steps (no camera) keep DDP's graph static without find_unused_parameters: two in a row would
+        # raise "Expected to have finished reduction" if the camera MLP got no gradient.
+        m.unet.zero_grad(set_to_none=True)
+        for seed in (7, 8):
+            micro_batch_loss(m, injected_inputs(2, views=1, seed=seed, cameras=False), cfg).backward()
+        assert m.unet.class_embedding.linear_1.weight.grad is not None
     finally:
         dist.destroy_process_group()
     assert calls_accum == calls_one > 0
