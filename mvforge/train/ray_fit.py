@@ -8,6 +8,7 @@ latest checkpoint, so a restart continues exactly where the last checkpoint left
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from mvforge import config as config_mod
@@ -18,9 +19,11 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from mvforge.train.loop import Runtime, fit
+    from mvforge.train.loop import FAULT_ENV, Runtime, fit
 
     cfg = config_mod.from_dict(FitConfig, loop_config["cfg"])
+    if loop_config.get("fault"):  # the driver's test fault hook (loop.FAULT_ENV), for workers of a running Ray
+        os.environ[FAULT_ENV] = loop_config["fault"]
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
 
@@ -73,6 +76,8 @@ def fit_with_ray(
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from mvforge.train.loop import FAULT_ENV
+
     from mvforge.raytools import init_ray
 
     init_ray(address)
@@ -87,7 +92,7 @@ def fit_with_ray(
     )
     trainer = TorchTrainer(
         _train_loop_per_worker,
-        train_loop_config={"cfg": config_mod.to_dict(cfg)},
+        train_loop_config={"cfg": config_mod.to_dict(cfg), "fault": os.environ.get(FAULT_ENV, "")},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=RunConfig(
             name=out.name,
