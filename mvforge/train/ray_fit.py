@@ -22,7 +22,9 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     from mvforge.train.loop import FAULT_ENV, Runtime, fit
 
     cfg = config_mod.from_dict(FitConfig, loop_config["cfg"])
-    if loop_config.get("fault"):  # the driver's test fault hook (loop.FAULT_ENV), for workers of a running Ray
+    if loop_config.get(
+        "fault"
+    ):  # the driver's test fault hook (loop.FAULT_ENV), for workers of a running Ray
         os.environ[FAULT_ENV] = loop_config["fault"]
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -76,9 +78,8 @@ def fit_with_ray(
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from mvforge.train.loop import FAULT_ENV
-
     from mvforge.raytools import init_ray
+    from mvforge.train.loop import FAULT_ENV
 
     init_ray(address)
     out = Path(cfg.out).resolve()
