@@ -128,3 +128,13 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "make-tiny-sd" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_bad_fit_config_is_one_line_naming_the_field(tmp_path):
+    proc = subprocess.run(
+        [str(VENV_BIN / "mvtrain"), "fit", "--grad-accum-steps", "0", "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "grad_accum_steps" in proc.stderr
