@@ -32,6 +32,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "mcubes",
         "imageio",
         "av",
+        "tensorboard",
     ),
 }
 """Import names each extra provides (what :func:`require` checks), one entry per extra of pyproject.toml."""

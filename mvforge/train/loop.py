@@ -1,43 +1,93 @@
-"""The training loop of `mvtrain fit` (design §2.5, §9: one loop you can read top to bottom).
+"""The training loop of `mvtrain fit` (design §2.5, §9: one loop you can read top to bottom; issue 13).
 
 Model code knows nothing about Ray: ``fit`` takes a ``Runtime`` saying which rank it is, on which device, how to
 wrap the model for data parallelism (DDP under Ray Train) and how to report. ``--workers 0`` runs it in-process.
+The pieces a step is made of (``load_models``, ``micro_batch_inputs``, ``micro_batch_loss``, ``optimizer_step``)
+are plain functions so MVDreamBooth (issue 16) reuses them; the loss is train/losses.py, checkpoint I/O
+train/checkpoint.py, validation grids train/validation.py. No Trainer class.
 
-Exact resume: every random draw of step ``s`` (caption dropout, timesteps, noise, the VAE's latent sample) comes
-from a generator seeded with (seed, s, rank), the loader restores its own position, and a checkpoint holds the
-weights, EMA weights, optimizer and LR-scheduler states. So a run killed after a checkpoint and resumed gives the
-same loss sequence as an uninterrupted one (tested on CPU).
+One optimizer step = ``grad_accum_steps`` micro-batches of the same kind: the loader's 3D/2D branch is a
+function of the optimizer step, identical on every rank, so DDP sees the same graph everywhere. On 2D steps
+(no camera) the loss gets ``0 x`` the camera MLP's output, which keeps the graph static (every parameter gets a
+gradient, zero for the camera MLP) instead of DDP's ``find_unused_parameters``; it is added on every rank and
+in-process alike, so one and N workers run the same optimizer math. Gradients are all-reduced once per
+optimizer step (``no_sync`` on the other micro-batches).
 
-Checkpoint layout (diffusers format, design §2.5): ``checkpoints/step-000100/`` with ``unet/``, ``unet_ema/``,
-``optimizer.pt``, ``lr_scheduler.pt``, ``loader-rank<r>.json``, ``config.toml``, ``state.json`` (step). It is
-filled as ``step-000100.tmp`` and renamed into place last, so a checkpoint directory is complete or absent.
+Exact resume: every random draw of micro-batch ``j`` of step ``s`` (caption dropout, timesteps, noise, the
+VAE's latent sample) comes from a generator seeded with (seed, s, j, rank), the loader restores its own
+position, and a checkpoint holds the weights, EMA, optimizer, LR-schedule and gradient-scaler states. So a run
+killed after a checkpoint and resumed gives the same losses and final weights as an uninterrupted one.
+
+Failure policy: a step whose gradients are NaN/inf is skipped (the fp16 scaler skips it and lowers its scale;
+without a scaler the optimizer step is not taken) and counted; ``max_nonfinite_steps`` in a row stop the run.
+SIGTERM (preemptible nodes) makes every rank finish its step, write a checkpoint and exit with 143.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import csv
 import io
-import json
 import os
-import shutil
+import signal
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from mvforge import config as config_mod
 from mvforge.devices import resolve_device
 from mvforge.errors import UserError
-from mvforge.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, versions
-from mvforge.models.model import encode_text, load_frozen, load_unet
-from mvforge.models.resolve import CKPT_PREFIX, checkpoints, latest_checkpoint
+from mvforge.fsutil import atomic_write_text
+from mvforge.models.model import CAMERA_DIM, encode_text, load_frozen, load_unet
+from mvforge.models.resolve import checkpoints, latest_checkpoint  # noqa: F401  (re-exported for callers)
+from mvforge.shards.loader import MultiViewLoader
+from mvforge.train.checkpoint import load_training_state, loader_state, save_checkpoint
 from mvforge.train.config import FitConfig
+from mvforge.train.losses import diffusion_loss, sample_noise, training_target
 
-METRICS_FIELDS = ("step", "epoch", "kind", "loss", "lr", "grad_norm", "step_s")
+METRICS_FIELDS = (
+    "step",
+    "epoch",
+    "kind",
+    "loss",
+    "lr",
+    "grad_norm",
+    "step_s",
+    "images_per_s",
+    "loader_wait_share",
+    "effective_batch",
+    "nonfinite_skipped",
+)
+"""Columns of metrics.csv (the same values go to TensorBoard, see ``TB_TAGS``)."""
+
+TB_TAGS = {
+    "lr": "lr",
+    "grad_norm": "grad_norm",
+    "images_per_s": "images_per_s",
+    "loader_wait_share": "loader_wait_share",
+}
+"""metrics.csv column -> TensorBoard tag; the loss goes to ``loss`` and ``loss/3d`` or ``loss/2d``."""
+
+FAULT_ENV = "MVFORGE_FAULT"
+"""Deterministic fault injection for tests: ``kill:<rank>:<step>`` (the process of that rank exits hard after
+that optimizer step) or ``sigterm:<rank>:<step>`` (it sends itself SIGTERM). Each fault fires once per run
+directory (a marker file records it), so a restarted run goes on."""
+
+
+class NonFiniteLoss(UserError):
+    """``max_nonfinite_steps`` optimizer steps in a row had NaN/inf gradients."""
+
+
+class Preempted(SystemExit):
+    """SIGTERM arrived: the checkpoint is written and the process exits with 143 (128 + SIGTERM)."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(143)
+        self.step, self.checkpoint = step, checkpoint
 
 
 @dataclass
@@ -57,74 +107,191 @@ class Runtime:
     show_progress: bool = True
     """Progress bar and summary table on rank 0 (off under Ray Train: workers' stdout is interleaved)."""
 
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 and torch.distributed.is_initialized()
+
     def barrier(self) -> None:
-        if self.world_size > 1 and torch.distributed.is_initialized():
+        if self.distributed:
             torch.distributed.barrier()
 
+    def mean(self, value: float) -> float:
+        """The mean of ``value`` over ranks (the logged loss is the global batch's)."""
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.item() / self.world_size
 
-# ---------------------------------------------------------------- checkpoints
-def _torch_bytes(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any rank (all ranks must stop together)."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
 
 
-def save_checkpoint(out: Path, step: int, rt: Runtime, unet, ema, optimizer, lr_sched, loader, cfg) -> Path:
-    """Every rank writes its loader state into the shared ``.tmp`` directory; rank 0 writes the rest and
-    renames it into place (the rename is the commit)."""
-    final = Path(out) / "checkpoints" / f"{CKPT_PREFIX}{step:06d}"
-    tmp = final.with_name(final.name + ".tmp")
-    if rt.rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    rt.barrier()
-    atomic_write_json(tmp / f"loader-rank{rt.rank}.json", loader.state_dict())
-    if rt.rank == 0:
-        unet.save_pretrained(tmp / "unet")
-        if ema is not None:
-            ema.save_pretrained(tmp / "unet_ema")
-        atomic_write_bytes(tmp / "optimizer.pt", _torch_bytes(optimizer.state_dict()))
-        atomic_write_bytes(tmp / "lr_scheduler.pt", _torch_bytes(lr_sched.state_dict()))
-        atomic_write_text(tmp / "config.toml", config_mod.to_toml(cfg))
-        atomic_write_json(tmp / "state.json", {"step": step, "versions": versions("torch", "diffusers")})
-    rt.barrier()
-    if rt.rank == 0:
-        os.replace(tmp, final)
-        for old in checkpoints(out)[: -max(1, cfg.keep_checkpoints)]:
-            shutil.rmtree(old, ignore_errors=True)
-    rt.barrier()
-    return final
+@dataclass
+class StepModels:
+    """What a training step needs: the trained UNet (fp32 master weights), its DDP wrapper, the frozen parts
+    in the compute dtype, the training noise schedule, and the autocast dtype (None: fp32)."""
+
+    unet: torch.nn.Module
+    model: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    noise_sched: object
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None
+
+    @property
+    def frozen_dtype(self) -> torch.dtype:
+        return self.autocast_dtype or torch.float32
 
 
 # ---------------------------------------------------------------- pieces of a step
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """All randomness of one step on one rank: a function of (seed, step, rank) only (exact resume)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4099 + rank)
+def step_generator(seed: int, step: int, rank: int, micro: int = 0) -> torch.Generator:
+    """All randomness of micro-batch ``micro`` of step ``step`` on one rank: a function of these only."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 4099 + rank) * 1031 + micro)
 
 
-def lr_lambda(warmup_steps: int) -> Callable[[int], float]:
-    return lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-
-
-def training_target(noise_sched, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the UNet regresses: the noise (epsilon) or v = sqrt(a_t) * noise - sqrt(1 - a_t) * latents
-    (v-prediction, Salimans & Ho 2022; SD 2.1 at 768 px uses it), per the scheduler's prediction_type."""
-    if noise_sched.config.prediction_type == "epsilon":
-        return noise
-    return noise_sched.get_velocity(latents, noise, t)
+def load_models(cfg: FitConfig, rt: Runtime, resume: Path | None) -> StepModels:
+    """Frozen VAE and text encoder (in the compute dtype) and the trained UNet (fp32): from the checkpoint
+    ``resume``, else SD's UNet with the new camera MLP. Raises UserError for fp16 off CUDA."""
+    dev = rt.device
+    if cfg.mixed_precision == "fp16" and dev.type != "cuda":
+        raise UserError("mixed_precision fp16 needs a CUDA device; use mixed_precision=bf16 or no")
+    if dev.type == "cuda":  # TF32 matmuls on Ampere+ (ignored before Ampere)
+        torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
+        torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
+    autocast = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.mixed_precision]
+    vae, text_encoder, tokenizer, noise_sched = load_frozen(cfg.pretrained)
+    if noise_sched.config.prediction_type not in ("epsilon", "v_prediction"):
+        raise UserError(
+            f"scheduler prediction_type {noise_sched.config.prediction_type!r}: train supports epsilon or "
+            "v_prediction"
+        )
+    for frozen in (vae, text_encoder):
+        frozen.to(dev)
+        if autocast is not None:  # (a cast to the same dtype only makes diffusers warn)
+            frozen.to(autocast)
+    unet = load_unet(resume if resume else cfg.pretrained).to(dev).train()
+    if cfg.gradient_checkpointing:  # num_views travels with each call, so recomputation sees it (issue 9)
+        unet.enable_gradient_checkpointing()
+    return StepModels(unet, rt.wrap_model(unet), vae, text_encoder, tokenizer, noise_sched, dev, autocast)
 
 
 @torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p.detach(), 1.0 - decay)
+def micro_batch_inputs(m: StepModels, batch: dict, g: torch.Generator, cfg: FitConfig) -> dict:
+    """Conditioning, clean latents, timesteps and noise of one loader batch, all drawn from ``g``.
+
+    Returns ``latents`` (B*V, 4, h, w) float32, ``text`` (B*V, 77, D), ``cameras`` (B*V, 16) or None (2D),
+    ``num_views`` V, ``t`` (B*V,) int64 (one per object, shared by its views: they are denoised together,
+    paper §3.1) and ``noise`` like ``latents``. Tests build this dict by hand to inject t and noise."""
+    images = batch["images"]  # (B, V, 3, H, W) in [-1, 1]; V = 1 for 2D
+    b, v = images.shape[:2]
+    # Captions, with dropout to the empty prompt per object (for CFG at sampling).
+    drop = torch.rand(b, generator=g) < cfg.caption_dropout
+    captions = ["" if d else c for c, d in zip(batch["captions"], drop.tolist(), strict=True)]
+    text = encode_text(m.tokenizer, m.text_encoder, captions, m.device).float().repeat_interleave(v, dim=0)
+    # Latents of the frozen VAE, scaled to unit variance (SD's scaling_factor); posterior sample from g.
+    flat = images.reshape(b * v, *images.shape[2:]).to(m.device, m.frozen_dtype)
+    dist = m.vae.encode(flat).latent_dist
+    eps = torch.randn(dist.mean.shape, generator=g).to(m.device)
+    latents = (dist.mean.float() + dist.std.float() * eps) * m.vae.config.scaling_factor
+    num_train_t = m.noise_sched.config.num_train_timesteps
+    t = torch.randint(0, num_train_t, (b,), generator=g).repeat_interleave(v).to(m.device)
+    noise = sample_noise(tuple(latents.shape), g, cfg.noise_offset).to(m.device)
+    cameras = batch["cameras"]
+    cams = None if cameras is None else cameras.reshape(b * v, -1).to(m.device)
+    return {"latents": latents, "text": text, "cameras": cams, "num_views": v, "t": t, "noise": noise}
 
 
+def micro_batch_loss(m: StepModels, inputs: dict, cfg: FitConfig) -> torch.Tensor:
+    """Scalar float32 loss of one micro-batch (``micro_batch_inputs``' dict): noise the latents, predict
+    under autocast, ``diffusion_loss`` (ε/v target, Min-SNR-γ). A 2D batch adds 0 x the camera MLP's
+    output so every parameter is in the graph (static DDP graph, see the module docstring)."""
+    latents, noise, t = inputs["latents"], inputs["noise"], inputs["t"]
+    noisy = m.noise_sched.add_noise(latents, noise, t)
+    target = training_target(m.noise_sched, latents, noise, t)
+    cams = inputs["cameras"]
+    with torch.autocast(m.device.type, dtype=m.autocast_dtype, enabled=m.autocast_dtype is not None):
+        pred = m.model(noisy, t, inputs["text"], cameras=cams, num_views=inputs["num_views"])
+        unused = 0.0
+        if cams is None:
+            unused = 0.0 * m.unet.class_embedding(latents.new_zeros(1, CAMERA_DIM)).float().sum()
+    alphas = m.noise_sched.alphas_cumprod
+    loss = diffusion_loss(pred, target, t, alphas, cfg.snr_gamma, m.noise_sched.config.prediction_type)
+    return loss + unused
+
+
+def make_optimizer(unet: torch.nn.Module, cfg: FitConfig, device: torch.device):
+    """AdamW (fused on CUDA; bitsandbytes' 8-bit AdamW when asked) with the camera MLP in its own parameter
+    group at ``lr x camera_lr_mult``, and the LR schedule of ``diffusers.optimization.get_scheduler``."""
+    from diffusers.optimization import get_scheduler
+
+    o = cfg.optim
+    camera = [p for n, p in unet.named_parameters() if n.startswith("class_embedding.")]
+    base = [p for n, p in unet.named_parameters() if not n.startswith("class_embedding.")]
+    groups = [{"params": base, "lr": o.lr}, {"params": camera, "lr": o.lr * o.camera_lr_mult}]
+    kwargs = dict(betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+    if o.use_8bit_adam:
+        if device.type != "cuda":
+            raise UserError("optim.use_8bit_adam needs a CUDA device; set optim.use_8bit_adam=false")
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise UserError("optim.use_8bit_adam needs bitsandbytes: pip install bitsandbytes") from None
+        optimizer = bnb.optim.AdamW8bit(groups, **kwargs)
+    else:
+        optimizer = torch.optim.AdamW(groups, fused=device.type == "cuda", **kwargs)
+    lr_sched = get_scheduler(
+        o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=cfg.max_steps
+    )
+    return optimizer, lr_sched
+
+
+def optimizer_step(m: StepModels, optimizer, lr_sched, scaler, cfg: FitConfig) -> tuple[float, bool]:
+    """Unscale (fp16), clip, step, schedule, zero the gradients; returns (global grad norm before clipping,
+    whether the step was taken). A non-finite gradient norm skips the update (the scaler skips it itself)."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    max_norm = cfg.optim.grad_clip_norm if cfg.optim.grad_clip_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(m.unet.parameters(), max_norm).item()
+    finite = bool(torch.isfinite(torch.tensor(grad_norm)))
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    elif finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    lr_sched.step()
+    return grad_norm, finite
+
+
+def _batches(loader: MultiViewLoader) -> Iterator[dict]:
+    """The loader's batches across epochs (an optimizer step's micro-batches may span an epoch's end)."""
+    while True:
+        yield from loader
+
+
+class _StepLoader(MultiViewLoader):
+    """The loader with the 3D/2D branch chosen per optimizer step: all ``accum`` micro-batches of a step (and
+    all ranks) take the branch of ``step_is_3d(seed, optimizer step)``."""
+
+    accum = 1
+
+    def kind_of_step(self, step: int) -> str:
+        return super().kind_of_step(step // self.accum)
+
+
+# ---------------------------------------------------------------- metrics
 def _append_metrics(path: Path, row: dict) -> None:
     new = not path.exists()
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
+        w = csv.DictWriter(f, fieldnames=METRICS_FIELDS, extrasaction="ignore")
         if new:
             w.writeheader()
         w.writerow(row)
@@ -136,18 +303,50 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     rows = [r for r in csv.DictReader(path.read_text().splitlines()) if int(r["step"]) <= step]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRICS_FIELDS)
+    w = csv.DictWriter(buf, fieldnames=METRICS_FIELDS, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(path, buf.getvalue())
 
 
+def _tb_writer(out: Path, step: int):
+    """TensorBoard writer on ``out/tensorboard``; on resume events past ``step`` are purged (rewritten)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
+
+
+def _log_tb(writer, rec: dict) -> None:
+    s = rec["step"]
+    writer.add_scalar("loss", rec["loss"], s)
+    writer.add_scalar(f"loss/{rec['kind']}", rec["loss"], s)
+    for col, tag in TB_TAGS.items():
+        writer.add_scalar(tag, rec[col], s)
+    if "gpu_mem_gb" in rec:
+        writer.add_scalar("gpu_mem_gb", rec["gpu_mem_gb"], s)
+    writer.flush()
+
+
+def _fault(rank: int, step: int, out: Path) -> None:
+    """``FAULT_ENV`` (tests): fire the configured fault once per run directory."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return
+    kind, f_rank, f_step = spec.split(":")
+    marker = out / f".fault-{kind}-{f_step}"
+    if int(f_rank) != rank or int(f_step) != step or marker.exists():
+        return
+    marker.write_text("fired\n")
+    if kind == "kill":
+        os._exit(1)  # a hard worker death, as a lost node: no cleanup, no checkpoint
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 # ---------------------------------------------------------------- the loop
 def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
-    """Train until ``cfg.max_steps``, resuming from the run's latest checkpoint; returns this call's
-    per-step records (step, kind, loss, ...)."""
-    from mvforge.shards.loader import MultiViewLoader
-
+    """Train until ``cfg.max_steps``, resuming from the run's latest checkpoint; returns this call's per-step
+    records (step, kind, loss, ...). Raises UserError for bad inputs, NonFiniteLoss after
+    ``max_nonfinite_steps`` non-finite steps in a row, Preempted (exit 143) after a SIGTERM checkpoint."""
     rt = rt or Runtime(device=resolve_device(cfg.device))
     if not cfg.pretrained:
         raise UserError("no pretrained model; pass --pretrained DIR (a diffusers Stable Diffusion directory)")
@@ -157,156 +356,180 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
     cfg = config_mod.replace(cfg, pretrained=str(Path(cfg.pretrained).resolve()))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    dev = rt.device
+    k = cfg.grad_accum_steps
 
-    # 1. Models: frozen VAE + text encoder; the UNet from the last checkpoint, else from SD + camera MLP.
-    vae, text_encoder, tokenizer, noise_sched = load_frozen(cfg.pretrained)
-    vae.to(dev)
-    text_encoder.to(dev)
+    # 1. Models: frozen VAE + text encoder; the UNet from the last checkpoint, else from SD + camera MLP; EMA.
     resume = latest_checkpoint(out)
-    unet = load_unet(resume if resume else cfg.pretrained).to(dev).train()
-    if cfg.gradient_checkpointing:  # num_views travels with each call, so recomputation sees it (issue 9)
-        unet.enable_gradient_checkpointing()
+    m = load_models(cfg, rt, resume)
     ema = None
     if cfg.ema_decay > 0:
-        has_ema = resume is not None and (resume / "unet_ema").is_dir()
-        ema = (load_unet(resume, "unet_ema") if has_ema else copy.deepcopy(unet)).to(dev).eval()
-        ema.requires_grad_(False)
-    latent_scale = vae.config.scaling_factor
-    prediction_type = noise_sched.config.prediction_type
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise UserError(
-            f"scheduler prediction_type {prediction_type!r}: train supports epsilon or v_prediction"
-        )
-    num_train_t = noise_sched.config.num_train_timesteps
+        from diffusers.training_utils import EMAModel
 
-    # 2. Optimizer and LR schedule (states restored on resume).
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(
-        unet.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps
-    )
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.warmup_steps))
-    step = 0
-    if resume is not None:
-        optimizer.load_state_dict(torch.load(resume / "optimizer.pt", map_location=dev, weights_only=True))
-        lr_sched.load_state_dict(torch.load(resume / "lr_scheduler.pt", weights_only=True))
-        step = int(json.loads((resume / "state.json").read_text())["step"])
-    model = rt.wrap_model(unet)
+        from mvforge.models.model import MultiViewUNet
 
-    # 3. Data: the streaming loader, at its saved position on resume.
-    loader = MultiViewLoader(
+        if resume is not None and (resume / "unet_ema").is_dir():
+            with warnings.catch_warnings():  # diffusers' own from_config(path) call inside warns
+                warnings.simplefilter("ignore", FutureWarning)
+                ema = EMAModel.from_pretrained(resume / "unet_ema", MultiViewUNet)
+        else:
+            ema = EMAModel(
+                m.unet.parameters(),
+                decay=cfg.ema_decay,
+                use_ema_warmup=cfg.ema_warmup,
+                model_cls=MultiViewUNet,
+                model_config=m.unet.config,
+            )
+        ema.to(m.device)
+
+    # 2. Optimizer, LR schedule, fp16 gradient scaler (states restored on resume).
+    optimizer, lr_sched = make_optimizer(m.unet, cfg, m.device)
+    scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
+    step = load_training_state(resume, m.device, optimizer, lr_sched, scaler) if resume else 0
+
+    # 3. Data: the streaming loader, at its saved position on resume (another worker count: checkpoint.py).
+    loader = _StepLoader(
         cfg.shards, cfg.loader, shards_2d=cfg.shards_2d, rank=rt.rank, world_size=rt.world_size
     )
+    loader.accum = k
     if resume is not None:
-        loader_file = resume / f"loader-rank{rt.rank}.json"
-        if not loader_file.exists():
-            raise UserError(
-                f"{resume} has no loader state for rank {rt.rank}; resume with the same --workers"
-            )
-        loader.load_state_dict(json.loads(loader_file.read_text()))
+        loader.load_state_dict(loader_state(resume, rt.rank, rt.world_size))
+    batches = _batches(loader)
     metrics_path = out / "metrics.csv"
+    writer = None
     if rt.rank == 0:
         _truncate_metrics(metrics_path, step)
         atomic_write_text(out / "config.toml", config_mod.to_toml(cfg))
+        if cfg.tensorboard:
+            writer = _tb_writer(out, step)
+    effective_batch = cfg.loader.batch_size * k * rt.world_size
+
+    # SIGTERM: finish the step, checkpoint, exit. Only the main thread may install a handler (Ray Train runs
+    # the loop in a thread: there Ray's own shutdown applies and restarts resume from the last checkpoint).
+    stop = {"sigterm": False}
+    old_handler = None
+    with contextlib.suppress(ValueError):
+        old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
 
     # 4. Train.
     records: list[dict] = []
-    start_step, t_start = step, time.monotonic()
+    start_step, t_start, nonfinite_run, skipped = step, time.monotonic(), 0, 0
     progress = None
     if rt.show_progress and rt.rank == 0:
-        from mvforge.progress import StageProgress
+        from mvforge.progress import StageProgress, console
 
+        console.print(f"mvtrain fit: effective batch {effective_batch} objects per optimizer step")
         progress = StageProgress("mvtrain fit", max(0, cfg.max_steps - step), unit="steps").__enter__()
     try:
         while step < cfg.max_steps:
-            for batch in loader:
-                t0 = time.monotonic()
-                g = step_generator(cfg.seed, step, rt.rank)
-                images = batch["images"]  # (B, V, 3, H, W) in [-1, 1]; V = 1 for 2D
-                b, v = images.shape[:2]
-                cameras = batch["cameras"]  # (B, V, 16) or None (2D: no camera term, model.py)
-
-                # 4a. Captions, with dropout to the empty prompt per object (for CFG at sampling).
-                drop = torch.rand(b, generator=g) < cfg.caption_dropout
-                captions = ["" if d else c for c, d in zip(batch["captions"], drop.tolist(), strict=True)]
-                with torch.no_grad():
-                    text = encode_text(tokenizer, text_encoder, captions, dev).repeat_interleave(v, dim=0)
-                    # 4b. Latents of the frozen VAE, scaled to unit variance (SD's scaling_factor).
-                    dist = vae.encode(images.reshape(b * v, *images.shape[2:]).to(dev)).latent_dist
-                    latents = (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g).to(dev)) * (
-                        latent_scale
-                    )
-
-                # 4c. One timestep per object, shared by its views (they are denoised together, paper §3.1).
-                t = torch.randint(0, num_train_t, (b,), generator=g).repeat_interleave(v).to(dev)
-                noise = torch.randn(latents.shape, generator=g).to(dev)
-                noisy = noise_sched.add_noise(latents, noise, t)
-                target = training_target(noise_sched, latents, noise, t)
-                cams = None if cameras is None else cameras.reshape(b * v, -1).to(dev)
-
-                # 4d. Forward, MSE loss, backward, clip, step, EMA.
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
-                    pred = model(noisy, t, text, cameras=cams, num_views=v)
-                loss = F.mse_loss(pred.float(), target.float())
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"loss is {loss.item()} at step {step}; lower optim.lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = (
-                    torch.nn.utils.clip_grad_norm_(unet.parameters(), o.grad_clip_norm).item()
-                    if o.grad_clip_norm > 0
-                    else float("nan")
-                )
-                lr = lr_sched.get_last_lr()[0]
-                optimizer.step()
-                lr_sched.step()
+            t0, wait, n_images, losses = time.monotonic(), 0.0, 0, []
+            # 4a. k micro-batches of the same kind; gradients all-reduced on the last one only.
+            for j in range(k):
+                tw = time.monotonic()
+                batch = next(batches)
+                wait += time.monotonic() - tw
+                inputs = micro_batch_inputs(m, batch, step_generator(cfg.seed, step, rt.rank, j), cfg)
+                sync = j == k - 1 or not hasattr(m.model, "no_sync")
+                with contextlib.nullcontext() if sync else m.model.no_sync():
+                    loss = micro_batch_loss(m, inputs, cfg)
+                    scaled = loss / k
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                losses.append(loss.item())
+                n_images += batch["images"].shape[0] * batch["images"].shape[1]
+            # 4b. Clip, step (or skip a non-finite one), schedule, EMA.
+            lr = lr_sched.get_last_lr()[0]
+            grad_norm, finite = optimizer_step(m, optimizer, lr_sched, scaler, cfg)
+            if finite:
+                nonfinite_run = 0
                 if ema is not None:
-                    ema_update(ema, unet, cfg.ema_decay)
-                step += 1
+                    ema.step(m.unet.parameters())
+            else:
+                nonfinite_run, skipped = nonfinite_run + 1, skipped + 1
+                if nonfinite_run >= cfg.max_nonfinite_steps:
+                    raise NonFiniteLoss(
+                        f"{nonfinite_run} steps in a row had NaN/inf loss or gradients (last at step {step + 1}); "
+                        "lower optim.lr, or use mixed_precision=bf16 instead of fp16"
+                    )
+            step += 1
 
-                # 4e. Metrics, checkpoints.
-                rec = {
-                    "step": step,
-                    "epoch": batch["epoch"],
-                    "kind": batch["kind"],
-                    "loss": loss.item(),
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "step_s": time.monotonic() - t0,
+            # 4c. Metrics (the mean over ranks), TensorBoard, validation, checkpoints.
+            step_s = time.monotonic() - t0
+            rec = {
+                "step": step,
+                "epoch": batch["epoch"],
+                "kind": batch["kind"],
+                "loss": rt.mean(sum(losses) / len(losses)),
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "step_s": step_s,
+                "images_per_s": n_images * rt.world_size / max(step_s, 1e-9),
+                "loader_wait_share": wait / max(step_s, 1e-9),
+                "effective_batch": effective_batch,
+                "nonfinite_skipped": skipped,
+            }
+            if m.device.type == "cuda":
+                rec["gpu_mem_gb"] = torch.cuda.max_memory_allocated(m.device) / 2**30
+            records.append(rec)
+            log_now = step % cfg.log_every == 0 or step == cfg.max_steps
+            if rt.rank == 0 and log_now:
+                _append_metrics(metrics_path, rec)
+                if writer is not None:
+                    _log_tb(writer, rec)
+            v = cfg.validation
+            if v.every and (step % v.every == 0 or step == cfg.max_steps):
+                if rt.rank == 0:
+                    from mvforge.train.validation import validate
+
+                    validate(m, ema, cfg, step, out, writer)
+                rt.barrier()  # the other ranks wait for rank 0's grids
+            _fault(rt.rank, step, out)  # tests only (FAULT_ENV)
+            preempted = rt.any(stop["sigterm"])
+            ckpt = None
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or preempted:
+                state = {
+                    "unet": m.unet,
+                    "ema": ema,
+                    "optimizer": optimizer,
+                    "lr_sched": lr_sched,
+                    "scaler": scaler,
                 }
-                records.append(rec)
-                if rt.rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
-                    _append_metrics(metrics_path, rec)
-                ckpt = None
-                if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                    ckpt = save_checkpoint(out, step, rt, unet, ema, optimizer, lr_sched, loader, cfg)
-                if step % cfg.log_every == 0 or ckpt is not None:
-                    rt.report(rec, ckpt)
-                if progress is not None:
-                    progress.advance()
-                if step >= cfg.max_steps:
-                    break
+                ckpt = save_checkpoint(out, step, rt, state, loader, cfg)
+            if log_now or ckpt is not None:
+                rt.report(rec, ckpt)
+            if progress is not None:
+                progress.advance()
+            if preempted:
+                raise Preempted(step, ckpt)
     finally:
         if progress is not None:
             progress.__exit__(None, None, None)
+        if writer is not None:
+            writer.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
     if rt.rank == 0 and rt.show_progress:
-        from mvforge.progress import print_summary
-
-        done = step - start_step
-        losses = [r["loss"] for r in records]
-        print_summary(
-            "mvtrain fit",
-            [
-                ("steps this run", done),
-                ("resumed from step", start_step),
-                (
-                    "3d / 2d steps",
-                    f"{sum(r['kind'] == '3d' for r in records)} / {sum(r['kind'] == '2d' for r in records)}",
-                ),
-                ("last loss", f"{losses[-1]:.4f}" if losses else "-"),
-                ("mean loss", f"{sum(losses) / len(losses):.4f}" if losses else "-"),
-                ("s / step", f"{(time.monotonic() - t_start) / max(done, 1):.3f}"),
-                ("checkpoint", latest_checkpoint(out) or "-"),
-            ],
-        )
+        _summary(records, start_step, step, t_start, out, effective_batch, skipped)
     return records
+
+
+def _summary(records, start_step, step, t_start, out, effective_batch, skipped) -> None:
+    from mvforge.progress import print_summary
+
+    done = step - start_step
+    losses = [r["loss"] for r in records]
+    print_summary(
+        "mvtrain fit",
+        [
+            ("steps this run", done),
+            ("resumed from step", start_step),
+            (
+                "3d / 2d steps",
+                f"{sum(r['kind'] == '3d' for r in records)} / {sum(r['kind'] == '2d' for r in records)}",
+            ),
+            ("effective batch (objects)", effective_batch),
+            ("non-finite steps skipped", skipped),
+            ("last loss", f"{losses[-1]:.4f}" if losses else "-"),
+            ("mean loss", f"{sum(losses) / len(losses):.4f}" if losses else "-"),
+            ("s / step", f"{(time.monotonic() - t_start) / max(done, 1):.3f}"),
+            ("checkpoint", latest_checkpoint(out) or "-"),
+        ],
+    )

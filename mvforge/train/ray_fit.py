@@ -8,6 +8,7 @@ latest checkpoint, so a restart continues exactly where the last checkpoint left
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from mvforge import config as config_mod
@@ -18,16 +19,19 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from mvforge.train.loop import Runtime, fit
+    from mvforge.train.loop import FAULT_ENV, Runtime, fit
 
     cfg = config_mod.from_dict(FitConfig, loop_config["cfg"])
+    if loop_config.get(
+        "fault"
+    ):  # the driver's test fault hook (loop.FAULT_ENV), for workers of a running Ray
+        os.environ[FAULT_ENV] = loop_config["fault"]
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
 
     def wrap(model):
-        # 2D steps skip the camera MLP (model.py), so DDP must tolerate parameters without gradients.
-        kwargs = {"find_unused_parameters": True} if cfg.shards_2d else {}
-        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs)
+        # The graph is static on 2D steps too (loop.py adds 0 x the camera MLP's output), so plain DDP.
+        return ray.train.torch.prepare_model(model)
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         checkpoint = None
@@ -35,6 +39,16 @@ def _train_loop_per_worker(loop_config: dict) -> None:
             checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
         ray.train.report({k: v for k, v in metrics.items() if k != "kind"}, checkpoint=checkpoint)
 
+    if rank == 0:  # one line per (re)start of the worker group: restarts after failures show here
+        from mvforge.fsutil import append_jsonl
+        from mvforge.models.resolve import latest_checkpoint
+
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        ckpt = latest_checkpoint(cfg.out)
+        append_jsonl(
+            Path(cfg.out) / "worker_starts.jsonl",
+            {"world_size": ctx.get_world_size(), "resume": str(ckpt or "")},
+        )
     rt = Runtime(
         rank=rank,
         world_size=ctx.get_world_size(),
@@ -47,13 +61,25 @@ def _train_loop_per_worker(loop_config: dict) -> None:
 
 
 def fit_with_ray(
-    cfg: FitConfig, workers: int, use_gpu: bool = False, address: str | None = None, max_failures: int = 0
+    cfg: FitConfig,
+    workers: int,
+    use_gpu: bool = False,
+    address: str | None = None,
+    max_failures: int = 0,
+    storage_path: str | None = None,
 ):
-    """Run ``fit`` on ``workers`` Ray Train workers; returns Ray's Result."""
+    """Run ``fit`` on ``workers`` Ray Train workers (one per GPU with ``use_gpu``); returns Ray's Result.
+
+    ``max_failures``: restarts after a worker dies; each restart resumes from the run's latest checkpoint
+    (loop.py), so the data order and the final weights are those of an uninterrupted run. ``storage_path``:
+    where Ray Train keeps its results and reported checkpoints (shared storage or an fsspec URL such as
+    ``s3://bucket/runs``; default ``<out>/../ray_results``). The run directory ``cfg.out`` itself must be on
+    storage every node sees."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from mvforge.raytools import init_ray
+    from mvforge.train.loop import FAULT_ENV
 
     init_ray(address)
     out = Path(cfg.out).resolve()
@@ -67,11 +93,11 @@ def fit_with_ray(
     )
     trainer = TorchTrainer(
         _train_loop_per_worker,
-        train_loop_config={"cfg": config_mod.to_dict(cfg)},
+        train_loop_config={"cfg": config_mod.to_dict(cfg), "fault": os.environ.get(FAULT_ENV, "")},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=RunConfig(
             name=out.name,
-            storage_path=str(out.parent / "ray_results"),
+            storage_path=storage_path or str(out.parent / "ray_results"),
             failure_config=FailureConfig(max_failures=max_failures),
         ),
     )

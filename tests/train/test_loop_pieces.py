@@ -1,4 +1,5 @@
-"""Pieces of the training step checked against hand formulas (no training run needed)."""
+"""Pieces of the training step checked against hand formulas (no training run needed): the target, Min-SNR-γ
+weighting and the noise offset (issue 13, must-show 5b), and the config checks (must-show 6)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from mvforge.train.loop import ema_update, training_target
+from mvforge import config as config_mod
+from mvforge.errors import UserError
+from mvforge.train.config import FitConfig
+from mvforge.train.losses import diffusion_loss, min_snr_weights, sample_noise, training_target
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -26,10 +30,48 @@ def test_training_target_matches_the_formula(prediction_type):
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
-def test_ema_update_is_decay_weighted_average():
-    torch.manual_seed(0)
-    model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    before = [p.detach().clone() for p in ema.parameters()]
-    ema_update(ema, model, 0.9)
-    for e, b, m in zip(ema.parameters(), before, model.parameters(), strict=True):
-        torch.testing.assert_close(e, 0.9 * b + 0.1 * m.detach())
+def test_min_snr_weighted_loss_equals_hand_computed_values():
+    # alphas_cumprod with SNRs 1, 3 and 9 at t = 0, 1, 2: a = snr / (1 + snr).
+    alphas = torch.tensor([0.5, 0.75, 0.9])
+    t = torch.tensor([0, 1, 2])
+    pred = torch.zeros(3, 1, 1, 2)
+    target = torch.tensor([1.0, 1.0, 2.0, 2.0, 3.0, 1.0]).view(3, 1, 1, 2)  # per-sample MSE 1, 4, 5
+    # gamma 5: eps weights min(snr, 5) / snr = 1, 1, 5/9; v weights min(snr, 5) / (snr + 1) = 1/2, 3/4, 1/2.
+    assert min_snr_weights(alphas, t, 5.0, "epsilon").tolist() == pytest.approx([1.0, 1.0, 5 / 9])
+    loss_eps = diffusion_loss(pred, target, t, alphas, 5.0, "epsilon")
+    assert loss_eps.item() == pytest.approx((1 * 1 + 1 * 4 + 5 / 9 * 5) / 3)
+    loss_v = diffusion_loss(pred, target, t, alphas, 5.0, "v_prediction")
+    assert loss_v.item() == pytest.approx((0.5 * 1 + 0.75 * 4 + 0.5 * 5) / 3)
+    assert diffusion_loss(pred, target, t, alphas, 0.0).item() == pytest.approx(10 / 3)  # plain MSE
+
+
+def test_noise_offset_adds_a_per_channel_constant():
+    shape = (2, 4, 3, 3)
+    plain = sample_noise(shape, torch.Generator().manual_seed(7))
+    offset = sample_noise(shape, torch.Generator().manual_seed(7), noise_offset=0.1)
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(shape, generator=g)
+    per_channel = torch.randn(2, 4, 1, 1, generator=g)
+    assert torch.equal(plain, base)
+    torch.testing.assert_close(offset, base + 0.1 * per_channel)
+    diff = offset - plain
+    assert torch.allclose(diff, diff[..., :1, :1].expand_as(diff))  # constant over h, w
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("grad_accum_steps=0", "grad_accum_steps"),
+        ("optim.lr_scheduler='warp'", "optim.lr_scheduler"),
+        ("mixed_precision='fp16'", "mixed_precision"),
+        ("validation.prompts=[]", "validation.prompts"),
+    ],
+)
+def test_bad_configs_name_the_field(override, field):
+    extra = ["device='cpu'"] if "fp16" in override else []
+    if "prompts" in override:
+        extra = ["validation.every=2", "validation.prompts_2d=[]"]
+    with pytest.raises(UserError) as e:
+        config_mod.load(FitConfig, None, [override, *extra])
+    msg = str(e.value)
+    assert field in msg and "\n" not in msg

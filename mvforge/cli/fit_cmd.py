@@ -1,0 +1,104 @@
+"""`mvtrain fit`: the CLI of the training stage. Imports nothing heavy at module level (design §1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mvforge.cli.common import ADDRESS_HELP, set_help
+
+_S = "Scale and failure"
+
+
+def fit(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML config (FitConfig); flags override it.")
+    ] = None,
+    set_: Annotated[list[str], typer.Option("--set", help=set_help("optim.lr=5e-5"))] = [],  # noqa: B006
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "--pretrained",
+            help="The model to fine-tune: a diffusers SD directory (pretrained=...).",
+        ),
+    ] = None,
+    shards: Annotated[
+        str | None, typer.Option(help="3D shard directory from `mvdata shard` (shards=...).")
+    ] = None,
+    shards_2d: Annotated[
+        str | None, typer.Option("--shards-2d", help="2D image-text tars (shards_2d=...).")
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Run directory (out=...); an existing run is resumed.")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Total optimizer steps (max_steps=...).")] = None,
+    grad_accum_steps: Annotated[
+        int | None, typer.Option(help="Micro-batches per optimizer step (grad_accum_steps=...).")
+    ] = None,
+    validate_every: Annotated[
+        int | None, typer.Option(help="Validation grids every N steps, 0 off (validation.every=...).")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Ray Train workers (DDP); 0 runs in this process.", rich_help_panel=_S)
+    ] = 0,
+    use_gpu: Annotated[
+        bool, typer.Option("--use-gpu", help="One GPU per Ray Train worker.", rich_help_panel=_S)
+    ] = False,
+    max_failures: Annotated[
+        int, typer.Option(help="Ray Train restarts after a worker dies (each resumes).", rich_help_panel=_S)
+    ] = 0,
+    storage_path: Annotated[
+        str | None,
+        typer.Option(help="Ray Train results: shared dir or fsspec URL (s3://...).", rich_help_panel=_S),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help=ADDRESS_HELP, rich_help_panel=_S)
+    ] = None,
+) -> None:
+    """Train the multi-view UNet (MVDream §3) on 3D shards (+ optional 2D data); resumes an existing run.
+
+    Resume (also with another --workers): run the same command again. SIGTERM writes a checkpoint and exits 143.
+    """
+    from mvforge import config as config_mod
+    from mvforge.deps import require
+    from mvforge.errors import UserError
+    from mvforge.train.config import FitConfig
+
+    require("mvtrain fit")
+    cfg = config_mod.load(FitConfig, config, set_)
+    flags = {
+        "pretrained": pretrained,
+        "shards": shards,
+        "shards_2d": shards_2d,
+        "out": out,
+        "max_steps": max_steps,
+        "grad_accum_steps": grad_accum_steps,
+        "validation.every": validate_every,
+    }
+    cfg = config_mod.with_flags(cfg, flags)
+    if workers < 0:
+        raise UserError(f"--workers {workers}: pass 0 (in-process) or more")
+    from mvforge.cli.common import quiet_libraries
+
+    quiet_libraries()
+    if workers == 0:
+        from mvforge.train.loop import fit as run_fit
+
+        run_fit(cfg)
+    else:
+        from mvforge.train.ray_fit import fit_with_ray
+
+        result = fit_with_ray(
+            cfg,
+            workers,
+            use_gpu=use_gpu,
+            address=address,
+            max_failures=max_failures,
+            storage_path=storage_path,
+        )
+        if result.error is not None:
+            raise result.error
+        typer.echo(f"ray train result: {result.path}; metrics {result.metrics}")

@@ -1,0 +1,101 @@
+"""Checkpoint I/O of `mvtrain fit` (design §2.5, issue 13), apart from the loop so DreamBooth reuses it.
+
+Layout (diffusers format): ``checkpoints/step-000100/`` with ``unet/``, ``unet_ema/`` (diffusers' ``EMAModel``
+saved as a UNet, its decay state in the config), ``optimizer.pt``, ``lr_scheduler.pt``, ``scaler.pt`` (fp16),
+``loader-rank<r>.json`` (one per rank), ``config.toml``, ``state.json`` (step, world size) and ``COMMITTED``.
+A checkpoint is filled as ``step-000100.tmp`` and renamed into place; ``COMMITTED`` is written last, so a
+copy on an object store (which has no rename; Ray Train uploads the directory) is complete when it has the
+marker. Only the newest ``keep_checkpoints`` are kept.
+
+Resume with a different number of workers: the weights, optimizer, schedule and step are global; the loader
+positions are per rank. With the same world size each rank restores its exact position; with another one the
+loader starts the epoch after the saved one on fresh shard visits (no sample order to keep: the shards are
+split anew between ranks), and the 3D/2D branch of each step is unchanged (a function of the step).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from mvforge import config as config_mod
+from mvforge.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, versions
+from mvforge.models.resolve import CKPT_PREFIX, checkpoints
+
+COMMITTED = "COMMITTED"
+
+
+def _torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def save_checkpoint(out: Path, step: int, rt, state: dict, loader, cfg) -> Path:
+    """Write checkpoint ``step`` of run ``out``; every rank calls it (barriers inside). ``state``: ``unet``,
+    ``ema`` (EMAModel or None), ``optimizer``, ``lr_sched``, ``scaler`` (GradScaler or None). Each rank writes
+    its loader state into the shared ``.tmp`` directory; rank 0 writes the rest, renames it into place, writes
+    the marker and prunes old checkpoints. Returns the checkpoint directory."""
+    final = Path(out) / "checkpoints" / f"{CKPT_PREFIX}{step:06d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if rt.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)  # a SIGTERM checkpoint may repeat a step's checkpoint
+        tmp.mkdir(parents=True)
+    rt.barrier()
+    atomic_write_json(tmp / f"loader-rank{rt.rank}.json", loader.state_dict())
+    if rt.rank == 0:
+        state["unet"].save_pretrained(tmp / "unet")
+        if state["ema"] is not None:
+            state["ema"].save_pretrained(tmp / "unet_ema")
+        atomic_write_bytes(tmp / "optimizer.pt", _torch_bytes(state["optimizer"].state_dict()))
+        atomic_write_bytes(tmp / "lr_scheduler.pt", _torch_bytes(state["lr_sched"].state_dict()))
+        if state.get("scaler") is not None:
+            atomic_write_bytes(tmp / "scaler.pt", _torch_bytes(state["scaler"].state_dict()))
+        atomic_write_text(tmp / "config.toml", config_mod.to_toml(cfg))
+        meta = {"step": step, "world_size": rt.world_size, "versions": versions("torch", "diffusers")}
+        atomic_write_json(tmp / "state.json", meta)
+    rt.barrier()
+    if rt.rank == 0:
+        os.replace(tmp, final)
+        atomic_write_text(final / COMMITTED, f"{step}\n")
+        for old in checkpoints(out)[: -max(1, cfg.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+    rt.barrier()
+    return final
+
+
+def load_training_state(ckpt: Path, device: torch.device, optimizer, lr_sched, scaler) -> int:
+    """Restore optimizer, LR schedule and gradient scaler from ``ckpt`` in place; returns its step."""
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
+    lr_sched.load_state_dict(torch.load(ckpt / "lr_scheduler.pt", weights_only=True))
+    if scaler is not None and (ckpt / "scaler.pt").is_file():
+        scaler.load_state_dict(torch.load(ckpt / "scaler.pt", weights_only=True))
+    return int(json.loads((ckpt / "state.json").read_text())["step"])
+
+
+def loader_state(ckpt: Path, rank: int, world_size: int) -> dict:
+    """The loader state rank ``rank`` of ``world_size`` resumes from (see the module docstring): its own
+    file when the world size is the saved one, else rank 0's moved to the next epoch on fresh shard visits."""
+    own = ckpt / f"loader-rank{rank}.json"
+    saved_world = json.loads((ckpt / "state.json").read_text()).get("world_size", 1)
+    if saved_world == world_size and own.is_file():
+        return json.loads(own.read_text())
+    state = json.loads((ckpt / "loader-rank0.json").read_text())
+    streams = {}
+    for kind, s in state["streams"].items():
+        # Visits past any saved one: every rank's shard draws are new (they are seeded by rank and visit).
+        visit = 1 + max((int(v) for v, _ in s["positions"]), default=0)
+        streams[kind] = {"consumed": 0, "positions": [[visit, 0] for _ in s["positions"]]}
+    return state | {
+        "rank": rank,
+        "world_size": world_size,
+        "epoch": state["epoch"] + (1 if state["batch_in_epoch"] else 0),
+        "batch_in_epoch": 0,
+        "streams": streams,
+    }
