@@ -4,7 +4,7 @@
 # import was missing (a skip would hide exactly the breakage this run exists to catch).
 set -euo pipefail
 PY=${1:-.venv-train/bin/python}
-MIN_PASSED=${MIN_PASSED:-75}
+MIN_PASSED=${MIN_PASSED:-150}
 REPORT=$(mktemp -d)/junit.xml
 
 "$PY" - <<'PY'
@@ -20,7 +20,8 @@ PY
 # layers (cameras, config, formats), and the package rule.
 TESTS=(tests/train tests/shards tests/models tests/sds tests/eval tests/test_cameras.py tests/test_config.py tests/test_architecture.py tests/cli)
 [ -d tests/formats ] && TESTS+=(tests/formats)
-MVFORGE_TRAIN_ONLY=1 "$PY" -m pytest -q -rs "${TESTS[@]}" --junitxml "$REPORT"
+# The slow Ray multi-worker tests already ran in `make test`; here the environment is what is under test.
+MVFORGE_TRAIN_ONLY=1 "$PY" -m pytest -q -rs -m "not slow" "${TESTS[@]}" --junitxml "$REPORT"
 
 "$PY" - "$REPORT" "$MIN_PASSED" <<'PY'
 import sys
