@@ -40,3 +40,25 @@ def quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def make_app(name: str, help_text: str) -> typer.Typer:
+    """A command-group typer app with mvforge's settings (no completion install, no rich tracebacks: user errors
+    are one line, see :func:`run_app`) and a ``version`` command printing mvforge's and its libraries' versions."""
+    app = typer.Typer(
+        name=name, help=help_text, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+    )
+
+    @app.callback()
+    def _root() -> None:
+        """Keep the app a command group."""
+
+    @app.command()
+    def version() -> None:
+        """Print the versions of mvforge and its main dependencies."""
+        from mvforge.fsutil import versions
+
+        for k, v in versions("bpy", "torch", "ray", "open_clip_torch", "diffusers", "webdataset").items():
+            typer.echo(f"{k} {v}")
+
+    return app

@@ -7,32 +7,13 @@ or ray. ``mvdata doctor`` says which extras are installed and which commands wor
 
 from __future__ import annotations
 
-import typer
-
 from mvforge.cli import demo_cmd, filter_cmd, render_cmd, shard_cmd
-from mvforge.cli.common import run_app
+from mvforge.cli.common import make_app, run_app
 
-app = typer.Typer(
-    name="mvdata",
-    help="mvforge data stages: render 3D objects with Blender, CLIP-filter them, write webdataset shards.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = make_app(
+    "mvdata",
+    "mvforge data stages: render 3D objects with Blender, CLIP-filter them, write webdataset shards.",
 )
-
-
-@app.callback()
-def _root() -> None:
-    """Keep the app a command group even while it has one command."""
-
-
-@app.command()
-def version() -> None:
-    """Print the versions of mvforge and its main dependencies."""
-    from mvforge.fsutil import versions
-
-    for k, v in versions("bpy", "torch", "ray", "open_clip_torch", "diffusers", "webdataset").items():
-        typer.echo(f"{k} {v}")
 
 
 @app.command()

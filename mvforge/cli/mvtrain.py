@@ -5,31 +5,12 @@ Heavy imports (torch, diffusers, ray) happen inside the command bodies, so `mvtr
 
 from __future__ import annotations
 
-import typer
-
 from mvforge.cli import convert_cmd, eval_cmd, fit_cmd, sample_cmd, sds_cmd
-from mvforge.cli.common import run_app
+from mvforge.cli.common import make_app, run_app
 
-app = typer.Typer(
-    name="mvtrain",
-    help="mvforge training stages: multi-view diffusion fit, sampling and score distillation.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = make_app(
+    "mvtrain", "mvforge training stages: multi-view diffusion fit, sampling and score distillation."
 )
-
-
-@app.callback()
-def _root() -> None:
-    """Keep the app a command group."""
-
-
-@app.command()
-def version() -> None:
-    """Print the mvforge version."""
-    from mvforge import __version__
-
-    typer.echo(f"mvforge {__version__}")
 
 
 # One module per command (design §5); each body imports what it needs, so --help stays light.

@@ -36,7 +36,7 @@ from mvforge.eval.consistency import adjacent_view_similarity
 from mvforge.formats import renders as layout
 from mvforge.formats import shards as shard_format
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
-from mvforge.models.sample import save_views, slug
+from mvforge.models.sample import generate_views, save_views, slug
 
 GENERATED = "generated"
 DONE = "sample.json"
@@ -137,7 +137,6 @@ def generate(
 ) -> list[float]:
     """Sample every prompt that has no finished directory (``sample.json``), one ``pipe`` call per prompt;
     returns the seconds of each call made. ``pipe``: an ``MVDreamPipeline`` (or a callable with its signature)."""
-    import torch
 
     s = cfg.sample
     seconds = []
@@ -148,19 +147,7 @@ def generate(
                 progress.advance("resumed")
             continue
         t0 = time.perf_counter()
-        images = pipe(
-            prompt + s.prompt_suffix,
-            negative_prompt=s.negative_prompt,
-            num_views=s.num_views,
-            elevation_deg=s.elevation_deg,
-            azimuth_start_deg=s.azimuth_start_deg,
-            num_inference_steps=s.steps,
-            guidance_scale=s.guidance_scale,
-            guidance_rescale=s.guidance_rescale,
-            eta=s.eta,
-            resolution=s.resolution,
-            generator=torch.Generator().manual_seed(s.seed + i),
-        ).images
+        images = generate_views(pipe, prompt, s, s.seed + i)
         seconds.append(time.perf_counter() - t0)
         meta = {"model": model_label, "prompt": prompt, "text": prompt + s.prompt_suffix, "seed": s.seed + i}
         save_views(images, d, meta, s)

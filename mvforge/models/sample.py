@@ -52,6 +52,26 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
+def generate_views(pipe, prompt: str, cfg: SampleConfig, seed: int) -> list:
+    """The V views of ``prompt`` (``cfg.prompt_suffix`` appended) as PIL images, every sampling setting taken
+    from ``cfg`` and the noise from ``seed``: the one call `mvtrain sample` and `mvtrain eval` both make."""
+    import torch
+
+    return pipe(
+        prompt + cfg.prompt_suffix,
+        negative_prompt=cfg.negative_prompt,
+        num_views=cfg.num_views,
+        elevation_deg=cfg.elevation_deg,
+        azimuth_start_deg=cfg.azimuth_start_deg,
+        num_inference_steps=cfg.steps,
+        guidance_scale=cfg.guidance_scale,
+        guidance_rescale=cfg.guidance_rescale,
+        eta=cfg.eta,
+        resolution=cfg.resolution,
+        generator=torch.Generator().manual_seed(seed),
+    ).images
+
+
 def slug(text: str, n: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "prompt"
 
@@ -93,19 +113,7 @@ def sample_prompts(
         progress = StageProgress("mvtrain sample", len(prompts), unit="prompts").__enter__()
     try:
         for prompt, d in zip(prompts, dirs, strict=True):
-            images = pipe(
-                prompt + cfg.prompt_suffix,
-                negative_prompt=cfg.negative_prompt,
-                num_views=cfg.num_views,
-                elevation_deg=cfg.elevation_deg,
-                azimuth_start_deg=cfg.azimuth_start_deg,
-                num_inference_steps=cfg.steps,
-                guidance_scale=cfg.guidance_scale,
-                guidance_rescale=cfg.guidance_rescale,
-                eta=cfg.eta,
-                resolution=cfg.resolution,
-                generator=torch.Generator().manual_seed(cfg.seed),
-            ).images
+            images = generate_views(pipe, prompt, cfg, cfg.seed)
             save_views(images, d, meta | {"prompt": prompt, "text": prompt + cfg.prompt_suffix}, cfg)
             if progress is not None:
                 progress.advance()

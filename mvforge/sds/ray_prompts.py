@@ -14,19 +14,9 @@ import time
 from pathlib import Path
 
 from mvforge.errors import UserError
+from mvforge.models.sample import read_prompts  # noqa: F401  (re-exported: the CLI reads prompts here)
 from mvforge.sds.config import SDSConfig
 from mvforge.sds.loop import prompt_slug
-
-
-def read_prompts(path: Path) -> list[str]:
-    """Non-empty lines of a text file (``#`` starts a comment line). Raises UserError when there are none."""
-    if not path.is_file():
-        raise UserError(f"prompts file {path} does not exist; pass a text file with one prompt per line")
-    prompts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    prompts = [p for p in prompts if p and not p.startswith("#")]
-    if not prompts:
-        raise UserError(f"{path} holds no prompts; write one prompt per line")
-    return prompts
 
 
 def _task_configs(cfg: SDSConfig, prompts: list[str], seeds: list[int]) -> list[SDSConfig]:
