@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "mvdata demo-assets": (),
     "mvtrain fit": ("train", "shard"),
     "mvtrain sample": ("train",),
+    "mvtrain dreambooth": ("train",),
     "mvtrain make-tiny-sd": ("train",),
 }
 """The extras each command needs (``mvdata doctor`` reports which commands work)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from mvforge.cli import fit_cmd
+from mvforge.cli import dreambooth_cmd, fit_cmd
 from mvforge.cli.common import run_app, set_help
 
 app = typer.Typer(
@@ -162,6 +162,7 @@ def sample(
 
 
 app.command("fit")(fit_cmd.fit)
+app.command("dreambooth")(dreambooth_cmd.dreambooth)
 
 main = run_app(app)
 
