@@ -18,7 +18,16 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "render": ("bpy", "ray", "objaverse"),
     "filter": ("torch", "open_clip", "ray", "pyarrow", "pandas"),
     "shard": ("webdataset", "ray", "fsspec", "pandas", "pyarrow"),
-    "train": ("torch", "diffusers", "transformers", "open_clip", "webdataset", "ray", "safetensors", "tensorboard"),
+    "train": (
+        "torch",
+        "diffusers",
+        "transformers",
+        "open_clip",
+        "webdataset",
+        "ray",
+        "safetensors",
+        "tensorboard",
+    ),
 }
 """Import names each extra provides (what :func:`require` checks), one entry per extra of pyproject.toml."""
 

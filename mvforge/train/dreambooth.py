@@ -55,8 +55,19 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 GREY = 0.5
 """Background of MVDream's training renders (objects on grey, design §2.4); in [0, 1]."""
 
-METRICS_FIELDS = ("step", "loss", "prior_loss", "preservation", "max_abs_dev", "lr", "grad_norm", "step_s")
-"""Columns of metrics.csv: ``preservation`` is λ·‖θ − θ0‖₁ / N_θ, ``max_abs_dev`` max|θ − θ0|."""
+METRICS_FIELDS = (
+    "step",
+    "loss",
+    "prior_loss",
+    "preservation",
+    "mean_abs_dev",
+    "max_abs_dev",
+    "lr",
+    "grad_norm",
+    "step_s",
+)
+"""Columns of metrics.csv: ``preservation`` is λ·‖θ − θ0‖₁ / N_θ, ``mean_abs_dev`` ‖θ − θ0‖₁ / N_θ,
+``max_abs_dev`` max|θ − θ0|."""
 
 
 # ---------------------------------------------------------------- subject photos
@@ -365,8 +376,8 @@ def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
             rec["grad_norm"], rec["step_s"] = grad_norm, time.monotonic() - t0
             log_now = step % cfg.log_every == 0 or step == cfg.max_steps
             if log_now:
-                l1, rec["max_abs_dev"] = deviation(params, theta0)
-                rec["preservation"] = cfg.preservation_lambda * l1
+                rec["mean_abs_dev"], rec["max_abs_dev"] = deviation(params, theta0)
+                rec["preservation"] = cfg.preservation_lambda * rec["mean_abs_dev"]
                 _append_metrics(metrics_path, rec)
             records.append(rec)
             v = cfg.validation
