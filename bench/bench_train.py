@@ -9,6 +9,13 @@ all sides alike; the median per side is reported.
 
     .venv/bin/python bench/bench_train.py [--steps 10] [--latent 16 32] [--channels 128 256]
     .venv/bin/python bench/bench_train.py --arch sd21 --device cuda --bf16 --objects 4 --latent 32   # on a GPU
+    .venv/bin/python bench/bench_train.py --arch sd21 --device cuda --bf16 --objects 8 --latent 32 --mfu \
+        --peak-tflops 989 [--checkpointing]       # MFU and peak memory (issue 13)
+
+``--mfu``: FLOPs of one multi-view step counted with ``torch.utils.flop_counter.FlopCounterMode`` (forward +
+backward), divided by the median step time and by ``--peak-tflops`` (the GPU's dense bf16 peak: 989 for H100 /
+H200 SXM). ``--checkpointing``: gradient checkpointing on the multi-view UNet; on CUDA the peak memory of each
+side is printed (run with and without to compare).
 """
 
 from __future__ import annotations
@@ -69,6 +76,11 @@ def main() -> None:
     ap.add_argument("--arch", choices=["tiny", "sd21"], default="tiny", help="sd21: SD 2.1 base's UNet shape")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    ap.add_argument("--mfu", action="store_true", help="count FLOPs of a multi-view step and print MFU")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (MFU)")
+    ap.add_argument(
+        "--checkpointing", action="store_true", help="gradient checkpointing on the multi-view UNet"
+    )
     args = ap.parse_args()
     dev = torch.device(args.device)
     import tempfile
@@ -80,6 +92,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         plain, mv = build(args.arch, args.channels, tmp)
     plain, mv = plain.to(dev), mv.to(dev)
+    if args.checkpointing:
+        mv.enable_gradient_checkpointing()
     ctx = 64 if args.arch == "tiny" else SD21_UNET["cross_attention_dim"]
     n = args.objects * args.views
     params = sum(p.numel() for p in plain.parameters()) / 1e6
@@ -105,8 +119,21 @@ def main() -> None:
             ("camera only (V=1)", mv, opts["multiview"], cams, 1),
         ]
         times: dict[str, list[float]] = {name: [] for name, *_ in sides}
+        peak_mem: dict[str, float] = {}
+        flops = None
+        if args.mfu:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as counter:
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+                    out = mv(x, t, text, cameras=cams, num_views=args.views)
+                torch.nn.functional.mse_loss(out.float(), target).backward()
+            mv.zero_grad(set_to_none=True)
+            flops = counter.get_total_flops()
         for i in range(args.steps + 2):  # 2 warm-up rounds
             for name, model, opt, c, v in sides:
+                if dev.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(dev)
                 sync(dev)
                 t0 = time.perf_counter()
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
@@ -118,11 +145,23 @@ def main() -> None:
                 sync(dev)
                 if i >= 2:
                     times[name].append(time.perf_counter() - t0)
+                if dev.type == "cuda":
+                    peak_mem[name] = max(
+                        peak_mem.get(name, 0.0), torch.cuda.max_memory_allocated(dev) / 2**30
+                    )
         base = statistics.median(times["plain"])
         print(f"\nlatent {size}x{size} ({size * 8} px images in SD), {args.steps} steps, median s/step:")
         for name, ts in times.items():
             med = statistics.median(ts)
-            print(f"  {name:18s} {med:8.3f} s   ratio {med / base:5.2f}x")
+            mem = f"   peak {peak_mem[name]:6.2f} GiB" if name in peak_mem else ""
+            print(f"  {name:18s} {med:8.3f} s   ratio {med / base:5.2f}x   {n / med:8.1f} images/s{mem}")
+        if flops is not None:
+            med = statistics.median(times["multiview"])
+            achieved = flops / med / 1e12
+            print(
+                f"  multiview step: {flops / 1e12:.2f} TFLOP, {achieved:.1f} TFLOP/s, "
+                f"MFU {achieved / args.peak_tflops:.1%} of {args.peak_tflops:g} TFLOP/s"
+            )
 
 
 if __name__ == "__main__":

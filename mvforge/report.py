@@ -372,7 +372,68 @@ def _train_section(train: Path, samples: Path, report_dir: Path, cfg: ReportConf
             "how": how,
             "src": _img_src(samples / "grid.png", report_dir, cfg),
         }
-    return htmlkit.render("report_train.html.j2", metrics=metrics, sample=sample)
+    html = htmlkit.render("report_train.html.j2", metrics=metrics, sample=sample)
+    if metrics is not None:
+        html += _validation_section(train, rows, report_dir, cfg)
+    return html
+
+
+_CURVE_COLORS = {"3d": "#1e88e5", "2d": "#fb8c00"}
+
+
+def _loss_curves(rows: list[dict], width: int = 640, height: int = 160) -> dict | None:
+    """Polyline points of the loss per kind (3D/2D) from metrics.csv rows; None without finite losses."""
+    pts = []
+    for r in rows:
+        try:
+            pts.append((int(r["step"]), float(r["loss"]), r.get("kind", "3d")))
+        except (KeyError, TypeError, ValueError):
+            continue
+    pts = [p for p in pts if math.isfinite(p[1])]
+    if not pts:
+        return None
+    first, last = min(p[0] for p in pts), max(p[0] for p in pts)
+    low, high = min(p[1] for p in pts), max(p[1] for p in pts)
+    sx = (width - 20) / max(last - first, 1)
+    sy = (height - 20) / max(high - low, 1e-12)
+    series = [
+        {
+            "kind": kind,
+            "color": color,
+            "points": [(10 + (s - first) * sx, height - 10 - (v - low) * sy) for s, v, k in pts if k == kind],
+        }
+        for kind, color in _CURVE_COLORS.items()
+    ]
+    series = [s for s in series if s["points"]]
+    return {
+        "width": width,
+        "height": height,
+        "series": series,
+        "low": low,
+        "high": high,
+        "first": first,
+        "last": last,
+    }
+
+
+def _validation_section(train: Path, rows: list[dict], report_dir: Path, cfg: ReportConfig) -> str:
+    """Loss curves and, per validation prompt, a strip of its grids over steps (train/validation/, issue 13)."""
+    steps, strips = [], {}
+    root = train / "validation"
+    for d in sorted(root.glob("step-*")) if root.is_dir() else []:
+        meta_file = d / "validation.json"
+        if is_tmp(d.name) or not meta_file.is_file():
+            continue
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        steps.append(meta["step"])
+        for e in meta["prompts"]:
+            strip = strips.setdefault(e["dir"], {"prompt": e["prompt"], "kind": e["kind"], "cells": []})
+            strip["cells"].append(
+                {"step": meta["step"], "src": _img_src(d / e["dir"] / "grid.png", report_dir, cfg)}
+            )
+    return htmlkit.render(
+        "report_validation.html.j2", curves=_loss_curves(rows), strips=list(strips.values()), steps=steps
+    )
 
 
 def _config_text(stage_dir: Path) -> str:

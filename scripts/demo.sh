@@ -25,7 +25,8 @@ $BIN/mvdata verify "$OUT/shards"
 echo "== fit: multi-view UNet (3D self-attention + camera embedding) on the shards, tiny random-init SD"
 $BIN/mvtrain make-tiny-sd --out "$OUT/models/tiny-sd"
 $BIN/mvtrain fit --pretrained "$OUT/models/tiny-sd" --shards "$OUT/shards" --out "$OUT/train" --workers 0 \
-  --max-steps 4 --set loader.batch_size=2 --set loader.resolution=64 --set checkpoint_every=2 --set log_every=1
+  --max-steps 4 --set loader.batch_size=2 --set loader.resolution=64 --set checkpoint_every=2 --set log_every=1 \
+  --validate-every 2 --set validation.steps=4 --set "validation.prompts=['a red ceramic coffee mug']"
 
 echo "== sample: 4 views from text through the multi-view diffusers pipeline (the authors' DDIM + CFG 10, 10 steps)"
 PIPE="$OUT/models/mv-pipeline"  # the trained model as a diffusers pipeline directory, written once

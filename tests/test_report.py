@@ -251,3 +251,31 @@ def test_markup_in_captions_and_records_is_escaped(tmp_path):
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(2)&gt;" in html
     assert "&lt;/pre&gt;" in html
+
+
+def test_validation_strips_and_loss_curves(tmp_path):
+    """A fit run's validation/step-*/ grids become one strip per prompt (oldest left), its metrics a curve
+    per kind (issue 13)."""
+    train = tmp_path / "train"
+    train.mkdir()
+    (train / "metrics.csv").write_text(
+        "step,epoch,kind,loss\n1,0,3d,0.9\n2,0,2d,0.7\n3,0,3d,0.5\n4,0,3d,0.4\n"
+    )
+    html = write_report(tmp_path).read_text()
+    assert "No validation grids" in html and html.count("<polyline") == 2
+    for step in (2, 4):
+        root = train / "validation" / f"step-{step:06d}"
+        entries = [
+            {"prompt": "a chair", "kind": "3d", "dir": "00-a-chair"},
+            {"prompt": "a dog", "kind": "2d", "dir": "01-a-dog"},
+        ]
+        for e in entries:
+            (root / e["dir"]).mkdir(parents=True)
+            Image.new("RGB", (64, 16), (step * 40, 0, 0)).save(root / e["dir"] / "grid.png")
+        atomic_write_json(root / "validation.json", {"step": step, "prompts": entries})
+    html = write_report(tmp_path).read_text()
+    assert "steps 2, 4" in html and html.count('class="strip"') == 2
+    srcs = [unquote(s) for s in _parse(html).srcs]
+    chair = [s for s in srcs if "00-a-chair" in s]
+    assert [Path(s).parts[-3] for s in chair] == ["step-000002", "step-000004"]
+    assert all((tmp_path / s).is_file() for s in chair)

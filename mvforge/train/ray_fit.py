@@ -8,6 +8,7 @@ latest checkpoint, so a restart continues exactly where the last checkpoint left
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from mvforge import config as config_mod
@@ -18,9 +19,13 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from mvforge.train.loop import Runtime, fit
+    from mvforge.train.loop import FAULT_ENV, Runtime, fit
 
     cfg = config_mod.from_dict(FitConfig, loop_config["cfg"])
+    if loop_config.get(
+        "fault"
+    ):  # the driver's test fault hook (loop.FAULT_ENV), for workers of a running Ray
+        os.environ[FAULT_ENV] = loop_config["fault"]
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
 
@@ -34,6 +39,16 @@ def _train_loop_per_worker(loop_config: dict) -> None:
             checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
         ray.train.report({k: v for k, v in metrics.items() if k != "kind"}, checkpoint=checkpoint)
 
+    if rank == 0:  # one line per (re)start of the worker group: restarts after failures show here
+        from mvforge.fsutil import append_jsonl
+        from mvforge.models.resolve import latest_checkpoint
+
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        ckpt = latest_checkpoint(cfg.out)
+        append_jsonl(
+            Path(cfg.out) / "worker_starts.jsonl",
+            {"world_size": ctx.get_world_size(), "resume": str(ckpt or "")},
+        )
     rt = Runtime(
         rank=rank,
         world_size=ctx.get_world_size(),
@@ -64,6 +79,7 @@ def fit_with_ray(
     from ray.train.torch import TorchTrainer
 
     from mvforge.raytools import init_ray
+    from mvforge.train.loop import FAULT_ENV
 
     init_ray(address)
     out = Path(cfg.out).resolve()
@@ -77,7 +93,7 @@ def fit_with_ray(
     )
     trainer = TorchTrainer(
         _train_loop_per_worker,
-        train_loop_config={"cfg": config_mod.to_dict(cfg)},
+        train_loop_config={"cfg": config_mod.to_dict(cfg), "fault": os.environ.get(FAULT_ENV, "")},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=RunConfig(
             name=out.name,

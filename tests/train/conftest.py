@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from mvforge.render.synthetic import write_synthetic_render_dir
@@ -67,3 +68,28 @@ def fit_config(tiny_sd: Path, shards: Path, out: Path, **changes) -> FitConfig:
     )
     base.update(changes)
     return FitConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def step_inputs():
+    """(injected_inputs, cat_inputs): hand-built micro-batches for the step tests (t and noise injected)."""
+    return injected_inputs, cat_inputs
+
+
+def injected_inputs(objects: int, views: int = 4, seed: int = 0, cameras: bool = True) -> dict:
+    """A multi-view micro-batch with fixed latents (8 x 8), text, cameras, timesteps and noise."""
+    g = torch.Generator().manual_seed(seed)
+    n = objects * views
+    return {
+        "latents": torch.randn(n, 4, 8, 8, generator=g),
+        "text": torch.randn(n, 77, 32, generator=g),
+        "cameras": torch.randn(n, 16, generator=g) if cameras else None,
+        "num_views": views,
+        "t": torch.randint(0, 1000, (objects,), generator=g).repeat_interleave(views),
+        "noise": torch.randn(n, 4, 8, 8, generator=g),
+    }
+
+
+def cat_inputs(parts: list[dict]) -> dict:
+    out = {k: torch.cat([p[k] for p in parts]) for k in ("latents", "text", "cameras", "t", "noise")}
+    return out | {"num_views": parts[0]["num_views"]}

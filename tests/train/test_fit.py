@@ -20,7 +20,7 @@ from mvforge.shards.config import LoaderConfig
 from mvforge.shards.loader import step_is_3d
 from mvforge.train.loop import checkpoints, fit, latest_checkpoint
 
-VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+VENV_BIN = Path(sys.executable).parent
 
 
 def test_fit_resume_equals_uninterrupted_and_checkpoint_loads(make_fit_config, tiny_sd, shards_3d, tmp_path):
@@ -128,3 +128,13 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "make-tiny-sd" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_bad_fit_config_is_one_line_naming_the_field(tmp_path):
+    proc = subprocess.run(
+        [str(VENV_BIN / "mvtrain"), "fit", "--grad-accum-steps", "0", "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "grad_accum_steps" in proc.stderr
