@@ -1,7 +1,8 @@
 """MVDreamBooth benchmark (issue 16, design §8: step ≤ 1.05x a plain fit step) and the λ measurement.
 
 1. Step time: the same 2D step (photo batch, loss, backward, AdamW) with and without the analytic
-   preservation gradient (``add_preservation_grad``), alternated on one model and batch; the ratio of medians.
+   preservation gradient (``add_preservation_grad``), alternated on one model and batch; the ratio of medians, and the
+   term alone (its share of the plain step; per parameter, to scale to SD 2.1's N_θ).
 2. What λ does at the preset's optimizer settings (configs/dreambooth-mvdream.toml: lr 2e-6, wd 0.01, batch 4,
    clip 1, constant LR) on the tiny model: max|θ − θ0| and the last loss after ``--steps`` steps for
    λ = 0, 1 and 1e8.
@@ -103,6 +104,16 @@ def main() -> None:
     for i in range(args.reps):
         times["plain"].append(step(False, i))
         times["dreambooth"].append(step(True, i))
+    # The term alone (memory-bound, ~5 passes over N_θ floats): robust to the step's noise on a shared machine.
+    term = []
+    for _ in range(args.reps):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        add_preservation_grad(params, theta0, coeff)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        term.append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     n_theta = sum(p.numel() for p in params)
@@ -111,6 +122,11 @@ def main() -> None:
     print(
         f"step: plain {med['plain'] * 1e3:.1f} ms, dreambooth {med['dreambooth'] * 1e3:.1f} ms (median), "
         f"ratio {med['dreambooth'] / med['plain']:.3f}; best-call ratio {best['dreambooth'] / best['plain']:.3f}"
+    )
+    t_term = statistics.median(term)
+    print(
+        f"preservation gradient alone: {t_term * 1e3:.2f} ms median = {t_term / med['plain']:.1%} of the plain "
+        f"step; {t_term / n_theta * 1e9:.2f} ns per parameter"
     )
 
     # 2. What λ does at the preset's settings.
