@@ -43,9 +43,9 @@ cp "$OBJ/000.png" "$PHOTOS/view-000.png"
 cp "$OBJ/002.png" "$PHOTOS/view-002.png"
 $BIN/mvtrain dreambooth --model "$PIPE" --images "$PHOTOS" --prompt "a photo of xjq object" --out "$OUT/dreambooth" \
   --max-steps 4 --device cpu --class-prompt "a photo of an object" --validate-every 4 \
-  --set resolution=64 --set batch_size=2 --set checkpoint_every=2 --set log_every=1 --set validation.steps=4
+  --set resolution=64 --set batch_size=2 --set checkpoint_every=2 --set log_every=1 --set validation.steps=2
 $BIN/mvtrain sample --model "$OUT/dreambooth" --prompt "a photo of xjq object" --out "$OUT/dreambooth-samples" \
-  --steps 10 --resolution 64 --device cpu
+  --steps 4 --resolution 64 --device cpu
 
 echo "== report"
 $BIN/mvdata report "$OUT"
