@@ -39,9 +39,10 @@ from mvforge.fsutil import atomic_write_json, atomic_write_text
 from mvforge.models.resolve import is_pipeline_dir, latest_checkpoint, resolve_model
 from mvforge.train.checkpoint import load_training_state, save_checkpoint
 from mvforge.train.dreambooth_config import DreamBoothConfig
-from mvforge.train.loop import (
+from mvforge.train.loop import (  # _fault: the FAULT_ENV test hook of fit (kill/SIGTERM at a step)
     Runtime,
     StepModels,
+    _fault,
     make_optimizer,
     micro_batch_inputs,
     micro_batch_loss,
@@ -383,6 +384,7 @@ def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
             v = cfg.validation
             if v.every and (step % v.every == 0 or step == cfg.max_steps):
                 validate(m, cfg, step, out)
+            _fault(rt.rank, step, out)  # tests only (MVFORGE_FAULT=kill:0:<step>): dies before the checkpoint
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 state = {"unet": m.unet, "ema": None, "optimizer": optimizer, "lr_sched": lr_sched}
                 state["scaler"] = scaler

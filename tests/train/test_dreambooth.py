@@ -4,6 +4,7 @@ through `mvtrain sample` and ``MultiViewDiffusion.from_pretrained`` (the loading
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from mvforge.train.dreambooth import (
     photo_batch,
 )
 from mvforge.train.dreambooth_config import DreamBoothConfig
-from mvforge.train.loop import Runtime, micro_batch_inputs, micro_batch_loss
+from mvforge.train.loop import FAULT_ENV, Runtime, micro_batch_inputs, micro_batch_loss
 
 LR = 1e-3
 PROMPT = "a photo of xjq toy"
@@ -162,8 +163,9 @@ def test_photos_exif_mask_and_bad_input(tmp_path, tiny_mv):
 
 
 def test_cli_output_samples_and_loads(tiny_mv, photos, tmp_path):
-    """`mvtrain dreambooth` (2 steps, prior preservation and validation on), then `mvtrain sample --model OUT`;
-    OUT and OUT/pipeline load through ``MultiViewDiffusion.from_pretrained`` with the same UNet, and predict
+    """`mvtrain dreambooth` (2 steps, prior preservation and validation on) killed hard after step 2 (before its
+    checkpoint) and run again ends with the weights of an uninterrupted in-process run; then
+    `mvtrain sample --model OUT`; OUT and OUT/pipeline load through ``MultiViewDiffusion.from_pretrained`` with the same UNet, and predict
     4 views with cameras (what SDS calls)."""
     mvtrain = str(Path(sys.executable).with_name("mvtrain"))
     out = tmp_path / "db"
@@ -171,8 +173,29 @@ def test_cli_output_samples_and_loads(tiny_mv, photos, tmp_path):
     args += ["--out", str(out), "--max-steps", "2", "--device", "cpu", "--class-prompt", "a photo of a toy"]
     args += ["--class-images", str(photos), "--validate-every", "2"]
     args += ["--set", "resolution=32", "--set", "batch_size=1", "--set", "validation.steps=2"]
-    res = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    args += ["--set", "checkpoint_every=1"]
+    env = os.environ | {FAULT_ENV: "kill:0:2"}
+    killed = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert killed.returncode == 1 and latest_checkpoint(out).name == "step-000001", killed.stderr[-3000:]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)  # fires once per run dir
     assert res.returncode == 0, res.stderr[-3000:]
+    ref = tmp_path / "ref"
+    run(
+        db_config(
+            tiny_mv,
+            photos,
+            ref,
+            max_steps=2,
+            batch_size=1,
+            class_prompt="a photo of a toy",
+            class_images=str(photos),
+            optim=OptimConfig(lr=2e-6, lr_scheduler="constant", weight_decay=0.01),
+        )
+    )
+    a = load_unet(latest_checkpoint(out)).state_dict()
+    b = load_unet(latest_checkpoint(ref)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], v) for k, v in load_unet(tiny_mv).state_dict().items())
     assert (out / "validation" / "step-000002" / "01-a-photo-of-a-toy" / "grid.png").is_file()
     res = subprocess.run(
         [mvtrain, "sample", "--model", str(out), "--prompt", PROMPT, "--out", str(tmp_path / "s")]
