@@ -130,7 +130,7 @@ def main() -> None:
     )
 
     # 2. What λ does at the preset's settings.
-    for lam in (0.0, 1.0, 1e8):
+    for lam in (0.0, 1.0, 1e8) if args.steps else ():  # --steps 0: the step-time part only
         c = config_mod.replace(
             cfg, out=str(tmp / f"run-{lam:g}"), max_steps=args.steps, preservation_lambda=lam
         )
