@@ -302,8 +302,9 @@ def photo_batch(photos: torch.Tensor, caption: str, idx: torch.Tensor) -> dict:
 # ---------------------------------------------------------------- the loop
 def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
     """Fine-tune until ``cfg.max_steps``, resuming from the run's latest checkpoint; returns this call's
-    per-step records (step, loss, preservation, max_abs_dev, ...). Raises UserError for bad input (no model,
-    no or unreadable photos)."""
+    per-step records (step, loss, preservation, mean_abs_dev, max_abs_dev, ...). Raises UserError for bad input
+    (no model, no or unreadable photos) and at the first step with NaN/inf gradients (a few photos and a small
+    LR leave no room for fit's skip-and-count policy)."""
     rt = rt or Runtime(device=resolve_device(cfg.device))
     for name, fix in (("pretrained", "--model DIR"), ("images", "--images DIR"), ("prompt", "--prompt TEXT")):
         if not getattr(cfg, name):

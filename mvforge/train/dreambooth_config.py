@@ -86,7 +86,8 @@ class DreamBoothConfig:
     """λ of the parameter-preservation loss λ·‖θ − θ0‖₁ / N_θ (paper §3.4). At λ = 1 with SD 2.1's
     N_θ ≈ 8.7e8 its per-parameter gradient is ~1e-9, which Adam all but ignores (README, docs/dreambooth.md)."""
     train_camera: bool = False
-    """Also train the camera MLP (it gets no gradient in the 2D mode anyway; off keeps it bit-identical)."""
+    """Also train the camera MLP. In the 2D mode its loss gradient is zero, so it would only feel AdamW's weight
+    decay and the preservation term; off (the default) keeps it bit-identical to the base model's."""
     class_prompt: str = ""
     """The class prompt without the identifier ("a photo of a dog"): validation grids, and prior preservation."""
     class_images: str | None = None
