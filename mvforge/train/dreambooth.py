@@ -303,8 +303,8 @@ def photo_batch(photos: torch.Tensor, caption: str, idx: torch.Tensor) -> dict:
 def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
     """Fine-tune until ``cfg.max_steps``, resuming from the run's latest checkpoint; returns this call's
     per-step records (step, loss, preservation, mean_abs_dev, max_abs_dev, ...). Raises UserError for bad input
-    (no model, no or unreadable photos) and at the first step with NaN/inf gradients (a few photos and a small
-    LR leave no room for fit's skip-and-count policy)."""
+    (no model, no or unreadable photos) and at the first step with NaN/inf gradients without fp16 (a few photos
+    and a small LR leave no room for fit's skip-and-count policy; fp16's scaler skips its overflow steps)."""
     rt = rt or Runtime(device=resolve_device(cfg.device))
     for name, fix in (("pretrained", "--model DIR"), ("images", "--images DIR"), ("prompt", "--prompt TEXT")):
         if not getattr(cfg, name):
@@ -367,7 +367,7 @@ def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
             add_preservation_grad(params, theta0, coeff * (scaler.get_scale() if scaler is not None else 1.0))
             lr = lr_sched.get_last_lr()[0]
             grad_norm, finite = optimizer_step(m, optimizer, lr_sched, scaler, cfg)
-            if not finite:
+            if not finite and scaler is None:  # (fp16: the scaler skipped the step and lowered its scale)
                 raise UserError(
                     f"NaN/inf gradients at step {step + 1}; lower optim.lr or use mixed_precision=bf16"
                 )
