@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "mvdata demo-assets": (),
     "mvtrain fit": ("train", "shard"),
     "mvtrain sample": ("train",),
+    "mvtrain dreambooth": ("train",),
     "mvtrain make-tiny-sd": ("train",),
     "mvtrain eval": ("train",),
     "mvtrain convert": ("train",),

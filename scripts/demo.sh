@@ -2,7 +2,8 @@
 # `make demo`: the whole data pipeline on the embedded demo objects, small enough for 2 CPU cores.
 # render (Blender Cycles, Ray) -> filter (tiny random-init CLIP, keep-fraction) -> shard -> verify
 # -> fit (tiny random-init multi-view SD, a few steps) -> sample (4 views, diffusers pipeline)
-# -> sds (text to 3D: mesh + turntable) -> eval -> report.
+# -> sds (text to 3D: mesh + turntable) -> eval -> dreambooth (a few MVDreamBooth steps on two demo
+# renders) -> report.
 # Every step resumes: running it again after an interruption redoes only what is missing.
 set -euo pipefail
 OUT=${1:-demo-out}
@@ -44,6 +45,18 @@ echo "   random extractors: the numbers exercise the code, they measure nothing;
 $BIN/mvtrain eval --model "$PIPE" --reference "$OUT/shards" --out "$OUT/eval" --features tiny \
   --clip-pretrained "local-dir:$OUT/models/tiny-clip" --steps 4 --resolution 64 --image-size 64 --max-prompts 4 \
   --device cpu
+
+echo "== dreambooth: MVDreamBooth on two renders of one demo object (4 steps, 2D mode, preservation loss)"
+PHOTOS="$OUT/dreambooth-photos"
+OBJ=$(dirname "$(find "$OUT/renders" -name meta.json | sort | head -1)")
+mkdir -p "$PHOTOS"
+cp "$OBJ/000.png" "$PHOTOS/view-000.png"
+cp "$OBJ/002.png" "$PHOTOS/view-002.png"
+$BIN/mvtrain dreambooth --model "$PIPE" --images "$PHOTOS" --prompt "a photo of xjq object" --out "$OUT/dreambooth" \
+  --max-steps 4 --device cpu --class-prompt "a photo of an object" --validate-every 4 \
+  --set resolution=64 --set batch_size=2 --set checkpoint_every=2 --set log_every=1 --set validation.steps=2
+$BIN/mvtrain sample --model "$OUT/dreambooth" --prompt "a photo of xjq object" --out "$OUT/dreambooth-samples" \
+  --steps 4 --resolution 64 --device cpu
 
 echo "== report"
 $BIN/mvdata report "$OUT"

@@ -9,9 +9,10 @@ from mvforge.config import load
 from mvforge.render.config import RenderConfig
 from mvforge.sds.config import SDSConfig
 from mvforge.train.config import FitConfig
+from mvforge.train.dreambooth_config import DreamBoothConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-KIND = {"render": RenderConfig, "mvdream": FitConfig, "sds": SDSConfig}
+KIND = {"render": RenderConfig, "mvdream": FitConfig, "sds": SDSConfig, "dreambooth": DreamBoothConfig}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
@@ -27,6 +28,9 @@ def test_presets_carry_the_paper_settings():
     render = load(RenderConfig, CONFIGS / "render-objaverse.toml")
     assert (render.cameras.views, render.orbits, render.resolution) == (32, 2, 256)
     assert render.cameras.framing == "mvdream"  # the paper's distance rule (issue 11)
+    db = load(DreamBoothConfig, CONFIGS / "dreambooth-mvdream.toml")
+    assert (db.max_steps, db.optim.lr, db.optim.weight_decay, db.batch_size) == (600, 2e-6, 0.01, 4)
+    assert db.preservation_lambda == 1.0 and not db.train_camera
 
 
 def test_sds_preset_is_the_official_setup():

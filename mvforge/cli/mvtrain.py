@@ -5,7 +5,7 @@ Heavy imports (torch, diffusers, ray) happen inside the command bodies, so `mvtr
 
 from __future__ import annotations
 
-from mvforge.cli import convert_cmd, eval_cmd, fit_cmd, sample_cmd, sds_cmd
+from mvforge.cli import convert_cmd, dreambooth_cmd, eval_cmd, fit_cmd, sample_cmd, sds_cmd
 from mvforge.cli.common import make_app, run_app
 
 app = make_app(
@@ -20,6 +20,7 @@ app.command("sample")(sample_cmd.sample)
 app.command("sds")(sds_cmd.sds)
 app.command("convert")(convert_cmd.convert)
 app.command("eval")(eval_cmd.eval_)
+app.command("dreambooth")(dreambooth_cmd.dreambooth)
 
 main = run_app(app)
 
