@@ -101,9 +101,9 @@ def dreambooth(
         "device": device,
     }
     cfg = config_mod.with_flags(cfg, flags)
-    from mvforge.cli.mvtrain import _quiet_libraries
+    from mvforge.cli.common import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     from mvforge.train.dreambooth import dreambooth as run
 
     run(cfg)
