@@ -60,7 +60,7 @@ def write_report(run_dir: Path, cfg: ReportConfig | None = None) -> Path:
     if cfg.views_per_object < 1 or cfg.thumb_px < 8 or cfg.histogram_bins < 1:
         raise UserError("report settings: views_per_object >= 1, thumb_px >= 8 and histogram_bins >= 1")
     out = run_dir / REPORT
-    renders = _stage_dir(run_dir, "renders", _looks_like_renders)
+    renders = _stage_dir(run_dir, "renders", layout.is_render_dir)
     filter_dir = _stage_dir(run_dir, "filter", lambda d: (d / "selection.parquet").is_file())
     shards = _stage_dir(run_dir, "shards", lambda d: (d / "index.json").is_file())
 
@@ -85,14 +85,6 @@ def write_report(run_dir: Path, cfg: ReportConfig | None = None) -> Path:
     )
     atomic_write_text(out, page)
     return out
-
-
-def _looks_like_renders(d: Path) -> bool:
-    return (
-        (d / layout.MANIFEST).is_file()
-        or (d / layout.FAILED_DIR).is_dir()
-        or any(d.glob(f"*/*/{layout.META}"))
-    )
 
 
 def _stage_dir(run_dir: Path, name: str, looks_right) -> Path | None:

@@ -27,6 +27,18 @@ def run_app(app: typer.Typer) -> Callable[[], None]:
         except UserError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
             sys.exit(2)
+        except (FileExistsError, NotADirectoryError) as e:
+            # A file where a command needs a directory (--out FILE, a path under a file): the user's input.
+            where = e.filename or "a path"
+            typer.secho(
+                f"error: {where}: a file is where a directory is needed; pass a directory (or a new path)",
+                fg="red",
+                err=True,
+            )
+            sys.exit(2)
+        except IsADirectoryError as e:
+            typer.secho(f"error: {e.filename} is a directory; pass a file", fg="red", err=True)
+            sys.exit(2)
 
     return main
 

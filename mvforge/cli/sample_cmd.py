@@ -125,6 +125,8 @@ def sample(
 
     if (prompt is None) == (prompts is None):
         raise UserError("pass exactly one of --prompt TEXT or --prompts FILE")
+    if prompt is not None and not prompt.strip():
+        raise UserError("the prompt is empty; pass --prompt 'a description of the object'")
     check_config(cfg, None if device == "auto" else device)
     texts = [prompt] if prompt is not None else read_prompts(prompts)
     resolve_model(model)

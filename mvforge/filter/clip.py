@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import warnings
 from pathlib import Path
 
@@ -138,7 +139,7 @@ def load_clip(cfg: FilterConfig, device: str):
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=pretrained, precision=cfg.model.precision, device=device
             )
-    except (RuntimeError, OSError, ValueError) as e:
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(
             f"could not load open_clip {name} / {pretrained}: {first}; offline, pass a checkpoint file or local-dir:DIR"

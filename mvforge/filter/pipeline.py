@@ -123,8 +123,8 @@ def check_scoring_key(out: Path, cfg: FilterConfig, rescore: bool) -> None:
         if stored.get("hash") != scoring_key_hash(key) and not rescore:
             changed = sorted(k for k in key if stored.get("key", {}).get(k) != key[k])
             raise UserError(
-                f"{out} holds scores made with other settings ({', '.join(changed)}); "
-                "use another --out, or --rescore to discard them"
+                f"{out} holds scores made with other settings ({', '.join(changed)}); pass the same model "
+                "flags to re-select from them, another --out, or --rescore to discard them"
             )
     if rescore:
         for p in [*part_files(out), out / SCORES]:
@@ -227,6 +227,7 @@ def run_filter(
             f"render directory {root} has no finished objects ({failed} failed); "
             f"run `mvdata render --out {root}{retry}` first"
         )
+    layout.check_not_render_dir(out, "mvdata filter")
     out.mkdir(parents=True, exist_ok=True)
     check_scoring_key(out, cfg, rescore)
     (out / SUMMARY).unlink(missing_ok=True)  # this run is not done until it writes a new one

@@ -60,6 +60,24 @@ REASONS = (
 )
 
 
+def is_render_dir(path: str | Path) -> bool:
+    """True when ``path`` holds `mvdata render` output (a manifest, failure records or a finished object): other
+    stages refuse to write into one (their config.toml and report.html would replace the render's)."""
+    d = Path(path)
+    return d.is_dir() and (
+        (d / MANIFEST).is_file() or (d / FAILED_DIR).is_dir() or any(d.glob(f"*/*/{META}"))
+    )
+
+
+def check_not_render_dir(out: str | Path, stage: str) -> None:
+    """UserError when a stage's ``--out`` is a render directory (issue 8 review: it overwrote config.toml)."""
+    if is_render_dir(out):
+        raise UserError(
+            f"--out {out} is a render directory; `{stage}` writes its own files there and would replace the "
+            f"render's config.toml: pass another directory, e.g. {Path(out).parent / stage.split()[-1]}"
+        )
+
+
 def check_uid(uid: str) -> str:
     """A uid is a path component and a webdataset key: letters, digits, '_' and '-' only (no dot)."""
     if not UID_RE.match(uid):

@@ -56,15 +56,31 @@ def json_bytes(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+class BadViewError(ValueError):
+    """A view file that is not a whole PNG (wrong signature or no IEND chunk: overwritten or truncated)."""
+
+
+def check_png(name: str, data: bytes) -> bytes:
+    """``data`` if it starts with the PNG signature and ends with the IEND chunk, else BadViewError. A cheap
+    structural check (no decode: the writer never re-encodes) that catches overwritten and truncated views."""
+    if not (data.startswith(PNG_SIGNATURE) and data.endswith(PNG_IEND)):
+        raise BadViewError(f"{name} is not a whole PNG (overwritten or truncated)")
+    return data
+
+
 def object_members(obj: layout.RenderedObject) -> dict[str, bytes]:
-    """Extension -> bytes of one object's sample. Raises FileNotFoundError when a view file is missing."""
+    """Extension -> bytes of one object's sample. Raises FileNotFoundError when a view file is missing and
+    BadViewError when one is not a whole PNG."""
     cams = obj.cameras
     views = cams["views"]
     members: dict[str, bytes] = {}
     for v in views:
-        members[png_ext(int(v["index"]))] = (
-            obj.path / v.get("file", layout.view_name(v["index"]))
-        ).read_bytes()
+        name = v.get("file", layout.view_name(v["index"]))
+        members[png_ext(int(v["index"]))] = check_png(name, (obj.path / name).read_bytes())
     members[CAMERAS_EXT] = npy_bytes(obj.c2w())
     doc = {
         "uid": obj.uid,

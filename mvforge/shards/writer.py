@@ -94,6 +94,9 @@ def write_shard(spec: ShardSpec, renders: str, out: str, storage_options: dict |
             except FileNotFoundError as e:
                 skipped.append({"uid": uid, "reason": "missing_file", "message": Path(e.filename or "").name})
                 continue
+            except schema.BadViewError as e:
+                skipped.append({"uid": uid, "reason": "unreadable_view", "message": str(e)[:200]})
+                continue
             except (ValueError, KeyError) as e:  # unreadable cameras.json / meta.json
                 skipped.append({"uid": uid, "reason": "bad_metadata", "message": str(e)[:200]})
                 continue
@@ -175,6 +178,8 @@ def run_shard(
     """Shard ``renders`` into ``out`` (path or URL); resumes from markers; returns the index document."""
     from mvforge.progress import StageProgress, print_summary
 
+    if "://" not in str(out):
+        layout.check_not_render_dir(out, "mvdata shard")
     inp = collect_input(renders, selection)
     specs = plan_shards(inp.uids, inp.sizes, cfg)
     fs, root = open_fs(out, storage_options)

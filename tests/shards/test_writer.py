@@ -295,3 +295,24 @@ def test_unreadable_object_is_skipped_and_listed(tmp_path):
     assert index["totals"]["samples"] == 2
     assert index["skipped"] == [{"uid": "obj-0001", "reason": "missing_file", "message": "002.png"}]
     assert verify(str(tmp_path / "s"))[1] == []
+
+
+def test_views_that_are_not_whole_pngs_are_skipped_not_packed(tmp_path):
+    """An overwritten or truncated view is skipped and counted (the verifier would otherwise find it later)."""
+    from mvforge.formats import renders as layout
+    from mvforge.render.synthetic import write_synthetic_render_dir
+    from mvforge.shards.config import ShardConfig
+    from mvforge.shards.writer import run_shard
+
+    renders = tmp_path / "renders"
+    uids = write_synthetic_render_dir(renders, 4, views=2, resolution=8)
+    (layout.object_dir(renders, uids[0]) / layout.view_name(1)).write_text("not a png")
+    png = layout.object_dir(renders, uids[1]) / layout.view_name(0)
+    png.write_bytes(png.read_bytes()[:-20])
+    index = run_shard(
+        renders, str(tmp_path / "shards"), ShardConfig(val_fraction=0.0, workers=0), show_progress=False
+    )
+    assert sorted((s["uid"], s["reason"]) for s in index["skipped"]) == sorted(
+        [(uids[0], "unreadable_view"), (uids[1], "unreadable_view")]
+    )
+    assert index["totals"]["samples"] == 2
