@@ -75,3 +75,32 @@ def test_bad_configs_name_the_field(override, field):
         config_mod.load(FitConfig, None, [override, *extra])
     msg = str(e.value)
     assert field in msg and "\n" not in msg
+
+
+def test_ema_weights_follow_diffusers_decay_schedule(make_fit_config, tiny_sd, shards_3d, tmp_path):
+    """unet_ema/ after step 1 equals the weights (decay 0 on the first update), and after step 2 equals
+    d·ema₁ + (1 − d)·θ₂ with d = min((1 + 1) / (10 + 1), ema_decay) (diffusers' EMAModel without warm-up)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from mvforge.train.loop import fit
+
+    out = tmp_path / "run"
+    fit(
+        make_fit_config(
+            tiny_sd, shards_3d, out, max_steps=2, checkpoint_every=1, ema_warmup=False, keep_checkpoints=2
+        )
+    )
+    ck = out / "checkpoints"
+
+    def weights(step: int, sub: str) -> dict:
+        unet = UNet2DConditionModel.from_pretrained(ck / f"step-{step:06d}", subfolder=sub)
+        return {k: v.double() for k, v in unet.state_dict().items()}
+
+    theta1, ema1 = weights(1, "unet"), weights(1, "unet_ema")
+    theta2, ema2 = weights(2, "unet"), weights(2, "unet_ema")
+    d = min(2 / 11, 0.9)
+    assert any(not torch.equal(theta1[k], theta2[k]) for k in theta1)  # the weights did move
+    for k in theta1:
+        torch.testing.assert_close(ema1[k], theta1[k], rtol=0, atol=1e-7)
+        torch.testing.assert_close(ema2[k], d * ema1[k] + (1 - d) * theta2[k], rtol=1e-5, atol=1e-7)
