@@ -24,8 +24,6 @@ loads the run or the checkpoint) and, with ``save_pipeline``, ``pipeline/`` (a f
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 import tomllib
 from pathlib import Path
@@ -37,6 +35,7 @@ from mvforge.devices import resolve_device
 from mvforge.errors import UserError
 from mvforge.fsutil import atomic_write_json, atomic_write_text
 from mvforge.models.resolve import is_pipeline_dir, latest_checkpoint, resolve_model
+from mvforge.train import metrics_csv
 from mvforge.train.checkpoint import load_training_state, save_checkpoint
 from mvforge.train.dreambooth_config import DreamBoothConfig
 from mvforge.train.loop import (  # _fault: the FAULT_ENV test hook of fit (kill/SIGTERM at a step)
@@ -258,24 +257,11 @@ def validate(m: StepModels, cfg: DreamBoothConfig, step: int, out: Path) -> Path
 
 # ---------------------------------------------------------------- metrics
 def _append_metrics(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRICS_FIELDS, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    metrics_csv.append_row(path, row, METRICS_FIELDS)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop rows past the checkpoint: the resumed run writes them again."""
-    if not path.exists():
-        return
-    rows = [r for r in csv.DictReader(path.read_text().splitlines()) if int(r["step"]) <= step]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRICS_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    metrics_csv.truncate_after(path, step, METRICS_FIELDS)
 
 
 class _PhotoDraws:

@@ -26,8 +26,6 @@ SIGTERM (preemptible nodes) makes every rank finish its step, write a checkpoint
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import os
 import signal
 import time
@@ -45,6 +43,7 @@ from mvforge.fsutil import atomic_write_text
 from mvforge.models.model import CAMERA_DIM, encode_text, load_frozen, load_unet
 from mvforge.models.resolve import checkpoints, latest_checkpoint  # noqa: F401  (re-exported for callers)
 from mvforge.shards.loader import MultiViewLoader
+from mvforge.train import metrics_csv
 from mvforge.train.checkpoint import load_training_state, loader_state, save_checkpoint
 from mvforge.train.config import FitConfig
 from mvforge.train.losses import diffusion_loss, sample_noise, training_target
@@ -289,24 +288,11 @@ class _StepLoader(MultiViewLoader):
 
 # ---------------------------------------------------------------- metrics
 def _append_metrics(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRICS_FIELDS, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    metrics_csv.append_row(path, row, METRICS_FIELDS)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop rows past the checkpoint: the resumed run writes them again."""
-    if not path.exists():
-        return
-    rows = [r for r in csv.DictReader(path.read_text().splitlines()) if int(r["step"]) <= step]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRICS_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    metrics_csv.truncate_after(path, step, METRICS_FIELDS)
 
 
 def _tb_writer(out: Path, step: int):
