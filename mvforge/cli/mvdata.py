@@ -19,8 +19,11 @@ app = make_app(
 @app.command()
 def doctor() -> None:
     """Which mvforge extras are installed here and which commands work (no heavy import)."""
+    from rich.console import Console
+
     from mvforge import deps
-    from mvforge.progress import console
+
+    console = Console()  # stdout: `mvdata doctor | grep train` works
     from mvforge.progress import summary_table as table
 
     rep = deps.report()

@@ -29,6 +29,15 @@ def make_tiny_sd(
     from mvforge.errors import UserError
 
     if (out / "model_index.json").is_file():
+        import json
+
+        unet_cfg = out / "unet" / "config.json"
+        has_camera = (
+            unet_cfg.is_file() and json.loads(unet_cfg.read_text()).get("class_embed_type") is not None
+        )
+        if has_camera != multiview:
+            kind = "a multi-view pipeline" if has_camera else "a plain SD directory"
+            raise UserError(f"{out} already holds {kind}; pass another --out (or remove it to rebuild)")
         typer.echo(f"{out} (exists; remove it to rebuild)")
         return
     if prediction_type not in ("epsilon", "v_prediction"):
