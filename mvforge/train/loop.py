@@ -286,6 +286,57 @@ class _StepLoader(MultiViewLoader):
         return super().kind_of_step(step // self.accum)
 
 
+# ---------------------------------------------------------------- resume
+EXECUTION_KEYS = frozenset(
+    {
+        "out",
+        "max_steps",
+        "device",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "tensorboard",
+        "validation",
+        "max_nonfinite_steps",
+        "allow_tf32",
+    }
+)
+"""FitConfig fields a resumed run may change (design §5: execution settings, and extending max_steps); every
+other field decides the weights and is compared with the checkpoint's config.toml."""
+
+
+def _content(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in EXECUTION_KEYS}
+
+
+def _first_difference(a, b, prefix: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            diff = _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+            if diff:
+                return diff
+        return None
+    return None if a == b else f"{prefix[:-1]} was {a!r}, now {b!r}"
+
+
+def check_resume_config(resume: Path, cfg: FitConfig) -> None:
+    """UserError when ``cfg``'s content settings differ from those the checkpoint was trained with: resuming
+    would silently mix two recipes in one run (issue 8 review). Older checkpoints without config.toml pass."""
+    import tomllib
+
+    stored_file = resume / "config.toml"
+    if not stored_file.is_file():
+        return
+    stored = _content(tomllib.loads(stored_file.read_text(encoding="utf-8")))
+    now = _content(tomllib.loads(config_mod.to_toml(cfg)))
+    diff = _first_difference(stored, now)
+    if diff:
+        raise UserError(
+            f"{resume.parent.parent} was trained with other settings ({diff}); pass the same settings to "
+            "resume it, or a new --out"
+        )
+
+
 # ---------------------------------------------------------------- metrics
 def _append_metrics(path: Path, row: dict) -> None:
     metrics_csv.append_row(path, row, METRICS_FIELDS)
@@ -346,6 +397,8 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
 
     # 1. Models: frozen VAE + text encoder; the UNet from the last checkpoint, else from SD + camera MLP; EMA.
     resume = latest_checkpoint(out)
+    if resume is not None:
+        check_resume_config(resume, cfg)
     m = load_models(cfg, rt, resume)
     ema = None
     if cfg.ema_decay > 0:

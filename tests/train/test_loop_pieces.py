@@ -104,3 +104,20 @@ def test_ema_weights_follow_diffusers_decay_schedule(make_fit_config, tiny_sd, s
     for k in theta1:
         torch.testing.assert_close(ema1[k], theta1[k], rtol=0, atol=1e-7)
         torch.testing.assert_close(ema2[k], d * ema1[k] + (1 - d) * theta2[k], rtol=1e-5, atol=1e-7)
+
+
+def test_resume_with_other_content_settings_is_refused(make_fit_config, tiny_sd, shards_3d, tmp_path):
+    """A resumed run may extend max_steps or change execution settings, never the recipe (design §5)."""
+    import dataclasses
+
+    import pytest
+
+    from mvforge.errors import UserError
+    from mvforge.train.loop import fit
+
+    out = tmp_path / "run"
+    fit(make_fit_config(tiny_sd, shards_3d, out, max_steps=1, checkpoint_every=1))
+    changed = make_fit_config(tiny_sd, shards_3d, out, max_steps=2, checkpoint_every=1)
+    with pytest.raises(UserError, match=r"optim.lr was .*, now"):
+        fit(dataclasses.replace(changed, optim=dataclasses.replace(changed.optim, lr=changed.optim.lr * 2)))
+    fit(dataclasses.replace(changed, log_every=2))  # execution settings and a later max_steps resume
