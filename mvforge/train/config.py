@@ -78,6 +78,8 @@ class ValidationConfig:
     def __post_init__(self) -> None:
         if self.every < 0:
             raise UserError(f"validation.every must be >= 0 (got {self.every}); 0 disables validation")
+        if self.steps < 1:
+            raise UserError(f"validation.steps must be >= 1 (got {self.steps})")
         if self.every > 0 and not (self.prompts or self.prompts_2d):
             raise UserError("validation.prompts is empty; give at least one prompt or set validation.every=0")
         if self.steps < 1:
