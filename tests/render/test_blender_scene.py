@@ -269,7 +269,17 @@ def test_same_job_twice_gives_identical_files(tmp, unit_render):
     files = sorted(p.name for p in first.iterdir() if p.suffix in {".png"} or p.name == layout.CAMERAS)
     assert len(files) == 4 * 3 + 1
     for name in files:
-        assert (first / name).read_bytes() == (again / name).read_bytes(), name
+        same = (first / name).read_bytes() == (again / name).read_bytes()
+        if (
+            not same and TINY.cycles.denoise and name.endswith(".png") and name.count(".") == 1
+        ):  # RGBA: 000.png
+            # OpenImageDenoise on CPU reduces in parallel threads, so a denoised pixel may move by 1/255 between
+            # runs (seen once in CI); everything else (cameras, depth, normals, undenoised RGBA) is bit-exact.
+            with Image.open(first / name) as a, Image.open(again / name) as b:
+                diff = np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).max()
+            assert diff <= 1, (name, diff)
+            continue
+        assert same, name
 
 
 # --- 2. normalisation ------------------------------------------------------------------------------------------
