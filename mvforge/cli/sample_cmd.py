@@ -148,6 +148,8 @@ def sample(
     mvd = MultiViewDiffusion.from_pretrained(model, dev, torch_dtype(cfg.precision), use_ema=cfg.use_ema)
     if save_pipeline is not None:
         typer.echo(str(mvd.save_pretrained(save_pipeline)))
-    dirs = sample_prompts(mvd, texts, out, cfg, dev, show_progress=prompts is not None, label=str(model))
+    dirs = sample_prompts(
+        mvd, texts, out, cfg, dev, show_progress=prompts is not None, label=str(model), resume=True
+    )
     for d in dirs:
         typer.echo(str(d / "grid.png"))

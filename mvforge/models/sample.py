@@ -3,12 +3,14 @@
 Output layout: one prompt -> ``OUT/view_00.png ... view_{V-1}.png``, ``OUT/grid.png`` (the views side by side),
 ``OUT/sample.json`` (prompt, text sent to the model, model, config) written last; several prompts (``--prompts
 FILE``) -> the same in ``OUT/<nnnn>-<slug>/`` per prompt. Every prompt starts from the same seed, so a prompt's
-views do not depend on its place in the file.
+views do not depend on its place in the file. Rerunning the same command resumes (``resume=True``, the CLI): a prompt whose sample.json
+records the same model, prompt and settings is skipped; any other setting samples it again and overwrites.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -34,8 +36,9 @@ def check_config(cfg: SampleConfig, device_type: str | None = None) -> None:
         raise UserError(
             f"num_views {cfg.num_views}, steps {cfg.steps}: both must be >= 1 (e.g. --num-views 4 --steps 50)"
         )
-    if cfg.resolution < 8:
-        raise UserError(f"resolution {cfg.resolution}: pass an image side such as 256")
+    if cfg.resolution < 8 or cfg.resolution % 8:
+        # The VAE downsamples by 8 (SD's latents are resolution / 8), as diffusers' pipelines also require.
+        raise UserError(f"resolution {cfg.resolution}: pass a multiple of 8 such as 256")
     if cfg.precision != "fp32" and device_type not in (None, "cuda"):
         raise UserError(f"--precision {cfg.precision} needs a CUDA GPU; use fp32 on {device_type}")
 
@@ -84,10 +87,12 @@ def sample_prompts(
     device="cpu",
     show_progress: bool = True,
     label: str | None = None,
+    resume: bool = False,
 ) -> list[Path]:
     """Sample every prompt and write its views; returns the output directory of each prompt. ``model``: a
     loaded ``MultiViewDiffusion`` or a path for its ``from_pretrained``; ``device``: a torch device or name; ``label``: the model's name in
-    sample.json (default: the path)."""
+    sample.json (default: the path); ``resume``: skip prompts already written with the same settings (the CLI's
+    behaviour; validation during training always samples)."""
     import torch
 
     from mvforge.models.pipeline import MultiViewDiffusion
@@ -113,14 +118,29 @@ def sample_prompts(
         progress = StageProgress("mvtrain sample", len(prompts), unit="prompts").__enter__()
     try:
         for prompt, d in zip(prompts, dirs, strict=True):
-            images = generate_views(pipe, prompt, cfg, cfg.seed)
-            save_views(images, d, meta | {"prompt": prompt, "text": prompt + cfg.prompt_suffix}, cfg)
+            record = meta | {"prompt": prompt, "text": prompt + cfg.prompt_suffix}
+            # Resumable: a prompt whose views were written with these exact settings is not sampled again
+            # (sample.json is written last, so its presence means the views are complete).
+            if not (resume and _already_sampled(d, record, cfg)):
+                images = generate_views(pipe, prompt, cfg, cfg.seed)
+                save_views(images, d, record, cfg)
             if progress is not None:
                 progress.advance()
     finally:
         if progress is not None:
             progress.__exit__(None, None, None)
     return dirs
+
+
+def _already_sampled(out: Path, record: dict, cfg: SampleConfig) -> bool:
+    """True when ``out/sample.json`` records the same model, prompt and settings and every view is there."""
+    try:
+        done = json.loads((out / "sample.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if done != json.loads(json.dumps({**record, "config": config_mod.to_dict(cfg)})):
+        return False
+    return all((out / f"view_{i:02d}.png").is_file() for i in range(cfg.num_views))
 
 
 def _png(image) -> bytes:

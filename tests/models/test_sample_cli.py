@@ -104,3 +104,26 @@ def test_sample_help_imports_no_torch_and_names_the_authors_defaults():
         ).stdout
         assert "HEAVY []" in out, out
     assert "authors'" in out and "--scheduler" in out and "--prompts" in out
+
+
+def test_sample_resumes_finished_prompts_and_redoes_changed_ones(tiny_mv, tmp_path):
+    cfg = SampleConfig(steps=2, resolution=16, num_views=2)
+    prompts = ["a red chair", "a lamp"]
+    dirs = sample_prompts(tiny_mv, prompts, tmp_path / "o", cfg, show_progress=False, resume=True)
+    stamps = {d: (d / "view_00.png").stat().st_mtime_ns for d in dirs}
+    (dirs[1] / "sample.json").unlink()  # as if killed before the second prompt finished
+    again = sample_prompts(tiny_mv, prompts, tmp_path / "o", cfg, show_progress=False, resume=True)
+    assert again == dirs
+    assert (dirs[0] / "view_00.png").stat().st_mtime_ns == stamps[dirs[0]]  # finished: not sampled again
+    assert (dirs[1] / "view_00.png").stat().st_mtime_ns != stamps[dirs[1]]
+    assert (dirs[1] / "sample.json").is_file()
+    # Another seed is another result: every prompt is sampled again.
+    sample_prompts(
+        tiny_mv, prompts, tmp_path / "o", SampleConfig(steps=2, resolution=16, num_views=2, seed=1)
+    )
+    assert json.loads((dirs[0] / "sample.json").read_text())["config"]["seed"] == 1
+
+
+def test_sample_rejects_a_resolution_the_vae_cannot_halve(tmp_path):
+    with pytest.raises(UserError, match="multiple of 8"):
+        sample_prompts(tmp_path / "no-model", ["a chair"], tmp_path / "o", SampleConfig(resolution=100))
