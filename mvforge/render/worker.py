@@ -32,8 +32,10 @@ EXIT_FAILED = 3
 RESULT = "result.json"
 
 # Fault injection for the runner's own tests (hang / crash handling, design §7): MVFORGE_RENDER_FAULT is a
-# comma-separated list of uid=action with action hang | sigkill. Never set in normal use.
+# comma-separated list of uid=action with action hang | sigkill | delay (render after FAULT_DELAY_S: a slow
+# object, so that a test can kill a run between two objects of one process). Never set in normal use.
 FAULT_ENV = "MVFORGE_RENDER_FAULT"
+FAULT_DELAY_S = 2.0
 
 
 def _inject_fault(uid: str) -> None:
@@ -50,6 +52,8 @@ def _inject_fault(uid: str) -> None:
                 time.sleep(1)
         if action == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if action == "delay":
+            time.sleep(FAULT_DELAY_S)
 
 
 def write_result(staging: Path, result: dict) -> None:
