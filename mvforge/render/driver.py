@@ -405,10 +405,17 @@ def render_task(
     return records
 
 
-def batch_size(n: int, workers: int, objects_per_process: int) -> int:
-    """Objects per Ray task: ``objects_per_process``, but small enough that ``n`` objects still keep every
-    worker busy (10 objects on 4 workers go as batches of 3, not as one batch of 8 and 3 idle workers)."""
-    return max(1, min(objects_per_process, -(-n // max(1, workers))))
+def batches(todo: list, workers: int, objects_per_process: int) -> list[list]:
+    """Split ``todo`` into the batches of the Ray tasks, in order: ``objects_per_process`` objects each while
+    many remain, then smaller ones, down to single objects at the end (guided scheduling: a batch holds at most
+    1/(2 x workers) of what remains). Batches are fixed when submitted, so equal batches to the end would leave
+    workers idle while one finishes a heavy batch; single objects at the end keep them all busy."""
+    out, i = [], 0
+    while i < len(todo):
+        size = max(1, min(objects_per_process, -(-(len(todo) - i) // (2 * max(1, workers)))))
+        out.append(todo[i : i + size])
+        i += size
+    return out
 
 
 def _schedule(
@@ -424,7 +431,7 @@ def _schedule(
 ):
     """Yield each object's record as its batch finishes, keeping at most ``workers`` tasks in flight.
 
-    Objects go to the tasks in batches (:func:`batch_size`). A task that dies without records (its Ray worker
+    Objects go to the tasks in batches (:func:`batches`). A task that dies without records (its Ray worker
     killed, a node lost) keeps the records its objects already wrote; the others of a batch of several are
     submitted again one per task, so a neighbour cannot fail them; a lone object's death is recorded crashed.
     """
@@ -450,14 +457,12 @@ def _schedule(
         num_cpus=threads, num_gpus=gpus_per_worker, max_retries=0, name="mvforge-render"
     )
     manifest = out / layout.MANIFEST
-    size = batch_size(len(todo), workers, cfg.limits.objects_per_process)
-    batches = [todo[i : i + size] for i in range(0, len(todo), size)]
 
     def submit(batch):
         return task.remote(batch, [plan_job(obj, cfg, pool) for obj in batch], str(out), cfg, env)
 
     with StageProgress("render", total=len(todo), enabled=show_progress) as progress:
-        pending = batches
+        pending = batches(todo, workers, cfg.limits.objects_per_process)
         while pending:  # twice at most: a batch's objects go again one per task, and a lone one does not
             again: list[SourceObject] = []
             for batch, ref in bounded_map(submit, pending, workers):

@@ -463,6 +463,8 @@ def _meta(job: dict, attempt: Attempt, attempts: int, seconds: float, extra: dic
     job_source = job.get("source") or {}
     timings = dict(result.get("timings") or {})
     timings.update(extra.get("timings", {}))
+    # The Blender process's time for this object: from its start for a process's first object (process start and
+    # `import bpy` included), from the hand-over for the others (issue 12).
     timings["process_s"] = round(attempt.seconds, 3)
     timings["object_s"] = round(seconds, 3)
     vers = versions("bpy", "ray")
