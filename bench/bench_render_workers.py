@@ -60,6 +60,9 @@ def one_run(objs, cfg: RenderConfig, workers: int, out: Path) -> dict:
         "process": 0.0,
     }
     reused = 0
+    # Per object, by where it was rendered: first in its process (process start + import bpy included) or in a
+    # reused one; the steady-state overhead of batches of B is (fresh + (B - 1) x reused) / B per object.
+    by_class = {c: {"n": 0, "process": 0.0, "render": 0.0} for c in ("fresh", "reused")}
     for obj in objs:
         meta = json.loads((layout.object_dir(out, obj.uid) / layout.META).read_text(encoding="utf-8"))
         tm = meta["timings"]
@@ -70,6 +73,10 @@ def one_run(objs, cfg: RenderConfig, workers: int, out: Path) -> dict:
         split["write"] += tm["write_s"]
         split["process"] += tm["process_s"]
         reused += bool((meta.get("process") or {}).get("reused"))
+        c = by_class["reused" if (meta.get("process") or {}).get("reused") else "fresh"]
+        c["n"] += 1
+        c["process"] += tm["process_s"]
+        c["render"] += tm["render_s"]
     return {
         "wall_s": wall,
         "objects_per_min": len(objs) / wall * 60,
@@ -78,6 +85,10 @@ def one_run(objs, cfg: RenderConfig, workers: int, out: Path) -> dict:
         "overhead": 1 - split["render"] / split["process"],
         "overhead_run": 1 - split["render"] / (workers * wall),
         "reused": reused,
+        "by_class": {
+            k: {**c, "overhead": 1 - c["render"] / c["process"] if c["process"] else None}
+            for k, c in by_class.items()
+        },
         "load": load(),
     }
 
@@ -138,6 +149,13 @@ def main() -> None:
                 f"{r['reused']} in a reused process, load {r['load']}",
                 flush=True,
             )
+            for k, c in r["by_class"].items():
+                if c["n"]:
+                    print(
+                        f"    {k}: {c['n']} objects, overhead {c['overhead'] * 100:.1f}% "
+                        f"({(c['process'] - c['render']) / c['n']:.2f} s/object outside render calls)",
+                        flush=True,
+                    )
     base = name[variants[0]]
     for v in variants[1:]:
         wa = sum(r["wall_s"] for r in results[base])
