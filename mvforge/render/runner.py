@@ -115,21 +115,20 @@ def run_objects(
     if len(extras) != len(jobs):
         raise ValueError(f"{len(jobs)} jobs but {len(extras)} extra_meta dicts")
     records = []
-    child: BlenderProcess | None = None
+    # The live process, kept where the finally below sees it even when _render_in raises half-way.
+    state: dict[str, BlenderProcess | None] = {"child": None}
     try:
         for job, extra in zip(jobs, extras, strict=True):
-            rec, child = _render_in(child, job, out, limits, env, extra)
-            records.append(rec)
+            records.append(_render_in(state, job, out, limits, env, extra))
     finally:
-        if child is not None:
-            child.close()
+        if state["child"] is not None:
+            state["child"].close()
     return records
 
 
-def _render_in(
-    child: BlenderProcess | None, job: dict, out: Path, limits: LimitsConfig, env, extra: dict
-) -> tuple[dict, BlenderProcess | None]:
-    """One object through ``child`` (or fresh ones): its terminal record, and the process left for the next."""
+def _render_in(state: dict, job: dict, out: Path, limits: LimitsConfig, env, extra: dict) -> dict:
+    """One object through ``state["child"]`` (or fresh processes, left in ``state`` for the next object); return
+    its manifest record."""
     uid = layout.check_uid(job["uid"])
     log = log_path(out, uid)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -144,17 +143,17 @@ def _render_in(
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         atomic_write_json(staging / JOB, job)
-        reused = child is not None
+        reused = state["child"] is not None
         with open(log, "a", encoding="utf-8") as f:
             f.write(
                 f"=== mvforge: attempt {n} of {budget}, pid {os.getpid()}, "
                 f"{'reused' if reused else 'new'} Blender process ===\n"
             )
-        if child is None:
-            child = BlenderProcess(log, env)
-        attempt = child.render(uid, staging / JOB, staging, log, limits)
+        if state["child"] is None:
+            state["child"] = BlenderProcess(log, env)
+        attempt = state["child"].render(uid, staging / JOB, staging, log, limits)
         if attempt.returncode is not None:
-            child = None  # it died or was killed: the next attempt or object gets a fresh one
+            state["child"] = None  # it died or was killed: the next attempt or object gets a fresh one
         if attempt.kind in ("crashed", "memory_limit") and attempt.position > 1 and not second_chance:
             # The process had rendered other objects first: what they left (memory, a broken state) may be the
             # cause, so this object gets a fresh process before it is judged.
@@ -182,10 +181,10 @@ def _render_in(
                 ((attempt.result or {}).get("stats") or {}).get("stripped_textures") or 0
             ),
         }
-        return rec, child
+        return rec
     shutil.rmtree(staging, ignore_errors=True)
     reason, message = _classify(attempt, limits, n)
-    rec = fail(
+    return fail(
         out,
         uid,
         reason,
@@ -196,7 +195,6 @@ def _render_in(
         seconds=seconds,
         peak_rss_bytes=attempt.peak_rss_bytes,
     )
-    return rec, child
 
 
 def _classify(attempt: Attempt, limits: LimitsConfig, attempts: int) -> tuple[str, str]:
@@ -303,7 +301,9 @@ class BlenderProcess:
                 if reply is not None:
                     break
                 if eof or _exited(self.proc, 0):
-                    kind = "crashed"
+                    reply, _ = self._read_reply(0)  # a reply written just before it ended still counts
+                    if reply is None:
+                        kind = "crashed"
                     break
                 now = time.monotonic()
                 if now >= deadline:
@@ -331,7 +331,8 @@ class BlenderProcess:
             else:
                 kind = "crashed"  # a reply without its result.json: nothing to trust in this process
         returncode = None
-        if kind not in ("ok", "failed"):
+        if kind not in ("ok", "failed") or _exited(self.proc, 0):
+            # Killed, crashed, or ended right after its reply: the next object needs a fresh process.
             returncode = self.close(kill=True)
         return Attempt(kind, returncode, result, seconds, peak, self.proc.pid, position)
 
