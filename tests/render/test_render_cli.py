@@ -51,6 +51,7 @@ def test_help_through_the_entry_point_is_useful():
         "--retry-failed",
         "--lvis",
         "--memory-gb",
+        "--objects-per-process",
         "--adaptive-threshold",
         "--view-transform",
         "--hdri-visible",
