@@ -1,6 +1,7 @@
 """Where a render's time goes, and 2 workers x 1 thread against 1 worker x 2 threads on 2 cores (issue 12).
 
 Run: .venv/bin/python bench/bench_render_workers.py [--views 8 --repeats 2 --layouts 1x2 2x1]
+     .venv/bin/python bench/bench_render_workers.py --views 32 --layouts 2x1 --objects-per-process 1 8 --copies 2
 
 The whole `mvdata render` driver (``mvforge.render.driver.render``) on the same GLBs and settings, each layout
 (workers x threads) in turn, ``--repeats`` times, alternating so the load of a shared machine falls on both.
@@ -8,6 +9,11 @@ Ray is started once beforehand with the machine's cores, so its start-up is not 
 objects/min, views/s; per object, from meta.json timings, the split of the Blender process's wall time into
 process start + ``import bpy`` (process_s - total_s), import, setup (scene, world, Cycles), Cycles render calls
 and PNG writes; the overhead fraction = 1 - render calls / process wall (design §8 target ≤ 5% at 32 views).
+``--objects-per-process`` adds the batch size (``limits.objects_per_process``) as a variant, interleaved with
+the layouts: in a reused process an object's process wall runs from its hand-over to its reply, so the process
+start is counted once, on the batch's first object. Also per run: the overhead of the whole run, 1 - render calls
+/ (workers x wall), which adds Ray, the runner's staging and finalize, and idle workers at the end of the run.
+``--copies N`` renders each GLB N times under different uids (other cameras and HDRIs) for more objects.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from mvforge.cameras import OrbitSampling  # noqa: E402
 from mvforge.formats import renders as layout  # noqa: E402
-from mvforge.render.config import CyclesConfig, RenderConfig  # noqa: E402
+from mvforge.render.config import CyclesConfig, LimitsConfig, RenderConfig  # noqa: E402
 from mvforge.render.plan import SourceObject  # noqa: E402
 
 GLBS = ROOT / "tests" / "data" / "glb"
@@ -37,6 +43,7 @@ def load() -> str:
 
 
 def one_run(objs, cfg: RenderConfig, workers: int, out: Path) -> dict:
+    """One `render` call into a fresh ``out``: wall, throughput and the summed per-object time split."""
     from mvforge.render.driver import render
 
     shutil.rmtree(out, ignore_errors=True)
@@ -52,22 +59,36 @@ def one_run(objs, cfg: RenderConfig, workers: int, out: Path) -> dict:
         "write": 0.0,
         "process": 0.0,
     }
+    reused = 0
+    # Per object, by where it was rendered: first in its process (process start + import bpy included) or in a
+    # reused one; the steady-state overhead of batches of B is (fresh + (B - 1) x reused) / B per object.
+    by_class = {c: {"n": 0, "process": 0.0, "render": 0.0} for c in ("fresh", "reused")}
     for obj in objs:
-        tm = json.loads((layout.object_dir(out, obj.uid) / layout.META).read_text(encoding="utf-8"))[
-            "timings"
-        ]
+        meta = json.loads((layout.object_dir(out, obj.uid) / layout.META).read_text(encoding="utf-8"))
+        tm = meta["timings"]
         split["start_and_import_bpy"] += tm["process_s"] - tm["total_s"]
         split["import"] += tm["import_s"]
         split["setup"] += tm["setup_s"]
         split["render"] += tm["render_s"]
         split["write"] += tm["write_s"]
         split["process"] += tm["process_s"]
+        reused += bool((meta.get("process") or {}).get("reused"))
+        c = by_class["reused" if (meta.get("process") or {}).get("reused") else "fresh"]
+        c["n"] += 1
+        c["process"] += tm["process_s"]
+        c["render"] += tm["render_s"]
     return {
         "wall_s": wall,
         "objects_per_min": len(objs) / wall * 60,
         "views_per_s": summary.views / wall,
         "split_s": split,
         "overhead": 1 - split["render"] / split["process"],
+        "overhead_run": 1 - split["render"] / (workers * wall),
+        "reused": reused,
+        "by_class": {
+            k: {**c, "overhead": 1 - c["render"] / c["process"] if c["process"] else None}
+            for k, c in by_class.items()
+        },
         "load": load(),
     }
 
@@ -80,41 +101,66 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=None, help="default: CyclesConfig's")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--layouts", nargs="*", default=["1x2", "2x1"], help="WORKERSxTHREADS")
+    p.add_argument(
+        "--objects-per-process", nargs="*", type=int, default=[1], help="batch sizes to compare (issue 12)"
+    )
+    p.add_argument("--copies", type=int, default=1, help="render each GLB this many times, as other uids")
     args = p.parse_args()
 
     from mvforge.raytools import init_ray
 
     objs = [
-        SourceObject(uid=name, kind="local", ext="glb", path=str((GLBS / f"{name}.glb").resolve()))
+        SourceObject(
+            uid=name if copy == 0 else f"{name}-{copy}",
+            kind="local",
+            ext="glb",
+            path=str((GLBS / f"{name}.glb").resolve()),
+        )
+        for copy in range(args.copies)
         for name in args.objects
     ]
     init_ray(num_cpus=os.cpu_count())
     print(f"# {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {load()}")
-    results: dict[str, list] = {lay: [] for lay in args.layouts}
+    variants = [(lay, k) for lay in args.layouts for k in args.objects_per_process]
+    name = {v: v[0] if len(args.objects_per_process) == 1 else f"{v[0]}-b{v[1]}" for v in variants}
+    results: dict[str, list] = {name[v]: [] for v in variants}
     for rep in range(args.repeats):
-        for lay in args.layouts:
+        # Interleaved, and in the opposite order on odd repeats, so a trend in the machine's load falls on all.
+        for lay, k in variants if rep % 2 == 0 else variants[::-1]:
             workers, threads = (int(x) for x in lay.split("x"))
             cycles = CyclesConfig(threads=threads)
             if args.samples:
                 cycles = CyclesConfig(threads=threads, samples=args.samples)
             cfg = RenderConfig(
-                resolution=args.resolution, cameras=OrbitSampling(views=args.views), cycles=cycles
+                resolution=args.resolution,
+                cameras=OrbitSampling(views=args.views),
+                cycles=cycles,
+                limits=LimitsConfig(objects_per_process=k),
             )
-            r = one_run(objs, cfg, workers, OUT / lay)
-            results[lay].append(r)
+            r = one_run(objs, cfg, workers, OUT / name[(lay, k)])
+            results[name[(lay, k)]].append(r)
             sp = r["split_s"]
             print(
-                f"rep {rep} {lay}: wall {r['wall_s']:.1f} s, {r['objects_per_min']:.2f} obj/min, "
+                f"rep {rep} {name[(lay, k)]}: wall {r['wall_s']:.1f} s, {r['objects_per_min']:.2f} obj/min, "
                 f"{r['views_per_s']:.3f} views/s, overhead {r['overhead'] * 100:.1f}% "
                 f"(start+import bpy {sp['start_and_import_bpy']:.1f}, import {sp['import']:.1f}, "
-                f"setup {sp['setup']:.1f}, render {sp['render']:.1f}, write {sp['write']:.1f} s), load {r['load']}",
+                f"setup {sp['setup']:.1f}, render {sp['render']:.1f}, write {sp['write']:.1f}, "
+                f"process {sp['process']:.1f} s), run overhead {r['overhead_run'] * 100:.1f}%, "
+                f"{r['reused']} in a reused process, load {r['load']}",
                 flush=True,
             )
-    if len(args.layouts) == 2:
-        a, b = args.layouts
-        wa = sum(r["wall_s"] for r in results[a])
-        wb = sum(r["wall_s"] for r in results[b])
-        print(f"wall {b} / {a}: {wb / wa:.3f} (below 1: {b} faster)")
+            for k, c in r["by_class"].items():
+                if c["n"]:
+                    print(
+                        f"    {k}: {c['n']} objects, overhead {c['overhead'] * 100:.1f}% "
+                        f"({(c['process'] - c['render']) / c['n']:.2f} s/object outside render calls)",
+                        flush=True,
+                    )
+    base = name[variants[0]]
+    for v in variants[1:]:
+        wa = sum(r["wall_s"] for r in results[base])
+        wb = sum(r["wall_s"] for r in results[name[v]])
+        print(f"wall {name[v]} / {base}: {wb / wa:.3f} (below 1: {name[v]} faster)")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
 

@@ -131,6 +131,13 @@ def render(
             rich_help_panel=_L,
         ),
     ] = None,
+    objects_per_process: Annotated[
+        int | None,
+        typer.Option(
+            help="Objects one Blender process renders in turn, 1 = a new process per object (default: 8).",
+            rich_help_panel=_L,
+        ),
+    ] = None,
     max_faces: Annotated[
         int | None,
         typer.Option(help="Reject objects above this face count (default: 5000000).", rich_help_panel=_L),
@@ -217,6 +224,7 @@ def render(
         "limits.timeout_s": timeout,
         "limits.memory_gb": memory_gb,
         "limits.retries": retries,
+        "limits.objects_per_process": objects_per_process,
         "limits.max_faces": max_faces,
         "download.cache_dir": cache_dir,
     }

@@ -1,9 +1,11 @@
-"""The `mvdata render` driver: plan every object, schedule one Ray task per object, record, resume.
+"""The `mvdata render` driver: plan every object, schedule one Ray task per small batch of objects, record,
+resume.
 
 Resume is a property of the output directory, not of a job database (design §2.1): an object is done iff its
 meta.json (ok) or its failure record exists, so re-running the same command renders only what is missing.
-Each task downloads its object (when it is a URL) on the node that renders, then runs it in a Blender child
-process through ``runner.run_object``; the driver appends one manifest line per finished object.
+Each task downloads its objects (those that are URLs) on the node that renders, then renders them in turn in
+one Blender child process through ``runner.run_objects`` (``limits.objects_per_process``, issue 12); the
+driver appends one manifest line per finished object.
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ def render(
 ) -> Summary:
     """Render ``sources`` into ``out`` with at most ``workers`` Blender processes at a time.
 
-    ``task``: the function each Ray task runs, with :func:`render_task`'s signature and contract (default
-    :func:`render_task`); the driver's dry run passes ``mvforge.render.synthetic.stub_render_task`` (issue 12).
+    ``task``: the function each Ray task runs on a batch of objects, with :func:`render_task`'s signature and
+    contract (default :func:`render_task`); the driver's dry run passes ``mvforge.render.synthetic.stub_render_task`` (issue 12).
     """
     start = time.monotonic()
     out = Path(out)
@@ -348,34 +350,72 @@ def _prepare_manifest(out: Path, states: dict[str, str | None], rerun: set[str])
 # --- Ray ------------------------------------------------------------------------------------------------
 
 
-def render_task(obj: SourceObject, job: dict, out: str, cfg: RenderConfig, env: dict[str, str]) -> dict:
-    """Body of one Ray task: download when the object is a URL, then render it in a child process."""
+def render_task(
+    objs: list[SourceObject], jobs: list[dict], out: str, cfg: RenderConfig, env: dict[str, str]
+) -> list[dict]:
+    """Body of one Ray task: a batch of objects (``limits.objects_per_process``, issue 12). Downloads the ones
+    that are URLs, then renders them in turn in one reused Blender child process (``runner.run_objects``);
+    returns one manifest record per object, in order."""
     from mvforge.render import runner
 
     out_path = Path(out)
-    if job.get("importer") is None:
-        # No bpy importer reads this extension: record it without paying for a Blender start.
-        message = f"unknown 3D format {obj.ext!r}; supported: {', '.join(sorted(FORMATS))}"
-        return runner.fail(out_path, obj.uid, "unsupported_format", message, attempts=0, source=job["source"])
-    extra: dict = {}
-    if obj.url is not None:
-        from mvforge.render.download import DownloadError, fetch
-
-        try:
-            got = fetch(
-                obj.url,
-                obj.path,
-                sha256=obj.sha256,
-                timeout_s=cfg.download.timeout_s,
-                retries=cfg.download.retries,
+    records: list[dict | None] = []
+    todo: list[tuple[int, dict, dict]] = []  # (index in the batch, job, meta.json additions)
+    for obj, job in zip(objs, jobs, strict=True):
+        if job.get("importer") is None:
+            # No bpy importer reads this extension: record it without paying for a Blender start.
+            message = f"unknown 3D format {obj.ext!r}; supported: {', '.join(sorted(FORMATS))}"
+            records.append(
+                runner.fail(
+                    out_path, obj.uid, "unsupported_format", message, attempts=0, source=job["source"]
+                )
             )
-        except DownloadError as e:
-            return runner.fail(out_path, obj.uid, "download_failed", str(e), attempts=1, source=job["source"])
-        extra = {
-            "source": {"sha256": got.sha256, "bytes": got.bytes},
-            "timings": {"download_s": round(got.seconds, 3), "download_cached": got.cached},
-        }
-    return runner.run_object(job, out_path, cfg.limits, env=env, extra_meta=extra)
+            continue
+        extra: dict = {}
+        if obj.url is not None:
+            from mvforge.render.download import DownloadError, fetch
+
+            try:
+                got = fetch(
+                    obj.url,
+                    obj.path,
+                    sha256=obj.sha256,
+                    timeout_s=cfg.download.timeout_s,
+                    retries=cfg.download.retries,
+                )
+            except DownloadError as e:
+                records.append(
+                    runner.fail(
+                        out_path, obj.uid, "download_failed", str(e), attempts=1, source=job["source"]
+                    )
+                )
+                continue
+            extra = {
+                "source": {"sha256": got.sha256, "bytes": got.bytes},
+                "timings": {"download_s": round(got.seconds, 3), "download_cached": got.cached},
+            }
+        todo.append((len(records), job, extra))
+        records.append(None)
+    if todo:
+        rendered = runner.run_objects(
+            [job for _, job, _ in todo], out_path, cfg.limits, env=env, extra_meta=[e for _, _, e in todo]
+        )
+        for (i, _, _), rec in zip(todo, rendered, strict=True):
+            records[i] = rec
+    return records
+
+
+def batches(todo: list, workers: int, objects_per_process: int) -> list[list]:
+    """Split ``todo`` into the batches of the Ray tasks, in order: ``objects_per_process`` objects each while
+    many remain, then smaller ones, down to single objects at the end (guided scheduling: a batch holds at most
+    1/(2 x workers) of what remains). Batches are fixed when submitted, so equal batches to the end would leave
+    workers idle while one finishes a heavy batch; single objects at the end keep them all busy."""
+    out, i = [], 0
+    while i < len(todo):
+        size = max(1, min(objects_per_process, -(-(len(todo) - i) // (2 * max(1, workers)))))
+        out.append(todo[i : i + size])
+        i += size
+    return out
 
 
 def _schedule(
@@ -389,7 +429,12 @@ def _schedule(
     show_progress: bool,
     task_fn=render_task,
 ):
-    """Yield each object's record as it finishes, keeping at most ``workers`` tasks in flight."""
+    """Yield each object's record as its batch finishes, keeping at most ``workers`` tasks in flight.
+
+    Objects go to the tasks in batches (:func:`batches`). A task that dies without records (its Ray worker
+    killed, a node lost) keeps the records its objects already wrote; the others of a batch of several are
+    submitted again one per task, so a neighbour cannot fail them; a lone object's death is recorded crashed.
+    """
     import ray
 
     from mvforge.progress import StageProgress
@@ -406,33 +451,77 @@ def _schedule(
     # The fault-injection switch of the worker's tests travels explicitly: Ray workers may have been started
     # before the driver's environment changed.
     env = {FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
-    # max_retries=0: a Ray worker that dies (OOM killer, node loss) fails the task; the driver records it as
-    # crashed below. The runner already retries the Blender process, which is what usually dies.
+    # max_retries=0: a Ray worker that dies (OOM killer, node loss) fails the task; the driver handles it below.
+    # The runner already retries the Blender process, which is what usually dies.
     task = ray.remote(task_fn).options(
         num_cpus=threads, num_gpus=gpus_per_worker, max_retries=0, name="mvforge-render"
     )
     manifest = out / layout.MANIFEST
 
-    def submit(obj):
-        return task.remote(obj, plan_job(obj, cfg, pool), str(out), cfg, env)
+    def submit(batch):
+        return task.remote(batch, [plan_job(obj, cfg, pool) for obj in batch], str(out), cfg, env)
 
     with StageProgress("render", total=len(todo), enabled=show_progress) as progress:
-        for obj, ref in bounded_map(submit, todo, workers):
-            try:
-                rec = ray.get(ref)
-            except ray.exceptions.RayError as e:
-                rec = runner.fail(
-                    out,
-                    obj.uid,
-                    "crashed",
-                    _task_error(e),
-                    attempts=1,
-                    source=dataclasses.asdict(obj) | {"tags": list(obj.tags)},
-                    log=runner.log_path(out, obj.uid),
-                )
-            append_jsonl(manifest, rec | {"time": round(time.time(), 3)})
-            progress.advance(rec["status"])
-            yield rec
+        pending = batches(todo, workers, cfg.limits.objects_per_process)
+        while pending:  # twice at most: a batch's objects go again one per task, and a lone one does not
+            again: list[SourceObject] = []
+            for batch, ref in bounded_map(submit, pending, workers):
+                try:
+                    recs = ray.get(ref)
+                except ray.exceptions.RayError as e:
+                    recs = []
+                    for obj in batch:
+                        if layout.status(out, obj.uid) is not None:
+                            recs.append(_record_on_disk(out, obj.uid))
+                        elif len(batch) > 1:
+                            again.append(obj)
+                        else:
+                            recs.append(
+                                runner.fail(
+                                    out,
+                                    obj.uid,
+                                    "crashed",
+                                    _task_error(e),
+                                    attempts=1,
+                                    source=dataclasses.asdict(obj) | {"tags": list(obj.tags)},
+                                    log=runner.log_path(out, obj.uid),
+                                )
+                            )
+                for rec in recs:
+                    append_jsonl(manifest, rec | {"time": round(time.time(), 3)})
+                    progress.advance(rec["status"])
+                    yield rec
+            pending = [[obj] for obj in again]
+
+
+def _record_on_disk(out: Path, uid: str) -> dict:
+    """The manifest record of an object whose terminal record was written by a task that then died."""
+    if layout.status(out, uid) == "ok":
+        meta = json.loads((layout.object_dir(out, uid) / layout.META).read_text(encoding="utf-8"))
+        timings = meta.get("timings") or {}
+        return {
+            "uid": uid,
+            "status": "ok",
+            "reason": None,
+            "attempts": meta.get("attempts", 1),
+            "seconds": timings.get("object_s", 0.0),
+            "render_seconds": timings.get("render_s"),
+            "views": int(meta.get("views", 0)),
+            "peak_rss_mb": meta.get("peak_rss_mb"),
+            "recovered": True,
+        }
+    failure = json.loads(layout.failure_path(out, uid).read_text(encoding="utf-8"))
+    return {
+        "uid": uid,
+        "status": "failed",
+        "reason": failure.get("reason"),
+        "attempts": failure.get("attempts", 1),
+        "seconds": 0.0,
+        "render_seconds": None,
+        "views": 0,
+        "peak_rss_mb": 0.0,
+        "recovered": True,
+    }
 
 
 def _task_error(e: Exception) -> str:

@@ -1,18 +1,24 @@
-"""Run ONE object's render in a Blender child process that this module owns (design §4).
+"""Run objects' renders in Blender child processes that this module owns (design §4).
 
-Why a child process per object: a long-lived bpy process leaks 10-50 MB per imported object, bpy is one per
-process, and a crash or hang in an importer must cost one object, not the run. The child
-(``python -m mvforge.render.worker JOB.json STAGING``) gets:
+Why a child process: a long-lived bpy process leaks 10-50 MB per imported object, bpy is one per process, and
+a crash or hang in an importer must cost one object, not the run. A child renders a small batch of objects in
+turn (``limits.objects_per_process``, issue 12: the process start and ``import bpy`` are paid once per batch,
+the scene is reset to factory settings between objects). The child (``python -m mvforge.render.worker --serve
+FD``) gets:
 - its own process group (``start_new_session``), so a timeout kills Blender *and* anything it spawned;
 - ``PR_SET_PDEATHSIG=SIGKILL``, so when the Ray worker that owns it dies (Ray only kills direct children of a
   worker, and not at all when the worker itself crashed) the kernel kills Blender too;
-- a wall-clock timeout and a resident-memory cap over the whole group, polled from /proc;
-- stdout and stderr in ``<out>/logs/<uid>.log``.
+- per object: a wall-clock timeout (from the job's hand-over; from the process start for its first object) and a
+  resident-memory cap over the whole group, polled from /proc;
+- per object: stdout and stderr in ``<out>/logs/<uid>.log`` (the worker re-points its descriptors per job).
 
-Outcome → record: exit 0 → the staging dir gets meta.json (written last) and is renamed onto the object dir;
-exit 3 → the classified reason in result.json; any other exit → retried ``limits.retries`` times, then
-``crashed``; timeout / memory cap → ``timeout`` / ``memory_limit`` (not retried: they would trip again).
-Every failure is one atomic ``failed/<uid>.json`` with the log tail.
+Outcome → record, per object: ok → the staging dir gets meta.json (written last) and is renamed onto the object
+dir; a classified failure → the reason in result.json; a process that died → retried ``limits.retries`` times
+in a fresh process, then ``crashed``; timeout / memory cap → ``timeout`` / ``memory_limit`` (not retried: they
+would trip again). A process that dies or is killed ends only the object it was rendering: the rest of the
+batch goes on in a fresh process, and a crash or memory cap in a process that had rendered other objects first
+gets one more attempt in a fresh process (it may be their leftovers), so no object fails because of a
+neighbour. Every failure is one atomic ``failed/<uid>.json`` with the log tail.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import ctypes
 import functools
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -33,13 +40,13 @@ from pathlib import Path
 from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_json, tmp_path, versions
 from mvforge.render.config import LimitsConfig
-from mvforge.render.worker import EXIT_FAILED, EXIT_OK, RESULT
+from mvforge.render.worker import RESULT
 
 JOB = "job.json"
 LOGS_DIR = "logs"
 LOG_TAIL_LINES = 40
 POLL_S = 0.1
-"""How often the child's exit is checked."""
+"""How often the child's reply and exit are checked."""
 MEMORY_POLL_S = 0.5
 """How often the group's resident memory is summed (a /proc scan; cheap, but not free)."""
 TERM_GRACE_S = 3.0
@@ -49,14 +56,20 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 @dataclass(frozen=True)
 class Attempt:
-    """How one child process ended."""
+    """How one object's render in a child process ended."""
 
     kind: str
     """ok | failed (classified by the worker) | crashed | timeout | memory_limit"""
     returncode: int | None
+    """The process's exit status when it ended with this attempt; None when it lives on for the next object."""
     result: dict | None
     seconds: float
+    """From the job's hand-over (from the process start for a process's first object) to its reply or kill."""
     peak_rss_bytes: int
+    pid: int = 0
+    """The Blender process."""
+    position: int = 1
+    """This object's place in its process: 1 = first (a fresh process), 2 = rendered after one other, ..."""
 
 
 def staging_dir(out: Path, uid: str) -> Path:
@@ -75,35 +88,86 @@ def run_object(
     env: dict[str, str] | None = None,
     extra_meta: dict | None = None,
 ) -> dict:
-    """Render ``job`` (from plan.plan_job, ``input_path`` local) into ``out``; return its manifest record.
+    """Render ``job`` (from plan.plan_job, ``input_path`` local) into ``out`` in a fresh child process; return
+    its manifest record. ``env``: extra environment variables for the child. ``extra_meta``: merged into
+    meta.json (the download). Exactly one terminal record results: ``<object dir>/meta.json`` or
+    ``failed/<uid>.json``."""
+    return run_objects([job], out, limits, env=env, extra_meta=[extra_meta or {}])[0]
 
-    ``env``: extra environment variables for the child. ``extra_meta``: merged into meta.json (the download).
-    Exactly one terminal record results: ``<object dir>/meta.json`` or ``failed/<uid>.json``.
+
+def run_objects(
+    jobs: list[dict],
+    out: str | os.PathLike,
+    limits: LimitsConfig,
+    *,
+    env: dict[str, str] | None = None,
+    extra_meta: list[dict] | None = None,
+) -> list[dict]:
+    """Render ``jobs`` in turn in one reused child process (a fresh one after any that died or was killed);
+    return their manifest records in order (issue 12).
+
+    Each object gets what :func:`run_object` gives one: its own timeout, memory cap, log, staging dir, retries
+    and exactly one terminal record, written as soon as it finishes (so a kill of this process loses at most the
+    object in progress). ``extra_meta``: one dict per job, merged into its meta.json.
     """
     out = Path(out)
+    extras = extra_meta or [{} for _ in jobs]
+    if len(extras) != len(jobs):
+        raise ValueError(f"{len(jobs)} jobs but {len(extras)} extra_meta dicts")
+    records = []
+    # The live process, kept where the finally below sees it even when _render_in raises half-way.
+    state: dict[str, BlenderProcess | None] = {"child": None}
+    try:
+        for job, extra in zip(jobs, extras, strict=True):
+            records.append(_render_in(state, job, out, limits, env, extra))
+    finally:
+        if state["child"] is not None:
+            state["child"].close()
+    return records
+
+
+def _render_in(state: dict, job: dict, out: Path, limits: LimitsConfig, env, extra: dict) -> dict:
+    """One object through ``state["child"]`` (or fresh processes, left in ``state`` for the next object); return
+    its manifest record."""
     uid = layout.check_uid(job["uid"])
     log = log_path(out, uid)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("", encoding="utf-8")
     start = time.monotonic()
-    attempt: Attempt | None = None
+    budget = limits.retries + 1
+    second_chance = False
     n = 0
-    for n in range(1, limits.retries + 2):
+    while True:
+        n += 1
         staging = staging_dir(out, uid)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         atomic_write_json(staging / JOB, job)
+        reused = state["child"] is not None
         with open(log, "a", encoding="utf-8") as f:
-            f.write(f"=== mvforge: attempt {n} of {limits.retries + 1}, pid {os.getpid()} ===\n")
-        attempt = run_child(staging / JOB, staging, log, limits, env=env)
-        if attempt.kind != "crashed":
-            break
-    assert attempt is not None
+            f.write(
+                f"=== mvforge: attempt {n} of {budget}, pid {os.getpid()}, "
+                f"{'reused' if reused else 'new'} Blender process ===\n"
+            )
+        if state["child"] is None:
+            state["child"] = BlenderProcess(log, env)
+        attempt = state["child"].render(uid, staging / JOB, staging, log, limits)
+        if attempt.returncode is not None:
+            state["child"] = None  # it died or was killed: the next attempt or object gets a fresh one
+        if attempt.kind in ("crashed", "memory_limit") and attempt.position > 1 and not second_chance:
+            # The process had rendered other objects first: what they left (memory, a broken state) may be the
+            # cause, so this object gets a fresh process before it is judged.
+            second_chance = True
+            budget += 1
+            continue
+        if attempt.kind == "crashed" and n < budget:
+            continue
+        break
     seconds = time.monotonic() - start
     if attempt.kind == "ok":
-        meta = _meta(job, attempt, n, seconds, extra_meta or {})
+        meta = _meta(job, attempt, n, seconds, extra)
         finalize_ok(out, uid, staging, meta)
-        return {
+        rec = {
             "uid": uid,
             "status": "ok",
             "reason": None,
@@ -117,6 +181,7 @@ def run_object(
                 ((attempt.result or {}).get("stats") or {}).get("stripped_textures") or 0
             ),
         }
+        return rec
     shutil.rmtree(staging, ignore_errors=True)
     reason, message = _classify(attempt, limits, n)
     return fail(
@@ -165,8 +230,8 @@ def _prctl():
 def _die_with_parent():
     """A preexec_fn that makes the kernel SIGKILL the child when its parent dies (PR_SET_PDEATHSIG).
 
-    The "parent" of PR_SET_PDEATHSIG is the *thread* that forked: run_child forks and waits in the same thread
-    and kills the group before it returns, so a thread ending early cannot kill a live render by mistake.
+    The "parent" of PR_SET_PDEATHSIG is the *thread* that forked: run_objects forks, waits and closes its
+    processes in the same thread, killing each group before it returns, so a thread ending early cannot kill a live render by mistake.
     A parent that died between fork and prctl is caught by comparing getppid with the pid seen before fork.
     """
     prctl, parent = _prctl(), os.getpid()
@@ -179,67 +244,135 @@ def _die_with_parent():
     return arm
 
 
-def run_child(
-    job_path: Path,
-    staging: Path,
-    log: Path,
-    limits: LimitsConfig,
-    *,
-    env: dict[str, str] | None = None,
-    grace_s: float = TERM_GRACE_S,
-) -> Attempt:
-    """Run the worker once under the timeout and memory cap; the whole group is dead when this returns."""
-    child_env = dict(os.environ)
-    child_env.update(env or {})
-    cmd = [sys.executable, "-m", "mvforge.render.worker", str(job_path), str(staging)]
-    start = time.monotonic()
-    deadline = start + limits.timeout_s
-    cap = limits.memory_gb * 2**30
-    peak = 0
-    next_mem = start
-    with open(log, "ab") as logf:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            env=child_env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent(),
-        )
-    pgid = proc.pid  # start_new_session: the child leads its own group
-    kind = None
-    try:
-        while not _exited(proc, POLL_S):
-            now = time.monotonic()
-            if now >= deadline:
-                kind = "timeout"
-                stop_group(pgid, proc, grace_s)
-                break
-            if now >= next_mem:
-                next_mem = now + MEMORY_POLL_S
-                rss = group_rss_bytes(pgid)
-                peak = max(peak, rss)
-                if rss > cap:
-                    kind = "memory_limit"
-                    stop_group(pgid, proc, grace_s)
+class BlenderProcess:
+    """One Blender child in serve mode (``mvforge.render.worker --serve``), rendering the jobs it is handed in
+    turn; the whole group is dead when :meth:`render` returns an attempt with a ``returncode`` and after
+    :meth:`close`."""
+
+    def __init__(self, log: Path, env: dict[str, str] | None = None):
+        child_env = dict(os.environ)
+        child_env.update(env or {})
+        # Replies come on a pipe of their own: stdout and stderr are the objects' logs.
+        read_fd, write_fd = os.pipe()
+        cmd = [sys.executable, "-m", "mvforge.render.worker", "--serve", str(write_fd)]
+        try:
+            with open(log, "ab") as logf:
+                self.proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.PIPE,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    env=child_env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent(),
+                    pass_fds=(write_fd,),
+                )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self.pgid = self.proc.pid  # start_new_session: the child leads its own group
+        self.started = time.monotonic()
+        self.served = 0
+        self._reply = read_fd
+        self._buffer = b""
+
+    def render(self, uid: str, job_path: Path, staging: Path, log: Path, limits: LimitsConfig) -> Attempt:
+        """Hand one job over and wait for its reply under the object's timeout and the memory cap."""
+        self.served += 1
+        position = self.served
+        start = self.started if position == 1 else time.monotonic()
+        deadline = start + limits.timeout_s
+        cap = limits.memory_gb * 2**30
+        peak = 0
+        next_mem = time.monotonic()
+        kind = None
+        reply = None
+        line = json.dumps({"uid": uid, "job": str(job_path), "staging": str(staging), "log": str(log)})
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            kind = "crashed"  # it died between two objects
+        try:
+            while kind is None:
+                reply, eof = self._read_reply(POLL_S)
+                if reply is not None:
                     break
-    finally:
-        # Whatever happened (an exception here included), nothing of the group may outlive the attempt. The
-        # leader is reaped only after this killpg: until then its pid, which is the group id, cannot be reused
-        # by an unrelated process group that the signal would hit.
-        _killpg(pgid, signal.SIGKILL)
-        proc.wait()
-    seconds = time.monotonic() - start
-    result = _read_result(staging)
-    if kind is None:
-        if proc.returncode == EXIT_OK and result and result.get("status") == "ok":
-            kind = "ok"
-        elif proc.returncode == EXIT_FAILED and result and result.get("status") == "failed":
-            kind = "failed"
-        else:
-            kind = "crashed"
-    return Attempt(kind, proc.returncode, result, seconds, peak)
+                if eof or _exited(self.proc, 0):
+                    reply, _ = self._read_reply(0)  # a reply written just before it ended still counts
+                    if reply is None:
+                        kind = "crashed"
+                    break
+                now = time.monotonic()
+                if now >= deadline:
+                    kind = "timeout"
+                    stop_group(self.pgid, self.proc, TERM_GRACE_S)
+                    break
+                if now >= next_mem:
+                    next_mem = now + MEMORY_POLL_S
+                    rss = group_rss_bytes(self.pgid)
+                    peak = max(peak, rss)
+                    if rss > cap:
+                        kind = "memory_limit"
+                        stop_group(self.pgid, self.proc, TERM_GRACE_S)
+                        break
+        except BaseException:
+            self.close(kill=True)
+            raise
+        seconds = time.monotonic() - start
+        peak = max(peak, group_rss_bytes(self.pgid)) if kind is None else peak
+        result = _read_result(staging)
+        if kind is None:
+            status = (reply or {}).get("status")
+            if status in ("ok", "failed") and result and result.get("status") == status:
+                kind = status
+            else:
+                kind = "crashed"  # a reply without its result.json: nothing to trust in this process
+        returncode = None
+        if kind not in ("ok", "failed") or _exited(self.proc, 0):
+            # Killed, crashed, or ended right after its reply: the next object needs a fresh process.
+            returncode = self.close(kill=True)
+        return Attempt(kind, returncode, result, seconds, peak, self.proc.pid, position)
+
+    def _read_reply(self, timeout_s: float) -> tuple[dict | None, bool]:
+        """(the next reply line, parsed; None if none within ``timeout_s``) and whether the pipe hit its end."""
+        eof = False
+        if b"\n" not in self._buffer:
+            ready, _, _ = select.select([self._reply], [], [], timeout_s)
+            if ready:
+                chunk = os.read(self._reply, 65536)
+                eof = not chunk
+                self._buffer += chunk
+        if b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            try:
+                return json.loads(line), False
+            except ValueError:
+                return {}, False
+        return None, eof
+
+    def close(self, kill: bool = False) -> int | None:
+        """End the process: after the last job it exits by itself at the end of stdin (given the SIGTERM grace);
+        then, whatever happened, SIGKILL the group so nothing of it outlives the batch. Returns its exit status.
+
+        The leader is reaped only after this killpg: until then its pid, which is the group id, cannot be
+        reused by an unrelated process group that the signal would hit.
+        """
+        if self._reply is None:
+            return self.proc.returncode
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        if not kill:
+            _exited(self.proc, TERM_GRACE_S)
+        _killpg(self.pgid, signal.SIGKILL)
+        self.proc.wait()
+        os.close(self._reply)
+        self._reply = None
+        return self.proc.returncode
 
 
 def stop_group(pgid: int, proc: subprocess.Popen, grace_s: float) -> None:
@@ -250,7 +383,7 @@ def stop_group(pgid: int, proc: subprocess.Popen, grace_s: float) -> None:
 
 
 def _exited(proc: subprocess.Popen, timeout_s: float) -> bool:
-    """Wait up to ``timeout_s`` for the child to exit WITHOUT reaping it (waitid WNOWAIT): see run_child."""
+    """Wait up to ``timeout_s`` for the child to exit WITHOUT reaping it (waitid WNOWAIT): see BlenderProcess.close."""
     end = time.monotonic() + timeout_s
     while True:
         try:
@@ -331,6 +464,8 @@ def _meta(job: dict, attempt: Attempt, attempts: int, seconds: float, extra: dic
     job_source = job.get("source") or {}
     timings = dict(result.get("timings") or {})
     timings.update(extra.get("timings", {}))
+    # The Blender process's time for this object: from its start for a process's first object (process start and
+    # `import bpy` included), from the hand-over for the others (issue 12).
     timings["process_s"] = round(attempt.seconds, 3)
     timings["object_s"] = round(seconds, 3)
     vers = versions("bpy", "ray")
@@ -359,6 +494,7 @@ def _meta(job: dict, attempt: Attempt, attempts: int, seconds: float, extra: dic
         versions=vers,
         device=result.get("device", "CPU"),
         cycles=result.get("cycles"),
+        process={"pid": attempt.pid, "position": attempt.position, "reused": attempt.position > 1},
     ).to_dict()
 
 

@@ -128,37 +128,42 @@ def write_synthetic_render_dir(
     return uids
 
 
-def stub_render_task(obj, job: dict, out: str, cfg, env: dict[str, str]) -> dict:
+def stub_render_task(objs: list, jobs: list[dict], out: str, cfg, env: dict[str, str]) -> list[dict]:
     """A render task that renders nothing: the driver's dry run at 10⁵-10⁶ objects (issue 12).
 
-    Same signature and contract as ``mvforge.render.driver.render_task``: it writes the object's one terminal
-    record (a meta.json-only object directory, through the runner's atomic finalize) and returns the manifest
-    line, so planning, resume scans, the manifest and Ray task submission are exercised at full scale while
-    Cycles costs nothing. ``obj``: a SourceObject; ``cfg``: the RenderConfig (unused).
+    Same signature and contract as ``mvforge.render.driver.render_task`` (a batch of objects): it writes each
+    object's one terminal record (a meta.json-only object directory, through the runner's atomic finalize) and
+    returns their manifest lines, so planning, resume scans, the manifest and Ray task submission are exercised
+    at full scale while Cycles costs nothing. ``objs``: SourceObjects; ``cfg``: the RenderConfig (unused).
     """
     from mvforge.render import runner
 
     out_path = Path(out)
-    uid = layout.check_uid(obj.uid)
-    staging = runner.staging_dir(out_path, uid)
-    staging.mkdir(parents=True, exist_ok=True)
-    meta = layout.RenderMeta(
-        uid=uid,
-        source={"kind": "stub", "path": obj.path, "sha256": obj.sha256},
-        seed=job["seed"],
-        engine="stub",
-        samples=0,
-        resolution=job["resolution"],
-        views=len(job["views"]),
-    )
-    runner.finalize_ok(out_path, uid, staging, meta.to_dict())
-    return {
-        "uid": uid,
-        "status": "ok",
-        "reason": None,
-        "attempts": 1,
-        "seconds": 0.0,
-        "render_seconds": 0.0,
-        "views": len(job["views"]),
-        "peak_rss_mb": 0.0,
-    }
+    records = []
+    for obj, job in zip(objs, jobs, strict=True):
+        uid = layout.check_uid(obj.uid)
+        staging = runner.staging_dir(out_path, uid)
+        staging.mkdir(parents=True, exist_ok=True)
+        meta = layout.RenderMeta(
+            uid=uid,
+            source={"kind": "stub", "path": obj.path, "sha256": obj.sha256},
+            seed=job["seed"],
+            engine="stub",
+            samples=0,
+            resolution=job["resolution"],
+            views=len(job["views"]),
+        )
+        runner.finalize_ok(out_path, uid, staging, meta.to_dict())
+        records.append(
+            {
+                "uid": uid,
+                "status": "ok",
+                "reason": None,
+                "attempts": 1,
+                "seconds": 0.0,
+                "render_seconds": 0.0,
+                "views": len(job["views"]),
+                "peak_rss_mb": 0.0,
+            }
+        )
+    return records

@@ -9,6 +9,13 @@ Contract with the runner (mvforge.render.runner):
   signal) means the process crashed: the runner retries it, then records ``crashed``.
 
 It never writes outside STAGING_DIR; the runner decides what becomes final (meta.json, failure record).
+
+Serve mode (issue 12: one process renders a batch of objects in turn): ``python -m mvforge.render.worker
+--serve REPLY_FD``. The worker imports Blender once, then reads one JSON line per object from stdin,
+``{"job": JOB.json, "staging": STAGING_DIR, "log": LOG}``: it points its stdout and stderr (file descriptors 1
+and 2, so Blender's own output too) at LOG, renders the job into STAGING_DIR exactly as above (``result.json``
+last), then writes one line ``{"uid", "status", "position"}`` to REPLY_FD. It exits 0 at the end of stdin. A
+job that raises anything but a classified failure ends the process (a crash of that object, as above).
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ EXIT_FAILED = 3
 RESULT = "result.json"
 
 # Fault injection for the runner's own tests (hang / crash handling, design §7): MVFORGE_RENDER_FAULT is a
-# comma-separated list of uid=action with action hang | sigkill. Never set in normal use.
+# comma-separated list of uid=action with action hang | sigkill | delay (render after FAULT_DELAY_S: a slow
+# object, so that a test can kill a run between two objects of one process). Never set in normal use.
 FAULT_ENV = "MVFORGE_RENDER_FAULT"
+FAULT_DELAY_S = 2.0
 
 
 def _inject_fault(uid: str) -> None:
@@ -43,6 +52,8 @@ def _inject_fault(uid: str) -> None:
                 time.sleep(1)
         if action == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if action == "delay":
+            time.sleep(FAULT_DELAY_S)
 
 
 def write_result(staging: Path, result: dict) -> None:
@@ -51,13 +62,10 @@ def write_result(staging: Path, result: dict) -> None:
     atomic_write_json(staging / RESULT, result)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m mvforge.render.worker JOB.json STAGING_DIR", file=sys.stderr)
-        return 2
-    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    staging = Path(argv[1])
+def render_one(job_path: Path, staging: Path) -> str:
+    """Render one job into ``staging`` and write its ``result.json``; return its status (ok | failed)."""
+    job = json.loads(Path(job_path).read_text(encoding="utf-8"))
+    staging = Path(staging)
     staging.mkdir(parents=True, exist_ok=True)
     _inject_fault(job["uid"])
 
@@ -67,9 +75,57 @@ def main(argv: list[str] | None = None) -> int:
         result = render_job(job, staging)
     except RenderFailure as e:
         write_result(staging, {"status": "failed", "reason": e.reason, "message": str(e)})
-        return EXIT_FAILED
+        return "failed"
     write_result(staging, {"status": "ok", **result})
+    return "ok"
+
+
+def redirect_output(log: str) -> None:
+    """Point file descriptors 1 and 2 at ``log`` (append), after flushing what was written for the previous
+    object: Python's buffers and C stdio's (Blender prints through printf), so no line lands in another
+    object's log."""
+    import ctypes
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ctypes.CDLL(None).fflush(None)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+
+
+def serve(reply_fd: int) -> int:
+    """Serve mode (module docstring): render the jobs read from stdin in turn, one reply line per job."""
+    # Blender and whatever it spawns must not hold the reply pipe: the runner reads its end-of-file as "the
+    # worker died".
+    os.set_inheritable(reply_fd, False)
+    position = 0
+    with os.fdopen(reply_fd, "w", encoding="utf-8", buffering=1) as reply:
+        for line in iter(sys.stdin.readline, ""):
+            cmd = json.loads(line)
+            position += 1
+            redirect_output(cmd["log"])
+            print(f"--- mvforge worker: object {position} of Blender process {os.getpid()} ---", flush=True)
+            status = render_one(Path(cmd["job"]), Path(cmd["staging"]))
+            sys.stdout.flush()
+            reply.write(json.dumps({"uid": cmd.get("uid"), "status": status, "position": position}) + "\n")
     return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--serve":
+        return serve(int(argv[1]))
+    if len(argv) != 2:
+        print(
+            "usage: python -m mvforge.render.worker JOB.json STAGING_DIR | --serve REPLY_FD", file=sys.stderr
+        )
+        return 2
+    status = render_one(Path(argv[0]), Path(argv[1]))
+    return EXIT_OK if status == "ok" else EXIT_FAILED
 
 
 if __name__ == "__main__":

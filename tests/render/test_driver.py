@@ -311,3 +311,56 @@ def test_overwrite_with_new_settings_on_a_subset_is_refused(tmp_path):
     box = [_local("box", DATA / "BoxTextured.glb")]
     with pytest.raises(UserError, match="1 other finished object.*other.*old ones"):
         render(box, out, replace(TINY, resolution=64), overwrite=True, show_progress=False)
+
+
+# --- issue 12: objects go to the Ray tasks in batches ---------------------------------------------------------
+
+
+def test_batches_shrink_towards_the_end_of_the_run():
+    from mvforge.render.driver import batches
+
+    def sizes(n, workers, per_process):
+        got = batches(list(range(n)), workers, per_process)
+        assert [x for batch in got for x in batch] == list(range(n))  # every object once, in order
+        return [len(b) for b in got]
+
+    assert sizes(100, 2, 8)[:9] == [8] * 9 and sizes(100, 2, 8)[-4:] == [1, 1, 1, 1]
+    assert sizes(8, 2, 8) == [2, 2, 1, 1, 1, 1]
+    assert sizes(1, 4, 8) == [1]
+    assert sizes(100, 4, 1) == [1] * 100  # objects_per_process = 1: one process per object, as before
+
+
+def test_a_ray_worker_dying_mid_batch_fails_no_neighbour(tmp_path, ray_local):
+    """The Ray worker running a batch dies after its first object finished: that object keeps its record, the
+    others go again one per task, and only the object that kills its worker alone is recorded crashed."""
+    from dataclasses import replace
+
+    def dying_task(objs, jobs, out, cfg, env):  # pickled by value into the Ray worker
+        import os
+
+        from mvforge.render.synthetic import stub_render_task
+
+        if any(o.uid == "poison" for o in objs):
+            if objs[0].uid != "poison":
+                stub_render_task(objs[:1], jobs[:1], out, cfg, env)  # the first object finishes...
+            os._exit(1)  # ...then the worker dies
+        return stub_render_task(objs, jobs, out, cfg, env)
+
+    uids = ("a", "poison", "b", "c", "d", "e")  # batches [a, poison, b], [c, d], [e] (driver.batches)
+    sources = [_local(u, DATA / "Duck.glb") for u in uids]
+    cfg = replace(TINY, limits=replace(TINY.limits, objects_per_process=4))
+    out = tmp_path / "renders"
+    summary = render(sources, out, cfg, workers=1, show_progress=False, task=dying_task)
+
+    assert summary.counts == {"ok": 5, "failed": 1} and summary.reasons == {"crashed": 1}
+    assert {u: layout.status(out, u) for u in uids} == {u: "failed" if u == "poison" else "ok" for u in uids}
+    lines = {r["uid"]: r for r in read_jsonl(out / layout.MANIFEST)}
+    assert sorted(lines) == sorted(uids)
+    assert lines["a"]["recovered"] and lines["a"]["views"] == 2  # written by the task that then died
+    # b never started in the dead batch: it went again in a task of its own.
+    assert (
+        "recovered" not in lines["b"]
+        and lines["b"]["status"] == "ok"
+        and lines["poison"]["reason"] == "crashed"
+    )
+    assert "the Ray task died" in json.loads(layout.failure_path(out, "poison").read_text())["message"]

@@ -51,6 +51,7 @@ def test_help_through_the_entry_point_is_useful():
         "--retry-failed",
         "--lvis",
         "--memory-gb",
+        "--objects-per-process",
         "--adaptive-threshold",
         "--view-transform",
         "--hdri-visible",
@@ -147,10 +148,13 @@ def test_sigkill_driver_then_resume_equals_an_uninterrupted_run(tmp_path):
     env.pop("RAY_ADDRESS", None)
     a, b = tmp_path / "a", tmp_path / "b"
 
-    # 1. Start a run and SIGKILL the driver (only the driver) once the first object is done.
+    # 1. Start a run and SIGKILL the driver (only the driver) once the first object is done. Each object starts
+    # 2 s late: one Blender process renders the 4 in turn (issue 12), each in a fraction of a second at these
+    # settings, faster than the driver's death reaches it.
+    slow = ",".join(f"{u}=delay" for u in uids)
     driver = subprocess.Popen(
         [MVDATA, "render", str(src), "--out", str(a), *flags],
-        env=env,
+        env=dict(env, MVFORGE_RENDER_FAULT=slow),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
