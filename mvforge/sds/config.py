@@ -62,7 +62,13 @@ class RendererConfig:
     grow linearly with it (official nerfacc sampler: step-based, up to 512 per ray; mvforge's default is 64
     for CPU; the preset raises it)."""
     ray_chunk: int = 16384
-    """Rays evaluated together; memory per chunk is fixed by ray_chunk x samples_per_ray (mvforge knob)."""
+    """Rays evaluated together; memory per chunk is fixed by ray_chunk x samples_per_ray (mvforge knob). With
+    the pure-PyTorch grid and analytic normals a chunk needs about 20 KB per sample at the official grid size
+    (16384 x 16 samples: ~5 GB; measured on CPU, issue 14)."""
+    checkpoint_chunks: bool = True
+    """With gradients and more than one chunk per render, keep only each chunk's outputs and recompute the chunk
+    in the backward, so memory stays that of one chunk at any resolution (about one more field forward per
+    step). False keeps every chunk's graph: faster, but memory grows with the render size (mvforge knob)."""
     occupancy_resolution: int = 32
     """Cells per side of the occupancy grid over the bounding box (official nerfacc: 32 per level)."""
     occupancy_update_every: int = 16
