@@ -109,9 +109,12 @@ def test_chunk_checkpointing_keeps_one_chunks_memory_with_the_same_gradients():
         cfg = RendererConfig(samples_per_ray=16, ray_chunk=128, checkpoint_chunks=checkpointed)
         renderer = VolumeRenderer(field, None, cfg)
         kept = []  # bytes the autograd graph holds after the forward (checkpointed regions hold none)
-        with torch.autograd.graph.saved_tensors_hooks(
-            lambda t: kept.append(t.numel() * t.element_size()) or t, lambda t: t
-        ):
+
+        def pack(t, kept=kept):
+            kept.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = renderer.render(
                 cams,
                 16,  # 512 rays = 4 chunks
