@@ -218,6 +218,11 @@ class ExportConfig:
     """Fov of the turntable camera; distance = 0.9 / tan(fov / 2), inside the training range."""
     mp4: bool = True
     """Also write turntable.mp4 (needs the pyav package)."""
+    uv_texture: bool = False
+    """Bake the albedo into a UV texture (xatlas atlas) instead of vertex colours: mesh.glb embeds it, mesh.obj
+    gets mesh.mtl and the PNG (mvforge; needs the xatlas package)."""
+    texture_resolution: int = 1024
+    """Side of the baked texture in pixels (used when uv_texture is on)."""
 
 
 @dataclass(frozen=True)

@@ -323,10 +323,12 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     # 4. Export: mesh (GLB + OBJ) and turntable of the final field, then the summary (written last).
     outputs = {}
     if cfg.export:
-        from mvforge.sds.export import extract_mesh, write_mesh, write_turntable
+        from mvforge.sds.export import bake_texture, extract_mesh, write_mesh, write_turntable
 
         e = cfg.export_mesh
         mesh = extract_mesh(state.field.density, state.field.albedo, state.field.radius, e, device)
+        if e.uv_texture:
+            mesh = bake_texture(mesh, state.field.albedo, e.texture_resolution, device)
         glb, obj = write_mesh(mesh, run_dir)
         frames = render_views(
             state,

@@ -94,3 +94,26 @@ def test_no_surface_is_a_one_line_error_found_before_the_full_grid(value):
         extract_mesh(flat, albedo, 1.0, cfg)
     assert "\n" not in str(e.value)
     assert sum(evaluated) == (PROBE_RESOLUTION + 1) ** 3  # the probe only, not the 129³ grid
+
+
+def test_uv_texture_bake_gives_the_albedo_at_the_vertices_through_the_glb(tmp_path):
+    from mvforge.sds.export import bake_texture
+
+    mesh = extract_mesh(density, albedo, 1.0, ExportConfig(mc_resolution=24, iso_level=25.0))
+    textured = bake_texture(mesh, albedo, 256)
+    glb, obj = write_mesh(textured, tmp_path)
+    loaded = trimesh.load(glb, force="mesh")
+    uv = loaded.visual.uv
+    assert uv.shape == (len(loaded.vertices), 2) and (uv >= 0).all() and (uv <= 1).all()
+    image = np.asarray(loaded.visual.material.baseColorTexture.convert("RGB"), dtype=float)
+    # the texel under each vertex's UV (row 0 is v = 1) against the albedo of its Z-up position
+    size = image.shape[0]
+    cols = np.clip((uv[:, 0] * size).astype(int), 0, size - 1)
+    rows = np.clip(((1 - uv[:, 1]) * size).astype(int), 0, size - 1)
+    zup = np.stack([loaded.vertices[:, 0], -loaded.vertices[:, 2], loaded.vertices[:, 1]], axis=1)
+    expected = albedo(torch.as_tensor(zup, dtype=torch.float32)).numpy() * 255
+    # a texel spans 1/256 of the atlas: the albedo changes by ~1/255 per 0.01 of position
+    np.testing.assert_allclose(image[rows, cols], expected, atol=6.0)
+    assert (tmp_path / "mesh.mtl").is_file() and "mtllib mesh.mtl" in obj.read_text()
+    assert len(trimesh.load(obj, force="mesh").faces) == len(textured.faces)
+    assert abs(textured.area - mesh.area) < 1e-6 * mesh.area  # only zero-area slivers were dropped

@@ -132,7 +132,9 @@ def test_sds_help_imports_no_heavy_library():
     assert "--prompt" in out.stdout and "--preview" in out.stdout and "HEAVY []" in out.stdout, out.stdout
 
 
-def test_export_settings_are_honoured_and_no_surface_fails_fast_then_a_rerun_only_exports(tiny_mv, tmp_path):
+def test_export_settings_are_honoured_and_no_surface_fails_fast_then_a_rerun_only_exports_and_bakes(
+    tiny_mv, tmp_path
+):
     import imageio.v3 as iio
 
     from mvforge.errors import UserError
@@ -153,13 +155,18 @@ def test_export_settings_are_honoured_and_no_surface_fails_fast_then_a_rerun_onl
     assert [p.name for p in checkpoints(run_dir)][-1] == "step-000002.pt"  # the steps are kept
     assert not (run_dir / "summary.json").exists() and not (run_dir / "turntable.gif").exists()
 
-    fixed = dataclasses.replace(cfg, export_mesh=dataclasses.replace(export, iso_level=5.0))
+    # the re-run also bakes a UV texture (off by default)
+    fixed = dataclasses.replace(
+        cfg, export_mesh=dataclasses.replace(export, iso_level=5.0, uv_texture=True, texture_resolution=64)
+    )
     run_sds(fixed, show_progress=False)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed_from_step"] == 2  # no step re-run: only the export
     frames = iio.imread(run_dir / "turntable.gif", index=None)
     assert frames.shape[:3] == (3, 14, 14)
     assert not (run_dir / "turntable.mp4").exists()
+    glb = trimesh.load(run_dir / "mesh.glb", force="mesh")
+    assert glb.visual.material.baseColorTexture.size == (64, 64) and (run_dir / "mesh.mtl").is_file()
     mesh = trimesh.load(run_dir / "mesh.obj", force="mesh")
     # the 12-cell grid: marching-cubes vertices have two coordinates on its lattice (Y-up swaps axes only)
     frac = (mesh.vertices + 1.0) * 12 / 2.0 % 1.0
