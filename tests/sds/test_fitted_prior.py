@@ -128,8 +128,18 @@ def sds_psnr(model, target, tmp_path, steps: int = 30) -> tuple[float, float]:
     return before, evaluate()
 
 
+@pytest.fixture
+def one_thread():
+    """Run on one intra-op thread: the ops are tiny (4 latents of 16², 4 renders of 16²) and on a loaded 2-core
+    machine a second OpenMP thread made this test 8x slower (309 s instead of 37 s), not faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_sds_with_a_prior_fitted_to_the_target_raises_psnr_and_an_unfitted_one_does_not(
-    tiny_mv, target, tmp_path
+    tiny_mv, target, tmp_path, one_thread
 ):
     fitted = fit_to_target(calibrated_model(tiny_mv, target), target)
     before, after = sds_psnr(fitted, target, tmp_path / "fitted")
