@@ -6,7 +6,8 @@ Run directory ``<out>/<prompt-slug>/``::
     checkpoints/step-NNNNNN.pt  field, background, occupancy grid, optimiser, step (atomic files)
     metrics.jsonl               one row per logged step: step, loss, loss_sds, loss_orient, t, resolution, step_s
     snapshots/step-NNNNNN.png   4 views (elevation 15, azimuths 0/90/180/270), albedo, every snapshot_every
-    mesh.glb, mesh.obj          marching cubes of the final field (export.py)
+    mesh.glb, mesh.obj          marching cubes of the final field (export.py); + mesh.mtl and the texture PNG
+                                when export_mesh.uv_texture bakes one
     turntable.gif, .mp4         albedo-lit orbit of the final field
     summary.json                written LAST: prompt, steps, seconds, peak memory, backend, device, outputs
 
