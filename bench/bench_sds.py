@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--backend", default="auto", choices=["auto", "torch", "tcnn"])
     ap.add_argument("--levels", type=int, default=16, help="field.n_levels (official 16)")
     ap.add_argument("--log2-hashmap", type=int, default=19, help="field.log2_hashmap_size (official 19)")
-    ap.add_argument("--ray-chunk", type=int, default=16384, help="renderer.ray_chunk")
+    ap.add_argument("--ray-chunk", type=int, help="renderer.ray_chunk (default: the config's)")
     ap.add_argument(
         "--no-checkpoint",
         action="store_true",
@@ -196,7 +196,7 @@ def main() -> None:
         renderer=dataclasses.replace(
             base.renderer,
             samples_per_ray=args.samples,
-            ray_chunk=args.ray_chunk,
+            ray_chunk=args.ray_chunk or base.renderer.ray_chunk,
             checkpoint_chunks=not args.no_checkpoint,
         ),
         field=dataclasses.replace(
@@ -235,7 +235,7 @@ def main() -> None:
         "model": "sd21-random" if args.sd21_random else (args.model or "tiny"),
         "samples_per_ray": args.samples,
         "grid": f"{args.levels} levels, 2^{args.log2_hashmap}",
-        "ray_chunk": args.ray_chunk,
+        "ray_chunk": cfg.renderer.ray_chunk,
         "checkpoint_chunks": not args.no_checkpoint,
         "load_average_start_end": [load_start, [round(x, 2) for x in os.getloadavg()]],
         "results": rows,

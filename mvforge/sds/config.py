@@ -61,10 +61,10 @@ class RendererConfig:
     """Stratified samples between the ray's entry and exit of the bounding sphere. Memory knob: activations
     grow linearly with it (official nerfacc sampler: step-based, up to 512 per ray; mvforge's default is 64
     for CPU; the preset raises it)."""
-    ray_chunk: int = 16384
+    ray_chunk: int = 4096
     """Rays evaluated together; memory per chunk is fixed by ray_chunk x samples_per_ray (mvforge knob). With
     the pure-PyTorch grid and analytic normals a chunk needs about 20 KB per sample at the official grid size
-    (16384 x 16 samples: ~5 GB; measured on CPU, issue 14)."""
+    (4096 x 64 samples: ~5 GB; measured on CPU, issue 14)."""
     checkpoint_chunks: bool = True
     """With gradients and more than one chunk per render, keep only each chunk's outputs and recompute the chunk
     in the backward, so memory stays that of one chunk at any resolution (about one more field forward per

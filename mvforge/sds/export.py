@@ -28,7 +28,7 @@ Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 PROBE_RESOLUTION = 32
 """Cells per side of the coarse density probe that looks for a surface before the full marching-cubes grid
 (33³ field evaluations instead of (mc_resolution + 1)³: 17M at the preset's 256). A surface thinner than a probe
-cell (1/16 of the box side) that no probe vertex crosses is reported as no surface."""
+cell (1/32 of the box side) that no probe vertex crosses is reported as no surface."""
 
 
 def sample_grid(
