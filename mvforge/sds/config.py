@@ -61,8 +61,14 @@ class RendererConfig:
     """Stratified samples between the ray's entry and exit of the bounding sphere. Memory knob: activations
     grow linearly with it (official nerfacc sampler: step-based, up to 512 per ray; mvforge's default is 64
     for CPU; the preset raises it)."""
-    ray_chunk: int = 16384
-    """Rays evaluated together; memory per chunk is fixed by ray_chunk x samples_per_ray (mvforge knob)."""
+    ray_chunk: int = 4096
+    """Rays evaluated together; memory per chunk is fixed by ray_chunk x samples_per_ray (mvforge knob). With
+    the pure-PyTorch grid and analytic normals a chunk needs about 20 KB per sample at the official grid size
+    (4096 x 64 samples: ~5 GB; measured on CPU, issue 14)."""
+    checkpoint_chunks: bool = True
+    """With gradients and more than one chunk per render, keep only each chunk's outputs and recompute the chunk
+    in the backward, so memory stays that of one chunk at any resolution (about one more field forward per
+    step). False keeps every chunk's graph: faster, but memory grows with the render size (mvforge knob)."""
     occupancy_resolution: int = 32
     """Cells per side of the occupancy grid over the bounding box (official nerfacc: 32 per level)."""
     occupancy_update_every: int = 16
@@ -212,6 +218,11 @@ class ExportConfig:
     """Fov of the turntable camera; distance = 0.9 / tan(fov / 2), inside the training range."""
     mp4: bool = True
     """Also write turntable.mp4 (needs the pyav package)."""
+    uv_texture: bool = False
+    """Bake the albedo into a UV texture (xatlas atlas) instead of vertex colours: mesh.glb embeds it, mesh.obj
+    gets mesh.mtl and the PNG (mvforge; needs the xatlas package)."""
+    texture_resolution: int = 1024
+    """Side of the baked texture in pixels (used when uv_texture is on)."""
 
 
 @dataclass(frozen=True)

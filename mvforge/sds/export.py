@@ -25,6 +25,11 @@ from mvforge.sds.config import ExportConfig
 # Z-up (mvforge world) -> Y-up (glTF): rotate -90 deg about X, so +Z becomes +Y and +Y becomes -Z.
 Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 
+PROBE_RESOLUTION = 32
+"""Cells per side of the coarse density probe that looks for a surface before the full marching-cubes grid
+(33³ field evaluations instead of (mc_resolution + 1)³: 17M at the preset's 256). A surface thinner than a probe
+cell (1/32 of the box side) that no probe vertex crosses is reported as no surface."""
+
 
 def sample_grid(
     fn: Callable[[torch.Tensor], torch.Tensor], radius: float, resolution: int, chunk: int = 65536
@@ -52,22 +57,22 @@ def extract_mesh(
     """A ``trimesh.Trimesh`` in the field's Z-up world with per-vertex colours (RGBA uint8) from ``albedo_fn``.
 
     density_fn: (P, 3) world points -> (P,) density; albedo_fn: (P, 3) -> (P, 3) in [0, 1]. The iso level
-    is ``cfg.iso_level``. Raises UserError when no surface crosses the level (the field is empty or full).
+    is ``cfg.iso_level``, the grid ``cfg.mc_resolution`` cells per side. Raises UserError when no surface
+    crosses the level (the field is empty or full): found on a ``PROBE_RESOLUTION`` probe before the full grid
+    is sampled, so an empty field costs seconds, not the full grid's minutes.
     """
     import mcubes
     import trimesh
 
-    from mvforge.errors import UserError
-
     def on_device(fn):
         return lambda p: fn(p.to(device))
 
-    grid = sample_grid(on_device(density_fn), radius, cfg.mc_resolution)
-    if not (grid.min() < cfg.iso_level < grid.max()):
-        raise UserError(
-            f"no surface at density {cfg.iso_level} (field density spans {grid.min():.3g}..{grid.max():.3g});"
-            " set export_mesh.iso_level inside that range"
-        )
+    probe_resolution = min(cfg.mc_resolution, PROBE_RESOLUTION)
+    grid = sample_grid(on_device(density_fn), radius, probe_resolution)
+    _check_surface(grid, cfg.iso_level, probe_resolution)
+    if cfg.mc_resolution != probe_resolution:
+        grid = sample_grid(on_device(density_fn), radius, cfg.mc_resolution)
+        _check_surface(grid, cfg.iso_level, cfg.mc_resolution)
     verts, faces = mcubes.marching_cubes(grid, cfg.iso_level)
     verts = verts / cfg.mc_resolution * 2.0 * radius - radius  # grid index -> world
     # PyMCubes winds faces outwards (towards lower values) for a density that is high inside: kept as is.
@@ -84,6 +89,86 @@ def extract_mesh(
     return mesh
 
 
+def bake_texture(mesh, albedo_fn: Callable[[torch.Tensor], torch.Tensor], resolution: int, device="cpu"):
+    """A copy of ``mesh`` (Z-up trimesh) with a UV atlas (xatlas) and the albedo baked into a texture.
+
+    xatlas cuts the mesh into charts and packs them into [0, 1]²; each texel inside a chart triangle gets the
+    albedo of the 3D point at its centre (barycentric interpolation of the triangle's corners). Texels outside
+    every chart take the nearest chart texel's colour over a few dilation passes, so bilinear lookups at chart
+    edges do not bleed the background in. Returns a trimesh with ``TextureVisuals`` (uv (V, 2), an RGB PIL image
+    of ``resolution``² pixels); vertices on chart seams are duplicated by xatlas. Needs the xatlas package.
+    """
+    import trimesh
+    import xatlas
+    from PIL import Image, ImageDraw
+
+    # xatlas leaves near-zero-area slivers (marching cubes makes them where the surface grazes a grid corner)
+    # out of every chart, at uv (0, 0): drop triangles thinner than 1e-3 of the median edge
+    mesh = mesh.copy()
+    mesh.update_faces(mesh.nondegenerate_faces(height=1e-3 * float(np.median(mesh.edges_unique_length))))
+    mesh.remove_unreferenced_vertices()
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution, pack.padding = resolution, 2  # 2 texels between charts: room for the dilation below
+    atlas.generate(xatlas.ChartOptions(), pack)
+    vmap, faces, uv = atlas[0]
+    verts = np.asarray(mesh.vertices)[vmap]
+    # 1. which face covers each texel: rasterise the UV triangles with their index + 1 (0 = no face)
+    size = resolution
+    px = uv * size  # texel (i, j) covers [i, i + 1) x [j, j + 1); row 0 of the image is v = 1 (glTF's flip)
+    ids = Image.new("I", (size, size), 0)
+    draw = ImageDraw.Draw(ids)
+    for f, tri in enumerate(px[faces]):
+        draw.polygon([(x, size - y) for x, y in tri], fill=f + 1)
+    face_of = np.asarray(ids, dtype=np.int64) - 1  # (H, W)
+    rows, cols = np.nonzero(face_of >= 0)
+    f = face_of[rows, cols]
+    # 2. barycentric coordinates of the texel centres in their UV triangle -> 3D points -> albedo
+    centre = np.stack([cols + 0.5, size - (rows + 0.5)], axis=1)
+    a, b, c = px[faces[f, 0]], px[faces[f, 1]], px[faces[f, 2]]
+    v0, v1, v2 = b - a, c - a, centre - a
+    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    den = np.where(np.abs(den) < 1e-12, 1e-12, den)
+    w1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
+    w2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
+    bary = np.clip(np.stack([1 - w1 - w2, w1, w2], axis=1), 0.0, 1.0)
+    bary /= bary.sum(axis=1, keepdims=True)
+    points = np.einsum("nk,nkd->nd", bary, verts[faces[f]])
+    with torch.no_grad():
+        pts = torch.as_tensor(points, dtype=torch.float32).to(device)
+        colour = torch.cat([albedo_fn(p).float().cpu() for p in pts.split(65536)]).numpy()
+    texture = np.zeros((size, size, 3), dtype=np.float32)
+    texture[rows, cols] = colour.clip(0.0, 1.0)
+    # 3. dilate the charts by a few texels (the texture is sampled bilinearly at their edges)
+    filled = face_of >= 0
+    for _ in range(4):
+        grown, colour_sum, count = filled.copy(), np.zeros_like(texture), np.zeros((size, size, 1))
+        for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+            shifted = np.roll(filled, (dy, dx), axis=(0, 1))
+            add = shifted & ~filled
+            colour_sum[add] += np.roll(texture, (dy, dx), axis=(0, 1))[add]
+            count[add] += 1
+            grown |= shifted
+        new = grown & ~filled
+        texture[new] = colour_sum[new] / count[new]
+        filled = grown
+    image = Image.fromarray(np.round(texture * 255).astype(np.uint8), mode="RGB")
+    visual = trimesh.visual.TextureVisuals(uv=uv, image=image)
+    return trimesh.Trimesh(vertices=verts, faces=faces, visual=visual, process=False)
+
+
+def _check_surface(grid: np.ndarray, iso_level: float, resolution: int) -> None:
+    from mvforge.errors import UserError
+
+    if not (grid.min() < iso_level < grid.max()):
+        raise UserError(
+            f"no surface at density {iso_level}: the field's density spans {grid.min():.3g}..{grid.max():.3g} on "
+            f"a {resolution}³ grid; re-run with --set export_mesh.iso_level=<a value inside it> (the run resumes "
+            "at its last step and only exports)"
+        )
+
+
 def to_y_up(mesh):
     """Copy of a Z-up trimesh rotated to glTF's Y-up frame (colours kept)."""
     out = mesh.copy()
@@ -94,12 +179,22 @@ def to_y_up(mesh):
 
 
 def write_mesh(mesh, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write a Z-up mesh as ``mesh.glb`` and ``mesh.obj`` (both Y-up, vertex colours), atomically."""
+    """Write a Z-up mesh as ``mesh.glb`` and ``mesh.obj`` (both Y-up), atomically: vertex colours, or for a
+    textured mesh (:func:`bake_texture`) UVs with the texture embedded in the GLB and written next to the OBJ
+    (``mesh.mtl`` + its PNG)."""
+    import trimesh
+    from trimesh.exchange.obj import export_obj
+
     out_dir = Path(out_dir)
     y_up = to_y_up(mesh)
     glb, obj = out_dir / "mesh.glb", out_dir / "mesh.obj"
     atomic_write_bytes(glb, y_up.export(file_type="glb"))
-    text = y_up.export(file_type="obj", include_color=True)
+    if isinstance(y_up.visual, trimesh.visual.TextureVisuals):
+        text, files = export_obj(y_up, include_texture=True, return_texture=True, mtl_name="mesh.mtl")
+        for name, data in files.items():
+            atomic_write_bytes(out_dir / name, data)
+    else:
+        text = export_obj(y_up, include_color=True)
     atomic_write_bytes(obj, text.encode("utf-8") if isinstance(text, str) else text)
     return glb, obj
 

@@ -6,7 +6,8 @@ Run directory ``<out>/<prompt-slug>/``::
     checkpoints/step-NNNNNN.pt  field, background, occupancy grid, optimiser, step (atomic files)
     metrics.jsonl               one row per logged step: step, loss, loss_sds, loss_orient, t, resolution, step_s
     snapshots/step-NNNNNN.png   4 views (elevation 15, azimuths 0/90/180/270), albedo, every snapshot_every
-    mesh.glb, mesh.obj          marching cubes of the final field (export.py)
+    mesh.glb, mesh.obj          marching cubes of the final field (export.py); + mesh.mtl and the texture PNG
+                                when export_mesh.uv_texture bakes one
     turntable.gif, .mp4         albedo-lit orbit of the final field
     summary.json                written LAST: prompt, steps, seconds, peak memory, backend, device, outputs
 
@@ -323,10 +324,12 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     # 4. Export: mesh (GLB + OBJ) and turntable of the final field, then the summary (written last).
     outputs = {}
     if cfg.export:
-        from mvforge.sds.export import extract_mesh, write_mesh, write_turntable
+        from mvforge.sds.export import bake_texture, extract_mesh, write_mesh, write_turntable
 
         e = cfg.export_mesh
         mesh = extract_mesh(state.field.density, state.field.albedo, state.field.radius, e, device)
+        if e.uv_texture:
+            mesh = bake_texture(mesh, state.field.albedo, e.texture_resolution, device)
         glb, obj = write_mesh(mesh, run_dir)
         frames = render_views(
             state,

@@ -13,7 +13,11 @@ threestudio's ``nerf-volume-renderer`` without its string registry. Per ray:
    the opacity: the expectation with the background at t = 0), normal = sum w_i n_i.
 
 Rays go through in chunks of ``ray_chunk``, so the field's working memory is fixed by ray_chunk x
-samples_per_ray (with gradients the graph of every chunk of a step is kept; lower both to fit a small GPU).
+samples_per_ray. With gradients, keeping every chunk's graph until the backward would make memory grow with the
+render's size again (at 256² x 4 views x 16 samples the pure-PyTorch hash grid's graph with analytic normals is
+~40 GB); so when a render needs more than one chunk, each chunk is run under activation checkpointing
+(``checkpoint_chunks``, on by default): only its outputs are kept and it is recomputed, one chunk at a time,
+during the backward (about one more forward of the field per step). Lower both knobs to fit a small machine.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mvforge.sds.cameras import CameraBatch, get_rays
 from mvforge.sds.config import RendererConfig
@@ -201,11 +206,24 @@ class VolumeRenderer(nn.Module):
         if generator is not None:
             jitter = torch.rand((rays_o.shape[0], self.cfg.samples_per_ray), generator=generator)
             jitter = jitter.to(rays_o.device)
+        chunk = self.cfg.ray_chunk
+        render_chunk = self._render_chunk
+        if (
+            self.cfg.checkpoint_chunks
+            and rays_o.shape[0] > chunk
+            and torch.is_grad_enabled()
+            and any(p.requires_grad for p in self.parameters())
+        ):
+            # Memory fixed per chunk with gradients (module docstring). The recomputation replays the same
+            # samples: jitter is drawn above and the occupancy grid does not change before the backward.
+            def render_chunk(*args):
+                return checkpoint(self._render_chunk, *args, use_reentrant=False)
+
         chunks = []
-        for start in range(0, rays_o.shape[0], self.cfg.ray_chunk):
-            sl = slice(start, start + self.cfg.ray_chunk)
+        for start in range(0, rays_o.shape[0], chunk):
+            sl = slice(start, start + chunk)
             chunks.append(
-                self._render_chunk(
+                render_chunk(
                     rays_o[sl],
                     rays_d[sl],
                     light[sl],

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 import torch
 import trimesh
 
+from mvforge.errors import UserError
 from mvforge.sds.config import ExportConfig
-from mvforge.sds.export import extract_mesh, write_mesh, write_turntable
+from mvforge.sds.export import PROBE_RESOLUTION, extract_mesh, write_mesh, write_turntable
 
 CENTRE = torch.tensor([0.0, 0.0, 0.3])  # +Z in the field: must come out as +Y in the GLB
 R = 0.45
@@ -61,3 +63,57 @@ def test_turntable_gif_and_mp4_decode_back(tmp_path):
     mp4 = iio.imread(paths[1], plugin="pyav", index=None)
     assert mp4.shape[0] == 6 and mp4.shape[1:3] == (32, 32)
     assert abs(float(mp4[5, 16, 2, 0]) - 200) < 20 and float(mp4[0, 16, 20, 0]) < 30
+
+
+def test_marching_cubes_uses_the_configured_resolution_and_iso_level():
+    res, iso = 20, 50.0  # density 50 at half the ball's 0.6 radius scale: the surface radius is 0.3
+    cfg = ExportConfig(mc_resolution=res, iso_level=iso)
+
+    def ball(p):
+        return 100.0 * (1.0 - p.norm(dim=-1) / 0.6)
+
+    mesh = extract_mesh(ball, albedo, 1.0, cfg)
+    # marching cubes puts every vertex on an edge of the grid: two of its coordinates on the lattice 2/res
+    on_lattice = np.isclose((mesh.vertices + 1.0) * res / 2.0 % 1.0, 0.0, atol=1e-4) | np.isclose(
+        (mesh.vertices + 1.0) * res / 2.0 % 1.0, 1.0, atol=1e-4
+    )
+    assert (on_lattice.sum(axis=1) >= 2).all()
+    np.testing.assert_allclose(np.linalg.norm(mesh.vertices, axis=1), 0.3, atol=0.01)
+
+
+@pytest.mark.parametrize("value", [0.0, 80.0])
+def test_no_surface_is_a_one_line_error_found_before_the_full_grid(value):
+    evaluated = []
+
+    def flat(p):  # an empty (0) or full (80) field: nothing crosses 25
+        evaluated.append(len(p))
+        return torch.full((len(p),), value)
+
+    cfg = ExportConfig(mc_resolution=128, iso_level=25.0)
+    with pytest.raises(UserError, match=r"no surface at density 25.0: .* spans .*export_mesh.iso_level") as e:
+        extract_mesh(flat, albedo, 1.0, cfg)
+    assert "\n" not in str(e.value)
+    assert sum(evaluated) == (PROBE_RESOLUTION + 1) ** 3  # the probe only, not the 129³ grid
+
+
+def test_uv_texture_bake_gives_the_albedo_at_the_vertices_through_the_glb(tmp_path):
+    from mvforge.sds.export import bake_texture
+
+    mesh = extract_mesh(density, albedo, 1.0, ExportConfig(mc_resolution=24, iso_level=25.0))
+    textured = bake_texture(mesh, albedo, 256)
+    glb, obj = write_mesh(textured, tmp_path)
+    loaded = trimesh.load(glb, force="mesh")
+    uv = loaded.visual.uv
+    assert uv.shape == (len(loaded.vertices), 2) and (uv >= 0).all() and (uv <= 1).all()
+    image = np.asarray(loaded.visual.material.baseColorTexture.convert("RGB"), dtype=float)
+    # the texel under each vertex's UV (row 0 is v = 1) against the albedo of its Z-up position
+    size = image.shape[0]
+    cols = np.clip((uv[:, 0] * size).astype(int), 0, size - 1)
+    rows = np.clip(((1 - uv[:, 1]) * size).astype(int), 0, size - 1)
+    zup = np.stack([loaded.vertices[:, 0], -loaded.vertices[:, 2], loaded.vertices[:, 1]], axis=1)
+    expected = albedo(torch.as_tensor(zup, dtype=torch.float32)).numpy() * 255
+    # a texel spans 1/256 of the atlas: the albedo changes by ~1/255 per 0.01 of position
+    np.testing.assert_allclose(image[rows, cols], expected, atol=6.0)
+    assert (tmp_path / "mesh.mtl").is_file() and "mtllib mesh.mtl" in obj.read_text()
+    assert len(trimesh.load(obj, force="mesh").faces) == len(textured.faces)
+    assert abs(textured.area - mesh.area) < 1e-6 * mesh.area  # only zero-area slivers were dropped

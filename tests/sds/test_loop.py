@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import trimesh
@@ -129,3 +130,44 @@ def test_sds_help_imports_no_heavy_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=True)
     assert "--prompt" in out.stdout and "--preview" in out.stdout and "HEAVY []" in out.stdout, out.stdout
+
+
+def test_export_settings_are_honoured_and_no_surface_fails_fast_then_a_rerun_only_exports_and_bakes(
+    tiny_mv, tmp_path
+):
+    import imageio.v3 as iio
+
+    from mvforge.errors import UserError
+    from mvforge.sds.config import ExportConfig
+
+    export = ExportConfig(
+        mc_resolution=12,
+        iso_level=1e6,
+        turntable_frames=3,
+        turntable_resolution=14,
+        turntable_fps=3,
+        mp4=False,
+    )
+    cfg = tiny_sds_config(tiny_mv, tmp_path, max_steps=2, snapshot_every=0, export_mesh=export)
+    with pytest.raises(UserError, match="no surface at density 1000000.0"):
+        run_sds(cfg, show_progress=False)
+    run_dir = tmp_path / "a-red-ceramic-mug"
+    assert [p.name for p in checkpoints(run_dir)][-1] == "step-000002.pt"  # the steps are kept
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "turntable.gif").exists()
+
+    # the re-run also bakes a UV texture (off by default)
+    fixed = dataclasses.replace(
+        cfg, export_mesh=dataclasses.replace(export, iso_level=5.0, uv_texture=True, texture_resolution=64)
+    )
+    run_sds(fixed, show_progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 2  # no step re-run: only the export
+    frames = iio.imread(run_dir / "turntable.gif", index=None)
+    assert frames.shape[:3] == (3, 14, 14)
+    assert not (run_dir / "turntable.mp4").exists()
+    glb = trimesh.load(run_dir / "mesh.glb", force="mesh")
+    assert glb.visual.material.baseColorTexture.size == (64, 64) and (run_dir / "mesh.mtl").is_file()
+    mesh = trimesh.load(run_dir / "mesh.obj", force="mesh")
+    # the 12-cell grid: marching-cubes vertices have two coordinates on its lattice (Y-up swaps axes only)
+    frac = (mesh.vertices + 1.0) * 12 / 2.0 % 1.0
+    assert ((np.isclose(frac, 0.0, atol=1e-3) | np.isclose(frac, 1.0, atol=1e-3)).sum(axis=1) >= 2).all()

@@ -95,3 +95,39 @@ def test_lambertian_normals_and_orientation_from_a_hash_grid_field_reach_its_par
     (out.rgb.mean() + out.orient.mean()).backward()
     for name, group in field.param_groups().items():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in group), name
+
+
+def test_chunk_checkpointing_keeps_one_chunks_memory_with_the_same_gradients():
+    """With gradients, a render of many chunks keeps only the chunks' outputs (memory fixed per chunk, issue 14
+    benchmark) and gives the same values and parameter gradients as keeping every chunk's graph."""
+    cams = orbit_cameras(15.0, [0.0, 90.0], fov_deg=40.0, distance=2.5)
+    field_cfg = FieldConfig(n_levels=4, log2_hashmap_size=10, max_resolution=64, mlp_hidden=16)
+    results = {}
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        field = HashGridField(field_cfg)
+        cfg = RendererConfig(samples_per_ray=16, ray_chunk=128, checkpoint_chunks=checkpointed)
+        renderer = VolumeRenderer(field, None, cfg)
+        kept = []  # bytes the autograd graph holds after the forward (checkpointed regions hold none)
+
+        def pack(t, kept=kept):
+            kept.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = renderer.render(
+                cams,
+                16,  # 512 rays = 4 chunks
+                Shading("lambertian", 0.3, 0.7),
+                bg_color=torch.ones(3),
+                generator=torch.Generator().manual_seed(0),
+                with_orient=True,
+            )
+        ((out.rgb - 0.2) ** 2).sum().add(out.orient.sum()).backward()
+        grads = [p.grad.clone() for p in field.parameters()]
+        results[checkpointed] = out.rgb.detach(), grads, sum(kept)
+    (rgb_a, grads_a, kept_a), (rgb_b, grads_b, kept_b) = results[False], results[True]
+    torch.testing.assert_close(rgb_b, rgb_a)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+    assert kept_b < kept_a / 10, (kept_a, kept_b)
