@@ -36,7 +36,7 @@ demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 test-train: $(TSTAMP)
 	bash scripts/test_train_only.sh $(TPY)
