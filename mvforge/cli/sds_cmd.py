@@ -51,8 +51,11 @@ def sds(
         str | None, typer.Option("--seeds", help="Comma-separated seeds for --prompts (default: seed).")
     ] = None,
     gpus_per_task: Annotated[
-        float, typer.Option("--gpus-per-task", help="GPUs per Ray task (0 on CPU).")
-    ] = 1.0,
+        float | None,
+        typer.Option(
+            "--gpus-per-task", help="GPUs per Ray task (default: 1 when the cluster has GPUs, else 0)."
+        ),
+    ] = None,
     task_timeout_s: Annotated[
         float, typer.Option("--task-timeout", help="Seconds per prompt before it is failed (0: none).")
     ] = 0,

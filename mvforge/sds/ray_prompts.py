@@ -21,8 +21,16 @@ from mvforge.sds.loop import prompt_slug
 
 def _task_configs(cfg: SDSConfig, prompts: list[str], seeds: list[int]) -> list[SDSConfig]:
     out = []
+    seen: dict[str, str] = {}
     for p in prompts:
-        prompt_slug(p)  # fail early on a prompt that cannot name a directory
+        slug = prompt_slug(p)  # fails early on a prompt that cannot name a directory
+        if slug in seen:
+            # Two tasks would write one run directory at the same time.
+            raise UserError(
+                f"prompts {seen[slug]!r} and {p!r} both name the run directory {slug}/; "
+                "remove the duplicate or reword one"
+            )
+        seen[slug] = p
         for s in seeds:
             parent = cfg.out if len(seeds) == 1 else str(Path(cfg.out) / f"seed-{s}")
             out.append(dataclasses.replace(cfg, prompt=p, seed=s, out=parent))
@@ -34,10 +42,13 @@ def run_prompts(
     prompts: list[str],
     seeds: list[int],
     address: str | None = None,
-    gpus_per_task: float = 1.0,
+    gpus_per_task: float | None = None,
     timeout_s: float = 0.0,
 ) -> list[dict]:
-    """Run every (prompt, seed) as a Ray task; returns one record per task (prompt, seed, status, seconds, dir)."""
+    """Run every (prompt, seed) as a Ray task; returns one record per task (prompt, seed, status, seconds, dir).
+
+    ``gpus_per_task``: None = 1 when ``cfg.device`` is cuda or auto and the cluster has GPUs, else 0 (CPU tasks).
+    Raises UserError when the tasks ask for GPUs the cluster does not have (Ray would queue them forever)."""
     import ray
 
     from mvforge.progress import StageProgress, print_summary
@@ -48,7 +59,17 @@ def run_prompts(
             "no model given; pass --model with an `mvtrain fit` run or a converted MVDream pipeline"
         )
     tasks = _task_configs(cfg, prompts, seeds)
+    if gpus_per_task is not None and gpus_per_task < 0:
+        raise UserError(f"--gpus-per-task {gpus_per_task}: use 0 (CPU) or a positive number of GPUs")
     init_ray(address)
+    cluster_gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus_per_task is None:
+        gpus_per_task = 1.0 if cfg.device != "cpu" and cluster_gpus > 0 else 0.0
+    if gpus_per_task > cluster_gpus:
+        raise UserError(
+            f"--gpus-per-task {gpus_per_task:g} but the Ray cluster has {cluster_gpus:g} GPUs; "
+            "pass --gpus-per-task 0 to run on CPUs"
+        )
 
     @ray.remote(num_gpus=gpus_per_task, max_retries=0)
     def one(task_cfg: SDSConfig) -> str:

@@ -7,6 +7,7 @@ import pytest
 from mvforge.errors import UserError
 from mvforge.sds.config import SDSConfig
 from mvforge.sds.ray_prompts import _task_configs, read_prompts
+from tests.sds.conftest import tiny_sds_config
 
 
 def test_prompt_file_and_task_configs(tmp_path):
@@ -28,3 +29,24 @@ def test_bad_prompt_files_are_user_errors(tmp_path):
         read_prompts(tmp_path / "empty.txt")
     with pytest.raises(UserError, match="no letters or digits"):
         _task_configs(SDSConfig(), ["!!!"], [0])
+
+
+def test_duplicate_prompts_are_refused_before_two_tasks_share_a_directory():
+    with pytest.raises(UserError, match="both name the run directory a-red-mug/"):
+        _task_configs(SDSConfig(out="sds"), ["a red mug", "A red mug!"], [0])
+
+
+def test_prompts_run_as_ray_tasks_on_a_cpu_only_cluster_then_skip_when_done(tiny_mv, tmp_path, monkeypatch):
+    """The default asks for no GPU where the cluster has none (it used to queue forever); asking for one is a
+    one-line error; a second call skips the finished prompts."""
+    from mvforge.sds.ray_prompts import run_prompts
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = tiny_sds_config(tiny_mv, tmp_path / "sds", max_steps=2)
+    prompts = ["a red mug", "a blue chair"]
+    with pytest.raises(UserError, match="--gpus-per-task 0"):
+        run_prompts(cfg, prompts, [0], gpus_per_task=1.0)
+    records = run_prompts(cfg, prompts, [0])
+    assert [r["status"] for r in records] == ["ok", "ok"], records
+    assert all((tmp_path / "sds" / d / "summary.json").is_file() for d in ("a-red-mug", "a-blue-chair"))
+    assert [r["status"] for r in run_prompts(cfg, prompts, [0])] == ["skipped", "skipped"]
