@@ -9,8 +9,11 @@ official code does not have). ``configs/sds-mvdream.toml`` spells the official p
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
+
+from mvforge.errors import UserError
 
 NEGATIVE_PROMPT = (
     "ugly, bad anatomy, blurry, pixelated obscure, unnatural colors, poor lighting, dull, and unclear, cropped, "
@@ -224,6 +227,25 @@ class ExportConfig:
     texture_resolution: int = 1024
     """Side of the baked texture in pixels (used when uv_texture is on)."""
 
+    def __post_init__(self):
+        # Checked here so a bad value fails before the run, not as a traceback after hours of optimisation.
+        _at_least("export_mesh.mc_resolution", self.mc_resolution, 8)
+        _at_least("export_mesh.turntable_frames", self.turntable_frames, 1)
+        _at_least("export_mesh.turntable_resolution", self.turntable_resolution, 8)
+        _at_least("export_mesh.turntable_fps", self.turntable_fps, 1)
+        _at_least("export_mesh.texture_resolution", self.texture_resolution, 16)
+        if not math.isfinite(self.iso_level):
+            raise UserError(f"export_mesh.iso_level {self.iso_level}: use a finite density such as 25")
+        if not 0 < self.turntable_fov_deg < 180:
+            raise UserError(
+                f"export_mesh.turntable_fov_deg {self.turntable_fov_deg}: use a value in (0, 180)"
+            )
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise UserError(f"{name} {value}: use a value >= {low} (--set {name}=...)")
+
 
 @dataclass(frozen=True)
 class SDSConfig:
@@ -266,3 +288,10 @@ class SDSConfig:
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     export_mesh: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+    def __post_init__(self):
+        _at_least("max_steps", self.max_steps, 1)
+        _at_least("log_every", self.log_every, 1)
+        _at_least("keep_checkpoints", self.keep_checkpoints, 1)
+        _at_least("checkpoint_every", self.checkpoint_every, 1)
+        _at_least("snapshot_every", self.snapshot_every, 0)

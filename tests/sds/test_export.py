@@ -117,3 +117,23 @@ def test_uv_texture_bake_gives_the_albedo_at_the_vertices_through_the_glb(tmp_pa
     assert (tmp_path / "mesh.mtl").is_file() and "mtllib mesh.mtl" in obj.read_text()
     assert len(trimesh.load(obj, force="mesh").faces) == len(textured.faces)
     assert abs(textured.area - mesh.area) < 1e-6 * mesh.area  # only zero-area slivers were dropped
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("turntable_frames", 0),
+        ("turntable_fps", 0),
+        ("turntable_resolution", -1),
+        ("texture_resolution", 0),
+        ("mc_resolution", 3),
+        ("iso_level", float("nan")),
+    ],
+)
+def test_bad_export_settings_are_one_line_errors_before_the_run(key, value):
+    from mvforge import config as config_mod
+    from mvforge.errors import UserError
+    from mvforge.sds.config import SDSConfig
+
+    with pytest.raises(UserError, match=f"export_mesh.{key}"):
+        config_mod.load(SDSConfig, None, [f"export_mesh.{key}={value}"])
