@@ -154,7 +154,12 @@ def bake_texture(mesh, albedo_fn: Callable[[torch.Tensor], torch.Tensor], resolu
         texture[new] = colour_sum[new] / count[new]
         filled = grown
     image = Image.fromarray(np.round(texture * 255).astype(np.uint8), mode="RGB")
-    visual = trimesh.visual.TextureVisuals(uv=uv, image=image)
+    # trimesh's default material scales the texture by 0.4 (glTF baseColorFactor, OBJ Kd) and adds specular:
+    # viewers would show the albedo at 40 %. White diffuse, no specular: the texture is the colour.
+    material = trimesh.visual.material.SimpleMaterial(
+        image=image, diffuse=(255, 255, 255, 255), ambient=(255, 255, 255, 255), specular=(0, 0, 0, 255)
+    )
+    visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
     return trimesh.Trimesh(vertices=verts, faces=faces, visual=visual, process=False)
 
 

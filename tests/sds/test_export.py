@@ -114,7 +114,10 @@ def test_uv_texture_bake_gives_the_albedo_at_the_vertices_through_the_glb(tmp_pa
     expected = albedo(torch.as_tensor(zup, dtype=torch.float32)).numpy() * 255
     # a texel spans 1/256 of the atlas: the albedo changes by ~1/255 per 0.01 of position
     np.testing.assert_allclose(image[rows, cols], expected, atol=6.0)
-    assert (tmp_path / "mesh.mtl").is_file() and "mtllib mesh.mtl" in obj.read_text()
+    # ... and nothing scales it: viewers multiply the texture by the factor / Kd (trimesh's default is 0.4).
+    assert list(loaded.visual.material.baseColorFactor) == [255, 255, 255, 255]
+    mtl = (tmp_path / "mesh.mtl").read_text()
+    assert "Kd 1.0" in mtl and "Ks 0.0" in mtl and "mtllib mesh.mtl" in obj.read_text()
     assert len(trimesh.load(obj, force="mesh").faces) == len(textured.faces)
     assert abs(textured.area - mesh.area) < 1e-6 * mesh.area  # only zero-area slivers were dropped
 
