@@ -186,5 +186,23 @@ def to_dict(cfg: Any) -> dict:
     return conv(cfg)
 
 
+def first_difference(old: dict, new: dict, ignore: tuple[str, ...] = (), prefix: str = "") -> str:
+    """The first setting (sorted, depth first) whose value differs between two ``to_dict`` trees, as
+    ``"key.sub was OLD, now NEW"``; "" when none does. ``ignore``: dotted keys (or key prefixes ending in ``.``)
+    that may differ. The one comparison behind every stage's "resume only with the same settings" check."""
+    for key in sorted(set(old) | set(new)):
+        dotted = f"{prefix}{key}"
+        if dotted in ignore or any(i.endswith(".") and dotted.startswith(i) for i in ignore):
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = first_difference(a, b, ignore, f"{dotted}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{dotted} was {a!r}, now {b!r}"
+    return ""
+
+
 def to_toml(cfg: Any) -> str:
     return tomli_w.dumps(to_dict(cfg))

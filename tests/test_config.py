@@ -67,3 +67,15 @@ def test_with_flags_sets_nested_fields_skips_none_and_type_checks():
     assert config.set_field(out, "path", None).path is None
     with pytest.raises(ConfigError):
         config.with_flags(cfg, {"inner.lr": "fast"})
+
+
+def test_first_difference_names_the_first_changed_key_and_skips_ignored_ones():
+    from mvforge.config import first_difference
+
+    old = {"a": 1, "b": {"c": 2, "d": 3}, "e": {"f": 4}}
+    assert first_difference(old, old) == ""
+    assert first_difference(old, {**old, "b": {"c": 2, "d": 5}}) == "b.d was 3, now 5"
+    assert first_difference(old, {**old, "b": {"c": 2}}) == "b.d was 3, now None"
+    new = {"a": 9, "b": {"c": 2, "d": 3}, "e": {"f": 7}}
+    assert first_difference(old, new, ignore=("a", "e.")) == ""
+    assert first_difference(old, new, ignore=("e.",)) == "a was 1, now 9"

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from mvforge.config import to_dict, to_toml
+from mvforge.config import first_difference, to_dict, to_toml
 from mvforge.errors import UserError
 from mvforge.formats import renders as layout
 from mvforge.fsutil import append_jsonl, atomic_write_text, read_jsonl
@@ -200,7 +200,7 @@ def _check_config(out: Path, cfg: RenderConfig, overwrite: bool, uids: set[str] 
             old = None
         new = to_dict(cfg)
         if old is not None and _render_part(old) != _render_part(new):
-            diff = _first_difference(_render_part(old), _render_part(new))
+            diff = first_difference(_render_part(old), _render_part(new))
             if not overwrite:
                 raise UserError(
                     f"{out} holds renders made with other settings ({diff}); pick a new --out, or pass "
@@ -266,18 +266,6 @@ def _unchanged(path: str, recorded: dict) -> bool:
     except OSError:
         return False
     return st.st_size == recorded["size"] and st.st_mtime_ns == recorded["mtime_ns"]
-
-
-def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = _first_difference(a, b, f"{prefix}{key}.")
-            if found:
-                return found
-        elif a != b:
-            return f"{prefix}{key} was {a!r}, now {b!r}"
-    return ""
 
 
 def remove_stale_staging(out: Path) -> int:

@@ -138,10 +138,34 @@ def save_checkpoint(run_dir: Path, state: SDSState, step: int, cfg: SDSConfig) -
     return path
 
 
-def load_checkpoint(path: Path, state: SDSState) -> int:
-    """Restore ``state`` from a checkpoint; returns its step. Raises UserError for a field of another shape."""
+RESUME_MAY_CHANGE = (
+    "out",
+    "max_steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "snapshot_every",
+    "log_every",
+    "device",
+    "deterministic",
+    "export",
+    "export_mesh.",
+)
+"""Settings a resumed run may change: where and how it runs, how long, what it writes. Every other setting
+decides the field, so a resume under another value would mix two runs in one result (review of issue 14)."""
+
+
+def load_checkpoint(path: Path, state: SDSState, cfg: SDSConfig | None = None) -> int:
+    """Restore ``state`` from a checkpoint; returns its step. Raises UserError for a field of another shape,
+    or (given ``cfg``) when a setting outside RESUME_MAY_CHANGE differs from the checkpoint's."""
     device = next(state.renderer.parameters()).device
     ckpt = torch.load(path, map_location=device, weights_only=False)
+    if cfg is not None and "config" in ckpt:
+        diff = config_mod.first_difference(ckpt["config"], config_mod.to_dict(cfg), RESUME_MAY_CHANGE)
+        if diff:
+            raise UserError(
+                f"{path.parent.parent} was optimised with other settings ({diff}); pass the same settings "
+                "to resume it, or another --out"
+            )
     if ckpt.get("backend", "torch") != state.field.backend:
         raise UserError(
             f"{path} was written by the {ckpt.get('backend')} hash grid and this run uses {state.field.backend}; "
@@ -241,7 +265,7 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     start = 0
     found = checkpoints(run_dir)
     if found:
-        start = load_checkpoint(found[-1], state)
+        start = load_checkpoint(found[-1], state, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.toml", config_mod.to_toml(cfg))
     metrics_path = run_dir / "metrics.jsonl"
@@ -327,6 +351,14 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
         from mvforge.sds.export import bake_texture, extract_mesh, write_mesh, write_turntable
 
         e = cfg.export_mesh
+        # A re-export with other settings must not leave the last export's files beside the new ones: the
+        # summary goes first (written last, it marks a finished run), then the files this export will not write.
+        (run_dir / "summary.json").unlink(missing_ok=True)
+        stale = [] if e.mp4 else [run_dir / "turntable.mp4"]
+        if not e.uv_texture:
+            stale += [run_dir / "mesh.mtl", *run_dir.glob("material_*.png")]
+        for path in stale:
+            path.unlink(missing_ok=True)
         mesh = extract_mesh(state.field.density, state.field.albedo, state.field.radius, e, device)
         if e.uv_texture:
             mesh = bake_texture(mesh, state.field.albedo, e.texture_resolution, device)

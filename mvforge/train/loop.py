@@ -309,16 +309,6 @@ def _content(d: dict) -> dict:
     return {k: v for k, v in d.items() if k not in EXECUTION_KEYS}
 
 
-def _first_difference(a, b, prefix: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            diff = _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-            if diff:
-                return diff
-        return None
-    return None if a == b else f"{prefix[:-1]} was {a!r}, now {b!r}"
-
-
 def check_resume_config(resume: Path, cfg: FitConfig) -> None:
     """UserError when ``cfg``'s content settings differ from those the checkpoint was trained with: resuming
     would silently mix two recipes in one run (issue 8 review). Older checkpoints without config.toml pass."""
@@ -329,7 +319,7 @@ def check_resume_config(resume: Path, cfg: FitConfig) -> None:
         return
     stored = _content(tomllib.loads(stored_file.read_text(encoding="utf-8")))
     now = _content(tomllib.loads(config_mod.to_toml(cfg)))
-    diff = _first_difference(stored, now)
+    diff = config_mod.first_difference(stored, now)
     if diff:
         raise UserError(
             f"{resume.parent.parent} was trained with other settings ({diff}); pass the same settings to "

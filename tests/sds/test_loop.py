@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,3 +172,19 @@ def test_export_settings_are_honoured_and_no_surface_fails_fast_then_a_rerun_onl
     # the 12-cell grid: marching-cubes vertices have two coordinates on its lattice (Y-up swaps axes only)
     frac = (mesh.vertices + 1.0) * 12 / 2.0 % 1.0
     assert ((np.isclose(frac, 0.0, atol=1e-3) | np.isclose(frac, 1.0, atol=1e-3)).sum(axis=1) >= 2).all()
+
+    # a third export without the texture leaves none of the second one's texture files behind
+    plain = dataclasses.replace(cfg, export_mesh=dataclasses.replace(export, iso_level=5.0))
+    run_sds(plain, show_progress=False)
+    assert not (run_dir / "mesh.mtl").exists() and not list(run_dir.glob("material_*.png"))
+    assert (run_dir / "summary.json").is_file()
+
+    # resuming under settings that decide the field is refused, naming the first one that differs
+    other = dataclasses.replace(plain, guidance=dataclasses.replace(plain.guidance, guidance_scale=3.0))
+    with pytest.raises(UserError, match=r"other settings \(guidance.guidance_scale was 50.0, now 3.0\)"):
+        run_sds(other, show_progress=False)
+    with pytest.raises(UserError, match="other settings \\(model was"):
+        run_sds(
+            dataclasses.replace(plain, model=str(shutil.copytree(tiny_mv, tmp_path / "copy"))),
+            show_progress=False,
+        )
