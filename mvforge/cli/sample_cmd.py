@@ -129,7 +129,7 @@ def sample(
     }
     cfg = config_mod.with_flags(cfg, flags)
     # Input checks first: a bad flag fails before torch and diffusers are imported.
-    from mvforge.models.resolve import resolve_model
+    from mvforge.models.resolve import weights_fingerprint
     from mvforge.models.sample import check_config, read_prompts, sample_prompts, torch_dtype
 
     if (prompt is None) == (prompts is None):
@@ -138,7 +138,7 @@ def sample(
         raise UserError("the prompt is empty; pass --prompt 'a description of the object'")
     check_config(cfg, None if device == "auto" else device)
     texts = [prompt] if prompt is not None else read_prompts(prompts)
-    resolve_model(model)
+    weights = weights_fingerprint(model)  # also checks that the model exists
     quiet_libraries()
     from mvforge.devices import resolve_device
     from mvforge.models.pipeline import MultiViewDiffusion
@@ -149,7 +149,15 @@ def sample(
     if save_pipeline is not None:
         typer.echo(str(mvd.save_pretrained(save_pipeline)))
     dirs = sample_prompts(
-        mvd, texts, out, cfg, dev, show_progress=prompts is not None, label=str(model), resume=True
+        mvd,
+        texts,
+        out,
+        cfg,
+        dev,
+        show_progress=prompts is not None,
+        label=str(model),
+        resume=True,
+        weights=weights,
     )
     for d in dirs:
         typer.echo(str(d / "grid.png"))

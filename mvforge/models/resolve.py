@@ -58,3 +58,12 @@ def resolve_model(path: str | Path) -> Path:
             "`mvtrain fit` run or checkpoint, or a pipeline directory (mvtrain sample --save-pipeline DIR)"
         )
     return ckpt
+
+
+def weights_fingerprint(path: str | Path) -> str:
+    """``<resolved dir>@<newest mtime_ns of its files>`` for the model that ``path`` names (see
+    :func:`resolve_model`): changes when a run gains a checkpoint or a pipeline's weights are rewritten, so
+    outputs made from other weights are not taken as done (``mvtrain sample`` resume)."""
+    resolved = resolve_model(path)
+    newest = max((p.stat().st_mtime_ns for p in resolved.rglob("*") if p.is_file()), default=0)
+    return f"{resolved}@{newest}"

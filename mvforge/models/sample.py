@@ -88,11 +88,13 @@ def sample_prompts(
     show_progress: bool = True,
     label: str | None = None,
     resume: bool = False,
+    weights: str | None = None,
 ) -> list[Path]:
     """Sample every prompt and write its views; returns the output directory of each prompt. ``model``: a
     loaded ``MultiViewDiffusion`` or a path for its ``from_pretrained``; ``device``: a torch device or name; ``label``: the model's name in
     sample.json (default: the path); ``resume``: skip prompts already written with the same settings (the CLI's
-    behaviour; validation during training always samples)."""
+    behaviour; validation during training always samples); ``weights``: the model's
+    ``resolve.weights_fingerprint``, recorded so that a resume does not keep views made by other weights."""
     import torch
 
     from mvforge.models.pipeline import MultiViewDiffusion
@@ -107,6 +109,8 @@ def sample_prompts(
             model, device, torch_dtype(cfg.precision), use_ema=cfg.use_ema
         )
     meta = {"model": label or str(model)}
+    if weights is not None:
+        meta["weights"] = weights
     pipe = source.pipeline(cfg.scheduler)
     pipe.set_progress_bar_config(disable=True)
     out = Path(out)
@@ -121,14 +125,26 @@ def sample_prompts(
             record = meta | {"prompt": prompt, "text": prompt + cfg.prompt_suffix}
             # Resumable: a prompt whose views were written with these exact settings is not sampled again
             # (sample.json is written last, so its presence means the views are complete).
-            if not (resume and _already_sampled(d, record, cfg)):
+            skip = resume and _already_sampled(d, record, cfg)
+            if not skip:
                 images = generate_views(pipe, prompt, cfg, cfg.seed)
                 save_views(images, d, record, cfg)
             if progress is not None:
-                progress.advance()
+                progress.advance("skipped" if skip else "ok")
     finally:
         if progress is not None:
             progress.__exit__(None, None, None)
+    if progress is not None:
+        from mvforge.progress import print_summary
+
+        print_summary(
+            "mvtrain sample",
+            [
+                ("prompts sampled", progress.counts["ok"]),
+                ("already done (skipped)", progress.counts["skipped"]),
+                ("output", str(out)),
+            ],
+        )
     return dirs
 
 

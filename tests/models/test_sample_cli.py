@@ -127,3 +127,21 @@ def test_sample_resumes_finished_prompts_and_redoes_changed_ones(tiny_mv, tmp_pa
 def test_sample_rejects_a_resolution_the_vae_cannot_halve(tmp_path):
     with pytest.raises(UserError, match="multiple of 8"):
         sample_prompts(tmp_path / "no-model", ["a chair"], tmp_path / "o", SampleConfig(resolution=100))
+
+
+def test_sample_cli_resume_is_keyed_on_the_weights_not_only_the_path(tiny_mv, tmp_path):
+    import os
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red chair\na lamp\n")
+    args = ["sample", "--model", str(tiny_mv), "--prompts", str(prompts), "--out", str(tmp_path / "o"), *FAST]
+    assert _mvtrain(*args).returncode == 0
+    view = tmp_path / "o" / "0000-a-red-chair" / "view_00.png"
+    first = view.stat().st_mtime_ns
+    again = _mvtrain(*args)
+    assert again.returncode == 0 and view.stat().st_mtime_ns == first
+    assert "already done (skipped)" in again.stdout + again.stderr
+    # The same path with rewritten weights (a run that gained a checkpoint, a re-saved pipeline): sampled again.
+    weights = next((tiny_mv / "unet").glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert _mvtrain(*args).returncode == 0 and view.stat().st_mtime_ns != first
