@@ -117,8 +117,9 @@ class LimitsConfig:
     def __post_init__(self) -> None:
         checks = [
             (
-                self.objects_per_process >= 1,
-                f"limits.objects_per_process must be at least 1, got {self.objects_per_process}",
+                1 <= self.objects_per_process <= 1000,
+                # Above ~1000 the per-object bpy growth (design §4) could reach GBs before the process ends.
+                f"--objects-per-process must be in 1..1000, got {self.objects_per_process}",
             ),
             (self.timeout_s > 0, f"--timeout must be positive, got {self.timeout_s}"),
             (self.memory_gb > 0, f"--memory-gb must be positive, got {self.memory_gb}"),

@@ -51,3 +51,11 @@ def test_planned_views_follow_the_camera_convention():
 
 def test_unknown_extension_plans_an_unsupported_job():
     assert plan_job(_obj(ext="xyz"), RenderConfig(), hdri_pool(None))["importer"] is None
+
+
+@pytest.mark.parametrize("value", [0, -1, 1001, 10**20])
+def test_objects_per_process_outside_1_to_1000_is_refused(value):
+    from mvforge.render.config import LimitsConfig
+
+    with pytest.raises(UserError, match="--objects-per-process must be in 1..1000"):
+        LimitsConfig(objects_per_process=value)
