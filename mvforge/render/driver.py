@@ -325,10 +325,7 @@ def _prepare_manifest(out: Path, states: dict[str, str | None], rerun: set[str])
     for uid, state in states.items():
         if uid in listed or uid in rerun or state is None:
             continue
-        reason = None
-        if state == "failed":
-            reason = json.loads(layout.failure_path(out, uid).read_text(encoding="utf-8")).get("reason")
-        records.append({"uid": uid, "status": state, "reason": reason, "recovered": True})
+        records.append(_record_on_disk(out, uid))
     text = "".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records)
     old = manifest.read_text(encoding="utf-8") if manifest.is_file() else ""
     if text != old:
@@ -483,7 +480,8 @@ def _schedule(
 
 
 def _record_on_disk(out: Path, uid: str) -> dict:
-    """The manifest record of an object whose terminal record was written by a task that then died."""
+    """The manifest record of an object from its terminal record on disk: a task that died after writing it, or
+    a driver killed before appending its line (the same fields as a live record, plus ``recovered``)."""
     if layout.status(out, uid) == "ok":
         meta = json.loads((layout.object_dir(out, uid) / layout.META).read_text(encoding="utf-8"))
         timings = meta.get("timings") or {}
@@ -496,6 +494,7 @@ def _record_on_disk(out: Path, uid: str) -> dict:
             "render_seconds": timings.get("render_s"),
             "views": int(meta.get("views", 0)),
             "peak_rss_mb": meta.get("peak_rss_mb"),
+            "stripped_textures": int((meta.get("stats") or {}).get("stripped_textures") or 0),
             "recovered": True,
         }
     failure = json.loads(layout.failure_path(out, uid).read_text(encoding="utf-8"))

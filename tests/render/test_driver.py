@@ -209,7 +209,8 @@ def test_manifest_is_repaired_to_one_line_per_finished_object(tmp_path):
     out = tmp_path
     objs = [_local(u, DATA / "Duck.glb") for u in ("a", "b", "c", "d", "e")]
     for uid in ("a", "b", "c"):
-        atomic_write_json(layout.object_dir(out, uid) / layout.META, {"uid": uid})
+        meta = {"uid": uid, "views": 2, "peak_rss_mb": 300.0, "stats": {"stripped_textures": 1}}
+        atomic_write_json(layout.object_dir(out, uid) / layout.META, meta)
     atomic_write_json(layout.failure_path(out, "d"), {"uid": "d", "reason": "timeout"})
     lines = [
         {"uid": "a", "status": "failed", "reason": "crashed"},  # failed before, ok after --retry-failed
@@ -226,6 +227,8 @@ def test_manifest_is_repaired_to_one_line_per_finished_object(tmp_path):
     got = read_jsonl(out / layout.MANIFEST)
     assert [r["uid"] for r in got] == ["a", "zz_other_run", "c", "d"]
     assert got[0]["status"] == "ok" and got[2]["recovered"]
+    # a recovered line carries what a live one does (design §2: the manifest records stripped_textures)
+    assert (got[2]["views"], got[2]["peak_rss_mb"], got[2]["stripped_textures"]) == (2, 300.0, 1)
     assert got[3]["status"] == "failed" and got[3]["reason"] == "timeout" and got[3]["recovered"]
     assert (out / layout.MANIFEST).read_text().endswith("}\n")  # the torn line is gone
 
