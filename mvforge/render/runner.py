@@ -146,7 +146,7 @@ def _render_in(state: dict, job: dict, out: Path, limits: LimitsConfig, env, ext
         reused = state["child"] is not None
         with open(log, "a", encoding="utf-8") as f:
             f.write(
-                f"=== mvforge: attempt {n} of {budget}, pid {os.getpid()}, "
+                f"=== mvforge: attempt {n} (up to {budget}), Ray worker pid {os.getpid()}, "
                 f"{'reused' if reused else 'new'} Blender process ===\n"
             )
         if state["child"] is None:
