@@ -25,6 +25,7 @@ from mvforge.render.config import CyclesConfig, LimitsConfig, RenderConfig
 from mvforge.render.driver import render
 from mvforge.render.plan import SourceObject
 from mvforge.render.worker import FAULT_ENV
+from tests.render.procs import live_processes
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "glb"
 TINY = RenderConfig(
@@ -72,17 +73,7 @@ def _local(uid: str, path: Path, caption: str = "") -> SourceObject:
 
 
 def _alive_with(marker: str) -> list[int]:
-    pids = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                env = Path(f"/proc/{entry.name}/environ").read_bytes()
-                stat = Path(f"/proc/{entry.name}/stat").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in env and stat[stat.rfind(b")") + 2 :].split()[0] != b"Z":
-                pids.append(int(entry.name))
-    return pids
+    return list(live_processes(marker))
 
 
 def test_hostile_mix_ends_in_one_record_per_object(tmp_path, ray_local, glb_server, monkeypatch):
@@ -339,7 +330,6 @@ def test_a_ray_worker_dying_mid_batch_fails_no_neighbour(tmp_path, ray_local):
     from dataclasses import replace
 
     def dying_task(objs, jobs, out, cfg, env):  # pickled by value into the Ray worker
-        import os
 
         from mvforge.render.synthetic import stub_render_task
 

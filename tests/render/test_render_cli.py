@@ -18,6 +18,7 @@ from PIL import Image
 
 from mvforge.formats import renders as layout
 from mvforge.fsutil import read_jsonl
+from tests.render.procs import live_processes
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "glb"
 MVDATA = str(Path(sys.executable).with_name("mvdata"))
@@ -97,19 +98,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, args, match):
 
 def _procs_with(marker: str) -> list[str]:
     """Live processes whose environment holds ``marker`` (the driver, Ray, workers, Blender)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                env = Path(f"/proc/{entry.name}/environ").read_bytes()
-                stat = Path(f"/proc/{entry.name}/stat").read_bytes()
-                cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in env.split(b"\0") and stat[stat.rfind(b")") + 2 :].split()[0] != b"Z":
-                command = cmd.replace(b"\0", b" ")[:120].decode(errors="replace")
-                found.append(f"{entry.name}: {command}")
-    return found
+    return [f"{pid}: {cmd}" for pid, cmd in live_processes(marker).items()]
 
 
 # Ray's per-node agents notice at once that their raylet died, then sometimes spend ~60 s trying to flush logs

@@ -20,6 +20,7 @@ from mvforge.render.config import LimitsConfig, RenderConfig
 from mvforge.render.plan import SourceObject, hdri_pool, plan_job
 from mvforge.render.runner import group_rss_bytes, run_object
 from mvforge.render.worker import FAULT_ENV
+from tests.render.procs import live_processes
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -32,19 +33,7 @@ def _job(uid: str) -> dict:
 
 def _marked_pids(marker: str) -> set[int]:
     """Live (non-zombie) processes whose environment carries ``marker``: the worker and its grandchild."""
-    pids = set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{entry.name}/environ").read_bytes()
-            stat = Path(f"/proc/{entry.name}/stat").read_bytes()
-        except OSError:
-            continue
-        state = stat[stat.rfind(b")") + 2 :].split()[0]
-        if marker.encode() in env and state != b"Z":
-            pids.add(int(entry.name))
-    return pids
+    return set(live_processes(marker))
 
 
 def _run_watching(job, out, limits, env, marker):

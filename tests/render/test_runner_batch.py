@@ -8,7 +8,6 @@ between runs) through the real serve-mode worker; the worker's fault injection m
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from mvforge.render.config import CyclesConfig, LimitsConfig, PassesConfig, Rend
 from mvforge.render.plan import SourceObject, hdri_pool, plan_job
 from mvforge.render.runner import log_path, run_objects
 from mvforge.render.worker import FAULT_ENV
+from tests.render.procs import live_processes
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "glb"
 # Passes on: depth and normals come from the compositor, whose node tree must not survive into the next object.
@@ -120,14 +120,4 @@ def test_a_hang_a_crash_and_a_bad_file_in_one_batch_cost_only_themselves(tmp_pat
 
 
 def _marked(marker: str) -> list[int]:
-    pids = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                env = Path(f"/proc/{entry.name}/environ").read_bytes()
-                stat = Path(f"/proc/{entry.name}/stat").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in env and stat[stat.rfind(b")") + 2 :].split()[0] != b"Z":
-                pids.append(int(entry.name))
-    return pids
+    return list(live_processes(marker))
