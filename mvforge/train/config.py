@@ -76,14 +76,20 @@ class ValidationConfig:
     """Initial-noise seed, the same at every validation (comparable strips)."""
 
     def __post_init__(self) -> None:
-        if self.every < 0:
-            raise UserError(f"validation.every must be >= 0 (got {self.every}); 0 disables validation")
-        if self.steps < 1:
-            raise UserError(f"validation.steps must be >= 1 (got {self.steps})")
+        check_validation_sampling(self.every, self.steps, self.resolution)
         if self.every > 0 and not (self.prompts or self.prompts_2d):
             raise UserError("validation.prompts is empty; give at least one prompt or set validation.every=0")
-        if self.steps < 1:
-            raise UserError(f"validation.steps must be >= 1 (got {self.steps})")
+
+
+def check_validation_sampling(every: int, steps: int, resolution: int) -> None:
+    """The checks fit's and DreamBooth's validation settings share (UserError naming the field)."""
+    if every < 0:
+        raise UserError(f"validation.every must be >= 0 (got {every}); 0 disables validation")
+    if steps < 1:
+        raise UserError(f"validation.steps must be >= 1 (got {steps})")
+    if resolution < 0 or resolution % 8:
+        # 0 = the training resolution; otherwise the VAE's factor of 8, as `mvtrain sample` requires.
+        raise UserError(f"validation.resolution must be 0 or a multiple of 8 (got {resolution})")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mvforge.errors import UserError
-from mvforge.train.config import OptimConfig
+from mvforge.train.config import OptimConfig, check_validation_sampling
 
 BACKGROUNDS = ("keep", "grey")
 """``keep``: the photo as it is; ``grey``: the subject (alpha channel or mask) composited on grey 0.5, the
@@ -47,14 +47,9 @@ class DreamBoothValidationConfig:
     """Initial-noise seed, the same at every validation (comparable grids)."""
 
     def __post_init__(self) -> None:
-        if self.every < 0:
-            raise UserError(f"validation.every must be >= 0 (got {self.every}); 0 disables validation")
-        if self.steps < 1:
-            raise UserError(f"validation.steps must be >= 1 (got {self.steps})")
+        check_validation_sampling(self.every, self.steps, self.resolution)
         if self.num_views < 1:
             raise UserError(f"validation.num_views must be >= 1 (got {self.num_views}); the model's is 4")
-        if self.resolution < 0 or self.resolution % 8:
-            raise UserError(f"validation.resolution must be 0 or a multiple of 8 (got {self.resolution})")
 
 
 @dataclass(frozen=True)
