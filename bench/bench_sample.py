@@ -25,57 +25,11 @@ import statistics
 import time
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import StableDiffusionPipeline
+from sd_arch import ARCH, build
 
 from mvforge.models.model import multiview_from_sd
 from mvforge.models.pipeline import MultiViewDiffusion, make_scheduler
-from mvforge.models.tiny import clip_tokenizer
-
-ARCH = {
-    # SD's layout at small widths: attention at the 3 upper levels, 2 resnets per level, VAE x8.
-    "tiny": dict(
-        unet=dict(block_out_channels=(32, 64, 128, 128), attention_head_dim=8, cross_attention_dim=64),
-        vae=(32, 64, 64, 64),
-        text=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4),
-    ),
-    # SD 2.1 base: UNet 865M, VAE 84M, OpenCLIP ViT-H text tower (23 layers used).
-    "sd21": dict(
-        unet=dict(
-            block_out_channels=(320, 640, 1280, 1280),
-            attention_head_dim=(5, 10, 20, 20),
-            cross_attention_dim=1024,
-            use_linear_projection=True,
-        ),
-        vae=(128, 256, 512, 512),
-        text=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16),
-    ),
-}
-
-
-def build(arch: str, resolution: int):
-    torch.manual_seed(0)
-    a = ARCH[arch]
-    unet = UNet2DConditionModel(
-        sample_size=resolution // 8,
-        layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        **a["unet"],
-    )
-    vae = AutoencoderKL(
-        block_out_channels=a["vae"],
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=2,
-        sample_size=resolution,
-    )
-    text = CLIPTextModel(
-        CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_act="gelu", **a["text"])
-    )
-    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
-    return unet, vae, text, clip_tokenizer(), sched
 
 
 def main() -> None:
@@ -96,7 +50,7 @@ def main() -> None:
     diffusers.utils.logging.set_verbosity_error()
     dev = torch.device(args.device)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    unet, vae, text, tok, sched = build(args.arch, args.resolution)
+    unet, vae, text, tok, sched = build(ARCH[args.arch], args.resolution)
     mv = MultiViewDiffusion(multiview_from_sd(unet), vae, text, tok, sched).to(dev, dtype)
     unet.to(dev, dtype).eval().requires_grad_(False)
     mv_pipe = mv.pipeline("ddim")

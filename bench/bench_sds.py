@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sd_arch import SD21, build
 
 from mvforge.sds.anneal import timestep_range
 from mvforge.sds.cameras import sample_cameras
@@ -42,51 +43,17 @@ from mvforge.sds.material import ALBEDO, Shading
 
 def sd21_random_pipeline(out: Path) -> Path:
     """An SD 2.1-base-size multi-view pipeline with random weights (the timing does not depend on them)."""
-    from diffusers import AutoencoderKL, DDIMScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDIMScheduler
 
-    from mvforge.models.model import MultiViewUNet
+    from mvforge.models.model import multiview_from_sd
     from mvforge.models.pipeline import MVDreamPipeline
-    from mvforge.models.tiny import clip_tokenizer
 
-    torch.manual_seed(0)
-    unet = MultiViewUNet(
-        sample_size=32,
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=1024,
-        attention_head_dim=(5, 10, 20, 20),
-        use_linear_projection=True,
-        class_embed_type="projection",
-        projection_class_embeddings_input_dim=16,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=2,
-        sample_size=256,
-    )
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=23,
-            num_attention_heads=16,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            projection_dim=1024,
-            hidden_act="gelu",
-        )
-    )
+    unet, vae, text, tok, _ = build(SD21, 256)
     sched = DDIMScheduler(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
     )
     MVDreamPipeline(
-        vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet, scheduler=sched
+        vae=vae, text_encoder=text, tokenizer=tok, unet=multiview_from_sd(unet), scheduler=sched
     ).save_pretrained(out)
     return out
 

@@ -26,20 +26,12 @@ import time
 
 import torch
 from diffusers import UNet2DConditionModel
+from sd_arch import SD21, unet_kwargs
 
 from mvforge.models.model import load_unet
 
 # SD 2.1 base's UNet architecture (random weights: the timing does not depend on them), for GPU machines.
-SD21_UNET = dict(
-    sample_size=64,
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    cross_attention_dim=1024,
-    attention_head_dim=(5, 10, 20, 20),
-    use_linear_projection=True,
-)
+SD21_UNET = unet_kwargs(SD21, sample_size=64)
 
 
 def build(arch: str, channels: list[int], tmp: str) -> tuple[UNet2DConditionModel, torch.nn.Module]:
