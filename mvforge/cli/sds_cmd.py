@@ -83,7 +83,7 @@ def sds(
         from mvforge.sds.ray_prompts import read_prompts, run_prompts
 
         seed_list = _parse_seeds(seeds, cfg.seed)
-        run_prompts(
+        records = run_prompts(
             cfg,
             read_prompts(prompts),
             seed_list,
@@ -91,6 +91,8 @@ def sds(
             gpus_per_task=gpus_per_task,
             timeout_s=task_timeout_s,
         )
+        if any(r["status"] not in ("ok", "skipped") for r in records):
+            raise typer.Exit(1)  # the table above names each failed prompt and why
         return
     if not cfg.prompt.strip():
         raise UserError("the prompt is empty; pass --prompt 'a description of the object'")

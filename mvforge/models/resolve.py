@@ -64,6 +64,6 @@ def weights_fingerprint(path: str | Path) -> str:
     """``<resolved dir>@<newest mtime_ns of its files>`` for the model that ``path`` names (see
     :func:`resolve_model`): changes when a run gains a checkpoint or a pipeline's weights are rewritten, so
     outputs made from other weights are not taken as done (``mvtrain sample`` resume)."""
-    resolved = resolve_model(path)
+    resolved = resolve_model(path).resolve()
     newest = max((p.stat().st_mtime_ns for p in resolved.rglob("*") if p.is_file()), default=0)
     return f"{resolved}@{newest}"

@@ -234,8 +234,9 @@ class ExportConfig:
         _at_least("export_mesh.turntable_resolution", self.turntable_resolution, 8)
         _at_least("export_mesh.turntable_fps", self.turntable_fps, 1)
         _at_least("export_mesh.texture_resolution", self.texture_resolution, 16)
-        if not math.isfinite(self.iso_level):
-            raise UserError(f"export_mesh.iso_level {self.iso_level}: use a finite density such as 25")
+        if not (math.isfinite(self.iso_level) and self.iso_level > 0):
+            # Densities are >= 0 (activated), so a level <= 0 has no surface.
+            raise UserError(f"export_mesh.iso_level {self.iso_level}: use a positive density such as 25")
         if not 0 < self.turntable_fov_deg < 180:
             raise UserError(
                 f"export_mesh.turntable_fov_deg {self.turntable_fov_deg}: use a value in (0, 180)"

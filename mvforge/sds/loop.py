@@ -35,6 +35,7 @@ import torch
 from mvforge import config as config_mod
 from mvforge.errors import UserError
 from mvforge.fsutil import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
+from mvforge.models.resolve import weights_fingerprint
 from mvforge.sds.anneal import linear_ramp, timestep_range
 from mvforge.sds.background import EnvironmentBackground, draw_background_color
 from mvforge.sds.cameras import orbit_cameras, sample_cameras
@@ -120,8 +121,11 @@ def build_state(cfg: SDSConfig, device: torch.device) -> SDSState:
     return SDSState(field, background, renderer, optimizer)
 
 
-def save_checkpoint(run_dir: Path, state: SDSState, step: int, cfg: SDSConfig) -> Path:
-    """``checkpoints/step-NNNNNN.pt`` (``step`` steps done), written atomically."""
+def save_checkpoint(
+    run_dir: Path, state: SDSState, step: int, cfg: SDSConfig, weights: str | None = None
+) -> Path:
+    """``checkpoints/step-NNNNNN.pt`` (``step`` steps done), written atomically; ``weights``: the guidance
+    model's ``weights_fingerprint``, checked on resume."""
     buf = io.BytesIO()
     torch.save(
         {
@@ -130,6 +134,7 @@ def save_checkpoint(run_dir: Path, state: SDSState, step: int, cfg: SDSConfig) -
             "optimizer": state.optimizer.state_dict(),
             "backend": state.field.backend,
             "config": config_mod.to_dict(cfg),
+            "weights": weights,
         },
         buf,
     )
@@ -139,6 +144,7 @@ def save_checkpoint(run_dir: Path, state: SDSState, step: int, cfg: SDSConfig) -
 
 
 RESUME_MAY_CHANGE = (
+    "model",  # compared as the weights it names (``weights_fingerprint``), not as a path string
     "out",
     "max_steps",
     "checkpoint_every",
@@ -154,11 +160,19 @@ RESUME_MAY_CHANGE = (
 decides the field, so a resume under another value would mix two runs in one result (review of issue 14)."""
 
 
-def load_checkpoint(path: Path, state: SDSState, cfg: SDSConfig | None = None) -> int:
+def load_checkpoint(
+    path: Path, state: SDSState, cfg: SDSConfig | None = None, weights: str | None = None
+) -> int:
     """Restore ``state`` from a checkpoint; returns its step. Raises UserError for a field of another shape,
-    or (given ``cfg``) when a setting outside RESUME_MAY_CHANGE differs from the checkpoint's."""
+    or (given ``cfg``) when a setting outside RESUME_MAY_CHANGE differs from the checkpoint's, or (given
+    ``weights``) when the guidance model's weights are not those the checkpoint was optimised with."""
     device = next(state.renderer.parameters()).device
     ckpt = torch.load(path, map_location=device, weights_only=False)
+    if weights is not None and ckpt.get("weights") not in (None, weights):
+        raise UserError(
+            f"{path.parent.parent} was optimised with other model weights ({ckpt['weights']}, now {weights}); "
+            "pass the same model to resume it, or another --out"
+        )
     if cfg is not None and "config" in ckpt:
         diff = config_mod.first_difference(ckpt["config"], config_mod.to_dict(cfg), RESUME_MAY_CHANGE)
         if diff:
@@ -264,8 +278,15 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     state = build_state(cfg, device)
     start = 0
     found = checkpoints(run_dir)
+    # The weights the field is optimised against (a run dir's latest checkpoint, resolved): a resume under other
+    # weights would mix two priors in one field. None when the caller passed a loaded model without a path.
+    weights = weights_fingerprint(cfg.model) if cfg.model and Path(cfg.model).is_dir() else None
     if found:
-        start = load_checkpoint(found[-1], state, cfg)
+        start = load_checkpoint(found[-1], state, cfg, weights)
+        if start > cfg.max_steps:
+            raise UserError(
+                f"{run_dir} is at step {start}; pass max_steps >= {start} (--steps) to resume or re-export it"
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.toml", config_mod.to_toml(cfg))
     metrics_path = run_dir / "metrics.jsonl"
@@ -339,7 +360,7 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
             _save_png(run_dir / "snapshots" / f"step-{done:06d}.png", np.concatenate(list(views), axis=1))
         pre_switch = done == cam_cfg.resolution_milestone
         if done % cfg.checkpoint_every == 0 or pre_switch or done == cfg.max_steps:
-            save_checkpoint(run_dir, state, done, cfg)
+            save_checkpoint(run_dir, state, done, cfg, weights)
             protect = {cam_cfg.resolution_milestone}
             _prune(run_dir, cfg.keep_checkpoints, protect)
     if progress is not None:
@@ -351,17 +372,18 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
         from mvforge.sds.export import bake_texture, extract_mesh, write_mesh, write_turntable
 
         e = cfg.export_mesh
-        # A re-export with other settings must not leave the last export's files beside the new ones: the
-        # summary goes first (written last, it marks a finished run), then the files this export will not write.
+        mesh = extract_mesh(state.field.density, state.field.albedo, state.field.radius, e, device)
+        if e.uv_texture:
+            mesh = bake_texture(mesh, state.field.albedo, e.texture_resolution, device)
+        # Only now that the new mesh exists (a no-surface error leaves the last export whole): a re-export with
+        # other settings must not leave the last export's files beside the new ones. The summary goes first
+        # (written last, it marks a finished run), then the files this export will not write.
         (run_dir / "summary.json").unlink(missing_ok=True)
         stale = [] if e.mp4 else [run_dir / "turntable.mp4"]
         if not e.uv_texture:
             stale += [run_dir / "mesh.mtl", *run_dir.glob("material_*.png")]
         for path in stale:
             path.unlink(missing_ok=True)
-        mesh = extract_mesh(state.field.density, state.field.albedo, state.field.radius, e, device)
-        if e.uv_texture:
-            mesh = bake_texture(mesh, state.field.albedo, e.texture_resolution, device)
         glb, obj = write_mesh(mesh, run_dir)
         frames = render_views(
             state,

@@ -37,6 +37,24 @@ def _task_configs(cfg: SDSConfig, prompts: list[str], seeds: list[int]) -> list[
     return out
 
 
+def _finished_with(run_dir: Path, cfg: SDSConfig) -> bool:
+    """The run is finished (summary.json, written last) with exactly these settings; any other run goes to its
+    task, where ``run_sds`` resumes, re-exports or refuses it as a single run would."""
+    from mvforge.config import to_toml
+
+    try:
+        same = (run_dir / "config.toml").read_text(encoding="utf-8") == to_toml(cfg)
+    except OSError:
+        return False
+    return same and (run_dir / "summary.json").is_file()
+
+
+def _cause(e: Exception) -> str:
+    """The task's error without Ray's banner and the exception's class path (one line, up to 400 characters)."""
+    line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    return line.removeprefix("mvforge.errors.UserError: ")[:400]
+
+
 def run_prompts(
     cfg: SDSConfig,
     prompts: list[str],
@@ -87,7 +105,7 @@ def run_prompts(
     with StageProgress("sds prompts", total=len(tasks), unit="prompts") as bar:
         for tc in tasks:
             run_dir = Path(tc.out) / prompt_slug(tc.prompt)
-            if (run_dir / "summary.json").is_file():
+            if _finished_with(run_dir, tc):
                 records.append(
                     {"prompt": tc.prompt, "seed": tc.seed, "status": "skipped", "dir": str(run_dir)}
                 )
@@ -106,7 +124,7 @@ def run_prompts(
                     ray.get(ref)
                     status, error = "ok", ""
                 except Exception as e:  # a failed prompt must not stop the others; it is reported below
-                    status, error = "failed", str(e).splitlines()[-1][:200]
+                    status, error = "failed", _cause(e)
                 records.append(
                     {
                         "prompt": tc.prompt,

@@ -183,8 +183,27 @@ def test_export_settings_are_honoured_and_no_surface_fails_fast_then_a_rerun_onl
     other = dataclasses.replace(plain, guidance=dataclasses.replace(plain.guidance, guidance_scale=3.0))
     with pytest.raises(UserError, match=r"other settings \(guidance.guidance_scale was 50.0, now 3.0\)"):
         run_sds(other, show_progress=False)
-    with pytest.raises(UserError, match="other settings \\(model was"):
+    with pytest.raises(UserError, match="other model weights"):
         run_sds(
             dataclasses.replace(plain, model=str(shutil.copytree(tiny_mv, tmp_path / "copy"))),
             show_progress=False,
         )
+
+
+def test_resume_refuses_other_weights_at_the_same_path_and_a_max_steps_below_the_run(tiny_mv, tmp_path):
+    import os
+
+    from mvforge.errors import UserError
+
+    model = shutil.copytree(tiny_mv, tmp_path / "model")
+    cfg = tiny_sds_config(model, tmp_path / "sds", max_steps=2, snapshot_every=0, export=False)
+    run_sds(cfg, show_progress=False)
+    with pytest.raises(UserError, match="is at step 2; pass max_steps >= 2"):
+        run_sds(dataclasses.replace(cfg, max_steps=1), show_progress=False)
+    # the same path, spelled differently, is the same model ...
+    run_sds(dataclasses.replace(cfg, model=str(model) + "/", max_steps=3), show_progress=False)
+    # ... but rewritten weights (a fit run that went on, a re-saved pipeline) are another one
+    weights = next((model / "unet").glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(UserError, match="other model weights"):
+        run_sds(dataclasses.replace(cfg, max_steps=4), show_progress=False)

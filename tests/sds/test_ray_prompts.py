@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mvforge.errors import UserError
@@ -50,3 +52,11 @@ def test_prompts_run_as_ray_tasks_on_a_cpu_only_cluster_then_skip_when_done(tiny
     assert [r["status"] for r in records] == ["ok", "ok"], records
     assert all((tmp_path / "sds" / d / "summary.json").is_file() for d in ("a-red-mug", "a-blue-chair"))
     assert [r["status"] for r in run_prompts(cfg, prompts, [0])] == ["skipped", "skipped"]
+    # Other settings are not "done": export settings re-export, settings that decide the field are refused.
+    reexport = dataclasses.replace(cfg, export_mesh=dataclasses.replace(cfg.export_mesh, turntable_frames=2))
+    assert [r["status"] for r in run_prompts(reexport, prompts[:1], [0])] == ["ok"]
+    other = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, guidance_scale=3.0))
+    (refused,) = run_prompts(other, prompts[:1], [0])
+    assert refused["status"] == "failed" and refused["error"].startswith(
+        f"{tmp_path / 'sds' / 'a-red-mug'} was"
+    )
