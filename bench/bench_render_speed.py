@@ -5,14 +5,16 @@ Run (the peer script is never vendored; pass your checkout's copy):
     .venv/bin/python bench/bench_render_speed.py --peer-script ~/objaverse-xl/scripts/rendering/blender_script.py
 
 Measured side by side in one run, on the same objects, 8 views at 256², same bounce limits, same threads:
-1. each mvforge variant (Cycles samples, world importance-map resolution, OpenImageDenoise) for each framing
-   (``fit``, ``mvdream``): one Blender child per object through ``mvforge.render.runner.run_object``, the
-   process model of ``mvdata render`` without Ray (Ray's start is paid once per run, not per object);
+1. each mvforge variant (Cycles samples, world importance-map resolution, OpenImageDenoise; ``lamps-*``: the
+   sun-lamp rig of ``lighting.kind = "lamps"`` instead of an HDRI) for each framing (``fit``, ``mvdream``): one
+   Blender child per object through ``mvforge.render.runner.run_object``, or with ``--batch`` all objects in
+   one child through ``runner.run_objects`` as ``mvdata render`` batches them (``limits.objects_per_process``);
+   the process model of ``mvdata render`` without Ray (Ray's start is paid once per run, not per object);
 2. the peer, one fresh process per object through ``bench/run_peer_script.py`` (its own cameras: radius
    U[1.5, 2.2], 49° fov; its own 4 sun lights);
 3. noise: PSNR against a 1,024-sample, non-adaptive, non-denoised render of the same view (same cameras,
    lights and seed), on the first ``--psnr-views`` views of the first ``--psnr-objects`` objects; each side
-   against its own reference. PSNR over the whole image and over the object's pixels only (alpha of either
+   against its own reference (mvforge's per kind of light). PSNR over the whole image and over the object's pixels only (alpha of either
    image > 0), on RGB composited over grey 0.5; SSIM (scikit-image) on the object's bounding box, where
    denoising could smear textures. References are cached under ``bench/out/render_speed/ref``;
 4. object coverage: fraction of pixels with alpha > 0.5, mean over all views.
@@ -42,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from mvforge.cameras import OrbitSampling  # noqa: E402
 from mvforge.config import to_dict  # noqa: E402
 from mvforge.formats import renders as layout  # noqa: E402
-from mvforge.render.config import CyclesConfig, LimitsConfig, RenderConfig  # noqa: E402
+from mvforge.render.config import CyclesConfig, LightingConfig, LimitsConfig, RenderConfig  # noqa: E402
 from mvforge.render.plan import SourceObject, hdri_pool, plan_job  # noqa: E402
 
 GLBS = ROOT / "tests" / "data" / "glb"
@@ -67,7 +69,18 @@ VARIANTS = {
     "map512-16-fast": {"samples": 16, "world_map_resolution": 512, **FAST_OIDN},
     "auto-8-fast": {"samples": 8, "world_map_resolution": 0, **FAST_OIDN},
     "auto-16-fast": {"samples": 16, "world_map_resolution": 0, **FAST_OIDN},
+    # lighting.kind = "lamps": mvforge's sun-lamp rig, the peer's kind of light (no world map to build).
+    "lamps-32": {"samples": 32, "denoise": False},
+    "lamps-16": {"samples": 16, "denoise": False},
+    "lamps-8": {"samples": 8, "denoise": False},
+    "lamps-16-fast": {"samples": 16, **FAST_OIDN},
+    "lamps-8-fast": {"samples": 8, **FAST_OIDN},
+    "lamps-4-fast": {"samples": 4, **FAST_OIDN},
 }
+
+
+def lighting_of(variant: str) -> str:
+    return "lamps" if variant.startswith("lamps") else "hdri"
 
 
 def load() -> str:
@@ -115,10 +128,16 @@ def coverage(paths: list[Path]) -> float:
 # --- mvforge -----------------------------------------------------------------------------------------------
 
 
-def mvforge_cfg(args, framing: str, overrides: dict) -> RenderConfig:
+def mvforge_cfg(args, framing: str, overrides: dict, lighting: str = "hdri") -> RenderConfig:
     cycles = dataclasses.replace(CyclesConfig(threads=args.threads), **overrides)
     cameras = OrbitSampling(views=args.views, framing=framing)
-    return RenderConfig(resolution=args.resolution, cameras=cameras, cycles=cycles, seed=args.seed)
+    return RenderConfig(
+        resolution=args.resolution,
+        cameras=cameras,
+        cycles=cycles,
+        seed=args.seed,
+        lighting=LightingConfig(kind=lighting),
+    )
 
 
 def run_mvforge(
@@ -127,7 +146,7 @@ def run_mvforge(
     """Render each object in its own Blender child (runner.run_object); return per-object figures."""
     from mvforge.render import runner
 
-    pool = hdri_pool(None)
+    pool = hdri_pool(None) if cfg.lighting.kind == "hdri" else []
     rows = []
     for obj in objects:
         job = plan_job(obj, cfg, pool)
@@ -145,6 +164,35 @@ def run_mvforge(
         meta = json.loads(done.read_text(encoding="utf-8"))
         rows.append({"uid": obj.uid, "wall_s": wall, "views": len(job["views"]), "timings": meta["timings"]})
     return rows
+
+
+def run_mvforge_batch(objects: list[SourceObject], cfg: RenderConfig, out: Path) -> list:
+    """All ``objects`` in turn in ONE Blender process (runner.run_objects), as ``mvdata render`` does with
+    ``limits.objects_per_process`` >= len(objects); per-object wall = its share of the call's wall, by the
+    runner's per-object time (meta.json timings.object_s; the first object's includes the process start)."""
+    from mvforge.render import runner
+
+    pool = hdri_pool(None) if cfg.lighting.kind == "hdri" else []
+    jobs = [plan_job(obj, cfg, pool) for obj in objects]
+    t = time.perf_counter()
+    recs = runner.run_objects(jobs, out, LimitsConfig(timeout_s=3600))
+    wall = time.perf_counter() - t
+    bad = [r for r in recs if r["status"] != "ok"]
+    if bad:
+        raise RuntimeError(f"failed: {bad}")
+    metas = [
+        json.loads((layout.object_dir(out, o.uid) / layout.META).read_text(encoding="utf-8")) for o in objects
+    ]
+    scale = wall / sum(m["timings"]["object_s"] for m in metas)
+    return [
+        {
+            "uid": o.uid,
+            "wall_s": m["timings"]["object_s"] * scale,
+            "views": len(j["views"]),
+            "timings": m["timings"],
+        }
+        for o, m, j in zip(objects, metas, jobs, strict=True)
+    ]
 
 
 # --- the peer ----------------------------------------------------------------------------------------------
@@ -208,6 +256,11 @@ def summarize(rows: list, view_paths, ref_paths, psnr_objects: list[str], psnr_v
     return out
 
 
+def ref_dir(framing: str, lighting: str) -> Path:
+    """Where the 1,024-sample references of one framing and kind of light are cached."""
+    return OUT / "ref" / (framing if lighting == "hdri" else f"{framing}-{lighting}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--peer-script", type=Path, help="objaverse-xl's scripts/rendering/blender_script.py")
@@ -223,6 +276,12 @@ def main() -> None:
     p.add_argument("--psnr-objects", type=int, default=3)
     p.add_argument("--psnr-views", type=int, default=2)
     p.add_argument("--refs-only", action="store_true", help="only render (and cache) the references")
+    p.add_argument(
+        "--batch",
+        action="store_true",
+        help="mvforge renders all objects of a variant in one Blender process (objects_per_process), as "
+        "`mvdata render` does; default: one process per object, interleaved object by object",
+    )
     p.add_argument(
         "--ref-framings",
         nargs="*",
@@ -247,12 +306,13 @@ def main() -> None:
         "denoise": False,
         "world_map_resolution": 0,
     }
+    kinds = sorted({lighting_of(v) for v in args.variants})
     for framing in args.framings if args.ref_framings is None else args.ref_framings:
-        t = time.perf_counter()
-        run_mvforge(
-            psnr_objs, mvforge_cfg(args, framing, ref_over), OUT / "ref" / framing, views=args.psnr_views
-        )
-        print(f"reference {framing}: {time.perf_counter() - t:.0f} s (load {load()})", flush=True)
+        for kind in kinds:
+            t = time.perf_counter()
+            cfg = mvforge_cfg(args, framing, ref_over, kind)
+            run_mvforge(psnr_objs, cfg, ref_dir(framing, kind), views=args.psnr_views)
+            print(f"reference {framing} {kind}: {time.perf_counter() - t:.0f} s (load {load()})", flush=True)
     if args.peer_script:
         t = time.perf_counter()
         run_peer(args, psnr_objs, OUT / "ref" / "peer", views=args.psnr_views, samples=REF_SAMPLES, ref=True)
@@ -279,19 +339,29 @@ def main() -> None:
             runs[f"mvforge {framing} {name}"] = {
                 "dir": OUT / framing / name,
                 "paths": mv_paths,
-                "ref": OUT / "ref" / framing,
-                "cfg": mvforge_cfg(args, framing, VARIANTS[name]),
+                "ref": ref_dir(framing, lighting_of(name)),
+                "cfg": mvforge_cfg(args, framing, VARIANTS[name], lighting_of(name)),
             }
     rows: dict[str, list] = {key: [] for key in runs}
     for run in runs.values():
         shutil.rmtree(run["dir"], ignore_errors=True)
-    for obj in objects:
+    if args.batch:
+        # mvforge as `mvdata render` runs it (one Blender process renders a batch of objects); the peer can only
+        # run one process per object. Runs in turn, each over all objects.
         for key, run in runs.items():
             if "cfg" in run:
-                rows[key] += run_mvforge([obj], run["cfg"], run["dir"])
+                rows[key] = run_mvforge_batch(objects, run["cfg"], run["dir"])
             else:
-                rows[key] += run_peer(args, [obj], run["dir"], views=args.views, samples=32, ref=False)
-        print(f"{obj.uid} done (load {load()})", flush=True)
+                rows[key] = run_peer(args, objects, run["dir"], views=args.views, samples=32, ref=False)
+            print(f"{key} done (load {load()})", flush=True)
+    else:
+        for obj in objects:
+            for key, run in runs.items():
+                if "cfg" in run:
+                    rows[key] += run_mvforge([obj], run["cfg"], run["dir"])
+                else:
+                    rows[key] += run_peer(args, [obj], run["dir"], views=args.views, samples=32, ref=False)
+            print(f"{obj.uid} done (load {load()})", flush=True)
     for key, run in runs.items():
         res = summarize(
             rows[key], run["paths"](run["dir"]), run["paths"](run["ref"]), psnr_uids, args.psnr_views

@@ -149,6 +149,7 @@ def _object_card(obj: layout.RenderedObject, report_dir: Path, cfg: ReportConfig
         f"{meta.get('resolution')} px" if meta.get("resolution") else "",
         f"{meta.get('samples')} samples" if meta.get("samples") else "",
         f"HDRI {meta['hdri'].get('name')}" if isinstance(meta.get("hdri"), dict) else "",
+        "sun lamps" if isinstance(meta.get("lamps"), dict) else "",
     ]
     return {
         "uid": obj.uid,

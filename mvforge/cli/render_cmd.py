@@ -63,6 +63,14 @@ def render(
             help="Run seed; cameras and light derive from (seed, uid) (default: 0).", rich_help_panel=_R
         ),
     ] = None,
+    lighting: Annotated[
+        str | None,
+        typer.Option(
+            help="hdri: one environment map per object (the paper's); lamps: four sun lamps, fewer samples "
+            "for the same noise (default: hdri).",
+            rich_help_panel=_R,
+        ),
+    ] = None,
     hdri_dir: Annotated[
         Path | None,
         typer.Option(
@@ -216,6 +224,7 @@ def render(
         "cycles.adaptive_threshold": adaptive_threshold,
         "cycles.max_bounces": max_bounces,
         "cycles.view_transform": view_transform,
+        "lighting.kind": lighting,
         "lighting.hdri_dir": hdri_dir,
         "lighting.visible_to_camera": hdri_visible,
         "passes.depth": depth,

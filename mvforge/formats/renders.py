@@ -228,6 +228,10 @@ class RenderMeta:
     stats: dict[str, Any] | None = None
     """faces, vertices, materials, animations, missing_textures, ... as counted by the Blender adapter."""
     hdri: dict[str, Any] | None = None
+    """name, rotation_deg, strength, visible_to_camera of the HDRI that lit the object; None under lamps."""
+    lamps: dict[str, Any] | None = None
+    """Under ``lighting.kind = "lamps"`` (issue 12): rotation_deg, strength, ambient and ``lights`` (name,
+    azimuth_deg, elevation_deg, energy in W/m² per sun lamp); None under an HDRI and in renders made before."""
     seed: int | None = None
     engine: str = "CYCLES"
     samples: int | None = None

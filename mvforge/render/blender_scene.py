@@ -1,7 +1,7 @@
 """The Blender (bpy) scene adapter: executes one render job inside a fresh Blender process (design §2.1, §3, §4).
 
 The only module of mvforge that imports ``bpy`` (design §1). Everything it decides was decided by the planner
-(``mvforge.render.plan.plan_job``): cameras, HDRI, rotation, strength, seed. This module only executes:
+(``mvforge.render.plan.plan_job``): cameras, HDRI or lamp rig, rotation, strength, seed. This module only executes:
 
 1. a fresh empty scene; positions the importer would silently repair (NaN/inf) are checked first
    (``mvforge.render.precheck``), then the format's bpy 5 importer;
@@ -9,7 +9,7 @@ The only module of mvforge that imports ``bpy`` (design §1). Everything it deci
    clouds, curves; not loose vertices or hidden objects);
 3. guards (reason codes of ``mvforge.formats.renders.REASONS``), missing textures (fail or strip), vertex-colour
    materials (issue 11), then normalise what renders into [-0.5, 0.5]^3 (design §3);
-4. HDRI world, Cycles with every setting explicit, one camera whose ``matrix_world`` is the view's c2w;
+4. HDRI world (or sun lamps and a uniform ambient), Cycles with every setting explicit, one camera whose ``matrix_world`` is the view's c2w;
 5. per view: RGBA PNG plus optional depth / normal / albedo passes, then ``cameras.json``.
 
 Failures that belong to the object (bad file, no mesh, ...) raise :class:`RenderFailure` with a reason code; the
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import bpy
 import numpy as np
-from mathutils import Matrix
+from mathutils import Matrix, Vector
 
-from mvforge.cameras import View
+from mvforge.cameras import View, orbit_position
 from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json
 from mvforge.render import precheck
@@ -96,7 +96,10 @@ def render_job(job: dict, staging: Path) -> dict:
     stats["positions_precheck"] = positions_check
 
     # 5-6. World, engine and output settings.
-    setup_world(job["hdri"], int(job["cycles"].get("world_map_resolution", 0)))
+    if job.get("lamps") is not None:
+        setup_lamps(job["lamps"])
+    else:
+        setup_world(job["hdri"], int(job["cycles"].get("world_map_resolution", 0)))
     device = setup_cycles(job["cycles"], int(job["seed"]), int(job["resolution"]))
     views = [view_from_dict(v) for v in job["views"]]
     depth_max = max(v.distance for v in views) + CUBE_HALF_DIAGONAL
@@ -115,7 +118,8 @@ def render_job(job: dict, staging: Path) -> dict:
         t = time.perf_counter()
         bpy.ops.render.render(write_still=False)
         t2 = time.perf_counter()
-        any_alpha |= save_view(staging / layout.view_name(v.index))
+        # Once one view shows the object, the others need no alpha check (a PNG decode per view).
+        any_alpha |= save_view(staging / layout.view_name(v.index), check_alpha=not any_alpha)
         render_s += t2 - t
         write_s += time.perf_counter() - t2
 
@@ -533,6 +537,39 @@ def setup_world(hdri: dict, map_resolution: int = 0) -> None:
     world.cycles_visibility.camera = bool(hdri.get("visible_to_camera", False))
 
 
+# Angular diameter of each sun lamp: the real sun's 0.526° (also Blender's default). A few tenths of a degree
+# keeps shadow edges from aliasing while adding almost no sampling noise.
+SUN_ANGLE_DEG = 0.526
+
+
+def setup_lamps(lamps: dict) -> None:
+    """The sun-lamp rig of ``lighting.kind = "lamps"`` (issue 12): one SUN light per planned lamp, shining from
+    (azimuth_deg, elevation_deg) in the orbit convention of design §3 towards the origin with ``energy`` W/m²,
+    and a uniform grey world of radiance ``ambient`` that the camera does not see.
+
+    The world is never light-sampled (sampling NONE): a constant world is found as well by the BSDF's own
+    samples, and building an importance map of it would cost like an HDRI's.
+    """
+    world = bpy.data.worlds.new("mvforge_ambient")
+    bpy.context.scene.world = world
+    world.cycles.sampling_method = "NONE"
+    world.use_nodes = True
+    background = world.node_tree.nodes.get("Background") or world.node_tree.nodes.new("ShaderNodeBackground")
+    level = float(lamps.get("ambient", 0.0))
+    background.inputs["Color"].default_value = (level, level, level, 1.0)
+    background.inputs["Strength"].default_value = 1.0
+    world.cycles_visibility.camera = False
+    for lamp in lamps["lights"]:
+        light = bpy.data.lights.new(f"mvforge_{lamp['name']}", type="SUN")
+        light.energy = float(lamp["energy"])
+        light.angle = math.radians(SUN_ANGLE_DEG)
+        obj = bpy.data.objects.new(light.name, light)
+        # A sun shines along its local -Z: point -Z from the lamp's direction back to the origin.
+        towards = Vector(orbit_position(float(lamp["elevation_deg"]), float(lamp["azimuth_deg"]), 1.0))
+        obj.rotation_euler = (-towards).to_track_quat("-Z", "Y").to_euler()
+        bpy.context.scene.collection.objects.link(obj)
+
+
 def setup_cycles(cfg: dict, seed: int, resolution: int) -> str:
     """Cycles with every setting explicit (design §6): a render never depends on Blender's defaults."""
     scene = bpy.context.scene
@@ -749,8 +786,9 @@ def view_from_dict(v: dict) -> View:
     )
 
 
-def save_view(path: Path) -> bool:
-    """Write the Render Result as RGBA PNG (atomically); True when any pixel has non-zero alpha."""
+def save_view(path: Path, check_alpha: bool = True) -> bool:
+    """Write the Render Result as RGBA PNG (atomically); True when any pixel has non-zero alpha (always False
+    when ``check_alpha`` is off)."""
     result = bpy.data.images["Render Result"]
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.png")
     result.save_render(filepath=str(tmp))
@@ -759,7 +797,7 @@ def save_view(path: Path) -> bool:
     data = strip_png_text(tmp.read_bytes())
     tmp.unlink()
     atomic_write_bytes(path, data)
-    return png_has_alpha(path)
+    return check_alpha and png_has_alpha(path)
 
 
 def strip_png_text(data: bytes) -> bytes:

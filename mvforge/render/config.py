@@ -63,16 +63,41 @@ class CyclesConfig:
 
 @dataclass(frozen=True)
 class LightingConfig:
-    """HDRI environment light: one map per object, random rotation about Z and strength."""
+    """The light of every object: an HDRI environment (the paper's setting, default) or a rig of sun lamps.
 
+    Both are drawn per object from (run seed, uid): the HDRI map or nothing, a rotation about Z and a strength.
+    """
+
+    kind: Literal["hdri", "lamps"] = "hdri"
+    """``hdri``: one environment map per object (design §2.1).
+    ``lamps``: four sun lamps (key, fill, rim, bottom; ``LAMP_RIG`` in mvforge.render.plan) plus a weak uniform
+    ambient, the studio set-up of objaverse-xl's render script. Sun lamps are sampled without noise, so
+    a view needs far fewer samples for the same PSNR (issue 12, docs/bench/render_speed.md), but every object
+    is lit alike, with harder shadows and no environment reflections."""
     hdri_dir: Path | None = None
     """Directory of .exr/.hdr maps; default: the 8 CC0 studio-light HDRIs shipped in the bpy wheel."""
     strength_min: float = 0.7
     strength_max: float = 1.3
+    """Per object a strength is drawn uniformly from [strength_min, strength_max]: the HDRI's, or a factor on
+    every lamp's energy."""
     rotation_random: bool = True
-    """Rotate the map about Z uniformly in [0, 360) per object."""
+    """Rotate the map (or the whole lamp rig) about Z uniformly in [0, 360) per object."""
     visible_to_camera: bool = False
     """Show the HDRI behind the object. Off by default: the film is transparent and views are RGBA anyway."""
+    ambient: float = 0.05
+    """Under ``lamps``: radiance of a uniform grey world that lifts the shadows (Blender's default world is
+    0.05); 0 = none. Not used under ``hdri``."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (
+                0 <= self.strength_min <= self.strength_max,
+                "lighting.strength_min must be >= 0 and <= lighting.strength_max, got "
+                f"{self.strength_min} and {self.strength_max}",
+            ),
+            (self.ambient >= 0, f"lighting.ambient must be 0 or more, got {self.ambient}"),
+        ]
+        _raise_first(checks)
 
 
 @dataclass(frozen=True)

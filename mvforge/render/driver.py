@@ -86,7 +86,7 @@ def render(
     start = time.monotonic()
     out = Path(out)
     _validate(sources, cfg, workers, gpus_per_worker)
-    pool = hdri_pool(cfg.lighting.hdri_dir)
+    pool = hdri_pool(cfg.lighting.hdri_dir) if cfg.lighting.kind == "hdri" else []
     out.mkdir(parents=True, exist_ok=True)
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -165,6 +165,10 @@ _CYCLES_BEFORE_ISSUE_12 = {
     "denoise_quality": "HIGH",
 }
 _DENOISER_KEYS = ("denoise_prefilter", "denoise_quality")
+# Lighting keys added with the lamp rig (issue 12): renders made before were lit by an HDRI.
+_LIGHTING_BEFORE_LAMPS = {"kind": "hdri"}
+# Settings that decide nothing under the other kind of light.
+_LIGHTING_UNUSED = {"hdri": ("ambient",), "lamps": ("hdri_dir", "visible_to_camera")}
 
 
 def _render_part(d: dict) -> dict:
@@ -183,6 +187,12 @@ def _render_part(d: dict) -> dict:
             # Without the denoiser its settings decide nothing.
             for key in _DENOISER_KEYS:
                 cycles.pop(key, None)
+    lighting = out.get("lighting")
+    if isinstance(lighting, dict):
+        for key, value in _LIGHTING_BEFORE_LAMPS.items():
+            lighting.setdefault(key, value)
+        for key in _LIGHTING_UNUSED.get(lighting["kind"], ()):
+            lighting.pop(key, None)
     return out
 
 
@@ -200,7 +210,12 @@ def _check_config(out: Path, cfg: RenderConfig, overwrite: bool, uids: set[str] 
             old = None
         new = to_dict(cfg)
         if old is not None and _render_part(old) != _render_part(new):
-            diff = first_difference(_render_part(old), _render_part(new))
+            # The kind of light first: under another kind the other lighting keys differ only as a consequence.
+            kinds = [
+                {"lighting": {"kind": (_render_part(d).get("lighting") or {}).get("kind")}}
+                for d in (old, new)
+            ]
+            diff = first_difference(*kinds) or first_difference(_render_part(old), _render_part(new))
             if not overwrite:
                 raise UserError(
                     f"{out} holds renders made with other settings ({diff}); pick a new --out, or pass "

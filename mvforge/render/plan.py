@@ -1,7 +1,7 @@
 """Per-object render plans: pure Python, seeded by (run seed, uid), so a re-render reproduces everything.
 
-The driver plans; the Blender child process only executes the plan. Cameras, HDRI choice, rotation and
-strength are decided here, which keeps them testable without Blender and identical across resumes.
+The driver plans; the Blender child process only executes the plan. Cameras, HDRI choice (or the lamp rig),
+rotation and strength are decided here, which keeps them testable without Blender and identical across resumes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,18 @@ from mvforge.errors import UserError
 from mvforge.render.config import RenderConfig
 
 HDRI_SUFFIXES = (".exr", ".hdr")
+
+# The sun-lamp rig of ``lighting.kind = "lamps"`` (issue 12): (name, azimuth_deg, elevation_deg, energy), the
+# direction the light comes FROM in the orbit convention of design §3 (azimuth 0 = -Y, 90 = +X) before the
+# per-object rig rotation; energy is a sun's irradiance in W/m² before the per-object strength. A classic
+# three-point set-up plus a weak light from below, so no face of an object is left black; the key at 2.5 keeps a
+# white diffuse face facing it (2.5/π + fill + ambient ≈ 0.9 linear) below clipping in the Standard transform.
+LAMP_RIG = (
+    ("key", 45.0, 45.0, 2.5),
+    ("fill", -60.0, 15.0, 1.2),
+    ("rim", 180.0, 35.0, 1.8),
+    ("bottom", 0.0, -90.0, 0.6),
+)
 
 # Formats and the bpy 5 importer that reads each (design §6); anything else is unsupported_format.
 FORMATS = {
@@ -93,13 +105,15 @@ def hdri_pool(hdri_dir: Path | None) -> list[Path]:
 
 
 def plan_job(obj: SourceObject, cfg: RenderConfig, pool: list[Path]) -> dict:
-    """The JSON-able job the Blender worker executes for ``obj`` (input path filled in after download)."""
+    """The JSON-able job the Blender worker executes for ``obj`` (input path filled in after download).
+
+    ``pool``: the run's HDRI files (:func:`hdri_pool`); not read, and may be empty, under ``lighting.kind =
+    "lamps"``. Raises UserError for an empty pool under ``hdri``.
+    """
     seed = object_seed(cfg.seed, obj.uid)
     rng = np.random.default_rng(seed)
     views = sample_orbits(rng, cfg.cameras, orbits=cfg.orbits)
-    hdri = pool[int(rng.integers(len(pool)))]
-    rotation = float(rng.uniform(0.0, 360.0)) if cfg.lighting.rotation_random else 0.0
-    strength = float(rng.uniform(cfg.lighting.strength_min, cfg.lighting.strength_max))
+    light = _plan_lamps(rng, cfg) if cfg.lighting.kind == "lamps" else {"hdri": _plan_hdri(rng, cfg, pool)}
     return {
         "uid": obj.uid,
         "source": dataclasses.asdict(obj) | {"tags": list(obj.tags)},
@@ -110,14 +124,53 @@ def plan_job(obj: SourceObject, cfg: RenderConfig, pool: list[Path]) -> dict:
         "framing": cfg.cameras.framing,
         # vars(): View is flat, and dataclasses.asdict's recursion cost more than the cameras (issue 12 dry run).
         "views": [vars(v) | {"c2w": v.c2w.tolist()} for v in views],
-        "hdri": {
-            "path": str(hdri),
-            "name": hdri.stem,
+        **light,
+        **_settings(cfg),
+    }
+
+
+def _plan_hdri(rng: np.random.Generator, cfg: RenderConfig, pool: list[Path]) -> dict:
+    """One map of ``pool``, its rotation about Z and its strength (the draws in this order since format 1)."""
+    if not pool:
+        raise UserError(
+            "lighting.kind = 'hdri' needs at least one HDRI; pass --hdri-dir DIR with .exr/.hdr files"
+        )
+    hdri = pool[int(rng.integers(len(pool)))]
+    rotation = float(rng.uniform(0.0, 360.0)) if cfg.lighting.rotation_random else 0.0
+    strength = float(rng.uniform(cfg.lighting.strength_min, cfg.lighting.strength_max))
+    return {
+        "path": str(hdri),
+        "name": hdri.stem,
+        "rotation_deg": rotation,
+        "strength": strength,
+        "visible_to_camera": cfg.lighting.visible_to_camera,
+    }
+
+
+def _plan_lamps(rng: np.random.Generator, cfg: RenderConfig) -> dict:
+    """The job's ``lamps``: ``LAMP_RIG`` turned about Z by one per-object rotation, energies times one strength.
+
+    Each lamp: name, azimuth_deg in [0, 360), elevation_deg in [-90, 90], energy (W/m²). ``hdri`` is None.
+    """
+    rotation = float(rng.uniform(0.0, 360.0)) if cfg.lighting.rotation_random else 0.0
+    strength = float(rng.uniform(cfg.lighting.strength_min, cfg.lighting.strength_max))
+    lights = [
+        {
+            "name": name,
+            "azimuth_deg": (azimuth + rotation) % 360.0,
+            "elevation_deg": elevation,
+            "energy": energy * strength,
+        }
+        for name, azimuth, elevation, energy in LAMP_RIG
+    ]
+    return {
+        "hdri": None,
+        "lamps": {
             "rotation_deg": rotation,
             "strength": strength,
-            "visible_to_camera": cfg.lighting.visible_to_camera,
+            "ambient": cfg.lighting.ambient,
+            "lights": lights,
         },
-        **_settings(cfg),
     }
 
 

@@ -59,3 +59,40 @@ def test_objects_per_process_outside_1_to_1000_is_refused(value):
 
     with pytest.raises(UserError, match="--objects-per-process must be in 1..1000"):
         LimitsConfig(objects_per_process=value)
+
+
+def test_lamp_rig_is_planned_from_seed_and_uid_without_any_hdri():
+    from mvforge.render.plan import LAMP_RIG
+
+    cfg = load(RenderConfig, None, ["lighting.kind=lamps", "cameras.views=4"])
+    job = plan_job(_obj(), cfg, [])  # no HDRI pool is needed under lamps
+    assert job["hdri"] is None and json.dumps(job) == json.dumps(plan_job(_obj(), cfg, []))
+    lamps = job["lamps"]
+    assert 0.7 <= lamps["strength"] <= 1.3 and 0.0 <= lamps["rotation_deg"] < 360.0
+    assert lamps["ambient"] == 0.05
+    # The whole rig turns by one angle and scales by one strength per object.
+    for lamp, (name, azimuth, elevation, energy) in zip(lamps["lights"], LAMP_RIG, strict=True):
+        assert lamp["name"] == name and lamp["elevation_deg"] == elevation
+        assert lamp["azimuth_deg"] == pytest.approx((azimuth + lamps["rotation_deg"]) % 360.0)
+        assert lamp["energy"] == pytest.approx(energy * lamps["strength"])
+    # Cameras are drawn first, so the lighting does not move them.
+    assert (
+        job["views"]
+        == plan_job(_obj(), load(RenderConfig, None, ["cameras.views=4"]), hdri_pool(None))["views"]
+    )
+    assert plan_job(_obj("abc-2"), cfg, [])["lamps"]["rotation_deg"] != lamps["rotation_deg"]
+    fixed = load(RenderConfig, None, ["lighting.kind=lamps", "lighting.rotation_random=false"])
+    assert plan_job(_obj(), fixed, [])["lamps"]["rotation_deg"] == 0.0
+
+
+def test_lighting_settings_are_checked():
+    from mvforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'hdri', 'lamps'"):
+        load(RenderConfig, None, ["lighting.kind=suns"])
+    with pytest.raises(UserError, match="strength_min must be >= 0 and <= lighting.strength_max"):
+        load(RenderConfig, None, ["lighting.strength_min=2"])
+    with pytest.raises(UserError, match="lighting.ambient must be 0 or more"):
+        load(RenderConfig, None, ["lighting.ambient=-1"])
+    with pytest.raises(UserError, match="needs at least one HDRI"):
+        plan_job(_obj(), RenderConfig(), [])

@@ -17,7 +17,7 @@ from mvforge.cameras import OrbitSampling
 from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_json, read_jsonl
 from mvforge.render import driver
-from mvforge.render.config import CyclesConfig, LimitsConfig, RenderConfig
+from mvforge.render.config import CyclesConfig, LightingConfig, LimitsConfig, RenderConfig
 from mvforge.render.download import sha256_file
 from mvforge.render.plan import SourceObject, hdri_pool, plan_job
 from mvforge.render.runner import run_object
@@ -152,6 +152,8 @@ def test_a_directory_rendered_before_the_new_cycles_keys_resumes_with_its_old_se
     doc = to_dict(old)
     for key in ("world_map_resolution", "denoise_prefilter", "denoise_quality"):
         del doc["cycles"][key]
+    for key in ("kind", "ambient"):  # the lamp rig came later still: absent means an HDRI
+        del doc["lighting"][key]
     out = tmp_path / "renders"
     out.mkdir()
     (out / layout.CONFIG).write_text(tomli_w.dumps(doc), encoding="utf-8")
@@ -161,8 +163,54 @@ def test_a_directory_rendered_before_the_new_cycles_keys_resumes_with_its_old_se
         driver._check_config(out, RenderConfig(), overwrite=False)
     # The old settings given explicitly resume; the denoiser's settings do not matter with it off.
     driver._check_config(out, old, overwrite=False)
+    lamps = dataclasses.replace(old, lighting=dataclasses.replace(old.lighting, kind="lamps"))
+    with pytest.raises(UserError, match="lighting.kind was 'hdri', now 'lamps'"):
+        driver._check_config(out, lamps, overwrite=False)
     # A coarser world map changes the noise: refused.
     coarse = dataclasses.replace(old, cycles=dataclasses.replace(old.cycles, world_map_resolution=256))
     (out / layout.CONFIG).write_text(tomli_w.dumps(doc), encoding="utf-8")
     with pytest.raises(UserError, match="world_map_resolution was 0, now 256"):
         driver._check_config(out, coarse, overwrite=False)
+
+
+def _lamp_render(tmp_path: Path, azimuth_deg: float):
+    """Monkey seen from the front (camera at azimuth 0 on -Y: +X is the image's right) under ONE sun lamp from
+    ``azimuth_deg`` at elevation 0 and no ambient: (luminance of the left half, right half, meta.json)."""
+    import numpy as np
+    from PIL import Image
+
+    obj = SourceObject(uid="monkey", kind="local", ext="glb", path=str(DATA / "glb" / "monkey.glb"))
+    flat = OrbitSampling(views=1, elevation_min_deg=0.0, elevation_max_deg=0.0)
+    cfg = RenderConfig(
+        resolution=48,
+        cameras=flat,
+        cycles=CyclesConfig(samples=4, threads=1),
+        lighting=LightingConfig(kind="lamps"),
+    )
+    job = plan_job(obj, cfg, [])
+    job["lamps"] = job["lamps"] | {
+        "ambient": 0.0,
+        "lights": [{"name": "key", "azimuth_deg": azimuth_deg, "elevation_deg": 0.0, "energy": 3.0}],
+    }
+    rec = run_object(job, tmp_path, LimitsConfig(timeout_s=120))
+    assert rec["status"] == "ok", rec
+    d = layout.object_dir(tmp_path, "monkey")
+    with Image.open(d / layout.view_name(0)) as img:
+        px = np.asarray(img.convert("RGBA"), dtype=np.float64)
+    lum = px[..., :3].mean(axis=2) * (px[..., 3] > 128)
+    half = px.shape[1] // 2
+    return lum[:, :half].sum(), lum[:, half:].sum(), json.loads((d / layout.META).read_text(encoding="utf-8"))
+
+
+def test_a_sun_lamp_lights_the_side_it_shines_from_and_meta_records_the_rig(tmp_path):
+    left, right, meta = _lamp_render(tmp_path / "east", 90.0)  # from +X: the image's right
+    assert right > 3 * left, (left, right)
+    assert meta["hdri"] is None
+    assert meta["lamps"]["lights"] == [
+        {"name": "key", "azimuth_deg": 90.0, "elevation_deg": 0.0, "energy": 3.0}
+    ]
+    # A lamp rig has no world map to build: the ambient world is never light-sampled.
+    assert meta["cycles"]["world_sampling"] == "NONE" and meta["cycles"]["world_map_resolution"] is None
+
+    left, right, _ = _lamp_render(tmp_path / "west", 270.0)
+    assert left > 3 * right, (left, right)
