@@ -76,6 +76,11 @@ VARIANTS = {
     "lamps-16-fast": {"samples": 16, **FAST_OIDN},
     "lamps-8-fast": {"samples": 8, **FAST_OIDN},
     "lamps-4-fast": {"samples": 4, **FAST_OIDN},
+    # The peer's pixel filter (0.01 px: every sample at the pixel centre, no anti-aliasing).
+    "lamps-32-f001": {"samples": 32, "denoise": False, "filter_width": 0.01},
+    "lamps-24-f001": {"samples": 24, "denoise": False, "filter_width": 0.01},
+    "lamps-16-f001": {"samples": 16, "denoise": False, "filter_width": 0.01},
+    "lamps-8-f001": {"samples": 8, "denoise": False, "filter_width": 0.01},
 }
 
 
@@ -256,9 +261,17 @@ def summarize(rows: list, view_paths, ref_paths, psnr_objects: list[str], psnr_v
     return out
 
 
-def ref_dir(framing: str, lighting: str) -> Path:
-    """Where the 1,024-sample references of one framing and kind of light are cached."""
-    return OUT / "ref" / (framing if lighting == "hdri" else f"{framing}-{lighting}")
+def ref_of(variant: str) -> tuple[str, float]:
+    """What decides a variant's converged image: the kind of light and the pixel filter."""
+    return lighting_of(variant), VARIANTS[variant].get("filter_width", CyclesConfig().filter_width)
+
+
+def ref_dir(framing: str, lighting: str, filter_width: float) -> Path:
+    """Where the 1,024-sample references of one framing, kind of light and pixel filter are cached."""
+    name = framing if lighting == "hdri" else f"{framing}-{lighting}"
+    if filter_width != CyclesConfig().filter_width:
+        name += f"-filter{filter_width:g}"
+    return OUT / "ref" / name
 
 
 def main() -> None:
@@ -306,13 +319,17 @@ def main() -> None:
         "denoise": False,
         "world_map_resolution": 0,
     }
-    kinds = sorted({lighting_of(v) for v in args.variants})
+    refs = sorted({ref_of(v) for v in args.variants})
     for framing in args.framings if args.ref_framings is None else args.ref_framings:
-        for kind in kinds:
+        for kind, filter_width in refs:
             t = time.perf_counter()
-            cfg = mvforge_cfg(args, framing, ref_over, kind)
-            run_mvforge(psnr_objs, cfg, ref_dir(framing, kind), views=args.psnr_views)
-            print(f"reference {framing} {kind}: {time.perf_counter() - t:.0f} s (load {load()})", flush=True)
+            cfg = mvforge_cfg(args, framing, ref_over | {"filter_width": filter_width}, kind)
+            run_mvforge(psnr_objs, cfg, ref_dir(framing, kind, filter_width), views=args.psnr_views)
+            print(
+                f"reference {framing} {kind} filter {filter_width}: {time.perf_counter() - t:.0f} s "
+                f"(load {load()})",
+                flush=True,
+            )
     if args.peer_script:
         t = time.perf_counter()
         run_peer(args, psnr_objs, OUT / "ref" / "peer", views=args.psnr_views, samples=REF_SAMPLES, ref=True)
@@ -339,7 +356,7 @@ def main() -> None:
             runs[f"mvforge {framing} {name}"] = {
                 "dir": OUT / framing / name,
                 "paths": mv_paths,
-                "ref": ref_dir(framing, lighting_of(name)),
+                "ref": ref_dir(framing, *ref_of(name)),
                 "cfg": mvforge_cfg(args, framing, VARIANTS[name], lighting_of(name)),
             }
     rows: dict[str, list] = {key: [] for key in runs}

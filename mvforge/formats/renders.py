@@ -246,7 +246,7 @@ class RenderMeta:
     cycles: dict[str, Any] | None = None
     """The sampling settings read back from Blender (issue 12): samples, adaptive_threshold, denoiser (None when
     no denoiser ran, else "OPENIMAGEDENOISE"), denoising_input_passes, denoising_prefilter, denoising_quality, world_sampling (AUTOMATIC | MANUAL),
-    world_map_resolution (pixels, MANUAL only), max_bounces, persistent_data. None in renders made before."""
+    world_map_resolution (pixels, MANUAL only), filter_width (pixels), max_bounces, persistent_data. None in renders made before."""
     process: dict[str, Any] | None = None
     """The Blender process that rendered the object (issue 12: one process renders a batch in turn): ``pid``,
     ``position`` (1 = its first object, a fresh process) and ``reused`` (position > 1). None in renders made

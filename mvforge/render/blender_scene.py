@@ -591,6 +591,8 @@ def setup_cycles(cfg: dict, seed: int, resolution: int) -> str:
     cycles.denoising_prefilter = cfg.get("denoise_prefilter", "ACCURATE")
     cycles.denoising_quality = cfg.get("denoise_quality", "HIGH")
     cycles.denoising_use_gpu = False
+    cycles.pixel_filter_type = "BLACKMAN_HARRIS"
+    cycles.filter_width = float(cfg.get("filter_width", 1.5))
     cycles.max_bounces = int(cfg["max_bounces"])
     cycles.diffuse_bounces = int(cfg["diffuse_bounces"])
     cycles.glossy_bounces = int(cfg["glossy_bounces"])
@@ -647,6 +649,7 @@ def cycles_record() -> dict:
             if world is not None and world.cycles.sampling_method == "MANUAL"
             else None
         ),
+        "filter_width": round(float(cycles.filter_width), 4),
         "max_bounces": int(cycles.max_bounces),
         "persistent_data": bool(scene.render.use_persistent_data),
     }

@@ -35,6 +35,10 @@ class CyclesConfig:
     0 = AUTOMATIC, where Cycles sizes it from the HDRI (1024 for the bundled 1024x512 maps). Cycles builds the
     map once per object (persistent data keeps it for the other views). 512 builds it 4x faster than 1024 for
     ~0.8 dB at 8 spp, time better spent on samples; 256 lost 3-8 dB (issue 12, docs/bench/render_speed.md)."""
+    filter_width: float = 1.5
+    """Pixel filter width in pixels (Cycles' Blackman-Harris "Filter Size"; 1.5 is Blender's default). Each
+    sample lands within this footprint, which anti-aliases edges and textures. objaverse-xl's script uses 0.01:
+    every sample at the pixel centre, no anti-aliasing noise but aliased edges (issue 12 compares both)."""
     max_bounces: int = 4
     """Total light bounces."""
     diffuse_bounces: int = 2
@@ -57,6 +61,11 @@ class CyclesConfig:
                 f"--adaptive-threshold must be 0 (off) or more, got {self.adaptive_threshold}",
             ),
             (self.max_bounces >= 0, f"--max-bounces must be 0 or more, got {self.max_bounces}"),
+            # Cycles' own range for the filter size.
+            (
+                0.01 <= self.filter_width <= 10.0,
+                f"cycles.filter_width must be in 0.01..10 pixels, got {self.filter_width}",
+            ),
         ]
         _raise_first(checks)
 

@@ -163,6 +163,8 @@ _CYCLES_BEFORE_ISSUE_12 = {
     "world_map_resolution": 0,
     "denoise_prefilter": "ACCURATE",
     "denoise_quality": "HIGH",
+    # Blender's default pixel filter, set explicitly since the lamp rig's comparison (issue 12).
+    "filter_width": 1.5,
 }
 _DENOISER_KEYS = ("denoise_prefilter", "denoise_quality")
 # Lighting keys added with the lamp rig (issue 12): renders made before were lit by an HDRI.

@@ -94,5 +94,7 @@ def test_lighting_settings_are_checked():
         load(RenderConfig, None, ["lighting.strength_min=2"])
     with pytest.raises(UserError, match="lighting.ambient must be 0 or more"):
         load(RenderConfig, None, ["lighting.ambient=-1"])
+    with pytest.raises(UserError, match="cycles.filter_width must be in 0.01..10 pixels"):
+        load(RenderConfig, None, ["cycles.filter_width=0"])
     with pytest.raises(UserError, match="needs at least one HDRI"):
         plan_job(_obj(), RenderConfig(), [])

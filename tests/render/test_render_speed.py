@@ -92,6 +92,7 @@ def test_meta_records_the_denoiser_and_world_map_that_blender_used(tmp_path):
             denoise_prefilter="ACCURATE",
             denoise_quality="FAST",
             world_map_resolution=64,
+            filter_width=0.5,
             threads=1,
         ),
     )
@@ -99,13 +100,14 @@ def test_meta_records_the_denoiser_and_world_map_that_blender_used(tmp_path):
     assert got["denoising_input_passes"] == "RGB_ALBEDO_NORMAL"
     assert got["denoising_prefilter"] == "ACCURATE" and got["denoising_quality"] == "FAST"
     assert got["world_sampling"] == "MANUAL" and got["world_map_resolution"] == 64
-    assert got["samples"] == 4 and got["persistent_data"] is True
+    assert got["samples"] == 4 and got["persistent_data"] is True and got["filter_width"] == 0.5
 
     plain = _meta_cycles(
         tmp_path / "plain", CyclesConfig(samples=4, denoise=False, world_map_resolution=0, threads=1)
     )
     assert plain["denoiser"] is None
     assert plain["world_sampling"] == "AUTOMATIC" and plain["world_map_resolution"] is None
+    assert plain["filter_width"] == 1.5  # Blender's default, now set explicitly
 
 
 def test_resume_rehashes_a_finished_source_only_when_its_size_or_mtime_changed(tmp_path, monkeypatch):
@@ -150,7 +152,7 @@ def test_a_directory_rendered_before_the_new_cycles_keys_resumes_with_its_old_se
     # config.toml as written before issue 12: 32 samples, no denoiser, no world-map or denoiser keys.
     old = RenderConfig(cycles=CyclesConfig(samples=32, denoise=False, world_map_resolution=0))
     doc = to_dict(old)
-    for key in ("world_map_resolution", "denoise_prefilter", "denoise_quality"):
+    for key in ("world_map_resolution", "denoise_prefilter", "denoise_quality", "filter_width"):
         del doc["cycles"][key]
     for key in ("kind", "ambient"):  # the lamp rig came later still: absent means an HDRI
         del doc["lighting"][key]
