@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,9 @@ from mvforge import config as config_mod
 from mvforge.errors import UserError
 from mvforge.fsutil import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
 from mvforge.models.resolve import weights_fingerprint
+from mvforge.models.sample import (
+    prompt_slug,
+)  # the run directory's name, shared with `mvtrain sample --prompts`
 from mvforge.sds.anneal import linear_ramp, timestep_range
 from mvforge.sds.background import EnvironmentBackground, draw_background_color
 from mvforge.sds.cameras import orbit_cameras, sample_cameras
@@ -52,16 +54,6 @@ STREAM_CAMERAS, STREAM_SHADING, STREAM_BACKGROUND, STREAM_T_NOISE, STREAM_VAE, S
     range(7)
 )
 SNAPSHOT_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
-
-
-def prompt_slug(prompt: str, max_len: int = 60) -> str:
-    """Directory name of a prompt: lower case, runs of other characters as '-', at most ``max_len`` chars."""
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:max_len].strip("-")
-    if not slug:
-        raise UserError(
-            f"prompt {prompt!r} has no letters or digits to name its directory; describe the object"
-        )
-    return slug
 
 
 def _np_rng(seed: int, step: int, stream: int) -> np.random.Generator:
