@@ -36,9 +36,7 @@ from mvforge import config as config_mod
 from mvforge.errors import UserError
 from mvforge.fsutil import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
 from mvforge.models.resolve import weights_fingerprint
-from mvforge.models.sample import (
-    prompt_slug,
-)  # the run directory's name, shared with `mvtrain sample --prompts`
+from mvforge.models.sample import prompt_slug  # names the run dir, as `mvtrain sample --prompts` names its
 from mvforge.sds.anneal import linear_ramp, timestep_range
 from mvforge.sds.background import EnvironmentBackground, draw_background_color
 from mvforge.sds.cameras import orbit_cameras, sample_cameras
