@@ -69,7 +69,9 @@ def sample(
     prompts: Annotated[
         Path | None,
         typer.Option(
-            "--prompts", help="Text file, one prompt per line: OUT/<nnnn>-<slug>/ per prompt, progress bar."
+            "--prompts",
+            help="Text file, one prompt per line: OUT/<prompt-slug>/ per prompt (a prompt twice is refused), "
+            "progress bar.",
         ),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML config (SampleConfig).")] = None,
@@ -130,7 +132,7 @@ def sample(
     cfg = config_mod.with_flags(cfg, flags)
     # Input checks first: a bad flag fails before torch and diffusers are imported.
     from mvforge.models.resolve import weights_fingerprint
-    from mvforge.models.sample import check_config, read_prompts, sample_prompts, torch_dtype
+    from mvforge.models.sample import check_config, prompt_dirs, read_prompts, sample_prompts, torch_dtype
 
     if (prompt is None) == (prompts is None):
         raise UserError("pass exactly one of --prompt TEXT or --prompts FILE")
@@ -138,6 +140,8 @@ def sample(
         raise UserError("the prompt is empty; pass --prompt 'a description of the object'")
     check_config(cfg, None if device == "auto" else device)
     texts = [prompt] if prompt is not None else read_prompts(prompts)
+    if prompts is not None:
+        prompt_dirs(texts)  # two prompts naming one directory fail here, before the model loads
     weights = weights_fingerprint(model)  # also checks that the model exists
     quiet_libraries()
     from mvforge.devices import resolve_device
@@ -158,6 +162,7 @@ def sample(
         label=str(model),
         resume=True,
         weights=weights,
+        per_prompt=prompts is not None,
     )
     for d in dirs:
         typer.echo(str(d / "grid.png"))

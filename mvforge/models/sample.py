@@ -1,10 +1,14 @@
 """`mvtrain sample`: V views of each prompt through ``MVDreamPipeline``; writes views, a grid and sample.json.
 
 Output layout: one prompt -> ``OUT/view_00.png ... view_{V-1}.png``, ``OUT/grid.png`` (the views side by side),
-``OUT/sample.json`` (prompt, text sent to the model, model, config) written last; several prompts (``--prompts
-FILE``) -> the same in ``OUT/<nnnn>-<slug>/`` per prompt. Every prompt starts from the same seed, so a prompt's
-views do not depend on its place in the file. Rerunning the same command resumes (``resume=True``, the CLI): a prompt whose sample.json
-records the same model, prompt and settings is skipped; any other setting samples it again and overwrites.
+``OUT/sample.json`` (prompt, text sent to the model, model, config) written last; a prompts file (``--prompts
+FILE``) -> the same in ``OUT/<slug>/`` per prompt, named by the prompt as `mvtrain sds` names its run
+directories (``prompt_slug``). Every prompt starts from the same seed, so a prompt's views do not depend on its
+place in the file, and neither does its directory: a reordered or extended file resumes, and two prompts that
+would share a directory (a prompt listed twice, or prompts equal up to case and punctuation) are refused, as
+`mvtrain sds --prompts` refuses them. Rerunning the same command resumes (``resume=True``, the CLI): a prompt
+whose sample.json records the same model, prompt and settings is skipped; any other setting samples it again and
+overwrites.
 """
 
 from __future__ import annotations
@@ -79,6 +83,33 @@ def slug(text: str, n: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "prompt"
 
 
+def prompt_slug(prompt: str, max_len: int = 60) -> str:
+    """Directory name of a prompt: lower case, runs of other characters as '-', at most ``max_len`` chars (the
+    run directories of `mvtrain sds` and the per-prompt directories of `mvtrain sample --prompts`). Raises
+    UserError for a prompt without letters or digits."""
+    name = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:max_len].strip("-")
+    if not name:
+        raise UserError(
+            f"prompt {prompt!r} has no letters or digits to name its directory; describe the object"
+        )
+    return name
+
+
+def prompt_dirs(prompts: list[str], what: str = "directory") -> list[str]:
+    """``prompt_slug`` of each prompt, in order. Raises UserError (naming both prompts) when two prompts name
+    one directory: a prompt listed twice, or prompts equal up to case and punctuation. ``what``: the directory's
+    name in that message."""
+    seen: dict[str, str] = {}
+    for p in prompts:
+        name = prompt_slug(p)
+        if name in seen:
+            raise UserError(
+                f"prompts {seen[name]!r} and {p!r} both name the {what} {name}/; remove the duplicate or reword one"
+            )
+        seen[name] = p
+    return list(seen)
+
+
 def sample_prompts(
     model,
     prompts: list[str],
@@ -89,12 +120,17 @@ def sample_prompts(
     label: str | None = None,
     resume: bool = False,
     weights: str | None = None,
+    per_prompt: bool | None = None,
 ) -> list[Path]:
     """Sample every prompt and write its views; returns the output directory of each prompt. ``model``: a
     loaded ``MultiViewDiffusion`` or a path for its ``from_pretrained``; ``device``: a torch device or name; ``label``: the model's name in
     sample.json (default: the path); ``resume``: skip prompts already written with the same settings (the CLI's
     behaviour; validation during training always samples); ``weights``: the model's
-    ``resolve.weights_fingerprint``, recorded so that a resume does not keep views made by other weights."""
+    ``resolve.weights_fingerprint``, recorded so that a resume does not keep views made by other weights;
+    ``per_prompt``: write each prompt into ``out/<prompt_slug>/`` (True: the CLI's ``--prompts``, also for a
+    file of one prompt) or into ``out`` itself (False, one prompt only); None: per prompt when there are several.
+    Raises UserError for bad settings, no prompt, or two prompts naming one directory (``prompt_dirs``), before
+    any model loads."""
     import torch
 
     from mvforge.models.pipeline import MultiViewDiffusion
@@ -103,6 +139,12 @@ def sample_prompts(
     check_config(cfg, device.type)
     if not prompts:
         raise UserError("no prompt; pass --prompt TEXT or --prompts FILE")
+    out = Path(out)
+    if per_prompt is None:
+        per_prompt = len(prompts) > 1
+    if not per_prompt and len(prompts) > 1:
+        raise UserError(f"{len(prompts)} prompts cannot share one output directory; pass per_prompt=True")
+    dirs = [out / name for name in prompt_dirs(prompts)] if per_prompt else [out]
     source = model if isinstance(model, MultiViewDiffusion) else None
     if source is None:
         source = MultiViewDiffusion.from_pretrained(
@@ -113,8 +155,6 @@ def sample_prompts(
         meta["weights"] = weights
     pipe = source.pipeline(cfg.scheduler)
     pipe.set_progress_bar_config(disable=True)
-    out = Path(out)
-    dirs = [out] if len(prompts) == 1 else [out / f"{i:04d}-{slug(p)}" for i, p in enumerate(prompts)]
     progress = None
     if show_progress:
         from mvforge.progress import StageProgress

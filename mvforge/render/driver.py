@@ -490,7 +490,8 @@ def _schedule(
                                 )
                             )
                 for rec in recs:
-                    append_jsonl(manifest, rec | {"time": round(time.time(), 3)})
+                    # A recovered record keeps the time its terminal record was written (_record_on_disk).
+                    append_jsonl(manifest, {"time": round(time.time(), 3)} | rec)
                     progress.advance(rec["status"])
                     yield rec
             pending = [[obj] for obj in again]
@@ -498,9 +499,15 @@ def _schedule(
 
 def _record_on_disk(out: Path, uid: str) -> dict:
     """The manifest record of an object from its terminal record on disk: a task that died after writing it, or
-    a driver killed before appending its line (the same fields as a live record, plus ``recovered``)."""
+    a driver killed before appending its line (the same fields as a live line, plus ``recovered``).
+
+    ``time`` (Unix seconds, 3 decimals, like a live line's): when the terminal record (meta.json, or the failure
+    record) was written, its mtime, which is when the object finished; the time of the recovery would date
+    the object by the later run that repaired the manifest.
+    """
     if layout.status(out, uid) == "ok":
-        meta = json.loads((layout.object_dir(out, uid) / layout.META).read_text(encoding="utf-8"))
+        path = layout.object_dir(out, uid) / layout.META
+        meta = json.loads(path.read_text(encoding="utf-8"))
         timings = meta.get("timings") or {}
         return {
             "uid": uid,
@@ -513,8 +520,10 @@ def _record_on_disk(out: Path, uid: str) -> dict:
             "peak_rss_mb": meta.get("peak_rss_mb"),
             "stripped_textures": int((meta.get("stats") or {}).get("stripped_textures") or 0),
             "recovered": True,
+            "time": round(path.stat().st_mtime, 3),
         }
-    failure = json.loads(layout.failure_path(out, uid).read_text(encoding="utf-8"))
+    path = layout.failure_path(out, uid)
+    failure = json.loads(path.read_text(encoding="utf-8"))
     return {
         "uid": uid,
         "status": "failed",
@@ -525,6 +534,7 @@ def _record_on_disk(out: Path, uid: str) -> dict:
         "views": 0,
         "peak_rss_mb": 0.0,
         "recovered": True,
+        "time": round(path.stat().st_mtime, 3),
     }
 
 

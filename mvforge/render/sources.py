@@ -4,7 +4,10 @@ Sources, any mix (issue 3):
 - ``demo``: the embedded demo objects (mvforge.assets).
 - a directory (searched recursively for the extensions of ``plan.FORMATS``), a glob (its matches with those
   extensions), or single files. A single file with an unknown extension still becomes an object: it is
-  recorded as ``unsupported_format``, so one odd file never stops a run.
+  recorded as ``unsupported_format``, so one odd file never stops a run. Only regular files (or links to them)
+  are objects: a named pipe, socket, device or broken link given as SOURCE is a UserError naming what it is;
+  inside a directory or matched by a glob it is skipped, counted, and reported in one warning line on stderr
+  (found with stat, never opened: opening a FIFO blocks until something writes to it).
 - ``objaverse``: Objaverse 1.0, selected with ``--uids FILE`` / ``--lvis CATEGORY`` / ``--limit N``, read from
   the metadata files of the ``objaverse`` package, in the package's own layout but under a configurable cache
   directory (the package hard-codes ~/.objaverse). The objects themselves are downloaded later, inside the
@@ -24,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -86,6 +90,7 @@ def resolve_sources(
     if (objaverse.uids_file or objaverse.lvis or objaverse.limit is not None) and "objaverse" not in args:
         raise UserError("--uids, --lvis and --limit select Objaverse objects; add the source `objaverse`")
     local: list[Path] = []
+    skipped: list[tuple[Path, str]] = []  # entries of directories and globs that are not regular files
     found: list[SourceObject] = []
     for arg in args:
         if arg == "demo":
@@ -101,7 +106,7 @@ def resolve_sources(
                 )
             )
         else:
-            local.extend(_expand_local(arg))
+            local.extend(_expand_local(arg, skipped))
     found.extend(_local_objects(local))
     objects = _dedupe(found)
     rows = read_captions(captions) if captions is not None else []
@@ -110,33 +115,82 @@ def resolve_sources(
     objects = _captions_by_uid(objects, rows)
     for obj in objects:
         check_uid(obj.uid)
+    if skipped:
+        from mvforge.progress import console
+
+        first, kind = skipped[0]
+        what = (
+            "entry that is not a regular file" if len(skipped) == 1 else "entries that are not regular files"
+        )
+        console.print(
+            f"warning: skipped {len(skipped)} {what} (first: {first}, {kind}); 3D sources must be regular files",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     return objects
 
 
 # --- local files -----------------------------------------------------------------------------------------
 
 
-def _expand_local(arg: str) -> list[Path]:
+def _expand_local(arg: str, skipped: list[tuple[Path, str]]) -> list[Path]:
+    """The 3D files ``arg`` names; entries of a directory or glob that are not regular files are appended to
+    ``skipped`` as (path, what it is) instead."""
     path = Path(arg).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _ext(p) in FORMATS)
+        files = _regular_3d_files(sorted(path.rglob("*")), skipped)
         if not files:
             known = ", ".join(sorted(FORMATS))
             raise UserError(f"directory {path} holds no 3D file ({known}); point SOURCE at one that does")
         return files
     if path.is_file():
         return [path]
+    kind = _not_regular(path)
+    if kind is not None:
+        raise UserError(f"source {arg!r} exists but is {kind}; pass a regular 3D file, a directory or a glob")
     if _GLOB_CHARS & set(arg):
         files = sorted(Path(p) for p in glob.glob(os.path.expanduser(arg), recursive=True))
         # Like a directory, a pattern keeps only 3D files: `models/*` must not turn every .mtl and texture
         # next to an OBJ into an unsupported_format record.
-        files = [p for p in files if p.is_file() and _ext(p) in FORMATS]
+        files = _regular_3d_files(files, skipped)
         if not files:
             raise UserError(f"glob {arg!r} matches no 3D file; quote it and check the pattern")
         return files
     raise UserError(
         f"source {arg!r} is neither demo, objaverse, an existing file or directory, nor a glob; fix the path"
     )
+
+
+def _regular_3d_files(paths: list[Path], skipped: list[tuple[Path, str]]) -> list[Path]:
+    files = []
+    for p in paths:
+        if p.is_file():
+            if _ext(p) in FORMATS:
+                files.append(p)
+        elif (kind := _not_regular(p)) is not None:
+            skipped.append((p, kind))
+    return files
+
+
+def _not_regular(path: Path) -> str | None:
+    """What ``path`` is when it exists (or is a link) but is neither a regular file nor a directory, e.g. "a named
+    pipe (FIFO)"; None otherwise. Uses stat only: opening a FIFO would block until a writer comes."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a broken symbolic link" if path.is_symlink() else None
+    except OSError as e:  # a link loop, a directory without search permission
+        return f"unreadable ({e.strerror})"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kinds = [
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def _ext(path: Path) -> str:

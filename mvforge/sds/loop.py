@@ -9,7 +9,8 @@ Run directory ``<out>/<prompt-slug>/``::
     mesh.glb, mesh.obj          marching cubes of the final field (export.py); + mesh.mtl and the texture PNG
                                 when export_mesh.uv_texture bakes one
     turntable.gif, .mp4         albedo-lit orbit of the final field
-    summary.json                written LAST: prompt, steps, seconds, peak memory, backend, device, outputs
+    summary.json                written LAST: prompt, steps, seconds, peak memory, export_seconds, backend,
+                                device, outputs
 
 Exact resume: every random draw of step s (cameras, shading, background colour, t, noise, the VAE's posterior
 sample, ray jitter, occupancy-grid probes) comes from a generator seeded with (seed, s, stream), and the annealing
@@ -24,7 +25,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,7 @@ from mvforge import config as config_mod
 from mvforge.errors import UserError
 from mvforge.fsutil import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
 from mvforge.models.resolve import weights_fingerprint
+from mvforge.models.sample import prompt_slug  # names the run dir, as `mvtrain sample --prompts` names its
 from mvforge.sds.anneal import linear_ramp, timestep_range
 from mvforge.sds.background import EnvironmentBackground, draw_background_color
 from mvforge.sds.cameras import orbit_cameras, sample_cameras
@@ -51,16 +52,6 @@ STREAM_CAMERAS, STREAM_SHADING, STREAM_BACKGROUND, STREAM_T_NOISE, STREAM_VAE, S
     range(7)
 )
 SNAPSHOT_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
-
-
-def prompt_slug(prompt: str, max_len: int = 60) -> str:
-    """Directory name of a prompt: lower case, runs of other characters as '-', at most ``max_len`` chars."""
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:max_len].strip("-")
-    if not slug:
-        raise UserError(
-            f"prompt {prompt!r} has no letters or digits to name its directory; describe the object"
-        )
-    return slug
 
 
 def _np_rng(seed: int, step: int, stream: int) -> np.random.Generator:
@@ -97,6 +88,11 @@ class SDSState:
     background: EnvironmentBackground
     renderer: VolumeRenderer
     optimizer: torch.optim.Optimizer
+    seconds: float | None = 0.0
+    """Wall seconds of the optimisation up to the current step, summed over the sessions that ran steps (each
+    from its start, model loading included); None for a checkpoint written before this was recorded."""
+    peak_memory_mb: float | None = 0.0
+    """Peak memory of those sessions' optimisation (MiB: CUDA allocations on a GPU, process RSS on a CPU)."""
 
 
 def build_state(cfg: SDSConfig, device: torch.device) -> SDSState:
@@ -135,6 +131,10 @@ def save_checkpoint(
             "backend": state.field.backend,
             "config": config_mod.to_dict(cfg),
             "weights": weights,
+            # The optimisation's figures travel with the field, so a summary written by a later session (a
+            # resume, or a re-run that only re-exports) still reports them (summary.json: seconds).
+            "seconds": state.seconds,
+            "peak_memory_mb": state.peak_memory_mb,
         },
         buf,
     )
@@ -192,6 +192,7 @@ def load_checkpoint(
             f"{path} does not fit this config's field ({str(e).splitlines()[0]}); use its config"
         ) from None
     state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.seconds, state.peak_memory_mb = ckpt.get("seconds"), ckpt.get("peak_memory_mb")
     return int(ckpt["step"])
 
 
@@ -254,6 +255,11 @@ def load_guidance_model(cfg: SDSConfig, device: torch.device):
 def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     """Optimise a field for ``cfg.prompt`` and export it; resumes ``<out>/<slug>`` when it has checkpoints.
 
+    summary.json's ``seconds`` and ``peak_memory_mb`` are the optimisation's (wall seconds summed over the
+    sessions that ran steps, model loading included; MiB), kept when a later run only re-exports;
+    ``export_seconds`` is the latest export's (mesh and turntable). Before checkpoints recorded these figures,
+    a re-export reused the previous summary's.
+
     ``model``: an already loaded ``MultiViewDiffusion`` (Ray tasks and tests reuse one); loaded from
     ``cfg.model`` otherwise. Returns the run directory. Raises UserError for an empty prompt, a missing or
     non-multi-view model, or a checkpoint that does not fit the config.
@@ -278,15 +284,20 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     state = build_state(cfg, device)
     start = 0
     found = checkpoints(run_dir)
+    previous = _read_summary(run_dir)
     # The weights the field is optimised against (a run dir's latest checkpoint, resolved): a resume under other
     # weights would mix two priors in one field. None when the caller passed a loaded model without a path.
     weights = weights_fingerprint(cfg.model) if cfg.model and Path(cfg.model).is_dir() else None
     if found:
         start = load_checkpoint(found[-1], state, cfg, weights)
+        if state.seconds is None and previous.get("steps") == start:
+            # A checkpoint older than the recorded figures: the finished run's summary holds them.
+            state.seconds, state.peak_memory_mb = previous.get("seconds"), previous.get("peak_memory_mb")
         if start > cfg.max_steps:
             raise UserError(
                 f"{run_dir} is at step {start}; pass max_steps >= {start} (--steps) to resume or re-export it"
             )
+    seconds_before, peak_before = state.seconds, state.peak_memory_mb
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.toml", config_mod.to_toml(cfg))
     metrics_path = run_dir / "metrics.jsonl"
@@ -360,6 +371,8 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
             _save_png(run_dir / "snapshots" / f"step-{done:06d}.png", np.concatenate(list(views), axis=1))
         pre_switch = done == cam_cfg.resolution_milestone
         if done % cfg.checkpoint_every == 0 or pre_switch or done == cfg.max_steps:
+            state.seconds = round((seconds_before or 0.0) + time.monotonic() - t_start, 2)
+            state.peak_memory_mb = round(max(peak_before or 0.0, _peak_memory_mb(device)), 1)
             save_checkpoint(run_dir, state, done, cfg, weights)
             protect = {cam_cfg.resolution_milestone}
             _prune(run_dir, cfg.keep_checkpoints, protect)
@@ -368,6 +381,7 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
 
     # 4. Export: mesh (GLB + OBJ) and turntable of the final field, then the summary (written last).
     outputs = {}
+    t_export = time.monotonic()
     if cfg.export:
         from mvforge.sds.export import bake_texture, extract_mesh, write_mesh, write_turntable
 
@@ -401,8 +415,9 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
         "prompt": cfg.prompt,
         "steps": cfg.max_steps,
         "resumed_from_step": start,
-        "seconds": round(time.monotonic() - t_start, 2),
-        "peak_memory_mb": round(_peak_memory_mb(device), 1),
+        "seconds": state.seconds,
+        "peak_memory_mb": state.peak_memory_mb,
+        "export_seconds": round(time.monotonic() - t_export, 2) if cfg.export else None,
         "backend": state.field.backend,
         "device": str(device),
         "model": cfg.model,
@@ -411,6 +426,14 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     }
     atomic_write_json(run_dir / "summary.json", summary)
     return run_dir
+
+
+def _read_summary(run_dir: Path) -> dict:
+    try:
+        done = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return done if isinstance(done, dict) else {}
 
 
 class _Progress:

@@ -14,23 +14,17 @@ import time
 from pathlib import Path
 
 from mvforge.errors import UserError
-from mvforge.models.sample import read_prompts  # noqa: F401  (re-exported: the CLI reads prompts here)
+from mvforge.models.sample import prompt_dirs, read_prompts  # noqa: F401  (read_prompts: re-exported for the CLI)
 from mvforge.sds.config import SDSConfig
 from mvforge.sds.loop import prompt_slug
 
 
 def _task_configs(cfg: SDSConfig, prompts: list[str], seeds: list[int]) -> list[SDSConfig]:
     out = []
-    seen: dict[str, str] = {}
+    # Fails early on a prompt that cannot name a directory, and on two that name one: two tasks would write one
+    # run directory at the same time.
+    prompt_dirs(prompts, "run directory")
     for p in prompts:
-        slug = prompt_slug(p)  # fails early on a prompt that cannot name a directory
-        if slug in seen:
-            # Two tasks would write one run directory at the same time.
-            raise UserError(
-                f"prompts {seen[slug]!r} and {p!r} both name the run directory {slug}/; "
-                "remove the duplicate or reword one"
-            )
-        seen[slug] = p
         for s in seeds:
             parent = cfg.out if len(seeds) == 1 else str(Path(cfg.out) / f"seed-{s}")
             out.append(dataclasses.replace(cfg, prompt=p, seed=s, out=parent))

@@ -61,9 +61,9 @@ def test_sample_cli_prompts_file_scheduler_and_save_pipeline(tiny_mv, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     dirs = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert dirs == ["0000-a-red-chair", "0001-a-lamp"]
-    assert json.loads((tmp_path / "out" / dirs[1] / "sample.json").read_text())["prompt"] == "A Lamp!"
-    assert len(list((tmp_path / "out" / dirs[0]).glob("view_*.png"))) == 2
+    assert dirs == ["a-lamp", "a-red-chair"]  # named by the prompt, as `mvtrain sds` names its runs
+    assert json.loads((tmp_path / "out" / dirs[0] / "sample.json").read_text())["prompt"] == "A Lamp!"
+    assert len(list((tmp_path / "out" / dirs[1]).glob("view_*.png"))) == 2
     assert (tmp_path / "pipe" / "model_index.json").is_file()  # its round trip: tests/models/test_pipeline.py
 
 
@@ -136,7 +136,7 @@ def test_sample_cli_resume_is_keyed_on_the_weights_not_only_the_path(tiny_mv, tm
     prompts.write_text("a red chair\na lamp\n")
     args = ["sample", "--model", str(tiny_mv), "--prompts", str(prompts), "--out", str(tmp_path / "o"), *FAST]
     assert _mvtrain(*args).returncode == 0
-    view = tmp_path / "o" / "0000-a-red-chair" / "view_00.png"
+    view = tmp_path / "o" / "a-red-chair" / "view_00.png"
     first = view.stat().st_mtime_ns
     again = _mvtrain(*args)
     assert again.returncode == 0 and view.stat().st_mtime_ns == first
@@ -145,3 +145,35 @@ def test_sample_cli_resume_is_keyed_on_the_weights_not_only_the_path(tiny_mv, tm
     weights = next((tiny_mv / "unet").glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert _mvtrain(*args).returncode == 0 and view.stat().st_mtime_ns != first
+
+
+def test_prompt_dirs_follow_the_prompt_so_a_reordered_file_resumes_and_a_duplicate_is_refused(
+    tiny_mv, tmp_path
+):
+    cfg = SampleConfig(steps=1, resolution=16, num_views=2)
+    out = tmp_path / "o"
+    first = sample_prompts(tiny_mv, ["a red chair", "a lamp"], out, cfg, show_progress=False, resume=True)
+    stamps = [(d / "view_00.png").stat().st_mtime_ns for d in first]
+    # Reordered, with a new prompt in between: the finished prompts are skipped and nothing is left behind.
+    prompts = ["a lamp", "a new mug", "a red chair"]
+    again = sample_prompts(tiny_mv, prompts, out, cfg, show_progress=False, resume=True, per_prompt=True)
+    assert again == [out / "a-lamp", out / "a-new-mug", out / "a-red-chair"]
+    assert sorted(p.name for p in out.iterdir()) == ["a-lamp", "a-new-mug", "a-red-chair"]
+    assert [(d / "view_00.png").stat().st_mtime_ns for d in first] == stamps
+    # A prompt listed twice (here up to case and punctuation) would be sampled twice into one directory: refused
+    # before any model loads, as `mvtrain sds --prompts` refuses it.
+    with pytest.raises(UserError, match=r"prompts 'a lamp' and 'A lamp\.' both name the directory a-lamp/"):
+        sample_prompts(tmp_path / "no-model", ["a lamp", "A lamp."], out, cfg, show_progress=False)
+
+
+def test_sample_cli_refuses_a_duplicate_prompt_in_one_line(tiny_mv, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red chair\na lamp\na red chair\n")
+    proc = _mvtrain(
+        "sample", "--model", str(tiny_mv), "--prompts", str(prompts), "--out", str(tmp_path / "o")
+    )
+    assert proc.returncode == 2 and not (tmp_path / "o").exists()
+    assert proc.stderr.strip().splitlines() == [
+        "error: prompts 'a red chair' and 'a red chair' both name the directory a-red-chair/; remove the "
+        "duplicate or reword one"
+    ]

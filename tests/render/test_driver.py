@@ -195,6 +195,7 @@ def test_manifest_is_repaired_to_one_line_per_finished_object(tmp_path):
     import json as _json
 
     from mvforge.fsutil import atomic_write_json
+    from mvforge.render import runner
     from mvforge.render.driver import _prepare_manifest
 
     out = tmp_path
@@ -203,6 +204,9 @@ def test_manifest_is_repaired_to_one_line_per_finished_object(tmp_path):
         meta = {"uid": uid, "views": 2, "peak_rss_mb": 300.0, "stats": {"stripped_textures": 1}}
         atomic_write_json(layout.object_dir(out, uid) / layout.META, meta)
     atomic_write_json(layout.failure_path(out, "d"), {"uid": "d", "reason": "timeout"})
+    # when c finished and when d failed (their terminal records' mtimes): a recovered line's time
+    os.utime(layout.object_dir(out, "c") / layout.META, ns=(1_700_000_000_250_000_000,) * 2)
+    os.utime(layout.failure_path(out, "d"), ns=(1_700_000_100_500_000_000,) * 2)
     lines = [
         {"uid": "a", "status": "failed", "reason": "crashed"},  # failed before, ok after --retry-failed
         {"uid": "a", "status": "ok", "reason": None},
@@ -221,6 +225,10 @@ def test_manifest_is_repaired_to_one_line_per_finished_object(tmp_path):
     # a recovered line carries what a live one does (design §2: the manifest records stripped_textures)
     assert (got[2]["views"], got[2]["peak_rss_mb"], got[2]["stripped_textures"]) == (2, 300.0, 1)
     assert got[3]["status"] == "failed" and got[3]["reason"] == "timeout" and got[3]["recovered"]
+    # every field of a live line, time included (the driver appends a live line with its time)
+    live = set(runner.fail(tmp_path / "live", "x", "timeout", "m", attempts=1, source=None)) | {"time"}
+    assert set(got[3]) == live | {"recovered"} and set(got[2]) == live | {"stripped_textures", "recovered"}
+    assert (got[2]["time"], got[3]["time"]) == (1_700_000_000.25, 1_700_000_100.5)
     assert (out / layout.MANIFEST).read_text().endswith("}\n")  # the torn line is gone
 
     # Nothing to change: the file is left alone.

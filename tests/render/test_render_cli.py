@@ -68,6 +68,7 @@ def test_help_through_the_entry_point_is_useful():
     "args, match",
     [
         (["/no/such/model.glb"], "neither demo"),
+        (["{tmp}/pipe.glb"], "pipe.glb' exists but is a named pipe (FIFO)"),
         ([str(DATA / "Duck.glb"), "--workers", "0"], "--workers must be at least 1"),
         ([str(DATA / "Duck.glb"), "--set", "cycles.sampels=3"], "unknown config key cycles.sampels"),
         ([str(DATA / "Duck.glb"), "--lvis", "chair"], "add the source `objaverse`"),
@@ -88,6 +89,7 @@ def test_help_through_the_entry_point_is_useful():
 )
 def test_user_errors_are_one_line_and_exit_2(tmp_path, args, match):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    os.mkfifo(tmp_path / "pipe.glb")  # a named pipe: never opened (it would block), refused by what it is
     res = subprocess.run(
         [MVDATA, "render", *args, "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60
     )

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import http.server
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -95,6 +96,27 @@ def test_caption_sidecars_csv_and_jsonl(tree):
 def test_bad_sources_are_user_errors(args, match):
     with pytest.raises(UserError, match=match):
         resolve_sources(args)
+
+
+def test_non_regular_files_are_named_and_never_opened(tree, capsys):
+    """A FIFO (nothing writes to it: opening it would hang) and a broken link among the 3D files."""
+    os.mkfifo(tree / "b" / "pipe.glb")
+    (tree / "b" / "gone.glb").symlink_to(tree / "missing.glb")
+    for source in (tree / "b", tree / "b" / "*.*"):
+        objs = resolve_sources([str(source)])
+        assert sorted(Path(o.path).name for o in objs) == (
+            ["Duck.glb", "my.chair v2.obj"] if source == tree / "b" else ["Duck.glb"]
+        )
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            f"warning: skipped 2 entries that are not regular files (first: {tree / 'b' / 'gone.glb'}, a broken "
+            "symbolic link); 3D sources must be regular files"
+        )
+    # Given directly, the path exists: the error says what it is, not "neither ... an existing file".
+    with pytest.raises(UserError, match=r"pipe.glb' exists but is a named pipe \(FIFO\); pass a regular 3D"):
+        resolve_sources([str(tree / "b" / "pipe.glb")])
+    with pytest.raises(UserError, match="gone.glb' exists but is a broken symbolic link"):
+        resolve_sources([str(tree / "b" / "gone.glb")])
 
 
 def test_objaverse_options_need_the_objaverse_source(tree):

@@ -163,6 +163,10 @@ def test_export_settings_are_honoured_and_no_surface_fails_fast_then_a_rerun_onl
     run_sds(fixed, show_progress=False)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed_from_step"] == 2  # no step re-run: only the export
+    # the optimisation's figures come from the run that optimised (its last checkpoint), the export's apart
+    ckpt = torch.load(checkpoints(run_dir)[-1], weights_only=False)
+    assert (summary["seconds"], summary["peak_memory_mb"]) == (ckpt["seconds"], ckpt["peak_memory_mb"])
+    assert summary["seconds"] > 0 and summary["export_seconds"] > 0
     frames = iio.imread(run_dir / "turntable.gif", index=None)
     assert frames.shape[:3] == (3, 14, 14)
     assert not (run_dir / "turntable.mp4").exists()
@@ -177,7 +181,8 @@ def test_export_settings_are_honoured_and_no_surface_fails_fast_then_a_rerun_onl
     plain = dataclasses.replace(cfg, export_mesh=dataclasses.replace(export, iso_level=5.0))
     run_sds(plain, show_progress=False)
     assert not (run_dir / "mesh.mtl").exists() and not list(run_dir.glob("material_*.png"))
-    assert (run_dir / "summary.json").is_file()
+    again = json.loads((run_dir / "summary.json").read_text())
+    assert again["seconds"] == summary["seconds"] and again["export_seconds"] > 0
 
     # resuming under settings that decide the field is refused, naming the first one that differs
     other = dataclasses.replace(plain, guidance=dataclasses.replace(plain.guidance, guidance_scale=3.0))
