@@ -104,9 +104,11 @@ class LightingConfig:
     The 8 maps in the bpy wheel span ~6x (night 0.165 to interior 0.973) and, raw, clip up to 80 % of an
     object's pixels at 256² (issue 12, design §2.1; figures in docs/bench/render_speed.md "HDRI exposure").
     meta.json ``hdri`` records ``mean_radiance`` and the ``strength_applied`` either way."""
-    exposure_target: float = 0.5
+    exposure_target: float = 0.35
     """Under ``exposure = "normalized"``: the mean radiance every map is scaled to (linear, before the strength
-    draw); the bundled maps' median is ~0.77. Not used under ``raw``."""
+    draw); the bundled maps' median is ~0.77. 0.35 clipped 0.0-1.1 % of each test object's pixels with mean
+    values 97-126/255; 0.5 and 0.7 clipped up to 31 % and 58 % (Duck), raw 81 % (issue 12,
+    docs/bench/render_speed.md). Not used under ``raw``."""
 
     def __post_init__(self) -> None:
         checks = [

@@ -65,9 +65,20 @@ def test_bad_maps_raise():
     assert normalized_strength(1.2, 0.5, 0.25) == pytest.approx(2.4)
 
 
-def test_the_target_must_be_positive():
+def test_exposure_settings_are_checked():
+    from mvforge.config import load
+    from mvforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'raw', 'normalized'"):
+        load(RenderConfig, None, ["lighting.exposure=auto"])
     with pytest.raises(UserError, match="exposure_target must be > 0"):
-        LightingConfig(exposure="normalized", exposure_target=0.0)
+        load(RenderConfig, None, ["lighting.exposure=normalized", "lighting.exposure_target=0"])
+    # The planner passes the setting to the Blender child, which measures the map.
+    obj = SourceObject(uid="a", kind="local", ext="glb", path="a.glb")
+    cfg = load(RenderConfig, None, ["lighting.exposure=normalized", "lighting.exposure_target=0.4"])
+    hdri = plan_job(obj, cfg, [Path("x/studio.exr")])["hdri"]
+    assert (hdri["exposure"], hdri["exposure_target"]) == ("normalized", 0.4)
+    assert "exposure_target" not in plan_job(obj, RenderConfig(), [Path("x/studio.exr")])["hdri"]
 
 
 # --- a real render ------------------------------------------------------------------------------------------
@@ -183,5 +194,5 @@ def test_a_directory_rendered_before_the_exposure_setting_resumes_raw_and_refuse
     driver._check_config(out, other_target, overwrite=False)
     driver._check_config(out, normalized, overwrite=True, uids=None)
     brighter = dataclasses.replace(raw, lighting=LightingConfig(exposure="normalized", exposure_target=0.9))
-    with pytest.raises(UserError, match="lighting.exposure_target was 0.5, now 0.9"):
+    with pytest.raises(UserError, match="lighting.exposure_target was 0.35, now 0.9"):
         driver._check_config(out, brighter, overwrite=False)
