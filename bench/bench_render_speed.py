@@ -17,7 +17,10 @@ Measured side by side in one run, on the same objects, 8 views at 256², same bo
    against its own reference (mvforge's per kind of light). PSNR over the whole image and over the object's pixels only (alpha of either
    image > 0), on RGB composited over grey 0.5; SSIM (scikit-image) on the object's bounding box, where
    denoising could smear textures. References are cached under ``bench/out/render_speed/ref``;
-4. object coverage: fraction of pixels with alpha > 0.5, mean over all views.
+4. object coverage: fraction of pixels with alpha > 0.5, mean over all views;
+5. exposure: per object, the share of its pixels (alpha > 128) with a channel at 254-255 (clipped) and their
+   mean value; the ``-norm<target>`` variants normalise each HDRI to that mean radiance (``lighting.exposure``),
+   each with its own references. ``--psnr-objects 0`` skips references and PSNR (clipping only).
 
 Prints a table and writes ``bench/out/render_speed/results.json``. Figures go to docs/benchmarks.md by hand,
 with the machine, date and the load average printed here.
