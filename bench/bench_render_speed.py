@@ -17,7 +17,10 @@ Measured side by side in one run, on the same objects, 8 views at 256², same bo
    against its own reference (mvforge's per kind of light). PSNR over the whole image and over the object's pixels only (alpha of either
    image > 0), on RGB composited over grey 0.5; SSIM (scikit-image) on the object's bounding box, where
    denoising could smear textures. References are cached under ``bench/out/render_speed/ref``;
-4. object coverage: fraction of pixels with alpha > 0.5, mean over all views.
+4. object coverage: fraction of pixels with alpha > 0.5, mean over all views;
+5. exposure: per object, the share of its pixels (alpha > 128) with a channel at 254-255 (clipped) and their
+   mean value; the ``-norm<target>`` variants normalise each HDRI to that mean radiance (``lighting.exposure``),
+   each with its own references. ``--psnr-objects 0`` skips references and PSNR (clipping only).
 
 Prints a table and writes ``bench/out/render_speed/results.json``. Figures go to docs/benchmarks.md by hand,
 with the machine, date and the load average printed here.
@@ -82,6 +85,14 @@ VARIANTS = {
     "lamps-16-f001": {"samples": 16, "denoise": False, "filter_width": 0.01},
     "lamps-8-f001": {"samples": 8, "denoise": False, "filter_width": 0.01},
 }
+# HDRI exposure (lighting.exposure, issue 12): the default cycles settings with each map normalised to a mean
+# radiance ("-norm<target>"); LIGHTING holds a variant's LightingConfig overrides.
+LIGHTING: dict[str, dict] = {}
+for _target in (0.35, 0.5, 0.7):
+    VARIANTS[f"map512-16-fast-norm{_target:g}"] = VARIANTS["map512-16-fast"]
+    LIGHTING[f"map512-16-fast-norm{_target:g}"] = {"exposure": "normalized", "exposure_target": _target}
+# Share of an object's pixels (alpha > 128) with a channel at 254-255 counts as clipped.
+CLIP_LEVEL = 254
 
 
 def lighting_of(variant: str) -> str:
@@ -130,10 +141,26 @@ def coverage(paths: list[Path]) -> float:
     return float(np.mean([(read_rgba(p)[..., 3] > 0.5).mean() for p in paths]))
 
 
+def exposure_scores(paths: list[Path]) -> dict:
+    """Over the object's pixels (alpha > 128) of all ``paths``: share with any / all three RGB channels at
+    ``CLIP_LEVEL`` or more, and the mean RGB value in 0-255 (HDRI exposure, issue 12)."""
+    rgb = np.concatenate(
+        [(x[..., :3][x[..., 3] > 128 / 255] * 255).round() for x in (read_rgba(p) for p in paths)]
+    )
+    clip = rgb >= CLIP_LEVEL
+    return {
+        "clipped": float(clip.any(axis=1).mean()),
+        "clipped_all3": float(clip.all(axis=1).mean()),
+        "mean_value": float(rgb.mean()),
+    }
+
+
 # --- mvforge -----------------------------------------------------------------------------------------------
 
 
-def mvforge_cfg(args, framing: str, overrides: dict, lighting: str = "hdri") -> RenderConfig:
+def mvforge_cfg(
+    args, framing: str, overrides: dict, lighting: str = "hdri", light_over: dict | None = None
+) -> RenderConfig:
     cycles = dataclasses.replace(CyclesConfig(threads=args.threads), **overrides)
     cameras = OrbitSampling(views=args.views, framing=framing)
     return RenderConfig(
@@ -141,7 +168,7 @@ def mvforge_cfg(args, framing: str, overrides: dict, lighting: str = "hdri") -> 
         cameras=cameras,
         cycles=cycles,
         seed=args.seed,
-        lighting=LightingConfig(kind=lighting),
+        lighting=LightingConfig(kind=lighting, **(light_over or {})),
     )
 
 
@@ -254,6 +281,8 @@ def summarize(rows: list, view_paths, ref_paths, psnr_objects: list[str], psnr_v
     for key in ("psnr", "psnr_object", "ssim_object"):
         out[key] = float(np.mean([s[key] for s in scores])) if scores else float("nan")
     out["scored_views"] = len(scores)
+    out["exposure"] = exposure_scores(all_views)
+    out["exposure_per_object"] = {r["uid"]: exposure_scores(view_paths(r["uid"], r["views"])) for r in rows}
     cycles_s = [r["timings"]["render_s"] for r in rows if "timings" in r]
     if cycles_s:
         # Everything outside the Cycles render calls (process start, import bpy, import, setup, PNG writes).
@@ -261,16 +290,21 @@ def summarize(rows: list, view_paths, ref_paths, psnr_objects: list[str], psnr_v
     return out
 
 
-def ref_of(variant: str) -> tuple[str, float]:
-    """What decides a variant's converged image: the kind of light and the pixel filter."""
-    return lighting_of(variant), VARIANTS[variant].get("filter_width", CyclesConfig().filter_width)
+def ref_of(variant: str) -> tuple[str, float, float | None]:
+    """What decides a variant's converged image: the kind of light, the pixel filter and the HDRI exposure
+    target (None = raw)."""
+    light = LIGHTING.get(variant, {})
+    target = light.get("exposure_target") if light.get("exposure") == "normalized" else None
+    return lighting_of(variant), VARIANTS[variant].get("filter_width", CyclesConfig().filter_width), target
 
 
-def ref_dir(framing: str, lighting: str, filter_width: float) -> Path:
-    """Where the 1,024-sample references of one framing, kind of light and pixel filter are cached."""
+def ref_dir(framing: str, lighting: str, filter_width: float, target: float | None = None) -> Path:
+    """Where the 1,024-sample references of one framing, kind of light, pixel filter and exposure are cached."""
     name = framing if lighting == "hdri" else f"{framing}-{lighting}"
     if filter_width != CyclesConfig().filter_width:
         name += f"-filter{filter_width:g}"
+    if target is not None:
+        name += f"-norm{target:g}"
     return OUT / "ref" / name
 
 
@@ -319,14 +353,16 @@ def main() -> None:
         "denoise": False,
         "world_map_resolution": 0,
     }
-    refs = sorted({ref_of(v) for v in args.variants})
+    refs = sorted({ref_of(v) for v in args.variants}, key=str)
     for framing in args.framings if args.ref_framings is None else args.ref_framings:
-        for kind, filter_width in refs:
+        for kind, filter_width, target in refs:
             t = time.perf_counter()
-            cfg = mvforge_cfg(args, framing, ref_over | {"filter_width": filter_width}, kind)
-            run_mvforge(psnr_objs, cfg, ref_dir(framing, kind, filter_width), views=args.psnr_views)
+            light = {} if target is None else {"exposure": "normalized", "exposure_target": target}
+            cfg = mvforge_cfg(args, framing, ref_over | {"filter_width": filter_width}, kind, light)
+            run_mvforge(psnr_objs, cfg, ref_dir(framing, kind, filter_width, target), views=args.psnr_views)
             print(
-                f"reference {framing} {kind} filter {filter_width}: {time.perf_counter() - t:.0f} s "
+                f"reference {framing} {kind} filter {filter_width} exposure {target or 'raw'}: "
+                f"{time.perf_counter() - t:.0f} s "
                 f"(load {load()})",
                 flush=True,
             )
@@ -357,7 +393,7 @@ def main() -> None:
                 "dir": OUT / framing / name,
                 "paths": mv_paths,
                 "ref": ref_dir(framing, *ref_of(name)),
-                "cfg": mvforge_cfg(args, framing, VARIANTS[name], lighting_of(name)),
+                "cfg": mvforge_cfg(args, framing, VARIANTS[name], lighting_of(name), LIGHTING.get(name)),
             }
     rows: dict[str, list] = {key: [] for key in runs}
     for run in runs.values():
@@ -385,6 +421,7 @@ def main() -> None:
         )
         if "cfg" in run:
             res["cycles"] = to_dict(run["cfg"].cycles)
+            res["lighting"] = to_dict(run["cfg"].lighting)
         results["runs"][key] = res
     results["load_end"] = load()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -405,6 +442,17 @@ def print_table(results: dict) -> None:
             f"| {key} | {r['s_per_view']:.2f} | {ratio} | {r['objects_per_min']:.1f} | {r['coverage'] * 100:.1f}% "
             f"| {r['psnr']:.2f} | {r['psnr_object']:.2f} | {r['ssim_object']:.4f} | {over} |"
         )
+
+    print("\n| run | object | clipped (any channel) | clipped (all 3) | mean value /255 |")
+    print("|---|---|---|---|---|")
+    for key, r in results["runs"].items():
+        if "exposure" not in r:
+            continue
+        for uid, e in [*r["exposure_per_object"].items(), ("all", r["exposure"])]:
+            print(
+                f"| {key} | {uid} | {e['clipped'] * 100:.1f}% | {e['clipped_all3'] * 100:.1f}% "
+                f"| {e['mean_value']:.0f} |"
+            )
 
 
 if __name__ == "__main__":

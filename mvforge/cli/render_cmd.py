@@ -78,6 +78,14 @@ def render(
             rich_help_panel=_R,
         ),
     ] = None,
+    hdri_exposure: Annotated[
+        str | None,
+        typer.Option(
+            help="raw: each HDRI at its own exposure; normalized: every map scaled to the mean radiance "
+            "lighting.exposure_target (default: raw).",
+            rich_help_panel=_R,
+        ),
+    ] = None,
     denoise: Annotated[
         bool | None,
         typer.Option(
@@ -226,6 +234,7 @@ def render(
         "cycles.view_transform": view_transform,
         "lighting.kind": lighting,
         "lighting.hdri_dir": hdri_dir,
+        "lighting.exposure": hdri_exposure,
         "lighting.visible_to_camera": hdri_visible,
         "passes.depth": depth,
         "passes.normal": normal,

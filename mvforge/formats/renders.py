@@ -228,7 +228,11 @@ class RenderMeta:
     stats: dict[str, Any] | None = None
     """faces, vertices, materials, animations, missing_textures, ... as counted by the Blender adapter."""
     hdri: dict[str, Any] | None = None
-    """name, rotation_deg, strength, visible_to_camera of the HDRI that lit the object; None under lamps."""
+    """name, rotation_deg, strength (the per-object draw), visible_to_camera of the HDRI that lit the object;
+    None under lamps. Since the exposure setting (issue 12, ``lighting.exposure``): ``exposure`` (raw |
+    normalized), ``exposure_target`` (normalized only), ``mean_radiance`` (the map's solid-angle weighted mean
+    luminance) and ``strength_applied`` (the Background strength Cycles used: strength, or strength x
+    exposure_target / mean_radiance); absent in renders made before."""
     lamps: dict[str, Any] | None = None
     """Under ``lighting.kind = "lamps"`` (issue 12): rotation_deg, strength, ambient and ``lights`` (name,
     azimuth_deg, elevation_deg, energy in W/m² per sun lamp); None under an HDRI and in renders made before."""

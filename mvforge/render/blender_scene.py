@@ -32,7 +32,7 @@ from mathutils import Matrix, Vector
 from mvforge.cameras import View, orbit_position
 from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json
-from mvforge.render import precheck
+from mvforge.render import exposure, precheck
 
 # Object types whose evaluated form is a mesh Cycles renders (curves with bevel, text and metaballs included).
 GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "FONT", "META"}
@@ -96,10 +96,11 @@ def render_job(job: dict, staging: Path) -> dict:
     stats["positions_precheck"] = positions_check
 
     # 5-6. World, engine and output settings.
+    hdri_applied = None
     if job.get("lamps") is not None:
         setup_lamps(job["lamps"])
     else:
-        setup_world(job["hdri"], int(job["cycles"].get("world_map_resolution", 0)))
+        hdri_applied = setup_world(job["hdri"], int(job["cycles"].get("world_map_resolution", 0)))
     device = setup_cycles(job["cycles"], int(job["seed"]), int(job["resolution"]))
     views = [view_from_dict(v) for v in job["views"]]
     depth_max = max(v.distance for v in views) + CUBE_HALF_DIAGONAL
@@ -143,6 +144,7 @@ def render_job(job: dict, staging: Path) -> dict:
         "blender": bpy.app.version_string,
         "device": device,
         "cycles": cycles_record(),
+        "hdri": hdri_applied,
     }
 
 
@@ -501,13 +503,20 @@ def vertex_color_material(attribute: str):
 # --- 5-6. world and engine -------------------------------------------------------------------------------------
 
 
-def setup_world(hdri: dict, map_resolution: int = 0) -> None:
+def setup_world(hdri: dict, map_resolution: int = 0) -> dict:
     """Environment light from an HDRI, rotated about Z, scaled by strength; hidden from the camera unless asked.
 
     ``map_resolution``: side of the world's importance map (MANUAL sampling), 0 = Cycles' AUTOMATIC size.
     Cycles builds the map at an object's first render call and persistent data keeps it for the other views;
     a coarser map is cheaper to build and still unbiased, but noisier (issue 12: MANUAL 256 lost 3-8 dB PSNR
     against AUTOMATIC at 256², more than its time saved).
+
+    ``hdri["exposure"] == "normalized"`` (``lighting.exposure``) sets the Background strength to strength x
+    ``exposure_target`` / the map's mean radiance; ``raw`` (or absent: jobs planned before the setting) uses the
+    strength as drawn. Returns what meta.json ``hdri`` adds: ``mean_radiance`` (solid-angle weighted
+    luminance, ``mvforge.render.exposure.mean_radiance``) and ``strength_applied`` (the Background strength).
+    Raises RuntimeError for an unreadable or black map under ``normalized`` (the pool is the run's input, so
+    that is a crash of the run, not the object's failure).
     """
     world = bpy.data.worlds.new("mvforge_hdri")
     bpy.context.scene.world = world
@@ -527,14 +536,55 @@ def setup_world(hdri: dict, map_resolution: int = 0) -> None:
         # The HDRI pool is the user's input, checked by the planner; a file vanishing now is a crash, not the
         # object's fault, so it must not become a per-object failure record.
         raise RuntimeError(f"cannot load HDRI {hdri['path']}: {e}") from e
+    radiance = hdri_mean_radiance(env.image, str(hdri["path"]))
+    strength = float(hdri["strength"])
+    if hdri.get("exposure", "raw") == "normalized":
+        try:
+            strength = exposure.normalized_strength(strength, float(hdri["exposure_target"]), radiance)
+        except ValueError as e:
+            raise RuntimeError(f"HDRI {hdri['path']}: {e}; remove it from --hdri-dir") from e
     background = nodes.new("ShaderNodeBackground")
-    background.inputs["Strength"].default_value = float(hdri["strength"])
+    background.inputs["Strength"].default_value = strength
     out = nodes.new("ShaderNodeOutputWorld")
     links.new(coords.outputs["Generated"], mapping.inputs["Vector"])
     links.new(mapping.outputs["Vector"], env.inputs["Vector"])
     links.new(env.outputs["Color"], background.inputs["Color"])
     links.new(background.outputs["Background"], out.inputs["Surface"])
     world.cycles_visibility.camera = bool(hdri.get("visible_to_camera", False))
+    return {"mean_radiance": radiance, "strength_applied": strength}
+
+
+# Mean radiance per map file, keyed by (path, size, mtime): one process renders a batch of objects
+# (limits.objects_per_process), which often share a map; reading the pixels costs ~40 ms for a bundled 1024x512
+# map on these cores, ~16x that for a 4k one.
+_RADIANCE_CACHE: dict[tuple, float] = {}
+
+
+def hdri_mean_radiance(image, path: str) -> float:
+    """Solid-angle weighted mean luminance of a loaded environment image (``exposure.mean_radiance``).
+
+    Raises RuntimeError for a map without pixels or with non-finite values.
+    """
+    try:
+        st = os.stat(path)
+        key = (path, st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = (path, None, None)
+    if key in _RADIANCE_CACHE:
+        return _RADIANCE_CACHE[key]
+    w, h = image.size
+    channels = image.channels
+    if w * h == 0 or channels < 3:
+        raise RuntimeError(f"HDRI {path} has no RGB pixels ({w}x{h}, {channels} channels)")
+    pixels = np.empty(w * h * channels, dtype=np.float32)
+    # foreach_get copies the float buffer in one call (a Python loop over pixels would take minutes).
+    image.pixels.foreach_get(pixels)
+    try:
+        radiance = exposure.mean_radiance(pixels.reshape(h, w, channels))
+    except ValueError as e:
+        raise RuntimeError(f"HDRI {path}: {e}") from e
+    _RADIANCE_CACHE[key] = radiance
+    return radiance
 
 
 # Angular diameter of each sun lamp: the real sun's 0.526° (also Blender's default). A few tenths of a degree

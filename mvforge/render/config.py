@@ -96,6 +96,22 @@ class LightingConfig:
     ambient: float = 0.05
     """Under ``lamps``: radiance of a uniform grey world that lifts the shadows (Blender's default world is
     0.05); 0 = none. Not used under ``hdri``."""
+    exposure: Literal["raw", "normalized"] = "raw"
+    """Under ``hdri``: ``raw`` uses each map at its own exposure, times the drawn strength (the behaviour before
+    this setting). ``normalized`` divides by the map's mean radiance (luminance over the sphere, weighted by
+    solid angle; ``mvforge.render.exposure``), so the Background strength becomes strength x ``exposure_target``
+    / mean radiance: every map gives the same average light and the per-object strength draw keeps its variety.
+    The 8 maps in the bpy wheel span ~6x (night 0.165 to interior 0.973) and, raw, clip up to 80 % of an
+    object's pixels at 256² (issue 12, design §2.1; figures in docs/bench/render_speed.md "HDRI exposure").
+    meta.json ``hdri`` records ``mean_radiance`` and the ``strength_applied`` either way. ``raw`` stays the
+    default: normalised (target 0.35) cut clipping from 18.3 % to 0.2 % of object pixels but was 0.7 dB noisier
+    against 1,024-sample references (lifted dim maps; issue 12's rule keeps a default unless noise is equal or
+    lower)."""
+    exposure_target: float = 0.35
+    """Under ``exposure = "normalized"``: the mean radiance every map is scaled to (linear, before the strength
+    draw); the bundled maps' median is ~0.77. 0.35 clipped 0.0-1.1 % of each test object's pixels with mean
+    values 97-126/255; 0.5 and 0.7 clipped up to 31 % and 58 % (Duck), raw 81 % (issue 12,
+    docs/bench/render_speed.md). Not used under ``raw``."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -105,6 +121,10 @@ class LightingConfig:
                 f"{self.strength_min} and {self.strength_max}",
             ),
             (self.ambient >= 0, f"lighting.ambient must be 0 or more, got {self.ambient}"),
+            (
+                self.exposure_target > 0,
+                f"lighting.exposure_target must be > 0 (a mean radiance), got {self.exposure_target}",
+            ),
         ]
         _raise_first(checks)
 

@@ -169,8 +169,13 @@ _CYCLES_BEFORE_ISSUE_12 = {
 _DENOISER_KEYS = ("denoise_prefilter", "denoise_quality")
 # Lighting keys added with the lamp rig (issue 12): renders made before were lit by an HDRI.
 _LIGHTING_BEFORE_LAMPS = {"kind": "hdri"}
+# Added with HDRI exposure normalisation (issue 12): renders made before used each map at its raw exposure.
+_LIGHTING_BEFORE_EXPOSURE = {"exposure": "raw"}
 # Settings that decide nothing under the other kind of light.
-_LIGHTING_UNUSED = {"hdri": ("ambient",), "lamps": ("hdri_dir", "visible_to_camera")}
+_LIGHTING_UNUSED = {
+    "hdri": ("ambient",),
+    "lamps": ("hdri_dir", "visible_to_camera", "exposure", "exposure_target"),
+}
 
 
 def _render_part(d: dict) -> dict:
@@ -191,8 +196,11 @@ def _render_part(d: dict) -> dict:
                 cycles.pop(key, None)
     lighting = out.get("lighting")
     if isinstance(lighting, dict):
-        for key, value in _LIGHTING_BEFORE_LAMPS.items():
+        for key, value in (_LIGHTING_BEFORE_LAMPS | _LIGHTING_BEFORE_EXPOSURE).items():
             lighting.setdefault(key, value)
+        if lighting["exposure"] == "raw":
+            # The target scales nothing at raw exposure.
+            lighting.pop("exposure_target", None)
         for key in _LIGHTING_UNUSED.get(lighting["kind"], ()):
             lighting.pop(key, None)
     return out

@@ -130,7 +130,8 @@ def plan_job(obj: SourceObject, cfg: RenderConfig, pool: list[Path]) -> dict:
 
 
 def _plan_hdri(rng: np.random.Generator, cfg: RenderConfig, pool: list[Path]) -> dict:
-    """One map of ``pool``, its rotation about Z and its strength (the draws in this order since format 1)."""
+    """One map of ``pool``, its rotation about Z and its strength (the draws in this order since format 1), and
+    how its exposure is set (``lighting.exposure``; no draw)."""
     if not pool:
         raise UserError(
             "lighting.kind = 'hdri' needs at least one HDRI; pass --hdri-dir DIR with .exr/.hdr files"
@@ -138,13 +139,18 @@ def _plan_hdri(rng: np.random.Generator, cfg: RenderConfig, pool: list[Path]) ->
     hdri = pool[int(rng.integers(len(pool)))]
     rotation = float(rng.uniform(0.0, 360.0)) if cfg.lighting.rotation_random else 0.0
     strength = float(rng.uniform(cfg.lighting.strength_min, cfg.lighting.strength_max))
-    return {
+    out = {
         "path": str(hdri),
         "name": hdri.stem,
         "rotation_deg": rotation,
         "strength": strength,
         "visible_to_camera": cfg.lighting.visible_to_camera,
+        "exposure": cfg.lighting.exposure,
     }
+    if cfg.lighting.exposure == "normalized":
+        # The map's mean radiance is measured in the Blender child (reading the map needs bpy).
+        out["exposure_target"] = cfg.lighting.exposure_target
+    return out
 
 
 def _plan_lamps(rng: np.random.Generator, cfg: RenderConfig) -> dict:

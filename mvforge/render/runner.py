@@ -481,7 +481,11 @@ def _meta(job: dict, attempt: Attempt, attempts: int, seconds: float, extra: dic
         tags=list(job_source.get("tags") or []),
         normalization=result.get("normalization"),
         stats=result.get("stats"),
-        hdri={k: v for k, v in job["hdri"].items() if k != "path"} if job.get("hdri") else None,
+        hdri=(
+            {k: v for k, v in job["hdri"].items() if k != "path"} | (result.get("hdri") or {})
+            if job.get("hdri")
+            else None
+        ),
         lamps=job.get("lamps"),
         seed=job.get("seed"),
         engine="CYCLES",
