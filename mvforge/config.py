@@ -146,12 +146,14 @@ def replace(cfg: T, **changes: Any) -> T:
     return dataclasses.replace(cfg, **checked)
 
 
-def set_field(cfg: T, dotted: str, value: Any) -> T:
-    """``cfg`` with the (possibly nested) field ``dotted`` (``"cycles.samples"``) replaced, type-checked."""
+def set_field(cfg: T, dotted: str, value: Any, _where: str | None = None) -> T:
+    """``cfg`` with the (possibly nested) field ``dotted`` (``"cycles.samples"``) replaced, type-checked; a bad
+    value's ConfigError names the whole dotted key."""
     head, _, rest = dotted.partition(".")
     if not rest:
-        return replace(cfg, **{head: value})
-    return dataclasses.replace(cfg, **{head: set_field(getattr(cfg, head), rest, value)})
+        hints = typing.get_type_hints(type(cfg))
+        return dataclasses.replace(cfg, **{head: _coerce(value, hints[head], _where or dotted)})
+    return dataclasses.replace(cfg, **{head: set_field(getattr(cfg, head), rest, value, _where or dotted)})
 
 
 def with_flags(cfg: T, flags: dict[str, Any]) -> T:

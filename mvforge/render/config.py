@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -54,6 +55,7 @@ class CyclesConfig:
 
     def __post_init__(self) -> None:
         checks = [
+            *_finite(self, "cycles.", ("adaptive_threshold", "filter_width")),
             (self.samples >= 1, f"--samples must be at least 1, got {self.samples}"),
             (self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
             (
@@ -115,6 +117,11 @@ class LightingConfig:
 
     def __post_init__(self) -> None:
         checks = [
+            *_finite(
+                self,
+                "lighting.",
+                ("strength_min", "strength_max", "ambient", "exposure_target"),
+            ),
             (
                 0 <= self.strength_min <= self.strength_max,
                 "lighting.strength_min must be >= 0 and <= lighting.strength_max, got "
@@ -237,6 +244,15 @@ class RenderConfig:
             (self.orbits >= 1, f"--orbits must be at least 1, got {self.orbits}"),
         ]
         _raise_first(checks)
+
+
+def _finite(cfg, prefix: str, names: tuple[str, ...]) -> list[tuple[bool, str]]:
+    """(ok, message) checks that each named float field is a finite number (inf and nan pass ``>=`` tests and
+    would reach Blender or numpy as an overflow or a black render)."""
+    return [
+        (math.isfinite(getattr(cfg, n)), f"{prefix}{n} must be a finite number, got {getattr(cfg, n)}")
+        for n in names
+    ]
 
 
 def _raise_first(checks: list[tuple[bool, str]]) -> None:

@@ -203,6 +203,9 @@ def _render_part(d: dict) -> dict:
             lighting.pop("exposure_target", None)
         for key in _LIGHTING_UNUSED.get(lighting["kind"], ()):
             lighting.pop(key, None)
+        if lighting["kind"] == "lamps" and isinstance(cycles, dict):
+            # No world map is built under the lamp rig (its ambient world is never light-sampled).
+            cycles.pop("world_map_resolution", None)
     return out
 
 
@@ -537,10 +540,11 @@ def _record_on_disk(out: Path, uid: str) -> dict:
         "status": "failed",
         "reason": failure.get("reason"),
         "attempts": failure.get("attempts", 1),
-        "seconds": 0.0,
+        # A failure record keeps no timings: unknown, not zero.
+        "seconds": None,
         "render_seconds": None,
         "views": 0,
-        "peak_rss_mb": 0.0,
+        "peak_rss_mb": None,
         "recovered": True,
         "time": round(path.stat().st_mtime, 3),
     }

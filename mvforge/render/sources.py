@@ -307,7 +307,12 @@ def read_captions(path: Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"captions file {path} does not exist; pass a CSV or JSONL file to --captions")
     rows: list[dict] = []
-    text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets save CSV with a byte-order mark
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets save CSV with a byte-order mark
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"captions file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8"
+        ) from None
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():

@@ -225,6 +225,8 @@ def test_manifest_is_repaired_to_one_line_per_finished_object(tmp_path):
     # a recovered line carries what a live one does (design §2: the manifest records stripped_textures)
     assert (got[2]["views"], got[2]["peak_rss_mb"], got[2]["stripped_textures"]) == (2, 300.0, 1)
     assert got[3]["status"] == "failed" and got[3]["reason"] == "timeout" and got[3]["recovered"]
+    # a failure record keeps no timings: unknown (null), never an invented 0
+    assert (got[3]["seconds"], got[3]["peak_rss_mb"]) == (None, None)
     # every field of a live line, time included (the driver appends a live line with its time)
     live = set(runner.fail(tmp_path / "live", "x", "timeout", "m", attempts=1, source=None)) | {"time"}
     assert set(got[3]) == live | {"recovered"} and set(got[2]) == live | {"stripped_textures", "recovered"}

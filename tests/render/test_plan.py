@@ -94,6 +94,16 @@ def test_lighting_settings_are_checked():
         load(RenderConfig, None, ["lighting.strength_min=2"])
     with pytest.raises(UserError, match="lighting.ambient must be 0 or more"):
         load(RenderConfig, None, ["lighting.ambient=-1"])
+    for key in ("strength_max", "ambient", "exposure_target"):  # inf passes a >= check, then overflows numpy
+        with pytest.raises(UserError, match=f"lighting.{key} must be a finite number, got inf"):
+            load(RenderConfig, None, [f"lighting.{key}=inf"])
+    with pytest.raises(UserError, match="cycles.adaptive_threshold must be a finite number, got nan"):
+        load(RenderConfig, None, ["cycles.adaptive_threshold=nan"])
+    # A flag's bad value names the whole setting, not only its last part.
+    from mvforge.config import with_flags
+
+    with pytest.raises(ConfigError, match="^lighting.kind: 'bogus' is not one of 'hdri', 'lamps'"):
+        with_flags(RenderConfig(), {"lighting.kind": "bogus"})
     with pytest.raises(UserError, match="cycles.filter_width must be in 0.01..10 pixels"):
         load(RenderConfig, None, ["cycles.filter_width=0"])
     with pytest.raises(UserError, match="needs at least one HDRI"):

@@ -168,6 +168,11 @@ def test_a_directory_rendered_before_the_new_cycles_keys_resumes_with_its_old_se
     lamps = dataclasses.replace(old, lighting=dataclasses.replace(old.lighting, kind="lamps"))
     with pytest.raises(UserError, match="lighting.kind was 'hdri', now 'lamps'"):
         driver._check_config(out, lamps, overwrite=False)
+    # Under lamps no world map is built: its resolution may change on resume (the HDRI's settings too).
+    lamp_dir = tmp_path / "lamps"
+    driver._check_config(lamp_dir, lamps, overwrite=False)
+    other_map = dataclasses.replace(lamps, cycles=dataclasses.replace(lamps.cycles, world_map_resolution=256))
+    driver._check_config(lamp_dir, other_map, overwrite=False)
     # A coarser world map changes the noise: refused.
     coarse = dataclasses.replace(old, cycles=dataclasses.replace(old.cycles, world_map_resolution=256))
     (out / layout.CONFIG).write_text(tomli_w.dumps(doc), encoding="utf-8")

@@ -129,6 +129,10 @@ def test_bad_caption_sidecar(tree):
     bad.write_text("uid,text\nx,y\n")
     with pytest.raises(UserError, match="caption column"):
         resolve_sources([str(tree / "a")], captions=bad)
+    latin1 = tree / "latin1.csv"
+    latin1.write_bytes("uid,caption\nx,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match="is not UTF-8 text .*save it as UTF-8"):
+        resolve_sources([str(tree / "a")], captions=latin1)
 
 
 def test_uid_and_caption_helpers():
