@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +253,22 @@ def load_guidance_model(cfg: SDSConfig, device: torch.device):
     )
 
 
+def finished_with(run_dir: Path, cfg: SDSConfig) -> bool:
+    """The run in ``run_dir`` is finished (summary.json, written last) with exactly these settings and, when
+    ``cfg.model`` is a directory, the same weights (``weights_fingerprint``, recorded in summary.json). Any other
+    run goes through :func:`run_sds`, which resumes, re-exports or refuses it."""
+    try:
+        same = (run_dir / "config.toml").read_text(encoding="utf-8") == config_mod.to_toml(cfg)
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not same or not isinstance(summary, dict):
+        return False
+    if cfg.model and Path(cfg.model).is_dir():
+        return summary.get("weights") == weights_fingerprint(cfg.model)
+    return True
+
+
 def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     """Optimise a field for ``cfg.prompt`` and export it; resumes ``<out>/<slug>`` when it has checkpoints.
 
@@ -271,6 +288,11 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.out) / prompt_slug(cfg.prompt)
     t_start = time.monotonic()
+    if finished_with(run_dir, cfg):
+        # Nothing to do (a marching-cubes export at 256³ takes minutes): what --prompts skips, a single run skips.
+        if show_progress:
+            print(f"{run_dir}: finished with these settings and weights; nothing to do", file=sys.stderr)
+        return run_dir
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -421,6 +443,7 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
         "backend": state.field.backend,
         "device": str(device),
         "model": cfg.model,
+        "weights": weights,
         "guidance_dtype": str(model.dtype),
         "outputs": outputs,
     }

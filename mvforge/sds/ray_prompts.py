@@ -16,7 +16,7 @@ from pathlib import Path
 from mvforge.errors import UserError
 from mvforge.models.sample import prompt_dirs, read_prompts  # noqa: F401  (read_prompts: re-exported for the CLI)
 from mvforge.sds.config import SDSConfig
-from mvforge.sds.loop import prompt_slug
+from mvforge.sds.loop import finished_with, prompt_slug
 
 
 def _task_configs(cfg: SDSConfig, prompts: list[str], seeds: list[int]) -> list[SDSConfig]:
@@ -29,18 +29,6 @@ def _task_configs(cfg: SDSConfig, prompts: list[str], seeds: list[int]) -> list[
             parent = cfg.out if len(seeds) == 1 else str(Path(cfg.out) / f"seed-{s}")
             out.append(dataclasses.replace(cfg, prompt=p, seed=s, out=parent))
     return out
-
-
-def _finished_with(run_dir: Path, cfg: SDSConfig) -> bool:
-    """The run is finished (summary.json, written last) with exactly these settings; any other run goes to its
-    task, where ``run_sds`` resumes, re-exports or refuses it as a single run would."""
-    from mvforge.config import to_toml
-
-    try:
-        same = (run_dir / "config.toml").read_text(encoding="utf-8") == to_toml(cfg)
-    except OSError:
-        return False
-    return same and (run_dir / "summary.json").is_file()
 
 
 def _cause(e: Exception) -> str:
@@ -99,7 +87,7 @@ def run_prompts(
     with StageProgress("sds prompts", total=len(tasks), unit="prompts") as bar:
         for tc in tasks:
             run_dir = Path(tc.out) / prompt_slug(tc.prompt)
-            if _finished_with(run_dir, tc):
+            if finished_with(run_dir, tc):
                 records.append(
                     {"prompt": tc.prompt, "seed": tc.seed, "status": "skipped", "dir": str(run_dir)}
                 )

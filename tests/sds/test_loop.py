@@ -184,6 +184,11 @@ def test_export_settings_are_honoured_and_no_surface_fails_fast_then_a_rerun_onl
     again = json.loads((run_dir / "summary.json").read_text())
     assert again["seconds"] == summary["seconds"] and again["export_seconds"] > 0
 
+    # the same run again, unchanged: nothing to do, not even the export (summary and mesh untouched)
+    stamps = [(run_dir / n).stat().st_mtime_ns for n in ("summary.json", "mesh.glb")]
+    assert run_sds(plain, show_progress=False) == run_dir
+    assert [(run_dir / n).stat().st_mtime_ns for n in ("summary.json", "mesh.glb")] == stamps
+
     # resuming under settings that decide the field is refused, naming the first one that differs
     other = dataclasses.replace(plain, guidance=dataclasses.replace(plain.guidance, guidance_scale=3.0))
     with pytest.raises(UserError, match=r"other settings \(guidance.guidance_scale was 50.0, now 3.0\)"):
