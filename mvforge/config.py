@@ -202,8 +202,13 @@ def first_difference(old: dict, new: dict, ignore: tuple[str, ...] = (), prefix:
             if found:
                 return found
         elif a != b:
-            return f"{dotted} was {a!r}, now {b!r}"
+            return f"{dotted} was {_as_written(a)}, now {_as_written(b)}"
     return ""
+
+
+def _as_written(value: Any) -> str:
+    """A setting's value as a config file or flag spells it (true/false, not Python's True/False)."""
+    return ("true" if value else "false") if isinstance(value, bool) else repr(value)
 
 
 def to_toml(cfg: Any) -> str:

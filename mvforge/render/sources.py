@@ -305,7 +305,8 @@ def read_captions(path: Path) -> list[dict]:
     """Rows ``{uid, path, caption}`` of a CSV (with a header) or JSONL sidecar; uid or path may be empty."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"captions file {path} does not exist; pass a CSV or JSONL file to --captions")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise UserError(f"captions file {path} {what}; pass a CSV or JSONL file to --captions")
     rows: list[dict] = []
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets save CSV with a byte-order mark

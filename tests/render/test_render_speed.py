@@ -161,7 +161,7 @@ def test_a_directory_rendered_before_the_new_cycles_keys_resumes_with_its_old_se
     (out / layout.CONFIG).write_text(tomli_w.dumps(doc), encoding="utf-8")
 
     # The new defaults (8 samples, denoised) differ: refused, naming the first difference.
-    with pytest.raises(UserError, match="cycles.denoise was False, now True"):
+    with pytest.raises(UserError, match="cycles.denoise was false, now true"):
         driver._check_config(out, RenderConfig(), overwrite=False)
     # The old settings given explicitly resume; the denoiser's settings do not matter with it off.
     driver._check_config(out, old, overwrite=False)
