@@ -157,9 +157,11 @@ def sample_prompts(
 ) -> list[Path]:
     """Sample every prompt and write its views; returns the output directory of each prompt. ``model``: a
     loaded ``MultiViewDiffusion`` or a path for its ``from_pretrained``; ``device``: a torch device or name; ``label``: the model's name in
-    sample.json (default: the path); ``resume``: skip prompts already written with the same settings (the CLI's
-    behaviour; validation during training always samples); ``weights``: the model's
-    ``resolve.weights_fingerprint``, recorded so that a resume does not keep views made by other weights;
+    sample.json (default: the path); ``resume``: skip prompts already written with the same settings, and say on
+    stderr (one line) how many written with other settings are sampled again (the CLI's behaviour; validation
+    during training always samples); ``weights``: the model's ``resolve.weights_fingerprint``, recorded so
+    that a resume does not keep views made by other weights, and compared instead of the model's path or
+    label when both records carry one;
     ``per_prompt``: write each prompt into ``out/<prompt_slug>/`` (True: the CLI's ``--prompts``, also for a
     file of one prompt) or into ``out`` itself (False, one prompt only); None: per prompt when there are several.
     Raises UserError for bad settings, no prompt, or two prompts naming one directory (``prompt_dirs``), before
@@ -189,8 +191,8 @@ def sample_prompts(
     records = {
         d: meta | {"prompt": p, "text": p + cfg.prompt_suffix} for p, d in zip(prompts, dirs, strict=True)
     }
-    # Resumable: a prompt whose views were written with these exact settings is not sampled again (sample.json
-    # is written last, so its presence means the views are complete).
+    # Resumable: a prompt whose views were written with these exact settings is not sampled again (save_views
+    # removes sample.json before any view changes and writes it last, so its presence means the views are complete).
     diffs = {d: _settings_difference(d, records[d], cfg) if resume else None for d in dirs}
     skips = [diffs[d] == "" and _views_complete(d, cfg) for d in dirs]
     redone = [d for d in dirs if diffs[d]]
