@@ -7,15 +7,21 @@ directories (``prompt_slug``). Every prompt starts from the same seed, so a prom
 place in the file, and neither does its directory: a reordered or extended file resumes, and two prompts that
 would share a directory (a prompt listed twice, or prompts equal up to case and punctuation) are refused, as
 `mvtrain sds --prompts` refuses them. Rerunning the same command resumes (``resume=True``, the CLI): a prompt
-whose sample.json records the same model, prompt and settings is skipped; any other setting samples it again and
-overwrites.
+whose sample.json records the same model (the same weights, however the path is spelled), prompt and settings
+is skipped; any other setting samples it again and overwrites, and the run says (one line on stderr) how many
+prompts that re-samples and the first setting that differs. A prompt's sample.json goes before any of its views
+changes and comes back last, so a run killed mid-prompt never leaves views from two runs under one marker.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import math
 import re
+import stat
+import sys
 from pathlib import Path
 
 from mvforge import config as config_mod
@@ -34,8 +40,14 @@ def torch_dtype(precision: str):
 
 
 def check_config(cfg: SampleConfig, device_type: str | None = None) -> None:
-    """Reject bad sampling settings before any model loads (UserError naming the fix). ``device_type``
-    ("cpu", "cuda"; None: not known yet) checks that fp16/bf16 run on a GPU."""
+    """Reject bad sampling settings before any model loads (UserError naming the fix): fewer than one view or
+    step, a resolution that is not a multiple of 8, a number that is NaN or infinite, and with ``device_type``
+    ("cpu", "cuda"; None: not known yet) fp16/bf16 off a GPU."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        # NaN guidance samples black images and writes NaN into sample.json, which is not valid JSON.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{f.name} {value}: pass a finite number, such as {f.default} (the default)")
     if cfg.num_views < 1 or cfg.steps < 1:
         raise UserError(
             f"num_views {cfg.num_views}, steps {cfg.steps}: both must be >= 1 (e.g. --num-views 4 --steps 50)"
@@ -48,11 +60,32 @@ def check_config(cfg: SampleConfig, device_type: str | None = None) -> None:
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """Non-empty lines of a text file (``#`` starts a comment line)."""
+    """Non-empty lines of a UTF-8 text file (``#`` starts a comment line; a leading byte-order mark is dropped).
+    Raises UserError when the path is missing, is not a regular file (a directory, a FIFO: never opened), is
+    not UTF-8, cannot be read, or holds no prompt."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; pass a text file with one prompt per line")
-    prompts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; pass a text file with one prompt per line") from None
+    except OSError as e:
+        raise UserError(
+            f"{path} cannot be read ({e.strerror}); pass a text file with one prompt per line"
+        ) from None
+    if not stat.S_ISREG(mode):
+        # Opening a FIFO would block until something writes to it; say what the path is instead.
+        what = (
+            "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        )
+        raise UserError(f"{path} is {what}; pass a text file with one prompt per line")
+    try:
+        # utf-8-sig: a BOM (Windows editors write one) would otherwise reach the model as part of the prompt.
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 (byte {e.start}); save it as UTF-8 text") from None
+    except OSError as e:
+        raise UserError(f"{path} cannot be read ({e.strerror}); pass a readable text file") from None
+    prompts = [ln.strip() for ln in text.splitlines()]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
         raise UserError(f"{path} holds no prompts; write one prompt per line")
@@ -124,9 +157,11 @@ def sample_prompts(
 ) -> list[Path]:
     """Sample every prompt and write its views; returns the output directory of each prompt. ``model``: a
     loaded ``MultiViewDiffusion`` or a path for its ``from_pretrained``; ``device``: a torch device or name; ``label``: the model's name in
-    sample.json (default: the path); ``resume``: skip prompts already written with the same settings (the CLI's
-    behaviour; validation during training always samples); ``weights``: the model's
-    ``resolve.weights_fingerprint``, recorded so that a resume does not keep views made by other weights;
+    sample.json (default: the path); ``resume``: skip prompts already written with the same settings, and say on
+    stderr (one line) how many written with other settings are sampled again (the CLI's behaviour; validation
+    during training always samples); ``weights``: the model's ``resolve.weights_fingerprint``, recorded so
+    that a resume does not keep views made by other weights, and compared instead of the model's path or
+    label when both records carry one;
     ``per_prompt``: write each prompt into ``out/<prompt_slug>/`` (True: the CLI's ``--prompts``, also for a
     file of one prompt) or into ``out`` itself (False, one prompt only); None: per prompt when there are several.
     Raises UserError for bad settings, no prompt, or two prompts naming one directory (``prompt_dirs``), before
@@ -153,6 +188,21 @@ def sample_prompts(
     meta = {"model": label or str(model)}
     if weights is not None:
         meta["weights"] = weights
+    records = {
+        d: meta | {"prompt": p, "text": p + cfg.prompt_suffix} for p, d in zip(prompts, dirs, strict=True)
+    }
+    # Resumable: a prompt whose views were written with these exact settings is not sampled again (save_views
+    # removes sample.json before any view changes and writes it last, so its presence means the views are complete).
+    diffs = {d: _settings_difference(d, records[d], cfg) if resume else None for d in dirs}
+    skips = [diffs[d] == "" and _views_complete(d, cfg) for d in dirs]
+    redone = [d for d in dirs if diffs[d]]
+    if redone:
+        # Overwriting is the documented behaviour, but never silent: one line per run, before any prompt changes.
+        print(
+            f"mvtrain sample: {len(redone)} prompt(s) written with other settings are sampled again and "
+            f"overwritten (first: {redone[0].name}/, {diffs[redone[0]]})",
+            file=sys.stderr,
+        )
     pipe = source.pipeline(cfg.scheduler)
     pipe.set_progress_bar_config(disable=True)
     progress = None
@@ -161,14 +211,10 @@ def sample_prompts(
 
         progress = StageProgress("mvtrain sample", len(prompts), unit="prompts").__enter__()
     try:
-        for prompt, d in zip(prompts, dirs, strict=True):
-            record = meta | {"prompt": prompt, "text": prompt + cfg.prompt_suffix}
-            # Resumable: a prompt whose views were written with these exact settings is not sampled again
-            # (sample.json is written last, so its presence means the views are complete).
-            skip = resume and _already_sampled(d, record, cfg)
+        for prompt, d, skip in zip(prompts, dirs, skips, strict=True):
             if not skip:
                 images = generate_views(pipe, prompt, cfg, cfg.seed)
-                save_views(images, d, record, cfg)
+                save_views(images, d, records[d], cfg)
             if progress is not None:
                 progress.advance("skipped" if skip else "ok")
     finally:
@@ -188,14 +234,22 @@ def sample_prompts(
     return dirs
 
 
-def _already_sampled(out: Path, record: dict, cfg: SampleConfig) -> bool:
-    """True when ``out/sample.json`` records the same model, prompt and settings and every view is there."""
+def _settings_difference(out: Path, record: dict, cfg: SampleConfig) -> str | None:
+    """How ``out/sample.json`` differs from ``record`` + ``cfg`` (``config.first_difference``): "" when it records
+    the same model, prompt and settings, None when there is no readable sample.json (nothing finished there).
+    When both carry a weights fingerprint the model is compared by it, not by how its path was spelled."""
     try:
         done = json.loads((out / "sample.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    if done != json.loads(json.dumps({**record, "config": config_mod.to_dict(cfg)})):
-        return False
+        return None
+    if not isinstance(done, dict):
+        return None
+    now = json.loads(json.dumps({**record, "config": config_mod.to_dict(cfg)}))
+    ignore = ("model",) if "weights" in done and "weights" in now else ()
+    return config_mod.first_difference(done, now, ignore)
+
+
+def _views_complete(out: Path, cfg: SampleConfig) -> bool:
     return all((out / f"view_{i:02d}.png").is_file() for i in range(cfg.num_views))
 
 
@@ -206,10 +260,19 @@ def _png(image) -> bytes:
 
 
 def save_views(images: list, out: str | Path, meta: dict, cfg: SampleConfig) -> list[Path]:
-    """view_00.png ... and grid.png (the V views side by side), then sample.json; returns the image paths."""
+    """view_00.png ... and grid.png (the V views side by side), then sample.json; returns the image paths.
+    sample.json (the "done" marker that resume trusts) is removed before any view changes and written last,
+    and view files beyond ``len(images)`` left by an earlier run with more views are removed."""
     from PIL import Image
 
     out = Path(out)
+    # Marker first: a run killed after rewriting view_00 must not leave the old marker vouching for a mix of
+    # new and old views.
+    (out / "sample.json").unlink(missing_ok=True)
+    for old in out.glob("view_*.png"):
+        index = old.name[len("view_") : -len(".png")]
+        if not index.isdigit() or int(index) >= len(images):
+            old.unlink(missing_ok=True)
     paths = []
     for i, im in enumerate(images):
         p = out / f"view_{i:02d}.png"

@@ -17,8 +17,8 @@ MVTRAIN = str(Path(sys.executable).with_name("mvtrain"))
 FAST = ["--steps", "2", "--resolution", "16", "--device", "cpu"]
 
 
-def _mvtrain(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([MVTRAIN, *args], capture_output=True, text=True)
+def _mvtrain(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([MVTRAIN, *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_sample_cli_defaults_files_and_equality_with_the_api(tiny_mv, tmp_path):
@@ -75,9 +75,18 @@ def test_sample_cli_prompts_file_scheduler_and_save_pipeline(tiny_mv, tmp_path):
         (["--model", "{mv}", "--prompt", "x", "--scheduler", "lms"], "scheduler"),
         (["--model", "{mv}", "--prompt", "x", "--precision", "fp16"], "needs a CUDA GPU"),
         (["--model", "{mv}", "--prompts", "{tmp}/missing.txt"], "one prompt per line"),
+        # NaN guidance wrote black views and a sample.json that is not valid JSON.
+        (
+            ["--model", "{mv}", "--prompt", "x", "--guidance-scale", "nan"],
+            "guidance_scale nan: pass a finite",
+        ),
+        (["--model", "{mv}", "--prompt", "x", "--elevation", "inf"], "elevation_deg inf: pass a finite"),
+        (["--model", "{mv}", "--prompts", "{tmp}"], "is a directory; pass a text file"),
+        (["--model", "{mv}", "--prompts", "{tmp}/latin1.txt"], "latin1.txt is not UTF-8 (byte 5)"),
     ],
 )
 def test_sample_cli_bad_input_is_one_line_exit_2(tiny_mv, tmp_path, args, message):
+    (tmp_path / "latin1.txt").write_bytes("a caf\u00e9 chair\n".encode("latin-1"))
     args = [a.format(tmp=tmp_path, mv=tiny_mv) for a in args]
     proc = _mvtrain("sample", *args, "--out", str(tmp_path / "o"), "--device", "cpu")
     assert proc.returncode == 2, proc.stderr
@@ -124,6 +133,52 @@ def test_sample_resumes_finished_prompts_and_redoes_changed_ones(tiny_mv, tmp_pa
     assert json.loads((dirs[0] / "sample.json").read_text())["config"]["seed"] == 1
 
 
+def test_an_interrupted_resample_is_not_taken_as_done_and_fewer_views_leave_no_old_ones(
+    tiny_mv, tmp_path, monkeypatch, capsys
+):
+    import torch
+
+    from mvforge.models import sample as sample_mod
+    from mvforge.models.pipeline import MultiViewDiffusion
+
+    mvd = MultiViewDiffusion.from_pretrained(tiny_mv, torch.device("cpu"), torch.float32)
+    out = tmp_path / "o"
+    old = SampleConfig(steps=1, resolution=16, num_views=3)
+    sample_prompts(mvd, ["a chair"], out, old, show_progress=False, resume=True)
+    # Re-sample with another seed, killed right after its first view: the old marker must be gone by then.
+    new = SampleConfig(steps=1, resolution=16, num_views=3, seed=1)
+    write = sample_mod.atomic_write_bytes
+
+    class Killed(Exception):
+        pass
+
+    def write_then_die(path, data):
+        write(path, data)
+        raise Killed
+
+    monkeypatch.setattr(sample_mod, "atomic_write_bytes", write_then_die)
+    with pytest.raises(Killed):
+        sample_prompts(mvd, ["a chair"], out, new, show_progress=False, resume=True)
+    assert "config.seed was 23, now 1" in capsys.readouterr().err  # overwriting, said in one line
+    assert not (out / "sample.json").exists()
+    monkeypatch.undo()
+    stamp = (out / "view_01.png").stat().st_mtime_ns
+    sample_prompts(mvd, ["a chair"], out, new, show_progress=False, resume=True)
+    assert (out / "view_01.png").stat().st_mtime_ns != stamp  # sampled again, not skipped as done
+    assert json.loads((out / "sample.json").read_text())["config"]["seed"] == 1
+    assert capsys.readouterr().err == ""  # no marker: an unfinished prompt, not one with other settings
+    # Fewer views: the old view_02.png goes, so the directory holds exactly what sample.json says.
+    sample_prompts(
+        mvd,
+        ["a chair"],
+        out,
+        SampleConfig(steps=1, resolution=16, num_views=2, seed=1),
+        show_progress=False,
+        resume=True,
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "sample.json", "view_00.png", "view_01.png"]
+
+
 def test_sample_rejects_a_resolution_the_vae_cannot_halve(tmp_path):
     with pytest.raises(UserError, match="multiple of 8"):
         sample_prompts(tmp_path / "no-model", ["a chair"], tmp_path / "o", SampleConfig(resolution=100))
@@ -134,17 +189,24 @@ def test_sample_cli_resume_is_keyed_on_the_weights_not_only_the_path(tiny_mv, tm
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red chair\na lamp\n")
-    args = ["sample", "--model", str(tiny_mv), "--prompts", str(prompts), "--out", str(tmp_path / "o"), *FAST]
-    assert _mvtrain(*args).returncode == 0
+    out = ["--prompts", str(prompts), "--out", str(tmp_path / "o"), *FAST]
+    assert _mvtrain("sample", "--model", str(tiny_mv), *out).returncode == 0
     view = tmp_path / "o" / "a-red-chair" / "view_00.png"
     first = view.stat().st_mtime_ns
-    again = _mvtrain(*args)
+    # The same weights spelled as a relative path: sample.json's weights fingerprint matches, so nothing is redone.
+    again = _mvtrain("sample", "--model", tiny_mv.name, *out, cwd=tiny_mv.parent)
     assert again.returncode == 0 and view.stat().st_mtime_ns == first
-    assert "already done (skipped)" in again.stdout + again.stderr
-    # The same path with rewritten weights (a run that gained a checkpoint, a re-saved pipeline): sampled again.
+    assert "already done (skipped)" in again.stdout + again.stderr and "sampled again" not in again.stderr
+    # The same path with rewritten weights (a run that gained a checkpoint, a re-saved pipeline): sampled again,
+    # and the run says so, naming the setting that differs.
     weights = next((tiny_mv / "unet").glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
-    assert _mvtrain(*args).returncode == 0 and view.stat().st_mtime_ns != first
+    third = _mvtrain("sample", "--model", str(tiny_mv), *out)
+    assert third.returncode == 0 and view.stat().st_mtime_ns != first
+    assert (
+        "2 prompt(s) written with other settings are sampled again and overwritten (first: a-red-chair/, "
+        "weights was " in third.stderr
+    )
 
 
 def test_prompt_dirs_follow_the_prompt_so_a_reordered_file_resumes_and_a_duplicate_is_refused(

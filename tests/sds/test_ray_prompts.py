@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -31,6 +32,20 @@ def test_bad_prompt_files_are_user_errors(tmp_path):
         read_prompts(tmp_path / "empty.txt")
     with pytest.raises(UserError, match="no letters or digits"):
         _task_configs(SDSConfig(), ["!!!"], [0])
+    # Not a file: say what the path is (a FIFO is never opened: reading one would block).
+    with pytest.raises(UserError, match="is a directory; pass a text file"):
+        read_prompts(tmp_path)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(UserError, match="fifo is a FIFO; pass a text file"):
+        read_prompts(tmp_path / "fifo")
+    (tmp_path / "latin1.txt").write_bytes("a red mug\na caf\u00e9 chair\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.txt is not UTF-8 \(byte 15\); save it as UTF-8"):
+        read_prompts(tmp_path / "latin1.txt")
+
+
+def test_a_byte_order_mark_does_not_reach_the_prompt(tmp_path):
+    (tmp_path / "bom.txt").write_bytes("\ufeffa red mug\n".encode())
+    assert read_prompts(tmp_path / "bom.txt") == ["a red mug"]
 
 
 def test_duplicate_prompts_are_refused_before_two_tasks_share_a_directory():
