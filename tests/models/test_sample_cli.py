@@ -81,6 +81,7 @@ def test_sample_cli_prompts_file_scheduler_and_save_pipeline(tiny_mv, tmp_path):
             "guidance_scale nan: pass a finite",
         ),
         (["--model", "{mv}", "--prompt", "x", "--elevation", "inf"], "elevation_deg inf: pass a finite"),
+        (["--model", "{mv}", "--prompt", "x", "--set", "eta=-1"], "eta -1.0: DDIM's eta must be in 0..1"),
         (["--model", "{mv}", "--prompts", "{tmp}"], "is a directory; pass a text file"),
         (["--model", "{mv}", "--prompts", "{tmp}/latin1.txt"], "latin1.txt is not UTF-8 (byte 5)"),
     ],
