@@ -22,6 +22,7 @@ start is counted once, on the batch's first object. Also per run: the overhead o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -141,6 +142,11 @@ def main() -> None:
         choices=["cpu", "gpu", "auto"],
         help="Cycles device (cycles.device); with gpu the workers share the node's GPUs evenly",
     )
+    p.add_argument(
+        "--no-denoise",
+        action="store_true",
+        help="OpenImageDenoise off (splits path tracing from the denoiser)",
+    )
     args = p.parse_args()
 
     from mvforge.raytools import init_ray
@@ -164,9 +170,9 @@ def main() -> None:
         # Interleaved, and in the opposite order on odd repeats, so a trend in the machine's load falls on all.
         for lay, k in variants if rep % 2 == 0 else variants[::-1]:
             workers, threads = (int(x) for x in lay.split("x"))
-            cycles = CyclesConfig(threads=threads, device=args.device)
+            cycles = CyclesConfig(threads=threads, device=args.device, denoise=not args.no_denoise)
             if args.samples:
-                cycles = CyclesConfig(threads=threads, samples=args.samples, device=args.device)
+                cycles = dataclasses.replace(cycles, samples=args.samples)
             cfg = RenderConfig(
                 resolution=args.resolution,
                 cameras=OrbitSampling(views=args.views),

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_json, tmp_path, versions
+from mvforge.render import cpus
 from mvforge.render.config import LimitsConfig
 from mvforge.render.worker import RESULT
 
@@ -70,6 +71,8 @@ class Attempt:
     """The Blender process."""
     position: int = 1
     """This object's place in its process: 1 = first (a fresh process), 2 = rendered after one other, ..."""
+    cpus: list[int] | None = None
+    """The CPUs the process was pinned to (``limits.pin_cpus``); None when it was not."""
 
 
 def staging_dir(out: Path, uid: str) -> Path:
@@ -150,7 +153,8 @@ def _render_in(state: dict, job: dict, out: Path, limits: LimitsConfig, env, ext
                 f"{'reused' if reused else 'new'} Blender process ===\n"
             )
         if state["child"] is None:
-            state["child"] = BlenderProcess(log, env)
+            pin = int((job.get("cycles") or {}).get("threads", 1)) if limits.pin_cpus else None
+            state["child"] = BlenderProcess(log, env, threads=pin)
         attempt = state["child"].render(uid, staging / JOB, staging, log, limits)
         if attempt.returncode is not None:
             state["child"] = None  # it died or was killed: the next attempt or object gets a fresh one
@@ -227,8 +231,9 @@ def _prctl():
     return ctypes.CDLL(None, use_errno=True).prctl
 
 
-def _die_with_parent():
-    """A preexec_fn that makes the kernel SIGKILL the child when its parent dies (PR_SET_PDEATHSIG).
+def _die_with_parent(cpus: list[int] | None = None):
+    """A preexec_fn that makes the kernel SIGKILL the child when its parent dies (PR_SET_PDEATHSIG) and, with
+    ``cpus``, pins it to those CPUs before Blender starts any thread (``mvforge.render.cpus``).
 
     The "parent" of PR_SET_PDEATHSIG is the *thread* that forked: run_objects forks, waits and closes its
     processes in the same thread, killing each group before it returns, so a thread ending early cannot kill a live render by mistake.
@@ -240,6 +245,8 @@ def _die_with_parent():
         prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         if os.getppid() != parent:
             os._exit(1)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
 
     return arm
 
@@ -249,9 +256,13 @@ class BlenderProcess:
     turn; the whole group is dead when :meth:`render` returns an attempt with a ``returncode`` and after
     :meth:`close`."""
 
-    def __init__(self, log: Path, env: dict[str, str] | None = None):
+    def __init__(self, log: Path, env: dict[str, str] | None = None, threads: int | None = None):
+        """``threads``: pin the child to that many CPUs no other render on the node holds (``limits.pin_cpus``;
+        None = not pinned); ``self.cpus`` is what it got (None when not pinned)."""
         child_env = dict(os.environ)
         child_env.update(env or {})
+        self.slot = cpus.acquire(threads) if threads else None
+        self.cpus = self.slot.cpus if self.slot is not None else None
         # Replies come on a pipe of their own: stdout and stderr are the objects' logs.
         read_fd, write_fd = os.pipe()
         cmd = [sys.executable, "-m", "mvforge.render.worker", "--serve", str(write_fd)]
@@ -264,11 +275,13 @@ class BlenderProcess:
                     stderr=subprocess.STDOUT,
                     env=child_env,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent(),
+                    preexec_fn=_die_with_parent(self.cpus),
                     pass_fds=(write_fd,),
                 )
         except BaseException:
             os.close(read_fd)
+            if self.slot is not None:
+                self.slot.release()
             raise
         finally:
             os.close(write_fd)
@@ -334,7 +347,7 @@ class BlenderProcess:
         if kind not in ("ok", "failed") or _exited(self.proc, 0):
             # Killed, crashed, or ended right after its reply: the next object needs a fresh process.
             returncode = self.close(kill=True)
-        return Attempt(kind, returncode, result, seconds, peak, self.proc.pid, position)
+        return Attempt(kind, returncode, result, seconds, peak, self.proc.pid, position, self.cpus)
 
     def _read_reply(self, timeout_s: float) -> tuple[dict | None, bool]:
         """(the next reply line, parsed; None if none within ``timeout_s``) and whether the pipe hit its end."""
@@ -372,6 +385,8 @@ class BlenderProcess:
         self.proc.wait()
         os.close(self._reply)
         self._reply = None
+        if self.slot is not None:
+            self.slot.release()  # only now: nothing of the group runs on its CPUs any more
         return self.proc.returncode
 
 
@@ -499,7 +514,12 @@ def _meta(job: dict, attempt: Attempt, attempts: int, seconds: float, extra: dic
         versions=vers,
         device=result.get("device", "CPU"),
         cycles=result.get("cycles"),
-        process={"pid": attempt.pid, "position": attempt.position, "reused": attempt.position > 1},
+        process={
+            "pid": attempt.pid,
+            "position": attempt.position,
+            "reused": attempt.position > 1,
+            "cpus": attempt.cpus,
+        },
     ).to_dict()
 
 

@@ -180,7 +180,7 @@ def test_a_directory_rendered_before_the_new_cycles_keys_resumes_with_its_old_se
         driver._check_config(out, coarse, overwrite=False)
 
 
-def _lamp_render(tmp_path: Path, azimuth_deg: float):
+def _lamp_render(tmp_path: Path, azimuth_deg: float, limits: LimitsConfig | None = None):
     """Monkey seen from the front (camera at azimuth 0 on -Y: +X is the image's right) under ONE sun lamp from
     ``azimuth_deg`` at elevation 0 and no ambient: (luminance of the left half, right half, meta.json)."""
     import numpy as np
@@ -199,7 +199,7 @@ def _lamp_render(tmp_path: Path, azimuth_deg: float):
         "ambient": 0.0,
         "lights": [{"name": "key", "azimuth_deg": azimuth_deg, "elevation_deg": 0.0, "energy": 3.0}],
     }
-    rec = run_object(job, tmp_path, LimitsConfig(timeout_s=120))
+    rec = run_object(job, tmp_path, limits or LimitsConfig(timeout_s=120))
     assert rec["status"] == "ok", rec
     d = layout.object_dir(tmp_path, "monkey")
     with Image.open(d / layout.view_name(0)) as img:
@@ -219,5 +219,9 @@ def test_a_sun_lamp_lights_the_side_it_shines_from_and_meta_records_the_rig(tmp_
     # A lamp rig has no world map to build: the ambient world is never light-sampled.
     assert meta["cycles"]["world_sampling"] == "NONE" and meta["cycles"]["world_map_resolution"] is None
 
-    left, right, _ = _lamp_render(tmp_path / "west", 270.0)
+    # Pinned to one CPU of its own (threads = 1; limits.pin_cpus), unless every CPU is held by other renders.
+    assert meta["process"]["cpus"] is None or len(meta["process"]["cpus"]) == 1
+
+    left, right, meta = _lamp_render(tmp_path / "west", 270.0, LimitsConfig(timeout_s=120, pin_cpus=False))
     assert left > 3 * right, (left, right)
+    assert meta["process"]["cpus"] is None
