@@ -246,7 +246,10 @@ def _die_with_parent(cpus: list[int] | None = None):
         if os.getppid() != parent:
             os._exit(1)
         if cpus:
-            os.sched_setaffinity(0, cpus)
+            try:
+                os.sched_setaffinity(0, cpus)
+            except OSError:
+                pass  # CPUs taken away since they were locked (a cgroup change): run unpinned rather than fail
 
     return arm
 
