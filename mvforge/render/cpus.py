@@ -7,29 +7,55 @@ kept 2 threads busy for the speed of one; pinned to one CPU it kept 1 busy at th
 (1.6x; docs/bench/render_speed.md). So a Blender child is pinned to ``threads`` CPUs that no other mvforge
 render on the node holds.
 
-How: one lock file per CPU under ``$TMPDIR/mvforge-cpus-<user>/``; a process holds ``fcntl.flock`` on the
-CPUs it renders on for as long as its Blender child lives. The kernel drops the locks when the holder dies
-(a killed Ray worker frees its CPUs), and concurrent runs on one node share the CPUs without knowing of each
-other. When fewer than ``threads`` CPUs are free (more workers x threads than cores) the child is not pinned:
-the behaviour before this module.
+How: one lock file per CPU in ONE directory per node, whoever runs the render (``lock_dir``: /dev/shm, else
+the system temp dir; ``MVFORGE_CPU_LOCKS`` overrides): renders with different TMPDIRs or users would otherwise
+not see each other's locks and stack on the same CPUs. A process holds ``fcntl.flock`` on the CPUs it renders
+on for as long as its Blender child lives; the kernel drops the locks when the holder dies (a killed Ray worker
+frees its CPUs), and concurrent runs on one node share the CPUs without knowing of each other. Lock files are
+opened read-only (flock needs no write access), never through a symlink. When fewer than ``threads`` CPUs are
+free (more workers x threads than cores), or the directory is unusable, the child is not pinned: the behaviour
+before this module.
 """
 
 from __future__ import annotations
 
 import fcntl
-import getpass
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 
 def lock_dir() -> Path:
-    """Where the per-CPU lock files live (one directory per OS user, so users never block each other's files)."""
+    """The node-wide directory of the per-CPU lock files: ``$MVFORGE_CPU_LOCKS``, else /dev/shm/mvforge-cpus
+    (tmpfs: node-local and empty after a reboot), else /tmp/mvforge-cpus. Deliberately not per
+    user or per TMPDIR (every render on the node must see every lock)."""
+    override = os.environ.get("MVFORGE_CPU_LOCKS")
+    if override:
+        return Path(override)
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        base = shm
+    else:  # /tmp itself, not $TMPDIR (which differs between jobs on one node, e.g. under SLURM)
+        base = Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())
+    return base / "mvforge-cpus"
+
+
+def _usable(directory: Path) -> bool:
+    """Create the shared directory (sticky and world-writable, as /tmp) or accept it if it is a real directory."""
     try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return Path(tempfile.gettempdir()) / f"mvforge-cpus-{user}"
+        directory.mkdir(mode=0o1777, parents=True, exist_ok=True)
+        st = os.lstat(directory)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        return False  # a symlink or a file in its place: run unpinned rather than follow it
+    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != 0o1777:
+        try:
+            os.chmod(directory, 0o1777)  # mkdir's mode is cut by the umask; other users must create files too
+        except OSError:
+            pass
+    return True
 
 
 class CpuSlot:
@@ -55,15 +81,16 @@ def acquire(threads: int) -> CpuSlot | None:
     if threads > len(allowed):
         return None
     directory = lock_dir()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
+    if not _usable(directory):
         return None
     cpus: list[int] = []
     fds: list[int] = []
     for cpu in allowed:
         try:
-            fd = os.open(directory / f"cpu-{cpu}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Read-only is enough for flock, so a lock file another user created serves this one too.
+            fd = os.open(
+                directory / f"cpu-{cpu}.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644
+            )
         except OSError:
             continue
         try:

@@ -64,3 +64,19 @@ def test_a_dead_holder_frees_its_cpus(lock_dir):
     slot = cpus.acquire(n)  # killed without releasing: the kernel dropped its locks
     assert slot is not None
     slot.release()
+
+
+def test_one_lock_directory_per_node_whatever_the_tmpdir_or_user(tmp_path, monkeypatch):
+    monkeypatch.delenv("MVFORGE_CPU_LOCKS", raising=False)
+    first = cpus.lock_dir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # SLURM gives every job its own TMPDIR
+    monkeypatch.setenv("USER", "someone-else")
+    monkeypatch.setenv("LOGNAME", "someone-else")
+    assert cpus.lock_dir() == first
+    # A lock directory replaced by a symlink is not followed: the render runs unpinned.
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "locks"
+    link.symlink_to(target)
+    monkeypatch.setenv("MVFORGE_CPU_LOCKS", str(link))
+    assert cpus.acquire(1) is None and not list(target.iterdir())
