@@ -8,7 +8,7 @@ kept 2 threads busy for the speed of one; pinned to one CPU it kept 1 busy at th
 render on the node holds.
 
 How: one lock file per CPU in ONE directory per node, whoever runs the render (``lock_dir``: /dev/shm, else
-the system temp dir; ``MVFORGE_CPU_LOCKS`` overrides): renders with different TMPDIRs or users would otherwise
+/tmp; ``MVFORGE_CPU_LOCKS`` overrides): renders with different TMPDIRs or users would otherwise
 not see each other's locks and stack on the same CPUs. A process holds ``fcntl.flock`` on the CPUs it renders
 on for as long as its Blender child lives; the kernel drops the locks when the holder dies (a killed Ray worker
 frees its CPUs), and concurrent runs on one node share the CPUs without knowing of each other. Lock files are
@@ -50,7 +50,8 @@ def _usable(directory: Path) -> bool:
         return False
     if not stat.S_ISDIR(st.st_mode):
         return False  # a symlink or a file in its place: run unpinned rather than follow it
-    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != 0o1777:
+    shared = "MVFORGE_CPU_LOCKS" not in os.environ  # a directory the user named keeps its own permissions
+    if shared and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != 0o1777:
         try:
             os.chmod(directory, 0o1777)  # mkdir's mode is cut by the umask; other users must create files too
         except OSError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -209,7 +210,9 @@ def _lamp_render(tmp_path: Path, azimuth_deg: float, limits: LimitsConfig | None
     return lum[:, :half].sum(), lum[:, half:].sum(), json.loads((d / layout.META).read_text(encoding="utf-8"))
 
 
-def test_a_sun_lamp_lights_the_side_it_shines_from_and_meta_records_the_rig(tmp_path):
+def test_a_sun_lamp_lights_the_side_it_shines_from_and_meta_records_the_rig(tmp_path, monkeypatch):
+    # Locks of the test's own, so no other render on this machine holds the CPUs it asserts on.
+    monkeypatch.setenv("MVFORGE_CPU_LOCKS", str(tmp_path / "cpu-locks"))
     left, right, meta = _lamp_render(tmp_path / "east", 90.0)  # from +X: the image's right
     assert right > 3 * left, (left, right)
     assert meta["hdri"] is None
@@ -219,8 +222,13 @@ def test_a_sun_lamp_lights_the_side_it_shines_from_and_meta_records_the_rig(tmp_
     # A lamp rig has no world map to build: the ambient world is never light-sampled.
     assert meta["cycles"]["world_sampling"] == "NONE" and meta["cycles"]["world_map_resolution"] is None
 
-    # Pinned to one CPU of its own (threads = 1; limits.pin_cpus), unless every CPU is held by other renders.
-    assert meta["process"]["cpus"] is None or len(meta["process"]["cpus"]) == 1
+    # Pinned to one CPU of its own (threads = 1; limits.pin_cpus), its lock released when the process ended.
+    assert len(meta["process"]["cpus"]) == 1
+    from mvforge.render import cpus
+
+    every = cpus.acquire(len(os.sched_getaffinity(0)))
+    assert every is not None
+    every.release()
 
     left, right, meta = _lamp_render(tmp_path / "west", 270.0, LimitsConfig(timeout_s=120, pin_cpus=False))
     assert left > 3 * right, (left, right)
