@@ -167,10 +167,9 @@ _CYCLES_BEFORE_ISSUE_12 = {
     "filter_width": 1.5,
 }
 _DENOISER_KEYS = ("denoise_prefilter", "denoise_quality")
-# Lighting keys added with the lamp rig (issue 12): renders made before were lit by an HDRI.
-_LIGHTING_BEFORE_LAMPS = {"kind": "hdri"}
-# Added with HDRI exposure normalisation (issue 12): renders made before used each map at its raw exposure.
-_LIGHTING_BEFORE_EXPOSURE = {"exposure": "raw"}
+# Lighting keys added by issue 12, with what renders made before them did: an HDRI (before the lamp rig), used
+# at its raw exposure (before exposure normalisation).
+_LIGHTING_BEFORE_ISSUE_12 = {"kind": "hdri", "exposure": "raw"}
 # Settings that decide nothing under the other kind of light.
 _LIGHTING_UNUSED = {
     "hdri": ("ambient",),
@@ -196,7 +195,7 @@ def _render_part(d: dict) -> dict:
                 cycles.pop(key, None)
     lighting = out.get("lighting")
     if isinstance(lighting, dict):
-        for key, value in (_LIGHTING_BEFORE_LAMPS | _LIGHTING_BEFORE_EXPOSURE).items():
+        for key, value in _LIGHTING_BEFORE_ISSUE_12.items():
             lighting.setdefault(key, value)
         if lighting["exposure"] == "raw":
             # The target scales nothing at raw exposure.

@@ -95,9 +95,8 @@ def hdri_pool(hdri_dir: Path | None) -> list[Path]:
     """Sorted HDRI files of ``hdri_dir`` (default: bpy's); an empty pool is a user error."""
     directory = Path(hdri_dir) if hdri_dir is not None else default_hdri_dir()
     if not directory.is_dir():
-        raise UserError(
-            f"HDRI directory {directory} does not exist; pass --hdri-dir DIR with .exr/.hdr files"
-        )
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise UserError(f"HDRI directory {directory} {what}; pass --hdri-dir DIR with .exr/.hdr files")
     pool = sorted(p for p in directory.iterdir() if p.suffix.lower() in HDRI_SUFFIXES)
     if not pool:
         raise UserError(f"HDRI directory {directory} holds no .exr or .hdr file; add some or drop --hdri-dir")

@@ -22,6 +22,10 @@ def test_default_hdri_pool_is_the_bpy_wheel_set():
 def test_hdri_dir_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         hdri_pool(tmp_path / "missing")
+    (tmp_path / "a.exr").write_bytes(b"")
+    with pytest.raises(UserError, match="a.exr is not a directory"):
+        hdri_pool(tmp_path / "a.exr")
+    (tmp_path / "a.exr").unlink()
     with pytest.raises(UserError, match="no .exr"):
         hdri_pool(tmp_path)
 
