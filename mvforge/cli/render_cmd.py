@@ -98,6 +98,14 @@ def render(
             help="Cycles adaptive-sampling noise threshold; 0 = off (default: 0.01).", rich_help_panel=_R
         ),
     ] = None,
+    adaptive_min_samples: Annotated[
+        int | None,
+        typer.Option(
+            help="Samples before adaptive sampling may stop a pixel (Cycles checks every 16); 0 = Cycles' "
+            "automatic rule, 64 at threshold 0.01 (default: 8).",
+            rich_help_panel=_R,
+        ),
+    ] = None,
     max_bounces: Annotated[
         int | None, typer.Option(help="Cycles total light bounces (default: 4).", rich_help_panel=_R)
     ] = None,
@@ -230,6 +238,7 @@ def render(
         "cycles.threads": threads,
         "cycles.denoise": denoise,
         "cycles.adaptive_threshold": adaptive_threshold,
+        "cycles.adaptive_min_samples": adaptive_min_samples,
         "cycles.max_bounces": max_bounces,
         "cycles.view_transform": view_transform,
         "lighting.kind": lighting,

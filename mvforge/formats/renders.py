@@ -248,7 +248,8 @@ class RenderMeta:
     peak_rss_mb: float | None = None
     device: str = "CPU"
     cycles: dict[str, Any] | None = None
-    """The sampling settings read back from Blender (issue 12): samples, adaptive_threshold, denoiser (None when
+    """The sampling settings read back from Blender (issue 12): samples, adaptive_threshold, adaptive_min_samples
+    (the minimum Cycles used, its automatic rule resolved; None with adaptive sampling off), light_tree, denoiser (None when
     no denoiser ran, else "OPENIMAGEDENOISE"), denoising_input_passes, denoising_prefilter, denoising_quality, world_sampling (AUTOMATIC | MANUAL),
     world_map_resolution (pixels, MANUAL only), filter_width (pixels), max_bounces, persistent_data. None in renders made before."""
     process: dict[str, Any] | None = None

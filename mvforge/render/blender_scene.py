@@ -33,6 +33,7 @@ from mvforge.cameras import View, orbit_position
 from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json
 from mvforge.render import exposure, precheck
+from mvforge.render.config import adaptive_min_samples_used
 
 # Object types whose evaluated form is a mesh Cycles renders (curves with bevel, text and metaballs included).
 GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "FONT", "META"}
@@ -632,6 +633,11 @@ def setup_cycles(cfg: dict, seed: int, resolution: int) -> str:
     cycles.use_adaptive_sampling = threshold > 0
     if threshold > 0:
         cycles.adaptive_threshold = threshold
+        # Jobs planned before the key existed used Cycles' automatic minimum (0).
+        cycles.adaptive_min_samples = int(cfg.get("adaptive_min_samples", 0))
+    # Explicit, though Blender's default: without the light tree the lamp rig's noise moved by -5 to +7 dB per
+    # object at 32 spp (issue 12), so a changed default would change the data.
+    cycles.use_light_tree = True
     cycles.use_denoising = bool(cfg["denoise"])
     # The denoiser's settings are explicit too (recorded in meta.json ``cycles``): OpenImageDenoise, which runs
     # on any CPU, guided by albedo and normal so texture detail is kept (issue 12 compares SSIM on textures).
@@ -689,6 +695,13 @@ def cycles_record() -> dict:
     return {
         "samples": int(cycles.samples),
         "adaptive_threshold": float(cycles.adaptive_threshold) if cycles.use_adaptive_sampling else 0.0,
+        # What Cycles uses (its automatic rule resolved), so a reader need not know the rule.
+        "adaptive_min_samples": (
+            adaptive_min_samples_used(float(cycles.adaptive_threshold), int(cycles.adaptive_min_samples))
+            if cycles.use_adaptive_sampling
+            else None
+        ),
+        "light_tree": bool(cycles.use_light_tree),
         "denoiser": str(cycles.denoiser) if cycles.use_denoising else None,
         "denoising_input_passes": str(cycles.denoising_input_passes) if cycles.use_denoising else None,
         "denoising_prefilter": str(cycles.denoising_prefilter) if cycles.use_denoising else None,

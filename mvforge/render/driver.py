@@ -25,7 +25,7 @@ from mvforge.config import first_difference, to_dict, to_toml
 from mvforge.errors import UserError
 from mvforge.formats import renders as layout
 from mvforge.fsutil import append_jsonl, atomic_write_text, read_jsonl
-from mvforge.render.config import RenderConfig
+from mvforge.render.config import RenderConfig, adaptive_first_stop
 from mvforge.render.plan import FORMATS, SourceObject, hdri_pool, plan_job
 from mvforge.render.worker import FAULT_ENV
 
@@ -165,6 +165,8 @@ _CYCLES_BEFORE_ISSUE_12 = {
     "denoise_quality": "HIGH",
     # Blender's default pixel filter, set explicitly since the lamp rig's comparison (issue 12).
     "filter_width": 1.5,
+    # Cycles' automatic minimum for adaptive sampling (64 samples at the 0.01 threshold).
+    "adaptive_min_samples": 0,
 }
 _DENOISER_KEYS = ("denoise_prefilter", "denoise_quality")
 # Lighting keys added by issue 12, with what renders made before them did: an HDRI (before the lamp rig), used
@@ -193,6 +195,7 @@ def _render_part(d: dict) -> dict:
             # Without the denoiser its settings decide nothing.
             for key in _DENOISER_KEYS:
                 cycles.pop(key, None)
+        _adaptive_part(cycles)
     lighting = out.get("lighting")
     if isinstance(lighting, dict):
         for key, value in _LIGHTING_BEFORE_ISSUE_12.items():
@@ -206,6 +209,20 @@ def _render_part(d: dict) -> dict:
             # No world map is built under the lamp rig (its ambient world is never light-sampled).
             cycles.pop("world_map_resolution", None)
     return out
+
+
+def _adaptive_part(cycles: dict) -> None:
+    """Adaptive sampling as it decides the pixels, as one readable ``adaptive_sampling`` entry: "off" when its
+    threshold is 0 or when Cycles' first convergence check comes no earlier than the last sample (the same pixels
+    as off, tested: every render of 64 samples or fewer at Cycles' automatic minimum); else the threshold and the
+    first sample count at which a pixel may stop."""
+    threshold = float(cycles.pop("adaptive_threshold", 0.0))
+    minimum = int(cycles.pop("adaptive_min_samples", 0))
+    first = adaptive_first_stop(threshold, minimum) if threshold > 0 else 0
+    if threshold > 0 and first < int(cycles.get("samples", 0)):
+        cycles["adaptive_sampling"] = f"threshold {threshold:g}, pixels may stop from {first} samples"
+    else:
+        cycles["adaptive_sampling"] = "off"
 
 
 def _check_config(out: Path, cfg: RenderConfig, overwrite: bool, uids: set[str] | None = None) -> None:

@@ -111,6 +111,51 @@ def test_meta_records_the_denoiser_and_world_map_that_blender_used(tmp_path):
     assert plain["filter_width"] == 1.5  # Blender's default, now set explicitly
 
 
+def test_adaptive_sampling_stops_pixels_only_past_the_minimum_cycles_uses(tmp_path):
+    from PIL import Image
+
+    from mvforge.render.runner import run_objects
+
+    # One job under three adaptive settings, rendered in one Blender process (same cameras, lamps, seed).
+    obj = SourceObject(uid="off", kind="local", ext="glb", path=str(DATA / "glb" / "Duck.glb"))
+    cycles = CyclesConfig(samples=32, adaptive_threshold=0.0, denoise=False, filter_width=0.01, threads=1)
+    cfg = RenderConfig(
+        resolution=32, cameras=OrbitSampling(views=1), cycles=cycles, lighting=LightingConfig(kind="lamps")
+    )
+    job = plan_job(obj, cfg, [])
+    # Threshold 0.1: Cycles' automatic minimum is ceil(16 / 0.1^0.3) = 32, its first check after 48 samples, so
+    # no pixel of 32 stops; from a minimum of 8 the first check is after 16; at 16 samples that is the last one.
+    settings = {
+        "auto": {"adaptive_min_samples": 0},
+        "min8": {"adaptive_min_samples": 8},
+        "min8-16spp": {"adaptive_min_samples": 8, "samples": 16},
+        "off-16spp": {"adaptive_threshold": 0.0, "samples": 16},
+    }
+    jobs = [job] + [
+        {**job, "uid": uid, "cycles": job["cycles"] | {"adaptive_threshold": 0.1} | over}
+        for uid, over in settings.items()
+    ]
+    recs = run_objects(jobs, tmp_path, LimitsConfig(timeout_s=120))
+    assert [r["status"] for r in recs] == ["ok"] * len(jobs), recs
+
+    def png(uid):
+        with Image.open(layout.object_dir(tmp_path, uid) / layout.view_name(0)) as img:
+            return img.tobytes()
+
+    def recorded(uid):
+        return json.loads((layout.object_dir(tmp_path, uid) / layout.META).read_text(encoding="utf-8"))[
+            "cycles"
+        ]
+
+    assert png("auto") == png("off") != png("min8")
+    assert png("min8-16spp") == png("off-16spp")
+    assert [recorded(u)["adaptive_min_samples"] for u in ("off", "auto", "min8")] == [None, 32, 8]
+    assert recorded("min8")["light_tree"] is True
+    # The resume check agrees: "auto" decides the same pixels as "off", "min16" does not.
+    parts = [driver._render_part({"cycles": j["cycles"]})["cycles"]["adaptive_sampling"] for j in jobs]
+    assert parts == ["off", "off", "threshold 0.1, pixels may stop from 16 samples", "off", "off"]
+
+
 def test_resume_rehashes_a_finished_source_only_when_its_size_or_mtime_changed(tmp_path, monkeypatch):
     import os
     import shutil
@@ -153,7 +198,13 @@ def test_a_directory_rendered_before_the_new_cycles_keys_resumes_with_its_old_se
     # config.toml as written before issue 12: 32 samples, no denoiser, no world-map or denoiser keys.
     old = RenderConfig(cycles=CyclesConfig(samples=32, denoise=False, world_map_resolution=0))
     doc = to_dict(old)
-    for key in ("world_map_resolution", "denoise_prefilter", "denoise_quality", "filter_width"):
+    for key in (
+        "world_map_resolution",
+        "denoise_prefilter",
+        "denoise_quality",
+        "filter_width",
+        "adaptive_min_samples",
+    ):
         del doc["cycles"][key]
     for key in ("kind", "ambient"):  # the lamp rig came later still: absent means an HDRI
         del doc["lighting"][key]
@@ -161,10 +212,18 @@ def test_a_directory_rendered_before_the_new_cycles_keys_resumes_with_its_old_se
     out.mkdir()
     (out / layout.CONFIG).write_text(tomli_w.dumps(doc), encoding="utf-8")
 
-    # The new defaults (8 samples, denoised) differ: refused, naming the first difference.
+    # The new defaults (16 samples, denoised) differ: refused, naming the first difference.
     with pytest.raises(UserError, match="cycles.denoise was false, now true"):
         driver._check_config(out, RenderConfig(), overwrite=False)
-    # The old settings given explicitly resume; the denoiser's settings do not matter with it off.
+    # The old settings given explicitly: at 32 samples the new adaptive minimum (8) lets pixels stop where
+    # Cycles' automatic one (64 at threshold 0.01) did not, so refused, naming it; with the old minimum (0 =
+    # automatic) they resume. The denoiser's settings do not matter with it off.
+    with pytest.raises(
+        UserError,
+        match=r"adaptive_sampling was 'off', now 'threshold 0.01, pixels may stop from 16 samples'",
+    ):
+        driver._check_config(out, old, overwrite=False)
+    old = dataclasses.replace(old, cycles=dataclasses.replace(old.cycles, adaptive_min_samples=0))
     driver._check_config(out, old, overwrite=False)
     lamps = dataclasses.replace(old, lighting=dataclasses.replace(old.lighting, kind="lamps"))
     with pytest.raises(UserError, match="lighting.kind was 'hdri', now 'lamps'"):
