@@ -85,6 +85,27 @@ VARIANTS = {
     "lamps-16-f001": {"samples": 16, "denoise": False, "filter_width": 0.01},
     "lamps-8-f001": {"samples": 8, "denoise": False, "filter_width": 0.01},
 }
+# Every variant above as measured before cycles.adaptive_min_samples existed: Cycles' automatic minimum (64 at
+# threshold 0.01), where adaptive sampling stopped no pixel at <= 64 spp.
+for _over in VARIANTS.values():
+    _over.setdefault("adaptive_min_samples", 0)
+# Adaptive sampling that can stop a pixel after 16 samples (adaptive_min_samples 8, the default since): "-a<t>" is
+# the threshold, the samples the most a pixel gets.
+for _spp, _t in (
+    (32, 0.01),
+    (48, 0.005),
+    (64, 0.01),
+    (64, 0.0075),
+    (64, 0.006),
+    (64, 0.005),
+    (96, 0.0075),
+    (128, 0.01),
+    (128, 0.005),
+):
+    VARIANTS[f"lamps-{_spp}-a{_t:g}"] = {"samples": _spp, "denoise": False, "adaptive_threshold": _t}
+    VARIANTS[f"lamps-{_spp}-a{_t:g}-f001"] = VARIANTS[f"lamps-{_spp}-a{_t:g}"] | {"filter_width": 0.01}
+for _spp, _t in ((32, 0.01), (48, 0.01)):
+    VARIANTS[f"map512-{_spp}-a{_t:g}-fast"] = {"samples": _spp, "adaptive_threshold": _t, **FAST_OIDN}
 # HDRI exposure (lighting.exposure, issue 12): the default cycles settings with each map normalised to a mean
 # radiance ("-norm<target>"); LIGHTING holds a variant's LightingConfig overrides.
 LIGHTING: dict[str, dict] = {}

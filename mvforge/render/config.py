@@ -26,7 +26,7 @@ class CyclesConfig:
     adaptive_min_samples: int = 8
     """Samples before adaptive sampling may stop a pixel; 0 = Cycles' automatic rule, ceil(16 / threshold^0.3):
     64 at the 0.01 threshold, so the first check came after 80 samples and adaptive sampling never stopped a
-    pixel of a render of 64 samples or fewer (every render before this setting). Any value 4-14 lets a pixel
+    pixel of a render of 64 samples or fewer (the defaults before this setting: 32, then 16). Any value 4-14 lets a pixel
     stop after 16 samples (``adaptive_first_stop``). Under the lamp rig at the 0.01-px filter, 64 samples at
     threshold 0.0075 from 8 then rendered 1.4x the views/s of 32 fixed samples at +1.6 dB PSNR (issue 12,
     docs/bench/render_speed.md). No effect at ``samples`` <= 16 (the default): the same pixels, tested."""
