@@ -166,6 +166,17 @@ class LightingConfig:
                 f"lighting.exposure_target must be > 0 (a mean radiance), got {self.exposure_target}",
             ),
         ]
+        if self.kind == "lamps":
+            # An HDRI setting under the lamp rig would be silently ignored: say so instead (issue 12 review).
+            hdri_only = {
+                "--hdri-dir (lighting.hdri_dir)": self.hdri_dir is not None,
+                "--hdri-exposure normalized (lighting.exposure)": self.exposure != "raw",
+                "--hdri-visible (lighting.visible_to_camera)": self.visible_to_camera,
+            }
+            checks += [
+                (not given, f"{name} applies to --lighting hdri only; drop it, or render with --lighting hdri")
+                for name, given in hdri_only.items()
+            ]
         _raise_first(checks)
 
 

@@ -110,5 +110,15 @@ def test_lighting_settings_are_checked():
         with_flags(RenderConfig(), {"lighting.kind": "bogus"})
     with pytest.raises(UserError, match="cycles.filter_width must be in 0.01..10 pixels"):
         load(RenderConfig, None, ["cycles.filter_width=0"])
+    with pytest.raises(UserError, match="--adaptive-min-samples must be 0"):
+        load(RenderConfig, None, ["cycles.adaptive_min_samples=-1"])
+    # An HDRI setting under the lamp rig would be ignored: refused, naming the flag.
+    for setting, flag in (
+        ("lighting.exposure=normalized", "--hdri-exposure normalized"),
+        ("lighting.visible_to_camera=true", "--hdri-visible"),
+        ("lighting.hdri_dir=/tmp", "--hdri-dir"),
+    ):
+        with pytest.raises(UserError, match=f"^{flag} .* applies to --lighting hdri only"):
+            load(RenderConfig, None, ["lighting.kind=lamps", setting])
     with pytest.raises(UserError, match="needs at least one HDRI"):
         plan_job(_obj(), RenderConfig(), [])
