@@ -174,7 +174,10 @@ class LightingConfig:
                 "--hdri-visible (lighting.visible_to_camera)": self.visible_to_camera,
             }
             checks += [
-                (not given, f"{name} applies to --lighting hdri only; drop it, or render with --lighting hdri")
+                (
+                    not given,
+                    f"{name} applies to --lighting hdri only; drop it, or render with --lighting hdri",
+                )
                 for name, given in hdri_only.items()
             ]
         _raise_first(checks)
