@@ -5,6 +5,8 @@ Run: .venv/bin/python bench/bench_render_workers.py [--views 8 --repeats 2 --lay
      # 1 -> N scaling on a node with N free cores (prints % of linear), and GPU seconds per view:
      .venv/bin/python bench/bench_render_workers.py --views 32 --layouts 1x1 2x1 4x1 8x1 16x1 --objects-per-process 8 --copies 8
      .venv/bin/python bench/bench_render_workers.py --views 32 --layouts 1x1 2x1 4x1 --device gpu --copies 4
+     # CPU pinning beside another tenant's load (N busy processes for the whole run):
+     .venv/bin/python bench/bench_render_workers.py --views 16 --layouts 2x1 --pin on off --foreign-load 1
 
 The whole `mvdata render` driver (``mvforge.render.driver.render``) on the same GLBs and settings, each layout
 (workers x threads) in turn, ``--repeats`` times, alternating so the load of a shared machine falls on both.
@@ -26,6 +28,7 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -104,22 +107,23 @@ def gpu_count() -> float:
 
 
 def print_scaling(results: dict, variants: list, name: dict) -> None:
-    """1 -> N workers of one thread each, per batch size: views/s of N workers / (N x views/s of 1 worker)
-    (design §8 target: >= 90% of linear on a machine with N free cores)."""
-    for k in sorted({b for _, b in variants}):
-        single = [lay for lay, b in variants if b == k and lay == "1x1"]
-        if not single:
+    """1 -> N workers of one thread each, per batch size and pinning: views/s of N workers / (N x views/s of 1
+    worker) (design §8 target: >= 90% of linear on a machine with N free cores)."""
+
+    def mean_vps(v) -> float:
+        return sum(r["views_per_s"] for r in results[name[v]]) / len(results[name[v]])
+
+    for k, pin in sorted({(b, p) for _, b, p in variants}):
+        if ("1x1", k, pin) not in name:
             continue
-        base = sum(r["views_per_s"] for r in results[name[(single[0], k)]]) / len(
-            results[name[(single[0], k)]]
-        )
-        for lay, b in variants:
+        base = mean_vps(("1x1", k, pin))
+        for lay, b, p in variants:
             workers, threads = (int(x) for x in lay.split("x"))
-            if b != k or threads != 1 or workers == 1:
+            if (b, p) != (k, pin) or threads != 1 or workers == 1:
                 continue
-            vps = sum(r["views_per_s"] for r in results[name[(lay, b)]]) / len(results[name[(lay, b)]])
+            vps = mean_vps((lay, b, p))
             print(
-                f"scaling {name[(lay, b)]}: {vps:.3f} views/s = {vps / base:.2f}x one worker = "
+                f"scaling {name[(lay, b, p)]}: {vps:.3f} views/s = {vps / base:.2f}x one worker = "
                 f"{vps / base / workers * 100:.0f}% of linear"
             )
 
@@ -147,6 +151,19 @@ def main() -> None:
         action="store_true",
         help="OpenImageDenoise off (splits path tracing from the denoiser)",
     )
+    p.add_argument(
+        "--pin",
+        nargs="*",
+        default=["on"],
+        choices=["on", "off"],
+        help="limits.pin_cpus settings to compare (CPU pinning, issue 12)",
+    )
+    p.add_argument(
+        "--foreign-load",
+        type=int,
+        default=0,
+        help="run N busy single-thread processes beside the renders for the whole run: another tenant's load",
+    )
     args = p.parse_args()
 
     from mvforge.raytools import init_ray
@@ -162,13 +179,32 @@ def main() -> None:
         for name in args.objects
     ]
     init_ray(num_cpus=os.cpu_count())
-    print(f"# {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {load()}")
-    variants = [(lay, k) for lay in args.layouts for k in args.objects_per_process]
-    name = {v: v[0] if len(args.objects_per_process) == 1 else f"{v[0]}-b{v[1]}" for v in variants}
+    # Another tenant: busy loops the kernel schedules beside the renders (they never take a CPU lock).
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.foreign_load)]
+    try:
+        run_all(args, objs)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def run_all(args, objs: list) -> None:
+    print(
+        f"# {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {load()}, "
+        f"{args.foreign_load} foreign busy processes"
+    )
+    variants = [(lay, k, pin) for lay in args.layouts for k in args.objects_per_process for pin in args.pin]
+
+    def label(v) -> str:
+        out = v[0] if len(args.objects_per_process) == 1 else f"{v[0]}-b{v[1]}"
+        return out + ("-unpinned" if v[2] == "off" and len(args.pin) > 1 else "")
+
+    name = {v: label(v) for v in variants}
     results: dict[str, list] = {name[v]: [] for v in variants}
     for rep in range(args.repeats):
         # Interleaved, and in the opposite order on odd repeats, so a trend in the machine's load falls on all.
-        for lay, k in variants if rep % 2 == 0 else variants[::-1]:
+        for lay, k, pin in variants if rep % 2 == 0 else variants[::-1]:
             workers, threads = (int(x) for x in lay.split("x"))
             cycles = CyclesConfig(threads=threads, device=args.device, denoise=not args.no_denoise)
             if args.samples:
@@ -177,14 +213,14 @@ def main() -> None:
                 resolution=args.resolution,
                 cameras=OrbitSampling(views=args.views),
                 cycles=cycles,
-                limits=LimitsConfig(objects_per_process=k),
+                limits=LimitsConfig(objects_per_process=k, pin_cpus=pin == "on"),
             )
             gpus = gpu_count() / workers if args.device == "gpu" else 0.0
-            r = one_run(objs, cfg, workers, OUT / name[(lay, k)], gpus_per_worker=gpus)
-            results[name[(lay, k)]].append(r)
+            r = one_run(objs, cfg, workers, OUT / name[(lay, k, pin)], gpus_per_worker=gpus)
+            results[name[(lay, k, pin)]].append(r)
             sp = r["split_s"]
             print(
-                f"rep {rep} {name[(lay, k)]}: wall {r['wall_s']:.1f} s, {r['objects_per_min']:.2f} obj/min, "
+                f"rep {rep} {name[(lay, k, pin)]}: wall {r['wall_s']:.1f} s, {r['objects_per_min']:.2f} obj/min, "
                 f"{r['views_per_s']:.3f} views/s, overhead {r['overhead'] * 100:.1f}% "
                 f"(start+import bpy {sp['start_and_import_bpy']:.1f}, import {sp['import']:.1f}, "
                 f"setup {sp['setup']:.1f}, render {sp['render']:.1f}, write {sp['write']:.1f}, "

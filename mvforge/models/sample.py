@@ -41,7 +41,7 @@ def torch_dtype(precision: str):
 
 def check_config(cfg: SampleConfig, device_type: str | None = None) -> None:
     """Reject bad sampling settings before any model loads (UserError naming the fix): fewer than one view or
-    step, a resolution that is not a multiple of 8, a number that is NaN or infinite, eta outside 0..1, and with ``device_type``
+    step, a resolution that is not a multiple of 8, a number that is NaN or infinite, eta outside 0..1, a negative seed, and with ``device_type``
     ("cpu", "cuda"; None: not known yet) fp16/bf16 off a GPU."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -55,6 +55,9 @@ def check_config(cfg: SampleConfig, device_type: str | None = None) -> None:
     if not 0.0 <= cfg.eta <= 1.0:
         # DDIM's eta scales the noise added back per step: 0 = deterministic DDIM, 1 = DDPM's variance.
         raise UserError(f"eta {cfg.eta}: DDIM's eta must be in 0..1 (0 = deterministic, the default)")
+    if cfg.seed < 0:
+        # torch would wrap a negative seed silently; sample.json would then record a seed no one can pass again.
+        raise UserError(f"seed {cfg.seed}: pass 0 or more, such as 23 (the default)")
     if cfg.resolution < 8 or cfg.resolution % 8:
         # The VAE downsamples by 8 (SD's latents are resolution / 8), as diffusers' pipelines also require.
         raise UserError(f"resolution {cfg.resolution}: pass a multiple of 8 such as 256")

@@ -98,6 +98,8 @@ def test_sample_cli_bad_input_is_one_line_exit_2(tiny_mv, tmp_path, args, messag
 def test_sample_rejects_zero_views_before_loading(tmp_path):
     with pytest.raises(UserError, match="num_views 0"):
         sample_prompts(tmp_path / "no-model", ["a chair"], tmp_path / "o", SampleConfig(num_views=0))
+    with pytest.raises(UserError, match="seed -1: pass 0 or more"):
+        sample_prompts(tmp_path / "no-model", ["a chair"], tmp_path / "o", SampleConfig(seed=-1))
 
 
 def test_sample_help_imports_no_torch_and_names_the_authors_defaults():
