@@ -153,7 +153,7 @@ def main() -> None:
     )
     p.add_argument(
         "--pin",
-        nargs="*",
+        nargs="+",
         default=["on"],
         choices=["on", "off"],
         help="limits.pin_cpus settings to compare (CPU pinning, issue 12)",
@@ -165,6 +165,8 @@ def main() -> None:
         help="run N busy single-thread processes beside the renders for the whole run: another tenant's load",
     )
     args = p.parse_args()
+    if args.foreign_load < 0:
+        p.error(f"--foreign-load must be 0 or more, got {args.foreign_load}")
 
     from mvforge.raytools import init_ray
 

@@ -101,8 +101,9 @@ def render(
     adaptive_min_samples: Annotated[
         int | None,
         typer.Option(
-            help="Samples before adaptive sampling may stop a pixel (Cycles checks every 16); 0 = Cycles' "
-            "automatic rule, 64 at threshold 0.01 (default: 8).",
+            help="Minimum samples of a pixel before adaptive sampling may stop it: Cycles checks after every "
+            "16th sample past it, so 8 = a pixel may stop after 16, 32, ... and nothing changes at --samples 16 "
+            "or fewer; 0 = Cycles' automatic rule, 64 at threshold 0.01 (default: 8).",
             rich_help_panel=_R,
         ),
     ] = None,
@@ -224,7 +225,7 @@ def render(
 
     require("mvdata render")
     from mvforge import config as cfglib
-    from mvforge.render.config import RenderConfig
+    from mvforge.render.config import RenderConfig, check_lighting_kind
     from mvforge.render.driver import render as run_render
     from mvforge.render.sources import ObjaverseSelection, resolve_sources
 
@@ -256,6 +257,8 @@ def render(
         "download.cache_dir": cache_dir,
     }
     cfg = cfglib.with_flags(cfg, flags)
+    # Checked on the merged settings: a flag may change the kind of light a config file set.
+    check_lighting_kind(cfg.lighting)
     objects = resolve_sources(
         sources,
         captions=captions,

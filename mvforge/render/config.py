@@ -26,9 +26,10 @@ class CyclesConfig:
     adaptive_min_samples: int = 8
     """Samples before adaptive sampling may stop a pixel; 0 = Cycles' automatic rule, ceil(16 / threshold^0.3):
     64 at the 0.01 threshold, so the first check came after 80 samples and adaptive sampling never stopped a
-    pixel of a render of 64 samples or fewer (the defaults before this setting: 32, then 16). Any value 4-14 lets a pixel
-    stop after 16 samples (``adaptive_first_stop``). Under the lamp rig at the 0.01-px filter, 64 samples at
-    threshold 0.0075 from 8 then rendered 1.4x the views/s of 32 fixed samples at +1.6 dB PSNR (issue 12,
+    pixel of a render of 80 samples or fewer (the defaults before this setting: 32, then 16). Any value 1-14
+    (Cycles raises 1-3 to 4) lets a pixel stop after 16 samples, and later at any multiple of 16
+    (``adaptive_first_stop``). Under the lamp rig at the 0.01-px filter, at most 64 samples at threshold 0.0075
+    from 8 then rendered 1.19x the views/s of 32 fixed samples at +1.6 dB PSNR (issue 12,
     docs/bench/render_speed.md). No effect at ``samples`` <= 16 (the default): the same pixels, tested."""
     denoise: bool = True
     """Run Cycles' OpenImageDenoise pass (guided by albedo and normal) after sampling; meta.json
@@ -65,14 +66,17 @@ class CyclesConfig:
         checks = [
             *_finite(self, "cycles.", ("adaptive_threshold", "filter_width")),
             (self.samples >= 1, f"--samples must be at least 1, got {self.samples}"),
+            # Blender's own ranges: it would clamp a threshold above 1 and a minimum above 4096 silently (and
+            # refuse one above 2^31 by killing the render), while the resume check compares the values given.
             (
-                self.adaptive_min_samples >= 0,
-                f"--adaptive-min-samples must be 0 (Cycles' automatic rule) or more, got {self.adaptive_min_samples}",
+                0 <= self.adaptive_min_samples <= 4096,
+                "--adaptive-min-samples must be 0 (Cycles' automatic rule) to 4096, got "
+                f"{self.adaptive_min_samples}",
             ),
             (self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
             (
-                self.adaptive_threshold >= 0,
-                f"--adaptive-threshold must be 0 (off) or more, got {self.adaptive_threshold}",
+                0 <= self.adaptive_threshold <= 1,
+                f"--adaptive-threshold must be 0 (off) to 1, got {self.adaptive_threshold}",
             ),
             (self.max_bounces >= 0, f"--max-bounces must be 0 or more, got {self.max_bounces}"),
             # Cycles' own range for the filter size.
@@ -166,21 +170,30 @@ class LightingConfig:
                 f"lighting.exposure_target must be > 0 (a mean radiance), got {self.exposure_target}",
             ),
         ]
-        if self.kind == "lamps":
-            # An HDRI setting under the lamp rig would be silently ignored: say so instead (issue 12 review).
-            hdri_only = {
-                "--hdri-dir (lighting.hdri_dir)": self.hdri_dir is not None,
-                "--hdri-exposure normalized (lighting.exposure)": self.exposure != "raw",
-                "--hdri-visible (lighting.visible_to_camera)": self.visible_to_camera,
-            }
-            checks += [
-                (
-                    not given,
-                    f"{name} applies to --lighting hdri only; drop it, or render with --lighting hdri",
-                )
-                for name, given in hdri_only.items()
-            ]
         _raise_first(checks)
+
+
+def check_lighting_kind(lighting: LightingConfig) -> None:
+    """Refuse HDRI-only settings under ``kind = "lamps"``, where they would be silently ignored; all of them in
+    one line (issue 12 review). Called once the config file, ``--set`` and the flags are merged, since a flag may
+    change the kind (the CLI, and ``driver.render`` for API callers). Raises UserError."""
+    if lighting.kind != "lamps":
+        return
+    given = [
+        name
+        for name, on in (
+            ("--hdri-dir (lighting.hdri_dir)", lighting.hdri_dir is not None),
+            ("--hdri-exposure normalized (lighting.exposure)", lighting.exposure != "raw"),
+            ("--hdri-visible (lighting.visible_to_camera)", lighting.visible_to_camera),
+        )
+        if on
+    ]
+    if given:
+        verb, pronoun = ("applies", "it") if len(given) == 1 else ("apply", "them")
+        raise UserError(
+            f"{', '.join(given)} {verb} to --lighting hdri only; remove {pronoun} (flag, --set or config "
+            "file), or render with --lighting hdri"
+        )
 
 
 @dataclass(frozen=True)

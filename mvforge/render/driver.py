@@ -25,7 +25,7 @@ from mvforge.config import first_difference, to_dict, to_toml
 from mvforge.errors import UserError
 from mvforge.formats import renders as layout
 from mvforge.fsutil import append_jsonl, atomic_write_text, read_jsonl
-from mvforge.render.config import RenderConfig, adaptive_first_stop
+from mvforge.render.config import RenderConfig, adaptive_first_stop, check_lighting_kind
 from mvforge.render.plan import FORMATS, SourceObject, hdri_pool, plan_job
 from mvforge.render.worker import FAULT_ENV
 
@@ -154,7 +154,9 @@ def _validate(sources: list[SourceObject], cfg: RenderConfig, workers: int, gpus
         raise UserError(f"--workers must be at least 1, got {workers}")
     if gpus_per_worker < 0:
         raise UserError(f"--gpus-per-worker must be 0 or more, got {gpus_per_worker}")
-    # cfg's own ranges are checked on construction (RenderConfig and its sections' __post_init__).
+    # cfg's own ranges are checked on construction (RenderConfig and its sections' __post_init__); what depends
+    # on several sections once merged, here.
+    check_lighting_kind(cfg.lighting)
 
 
 # Cycles keys added by issue 12, with the values that reproduce what renders made before them did (the AUTOMATIC
@@ -211,6 +213,14 @@ def _render_part(d: dict) -> dict:
     return out
 
 
+_ADAPTIVE_OFF = "off (no pixel can stop before its last sample)"
+# Said with a refusal that names adaptive sampling: the one way back to renders made before the setting.
+_ADAPTIVE_HINT = (
+    "; renders made before --adaptive-min-samples existed resume with --adaptive-min-samples 0 (Cycles' "
+    "automatic minimum)"
+)
+
+
 def _adaptive_part(cycles: dict) -> None:
     """Adaptive sampling as it decides the pixels, as one readable ``adaptive_sampling`` entry: "off" when its
     threshold is 0 or when Cycles' first convergence check comes no earlier than the last sample (the same pixels
@@ -222,7 +232,7 @@ def _adaptive_part(cycles: dict) -> None:
     if threshold > 0 and first < int(cycles.get("samples", 0)):
         cycles["adaptive_sampling"] = f"threshold {threshold:g}, pixels may stop from {first} samples"
     else:
-        cycles["adaptive_sampling"] = "off"
+        cycles["adaptive_sampling"] = _ADAPTIVE_OFF
 
 
 def _check_config(out: Path, cfg: RenderConfig, overwrite: bool, uids: set[str] | None = None) -> None:
@@ -239,12 +249,15 @@ def _check_config(out: Path, cfg: RenderConfig, overwrite: bool, uids: set[str] 
             old = None
         new = to_dict(cfg)
         if old is not None and _render_part(old) != _render_part(new):
+            a, b = _render_part(old), _render_part(new)
             # The kind of light first: under another kind the other lighting keys differ only as a consequence.
-            kinds = [
-                {"lighting": {"kind": (_render_part(d).get("lighting") or {}).get("kind")}}
-                for d in (old, new)
-            ]
-            diff = first_difference(*kinds) or first_difference(_render_part(old), _render_part(new))
+            # Adaptive sampling last: it follows from the samples too, and a changed --samples should be named.
+            kinds = [{"lighting": {"kind": (d.get("lighting") or {}).get("kind")}} for d in (a, b)]
+            diff = (
+                first_difference(*kinds)
+                or first_difference(a, b, ignore=("cycles.adaptive_sampling",))
+                or first_difference(a, b) + _ADAPTIVE_HINT
+            )
             if not overwrite:
                 raise UserError(
                     f"{out} holds renders made with other settings ({diff}); pick a new --out, or pass "

@@ -110,15 +110,34 @@ def test_lighting_settings_are_checked():
         with_flags(RenderConfig(), {"lighting.kind": "bogus"})
     with pytest.raises(UserError, match="cycles.filter_width must be in 0.01..10 pixels"):
         load(RenderConfig, None, ["cycles.filter_width=0"])
-    with pytest.raises(UserError, match="--adaptive-min-samples must be 0"):
+    # Blender's own ranges: beyond them it clamps silently (or kills the render), so refused up front.
+    with pytest.raises(UserError, match="--adaptive-min-samples must be 0 .* to 4096, got -1"):
         load(RenderConfig, None, ["cycles.adaptive_min_samples=-1"])
-    # An HDRI setting under the lamp rig would be ignored: refused, naming the flag.
-    for setting, flag in (
-        ("lighting.exposure=normalized", "--hdri-exposure normalized"),
-        ("lighting.visible_to_camera=true", "--hdri-visible"),
-        ("lighting.hdri_dir=/tmp", "--hdri-dir"),
-    ):
-        with pytest.raises(UserError, match=f"^{flag} .* applies to --lighting hdri only"):
-            load(RenderConfig, None, ["lighting.kind=lamps", setting])
+    with pytest.raises(UserError, match="--adaptive-min-samples must be 0 .* to 4096, got 4097"):
+        load(RenderConfig, None, ["cycles.adaptive_min_samples=4097"])
+    with pytest.raises(UserError, match="--adaptive-threshold must be 0 .* to 1, got 2.0"):
+        load(RenderConfig, None, ["cycles.adaptive_threshold=2"])
     with pytest.raises(UserError, match="needs at least one HDRI"):
         plan_job(_obj(), RenderConfig(), [])
+
+
+def test_hdri_settings_under_the_lamp_rig_are_refused_once_flags_are_merged(tmp_path):
+    from mvforge.config import with_flags
+    from mvforge.render.config import check_lighting_kind
+
+    # Every HDRI-only setting given, named in one line.
+    cfg = load(RenderConfig, None, ["lighting.kind=lamps", "lighting.visible_to_camera=true"])
+    cfg = with_flags(cfg, {"lighting.exposure": "normalized", "lighting.hdri_dir": str(tmp_path)})
+    with pytest.raises(
+        UserError,
+        match=r"^--hdri-dir \(lighting.hdri_dir\), --hdri-exposure normalized \(lighting.exposure\), "
+        r"--hdri-visible \(lighting.visible_to_camera\) apply to --lighting hdri only; remove them",
+    ):
+        check_lighting_kind(cfg.lighting)
+    # A config file under lamps with an HDRI directory, then --lighting hdri: the flag wins, nothing refused
+    # (the check runs on the merged settings, not on each partial one).
+    path = tmp_path / "lamps.toml"
+    path.write_text(f'[lighting]\nkind = "lamps"\nhdri_dir = "{tmp_path}"\n', encoding="utf-8")
+    check_lighting_kind(with_flags(load(RenderConfig, path, []), {"lighting.kind": "hdri"}).lighting)
+    with pytest.raises(UserError, match="^--hdri-dir .* applies to --lighting hdri only; remove it"):
+        check_lighting_kind(load(RenderConfig, path, []).lighting)

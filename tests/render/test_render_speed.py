@@ -153,7 +153,8 @@ def test_adaptive_sampling_stops_pixels_only_past_the_minimum_cycles_uses(tmp_pa
     assert recorded("min8")["light_tree"] is True
     # The resume check agrees: "auto" decides the same pixels as "off", "min16" does not.
     parts = [driver._render_part({"cycles": j["cycles"]})["cycles"]["adaptive_sampling"] for j in jobs]
-    assert parts == ["off", "off", "threshold 0.1, pixels may stop from 16 samples", "off", "off"]
+    off = driver._ADAPTIVE_OFF
+    assert parts == [off, off, "threshold 0.1, pixels may stop from 16 samples", off, off]
 
 
 def test_resume_rehashes_a_finished_source_only_when_its_size_or_mtime_changed(tmp_path, monkeypatch):
@@ -220,9 +221,16 @@ def test_a_directory_rendered_before_the_new_cycles_keys_resumes_with_its_old_se
     # automatic) they resume. The denoiser's settings do not matter with it off.
     with pytest.raises(
         UserError,
-        match=r"adaptive_sampling was 'off', now 'threshold 0.01, pixels may stop from 16 samples'",
+        match=r"adaptive_sampling was 'off \(no pixel can stop before its last sample\)', now 'threshold 0.01, "
+        r"pixels may stop from 16 samples'; renders made before --adaptive-min-samples existed resume with "
+        r"--adaptive-min-samples 0",
     ):
         driver._check_config(out, old, overwrite=False)
+    # Fewer samples turn adaptive sampling off as a consequence: the samples are named, not adaptive sampling.
+    with pytest.raises(UserError, match=r"\(cycles.samples was 32, now 16\)"):
+        driver._check_config(
+            out, dataclasses.replace(old, cycles=dataclasses.replace(old.cycles, samples=16)), overwrite=False
+        )
     old = dataclasses.replace(old, cycles=dataclasses.replace(old.cycles, adaptive_min_samples=0))
     driver._check_config(out, old, overwrite=False)
     lamps = dataclasses.replace(old, lighting=dataclasses.replace(old.lighting, kind="lamps"))
