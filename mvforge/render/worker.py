@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 EXIT_OK = 0
@@ -109,7 +110,14 @@ def serve(reply_fd: int) -> int:
             position += 1
             redirect_output(cmd["log"])
             print(f"--- mvforge worker: object {position} of Blender process {os.getpid()} ---", flush=True)
-            status = render_one(Path(cmd["job"]), Path(cmd["staging"]))
+            try:
+                status = render_one(Path(cmd["job"]), Path(cmd["staging"]))
+            except BaseException:
+                # Into this object's log now: leaving this block closes the reply pipe, and the runner kills the
+                # process group as soon as it sees that, before the interpreter would print the traceback.
+                traceback.print_exc()
+                sys.stderr.flush()
+                raise
             sys.stdout.flush()
             reply.write(json.dumps({"uid": cmd.get("uid"), "status": status, "position": position}) + "\n")
     return EXIT_OK

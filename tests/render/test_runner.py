@@ -83,6 +83,16 @@ def test_worker_that_dies_is_retried_then_recorded_crashed(tmp_path):
     assert not layout.object_dir(tmp_path, uid).exists()
 
 
+def test_an_exception_inside_blender_leaves_its_traceback_in_the_failure_record(tmp_path):
+    # A value bpy refuses (above its int range; the config refuses it earlier, a hand-made job does not).
+    job = _job("raises")
+    job["cycles"]["adaptive_min_samples"] = 2**31
+    rec = run_object(job, tmp_path, LimitsConfig(timeout_s=60.0, retries=0))
+    assert rec["status"] == "failed" and rec["reason"] == "crashed"
+    tail = json.loads(layout.failure_path(tmp_path, "raises").read_text())["log_tail"]
+    assert "Traceback" in tail and "ValueError" in tail and "adaptive_min_samples" in tail
+
+
 def test_memory_cap_kills_the_process_group(tmp_path):
     uid = f"mem_{uuid.uuid4().hex[:8]}"
     # Two Python interpreters (worker + grandchild) hold far more than 5 MB resident.
