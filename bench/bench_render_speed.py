@@ -86,7 +86,7 @@ VARIANTS = {
     "lamps-8-f001": {"samples": 8, "denoise": False, "filter_width": 0.01},
 }
 # Every variant above as measured before cycles.adaptive_min_samples existed: Cycles' automatic minimum (64 at
-# threshold 0.01), where adaptive sampling stopped no pixel at <= 64 spp.
+# threshold 0.01), where adaptive sampling stopped no pixel at <= 80 spp.
 for _over in VARIANTS.values():
     _over.setdefault("adaptive_min_samples", 0)
 # Adaptive sampling that can stop a pixel after 16 samples (adaptive_min_samples 8, the default since): "-a<t>" is

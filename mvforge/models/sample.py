@@ -41,8 +41,8 @@ def torch_dtype(precision: str):
 
 def check_config(cfg: SampleConfig, device_type: str | None = None) -> None:
     """Reject bad sampling settings before any model loads (UserError naming the fix): fewer than one view or
-    step, a resolution that is not a multiple of 8, a number that is NaN or infinite, eta outside 0..1, a negative seed, and with ``device_type``
-    ("cpu", "cuda"; None: not known yet) fp16/bf16 off a GPU."""
+    step, a resolution that is not a multiple of 8, a number that is NaN or infinite, eta outside 0..1, a
+    negative seed, and with ``device_type`` ("cpu", "cuda"; None: not known yet) fp16/bf16 off a GPU."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         # NaN guidance samples black images and writes NaN into sample.json, which is not valid JSON.

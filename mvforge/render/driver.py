@@ -224,8 +224,8 @@ _ADAPTIVE_HINT = (
 def _adaptive_part(cycles: dict) -> None:
     """Adaptive sampling as it decides the pixels, as one readable ``adaptive_sampling`` entry: "off" when its
     threshold is 0 or when Cycles' first convergence check comes no earlier than the last sample (the same pixels
-    as off, tested: every render of 64 samples or fewer at Cycles' automatic minimum); else the threshold and the
-    first sample count at which a pixel may stop."""
+    as off, tested; e.g. every render of 80 samples or fewer at threshold 0.01 and Cycles' automatic minimum);
+    else the threshold and the first sample count at which a pixel may stop."""
     threshold = float(cycles.pop("adaptive_threshold", 0.0))
     minimum = int(cycles.pop("adaptive_min_samples", 0))
     first = adaptive_first_stop(threshold, minimum) if threshold > 0 else 0

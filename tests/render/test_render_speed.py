@@ -116,7 +116,7 @@ def test_adaptive_sampling_stops_pixels_only_past_the_minimum_cycles_uses(tmp_pa
 
     from mvforge.render.runner import run_objects
 
-    # One job under three adaptive settings, rendered in one Blender process (same cameras, lamps, seed).
+    # One job under five adaptive settings, rendered in one Blender process (same cameras, lamps, seed).
     obj = SourceObject(uid="off", kind="local", ext="glb", path=str(DATA / "glb" / "Duck.glb"))
     cycles = CyclesConfig(samples=32, adaptive_threshold=0.0, denoise=False, filter_width=0.01, threads=1)
     cfg = RenderConfig(
@@ -151,7 +151,7 @@ def test_adaptive_sampling_stops_pixels_only_past_the_minimum_cycles_uses(tmp_pa
     assert png("min8-16spp") == png("off-16spp")
     assert [recorded(u)["adaptive_min_samples"] for u in ("off", "auto", "min8")] == [None, 32, 8]
     assert recorded("min8")["light_tree"] is True
-    # The resume check agrees: "auto" decides the same pixels as "off", "min16" does not.
+    # The resume check agrees: "auto" and both 16-sample jobs decide the same pixels as "off", "min8" does not.
     parts = [driver._render_part({"cycles": j["cycles"]})["cycles"]["adaptive_sampling"] for j in jobs]
     off = driver._ADAPTIVE_OFF
     assert parts == [off, off, "threshold 0.1, pixels may stop from 16 samples", off, off]
