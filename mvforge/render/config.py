@@ -191,8 +191,8 @@ def check_lighting_kind(lighting: LightingConfig) -> None:
     if given:
         verb, pronoun = ("applies", "it") if len(given) == 1 else ("apply", "them")
         raise UserError(
-            f"{', '.join(given)} {verb} to --lighting hdri only; remove {pronoun} (flag, --set or config "
-            "file), or render with --lighting hdri"
+            f"{', '.join(given)} {verb} to --lighting hdri only; remove {pronoun} from the command line or "
+            "the config file, or render with --lighting hdri"
         )
 
 

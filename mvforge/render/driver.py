@@ -230,9 +230,17 @@ def _adaptive_part(cycles: dict) -> None:
     minimum = int(cycles.pop("adaptive_min_samples", 0))
     first = adaptive_first_stop(threshold, minimum) if threshold > 0 else 0
     if threshold > 0 and first < int(cycles.get("samples", 0)):
-        cycles["adaptive_sampling"] = f"threshold {threshold:g}, pixels may stop from {first} samples"
+        # repr, not :g: two thresholds equal to 6 digits are still two settings.
+        cycles["adaptive_sampling"] = f"threshold {threshold!r}, pixels may stop from {first} samples"
     else:
         cycles["adaptive_sampling"] = _ADAPTIVE_OFF
+
+
+def _before_min_samples(doc: dict) -> bool:
+    """Whether a config.toml was written before ``cycles.adaptive_min_samples`` existed (its renders used Cycles'
+    automatic minimum)."""
+    cycles = doc.get("cycles")
+    return isinstance(cycles, dict) and "adaptive_min_samples" not in cycles
 
 
 def _check_config(out: Path, cfg: RenderConfig, overwrite: bool, uids: set[str] | None = None) -> None:
@@ -256,7 +264,7 @@ def _check_config(out: Path, cfg: RenderConfig, overwrite: bool, uids: set[str] 
             diff = (
                 first_difference(*kinds)
                 or first_difference(a, b, ignore=("cycles.adaptive_sampling",))
-                or first_difference(a, b) + _ADAPTIVE_HINT
+                or first_difference(a, b) + (_ADAPTIVE_HINT if _before_min_samples(old) else "")
             )
             if not overwrite:
                 raise UserError(

@@ -15,7 +15,8 @@ Serve mode (issue 12: one process renders a batch of objects in turn): ``python 
 ``{"job": JOB.json, "staging": STAGING_DIR, "log": LOG}``: it points its stdout and stderr (file descriptors 1
 and 2, so Blender's own output too) at LOG, renders the job into STAGING_DIR exactly as above (``result.json``
 last), then writes one line ``{"uid", "status", "position"}`` to REPLY_FD. It exits 0 at the end of stdin. A
-job that raises anything but a classified failure ends the process (a crash of that object, as above).
+job that raises anything but a classified failure ends the process (a crash of that object, as above) with exit
+code 4, after printing the traceback to LOG and writing ``{"status": "error", "message"}`` to result.json.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from pathlib import Path
 
 EXIT_OK = 0
 EXIT_FAILED = 3
+# Serve mode: the job raised an unclassified exception (result.json holds {"status": "error", "message"}).
+EXIT_ERROR = 4
 RESULT = "result.json"
 
 # Fault injection for the runner's own tests (hang / crash handling, design §7): MVFORGE_RENDER_FAULT is a
@@ -81,15 +84,20 @@ def render_one(job_path: Path, staging: Path) -> str:
     return "ok"
 
 
-def redirect_output(log: str) -> None:
-    """Point file descriptors 1 and 2 at ``log`` (append), after flushing what was written for the previous
-    object: Python's buffers and C stdio's (Blender prints through printf), so no line lands in another
-    object's log."""
+def flush_all() -> None:
+    """Flush Python's stdout/stderr buffers and C stdio's (Blender prints through printf)."""
     import ctypes
 
     sys.stdout.flush()
     sys.stderr.flush()
     ctypes.CDLL(None).fflush(None)
+
+
+def redirect_output(log: str) -> None:
+    """Point file descriptors 1 and 2 at ``log`` (append), after flushing what was written for the previous
+    object: Python's buffers and C stdio's (Blender prints through printf), so no line lands in another
+    object's log."""
+    flush_all()
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.dup2(fd, 1)
@@ -112,12 +120,15 @@ def serve(reply_fd: int) -> int:
             print(f"--- mvforge worker: object {position} of Blender process {os.getpid()} ---", flush=True)
             try:
                 status = render_one(Path(cmd["job"]), Path(cmd["staging"]))
-            except BaseException:
-                # Into this object's log now: leaving this block closes the reply pipe, and the runner kills the
-                # process group as soon as it sees that, before the interpreter would print the traceback.
+            except Exception as e:
+                # A crash of this object (the runner retries it in a fresh process), with its cause kept: the
+                # traceback in its log and the error in result.json. Ended here, at once: leaving this block
+                # would close the reply pipe, and the runner kills the group on that, mid-traceback.
                 traceback.print_exc()
-                sys.stderr.flush()
-                raise
+                error = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+                write_result(Path(cmd["staging"]), {"status": "error", "message": error})
+                flush_all()
+                os._exit(EXIT_ERROR)
             sys.stdout.flush()
             reply.write(json.dumps({"uid": cmd.get("uid"), "status": status, "position": position}) + "\n")
     return EXIT_OK

@@ -155,6 +155,12 @@ def test_adaptive_sampling_stops_pixels_only_past_the_minimum_cycles_uses(tmp_pa
     parts = [driver._render_part({"cycles": j["cycles"]})["cycles"]["adaptive_sampling"] for j in jobs]
     off = driver._ADAPTIVE_OFF
     assert parts == [off, off, "threshold 0.1, pixels may stop from 16 samples", off, off]
+    # Thresholds equal to 6 digits are still two settings (Cycles gets both as float32).
+    close = [
+        {**job["cycles"], "adaptive_threshold": t, "adaptive_min_samples": 8} for t in (0.0123456, 0.01234564)
+    ]
+    a, b = (driver._render_part({"cycles": c})["cycles"]["adaptive_sampling"] for c in close)
+    assert a != b
 
 
 def test_resume_rehashes_a_finished_source_only_when_its_size_or_mtime_changed(tmp_path, monkeypatch):
@@ -233,6 +239,15 @@ def test_a_directory_rendered_before_the_new_cycles_keys_resumes_with_its_old_se
         )
     old = dataclasses.replace(old, cycles=dataclasses.replace(old.cycles, adaptive_min_samples=0))
     driver._check_config(out, old, overwrite=False)
+    # A directory whose config.toml has the key gets no such hint (it would not help).
+    newer = tmp_path / "newer"
+    driver._check_config(newer, old, overwrite=False)
+    with pytest.raises(UserError, match=r"adaptive_sampling was .*now .*16 samples'\)"):
+        driver._check_config(
+            newer,
+            RenderConfig(cycles=dataclasses.replace(old.cycles, adaptive_min_samples=8)),
+            overwrite=False,
+        )
     lamps = dataclasses.replace(old, lighting=dataclasses.replace(old.lighting, kind="lamps"))
     with pytest.raises(UserError, match="lighting.kind was 'hdri', now 'lamps'"):
         driver._check_config(out, lamps, overwrite=False)

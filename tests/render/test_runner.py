@@ -89,8 +89,14 @@ def test_an_exception_inside_blender_leaves_its_traceback_in_the_failure_record(
     job["cycles"]["adaptive_min_samples"] = 2**31
     rec = run_object(job, tmp_path, LimitsConfig(timeout_s=60.0, retries=0))
     assert rec["status"] == "failed" and rec["reason"] == "crashed"
-    tail = json.loads(layout.failure_path(tmp_path, "raises").read_text())["log_tail"]
-    assert "Traceback" in tail and "ValueError" in tail and "adaptive_min_samples" in tail
+    failure = json.loads(layout.failure_path(tmp_path, "raises").read_text())
+    assert (
+        failure["message"].startswith("render raised ValueError: ")
+        and "adaptive_min_samples" in failure["message"]
+    )
+    tail = failure["log_tail"]
+    assert "Traceback" in tail and "adaptive_min_samples" in tail
+    assert tail.count("Traceback") == 1  # printed once, whole
 
 
 def test_memory_cap_kills_the_process_group(tmp_path):
