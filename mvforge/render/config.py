@@ -228,8 +228,8 @@ class LimitsConfig:
     """Extra attempts for a process that died without a classified reason, before recording crashed."""
     pin_cpus: bool = True
     """Pin each Blender process to ``cycles.threads`` CPUs of its own on the node (Linux; lock files under
-    /dev/shm/mvforge-cpus, one directory per node, freed when a process dies). Cycles under ``threads = 1`` otherwise keeps a second, idle-spinning
-    thread busy: two unpinned single-thread renders on 2 CPUs took 6.6-6.8 s per object, pinned 4.1-4.3 s
+    /dev/shm/mvforge-cpus, one directory per node, freed when a process dies). Cycles under ``threads = 1``
+    otherwise keeps a second, idle-spinning thread busy: two unpinned single-thread renders on 2 CPUs took 6.6-6.8 s per object, pinned 4.1-4.3 s
     (issue 12, mvforge.render.cpus). When fewer CPUs are free than asked the process runs unpinned;
     meta.json ``process.cpus`` records the CPUs. False = never pin (e.g. a node shared with other heavy work,
     where the kernel should move renders between cores)."""

@@ -218,10 +218,13 @@ def _classify(attempt: Attempt, limits: LimitsConfig, attempts: int) -> tuple[st
         )
     code = attempt.returncode
     how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-    error = (attempt.result or {}).get("message") if (attempt.result or {}).get("status") == "error" else None
-    if error:
+    result = attempt.result or {}
+    if result.get("status") == "error":
         # An exception inside Blender (the worker wrote it before ending; its traceback is in the log).
-        return "crashed", f"render raised {error} (last of {attempts} attempt(s); traceback in the log)"
+        return (
+            "crashed",
+            f"render raised {result.get('message')} (last of {attempts} attempt(s); traceback in the log)",
+        )
     return "crashed", f"render process died ({how}) on each of {attempts} attempt(s)"
 
 
