@@ -65,20 +65,20 @@ class CyclesConfig:
     def __post_init__(self) -> None:
         checks = [
             *_finite(self, "cycles.", ("adaptive_threshold", "filter_width")),
-            (self.samples >= 1, f"--samples must be at least 1, got {self.samples}"),
-            # Blender's own ranges: it would clamp a threshold above 1 and a minimum above 4096 silently (and
-            # refuse one above 2^31 by killing the render), while the resume check compares the values given.
-            (
-                0 <= self.adaptive_min_samples <= 4096,
-                "--adaptive-min-samples must be 0 (Cycles' automatic rule) to 4096, got "
-                f"{self.adaptive_min_samples}",
-            ),
+            *[
+                (
+                    lo <= getattr(self, name) <= hi,
+                    f"{_FLAG.get(name, 'cycles.' + name)} must be {lo} to {hi}, got "
+                    f"{getattr(self, name)}{_RANGE_NOTE.get(name, '')}",
+                )
+                for name, (lo, hi) in _BLENDER_RANGES.items()
+            ],
             (self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
             (
-                0 <= self.adaptive_threshold <= 1,
-                f"--adaptive-threshold must be 0 (off) to 1, got {self.adaptive_threshold}",
+                self.world_map_resolution == 0 or 4 <= self.world_map_resolution <= 8192,
+                "cycles.world_map_resolution must be 0 (AUTOMATIC) or 4 to 8192 pixels (Blender's range), got "
+                f"{self.world_map_resolution}",
             ),
-            (self.max_bounces >= 0, f"--max-bounces must be 0 or more, got {self.max_bounces}"),
             # Cycles' own range for the filter size.
             (
                 0.01 <= self.filter_width <= 10.0,
@@ -86,6 +86,27 @@ class CyclesConfig:
             ),
         ]
         _raise_first(checks)
+
+
+# Blender's own hard ranges (bpy 5.0's RNA) for Cycles' numbers: beyond them Blender clamps silently (config.toml
+# would then not describe the renders, and a resume would compare values Blender never used) or the render dies.
+_BLENDER_RANGES = {
+    "samples": (1, 2**24),
+    "adaptive_threshold": (0.0, 1.0),
+    "adaptive_min_samples": (0, 4096),
+    "max_bounces": (0, 1024),
+    "diffuse_bounces": (0, 1024),
+    "glossy_bounces": (0, 1024),
+    "transmission_bounces": (0, 1024),
+    "transparent_bounces": (0, 1024),
+}
+_FLAG = {
+    "samples": "--samples",
+    "adaptive_threshold": "--adaptive-threshold",
+    "adaptive_min_samples": "--adaptive-min-samples",
+    "max_bounces": "--max-bounces",
+}
+_RANGE_NOTE = {"adaptive_threshold": " (0 = off)", "adaptive_min_samples": " (0 = Cycles' automatic rule)"}
 
 
 def adaptive_min_samples_used(threshold: float, min_samples: int) -> int:
@@ -307,7 +328,11 @@ class RenderConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.resolution >= 8, f"--resolution must be at least 8 pixels, got {self.resolution}"),
+            # 65536 is Blender's own limit.
+            (
+                8 <= self.resolution <= 65536,
+                f"--resolution must be 8 to 65536 pixels, got {self.resolution}",
+            ),
             (self.orbits >= 1, f"--orbits must be at least 1, got {self.orbits}"),
         ]
         _raise_first(checks)

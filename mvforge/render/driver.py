@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -152,7 +153,7 @@ def _validate(sources: list[SourceObject], cfg: RenderConfig, workers: int, gpus
             raise UserError(f"object {s.uid}: file {s.path} does not exist; fix the path or remove it")
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
-    if gpus_per_worker < 0:
+    if not math.isfinite(gpus_per_worker) or gpus_per_worker < 0:
         raise UserError(f"--gpus-per-worker must be 0 or more, got {gpus_per_worker}")
     # cfg's own ranges are checked on construction (RenderConfig and its sections' __post_init__); what depends
     # on several sections once merged, here.

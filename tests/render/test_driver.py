@@ -178,7 +178,11 @@ def test_changed_render_settings_are_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"workers": 0}, "--workers"), ({"gpus_per_worker": -1}, "--gpus-per-worker")],
+    [
+        ({"workers": 0}, "--workers"),
+        ({"gpus_per_worker": -1}, "--gpus-per-worker"),
+        ({"gpus_per_worker": float("nan")}, "--gpus-per-worker"),
+    ],
 )
 def test_bad_options_are_user_errors(tmp_path, kwargs, match):
     with pytest.raises(UserError, match=match):

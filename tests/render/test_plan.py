@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -111,12 +112,19 @@ def test_lighting_settings_are_checked():
     with pytest.raises(UserError, match="cycles.filter_width must be in 0.01..10 pixels"):
         load(RenderConfig, None, ["cycles.filter_width=0"])
     # Blender's own ranges: beyond them it clamps silently (or kills the render), so refused up front.
-    with pytest.raises(UserError, match="--adaptive-min-samples must be 0 .* to 4096, got -1"):
-        load(RenderConfig, None, ["cycles.adaptive_min_samples=-1"])
-    with pytest.raises(UserError, match="--adaptive-min-samples must be 0 .* to 4096, got 4097"):
-        load(RenderConfig, None, ["cycles.adaptive_min_samples=4097"])
-    with pytest.raises(UserError, match="--adaptive-threshold must be 0 .* to 1, got 2.0"):
-        load(RenderConfig, None, ["cycles.adaptive_threshold=2"])
+    for setting, message in (
+        ("cycles.adaptive_min_samples=-1", "--adaptive-min-samples must be 0 to 4096, got -1"),
+        ("cycles.adaptive_min_samples=4097", "--adaptive-min-samples must be 0 to 4096, got 4097"),
+        ("cycles.adaptive_threshold=2", "--adaptive-threshold must be 0.0 to 1.0, got 2.0 (0 = off)"),
+        ("cycles.samples=100000000000", "--samples must be 1 to 16777216, got 100000000000"),
+        ("cycles.max_bounces=100000", "--max-bounces must be 0 to 1024, got 100000"),
+        ("cycles.diffuse_bounces=-1", "cycles.diffuse_bounces must be 0 to 1024, got -1"),
+        ("cycles.world_map_resolution=-1", "world_map_resolution must be 0 (AUTOMATIC) or 4 to 8192"),
+        ("cycles.world_map_resolution=100000000", "world_map_resolution must be 0 (AUTOMATIC) or 4 to 8192"),
+        ("resolution=100000", "--resolution must be 8 to 65536 pixels, got 100000"),
+    ):
+        with pytest.raises(UserError, match=re.escape(message)):
+            load(RenderConfig, None, [setting])
     with pytest.raises(UserError, match="needs at least one HDRI"):
         plan_job(_obj(), RenderConfig(), [])
 
