@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
 import sys
 import time
 from dataclasses import dataclass
@@ -168,7 +169,15 @@ def load_checkpoint(
     or (given ``cfg``) when a setting outside RESUME_MAY_CHANGE differs from the checkpoint's, or (given
     ``weights``) when the guidance model's weights are not those the checkpoint was optimised with."""
     device = next(state.renderer.parameters()).device
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    # weights_only: a checkpoint in a shared output directory is untrusted input; unpickling one with
+    # weights_only=False would run any code placed in it (docs/reliability.md).
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"{path} was refused: it holds pickled objects that only code could rebuild "
+            f"({str(e).splitlines()[0][:120]}); delete it to resume from an earlier checkpoint"
+        ) from None
     if weights is not None and ckpt.get("weights") not in (None, weights):
         raise UserError(
             f"{path.parent.parent} was optimised with other model weights ({ckpt['weights']}, now {weights}); "

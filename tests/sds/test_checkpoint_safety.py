@@ -1,0 +1,44 @@
+"""A checkpoint is data, never code: an SDS checkpoint holding a pickled payload is refused with one line and
+the payload does not run (docs/reliability.md, threat model)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+import torch
+
+from mvforge.errors import UserError
+from mvforge.sds.loop import build_state, load_checkpoint, save_checkpoint
+from tests.sds.conftest import tiny_sds_config
+
+
+class _Payload:
+    """Unpickling this calls ``os.system``: the marker file appears iff the loader ran pickled code."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickled_payload_in_an_sds_checkpoint_is_refused_and_never_runs(tmp_path):
+    cfg = tiny_sds_config(tmp_path / "no-model", tmp_path / "out")
+    state = build_state(cfg, torch.device("cpu"))
+    run_dir = tmp_path / "run"
+    good = save_checkpoint(run_dir, state, 2, cfg)
+    assert load_checkpoint(good, build_state(cfg, torch.device("cpu")), cfg) == 2  # the real format loads
+
+    ckpt = torch.load(good, weights_only=True)
+    marker = tmp_path / "pwned"
+    ckpt["seconds"] = _Payload(str(marker))
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    bad = run_dir / "checkpoints" / "step-000004.pt"
+    bad.write_bytes(buf.getvalue())
+
+    with pytest.raises(UserError, match="step-000004.pt was refused"):
+        load_checkpoint(bad, build_state(cfg, torch.device("cpu")), cfg)
+    assert not marker.exists()
