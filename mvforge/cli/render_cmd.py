@@ -63,6 +63,15 @@ def render(
             help="Run seed; cameras and light derive from (seed, uid) (default: 0).", rich_help_panel=_R
         ),
     ] = None,
+    shared_cameras: Annotated[
+        bool | None,
+        typer.Option(
+            "--shared-cameras/--per-object-cameras",
+            help="Same cameras for every object (drawn from the run seed), for view-by-view comparisons "
+            "(default: per object).",
+            rich_help_panel=_R,
+        ),
+    ] = None,
     lighting: Annotated[
         str | None,
         typer.Option(
@@ -234,6 +243,7 @@ def render(
         "resolution": resolution,
         "orbits": orbits,
         "seed": seed,
+        "shared_cameras": shared_cameras,
         "cameras.views": views,
         "cycles.samples": samples,
         "cycles.threads": threads,

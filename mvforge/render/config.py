@@ -318,6 +318,11 @@ class RenderConfig:
     """Camera orbits per object, each with its own elevation, fov and distance (the paper renders 2)."""
     seed: int = 0
     """Run seed; each object's cameras and light derive from (seed, uid), so re-renders reproduce them."""
+    shared_cameras: bool = False
+    """Draw the cameras from the run seed alone, so every object of the run is seen from the same views (same
+    elevations, fovs, distances and azimuths); the light stays per object. For data sets whose objects are
+    compared view by view (a known-answer world, evaluation references: docs/demo.md). Off: cameras are seeded
+    per object, as the paper's data (§4.1)."""
     cameras: OrbitSampling = field(default_factory=OrbitSampling)
     cycles: CyclesConfig = field(default_factory=CyclesConfig)
     lighting: LightingConfig = field(default_factory=LightingConfig)

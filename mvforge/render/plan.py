@@ -71,6 +71,11 @@ class SourceObject:
     tags: tuple[str, ...] = ()
 
 
+SHARED_CAMERAS_KEY = "*shared-cameras*"
+"""The key the run's camera stream is seeded with under ``shared_cameras`` (never a valid uid: uids are
+file-name safe and hold no ``*``)."""
+
+
 def object_seed(run_seed: int, uid: str) -> int:
     """A 63-bit seed from (run seed, uid): independent of the order or the machine objects are rendered on."""
     digest = hashlib.sha256(f"{run_seed}:{uid}".encode()).digest()
@@ -111,7 +116,13 @@ def plan_job(obj: SourceObject, cfg: RenderConfig, pool: list[Path]) -> dict:
     """
     seed = object_seed(cfg.seed, obj.uid)
     rng = np.random.default_rng(seed)
-    views = sample_orbits(rng, cfg.cameras, orbits=cfg.orbits)
+    if cfg.shared_cameras:
+        # One camera stream for the whole run; the light still draws from the object's own stream.
+        views = sample_orbits(
+            np.random.default_rng(object_seed(cfg.seed, SHARED_CAMERAS_KEY)), cfg.cameras, orbits=cfg.orbits
+        )
+    else:
+        views = sample_orbits(rng, cfg.cameras, orbits=cfg.orbits)
     light = _plan_lamps(rng, cfg) if cfg.lighting.kind == "lamps" else {"hdri": _plan_hdri(rng, cfg, pool)}
     return {
         "uid": obj.uid,

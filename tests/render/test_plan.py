@@ -43,6 +43,21 @@ def test_plan_is_a_pure_function_of_seed_and_uid():
     assert object_seed(0, "abc-1") == a["seed"] < 2**63
 
 
+def test_shared_cameras_give_every_object_the_same_views_and_its_own_light():
+    pool = hdri_pool(None)
+    shared = load(RenderConfig, None, ["cameras.views=8", "orbits=2", "shared_cameras=true"])
+    a, b = plan_job(_obj("abc-1"), shared, pool), plan_job(_obj("xyz-9"), shared, pool)
+    assert a["views"] == b["views"]
+    assert a["hdri"] != b["hdri"]  # the light stays per object
+    per_object = load(RenderConfig, None, ["cameras.views=8", "orbits=2"])
+    assert (
+        plan_job(_obj("abc-1"), per_object, pool)["views"]
+        != plan_job(_obj("xyz-9"), per_object, pool)["views"]
+    )
+    reseeded = load(RenderConfig, None, ["cameras.views=8", "orbits=2", "shared_cameras=true", "seed=1"])
+    assert plan_job(_obj("abc-1"), reseeded, pool)["views"] != a["views"]
+
+
 def test_planned_views_follow_the_camera_convention():
     job = plan_job(_obj(), load(RenderConfig, None, ["cameras.views=4"]), hdri_pool(None))
     for v in job["views"]:
