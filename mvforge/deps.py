@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "mvdata report": (),
     "mvdata demo-assets": (),
     "mvtrain fit": ("train", "shard"),
+    "mvtrain fit-vae": ("train", "shard"),
     "mvtrain sample": ("train",),
     "mvtrain dreambooth": ("train",),
     "mvtrain make-tiny-sd": ("train",),

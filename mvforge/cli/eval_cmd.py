@@ -67,6 +67,15 @@ def eval_(
         int | None, typer.Option(help="Side both sets are resized to before scoring.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    known_answer: Annotated[
+        bool,
+        typer.Option(
+            "--known-answer",
+            help="Score each reference caption's views against its own renders at the same cameras "
+            "(retrieval, PSNR, silhouette IoU); --reference is the render directory the model was trained on. "
+            "--set takes KnownAnswerConfig keys in this mode.",
+        ),
+    ] = False,
 ) -> None:
     """Generate V views per prompt (resumable) and score them: FID, KID, IS, CLIP score, consistency."""
     from mvforge import config as config_mod
@@ -75,6 +84,9 @@ def eval_(
     from mvforge.eval.config import EvalConfig
 
     require("mvtrain eval")
+    if known_answer:
+        _known_answer(out, model, reference, config, set_, steps, seed, num_views, max_prompts, device)
+        return
     cfg = config_mod.load(EvalConfig, config, set_)
     flags = {
         "features": features,
@@ -145,3 +157,32 @@ def eval_(
             f"CLIP {g['clip_score']['over_images']['mean']:.2f}  consistency {g['consistency']['mean']:.2f}"
         )
         typer.echo(str(out / "eval.json"))
+
+
+def _known_answer(out, model, reference, config, set_, steps, seed, num_views, max_prompts, device) -> None:
+    """`mvtrain eval --known-answer`: mvforge/eval/known_answer.py through the CLI."""
+    from mvforge import config as config_mod
+    from mvforge.errors import UserError
+    from mvforge.eval.known_answer import KnownAnswerConfig, load_references, run_known_answer
+
+    if model is None or reference is None:
+        raise UserError("--known-answer needs --model DIR and --reference RENDER_DIR (the trained objects)")
+    cfg = config_mod.load(KnownAnswerConfig, config, set_)
+    cfg = config_mod.with_flags(cfg, {"steps": steps, "seed": seed, "num_views": num_views})
+    refs = load_references(reference, cfg)  # input errors before the model loads
+    uids = [r.uid for r in refs][: max_prompts or None]
+    from mvforge.models.resolve import resolve_model
+
+    resolve_model(model)
+    quiet_libraries()
+    from mvforge.devices import resolve_device
+    from mvforge.models.pipeline import MultiViewDiffusion
+
+    mvd = MultiViewDiffusion.from_pretrained(model, resolve_device(device))
+    doc = run_known_answer(mvd, str(model), reference, out, cfg, uids)
+    s = doc["summary"]
+    typer.echo(
+        f"known answer: {s['retrieved_own']}/{s['captions']} captions retrieve their own object, "
+        f"mean IoU {s['mean_iou']:.2f}, mean object PSNR {s['mean_psnr_object_db']:.1f} dB"
+    )
+    typer.echo(str(out / "known_answer.json"))

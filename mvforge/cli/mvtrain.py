@@ -5,7 +5,7 @@ Heavy imports (torch, diffusers, ray) happen inside the command bodies, so `mvtr
 
 from __future__ import annotations
 
-from mvforge.cli import convert_cmd, dreambooth_cmd, eval_cmd, fit_cmd, sample_cmd, sds_cmd
+from mvforge.cli import convert_cmd, dreambooth_cmd, eval_cmd, fit_cmd, fit_vae_cmd, sample_cmd, sds_cmd
 from mvforge.cli.common import make_app, run_app
 
 app = make_app(
@@ -15,6 +15,7 @@ app = make_app(
 
 # One module per command (design §5); each body imports what it needs, so --help stays light.
 app.command("fit")(fit_cmd.fit)
+app.command("fit-vae")(fit_vae_cmd.fit_vae)
 app.command("make-tiny-sd")(sample_cmd.make_tiny_sd)
 app.command("sample")(sample_cmd.sample)
 app.command("sds")(sds_cmd.sds)

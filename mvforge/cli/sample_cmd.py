@@ -22,6 +22,13 @@ def make_tiny_sd(
             "--multiview", help="A multi-view pipeline directory (camera MLP, for `mvtrain sample --model`)."
         ),
     ] = False,
+    variant: Annotated[
+        str,
+        typer.Option(
+            help="tiny: the smallest SD shape; world: a lighter autoencoder, for models trained from scratch "
+            "on the demo world (fit its VAE first with `mvtrain fit-vae`)."
+        ),
+    ] = "tiny",
 ) -> None:
     """Write a tiny random Stable Diffusion directory (diffusers layout), offline, for tests and demos.
 
@@ -45,8 +52,12 @@ def make_tiny_sd(
     quiet_libraries()
     from mvforge.models.tiny import make_tiny_mv_pipeline, make_tiny_sd
 
-    make = make_tiny_mv_pipeline if multiview else make_tiny_sd
-    typer.echo(str(make(out, seed=seed, prediction_type=prediction_type)))
+    if multiview:
+        if variant != "tiny":
+            raise UserError("--multiview builds the tiny variant only; drop --variant or --multiview")
+        typer.echo(str(make_tiny_mv_pipeline(out, seed=seed, prediction_type=prediction_type)))
+    else:
+        typer.echo(str(make_tiny_sd(out, seed=seed, prediction_type=prediction_type, variant=variant)))
 
 
 def _authors(text: str, default: str) -> str:

@@ -36,6 +36,14 @@ def shard(
         Path | None, typer.Option("--config", help="TOML file of shard settings (ShardConfig fields).")
     ] = None,
     overrides: Annotated[list[str], typer.Option("--set", help=set_help("max_count=500"))] = [],
+    views_2d: Annotated[
+        Path | None,
+        typer.Option(
+            "--views-2d",
+            help="Also write every view of the train split as a 2D image-text pair into this directory "
+            "(img2dataset layout, for `mvtrain fit --shards-2d DIR/2d-000000.tar`).",
+        ),
+    ] = None,
 ) -> None:
     """Write deterministic webdataset shards from a render directory (resumable)."""
     from mvforge.deps import require
@@ -55,6 +63,11 @@ def shard(
     }
     cfg = with_flags(cfg, flags)
     run_shard(renders, out, cfg, selection=selection, address=address)
+    if views_2d is not None:
+        from mvforge.shards.views2d import train_uids, write_view_shards
+
+        paths = write_view_shards(renders, views_2d, train_uids(out), max_count=cfg.max_count)
+        typer.echo(f"2D view shards: {', '.join(str(p) for p in paths)}")
 
 
 def verify(

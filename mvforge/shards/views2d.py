@@ -1,0 +1,63 @@
+"""`mvdata shard --views-2d`: single rendered views as 2D image-text shards (img2dataset layout).
+
+MVDream trains 30% of its steps on 2D image-text pairs without cameras (paper §3.3, LAION). A world that has no
+2D data of its own (the demo world, docs/demo.md) can take its 2D pairs from its renders: each kept view
+becomes one sample ``<uid>_<view>.png`` (the original RGBA bytes) + ``<uid>_<view>.txt`` (the caption without the
+3D suffix), read by the loader's 2D branch like any img2dataset shard. Views listed in ``exclude_views`` (the
+held-out validation views) are left out. Tars are written with the 3D writer's deterministic headers.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+from mvforge.errors import UserError
+from mvforge.formats import renders as layout
+from mvforge.fsutil import atomic_write_bytes
+from mvforge.shards import schema
+
+
+def train_uids(shards: str | Path) -> list[str]:
+    """Uids of the train split of a shard directory, read from its tars (no decoding)."""
+    from mvforge.shards.loader import resolve_shards
+
+    uids = set()
+    for url in resolve_shards(str(shards), "train")[0]:
+        with tarfile.open(url.removeprefix("file://")) as tar:
+            uids.update(name.split(".", 1)[0] for name in tar.getnames())
+    return sorted(uids)
+
+
+def write_view_shards(
+    renders: str | Path,
+    out: str | Path,
+    uids: list[str],
+    exclude_views: frozenset[int] = frozenset(),
+    max_count: int = 1000,
+) -> list[Path]:
+    """Write ``out/2d-000000.tar`` ... holding every view of ``uids`` (sorted) but ``exclude_views``, at most
+    ``max_count`` samples per tar; returns the tar paths. Existing tars are rewritten (the function is pure and
+    cheap, so resume is a rerun). Raises UserError when no view is left."""
+    renders, out = Path(renders), Path(out)
+    samples = []
+    for uid in sorted(uids):
+        obj = layout.load_object(renders, uid)
+        for v in obj.cameras["views"]:
+            index = int(v["index"])
+            if index in exclude_views:
+                continue
+            name = v.get("file", layout.view_name(index))
+            png = schema.check_png(name, (obj.path / name).read_bytes())
+            samples.append((f"{uid}_{index:03d}", {"png": png, schema.TXT_EXT: obj.caption.encode("utf-8")}))
+    if not samples:
+        raise UserError(f"no view of {renders} is left for 2D shards; hold out fewer views")
+    paths = []
+    for i in range(0, len(samples), max_count):
+        buf = io.BytesIO()
+        schema.write_samples(buf, samples[i : i + max_count])
+        path = out / f"2d-{i // max_count:06d}.tar"
+        atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    return paths
