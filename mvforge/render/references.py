@@ -55,7 +55,8 @@ def outside_resolved(path: str, root: str | Path) -> str | None:
     resolved = Path(os.path.realpath(path))
     root_real = Path(os.path.realpath(root))
     if resolved != root_real and root_real not in resolved.parents:
-        return f"{path!r} resolves to {resolved}, outside the object's folder {root_real}"
+        where = "is" if str(resolved) == path else f"resolves to {resolved},"
+        return f"{path!r} {where} outside the object's folder {root_real}"
     return None
 
 
