@@ -111,7 +111,8 @@ def unsupported_encoding(importer: str | None, path: str | Path) -> str | None:
         return None
     if importer == "alembic" and head.startswith(HDF5_MAGIC):
         return "Alembic archive in the obsolete HDF5 layout (Blender reads only Ogawa archives; re-export it)"
-    text_format = importer == "obj" or (importer == "gltf" and not head.startswith(GLB_MAGIC))
+    # A .glb is binary: one with a bad magic is the importer's import_error, not an encoding question.
+    text_format = importer == "obj" or (importer == "gltf" and Path(path).suffix.lower() == ".gltf")
     if not text_format:
         return None
     for bom, name in WIDE_BOMS.items():
