@@ -334,10 +334,11 @@ def load_blend_scene(path: str) -> dict:
 
     A .blend is a file of scenes (docs/render_failures.md): the scene it opens with (its window's scene) is
     the object. The file is opened once to read that scene: the objects of its collections that the active view
-    layer does not exclude and that are not disabled for rendering (collection instances come along with their
-    instancing empties and are expanded at evaluation). Then the factory scene is restored and those objects are
-    appended into it, so no render setting of the file applies. Linked libraries are checked while the file is
-    open: outside the object's folder ``outside_reference``, missing ``missing_reference``.
+    layer does not exclude and that are enabled for rendering (collection instances come along with their
+    instancing empties and are expanded at evaluation; objects disabled for rendering are kept, never rendered).
+    Then the factory scene is restored and those objects are appended into it, so no render setting of the
+    file applies. Linked libraries are checked while the file is open: outside the object's folder
+    ``outside_reference``, missing ``missing_reference``.
 
     Returns ``blend_scene`` (name, scenes in the file, objects appended; meta.json ``stats``) and
     ``legacy_textures`` (:func:`legacy_texture_images`).
@@ -379,8 +380,8 @@ def load_blend_scene(path: str) -> dict:
 
 def shown_objects(collection, layer_collection) -> list:
     """Objects of a scene's master ``collection`` and of the child collections that its view layer (whose tree
-    of layer collections is ``layer_collection``) does not exclude and that are enabled for rendering; objects
-    disabled for rendering are left out."""
+    of layer collections is ``layer_collection``) does not exclude and that are enabled for rendering. Objects
+    disabled for rendering come along: they never render, and ``evaluated_geometry`` counts them as hidden."""
     found = {o.name_full: o for o in collection.objects}
 
     def walk(lc) -> None:
@@ -391,7 +392,7 @@ def shown_objects(collection, layer_collection) -> list:
             walk(child)
 
     walk(layer_collection)
-    return [o for o in found.values() if not o.hide_render]
+    return list(found.values())
 
 
 def check_libraries(root: str) -> None:

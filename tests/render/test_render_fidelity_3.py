@@ -22,7 +22,7 @@ from PIL import Image
 
 from mvforge.cameras import OrbitSampling
 from mvforge.formats import renders as layout
-from mvforge.render import references, worker
+from mvforge.render import precheck, references, worker
 from mvforge.render.config import CyclesConfig, PassesConfig, RenderConfig
 from mvforge.render.plan import SourceObject, hdri_pool, plan_job
 
@@ -252,8 +252,9 @@ def failed(runs, name: str, reason: str) -> str:
 def test_blend_renders_only_what_its_open_scene_shows(runs):
     result, staging = runs["scenes"]
     assert result["status"] == "ok", result
-    assert result["stats"]["blend_scene"] == {"name": "Scene", "scenes": 2, "objects": 2}
+    assert result["stats"]["blend_scene"] == {"name": "Scene", "scenes": 2, "objects": 3}
     assert result["stats"]["faces"] == 12  # the red cube and the instanced green one
+    assert result["stats"]["ignored"]["hidden_objects"] == 1  # the yellow cube, disabled for rendering
     colours = {"red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1), "yellow": (1, 1, 0), "cyan": (0, 1, 1),
                "magenta": (1, 0, 1)}  # fmt: skip
     seen = {c: 0 for c in colours}
@@ -389,3 +390,21 @@ def test_reference_rule_without_blender(tmp_path):
     assert "https: URL" in references.outside("https://example.com/x.png", root, root)
     assert references.mtl_map_file("map_Kd -o 1 1 1 -s 2 -clamp on my tex.png") == "my tex.png"
     assert references.mtl_map_file("bump -bm 0.5 b.png") == "b.png"
+
+
+def test_sub_formats_blender_cannot_read_are_named_without_blender(tmp_path):
+    cases = {
+        "a.fbx": (b"; FBX 7.5.0 project file\nFBXHeaderExtension:  {\n", "fbx", "ASCII FBX"),
+        "b.blend": (b"BLENDER_V260REND" + bytes(64), "blend", "big-endian"),
+        "c.abc": (precheck.HDF5_MAGIC + bytes(64), "alembic", "HDF5"),
+        "d.obj": ("v 0 0 0\n".encode("utf-16-le"), "obj", "NUL bytes"),
+        "e.gltf": ('{"asset": {}}'.encode("utf-32"), "gltf", "UTF-32"),
+    }
+    for name, (data, importer, words) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert words in precheck.unsupported_encoding(importer, tmp_path / name), name
+    (tmp_path / "ok.fbx").write_bytes(precheck.FBX_BINARY_MAGIC + bytes(64))
+    (tmp_path / "ok.blend").write_bytes(b"BLENDER-v500REND" + bytes(64))
+    (tmp_path / "bad.glb").write_bytes(b"XXXX" + bytes(64))  # a bad GLB is the importer's import_error
+    for name, importer in (("ok.fbx", "fbx"), ("ok.blend", "blend"), ("bad.glb", "gltf")):
+        assert precheck.unsupported_encoding(importer, tmp_path / name) is None, name
