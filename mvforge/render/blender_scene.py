@@ -206,8 +206,8 @@ def check_before_import(importer: str | None, input_path: str | None, policy: st
 
     Raises :class:`RenderFailure`: ``unsupported_format`` for a text format in a wide encoding or an obsolete
     sub-format (``precheck.unsupported_encoding``), ``outside_reference`` for a glTF or OBJ reference outside
-    the object's folder (``mvforge.render.references``), ``missing_reference`` for an OBJ whose .mtl or material
-    is missing under ``materials.missing_textures = "fail"`` (under ``strip`` they render grey and are counted).
+    the object's folder (``mvforge.render.references``), ``missing_reference`` for a glTF buffer file that does
+    not exist, and for an OBJ whose .mtl or material is missing under ``materials.missing_textures = "fail"`` (under ``strip`` they render grey and are counted).
     """
     if not importer or not input_path or not os.path.isfile(input_path):
         return []  # import_object reports it
@@ -221,6 +221,11 @@ def check_before_import(importer: str | None, input_path: str | None, policy: st
         refusals = references.obj_refusals(input_path)
     if refusals:
         raise_outside(refusals)
+    if importer == "gltf" and (gone := references.gltf_missing_buffers(input_path)):
+        raise RenderFailure(
+            "missing_reference",
+            f"glTF buffer file(s) {', '.join(map(repr, gone[:5]))} not found beside the file",
+        )
     if importer != "obj":
         return []
     missing = references.obj_missing_materials(input_path)

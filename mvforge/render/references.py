@@ -81,6 +81,24 @@ def gltf_refusals(path: str | Path) -> list[str]:
     return refusals
 
 
+def gltf_missing_buffers(path: str | Path) -> list[str]:
+    """The buffer URIs of a .gltf / .glb (inside its folder) whose file does not exist: the geometry itself is
+    missing, whatever the texture policy."""
+    path = Path(path)
+    doc = precheck.gltf_json(path)
+    buffers = doc.get("buffers") if isinstance(doc, dict) else None
+    missing = []
+    for item in buffers if isinstance(buffers, list) else []:
+        uri = item.get("uri") if isinstance(item, dict) else None
+        if (
+            isinstance(uri, str)
+            and not uri.startswith("data:")
+            and not (path.parent / unquote(uri)).is_file()
+        ):
+            missing.append(uri)
+    return missing
+
+
 def obj_refusals(path: str | Path) -> list[str]:
     """Refusals for an OBJ's ``mtllib`` files and, in the .mtl files inside the folder, their texture maps
     (``map_Kd`` and the like); read before the OBJ importer follows them."""

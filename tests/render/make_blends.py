@@ -11,6 +11,8 @@ OUT_DIR/linked/main.blend     instances collection "Part" (a green cube) linked 
 OUT_DIR/missing/main.blend    the same, with its lib.blend deleted.
 OUT_DIR/outside/obj/main.blend  links //../lib.blend: a library outside the object's folder.
 OUT_DIR/outside_image/obj/main.blend  a red cube textured with //../secret.png (outside; a magenta image).
+OUT_DIR/scripts.blend         a red cube with a Python driver and a text block registered to run on load, both
+                              writing OUT_DIR/script-ran if Blender ever executed them (untrusted input).
 """
 
 from __future__ import annotations
@@ -128,6 +130,19 @@ def outside_image(main: Path) -> None:
     bpy.ops.wm.save_as_mainfile(filepath=str(main), relative_remap=True)
 
 
+def scripts(out: Path) -> None:
+    fresh()
+    marker = str(out / "script-ran")
+    obj = cube("Red", "red", (0, 0, 0), 0.5, bpy.context.scene.collection)
+    text = bpy.data.texts.new("on_load.py")
+    text.write(f"import pathlib\npathlib.Path({marker!r}).write_text('text block')\n")
+    text.use_module = True  # "Register": runs when the file loads, if scripts are trusted
+    driver = obj.driver_add("location", 0).driver
+    driver.type = "SCRIPTED"
+    driver.expression = f"__import__('pathlib').Path({marker!r}).write_text('driver') and 0"
+    bpy.ops.wm.save_as_mainfile(filepath=str(out / "scripts.blend"))
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     scenes(out)
@@ -139,6 +154,7 @@ def main(out: Path) -> None:
     library(out / "outside" / "lib.blend")
     linking(out / "outside" / "obj" / "main.blend", out / "outside" / "lib.blend")
     outside_image(out / "outside_image" / "obj" / "main.blend")
+    scripts(out)
     for leftover in out.rglob("*.blend1"):
         leftover.unlink()
     shutil.rmtree(out / "unused", ignore_errors=True)

@@ -129,6 +129,8 @@ def build_inputs(tmp: Path) -> dict[str, tuple[Path, RenderConfig, dict]]:
     hdf5 = obj_dir / "hdf5" / "cube.abc"
     hdf5.parent.mkdir(parents=True)
     hdf5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(4088))
+    missing_buffer = textured_gltf(obj_dir / "g5" / "q.gltf", "inside.png", "gone.bin")
+    (missing_buffer.parent / "gone.bin").unlink()
     no_mtl = cube_obj(obj_dir / "no_mtl" / "cube.obj", "mtllib cube.mtl\nusemtl red\n")
     wrong = ALBEDO
     return {
@@ -138,6 +140,7 @@ def build_inputs(tmp: Path) -> dict[str, tuple[Path, RenderConfig, dict]]:
         "missing_lib": (blends / "missing" / "main.blend", wrong, {}),
         "outside_lib": (blends / "outside" / "obj" / "main.blend", wrong, {}),
         "outside_image_blend": (blends / "outside_image" / "obj" / "main.blend", wrong, {}),
+        "scripts": (blends / "scripts.blend", ALBEDO, {}),
         "obj_no_mtl": (no_mtl, wrong, {}),
         "obj_no_mtl_strip": (no_mtl, ALBEDO, {"materials": STRIP}),
         "obj_undefined": (
@@ -166,6 +169,7 @@ def build_inputs(tmp: Path) -> dict[str, tuple[Path, RenderConfig, dict]]:
             {},
         ),
         "gltf_file_uri": (textured_gltf(obj_dir / "g3" / "q.gltf", secret.as_uri()), wrong, {}),
+        "gltf_missing_buffer": (missing_buffer, wrong, {}),
         "gltf_abs_buffer": (
             textured_gltf(obj_dir / "g4" / "q.gltf", "inside.png", str(tmp / "outside" / "q.bin")),
             wrong,
@@ -268,6 +272,14 @@ def test_blend_renders_only_what_its_open_scene_shows(runs):
     assert seen["blue"] == seen["yellow"] == seen["cyan"] == seen["magenta"] == 0, seen
 
 
+def test_blend_scripts_and_drivers_never_run(runs):
+    result, staging = runs["scripts"]
+    assert result["status"] == "ok", result
+    blends = staging.parent / "blends"
+    # The driver would also have moved the cube; a text block registered to run on load never does.
+    assert not (blends / "script-ran").exists()
+
+
 def test_real_multi_scene_blend_renders_its_first_scene_only(runs):
     result, staging = runs["logic"]
     assert result["status"] == "ok", result
@@ -294,6 +306,10 @@ def test_a_library_beside_the_blend_loads(runs):
 
 def test_a_missing_library_fails_naming_it(runs):
     assert "'//lib.blend'" in failed(runs, "missing_lib", "missing_reference")
+
+
+def test_a_missing_gltf_buffer_fails_naming_it(runs):
+    assert "'gone.bin'" in failed(runs, "gltf_missing_buffer", "missing_reference")
 
 
 # --- 3. OBJ without its MTL ------------------------------------------------------------------------------------
