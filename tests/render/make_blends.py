@@ -1,4 +1,4 @@
-"""Writes the .blend inputs of tests/render/test_render_fidelity_3.py: ``python make_blends.py OUT_DIR``.
+"""Writes the .blend (and FBX) inputs of tests/render/test_render_fidelity_3.py: ``python make_blends.py OUT``.
 
 Run with the project's bpy in a subprocess at test time (nothing is committed: Blender writes them in ~1 s).
 Every object carries a flat colour, so an albedo pass tells which object a pixel shows.
@@ -11,6 +11,8 @@ OUT_DIR/linked/main.blend     instances collection "Part" (a green cube) linked 
 OUT_DIR/missing/main.blend    the same, with its lib.blend deleted.
 OUT_DIR/outside/obj/main.blend  links //../lib.blend: a library outside the object's folder.
 OUT_DIR/outside_image/obj/main.blend  a red cube textured with //../secret.png (outside; a magenta image).
+OUT_DIR/outside_fbx/obj/cube.fbx  a red cube whose FBX texture path is ../secret.png (outside), written by
+                              Blender's FBX exporter with relative paths.
 OUT_DIR/scripts.blend         a red cube with a Python driver and a text block registered to run on load, both
                               writing OUT_DIR/script-ran if Blender ever executed them (untrusted input).
 """
@@ -130,6 +132,25 @@ def outside_image(main: Path) -> None:
     bpy.ops.wm.save_as_mainfile(filepath=str(main), relative_remap=True)
 
 
+def outside_fbx(path: Path) -> None:
+    fresh()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = path.parent.parent / "secret.png"
+    img = bpy.data.images.new("secret", 8, 8)
+    img.pixels.foreach_set([1.0, 0.0, 1.0, 1.0] * 64)
+    img.filepath_raw = str(secret)
+    img.file_format = "PNG"
+    img.save()
+    obj = cube("Red", "red", (0, 0, 0), 0.5, bpy.context.scene.collection)
+    obj.data.uv_layers.new(name="UVMap")
+    tree = obj.data.materials[0].node_tree
+    tex = tree.nodes.new("ShaderNodeTexImage")
+    tex.image = img
+    bsdf = next(n for n in tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
+    tree.links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    bpy.ops.export_scene.fbx(filepath=str(path), path_mode="RELATIVE", embed_textures=False)
+
+
 def scripts(out: Path) -> None:
     fresh()
     marker = str(out / "script-ran")
@@ -155,6 +176,7 @@ def main(out: Path) -> None:
     linking(out / "outside" / "obj" / "main.blend", out / "outside" / "lib.blend")
     outside_image(out / "outside_image" / "obj" / "main.blend")
     scripts(out)
+    outside_fbx(out / "outside_fbx" / "obj" / "cube.fbx")
     for leftover in out.rglob("*.blend1"):
         leftover.unlink()
     shutil.rmtree(out / "unused", ignore_errors=True)

@@ -141,6 +141,7 @@ def build_inputs(tmp: Path) -> dict[str, tuple[Path, RenderConfig, dict]]:
         "outside_lib": (blends / "outside" / "obj" / "main.blend", wrong, {}),
         "outside_image_blend": (blends / "outside_image" / "obj" / "main.blend", wrong, {}),
         "scripts": (blends / "scripts.blend", ALBEDO, {}),
+        "outside_fbx": (blends / "outside_fbx" / "obj" / "cube.fbx", wrong, {}),
         "obj_no_mtl": (no_mtl, wrong, {}),
         "obj_no_mtl_strip": (no_mtl, ALBEDO, {"materials": STRIP}),
         "obj_undefined": (
@@ -386,6 +387,7 @@ def test_failure_messages_are_the_cause_in_one_line(runs):
         ("mtl_outside_map", "'../../outside/secret.png'"),
         ("outside_lib", "'//../lib.blend'"),
         ("outside_image_blend", "secret.png"),
+        ("outside_fbx", "secret.png"),
     ],
 )
 def test_references_outside_the_objects_folder_are_refused(runs, name, names):
