@@ -3,8 +3,10 @@
 The only module of mvforge that imports ``bpy`` (design §1). Everything it decides was decided by the planner
 (``mvforge.render.plan.plan_job``): cameras, HDRI or lamp rig, rotation, strength, seed. This module only executes:
 
-1. a fresh empty scene; positions the importer would silently repair (NaN/inf) are checked first
-   (``mvforge.render.precheck``), then the format's bpy 5 importer;
+1. a fresh empty scene; the file's encoding, its external references (docs/render_failures.md: nothing outside
+   the object's folder is read) and positions the importer would silently repair (NaN/inf) are checked first
+   (``mvforge.render.precheck``, ``mvforge.render.references``), then the format's bpy 5 importer (a .blend:
+   the objects of the scene it opens with); the images and libraries Blender loaded are checked again;
 2. drop cameras and lights, evaluate armatures and shape keys at frame 0, gather what renders (faces, point
    clouds, curves; not loose vertices or hidden objects);
 3. guards (reason codes of ``mvforge.formats.renders.REASONS``), missing textures (fail or strip), vertex-colour
