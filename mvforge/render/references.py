@@ -158,7 +158,7 @@ def mtl_map_file(line: str) -> str:
 def obj_missing_materials(path: str | Path) -> list[str]:
     """What an OBJ's materials lack: ``mtllib`` files that do not exist (inside the folder) and ``usemtl``
     names that no ``newmtl`` of its .mtl files defines. Either way Blender's importer renders default grey and
-    only logs it."""
+    only logs it. An OBJ with ``usemtl`` but no ``mtllib`` line at all lacks nothing."""
     path = Path(path)
     missing, defined = [], set()
     libraries = statement_args(path, "mtllib")
@@ -170,10 +170,9 @@ def obj_missing_materials(path: str | Path) -> list[str]:
         defined |= set(statement_args(mtl, "newmtl", split=False))
     used = sorted(set(statement_args(path, "usemtl", split=False)))
     undefined = [m for m in used if m not in defined]
-    if undefined and (libraries and len(missing) < len(libraries)):
+    # Without any mtllib line the file describes no material: default grey is what it means, not a loss.
+    if undefined and libraries and len(missing) < len(libraries):
         missing.append(f"material(s) {', '.join(map(repr, undefined[:5]))} not defined in its .mtl")
-    elif undefined and not libraries:
-        missing.append(f"material(s) {', '.join(map(repr, undefined[:5]))} used, but no mtllib line")
     return missing
 
 

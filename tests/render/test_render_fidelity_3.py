@@ -408,6 +408,16 @@ def test_reference_rule_without_blender(tmp_path):
     assert "https: URL" in references.outside("https://example.com/x.png", root, root)
     assert references.mtl_map_file("map_Kd -o 1 1 1 -s 2 -clamp on my tex.png") == "my tex.png"
     assert references.mtl_map_file("bump -bm 0.5 b.png") == "b.png"
+    # OBJ materials: a missing .mtl and an undefined name are losses; usemtl without any mtllib is not.
+    (root / "a.mtl").write_text("newmtl red\nKd 1 0 0\n")
+    for name, text, lost in (
+        ("ok.obj", "mtllib a.mtl\nusemtl red\n", 0),
+        ("gone.obj", "mtllib gone.mtl\nusemtl red\n", 1),
+        ("undef.obj", "mtllib a.mtl\nusemtl blue\n", 1),
+        ("none.obj", "usemtl Material\n", 0),
+    ):
+        (root / name).write_text(text + "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+        assert len(references.obj_missing_materials(root / name)) == lost, name
 
 
 def test_sub_formats_blender_cannot_read_are_named_without_blender(tmp_path):
