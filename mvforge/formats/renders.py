@@ -57,6 +57,11 @@ REASONS = (
     "memory_limit",
     "empty_render",
     "missing_texture",
+    # An external reference (texture, buffer, material library, linked .blend) outside the object's folder,
+    # or a URL / absolute path: refused for every format, nothing outside is read (docs/render_failures.md).
+    "outside_reference",
+    # A file the object needs is missing: a linked .blend library, a glTF buffer, an OBJ's .mtl or a material.
+    "missing_reference",
 )
 
 

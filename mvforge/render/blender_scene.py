@@ -3,8 +3,10 @@
 The only module of mvforge that imports ``bpy`` (design §1). Everything it decides was decided by the planner
 (``mvforge.render.plan.plan_job``): cameras, HDRI or lamp rig, rotation, strength, seed. This module only executes:
 
-1. a fresh empty scene; positions the importer would silently repair (NaN/inf) are checked first
-   (``mvforge.render.precheck``), then the format's bpy 5 importer;
+1. a fresh empty scene; the file's encoding, its external references (docs/render_failures.md: nothing outside
+   the object's folder is read) and positions the importer would silently repair (NaN/inf) are checked first
+   (``mvforge.render.precheck``, ``mvforge.render.references``), then the format's bpy 5 importer (a .blend:
+   the objects of the scene it opens with); the images and libraries Blender loaded are checked again;
 2. drop cameras and lights, evaluate armatures and shape keys at frame 0, gather what renders (faces, point
    clouds, curves; not loose vertices or hidden objects);
 3. guards (reason codes of ``mvforge.formats.renders.REASONS``), missing textures (fail or strip), vertex-colour
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 import time
 from dataclasses import dataclass, field
@@ -32,7 +35,7 @@ from mathutils import Matrix, Vector
 from mvforge.cameras import View, orbit_position
 from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json
-from mvforge.render import exposure, precheck
+from mvforge.render import exposure, precheck, references
 from mvforge.render.config import adaptive_min_samples_used
 
 # Object types whose evaluated form is a mesh Cycles renders (curves with bevel, text and metaballs included).
@@ -76,8 +79,14 @@ def render_job(job: dict, staging: Path) -> dict:
 
     # 1. Fresh scene and import.
     bpy.ops.wm.read_factory_settings(use_empty=True)
-    positions_check = check_positions_before_import(job.get("importer"), job.get("input_path"))
-    import_object(job.get("importer"), job.get("input_path"))
+    importer, input_path = job.get("importer"), job.get("input_path")
+    materials = job.get("materials") or {}
+    policy = materials.get("missing_textures", "fail")
+    # Before any importer or reader opens a referenced file (the outside-reference rule, docs/render_failures.md).
+    missing_materials = check_before_import(importer, input_path, policy)
+    positions_check = check_positions_before_import(importer, input_path)
+    loaded = import_object(importer, input_path)
+    check_loaded_references(str(Path(input_path).parent))
     t_import = time.perf_counter()
 
     # 2-4. Clean up, evaluate, guard, normalise, count.
@@ -89,12 +98,18 @@ def render_job(job: dict, staging: Path) -> dict:
     check_geometry(
         geo, int(limits["max_faces"]), int(limits.get("max_evaluated_faces", DEFAULT_MAX_EVALUATED))
     )
-    materials = job.get("materials") or {}
-    missing, stripped = handle_missing_textures(materials.get("missing_textures", "fail"))
+    legacy = handle_legacy_textures(loaded.get("legacy_textures") or [], policy)
+    missing, stripped = handle_missing_textures(policy)
     vertex_colors = apply_vertex_colors(bool(materials.get("vertex_colors", True)))
     normalization = normalize(geo.points)
-    stats = scene_stats(geo, missing, stripped, vertex_colors)
+    # Under "strip", every texture or material the render lost counts as stripped: the filter drops the
+    # object unless gates.keep_stripped_textures is set (docs/render_failures.md).
+    stats = scene_stats(geo, missing, stripped + legacy + len(missing_materials), vertex_colors)
+    stats["legacy_textures"] = legacy
+    stats["missing_materials"] = len(missing_materials)
     stats["positions_precheck"] = positions_check
+    if "blend_scene" in loaded:
+        stats["blend_scene"] = loaded["blend_scene"]
 
     # 5-6. World, engine and output settings.
     hdri_applied = None
@@ -152,15 +167,19 @@ def render_job(job: dict, staging: Path) -> dict:
 # --- 1. import -------------------------------------------------------------------------------------------------
 
 
-def import_object(importer: str | None, input_path: str | None) -> None:
-    """Import ``input_path`` with the bpy 5 operator of ``importer``; any failure is ``import_error``."""
+def import_object(importer: str | None, input_path: str | None) -> dict:
+    """Import ``input_path`` with the bpy 5 operator of ``importer``; any failure is ``import_error`` whose
+    message is the cause in one line (:func:`cause_line`; the traceback stays in the log).
+
+    Returns what the import found beyond the scene: for a .blend, ``blend_scene`` (meta.json ``stats``) and
+    ``legacy_textures`` (:func:`load_blend_scene`); {} otherwise.
+    """
     if importer is None:
         raise RenderFailure("unsupported_format", f"no importer for {input_path!r}")
     if not input_path or not os.path.isfile(input_path):
         raise RenderFailure("import_error", f"input file {input_path!r} does not exist")
     if importer == "blend":
-        append_blend_objects(input_path)
-        return
+        return load_blend_scene(input_path)
     operators = {
         "gltf": bpy.ops.import_scene.gltf,
         "obj": bpy.ops.wm.obj_import,
@@ -172,12 +191,134 @@ def import_object(importer: str | None, input_path: str | None) -> None:
     }
     if importer not in operators:
         raise RenderFailure("unsupported_format", f"unknown importer {importer!r}")
+    if importer == "fbx":
+        allow_fbx_lights()
     try:
         result = operators[importer](filepath=str(input_path))
     except Exception as e:  # importers report bad files as RuntimeError, some as Python errors of their own
-        raise RenderFailure("import_error", f"{importer} import failed: {one_line(e)}") from e
+        print(f"mvforge: {importer} import raised:\n{e}", flush=True)  # the whole text stays in the log
+        raise RenderFailure("import_error", f"{importer} import failed: {cause_line(e)}") from e
     if "FINISHED" not in result:
         raise RenderFailure("import_error", f"{importer} import returned {sorted(result)}")
+    return {}
+
+
+def check_before_import(importer: str | None, input_path: str | None, policy: str) -> list[str]:
+    """Checks of the file's own bytes before any reader follows them; returns an OBJ's missing materials.
+
+    Raises :class:`RenderFailure`: ``unsupported_format`` for a text format in a wide encoding or an obsolete
+    sub-format (``precheck.unsupported_encoding``), ``outside_reference`` for a glTF or OBJ reference outside
+    the object's folder (``mvforge.render.references``), ``missing_reference`` for a glTF buffer file that does
+    not exist, and for an OBJ whose .mtl or material is missing under ``materials.missing_textures = "fail"`` (under ``strip`` they render grey and are counted).
+    """
+    if not importer or not input_path or not os.path.isfile(input_path):
+        return []  # import_object reports it
+    why = precheck.unsupported_encoding(importer, input_path)
+    if why:
+        raise RenderFailure("unsupported_format", why)
+    refusals = []
+    if importer == "gltf":
+        refusals = references.gltf_refusals(input_path)
+    elif importer == "obj":
+        refusals = references.obj_refusals(input_path)
+    if refusals:
+        raise_outside(refusals)
+    if importer == "gltf" and (gone := references.gltf_missing_buffers(input_path)):
+        raise RenderFailure(
+            "missing_reference",
+            f"glTF buffer file(s) {', '.join(map(repr, gone[:5]))} not found beside the file",
+        )
+    if importer != "obj":
+        return []
+    missing = references.obj_missing_materials(input_path)
+    if missing and policy != "strip":
+        raise RenderFailure(
+            "missing_reference",
+            f"OBJ {'; '.join(missing)}: it would render default grey "
+            "(set materials.missing_textures = 'strip' to render it so and flag it)",
+        )
+    return missing
+
+
+def raise_outside(refusals: list[str]) -> None:
+    more = f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""
+    raise RenderFailure("outside_reference", f"{refusals[0]}{more}; nothing outside it is read")
+
+
+def check_loaded_references(root: str) -> None:
+    """Refuse (``outside_reference``) any image or library Blender loaded or would load from outside ``root``,
+    before a pixel of it is read: FBX and USD texture paths, .blend images and libraries (resolved with
+    ``bpy.path.abspath``), and whatever an importer resolved on its own. Packed images carry their pixels."""
+    refusals = []
+    for lib in bpy.data.libraries:
+        path = bpy.path.abspath(lib.filepath, library=lib.parent)
+        why = references.outside_resolved(path, root)
+        if why:
+            refusals.append(f"linked library {lib.filepath!r}: {why}")
+    for img in bpy.data.images:
+        if img.source not in {"FILE", "SEQUENCE", "TILED", "MOVIE"} or img.packed_file is not None:
+            continue
+        if not img.filepath:
+            continue
+        path = bpy.path.abspath(img.filepath, library=img.library)
+        why = references.outside_resolved(path, root)
+        if why:
+            refusals.append(f"image {img.filepath!r}: {why}")
+    if refusals:
+        raise_outside(refusals)
+
+
+def allow_fbx_lights() -> None:
+    """Let Blender 5.0.1's bundled FBX importer read files that hold a light.
+
+    Its ``blen_read_light`` sets ``light.cycles.cast_shadow``, a property Cycles no longer has, so every FBX
+    with a light failed with AttributeError. mvforge removes lights after the import anyway (the job decides the
+    lighting, design §2.1), so the light only needs to exist. The importer's module is wrapped in memory, never
+    edited on disk; tests/render/test_render_fidelity_3.py fails once the importer no longer needs this.
+    """
+    from io_scene_fbx import import_fbx
+
+    original = import_fbx.blen_read_light
+    if getattr(original, "mvforge_wrapped", False):
+        return
+
+    def read_light(fbx_tmpl, fbx_obj, settings):
+        try:
+            return original(fbx_tmpl, fbx_obj, settings)
+        except AttributeError as e:
+            if "cast_shadow" not in str(e):
+                raise
+            # The light the original made before failing stays an unused data block; a plain one replaces it.
+            name = import_fbx.elem_name_ensure_class(fbx_obj, b"NodeAttribute")
+            return bpy.data.lights.new(name=name, type="POINT")
+
+    read_light.mvforge_wrapped = True
+    import_fbx.blen_read_light = read_light
+
+
+TRACEBACK_HEAD = "Traceback (most recent call last):"
+
+
+def cause_line(e: BaseException) -> str:
+    """The cause of an importer error in one line: the exception type and message, or the importer's own error
+    line. Python importers (glTF, FBX) report a crash as a RuntimeError whose text is the whole traceback; its
+    last ``Type: message`` line is the cause."""
+    text = str(e)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if any(TRACEBACK_HEAD in ln for ln in lines):
+        causes = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", ln)]
+        if causes:
+            return clip(causes[-1])
+    for ln in lines:
+        ln = re.sub(r"^(Error|Warning|Python):\s*", "", ln)
+        ln = re.sub(r"^(Error|Python):\s*", "", ln)
+        if ln and TRACEBACK_HEAD not in ln:
+            return clip(f"{type(e).__name__}: {ln}")
+    return f"{type(e).__name__}"
+
+
+def clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def check_positions_before_import(importer: str | None, input_path: str | None) -> str:
@@ -195,23 +336,134 @@ def check_positions_before_import(importer: str | None, input_path: str | None) 
     return how
 
 
-def append_blend_objects(path: str) -> None:
-    """Append every object of a .blend file into the scene, with its scripts never run (untrusted input)."""
+def load_blend_scene(path: str) -> dict:
+    """Put into the fresh scene what the .blend's own scene renders, with its scripts never run.
+
+    A .blend is a file of scenes (docs/render_failures.md): the scene it opens with (its window's scene) is
+    the object. The file is opened once to read that scene: the objects of its collections that the active view
+    layer does not exclude and that are enabled for rendering (collection instances come along with their
+    instancing empties and are expanded at evaluation; objects disabled for rendering are kept, never rendered).
+    Then the factory scene is restored and those objects are appended into it, so no render setting of the
+    file applies. Linked libraries are checked while the file is open: outside the object's folder
+    ``outside_reference``, missing ``missing_reference``.
+
+    Returns ``blend_scene`` (name, scenes in the file, objects appended; meta.json ``stats``) and
+    ``legacy_textures`` (:func:`legacy_texture_images`).
+    """
+    root = str(Path(path).parent)
     # Auto-execution stays off: a downloaded .blend can carry Python drivers and startup scripts.
     bpy.context.preferences.filepaths.use_scripts_auto_execute = False
     try:
-        with bpy.data.libraries.load(path, link=False) as (src, dst):
-            dst.objects = list(src.objects)
+        bpy.ops.wm.open_mainfile(filepath=str(path), load_ui=False, use_scripts=False)
     except Exception as e:
-        raise RenderFailure("import_error", f"blend append failed: {one_line(e)}") from e
-    for obj in dst.objects:
-        if obj is not None:
-            bpy.context.scene.collection.objects.link(obj)
+        print(f"mvforge: opening the .blend raised:\n{e}", flush=True)
+        raise RenderFailure("import_error", f"blend open failed: {cause_line(e)}") from e
+    check_libraries(root)
+    scene, layer = bpy.context.scene, bpy.context.view_layer
+    shown = shown_objects(scene.collection, layer.layer_collection)
+    groups: dict[str, list[str]] = {}
+    for obj in shown:
+        source = bpy.path.abspath(obj.library.filepath, library=obj.library.parent) if obj.library else path
+        groups.setdefault(source, []).append(obj.name)
+    info = {
+        "blend_scene": {"name": scene.name, "scenes": len(bpy.data.scenes), "objects": len(shown)},
+        "legacy_textures": legacy_texture_images(),
+    }
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.context.preferences.filepaths.use_scripts_auto_execute = False
+    target = bpy.context.scene.collection
+    for source, names in groups.items():
+        wanted = set(names)
+        try:
+            with bpy.data.libraries.load(source, link=False) as (src, dst):
+                dst.objects = [name for name in src.objects if name in wanted]
+        except Exception as e:
+            raise RenderFailure("import_error", f"blend append failed: {cause_line(e)}") from e
+        for obj in dst.objects:
+            if obj is not None:
+                target.objects.link(obj)
+    return info
 
 
-def one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:300]}"
+def shown_objects(collection, layer_collection) -> list:
+    """Objects of a scene's master ``collection`` and of the child collections that its view layer (whose tree
+    of layer collections is ``layer_collection``) does not exclude and that are enabled for rendering. Objects
+    disabled for rendering come along: they never render, and ``evaluated_geometry`` counts them as hidden."""
+    found = {o.name_full: o for o in collection.objects}
+
+    def walk(lc) -> None:
+        for child in lc.children:
+            if child.exclude or child.collection.hide_render:
+                continue
+            found.update({o.name_full: o for o in child.collection.objects})
+            walk(child)
+
+    walk(layer_collection)
+    return list(found.values())
+
+
+def check_libraries(root: str) -> None:
+    """Linked libraries of the open .blend: a path outside ``root`` or not relative to the .blend is
+    ``outside_reference``; a library file that does not exist is ``missing_reference`` (its content would be
+    missing from the render without a word)."""
+    refusals, missing = [], []
+    for lib in bpy.data.libraries:
+        raw = lib.filepath
+        path = bpy.path.abspath(raw, library=lib.parent)
+        if not raw.startswith("//"):
+            refusals.append(
+                f"linked library {raw!r} is an absolute path (only files beside the object may be read)"
+            )
+            continue
+        why = references.outside_resolved(path, root)
+        if why:
+            refusals.append(f"linked library {raw!r}: {why}")
+        elif not os.path.isfile(path):
+            missing.append(raw)
+    if refusals:
+        raise_outside(refusals)
+    if missing:
+        raise RenderFailure(
+            "missing_reference",
+            f"linked librar{'y' if len(missing) == 1 else 'ies'} {', '.join(map(repr, missing[:5]))} "
+            "not found; the linked content would be missing from the render",
+        )
+
+
+# Blender version whose files first hold materials as node trees only: older files used texture slots.
+NODE_MATERIALS_VERSION = (2, 80, 0)
+
+
+def legacy_texture_images() -> list[str]:
+    """Images of an open pre-2.80 .blend that its materials showed through texture slots, which Blender 2.80
+    removed: the image texture survives the load but nothing uses it (0 users) and no shader node shows its
+    image, so the material renders untextured. Returns the image names ([] for newer files)."""
+    if tuple(bpy.data.version) >= NODE_MATERIALS_VERSION:
+        return []
+    shown = {node.image.name for _, node in image_nodes(None)}
+    return sorted(
+        {
+            tex.image.name
+            for tex in bpy.data.textures
+            if tex.type == "IMAGE"
+            and tex.image is not None
+            and tex.users == 0
+            and tex.image.name not in shown
+        }
+    )
+
+
+def handle_legacy_textures(names: list[str], policy: str) -> int:
+    """Apply ``materials.missing_textures`` to the images of pre-2.80 texture slots: ``fail`` raises
+    ``missing_texture``; ``strip`` renders without them and returns how many (counted as stripped)."""
+    if names and policy != "strip":
+        raise RenderFailure(
+            "missing_texture",
+            f"{len(names)} texture image(s) ({', '.join(names[:5])}) are used through texture slots of a "
+            "pre-2.80 .blend, which Blender 5 no longer renders (set materials.missing_textures = 'strip' to "
+            "render without them)",
+        )
+    return len(names)
 
 
 # --- 2. evaluate and guard -------------------------------------------------------------------------------------
@@ -407,15 +659,18 @@ def missing_images() -> set:
     return missing
 
 
-def image_nodes(missing: set) -> list[tuple]:
-    """(node tree, node) of every image-texture node, in materials and node groups, showing a missing image."""
+def image_nodes(missing: set | None) -> list[tuple]:
+    """(node tree, node) of every image-texture node, in materials and node groups, showing an image of
+    ``missing`` (None: any image)."""
     trees = [m.node_tree for m in bpy.data.materials if m.node_tree is not None]
     trees += [g for g in bpy.data.node_groups if g.bl_idname == "ShaderNodeTree"]
     return [
         (tree, node)
         for tree in trees
         for node in tree.nodes
-        if node.bl_idname == "ShaderNodeTexImage" and node.image is not None and node.image.name in missing
+        if node.bl_idname == "ShaderNodeTexImage"
+        and node.image is not None
+        and (missing is None or node.image.name in missing)
     ]
 
 

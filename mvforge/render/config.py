@@ -290,7 +290,10 @@ class MaterialsConfig:
     """An image texture whose file is absent or unreadable renders magenta in Cycles. ``fail``: the object
     fails with reason ``missing_texture``. ``strip``: the broken image nodes are removed so the material's base
     colour shows; meta.json ``stats.stripped_textures`` and the manifest record it, and the filter drops the
-    object unless ``gates.keep_stripped_textures`` is set."""
+    object unless ``gates.keep_stripped_textures`` is set. The same policy covers the textures of pre-2.80 .blend
+    texture slots (``missing_texture``; ``stats.legacy_textures``) and an OBJ whose .mtl or material is missing
+    (``missing_reference``; ``stats.missing_materials``), both added to ``stats.stripped_textures`` under
+    ``strip`` (docs/render_failures.md)."""
     vertex_colors: bool = True
     """Give meshes that carry a colour attribute but no material a material that reads it (PLY scans, OBJ
     ``v x y z r g b``), so they do not render plain grey. A mesh whose own material ignores the attribute keeps

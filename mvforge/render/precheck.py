@@ -88,3 +88,43 @@ def accessor_bounds_non_finite(doc: dict) -> int:
             finite = len(bounds) == 6 and all(isinstance(x, int | float) and np.isfinite(x) for x in bounds)
             bad += 0 if finite else 1
     return bad
+
+
+# Byte-order marks of the encodings a text format must not be in (OBJ, .mtl and glTF JSON are ASCII / UTF-8).
+WIDE_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}  # fmt: skip
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+FBX_BINARY_MAGIC = b"Kaydara FBX Binary  \x00"
+# How much of a text file is looked at for NUL bytes (a UTF-16 file without BOM has one every other byte).
+TEXT_SNIFF_BYTES = 4096
+
+
+def unsupported_encoding(importer: str | None, path: str | Path) -> str | None:
+    """Why ``path`` is in an encoding or sub-format its importer cannot read, or None.
+
+    A UTF-16 OBJ imports as an empty scene (then fails as ``zero_extent`` or ``no_mesh``, hiding the cause) and
+    an Alembic archive in the obsolete HDF5 layout (Alembic before 1.5) fails with a bare importer error; both
+    are ``unsupported_format`` with this line as the message. Never raises for an unreadable file.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(TEXT_SNIFF_BYTES)
+    except OSError:
+        return None
+    if importer == "alembic" and head.startswith(HDF5_MAGIC):
+        return "Alembic archive in the obsolete HDF5 layout (Blender reads only Ogawa archives; re-export it)"
+    # A .glb is binary: one with a bad magic is the importer's import_error, not an encoding question.
+    ascii_fbx = head.lstrip().startswith(b";") or b"FBXHeaderExtension:" in head
+    if importer == "fbx" and not head.startswith(FBX_BINARY_MAGIC) and ascii_fbx:
+        return "ASCII FBX file (Blender reads only binary FBX)"
+    # Header 'BLENDER' + pointer size ('_' 32-bit, '-' 64-bit) + endianness ('v' little, 'V' big).
+    if importer == "blend" and head[:7] == b"BLENDER" and head[7:8] in (b"_", b"-") and head[8:9] == b"V":
+        return ".blend written by a big-endian Blender (Blender 5 reads only little-endian files)"
+    text_format = importer == "obj" or (importer == "gltf" and Path(path).suffix.lower() == ".gltf")
+    if not text_format:
+        return None
+    for bom, name in WIDE_BOMS.items():
+        if head.startswith(bom):
+            return f"{importer.upper()} file is {name} text ({importer.upper()} must be ASCII or UTF-8)"
+    if b"\x00" in head:
+        return f"{importer.upper()} file holds NUL bytes (not ASCII or UTF-8 text: UTF-16 without a BOM?)"
+    return None
