@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from mvforge import config as config_mod
+from mvforge import rundir
 from mvforge.errors import UserError
 from mvforge.fsutil import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
 from mvforge.models.resolve import weights_fingerprint
@@ -278,6 +279,9 @@ def finished_with(run_dir: Path, cfg: SDSConfig) -> bool:
     return True
 
 
+@rundir.locked(
+    "mvtrain sds", lambda cfg, **_: Path(cfg.out) / prompt_slug(cfg.prompt) if cfg.prompt.strip() else None
+)
 def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     """Optimise a field for ``cfg.prompt`` and export it; resumes ``<out>/<slug>`` when it has checkpoints.
 

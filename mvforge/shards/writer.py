@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mvforge import rundir
 from mvforge.config import to_dict, to_toml
 from mvforge.errors import UserError
 from mvforge.formats import renders as layout
@@ -165,6 +166,7 @@ def index_document(specs: list[ShardSpec], markers: dict[str, dict], cfg: ShardC
     }
 
 
+@rundir.locked("mvdata shard", lambda out, **_: out)
 def run_shard(
     renders: str | Path,
     out: str,

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from mvforge import config as config_mod
+from mvforge import rundir
 from mvforge.devices import resolve_device
 from mvforge.errors import UserError
 from mvforge.fsutil import atomic_write_json, atomic_write_text
@@ -286,6 +287,7 @@ def photo_batch(photos: torch.Tensor, caption: str, idx: torch.Tensor) -> dict:
 
 
 # ---------------------------------------------------------------- the loop
+@rundir.locked("mvtrain dreambooth", lambda cfg, rt: cfg.out if rt is None and cfg.out else None)
 def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
     """Fine-tune until ``cfg.max_steps``, resuming from the run's latest checkpoint; returns this call's
     per-step records (step, loss, preservation, mean_abs_dev, max_abs_dev, ...). Raises UserError for bad input

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from mvforge import config as config_mod
+from mvforge import rundir
 from mvforge.devices import resolve_device
 from mvforge.errors import UserError
 from mvforge.fsutil import atomic_write_text
@@ -370,6 +371,8 @@ def _fault(rank: int, step: int, out: Path) -> None:
 
 
 # ---------------------------------------------------------------- the loop
+# In-process only: under Ray Train the driver (ray_fit.py) holds the lock for its workers.
+@rundir.locked("mvtrain fit", lambda cfg, rt: cfg.out if rt is None and cfg.out else None)
 def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
     """Train until ``cfg.max_steps``, resuming from the run's latest checkpoint; returns this call's per-step
     records (step, kind, loss, ...). Raises UserError for bad inputs, NonFiniteLoss after

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from mvforge import config as config_mod
+from mvforge import rundir
 from mvforge.train.config import FitConfig
 
 
@@ -60,6 +61,8 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     fit(cfg, rt)
 
 
+# The driver holds the run directory's lock for its workers (they run fit with a Runtime: no lock there).
+@rundir.locked("mvtrain fit", lambda cfg, **_: cfg.out)
 def fit_with_ray(
     cfg: FitConfig,
     workers: int,

@@ -1,0 +1,122 @@
+"""One writer per output directory, for every stage (docs/reliability.md): a second run is refused in one line
+naming the holder, and a lock left by a killed process frees itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mvforge import rundir
+from mvforge.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _holder(out: Path, command: str) -> subprocess.Popen:
+    """Another process holding ``out``'s lock (a concurrent run, as far as the lock can tell) until killed."""
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from mvforge import rundir
+        with rundir.exclusive({str(out)!r}, {command!r}):
+            print("held", flush=True)
+            time.sleep(600)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.fixture
+def held(tmp_path):
+    procs: list[subprocess.Popen] = []
+
+    def hold(out: Path, command: str = "mvtrain fit") -> subprocess.Popen:
+        procs.append(_holder(out, command))
+        return procs[-1]
+
+    yield hold
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_a_second_holder_is_refused_and_a_killed_holders_lock_frees_itself(tmp_path, held):
+    out = tmp_path / "run"
+    proc = held(out, "mvdata shard")
+    with pytest.raises(UserError, match=rf"`mvdata shard` \(pid {proc.pid} on .*\) is writing {out}; wait"):
+        with rundir.exclusive(out, "mvdata shard"):
+            pass
+    os.kill(proc.pid, signal.SIGKILL)  # no clean-up runs: the kernel drops the flock
+    proc.wait()
+    with rundir.exclusive(out, "mvdata shard") as locked:
+        assert locked == out and (out / rundir.LOCK).is_file()
+
+
+def test_every_stage_refuses_a_directory_another_run_writes(tmp_path, held, tiny_sd):
+    from typer.testing import CliRunner
+
+    from mvforge.cli.mvtrain import app as mvtrain
+    from mvforge.eval.config import EvalConfig
+    from mvforge.eval.run import run_eval
+    from mvforge.filter.config import FilterConfig
+    from mvforge.filter.pipeline import run_filter
+    from mvforge.render.config import RenderConfig
+    from mvforge.render.driver import render
+    from mvforge.render.plan import SourceObject
+    from mvforge.sds.loop import run_sds
+    from mvforge.shards.config import ShardConfig
+    from mvforge.shards.writer import run_shard
+    from mvforge.train.dreambooth import dreambooth
+    from mvforge.train.dreambooth_config import DreamBoothConfig
+    from mvforge.train.loop import fit
+    from mvforge.train.ray_fit import fit_with_ray
+    from tests.sds.conftest import tiny_sds_config
+    from tests.train.conftest import fit_config
+
+    renders = tmp_path / "renders"
+    from mvforge.render.synthetic import write_synthetic_render_dir
+
+    write_synthetic_render_dir(renders, 1, views=4, resolution=16)
+    glb = ROOT / "tests" / "data" / "glb" / "BoxTextured.glb"
+    runs = {
+        "render": lambda out: render(
+            [SourceObject(uid="box", kind="local", ext="glb", path=str(glb))],
+            out,
+            RenderConfig(),
+            show_progress=False,
+        ),
+        "filter": lambda out: run_filter(renders, out, FilterConfig(), progress=False),
+        "shard": lambda out: run_shard(renders, str(out), ShardConfig(workers=0), show_progress=False),
+        "fit": lambda out: fit(fit_config(tiny_sd, tmp_path / "no-shards", out)),
+        "fit --workers": lambda out: fit_with_ray(fit_config(tiny_sd, tmp_path / "no-shards", out), 1),
+        "dreambooth": lambda out: dreambooth(
+            DreamBoothConfig(pretrained=str(tiny_sd), images=str(tmp_path), prompt="a sks mug", out=str(out))
+        ),
+        "sds": lambda out: run_sds(tiny_sds_config(tiny_sd, out)),
+        "eval": lambda out: run_eval(None, "m", renders, out, EvalConfig(), None, None),
+    }
+    for name, run in runs.items():
+        out = tmp_path / name.replace(" ", "")
+        lock_dir = out / "a-red-ceramic-mug" if name == "sds" else out  # sds: one run directory per prompt
+        held(lock_dir)
+        with pytest.raises(UserError, match=r"`mvtrain fit` \(pid \d+ on .*\) is writing"):
+            run(out)
+
+    out = tmp_path / "sample"
+    held(out)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    result = CliRunner().invoke(
+        mvtrain, ["sample", "--model", str(model), "--prompt", "a mug", "--out", str(out), "--device", "cpu"]
+    )
+    assert isinstance(result.exception, UserError) and "is writing" in str(result.exception)
