@@ -3,6 +3,7 @@ naming the holder, and a lock left by a killed process frees itself."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -61,7 +62,8 @@ def test_a_second_holder_is_refused_and_a_killed_holders_lock_frees_itself(tmp_p
         assert locked == out and (out / rundir.LOCK).is_file()
 
 
-def test_every_stage_refuses_a_directory_another_run_writes(tmp_path, held, tiny_sd):
+def _stage_runs(tmp_path: Path, tiny_sd: Path) -> dict:
+    """name -> (run into OUT, the directory that run locks): every stage's entry point, with real inputs."""
     from typer.testing import CliRunner
 
     from mvforge.cli.mvtrain import app as mvtrain
@@ -72,6 +74,7 @@ def test_every_stage_refuses_a_directory_another_run_writes(tmp_path, held, tiny
     from mvforge.render.config import RenderConfig
     from mvforge.render.driver import render
     from mvforge.render.plan import SourceObject
+    from mvforge.render.synthetic import write_synthetic_render_dir
     from mvforge.sds.loop import run_sds
     from mvforge.shards.config import ShardConfig
     from mvforge.shards.writer import run_shard
@@ -83,17 +86,19 @@ def test_every_stage_refuses_a_directory_another_run_writes(tmp_path, held, tiny
     from tests.train.conftest import fit_config
 
     renders = tmp_path / "renders"
-    from mvforge.render.synthetic import write_synthetic_render_dir
-
     write_synthetic_render_dir(renders, 1, views=4, resolution=16)
-    glb = ROOT / "tests" / "data" / "glb" / "BoxTextured.glb"
-    runs = {
-        "render": lambda out: render(
-            [SourceObject(uid="box", kind="local", ext="glb", path=str(glb))],
-            out,
-            RenderConfig(),
-            show_progress=False,
-        ),
+    glb = SourceObject(uid="box", kind="local", ext="glb", path=str(ROOT / "tests/data/glb/BoxTextured.glb"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+
+    def sample(out):
+        args = ["sample", "--model", str(model), "--prompt", "a mug", "--out", str(out), "--device", "cpu"]
+        result = CliRunner().invoke(mvtrain, args)
+        raise result.exception
+
+    return {
+        "render": lambda out: render([glb], out, RenderConfig(), show_progress=False),
         "filter": lambda out: run_filter(renders, out, FilterConfig(), progress=False),
         "shard": lambda out: run_shard(renders, str(out), ShardConfig(workers=0), show_progress=False),
         "fit": lambda out: fit(fit_config(tiny_sd, tmp_path / "no-shards", out)),
@@ -103,20 +108,41 @@ def test_every_stage_refuses_a_directory_another_run_writes(tmp_path, held, tiny
         ),
         "sds": lambda out: run_sds(tiny_sds_config(tiny_sd, out)),
         "eval": lambda out: run_eval(None, "m", renders, out, EvalConfig(), None, None),
+        "sample": sample,
     }
-    for name, run in runs.items():
+
+
+def test_every_stage_refuses_a_directory_another_run_writes(tmp_path, held, tiny_sd):
+    for name, run in _stage_runs(tmp_path, tiny_sd).items():
         out = tmp_path / name.replace(" ", "")
-        lock_dir = out / "a-red-ceramic-mug" if name == "sds" else out  # sds: one run directory per prompt
-        held(lock_dir)
+        held(out / "a-red-ceramic-mug" if name == "sds" else out)  # sds: one run directory per prompt
         with pytest.raises(UserError, match=r"`mvtrain fit` \(pid \d+ on .*\) is writing"):
             run(out)
 
-    out = tmp_path / "sample"
-    held(out)
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "model_index.json").write_text("{}")
-    result = CliRunner().invoke(
-        mvtrain, ["sample", "--model", str(model), "--prompt", "a mug", "--out", str(out), "--device", "cpu"]
-    )
-    assert isinstance(result.exception, UserError) and "is writing" in str(result.exception)
+
+def test_every_stage_says_a_read_only_out_in_one_line(tmp_path, tiny_sd, monkeypatch):
+    """A read-only mount, injected: writes under ``ro/`` fail with EROFS as on a real one."""
+    ro = tmp_path / "ro"
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def ro_open(path, flags, *args, **kwargs):
+        if str(path).startswith(str(ro)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def ro_mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(ro)) and not os.path.exists(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    runs = _stage_runs(tmp_path, tiny_sd)
+    for name in runs:
+        (ro / name.replace(" ", "")).mkdir(parents=True)
+    monkeypatch.setattr(os, "open", ro_open)
+    monkeypatch.setattr(os, "mkdir", ro_mkdir)
+    for name, run in runs.items():
+        out = ro / name.replace(" ", "")
+        with pytest.raises(
+            UserError, match=rf"^{out}/\S* is on a read-only file system; pass a writable --out$"
+        ):
+            run(out)

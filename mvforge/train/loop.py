@@ -45,7 +45,7 @@ from mvforge.models.model import CAMERA_DIM, encode_text, load_frozen, load_unet
 from mvforge.models.resolve import checkpoints, latest_checkpoint  # noqa: F401  (re-exported for callers)
 from mvforge.shards.loader import MultiViewLoader
 from mvforge.train import metrics_csv
-from mvforge.train.checkpoint import load_training_state, loader_state, save_checkpoint
+from mvforge.train.checkpoint import check_checkpoint, load_training_state, loader_state, save_checkpoint
 from mvforge.train.config import FitConfig
 from mvforge.train.losses import diffusion_loss, sample_noise, training_target
 
@@ -389,7 +389,9 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
     k = cfg.grad_accum_steps
 
     # 1. Models: frozen VAE + text encoder; the UNet from the last checkpoint, else from SD + camera MLP; EMA.
-    resume = latest_checkpoint(out)
+    resume = rundir.newest_intact(
+        checkpoints(out), check_checkpoint, None if rt.rank == 0 else lambda line: None
+    )
     if resume is not None:
         check_resume_config(resume, cfg)
     m = load_models(cfg, rt, resume)
