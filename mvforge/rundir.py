@@ -47,7 +47,7 @@ def environment_error(e: OSError) -> UserError | None:
     if e.errno == errno.EROFS:
         return UserError(f"{where} is on a read-only file system; pass a writable --out")
     if e.errno in (errno.EACCES, errno.EPERM):
-        return UserError(f"no permission to write {where}; pass a writable --out or fix its permissions")
+        return UserError(f"permission denied: {where}; pass a writable --out or fix its permissions")
     return None
 
 
@@ -218,3 +218,14 @@ def locked(command: str, out: Callable[..., str | os.PathLike | None]):
         return wrapper
 
     return deco
+
+
+def environment_error_in(e: BaseException) -> UserError | None:
+    """:func:`environment_error` of ``e`` or of what it wraps (a Ray task's ``cause``, ``__cause__``)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if is_environment_error(e) and getattr(e, "errno", None) is not None:
+            return environment_error(e)
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    return None

@@ -501,6 +501,9 @@ def _schedule(
                 try:
                     recs = ray.get(ref)
                 except ray.exceptions.RayError as e:
+                    if rundir.is_environment_error(getattr(e, "cause", None)):
+                        # A full or read-only disk is no object's fault: stop, record nothing (docs/reliability.md).
+                        raise rundir.environment_error(e.cause) from None
                     recs = []
                     for obj in batch:
                         if layout.status(out, obj.uid) is not None:
