@@ -106,6 +106,9 @@ class Runtime:
     """Called after each logged step with metrics and, at checkpoints, the checkpoint directory."""
     show_progress: bool = True
     """Progress bar and summary table on rank 0 (off under Ray Train: workers' stdout is interleaved)."""
+    stop_requested: Callable[[], bool] = lambda: False
+    """Whether the driver asked to stop (SIGTERM to `mvtrain fit --workers N`, ray_fit.py): checkpoint and end
+    like an in-process SIGTERM (the loop's own handler only works in a main thread)."""
 
     @property
     def distributed(self) -> bool:
@@ -516,7 +519,7 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
                     validate(m, ema, cfg, step, out, writer)
                 rt.barrier()  # the other ranks wait for rank 0's grids
             _fault(rt.rank, step, out)  # tests only (FAULT_ENV)
-            preempted = rt.any(stop["sigterm"])
+            preempted = rt.any(stop["sigterm"] or rt.stop_requested())
             ckpt = None
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or preempted:
                 state = {
