@@ -85,7 +85,9 @@ def exclusive(out: str | os.PathLike, command: str) -> Iterator[Path]:
         return
     import fcntl
 
-    out = make_out_dir(out)
+    out = Path(out)
+    made = [p for p in (out, *out.parents) if not p.exists()]  # what this call creates, leaf first
+    make_out_dir(out)
     path = out / LOCK
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
@@ -106,9 +108,24 @@ def exclusive(out: str | os.PathLike, command: str) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        yield out
+        try:
+            yield out
+        except BaseException:
+            _remove_if_untouched(made, path)
+            raise
     finally:
         os.close(fd)  # drops the flock; the file stays (unlinking it would let two runs lock two inodes)
+
+
+def _remove_if_untouched(made: list[Path], lock: Path) -> None:
+    """After a run that failed before writing anything (bad input), remove the directories it created for its
+    lock, so a mistyped command leaves nothing behind. Still under the lock: no other run is in there."""
+    if not made or sorted(os.listdir(made[0])) != [LOCK]:
+        return
+    with contextlib.suppress(OSError):
+        lock.unlink()
+        for d in made:
+            d.rmdir()  # leaf first; stops at the first one something else was written into
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------

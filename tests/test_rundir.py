@@ -146,3 +146,13 @@ def test_every_stage_says_a_read_only_out_in_one_line(tmp_path, tiny_sd, monkeyp
             UserError, match=rf"^{out}/\S* is on a read-only file system; pass a writable --out$"
         ):
             run(out)
+
+
+def test_a_run_refused_for_bad_input_leaves_no_directory_behind(tmp_path, tiny_sd):
+    from mvforge.train.loop import fit
+    from tests.train.conftest import fit_config
+
+    out = tmp_path / "runs" / "mv"
+    with pytest.raises(UserError, match="no training shards"):
+        fit(fit_config(tiny_sd, "", out))
+    assert not (tmp_path / "runs").exists()
