@@ -161,17 +161,33 @@ def check_safetensors(path: str | os.PathLike) -> None:
 
 def check_torch_file(path: str | os.PathLike) -> None:
     """Raise Damaged unless ``torch.load(path, weights_only=True)`` reads it (a truncated zip, random bytes or a
-    pickle that needs code all fail; nothing in the file runs)."""
+    pickle that needs code all fail; nothing in the file runs). Memory-mapped where the file allows it, so a
+    large optimizer state is checked without being read."""
     import pickle
 
     import torch
 
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as e:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
+    except pickle.UnpicklingError as e:
+        # Not torch's message: it suggests weights_only=False, the one thing not to do with an untrusted file.
+        paragraphs = [x.strip() for x in str(e).split("\n\n") if x.strip()] or [type(e).__name__]
+        body = [
+            x for x in paragraphs[1:] if not x.startswith(("Check the documentation", "Please file an issue"))
+        ]
+        detail = (body or paragraphs)[0].splitlines()[0][:100]
+        if "global" in detail.lower() or "reduce" in detail.lower():
+            raise Damaged(f"{path}: holds pickled code ({detail}); refused, nothing ran") from None
+        raise Damaged(f"{path}: not a torch checkpoint ({detail})") from None
+    except (RuntimeError, OSError, ValueError, EOFError) as e:
         if isinstance(e, OSError) and is_environment_error(e):
             raise
-        first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        first = str(e).split(". ")[0].splitlines()[0][:120] if str(e) else type(e).__name__
         raise Damaged(f"{path}: {first}") from None
 
 

@@ -63,7 +63,7 @@ def test_fit_resumes_from_the_newest_intact_checkpoint_and_a_pickle_never_runs(
     (forged / "optimizer.pt").write_bytes(buf.getvalue())
     warned: list[str] = []
     assert rundir.newest_intact(checkpoints(tmp_path / "run"), check_checkpoint, warned.append) == step2
-    assert len(warned) == 1 and f"({forged / 'optimizer.pt'}: " in warned[0]
+    assert len(warned) == 1 and f"({forged / 'optimizer.pt'}: holds pickled code (" in warned[0]
     with pytest.raises(UserError, match=f"no intact checkpoint in {forged.parent} .*delete the damaged"):
         rundir.newest_intact([forged], check_checkpoint)
     assert not marker.exists()
