@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -33,11 +34,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        # A full disk or a signal mid-write: leave no partial temporary behind (docs/reliability.md).
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        name_failure(e, path)
+        raise
+
+
+def name_failure(e: BaseException, path: str | os.PathLike) -> None:
+    """Give an OSError raised by a write to ``path`` its file name (a failed ``write()`` carries none), so the
+    one-line error names the file."""
+    if isinstance(e, OSError) and e.filename is None:
+        e.filename = str(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -105,9 +120,15 @@ def put_bytes_atomic(fs, path: str, data: bytes) -> None:
     """:func:`atomic_write_bytes` through fsspec: a temporary sibling, then a move, so readers never see part
     of a file (object stores have no rename, but a move of one object is still all-or-nothing to readers)."""
     tmp = tmp_url(path)
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
+    try:
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            fs.rm(tmp)
+        name_failure(e, path)
+        raise
 
 
 def read_bytes_or_none(fs, path: str) -> bytes | None:

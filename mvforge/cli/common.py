@@ -8,6 +8,7 @@ from collections.abc import Callable
 import typer
 
 from mvforge.errors import UserError
+from mvforge.rundir import environment_error_in
 
 ADDRESS_HELP = "Ray cluster address (or set RAY_ADDRESS); a local Ray is started when unset."
 SET_HELP = "Override a config value, e.g. --set cycles.samples=64 (repeatable)."
@@ -38,6 +39,14 @@ def run_app(app: typer.Typer) -> Callable[[], None]:
             sys.exit(2)
         except IsADirectoryError as e:
             typer.secho(f"error: {e.filename} is a directory; pass a file", fg="red", err=True)
+            sys.exit(2)
+        except Exception as e:
+            # A full disk, a read-only or unwritable --out, raised here or inside a Ray task: the machine's
+            # state, not a bug; one line and exit 2, and a rerun resumes (docs/reliability.md).
+            err = environment_error_in(e)
+            if err is None:
+                raise
+            typer.secho(f"error: {err}", fg="red", err=True)
             sys.exit(2)
 
     return main

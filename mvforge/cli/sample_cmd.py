@@ -154,26 +154,29 @@ def sample(
     if prompts is not None:
         prompt_dirs(texts)  # two prompts naming one directory fail here, before the model loads
     weights = weights_fingerprint(model)  # also checks that the model exists
-    quiet_libraries()
-    from mvforge.devices import resolve_device
-    from mvforge.models.pipeline import MultiViewDiffusion
+    from mvforge import rundir
 
-    dev = resolve_device(device)
-    check_config(cfg, dev.type)
-    mvd = MultiViewDiffusion.from_pretrained(model, dev, torch_dtype(cfg.precision), use_ema=cfg.use_ema)
-    if save_pipeline is not None:
-        typer.echo(str(mvd.save_pretrained(save_pipeline)))
-    dirs = sample_prompts(
-        mvd,
-        texts,
-        out,
-        cfg,
-        dev,
-        show_progress=prompts is not None,
-        label=str(model),
-        resume=True,
-        weights=weights,
-        per_prompt=prompts is not None,
-    )
-    for d in dirs:
-        typer.echo(str(d / "grid.png"))
+    with rundir.exclusive(out, "mvtrain sample"):  # before the model loads: a refusal is quick
+        quiet_libraries()
+        from mvforge.devices import resolve_device
+        from mvforge.models.pipeline import MultiViewDiffusion
+
+        dev = resolve_device(device)
+        check_config(cfg, dev.type)
+        mvd = MultiViewDiffusion.from_pretrained(model, dev, torch_dtype(cfg.precision), use_ema=cfg.use_ema)
+        if save_pipeline is not None:
+            typer.echo(str(mvd.save_pretrained(save_pipeline)))
+        dirs = sample_prompts(
+            mvd,
+            texts,
+            out,
+            cfg,
+            dev,
+            show_progress=prompts is not None,
+            label=str(model),
+            resume=True,
+            weights=weights,
+            per_prompt=prompts is not None,
+        )
+        for d in dirs:
+            typer.echo(str(d / "grid.png"))

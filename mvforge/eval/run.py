@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from mvforge import config as config_mod
+from mvforge import rundir
 from mvforge.errors import UserError
 from mvforge.eval import metrics
 from mvforge.eval.config import EvalConfig
@@ -235,6 +236,7 @@ def summarise(gen: dict, ref: dict | None, cfg: EvalConfig) -> dict:
     return out
 
 
+@rundir.locked("mvtrain eval", lambda out, **_: out)
 def run_eval(
     pipe,
     model_label: str,

@@ -124,6 +124,17 @@ def model_spec(cfg: FilterConfig) -> tuple[str, str | None]:
                 f"--pretrained {m.pretrained!r} is neither a file nor a tag of {m.name} (tags: {tags}); "
                 "pass a checkpoint file or local-dir:DIR"
             )
+    if m.pretrained and os.path.isfile(m.pretrained):
+        # Checked here, in the driver: inside a Ray actor the same failure is a page of actor traceback.
+        from mvforge import rundir
+
+        check = rundir.check_safetensors if m.pretrained.endswith(".safetensors") else rundir.check_torch_file
+        try:
+            check(m.pretrained)
+        except rundir.Damaged as e:
+            raise UserError(
+                f"--pretrained {e}: not a readable open_clip checkpoint; pass the file again (copied whole) or a tag"
+            ) from None
     return m.name, m.pretrained or None
 
 

@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from mvforge import rundir
 from mvforge.config import to_toml
 from mvforge.errors import UserError
 from mvforge.filter.config import FilterConfig, scoring_key, scoring_key_hash, validate
@@ -198,6 +199,7 @@ def check_device(cfg: FilterConfig) -> None:
 # --- the stage -------------------------------------------------------------------------------------------------------
 
 
+@rundir.locked("mvdata filter", lambda out, **_: out)
 def run_filter(
     renders: str | Path,
     out: str | Path,

@@ -11,7 +11,7 @@ renders/failed/<uid>.json                one record per failed object: status, r
 renders/manifest.jsonl                   one line per finished object (ok or failed)
 renders/config.toml                      the resolved config of the run
 renders/logs/<uid>.log                   Blender's stdout/stderr of the object's last attempt
-renders/.render.lock                     held by the running driver (one driver per directory)
+renders/.lock                            held by the running driver (one writer per directory, mvforge/rundir.py)
 ```
 """
 

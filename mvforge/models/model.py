@@ -27,6 +27,7 @@ from diffusers import ModelMixin as ModelMixin  # noqa: F401  (read by diffusers
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
+from mvforge import rundir
 from mvforge.errors import UserError
 
 # DiffusionPipeline.from_pretrained loads a component recorded as ["mvforge.models.model", "MultiViewUNet"] by
@@ -176,6 +177,9 @@ def load_unet(path: str | Path, subfolder: str = "unet") -> MultiViewUNet:
             "(unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a run checkpoint"
         )
     config = json.loads(config_file.read_text())
+    rundir.check_model_dir(
+        path / subfolder
+    )  # a truncated copy: one line naming the file, not diffusers' traceback
     if _is_multiview_config(config):
         unet = MultiViewUNet.from_pretrained(path, subfolder=subfolder)
         install_multiview_attention(unet)
@@ -214,6 +218,8 @@ def load_frozen(path: str | Path):
                 f"{path} has no {sub}/; pass a diffusers Stable Diffusion directory "
                 "(or make a tiny one: mvtrain make-tiny-sd --out DIR)"
             )
+    for sub in ("vae", "text_encoder"):
+        rundir.check_model_dir(path / sub)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae").eval().requires_grad_(False)
     text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval().requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")

@@ -42,6 +42,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from mvforge import rundir
 from mvforge.errors import UserError
 from mvforge.fsutil import tmp_path
 from mvforge.models.camera_batch import camera_embedding, orbit_c2w_batch, orthogonal_views
@@ -147,6 +148,7 @@ class MultiViewDiffusion:
         path = resolve_model(path)
         if is_pipeline_dir(path):
             _require_multiview(path / "unet")
+            rundir.check_model_dir(path)
             pipe = MVDreamPipeline.from_pretrained(path)
             parts = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
         else:

@@ -10,7 +10,6 @@ driver appends one manifest line per finished object.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -22,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from mvforge import rundir
 from mvforge.config import first_difference, to_dict, to_toml
 from mvforge.errors import UserError
 from mvforge.formats import renders as layout
@@ -30,8 +30,6 @@ from mvforge.render.config import RenderConfig, adaptive_first_stop, check_light
 from mvforge.render.plan import FORMATS, SourceObject, hdri_pool, plan_job
 from mvforge.render.worker import FAULT_ENV
 
-# Held by the driver writing a render directory (see _exclusive).
-LOCK = ".render.lock"
 # Settings that change how fast or how safely objects render but not what they look like: a resumed run may
 # change them. Everything else in RenderConfig decides the pixels, so it must match the run being resumed.
 _NON_RENDER_KEYS = {("cycles", "threads"), ("cycles", "device"), ("limits",), ("download",)}
@@ -93,7 +91,7 @@ def render(
     reasons: Counter[str] = Counter()
     views = 0
     render_s = 0.0
-    with _exclusive(out):
+    with rundir.exclusive(out, "mvdata render"):
         _check_config(out, cfg, overwrite, {obj.uid for obj in sources})
         remove_stale_staging(out)
         states = {obj.uid: layout.status(out, obj.uid) for obj in sources}
@@ -347,23 +345,6 @@ def remove_stale_staging(out: Path) -> int:
     return n
 
 
-@contextlib.contextmanager
-def _exclusive(out: Path):
-    """One driver per render directory: a second one would delete the first one's staging dirs as stale and
-    render the same objects twice. flock is released by the kernel when the holder dies, so a SIGKILLed
-    driver never blocks its resume."""
-    import fcntl
-
-    with open(out / LOCK, "a+b") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"another `mvdata render` is writing {out}; wait for it to end or pick another --out"
-            ) from None
-        yield
-
-
 def _prepare_manifest(out: Path, states: dict[str, str | None], rerun: set[str]) -> None:
     """Make manifest.jsonl hold exactly one line per finished object, agreeing with its terminal record,
     before this call appends to it. ``states``: layout.status of the objects of this call.
@@ -520,6 +501,9 @@ def _schedule(
                 try:
                     recs = ray.get(ref)
                 except ray.exceptions.RayError as e:
+                    if rundir.is_environment_error(getattr(e, "cause", None)):
+                        # A full or read-only disk is no object's fault: stop, record nothing (docs/reliability.md).
+                        raise rundir.environment_error(e.cause) from None
                     recs = []
                     for obj in batch:
                         if layout.status(out, obj.uid) is not None:

@@ -24,6 +24,7 @@ neighbour. Every failure is one atomic ``failed/<uid>.json`` with the log tail.
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import json
 import os
@@ -158,6 +159,11 @@ def _render_in(state: dict, job: dict, out: Path, limits: LimitsConfig, env, ext
         attempt = state["child"].render(uid, staging / JOB, staging, log, limits)
         if attempt.returncode is not None:
             state["child"] = None  # it died or was killed: the next attempt or object gets a fresh one
+        if attempt.kind != "ok" and disk_full(out):
+            # The machine's fault, not the object's: no failure record (a rerun renders it), no retry that
+            # would fail the same way; the driver stops with one line (docs/reliability.md).
+            shutil.rmtree(staging, ignore_errors=True)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
         if attempt.kind in ("crashed", "memory_limit") and attempt.position > 1 and not second_chance:
             # The process had rendered other objects first: what they left (memory, a broken state) may be the
             # cause, so this object gets a fresh process before it is judged.
@@ -199,6 +205,20 @@ def _render_in(state: dict, job: dict, out: Path, limits: LimitsConfig, env, ext
         seconds=seconds,
         peak_rss_bytes=attempt.peak_rss_bytes,
     )
+
+
+DISK_FULL_BYTES = 1 << 20
+"""Free space under which a failed render is put down to the disk: Blender's image writer reports a full disk
+as a truncated PNG or a dead process, never as ENOSPC."""
+
+
+def disk_full(out: Path) -> bool:
+    """True when the file system of ``out`` has less than :data:`DISK_FULL_BYTES` free for this user."""
+    try:
+        st = os.statvfs(out)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < DISK_FULL_BYTES
 
 
 def _classify(attempt: Attempt, limits: LimitsConfig, attempts: int) -> tuple[str, str]:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from mvforge import config as config_mod
+from mvforge import rundir
 from mvforge.errors import UserError
 from mvforge.fsutil import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
 from mvforge.models.resolve import weights_fingerprint
@@ -278,6 +279,9 @@ def finished_with(run_dir: Path, cfg: SDSConfig) -> bool:
     return True
 
 
+@rundir.locked(
+    "mvtrain sds", lambda cfg, **_: Path(cfg.out) / prompt_slug(cfg.prompt) if cfg.prompt.strip() else None
+)
 def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     """Optimise a field for ``cfg.prompt`` and export it; resumes ``<out>/<slug>`` when it has checkpoints.
 
@@ -314,13 +318,14 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     # 2. Field, background, renderer, optimiser; resume from the latest checkpoint.
     state = build_state(cfg, device)
     start = 0
-    found = checkpoints(run_dir)
+    # The newest checkpoint that loads (weights_only); a damaged newer one is passed over in one line.
+    latest = rundir.newest_intact(checkpoints(run_dir), rundir.check_torch_file)
     previous = _read_summary(run_dir)
     # The weights the field is optimised against (a run dir's latest checkpoint, resolved): a resume under other
     # weights would mix two priors in one field. None when the caller passed a loaded model without a path.
     weights = weights_fingerprint(cfg.model) if cfg.model and Path(cfg.model).is_dir() else None
-    if found:
-        start = load_checkpoint(found[-1], state, cfg, weights)
+    if latest is not None:
+        start = load_checkpoint(latest, state, cfg, weights)
         if state.seconds is None and previous.get("steps") == start:
             # A checkpoint older than the recorded figures: the finished run's summary holds them.
             state.seconds, state.peak_memory_mb = previous.get("seconds"), previous.get("peak_memory_mb")

@@ -71,6 +71,10 @@ class LoaderConfig:
     """Samples held to shuffle within one shard visit (0: read order). The writer already shuffled objects."""
     max_empty_visits: int = 50
     """Consecutive shard visits without one good sample before the loader gives up (all data bad)."""
+    on_checksum_mismatch: Literal["stop", "count"] = "stop"
+    """A shard whose bytes do not hash to index.json's sha256 (hashed as it streams, so known only at its end,
+    after its samples were used): ``stop`` ends training with one line naming the shard; ``count`` counts it
+    (``checksum_mismatch`` in the loader's skipped counts) and goes on (docs/reliability.md)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "num_views", "resolution", "max_empty_visits"):

@@ -18,6 +18,7 @@ endless, so uneven shards never make one rank stop early and hang the others.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -75,6 +76,19 @@ def resolve_shards(source: str | Sequence[str], split: str = "train", storage_op
         raise UserError(f"{source} holds no {split} shard; lower --val-fraction or pass other shards")
     base = source.rstrip("/")
     return [f"{base}/{s['name']}" for s in entries], sum(s["nsamples"] for s in entries)
+
+
+def shard_digests(source: str | Sequence[str], split: str = "train", storage_options: dict | None = None):
+    """{shard URL: sha256} from the index.json of a shard directory (as :func:`resolve_shards` lists them);
+    empty for tar files and patterns, which carry no index."""
+    if isinstance(source, (list, tuple)) or str(source).endswith(".tar"):
+        return {}
+    from mvforge.fsutil import open_fs
+
+    fs, root = open_fs(str(source), storage_options)
+    index = schema.read_index(fs, root) or {"shards": []}
+    base = str(source).rstrip("/")
+    return {f"{base}/{s['name']}": s["sha256"] for s in index["shards"] if s.get("sha256")}
 
 
 def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -267,19 +281,51 @@ def decode_2d(raw: dict, rng: np.random.Generator, cfg: LoaderConfig) -> dict:
 
 
 # ---------------------------------------------------------------- one logical stream
-def _open_samples(url: str, storage_options: dict | None) -> Iterator[dict]:
-    """Raw samples of one shard; a local path or any fsspec URL (webdataset's gopen has no s3://, §6)."""
+class _HashingReader:
+    """A read-only file wrapper computing the sha256 of what is read through it: the shard is hashed by the
+    one read that decodes it (no second pass over the data)."""
+
+    def __init__(self, raw):
+        self.raw, self.sha = raw, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha.update(data)
+        return data
+
+    def drain(self) -> str:
+        """Read what the tar reader left (end-of-archive padding) and return the hex digest of the whole file."""
+        while self.read(1 << 20):
+            pass
+        return self.sha.hexdigest()
+
+
+def _open_samples(url: str, storage_options: dict | None, expected: str | None = None, mismatched=None):
+    """Raw samples of one shard; a local path or any fsspec URL (webdataset's gopen has no s3://, §6). With
+    ``expected`` (index.json's sha256) the shard is hashed as it streams and, at its end, ``url`` is appended
+    to ``mismatched`` when the digest differs."""
     import fsspec
 
     with fsspec.open(url, "rb", **(storage_options or {})) as f:
-        yield from schema.iter_raw_samples(f, url)
+        reader = _HashingReader(f) if expected else f
+        yield from schema.iter_raw_samples(reader, url)
+        if expected and reader.drain() != expected:
+            mismatched.append(url)
 
 
-def _visit(url: str, rng: np.random.Generator, buffer: int, storage_options, bad: Counter) -> Iterator[dict]:
+def _visit(
+    url: str,
+    rng: np.random.Generator,
+    buffer: int,
+    storage_options,
+    bad: Counter,
+    expected: str | None = None,
+    mismatched: list | None = None,
+) -> Iterator[dict]:
     """One visit of a shard: its raw samples through a seeded shuffle buffer (deterministic given rng)."""
     buf: list[dict] = []
     try:
-        for raw in _open_samples(url, storage_options):
+        for raw in _open_samples(url, storage_options, expected, mismatched):
             buf.append(raw)
             if len(buf) > buffer:
                 j = int(rng.integers(len(buf)))
@@ -303,6 +349,8 @@ class _Stream:
     stream: int
     batch_size: int
     storage_options: dict | None = None
+    digests: dict[str, str] | None = None
+    """index.json's sha256 per shard URL, checked as each visit streams its shard."""
 
     def batches(self, visit: int, offset: int) -> Iterator[dict]:
         """Endless batches from position (visit, offset): ``offset`` samples of ``visit`` already consumed."""
@@ -310,13 +358,16 @@ class _Stream:
         kid = KIND_ID[self.kind]
         decode = decode_3d if self.kind == "3d" else decode_2d
         bad: Counter = Counter()
+        mismatched: list[str] = []  # shards whose digest failed since the last batch
         items: list[dict] = []
         empty_visits = 0
         while True:
             vrng = _rng(cfg.seed, TAG_VISIT, kid, self.rank, self.stream, visit)
             url = self.shards[int(vrng.integers(len(self.shards)))]
             good = 0
-            for i, raw in enumerate(_visit(url, vrng, cfg.shuffle_buffer, self.storage_options, bad)):
+            expected = (self.digests or {}).get(url)
+            samples = _visit(url, vrng, cfg.shuffle_buffer, self.storage_options, bad, expected, mismatched)
+            for i, raw in enumerate(samples):
                 if i < offset:
                     continue  # replaying up to the restored position: read, never decoded
                 srng = _rng(cfg.seed, TAG_SAMPLE, kid, self.rank, self.stream, visit, i)
@@ -328,9 +379,10 @@ class _Stream:
                     log.warning("skipped %s sample %s of %s: %s", self.kind, raw.get("__key__"), url, e)
                     continue
                 if len(items) == self.batch_size:
-                    yield self._collate(items, (self.stream, visit, i + 1), bad)
+                    yield self._collate(items, (self.stream, visit, i + 1), bad, mismatched)
                     items = []
                     bad.clear()
+                    mismatched.clear()
             empty_visits = 0 if good else empty_visits + 1
             if empty_visits >= cfg.max_empty_visits:
                 hint = (
@@ -344,7 +396,9 @@ class _Stream:
                 )
             visit, offset = visit + 1, 0
 
-    def _collate(self, items: list[dict], position: tuple[int, int, int], bad: Counter) -> dict:
+    def _collate(
+        self, items: list[dict], position: tuple[int, int, int], bad: Counter, mismatched: list
+    ) -> dict:
         out = {
             "kind": self.kind,
             "images": batch_images(
@@ -358,6 +412,7 @@ class _Stream:
             "cameras": torch.stack([x["cameras"] for x in items]) if self.kind == "3d" else None,
             "_position": position,
             "_bad": dict(bad),
+            "_mismatched": list(mismatched),
         }
         if self.kind == "3d":
             out["views"] = torch.tensor([x["views"] for x in items])
@@ -408,11 +463,12 @@ class MultiViewLoader:
             raise UserError("set batches_per_epoch when the 3D shards are given as tar files (no index.json)")
         sizes = {"3d": cfg.batch_size, "2d": cfg.batch_size_2d or cfg.batch_size * cfg.num_views}
         self.kinds = {"3d": urls_3d}
+        digests = {"3d": shard_digests(shards_3d, "train", storage_options)}
         if shards_2d is not None:
             self.kinds["2d"] = resolve_shards(shards_2d, "train", storage_options)[0]
         self.streams = {
             kind: [
-                _Stream(kind, s, cfg, self.rank, w, sizes[kind], storage_options)
+                _Stream(kind, s, cfg, self.rank, w, sizes[kind], storage_options, digests.get(kind))
                 for w, s in enumerate(stream_shards(urls, self.rank, self.world_size, self.n_streams))
             ]
             for kind, urls in self.kinds.items()
@@ -458,11 +514,27 @@ class MultiViewLoader:
             self.positions[kind][stream] = (visit, offset)
             self.consumed[kind] += 1
             self.bad.update(batch.pop("_bad"))
+            self._check_digests(batch.pop("_mismatched"))
             batch["step"], batch["epoch"] = self.step, self.epoch
             self.step += 1
             self.batch_in_epoch += 1
             yield batch
         self._end_epoch()
+
+    def _check_digests(self, mismatched: list[str]) -> None:
+        """Apply ``on_checksum_mismatch`` to shards whose streamed bytes failed index.json's sha256."""
+        for url in mismatched:
+            self.bad["checksum_mismatch"] += 1
+            if self.cfg.on_checksum_mismatch == "stop":
+                root = url.rsplit("/", 1)[0]
+                raise UserError(
+                    f"shard {url} does not match the sha256 in {root}/{schema.INDEX} (its samples were already "
+                    f"read); run `mvdata verify {root}` and rewrite the shards, or set "
+                    "loader.on_checksum_mismatch=count to go on"
+                )
+            log.warning(
+                "shard %s does not match its sha256 in %s; counted, training goes on", url, schema.INDEX
+            )
 
     def _end_epoch(self) -> None:
         if self.bad:

@@ -8,16 +8,18 @@ or any fsspec URL (s3://, gs://, ...); a rename there is the file system's move.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mvforge import rundir
 from mvforge.config import to_dict, to_toml
 from mvforge.errors import UserError
 from mvforge.formats import renders as layout
 from mvforge.formats import selection as selection_format
-from mvforge.fsutil import open_fs, put_bytes_atomic, read_bytes_or_none, tmp_url
+from mvforge.fsutil import name_failure, open_fs, put_bytes_atomic, read_bytes_or_none, tmp_url
 from mvforge.shards import schema
 from mvforge.shards.config import ShardConfig
 from mvforge.shards.plan import ShardSpec, plan_shards
@@ -104,10 +106,16 @@ def write_shard(spec: ShardSpec, renders: str, out: str, storage_options: dict |
 
     final = f"{root}/{spec.name}"
     tmp = tmp_url(final)
-    with fs.open(tmp, "wb") as f:
-        hw = schema.HashingWriter(f)
-        n = schema.write_samples(hw, samples())
-    fs.mv(tmp, final)
+    try:
+        with fs.open(tmp, "wb") as f:
+            hw = schema.HashingWriter(f)
+            n = schema.write_samples(hw, samples())
+        fs.mv(tmp, final)
+    except BaseException as e:
+        with contextlib.suppress(Exception):  # a full disk: no partial tar left behind (docs/reliability.md)
+            fs.rm(tmp)
+        name_failure(e, final)
+        raise
     marker = {
         "name": spec.name,
         "split": spec.split,
@@ -165,6 +173,7 @@ def index_document(specs: list[ShardSpec], markers: dict[str, dict], cfg: ShardC
     }
 
 
+@rundir.locked("mvdata shard", lambda out, **_: out)
 def run_shard(
     renders: str | Path,
     out: str,

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from mvforge import config as config_mod
+from mvforge import rundir
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, versions
 from mvforge.models.resolve import CKPT_PREFIX, checkpoints
 
@@ -68,6 +69,20 @@ def save_checkpoint(out: Path, step: int, rt, state: dict, loader, cfg) -> Path:
             shutil.rmtree(old, ignore_errors=True)
     rt.barrier()
     return final
+
+
+def check_checkpoint(ckpt: Path) -> None:
+    """Raise ``rundir.Damaged`` unless ``ckpt`` can be resumed from: ``state.json`` parses, every safetensors
+    header fits its file and every ``.pt`` loads with ``weights_only`` (a pickled optimizer state is refused,
+    never run). Header and zip-directory reads only: cheap next to loading the weights."""
+    try:
+        int(json.loads((ckpt / "state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise rundir.Damaged(f"{ckpt / 'state.json'}: {type(e).__name__}") from None
+    for f in sorted(ckpt.rglob("*.safetensors")):
+        rundir.check_safetensors(f)
+    for f in sorted(ckpt.glob("*.pt")):
+        rundir.check_torch_file(f)
 
 
 def load_training_state(ckpt: Path, device: torch.device, optimizer, lr_sched, scaler) -> int:

@@ -31,12 +31,13 @@ from pathlib import Path
 import torch
 
 from mvforge import config as config_mod
+from mvforge import rundir
 from mvforge.devices import resolve_device
 from mvforge.errors import UserError
 from mvforge.fsutil import atomic_write_json, atomic_write_text
-from mvforge.models.resolve import is_pipeline_dir, latest_checkpoint, resolve_model
+from mvforge.models.resolve import checkpoints, is_pipeline_dir, latest_checkpoint, resolve_model
 from mvforge.train import metrics_csv
-from mvforge.train.checkpoint import load_training_state, save_checkpoint
+from mvforge.train.checkpoint import check_checkpoint, load_training_state, save_checkpoint
 from mvforge.train.dreambooth_config import DreamBoothConfig
 from mvforge.train.loop import (  # _fault: the FAULT_ENV test hook of fit (kill/SIGTERM at a step)
     Runtime,
@@ -286,6 +287,7 @@ def photo_batch(photos: torch.Tensor, caption: str, idx: torch.Tensor) -> dict:
 
 
 # ---------------------------------------------------------------- the loop
+@rundir.locked("mvtrain dreambooth", lambda cfg, rt: cfg.out if rt is None and cfg.out else None)
 def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
     """Fine-tune until ``cfg.max_steps``, resuming from the run's latest checkpoint; returns this call's
     per-step records (step, loss, preservation, mean_abs_dev, max_abs_dev, ...). Raises UserError for bad input
@@ -306,7 +308,9 @@ def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
     # Checkpoints name the directory of the frozen parts (absolute, for any cwd), as fit's do.
     ckpt_cfg = config_mod.replace(cfg, pretrained=str(frozen_source(base)))
     out.mkdir(parents=True, exist_ok=True)
-    resume = latest_checkpoint(out)
+    resume = rundir.newest_intact(
+        checkpoints(out), check_checkpoint, None if rt.rank == 0 else lambda line: None
+    )
     m, params, theta0 = load_dreambooth_models(cfg, rt, resume)
     n_theta = sum(p.numel() for p in params)
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from mvforge import config as config_mod
+from mvforge import rundir
 from mvforge.devices import resolve_device
 from mvforge.errors import UserError
 from mvforge.fsutil import atomic_write_text
@@ -44,7 +45,7 @@ from mvforge.models.model import CAMERA_DIM, encode_text, load_frozen, load_unet
 from mvforge.models.resolve import checkpoints, latest_checkpoint  # noqa: F401  (re-exported for callers)
 from mvforge.shards.loader import MultiViewLoader
 from mvforge.train import metrics_csv
-from mvforge.train.checkpoint import load_training_state, loader_state, save_checkpoint
+from mvforge.train.checkpoint import check_checkpoint, load_training_state, loader_state, save_checkpoint
 from mvforge.train.config import FitConfig
 from mvforge.train.losses import diffusion_loss, sample_noise, training_target
 
@@ -105,6 +106,9 @@ class Runtime:
     """Called after each logged step with metrics and, at checkpoints, the checkpoint directory."""
     show_progress: bool = True
     """Progress bar and summary table on rank 0 (off under Ray Train: workers' stdout is interleaved)."""
+    stop_requested: Callable[[], bool] = lambda: False
+    """Whether the driver asked to stop (SIGTERM to `mvtrain fit --workers N`, ray_fit.py): checkpoint and end
+    like an in-process SIGTERM (the loop's own handler only works in a main thread)."""
 
     @property
     def distributed(self) -> bool:
@@ -370,6 +374,8 @@ def _fault(rank: int, step: int, out: Path) -> None:
 
 
 # ---------------------------------------------------------------- the loop
+# In-process only: under Ray Train the driver (ray_fit.py) holds the lock for its workers.
+@rundir.locked("mvtrain fit", lambda cfg, rt: cfg.out if rt is None and cfg.out else None)
 def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
     """Train until ``cfg.max_steps``, resuming from the run's latest checkpoint; returns this call's per-step
     records (step, kind, loss, ...). Raises UserError for bad inputs, NonFiniteLoss after
@@ -386,7 +392,9 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
     k = cfg.grad_accum_steps
 
     # 1. Models: frozen VAE + text encoder; the UNet from the last checkpoint, else from SD + camera MLP; EMA.
-    resume = latest_checkpoint(out)
+    resume = rundir.newest_intact(
+        checkpoints(out), check_checkpoint, None if rt.rank == 0 else lambda line: None
+    )
     if resume is not None:
         check_resume_config(resume, cfg)
     m = load_models(cfg, rt, resume)
@@ -511,7 +519,7 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
                     validate(m, ema, cfg, step, out, writer)
                 rt.barrier()  # the other ranks wait for rank 0's grids
             _fault(rt.rank, step, out)  # tests only (FAULT_ENV)
-            preempted = rt.any(stop["sigterm"])
+            preempted = rt.any(stop["sigterm"] or rt.stop_requested())
             ckpt = None
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or preempted:
                 state = {

@@ -9,17 +9,26 @@ latest checkpoint, so a restart continues exactly where the last checkpoint left
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from pathlib import Path
 
 from mvforge import config as config_mod
+from mvforge import rundir
+from mvforge.fsutil import atomic_write_text
 from mvforge.train.config import FitConfig
+
+STOP = ".stop"
+"""Written into the run directory by the driver on SIGTERM: the workers (threads of Ray Train workers, where no
+signal handler can be installed) see it after their step, checkpoint and end; the driver then exits 143. A file,
+because the run directory is on storage every node sees (see ``fit_with_ray``)."""
 
 
 def _train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from mvforge.train.loop import FAULT_ENV, Runtime, fit
+    from mvforge.train.loop import FAULT_ENV, Preempted, Runtime, fit
 
     cfg = config_mod.from_dict(FitConfig, loop_config["cfg"])
     if loop_config.get(
@@ -49,6 +58,7 @@ def _train_loop_per_worker(loop_config: dict) -> None:
             Path(cfg.out) / "worker_starts.jsonl",
             {"world_size": ctx.get_world_size(), "resume": str(ckpt or "")},
         )
+    stop_file = Path(cfg.out) / STOP
     rt = Runtime(
         rank=rank,
         world_size=ctx.get_world_size(),
@@ -56,10 +66,16 @@ def _train_loop_per_worker(loop_config: dict) -> None:
         wrap_model=wrap,
         report=report,
         show_progress=False,
+        stop_requested=stop_file.exists,
     )
-    fit(cfg, rt)
+    try:
+        fit(cfg, rt)
+    except Preempted:
+        pass  # the checkpoint is written and reported; the driver exits 143
 
 
+# The driver holds the run directory's lock for its workers (they run fit with a Runtime: no lock there).
+@rundir.locked("mvtrain fit", lambda cfg, **_: cfg.out)
 def fit_with_ray(
     cfg: FitConfig,
     workers: int,
@@ -91,6 +107,8 @@ def fit_with_ray(
         shards=_abs(cfg.shards),
         shards_2d=_abs(cfg.shards_2d) if cfg.shards_2d else None,
     )
+    stop_file = out / STOP
+    stop_file.unlink(missing_ok=True)  # a killed run's request; this one holds the lock
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config={"cfg": config_mod.to_dict(cfg), "fault": os.environ.get(FAULT_ENV, "")},
@@ -101,7 +119,28 @@ def fit_with_ray(
             failure_config=FailureConfig(max_failures=max_failures),
         ),
     )
-    return trainer.fit()
+    # SIGTERM (Slurm, Kubernetes: before SIGKILL) asks the workers to checkpoint; installed after ray.init,
+    # whose own handler would end the driver mid-fit with no checkpoint.
+    terminated = []
+
+    def on_sigterm(*_):
+        terminated.append(True)
+        atomic_write_text(stop_file, "SIGTERM\n")
+
+    old = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        result = trainer.fit()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        stop_file.unlink(missing_ok=True)
+    if terminated:
+        from mvforge.models.resolve import latest_checkpoint
+
+        print(
+            f"mvtrain fit: SIGTERM: checkpoint {latest_checkpoint(out)} written; exiting 143", file=sys.stderr
+        )
+        raise SystemExit(143)
+    return result
 
 
 def _abs(source: str) -> str:

@@ -141,3 +141,14 @@ def test_composite_is_straight_alpha_over_background():
     a = rgba[..., 3:4] / 255.0
     expected = rgba[..., :3] * a + 255.0 * (1 - a)
     assert np.abs(out - expected).max() <= 1.0  # 8-bit rounding only
+
+
+def test_random_bytes_as_pretrained_are_one_line_from_the_driver(tmp_path):
+    from mvforge.filter.clip import model_spec
+    from mvforge.filter.config import ClipModelConfig, FilterConfig
+
+    junk = tmp_path / "weights.bin"
+    junk.write_bytes(bytes(range(256)) * 64)
+    cfg = FilterConfig(model=ClipModelConfig(pretrained=str(junk)))
+    with pytest.raises(UserError, match=rf"--pretrained {junk}: .*not a readable open_clip checkpoint"):
+        model_spec(cfg)

@@ -12,6 +12,7 @@ import pytest
 from mvforge.errors import UserError
 from mvforge.models.config import SampleConfig
 from mvforge.models.sample import sample_prompts
+from mvforge.rundir import LOCK
 
 MVTRAIN = str(Path(sys.executable).with_name("mvtrain"))
 FAST = ["--steps", "2", "--resolution", "16", "--device", "cpu"]
@@ -27,7 +28,7 @@ def test_sample_cli_defaults_files_and_equality_with_the_api(tiny_mv, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "cli"
-    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "sample.json"] + [
+    assert sorted(p.name for p in out.iterdir() if p.name != LOCK) == ["grid.png", "sample.json"] + [
         f"view_{i:02d}.png" for i in range(4)
     ]
     meta = json.loads((out / "sample.json").read_text())
@@ -60,7 +61,7 @@ def test_sample_cli_prompts_file_scheduler_and_save_pipeline(tiny_mv, tmp_path):
         "sample", "--model", str(tiny_mv), *args, "--save-pipeline", str(tmp_path / "pipe"), *FAST
     )
     assert proc.returncode == 0, proc.stderr
-    dirs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    dirs = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != LOCK)
     assert dirs == ["a-lamp", "a-red-chair"]  # named by the prompt, as `mvtrain sds` names its runs
     assert json.loads((tmp_path / "out" / dirs[0] / "sample.json").read_text())["prompt"] == "A Lamp!"
     assert len(list((tmp_path / "out" / dirs[1]).glob("view_*.png"))) == 2

@@ -244,14 +244,14 @@ def test_manifest_is_repaired_to_one_line_per_finished_object(tmp_path):
 
 
 def test_a_second_driver_on_the_same_directory_is_refused(tmp_path):
-    from mvforge.render.driver import _exclusive
+    from mvforge.rundir import exclusive
 
     out = tmp_path / "renders"
     out.mkdir()
-    with _exclusive(out):
-        with pytest.raises(UserError, match="another `mvdata render` is writing"):
+    with exclusive(out, "mvdata render"):
+        with pytest.raises(UserError, match=r"`mvdata render` \(pid \d+ on .*\) is writing"):
             render([_local("box", DATA / "BoxTextured.glb")], out, TINY, show_progress=False)
-    with _exclusive(out):  # released when the holder is done
+    with exclusive(out, "mvdata render"):  # released when the holder is done
         pass
 
 

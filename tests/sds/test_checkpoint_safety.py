@@ -42,3 +42,26 @@ def test_a_pickled_payload_in_an_sds_checkpoint_is_refused_and_never_runs(tmp_pa
     with pytest.raises(UserError, match="step-000004.pt was refused"):
         load_checkpoint(bad, build_state(cfg, torch.device("cpu")), cfg)
     assert not marker.exists()
+
+
+def test_a_truncated_newest_checkpoint_is_passed_over_in_one_line_and_the_run_resumes_from_the_one_before(
+    tiny_mv, tmp_path, capsys
+):
+    from mvforge.fsutil import read_jsonl
+    from mvforge.sds.loop import checkpoints, run_sds
+
+    cfg = tiny_sds_config(
+        tiny_mv, tmp_path / "out", max_steps=2, checkpoint_every=1, export=False, snapshot_every=0
+    )
+    run_dir = run_sds(cfg, show_progress=False)
+    losses = {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl")}
+    step1, step2 = checkpoints(run_dir)
+    step2.write_bytes(step2.read_bytes()[:1000])  # cut short: a full disk, a killed copy
+    (run_dir / "summary.json").unlink()  # as if the run died right after writing it
+    capsys.readouterr()
+
+    run_sds(cfg, show_progress=False)
+    err = capsys.readouterr().err
+    assert f"warning: skipping damaged checkpoint ({step2}: " in err and f"resuming from {step1}" in err
+    assert {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl")} == losses  # step 1 redone
+    assert load_checkpoint(step2, build_state(cfg, torch.device("cpu")), cfg) == 2  # rewritten whole

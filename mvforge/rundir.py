@@ -1,0 +1,264 @@
+"""What every stage's output directory shares (docs/reliability.md): one writer at a time, and resume from the
+newest checkpoint that is intact.
+
+- :func:`exclusive` holds ``fcntl.flock`` on ``<out>/.lock`` while a command writes ``<out>``; the file names the
+  holder (command, pid, host) so a refused second run can say who writes. The kernel drops the lock when the
+  holder dies, however it dies, so a killed run never blocks its resume (no stale-lock clean-up to get wrong).
+- :func:`newest_intact` picks the newest checkpoint that passes a check (a safetensors header that fits its
+  file, a ``torch.load(weights_only=True)`` that succeeds) and says in one line which newer one it passed over.
+  A checkpoint is untrusted input: nothing here unpickles anything but tensors and plain containers.
+
+Pure standard library at import time (the CLI imports stages lazily; ``--help`` must stay light).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import struct
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from mvforge.errors import UserError
+
+LOCK = ".lock"
+"""The lock file every stage takes in its output directory."""
+
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    return "://" in str(path)
+
+
+def environment_error(e: OSError) -> UserError | None:
+    """The one-line UserError for a write that failed because of the machine, not the data (a full disk, a
+    read-only or unwritable directory), else None. The message names the file and what to do; finished work is
+    kept, so the fix is always to rerun the same command."""
+    where = e.filename or "a file"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(
+            f"disk full writing {where}; free space (or pick another --out) and rerun the same command"
+        )
+    if e.errno == errno.EROFS:
+        return UserError(f"{where} is on a read-only file system; pass a writable --out")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return UserError(f"permission denied: {where}; pass a writable --out or fix its permissions")
+    return None
+
+
+def is_environment_error(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS
+
+
+def make_out_dir(out: str | os.PathLike) -> Path:
+    """``mkdir -p out``, an unwritable place reported as one line."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        err = environment_error(e)
+        if err is None:
+            raise
+        raise err from None
+    return out
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return f"`{info['command']}` (pid {info['pid']} on {info['host']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another mvforge command"
+
+
+@contextlib.contextmanager
+def exclusive(out: str | os.PathLike, command: str) -> Iterator[Path]:
+    """Hold ``<out>/.lock`` while the body runs; a second holder is refused with one line. ``out`` is created.
+    A URL (``s3://...``) has no lock: object stores have no flock (docs/reliability.md)."""
+    if is_url(out):
+        yield Path(str(out))
+        return
+    import fcntl
+
+    out = Path(out)
+    made = [p for p in (out, *out.parents) if not p.exists()]  # what this call creates, leaf first
+    make_out_dir(out)
+    path = out / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        err = environment_error(e)
+        if err is None:
+            raise
+        raise err from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{_holder(path)} is writing {out}; wait for it to end or pick another --out"
+            ) from None
+        info = {"command": command, "pid": os.getpid(), "host": socket.gethostname()}
+        # Written in place (not renamed): the lock is on this inode. Best effort: the lock is the flock, not the text.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        try:
+            yield out
+        except BaseException:
+            _remove_if_untouched(made, path)
+            raise
+    finally:
+        os.close(fd)  # drops the flock; the file stays (unlinking it would let two runs lock two inodes)
+
+
+def _remove_if_untouched(made: list[Path], lock: Path) -> None:
+    """After a run that failed before writing anything (bad input), remove the directories it created for its
+    lock, so a mistyped command leaves nothing behind. Still under the lock: no other run is in there."""
+    if not made or sorted(os.listdir(made[0])) != [LOCK]:
+        return
+    with contextlib.suppress(OSError):
+        lock.unlink()
+        for d in made:
+            d.rmdir()  # leaf first; stops at the first one something else was written into
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------
+
+
+class Damaged(Exception):
+    """A checkpoint file that cannot be what it claims to be (truncated, not the format, refused)."""
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Raise Damaged unless ``path`` is a safetensors file whose header parses and whose tensors end inside
+    the file (a truncated copy fails here without reading the tensors)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise Damaged(f"{path}: {size} bytes, not a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            raise Damaged(f"{path}: its header claims {n} bytes and the file has {size}")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise Damaged(f"{path}: its safetensors header is not JSON") from None
+    end = max(
+        (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)),
+        default=0,
+    )
+    if 8 + n + end != size:
+        raise Damaged(f"{path}: holds {size} bytes, its header needs {8 + n + end} (truncated or padded)")
+
+
+def check_torch_file(path: str | os.PathLike) -> None:
+    """Raise Damaged unless ``torch.load(path, weights_only=True)`` reads it (a truncated zip, random bytes or a
+    pickle that needs code all fail; nothing in the file runs). Memory-mapped where the file allows it, so a
+    large optimizer state is checked without being read."""
+    import pickle
+
+    import torch
+
+    try:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
+    except pickle.UnpicklingError as e:
+        # Not torch's message: it suggests weights_only=False, the one thing not to do with an untrusted file.
+        paragraphs = [x.strip() for x in str(e).split("\n\n") if x.strip()] or [type(e).__name__]
+        body = [
+            x for x in paragraphs[1:] if not x.startswith(("Check the documentation", "Please file an issue"))
+        ]
+        detail = (body or paragraphs)[0].splitlines()[0][:100]
+        if "global" in detail.lower() or "reduce" in detail.lower():
+            raise Damaged(f"{path}: holds pickled code ({detail}); refused, nothing ran") from None
+        raise Damaged(f"{path}: not a torch checkpoint ({detail})") from None
+    except (RuntimeError, OSError, ValueError, EOFError) as e:
+        if isinstance(e, OSError) and is_environment_error(e):
+            raise
+        first = str(e).split(". ")[0].splitlines()[0][:120] if str(e) else type(e).__name__
+        raise Damaged(f"{path}: {first}") from None
+
+
+def check_model_dir(path: str | os.PathLike) -> None:
+    """Raise UserError naming the first damaged ``*.safetensors`` under ``path`` (a model or checkpoint dir);
+    header checks only, so it costs a few reads whatever the model's size."""
+    for f in sorted(Path(path).rglob("*.safetensors")):
+        try:
+            check_safetensors(f)
+        except Damaged as e:
+            raise UserError(f"{e}; copy the model again (or pass another one)") from None
+
+
+def newest_intact(
+    candidates: Iterable[Path],
+    check: Callable[[Path], None],
+    warn: Callable[[str], None] | None = None,
+) -> Path | None:
+    """The newest of ``candidates`` (oldest first) that ``check`` passes, or None when there are none. Each
+    newer one passed over is reported in one line through ``warn`` (stderr by default) and left in place for
+    the user to look at. Raises UserError when there are candidates and none is intact."""
+    found = list(candidates)
+    warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+    skipped: list[str] = []
+    for path in reversed(found):
+        try:
+            check(path)
+        except Damaged as e:
+            skipped.append(str(e))
+            continue
+        for reason in skipped:
+            warn(f"warning: skipping damaged checkpoint ({reason}); resuming from {path}")
+        return path
+    if found:
+        raise UserError(
+            f"no intact checkpoint in {found[-1].parent} ({skipped[0]}); delete the damaged checkpoints to start "
+            "over, or restore them from a copy"
+        )
+    return None
+
+
+def locked(command: str, out: Callable[..., str | os.PathLike | None]):
+    """Decorator: run the stage function under :func:`exclusive` on the directory ``out`` computes from the
+    call's arguments (by name; None: no lock, e.g. a Ray Train worker whose driver holds it)."""
+    import functools
+    import inspect
+
+    def deco(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            path = out(**bound.arguments)
+            if path is None:
+                return fn(*args, **kwargs)
+            with exclusive(path, command):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return deco
+
+
+def environment_error_in(e: BaseException) -> UserError | None:
+    """:func:`environment_error` of ``e`` or of what it wraps (a Ray task's ``cause``, ``__cause__``)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if is_environment_error(e) and getattr(e, "errno", None) is not None:
+            return environment_error(e)
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    return None
