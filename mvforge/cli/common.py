@@ -12,6 +12,9 @@ from mvforge.errors import UserError
 
 ADDRESS_HELP = "Ray cluster address (or set RAY_ADDRESS); a local Ray is started when unset."
 SET_HELP = "Override a config value, e.g. --set cycles.samples=64 (repeatable)."
+# docs/cli.md "Required options": a value a --config file may supply cannot be click-required, so its help
+# carries the mark click prints for required options, with the condition (the backslash: rich markup escape).
+REQUIRED_UNLESS_CONFIG = r"\[required unless --config sets it]"
 
 
 def set_help(example: str) -> str:

@@ -13,10 +13,13 @@ from mvforge.cli.common import quiet_libraries, set_help
 def fit_vae(
     model: Annotated[Path, typer.Option("--model", help="Diffusers SD directory whose vae/ is fitted.")],
     shards: Annotated[Path, typer.Option(help="3D shard directory from `mvdata shard` (its train split).")],
-    out: Annotated[Path, typer.Option(help="New directory: the model with the fitted vae/.")],
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps (steps=...; default 600).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="New directory: the model with the fitted vae/.")],
+    steps: Annotated[
+        int | None,
+        typer.Option("--max-steps", "--steps", help="Optimizer steps (steps=...).", show_default="600"),
+    ] = None,
     resolution: Annotated[
-        int | None, typer.Option(help="Image side in pixels (resolution=...; default 32).")
+        int | None, typer.Option(help="Image side in pixels (resolution=...).", show_default="32")
     ] = None,
     set_: Annotated[list[str], typer.Option("--set", help=set_help("lr=1e-3"))] = [],  # noqa: B006
 ) -> None:
