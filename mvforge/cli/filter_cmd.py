@@ -145,14 +145,14 @@ def make_tiny_clip(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the model into.")],
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random initialisation.")] = 0,
 ) -> None:
-    """Write a tiny random-init open_clip model (tests, offline demo); load it with --pretrained local-dir:OUT."""
+    """Write a tiny random-init open_clip model (tests, offline demo); load it with --clip-pretrained local-dir:OUT."""
     from mvforge.deps import require
 
     require("mvdata make-tiny-clip")
     from mvforge.filter.tiny import TINY_NAME, WEIGHTS, write_tiny_clip
 
     d = write_tiny_clip(out, seed=seed)
-    typer.echo(f"wrote {d}: use --pretrained local-dir:{d}")
+    typer.echo(f"wrote {d}: use --clip-pretrained local-dir:{d}")
     typer.echo(
-        f"  or --model {TINY_NAME} --model-config {d / (TINY_NAME + '.json')} --pretrained {d / WEIGHTS}"
+        f"  or --clip-model {TINY_NAME} --clip-model-config {d / (TINY_NAME + '.json')} --clip-pretrained {d / WEIGHTS}"
     )
