@@ -21,6 +21,7 @@ def fit_vae(
     resolution: Annotated[
         int | None, typer.Option(help="Image side in pixels (resolution=...).", show_default="32")
     ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML config (VAEFitConfig).")] = None,
     set_: Annotated[list[str], typer.Option("--set", help=set_help("lr=1e-3"))] = [],  # noqa: B006
 ) -> None:
     """Fit the autoencoder of a model trained from scratch to the rendered views (LDM §3); sets the latent
@@ -31,7 +32,7 @@ def fit_vae(
     from mvforge.train.vae import fit_vae as run
 
     require("mvtrain fit-vae")
-    cfg = config_mod.load(VAEFitConfig, None, set_)
+    cfg = config_mod.load(VAEFitConfig, config, set_)
     cfg = config_mod.with_flags(cfg, {"steps": steps, "resolution": resolution})
     quiet_libraries()
     run(model, shards, out, cfg)

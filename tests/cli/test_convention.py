@@ -65,7 +65,7 @@ ALIASES = {
 }
 # The execution-setting dialects docs/cli.md replaced, and the commands that still speak one (to do / reason).
 DIALECTS = {"--use-gpu": {"mvtrain fit"}, "--dtype": {"mvtrain convert"}, "--renders": {"mvdata shard"}}
-NO_CONFIG = {"mvtrain fit-vae"}  # takes --set without --config: to do
+NO_CONFIG: set[str] = set()  # commands with --set but no --config
 DEFAULT_IN_HELP = re.compile(r"\(default\b|\bdefault:|[;,] default |\bdefault \d|\bby default\b", re.I)
 
 
