@@ -36,6 +36,7 @@ NO_OUT = {"mvdata verify", "mvdata report", "mvdata doctor", "mvdata version", "
 POSITIONAL_INPUT = {"mvdata render", "mvdata filter", "mvdata verify", "mvdata report", "mvtrain convert"}
 # The commands that start Ray (mvforge/raytools.py init_ray callers); each takes --address.
 RAY_COMMANDS = {"mvdata render", "mvdata filter", "mvdata shard", "mvtrain fit", "mvtrain sds"}
+NO_WORKERS = {"mvtrain sds"}  # to do: its --prompts tasks are bounded by the cluster's GPUs, not --workers
 # --model is the diffusion model a command loads or trains; filter's --model is its CLIP's old name.
 MODEL_COMMANDS = {
     "mvtrain fit",
@@ -138,6 +139,13 @@ def test_command_option_names_follow_the_convention(app, name):
     if key in RAY_COMMANDS:
         (addr,) = [p for p in opts if "--address" in p.opts]
         assert addr.envvar == "RAY_ADDRESS", key
+    assert ("--workers" in names) == (key in RAY_COMMANDS - NO_WORKERS), f"{key}: --workers where Ray runs"
+    # One way to ask for a device and a compute precision.
+    for p in opts:
+        if "--device" in p.opts:
+            assert all(w in (p.help or "") for w in ("auto", "cpu", "cuda")), f"{key}: --device auto|cpu|cuda"
+        if "--precision" in p.opts:
+            assert all(w in (p.help or "") for w in ("fp32", "fp16", "bf16")), f"{key}: --precision values"
     # --model means one thing.
     if key in MODEL_COMMANDS:
         (model,) = [p for p in opts if "--model" in p.opts]
