@@ -16,7 +16,7 @@ $BIN/mvdata render demo --out "$OUT/renders" --views 8 --resolution 128 --sample
 echo "== filter: CLIP score with a tiny random-init model (no download), keep 75%"
 $BIN/mvdata make-tiny-clip --out "$OUT/models/tiny-clip"
 $BIN/mvdata filter "$OUT/renders" --out "$OUT/filter" \
-  --pretrained "local-dir:$OUT/models/tiny-clip" --keep-fraction 0.75 --workers 1
+  --clip-pretrained "local-dir:$OUT/models/tiny-clip" --keep-fraction 0.75 --workers 1
 
 echo "== shard + verify"
 $BIN/mvdata shard --renders "$OUT/renders" --selection "$OUT/filter/selection.parquet" --out "$OUT/shards" \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Annotated
 
 import typer
 
@@ -12,6 +13,9 @@ from mvforge.rundir import environment_error_in
 
 ADDRESS_HELP = "Ray cluster address (or set RAY_ADDRESS); a local Ray is started when unset."
 SET_HELP = "Override a config value, e.g. --set cycles.samples=64 (repeatable)."
+# docs/cli.md "Required options": a value a --config file may supply cannot be click-required, so its help
+# carries the mark click prints for required options, with the condition (the backslash: rich markup escape).
+REQUIRED_UNLESS_CONFIG = r"\[required unless --config sets it]"
 
 
 def set_help(example: str) -> str:
@@ -63,15 +67,41 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+# -h beside --help on every command: click's child contexts inherit help_option_names from the group's.
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+def _print_version(value: bool) -> None:
+    """The eager ``--version`` flag: mvforge's version from its own module, so no heavy library is imported."""
+    if value:
+        from mvforge import __version__
+
+        typer.echo(f"mvforge {__version__}")
+        raise typer.Exit()
+
+
 def make_app(name: str, help_text: str) -> typer.Typer:
-    """A command-group typer app with mvforge's settings (no completion install, no rich tracebacks: user errors
-    are one line, see :func:`run_app`) and a ``version`` command printing mvforge's and its libraries' versions."""
+    """A command-group typer app with mvforge's settings (docs/cli.md: ``-h``, ``--version``; no completion
+    install, no rich tracebacks: user errors are one line, see :func:`run_app`) and a ``version`` command
+    printing mvforge's and its libraries' versions."""
     app = typer.Typer(
-        name=name, help=help_text, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+        name=name,
+        help=help_text,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings=CONTEXT_SETTINGS,
     )
 
     @app.callback()
-    def _root() -> None:
+    def _root(
+        version: Annotated[
+            bool,
+            typer.Option(
+                "--version", is_eager=True, callback=_print_version, help="Print mvforge's version and exit."
+            ),
+        ] = False,
+    ) -> None:
         """Keep the app a command group."""
 
     @app.command()

@@ -19,14 +19,14 @@ def convert(
         ),
     ],
     out: Annotated[
-        Path, typer.Option("--out", help="New directory for the pipeline (model_index.json, ...).")
+        Path, typer.Option("--out", "-o", help="New directory for the pipeline (model_index.json, ...).")
     ],
     original_config: Annotated[
         Path | None,
         typer.Option(
             "--original-config",
-            help="LDM yaml of the checkpoint (format of the official sd-v2-base.yaml); default: the official "
-            "architecture the checkpoint's text tower names.",
+            help="LDM yaml of the checkpoint (format of the official sd-v2-base.yaml).",
+            show_default="the official architecture the checkpoint's text tower names",
         ),
     ] = None,
     dtype: Annotated[

@@ -16,7 +16,9 @@ from mvforge.cli.common import set_help
 def demo_assets(
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Output directory (default: the package's mvforge/assets/demo)."),
+        typer.Option(
+            "--out", "-o", help="Output directory.", show_default="the package's mvforge/assets/demo"
+        ),
     ] = None,
 ) -> None:
     """Regenerate the 12 procedural demo objects (GLB + captions.jsonl); byte-identical on every run."""

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mvforge.cli.common import set_help
+from mvforge.cli.common import REQUIRED_UNLESS_CONFIG, set_help
 
 _P = "Prior preservation and validation"
 
@@ -17,11 +17,15 @@ def dreambooth(
         str | None,
         typer.Option(
             "--model",
-            help="Multi-view model to fine-tune: pipeline dir, `mvtrain fit` checkpoint or run (pretrained=...).",
+            help="Multi-view model to fine-tune: pipeline dir, `mvtrain fit` checkpoint or run (pretrained=...). "
+            + REQUIRED_UNLESS_CONFIG,
         ),
     ] = None,
     images: Annotated[
-        str | None, typer.Option(help="Directory of subject photos, jpg/png/webp, any size (images=...).")
+        str | None,
+        typer.Option(
+            help=f"Directory of subject photos, jpg/png/webp, any size (images=...). {REQUIRED_UNLESS_CONFIG}"
+        ),
     ] = None,
     prompt: Annotated[
         str | None,
@@ -30,12 +34,18 @@ def dreambooth(
                 "Subject prompt with a rare identifier, e.g. 'a photo of xjq dog' (prompt=...). 'sks', the "
                 "diffusers examples' token, is a poor one: it is a rifle (the SKS) to the text encoder, so the "
                 "subject inherits that prior; pick a short token that is rare in captions and tokenizes to "
-                "one piece."
+                "one piece. " + REQUIRED_UNLESS_CONFIG
             )
         ),
     ] = None,
     out: Annotated[
-        str | None, typer.Option(help="Run directory (out=...); an existing run is resumed.")
+        str | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run directory (out=...); an existing run is resumed.",
+            show_default="runs/dreambooth",
+        ),
     ] = None,
     config: Annotated[
         Path | None,
@@ -65,7 +75,9 @@ def dreambooth(
     class_images: Annotated[
         str | None,
         typer.Option(
-            help="Class images for prior preservation, off by default (class_images=...).", rich_help_panel=_P
+            help="Class images for prior preservation (class_images=...).",
+            show_default="off",
+            rich_help_panel=_P,
         ),
     ] = None,
     validate_every: Annotated[

@@ -16,7 +16,7 @@ from mvforge.cli.common import quiet_libraries, set_help
 
 def eval_(
     out: Annotated[
-        Path, typer.Option("--out", help="Directory for eval.json, eval.csv, grids/ (resumable).")
+        Path, typer.Option("--out", "-o", help="Directory for eval.json, eval.csv, grids/ (resumable).")
     ],
     model: Annotated[
         Path | None,
@@ -30,7 +30,9 @@ def eval_(
     ] = None,
     prompts: Annotated[
         Path | None,
-        typer.Option("--prompts", help="Text file, one prompt per line (default: the reference captions)."),
+        typer.Option(
+            "--prompts", help="Text file, one prompt per line.", show_default="the reference captions"
+        ),
     ] = None,
     sds: Annotated[
         list[Path],
@@ -55,13 +57,17 @@ def eval_(
         Path | None, typer.Option(help="open_clip JSON config for a custom --clip-model.")
     ] = None,
     max_prompts: Annotated[int | None, typer.Option(help="Only the first N prompts (0: all).")] = None,
-    num_views: Annotated[int | None, typer.Option(help="Views per prompt (sample.num_views), 4.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Denoising steps (sample.steps), 50.")] = None,
+    num_views: Annotated[
+        int | None, typer.Option(help="Views per prompt (sample.num_views).", show_default="4")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Denoising steps (sample.steps).", show_default="50")
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed of prompt 0; prompt i uses seed + i (sample.seed).")
     ] = None,
     resolution: Annotated[
-        int | None, typer.Option(help="Generated image side (sample.resolution), 256.")
+        int | None, typer.Option(help="Generated image side (sample.resolution).", show_default="256")
     ] = None,
     image_size: Annotated[
         int | None, typer.Option(help="Side both sets are resized to before scoring.")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mvforge.cli.common import ADDRESS_HELP
+from mvforge.cli.common import ADDRESS_HELP, set_help
 
 FILTER_HELP = "\n\n".join(
     [
@@ -15,11 +15,11 @@ FILTER_HELP = "\n\n".join(
         "Writes OUT/scores.parquet (per-view cosines, aggregate, gate results, reasons), OUT/selection.parquet "
         "(uid, score, kept, reason, threshold), OUT/report.html and OUT/config.toml. Resumable: scored objects "
         "are skipped, so re-running with another --clip-threshold / --keep-fraction / --agg only re-selects.",
-        "Weights (--pretrained): an open_clip tag (downloads), a checkpoint file, or local-dir:DIR. OpenAI "
-        "weights (--pretrained openai) were trained with QuickGELU: use a -quickgelu model (ViT-B-32-quickgelu, "
+        "Weights (--clip-pretrained): an open_clip tag (downloads), a checkpoint file, or local-dir:DIR. OpenAI "
+        "weights (--clip-pretrained openai) were trained with QuickGELU: use a -quickgelu model (ViT-B-32-quickgelu, "
         "ViT-L-14-quickgelu); a GELU model with OpenAI weights is refused, not silently mis-scored.",
         "Offline example: mvdata make-tiny-clip --out tiny-clip; "
-        "mvdata filter renders --out filtered --pretrained local-dir:tiny-clip --keep-fraction 0.75",
+        "mvdata filter renders --out filtered --clip-pretrained local-dir:tiny-clip --keep-fraction 0.75",
     ]
 )
 
@@ -32,18 +32,27 @@ def filter_cmd(
     config: Annotated[
         Path | None, typer.Option("--config", help="TOML file of FilterConfig settings.")
     ] = None,
-    set_: Annotated[
-        list[str], typer.Option("--set", help="Override a config value, e.g. --set gates.enabled=false.")
-    ] = [],
-    model: Annotated[str | None, typer.Option("--model", help="open_clip architecture (model.name).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help=set_help("gates.enabled=false"))] = [],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--clip-model", "--model", help="open_clip architecture (model.name); --model is the old name."
+        ),
+    ] = None,
     pretrained: Annotated[
         str | None,
-        typer.Option("--pretrained", help="Tag, checkpoint file, or local-dir:DIR (model.pretrained)."),
+        typer.Option(
+            "--clip-pretrained",
+            "--pretrained",
+            help="Tag, checkpoint file, or local-dir:DIR (model.pretrained); --pretrained is the old name.",
+        ),
     ] = None,
     model_config: Annotated[
         Path | None,
         typer.Option(
-            "--model-config", help="Extra open_clip model JSON to register (model.model_config_file)."
+            "--clip-model-config",
+            "--model-config",
+            help="Extra open_clip model JSON to register (model.model_config_file); --model-config is the old name.",
         ),
     ] = None,
     precision: Annotated[
@@ -136,14 +145,14 @@ def make_tiny_clip(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the model into.")],
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random initialisation.")] = 0,
 ) -> None:
-    """Write a tiny random-init open_clip model (tests, offline demo); load it with --pretrained local-dir:OUT."""
+    """Write a tiny random-init open_clip model (tests, offline demo); load it with --clip-pretrained local-dir:OUT."""
     from mvforge.deps import require
 
     require("mvdata make-tiny-clip")
     from mvforge.filter.tiny import TINY_NAME, WEIGHTS, write_tiny_clip
 
     d = write_tiny_clip(out, seed=seed)
-    typer.echo(f"wrote {d}: use --pretrained local-dir:{d}")
+    typer.echo(f"wrote {d}: use --clip-pretrained local-dir:{d}")
     typer.echo(
-        f"  or --model {TINY_NAME} --model-config {d / (TINY_NAME + '.json')} --pretrained {d / WEIGHTS}"
+        f"  or --clip-model {TINY_NAME} --clip-model-config {d / (TINY_NAME + '.json')} --clip-pretrained {d / WEIGHTS}"
     )

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mvforge.cli.common import ADDRESS_HELP, set_help
+from mvforge.cli.common import ADDRESS_HELP, REQUIRED_UNLESS_CONFIG, set_help
 
 _S = "Scale and failure"
 
@@ -22,17 +22,24 @@ def fit(
         typer.Option(
             "--model",
             "--pretrained",
-            help="The model to fine-tune: a diffusers SD directory (pretrained=...).",
+            help=f"The model to fine-tune: a diffusers SD directory (pretrained=...). {REQUIRED_UNLESS_CONFIG}",
         ),
     ] = None,
     shards: Annotated[
-        str | None, typer.Option(help="3D shard directory from `mvdata shard` (shards=...).")
+        str | None,
+        typer.Option(help=f"3D shard directory from `mvdata shard` (shards=...). {REQUIRED_UNLESS_CONFIG}"),
     ] = None,
     shards_2d: Annotated[
         str | None, typer.Option("--shards-2d", help="2D image-text tars (shards_2d=...).")
     ] = None,
     out: Annotated[
-        str | None, typer.Option(help="Run directory (out=...); an existing run is resumed.")
+        str | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run directory (out=...); an existing run is resumed.",
+            show_default="runs/mvdream",
+        ),
     ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Total optimizer steps (max_steps=...).")] = None,
     grad_accum_steps: Annotated[

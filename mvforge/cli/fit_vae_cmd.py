@@ -13,11 +13,15 @@ from mvforge.cli.common import quiet_libraries, set_help
 def fit_vae(
     model: Annotated[Path, typer.Option("--model", help="Diffusers SD directory whose vae/ is fitted.")],
     shards: Annotated[Path, typer.Option(help="3D shard directory from `mvdata shard` (its train split).")],
-    out: Annotated[Path, typer.Option(help="New directory: the model with the fitted vae/.")],
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps (steps=...; default 600).")] = None,
-    resolution: Annotated[
-        int | None, typer.Option(help="Image side in pixels (resolution=...; default 32).")
+    out: Annotated[Path, typer.Option("--out", "-o", help="New directory: the model with the fitted vae/.")],
+    steps: Annotated[
+        int | None,
+        typer.Option("--max-steps", "--steps", help="Optimizer steps (steps=...).", show_default="600"),
     ] = None,
+    resolution: Annotated[
+        int | None, typer.Option(help="Image side in pixels (resolution=...).", show_default="32")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML config (VAEFitConfig).")] = None,
     set_: Annotated[list[str], typer.Option("--set", help=set_help("lr=1e-3"))] = [],  # noqa: B006
 ) -> None:
     """Fit the autoencoder of a model trained from scratch to the rendered views (LDM §3); sets the latent
@@ -28,7 +32,7 @@ def fit_vae(
     from mvforge.train.vae import fit_vae as run
 
     require("mvtrain fit-vae")
-    cfg = config_mod.load(VAEFitConfig, None, set_)
+    cfg = config_mod.load(VAEFitConfig, config, set_)
     cfg = config_mod.with_flags(cfg, {"steps": steps, "resolution": resolution})
     quiet_libraries()
     run(model, shards, out, cfg)

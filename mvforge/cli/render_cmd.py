@@ -43,32 +43,33 @@ def render(
         typer.Option(help="GPUs per render process (0 = CPU; 0.5 shares a GPU).", rich_help_panel=_X),
     ] = 0.0,
     resolution: Annotated[
-        int | None, typer.Option(help="Image side in pixels (default: 256).", rich_help_panel=_R)
+        int | None, typer.Option(help="Image side in pixels.", show_default="256", rich_help_panel=_R)
     ] = None,
     views: Annotated[
-        int | None, typer.Option(help="Views (azimuths) per orbit (default: 32).", rich_help_panel=_R)
+        int | None, typer.Option(help="Views (azimuths) per orbit.", show_default="32", rich_help_panel=_R)
     ] = None,
     orbits: Annotated[
         int | None,
         typer.Option(
-            help="Orbits per object, each with its own elevation/fov (default: 1).", rich_help_panel=_R
+            help="Orbits per object, each with its own elevation/fov.", show_default="1", rich_help_panel=_R
         ),
     ] = None,
     samples: Annotated[
-        int | None, typer.Option(help="Cycles samples per pixel (default: 16, denoised).", rich_help_panel=_R)
+        int | None,
+        typer.Option(help="Cycles samples per pixel (then denoised).", show_default="16", rich_help_panel=_R),
     ] = None,
     seed: Annotated[
         int | None,
         typer.Option(
-            help="Run seed; cameras and light derive from (seed, uid) (default: 0).", rich_help_panel=_R
+            help="Run seed; cameras and light derive from (seed, uid).", show_default="0", rich_help_panel=_R
         ),
     ] = None,
     shared_cameras: Annotated[
         bool | None,
         typer.Option(
             "--shared-cameras/--per-object-cameras",
-            help="Same cameras for every object (drawn from the run seed), for view-by-view comparisons "
-            "(default: per object).",
+            help="Same cameras for every object (drawn from the run seed), for view-by-view comparisons.",
+            show_default="per object",
             rich_help_panel=_R,
         ),
     ] = None,
@@ -76,14 +77,16 @@ def render(
         str | None,
         typer.Option(
             help="hdri: one environment map per object (the paper's); lamps: four sun lamps, fewer samples "
-            "for the same noise (default: hdri).",
+            "for the same noise.",
+            show_default="hdri",
             rich_help_panel=_R,
         ),
     ] = None,
     hdri_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Directory of .exr/.hdr maps (default: the 8 CC0 HDRIs in the bpy wheel).",
+            help="Directory of .exr/.hdr maps.",
+            show_default="the 8 CC0 HDRIs in the bpy wheel",
             rich_help_panel=_R,
         ),
     ] = None,
@@ -91,20 +94,21 @@ def render(
         str | None,
         typer.Option(
             help="raw: each HDRI at its own exposure; normalized: every map scaled to the mean radiance "
-            "lighting.exposure_target (default: raw).",
+            "lighting.exposure_target.",
+            show_default="raw",
             rich_help_panel=_R,
         ),
     ] = None,
     denoise: Annotated[
         bool | None,
         typer.Option(
-            "--denoise/--no-denoise", help="OpenImageDenoise pass (default: on).", rich_help_panel=_R
+            "--denoise/--no-denoise", help="OpenImageDenoise pass.", show_default="on", rich_help_panel=_R
         ),
     ] = None,
     adaptive_threshold: Annotated[
         float | None,
         typer.Option(
-            help="Cycles adaptive-sampling noise threshold; 0 = off (default: 0.01).", rich_help_panel=_R
+            help="Cycles adaptive-sampling noise threshold; 0 = off.", show_default="0.01", rich_help_panel=_R
         ),
     ] = None,
     adaptive_min_samples: Annotated[
@@ -112,24 +116,26 @@ def render(
         typer.Option(
             help="Minimum samples of a pixel before adaptive sampling may stop it: Cycles checks after every "
             "16th sample past it, so 8 = a pixel may stop after 16, 32, ... and nothing changes at --samples 16 "
-            "or fewer; 0 = Cycles' automatic rule, 64 at threshold 0.01 (default: 8).",
+            "or fewer; 0 = Cycles' automatic rule, 64 at threshold 0.01.",
+            show_default="8",
             rich_help_panel=_R,
         ),
     ] = None,
     max_bounces: Annotated[
-        int | None, typer.Option(help="Cycles total light bounces (default: 4).", rich_help_panel=_R)
+        int | None, typer.Option(help="Cycles total light bounces.", show_default="4", rich_help_panel=_R)
     ] = None,
     view_transform: Annotated[
         str | None,
         typer.Option(
-            help="Standard | AgX | Filmic | Raw (default: Standard = plain sRGB).", rich_help_panel=_R
+            help="Standard (plain sRGB) | AgX | Filmic | Raw.", show_default="Standard", rich_help_panel=_R
         ),
     ] = None,
     hdri_visible: Annotated[
         bool | None,
         typer.Option(
             "--hdri-visible/--hdri-hidden",
-            help="Show the HDRI behind the object (default: hidden, transparent film).",
+            help="Show the HDRI behind the object (hidden: a transparent film).",
+            show_default="hidden",
             rich_help_panel=_R,
         ),
     ] = None,
@@ -148,33 +154,38 @@ def render(
     timeout: Annotated[
         float | None,
         typer.Option(
-            help="Seconds per object before its process group is killed (default: 900).",
+            help="Seconds per object before its process group is killed.",
+            show_default="900",
             rich_help_panel=_L,
         ),
     ] = None,
     memory_gb: Annotated[
         float | None,
         typer.Option(
-            help="Resident-memory cap of one render process group, GB (default: 16).", rich_help_panel=_L
+            help="Resident-memory cap of one render process group, GB.", show_default="16", rich_help_panel=_L
         ),
     ] = None,
     retries: Annotated[
         int | None,
         typer.Option(
-            help="Extra attempts for a process that crashed, then `crashed` (default: 1).",
+            help="Extra attempts for a process that crashed, then `crashed`.",
+            show_default="1",
             rich_help_panel=_L,
         ),
     ] = None,
     objects_per_process: Annotated[
         int | None,
         typer.Option(
-            help="Objects one Blender process renders in turn, 1 = a new process per object (default: 8).",
+            help="Objects one Blender process renders in turn, 1 = a new process per object.",
+            show_default="8",
             rich_help_panel=_L,
         ),
     ] = None,
     max_faces: Annotated[
         int | None,
-        typer.Option(help="Reject objects above this face count (default: 5000000).", rich_help_panel=_L),
+        typer.Option(
+            help="Reject objects above this face count.", show_default="5000000", rich_help_panel=_L
+        ),
     ] = None,
     captions: Annotated[
         Path | None,
@@ -196,7 +207,8 @@ def render(
         Path | None,
         typer.Option(
             envvar="MVFORGE_CACHE",
-            help="Download cache (Objaverse metadata and objects) (default: ~/.cache/mvforge).",
+            help="Download cache (Objaverse metadata and objects).",
+            show_default="~/.cache/mvforge",
             rich_help_panel=_S,
         ),
     ] = None,
@@ -204,7 +216,8 @@ def render(
         str | None,
         typer.Option(
             envvar="MVFORGE_OBJAVERSE_URL",
-            help="Objaverse base URL (default: the allenai/objaverse Hugging Face dataset); a mirror or a test server.",
+            help="Objaverse base URL: a mirror or a test server.",
+            show_default="the allenai/objaverse Hugging Face dataset",
             rich_help_panel=_S,
         ),
     ] = None,

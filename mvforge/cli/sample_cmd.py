@@ -11,7 +11,7 @@ from mvforge.cli.common import quiet_libraries, set_help
 
 
 def make_tiny_sd(
-    out: Annotated[Path, typer.Option("--out", help="New directory for the tiny random SD model.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New directory for the tiny random SD model.")],
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
     prediction_type: Annotated[
         str, typer.Option(help="Scheduler prediction type: epsilon or v_prediction.")
@@ -60,8 +60,12 @@ def make_tiny_sd(
         typer.echo(str(make_tiny_sd(out, seed=seed, prediction_type=prediction_type, variant=variant)))
 
 
-def _authors(text: str, default: str) -> str:
-    return f"{text} Default {default}, the authors' (MVDream's official inference)."
+def _authors(text: str, default: str) -> dict:
+    """Help and shown default of a sampling setting whose default is the authors' (docs/cli.md: one way)."""
+    return {
+        "help": f"{text} The default is the authors' (MVDream's official inference).",
+        "show_default": default,
+    }
 
 
 def sample(
@@ -73,43 +77,48 @@ def sample(
             help="`mvtrain fit` run directory (its latest checkpoint), one checkpoint, or a pipeline directory.",
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Directory for view_XX.png, grid.png, sample.json.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory for view_XX.png, grid.png, sample.json.")
+    ],
     prompt: Annotated[
-        str | None, typer.Option("--prompt", help="Text prompt (the ', 3d asset' suffix is added).")
+        str | None,
+        typer.Option(
+            "--prompt", help="Text prompt (the ', 3d asset' suffix is added). \\[required: this or --prompts]"
+        ),
     ] = None,
     prompts: Annotated[
         Path | None,
         typer.Option(
             "--prompts",
             help="Text file, one prompt per line: OUT/<prompt-slug>/ per prompt (a prompt twice is refused), "
-            "progress bar.",
+            "progress bar. \\[required: this or --prompt]",
         ),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML config (SampleConfig).")] = None,
     set_: Annotated[list[str], typer.Option("--set", help=set_help("prompt_suffix=''"))] = [],
     scheduler: Annotated[
         str | None,
-        typer.Option(help=_authors("ddim, dpm++, euler, euler-a or pndm (scheduler=...).", "ddim")),
+        typer.Option(**_authors("ddim, dpm++, euler, euler-a or pndm (scheduler=...).", "ddim")),
     ] = None,
-    steps: Annotated[int | None, typer.Option(help=_authors("Denoising steps (steps=...).", "50"))] = None,
+    steps: Annotated[int | None, typer.Option(**_authors("Denoising steps (steps=...).", "50"))] = None,
     guidance_scale: Annotated[
-        float | None, typer.Option(help=_authors("CFG scale (guidance_scale=...).", "10"))
+        float | None, typer.Option(**_authors("CFG scale (guidance_scale=...).", "10"))
     ] = None,
     negative_prompt: Annotated[
-        str | None, typer.Option(help=_authors("Unconditional text (negative_prompt=...).", "empty"))
+        str | None, typer.Option(**_authors("Unconditional text (negative_prompt=...).", "empty"))
     ] = None,
     elevation: Annotated[
-        float | None, typer.Option(help=_authors("Camera elevation deg (elevation_deg=...).", "15"))
+        float | None, typer.Option(**_authors("Camera elevation deg (elevation_deg=...).", "15"))
     ] = None,
     azimuth_start: Annotated[
-        float | None, typer.Option(help=_authors("Azimuth of view 0 in deg (azimuth_start_deg=...).", "90"))
+        float | None, typer.Option(**_authors("Azimuth of view 0 in deg (azimuth_start_deg=...).", "90"))
     ] = None,
     num_views: Annotated[
-        int | None, typer.Option(help=_authors("Views, 360/V apart (num_views=...).", "4"))
+        int | None, typer.Option(**_authors("Views, 360/V apart (num_views=...).", "4"))
     ] = None,
-    seed: Annotated[int | None, typer.Option(help=_authors("Noise seed (seed=...).", "23"))] = None,
+    seed: Annotated[int | None, typer.Option(**_authors("Noise seed (seed=...).", "23"))] = None,
     resolution: Annotated[
-        int | None, typer.Option(help=_authors("Image side in px (resolution=...).", "256"))
+        int | None, typer.Option(**_authors("Image side in px (resolution=...).", "256"))
     ] = None,
     precision: Annotated[
         str | None, typer.Option(help="fp32, or fp16 / bf16 on a GPU (precision=...).")

@@ -7,19 +7,29 @@ from typing import Annotated
 
 import typer
 
-from mvforge.cli.common import ADDRESS_HELP, quiet_libraries, set_help
+from mvforge.cli.common import ADDRESS_HELP, REQUIRED_UNLESS_CONFIG, quiet_libraries, set_help
 
 
 def sds(
-    prompt: Annotated[str | None, typer.Option("--prompt", help="Text prompt (prompt=...).")] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt",
+            help="Text prompt (prompt=...). \\[required unless --config sets it or --prompts is given]",
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
-            "--model", help="`mvtrain fit` run/checkpoint or converted MVDream pipeline dir (model=...)."
+            "--model",
+            help=f"`mvtrain fit` run/checkpoint or converted MVDream pipeline dir (model=...). {REQUIRED_UNLESS_CONFIG}",
         ),
     ] = None,
     out: Annotated[
-        str | None, typer.Option("--out", help="Parent directory; writes OUT/<prompt-slug>/ (out=...).")
+        str | None,
+        typer.Option(
+            "--out", "-o", help="Parent directory; writes OUT/<prompt-slug>/ (out=...).", show_default="sds"
+        ),
     ] = None,
     config: Annotated[
         Path | None,
@@ -29,7 +39,10 @@ def sds(
     ] = None,
     set_: Annotated[list[str], typer.Option("--set", help=set_help("camera.resolution_low=32"))] = [],
     max_steps: Annotated[
-        int | None, typer.Option("--steps", help="Optimisation steps (max_steps=...).")
+        int | None,
+        typer.Option(
+            "--max-steps", "--steps", help="Optimisation steps (max_steps=...); --steps is the old name."
+        ),
     ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed of the field and every per-step draw (seed=...).")
@@ -48,12 +61,16 @@ def sds(
         typer.Option("--prompts", help="Text file, one prompt per line: one Ray task per prompt and seed."),
     ] = None,
     seeds: Annotated[
-        str | None, typer.Option("--seeds", help="Comma-separated seeds for --prompts (default: seed).")
+        str | None,
+        typer.Option("--seeds", help="Comma-separated seeds for --prompts.", show_default="--seed"),
     ] = None,
     gpus_per_task: Annotated[
         float | None,
         typer.Option(
-            "--gpus-per-task", help="GPUs per Ray task (default: 1 when the cluster has GPUs, else 0)."
+            "--gpus-per-worker",
+            "--gpus-per-task",
+            help="GPUs per Ray task; --gpus-per-task is the old name.",
+            show_default="1 when the cluster has GPUs, else 0",
         ),
     ] = None,
     task_timeout_s: Annotated[

@@ -13,13 +13,14 @@ from mvforge.cli.common import ADDRESS_HELP, set_help
 def shard(
     renders: Annotated[Path, typer.Option("--renders", help="Render directory written by `mvdata render`.")],
     out: Annotated[
-        str, typer.Option("--out", help="Output directory or fsspec URL (s3://bucket/shards, ...).")
+        str, typer.Option("--out", "-o", help="Output directory or fsspec URL (s3://bucket/shards, ...).")
     ],
     selection: Annotated[
         Path | None,
         typer.Option(
             "--selection",
-            help="filter/selection.parquet: shard only its kept rows (default: every ok object).",
+            help="filter/selection.parquet: shard only its kept rows.",
+            show_default="every ok object",
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the object order across shards.")] = None,

@@ -1,4 +1,4 @@
-"""`--help` of every command, enumerated from the typer apps (not a hand list), imports nothing heavy
+"""`--version` and `--help` of every command, enumerated from the typer apps (not a hand list), imports nothing heavy
 (design §1, issue 8): the CLI modules keep torch, bpy, ray, diffusers, open_clip, pyarrow and pandas inside
 the command bodies."""
 
@@ -21,7 +21,7 @@ from mvforge.cli.{app} import app
 HEAVY = {heavy!r}
 group = typer.main.get_command(app)
 report = {{"commands": sorted(group.commands), "heavy": {{}}}}
-for argv in [["--help"]] + [[name, "--help"] for name in sorted(group.commands)]:
+for argv in [["--version"], ["--help"]] + [[name, "--help"] for name in sorted(group.commands)]:
     try:
         group.main(argv, prog_name="{app}", standalone_mode=False)
     except SystemExit:
