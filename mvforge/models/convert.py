@@ -677,7 +677,7 @@ def convert_checkpoint(
     from diffusers import __version__ as diffusers_version
 
     from mvforge.fsutil import atomic_write_json, atomic_write_text, tmp_path
-    from mvforge.models.pipeline import make_scheduler
+    from mvforge.models.pipeline import make_scheduler, write_pipeline_entry
 
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
@@ -750,7 +750,7 @@ def convert_checkpoint(
         if left:
             raise UserError(f"unknown key {left[0]} ({len(left)} unconverted); not part of this architecture")
         index = {
-            "_class_name": "MVDreamPipeline",
+            "_class_name": "MVDreamPipeline",  # made [module, class] by write_pipeline_entry below
             "_diffusers_version": diffusers_version,
             "scheduler": ["diffusers", "DDIMScheduler"],
             "text_encoder": ["transformers", "CLIPTextModel"],
@@ -759,6 +759,7 @@ def convert_checkpoint(
             "vae": ["diffusers", "AutoencoderKL"],
         }
         atomic_write_json(tmp / "model_index.json", index)
+        write_pipeline_entry(tmp)
         report.dropped = dropped
         report.seconds = time.perf_counter() - start
         report.peak_rss_mb = _peak_rss_mb()

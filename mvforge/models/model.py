@@ -35,6 +35,11 @@ from mvforge.errors import UserError
 CAMERA_DIM = 16
 """MVDream camera embedding input: the 4x4 c2w with unit translation, flattened (design §3)."""
 
+EMA_CONFIG_KEYS = frozenset(
+    {"decay", "inv_gamma", "min_decay", "optimization_step", "power", "update_after_step", "use_ema_warmup"}
+)
+"""Keys diffusers' ``EMAModel.save_pretrained`` adds to ``unet_ema/config.json`` (its averaging state)."""
+
 
 # ---------------------------------------------------------------- processors
 class MultiViewAttnProcessor(AttnProcessor2_0):
@@ -108,6 +113,17 @@ class MultiViewUNet(UNet2DConditionModel):
     (B*V, C, h, w). The weights and config are a standard ``UNet2DConditionModel``'s, so vanilla diffusers
     loads a saved ``unet/``; the multi-view behaviour is the processors (``install_multiview_attention``).
     """
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """diffusers' split of a config into constructor arguments / unused / hidden keys, with the EMA state
+        (``EMA_CONFIG_KEYS``) moved to the unused ones: loading ``unet_ema/`` then neither warns that they are
+        ignored nor copies them into the model's config (and from there into every pipeline saved from it),
+        and ``EMAModel.from_pretrained`` still receives them as unused keys to resume the average."""
+        ema = {k: v for k, v in config_dict.items() if k in EMA_CONFIG_KEYS}
+        rest = {k: v for k, v in config_dict.items() if k not in EMA_CONFIG_KEYS}
+        init, unused, hidden = super().extract_init_dict(rest, **kwargs)
+        return init, {**unused, **ema}, hidden
 
     def get_class_embed(self, sample: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor | None:
         if class_labels is None:  # 2D batch: no camera term (see module docstring)

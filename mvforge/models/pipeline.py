@@ -7,11 +7,15 @@
   guidance. The order of the conditional/unconditional halves of a guided batch is ``CFG_ORDER``, defined here
   only.
 - ``MVDreamPipeline``: a ``DiffusionPipeline`` subclass with the standard layout (``model_index.json``,
-  ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``, safetensors), so ``save_pretrained`` /
-  ``from_pretrained`` work as for any diffusers pipeline. diffusers records this class and the UNet's class
-  (``mvforge.models.model.MultiViewUNet``) by import path in ``model_index.json``: keep both paths stable.
-  ``unet/`` itself is a standard ``UNet2DConditionModel`` (vanilla diffusers loads it); the multi-view
-  behaviour comes from the processors mvforge installs.
+  ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``, safetensors), plus a two-line module
+  ``PIPELINE_MODULE.py`` that re-exports this class, named by ``model_index.json``'s ``_class_name``
+  ([module, class]): diffusers' own mechanism for pipelines it does not ship, so
+  ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)`` loads the directory with nothing imported
+  first (docs/ecosystem.md). The UNet's class is recorded by import path (``mvforge.models.model.MultiViewUNet``):
+  keep that path stable. ``unet/`` itself is a standard ``UNet2DConditionModel`` (vanilla diffusers loads it);
+  the multi-view behaviour comes from the processors mvforge installs. mvforge's own loaders
+  (``MultiViewDiffusion.from_pretrained``, ``MVDreamPipeline.from_pretrained``) read the components one by one
+  and never run a ``.py`` found in a model directory.
 - Two different "rescale" operations, named apart: ``guidance_rescale`` is diffusers' per-image std rescale of
   the guided ε (Lin et al. 2023, §3.4); ``rescale_x0_multiview`` is MVDream's rescale of the guided x0 to the
   std of the conditional x0 over each group of V views, mixed with a factor (design §10; SDS uses it).
@@ -19,6 +23,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tomllib
@@ -43,7 +48,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from mvforge.errors import UserError
-from mvforge.fsutil import tmp_path
+from mvforge.fsutil import atomic_write_json, atomic_write_text, tmp_path
 from mvforge.models.camera_batch import camera_embedding, orbit_c2w_batch, orthogonal_views
 from mvforge.models.model import (
     MultiViewUNet,
@@ -53,6 +58,23 @@ from mvforge.models.model import (
     load_unet,
 )
 from mvforge.models.resolve import is_pipeline_dir, resolve_model
+
+PIPELINE_MODULE = "mvforge_pipeline"
+"""The module a pipeline directory carries (``mvforge_pipeline.py``) and names in ``model_index.json``
+(``"_class_name": ["mvforge_pipeline", "MVDreamPipeline"]``): diffusers imports it for
+``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)``. It only re-exports this module's class, so
+the code that runs is the installed mvforge's, never a copy."""
+
+_PIPELINE_MODULE_SOURCE = '''"""mvforge's MVDream pipeline (text -> multi-view images), re-exported for diffusers.
+
+Load this directory with ``DiffusionPipeline.from_pretrained(DIR, trust_remote_code=True)`` (needs
+``pip install "mvforge[train]"``); the pipeline's code is the installed mvforge's.
+"""
+
+from mvforge.models.pipeline import MVDreamPipeline
+
+__all__ = ["MVDreamPipeline"]
+'''
 
 CFG_ORDER = ("cond", "uncond")
 """Order of the two halves of a classifier-free-guidance batch: ``[cond (N), uncond (N)]`` along dim 0
@@ -146,9 +168,8 @@ class MultiViewDiffusion:
         directory or a UNet without the camera embedding (a plain SD model: train it first)."""
         path = resolve_model(path)
         if is_pipeline_dir(path):
-            _require_multiview(path / "unet")
-            pipe = MVDreamPipeline.from_pretrained(path)
-            parts = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
+            found = _load_pipeline_parts(path, sampling_scheduler=False)
+            parts = tuple(found[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
         else:
             sub = "unet_ema" if use_ema and (path / "unet_ema").is_dir() else "unet"
             _require_multiview(path / sub)
@@ -194,8 +215,9 @@ class MultiViewDiffusion:
         )
 
     def save_pretrained(self, out: str | Path) -> Path:
-        """Write a pipeline directory (safetensors; the official DDIM as its scheduler) to ``out``, which must
-        not exist or be empty. Filled as ``out.tmp-<pid>`` and renamed into place: complete or absent."""
+        """Write a pipeline directory (safetensors; the official DDIM as its scheduler; ``PIPELINE_MODULE``)
+        to ``out``, which must not exist or be empty. Filled as ``out.tmp-<pid>`` and renamed into place:
+        complete or absent."""
         out = Path(out)
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out} is not empty; pass a new directory for the pipeline")
@@ -313,8 +335,6 @@ class MultiViewDiffusion:
 
 
 def _require_multiview(unet_dir: Path) -> None:
-    import json
-
     config_file = unet_dir / "config.json"
     if not config_file.is_file():
         raise UserError(f"{unet_dir} holds no UNet (config.json); re-save the model")
@@ -323,6 +343,39 @@ def _require_multiview(unet_dir: Path) -> None:
             f"{unet_dir} has no camera embedding (a plain Stable Diffusion UNet?); train it with "
             "`mvtrain fit --pretrained DIR`, then pass the run"
         )
+
+
+def _load_pipeline_parts(path: Path, *, sampling_scheduler: bool) -> dict:
+    """The components of a pipeline directory, each through its own class's ``from_pretrained`` (no module
+    of the directory is imported). ``sampling_scheduler``: the saved scheduler as saved (one of
+    ``SCHEDULERS``), else the training schedule as a DDPMScheduler. Raises UserError for a UNet without the
+    camera embedding or a scheduler mvforge does not offer."""
+    _require_multiview(path / "unet")
+    vae, text_encoder, tokenizer, ddpm = load_frozen(path)
+    scheduler = ddpm
+    if sampling_scheduler:
+        saved = json.loads((path / "scheduler" / "scheduler_config.json").read_text()).get("_class_name")
+        classes = {cls.__name__: cls for cls in SCHEDULERS.values()}
+        if saved not in classes:
+            raise UserError(
+                f"{path / 'scheduler'} holds a {saved}; mvforge samples with {', '.join(classes)}: re-save the "
+                "pipeline with one of them"
+            )
+        scheduler = classes[saved].from_pretrained(path, subfolder="scheduler")
+    unet = load_unet(path, "unet")
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def write_pipeline_entry(directory: str | Path) -> None:
+    """Make a saved pipeline directory loadable by ``DiffusionPipeline.from_pretrained(dir,
+    trust_remote_code=True)``: write ``PIPELINE_MODULE.py`` and point ``model_index.json``'s ``_class_name`` at
+    it ([module, class], diffusers' convention for pipelines it does not ship). Idempotent."""
+    directory = Path(directory)
+    index_file = directory / "model_index.json"
+    index = json.loads(index_file.read_text())
+    index["_class_name"] = [PIPELINE_MODULE, MVDreamPipeline.__name__]
+    atomic_write_text(directory / f"{PIPELINE_MODULE}.py", _PIPELINE_MODULE_SOURCE)
+    atomic_write_json(index_file, index)
 
 
 # ---------------------------------------------------------------- the diffusers pipeline
@@ -337,11 +390,44 @@ class MVDreamPipelineOutput(BaseOutput):
 class MVDreamPipeline(DiffusionPipeline):
     """Text -> V views of an object (MVDream §3, the official inference of design §10).
 
-    ``MVDreamPipeline.from_pretrained(dir)`` / ``save_pretrained(dir)`` as any diffusers pipeline; the
-    scheduler is one of ``SCHEDULERS`` (swap with ``make_scheduler(name, pipe.scheduler.config)``).
+    ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)`` (diffusers' loader, all its options:
+    ``torch_dtype``, ``variant``, ...) or ``MVDreamPipeline.from_pretrained(dir)`` (mvforge's: runs no code of
+    the directory); ``save_pretrained(dir)`` keeps the directory loadable by both. The scheduler is one of
+    ``SCHEDULERS`` (swap with ``make_scheduler(name, pipe.scheduler.config)``).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, torch_dtype=None, **kwargs):
+        """The pipeline of a directory written by ``save_pretrained`` (or ``mvtrain convert``), loaded by
+        mvforge: each component through its class's ``from_pretrained``, the directory's ``.py`` never
+        imported. ``torch_dtype``: cast after loading (default float32). Other diffusers loading options
+        raise TypeError: use ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True, ...)`` for them.
+        Raises UserError for a missing directory, a UNet without cameras or an unknown scheduler."""
+        if kwargs:
+            raise TypeError(
+                f"MVDreamPipeline.from_pretrained takes torch_dtype only (got {', '.join(sorted(kwargs))}); "
+                "use DiffusionPipeline.from_pretrained(dir, trust_remote_code=True, ...) for diffusers' options"
+            )
+        path = resolve_model(pretrained_model_name_or_path)
+        if not is_pipeline_dir(path):
+            raise UserError(
+                f"{path} is a training checkpoint, not a pipeline; load it with MultiViewDiffusion"
+            )
+        pipe = cls(**_load_pipeline_parts(path, sampling_scheduler=True))
+        if torch_dtype is not None:
+            pipe.to(dtype=torch_dtype)
+        return pipe
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """diffusers' ``save_pretrained``, then ``write_pipeline_entry`` (``_class_name`` as [module, class]
+        and the module beside it: diffusers itself writes the bare class name, which it cannot load back).
+        ``push_to_hub`` raises ValueError: save, then upload the directory (``hf upload``)."""
+        if kwargs.get("push_to_hub"):
+            raise ValueError("push_to_hub would upload before the module is written; save, then `hf upload`")
+        super().save_pretrained(save_directory, **kwargs)
+        write_pipeline_entry(save_directory)
 
     def __init__(self, vae, text_encoder, tokenizer, unet: MultiViewUNet, scheduler) -> None:
         super().__init__()
