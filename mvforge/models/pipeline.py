@@ -437,71 +437,182 @@ class MVDreamPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
-    def check_inputs(self, prompts, negative_prompt, num_views, steps, resolution, latents) -> None:
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompt must be a string or a non-empty list of strings")
-        if not isinstance(negative_prompt, str):
-            raise ValueError("negative_prompt must be a string (the same for every prompt)")
-        if num_views < 1 or steps < 1:
-            raise ValueError(f"num_views {num_views} and num_inference_steps {steps} must be >= 1")
-        if resolution % self.vae_scale_factor:
-            raise ValueError(f"resolution {resolution} is not a multiple of {self.vae_scale_factor}")
-        shape = (len(prompts) * num_views, self.unet.config.in_channels)
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    def check_inputs(self, n_prompts, negative, num_views, steps, height, width, n_images, latents) -> None:
+        if num_views < 1 or steps < 1 or n_images < 1:
+            raise ValueError(
+                f"num_views {num_views}, num_inference_steps {steps} and num_images_per_prompt {n_images} "
+                "must be >= 1"
+            )
+        if isinstance(negative, list) and len(negative) != n_prompts:
+            raise ValueError(
+                f"{len(negative)} negative prompts for {n_prompts} prompts; pass one or one each"
+            )
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(
+                f"height {height} and width {width} must be multiples of {self.vae_scale_factor}"
+            )
+        shape = (n_prompts * n_images * num_views, self.unet.config.in_channels)
         if latents is not None and tuple(latents.shape[:2]) != shape:
             raise ValueError(f"latents of shape {tuple(latents.shape)}; expected {shape} + (h, w)")
 
-    def prepare_latents(self, n: int, resolution: int, generator, latents) -> torch.Tensor:
-        h = resolution // self.vae_scale_factor
-        shape = (n, self.unet.config.in_channels, h, h)
+    def prepare_latents(self, n: int, height: int, width: int, generator, latents) -> torch.Tensor:
+        shape = (
+            n,
+            self.unet.config.in_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
-        return latents.to(self.device, torch.float32) * self.scheduler.init_noise_sigma
+            latents = randn_tensor(
+                shape, generator=generator, device=self._execution_device, dtype=torch.float32
+            )
+        return latents.to(self._execution_device, torch.float32) * self.scheduler.init_noise_sigma
+
+    def encode_prompt(
+        self, prompts: list[str] | None, negative, prompt_embeds, negative_prompt_embeds, guided: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(cond (B, 77, D), uncond (B, 77, D) or None) from prompts or given embeddings; ``negative``: one
+        string for all prompts or one per prompt. Embeddings passed in are used as they are."""
+        device = self._execution_device
+        if prompt_embeds is None:
+            prompt_embeds = encode_text(self.tokenizer, self.text_encoder, prompts, device)
+        if not guided:
+            return prompt_embeds, None
+        if negative_prompt_embeds is None:
+            texts = [negative] * prompt_embeds.shape[0] if isinstance(negative, str) else list(negative)
+            negative_prompt_embeds = encode_text(self.tokenizer, self.text_encoder, texts, device)
+        if negative_prompt_embeds.shape != prompt_embeds.shape:
+            raise ValueError(
+                f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} and prompt_embeds "
+                f"{tuple(prompt_embeds.shape)} differ in shape"
+            )
+        return prompt_embeds, negative_prompt_embeds
+
+    def camera_batch(self, num_views, elevation_deg, azimuth_start_deg, c2ws) -> torch.Tensor:
+        """(V, 16) float32 camera embeddings: the orbit of ``orbit_cameras``, or ``c2ws`` (V, 4, 4) camera-to-
+        world matrices in mvforge's convention (OpenGL axes, Z up; design §3) when given."""
+        if c2ws is None:
+            return torch.from_numpy(orbit_cameras(num_views, elevation_deg, azimuth_start_deg))
+        c2ws = torch.as_tensor(np.asarray(c2ws) if not torch.is_tensor(c2ws) else c2ws, dtype=torch.float32)
+        if c2ws.ndim != 3 or tuple(c2ws.shape[1:]) != (4, 4):
+            raise ValueError(
+                f"c2ws of shape {tuple(c2ws.shape)}; expected (V, 4, 4) camera-to-world matrices"
+            )
+        return camera_embedding(c2ws.cpu())
 
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
-        negative_prompt: str = "",
-        num_views: int = 4,
-        elevation_deg: float = 15.0,
-        azimuth_start_deg: float = 90.0,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] = "",
         num_inference_steps: int = 50,
         guidance_scale: float = 10.0,
-        guidance_rescale: float = 0.0,
-        eta: float = 0.0,
-        resolution: int | None = None,
-        generator: torch.Generator | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
-    ) -> MVDreamPipelineOutput:
-        """V views of each prompt. Defaults: the official inference (design §10: 4 views, elevation 15, start
-        azimuth 90, CFG 10, eta 0, empty negative prompt; 50 steps of the pipeline's scheduler). The ", 3d
-        asset" suffix is the caller's (``mvtrain sample`` adds it). ``resolution``: image side (default
-        the model's native size); ``latents``: initial noise (B*V, 4, h, w) instead of drawing it with
-        ``generator``; ``eta``: DDIM's only. Returns ``MVDreamPipelineOutput`` (B*V images, object-major).
+        return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        eta: float = 0.0,
+        guidance_rescale: float = 0.0,
+        num_views: int | None = None,
+        elevation_deg: float | None = None,
+        azimuth_start_deg: float = 90.0,
+        c2ws: np.ndarray | torch.Tensor | None = None,
+        resolution: int | None = None,
+        *,
+        num_frames: int | None = None,
+        elevation: float | None = None,
+    ) -> MVDreamPipelineOutput | tuple:
+        """V views of each of ``num_images_per_prompt`` objects per prompt (diffusers' call conventions).
+
+        Defaults: the official inference (design §10): 4 views at elevation 15 deg from azimuth 90, CFG 10,
+        DDIM eta 0, empty negative prompt, 50 steps of the pipeline's scheduler, the model's native side. The
+        ", 3d asset" suffix of the official script is NOT added: append it to ``prompt`` (``mvtrain sample``
+        does). The community port (ashawkey/mvdream_diffusers) differs: elevation 0, CFG 7, azimuth start 0,
+        numpy output (docs/ecosystem.md).
+
+        - ``prompt`` (B strings) or ``prompt_embeds`` (B, 77, D); ``negative_prompt`` one string or B, or
+          ``negative_prompt_embeds`` (B, 77, D). CFG runs when ``guidance_scale != 1``.
+        - ``height``/``width`` (px, multiples of the VAE factor; default the native side); ``resolution``
+          sets both (mvforge's older name).
+        - Cameras: ``num_views`` (alias ``num_frames``), ``elevation_deg`` (alias ``elevation``),
+          ``azimuth_start_deg``: an orbit of V views 360/V apart; or ``c2ws`` (V, 4, 4) c2w matrices in
+          mvforge's convention (design §3), which fix V.
+        - ``latents``: initial noise (B*N*V, 4, h, w) instead of drawing it with ``generator``.
+        - ``output_type``: "pil" (list), "np" (alias "numpy"; (B*N*V, H, W, 3) float in [0, 1]), "pt"
+          ((B*N*V, 3, H, W) in [0, 1]) or "latent" ((B*N*V, 4, h, w)).
+        - ``callback_on_step_end(pipe, i, t, kwargs) -> dict`` after each step with the tensors named in
+          ``callback_on_step_end_tensor_inputs`` (default ``["latents"]``; the embeddings as used, (B*N*V,
+          77, D)); a returned ``latents`` replaces the current one.
+
+        Returns ``MVDreamPipelineOutput`` (images object-major: the V views of an object contiguous) or, with
+        ``return_dict=False``, the tuple ``(images,)``. Raises ValueError for inconsistent arguments.
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        resolution = resolution or int(self.unet.config.sample_size) * self.vae_scale_factor
-        # 1. Check inputs.
-        self.check_inputs(prompts, negative_prompt, num_views, num_inference_steps, resolution, latents)
+        # 1. Resolve the aliases and defaults, then check the inputs.
+        num_views = _alias("num_views", num_views, "num_frames", num_frames, None)
+        elevation_deg = _alias("elevation_deg", elevation_deg, "elevation", elevation, 15.0)
+        if c2ws is not None:
+            if num_views is not None and num_views != len(c2ws):
+                raise ValueError(f"num_views {num_views} but {len(c2ws)} c2ws; pass one of them")
+            num_views = len(c2ws)
+        num_views = 4 if num_views is None else num_views
+        native = int(self.unet.config.sample_size) * self.vae_scale_factor
+        if resolution is not None and (height or width) and (height, width) != (resolution, resolution):
+            raise ValueError("pass height/width or resolution, not both")
+        height = height or resolution or native
+        width = width or resolution or native
+        output_type = {"numpy": "np"}.get(output_type, output_type)
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type {output_type!r}; use pil, np, pt or latent")
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("pass exactly one of prompt and prompt_embeds")
+        prompts = None
+        if prompt is not None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            if not prompts or not all(isinstance(p, str) for p in prompts):
+                raise ValueError("prompt must be a string or a non-empty list of strings")
+        b = len(prompts) if prompts is not None else prompt_embeds.shape[0]
+        self.check_inputs(
+            b, negative_prompt, num_views, num_inference_steps, height, width, num_images_per_prompt, latents
+        )
+        tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
+        if unknown := set(tensor_inputs) - set(self._callback_tensor_inputs):
+            raise ValueError(
+                f"callback tensors {sorted(unknown)} unknown; use {self._callback_tensor_inputs}"
+            )
         model = MultiViewDiffusion(self.unet, self.vae, self.text_encoder, self.tokenizer, self.scheduler)
-        n = len(prompts) * num_views
+        device = self._execution_device
+        per_object = num_images_per_prompt * num_views  # images per prompt
+        n = b * per_object
 
         # 2. Encode the prompts: each object's text repeated over its V views.
-        cond = model.encode_prompt(prompts).repeat_interleave(num_views, dim=0)
+        guided = guidance_scale != 1.0
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompts, negative_prompt, prompt_embeds, negative_prompt_embeds, guided
+        )
+        dtype = self.unet.dtype
+        cond = prompt_embeds.to(device, dtype).repeat_interleave(per_object, dim=0)
         uncond = None
-        if guidance_scale != 1.0:
-            uncond = model.encode_prompt([negative_prompt]).expand(n, -1, -1)
+        if guided:
+            uncond = negative_prompt_embeds.to(device, dtype).repeat_interleave(per_object, dim=0)
 
-        # 3. Cameras: V orbit views, the same for every object.
-        cams = torch.from_numpy(orbit_cameras(num_views, elevation_deg, azimuth_start_deg))
-        cams = cams.to(self.device).repeat(len(prompts), 1)
+        # 3. Cameras: V views, the same for every object.
+        cams = self.camera_batch(num_views, elevation_deg, azimuth_start_deg, c2ws)
+        cams = cams.to(device).repeat(b * num_images_per_prompt, 1)
 
         # 4. Timesteps.
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
 
         # 5. Initial noise.
-        latents = self.prepare_latents(n, resolution, generator, latents)
+        latents = self.prepare_latents(n, height, width, generator, latents)
 
         # 6. Denoise: guided ε for all views of all objects in one UNet call per step.
         step_kwargs = {}
@@ -509,15 +620,31 @@ class MVDreamPipeline(DiffusionPipeline):
             step_kwargs["eta"] = eta
         if isinstance(self.scheduler, EulerAncestralDiscreteScheduler | DDIMScheduler):
             step_kwargs["generator"] = generator
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             x = self.scheduler.scale_model_input(latents, t)
             eps = model.predict_noise(x, t, cond, uncond, cams, num_views, guidance_scale, guidance_rescale)
             latents = self.scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                local = {"latents": latents, "prompt_embeds": cond, "negative_prompt_embeds": uncond}
+                out = callback_on_step_end(self, i, t, {k: local[k] for k in tensor_inputs})
+                latents = (out or {}).get("latents", latents)
 
         # 7. Decode.
         if output_type == "latent":
-            return MVDreamPipelineOutput(images=latents)
-        images = model.decode_latents(latents).float()
-        images = self.image_processor.postprocess(images, output_type=output_type)
+            images = latents
+        else:
+            images = model.decode_latents(latents).float()
+            images = self.image_processor.postprocess(images, output_type=output_type)
         self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
         return MVDreamPipelineOutput(images=images)
+
+
+def _alias(name: str, value, alias: str, alias_value, default):
+    """``value`` or its community-port alias (the two may not disagree), else ``default``."""
+    if alias_value is not None and value is not None and alias_value != value:
+        raise ValueError(f"{name}={value} and its alias {alias}={alias_value} disagree; pass one")
+    if value is not None:
+        return value
+    return alias_value if alias_value is not None else default
