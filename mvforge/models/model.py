@@ -184,7 +184,9 @@ def _is_multiview_config(config: dict) -> bool:
 def load_unet(path: str | Path, subfolder: str = "unet") -> MultiViewUNet:
     """A MultiViewUNet from a diffusers directory: an SD UNet (camera MLP added, last layer zero) or a
     multi-view checkpoint of ours (loaded as is). The same path for SD 2.1 base and the tiny test model."""
-    path = Path(path)
+    from mvforge.models.resolve import local_model_dir
+
+    path = local_model_dir(path)
     config_file = path / subfolder / "config.json"
     if not config_file.is_file():
         raise UserError(
@@ -218,18 +220,32 @@ def multiview_from_sd(base: UNet2DConditionModel) -> MultiViewUNet:
     return unet
 
 
-def load_frozen(path: str | Path):
-    """(vae, text_encoder, tokenizer, noise scheduler config) of a diffusers SD directory, frozen."""
-    from diffusers import AutoencoderKL, DDPMScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer
+def check_sd_dir(path: str | Path) -> Path:
+    """The local directory of the diffusers SD model ``path`` (a directory or a Hub id, through
+    ``local_model_dir``), checked to hold vae/, text_encoder/, tokenizer/ and scheduler/. Raises UserError."""
+    from mvforge.models.resolve import local_model_dir
 
-    path = Path(path)
+    path = local_model_dir(path)
+    if not path.is_dir():
+        raise UserError(
+            f"{path} does not exist; pass a diffusers Stable Diffusion directory or Hub id "
+            "(or make a tiny one: mvtrain make-tiny-sd --out DIR)"
+        )
     for sub in ("vae", "text_encoder", "tokenizer", "scheduler"):
         if not (path / sub).is_dir():
             raise UserError(
                 f"{path} has no {sub}/; pass a diffusers Stable Diffusion directory "
                 "(or make a tiny one: mvtrain make-tiny-sd --out DIR)"
             )
+    return path
+
+
+def load_frozen(path: str | Path):
+    """(vae, text_encoder, tokenizer, noise scheduler config) of a diffusers SD directory, frozen."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = check_sd_dir(path)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae").eval().requires_grad_(False)
     text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval().requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
