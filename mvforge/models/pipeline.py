@@ -338,7 +338,13 @@ def _require_multiview(unet_dir: Path) -> None:
     config_file = unet_dir / "config.json"
     if not config_file.is_file():
         raise UserError(f"{unet_dir} holds no UNet (config.json); re-save the model")
-    if not _is_multiview_config(json.loads(config_file.read_text())):
+    config = json.loads(config_file.read_text())
+    if "camera_dim" in config and "model_channels" in config:  # the community port's LDM-layout UNet
+        raise UserError(
+            f"{unet_dir.parent} is the community diffusers port's layout; convert it once: "
+            f"mvtrain convert {unet_dir.parent} --out NEW_DIR"
+        )
+    if not _is_multiview_config(config):
         raise UserError(
             f"{unet_dir} has no camera embedding (a plain Stable Diffusion UNet?); train it with "
             "`mvtrain fit --pretrained DIR`, then pass the run"

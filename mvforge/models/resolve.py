@@ -54,9 +54,14 @@ HUB_FILES = ["*.json", "*.txt", "*.md", "*/*.safetensors", "*/*.model", "*/*.py"
 copies many SD repositories also hold (gigabytes each)."""
 
 
+FILE_SUFFIXES = (".pt", ".ckpt", ".pth", ".bin", ".safetensors", ".yaml", ".json", ".toml", ".txt")
+"""Suffixes that make ``dir/file.pt`` a mistyped file path rather than a Hub id."""
+
+
 def is_hub_id(name: str | Path) -> bool:
-    """``name`` looks like ``org/name`` and is not an existing path."""
-    return not Path(name).exists() and bool(HUB_ID.match(str(name)))
+    """``name`` looks like ``org/name``, is not an existing path and does not end like a file."""
+    text = str(name)
+    return not Path(text).exists() and bool(HUB_ID.match(text)) and not text.lower().endswith(FILE_SUFFIXES)
 
 
 def local_model_dir(name: str | Path) -> Path:
