@@ -45,8 +45,8 @@ class ReportConfig:
     """At most this many objects in the contact sheet (the first ones by uid); the rest are counted."""
     embed_images: bool = False
     """Embed base64 PNG thumbnails instead of linking the render files (a single portable file)."""
-    histogram_bins: int = 20
-    """Bins of the CLIP score histogram."""
+    histogram_bins: int = 0
+    """Bins of the CLIP score histogram; 0: those of the filter's own report.html (its config.toml), else 20."""
     max_failures: int = 500
     """At most this many rows in the failures table; the reason counts always cover every failure."""
 
@@ -57,8 +57,8 @@ def write_report(run_dir: Path, cfg: ReportConfig | None = None) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; pass the --out directory of a run")
-    if cfg.views_per_object < 1 or cfg.thumb_px < 8 or cfg.histogram_bins < 1:
-        raise UserError("report settings: views_per_object >= 1, thumb_px >= 8 and histogram_bins >= 1")
+    if cfg.views_per_object < 1 or cfg.thumb_px < 8 or cfg.histogram_bins < 0:
+        raise UserError("report settings: views_per_object >= 1, thumb_px >= 8 and histogram_bins >= 0")
     out = run_dir / REPORT
     renders = _stage_dir(run_dir, "renders", layout.is_render_dir)
     filter_dir = _stage_dir(run_dir, "filter", lambda d: (d / "selection.parquet").is_file())
@@ -254,7 +254,7 @@ def _filter_section(root: Path | None, report_dir: Path, cfg: ReportConfig) -> t
     uids = list(scores)
     histogram = htmlkit.histogram_svg(
         [scores[u] for u in uids],
-        cfg.histogram_bins,
+        cfg.histogram_bins or _filter_bins(root, 20),
         kept=[bool(selection.get(u, {}).get("kept")) for u in uids],
         threshold=threshold,
     )
@@ -277,6 +277,18 @@ def _filter_section(root: Path | None, report_dir: Path, cfg: ReportConfig) -> t
         full_report=full,
     )
     return selection, html
+
+
+def _filter_bins(root: Path, default: int) -> int:
+    """The filter run's own ``report.histogram_bins`` (its config.toml), so this page bins the scores as the
+    filter's report.html does; ``default`` when it is not recorded."""
+    import tomllib
+
+    try:
+        bins = tomllib.loads(_config_text(root)).get("report", {}).get("histogram_bins")
+    except tomllib.TOMLDecodeError:
+        return default
+    return bins if isinstance(bins, int) and bins >= 1 else default
 
 
 # histogram_bins stays importable from here (tests and callers of the earlier API).

@@ -310,3 +310,28 @@ def test_dreambooth_section_sds_plot_every_snapshot_and_rounded_numbers(tmp_path
     sds = sds[: sds.index("</section>")]
     assert [f"step {s}" for s in (2, 4, 6)] == [c for c in ("step 2", "step 4", "step 6") if c in sds]
     assert sds.count('alt="snapshot at step') == 3 and "SDS" in sds and "loss" in sds and "<svg" in sds
+
+
+def test_the_report_bins_scores_as_the_filter_page_does(tmp_path):
+    """Fails before: the run report used its own 20 bins, the filter's page its config's 40."""
+    import pyarrow as pa
+    import pyarrow.parquet as papq
+
+    flt = tmp_path / "filter"
+    flt.mkdir()
+    n = 30
+    table = pa.table(
+        {
+            "uid": [f"o{i}" for i in range(n)],
+            "score": [0.2 + 0.003 * i for i in range(n)],
+            "kept": [i >= 15 for i in range(n)],
+            "reason": [None if i >= 15 else "below_threshold" for i in range(n)],
+            "threshold": [0.245] * n,
+        }
+    )
+    papq.write_table(table, flt / "selection.parquet")
+    (flt / "config.toml").write_text("[report]\nhistogram_bins = 7\n")
+    html = write_report(tmp_path).read_text()
+    section = html[html.index('<section id="filter"') :]
+    assert section[: section.index("</section>")].count('class="bin"') == 7
+    assert write_report(tmp_path, ReportConfig(histogram_bins=5)).read_text().count('class="bin"') == 5
