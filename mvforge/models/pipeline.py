@@ -405,15 +405,18 @@ class MVDreamPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->unet->vae"
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, torch_dtype=None, **kwargs):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | Path, torch_dtype=None, dtype=None, **kwargs
+    ):
         """The pipeline of a directory written by ``save_pretrained`` (or ``mvtrain convert``), loaded by
         mvforge: each component through its class's ``from_pretrained``, the directory's ``.py`` never
-        imported. ``torch_dtype``: cast after loading (default float32). Other diffusers loading options
-        raise TypeError: use ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True, ...)`` for them.
+        imported. ``dtype`` (or diffusers' older ``torch_dtype``): cast after loading (default float32). Other
+        diffusers loading options raise TypeError: use ``DiffusionPipeline.from_pretrained(dir,
+        trust_remote_code=True, ...)`` for them.
         Raises UserError for a missing directory, a UNet without cameras or an unknown scheduler."""
         if kwargs:
             raise TypeError(
-                f"MVDreamPipeline.from_pretrained takes torch_dtype only (got {', '.join(sorted(kwargs))}); "
+                f"MVDreamPipeline.from_pretrained takes dtype only (got {', '.join(sorted(kwargs))}); "
                 "use DiffusionPipeline.from_pretrained(dir, trust_remote_code=True, ...) for diffusers' options"
             )
         path = resolve_model(pretrained_model_name_or_path)
@@ -422,8 +425,8 @@ class MVDreamPipeline(DiffusionPipeline):
                 f"{path} is a training checkpoint, not a pipeline; load it with MultiViewDiffusion"
             )
         pipe = cls(**_load_pipeline_parts(path, sampling_scheduler=True))
-        if torch_dtype is not None:
-            pipe.to(dtype=torch_dtype)
+        if (dtype or torch_dtype) is not None:
+            pipe.to(dtype=dtype or torch_dtype)
         return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
