@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 
 PALETTE = ("#1e88e5", "#fb8c00", "#43a047", "#8e24aa", "#e53935")
+DASHES = ("-", "--", ":", "-.")
+"""Line styles in turn, so a series lying on another (SDS total = SDS loss without the orientation term) shows."""
 
 
 def line_plot_svg(
@@ -46,6 +48,7 @@ def line_plot_svg(
                 ys,
                 label=label,
                 color=PALETTE[i % len(PALETTE)],
+                linestyle=DASHES[i % len(DASHES)],
                 linewidth=1.2,
                 marker="." if len(xs) < 30 else None,
             )
