@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from mvforge.errors import UserError
 
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "render": ("bpy", "ray", "objaverse"),
+    "render": ("bpy", "ray"),
     "filter": ("torch", "open_clip", "ray", "pyarrow", "pandas"),
     "shard": ("webdataset", "ray", "fsspec", "pandas", "pyarrow"),
     "train": (

@@ -62,7 +62,8 @@ def histogram_svg(
     kept: list[bool] | None = None,
     threshold: float | None = None,
     width: int = 640,
-    height: int = 180,
+    height: int = 200,
+    xlabel: str = "CLIP score (aggregate cosine similarity)",
 ) -> str:
     """A histogram as inline SVG: bars of all values (grey), the ``kept`` ones stacked in green when given, the
     threshold as a red line. Each bar carries ``data-count`` / ``data-kept`` (tests check them against numpy).
@@ -77,8 +78,8 @@ def histogram_svg(
     for i, (_, k) in zip(idx, pairs, strict=True):
         total[i] += 1
         kept_n[i] += int(k)
-    pad_l, pad_b = 36, 22
-    plot_h = height - 30
+    pad_l, pad_b = 44, 34  # room for the y tick labels and the x tick labels + axis label
+    plot_h = height - pad_b - 10
     bar_w = (width - pad_l - 8) / bins
     scale = plot_h / max(max(total), 1)
     bars = [
@@ -96,6 +97,12 @@ def histogram_svg(
         }
         for b in range(bins)
     ]
+    # Axis ticks: 5 score values over the binned range; counts 0, half and the tallest bar.
+    span = width - pad_l - 8
+    xticks = [(pad_l + span * i / 4, low + (high - low) * i / 4) for i in range(5)]
+    top = max(total)
+    yticks = sorted({0, top // 2, top})
+    yticks = [(height - pad_b - c * scale, c) for c in yticks]
     tx = None
     if threshold is not None and math.isfinite(threshold) and low <= threshold <= high:
         tx = pad_l + (threshold - low) / (high - low) * (width - pad_l - 8)
@@ -112,6 +119,9 @@ def histogram_svg(
         threshold=threshold,
         tx=tx,
         stacked=kept is not None,
+        xticks=xticks,
+        yticks=yticks,
+        xlabel=xlabel,
     )
 
 

@@ -20,6 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 console = Console(stderr=True)
 
@@ -81,8 +82,9 @@ def summary_table(title: str, rows: Iterable[tuple[str, object]]) -> Table:
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("what")
     table.add_column("value", justify="right")
+    # Text, not markup: a value like "needs mvforge[render]" would lose "[render]" as a rich style tag.
     for k, v in rows:
-        table.add_row(str(k), str(v))
+        table.add_row(Text(str(k)), Text(str(v)))
     return table
 
 

@@ -45,8 +45,8 @@ class ReportConfig:
     """At most this many objects in the contact sheet (the first ones by uid); the rest are counted."""
     embed_images: bool = False
     """Embed base64 PNG thumbnails instead of linking the render files (a single portable file)."""
-    histogram_bins: int = 20
-    """Bins of the CLIP score histogram."""
+    histogram_bins: int = 0
+    """Bins of the CLIP score histogram; 0: those of the filter's own report.html (its config.toml), else 20."""
     max_failures: int = 500
     """At most this many rows in the failures table; the reason counts always cover every failure."""
 
@@ -57,8 +57,8 @@ def write_report(run_dir: Path, cfg: ReportConfig | None = None) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; pass the --out directory of a run")
-    if cfg.views_per_object < 1 or cfg.thumb_px < 8 or cfg.histogram_bins < 1:
-        raise UserError("report settings: views_per_object >= 1, thumb_px >= 8 and histogram_bins >= 1")
+    if cfg.views_per_object < 1 or cfg.thumb_px < 8 or cfg.histogram_bins < 0:
+        raise UserError("report settings: views_per_object >= 1, thumb_px >= 8 and histogram_bins >= 0")
     out = run_dir / REPORT
     renders = _stage_dir(run_dir, "renders", layout.is_render_dir)
     filter_dir = _stage_dir(run_dir, "filter", lambda d: (d / "selection.parquet").is_file())
@@ -72,6 +72,7 @@ def write_report(run_dir: Path, cfg: ReportConfig | None = None) -> Path:
         ("shards", "shards", _shard_section(shards)),
         ("train", "train", _train_section(run_dir / "train", run_dir / "samples", run_dir, cfg)),
         ("sds", "sds", _sds_section(run_dir / "sds", run_dir, cfg)),
+        ("dreambooth", "dreambooth", _dreambooth_section(run_dir / "dreambooth", run_dir, cfg)),
         ("eval", "eval", _eval_section(run_dir / "eval", run_dir, cfg)),
     ]
     name = run_dir.resolve().name
@@ -253,7 +254,7 @@ def _filter_section(root: Path | None, report_dir: Path, cfg: ReportConfig) -> t
     uids = list(scores)
     histogram = htmlkit.histogram_svg(
         [scores[u] for u in uids],
-        cfg.histogram_bins,
+        cfg.histogram_bins or _filter_bins(root, 20),
         kept=[bool(selection.get(u, {}).get("kept")) for u in uids],
         threshold=threshold,
     )
@@ -276,6 +277,18 @@ def _filter_section(root: Path | None, report_dir: Path, cfg: ReportConfig) -> t
         full_report=full,
     )
     return selection, html
+
+
+def _filter_bins(root: Path, default: int) -> int:
+    """The filter run's own ``report.histogram_bins`` (its config.toml), so this page bins the scores as the
+    filter's report.html does; ``default`` when it is not recorded."""
+    import tomllib
+
+    try:
+        bins = tomllib.loads(_config_text(root)).get("report", {}).get("histogram_bins")
+    except tomllib.TOMLDecodeError:
+        return default
+    return bins if isinstance(bins, int) and bins >= 1 else default
 
 
 # histogram_bins stays importable from here (tests and callers of the earlier API).
@@ -354,7 +367,10 @@ def _train_section(train: Path, samples: Path, report_dir: Path, cfg: ReportConf
         metrics = {
             "count": len(rows),
             "path": _rel(path, report_dir),
-            "rows": [[r.get("step"), r.get("kind"), r.get("loss"), r.get("step_s")] for r in rows[-20:]],
+            "rows": [
+                [r.get("step"), r.get("kind"), _num(r.get("loss")), _num(r.get("step_s"), 3)]
+                for r in rows[-20:]
+            ],
             "config": _config_text(train),
         }
     sample = None
@@ -415,8 +431,66 @@ def _loss_curves(rows: list[dict], width: int = 640, height: int = 160) -> dict 
 
 def _validation_section(train: Path, rows: list[dict], report_dir: Path, cfg: ReportConfig) -> str:
     """Loss curves and, per validation prompt, a strip of its grids over steps (train/validation/, issue 13)."""
+    steps, strips = _strips(train / "validation", report_dir, cfg)
+    losses = [(kind, [r for r in rows if r.get("kind", "3d") == kind]) for kind in _CURVE_COLORS]
+    plot = _plot(
+        [
+            (f"{kind.upper()} batches", [r.get("step") for r in part], [r.get("loss") for r in part])
+            for kind, part in losses
+        ],
+        "loss (MSE of the noise prediction)",
+    )
+    return htmlkit.render(
+        "report_validation.html.j2",
+        plot=plot,
+        curves=None if plot else _loss_curves(rows),
+        strips=strips,
+        steps=steps,
+    )
+
+
+def _plot(series, ylabel: str, xlabel: str = "optimizer step", log_y: bool = False):
+    """A matplotlib line plot as safe inline SVG (``mvforge.plots``), or None without matplotlib / data."""
+    from markupsafe import Markup
+
+    from mvforge.plots import line_plot_svg
+
+    def num(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return math.nan
+
+    clean = [(label, [num(x) for x in xs], [num(y) for y in ys]) for label, xs, ys in series]
+    svg = line_plot_svg(clean, xlabel, ylabel, log_y=log_y)
+    return None if svg is None else Markup(svg)
+
+
+def _num(v, digits: int = 4) -> str:
+    """A metrics cell rounded to ``digits`` significant digits (a CSV holds float64 reprs); text as it is."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return "" if v is None else str(v)
+    return f"{x:.{digits}g}" if math.isfinite(x) else str(x)
+
+
+def _metrics_rows(run: Path) -> list[dict]:
+    """Rows of a run's metrics.csv (``mvforge.metrics``), or of the metrics.jsonl of SDS runs made before."""
+    from mvforge.metrics import CSV, read_rows
+
+    try:
+        if (run / CSV).is_file():
+            return read_rows(run / CSV)
+        legacy = [r for r in _read_jsonl(run / "metrics.jsonl") if isinstance(r, dict)]
+        return [{**r, "step": r.get("step", 0) + 1} for r in legacy]  # its step was 0-based
+    except (OSError, ValueError):
+        return []
+
+
+def _strips(root: Path, report_dir: Path, cfg: ReportConfig) -> tuple[list[int], list[dict]]:
+    """(steps, one strip per validation prompt) of a validation/ directory (fit and dreambooth layout)."""
     steps, strips = [], {}
-    root = train / "validation"
     for d in sorted(root.glob("step-*")) if root.is_dir() else []:
         meta_file = d / "validation.json"
         if is_tmp(d.name) or not meta_file.is_file():
@@ -428,16 +502,50 @@ def _validation_section(train: Path, rows: list[dict], report_dir: Path, cfg: Re
             strip["cells"].append(
                 {"step": meta["step"], "src": _img_src(d / e["dir"] / "grid.png", report_dir, cfg)}
             )
-    return htmlkit.render(
-        "report_validation.html.j2", curves=_loss_curves(rows), strips=list(strips.values()), steps=steps
-    )
+    return steps, list(strips.values())
+
+
+# --- dreambooth ---------------------------------------------------------------------------------------------
+
+
+def _dreambooth_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
+    """`mvtrain dreambooth` (docs/dreambooth.md): losses and the drift from the base model over steps, the
+    validation grids (subject and class prompt), and samples of the result (``dreambooth-samples/``)."""
+    rows = _metrics_rows(root) if root.is_dir() else []
+    if not rows:
+        return htmlkit.render("report_dreambooth.html.j2", run=None)
+    steps = [r.get("step") for r in rows]
+    losses = [("subject loss", steps, [r.get("loss") for r in rows])]
+    if any(isinstance(r.get("prior_loss"), float) and r["prior_loss"] > 0 for r in rows):
+        losses.append(("class (prior) loss", steps, [r.get("prior_loss") for r in rows]))
+    drift = [
+        ("mean |θ − θ0|", steps, [r.get("mean_abs_dev") for r in rows]),
+        ("max |θ − θ0|", steps, [r.get("max_abs_dev") for r in rows]),
+    ]
+    last = rows[-1]
+    val_steps, strips = _strips(root / "validation", report_dir, cfg)
+    samples = root.parent / "dreambooth-samples" / "grid.png"
+    run = {
+        "path": _rel(root, report_dir),
+        "count": len(rows),
+        "last": {
+            k: _num(last.get(k)) for k in ("step", "loss", "prior_loss", "preservation", "mean_abs_dev")
+        },
+        "loss_plot": _plot(losses, "loss (MSE of the noise prediction)"),
+        "drift_plot": _plot(drift, "parameter drift", log_y=True),
+        "steps": val_steps,
+        "strips": strips,
+        "samples": _img_src(samples, report_dir, cfg) if samples.is_file() else None,
+        "config": _config_text(root),
+    }
+    return htmlkit.render("report_dreambooth.html.j2", run=run)
 
 
 # --- sds ----------------------------------------------------------------------------------------------------
 
 
 def _sds_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
-    """Per `mvtrain sds` run under sds/ (design §2.6): summary, the turntable and the latest 4-view snapshot."""
+    """Per `mvtrain sds` run under sds/ (design §2.6): summary, loss curve, turntable and every 4-view snapshot."""
     runs = sorted(p.parent for p in root.glob("*/summary.json")) if root.is_dir() else []
     items = []
     for run in runs:
@@ -454,11 +562,21 @@ def _sds_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
                 if cfg.embed_images
                 else _href(gif, report_dir)
             )
-        snaps = sorted((run / "snapshots").glob("step-*.png"))
-        snapshot = None
-        if snaps:
-            src = _img_src(snaps[-1], report_dir, dataclasses.replace(cfg, thumb_px=max(cfg.thumb_px, 512)))
-            snapshot = {"src": src, "name": snaps[-1].stem, "count": len(snaps)} if src else None
+        big = dataclasses.replace(cfg, thumb_px=max(cfg.thumb_px, 512))
+        snapshots = [
+            {"src": src, "step": int(p.stem.split("-")[-1])}
+            for p in sorted((run / "snapshots").glob("step-*.png"))
+            if not is_tmp(p.name) and (src := _img_src(p, report_dir, big))
+        ]
+        rows = _metrics_rows(run)
+        steps = [r.get("step") for r in rows]
+        plot = _plot(
+            [
+                ("total", steps, [r.get("loss") for r in rows]),
+                ("SDS", steps, [r.get("loss_sds") for r in rows]),
+            ],
+            "loss",
+        )
         items.append(
             {
                 "prompt": summary.get("prompt", run.name),
@@ -467,7 +585,8 @@ def _sds_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
                 "mesh_obj": _href(run / "mesh.obj", report_dir),
                 "mp4": _href(run / "turntable.mp4", report_dir),
                 "turntable": turntable,
-                "snapshot": snapshot,
+                "snapshots": snapshots,
+                "plot": plot,
                 "config": _config_text(run),
             }
         )

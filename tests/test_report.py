@@ -262,7 +262,9 @@ def test_validation_strips_and_loss_curves(tmp_path):
         "step,epoch,kind,loss\n1,0,3d,0.9\n2,0,2d,0.7\n3,0,3d,0.5\n4,0,3d,0.4\n"
     )
     html = write_report(tmp_path).read_text()
-    assert "No validation grids" in html and html.count("<polyline") == 2
+    # A matplotlib plot with axis labels, ticks and a legend entry per kind (was a bare polyline per kind).
+    assert "No validation grids" in html and "optimizer step" in html and "loss (MSE" in html
+    assert "3D batches" in html and "2D batches" in html and 'id="xtick_1"' in html
     for step in (2, 4):
         root = train / "validation" / f"step-{step:06d}"
         entries = [
@@ -279,3 +281,57 @@ def test_validation_strips_and_loss_curves(tmp_path):
     chair = [s for s in srcs if "00-a-chair" in s]
     assert [Path(s).parts[-3] for s in chair] == ["step-000002", "step-000004"]
     assert all((tmp_path / s).is_file() for s in chair)
+
+
+def test_dreambooth_section_sds_plot_every_snapshot_and_rounded_numbers(tmp_path):
+    """Fails before: no DreamBooth section, the SDS section showed one snapshot and no loss curve, and losses
+    printed with 16 digits."""
+    db = tmp_path / "dreambooth"
+    db.mkdir()
+    (db / "metrics.csv").write_text(
+        "step,loss,prior_loss,preservation,mean_abs_dev,max_abs_dev,lr,grad_norm,step_s\n"
+        "1,0.123456789012345,0.0,0.0001,1e-06,1e-05,0.001,1.5,0.2\n"
+        "2,0.0987654321,0.0,0.0002,2e-06,2e-05,0.001,1.4,0.2\n"
+    )
+    run = tmp_path / "sds" / "a-red-mug"
+    (run / "snapshots").mkdir(parents=True)
+    atomic_write_json(run / "summary.json", {"prompt": "a red mug", "steps": 4, "seconds": 1.0})
+    (run / "metrics.csv").write_text(
+        "step,loss,loss_sds,loss_orient\n1,2.5,2.4,0.1\n2,2.25,2.2,0.05\n3,2.0,1.9,0.1\n4,1.5,1.4,0.1\n"
+    )
+    for step in (2, 4, 6):
+        Image.new("RGB", (64, 16), (step * 30, 0, 0)).save(run / "snapshots" / f"step-{step:06d}.png")
+    html = write_report(tmp_path).read_text()
+    section = html[html.index('<section id="dreambooth"') :]
+    section = section[: section.index("</section>")]
+    assert "subject loss 0.09877" in section and "0.0987654321" not in section
+    assert "parameter drift" in section and "optimizer step" in section  # both plots, with axis labels
+    sds = html[html.index('<section id="sds"') :]
+    sds = sds[: sds.index("</section>")]
+    assert [f"step {s}" for s in (2, 4, 6)] == [c for c in ("step 2", "step 4", "step 6") if c in sds]
+    assert sds.count('alt="snapshot at step') == 3 and "SDS" in sds and "loss" in sds and "<svg" in sds
+
+
+def test_the_report_bins_scores_as_the_filter_page_does(tmp_path):
+    """Fails before: the run report used its own 20 bins, the filter's page its config's 40."""
+    import pyarrow as pa
+    import pyarrow.parquet as papq
+
+    flt = tmp_path / "filter"
+    flt.mkdir()
+    n = 30
+    table = pa.table(
+        {
+            "uid": [f"o{i}" for i in range(n)],
+            "score": [0.2 + 0.003 * i for i in range(n)],
+            "kept": [i >= 15 for i in range(n)],
+            "reason": [None if i >= 15 else "below_threshold" for i in range(n)],
+            "threshold": [0.245] * n,
+        }
+    )
+    papq.write_table(table, flt / "selection.parquet")
+    (flt / "config.toml").write_text("[report]\nhistogram_bins = 7\n")
+    html = write_report(tmp_path).read_text()
+    section = html[html.index('<section id="filter"') :]
+    assert section[: section.index("</section>")].count('class="bin"') == 7
+    assert write_report(tmp_path, ReportConfig(histogram_bins=5)).read_text().count('class="bin"') == 5

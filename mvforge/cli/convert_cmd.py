@@ -15,7 +15,8 @@ def convert(
     src: Annotated[
         Path,
         typer.Argument(
-            help="sd-v2.1-base-4view.pt / sd-v1.5-4view.pt (or .safetensors); nothing is downloaded."
+            help="sd-v2.1-base-4view.pt / sd-v1.5-4view.pt (or .safetensors), or a directory / Hub id of the "
+            "community diffusers port (ashawkey/mvdream-sd2.1-diffusers: fetched through the HF cache)."
         ),
     ],
     out: Annotated[
@@ -47,9 +48,19 @@ def convert(
 
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
-    from mvforge.models.convert import convert_checkpoint
+    from mvforge.models.convert import convert_checkpoint, convert_community, is_community_dir
+    from mvforge.models.resolve import local_model_dir
 
-    rep = convert_checkpoint(src, out, original_config, dtype)
+    local = local_model_dir(src)
+    if local.is_dir():
+        if not is_community_dir(local):
+            raise UserError(
+                f"{src} is a directory but not the community diffusers port (unet/ of MultiViewUNetModel); "
+                "pass that, or an official checkpoint file"
+            )
+        rep = convert_community(local, out, dtype)
+    else:
+        rep = convert_checkpoint(src, out, original_config, dtype)
     dropped = len(rep.dropped)
     typer.echo(
         f"{rep.out}: {rep.architecture}, keys converted {rep.converted}, dropped {dropped} "

@@ -46,6 +46,23 @@ def sheet(title: str, rows: pd.DataFrame, root: Path, cfg: FilterConfig) -> dict
     return {"title": title, "cells": cells}
 
 
+NEAR_BAND = 0.05
+"""Half-width of the near-threshold band, as a share of the observed score range (max - min)."""
+
+
+def near_threshold(scored: pd.DataFrame, threshold: float, n: int) -> tuple[pd.DataFrame, float]:
+    """(rows of ``scored`` whose ``score`` is within the band, best first; the band's half-width). The band is
+    ``NEAR_BAND`` of the observed score range on either side of the threshold: the objects a small change of
+    the threshold would flip (at most the ``n`` nearest), not simply the n nearest, which for a small run is
+    every object."""
+    if not len(scored) or not math.isfinite(threshold):
+        return scored.head(0), 0.0
+    margin = NEAR_BAND * float(scored["score"].max() - scored["score"].min())
+    near = scored.assign(dist=(scored["score"] - threshold).abs())
+    near = near[near["dist"] <= margin].sort_values("dist").head(n)
+    return near.sort_values("score", ascending=False), margin
+
+
 def write_report(
     path: Path, root: Path, scores: pd.DataFrame, selection: pd.DataFrame, threshold: float, cfg: FilterConfig
 ) -> None:
@@ -58,11 +75,7 @@ def write_report(
     kept = df[df["kept"]].sort_values("score", ascending=False).head(n)
     dropped = df[~df["kept"]].sort_values("score", ascending=True, na_position="first").head(n)
     scored = df[np.isfinite(df["score"])]
-    if math.isfinite(threshold) and len(scored):
-        near = scored.assign(dist=(scored["score"] - threshold).abs()).sort_values("dist").head(n)
-        near = near.sort_values("score", ascending=False)
-    else:
-        near = scored.head(0)
+    near, margin = near_threshold(scored, threshold, n)
     # The model actually loaded: with local-dir:DIR the folder's config names it, not cfg.model.name.
     model = str(scores["model"].iloc[0]) if len(scores) else cfg.model.name
     reasons = selection["reason"].fillna("kept").value_counts()
@@ -91,7 +104,7 @@ def write_report(
         counts=list(reasons.items()),
         sheets=[
             sheet("Kept (best first)", kept, root, cfg),
-            sheet("Near the threshold", near, root, cfg),
+            sheet(f"Near the threshold (score within ±{margin:.4f})", near, root, cfg),
             sheet("Dropped (worst first)", dropped, root, cfg),
         ],
     )

@@ -5,10 +5,14 @@ A sample with key ``<uid>`` holds, in sorted member order:
 ``<uid>.000.png`` ... (original PNG bytes, never re-encoded), ``<uid>.cameras.npy`` ((V, 4, 4) float32 c2w in
 view order), ``<uid>.json`` ({"uid", "views": cameras.json views, "resolution", "convention", "meta"}) and
 ``<uid>.txt`` (the caption). Keys contain no dot because webdataset splits a member name at its first dot.
+``meta`` is :func:`public_meta` of the render's meta.json: what a dataset user needs, nothing of the machine
+or folder it was rendered in, so shards can be published and the same renders give the same bytes anywhere.
 
 ```
 shards/train-000000.tar ...     the samples (deterministic GNU tars)
 shards/<name>.stats.json        per-shard marker, written after the tar is renamed into place
+shards/README.md                the dataset card (Hub YAML header: configs naming the tars, so
+                                `datasets.load_dataset(dir)` reads the tars only; docs/ecosystem.md)
 shards/index.json               written LAST: per shard name/split/nsamples/bytes/sha256, totals, the config
 ```
 """
@@ -33,6 +37,33 @@ FORMAT = "mvforge-shards-v1"
 """The ``format`` name in index.json (unchanged since the first release: the tar layout has not changed)."""
 FORMAT_VERSION = 2
 """Version of index.json (key ``format_version``). 1: before the key existed (a missing key reads as 1)."""
+
+
+PUBLIC_META_KEYS = (
+    "uid", "caption", "name", "tags", "normalization", "stats", "hdri", "lamps", "seed", "engine", "samples",
+    "resolution", "views", "orbits", "cycles", "versions", "format_version", "status",
+)  # fmt: skip
+"""meta.json keys a shard sample keeps: the object, how it was normalised and lit, the render settings. Left
+out: timings, attempts, peak memory, device, the Blender process (pid, CPUs) and the source's local path,
+size and mtime (machine-local, and they differ between two renders of the same object)."""
+
+PUBLIC_SOURCE_KEYS = ("kind", "ext", "url", "sha256", "bytes")
+
+
+def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The part of a render's meta.json that goes into a shard sample (``PUBLIC_META_KEYS``). ``source`` keeps
+    its kind, extension, URL, sha256 and byte count, plus ``file``: the input's file name without its folder;
+    ``hdri`` loses any map path. Never mutates ``meta``."""
+    out = {k: meta[k] for k in PUBLIC_META_KEYS if k in meta}
+    source = meta.get("source") or {}
+    public = {k: source[k] for k in PUBLIC_SOURCE_KEYS if source.get(k) is not None}
+    where = source.get("path") or source.get("url")
+    if where:
+        public["file"] = str(where).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    out["source"] = public
+    if isinstance(out.get("hdri"), dict):
+        out["hdri"] = {k: v for k, v in out["hdri"].items() if k != "path"}
+    return out
 
 
 def shard_name(split: str, index: int) -> str:

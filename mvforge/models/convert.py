@@ -677,7 +677,7 @@ def convert_checkpoint(
     from diffusers import __version__ as diffusers_version
 
     from mvforge.fsutil import atomic_write_json, atomic_write_text, tmp_path
-    from mvforge.models.pipeline import make_scheduler
+    from mvforge.models.pipeline import make_scheduler, write_pipeline_entry
 
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
@@ -750,7 +750,7 @@ def convert_checkpoint(
         if left:
             raise UserError(f"unknown key {left[0]} ({len(left)} unconverted); not part of this architecture")
         index = {
-            "_class_name": "MVDreamPipeline",
+            "_class_name": "MVDreamPipeline",  # made [module, class] by write_pipeline_entry below
             "_diffusers_version": diffusers_version,
             "scheduler": ["diffusers", "DDIMScheduler"],
             "text_encoder": ["transformers", "CLIPTextModel"],
@@ -759,6 +759,7 @@ def convert_checkpoint(
             "vae": ["diffusers", "AutoencoderKL"],
         }
         atomic_write_json(tmp / "model_index.json", index)
+        write_pipeline_entry(tmp)
         report.dropped = dropped
         report.seconds = time.perf_counter() - start
         report.peak_rss_mb = _peak_rss_mb()
@@ -835,3 +836,127 @@ def model_card(record: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the community diffusers port
+COMMUNITY_UNET_CLASS = "MultiViewUNetModel"
+"""The UNet class name in ``model_index.json`` / ``unet/config.json`` of the community diffusers port of the
+released weights (ashawkey/mvdream_diffusers, e.g. the Hub's ashawkey/mvdream-sd2.1-diffusers): its ``unet/``
+holds the official LDM UNet's parameters as config and its state dict without the ``model.diffusion_model.``
+prefix; vae/, text_encoder/, tokenizer/ and scheduler/ are standard diffusers folders."""
+
+
+def is_community_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a pipeline directory of the community diffusers port (``COMMUNITY_UNET_CLASS``)."""
+    config_file = Path(path) / "unet" / "config.json"
+    if not config_file.is_file():
+        return False
+    config = json.loads(config_file.read_text())
+    return config.get("_class_name") == COMMUNITY_UNET_CLASS or "model_channels" in config
+
+
+def _community_unet_weights(unet_dir: Path) -> dict:
+    """The community UNet's state dict: ``diffusion_pytorch_model.safetensors`` (or its ``.fp16`` variant, or
+    the shards an ``.index.json`` lists). Raises UserError when there is none (a .bin is not read: pickle)."""
+    from safetensors.torch import load_file
+
+    index = sorted(unet_dir.glob("diffusion_pytorch_model*.safetensors.index.json"))
+    if index:
+        files = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
+        return {k: v for f in files for k, v in load_file(str(unet_dir / f)).items()}
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"):
+        if (unet_dir / name).is_file():
+            return load_file(str(unet_dir / name))
+    raise UserError(
+        f"{unet_dir} has no diffusion_pytorch_model*.safetensors; download the safetensors weights "
+        "(pickled .bin files are not read)"
+    )
+
+
+def convert_community(src: str | Path, out: str | Path, dtype: str = "fp32") -> ConvertReport:
+    """Convert a directory of the community diffusers port (``is_community_dir``) into an mvforge pipeline
+    directory ``out`` (new or empty), weights in ``dtype``. The UNet goes through the same LDM converter as the
+    official checkpoints (its keys are the official ones less the prefix); the VAE, text encoder and tokenizer
+    are copied as they are; the scheduler becomes the official DDIM on the port's noise schedule. Filled as
+    ``out.tmp-<pid>`` and renamed: complete or absent. Raises UserError for a missing or unknown key, a
+    camera_dim other than 16, or a non-empty ``out``."""
+    import os
+    import shutil
+
+    import torch
+    from diffusers import DDIMScheduler
+    from diffusers import __version__ as diffusers_version
+
+    from mvforge.fsutil import atomic_write_json, tmp_path
+    from mvforge.models.pipeline import make_scheduler, write_pipeline_entry
+
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    src, out = Path(src), Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty; pass a new directory to --out")
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (src / sub).is_dir():
+            raise UserError(f"{src} has no {sub}/; pass the whole community pipeline directory")
+    start = time.perf_counter()
+    params = {k: v for k, v in json.loads((src / "unet" / "config.json").read_text()).items() if k[0] != "_"}
+    sd = {UNET_PREFIX + k: v for k, v in _community_unet_weights(src / "unet").items()}
+    # The port drops these LDM flags from its config; SD 2.x's linear proj_in is seen in the weights' rank.
+    proj = next((v for k, v in sd.items() if k.endswith("proj_in.weight")), None)
+    params.setdefault("use_linear_in_transformer", proj is not None and proj.ndim == 2)
+    params.setdefault("use_spatial_transformer", True)
+    params.setdefault("legacy", False)
+    vae_levels = len(json.loads((src / "vae" / "config.json").read_text())["block_out_channels"])
+    cfg = {
+        "model": {
+            "params": {
+                "unet_config": {"params": params},
+                "first_stage_config": {"params": {"ddconfig": {"ch_mult": [1] * vae_levels}}},
+            }
+        }
+    }
+    report = ConvertReport(out=out, architecture="community-diffusers")
+    tmp = tmp_path(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model, conv, used = _unet(sd, cfg)
+        left = sorted(set(sd) - used)
+        if left:
+            raise UserError(
+                f"unknown key {left[0][len(UNET_PREFIX) :]} in {src / 'unet'} ({len(left)} unconverted)"
+            )
+        model.save_config(tmp / "unet")
+        _write_weights(conv, tmp / "unet", "diffusion_pytorch_model", torch_dtype, False)
+        report.converted["unet"] = len(used)
+        del model, conv, sd
+        for sub in ("vae", "text_encoder", "tokenizer"):
+            shutil.copytree(src / sub, tmp / sub)
+        sched = DDIMScheduler.from_pretrained(src, subfolder="scheduler")
+        make_scheduler("ddim", sched.config).save_pretrained(tmp / "scheduler")
+        index = {
+            "_class_name": "MVDreamPipeline",
+            "_diffusers_version": diffusers_version,
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["mvforge.models.model", "MultiViewUNet"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }
+        atomic_write_json(tmp / "model_index.json", index)
+        write_pipeline_entry(tmp)
+        report.seconds = time.perf_counter() - start
+        report.peak_rss_mb = _peak_rss_mb()
+        atomic_write_json(
+            tmp / "conversion.json",
+            {"source": src.name, "architecture": report.architecture, "dtype": dtype,
+             "converted": report.converted, "seconds": round(report.seconds, 2)},
+        )  # fmt: skip
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+    return report

@@ -36,6 +36,11 @@ from mvforge.errors import UserError
 CAMERA_DIM = 16
 """MVDream camera embedding input: the 4x4 c2w with unit translation, flattened (design §3)."""
 
+EMA_CONFIG_KEYS = frozenset(
+    {"decay", "inv_gamma", "min_decay", "optimization_step", "power", "update_after_step", "use_ema_warmup"}
+)
+"""Keys diffusers' ``EMAModel.save_pretrained`` adds to ``unet_ema/config.json`` (its averaging state)."""
+
 
 # ---------------------------------------------------------------- processors
 class MultiViewAttnProcessor(AttnProcessor2_0):
@@ -110,6 +115,17 @@ class MultiViewUNet(UNet2DConditionModel):
     loads a saved ``unet/``; the multi-view behaviour is the processors (``install_multiview_attention``).
     """
 
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """diffusers' split of a config into constructor arguments / unused / hidden keys, with the EMA state
+        (``EMA_CONFIG_KEYS``) moved to the unused ones: loading ``unet_ema/`` then neither warns that they are
+        ignored nor copies them into the model's config (and from there into every pipeline saved from it),
+        and ``EMAModel.from_pretrained`` still receives them as unused keys to resume the average."""
+        ema = {k: v for k, v in config_dict.items() if k in EMA_CONFIG_KEYS}
+        rest = {k: v for k, v in config_dict.items() if k not in EMA_CONFIG_KEYS}
+        init, unused, hidden = super().extract_init_dict(rest, **kwargs)
+        return init, {**unused, **ema}, hidden
+
     def get_class_embed(self, sample: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor | None:
         if class_labels is None:  # 2D batch: no camera term (see module docstring)
             return None
@@ -169,7 +185,9 @@ def _is_multiview_config(config: dict) -> bool:
 def load_unet(path: str | Path, subfolder: str = "unet") -> MultiViewUNet:
     """A MultiViewUNet from a diffusers directory: an SD UNet (camera MLP added, last layer zero) or a
     multi-view checkpoint of ours (loaded as is). The same path for SD 2.1 base and the tiny test model."""
-    path = Path(path)
+    from mvforge.models.resolve import local_model_dir
+
+    path = local_model_dir(path)
     config_file = path / subfolder / "config.json"
     if not config_file.is_file():
         raise UserError(
@@ -206,12 +224,17 @@ def multiview_from_sd(base: UNet2DConditionModel) -> MultiViewUNet:
     return unet
 
 
-def load_frozen(path: str | Path):
-    """(vae, text_encoder, tokenizer, noise scheduler config) of a diffusers SD directory, frozen."""
-    from diffusers import AutoencoderKL, DDPMScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer
+def check_sd_dir(path: str | Path) -> Path:
+    """The local directory of the diffusers SD model ``path`` (a directory or a Hub id, through
+    ``local_model_dir``), checked to hold vae/, text_encoder/, tokenizer/ and scheduler/. Raises UserError."""
+    from mvforge.models.resolve import local_model_dir
 
-    path = Path(path)
+    path = local_model_dir(path)
+    if not path.is_dir():
+        raise UserError(
+            f"{path} does not exist; pass a diffusers Stable Diffusion directory or Hub id "
+            "(or make a tiny one: mvtrain make-tiny-sd --out DIR)"
+        )
     for sub in ("vae", "text_encoder", "tokenizer", "scheduler"):
         if not (path / sub).is_dir():
             raise UserError(
@@ -220,6 +243,15 @@ def load_frozen(path: str | Path):
             )
     for sub in ("vae", "text_encoder"):
         rundir.check_model_dir(path / sub)
+    return path
+
+
+def load_frozen(path: str | Path):
+    """(vae, text_encoder, tokenizer, noise scheduler config) of a diffusers SD directory, frozen."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = check_sd_dir(path)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae").eval().requires_grad_(False)
     text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval().requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")

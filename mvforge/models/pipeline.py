@@ -7,11 +7,15 @@
   guidance. The order of the conditional/unconditional halves of a guided batch is ``CFG_ORDER``, defined here
   only.
 - ``MVDreamPipeline``: a ``DiffusionPipeline`` subclass with the standard layout (``model_index.json``,
-  ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``, safetensors), so ``save_pretrained`` /
-  ``from_pretrained`` work as for any diffusers pipeline. diffusers records this class and the UNet's class
-  (``mvforge.models.model.MultiViewUNet``) by import path in ``model_index.json``: keep both paths stable.
-  ``unet/`` itself is a standard ``UNet2DConditionModel`` (vanilla diffusers loads it); the multi-view
-  behaviour comes from the processors mvforge installs.
+  ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``, safetensors), plus a two-line module
+  ``PIPELINE_MODULE.py`` that re-exports this class, named by ``model_index.json``'s ``_class_name``
+  ([module, class]): diffusers' own mechanism for pipelines it does not ship, so
+  ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)`` loads the directory with nothing imported
+  first (docs/ecosystem.md). The UNet's class is recorded by import path (``mvforge.models.model.MultiViewUNet``):
+  keep that path stable. ``unet/`` itself is a standard ``UNet2DConditionModel`` (vanilla diffusers loads it);
+  the multi-view behaviour comes from the processors mvforge installs. mvforge's own loaders
+  (``MultiViewDiffusion.from_pretrained``, ``MVDreamPipeline.from_pretrained``) read the components one by one
+  and never run a ``.py`` found in a model directory.
 - Two different "rescale" operations, named apart: ``guidance_rescale`` is diffusers' per-image std rescale of
   the guided ε (Lin et al. 2023, §3.4); ``rescale_x0_multiview`` is MVDream's rescale of the guided x0 to the
   std of the conditional x0 over each group of V views, mixed with a factor (design §10; SDS uses it).
@@ -19,6 +23,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tomllib
@@ -44,7 +49,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from mvforge import rundir
 from mvforge.errors import UserError
-from mvforge.fsutil import tmp_path
+from mvforge.fsutil import atomic_write_json, atomic_write_text, tmp_path
 from mvforge.models.camera_batch import camera_embedding, orbit_c2w_batch, orthogonal_views
 from mvforge.models.model import (
     MultiViewUNet,
@@ -54,6 +59,23 @@ from mvforge.models.model import (
     load_unet,
 )
 from mvforge.models.resolve import is_pipeline_dir, resolve_model
+
+PIPELINE_MODULE = "mvforge_pipeline"
+"""The module a pipeline directory carries (``mvforge_pipeline.py``) and names in ``model_index.json``
+(``"_class_name": ["mvforge_pipeline", "MVDreamPipeline"]``): diffusers imports it for
+``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)``. It only re-exports this module's class, so
+the code that runs is the installed mvforge's, never a copy."""
+
+_PIPELINE_MODULE_SOURCE = '''"""mvforge's MVDream pipeline (text -> multi-view images), re-exported for diffusers.
+
+Load this directory with ``DiffusionPipeline.from_pretrained(DIR, trust_remote_code=True)`` (needs
+``pip install "mvforge[train]"``); the pipeline's code is the installed mvforge's.
+"""
+
+from mvforge.models.pipeline import MVDreamPipeline
+
+__all__ = ["MVDreamPipeline"]
+'''
 
 CFG_ORDER = ("cond", "uncond")
 """Order of the two halves of a classifier-free-guidance batch: ``[cond (N), uncond (N)]`` along dim 0
@@ -147,10 +169,9 @@ class MultiViewDiffusion:
         directory or a UNet without the camera embedding (a plain SD model: train it first)."""
         path = resolve_model(path)
         if is_pipeline_dir(path):
-            _require_multiview(path / "unet")
             rundir.check_model_dir(path)
-            pipe = MVDreamPipeline.from_pretrained(path)
-            parts = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
+            found = _load_pipeline_parts(path, sampling_scheduler=False)
+            parts = tuple(found[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
         else:
             sub = "unet_ema" if use_ema and (path / "unet_ema").is_dir() else "unet"
             _require_multiview(path / sub)
@@ -196,8 +217,9 @@ class MultiViewDiffusion:
         )
 
     def save_pretrained(self, out: str | Path) -> Path:
-        """Write a pipeline directory (safetensors; the official DDIM as its scheduler) to ``out``, which must
-        not exist or be empty. Filled as ``out.tmp-<pid>`` and renamed into place: complete or absent."""
+        """Write a pipeline directory (safetensors; the official DDIM as its scheduler; ``PIPELINE_MODULE``)
+        to ``out``, which must not exist or be empty. Filled as ``out.tmp-<pid>`` and renamed into place:
+        complete or absent."""
         out = Path(out)
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out} is not empty; pass a new directory for the pipeline")
@@ -315,16 +337,53 @@ class MultiViewDiffusion:
 
 
 def _require_multiview(unet_dir: Path) -> None:
-    import json
-
     config_file = unet_dir / "config.json"
     if not config_file.is_file():
         raise UserError(f"{unet_dir} holds no UNet (config.json); re-save the model")
-    if not _is_multiview_config(json.loads(config_file.read_text())):
+    config = json.loads(config_file.read_text())
+    if "camera_dim" in config and "model_channels" in config:  # the community port's LDM-layout UNet
+        raise UserError(
+            f"{unet_dir.parent} is the community diffusers port's layout; convert it once: "
+            f"mvtrain convert {unet_dir.parent} --out NEW_DIR"
+        )
+    if not _is_multiview_config(config):
         raise UserError(
             f"{unet_dir} has no camera embedding (a plain Stable Diffusion UNet?); train it with "
             "`mvtrain fit --pretrained DIR`, then pass the run"
         )
+
+
+def _load_pipeline_parts(path: Path, *, sampling_scheduler: bool) -> dict:
+    """The components of a pipeline directory, each through its own class's ``from_pretrained`` (no module
+    of the directory is imported). ``sampling_scheduler``: the saved scheduler as saved (one of
+    ``SCHEDULERS``), else the training schedule as a DDPMScheduler. Raises UserError for a UNet without the
+    camera embedding or a scheduler mvforge does not offer."""
+    _require_multiview(path / "unet")
+    vae, text_encoder, tokenizer, ddpm = load_frozen(path)
+    scheduler = ddpm
+    if sampling_scheduler:
+        saved = json.loads((path / "scheduler" / "scheduler_config.json").read_text()).get("_class_name")
+        classes = {cls.__name__: cls for cls in SCHEDULERS.values()}
+        if saved not in classes:
+            raise UserError(
+                f"{path / 'scheduler'} holds a {saved}; mvforge samples with {', '.join(classes)}: re-save the "
+                "pipeline with one of them"
+            )
+        scheduler = classes[saved].from_pretrained(path, subfolder="scheduler")
+    unet = load_unet(path, "unet")
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def write_pipeline_entry(directory: str | Path) -> None:
+    """Make a saved pipeline directory loadable by ``DiffusionPipeline.from_pretrained(dir,
+    trust_remote_code=True)``: write ``PIPELINE_MODULE.py`` and point ``model_index.json``'s ``_class_name`` at
+    it ([module, class], diffusers' convention for pipelines it does not ship). Idempotent."""
+    directory = Path(directory)
+    index_file = directory / "model_index.json"
+    index = json.loads(index_file.read_text())
+    index["_class_name"] = [PIPELINE_MODULE, MVDreamPipeline.__name__]
+    atomic_write_text(directory / f"{PIPELINE_MODULE}.py", _PIPELINE_MODULE_SOURCE)
+    atomic_write_json(index_file, index)
 
 
 # ---------------------------------------------------------------- the diffusers pipeline
@@ -339,11 +398,47 @@ class MVDreamPipelineOutput(BaseOutput):
 class MVDreamPipeline(DiffusionPipeline):
     """Text -> V views of an object (MVDream §3, the official inference of design §10).
 
-    ``MVDreamPipeline.from_pretrained(dir)`` / ``save_pretrained(dir)`` as any diffusers pipeline; the
-    scheduler is one of ``SCHEDULERS`` (swap with ``make_scheduler(name, pipe.scheduler.config)``).
+    ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)`` (diffusers' loader, all its options:
+    ``torch_dtype``, ``variant``, ...) or ``MVDreamPipeline.from_pretrained(dir)`` (mvforge's: runs no code of
+    the directory); ``save_pretrained(dir)`` keeps the directory loadable by both. The scheduler is one of
+    ``SCHEDULERS`` (swap with ``make_scheduler(name, pipe.scheduler.config)``).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | Path, torch_dtype=None, dtype=None, **kwargs
+    ):
+        """The pipeline of a directory written by ``save_pretrained`` (or ``mvtrain convert``), loaded by
+        mvforge: each component through its class's ``from_pretrained``, the directory's ``.py`` never
+        imported. ``dtype`` (or diffusers' older ``torch_dtype``): cast after loading (default float32). Other
+        diffusers loading options raise TypeError: use ``DiffusionPipeline.from_pretrained(dir,
+        trust_remote_code=True, ...)`` for them.
+        Raises UserError for a missing directory, a UNet without cameras or an unknown scheduler."""
+        if kwargs:
+            raise TypeError(
+                f"MVDreamPipeline.from_pretrained takes dtype only (got {', '.join(sorted(kwargs))}); "
+                "use DiffusionPipeline.from_pretrained(dir, trust_remote_code=True, ...) for diffusers' options"
+            )
+        path = resolve_model(pretrained_model_name_or_path)
+        if not is_pipeline_dir(path):
+            raise UserError(
+                f"{path} is a training checkpoint, not a pipeline; load it with MultiViewDiffusion"
+            )
+        pipe = cls(**_load_pipeline_parts(path, sampling_scheduler=True))
+        if (dtype or torch_dtype) is not None:
+            pipe.to(dtype=dtype or torch_dtype)
+        return pipe
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """diffusers' ``save_pretrained``, then ``write_pipeline_entry`` (``_class_name`` as [module, class]
+        and the module beside it: diffusers itself writes the bare class name, which it cannot load back).
+        ``push_to_hub`` raises ValueError: save, then upload the directory (``hf upload``)."""
+        if kwargs.get("push_to_hub"):
+            raise ValueError("push_to_hub would upload before the module is written; save, then `hf upload`")
+        super().save_pretrained(save_directory, **kwargs)
+        write_pipeline_entry(save_directory)
 
     def __init__(self, vae, text_encoder, tokenizer, unet: MultiViewUNet, scheduler) -> None:
         super().__init__()
@@ -353,71 +448,182 @@ class MVDreamPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
-    def check_inputs(self, prompts, negative_prompt, num_views, steps, resolution, latents) -> None:
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompt must be a string or a non-empty list of strings")
-        if not isinstance(negative_prompt, str):
-            raise ValueError("negative_prompt must be a string (the same for every prompt)")
-        if num_views < 1 or steps < 1:
-            raise ValueError(f"num_views {num_views} and num_inference_steps {steps} must be >= 1")
-        if resolution % self.vae_scale_factor:
-            raise ValueError(f"resolution {resolution} is not a multiple of {self.vae_scale_factor}")
-        shape = (len(prompts) * num_views, self.unet.config.in_channels)
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    def check_inputs(self, n_prompts, negative, num_views, steps, height, width, n_images, latents) -> None:
+        if num_views < 1 or steps < 1 or n_images < 1:
+            raise ValueError(
+                f"num_views {num_views}, num_inference_steps {steps} and num_images_per_prompt {n_images} "
+                "must be >= 1"
+            )
+        if isinstance(negative, list) and len(negative) != n_prompts:
+            raise ValueError(
+                f"{len(negative)} negative prompts for {n_prompts} prompts; pass one or one each"
+            )
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(
+                f"height {height} and width {width} must be multiples of {self.vae_scale_factor}"
+            )
+        shape = (n_prompts * n_images * num_views, self.unet.config.in_channels)
         if latents is not None and tuple(latents.shape[:2]) != shape:
             raise ValueError(f"latents of shape {tuple(latents.shape)}; expected {shape} + (h, w)")
 
-    def prepare_latents(self, n: int, resolution: int, generator, latents) -> torch.Tensor:
-        h = resolution // self.vae_scale_factor
-        shape = (n, self.unet.config.in_channels, h, h)
+    def prepare_latents(self, n: int, height: int, width: int, generator, latents) -> torch.Tensor:
+        shape = (
+            n,
+            self.unet.config.in_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
-        return latents.to(self.device, torch.float32) * self.scheduler.init_noise_sigma
+            latents = randn_tensor(
+                shape, generator=generator, device=self._execution_device, dtype=torch.float32
+            )
+        return latents.to(self._execution_device, torch.float32) * self.scheduler.init_noise_sigma
+
+    def encode_prompt(
+        self, prompts: list[str] | None, negative, prompt_embeds, negative_prompt_embeds, guided: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(cond (B, 77, D), uncond (B, 77, D) or None) from prompts or given embeddings; ``negative``: one
+        string for all prompts or one per prompt. Embeddings passed in are used as they are."""
+        device = self._execution_device
+        if prompt_embeds is None:
+            prompt_embeds = encode_text(self.tokenizer, self.text_encoder, prompts, device)
+        if not guided:
+            return prompt_embeds, None
+        if negative_prompt_embeds is None:
+            texts = [negative] * prompt_embeds.shape[0] if isinstance(negative, str) else list(negative)
+            negative_prompt_embeds = encode_text(self.tokenizer, self.text_encoder, texts, device)
+        if negative_prompt_embeds.shape != prompt_embeds.shape:
+            raise ValueError(
+                f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} and prompt_embeds "
+                f"{tuple(prompt_embeds.shape)} differ in shape"
+            )
+        return prompt_embeds, negative_prompt_embeds
+
+    def camera_batch(self, num_views, elevation_deg, azimuth_start_deg, c2ws) -> torch.Tensor:
+        """(V, 16) float32 camera embeddings: the orbit of ``orbit_cameras``, or ``c2ws`` (V, 4, 4) camera-to-
+        world matrices in mvforge's convention (OpenGL axes, Z up; design §3) when given."""
+        if c2ws is None:
+            return torch.from_numpy(orbit_cameras(num_views, elevation_deg, azimuth_start_deg))
+        c2ws = torch.as_tensor(np.asarray(c2ws) if not torch.is_tensor(c2ws) else c2ws, dtype=torch.float32)
+        if c2ws.ndim != 3 or tuple(c2ws.shape[1:]) != (4, 4):
+            raise ValueError(
+                f"c2ws of shape {tuple(c2ws.shape)}; expected (V, 4, 4) camera-to-world matrices"
+            )
+        return camera_embedding(c2ws.cpu())
 
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
-        negative_prompt: str = "",
-        num_views: int = 4,
-        elevation_deg: float = 15.0,
-        azimuth_start_deg: float = 90.0,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] = "",
         num_inference_steps: int = 50,
         guidance_scale: float = 10.0,
-        guidance_rescale: float = 0.0,
-        eta: float = 0.0,
-        resolution: int | None = None,
-        generator: torch.Generator | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
-    ) -> MVDreamPipelineOutput:
-        """V views of each prompt. Defaults: the official inference (design §10: 4 views, elevation 15, start
-        azimuth 90, CFG 10, eta 0, empty negative prompt; 50 steps of the pipeline's scheduler). The ", 3d
-        asset" suffix is the caller's (``mvtrain sample`` adds it). ``resolution``: image side (default
-        the model's native size); ``latents``: initial noise (B*V, 4, h, w) instead of drawing it with
-        ``generator``; ``eta``: DDIM's only. Returns ``MVDreamPipelineOutput`` (B*V images, object-major).
+        return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        eta: float = 0.0,
+        guidance_rescale: float = 0.0,
+        num_views: int | None = None,
+        elevation_deg: float | None = None,
+        azimuth_start_deg: float = 90.0,
+        c2ws: np.ndarray | torch.Tensor | None = None,
+        resolution: int | None = None,
+        *,
+        num_frames: int | None = None,
+        elevation: float | None = None,
+    ) -> MVDreamPipelineOutput | tuple:
+        """V views of each of ``num_images_per_prompt`` objects per prompt (diffusers' call conventions).
+
+        Defaults: the official inference (design §10): 4 views at elevation 15 deg from azimuth 90, CFG 10,
+        DDIM eta 0, empty negative prompt, 50 steps of the pipeline's scheduler, the model's native side. The
+        ", 3d asset" suffix of the official script is NOT added: append it to ``prompt`` (``mvtrain sample``
+        does). The community port (ashawkey/mvdream_diffusers) differs: elevation 0, CFG 7, azimuth start 0,
+        numpy output (docs/ecosystem.md).
+
+        - ``prompt`` (B strings) or ``prompt_embeds`` (B, 77, D); ``negative_prompt`` one string or B, or
+          ``negative_prompt_embeds`` (B, 77, D). CFG runs when ``guidance_scale != 1``.
+        - ``height``/``width`` (px, multiples of the VAE factor; default the native side); ``resolution``
+          sets both (mvforge's older name).
+        - Cameras: ``num_views`` (alias ``num_frames``), ``elevation_deg`` (alias ``elevation``),
+          ``azimuth_start_deg``: an orbit of V views 360/V apart; or ``c2ws`` (V, 4, 4) c2w matrices in
+          mvforge's convention (design §3), which fix V.
+        - ``latents``: initial noise (B*N*V, 4, h, w) instead of drawing it with ``generator``.
+        - ``output_type``: "pil" (list), "np" (alias "numpy"; (B*N*V, H, W, 3) float in [0, 1]), "pt"
+          ((B*N*V, 3, H, W) in [0, 1]) or "latent" ((B*N*V, 4, h, w)).
+        - ``callback_on_step_end(pipe, i, t, kwargs) -> dict`` after each step with the tensors named in
+          ``callback_on_step_end_tensor_inputs`` (default ``["latents"]``; the embeddings as used, (B*N*V,
+          77, D)); a returned ``latents`` replaces the current one.
+
+        Returns ``MVDreamPipelineOutput`` (images object-major: the V views of an object contiguous) or, with
+        ``return_dict=False``, the tuple ``(images,)``. Raises ValueError for inconsistent arguments.
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        resolution = resolution or int(self.unet.config.sample_size) * self.vae_scale_factor
-        # 1. Check inputs.
-        self.check_inputs(prompts, negative_prompt, num_views, num_inference_steps, resolution, latents)
+        # 1. Resolve the aliases and defaults, then check the inputs.
+        num_views = _alias("num_views", num_views, "num_frames", num_frames, None)
+        elevation_deg = _alias("elevation_deg", elevation_deg, "elevation", elevation, 15.0)
+        if c2ws is not None:
+            if num_views is not None and num_views != len(c2ws):
+                raise ValueError(f"num_views {num_views} but {len(c2ws)} c2ws; pass one of them")
+            num_views = len(c2ws)
+        num_views = 4 if num_views is None else num_views
+        native = int(self.unet.config.sample_size) * self.vae_scale_factor
+        if resolution is not None and (height or width) and (height, width) != (resolution, resolution):
+            raise ValueError("pass height/width or resolution, not both")
+        height = height or resolution or native
+        width = width or resolution or native
+        output_type = {"numpy": "np"}.get(output_type, output_type)
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type {output_type!r}; use pil, np, pt or latent")
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("pass exactly one of prompt and prompt_embeds")
+        prompts = None
+        if prompt is not None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            if not prompts or not all(isinstance(p, str) for p in prompts):
+                raise ValueError("prompt must be a string or a non-empty list of strings")
+        b = len(prompts) if prompts is not None else prompt_embeds.shape[0]
+        self.check_inputs(
+            b, negative_prompt, num_views, num_inference_steps, height, width, num_images_per_prompt, latents
+        )
+        tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
+        if unknown := set(tensor_inputs) - set(self._callback_tensor_inputs):
+            raise ValueError(
+                f"callback tensors {sorted(unknown)} unknown; use {self._callback_tensor_inputs}"
+            )
         model = MultiViewDiffusion(self.unet, self.vae, self.text_encoder, self.tokenizer, self.scheduler)
-        n = len(prompts) * num_views
+        device = self._execution_device
+        per_object = num_images_per_prompt * num_views  # images per prompt
+        n = b * per_object
 
         # 2. Encode the prompts: each object's text repeated over its V views.
-        cond = model.encode_prompt(prompts).repeat_interleave(num_views, dim=0)
+        guided = guidance_scale != 1.0
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompts, negative_prompt, prompt_embeds, negative_prompt_embeds, guided
+        )
+        dtype = self.unet.dtype
+        cond = prompt_embeds.to(device, dtype).repeat_interleave(per_object, dim=0)
         uncond = None
-        if guidance_scale != 1.0:
-            uncond = model.encode_prompt([negative_prompt]).expand(n, -1, -1)
+        if guided:
+            uncond = negative_prompt_embeds.to(device, dtype).repeat_interleave(per_object, dim=0)
 
-        # 3. Cameras: V orbit views, the same for every object.
-        cams = torch.from_numpy(orbit_cameras(num_views, elevation_deg, azimuth_start_deg))
-        cams = cams.to(self.device).repeat(len(prompts), 1)
+        # 3. Cameras: V views, the same for every object.
+        cams = self.camera_batch(num_views, elevation_deg, azimuth_start_deg, c2ws)
+        cams = cams.to(device).repeat(b * num_images_per_prompt, 1)
 
         # 4. Timesteps.
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
 
         # 5. Initial noise.
-        latents = self.prepare_latents(n, resolution, generator, latents)
+        latents = self.prepare_latents(n, height, width, generator, latents)
 
         # 6. Denoise: guided ε for all views of all objects in one UNet call per step.
         step_kwargs = {}
@@ -425,15 +631,31 @@ class MVDreamPipeline(DiffusionPipeline):
             step_kwargs["eta"] = eta
         if isinstance(self.scheduler, EulerAncestralDiscreteScheduler | DDIMScheduler):
             step_kwargs["generator"] = generator
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             x = self.scheduler.scale_model_input(latents, t)
             eps = model.predict_noise(x, t, cond, uncond, cams, num_views, guidance_scale, guidance_rescale)
             latents = self.scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                local = {"latents": latents, "prompt_embeds": cond, "negative_prompt_embeds": uncond}
+                out = callback_on_step_end(self, i, t, {k: local[k] for k in tensor_inputs})
+                latents = (out or {}).get("latents", latents)
 
         # 7. Decode.
         if output_type == "latent":
-            return MVDreamPipelineOutput(images=latents)
-        images = model.decode_latents(latents).float()
-        images = self.image_processor.postprocess(images, output_type=output_type)
+            images = latents
+        else:
+            images = model.decode_latents(latents).float()
+            images = self.image_processor.postprocess(images, output_type=output_type)
         self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
         return MVDreamPipelineOutput(images=images)
+
+
+def _alias(name: str, value, alias: str, alias_value, default):
+    """``value`` or its community-port alias (the two may not disagree), else ``default``."""
+    if alias_value is not None and value is not None and alias_value != value:
+        raise ValueError(f"{name}={value} and its alias {alias}={alias_value} disagree; pass one")
+    if value is not None:
+        return value
+    return alias_value if alias_value is not None else default

@@ -8,10 +8,15 @@ Three kinds of directory hold a multi-view model:
   which gives the frozen VAE, text encoder, tokenizer and schedule);
 - a run directory of ``mvtrain fit``: its latest checkpoint (``checkpoints/step-NNNNNN``; a name with a dot is
   an unfinished write, train/loop.py).
+
+Any of them, or a Stable Diffusion directory, may also be named by a Hugging Face Hub id (``org/name``) that is
+not an existing path: :func:`local_model_dir` turns it into the snapshot directory of huggingface_hub's cache
+(downloading it unless ``HF_HUB_OFFLINE=1``). Every command that takes a model goes through that one function.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from mvforge.errors import UserError
@@ -41,10 +46,61 @@ def is_checkpoint_dir(path: Path) -> bool:
     return (path / "unet").is_dir() and (path / "config.toml").is_file()
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]$")
+"""A Hub repository id, ``org/name`` (one slash, no leading dot or slash: never a relative path of ours)."""
+
+HUB_FILES = ["*.json", "*.txt", "*.md", "*/*.safetensors", "*/*.model", "*/*.py"]
+"""What a diffusers repository needs (configs, tokenizer files, safetensors weights): not the .ckpt/.bin
+copies many SD repositories also hold (gigabytes each)."""
+
+
+FILE_SUFFIXES = (".pt", ".ckpt", ".pth", ".bin", ".safetensors", ".yaml", ".json", ".toml", ".txt")
+"""Suffixes that make ``dir/file.pt`` a mistyped file path rather than a Hub id."""
+
+
+def is_hub_id(name: str | Path) -> bool:
+    """``name`` looks like ``org/name``, is not an existing path and does not end like a file."""
+    text = str(name)
+    return not Path(text).exists() and bool(HUB_ID.match(text)) and not text.lower().endswith(FILE_SUFFIXES)
+
+
+def local_model_dir(name: str | Path) -> Path:
+    """The local directory of the model ``name``: ``name`` itself when it is an existing path, else, for a Hub
+    id (``org/name``), its snapshot in huggingface_hub's cache (``HF_HUB_CACHE``), fetched when not cached
+    and the Hub can be reached (never with ``HF_HUB_OFFLINE=1``). Creates nothing but the cache entry.
+
+    Raises UserError (one line) for a missing path or a Hub id that cannot be had (not cached while
+    offline, unknown, gated, no network)."""
+    path = Path(name)
+    if path.exists() or not is_hub_id(name):
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        return Path(snapshot_download(str(name), allow_patterns=HUB_FILES))
+    except GatedRepoError as e:
+        why, fix = "it is gated", f"accept its terms on the Hub, `hf auth login`, then `hf download {name}`"
+        raise UserError(f"{name} is no directory here and the Hub model {why}; {fix}") from e
+    except RepositoryNotFoundError as e:
+        why, fix = "does not exist (or is private)", "check the id, or pass a directory"
+        raise UserError(f"{name} is no directory here and the Hub model {why}; {fix}") from e
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+        why = "is not in the cache and the Hub cannot be reached (HF_HUB_OFFLINE=1 or no network)"
+        fix = f"run `hf download {name}` where the Hub is reachable, or pass a directory"
+        raise UserError(f"{name} is no directory here and the Hub model {why}; {fix}") from e
+
+
 def resolve_model(path: str | Path) -> Path:
     """The pipeline or checkpoint directory that ``path`` names: ``path`` itself when it is one, else the latest
-    checkpoint of the run directory ``path``. Raises UserError when it is none of the three."""
-    path = Path(path)
+    checkpoint of the run directory ``path``; a Hub id goes through :func:`local_model_dir` first. Raises
+    UserError when it is none of the three."""
+    path = local_model_dir(path)
     if not path.is_dir():
         raise UserError(
             f"{path} does not exist; pass an `mvtrain fit` run or checkpoint, or a pipeline directory"

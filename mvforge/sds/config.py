@@ -270,7 +270,7 @@ class SDSConfig:
     snapshot_every: int = 500
     """Write snapshots/step-XXXXXX.png (4 views) every this many steps (0 disables)."""
     log_every: int = 50
-    """Append a metrics.jsonl row every this many steps."""
+    """Append a metrics.csv row and TensorBoard scalars every this many steps."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the field and the frozen model run."""
     export: bool = True

@@ -4,7 +4,8 @@ Run directory ``<out>/<prompt-slug>/``::
 
     config.toml                 the resolved SDSConfig (written first)
     checkpoints/step-NNNNNN.pt  field, background, occupancy grid, optimiser, step (atomic files)
-    metrics.jsonl               one row per logged step: step, loss, loss_sds, loss_orient, t, resolution, step_s
+    metrics.csv, tensorboard/   one row / scalars per logged step (``SDS_METRICS``, mvforge.metrics: the format
+                                of fit and dreambooth), the snapshots as images
     snapshots/step-NNNNNN.png   4 views (elevation 15, azimuths 0/90/180/270), albedo, every snapshot_every
     mesh.glb, mesh.obj          marching cubes of the final field (export.py); + mesh.mtl and the texture PNG
                                 when export_mesh.uv_texture bakes one
@@ -37,7 +38,8 @@ import torch
 from mvforge import config as config_mod
 from mvforge import rundir
 from mvforge.errors import UserError
-from mvforge.fsutil import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
+from mvforge.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mvforge.metrics import RunMetrics
 from mvforge.models.resolve import weights_fingerprint
 from mvforge.models.sample import prompt_slug  # names the run dir, as `mvtrain sample --prompts` names its
 from mvforge.sds.anneal import linear_ramp, timestep_range
@@ -48,6 +50,13 @@ from mvforge.sds.field import HashGridField
 from mvforge.sds.guidance import MultiViewSDS
 from mvforge.sds.material import ALBEDO, draw_shading
 from mvforge.sds.renderer import VolumeRenderer
+
+SDS_METRICS = (
+    "step", "loss", "loss_sds", "loss_orient", "lambda_orient", "t", "t_min", "t_max", "lr", "resolution",
+    "shading", "step_s",
+)  # fmt: skip
+"""Columns of the run's metrics.csv (``step``: optimisation steps done; ``t`` the drawn timestep, ``t_min`` /
+``t_max`` the annealed range it was drawn from; ``lr`` of the field's first parameter group)."""
 
 CKPT_PREFIX = "step-"
 # Independent random streams of one step (exact resume, module docstring).
@@ -336,10 +345,8 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     seconds_before, peak_before = state.seconds, state.peak_memory_mb
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.toml", config_mod.to_toml(cfg))
-    metrics_path = run_dir / "metrics.jsonl"
-    # Rows past the checkpoint belong to the killed run's lost steps: drop them, the resumed run rewrites them.
-    rows = [r for r in read_jsonl(metrics_path) if r.get("step", 0) < start]
-    atomic_write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    # Rows and events past the checkpoint are the killed run's lost steps: cut; the resumed run rewrites them.
+    metrics = RunMetrics(run_dir, SDS_METRICS, start)
 
     # 3. The loop.
     cam_cfg, seed = cfg.camera, cfg.seed
@@ -390,21 +397,27 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
 
         if done % cfg.log_every == 0 or done == cfg.max_steps:
             row = {
-                "step": step,
+                "step": done,
                 "loss": float(loss.detach()),
                 "loss_sds": float(g.loss.detach()),
                 "loss_orient": float(loss_orient.detach()),
+                "lambda_orient": lambda_orient,
                 "t": t,
+                "t_min": t_range[0],
+                "t_max": t_range[1],
+                "lr": state.optimizer.param_groups[0]["lr"],
                 "resolution": resolution,
                 "shading": shading.mode,
                 "step_s": round(step_s, 4),
             }
-            append_jsonl(metrics_path, row)
+            metrics.log(row)
         if progress is not None:
             progress.update(done, float(loss.detach()), step_s)
         if cfg.snapshot_every > 0 and done % cfg.snapshot_every == 0:
             views = render_views(state, SNAPSHOT_AZIMUTHS, resolution, cfg)
-            _save_png(run_dir / "snapshots" / f"step-{done:06d}.png", np.concatenate(list(views), axis=1))
+            strip = np.concatenate(list(views), axis=1)
+            _save_png(run_dir / "snapshots" / f"step-{done:06d}.png", strip)
+            metrics.image("snapshot", strip, done)
         pre_switch = done == cam_cfg.resolution_milestone
         if done % cfg.checkpoint_every == 0 or pre_switch or done == cfg.max_steps:
             state.seconds = round((seconds_before or 0.0) + time.monotonic() - t_start, 2)
@@ -412,6 +425,7 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
             save_checkpoint(run_dir, state, done, cfg, weights)
             protect = {cam_cfg.resolution_milestone}
             _prune(run_dir, cfg.keep_checkpoints, protect)
+    metrics.close()
     if progress is not None:
         progress.close()
 

@@ -3,7 +3,8 @@ deterministic tar writer.
 
 A sample with key ``<uid>`` holds, in sorted member order:
 ``<uid>.000.png`` ... (original PNG bytes, never re-encoded), ``<uid>.cameras.npy`` ((V, 4, 4) float32 c2w in
-view order), ``<uid>.json`` ({"uid", "views": cameras.json views, "resolution", "convention", "meta"}) and
+view order), ``<uid>.json`` ({"uid", "views": cameras.json views, "resolution", "convention", "meta": the
+render's meta.json less machine-local fields, ``formats.shards.public_meta``}) and
 ``<uid>.txt`` (the caption). Keys contain no dot because webdataset splits a member name at its first dot.
 
 Every tar header field that could vary between machines or runs is fixed (mtime 0, uid/gid 0, empty
@@ -34,6 +35,7 @@ from mvforge.formats.shards import (  # noqa: F401  (the writer's names, re-expo
     iter_raw_samples,
     load_npy,
     png_ext,
+    public_meta,
     shard_name,
     split_key,
     stats_name,
@@ -87,7 +89,7 @@ def object_members(obj: layout.RenderedObject) -> dict[str, bytes]:
         "convention": cams.get("convention"),
         "resolution": cams.get("resolution"),
         "views": views,
-        "meta": obj.meta,
+        "meta": public_meta(obj.meta),
     }
     members[JSON_EXT] = json_bytes(doc)
     members[TXT_EXT] = obj.caption.encode("utf-8")

@@ -2,7 +2,7 @@
 
 Order of work: read the input (render dir, optional selection), plan (pure, mvforge.shards.plan), skip shards
 whose marker matches the plan (resume), write the others as Ray tasks (tar to ``<name>.tmp-<pid>``, rename,
-then the ``<name>.stats.json`` marker), and write ``index.json`` last. The output may be a local directory
+then the ``<name>.stats.json`` marker), write the dataset card ``README.md``, and ``index.json`` last. The output may be a local directory
 or any fsspec URL (s3://, gs://, ...); a rename there is the file system's move.
 """
 
@@ -20,9 +20,12 @@ from mvforge.errors import UserError
 from mvforge.formats import renders as layout
 from mvforge.formats import selection as selection_format
 from mvforge.fsutil import name_failure, open_fs, put_bytes_atomic, read_bytes_or_none, tmp_url
-from mvforge.shards import schema
+from mvforge.shards import card, schema
 from mvforge.shards.config import ShardConfig
 from mvforge.shards.plan import ShardSpec, plan_shards
+
+CARD = "README.md"
+"""The dataset card (``mvforge.shards.card``), written before index.json."""
 
 
 def read_json(fs, path: str) -> dict | None:
@@ -248,13 +251,18 @@ def run_shard(
     elapsed = time.monotonic() - start
     _remove_temporaries(fs, root)  # a task Ray retried after its worker died leaves its partial tar behind
 
+    # Folder names only: a published shard directory carries no path of the machine that wrote it.
     source = {
-        "renders": renders_s,
-        "selection": str(Path(selection).resolve()) if selection else None,
+        "renders": Path(renders_s).name,
+        "selection": Path(selection).name if selection else None,
         "not_rendered": inp.not_rendered,
     }
     index = index_document(specs, markers, cfg, source)
     put_bytes_atomic(fs, f"{root}/config.toml", to_toml(cfg).encode("utf-8"))
+    num_views = len(
+        layout.RenderedObject(inp.uids[0], layout.object_dir(renders, inp.uids[0])).cameras["views"]
+    )
+    put_bytes_atomic(fs, f"{root}/{CARD}", card.dataset_card(index, num_views).encode("utf-8"))
     # index.json last: its presence says the whole shard set is complete (design §2: the marker is last).
     put_bytes_atomic(
         fs, f"{root}/{schema.INDEX}", (json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")

@@ -35,8 +35,8 @@ from mvforge import rundir
 from mvforge.devices import resolve_device
 from mvforge.errors import UserError
 from mvforge.fsutil import atomic_write_json, atomic_write_text
+from mvforge.metrics import RunMetrics
 from mvforge.models.resolve import checkpoints, is_pipeline_dir, latest_checkpoint, resolve_model
-from mvforge.train import metrics_csv
 from mvforge.train.checkpoint import check_checkpoint, load_training_state, save_checkpoint
 from mvforge.train.dreambooth_config import DreamBoothConfig
 from mvforge.train.loop import (  # _fault: the FAULT_ENV test hook of fit (kill/SIGTERM at a step)
@@ -257,12 +257,15 @@ def validate(m: StepModels, cfg: DreamBoothConfig, step: int, out: Path) -> Path
 
 
 # ---------------------------------------------------------------- metrics
-def _append_metrics(path: Path, row: dict) -> None:
-    metrics_csv.append_row(path, row, METRICS_FIELDS)
+def log_validation_images(metrics: RunMetrics, root: Path, step: int) -> None:
+    """Each validation prompt's grid (``root/<nn>-<slug>/grid.png``) as TensorBoard image
+    ``validation/<nn>-<slug>``."""
+    import numpy as np
+    from PIL import Image
 
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    metrics_csv.truncate_after(path, step, METRICS_FIELDS)
+    for grid in sorted(Path(root).glob("*/grid.png")):
+        with Image.open(grid) as im:
+            metrics.image(f"validation/{grid.parent.name}", np.asarray(im.convert("RGB")), step)
 
 
 class _PhotoDraws:
@@ -319,8 +322,7 @@ def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
     scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
     step = load_training_state(resume, m.device, optimizer, lr_sched, scaler) if resume else 0
     draws = _PhotoDraws(names, class_names)
-    metrics_path = out / "metrics.csv"
-    _truncate_metrics(metrics_path, step)
+    metrics = RunMetrics(out, METRICS_FIELDS, step)  # metrics.csv + tensorboard/, as fit and sds
     atomic_write_text(out / "config.toml", config_mod.to_toml(cfg))
 
     # 3. Train.
@@ -370,11 +372,11 @@ def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
             if log_now:
                 rec["mean_abs_dev"], rec["max_abs_dev"] = deviation(params, theta0)
                 rec["preservation"] = cfg.preservation_lambda * rec["mean_abs_dev"]
-                _append_metrics(metrics_path, rec)
+                metrics.log(rec)
             records.append(rec)
             v = cfg.validation
             if v.every and (step % v.every == 0 or step == cfg.max_steps):
-                validate(m, cfg, step, out)
+                log_validation_images(metrics, validate(m, cfg, step, out), step)
             _fault(rt.rank, step, out)  # tests only (MVFORGE_FAULT=kill:0:<step>): dies before the checkpoint
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 state = {"unet": m.unet, "ema": None, "optimizer": optimizer, "lr_sched": lr_sched}
@@ -383,6 +385,7 @@ def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
             if progress is not None:
                 progress.advance()
     finally:
+        metrics.close()
         if progress is not None:
             progress.__exit__(None, None, None)
 

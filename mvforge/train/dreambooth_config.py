@@ -65,7 +65,8 @@ class DreamBoothConfig:
     prompt: str = ""
     """The subject prompt with its identifier, e.g. "a photo of xjq dog" (see the CLI help on "sks")."""
     out: str = "runs/dreambooth"
-    """Run directory: checkpoints/, pipeline/, metrics.csv, validation/, config.toml; an existing one resumes."""
+    """Run directory: checkpoints/, pipeline/, metrics.csv, tensorboard/, validation/, config.toml; an existing
+    one resumes."""
     masks: str | None = None
     """Optional directory of masks named like the photos (``<stem>.png``, white = subject) for background grey."""
     background: Literal["keep", "grey"] = "grey"

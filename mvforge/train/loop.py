@@ -41,8 +41,8 @@ from mvforge import rundir
 from mvforge.devices import resolve_device
 from mvforge.errors import UserError
 from mvforge.fsutil import atomic_write_text
-from mvforge.models.model import CAMERA_DIM, encode_text, load_frozen, load_unet
-from mvforge.models.resolve import checkpoints, latest_checkpoint  # noqa: F401  (re-exported for callers)
+from mvforge.models.model import CAMERA_DIM, check_sd_dir, encode_text, load_frozen, load_unet
+from mvforge.models.resolve import checkpoints, is_hub_id, latest_checkpoint  # noqa: F401  (re-exported)
 from mvforge.shards.loader import MultiViewLoader
 from mvforge.train import metrics_csv
 from mvforge.train.checkpoint import check_checkpoint, load_training_state, loader_state, save_checkpoint
@@ -385,8 +385,11 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
         raise UserError("no pretrained model; pass --pretrained DIR (a diffusers Stable Diffusion directory)")
     if not cfg.shards:
         raise UserError("no training shards; pass --shards DIR (written by `mvdata shard`)")
-    # Checkpoints record where the frozen parts come from; absolute, so `mvtrain sample` works from any cwd.
-    cfg = config_mod.replace(cfg, pretrained=str(Path(cfg.pretrained).resolve()))
+    # Checked before anything is created. Checkpoints record where the frozen parts come from: an absolute path
+    # (so `mvtrain sample` works from any cwd) or the Hub id, which resolves through the cache again.
+    check_sd_dir(cfg.pretrained)
+    if not is_hub_id(cfg.pretrained):
+        cfg = config_mod.replace(cfg, pretrained=str(Path(cfg.pretrained).resolve()))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     k = cfg.grad_accum_steps

@@ -191,6 +191,7 @@ def test_save_pretrained_round_trip_is_bit_identical_and_unet_is_vanilla(model, 
     out = model.save_pretrained(tmp_path / "pipe")
     assert sorted(p.name for p in out.iterdir()) == [
         "model_index.json",
+        "mvforge_pipeline.py",
         "scheduler",
         "text_encoder",
         "tokenizer",

@@ -18,7 +18,10 @@ def test_every_view_but_the_held_out_ones_becomes_one_pair(renders, shards, tmp_
     uids = train_uids(shards)
     assert len(uids) == 8
     paths = write_view_shards(renders, tmp_path / "2d", uids, exclude_views=frozenset({0, 4}), max_count=20)
-    names = [n for p in paths for n in tarfile.open(p).getnames()]
+    names = []
+    for p in paths:
+        with tarfile.open(p) as tar:
+            names += tar.getnames()
     keys = sorted({n.split(".")[0] for n in names})
     assert len(paths) == 3 and len(keys) == 8 * 6  # 48 pairs over tars of 20
     assert not any(k.endswith(("_000", "_004")) for k in keys)

@@ -63,7 +63,7 @@ def test_members_are_the_original_files(renders, shards):
                     cams, np.asarray([v["c2w"] for v in obj.cameras["views"]], np.float32)
                 )
                 doc = json.loads(tar.extractfile(f"{uid}.json").read())
-                assert doc["views"] == obj.cameras["views"] and doc["meta"] == obj.meta
+                assert doc["views"] == obj.cameras["views"] and doc["meta"] == schema.public_meta(obj.meta)
                 assert tar.extractfile(f"{uid}.txt").read().decode() == obj.caption
     assert seen == set(layout.iter_uids(renders))
 
