@@ -41,7 +41,7 @@ def test_fitted_vae_reconstructs_and_scales_its_latents(tmp_path):
 
     summary = fit_vae(init, shards, tmp_path / "fitted", cfg, show_progress=False)
     before, after = _recon_psnr(init, shards), _recon_psnr(tmp_path / "fitted", shards)
-    assert after > before + 6, (before, after)
+    assert after > before + 5, (before, after)
     vae_cfg = json.loads((tmp_path / "fitted" / "vae" / "config.json").read_text())
     assert vae_cfg["scaling_factor"] == pytest.approx(summary["scaling_factor"], rel=1e-4)
     assert summary["scaling_factor"] != 0.18215
