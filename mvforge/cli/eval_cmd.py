@@ -188,7 +188,8 @@ def _known_answer(out, model, reference, config, set_, steps, seed, num_views, m
     doc = run_known_answer(mvd, str(model), reference, out, cfg, uids)
     s = doc["summary"]
     typer.echo(
-        f"known answer: {s['retrieved_own']}/{s['captions']} captions retrieve their own object, "
+        f"known answer: {s['retrieved_own']}/{s['captions']} captions retrieve their own object (a blank image: "
+        f"{s['blank_image_retrieves_own']}), shifted cameras further {s['shifted_cameras_further']}, "
         f"mean IoU {s['mean_iou']:.2f}, mean object PSNR {s['mean_psnr_object_db']:.1f} dB"
     )
     typer.echo(str(out / "known_answer.json"))

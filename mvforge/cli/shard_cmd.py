@@ -63,6 +63,12 @@ def shard(
         "workers": workers,
     }
     cfg = with_flags(cfg, flags)
+    if views_2d is not None and views_2d.resolve() == Path(out).resolve():
+        from mvforge.errors import UserError
+
+        raise UserError(
+            "--views-2d must be another directory than --out (2D tars are not part of the 3D index)"
+        )
     run_shard(renders, out, cfg, selection=selection, address=address)
     if views_2d is not None:
         from mvforge.shards.views2d import train_uids, write_view_shards

@@ -17,8 +17,9 @@ on one background, with every reference object's renders at those cameras:
 The same scores compare any images with the references (``score_images``), e.g. an SDS mesh rendered back
 with `mvdata render` under the ground-truth uid, so its cameras and light are the reference's.
 
-Output (``OUT``): ``known_answer/<uid>.png`` (ground truth row over sampled row), ``known_answer.json``
-(written last; per caption and summary). Sampling is seeded per caption, so a rerun gives the same numbers.
+Output (``OUT``): ``known_answer/<uid>.png`` (rows: ground truth, the sample at the true cameras, then one row
+per shifted azimuth), ``known_answer.json`` (written last; per caption, and a summary beside two baselines: what a
+blank image retrieves, and how often the shifted samples are further from the truth). Sampling is seeded per caption, so a rerun gives the same numbers.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from mvforge import config as config_mod
+from mvforge import rundir
 from mvforge.cameras import normalize_camera
 from mvforge.errors import UserError
 from mvforge.formats import renders as layout
@@ -130,6 +132,12 @@ def load_references(
         rgb = rgba[..., :3] * alpha[..., None] + cfg.background * (1 - alpha[..., None])
         c2w = np.stack([np.asarray(by_index[i]["c2w"], np.float64) for i in views])
         refs.append(Reference(uid, obj.caption, rgb, alpha, c2w, views))
+    for r in refs[1:]:
+        if r.rgb.shape != refs[0].rgb.shape or not np.allclose(r.c2w, refs[0].c2w, atol=1e-5):
+            raise UserError(
+                f"{renders}: {r.uid} and {refs[0].uid} were rendered from different cameras; the known answer "
+                "compares objects view by view: render them with `mvdata render --shared-cameras`"
+            )
     return refs
 
 
@@ -227,6 +235,7 @@ def _strip(rows: list[np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+@rundir.locked("mvtrain eval", lambda out, **_: out)
 def run_known_answer(
     model,
     model_name: str,
@@ -277,6 +286,11 @@ def run_known_answer(
             atomic_write_bytes(out / IMAGES / f"{truth.uid}.png", _strip(strip))
             rows.append(row)
             progress.advance()
+    # Baselines a result must beat: a blank image (the background only) retrieves whichever object covers
+    # the least of the frame, and samples that ignore the camera are as near at the shifted cameras.
+    blank = np.full_like(refs[0].rgb, cfg.background)
+    blank_hits = sum(score_images(blank, r, refs, cfg)["retrieved"] == r.uid for r in refs if r.uid in wanted)
+    pairs = [(r["mse"][r["uid"]], s["mse"]) for r in rows for s in r["shifted"].values()]
     n = len(rows)
     doc = {
         "model": model_name,
@@ -287,6 +301,8 @@ def run_known_answer(
             "retrieved_own": sum(r["retrieved"] == r["uid"] for r in rows),
             "mean_iou": round(float(np.mean([r["iou"] for r in rows])), 4),
             "mean_psnr_object_db": round(float(np.nanmean([r["psnr_object_db"] for r in rows])), 3),
+            "blank_image_retrieves_own": blank_hits,
+            "shifted_cameras_further": f"{sum(true < moved for true, moved in pairs)}/{len(pairs)}",
         },
         "captions": rows,
     }

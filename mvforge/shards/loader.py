@@ -62,14 +62,21 @@ def resolve_shards(source: str | Sequence[str], split: str = "train", storage_op
         return sorted(str(s) for s in source), None
     source = str(source)
     if source.endswith(".tar"):
-        return sorted(braceexpand(source)), None
+        urls = sorted(braceexpand(source))
+        missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.isfile(u)]
+        if missing:
+            raise UserError(
+                f"shard {missing[0]} does not exist; pass existing .tar files (or a brace pattern)"
+            )
+        return urls, None
     from mvforge.fsutil import open_fs
 
     fs, root = open_fs(source, storage_options)
     index = schema.read_index(fs, root)
     if index is None:
         raise UserError(
-            f"{source} has no {schema.INDEX}; run `mvdata shard --out {source}` or list .tar files"
+            f"{source} has no {schema.INDEX}; pass a directory written by `mvdata shard`, or its .tar files "
+            "(a brace pattern such as DIR/2d-{000000..000003}.tar)"
         )
     entries = [s for s in index["shards"] if s["split"] == split]
     if not entries:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from mvforge import config as config_mod
+from mvforge import rundir
 from mvforge.errors import UserError
 from mvforge.fsutil import atomic_write_json, tmp_path
 from mvforge.progress import StageProgress, print_summary
@@ -58,6 +59,8 @@ class VAEFitConfig:
         for name in ("steps", "batch_size", "resolution"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.resolution % 8:
+            raise UserError(f"resolution must be a multiple of 8 (got {self.resolution}); pass e.g. 32")
         if not self.lr > 0 or self.kl_weight < 0:
             raise UserError("lr must be > 0 and kl_weight >= 0")
 
@@ -77,24 +80,41 @@ def _images(batch: dict) -> torch.Tensor:
 def fit_vae(
     model: str | Path, shards: str | Path, out: str | Path, cfg: VAEFitConfig, show_progress: bool = True
 ) -> dict:
-    """Fit ``model``'s ``vae/`` to the views in ``shards`` and write the model with it to ``out``.
+    """Fit ``model``'s ``vae/`` to the views in ``shards`` and write the model with it to ``out`` (under the
+    output lock of docs/reliability.md; ``vae_fit.json`` written last marks it finished).
 
     Returns the summary written to ``out/vae_fit.json`` (``psnr_db``: reconstruction PSNR over the last
     batches, ``scaling_factor``). Raises UserError for a model without ``vae/``, empty shards, or an ``out``
     that holds something else.
     """
-    from diffusers import AutoencoderKL
+    from mvforge.models.resolve import local_model_dir
 
-    model, out = Path(model), Path(out)
-    if (out / DONE_FILE).is_file():
-        done = json.loads((out / DONE_FILE).read_text())
-        if done.get("config") != config_mod.to_dict(cfg) or done.get("model") != str(model.resolve()):
-            raise UserError(f"{out} holds a VAE fitted with other settings; pass another --out or remove it")
-        return done
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not a finished fit-vae output; pass a new --out or remove it")
+    model, out = local_model_dir(model), Path(out)  # a directory or a Hub id (docs/ecosystem.md)
     if not (model / "vae" / "config.json").is_file():
         raise UserError(f"{model} has no vae/; pass a diffusers Stable Diffusion directory as --model")
+    with rundir.exclusive(out, "mvtrain fit-vae"):
+        return _fit_vae_locked(model, Path(shards), out, cfg, show_progress)
+
+
+def _fit_vae_locked(model: Path, shards: Path, out: Path, cfg: VAEFitConfig, show_progress: bool) -> dict:
+    from diffusers import AutoencoderKL
+
+    wanted = {
+        "model": str(model.resolve()),
+        "shards": str(shards.resolve()),
+        "config": config_mod.to_dict(cfg),
+    }
+    if (out / DONE_FILE).is_file():
+        done = json.loads((out / DONE_FILE).read_text())
+        diff = config_mod.first_difference({k: done.get(k) for k in wanted}, wanted)
+        if diff:
+            raise UserError(
+                f"{out} holds a VAE fitted with other settings ({diff}); pass another --out or remove it"
+            )
+        return done
+    leftovers = [p.name for p in out.iterdir() if p.name != rundir.LOCK]
+    if leftovers and not (out / "model_index.json").is_file():
+        raise UserError(f"{out} exists and is not a fit-vae output; pass a new --out or remove it")
 
     torch.manual_seed(cfg.seed)
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
@@ -138,22 +158,22 @@ def fit_vae(
     scaling = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling)
 
-    tmp = tmp_path(out)
+    # The model's other parts, then the fitted vae/, then the marker: an interrupted run left no marker and
+    # is redone from the start (a minute or two), so nothing half-written is ever taken for a result.
+    shutil.copytree(
+        model, out, ignore=shutil.ignore_patterns("vae", DONE_FILE, rundir.LOCK), dirs_exist_ok=True
+    )
+    tmp = tmp_path(out / "vae")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(model, tmp, ignore=shutil.ignore_patterns("vae", DONE_FILE))
-    vae.save_pretrained(tmp / "vae")
-    summary = {
-        "model": str(model.resolve()),
-        "shards": str(shards),
-        "config": config_mod.to_dict(cfg),
+    vae.save_pretrained(tmp)
+    shutil.rmtree(out / "vae", ignore_errors=True)
+    tmp.rename(out / "vae")
+    summary = wanted | {
         "psnr_db": round(sum(recent) / len(recent), 2),
         "scaling_factor": round(scaling, 5),
         "seconds": round(time.monotonic() - start, 1),
     }
-    atomic_write_json(tmp / DONE_FILE, summary)
-    if out.exists():
-        out.rmdir()  # empty (checked above)
-    tmp.rename(out)
+    atomic_write_json(out / DONE_FILE, summary)
     if show_progress:
         print_summary("mvtrain fit-vae", [(k, v) for k, v in summary.items() if k != "config"])
     return summary

@@ -33,9 +33,27 @@ def test_eval_views_are_a_quarter_orbit_apart_on_the_first_orbit():
         eval_views({"views": views}, 3)
 
 
-def test_each_reference_retrieves_itself_with_full_iou(reference_dir):
+@pytest.fixture
+def shared_reference(reference_dir, tmp_path):
+    """The synthetic references with one camera set for all (as `mvdata render --shared-cameras` writes)."""
+    import shutil
+
+    root = tmp_path / "shared"
+    shutil.copytree(reference_dir, root)
+    cams = sorted(root.rglob("cameras.json"))
+    for c in cams[1:]:
+        c.write_bytes(cams[0].read_bytes())
+    return root
+
+
+def test_references_from_per_object_cameras_are_refused(reference_dir):
+    with pytest.raises(UserError, match="--shared-cameras"):
+        load_references(reference_dir, KnownAnswerConfig())
+
+
+def test_each_reference_retrieves_itself_with_full_iou(shared_reference):
     cfg = KnownAnswerConfig()
-    refs = load_references(reference_dir, cfg)
+    refs = load_references(shared_reference, cfg)
     assert len(refs) == 3 and refs[0].rgb.shape == (4, 32, 32, 3)
     for truth in refs:
         s = score_images(truth.rgb, truth, refs, cfg)
@@ -49,9 +67,57 @@ def test_each_reference_retrieves_itself_with_full_iou(reference_dir):
     assert score_images(flipped, refs[0], refs, cfg)["mse"][refs[0].uid] > 0
 
 
-def test_missing_uid_and_empty_directory_are_one_line_errors(reference_dir, tmp_path):
+def test_missing_uid_and_empty_directory_are_one_line_errors(shared_reference, tmp_path):
     with pytest.raises(UserError, match="no finished render of nope"):
-        load_references(reference_dir, KnownAnswerConfig(), ["nope"])
+        load_references(shared_reference, KnownAnswerConfig(), ["nope"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError):
         load_references(tmp_path / "empty", KnownAnswerConfig())
+
+
+def test_run_writes_strips_and_scores_with_baselines_through_the_cli(tiny_mv, shared_reference, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mvtrain = Path(sys.executable).with_name("mvtrain")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), HF_HUB_OFFLINE="1")
+    out = tmp_path / "ka"
+    args = [str(mvtrain), "eval", "--known-answer", "--model", str(tiny_mv), "--out", str(out)]
+    done = subprocess.run(
+        [
+            *args,
+            "--reference",
+            str(shared_reference),
+            "--device",
+            "cpu",
+            "--set",
+            "steps=2",
+            "--max-prompts",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "captions retrieve their own object" in done.stdout
+    doc = json.loads((out / "known_answer.json").read_text())
+    assert (
+        doc["summary"]["captions"] == 2 and len(doc["captions"][0]["mse"]) == 3
+    )  # all objects are candidates
+    assert doc["summary"]["shifted_cameras_further"].endswith("/4")
+    assert 0 <= doc["summary"]["blank_image_retrieves_own"] <= 2
+    from PIL import Image
+
+    strip = Image.open(out / "known_answer" / "obj-0000.png")
+    assert strip.size == (4 * 32, 4 * 32)  # truth, sample, two shifted rows of 4 views
+
+    refused = subprocess.run([*args[:-1], str(tmp_path / "ka2")], capture_output=True, text=True, env=env)
+    assert (
+        refused.returncode == 2
+        and "--reference" in refused.stderr
+        and len(refused.stderr.strip().splitlines()) == 1
+    )

@@ -54,7 +54,7 @@ def test_fitted_vae_reconstructs_and_scales_its_latents(tmp_path):
         fit_vae(init, shards, tmp_path / "fitted", VAEFitConfig(steps=61), show_progress=False)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x").write_text("x")
-    with pytest.raises(UserError, match="not a finished fit-vae output"):
+    with pytest.raises(UserError, match="not a fit-vae output"):
         fit_vae(init, shards, tmp_path / "junk", cfg, show_progress=False)
     with pytest.raises(UserError, match="has no vae/"):
         fit_vae(tmp_path / "junk", shards, tmp_path / "new", cfg, show_progress=False)
