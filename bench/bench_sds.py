@@ -11,9 +11,20 @@ as 5K at 64² (batch 8) + 5K at 256² (batch 4), the official schedule.
     .venv/bin/python bench/bench_sds.py --device cuda --sd21-random --samples 256   # SD 2.1-size random weights
 
 ``--shading`` lambertian (default, the post-warm-up phase with analytic normals) and/or albedo (the warm-up);
-several values are timed in the same run, one after the other. ``--levels``/``--log2-hashmap`` shrink the hash
-grid (default: the official 16 levels, 2^19), ``--ray-chunk`` and ``--no-checkpoint`` are the renderer's memory
-knobs. Peak memory on CPU is the process's peak RSS (VmHWM) during the phase: it is reset before each phase
+several values are timed in the same run, one after the other. ``--prune on off`` times the renderer with and
+without the official per-sample pruning (issue 22) in the same run, each phase also reporting the samples per ray
+the field was evaluated at with gradients; ``--blob-density`` changes the initial blob (official 10; a larger
+value is a denser, more opaque start, where the transmittance cut drops more samples).
+
+``--floaters STEPS`` runs instead the fitted-prior experiment of tests/sds/test_fitted_prior.py (a tiny model
+fitted to 4 views of a red ball, SDS from the official initial blob) for STEPS steps with pruning on and off
+from the same start, and reports the PSNR against the target and the floaters: the field's opacity outside the
+target's silhouette (mean over those pixels, and the share of them above 0.05), both runs' fields rendered
+without pruning so the faint haze pruning skips is counted too; run it from the repository
+root with ``PYTHONPATH=$PWD`` (it imports the test's fixtures).
+
+``--levels``/``--log2-hashmap`` shrink the hash grid (default: the official 16 levels, 2^19), ``--ray-chunk`` and
+``--no-checkpoint`` are the renderer's memory knobs. Peak memory on CPU is the process's peak RSS (VmHWM) during the phase: it is reset before each phase
 through /proc/self/clear_refs (Linux), so a later phase does not inherit an earlier one's peak.
 """
 
@@ -61,6 +72,8 @@ def sd21_random_pipeline(out: Path) -> Path:
 def run_phase(
     cfg: SDSConfig, model, device, resolution: int, groups: int, shading: Shading, warmup: int, iters: int
 ):
+    """Median wall and CPU seconds per iteration, peak memory (GiB), the hash-grid backend and the mean number of
+    samples per ray the field was evaluated at with gradients."""
     import gc
 
     gc.collect()
@@ -68,10 +81,8 @@ def run_phase(
     state = build_state(cfg, device)
     sds = MultiViewSDS(model, cfg.guidance, num_views=cfg.camera.n_view)
     text = sds.encode_text("a DSLR photo of a corgi")
-    times, cpu = (
-        [],
-        [],
-    )  # wall and CPU seconds (all threads; on a shared machine the CPU time is the steadier)
+    # wall and CPU seconds (all threads; on a shared machine the CPU time is the steadier), samples per ray
+    times, cpu, samples = [], [], []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for step in range(warmup + iters):
@@ -97,11 +108,88 @@ def run_phase(
         if step >= warmup:
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
+            samples.append(float(out.samples.mean()))
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**30
     else:
         peak = _peak_rss_kib() / 2**20
-    return statistics.median(times), statistics.median(cpu), peak, state.field.backend
+    return (
+        statistics.median(times),
+        statistics.median(cpu),
+        peak,
+        state.field.backend,
+        statistics.mean(samples),
+    )
+
+
+def fitted_prior_floaters(steps: int) -> dict:
+    """The fitted-prior SDS of tests/sds/test_fitted_prior.py, ``steps`` steps with pruning off and on (module
+    docstring): PSNR before/after, floater opacity outside the target's silhouette, samples per ray."""
+    from mvforge.models.tiny import make_tiny_mv_pipeline
+    from mvforge.sds.config import GuidanceConfig, OptimConfig, RendererConfig
+    from mvforge.sds.renderer import VolumeRenderer
+    from tests.sds import test_fitted_prior as fp  # run from the repository root with PYTHONPATH=$PWD
+
+    torch.set_num_threads(1)  # as the test: tiny ops, a second thread only slows them down
+    tmp = Path(tempfile.mkdtemp())
+    tiny = make_tiny_mv_pipeline(tmp / "tiny-mv", seed=0)
+    ball = VolumeRenderer(fp.RedBall(), None, RendererConfig(samples_per_ray=32, occupancy_update_every=0))
+    with torch.no_grad():
+        ref = ball.render(fp.CAMS, 32, ALBEDO, bg_color=fp.WHITE)
+    target, outside = ref.rgb, ref.opacity[..., 0] < 0.01
+    model = fp.fit_to_target(fp.calibrated_model(tiny, target), target)
+    sds = MultiViewSDS(model, GuidanceConfig(guidance_scale=1.0))
+    text = sds.encode_text(fp.PROMPT)
+    noise = torch.randn(4, 4, sds.latent_size, sds.latent_size, generator=torch.Generator().manual_seed(7))
+    rows = {}
+    for prune in (False, True):
+        cfg = fp.tiny_sds_config(
+            "unused",
+            tmp,
+            renderer=RendererConfig(samples_per_ray=16, occupancy_update_every=0, prune_samples=prune),
+            optim=OptimConfig(lr_grid=3e-2, lr_mlp=3e-2),
+        )
+        state = build_state(cfg, torch.device("cpu"))
+        # floaters measured on every density the field holds: an unpruned render of the same field (the pruned
+        # renderer would not show the faint haze it skips)
+        unpruned = VolumeRenderer(state.field, None, dataclasses.replace(cfg.renderer, prune_samples=False))
+
+        def evaluate(state=state, unpruned=unpruned) -> dict:
+            with torch.no_grad():
+                out = state.renderer.render(fp.CAMS, 32, ALBEDO, bg_color=fp.WHITE)
+                every = unpruned.render(fp.CAMS, 32, ALBEDO, bg_color=fp.WHITE)
+            floaters = every.opacity[..., 0][outside]
+            return {
+                "psnr_db": round(fp.psnr(out.rgb, target), 2),
+                "floater_opacity_mean": round(float(floaters.mean()), 4),
+                "floater_pixels_above_0.05": round(float((floaters > 0.05).float().mean()), 4),
+            }
+
+        before, t0, samples = evaluate(), time.perf_counter(), []
+        for step in range(steps):
+            out = state.renderer.render(
+                fp.CAMS, 16, ALBEDO, bg_color=fp.WHITE, generator=torch.Generator().manual_seed(step)
+            )
+            samples.append(float(out.samples.mean()))
+            g = sds(
+                out.rgb,
+                fp.CAMS.embedding,
+                text,
+                fp.T,
+                noise,
+                vae_generator=torch.Generator().manual_seed(step),
+            )
+            state.optimizer.zero_grad(set_to_none=True)
+            g.loss.backward()
+            state.optimizer.step()
+        rows["on" if prune else "off"] = {
+            "before": before,
+            "after": evaluate(),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "samples_per_ray": round(statistics.mean(samples), 2),
+        }
+        print(f"pruning {'on' if prune else 'off'}: {json.dumps(rows['on' if prune else 'off'])}", flush=True)
+    return rows
 
 
 def _reset_peak_rss() -> None:
@@ -142,10 +230,29 @@ def main() -> None:
         action="store_true",
         help="renderer.checkpoint_chunks=false (every chunk's graph kept)",
     )
+    ap.add_argument(
+        "--prune", nargs="+", default=["on"], choices=["on", "off"], help="renderer.prune_samples"
+    )
+    ap.add_argument("--blob-density", type=float, default=10.0, help="field.blob_density (official 10)")
+    ap.add_argument(
+        "--floaters", type=int, metavar="STEPS", help="run the fitted-prior floater comparison only"
+    )
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
+    if args.floaters:
+        result = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.processor() or platform.machine()}, 1 thread",
+            "load_average_start": [round(x, 2) for x in os.getloadavg()],
+            "steps": args.floaters,
+            "results": fitted_prior_floaters(args.floaters),
+        }
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return
 
     from mvforge.models import MultiViewDiffusion
     from mvforge.models.tiny import make_tiny_mv_pipeline
@@ -167,28 +274,38 @@ def main() -> None:
             checkpoint_chunks=not args.no_checkpoint,
         ),
         field=dataclasses.replace(
-            base.field, backend=args.backend, n_levels=args.levels, log2_hashmap_size=args.log2_hashmap
+            base.field,
+            backend=args.backend,
+            n_levels=args.levels,
+            log2_hashmap_size=args.log2_hashmap,
+            blob_density=args.blob_density,
         ),
     )
     load_start = [round(x, 2) for x in os.getloadavg()]
     rows = {}
-    for name in args.shading:
+    for name, prune in [(n, p) for n in args.shading for p in args.prune]:
         shading = ALBEDO if name == "albedo" else Shading("lambertian", 0.5, 0.5)
+        if args.prune != ["on"]:
+            name = f"{name}, pruning {prune}"
+        phase_cfg = dataclasses.replace(
+            cfg, renderer=dataclasses.replace(cfg.renderer, prune_samples=prune == "on")
+        )
         row = rows[name] = {}
         for res in args.resolutions:
             groups = cfg.camera.groups_low_res if res <= 64 else cfg.camera.groups_high_res
-            s, cpu, peak, backend = run_phase(
-                cfg, model, device, res, groups, shading, args.warmup, args.iters
+            s, cpu, peak, backend, samples = run_phase(
+                phase_cfg, model, device, res, groups, shading, args.warmup, args.iters
             )
             row[res] = {
                 "s_per_iter": round(s, 3),
                 "cpu_s_per_iter": round(cpu, 3),
                 "peak_gib": round(peak, 2),
                 "views": groups * 4,
+                "samples_per_ray": round(samples, 2),
             }
             print(
                 f"{name} {res}² x {groups * 4} views: {s:.3f} s/iter ({cpu:.1f} CPU-s), peak {peak:.2f} GiB "
-                f"({backend} hash grid)",
+                f"({backend} hash grid), {samples:.2f} samples/ray evaluated",
                 flush=True,
             )
         if 64 in row and 256 in row:
@@ -202,6 +319,7 @@ def main() -> None:
         "model": "sd21-random" if args.sd21_random else (args.model or "tiny"),
         "samples_per_ray": args.samples,
         "grid": f"{args.levels} levels, 2^{args.log2_hashmap}",
+        "blob_density": args.blob_density,
         "ray_chunk": cfg.renderer.ray_chunk,
         "checkpoint_chunks": not args.no_checkpoint,
         "load_average_start_end": [load_start, [round(x, 2) for x in os.getloadavg()]],

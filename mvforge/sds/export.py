@@ -1,13 +1,16 @@
 """Mesh and turntable export of an SDS field (issue 14, design §2.6).
 
-Mesh: marching cubes (PyMCubes) on the density sampled at the vertices of a grid over the field's box, the
-largest connected component kept (floaters dropped), vertex colours = the field's albedo at the vertices, written
-as ``mesh.glb`` and ``mesh.obj`` with trimesh. The field is Z up (mvforge's world, design §3); glTF requires +Y up,
-so vertices are rotated by -90 deg about X ((x, y, z) -> (x, z, -y)) before writing. The OBJ gets the same Y-up
-vertices: OBJ has no axis convention and the common viewers assume glTF's.
+Mesh: marching cubes (PyMCubes) on the density sampled at the vertices of a grid over the field's box (threestudio
+README's export recipe: ``isosurface_method=mc-cpu``, ``isosurface_resolution=256``), connected components with
+fewer than 1 % of the largest one's faces dropped (threestudio's ``Mesh.remove_outlier`` with the class defaults
+of ``threestudio/models/geometry/base.py``; docs/design.md §10.8), vertex colours = the field's albedo at the
+vertices, written as ``mesh.glb`` and ``mesh.obj`` with trimesh. The field is Z up (mvforge's world, design §3);
+glTF requires +Y up, so vertices are rotated by -90 deg about X ((x, y, z) -> (x, z, -y)) before writing. The OBJ
+gets the same Y-up vertices: OBJ has no axis convention and the common viewers assume glTF's.
 
 Turntable: frames of the field rendered albedo-lit (as the official evaluation renders are) from a camera
-orbiting at a fixed elevation, written as GIF (imageio + pillow) and MP4 (imageio + pyav).
+orbiting at a fixed elevation (the official evaluation camera: elevation 15, distance 3.0, fov 40), written as GIF
+(imageio + pillow) and MP4 (imageio + pyav).
 """
 
 from __future__ import annotations
@@ -77,16 +80,36 @@ def extract_mesh(
     verts = verts / cfg.mc_resolution * 2.0 * radius - radius  # grid index -> world
     # PyMCubes winds faces outwards (towards lower values) for a density that is high inside: kept as is.
     mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=True)
-    if cfg.keep_largest_component and len(mesh.faces):
-        parts = mesh.split(only_watertight=False)
-        if len(parts) > 1:
-            mesh = max(parts, key=lambda m: len(m.faces))
+    mesh = remove_outliers(mesh, cfg.outlier_faces_fraction, cfg.keep_largest_component)
     with torch.no_grad():
         pts = torch.as_tensor(mesh.vertices, dtype=torch.float32).to(device)
         albedo = torch.cat([albedo_fn(p) for p in pts.split(65536)]).float().cpu().numpy()
     rgba = np.concatenate([np.round(albedo.clip(0, 1) * 255), np.full((len(albedo), 1), 255)], axis=1)
     mesh.visual.vertex_colors = rgba.astype(np.uint8)
     return mesh
+
+
+def remove_outliers(mesh, faces_fraction: float, keep_largest: bool = False):
+    """``mesh`` without its small connected components (trimesh ``split``, faces connected through edges).
+
+    threestudio's ``Mesh.remove_outlier`` (``threestudio/models/mesh.py``, a float threshold): drop every
+    component with fewer than ``int(faces_fraction * faces of the largest component)`` faces; 0 keeps all.
+    ``keep_largest`` (mvforge) keeps the largest component only. Returns ``mesh`` itself when nothing is dropped.
+    """
+    import trimesh
+
+    if not len(mesh.faces) or (faces_fraction <= 0 and not keep_largest):
+        return mesh
+    parts = mesh.split(only_watertight=False)
+    if len(parts) <= 1:
+        return mesh
+    if keep_largest:
+        return max(parts, key=lambda m: len(m.faces))
+    threshold = int(max(len(p.faces) for p in parts) * faces_fraction)
+    kept = [p for p in parts if len(p.faces) >= threshold]
+    if len(kept) == len(parts):
+        return mesh
+    return kept[0] if len(kept) == 1 else trimesh.util.concatenate(kept)
 
 
 def bake_texture(mesh, albedo_fn: Callable[[torch.Tensor], torch.Tensor], resolution: int, device="cpu"):

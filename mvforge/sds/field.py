@@ -3,8 +3,9 @@
 Instant-NGP's encoding (Müller et al. 2022) in pure PyTorch, so the stage installs with pip alone; when
 tiny-cuda-nn is importable and the field is on CUDA, ``backend="auto"`` uses its fused encoding instead (the
 summary records which one ran). The density follows threestudio's ``implicit-volume`` as MVDream configures it
-(design §10): softplus(raw + blob bias), the blob bias ``blob_density * (1 - |x| / blob_std)`` seeding a ball at
-the centre; albedo is a sigmoid of the albedo MLP.
+(``threestudio/models/geometry/implicit_volume.py``; docs/design.md §10.4): softplus(raw + blob bias), the blob
+bias ``blob_density * (1 - |x| / blob_std)`` seeding a ball at the centre; albedo is a sigmoid of the albedo MLP.
+Both MLPs are threestudio's ``VanillaMLP``: linear layers without biases, ReLU between them.
 
 Coordinates are world units inside the box [-radius, radius]^3; the field is Z up like every mvforge world.
 """
@@ -108,12 +109,13 @@ class HashGridTcnn(nn.Module):
 
 
 def _mlp(n_in: int, n_out: int, hidden: int, layers: int) -> nn.Sequential:
+    """threestudio's VanillaMLP (networks.py ``make_linear``: ``nn.Linear(dim_in, dim_out, bias=False)``)."""
     mods: list[nn.Module] = []
     width = n_in
     for _ in range(layers):
-        mods += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+        mods += [nn.Linear(width, hidden, bias=False), nn.ReLU(inplace=True)]
         width = hidden
-    mods.append(nn.Linear(width, n_out))
+    mods.append(nn.Linear(width, n_out, bias=False))
     return nn.Sequential(*mods)
 
 

@@ -1,6 +1,7 @@
 """The frozen multi-view diffusion model as a 3D prior: multi-view SDS with x0 reconstruction (issue 14).
 
-MVDream §3.3 and the official ``multiview_diffusion_guidance.py`` (design §10), through ``mvforge.models``:
+MVDream §3.3 and the official ``multiview_diffusion_guidance.py`` (docs/design.md §10.6), through
+``mvforge.models``:
 
 1. the renders (N, H, W, 3) in [0, 1] are resized to the model's resolution (256² for MVDream) with bilinear
    interpolation at every phase, mapped to [-1, 1] and encoded by the VAE *with* gradients: z (N, 4, h, w);

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import pickle
 import sys
 import time
@@ -109,7 +108,8 @@ class SDSState:
 
 def build_state(cfg: SDSConfig, device: torch.device) -> SDSState:
     """Field, background and renderer on ``device`` (weights seeded by ``cfg.seed``) and AdamW with one learning
-    rate per group: grid, MLPs, background (official: 1e-2, 1e-3, 1e-3; betas (0.9, 0.99), eps 1e-15)."""
+    rate per group: grid, MLPs, background (official: 1e-2, 1e-3, 1e-3; betas (0.9, 0.99), eps 1e-15, weight
+    decay torch's default 0.01: docs/design.md §10.7)."""
     torch.manual_seed(cfg.seed)
     field = HashGridField(cfg.field)
     background = EnvironmentBackground(cfg.background)
@@ -226,9 +226,10 @@ def _prune(run_dir: Path, keep: int, protect: set[int]) -> None:
 def render_views(
     state: SDSState, azimuths, resolution: int, cfg: SDSConfig, bg=None, fov_deg=40.0, elev=15.0
 ):
-    """Albedo renders (V, H, W, 3) uint8 of the field from fixed orbit cameras (snapshots, turntable)."""
+    """Albedo renders (V, H, W, 3) uint8 of the field from fixed orbit cameras (snapshots, turntable), at the
+    official evaluation distance ``export_mesh.turntable_distance`` (3.0; docs/design.md §10.8)."""
     device = next(state.field.parameters()).device
-    distance = 0.9 / math.tan(math.radians(fov_deg) / 2)  # inside the training range [0.8, 1.0] / tan(fov/2)
+    distance = cfg.export_mesh.turntable_distance
     frames = []
     with torch.no_grad():
         for az in azimuths:

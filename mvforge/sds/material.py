@@ -1,9 +1,13 @@
-"""Shading of the field's samples: albedo, Lambertian with a point light, textureless (issue 14, design §10).
+"""Shading of the field's samples: albedo, Lambertian with a point light, textureless (issues 14, 22).
 
-threestudio's ``diffuse-with-point-light`` material as MVDream configures it: albedo only during the first
-``ambient_only_steps`` (the shape forms before lighting is asked of it), then per step a textureless (white
-albedo) render with probability 0.5, and soft shading (diffuse ~ U[0, 1], ambient = 1 - diffuse). The random
-draws are made by :func:`draw_shading` from a generator the loop seeds per step, so a resumed run repeats them.
+threestudio's ``diffuse-with-point-light`` material (``threestudio/models/materials/
+diffuse_with_point_light_material.py``) as MVDream's shading yaml configures it (docs/design.md §10.3): albedo
+only during the first ``ambient_only_steps`` (the shape forms before lighting is asked of it), then per step
+albedo with probability 1 - ``diffuse_prob`` (0.75, the class default the yaml keeps), else a textureless (white
+albedo) render with probability ``textureless_prob`` (0.5), else the lit albedo: 25 % / 37.5 % / 37.5 %. Lit
+steps use soft shading (diffuse ~ U[0, 1], ambient = 1 - diffuse). One mode for the whole batch, as the
+official draws it once per forward. The random draws are made by :func:`draw_shading` from a generator the loop
+seeds per step, so a resumed run repeats them.
 """
 
 from __future__ import annotations
@@ -33,14 +37,19 @@ class Shading:
 
 
 ALBEDO = Shading("albedo", 1.0, 0.0)
-"""Unlit albedo: the warm-up, snapshots and the turntable (the official evaluation renders are albedo-lit)."""
+"""Unlit albedo: the warm-up, snapshots and the turntable. The official evaluation renders are "diffuse" with the
+yaml's ambient 1.0 and diffuse 0.0, i.e. the albedo itself (design §10.3)."""
 
 
 def draw_shading(rng: np.random.Generator, cfg: MaterialConfig, step: int) -> Shading:
-    """The shading of training step ``step`` (draws from ``rng`` only after the ambient-only warm-up)."""
+    """The shading of training step ``step`` (draws from ``rng`` only after the ambient-only warm-up).
+
+    The official order (diffuse_with_point_light_material.py lines 84-92): albedo when ``random() >
+    diffuse_prob``, else textureless when ``random() < textureless_prob``, else lit albedo ("lambertian" here,
+    "diffuse" there)."""
     if step < cfg.ambient_only_steps:
         return ALBEDO
-    if cfg.albedo_prob > 0 and rng.random() < cfg.albedo_prob:
+    if rng.random() >= cfg.diffuse_prob:
         return ALBEDO
     mode: ShadingMode = "textureless" if rng.random() < cfg.textureless_prob else "lambertian"
     if cfg.soft_shading:

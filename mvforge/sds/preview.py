@@ -2,8 +2,8 @@
 
 The MVDream authors' advice: look at the model's multi-view samples of a prompt before a long SDS run; views
 with several faces (the Janus problem) or inconsistent across views predict a failed distillation. The views
-are sampled as the official inference does (DDIM 50 steps, CFG 10, elevation 15, start azimuth 90; design §10)
-from the prompt exactly as SDS conditions on it (with ``guidance.prompt_suffix``).
+are sampled as the official inference does (DDIM 50 steps, CFG 10, elevation 15, start azimuth 90;
+docs/design.md §10.10) from the prompt exactly as SDS conditions on it (with ``guidance.prompt_suffix``).
 """
 
 from __future__ import annotations

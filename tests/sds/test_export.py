@@ -11,7 +11,7 @@ import trimesh
 
 from mvforge.errors import UserError
 from mvforge.sds.config import ExportConfig
-from mvforge.sds.export import PROBE_RESOLUTION, extract_mesh, write_mesh, write_turntable
+from mvforge.sds.export import PROBE_RESOLUTION, extract_mesh, remove_outliers, write_mesh, write_turntable
 
 CENTRE = torch.tensor([0.0, 0.0, 0.3])  # +Z in the field: must come out as +Y in the GLB
 R = 0.45
@@ -27,13 +27,15 @@ def albedo(p: torch.Tensor) -> torch.Tensor:
 
 
 def test_sphere_exports_watertight_mesh_of_the_right_radius_y_up_with_albedo_colours(tmp_path):
-    # a floater that the largest-component filter must drop
+    # a floater with 2.4 % of the sphere's faces (188 of 7784): kept by the official outlier removal (it drops
+    # components under 1 %), dropped by keep_largest_component
     def with_floater(p):
         return torch.maximum(
             density(p), 100.0 * (1.0 - (p - torch.tensor([0.8, 0.8, -0.8])).norm(dim=-1) / 0.1)
         )
 
-    cfg = ExportConfig(mc_resolution=64, iso_level=25.0)
+    assert len(extract_mesh(with_floater, albedo, 1.0, ExportConfig(mc_resolution=64)).split()) == 2
+    cfg = ExportConfig(mc_resolution=64, iso_level=25.0, keep_largest_component=True)
     mesh = extract_mesh(with_floater, albedo, 1.0, cfg)
     assert mesh.is_watertight
     dist = np.linalg.norm(mesh.vertices - CENTRE.numpy(), axis=1)
@@ -51,6 +53,19 @@ def test_sphere_exports_watertight_mesh_of_the_right_radius_y_up_with_albedo_col
     np.testing.assert_allclose(colours, expected, atol=1.01)
     obj_mesh = trimesh.load(obj, force="mesh")
     assert len(obj_mesh.faces) == len(loaded.faces)
+
+
+def test_outlier_removal_drops_components_under_one_percent_of_the_largest_as_threestudio():
+    """threestudio/models/mesh.py ``remove_outlier`` with geometry/base.py's default threshold 0.01: components with
+    fewer than int(0.01 * faces of the largest) faces go, the others stay."""
+    big = trimesh.creation.icosphere(subdivisions=4)  # 5120 faces: threshold int(51.2) = 51
+    medium = trimesh.creation.icosphere(subdivisions=2, radius=0.2).apply_translation([3, 0, 0])  # 320 faces
+    small = trimesh.creation.icosphere(subdivisions=0, radius=0.1).apply_translation([0, 3, 0])  # 20 faces
+    mesh = trimesh.util.concatenate([big, medium, small])
+    kept = remove_outliers(mesh, 0.01)
+    assert sorted(len(p.faces) for p in kept.split(only_watertight=False)) == [320, 5120]
+    assert len(remove_outliers(mesh, 0.0).faces) == 5460  # 0 keeps everything
+    assert len(remove_outliers(mesh, 0.01, keep_largest=True).faces) == 5120
 
 
 def test_turntable_gif_and_mp4_decode_back(tmp_path):
