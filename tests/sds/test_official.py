@@ -8,9 +8,9 @@ of a direct port of the official lines (vectorised torch, many more draws) and w
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import inspect
-import json
 import math
 from pathlib import Path
 
@@ -125,7 +125,8 @@ def _normal_requests(monkeypatch, cfg, model) -> tuple[list[bool], list[dict]]:
 
     monkeypatch.setattr(HashGridField, "forward", spy)
     run_dir = run_sds(cfg, model=model, show_progress=False)
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = [{k: float(v) if k == "loss_orient" else v for k, v in r.items()} for r in csv.DictReader(f)]
     return calls, rows
 
 
