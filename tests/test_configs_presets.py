@@ -12,7 +12,13 @@ from mvforge.train.config import FitConfig
 from mvforge.train.dreambooth_config import DreamBoothConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-KIND = {"render": RenderConfig, "mvdream": FitConfig, "sds": SDSConfig, "dreambooth": DreamBoothConfig}
+KIND = {
+    "render": RenderConfig,
+    "mvdream": FitConfig,
+    "world": FitConfig,
+    "sds": SDSConfig,
+    "dreambooth": DreamBoothConfig,
+}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
