@@ -73,7 +73,7 @@ def shard(
     if views_2d is not None:
         from mvforge.shards.views2d import train_uids, write_view_shards
 
-        paths = write_view_shards(renders, views_2d, train_uids(out), max_count=cfg.max_count)
+        paths = write_view_shards(renders, views_2d, train_uids(out))  # 1,000 pairs per tar
         typer.echo(f"2D view shards: {', '.join(str(p) for p in paths)}")
 
 
