@@ -175,7 +175,8 @@ def check_torch_file(path: str | os.PathLike) -> None:
                 raise
             torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
     except pickle.UnpicklingError as e:
-        # Not torch's message: it suggests weights_only=False, the one thing not to do with an untrusted file.
+        # Not torch's message: it suggests turning the safe loader off, the one thing not to do with an untrusted
+        # file.
         paragraphs = [x.strip() for x in str(e).split("\n\n") if x.strip()] or [type(e).__name__]
         body = [
             x for x in paragraphs[1:] if not x.startswith(("Check the documentation", "Please file an issue"))

@@ -677,7 +677,7 @@ def convert_checkpoint(
     from diffusers import __version__ as diffusers_version
 
     from mvforge.fsutil import atomic_write_json, atomic_write_text, tmp_path
-    from mvforge.models.pipeline import make_scheduler, write_pipeline_entry
+    from mvforge.models.pipeline import make_scheduler
 
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
@@ -749,17 +749,7 @@ def convert_checkpoint(
         left = sorted(set(sd) - used - set(dropped))
         if left:
             raise UserError(f"unknown key {left[0]} ({len(left)} unconverted); not part of this architecture")
-        index = {
-            "_class_name": "MVDreamPipeline",  # made [module, class] by write_pipeline_entry below
-            "_diffusers_version": diffusers_version,
-            "scheduler": ["diffusers", "DDIMScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["mvforge.models.model", "MultiViewUNet"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        }
-        atomic_write_json(tmp / "model_index.json", index)
-        write_pipeline_entry(tmp)
+        _write_model_index(tmp, diffusers_version)
         report.dropped = dropped
         report.seconds = time.perf_counter() - start
         report.peak_rss_mb = _peak_rss_mb()
@@ -888,7 +878,7 @@ def convert_community(src: str | Path, out: str | Path, dtype: str = "fp32") -> 
     from diffusers import __version__ as diffusers_version
 
     from mvforge.fsutil import atomic_write_json, tmp_path
-    from mvforge.models.pipeline import make_scheduler, write_pipeline_entry
+    from mvforge.models.pipeline import make_scheduler
 
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
@@ -935,17 +925,7 @@ def convert_community(src: str | Path, out: str | Path, dtype: str = "fp32") -> 
             shutil.copytree(src / sub, tmp / sub)
         sched = DDIMScheduler.from_pretrained(src, subfolder="scheduler")
         make_scheduler("ddim", sched.config).save_pretrained(tmp / "scheduler")
-        index = {
-            "_class_name": "MVDreamPipeline",
-            "_diffusers_version": diffusers_version,
-            "scheduler": ["diffusers", "DDIMScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["mvforge.models.model", "MultiViewUNet"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        }
-        atomic_write_json(tmp / "model_index.json", index)
-        write_pipeline_entry(tmp)
+        _write_model_index(tmp, diffusers_version)
         report.seconds = time.perf_counter() - start
         report.peak_rss_mb = _peak_rss_mb()
         atomic_write_json(
@@ -960,3 +940,22 @@ def convert_community(src: str | Path, out: str | Path, dtype: str = "fp32") -> 
         out.rmdir()
     os.replace(tmp, out)
     return report
+
+
+def _write_model_index(directory: Path, diffusers_version: str) -> None:
+    """A converted pipeline directory's ``model_index.json``, pointed at mvforge's pipeline module by
+    ``write_pipeline_entry`` (diffusers' custom-pipeline entry, docs/ecosystem.md)."""
+    from mvforge.fsutil import atomic_write_json
+    from mvforge.models.pipeline import write_pipeline_entry
+
+    index = {
+        "_class_name": "MVDreamPipeline",
+        "_diffusers_version": diffusers_version,
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["mvforge.models.model", "MultiViewUNet"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    atomic_write_json(directory / "model_index.json", index)
+    write_pipeline_entry(directory)

@@ -179,8 +179,8 @@ def load_checkpoint(
     or (given ``cfg``) when a setting outside RESUME_MAY_CHANGE differs from the checkpoint's, or (given
     ``weights``) when the guidance model's weights are not those the checkpoint was optimised with."""
     device = next(state.renderer.parameters()).device
-    # weights_only: a checkpoint in a shared output directory is untrusted input; unpickling one with
-    # weights_only=False would run any code placed in it (docs/reliability.md).
+    # A checkpoint in a shared output directory is untrusted input: only tensors and plain containers are
+    # rebuilt, never pickled objects, which could run code (docs/reliability.md).
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
