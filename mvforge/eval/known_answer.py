@@ -218,6 +218,8 @@ def score_images(images: np.ndarray, truth: Reference, refs: list[Reference], cf
 
 
 def _resize(images: np.ndarray, side: int) -> np.ndarray:
+    if images.shape[1] == side:
+        return images
     out = [
         np.asarray(Image.fromarray((im * 255).round().astype(np.uint8)).resize((side, side), Image.BICUBIC))
         for im in images
@@ -265,14 +267,14 @@ def run_known_answer(
             row = {"uid": truth.uid, "caption": truth.caption, "views": truth.views}
             row |= score_images(images, truth, refs, cfg)
             strip = [truth.rgb, _resize(images, truth.rgb.shape[1])]
+            # Per view: the true-camera sample against each shifted one, both scored at the true cameras.
+            true_err = ((strip[1] - truth.rgb) ** 2).mean(axis=(1, 2, 3))
             shifted = {}
             for shift in cfg.shifts_deg:
                 moved = sample_at_cameras(
                     model, truth.caption, rotate_azimuth(truth.c2w, shift), cfg, resolution
                 )
                 moved = _resize(moved, truth.rgb.shape[1])
-                # Per view: the true-camera sample against the shifted one, both scored at the true cameras.
-                true_err = ((strip[1] - truth.rgb) ** 2).mean(axis=(1, 2, 3))
                 moved_err = ((moved - truth.rgb) ** 2).mean(axis=(1, 2, 3))
                 shifted[f"{shift:g}"] = {
                     "mse": round(float(moved_err.mean()), 6),

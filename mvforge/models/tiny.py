@@ -42,7 +42,7 @@ def clip_tokenizer():
 
 VARIANTS = ("tiny", "world")
 """``tiny``: the smallest SD-shaped model (tests, benchmarks). ``world``: the same UNet and text encoder with a
-lighter autoencoder (16/32 channels, no mid-block attention: 5x faster to fit, ~4x fewer parameters) for models
+lighter autoencoder (16/32 channels, no mid-block attention: 2.5x less time per step, ~4x fewer parameters) for models
 trained from scratch on the demo world at 32 px, whose VAE is fitted first (`mvtrain fit-vae`, docs/demo.md)."""
 
 
