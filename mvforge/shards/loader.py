@@ -75,8 +75,8 @@ def resolve_shards(source: str | Sequence[str], split: str = "train", storage_op
     index = schema.read_index(fs, root)
     if index is None:
         raise UserError(
-            f"{source} has no {schema.INDEX}; pass a directory written by `mvdata shard`, or its .tar files "
-            "(a brace pattern such as DIR/2d-{000000..000003}.tar)"
+            f"{source} has no {schema.INDEX}; pass a 3D shard directory (`mvdata shard --out`), or .tar files "
+            "such as the 2D pairs of `--views-2d` (DIR/2d-000000.tar, or a brace pattern)"
         )
     entries = [s for s in index["shards"] if s["split"] == split]
     if not entries:

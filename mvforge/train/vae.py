@@ -111,6 +111,8 @@ def _fit_vae_locked(model: Path, shards: Path, out: Path, cfg: VAEFitConfig, sho
             raise UserError(
                 f"{out} holds a VAE fitted with other settings ({diff}); pass another --out or remove it"
             )
+        if show_progress:
+            print_summary(f"mvtrain fit-vae: {out} is already fitted (kept)", [("psnr_db", done["psnr_db"])])
         return done
     leftovers = [p.name for p in out.iterdir() if p.name != rundir.LOCK]
     if leftovers and not (out / "model_index.json").is_file():
