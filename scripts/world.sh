@@ -18,7 +18,7 @@ $BIN/mvdata shard --renders "$OUT/renders" --out "$OUT/shards" --val-fraction 0 
   --views-2d "$OUT/shards-2d"
 
 echo "== fit-vae: the world model's autoencoder fitted to the renders (a random VAE cannot reconstruct)"
-$BIN/mvtrain make-tiny-sd --out "$OUT/models/world-init" --variant world
+$BIN/mvtrain make-tiny-sd --out "$OUT/models/world-init" --variant world --prediction-type v_prediction
 $BIN/mvtrain fit-vae --model "$OUT/models/world-init" --shards "$OUT/shards" --out "$OUT/models/world-sd" \
   --max-steps 600
 
