@@ -79,9 +79,26 @@ def eval_(
             "--known-answer",
             help="Score each reference caption's views against its own renders at the same cameras "
             "(retrieval, PSNR, silhouette IoU); --reference is the render directory the model was trained on. "
-            "--set takes KnownAnswerConfig keys in this mode.",
+            "--set takes KnownAnswerConfig keys in this mode; --prompts is then a file of UID<TAB>PROMPT lines "
+            "(sample those objects with those prompts, e.g. a DreamBooth token).",
         ),
     ] = False,
+    generated: Annotated[
+        Path | None,
+        typer.Option(
+            "--generated",
+            help="With --known-answer: score this render directory (e.g. SDS meshes rendered back under their "
+            "ground-truth uids) instead of sampling --model.",
+        ),
+    ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline",
+            help="With --generated: a render directory of a baseline shape under the same uids (its IoU is "
+            "reported beside each result).",
+        ),
+    ] = None,
 ) -> None:
     """Generate V views per prompt (resumable) and score them: FID, KID, IS, CLIP score, consistency."""
     from mvforge import config as config_mod
@@ -91,8 +108,24 @@ def eval_(
 
     require("mvtrain eval")
     if known_answer:
-        _known_answer(out, model, reference, config, set_, steps, seed, num_views, max_prompts, device)
+        _known_answer(
+            out,
+            model,
+            reference,
+            config,
+            set_,
+            steps,
+            seed,
+            num_views,
+            max_prompts,
+            device,
+            prompts,
+            generated,
+            baseline,
+        )
         return
+    if generated is not None or baseline is not None:
+        raise UserError("--generated and --baseline belong to --known-answer; add it")
     cfg = config_mod.load(EvalConfig, config, set_)
     flags = {
         "features": features,
@@ -165,18 +198,52 @@ def eval_(
         typer.echo(str(out / "eval.json"))
 
 
-def _known_answer(out, model, reference, config, set_, steps, seed, num_views, max_prompts, device) -> None:
+def _known_answer(
+    out,
+    model,
+    reference,
+    config,
+    set_,
+    steps,
+    seed,
+    num_views,
+    max_prompts,
+    device,
+    prompts,
+    generated,
+    baseline,
+) -> None:
     """`mvtrain eval --known-answer`: mvforge/eval/known_answer.py through the CLI."""
     from mvforge import config as config_mod
     from mvforge.errors import UserError
-    from mvforge.eval.known_answer import KnownAnswerConfig, load_references, run_known_answer
+    from mvforge.eval.known_answer import KnownAnswerConfig, load_references, run_known_answer, score_renders
 
-    if model is None or reference is None:
-        raise UserError("--known-answer needs --model DIR and --reference RENDER_DIR (the trained objects)")
+    if reference is None:
+        raise UserError("--known-answer needs --reference RENDER_DIR (the trained objects' renders)")
     cfg = config_mod.load(KnownAnswerConfig, config, set_)
     cfg = config_mod.with_flags(cfg, {"steps": steps, "seed": seed, "num_views": num_views})
+    if generated is not None:
+        if model is not None or prompts is not None:
+            raise UserError("--generated scores renders: leave out --model and --prompts")
+        doc = score_renders(generated, reference, out, cfg, baseline)
+        for r in doc["captions"]:
+            shifts = ", ".join(
+                f"{k}°: {v['iou']:.2f} (truth {v['truth_iou']:.2f})" for k, v in r["shifted"].items()
+            )
+            base = f", baseline {r['baseline_iou']:.2f}" if "baseline_iou" in r else ""
+            typer.echo(
+                f"{r['uid']}: retrieved {r['retrieved']}, IoU {r['iou']:.2f} (best other {r['iou_others']:.2f}"
+                f"{base}), shifted IoU {shifts}, object PSNR {r['psnr_object_db']:.1f} dB"
+            )
+        typer.echo(str(out / "known_answer.json"))
+        return
+    if baseline is not None:
+        raise UserError("--baseline belongs to --generated")
+    if model is None:
+        raise UserError("--known-answer needs --model DIR (or --generated RENDER_DIR to score renders)")
     refs = load_references(reference, cfg)  # input errors before the model loads
-    uids = [r.uid for r in refs][: max_prompts or None]
+    captions = _read_uid_prompts(prompts) if prompts is not None else {}
+    uids = list(captions) if captions else [r.uid for r in refs][: max_prompts or None]
     from mvforge.models.resolve import resolve_model
 
     resolve_model(model)
@@ -185,7 +252,7 @@ def _known_answer(out, model, reference, config, set_, steps, seed, num_views, m
     from mvforge.models.pipeline import MultiViewDiffusion
 
     mvd = MultiViewDiffusion.from_pretrained(model, resolve_device(device))
-    doc = run_known_answer(mvd, str(model), reference, out, cfg, uids)
+    doc = run_known_answer(mvd, str(model), reference, out, cfg, uids, captions=captions)
     s = doc["summary"]
     typer.echo(
         f"known answer: {s['retrieved_own']}/{s['captions']} captions retrieve their own object (a blank image: "
@@ -193,3 +260,26 @@ def _known_answer(out, model, reference, config, set_, steps, seed, num_views, m
         f"mean IoU {s['mean_iou']:.2f}, mean object PSNR {s['mean_psnr_object_db']:.1f} dB"
     )
     typer.echo(str(out / "known_answer.json"))
+
+
+def _read_uid_prompts(path: Path) -> dict[str, str]:
+    """uid -> prompt from a file of ``UID<TAB>PROMPT`` lines (blank lines and ``#`` comments skipped)."""
+    from mvforge.errors import UserError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(
+            f"--prompts {path}: unreadable ({e}); give a UTF-8 file of UID<TAB>PROMPT lines"
+        ) from e
+    out = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        uid, sep, prompt = line.partition("\t")
+        if not sep or not uid.strip() or not prompt.strip():
+            raise UserError(f"--prompts {path}:{n}: expected UID<TAB>PROMPT with --known-answer")
+        out[uid.strip()] = prompt.strip()
+    if not out:
+        raise UserError(f"--prompts {path}: no UID<TAB>PROMPT line")
+    return out

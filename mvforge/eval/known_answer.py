@@ -124,14 +124,7 @@ def load_references(
     for uid in uids or available:
         obj = layout.load_object(renders, uid)
         views = eval_views(obj.cameras, cfg.num_views)
-        by_index = {int(v["index"]): v for v in obj.cameras["views"]}
-        rgba = np.stack(
-            [np.asarray(Image.open(obj.view_path(i)).convert("RGBA"), np.float32) / 255 for i in views]
-        )
-        alpha = rgba[..., 3]
-        rgb = rgba[..., :3] * alpha[..., None] + cfg.background * (1 - alpha[..., None])
-        c2w = np.stack([np.asarray(by_index[i]["c2w"], np.float64) for i in views])
-        refs.append(Reference(uid, obj.caption, rgb, alpha, c2w, views))
+        refs.append(_load_views(obj, views, cfg))
     for r in refs[1:]:
         if r.rgb.shape != refs[0].rgb.shape or not np.allclose(r.c2w, refs[0].c2w, atol=1e-5):
             raise UserError(
@@ -139,6 +132,34 @@ def load_references(
                 "compares objects view by view: render them with `mvdata render --shared-cameras`"
             )
     return refs
+
+
+def _load_views(obj: layout.RenderedObject, views: list[int], cfg: KnownAnswerConfig) -> Reference:
+    """Views ``views`` of a rendered object, composited on the background grey."""
+    by_index = {int(v["index"]): v for v in obj.cameras["views"]}
+    rgba = np.stack(
+        [np.asarray(Image.open(obj.view_path(i)).convert("RGBA"), np.float32) / 255 for i in views]
+    )
+    alpha = rgba[..., 3]
+    rgb = rgba[..., :3] * alpha[..., None] + cfg.background * (1 - alpha[..., None])
+    c2w = np.stack([np.asarray(by_index[i]["c2w"], np.float64) for i in views])
+    return Reference(obj.uid, obj.caption, rgb, alpha, c2w, views)
+
+
+def views_at(obj: layout.RenderedObject, c2w: np.ndarray, what: str) -> list[int]:
+    """The view indices of ``obj`` whose cameras equal ``c2w`` (V, 4, 4), in that order. Raises UserError
+    naming ``what`` when one is missing (rendered with other cameras)."""
+    cams = [(int(v["index"]), np.asarray(v["c2w"], np.float64)) for v in obj.cameras["views"]]
+    found = []
+    for want in c2w:
+        hit = next((i for i, have in cams if np.allclose(have, want, atol=1e-4)), None)
+        if hit is None:
+            raise UserError(
+                f"{what}: {obj.uid} has no view at the reference's camera; render it with the reference's "
+                "seed, --views, --orbits, --resolution and --shared-cameras"
+            )
+        found.append(hit)
+    return found
 
 
 def rotate_azimuth(c2w: np.ndarray, degrees: float) -> np.ndarray:
@@ -196,16 +217,24 @@ def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-10))
 
 
-def score_images(images: np.ndarray, truth: Reference, refs: list[Reference], cfg: KnownAnswerConfig) -> dict:
+def score_images(
+    images: np.ndarray,
+    truth: Reference,
+    refs: list[Reference],
+    cfg: KnownAnswerConfig,
+    mask: np.ndarray | None = None,
+) -> dict:
     """Scores of images (V, H, W, 3) in [0, 1], taken at ``truth``'s cameras, against every reference at the
-    same cameras (all references of a world share them: `mvdata render --shared-cameras`).
+    same cameras (all references of a world share them: `mvdata render --shared-cameras`). ``mask``: the
+    images' foreground (V, H, W) bool when known (a render's alpha); else their ``silhouette`` on the grey.
 
     Returns ``retrieved`` (uid with the smallest MSE), ``mse`` per uid, ``psnr_object_db`` (over the true
     object's pixels), ``iou`` (silhouettes) and ``iou_others`` (the best IoU with any other object)."""
     if images.shape != truth.rgb.shape:
         images = _resize(images, truth.rgb.shape[1])
     mse = {r.uid: float(((images - r.rgb) ** 2).mean()) for r in refs}
-    mask = silhouette(images, cfg.background, cfg.silhouette_tolerance)
+    if mask is None:
+        mask = silhouette(images, cfg.background, cfg.silhouette_tolerance)
     ious = {r.uid: iou(mask, r.alpha > 0.5) for r in refs}
     others = [v for k, v in ious.items() if k != truth.uid]
     return {
@@ -246,34 +275,36 @@ def run_known_answer(
     cfg: KnownAnswerConfig,
     uids: list[str] | None = None,
     show_progress: bool = True,
+    captions: dict[str, str] | None = None,
 ) -> dict:
     """Sample every reference caption at its cameras (and shifted), score it, write ``OUT/known_answer.json``.
 
     ``model``: a loaded ``MultiViewDiffusion``; ``uids``: the captions to sample (default: every reference
-    object; all objects stay candidates of the retrieval). Returns the document written."""
+    object; all objects stay candidates of the retrieval); ``captions``: uid -> the prompt to sample instead of
+    the reference caption (e.g. a DreamBooth subject's rare-token prompt). Returns the document written."""
     from mvforge.progress import StageProgress
 
     out = Path(out)
     refs = load_references(renders, cfg)
     wanted = uids or [r.uid for r in refs]
-    unknown = sorted(set(wanted) - {r.uid for r in refs})
+    captions = captions or {}
+    unknown = sorted((set(wanted) | set(captions)) - {r.uid for r in refs})
     if unknown:
         raise UserError(f"{renders} has no finished render of {', '.join(unknown)}; render it first")
     resolution = model.resolution
     rows = []
     with StageProgress("known-answer", len(wanted), unit="captions", enabled=show_progress) as progress:
         for truth in (r for r in refs if r.uid in wanted):
-            images = sample_at_cameras(model, truth.caption, truth.c2w, cfg, resolution)
-            row = {"uid": truth.uid, "caption": truth.caption, "views": truth.views}
+            caption = captions.get(truth.uid, truth.caption)
+            images = sample_at_cameras(model, caption, truth.c2w, cfg, resolution)
+            row = {"uid": truth.uid, "caption": caption, "views": truth.views}
             row |= score_images(images, truth, refs, cfg)
             strip = [truth.rgb, _resize(images, truth.rgb.shape[1])]
             # Per view: the true-camera sample against each shifted one, both scored at the true cameras.
             true_err = ((strip[1] - truth.rgb) ** 2).mean(axis=(1, 2, 3))
             shifted = {}
             for shift in cfg.shifts_deg:
-                moved = sample_at_cameras(
-                    model, truth.caption, rotate_azimuth(truth.c2w, shift), cfg, resolution
-                )
+                moved = sample_at_cameras(model, caption, rotate_azimuth(truth.c2w, shift), cfg, resolution)
                 moved = _resize(moved, truth.rgb.shape[1])
                 moved_err = ((moved - truth.rgb) ** 2).mean(axis=(1, 2, 3))
                 shifted[f"{shift:g}"] = {
@@ -296,6 +327,7 @@ def run_known_answer(
     pairs = [s["views_nearer_at_true_camera"] for r in rows for s in r["shifted"].values()]
     n = len(rows)
     doc = {
+        "mode": "sampled",
         "model": model_name,
         "reference": str(renders),
         "config": config_mod.to_dict(cfg),
@@ -306,6 +338,85 @@ def run_known_answer(
             "mean_psnr_object_db": round(float(np.nanmean([r["psnr_object_db"] for r in rows])), 3),
             "blank_image_retrieves_own": blank_hits,
             "shifted_cameras_further": f"{sum(2 * n > cfg.num_views for n in pairs)}/{len(pairs)}",
+        },
+        "captions": rows,
+    }
+    atomic_write_json(out / RESULT, doc)
+    return doc
+
+
+@rundir.locked("mvtrain eval", lambda out, **_: out)
+def score_renders(
+    generated: str | Path,
+    renders: str | Path,
+    out: str | Path,
+    cfg: KnownAnswerConfig,
+    baseline: str | Path | None = None,
+) -> dict:
+    """Score render directories against the references, view for view: e.g. SDS meshes rendered back with
+    `mvdata render` under their ground-truth uids, so cameras and light are the reference's (docs/demo.md).
+
+    Every object of ``generated`` whose uid is a reference is scored at the reference's evaluation cameras
+    (``score_images``) and, per ``shifts_deg``, at the cameras turned by that azimuth: its IoU there with the
+    truth at the true cameras, beside the truth's own (``truth_iou``: 1.0 for a rotationally symmetric object,
+    so only ``1 - truth_iou`` of margin exists to beat). ``baseline``: a render directory of a reference shape
+    under the same uids (an untrained model's grey blob); its IoU is recorded as ``baseline_iou`` for the uids
+    it holds.
+    Writes ``OUT/known_answer.json`` (``mode: renders``) and ``OUT/known_answer/<uid>.png``; returns the
+    document. Raises UserError when nothing in ``generated`` is a reference uid or a view is missing."""
+    out = Path(out)
+    refs = load_references(renders, cfg)
+    by_uid = {r.uid: r for r in refs}
+    uids = [u for u in layout.iter_uids(generated) if u in by_uid]
+    if not uids:
+        raise UserError(
+            f"{generated} holds no render under a uid of {renders}; render the generated meshes with a captions "
+            "file that gives each its ground-truth uid"
+        )
+    base = {}
+    if baseline is not None:
+        for uid in set(uids) & set(layout.iter_uids(baseline)):
+            obj = layout.load_object(baseline, uid)
+            got = _load_views(obj, views_at(obj, by_uid[uid].c2w, str(baseline)), cfg)
+            base[uid] = iou(got.alpha > 0.5, by_uid[uid].alpha > 0.5)
+    rows = []
+    for uid in uids:
+        truth, obj = by_uid[uid], layout.load_object(generated, uid)
+        got = _load_views(obj, views_at(obj, truth.c2w, str(generated)), cfg)
+        row = {"uid": uid, "caption": truth.caption, "views": got.views} | score_images(
+            got.rgb, truth, refs, cfg, got.alpha > 0.5
+        )
+        own = row["mse"][uid]
+        others = [v for k, v in row["mse"].items() if k != uid]
+        # How much nearer its own object the colours are than any other's (> 1: nearer its own).
+        row["mse_ratio_nearest_other"] = round(min(others) / max(own, 1e-10), 3) if others else None
+        if uid in base:
+            row["baseline_iou"] = round(base[uid], 4)
+        truth_obj = layout.load_object(renders, uid)
+        strip, shifted = [truth.rgb, got.rgb], {}
+        for shift in cfg.shifts_deg:
+            turned = rotate_azimuth(truth.c2w, shift)
+            moved = _load_views(obj, views_at(obj, turned, str(generated)), cfg)
+            truth_moved = _load_views(truth_obj, views_at(truth_obj, turned, str(renders)), cfg)
+            shifted[f"{shift:g}"] = {
+                "iou": round(iou(moved.alpha > 0.5, truth.alpha > 0.5), 4),
+                "truth_iou": round(iou(truth_moved.alpha > 0.5, truth.alpha > 0.5), 4),
+            }
+            strip.append(moved.rgb)
+        row["shifted"] = shifted
+        atomic_write_bytes(out / IMAGES / f"{uid}.png", _strip(strip))
+        rows.append(row)
+    doc = {
+        "mode": "renders",
+        "generated": str(generated),
+        "reference": str(renders),
+        "baseline": str(baseline) if baseline is not None else None,
+        "config": config_mod.to_dict(cfg),
+        "summary": {
+            "captions": len(rows),
+            "retrieved_own": sum(r["retrieved"] == r["uid"] for r in rows),
+            "mean_iou": round(float(np.mean([r["iou"] for r in rows])), 4),
+            "mean_psnr_object_db": round(float(np.nanmean([r["psnr_object_db"] for r in rows])), 3),
         },
         "captions": rows,
     }
