@@ -80,7 +80,7 @@ class DreamBoothConfig:
     """Optimizer steps (resume continues up to it)."""
     preservation_lambda: float = 1.0
     """λ of the parameter-preservation loss λ·‖θ − θ0‖₁ / N_θ (paper §3.4). At λ = 1 with SD 2.1's
-    N_θ ≈ 8.7e8 its per-parameter gradient is ~1e-9, which Adam all but ignores (README, docs/dreambooth.md)."""
+    N_θ ≈ 8.7e8 its per-parameter gradient is ~1e-9, which Adam all but ignores (docs/dreambooth.md)."""
     train_camera: bool = False
     """Also train the camera MLP. In the 2D mode its loss gradient is zero, so it would only feel AdamW's weight
     decay and the preservation term; off (the default) keeps it bit-identical to the base model's."""
