@@ -1,6 +1,6 @@
 """`mvdata report DIR`: one HTML page summarising whatever stages have run in a run directory.
 
-Reads the on-disk contracts only (design §2): ``renders/`` (§2.1: contact sheet of each ok object's views with
+Reads the on-disk contracts only (docs/design.md §2): ``renders/`` (§2.1: contact sheet of each ok object's views with
 its caption, failures by reason code, render timings), ``filter/`` (§2.2: kept/dropped counts, the threshold
 used, a histogram of the aggregate CLIP score as inline SVG) and ``shards/`` (§2.3: shards, samples and bytes
 per split from index.json). A stage that has not run, or left nothing readable, gets a line saying so: the
@@ -545,7 +545,7 @@ def _dreambooth_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
 
 
 def _sds_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
-    """Per `mvtrain sds` run under sds/ (design §2.6): summary, loss curve, turntable and every 4-view snapshot."""
+    """Per `mvtrain sds` run under sds/ (docs/design.md §2.6): summary, loss curve, turntable and every 4-view snapshot."""
     runs = sorted(p.parent for p in root.glob("*/summary.json")) if root.is_dir() else []
     items = []
     for run in runs:
@@ -605,7 +605,7 @@ def _pm(block: dict | None, digits: int = 2) -> str:
 
 def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
     """Table 1-shaped summary of eval/eval.json (`mvtrain eval`, issue 15), grids, SDS rows, the paper's
-    figures behind the caveat that they are not comparable (design §10)."""
+    figures behind the caveat that they are not comparable (docs/design.md §10)."""
     from mvforge.eval.paper import CAVEAT, PAPER_TABLE1
 
     path = root / "eval.json"
@@ -692,7 +692,7 @@ def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
 
 
 def _config_text(stage_dir: Path) -> str:
-    """The stage's resolved config.toml (what the outputs were made with, design §2); "" when unreadable."""
+    """The stage's resolved config.toml (what the outputs were made with, docs/design.md §2); "" when unreadable."""
     try:
         return (stage_dir / "config.toml").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):

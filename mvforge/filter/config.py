@@ -3,7 +3,7 @@
 The settings split in two kinds. Those that change a score (model, weights, text, views, background, the
 alpha level the gate metrics use) form the *scoring key*: a filter directory holds scores of one key only,
 and resume refuses to mix keys. Everything else (aggregate, thresholds, gate limits, report) is applied to
-the stored scores at selection time, so changing it re-selects without re-scoring (design §2.2).
+the stored scores at selection time, so changing it re-selects without re-scoring (docs/design.md §2.2).
 """
 
 from __future__ import annotations

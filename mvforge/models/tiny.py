@@ -1,7 +1,7 @@
 """Tiny random Stable Diffusion and multi-view pipeline directories for tests, demos and benchmarks, offline.
 
 ``make_tiny_sd`` writes a real diffusers SD layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) saved
-with ``save_pretrained``, so it loads through the same ``from_pretrained`` path as SD 2.1 base (design §6).
+with ``save_pretrained``, so it loads through the same ``from_pretrained`` path as SD 2.1 base (docs/design.md §6).
 The tokenizer is a real CLIP BPE tokenizer rebuilt from the merges file open_clip ships (no download).
 """
 

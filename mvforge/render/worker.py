@@ -10,7 +10,7 @@ Contract with the runner (mvforge.render.runner):
 
 It never writes outside STAGING_DIR; the runner decides what becomes final (meta.json, failure record).
 
-Serve mode (issue 12: one process renders a batch of objects in turn): ``python -m mvforge.render.worker
+Serve mode (one process renders a batch of objects in turn, docs/design.md §4): ``python -m mvforge.render.worker
 --serve REPLY_FD``. The worker imports Blender once, then reads one JSON line per object from stdin,
 ``{"job": JOB.json, "staging": STAGING_DIR, "log": LOG}``: it points its stdout and stderr (file descriptors 1
 and 2, so Blender's own output too) at LOG, renders the job into STAGING_DIR exactly as above (``result.json``
@@ -35,7 +35,7 @@ EXIT_FAILED = 3
 EXIT_ERROR = 4
 RESULT = "result.json"
 
-# Fault injection for the runner's own tests (hang / crash handling, design §7): MVFORGE_RENDER_FAULT is a
+# Fault injection for the runner's own tests (hang / crash handling, docs/design.md §7): MVFORGE_RENDER_FAULT is a
 # comma-separated list of uid=action with action hang | sigkill | delay (render after FAULT_DELAY_S: a slow
 # object, so that a test can kill a run between two objects of one process). Never set in normal use.
 FAULT_ENV = "MVFORGE_RENDER_FAULT"

@@ -2,7 +2,7 @@
 
 Every field validates itself in ``__post_init__`` (a ``UserError`` naming the field, issue 13). Which values are
 the paper's: ``configs/`` presets say so (the paper's fine-tune: SD 2.1 base, 256 px, 4 views, lr 1e-4 after
-warm-up, global batch 1,024 objects, 30% 2D steps; design §2.4-§2.5, §10).
+warm-up, global batch 1,024 objects, 30% 2D steps; docs/design.md §2.4-§2.5, §10).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class OptimConfig:
     warmup_steps: int = 0
     """Linear warm-up from 0 to ``lr`` over this many optimizer steps (ignored by ``constant``)."""
     camera_lr_mult: float = 1.0
-    """LR multiplier of the new camera MLP (``class_embedding``), which starts from scratch (design §6)."""
+    """LR multiplier of the new camera MLP (``class_embedding``), which starts from scratch (docs/design.md §6)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
     weight_decay: float = 0.01
@@ -94,7 +94,7 @@ def check_validation_sampling(every: int, steps: int, resolution: int) -> None:
 
 @dataclass(frozen=True)
 class FitConfig:
-    """One training run (design §2.5, issue 13)."""
+    """One training run (docs/design.md §2.5, issue 13)."""
 
     pretrained: str = ""
     """A diffusers Stable Diffusion directory (SD 2.1 base for real runs; `mvtrain make-tiny-sd` for tests)."""

@@ -54,7 +54,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 """Subject photo formats (issue 16)."""
 
 GREY = 0.5
-"""Background of MVDream's training renders (objects on grey, design §2.4); in [0, 1]."""
+"""Background of MVDream's training renders (objects on grey, docs/design.md §2.4); in [0, 1]."""
 
 METRICS_FIELDS = (
     "step",
@@ -129,7 +129,7 @@ def load_photos(
         rgb = np.asarray(_centre_square(rgba.convert("RGB"), resolution), dtype=np.float32) / 255.0
         if background == "grey" and alpha is not None:
             a = np.asarray(_centre_square(alpha, resolution), dtype=np.float32)[..., None] / 255.0
-            rgb = rgb * a + GREY * (1 - a)  # straight alpha (design §6)
+            rgb = rgb * a + GREY * (1 - a)  # straight alpha (docs/design.md §6)
         out.append(torch.from_numpy(rgb).permute(2, 0, 1) * 2 - 1)
         names.append(f.name)
     return torch.stack(out), names

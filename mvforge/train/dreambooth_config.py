@@ -1,7 +1,7 @@
 """Typed configuration of `mvtrain dreambooth` (MVDreamBooth, paper §3.4 / §5.3, issue 16).
 
 Every field validates itself in ``__post_init__`` (a ``UserError`` naming the field). The preset
-``configs/dreambooth-mvdream.toml`` carries the values reported secondhand for the paper's run (design §10:
+``configs/dreambooth-mvdream.toml`` carries the values reported secondhand for the paper's run (docs/design.md §10:
 ~600 steps, lr 2e-6, weight decay 0.01, batch 4, λ = 1), marked as such there.
 
 The fields the shared step pieces of train/loop.py read (``caption_dropout``, ``noise_offset``, ``snr_gamma``,
@@ -20,11 +20,11 @@ from mvforge.train.config import OptimConfig, check_validation_sampling
 
 BACKGROUNDS = ("keep", "grey")
 """``keep``: the photo as it is; ``grey``: the subject (alpha channel or mask) composited on grey 0.5, the
-background of MVDream's training renders (design §2.4: objects on grey)."""
+background of MVDream's training renders (docs/design.md §2.4: objects on grey)."""
 
 
 def _dreambooth_optim() -> OptimConfig:
-    # Reported secondhand (design §10): lr 2e-6, weight decay 0.01, constant LR.
+    # Reported secondhand (docs/design.md §10): lr 2e-6, weight decay 0.01, constant LR.
     return OptimConfig(lr=2e-6, lr_scheduler="constant", weight_decay=0.01)
 
 

@@ -1,4 +1,4 @@
-"""The training loop of `mvtrain fit` (design §2.5, §9: one loop you can read top to bottom; issue 13).
+"""The training loop of `mvtrain fit` (docs/design.md §2.5, §9: one loop you can read top to bottom; issue 13).
 
 Model code knows nothing about Ray: ``fit`` takes a ``Runtime`` saying which rank it is, on which device, how to
 wrap the model for data parallelism (DDP under Ray Train) and how to report. ``--workers 0`` runs it in-process.
@@ -305,7 +305,7 @@ EXECUTION_KEYS = frozenset(
         "allow_tf32",
     }
 )
-"""FitConfig fields a resumed run may change (design §5: execution settings, and extending max_steps); every
+"""FitConfig fields a resumed run may change (docs/design.md §5: execution settings, and extending max_steps); every
 other field decides the weights and is compared with the checkpoint's config.toml."""
 
 
