@@ -1,4 +1,4 @@
-"""The HTML pieces every report shares (issue 8): one Jinja2 environment with autoescaping over the templates in
+"""The HTML pieces every report shares: one Jinja2 environment with autoescaping over the templates in
 ``mvforge/templates/``, one histogram writer (inline SVG), one thumbnail encoder (base64 PNG data URI).
 
 A shared layer (docs/design.md §1): the run report (``mvforge.report``) and the stages' own pages (``filter/report.py``)

@@ -430,7 +430,8 @@ def _loss_curves(rows: list[dict], width: int = 640, height: int = 160) -> dict 
 
 
 def _validation_section(train: Path, rows: list[dict], report_dir: Path, cfg: ReportConfig) -> str:
-    """Loss curves and, per validation prompt, a strip of its grids over steps (train/validation/, issue 13)."""
+    """Loss curves and, per validation prompt, a strip of its grids over steps (train/validation/,
+    docs/design.md §2.5)."""
     steps, strips = _strips(train / "validation", report_dir, cfg)
     losses = [(kind, [r for r in rows if r.get("kind", "3d") == kind]) for kind in _CURVE_COLORS]
     plot = _plot(
@@ -604,8 +605,8 @@ def _pm(block: dict | None, digits: int = 2) -> str:
 
 
 def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
-    """Table 1-shaped summary of eval/eval.json (`mvtrain eval`, issue 15), grids, SDS rows, the paper's
-    figures behind the caveat that they are not comparable (docs/design.md §10)."""
+    """Table 1-shaped summary of eval/eval.json (`mvtrain eval`, MVDream §5.1), grids, SDS rows, the paper's
+    figures behind the caveat that they are not comparable (docs/design.md §10.11)."""
     from mvforge.eval.paper import CAVEAT, PAPER_TABLE1
 
     path = root / "eval.json"

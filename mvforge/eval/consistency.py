@@ -1,4 +1,4 @@
-"""mvforge's own multi-view consistency figure (issue 15; not a metric of the MVDream paper).
+"""mvforge's own multi-view consistency figure (not a metric of the MVDream paper).
 
 For each object, the V views lie on one orbit (equal azimuth steps, docs/design.md §3), so neighbours on the ring
 should look alike: the figure is 100 · the mean cosine of the image embeddings of ring-adjacent views

@@ -1,4 +1,4 @@
-"""The resumable generate -> score loop of `mvtrain eval` (issue 15, MVDream §5.1 Table 1).
+"""The resumable generate -> score loop of `mvtrain eval` (MVDream §5.1 Table 1).
 
 Output layout (``OUT``):
 

@@ -55,7 +55,7 @@ class PartWriter:
     """Groups scored batches into parquet parts of about ``objects_per_part`` rows (or whatever arrived within
     ``flush_s`` seconds), each written whole under a unique name: the resume journal.
 
-    One part per Ray batch would mean ~50K small files at Objaverse scale (issue 8); a part per few thousand
+    One part per Ray batch would mean ~50K small files at Objaverse scale; a part per few thousand
     objects keeps the directory small while a kill loses at most ``flush_s`` seconds of scoring.
     """
 

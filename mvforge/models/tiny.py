@@ -21,7 +21,7 @@ def clip_tokenizer():
     CLIP's vocab: the 256 byte-level characters, the same with ``</w>``, the joined merges, then the
     start/end tokens (the construction in CLIP's and open_clip's SimpleTokenizer). It pads with id 0 ("!"), as
     open_clip's ``tokenize`` and SD 2.x's tokenizer do: SD's cross-attention reads all 77 positions, so padding
-    with ``<|endoftext|>`` (49407, HF CLIP's default) would change a real SD 2.x model's conditioning (issue 9).
+    with ``<|endoftext|>`` (49407, HF CLIP's default) would change a real SD 2.x model's conditioning.
     """
     import open_clip
     from open_clip.tokenizer import bytes_to_unicode
@@ -42,7 +42,7 @@ def clip_tokenizer():
 
 VARIANTS = ("tiny", "world")
 """``tiny``: the smallest SD-shaped model (tests, benchmarks). ``world``: the same UNet and text encoder with a
-lighter autoencoder (16/32 channels, no mid-block attention: 2.5x less time per step, ~4x fewer parameters) for models
+lighter autoencoder (16/32 channels, no mid-block attention: faster per step, ~4x fewer parameters; docs/benchmarks.md) for models
 trained from scratch on the demo world at 32 px, whose VAE is fitted first (`mvtrain fit-vae`, docs/demo.md)."""
 
 

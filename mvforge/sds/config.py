@@ -76,7 +76,7 @@ class RendererConfig:
     ray_chunk: int = 4096
     """Rays evaluated together; memory per chunk is fixed by ray_chunk x samples_per_ray (mvforge knob). With
     the pure-PyTorch grid and analytic normals a chunk needs about 20 KB per sample at the official grid size
-    (4096 x 64 samples: ~5 GB; measured on CPU, issue 14)."""
+    (figure: docs/benchmarks.md)."""
     checkpoint_chunks: bool = True
     """With gradients and more than one chunk per render, keep only each chunk's outputs and recompute the chunk
     in the backward, so memory stays that of one chunk at any resolution (about one more field forward per
@@ -310,7 +310,7 @@ def _at_least(name: str, value: int, low: int) -> None:
 
 @dataclass(frozen=True)
 class SDSConfig:
-    """One text-to-3D run (issue 14, docs/design.md §2.6); outputs go to ``out``/<prompt-slug>/."""
+    """One text-to-3D run (MVDream §3.3; docs/design.md §2.6); outputs go to ``out``/<prompt-slug>/."""
 
     prompt: str = ""
     """The text prompt."""

@@ -1,4 +1,4 @@
-"""Mesh and turntable export of an SDS field (issue 14, docs/design.md §2.6).
+"""Mesh and turntable export of an SDS field (docs/design.md §2.6, §10.8).
 
 Mesh: marching cubes (PyMCubes) on the density sampled at the vertices of a grid over the field's box (threestudio
 README's export recipe: ``isosurface_method=mc-cpu``, ``isosurface_resolution=256``), connected components with

@@ -1,4 +1,4 @@
-"""The SDS optimisation loop of `mvtrain sds` (issue 14; docs/design.md §2.6, §9: one loop read top to bottom).
+"""The SDS optimisation loop of `mvtrain sds` (docs/design.md §2.6, §9: one loop read top to bottom).
 
 Run directory ``<out>/<prompt-slug>/``::
 
@@ -174,7 +174,7 @@ RESUME_MAY_CHANGE = (
     "export_mesh.",
 )
 """Settings a resumed run may change: where and how it runs, how long, what it writes. Every other setting
-decides the field, so a resume under another value would mix two runs in one result (review of issue 14)."""
+decides the field, so a resume under another value would mix two runs in one result (docs/design.md §5)."""
 
 
 def load_checkpoint(

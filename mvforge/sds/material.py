@@ -1,4 +1,4 @@
-"""Shading of the field's samples: albedo, Lambertian with a point light, textureless (issues 14, 22).
+"""Shading of the field's samples: albedo, Lambertian with a point light, textureless (docs/design.md §10.3).
 
 threestudio's ``diffuse-with-point-light`` material (``threestudio/models/materials/
 diffuse_with_point_light_material.py``) as MVDream's shading yaml configures it (docs/design.md §10.3): albedo

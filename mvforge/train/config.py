@@ -1,6 +1,6 @@
 """Typed configuration of `mvtrain fit` (TOML + ``--set``; CLI flags write here). Sampling: mvforge/models/config.py.
 
-Every field validates itself in ``__post_init__`` (a ``UserError`` naming the field, issue 13). Which values are
+Every field validates itself in ``__post_init__`` (a ``UserError`` naming the field, docs/design.md §5). Which values are
 the paper's: ``configs/`` presets say so (the paper's fine-tune: SD 2.1 base, 256 px, 4 views, lr 1e-4 after
 warm-up, global batch 1,024 objects, 30% 2D steps; docs/design.md §2.4-§2.5, §10).
 """
@@ -57,7 +57,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    """Sample grids on rank 0 every ``every`` steps (issue 13): 3D prompts as 4-view grids and 2D prompts as
+    """Sample grids on rank 0 every ``every`` steps (docs/design.md §2.5): 3D prompts as 4-view grids and 2D prompts as
     single camera-less images (to catch forgetting of the 2D ability), with the EMA weights and a fixed seed."""
 
     every: int = 0
@@ -94,7 +94,7 @@ def check_validation_sampling(every: int, steps: int, resolution: int) -> None:
 
 @dataclass(frozen=True)
 class FitConfig:
-    """One training run (docs/design.md §2.5, issue 13)."""
+    """One training run (docs/design.md §2.5)."""
 
     pretrained: str = ""
     """A diffusers Stable Diffusion directory (SD 2.1 base for real runs; `mvtrain make-tiny-sd` for tests)."""
