@@ -1,4 +1,4 @@
-"""Typed configuration of `mvtrain sds` (TOML + ``--set``; CLI flags write here). Issues 14 and 22.
+"""Typed configuration of `mvtrain sds` (TOML + ``--set``; CLI flags write here).
 
 Every component owns a small frozen dataclass. The defaults are the official MVDream SDS settings: the values of
 bytedance/MVDream-threestudio's ``configs/mvdream-sd21-shading.yaml`` and, where the yaml sets nothing, the class
