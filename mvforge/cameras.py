@@ -1,4 +1,5 @@
-"""The one camera convention of mvforge (docs/design.md §3). numpy only: used by render, shards, train and sds.
+"""The one camera convention of mvforge (docs/design.md §3). numpy only: used by render, shards, train and
+sds.
 
 World: Blender's, right-handed, Z up; objects are normalised into the cube [-0.5, 0.5]^3 at the origin.
 Camera: OpenGL/Blender axes (+X right, +Y up, looking down -Z). A pose is a 4x4 camera-to-world matrix
@@ -128,8 +129,8 @@ class OrbitSampling:
     framing: Literal["mvdream", "fit"] = "fit"
     """How far the camera stands (docs/design.md §3), recorded in cameras.json:
 
-    - ``"mvdream"``: the paper's rule (arXiv 2308.16512 §4.1 as reported by a secondary source, docs/design.md §3,
-      §10.11):
+    - ``"mvdream"``: the paper's rule (arXiv 2308.16512 §4.1 as reported by a secondary source, docs/design.md
+      §3, §10.11):
       distance = 0.5 / tan(fov / 2) x jitter. At jitter 1 the unit square on the centre plane spans the whole
       image: the object fills the frame and its near corners may be cut. This reproduces the paper; MVDream's
       own SDS samples cameras at about the same ratio (about 10% tighter: [0.8, 1.0] / tan(fov / 2) around a

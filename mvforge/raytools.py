@@ -1,4 +1,5 @@
-"""One way to start Ray for every stage (docs/design.md §4): a cluster when an address is given, else local."""
+"""One way to start Ray for every stage (docs/design.md §4): a cluster when an address is given, else
+local."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 A result directory holds ``summary.json`` (with ``prompt``, written last), ``turntable.gif`` (a full orbit)
 and ``snapshots/step-NNNNNN.png`` (each the V orbit views at azimuths 0/90/180/270 side by side, as
-``mvtrain sds`` writes them, docs/design.md §2.6). The scored views are ``views`` frames evenly spaced over the turntable, else the square tiles of the
-latest snapshot; both are ring-ordered, so the consistency figure applies.
+``mvtrain sds`` writes them, docs/design.md §2.6). The scored views are ``views`` frames evenly spaced over
+the turntable, else the square tiles of the latest snapshot; both are ring-ordered, so the consistency figure
+applies.
 """
 
 from __future__ import annotations

@@ -104,7 +104,8 @@ class GatesConfig:
     circumsphere inside the image (``cameras.OrbitSampling.frame_radius``), so a normalised object reaches the
     border only when normalisation failed (a ground plane, a backdrop): that shows in most views, while one
     view grazing the edge must not drop an object. Renders made with ``cameras.framing = "mvdream"`` (the paper's
-    rule: the object fills the frame, corners may be cut; recorded in cameras.json) are exempt (docs/design.md §3)."""
+    rule: the object fills the frame, corners may be cut; recorded in cameras.json) are exempt (docs/design.md
+    §3)."""
     keep_stripped_textures: bool = False
     """Keep objects whose missing texture images the renderer stripped (render ``materials.missing_textures =
     "strip"``, meta.json ``stats.stripped_textures``); dropped as ``stripped_textures`` by default."""

@@ -1,4 +1,5 @@
-"""`mvdata filter`: score the objects of a render directory, then select, report and record (docs/design.md §2.2, §4).
+"""`mvdata filter`: score the objects of a render directory, then select, report and record (docs/design.md
+§2.2, §4).
 
 ```
 filter/parts/part-<run>-<seq>.parquet   scored batches grouped (run.objects_per_part), renamed into place whole

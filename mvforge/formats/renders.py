@@ -1,5 +1,5 @@
-"""The render directory format (docs/design.md §2.1): the contract `mvdata render` writes and filter, shard and the
-report read. Pure Python (imported by every Blender child): no heavy import at module import time.
+"""The render directory format (docs/design.md §2.1): the contract `mvdata render` writes and filter, shard
+and the report read. Pure Python (imported by every Blender child): no heavy import at module import time.
 
 ```
 renders/<uid[:2]>/<uid>/000.png ...      RGBA 8-bit, straight alpha, sRGB "Standard" view transform
@@ -43,7 +43,8 @@ FORMAT_VERSION = 2
 """Version of meta.json (key ``format_version``). 1: the layout before the key existed (readers treat a missing
 key as 1); 2: ``format_version`` added, fields as in :class:`RenderMeta`."""
 
-# Failure reason codes (docs/design.md §2.1). Every object ends as exactly one ok meta.json or one failure record.
+# Failure reason codes (docs/design.md §2.1). Every object ends as exactly one ok meta.json or one failure
+# record.
 REASONS = (
     "download_failed",
     "unsupported_format",
@@ -185,8 +186,8 @@ def iter_failures(root: str | Path) -> Iterator[dict]:
 def cameras_record(views, resolution: int, passes: dict | None = None, framing: str | None = None) -> dict:
     """The cameras.json document for ``views`` (``mvforge.cameras.View``) rendered at ``resolution``².
 
-    ``framing``: ``OrbitSampling.framing`` the distances were drawn with ("mvdream" | "fit", docs/design.md §3); None
-    (synthetic renders) leaves the key out. The filter's border gate reads it.
+    ``framing``: ``OrbitSampling.framing`` the distances were drawn with ("mvdream" | "fit", docs/design.md
+    §3); None (synthetic renders) leaves the key out. The filter's border gate reads it.
     """
     from mvforge.cameras import intrinsics
 
@@ -254,10 +255,11 @@ class RenderMeta:
     peak_rss_mb: float | None = None
     device: str = "CPU"
     cycles: dict[str, Any] | None = None
-    """The sampling settings read back from Blender (docs/design.md §2.1): samples, adaptive_threshold, adaptive_min_samples
-    (the minimum Cycles used, its automatic rule resolved; None with adaptive sampling off), light_tree, denoiser (None when
-    no denoiser ran, else "OPENIMAGEDENOISE"), denoising_input_passes, denoising_prefilter, denoising_quality, world_sampling (AUTOMATIC | MANUAL),
-    world_map_resolution (pixels, MANUAL only), filter_width (pixels), max_bounces, persistent_data. None in renders made before."""
+    """The sampling settings read back from Blender (docs/design.md §2.1): samples, adaptive_threshold,
+    adaptive_min_samples (the minimum Cycles used, its automatic rule resolved; None with adaptive sampling
+    off), light_tree, denoiser (None when no denoiser ran, else "OPENIMAGEDENOISE"), denoising_input_passes,
+    denoising_prefilter, denoising_quality, world_sampling (AUTOMATIC | MANUAL), world_map_resolution (pixels,
+    MANUAL only), filter_width (pixels), max_bounces, persistent_data. None in renders made before."""
     process: dict[str, Any] | None = None
     """The Blender process that rendered the object (one process renders a batch in turn,
     docs/design.md §4): ``pid``,
@@ -280,7 +282,8 @@ class RenderMeta:
 
 @dataclass(frozen=True)
 class FailureRecord:
-    """``failed/<uid>.json``: the one terminal record of an object that did not render (docs/design.md §2.1)."""
+    """``failed/<uid>.json``: the one terminal record of an object that did not render (docs/design.md
+    §2.1)."""
 
     uid: str
     reason: str

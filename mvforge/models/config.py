@@ -1,8 +1,9 @@
 """Typed configuration of multi-view sampling (`mvtrain sample`; TOML + ``--set``; CLI flags write here).
 
-Defaults are the official MVDream inference script's (docs/design.md §10.10, bytedance/MVDream scripts/t2i.py): DDIM 50
-steps, eta 0, CFG 10, empty negative prompt, the ", 3d asset" suffix, 4 views at elevation 15 from azimuth 90,
-seed 23, 256 px. ``AUTHORS_DEFAULTS`` lists them so the CLI help can say which are the authors'.
+Defaults are the official MVDream inference script's (docs/design.md §10.10, bytedance/MVDream
+scripts/t2i.py): DDIM 50 steps, eta 0, CFG 10, empty negative prompt, the ", 3d asset" suffix, 4 views at
+elevation 15 from azimuth 90, seed 23, 256 px. ``AUTHORS_DEFAULTS`` lists them so the CLI help can say which
+are the authors'.
 """
 
 from __future__ import annotations

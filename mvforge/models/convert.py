@@ -557,9 +557,9 @@ def _clip(sd: dict, cfg: dict):
 
 # ---------------------------------------------------------------- schedule, tokenizer
 def _scheduler(sd: dict, cfg: dict):
-    """LDM's "linear" schedule is diffusers' ``scaled_linear`` (β = linspace(√start, √end, T)², docs/design.md §10.10);
-    checked against the checkpoint's ``betas`` and ``alphas_cumprod``. A checkpoint whose betas differ (another
-    schedule) keeps its own betas as ``trained_betas``."""
+    """LDM's "linear" schedule is diffusers' ``scaled_linear`` (β = linspace(√start, √end, T)², docs/design.md
+    §10.10); checked against the checkpoint's ``betas`` and ``alphas_cumprod``. A checkpoint whose betas
+    differ (another schedule) keeps its own betas as ``trained_betas``."""
     import torch
     from diffusers import DDPMScheduler
 

@@ -162,8 +162,8 @@ class MultiViewUNet(UNet2DConditionModel):
 
 def init_camera(unet: UNet2DConditionModel, seed: int = 0) -> None:
     """Seeded init of the new camera MLP: PyTorch's Linear init for the first layer, zeros for the last, so at
-    init the camera changes nothing (docs/design.md §6). Seeded so two loads of SD give the same model (exact resume
-    and reproducible runs would otherwise differ in the first layer)."""
+    init the camera changes nothing (docs/design.md §6). Seeded so two loads of SD give the same model (exact
+    resume and reproducible runs would otherwise differ in the first layer)."""
     g = torch.Generator().manual_seed(seed)
     first, last = unet.class_embedding.linear_1, unet.class_embedding.linear_2
     bound = 1.0 / math.sqrt(first.in_features)

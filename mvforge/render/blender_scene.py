@@ -1,7 +1,9 @@
-"""The Blender (bpy) scene adapter: executes one render job inside a fresh Blender process (docs/design.md §2.1, §3, §4).
+"""The Blender (bpy) scene adapter: executes one render job inside a fresh Blender process (docs/design.md
+§2.1, §3, §4).
 
-The only module of mvforge that imports ``bpy`` (docs/design.md §1). Everything it decides was decided by the planner
-(``mvforge.render.plan.plan_job``): cameras, HDRI or lamp rig, rotation, strength, seed. This module only executes:
+The only module of mvforge that imports ``bpy`` (docs/design.md §1). Everything it decides was decided by the
+planner (``mvforge.render.plan.plan_job``): cameras, HDRI or lamp rig, rotation, strength, seed. This module
+only executes:
 
 1. a fresh empty scene; the file's encoding, its external references (docs/render_failures.md: nothing outside
    the object's folder is read) and positions the importer would silently repair (NaN/inf) are checked first
@@ -275,8 +277,9 @@ def allow_fbx_lights() -> None:
 
     Its ``blen_read_light`` sets ``light.cycles.cast_shadow``, a property Cycles no longer has, so every FBX
     with a light failed with AttributeError. mvforge removes lights after the import anyway (the job decides the
-    lighting, docs/design.md §2.1), so the light only needs to exist. The importer's module is wrapped in memory, never
-    edited on disk; tests/render/test_render_fidelity_3.py fails once the importer no longer needs this.
+    lighting, docs/design.md §2.1), so the light only needs to exist. The importer's module is wrapped in
+    memory, never edited on disk; tests/render/test_render_fidelity_3.py fails once the importer no longer
+    needs this.
     """
     from io_scene_fbx import import_fbx
 
@@ -325,7 +328,8 @@ def clip(text: str, limit: int = 300) -> str:
 
 def check_positions_before_import(importer: str | None, input_path: str | None) -> str:
     """Fail ``non_finite`` when the file holds NaN/inf positions its importer would silently set to 0
-    (docs/design.md §2.1, non-finite positions); return how the positions were checked (``mvforge.render.precheck``), recorded in meta.json stats."""
+    (docs/design.md §2.1, non-finite positions); return how the positions were checked
+    (``mvforge.render.precheck``), recorded in meta.json stats."""
     if not input_path or not os.path.isfile(input_path):
         return "not_needed"  # import_object reports the missing file
     bad, how = precheck.non_finite_positions(importer, input_path)
@@ -479,7 +483,8 @@ def drop_cameras_and_lights() -> None:
 
 @dataclass
 class Geometry:
-    """What the depsgraph renders, gathered once after import (normalise over what renders, docs/design.md §2.1)."""
+    """What the depsgraph renders, gathered once after import (normalise over what renders, docs/design.md
+    §2.1)."""
 
     points: np.ndarray
     """(N, 3) float64 world positions that render: vertices used by a face, point-cloud points, curve points."""
@@ -501,7 +506,8 @@ def evaluated_geometry() -> Geometry:
     Walks the depsgraph's object instances, so modifiers, armatures, shape keys and instancing (collection
     instances, geometry nodes) are counted as they render, each instance with its own world matrix. Mesh
     vertices that belong to no face are left out of ``points`` (a glTF POINTS primitive imports as loose
-    vertices that never render, docs/design.md §2.1); point clouds and hair curves are kept, Cycles renders them.
+    vertices that never render, docs/design.md §2.1); point clouds and hair curves are kept, Cycles renders
+    them.
     """
     depsgraph = bpy.context.evaluated_depsgraph_get()
     rendered: list[np.ndarray] = []
@@ -610,7 +616,8 @@ def check_extent(points: np.ndarray) -> None:
 
 
 def normalize(points: np.ndarray) -> dict:
-    """Fit the bbox into [-0.5, 0.5]^3, longest side 1, centre at the origin (docs/design.md §3): x' = s x + offset.
+    """Fit the bbox into [-0.5, 0.5]^3, longest side 1, centre at the origin (docs/design.md §3): x' = s x +
+    offset.
 
     The transform goes on a new empty that every root object is parented to, so hierarchies, armatures and
     animations keep working under it.
@@ -633,7 +640,8 @@ def normalize(points: np.ndarray) -> dict:
 
 
 def scene_stats(geo: Geometry, missing_textures: int, stripped_textures: int, vertex_colors: dict) -> dict:
-    """meta.json ``stats``: counts of what was rendered and what was repaired or ignored (docs/design.md §2.1)."""
+    """meta.json ``stats``: counts of what was rendered and what was repaired or ignored (docs/design.md
+    §2.1)."""
     return {
         "faces": geo.faces,
         "unique_faces": geo.unique_faces,
@@ -715,7 +723,8 @@ def reads_color_attribute(material) -> bool:
 
 
 def apply_vertex_colors(enabled: bool) -> dict:
-    """Give material-less meshes that carry a colour attribute a material that renders it (docs/design.md §2.1).
+    """Give material-less meshes that carry a colour attribute a material that renders it (docs/design.md
+    §2.1).
 
     Importers already store the attribute in Blender's linear space (PLY bytes and OBJ ``v x y z r g b`` read
     as sRGB, glTF COLOR_0 as linear), so the Color Attribute node renders it as the file means it. A mesh
@@ -767,8 +776,8 @@ def setup_world(hdri: dict, map_resolution: int = 0) -> dict:
 
     ``map_resolution``: side of the world's importance map (MANUAL sampling), 0 = Cycles' AUTOMATIC size.
     Cycles builds the map at an object's first render call and persistent data keeps it for the other views;
-    a coarser map is cheaper to build and still unbiased, but noisier: too coarse a map costs more noise than its build time saves
-    (docs/bench/render_speed.md).
+    a coarser map is cheaper to build and still unbiased, but noisier: too coarse a map costs more noise than
+    its build time saves (docs/bench/render_speed.md).
 
     ``hdri["exposure"] == "normalized"`` (``lighting.exposure``) sets the Background strength to strength x
     ``exposure_target`` / the map's mean radiance; ``raw`` (or absent: jobs planned before the setting) uses the
@@ -852,9 +861,10 @@ SUN_ANGLE_DEG = 0.526
 
 
 def setup_lamps(lamps: dict) -> None:
-    """The sun-lamp rig of ``lighting.kind = "lamps"`` (objaverse-xl's studio light): one SUN light per planned lamp, shining from
-    (azimuth_deg, elevation_deg) in the orbit convention of docs/design.md §3 towards the origin with ``energy`` W/m²,
-    and a uniform grey world of radiance ``ambient`` that the camera does not see.
+    """The sun-lamp rig of ``lighting.kind = "lamps"`` (objaverse-xl's studio light): one SUN light per
+    planned lamp, shining from (azimuth_deg, elevation_deg) in the orbit convention of docs/design.md §3
+    towards the origin with ``energy`` W/m², and a uniform grey world of radiance ``ambient`` that the camera
+    does not see.
 
     The world is never light-sampled (sampling NONE): a constant world is found as well by the BSDF's own
     samples, and building an importance map of it would cost like an HDRI's.
@@ -880,7 +890,8 @@ def setup_lamps(lamps: dict) -> None:
 
 
 def setup_cycles(cfg: dict, seed: int, resolution: int) -> str:
-    """Cycles with every setting explicit (docs/design.md §6): a render never depends on Blender's defaults."""
+    """Cycles with every setting explicit (docs/design.md §6): a render never depends on Blender's
+    defaults."""
     scene = bpy.context.scene
     scene.render.engine = "CYCLES"
     cycles = scene.cycles
@@ -918,7 +929,8 @@ def setup_cycles(cfg: dict, seed: int, resolution: int) -> str:
     cycles.use_animated_seed = False
     scene.render.threads_mode = "FIXED"
     scene.render.threads = max(1, int(cfg["threads"]))
-    # Keep the synced scene (BVH, textures) between the views: only the camera moves (docs/design.md §8 overhead).
+    # Keep the synced scene (BVH, textures) between the views: only the camera moves (docs/design.md §8
+    # overhead).
     scene.render.use_persistent_data = True
 
     scene.render.resolution_x = scene.render.resolution_y = resolution

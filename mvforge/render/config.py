@@ -47,7 +47,8 @@ class CyclesConfig:
     filter_width: float = 1.5
     """Pixel filter width in pixels (Cycles' Blackman-Harris "Filter Size"; 1.5 is Blender's default). Each
     sample lands within this footprint, which anti-aliases edges and textures. objaverse-xl's script uses 0.01:
-    every sample at the pixel centre, no anti-aliasing noise but aliased edges (docs/bench/render_speed.md compares both)."""
+    every sample at the pixel centre, no anti-aliasing noise but aliased edges (docs/bench/render_speed.md
+    compares both)."""
     max_bounces: int = 4
     """Total light bounces."""
     diffuse_bounces: int = 2
@@ -162,14 +163,14 @@ class LightingConfig:
     / mean radiance: every map gives the same average light and the per-object strength draw keeps its variety.
     The 8 maps in the bpy wheel differ several-fold in mean radiance and, raw, the brightest clip many of an
     object's pixels (figures in docs/bench/render_speed.md "HDRI exposure"). meta.json ``hdri`` records
-    ``mean_radiance`` and the ``strength_applied`` either way (docs/design.md §2.1). ``raw`` stays the default:
-    normalised cuts clipping but adds noise (it lifts dim maps), and a render default changes only for equal or
-    lower noise (docs/benchmarks.md)."""
+    ``mean_radiance`` and the ``strength_applied`` either way (docs/design.md §2.1). ``raw`` stays the
+    default: normalised cuts clipping but adds noise (it lifts dim maps), and a render default changes only
+    for equal or lower noise (docs/benchmarks.md)."""
     exposure_target: float = 0.35
     """Under ``exposure = "normalized"``: the mean radiance every map is scaled to (linear, before the strength
     draw); the bundled maps' median is ~0.77. 0.35 keeps clipping near zero on the test objects with mid-grey
-    mean values, where higher targets clip much more (figures: docs/benchmarks.md, docs/bench/render_speed.md).
-    Not used under ``raw``."""
+    mean values, where higher targets clip much more (figures: docs/benchmarks.md,
+    docs/bench/render_speed.md). Not used under ``raw``."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -248,24 +249,25 @@ class LimitsConfig:
     pin_cpus: bool = True
     """Pin each Blender process to ``cycles.threads`` CPUs of its own on the node (Linux; lock files under
     /dev/shm/mvforge-cpus, one directory per node, freed when a process dies). Cycles under ``threads = 1``
-    otherwise keeps a second, idle-spinning thread busy, which slows renders that share CPUs (docs/design.md §4,
-    mvforge.render.cpus; figures: docs/benchmarks.md). When fewer CPUs are free than asked the process runs unpinned;
-    meta.json ``process.cpus`` records the CPUs. False = never pin (e.g. a node shared with other heavy work,
-    where the kernel should move renders between cores)."""
+    otherwise keeps a second, idle-spinning thread busy, which slows renders that share CPUs (docs/design.md
+    §4, mvforge.render.cpus; figures: docs/benchmarks.md). When fewer CPUs are free than asked the process
+    runs unpinned; meta.json ``process.cpus`` records the CPUs. False = never pin (e.g. a node shared with
+    other heavy work, where the kernel should move renders between cores)."""
     objects_per_process: int = 8
-    """Objects one Blender process renders in turn (one Ray task per batch of this many objects; docs/design.md §4).
-    Reusing the process saves its start, ``import bpy`` and the first-import set-up per object, the largest part
-    of the per-object overhead at 32 views (figures: docs/benchmarks.md); the scene is reset to factory settings
-    between objects (renders byte-identical to one process per object). ``timeout_s`` and ``memory_gb`` still
-    apply per object, and a process that dies or is killed costs only the object it was rendering: the rest
-    of its batch goes on in a fresh process. A long-lived bpy process grows with every imported object
-    (docs/design.md §4), which bounds this. 1 = one process per object."""
+    """Objects one Blender process renders in turn (one Ray task per batch of this many objects;
+    docs/design.md §4). Reusing the process saves its start, ``import bpy`` and the first-import set-up per
+    object, the largest part of the per-object overhead at 32 views (figures: docs/benchmarks.md); the scene
+    is reset to factory settings between objects (renders byte-identical to one process per object).
+    ``timeout_s`` and ``memory_gb`` still apply per object, and a process that dies or is killed costs only
+    the object it was rendering: the rest of its batch goes on in a fresh process. A long-lived bpy process
+    grows with every imported object (docs/design.md §4), which bounds this. 1 = one process per object."""
 
     def __post_init__(self) -> None:
         checks = [
             (
                 1 <= self.objects_per_process <= 1000,
-                # Above ~1000 the per-object bpy growth (docs/design.md §4) could reach GBs before the process ends.
+                # Above ~1000 the per-object bpy growth (docs/design.md §4) could reach GBs before the process
+                # ends.
                 f"--objects-per-process must be in 1..1000, got {self.objects_per_process}",
             ),
             (self.timeout_s > 0, f"--timeout must be positive, got {self.timeout_s}"),
@@ -282,7 +284,8 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class MaterialsConfig:
-    """What the renderer does about materials that would render wrong yet look ``ok`` (docs/render_failures.md)."""
+    """What the renderer does about materials that would render wrong yet look ``ok``
+    (docs/render_failures.md)."""
 
     missing_textures: Literal["fail", "strip"] = "fail"
     """An image texture whose file is absent or unreadable renders magenta in Cycles. ``fail``: the object

@@ -22,11 +22,12 @@ from mvforge.render.config import RenderConfig
 
 HDRI_SUFFIXES = (".exr", ".hdr")
 
-# The sun-lamp rig of ``lighting.kind = "lamps"`` (objaverse-xl's studio light): (name, azimuth_deg, elevation_deg, energy), the
-# direction the light comes FROM in the orbit convention of docs/design.md §3 (azimuth 0 = -Y, 90 = +X) before the
-# per-object rig rotation; energy is a sun's irradiance in W/m² before the per-object strength. A classic
-# three-point set-up plus a weak light from below, so no face of an object is left black; the key at 2.5 keeps a
-# white diffuse face facing it (2.5/π + fill + ambient ≈ 0.9 linear) below clipping in the Standard transform.
+# The sun-lamp rig of ``lighting.kind = "lamps"`` (objaverse-xl's studio light): (name, azimuth_deg,
+# elevation_deg, energy), the direction the light comes FROM in the orbit convention of docs/design.md §3
+# (azimuth 0 = -Y, 90 = +X) before the per-object rig rotation; energy is a sun's irradiance in W/m² before
+# the per-object strength. A classic three-point set-up plus a weak light from below, so no face of an object
+# is left black; the key at 2.5 keeps a white diffuse face facing it (2.5/π + fill + ambient ≈ 0.9 linear)
+# below clipping in the Standard transform.
 LAMP_RIG = (
     ("key", 45.0, 45.0, 2.5),
     ("fill", -60.0, 15.0, 1.2),

@@ -2,9 +2,9 @@
 
 Why a child process: a long-lived bpy process leaks 10-50 MB per imported object, bpy is one per process, and
 a crash or hang in an importer must cost one object, not the run. A child renders a small batch of objects in
-turn (``limits.objects_per_process``, docs/design.md §4: the process start and ``import bpy`` are paid once per batch,
-the scene is reset to factory settings between objects). The child (``python -m mvforge.render.worker --serve
-FD``) gets:
+turn (``limits.objects_per_process``, docs/design.md §4: the process start and ``import bpy`` are paid once
+per batch, the scene is reset to factory settings between objects). The child
+(``python -m mvforge.render.worker --serve FD``) gets:
 - its own process group (``start_new_session``), so a timeout kills Blender *and* anything it spawned;
 - ``PR_SET_PDEATHSIG=SIGKILL``, so when the Ray worker that owns it dies (Ray only kills direct children of a
   worker, and not at all when the worker itself crashed) the kernel kills Blender too;

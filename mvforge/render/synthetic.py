@@ -23,7 +23,8 @@ def synthetic_view(
     rgb: tuple[int, int, int], azimuth_deg: float, resolution: int, kind: str = "ok"
 ) -> Image.Image:
     """One RGBA view. ``kind``: ok | empty (nothing drawn) | border (cut by the image border) | tiny | uniform,
-    or the pixel faults the filter's safety net catches (docs/design.md §2.2): magenta (a missing texture, shaded) | dark | bright | faint (alpha 40)."""
+    or the pixel faults the filter's safety net catches (docs/design.md §2.2): magenta (a missing texture,
+    shaded) | dark | bright | faint (alpha 40)."""
     img = Image.new("RGBA", (resolution, resolution), (0, 0, 0, 0))
     draw = ImageDraw.Draw(img)
     r = resolution

@@ -27,7 +27,8 @@ NEGATIVE_PROMPT = (
 
 @dataclass(frozen=True)
 class FieldConfig:
-    """Hash-grid density/albedo field (threestudio ``implicit-volume`` as MVDream configures it; docs/design.md §10.4).
+    """Hash-grid density/albedo field (threestudio ``implicit-volume`` as MVDream configures it;
+    docs/design.md §10.4).
 
     "official" values: mvdream-sd21-shading.yaml ``system.geometry`` and the class defaults of
     ``threestudio/models/geometry/implicit_volume.py`` (MLP width and depth)."""
@@ -147,7 +148,8 @@ class BackgroundConfig:
 @dataclass(frozen=True)
 class CameraConfig:
     """Random multi-view cameras (``threestudio/data/random_multiview.py`` with the ranges of
-    mvdream-sd21-shading.yaml ``data`` and the defaults of ``threestudio/data/uncond.py``; docs/design.md §3, §10.2)."""
+    mvdream-sd21-shading.yaml ``data`` and the defaults of ``threestudio/data/uncond.py``; docs/design.md §3,
+    §10.2)."""
 
     n_view: int = 4
     """Views per group: one elevation, fov, distance and light; azimuths 360/n_view apart (official: 4)."""
@@ -223,7 +225,8 @@ class LossConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW with one learning rate per parameter group (mvdream-sd21-shading.yaml ``system.optimizer``, built by
-    ``threestudio/systems/utils.py`` ``parse_optimizer`` as ``torch.optim.AdamW(params, **args)``; docs/design.md §10.7)."""
+    ``threestudio/systems/utils.py`` ``parse_optimizer`` as ``torch.optim.AdamW(params, **args)``;
+    docs/design.md §10.7)."""
 
     lr_grid: float = 1e-2
     """Hash-grid encoding (official: 0.01)."""

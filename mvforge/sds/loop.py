@@ -75,7 +75,8 @@ def _torch_gen(seed: int, step: int, stream: int) -> torch.Generator:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | any name ``torch.device`` takes → a ``torch.device`` (SDS's own resolver).
+    """``auto`` | ``cpu`` | ``cuda`` | any name ``torch.device`` takes → a ``torch.device`` (SDS's own
+    resolver).
 
     Narrower than :func:`mvforge.devices.resolve_device`, which the other stages use: only a bare ``cuda``
     without a visible GPU is a UserError; a ``cuda:N`` index or ``mps`` is not checked here.

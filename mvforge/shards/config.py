@@ -48,8 +48,8 @@ class LoaderConfig:
     resolution: int = 256
     """Training resolution in pixels (square); views are resized to it after compositing."""
     view_mode: Literal["orthogonal", "random"] = "orthogonal"
-    """orthogonal: a random start azimuth of one orbit, then +360/V steps (docs/design.md §2.4); random: V distinct
-    random views of one orbit."""
+    """orthogonal: a random start azimuth of one orbit, then +360/V steps (docs/design.md §2.4); random: V
+    distinct random views of one orbit."""
     background: Literal["random_grey", "white", "color"] = "random_grey"
     """What RGBA views are composited on: a uniform random grey per object (paper §4.1), white, or
     ``background_rgb``."""

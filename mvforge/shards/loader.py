@@ -1,4 +1,5 @@
-"""The streaming multi-view loader (docs/design.md §2.4): shards -> batches of B objects x V views for training.
+"""The streaming multi-view loader (docs/design.md §2.4): shards -> batches of B objects x V views for
+training.
 
 Model code knows nothing of it: a batch is a dict of tensors and strings.
 
@@ -11,9 +12,9 @@ consumed, and a restored loader replays a visit without decoding up to that posi
 workers round-robin, so after ``n`` consumed batches the loader rotates the stream-to-worker mapping by
 ``n mod W`` and the next batch comes from the right stream.
 
-3D vs 2D per step comes from ``(seed, step)`` only, so every DDP rank takes the same branch (docs/design.md §2.4).
-Every rank yields exactly ``batches_per_epoch`` batches per epoch (webdataset's with_epoch): streams are
-endless, so uneven shards never make one rank stop early and hang the others.
+3D vs 2D per step comes from ``(seed, step)`` only, so every DDP rank takes the same branch (docs/design.md
+§2.4). Every rank yields exactly ``batches_per_epoch`` batches per epoch (webdataset's with_epoch): streams
+are endless, so uneven shards never make one rank stop early and hang the others.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""MVDreamBooth (paper §3.4 / §5.3; docs/dreambooth.md): the multi-view model fine-tuned on a few photos of one subject.
+"""MVDreamBooth (paper §3.4 / §5.3; docs/dreambooth.md): the multi-view model fine-tuned on a few photos of
+one subject.
 
 The loop reads top to bottom like `mvtrain fit`'s and reuses its step pieces (train/loop.py:
 ``micro_batch_inputs``, ``micro_batch_loss``, ``make_optimizer``, ``optimizer_step``; train/checkpoint.py).
