@@ -1,4 +1,5 @@
-"""The one camera convention of mvforge (design §3). numpy only: used by render, shards, train and sds.
+"""The one camera convention of mvforge (docs/design.md §3). numpy only: used by render, shards, train and
+sds.
 
 World: Blender's, right-handed, Z up; objects are normalised into the cube [-0.5, 0.5]^3 at the origin.
 Camera: OpenGL/Blender axes (+X right, +Y up, looking down -Z). A pose is a 4x4 camera-to-world matrix
@@ -52,7 +53,7 @@ def look_at(eye: np.ndarray, target: np.ndarray | None = None, up: np.ndarray = 
 
 def _cross3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a x b of two 3-vectors: np.cross's own formula (same bits), without its axis handling, which made
-    look_at the main cost of planning 10⁶ objects (32 views each, issue 12)."""
+    look_at the main cost of planning 10⁶ objects (32 views each)."""
     return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
 
 
@@ -65,7 +66,7 @@ def intrinsics(fov_deg: float, width: int, height: int | None = None) -> np.ndar
     """3x3 pinhole K (OpenCV axes) for a camera whose fov covers the larger image side.
 
     Blender's sensor fit AUTO applies the fov to the larger side; renders here are square, so the vertical and
-    horizontal fov are equal (design §3).
+    horizontal fov are equal (docs/design.md §3).
     """
     height = width if height is None else height
     focal = 0.5 * max(width, height) / math.tan(math.radians(fov_deg) / 2)
@@ -126,9 +127,10 @@ class OrbitSampling:
     fov_max_deg: float = 60.0
     """Upper bound of the fov."""
     framing: Literal["mvdream", "fit"] = "fit"
-    """How far the camera stands (issue 11), recorded in cameras.json:
+    """How far the camera stands (docs/design.md §3), recorded in cameras.json:
 
-    - ``"mvdream"``: the paper's rule (arXiv 2308.16512 §4.1 as reported by a secondary source, design §3, §10):
+    - ``"mvdream"``: the paper's rule (arXiv 2308.16512 §4.1 as reported by a secondary source, docs/design.md
+      §3, §10.11):
       distance = 0.5 / tan(fov / 2) x jitter. At jitter 1 the unit square on the centre plane spans the whole
       image: the object fills the frame and its near corners may be cut. This reproduces the paper; MVDream's
       own SDS samples cameras at about the same ratio (about 10% tighter: [0.8, 1.0] / tan(fov / 2) around a

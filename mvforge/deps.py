@@ -1,7 +1,7 @@
 """Which optional dependency groups ("extras") are installed, and a one-line error naming the missing one.
 
-mvforge installs in parts (pyproject ``[project.optional-dependencies]``, issue 8): a training node needs no
-Blender (bpy pins numpy<2 and Python 3.11), a render node needs no diffusers. Each command calls
+mvforge installs in parts (pyproject ``[project.optional-dependencies]``, docs/design.md §1): a training node
+needs no Blender (bpy pins numpy<2 and Python 3.11), a render node needs no diffusers. Each command calls
 :func:`require` first, so a missing part is ``error: mvdata render needs mvforge[render] (bpy is not
 installed): pip install 'mvforge[render]'`` and not a traceback deep inside an import. ``mvdata doctor`` prints
 the table of :func:`report`. Pure Python: uses ``importlib.util.find_spec`` and imports nothing it checks.

@@ -1,4 +1,7 @@
-"""The one device resolver of every torch stage (filter, train, sample, sds, eval; issue 8)."""
+"""The device resolver of the torch stages filter, train (fit, dreambooth), sample and eval.
+
+`mvtrain sds` does not use it yet: ``mvforge.sds.loop.resolve_device`` is its own, narrower resolver.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""User-facing errors: the CLI prints them as one line and exits 2, without a traceback (design §5)."""
+"""User-facing errors: the CLI prints them as one line and exits 2, without a traceback (docs/design.md
+§5)."""
 
 
 class UserError(Exception):

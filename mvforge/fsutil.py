@@ -1,4 +1,5 @@
-"""Atomic writes and run provenance shared by every stage (design §2: write ``X.tmp-<pid>``, then rename)."""
+"""Atomic writes and run provenance shared by every stage (docs/design.md §2: write ``X.tmp-<pid>``, then
+rename)."""
 
 from __future__ import annotations
 

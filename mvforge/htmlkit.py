@@ -1,9 +1,9 @@
-"""The HTML pieces every report shares (issue 8): one Jinja2 environment with autoescaping over the templates in
+"""The HTML pieces every report shares: one Jinja2 environment with autoescaping over the templates in
 ``mvforge/templates/``, one histogram writer (inline SVG), one thumbnail encoder (base64 PNG data URI).
 
-A shared layer (design §1): the run report (``mvforge.report``) and the stages' own pages (``filter/report.py``)
-both use it; it imports no stage. Markup lives in the templates, never in Python strings, so every value is
-escaped by the engine (a caption with ``<script>`` shows as text).
+A shared layer (docs/design.md §1): the run report (``mvforge.report``) and the stages' own pages
+(``filter/report.py``) both use it; it imports no stage. Markup lives in the templates, never in Python
+strings, so every value is escaped by the engine (a caption with ``<script>`` shows as text).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Progress bars and end-of-run summary tables shared by the stages (design §5).
+"""Progress bars and end-of-run summary tables shared by the stages (docs/design.md §5).
 
 Rich writes to stderr so stdout stays clean for piping; on a non-terminal (CI, a log file) rich prints
 nothing animated and the summary table still appears.
@@ -29,7 +29,8 @@ class StageProgress:
     """done/total, rate, ETA and a failure count for one stage; use as a context manager.
 
     ``enabled=False`` draws nothing but still counts (library callers, tests, benchmarks, ranks other than 0):
-    the one progress class of every stage, with no separate no-op variant.
+    the progress class of every stage, with no separate no-op variant (the SDS loop's per-step line, which
+    also shows the loss, is its own ``sds.loop._Progress``).
     """
 
     def __init__(self, description: str, total: int, unit: str = "objects", enabled: bool = True):

@@ -1,4 +1,5 @@
-"""One way to start Ray for every stage (design §4): a cluster when an address is given, else local."""
+"""One way to start Ray for every stage (docs/design.md §4): a cluster when an address is given, else
+local."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def bounded_map(submit, items, max_in_flight: int):
     """Run ``submit(item) -> ObjectRef`` over ``items`` with at most ``max_in_flight`` tasks at once, yielding
     ``(item, ref)`` as each finishes (completion order), for the caller to ``ray.get`` and handle errors.
 
-    The one fan-out loop of the stages (render objects, shard files, SDS prompts): holding every ref at once
+    The fan-out loop of render (objects) and shard (files); `mvtrain sds --prompts` keeps its own loop in
+    ``sds/ray_prompts.py``, which also cancels tasks past a timeout. Holding every ref at once
     would let Ray queue 10⁶ tasks on the driver, and ``ray.wait`` over a bounded set stays O(in flight).
     If the caller stops early (an exception, a ``break``), the tasks still in flight are cancelled.
     Raises ValueError when ``max_in_flight < 1``.

@@ -1,10 +1,10 @@
 """`mvdata report DIR`: one HTML page summarising whatever stages have run in a run directory.
 
-Reads the on-disk contracts only (design §2): ``renders/`` (§2.1: contact sheet of each ok object's views with
-its caption, failures by reason code, render timings), ``filter/`` (§2.2: kept/dropped counts, the threshold
-used, a histogram of the aggregate CLIP score as inline SVG) and ``shards/`` (§2.3: shards, samples and bytes
-per split from index.json). A stage that has not run, or left nothing readable, gets a line saying so: the
-report is useful after any prefix of the pipeline and never fails because a later stage is missing.
+Reads the on-disk contracts only (docs/design.md §2): ``renders/`` (§2.1: contact sheet of each ok object's
+views with its caption, failures by reason code, render timings), ``filter/`` (§2.2: kept/dropped counts, the
+threshold used, a histogram of the aggregate CLIP score as inline SVG) and ``shards/`` (§2.3: shards, samples
+and bytes per split from index.json). A stage that has not run, or left nothing readable, gets a line saying
+so: the report is useful after any prefix of the pipeline and never fails because a later stage is missing.
 
 Images are relative links from report.html (the run directory stays self-contained and the page small), or,
 with ``embed_images``, small base64 PNG thumbnails so the single file can be mailed around.
@@ -430,7 +430,8 @@ def _loss_curves(rows: list[dict], width: int = 640, height: int = 160) -> dict 
 
 
 def _validation_section(train: Path, rows: list[dict], report_dir: Path, cfg: ReportConfig) -> str:
-    """Loss curves and, per validation prompt, a strip of its grids over steps (train/validation/, issue 13)."""
+    """Loss curves and, per validation prompt, a strip of its grids over steps (train/validation/,
+    docs/design.md §2.5)."""
     steps, strips = _strips(train / "validation", report_dir, cfg)
     losses = [(kind, [r for r in rows if r.get("kind", "3d") == kind]) for kind in _CURVE_COLORS]
     plot = _plot(
@@ -545,7 +546,8 @@ def _dreambooth_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
 
 
 def _sds_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
-    """Per `mvtrain sds` run under sds/ (design §2.6): summary, loss curve, turntable and every 4-view snapshot."""
+    """Per `mvtrain sds` run under sds/ (docs/design.md §2.6): summary, loss curve, turntable and every 4-view
+    snapshot."""
     runs = sorted(p.parent for p in root.glob("*/summary.json")) if root.is_dir() else []
     items = []
     for run in runs:
@@ -604,8 +606,8 @@ def _pm(block: dict | None, digits: int = 2) -> str:
 
 
 def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
-    """Table 1-shaped summary of eval/eval.json (`mvtrain eval`, issue 15), grids, SDS rows, the paper's
-    figures behind the caveat that they are not comparable (design §10)."""
+    """Table 1-shaped summary of eval/eval.json (`mvtrain eval`, MVDream §5.1), grids, SDS rows, the paper's
+    figures behind the caveat that they are not comparable (docs/design.md §10.11)."""
     from mvforge.eval.paper import CAVEAT, PAPER_TABLE1
 
     path = root / "eval.json"
@@ -692,7 +694,8 @@ def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
 
 
 def _config_text(stage_dir: Path) -> str:
-    """The stage's resolved config.toml (what the outputs were made with, design §2); "" when unreadable."""
+    """The stage's resolved config.toml (what the outputs were made with, docs/design.md §2); "" when
+    unreadable."""
     try:
         return (stage_dir / "config.toml").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):

@@ -4,9 +4,9 @@ Spec: Khronos glTF 2.0 (https://registry.khronos.org/glTF/specs/2.0/glTF-2.0.htm
 Specification": a 12-byte header, a JSON chunk padded with spaces and a BIN chunk padded with zeros, both to
 4-byte multiples. Accessors carry min/max for POSITION (required by the spec) and are 4-byte aligned.
 
-glTF is Y-up with +Z the front; the mvforge world is Blender's Z-up with -Y the front (design §3). Blender's
-glTF importer maps glTF (x, y, z) to Blender (x, -z, y), so writing Blender (x, y, z) as glTF (x, z, -y) makes
-an object imported into Blender stand exactly as it was modelled.
+glTF is Y-up with +Z the front; the mvforge world is Blender's Z-up with -Y the front (docs/design.md §3).
+Blender's glTF importer maps glTF (x, y, z) to Blender (x, -z, y), so writing Blender (x, y, z) as glTF (x, z,
+-y) makes an object imported into Blender stand exactly as it was modelled.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Conventions (checked by tests/assets): a :class:`Part` is a closed surface once coincident vertices are merged,
 triangles wind counter-clockwise seen from outside (right-hand rule gives the outward normal) and each vertex
-normal points outward. Coordinates are metres in the mvforge world (design §3: right-handed, Z up, front = -Y).
+normal points outward. Coordinates are metres in the mvforge world (docs/design.md §3: right-handed, Z up,
+front = -Y).
 
 Determinism: regenerating the demo files must give byte-identical GLBs on any machine. numpy's float64
 transcendental functions can dispatch to CPU-specific SIMD kernels (SVML on AVX-512 for several of them), and

@@ -24,7 +24,8 @@ def set_help(example: str) -> str:
 
 
 def run_app(app: typer.Typer) -> Callable[[], None]:
-    """An entry point that prints a UserError as one line and exits 2, without a traceback (design §5)."""
+    """An entry point that prints a UserError as one line and exits 2, without a traceback (docs/design.md
+    §5)."""
 
     def main() -> None:
         try:

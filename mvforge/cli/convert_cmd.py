@@ -1,4 +1,5 @@
-"""`mvtrain convert`: a released MVDream checkpoint (LDM layout) as a pipeline directory (issue 10).
+"""`mvtrain convert`: a released MVDream checkpoint (LDM layout) as a pipeline directory (docs/design.md
+§10.10).
 
 Heavy imports (torch, diffusers, open_clip) happen inside the command body, so `mvtrain --help` stays light.
 """

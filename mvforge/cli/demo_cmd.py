@@ -1,6 +1,7 @@
 """`mvdata demo-assets` (regenerate the embedded demo GLBs) and `mvdata report` (the run's HTML report).
 
-Nothing heavy is imported at module level: the commands import their modules when they run (design §5).
+Nothing heavy is imported at module level: the commands import their modules when they run (docs/design.md
+§5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`mvtrain dreambooth`: MVDreamBooth (paper §3.4, issue 16). Imports nothing heavy at module level (design §1)."""
+"""`mvtrain dreambooth`: MVDreamBooth (paper §3.4; docs/dreambooth.md). Imports nothing heavy at module level
+(docs/design.md §1)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """`mvtrain eval`: MVDream's Table 1 metrics (FID, IS, CLIP score; + KID and mvforge's consistency figure) of a
-multi-view model against reference renders, and CLIP scores of `mvtrain sds` results (issue 15).
+multi-view model against reference renders, and CLIP scores of `mvtrain sds` results.
 
-Nothing heavy is imported at module level (design §5): torch, diffusers and open_clip load in the body.
+Nothing heavy is imported at module level (docs/design.md §5): torch, diffusers and open_clip load in the
+body.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`mvtrain fit`: the CLI of the training stage. Imports nothing heavy at module level (design §1)."""
+"""`mvtrain fit`: the CLI of the training stage. Imports nothing heavy at module level (docs/design.md §1)."""
 
 from __future__ import annotations
 

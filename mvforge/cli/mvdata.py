@@ -44,7 +44,7 @@ def doctor() -> None:
     )
 
 
-# One module per command (design §5); each body imports what it needs, so --help stays light.
+# One module per command (docs/design.md §5); each body imports what it needs, so --help stays light.
 app.command("render", help=render_cmd.RENDER_HELP, no_args_is_help=True)(render_cmd.render)
 app.command("filter", help=filter_cmd.FILTER_HELP)(filter_cmd.filter_cmd)
 app.command("make-tiny-clip")(filter_cmd.make_tiny_clip)

@@ -13,7 +13,7 @@ app = make_app(
 )
 
 
-# One module per command (design §5); each body imports what it needs, so --help stays light.
+# One module per command (docs/design.md §5); each body imports what it needs, so --help stays light.
 app.command("fit")(fit_cmd.fit)
 app.command("fit-vae")(fit_vae_cmd.fit_vae)
 app.command("make-tiny-sd")(sample_cmd.make_tiny_sd)

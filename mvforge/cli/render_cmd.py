@@ -1,4 +1,4 @@
-"""`mvdata render`: the CLI of the render stage. Imports nothing heavy at module level (design §1)."""
+"""`mvdata render`: the CLI of the render stage. Imports nothing heavy at module level (docs/design.md §1)."""
 
 from __future__ import annotations
 

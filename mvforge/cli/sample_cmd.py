@@ -1,4 +1,5 @@
-"""`mvtrain sample` (text to V views through MVDreamPipeline, issue 9) and `mvtrain make-tiny-sd`."""
+"""`mvtrain sample` (text to V views through MVDreamPipeline, docs/ecosystem.md §2) and
+`mvtrain make-tiny-sd`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`mvtrain sds`: text to 3D by multi-view score distillation (MVDream §3.3, issue 14)."""
+"""`mvtrain sds`: text to 3D by multi-view score distillation (MVDream §3.3)."""
 
 from __future__ import annotations
 

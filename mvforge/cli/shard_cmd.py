@@ -1,4 +1,5 @@
-"""`mvdata shard` and `mvdata verify` (design §2.3). Heavy imports happen inside the command bodies."""
+"""`mvdata shard` and `mvdata verify` (docs/design.md §2.3). Heavy imports happen inside the command
+bodies."""
 
 from __future__ import annotations
 

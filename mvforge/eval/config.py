@@ -1,7 +1,7 @@
-"""Typed configuration of `mvtrain eval` (TOML + ``--set``; CLI flags write here; issue 15).
+"""Typed configuration of `mvtrain eval` (TOML + ``--set``; CLI flags write here).
 
-Generation settings are the shared ``SampleConfig`` (the authors' inference by default, design §10) under
-``sample``; the rest says how images are prepared and scored.
+Generation settings are the shared ``SampleConfig`` (the authors' inference by default, docs/design.md §10.10)
+under ``sample``; the rest says how images are prepared and scored.
 """
 
 from __future__ import annotations

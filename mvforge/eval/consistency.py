@@ -1,7 +1,7 @@
-"""mvforge's own multi-view consistency figure (issue 15; not a metric of the MVDream paper).
+"""mvforge's own multi-view consistency figure (not a metric of the MVDream paper).
 
-For each object, the V views lie on one orbit (equal azimuth steps, design §3), so neighbours on the ring
-should look alike: the figure is 100 · the mean cosine of the image embeddings of ring-adjacent views
+For each object, the V views lie on one orbit (equal azimuth steps, docs/design.md §3), so neighbours on the
+ring should look alike: the figure is 100 · the mean cosine of the image embeddings of ring-adjacent views
 (v, v+1 mod V). Near 100: views that embed alike (consistent, or identical: a model that ignores the camera
 scores high too, so read it beside the reference renders' value); low: views that disagree. It is computed for
 the reference renders' views in the same way, which gives the scale.

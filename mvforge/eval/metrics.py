@@ -1,4 +1,4 @@
-"""FID, KID, Inception Score and CLIP score written from their definitions, on arrays (issue 15).
+"""FID, KID, Inception Score and CLIP score written from their definitions, on arrays (MVDream §5.1).
 
 Every function takes features or logits already extracted (``mvforge.eval.extractors``), so the definitions are
 tested on hand-made arrays and the extractor can be swapped. numpy and scipy only.

@@ -1,5 +1,6 @@
-"""MVDream's Table 1 figures as design §10 records them (secondhand; labels doubtful), for the report's caveat
-table only: the paper's CLIP model and FID reference set are unknown, so our numbers are not comparable."""
+"""MVDream's Table 1 figures as docs/design.md §10.11 records them (secondhand; labels doubtful), for the
+report's caveat table only: the paper's CLIP model and FID reference set are unknown, so our numbers are not
+comparable."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The resumable generate -> score loop of `mvtrain eval` (issue 15, MVDream §5.1 Table 1).
+"""The resumable generate -> score loop of `mvtrain eval` (MVDream §5.1 Table 1).
 
 Output layout (``OUT``):
 
@@ -66,9 +66,9 @@ def _open(data_or_path) -> Image.Image:
 
 
 def read_reference(root: str | Path, views: int, split: str = "val") -> list[RefObject]:
-    """Reference objects of a render directory (design §2.1) or a shard directory (§2.3; the ``split`` shards,
-    or every shard when there are none of that split), ``views`` evenly spaced views each, sorted by key.
-    Raises UserError when the directory holds neither."""
+    """Reference objects of a render directory (docs/design.md §2.1) or a shard directory (§2.3; the ``split``
+    shards, or every shard when there are none of that split), ``views`` evenly spaced views each, sorted by
+    key. Raises UserError when the directory holds neither."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(

@@ -1,9 +1,10 @@
-"""CLIP score of `mvtrain sds` results against their prompts (issue 15, ``mvtrain eval --sds DIR``).
+"""CLIP score of `mvtrain sds` results against their prompts (``mvtrain eval --sds DIR``).
 
 A result directory holds ``summary.json`` (with ``prompt``, written last), ``turntable.gif`` (a full orbit)
-and ``snapshots/step-NNNNNN.png`` (each the V orbit views at azimuths 0/90/180/270 side by side, issue 14's
-layout). The scored views are ``views`` frames evenly spaced over the turntable, else the square tiles of the
-latest snapshot; both are ring-ordered, so the consistency figure applies.
+and ``snapshots/step-NNNNNN.png`` (each the V orbit views at azimuths 0/90/180/270 side by side, as
+``mvtrain sds`` writes them, docs/design.md §2.6). The scored views are ``views`` frames evenly spaced over
+the turntable, else the square tiles of the latest snapshot; both are ring-ordered, so the consistency figure
+applies.
 """
 
 from __future__ import annotations

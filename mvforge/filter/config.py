@@ -3,7 +3,7 @@
 The settings split in two kinds. Those that change a score (model, weights, text, views, background, the
 alpha level the gate metrics use) form the *scoring key*: a filter directory holds scores of one key only,
 and resume refuses to mix keys. Everything else (aggregate, thresholds, gate limits, report) is applied to
-the stored scores at selection time, so changing it re-selects without re-scoring (design §2.2).
+the stored scores at selection time, so changing it re-selects without re-scoring (docs/design.md §2.2).
 """
 
 from __future__ import annotations
@@ -104,13 +104,15 @@ class GatesConfig:
     circumsphere inside the image (``cameras.OrbitSampling.frame_radius``), so a normalised object reaches the
     border only when normalisation failed (a ground plane, a backdrop): that shows in most views, while one
     view grazing the edge must not drop an object. Renders made with ``cameras.framing = "mvdream"`` (the paper's
-    rule: the object fills the frame, corners may be cut; recorded in cameras.json) are exempt (issue 11)."""
+    rule: the object fills the frame, corners may be cut; recorded in cameras.json) are exempt (docs/design.md
+    §3)."""
     keep_stripped_textures: bool = False
     """Keep objects whose missing texture images the renderer stripped (render ``materials.missing_textures =
     "strip"``, meta.json ``stats.stripped_textures``); dropped as ``stripped_textures`` by default."""
     magenta_max_fraction: float = 0.1
     """missing_texture_color: on average over scored views more than this fraction of the object's pixels is
-    magenta, Cycles' colour for an image it cannot load (issue 11 safety net). A genuinely magenta object is
+    magenta, Cycles' colour for an image it cannot load (the pixel safety net,
+    docs/design.md §2.2). A genuinely magenta object is
     dropped too: raise this to keep such objects."""
     dark_max_fraction: float = 0.9
     """underexposed: on average more than this fraction of the object's pixels is crushed to black (every

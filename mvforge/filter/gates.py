@@ -1,7 +1,8 @@
-"""Quality gates computed from the renders themselves (issue 5): empty, cut by the border, tiny, uniform colour,
-plus the pixel-level safety net of issue 11 (the missing-image colour, under- and over-exposure, faint alpha) and
-objects whose broken textures the renderer stripped. The safety net exists because no list of importers and
-material checks in the renderer is ever complete: whatever slipped through still shows in the pixels.
+"""Quality gates computed from the renders themselves (docs/design.md §2.2): empty, cut by the border, tiny,
+uniform colour, plus the pixel-level safety net (the missing-image colour, under- and over-exposure, faint
+alpha) and objects whose broken textures the renderer stripped. The safety net exists because no list of
+importers and material checks in the renderer is ever complete: whatever slipped through still shows in the
+pixels.
 
 Raw per-view measurements are taken while the views are decoded for CLIP and stored in scores.parquet as
 lists; summaries and pass/fail decisions are computed from those lists with the current thresholds
@@ -31,7 +32,8 @@ GATE_REASONS = (
 
 # Per-view lists stored by the scorer (aligned with the ``views`` column).
 VIEW_COLUMNS = ("view_coverage", "view_border", "view_color_std")
-# The safety-net lists (issue 11), also per view: fractions of the object's pixels (alpha above the threshold).
+# The safety-net lists (docs/design.md §2.2), also per view: fractions of the object's pixels (alpha above the
+# threshold).
 PIXEL_COLUMNS = ("view_magenta", "view_dark", "view_clipped", "view_opaque")
 
 # Magenta (the colour Cycles shows for an image it cannot load) after shading: red and blue within 15% of each
@@ -62,9 +64,10 @@ def view_metrics(
 
 
 def pixel_metrics(rgba: np.ndarray, alpha_threshold: int) -> tuple[float, float, float, float]:
-    """The safety-net measurements of one view (issue 11), each a fraction in [0, 1] of the object's pixels
-    (alpha above ``alpha_threshold``) of ``rgba`` (H, W, 4) uint8 straight-alpha sRGB: (magenta, crushed to
-    black, blown to white, opaque). A view without object pixels gives zeros (the empty gate handles it)."""
+    """The safety-net measurements of one view (docs/design.md §2.2), each a fraction in [0, 1] of the
+    object's pixels (alpha above ``alpha_threshold``) of ``rgba`` (H, W, 4) uint8 straight-alpha sRGB:
+    (magenta, crushed to black, blown to white, opaque). A view without object pixels gives zeros (the empty
+    gate handles it)."""
     mask = rgba[..., 3] > alpha_threshold
     n = int(mask.sum())
     if n == 0:
@@ -97,8 +100,9 @@ def gate_table(
 
     ``pixels``: the per-view lists of ``PIXEL_COLUMNS`` (missing ones: no measurement, no gate). ``framing``:
     each object's cameras.json framing; under ``"mvdream"`` the paper's rule lets corners be cut, so the border
-    gate does not apply (issue 11). ``stripped_textures``: meta.json ``stats.stripped_textures`` per object.
-    An object without measured views (unreadable) gets NaN metrics and fails no gate: it already has a reason.
+    gate does not apply (docs/design.md §3, framing). ``stripped_textures``: meta.json
+    ``stats.stripped_textures`` per object. An object without measured views (unreadable) gets NaN metrics and
+    fails no gate: it already has a reason.
     """
 
     def reduce(lists: list[np.ndarray], fn) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""`mvdata filter`: score the objects of a render directory, then select, report and record (design §2.2, §4).
+"""`mvdata filter`: score the objects of a render directory, then select, report and record (docs/design.md
+§2.2, §4).
 
 ```
 filter/parts/part-<run>-<seq>.parquet   scored batches grouped (run.objects_per_part), renamed into place whole
@@ -55,7 +56,7 @@ class PartWriter:
     """Groups scored batches into parquet parts of about ``objects_per_part`` rows (or whatever arrived within
     ``flush_s`` seconds), each written whole under a unique name: the resume journal.
 
-    One part per Ray batch would mean ~50K small files at Objaverse scale (issue 8); a part per few thousand
+    One part per Ray batch would mean ~50K small files at Objaverse scale; a part per few thousand
     objects keeps the directory small while a kill loses at most ``flush_s`` seconds of scoring.
     """
 

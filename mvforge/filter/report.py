@@ -1,7 +1,7 @@
 """report.html: one self-contained page (inline SVG + base64 thumbnails) to judge a threshold by eye.
 
 It shows the score histogram with the threshold, the counts per drop reason, and contact sheets of kept,
-dropped and near-threshold objects (issue 5) — the objects a threshold change would flip.
+dropped and near-threshold objects (docs/design.md §2.2) — the objects a threshold change would flip.
 """
 
 from __future__ import annotations

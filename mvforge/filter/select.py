@@ -1,4 +1,4 @@
-"""From stored scores to a selection: aggregate, gates, threshold or keep-fraction (design §2.2).
+"""From stored scores to a selection: aggregate, gates, threshold or keep-fraction (docs/design.md §2.2).
 
 Pure functions of the scores table and the config, so re-selecting with a new threshold, keep-fraction,
 aggregate or gate limit never touches the model or the images.

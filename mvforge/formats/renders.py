@@ -1,5 +1,5 @@
-"""The render directory format (design §2.1): the contract `mvdata render` writes and filter, shard and the
-report read. Pure Python (imported by every Blender child): no heavy import at module import time.
+"""The render directory format (docs/design.md §2.1): the contract `mvdata render` writes and filter, shard
+and the report read. Pure Python (imported by every Blender child): no heavy import at module import time.
 
 ```
 renders/<uid[:2]>/<uid>/000.png ...      RGBA 8-bit, straight alpha, sRGB "Standard" view transform
@@ -43,7 +43,8 @@ FORMAT_VERSION = 2
 """Version of meta.json (key ``format_version``). 1: the layout before the key existed (readers treat a missing
 key as 1); 2: ``format_version`` added, fields as in :class:`RenderMeta`."""
 
-# Failure reason codes (design §2.1). Every object ends as exactly one ok meta.json or one failure record.
+# Failure reason codes (docs/design.md §2.1). Every object ends as exactly one ok meta.json or one failure
+# record.
 REASONS = (
     "download_failed",
     "unsupported_format",
@@ -75,7 +76,8 @@ def is_render_dir(path: str | Path) -> bool:
 
 
 def check_not_render_dir(out: str | Path, stage: str) -> None:
-    """UserError when a stage's ``--out`` is a render directory (issue 8 review: it overwrote config.toml)."""
+    """UserError when a stage's ``--out`` is a render directory (the stage would overwrite
+    its config.toml)."""
     if is_render_dir(out):
         raise UserError(
             f"--out {out} is a render directory; `{stage}` writes its own files there and would replace the "
@@ -184,8 +186,8 @@ def iter_failures(root: str | Path) -> Iterator[dict]:
 def cameras_record(views, resolution: int, passes: dict | None = None, framing: str | None = None) -> dict:
     """The cameras.json document for ``views`` (``mvforge.cameras.View``) rendered at ``resolution``².
 
-    ``framing``: ``OrbitSampling.framing`` the distances were drawn with ("mvdream" | "fit", issue 11); None
-    (synthetic renders) leaves the key out. The filter's border gate reads it.
+    ``framing``: ``OrbitSampling.framing`` the distances were drawn with ("mvdream" | "fit", docs/design.md
+    §3); None (synthetic renders) leaves the key out. The filter's border gate reads it.
     """
     from mvforge.cameras import intrinsics
 
@@ -216,7 +218,7 @@ def cameras_record(views, resolution: int, passes: dict | None = None, framing: 
 
 @dataclass(frozen=True)
 class RenderMeta:
-    """meta.json of an ok object (design §2.1), written last: its presence marks the object done.
+    """meta.json of an ok object (docs/design.md §2.1), written last: its presence marks the object done.
 
     ``extra`` holds keys this version does not name (written by a newer mvforge, or stage-specific additions),
     so a read → write round trip loses nothing. Readers accept format 1 (no ``format_version`` key).
@@ -229,17 +231,17 @@ class RenderMeta:
     name: str = ""
     tags: list[str] = field(default_factory=list)
     normalization: dict[str, Any] | None = None
-    """scale and offset that map the object into [-0.5, 0.5]^3 (design §3)."""
+    """scale and offset that map the object into [-0.5, 0.5]^3 (docs/design.md §3)."""
     stats: dict[str, Any] | None = None
     """faces, vertices, materials, animations, missing_textures, ... as counted by the Blender adapter."""
     hdri: dict[str, Any] | None = None
     """name, rotation_deg, strength (the per-object draw), visible_to_camera of the HDRI that lit the object;
-    None under lamps. Since the exposure setting (issue 12, ``lighting.exposure``): ``exposure`` (raw |
+    None under lamps. Since the exposure setting (``lighting.exposure``): ``exposure`` (raw |
     normalized), ``exposure_target`` (normalized only), ``mean_radiance`` (the map's solid-angle weighted mean
     luminance) and ``strength_applied`` (the Background strength Cycles used: strength, or strength x
     exposure_target / mean_radiance); absent in renders made before."""
     lamps: dict[str, Any] | None = None
-    """Under ``lighting.kind = "lamps"`` (issue 12): rotation_deg, strength, ambient and ``lights`` (name,
+    """Under ``lighting.kind = "lamps"``: rotation_deg, strength, ambient and ``lights`` (name,
     azimuth_deg, elevation_deg, energy in W/m² per sun lamp); None under an HDRI and in renders made before."""
     seed: int | None = None
     engine: str = "CYCLES"
@@ -253,12 +255,14 @@ class RenderMeta:
     peak_rss_mb: float | None = None
     device: str = "CPU"
     cycles: dict[str, Any] | None = None
-    """The sampling settings read back from Blender (issue 12): samples, adaptive_threshold, adaptive_min_samples
-    (the minimum Cycles used, its automatic rule resolved; None with adaptive sampling off), light_tree, denoiser (None when
-    no denoiser ran, else "OPENIMAGEDENOISE"), denoising_input_passes, denoising_prefilter, denoising_quality, world_sampling (AUTOMATIC | MANUAL),
-    world_map_resolution (pixels, MANUAL only), filter_width (pixels), max_bounces, persistent_data. None in renders made before."""
+    """The sampling settings read back from Blender (docs/design.md §2.1): samples, adaptive_threshold,
+    adaptive_min_samples (the minimum Cycles used, its automatic rule resolved; None with adaptive sampling
+    off), light_tree, denoiser (None when no denoiser ran, else "OPENIMAGEDENOISE"), denoising_input_passes,
+    denoising_prefilter, denoising_quality, world_sampling (AUTOMATIC | MANUAL), world_map_resolution (pixels,
+    MANUAL only), filter_width (pixels), max_bounces, persistent_data. None in renders made before."""
     process: dict[str, Any] | None = None
-    """The Blender process that rendered the object (issue 12: one process renders a batch in turn): ``pid``,
+    """The Blender process that rendered the object (one process renders a batch in turn,
+    docs/design.md §4): ``pid``,
     ``position`` (1 = its first object, a fresh process) and ``reused`` (position > 1). None in renders made
     before, and in stub renders."""
     status: str = "ok"
@@ -278,7 +282,8 @@ class RenderMeta:
 
 @dataclass(frozen=True)
 class FailureRecord:
-    """``failed/<uid>.json``: the one terminal record of an object that did not render (design §2.1)."""
+    """``failed/<uid>.json``: the one terminal record of an object that did not render (docs/design.md
+    §2.1)."""
 
     uid: str
     reason: str

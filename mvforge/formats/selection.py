@@ -1,4 +1,5 @@
-"""The filter directory format (design §2.2): what `mvdata filter` writes and shard and the report read.
+"""The filter directory format (docs/design.md §2.2): what `mvdata filter` writes and shard and the report
+read.
 
 ```
 filter/scores.parquet     one row per uid: text, model, per-view cosines, aggregate, gate results (before any

@@ -1,4 +1,4 @@
-"""The shard format (design §2.3): member names, the index document and readers; the writer is in
+"""The shard format (docs/design.md §2.3): member names, the index document and readers; the writer is in
 ``mvforge.shards.schema``. Pure Python at import time (numpy and webdataset are imported by the readers).
 
 A sample with key ``<uid>`` holds, in sorted member order:

@@ -1,4 +1,4 @@
-"""The shared multi-view diffusion layer (design §1, issue 9): used by train, sds, eval and `mvtrain sample`.
+"""The shared multi-view diffusion layer (docs/design.md §1): used by train, sds, eval and `mvtrain sample`.
 
 ``from mvforge.models import MultiViewDiffusion, MultiViewUNet, resolve_model, load_unet``. The names load on
 first use (torch and diffusers are heavy; ``mvforge.models.resolve`` and ``camera_batch`` need neither).

@@ -1,8 +1,9 @@
 """Typed configuration of multi-view sampling (`mvtrain sample`; TOML + ``--set``; CLI flags write here).
 
-Defaults are the official MVDream inference script's (design §10, bytedance/MVDream scripts/t2i.py): DDIM 50
-steps, eta 0, CFG 10, empty negative prompt, the ", 3d asset" suffix, 4 views at elevation 15 from azimuth 90,
-seed 23, 256 px. ``AUTHORS_DEFAULTS`` lists them so the CLI help can say which are the authors'.
+Defaults are the official MVDream inference script's (docs/design.md §10.10, bytedance/MVDream
+scripts/t2i.py): DDIM 50 steps, eta 0, CFG 10, empty negative prompt, the ", 3d asset" suffix, 4 views at
+elevation 15 from azimuth 90, seed 23, 256 px. ``AUTHORS_DEFAULTS`` lists them so the CLI help can say which
+are the authors'.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class SampleConfig:
     elevation_deg: float = 15.0
     """Camera elevation of every view."""
     azimuth_start_deg: float = 90.0
-    """Azimuth of view 0 (90 = +X, design §3)."""
+    """Azimuth of view 0 (90 = +X, docs/design.md §3)."""
     resolution: int = 256
     """Image side in pixels; a multiple of the VAE's downsampling factor (MVDream was trained at 256)."""
     seed: int = 23
@@ -60,4 +61,4 @@ AUTHORS_DEFAULTS = (
     "resolution",
     "seed",
 )
-"""Fields whose default is the official inference script's (design §10)."""
+"""Fields whose default is the official inference script's (docs/design.md §10.10)."""

@@ -1,4 +1,4 @@
-"""The released MVDream checkpoints (LDM layout) as mvforge pipeline directories (issue 10, design §10).
+"""The released MVDream checkpoints (LDM layout) as mvforge pipeline directories (docs/design.md §10.10).
 
 ``convert_checkpoint(src, out)`` reads ``sd-v2.1-base-4view.pt`` / ``sd-v1.5-4view.pt`` (or any checkpoint of
 that layout, described by an LDM yaml) and writes a ``MVDreamPipeline`` directory that
@@ -557,9 +557,9 @@ def _clip(sd: dict, cfg: dict):
 
 # ---------------------------------------------------------------- schedule, tokenizer
 def _scheduler(sd: dict, cfg: dict):
-    """LDM's "linear" schedule is diffusers' ``scaled_linear`` (β = linspace(√start, √end, T)², design §10);
-    checked against the checkpoint's ``betas`` and ``alphas_cumprod``. A checkpoint whose betas differ (another
-    schedule) keeps its own betas as ``trained_betas``."""
+    """LDM's "linear" schedule is diffusers' ``scaled_linear`` (β = linspace(√start, √end, T)², docs/design.md
+    §10.10); checked against the checkpoint's ``betas`` and ``alphas_cumprod``. A checkpoint whose betas
+    differ (another schedule) keeps its own betas as ``trained_betas``."""
     import torch
     from diffusers import DDPMScheduler
 
@@ -787,7 +787,7 @@ def _licence(architecture: str) -> str:
 
 def model_card(record: dict) -> str:
     """The pipeline directory's README.md: source, licence, what equals the official code and how it was
-    measured (issue 10)."""
+    measured."""
     dropped = record["dropped"]
     kinds = sorted(set(dropped.values()))
     lines = [

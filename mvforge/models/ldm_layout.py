@@ -1,4 +1,5 @@
-"""Checkpoints in the official MVDream (LDM) layout from diffusers models, for tests and benchmarks (issue 10).
+"""Checkpoints in the official MVDream (LDM) layout from diffusers models, for tests and benchmarks
+(the converter's independent check).
 
 The inverse of what ``mvtrain convert`` does, written independently of it and of diffusers' conversion tables:
 from the LDM module layout of bytedance/MVDream (``openaimodel.py`` ``MultiViewUNetModel.__init__``'s block

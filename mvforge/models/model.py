@@ -6,10 +6,10 @@ Reads top to bottom: the attention processors, the model, the loaders (UNet, fro
   the tokens ``(b v) l c -> b (v l) c`` around attn1 only, so every view attends to the tokens of all views
   with SD's own q/k/v weights (paper §3.1: "inflate" 2D self-attention, no new weights). Cross-attention (attn2)
   keeps plain attention: each view reads the text on its own. ``num_views`` travels with each call
-  (``cross_attention_kwargs``), so gradient checkpointing recomputes with the same value (issue 9).
+  (``cross_attention_kwargs``), so gradient checkpointing recomputes with the same value.
 - Camera: diffusers ``class_embed_type="projection"`` with 16 inputs is MVDream's camera MLP (Linear -> SiLU
   -> Linear) added to the time embedding (paper §3.2, "added to the time embedding" was their best variant).
-  Only its last layer is zero-initialised, so at init the model equals SD (design §6).
+  Only its last layer is zero-initialised, so at init the model equals SD (docs/design.md §6).
 - 2D batches (paper §3.3: 30% LAION) carry no camera. With a class embedding diffusers raises on
   ``class_labels=None``; MVDream's own UNet simply skips the camera term when ``camera is None``, so
   ``MultiViewUNet.get_class_embed`` returns no class embedding then. A fake camera (zeros) would NOT be
@@ -34,7 +34,7 @@ from mvforge.errors import UserError
 # looking its loading base classes (ModelMixin, ...) up as attributes of this module: keep ModelMixin imported.
 
 CAMERA_DIM = 16
-"""MVDream camera embedding input: the 4x4 c2w with unit translation, flattened (design §3)."""
+"""MVDream camera embedding input: the 4x4 c2w with unit translation, flattened (docs/design.md §3)."""
 
 EMA_CONFIG_KEYS = frozenset(
     {"decay", "inv_gamma", "min_decay", "optimization_step", "power", "update_after_step", "use_ema_warmup"}
@@ -49,7 +49,7 @@ class MultiViewAttnProcessor(AttnProcessor2_0):
     ``num_views`` arrives with each call as a keyword (``cross_attention_kwargs={"num_views": v}`` of
     ``UNet2DConditionModel.forward``), never as processor state: diffusers' gradient checkpointing
     (``Transformer2DModel`` checkpoints each block with ``cross_attention_kwargs`` among its saved arguments)
-    replays the block in backward with the same value (issue 9: state reset after forward made the
+    replays the block in backward with the same value (state reset after forward would make the
     recomputation run with one view, and torch raised ``CheckpointError``). With ``num_views == 1`` it is
     exactly the plain SDPA processor.
     """
@@ -96,7 +96,7 @@ class CrossAttnProcessor(AttnProcessor2_0):
 
 def install_multiview_attention(unet: UNet2DConditionModel) -> None:
     """Give every attn1 the multi-view processor and every other attention the plain one (both stateless)."""
-    # set_attn_processor(dict) needs every key (design §6).
+    # set_attn_processor(dict) needs every key (docs/design.md §6).
     procs = {
         name: (MultiViewAttnProcessor() if name.endswith("attn1.processor") else CrossAttnProcessor())
         for name in unet.attn_processors
@@ -162,8 +162,8 @@ class MultiViewUNet(UNet2DConditionModel):
 
 def init_camera(unet: UNet2DConditionModel, seed: int = 0) -> None:
     """Seeded init of the new camera MLP: PyTorch's Linear init for the first layer, zeros for the last, so at
-    init the camera changes nothing (design §6). Seeded so two loads of SD give the same model (exact resume
-    and reproducible runs would otherwise differ in the first layer)."""
+    init the camera changes nothing (docs/design.md §6). Seeded so two loads of SD give the same model (exact
+    resume and reproducible runs would otherwise differ in the first layer)."""
     g = torch.Generator().manual_seed(seed)
     first, last = unet.class_embedding.linear_1, unet.class_embedding.linear_2
     bound = 1.0 / math.sqrt(first.in_features)
@@ -261,7 +261,8 @@ def load_frozen(path: str | Path):
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
     """Token ids (N, 77) int64: BOS, BPE tokens, EOS, then the tokenizer's pad id (0 for SD 2.x and OpenCLIP:
-    SD's cross-attention reads all 77 positions, issue 9); truncated to 77 with EOS kept last.
+    SD's cross-attention reads all 77 positions, so the pad id changes the
+    conditioning); truncated to 77 with EOS kept last.
 
     ``split_special_tokens``: the pad token "!" is a special token of SD 2.x's saved tokenizer, and transformers
     would split every "!" in a prompt off as id 0 ("!!" is one BPE token for open_clip). With it the ids equal

@@ -1,4 +1,5 @@
-"""Where a model is: one resolver for every command's ``--model`` (issue 9), and the run checkpoint layout.
+"""Where a model is: one resolver for every command's ``--model`` (docs/ecosystem.md §3), and the run
+checkpoint layout.
 
 Three kinds of directory hold a multi-view model:
 

@@ -1,8 +1,8 @@
 """Tiny random Stable Diffusion and multi-view pipeline directories for tests, demos and benchmarks, offline.
 
 ``make_tiny_sd`` writes a real diffusers SD layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) saved
-with ``save_pretrained``, so it loads through the same ``from_pretrained`` path as SD 2.1 base (design §6).
-The tokenizer is a real CLIP BPE tokenizer rebuilt from the merges file open_clip ships (no download).
+with ``save_pretrained``, so it loads through the same ``from_pretrained`` path as SD 2.1 base (docs/design.md
+§6). The tokenizer is a real CLIP BPE tokenizer rebuilt from the merges file open_clip ships (no download).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def clip_tokenizer():
     CLIP's vocab: the 256 byte-level characters, the same with ``</w>``, the joined merges, then the
     start/end tokens (the construction in CLIP's and open_clip's SimpleTokenizer). It pads with id 0 ("!"), as
     open_clip's ``tokenize`` and SD 2.x's tokenizer do: SD's cross-attention reads all 77 positions, so padding
-    with ``<|endoftext|>`` (49407, HF CLIP's default) would change a real SD 2.x model's conditioning (issue 9).
+    with ``<|endoftext|>`` (49407, HF CLIP's default) would change a real SD 2.x model's conditioning.
     """
     import open_clip
     from open_clip.tokenizer import bytes_to_unicode
@@ -42,8 +42,9 @@ def clip_tokenizer():
 
 VARIANTS = ("tiny", "world")
 """``tiny``: the smallest SD-shaped model (tests, benchmarks). ``world``: the same UNet and text encoder with a
-lighter autoencoder (16/32 channels, no mid-block attention: 2.5x less time per step, ~4x fewer parameters) for models
-trained from scratch on the demo world at 32 px, whose VAE is fitted first (`mvtrain fit-vae`, docs/demo.md)."""
+lighter autoencoder (16/32 channels, no mid-block attention: faster per step, ~4x fewer parameters;
+docs/benchmarks.md) for models trained from scratch on the demo world at 32 px, whose VAE is fitted first
+(`mvtrain fit-vae`, docs/demo.md)."""
 
 
 def _tiny_parts(seed: int, prediction_type: str, variant: str = "tiny") -> dict:

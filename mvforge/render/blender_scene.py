@@ -1,7 +1,9 @@
-"""The Blender (bpy) scene adapter: executes one render job inside a fresh Blender process (design §2.1, §3, §4).
+"""The Blender (bpy) scene adapter: executes one render job inside a fresh Blender process (docs/design.md
+§2.1, §3, §4).
 
-The only module of mvforge that imports ``bpy`` (design §1). Everything it decides was decided by the planner
-(``mvforge.render.plan.plan_job``): cameras, HDRI or lamp rig, rotation, strength, seed. This module only executes:
+The only module of mvforge that imports ``bpy`` (docs/design.md §1). Everything it decides was decided by the
+planner (``mvforge.render.plan.plan_job``): cameras, HDRI or lamp rig, rotation, strength, seed. This module
+only executes:
 
 1. a fresh empty scene; the file's encoding, its external references (docs/render_failures.md: nothing outside
    the object's folder is read) and positions the importer would silently repair (NaN/inf) are checked first
@@ -10,7 +12,7 @@ The only module of mvforge that imports ``bpy`` (design §1). Everything it deci
 2. drop cameras and lights, evaluate armatures and shape keys at frame 0, gather what renders (faces, point
    clouds, curves; not loose vertices or hidden objects);
 3. guards (reason codes of ``mvforge.formats.renders.REASONS``), missing textures (fail or strip), vertex-colour
-   materials (issue 11), then normalise what renders into [-0.5, 0.5]^3 (design §3);
+   materials (docs/render_failures.md), then normalise what renders into [-0.5, 0.5]^3 (docs/design.md §3);
 4. HDRI world (or sun lamps and a uniform ambient), Cycles with every setting explicit, one camera whose ``matrix_world`` is the view's c2w;
 5. per view: RGBA PNG plus optional depth / normal / albedo passes, then ``cameras.json``.
 
@@ -40,20 +42,22 @@ from mvforge.render.config import adaptive_min_samples_used
 
 # Object types whose evaluated form is a mesh Cycles renders (curves with bevel, text and metaballs included).
 GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "FONT", "META"}
-# Object types Cycles renders as points or strands: counted in the bounding box, without faces (issue 11).
+# Object types Cycles renders as points or strands: counted in the bounding box, without faces
+# (they render, so they count; docs/design.md §2.1).
 POINT_TYPES = {"POINTCLOUD", "CURVES"}
-# Imported objects that would change the lighting or the camera: the job decides both (design §2.1).
+# Imported objects that would change the lighting or the camera: the job decides both (docs/design.md §2.1).
 DROPPED_TYPES = {"CAMERA", "LIGHT", "LIGHT_PROBE", "SPEAKER"}
 # A bounding box whose longest side is below this fraction of its distance from the origin (or below it in
 # absolute terms, for objects near the origin) holds no usable shape: float32 vertices resolve ~1e-7 relative.
 ZERO_EXTENT_REL = 1e-8
-# Evaluate animated objects (armatures, shape keys) at frame 0: the rest/first pose (issue 3).
+# Evaluate animated objects (armatures, shape keys) at frame 0: the rest/first pose, the
+# same for every view of an object.
 EVAL_FRAME = 0
 # Depth pass encoding (16-bit PNG): value = depth / depth_max x 65535 with 0 = background (no hit). depth_max
 # covers the whole normalised object from every view: camera distance + half the cube's diagonal (sqrt(3)/2).
 DEPTH_PNG_MAX = 65535
 CUBE_HALF_DIAGONAL = math.sqrt(3.0) / 2.0
-# GPU backends in the order of preference of design §4.
+# GPU backends in the order of preference of docs/design.md §4.
 GPU_BACKENDS = ("OPTIX", "CUDA", "HIP", "METAL")
 NORMALIZE_EMPTY = "mvforge_normalize"
 # Jobs planned before limits.max_evaluated_faces existed carry only max_faces.
@@ -273,8 +277,9 @@ def allow_fbx_lights() -> None:
 
     Its ``blen_read_light`` sets ``light.cycles.cast_shadow``, a property Cycles no longer has, so every FBX
     with a light failed with AttributeError. mvforge removes lights after the import anyway (the job decides the
-    lighting, design §2.1), so the light only needs to exist. The importer's module is wrapped in memory, never
-    edited on disk; tests/render/test_render_fidelity_3.py fails once the importer no longer needs this.
+    lighting, docs/design.md §2.1), so the light only needs to exist. The importer's module is wrapped in
+    memory, never edited on disk; tests/render/test_render_fidelity_3.py fails once the importer no longer
+    needs this.
     """
     from io_scene_fbx import import_fbx
 
@@ -322,8 +327,9 @@ def clip(text: str, limit: int = 300) -> str:
 
 
 def check_positions_before_import(importer: str | None, input_path: str | None) -> str:
-    """Fail ``non_finite`` when the file holds NaN/inf positions its importer would silently set to 0 (issue
-    11); return how the positions were checked (``mvforge.render.precheck``), recorded in meta.json stats."""
+    """Fail ``non_finite`` when the file holds NaN/inf positions its importer would silently set to 0
+    (docs/design.md §2.1, non-finite positions); return how the positions were checked
+    (``mvforge.render.precheck``), recorded in meta.json stats."""
     if not input_path or not os.path.isfile(input_path):
         return "not_needed"  # import_object reports the missing file
     bad, how = precheck.non_finite_positions(importer, input_path)
@@ -477,7 +483,8 @@ def drop_cameras_and_lights() -> None:
 
 @dataclass
 class Geometry:
-    """What the depsgraph renders, gathered once after import (issue 11: normalise over what renders)."""
+    """What the depsgraph renders, gathered once after import (normalise over what renders, docs/design.md
+    §2.1)."""
 
     points: np.ndarray
     """(N, 3) float64 world positions that render: vertices used by a face, point-cloud points, curve points."""
@@ -499,7 +506,8 @@ def evaluated_geometry() -> Geometry:
     Walks the depsgraph's object instances, so modifiers, armatures, shape keys and instancing (collection
     instances, geometry nodes) are counted as they render, each instance with its own world matrix. Mesh
     vertices that belong to no face are left out of ``points`` (a glTF POINTS primitive imports as loose
-    vertices that never render, issue 11); point clouds and hair curves are kept, Cycles renders them.
+    vertices that never render, docs/design.md §2.1); point clouds and hair curves are kept, Cycles renders
+    them.
     """
     depsgraph = bpy.context.evaluated_depsgraph_get()
     rendered: list[np.ndarray] = []
@@ -531,7 +539,8 @@ def evaluated_geometry() -> Geometry:
 
 def geometry_key(inst) -> str:
     """Which evaluated geometries are the same in memory: instances of one data block, and objects that share
-    one mesh without modifiers (linked duplicates), are one geometry (issue 11)."""
+    one mesh without modifiers (linked duplicates), are one geometry (``limits.max_faces``
+    counts what memory holds, docs/design.md §2.1)."""
     obj = inst.object
     data = obj.data.name if obj.data else ""
     if inst.is_instance:
@@ -607,7 +616,8 @@ def check_extent(points: np.ndarray) -> None:
 
 
 def normalize(points: np.ndarray) -> dict:
-    """Fit the bbox into [-0.5, 0.5]^3, longest side 1, centre at the origin (design §3): x' = s x + offset.
+    """Fit the bbox into [-0.5, 0.5]^3, longest side 1, centre at the origin (docs/design.md §3): x' = s x +
+    offset.
 
     The transform goes on a new empty that every root object is parented to, so hierarchies, armatures and
     animations keep working under it.
@@ -630,7 +640,8 @@ def normalize(points: np.ndarray) -> dict:
 
 
 def scene_stats(geo: Geometry, missing_textures: int, stripped_textures: int, vertex_colors: dict) -> dict:
-    """meta.json ``stats``: counts of what was rendered and what was repaired or ignored (issue 11)."""
+    """meta.json ``stats``: counts of what was rendered and what was repaired or ignored (docs/design.md
+    §2.1)."""
     return {
         "faces": geo.faces,
         "unique_faces": geo.unique_faces,
@@ -644,7 +655,7 @@ def scene_stats(geo: Geometry, missing_textures: int, stripped_textures: int, ve
     }
 
 
-# --- 3b. materials that would render wrong (issue 11) ----------------------------------------------------------
+# --- 3b. materials that would render wrong (docs/render_failures.md) -------------------------------------------
 
 
 def missing_images() -> set:
@@ -712,7 +723,8 @@ def reads_color_attribute(material) -> bool:
 
 
 def apply_vertex_colors(enabled: bool) -> dict:
-    """Give material-less meshes that carry a colour attribute a material that renders it (issue 11).
+    """Give material-less meshes that carry a colour attribute a material that renders it (docs/design.md
+    §2.1).
 
     Importers already store the attribute in Blender's linear space (PLY bytes and OBJ ``v x y z r g b`` read
     as sRGB, glTF COLOR_0 as linear), so the Color Attribute node renders it as the file means it. A mesh
@@ -764,8 +776,8 @@ def setup_world(hdri: dict, map_resolution: int = 0) -> dict:
 
     ``map_resolution``: side of the world's importance map (MANUAL sampling), 0 = Cycles' AUTOMATIC size.
     Cycles builds the map at an object's first render call and persistent data keeps it for the other views;
-    a coarser map is cheaper to build and still unbiased, but noisier (issue 12: MANUAL 256 lost 3-8 dB PSNR
-    against AUTOMATIC at 256², more than its time saved).
+    a coarser map is cheaper to build and still unbiased, but noisier: too coarse a map costs more noise than
+    its build time saves (docs/bench/render_speed.md).
 
     ``hdri["exposure"] == "normalized"`` (``lighting.exposure``) sets the Background strength to strength x
     ``exposure_target`` / the map's mean radiance; ``raw`` (or absent: jobs planned before the setting) uses the
@@ -849,9 +861,10 @@ SUN_ANGLE_DEG = 0.526
 
 
 def setup_lamps(lamps: dict) -> None:
-    """The sun-lamp rig of ``lighting.kind = "lamps"`` (issue 12): one SUN light per planned lamp, shining from
-    (azimuth_deg, elevation_deg) in the orbit convention of design §3 towards the origin with ``energy`` W/m²,
-    and a uniform grey world of radiance ``ambient`` that the camera does not see.
+    """The sun-lamp rig of ``lighting.kind = "lamps"`` (objaverse-xl's studio light): one SUN light per
+    planned lamp, shining from (azimuth_deg, elevation_deg) in the orbit convention of docs/design.md §3
+    towards the origin with ``energy`` W/m², and a uniform grey world of radiance ``ambient`` that the camera
+    does not see.
 
     The world is never light-sampled (sampling NONE): a constant world is found as well by the BSDF's own
     samples, and building an importance map of it would cost like an HDRI's.
@@ -877,7 +890,8 @@ def setup_lamps(lamps: dict) -> None:
 
 
 def setup_cycles(cfg: dict, seed: int, resolution: int) -> str:
-    """Cycles with every setting explicit (design §6): a render never depends on Blender's defaults."""
+    """Cycles with every setting explicit (docs/design.md §6): a render never depends on Blender's
+    defaults."""
     scene = bpy.context.scene
     scene.render.engine = "CYCLES"
     cycles = scene.cycles
@@ -890,12 +904,13 @@ def setup_cycles(cfg: dict, seed: int, resolution: int) -> str:
         cycles.adaptive_threshold = threshold
         # Jobs planned before the key existed used Cycles' automatic minimum (0).
         cycles.adaptive_min_samples = int(cfg.get("adaptive_min_samples", 0))
-    # Explicit, though Blender's default: without the light tree the lamp rig's noise moved by -5 to +7 dB per
-    # object at 32 spp (issue 12), so a changed default would change the data.
+    # Explicit, though Blender's default: the light tree changes the lamp rig's noise markedly per object
+    # (docs/bench/render_speed.md), so a changed default would change the data.
     cycles.use_light_tree = True
     cycles.use_denoising = bool(cfg["denoise"])
     # The denoiser's settings are explicit too (recorded in meta.json ``cycles``): OpenImageDenoise, which runs
-    # on any CPU, guided by albedo and normal so texture detail is kept (issue 12 compares SSIM on textures).
+    # on any CPU, guided by albedo and normal so texture detail is kept (docs/bench/render_speed.md
+    # compares SSIM on textures).
     # Jobs planned before these keys existed get the settings Cycles defaults to.
     cycles.denoiser = "OPENIMAGEDENOISE"
     cycles.denoising_input_passes = "RGB_ALBEDO_NORMAL"
@@ -914,7 +929,8 @@ def setup_cycles(cfg: dict, seed: int, resolution: int) -> str:
     cycles.use_animated_seed = False
     scene.render.threads_mode = "FIXED"
     scene.render.threads = max(1, int(cfg["threads"]))
-    # Keep the synced scene (BVH, textures) between the views: only the camera moves (design §8 overhead).
+    # Keep the synced scene (BVH, textures) between the views: only the camera moves (docs/design.md §8
+    # overhead).
     scene.render.use_persistent_data = True
 
     scene.render.resolution_x = scene.render.resolution_y = resolution
@@ -933,7 +949,7 @@ def setup_cycles(cfg: dict, seed: int, resolution: int) -> str:
     for attr in dir(scene.render):
         if attr.startswith("use_stamp"):
             setattr(scene.render, attr, False)
-    # Blender 5 defaults to AgX; the data set is plain sRGB "Standard" (design §2.1).
+    # Blender 5 defaults to AgX; the data set is plain sRGB "Standard" (docs/design.md §2.1).
     scene.display_settings.display_device = "sRGB"
     scene.view_settings.view_transform = cfg["view_transform"]
     scene.view_settings.look = "None"
@@ -1114,7 +1130,7 @@ def save_view(path: Path, check_alpha: bool = True) -> bool:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.png")
     result.save_render(filepath=str(tmp))
     # Cycles stamps its timings into text chunks even with every use_stamp_* off; without them the same job
-    # gives byte-identical files (resume must reproduce an uninterrupted run, design §8).
+    # gives byte-identical files (resume must reproduce an uninterrupted run, docs/design.md §8).
     data = strip_png_text(tmp.read_bytes())
     tmp.unlink()
     atomic_write_bytes(path, data)

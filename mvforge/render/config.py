@@ -13,42 +13,42 @@ from mvforge.errors import UserError
 
 @dataclass(frozen=True)
 class CyclesConfig:
-    """Cycles settings, all explicit so a render never depends on Blender's defaults (design §6)."""
+    """Cycles settings, all explicit so a render never depends on Blender's defaults (docs/design.md §6)."""
 
     samples: int = 16
     """Path-tracing samples per pixel. 16 with the denoiser below and a 512 world map gives lower noise than 32
-    without them on every view measured (+1.9 to +6.0 dB PSNR against 1,024-sample references, 256²), at about
-    0.6x the time per view (issue 12, docs/bench/render_speed.md); before issue 12 the default was 32 without
-    denoising and an AUTOMATIC map."""
+    without them, in less time (figures: docs/benchmarks.md, "Figures moved from docstrings"). Renders made
+    before these settings existed used 32 without denoising and an AUTOMATIC map (``render.driver`` keeps
+    those values for their resume)."""
     adaptive_threshold: float = 0.01
     """Adaptive-sampling noise threshold; 0 disables adaptive sampling. A pixel stops sampling once its estimated
     error is under the threshold; Cycles checks after every 16th sample past ``adaptive_min_samples``."""
     adaptive_min_samples: int = 8
     """Samples before adaptive sampling may stop a pixel; 0 = Cycles' automatic rule, ceil(16 / threshold^0.3):
-    64 at the 0.01 threshold, so the first check came after 80 samples and adaptive sampling never stopped a
-    pixel of a render of 80 samples or fewer (the defaults before this setting: 32, then 16). Any value 1-14
-    (Cycles raises 1-3 to 4) lets a pixel stop after 16 samples, and later at any multiple of 16
-    (``adaptive_first_stop``). Under the lamp rig at the 0.01-px filter, at most 64 samples at threshold 0.0075
-    from 8 then rendered 1.19x the views/s of 32 fixed samples at +1.6 dB PSNR (issue 12,
-    docs/bench/render_speed.md). No effect at ``samples`` <= 16 (the default): the same pixels, tested."""
+    64 at the 0.01 threshold, so the first check comes after 80 samples and adaptive sampling never stops a
+    pixel of a render of 80 samples or fewer. Any value 1-14 (Cycles raises 1-3 to 4) lets a pixel stop after
+    16 samples, and later at any multiple of 16 (``adaptive_first_stop``). No effect at ``samples`` <= 16 (the
+    default): the same pixels, tested. Speed and noise figures: docs/benchmarks.md."""
     denoise: bool = True
     """Run Cycles' OpenImageDenoise pass (guided by albedo and normal) after sampling; meta.json
-    ``cycles.denoiser`` records which denoiser ran (issue 12)."""
+    ``cycles.denoiser`` records which denoiser ran."""
     denoise_prefilter: Literal["ACCURATE", "FAST", "NONE"] = "FAST"
     """How OpenImageDenoise treats its albedo and normal guides (Cycles' "Denoising Prefilter"): ACCURATE
-    denoises them first (two more filter runs), FAST assumes them clean. At 256² ACCURATE + HIGH cost ~0.8 s
-    per view on 2 cores against ~0.15 s for FAST + BALANCED, for under 1 dB (issue 12)."""
+    denoises them first (two more filter runs), FAST assumes them clean. FAST + BALANCED is the default:
+    ACCURATE + HIGH costs several times the time per view for under 1 dB (docs/benchmarks.md)."""
     denoise_quality: Literal["HIGH", "BALANCED", "FAST"] = "BALANCED"
     """OpenImageDenoise's filter quality (Cycles' "Denoising Quality"); see ``denoise_prefilter``."""
     world_map_resolution: int = 512
     """Side of the HDRI world's importance map in pixels (Cycles world "Map Resolution", MANUAL sampling);
     0 = AUTOMATIC, where Cycles sizes it from the HDRI (1024 for the bundled 1024x512 maps). Cycles builds the
-    map once per object (persistent data keeps it for the other views). 512 builds it 4x faster than 1024 for
-    ~0.8 dB at 8 spp, time better spent on samples; 256 lost 3-8 dB (issue 12, docs/bench/render_speed.md)."""
+    map once per object (persistent data keeps it for the other views). 512 builds it faster than 1024 for a
+    little more noise, time better spent on samples; 256 is much noisier (docs/benchmarks.md,
+    docs/bench/render_speed.md)."""
     filter_width: float = 1.5
     """Pixel filter width in pixels (Cycles' Blackman-Harris "Filter Size"; 1.5 is Blender's default). Each
     sample lands within this footprint, which anti-aliases edges and textures. objaverse-xl's script uses 0.01:
-    every sample at the pixel centre, no anti-aliasing noise but aliased edges (issue 12 compares both)."""
+    every sample at the pixel centre, no anti-aliasing noise but aliased edges (docs/bench/render_speed.md
+    compares both)."""
     max_bounces: int = 4
     """Total light bounces."""
     diffuse_bounces: int = 2
@@ -112,7 +112,7 @@ _RANGE_NOTE = {"adaptive_threshold": " (0 = off)", "adaptive_min_samples": " (0 
 def adaptive_min_samples_used(threshold: float, min_samples: int) -> int:
     """The minimum samples per pixel Cycles uses for an ``adaptive_threshold`` > 0 and ``adaptive_min_samples``
     (0 = automatic): Cycles' ``Integrator::get_adaptive_sampling`` rule, max(4, ceil(16 / threshold^0.3)) when
-    automatic, else max(4, min_samples) (issue 12)."""
+    automatic, else max(4, min_samples)."""
     if min_samples == 0:
         return max(4, math.ceil(16.0 / threshold**0.3))
     return max(4, min_samples)
@@ -138,10 +138,10 @@ class LightingConfig:
     """
 
     kind: Literal["hdri", "lamps"] = "hdri"
-    """``hdri``: one environment map per object (design §2.1).
+    """``hdri``: one environment map per object (docs/design.md §2.1).
     ``lamps``: four sun lamps (key, fill, rim, bottom; ``LAMP_RIG`` in mvforge.render.plan) plus a weak uniform
     ambient, the studio set-up of objaverse-xl's render script. Sun lamps are sampled without noise, so
-    a view needs far fewer samples for the same PSNR (issue 12, docs/bench/render_speed.md), but every object
+    a view needs far fewer samples for the same PSNR (docs/bench/render_speed.md), but every object
     is lit alike, with harder shadows and no environment reflections."""
     hdri_dir: Path | None = None
     """Directory of .exr/.hdr maps; default: the 8 CC0 studio-light HDRIs shipped in the bpy wheel."""
@@ -161,16 +161,15 @@ class LightingConfig:
     this setting). ``normalized`` divides by the map's mean radiance (luminance over the sphere, weighted by
     solid angle; ``mvforge.render.exposure``), so the Background strength becomes strength x ``exposure_target``
     / mean radiance: every map gives the same average light and the per-object strength draw keeps its variety.
-    The 8 maps in the bpy wheel span ~6x (night 0.165 to interior 0.973) and, raw, clip up to 80 % of an
-    object's pixels at 256² (issue 12, design §2.1; figures in docs/bench/render_speed.md "HDRI exposure").
-    meta.json ``hdri`` records ``mean_radiance`` and the ``strength_applied`` either way. ``raw`` stays the
-    default: normalised (target 0.35) cut clipping from 18.3 % to 0.2 % of object pixels but was 0.7 dB noisier
-    against 1,024-sample references (lifted dim maps; issue 12's rule keeps a default unless noise is equal or
-    lower)."""
+    The 8 maps in the bpy wheel differ several-fold in mean radiance and, raw, the brightest clip many of an
+    object's pixels (figures in docs/bench/render_speed.md "HDRI exposure"). meta.json ``hdri`` records
+    ``mean_radiance`` and the ``strength_applied`` either way (docs/design.md §2.1). ``raw`` stays the
+    default: normalised cuts clipping but adds noise (it lifts dim maps), and a render default changes only
+    for equal or lower noise (docs/benchmarks.md)."""
     exposure_target: float = 0.35
     """Under ``exposure = "normalized"``: the mean radiance every map is scaled to (linear, before the strength
-    draw); the bundled maps' median is ~0.77. 0.35 clipped 0.0-1.1 % of each test object's pixels with mean
-    values 97-126/255; 0.5 and 0.7 clipped up to 31 % and 58 % (Duck), raw 81 % (issue 12,
+    draw); the bundled maps' median is ~0.77. 0.35 keeps clipping near zero on the test objects with mid-grey
+    mean values, where higher targets clip much more (figures: docs/benchmarks.md,
     docs/bench/render_speed.md). Not used under ``raw``."""
 
     def __post_init__(self) -> None:
@@ -196,7 +195,7 @@ class LightingConfig:
 
 def check_lighting_kind(lighting: LightingConfig) -> None:
     """Refuse HDRI-only settings under ``kind = "lamps"``, where they would be silently ignored; all of them in
-    one line (issue 12 review). Called once the config file, ``--set`` and the flags are merged, since a flag may
+    one line. Called once the config file, ``--set`` and the flags are merged, since a flag may
     change the kind (the CLI, and ``driver.render`` for API callers). Raises UserError."""
     if lighting.kind != "lamps":
         return
@@ -235,7 +234,7 @@ class LimitsConfig:
 
     max_faces: int = 5_000_000
     """Unique faces (each mesh counted once however often it is instanced: what memory holds) above this are
-    rejected as too_many_faces (issue 11: instancing costs almost no memory)."""
+    rejected as too_many_faces (instancing costs almost no memory; docs/design.md §2.1)."""
     max_evaluated_faces: int = 100_000_000
     """Evaluated faces (every instance counted: what Cycles traces) above this are rejected as too_many_faces;
     the failure message names which of the two caps fired."""
@@ -250,24 +249,25 @@ class LimitsConfig:
     pin_cpus: bool = True
     """Pin each Blender process to ``cycles.threads`` CPUs of its own on the node (Linux; lock files under
     /dev/shm/mvforge-cpus, one directory per node, freed when a process dies). Cycles under ``threads = 1``
-    otherwise keeps a second, idle-spinning thread busy: two unpinned single-thread renders on 2 CPUs took 6.6-6.8 s per object, pinned 4.1-4.3 s
-    (issue 12, mvforge.render.cpus). When fewer CPUs are free than asked the process runs unpinned;
-    meta.json ``process.cpus`` records the CPUs. False = never pin (e.g. a node shared with other heavy work,
-    where the kernel should move renders between cores)."""
+    otherwise keeps a second, idle-spinning thread busy, which slows renders that share CPUs (docs/design.md
+    §4, mvforge.render.cpus; figures: docs/benchmarks.md). When fewer CPUs are free than asked the process
+    runs unpinned; meta.json ``process.cpus`` records the CPUs. False = never pin (e.g. a node shared with
+    other heavy work, where the kernel should move renders between cores)."""
     objects_per_process: int = 8
-    """Objects one Blender process renders in turn (one Ray task per batch of this many objects; issue 12).
-    Reusing the process saves its start and ``import bpy`` (~0.6-3 s) and the first-import set-up (~0.3 s) per
-    object, the largest part of the per-object overhead at 32 views; the scene is reset to factory settings
-    between objects (renders byte-identical to one process per object). ``timeout_s`` and ``memory_gb`` still
-    apply per object, and a process that dies or is killed costs only the object it was rendering: the rest
-    of its batch goes on in a fresh process. A long-lived bpy process grows by ~10-50 MB per imported object
-    (design §4), which bounds this. 1 = one process per object (the behaviour before issue 12)."""
+    """Objects one Blender process renders in turn (one Ray task per batch of this many objects;
+    docs/design.md §4). Reusing the process saves its start, ``import bpy`` and the first-import set-up per
+    object, the largest part of the per-object overhead at 32 views (figures: docs/benchmarks.md); the scene
+    is reset to factory settings between objects (renders byte-identical to one process per object).
+    ``timeout_s`` and ``memory_gb`` still apply per object, and a process that dies or is killed costs only
+    the object it was rendering: the rest of its batch goes on in a fresh process. A long-lived bpy process
+    grows with every imported object (docs/design.md §4), which bounds this. 1 = one process per object."""
 
     def __post_init__(self) -> None:
         checks = [
             (
                 1 <= self.objects_per_process <= 1000,
-                # Above ~1000 the per-object bpy growth (design §4) could reach GBs before the process ends.
+                # Above ~1000 the per-object bpy growth (docs/design.md §4) could reach GBs before the process
+                # ends.
                 f"--objects-per-process must be in 1..1000, got {self.objects_per_process}",
             ),
             (self.timeout_s > 0, f"--timeout must be positive, got {self.timeout_s}"),
@@ -284,7 +284,8 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class MaterialsConfig:
-    """What the renderer does about materials that would render wrong yet look ``ok`` (issue 11)."""
+    """What the renderer does about materials that would render wrong yet look ``ok``
+    (docs/render_failures.md)."""
 
     missing_textures: Literal["fail", "strip"] = "fail"
     """An image texture whose file is absent or unreadable renders magenta in Cycles. ``fail``: the object

@@ -1,11 +1,10 @@
-"""CPU slots: each Blender child of a node renders on CPUs of its own (issue 12, `limits.pin_cpus`).
+"""CPU slots: each Blender child of a node renders on CPUs of its own (`limits.pin_cpus`, docs/design.md §4).
 
 Why: Cycles under `threads = 1` keeps a second thread busy while one renders (Blender's TBB pool is sized from
-the CPUs the process may use, and its idle worker spins): measured on a 2-vCPU VM, one `threads = 1` render
-kept 2 threads busy for the speed of one; pinned to one CPU it kept 1 busy at the same speed. Two unpinned
-`threads = 1` processes side by side each took 6.6-6.8 s per object, two pinned to CPUs 0 and 1 took 4.1-4.3 s
-(1.6x; docs/bench/render_speed.md). So a Blender child is pinned to ``threads`` CPUs that no other mvforge
-render on the node holds.
+the CPUs the process may use, and its idle worker spins): one `threads = 1` render keeps 2 threads busy for
+the speed of one; pinned to one CPU it keeps 1 busy at the same speed, and two pinned renders side by side run
+markedly faster than two unpinned (figures: docs/benchmarks.md, docs/bench/render_speed.md). So a Blender
+child is pinned to ``threads`` CPUs that no other mvforge render on the node holds.
 
 How: one lock file per CPU in ONE directory per node, whoever runs the render (``lock_dir``: /dev/shm, else
 /tmp; ``MVFORGE_CPU_LOCKS`` overrides): renders with different TMPDIRs or users would otherwise

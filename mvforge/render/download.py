@@ -1,4 +1,5 @@
-"""HTTP(S) downloads of source objects, run inside the render task on the node that renders (design §4).
+"""HTTP(S) downloads of source objects, run inside the render task on the node that renders (docs/design.md
+§4).
 
 One object = one file: fetched with a socket timeout and a bounded number of retries with exponential
 backoff, streamed into ``<dest>.tmp-<pid>`` while hashing, checked against the expected sha256 when the

@@ -1,11 +1,11 @@
 """The `mvdata render` driver: plan every object, schedule one Ray task per small batch of objects, record,
 resume.
 
-Resume is a property of the output directory, not of a job database (design §2.1): an object is done iff its
-meta.json (ok) or its failure record exists, so re-running the same command renders only what is missing.
-Each task downloads its objects (those that are URLs) on the node that renders, then renders them in turn in
-one Blender child process through ``runner.run_objects`` (``limits.objects_per_process``, issue 12); the
-driver appends one manifest line per finished object.
+Resume is a property of the output directory, not of a job database (docs/design.md §2.1): an object is done
+iff its meta.json (ok) or its failure record exists, so re-running the same command renders only what is
+missing. Each task downloads its objects (those that are URLs) on the node that renders, then renders them in
+turn in one Blender child process through ``runner.run_objects`` (``limits.objects_per_process``: the process
+start is paid once per batch, docs/design.md §4); the driver appends one manifest line per finished object.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def render(
     """Render ``sources`` into ``out`` with at most ``workers`` Blender processes at a time.
 
     ``task``: the function each Ray task runs on a batch of objects, with :func:`render_task`'s signature and
-    contract (default :func:`render_task`); the driver's dry run passes ``mvforge.render.synthetic.stub_render_task`` (issue 12).
+    contract (default :func:`render_task`); the driver's dry run passes
+    ``mvforge.render.synthetic.stub_render_task``.
     """
     start = time.monotonic()
     out = Path(out)
@@ -136,7 +137,7 @@ def _validate(sources: list[SourceObject], cfg: RenderConfig, workers: int, gpus
     if dup is not None:
         raise UserError(f"uid {dup} appears twice in the sources; give each object its own uid")
     # Object directories are named by uid: on a case-insensitive filesystem two uids equal ignoring case
-    # would share one directory, whatever filesystem this run happens to be on (issue 11).
+    # would share one directory, whatever filesystem this run happens to be on (docs/design.md §2.1, Sources).
     folded: dict[str, str] = {}
     for s in sources:
         other = folded.setdefault(s.uid.casefold(), s.uid)
@@ -158,20 +159,22 @@ def _validate(sources: list[SourceObject], cfg: RenderConfig, workers: int, gpus
     check_lighting_kind(cfg.lighting)
 
 
-# Cycles keys added by issue 12, with the values that reproduce what renders made before them did (the AUTOMATIC
-# world map; Cycles' own denoiser defaults), so those directories still resume.
+# Cycles keys added by the render-speed work (docs/bench/render_speed.md), with the values that reproduce what
+# renders made before them did (the AUTOMATIC world map; Cycles' own denoiser defaults), so those directories
+# still resume.
 _CYCLES_BEFORE_ISSUE_12 = {
     "world_map_resolution": 0,
     "denoise_prefilter": "ACCURATE",
     "denoise_quality": "HIGH",
-    # Blender's default pixel filter, set explicitly since the lamp rig's comparison (issue 12).
+    # Blender's default pixel filter, set explicitly since the lamp rig's comparison
+    # (docs/bench/render_speed.md).
     "filter_width": 1.5,
     # Cycles' automatic minimum for adaptive sampling (64 samples at the 0.01 threshold).
     "adaptive_min_samples": 0,
 }
 _DENOISER_KEYS = ("denoise_prefilter", "denoise_quality")
-# Lighting keys added by issue 12, with what renders made before them did: an HDRI (before the lamp rig), used
-# at its raw exposure (before exposure normalisation).
+# Lighting keys added later (the lamp rig, exposure normalisation), with what renders made before them did: an
+# HDRI (before the lamp rig), used at its raw exposure (before exposure normalisation).
 _LIGHTING_BEFORE_ISSUE_12 = {"kind": "hdri", "exposure": "raw"}
 # Settings that decide nothing under the other kind of light.
 _LIGHTING_UNUSED = {
@@ -246,7 +249,8 @@ def _check_config(out: Path, cfg: RenderConfig, overwrite: bool, uids: set[str] 
     """Refuse to mix renders made with different settings in one directory; then save the config.
 
     ``--overwrite`` with new settings re-renders only the objects of this call (``uids``): finished objects
-    outside them would keep the old settings under the new config.toml, so that is refused too (issue 11).
+    outside them would keep the old settings under the new config.toml, so that is refused too (docs/design.md
+    §2.1, Sources).
     """
     path = out / layout.CONFIG
     if path.is_file():
@@ -287,12 +291,12 @@ def _finished_uids(out: Path) -> set[str]:
 
 
 def _check_same_sources(out: Path, finished: list[SourceObject]) -> None:
-    """Refuse a uid whose finished render came from a different file (issue 11): resume would skip it and the
-    dataset would pair the new file's uid with the old file's images.
+    """Refuse a uid whose finished render came from a different file (docs/design.md §2.1, Sources): resume
+    would skip it and the dataset would pair the new file's uid with the old file's images.
 
     Compares the sha256 recorded in meta.json with the local file's or with the published one of a download.
-    A local file is hashed only when its size or mtime differ from those recorded beside the sha256 (issue 12:
-    hashing every finished file on every resume grew with the data set's bytes, hours at 10⁶ objects); renders
+    A local file is hashed only when its size or mtime differ from those recorded beside the sha256 (hashing
+    every finished file on every resume grew with the data set's bytes, hours at 10⁶ objects); renders
     made before record neither and are hashed. Raises UserError naming the uid and both files.
     """
     from mvforge.render.download import sha256_file
@@ -385,9 +389,9 @@ def _prepare_manifest(out: Path, states: dict[str, str | None], rerun: set[str])
 def render_task(
     objs: list[SourceObject], jobs: list[dict], out: str, cfg: RenderConfig, env: dict[str, str]
 ) -> list[dict]:
-    """Body of one Ray task: a batch of objects (``limits.objects_per_process``, issue 12). Downloads the ones
-    that are URLs, then renders them in turn in one reused Blender child process (``runner.run_objects``);
-    returns one manifest record per object, in order."""
+    """Body of one Ray task: a batch of objects (``limits.objects_per_process``, docs/design.md §4). Downloads
+    the ones that are URLs, then renders them in turn in one reused Blender child process
+    (``runner.run_objects``); returns one manifest record per object, in order."""
     from mvforge.render import runner
 
     out_path = Path(out)

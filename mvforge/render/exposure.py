@@ -1,4 +1,5 @@
-"""HDRI exposure: the mean radiance of an equirectangular map, and the strength that normalises it (issue 12).
+"""HDRI exposure: the mean radiance of an equirectangular map, and the strength that normalises it
+(``lighting.exposure``).
 
 Pure numpy, no bpy: the Blender child (``mvforge.render.blender_scene``) reads a map's pixels and calls these, and
 the tests call them on synthetic arrays. Why it exists: the 8 maps in the bpy wheel span ~6x in mean radiance

@@ -22,11 +22,12 @@ from mvforge.render.config import RenderConfig
 
 HDRI_SUFFIXES = (".exr", ".hdr")
 
-# The sun-lamp rig of ``lighting.kind = "lamps"`` (issue 12): (name, azimuth_deg, elevation_deg, energy), the
-# direction the light comes FROM in the orbit convention of design §3 (azimuth 0 = -Y, 90 = +X) before the
-# per-object rig rotation; energy is a sun's irradiance in W/m² before the per-object strength. A classic
-# three-point set-up plus a weak light from below, so no face of an object is left black; the key at 2.5 keeps a
-# white diffuse face facing it (2.5/π + fill + ambient ≈ 0.9 linear) below clipping in the Standard transform.
+# The sun-lamp rig of ``lighting.kind = "lamps"`` (objaverse-xl's studio light): (name, azimuth_deg,
+# elevation_deg, energy), the direction the light comes FROM in the orbit convention of docs/design.md §3
+# (azimuth 0 = -Y, 90 = +X) before the per-object rig rotation; energy is a sun's irradiance in W/m² before
+# the per-object strength. A classic three-point set-up plus a weak light from below, so no face of an object
+# is left black; the key at 2.5 keeps a white diffuse face facing it (2.5/π + fill + ambient ≈ 0.9 linear)
+# below clipping in the Standard transform.
 LAMP_RIG = (
     ("key", 45.0, 45.0, 2.5),
     ("fill", -60.0, 15.0, 1.2),
@@ -34,7 +35,7 @@ LAMP_RIG = (
     ("bottom", 0.0, -90.0, 0.6),
 )
 
-# Formats and the bpy 5 importer that reads each (design §6); anything else is unsupported_format.
+# Formats and the bpy 5 importer that reads each (docs/design.md §6); anything else is unsupported_format.
 FORMATS = {
     "glb": "gltf",
     "gltf": "gltf",
@@ -132,7 +133,8 @@ def plan_job(obj: SourceObject, cfg: RenderConfig, pool: list[Path]) -> dict:
         "seed": seed,
         "resolution": cfg.resolution,
         "framing": cfg.cameras.framing,
-        # vars(): View is flat, and dataclasses.asdict's recursion cost more than the cameras (issue 12 dry run).
+        # vars(): View is flat, and dataclasses.asdict's recursion cost more than the cameras
+        # (the driver's dry run at 10⁶ objects).
         "views": [vars(v) | {"c2w": v.c2w.tolist()} for v in views],
         **light,
         **_settings(cfg),
@@ -192,7 +194,7 @@ def _plan_lamps(rng: np.random.Generator, cfg: RenderConfig) -> dict:
 
 def _settings(cfg: RenderConfig) -> dict:
     """The parts of a job that are the same for every object of a run: converted once per config, copied
-    per job (issue 12: converting them per object was a third of planning 10⁶ objects)."""
+    per job (converting them per object was a third of planning 10⁶ objects)."""
     return {key: dict(value) for key, value in _settings_of(cfg).items()}
 
 

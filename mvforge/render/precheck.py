@@ -1,4 +1,5 @@
-"""Checks of a 3D file made before Blender imports it (issue 11): what the importer would silently repair.
+"""Checks of a 3D file made before Blender imports it (docs/design.md §2.1): what the importer would silently
+repair.
 
 In bpy 5.0.1 the glTF, OBJ, ASCII PLY and ASCII STL importers replace ±inf / NaN coordinates by 0 without a
 word, so such a file becomes another (often flat) object and the post-import ``non_finite`` guard of

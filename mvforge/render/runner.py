@@ -1,10 +1,10 @@
-"""Run objects' renders in Blender child processes that this module owns (design §4).
+"""Run objects' renders in Blender child processes that this module owns (docs/design.md §4).
 
 Why a child process: a long-lived bpy process leaks 10-50 MB per imported object, bpy is one per process, and
 a crash or hang in an importer must cost one object, not the run. A child renders a small batch of objects in
-turn (``limits.objects_per_process``, issue 12: the process start and ``import bpy`` are paid once per batch,
-the scene is reset to factory settings between objects). The child (``python -m mvforge.render.worker --serve
-FD``) gets:
+turn (``limits.objects_per_process``, docs/design.md §4: the process start and ``import bpy`` are paid once
+per batch, the scene is reset to factory settings between objects). The child
+(``python -m mvforge.render.worker --serve FD``) gets:
 - its own process group (``start_new_session``), so a timeout kills Blender *and* anything it spawned;
 - ``PR_SET_PDEATHSIG=SIGKILL``, so when the Ray worker that owns it dies (Ray only kills direct children of a
   worker, and not at all when the worker itself crashed) the kernel kills Blender too;
@@ -108,7 +108,7 @@ def run_objects(
     extra_meta: list[dict] | None = None,
 ) -> list[dict]:
     """Render ``jobs`` in turn in one reused child process (a fresh one after any that died or was killed);
-    return their manifest records in order (issue 12).
+    return their manifest records in order (docs/design.md §4, Batches).
 
     Each object gets what :func:`run_object` gives one: its own timeout, memory cap, log, staging dir, retries
     and exactly one terminal record, written as soon as it finishes (so a kill of this process loses at most the
@@ -186,7 +186,8 @@ def _render_in(state: dict, job: dict, out: Path, limits: LimitsConfig, env, ext
             "render_seconds": attempt.result.get("timings", {}).get("render_s") if attempt.result else None,
             "views": len(job["views"]),
             "peak_rss_mb": round(attempt.peak_rss_bytes / 2**20, 1),
-            # Rendered with broken texture nodes removed (materials.missing_textures = "strip", issue 11).
+            # Rendered with broken texture nodes removed (materials.missing_textures = "strip";
+            # docs/design.md §2.1).
             "stripped_textures": int(
                 ((attempt.result or {}).get("stats") or {}).get("stripped_textures") or 0
             ),
@@ -502,7 +503,7 @@ def _meta(job: dict, attempt: Attempt, attempts: int, seconds: float, extra: dic
 
         st = os.stat(source["path"])
         source["sha256"] = sha256_file(source["path"])
-        # Size and mtime as hashed: a resume re-hashes the file only when they changed (issue 12: hashing
+        # Size and mtime as hashed: a resume re-hashes the file only when they changed (hashing
         # every finished object's file on every resume was the driver's slowest step at 10⁵ objects).
         source["size"], source["mtime_ns"] = st.st_size, st.st_mtime_ns
     source.update(extra.get("source", {}))
@@ -510,7 +511,7 @@ def _meta(job: dict, attempt: Attempt, attempts: int, seconds: float, extra: dic
     timings = dict(result.get("timings") or {})
     timings.update(extra.get("timings", {}))
     # The Blender process's time for this object: from its start for a process's first object (process start and
-    # `import bpy` included), from the hand-over for the others (issue 12).
+    # `import bpy` included), from the hand-over for the others (docs/design.md §4).
     timings["process_s"] = round(attempt.seconds, 3)
     timings["object_s"] = round(seconds, 3)
     vers = versions("bpy", "ray")

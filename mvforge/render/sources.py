@@ -1,6 +1,6 @@
 """Resolve the SOURCE arguments of `mvdata render` into SourceObjects with unique, dot-free uids.
 
-Sources, any mix (issue 3):
+Sources, any mix:
 - ``demo``: the embedded demo objects (mvforge.assets).
 - a directory (searched recursively for the extensions of ``plan.FORMATS``), a glob (its matches with those
   extensions), or single files. A single file with an unknown extension still becomes an object: it is
@@ -14,8 +14,8 @@ Sources, any mix (issue 3):
   render task on the node that renders.
 
 Local uids come from the file stem with everything outside [A-Za-z0-9_-] replaced (a uid is a path component
-and a webdataset key, which must not contain a dot: design §2.3); two files with the same stem are told apart
-by a short hash of their path, so the uids do not depend on the order of the arguments.
+and a webdataset key, which must not contain a dot: docs/design.md §2.3); two files with the same stem are
+told apart by a short hash of their path, so the uids do not depend on the order of the arguments.
 """
 
 from __future__ import annotations
@@ -268,10 +268,10 @@ def _unique_uids(objects: list[SourceObject], keep: set[int]) -> list[SourceObje
     """Resolve uid collisions by giving some objects a ``-<8 hex>`` suffix from their path or URL.
 
     Uids collide when they are equal ignoring case: an object directory is named by its uid, and on a
-    case-insensitive filesystem (macOS, Windows) ``Chair`` and ``chair`` would share one (issue 11). Uids given
-    by someone (demo and Objaverse uids, sidecar rows: the indices in ``keep``) never change; two of
-    them colliding is a user error. Among uids derived from file stems, the first path in sort order keeps the
-    plain stem, so uids do not depend on the order of the arguments.
+    case-insensitive filesystem (macOS, Windows) ``Chair`` and ``chair`` would share one (docs/design.md
+    §2.1). Uids given by someone (demo and Objaverse uids, sidecar rows: the indices in ``keep``) never
+    change; two of them colliding is a user error. Among uids derived from file stems, the first path in sort
+    order keeps the plain stem, so uids do not depend on the order of the arguments.
     """
     groups: dict[str, list[int]] = {}
     for i, obj in enumerate(objects):

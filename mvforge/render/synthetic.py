@@ -23,7 +23,8 @@ def synthetic_view(
     rgb: tuple[int, int, int], azimuth_deg: float, resolution: int, kind: str = "ok"
 ) -> Image.Image:
     """One RGBA view. ``kind``: ok | empty (nothing drawn) | border (cut by the image border) | tiny | uniform,
-    or the pixel faults of issue 11: magenta (a missing texture, shaded) | dark | bright | faint (alpha 40)."""
+    or the pixel faults the filter's safety net catches (docs/design.md §2.2): magenta (a missing texture,
+    shaded) | dark | bright | faint (alpha 40)."""
     img = Image.new("RGBA", (resolution, resolution), (0, 0, 0, 0))
     draw = ImageDraw.Draw(img)
     r = resolution
@@ -78,7 +79,7 @@ def write_synthetic_object(
     """Write one finished object (views, cameras.json, then meta.json last) and return its directory.
 
     ``framing`` goes into cameras.json and ``stripped_textures`` into meta.json ``stats`` (the filter reads
-    both, issue 11)."""
+    both)."""
     layout.check_uid(uid)
     rng = np.random.default_rng([seed, *uid.encode()])
     rgb = rgb or tuple(int(x) for x in rng.integers(40, 220, size=3))
@@ -129,7 +130,8 @@ def write_synthetic_render_dir(
 
 
 def stub_render_task(objs: list, jobs: list[dict], out: str, cfg, env: dict[str, str]) -> list[dict]:
-    """A render task that renders nothing: the driver's dry run at 10⁵-10⁶ objects (issue 12).
+    """A render task that renders nothing: the driver's dry run at 10⁵-10⁶ objects (cost of the
+    driver alone; docs/benchmarks.md).
 
     Same signature and contract as ``mvforge.render.driver.render_task`` (a batch of objects): it writes each
     object's one terminal record (a meta.json-only object directory, through the runner's atomic finalize) and

@@ -10,13 +10,14 @@ Contract with the runner (mvforge.render.runner):
 
 It never writes outside STAGING_DIR; the runner decides what becomes final (meta.json, failure record).
 
-Serve mode (issue 12: one process renders a batch of objects in turn): ``python -m mvforge.render.worker
---serve REPLY_FD``. The worker imports Blender once, then reads one JSON line per object from stdin,
-``{"job": JOB.json, "staging": STAGING_DIR, "log": LOG}``: it points its stdout and stderr (file descriptors 1
-and 2, so Blender's own output too) at LOG, renders the job into STAGING_DIR exactly as above (``result.json``
-last), then writes one line ``{"uid", "status", "position"}`` to REPLY_FD. It exits 0 at the end of stdin. A
-job that raises anything but a classified failure ends the process (a crash of that object, as above) with exit
-code 4, after printing the traceback to LOG and writing ``{"status": "error", "message"}`` to result.json.
+Serve mode (one process renders a batch of objects in turn, docs/design.md §4):
+``python -m mvforge.render.worker --serve REPLY_FD``. The worker imports Blender once, then reads one JSON
+line per object from stdin, ``{"job": JOB.json, "staging": STAGING_DIR, "log": LOG}``: it points its stdout
+and stderr (file descriptors 1 and 2, so Blender's own output too) at LOG, renders the job into STAGING_DIR
+exactly as above (``result.json`` last), then writes one line ``{"uid", "status", "position"}`` to REPLY_FD.
+It exits 0 at the end of stdin. A job that raises anything but a classified failure ends the process (a crash
+of that object, as above) with exit code 4, after printing the traceback to LOG and writing
+``{"status": "error", "message"}`` to result.json.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ EXIT_FAILED = 3
 EXIT_ERROR = 4
 RESULT = "result.json"
 
-# Fault injection for the runner's own tests (hang / crash handling, design §7): MVFORGE_RENDER_FAULT is a
-# comma-separated list of uid=action with action hang | sigkill | delay (render after FAULT_DELAY_S: a slow
-# object, so that a test can kill a run between two objects of one process). Never set in normal use.
+# Fault injection for the runner's own tests (hang / crash handling, docs/design.md §7): MVFORGE_RENDER_FAULT
+# is a comma-separated list of uid=action with action hang | sigkill | delay (render after FAULT_DELAY_S: a
+# slow object, so that a test can kill a run between two objects of one process). Never set in normal use.
 FAULT_ENV = "MVFORGE_RENDER_FAULT"
 FAULT_DELAY_S = 2.0
 

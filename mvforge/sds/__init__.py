@@ -1,4 +1,4 @@
-"""`mvtrain sds`: text to 3D by multi-view score distillation (MVDream §3.3, §4.2; issue 14).
+"""`mvtrain sds`: text to 3D by multi-view score distillation (MVDream §3.3, §4.2).
 
 Modules: config (typed settings), cameras (multi-view camera batches and rays), field (hash grid + MLPs),
 material, background, renderer (volume rendering with an occupancy grid), guidance (the frozen multi-view model

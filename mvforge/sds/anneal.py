@@ -1,4 +1,4 @@
-"""Schedules of the SDS loop: timestep annealing and loss-weight ramps (issue 14, docs/design.md §10.6).
+"""Schedules of the SDS loop: timestep annealing and loss-weight ramps (docs/design.md §10.6, §10.7).
 
 The official MVDream SDS anneals the range t is drawn from: ``min_step_percent`` 0.98 -> 0.02 and
 ``max_step_percent`` 0.98 -> 0.50, linearly over the first 8,000 steps (threestudio's ``C(value, step)`` with

@@ -1,4 +1,4 @@
-"""The background behind the field: a small MLP of the view direction (issue 14, docs/design.md §10.5).
+"""The background behind the field: a small MLP of the view direction (docs/design.md §10.5).
 
 threestudio's ``neural-environment-map-background`` as MVDream uses it, with a sinusoidal direction encoding
 instead of spherical harmonics; each training step replaces it by one uniform random colour with probability

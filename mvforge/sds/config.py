@@ -1,4 +1,4 @@
-"""Typed configuration of `mvtrain sds` (TOML + ``--set``; CLI flags write here). Issues 14 and 22.
+"""Typed configuration of `mvtrain sds` (TOML + ``--set``; CLI flags write here).
 
 Every component owns a small frozen dataclass. The defaults are the official MVDream SDS settings: the values of
 bytedance/MVDream-threestudio's ``configs/mvdream-sd21-shading.yaml`` and, where the yaml sets nothing, the class
@@ -27,7 +27,8 @@ NEGATIVE_PROMPT = (
 
 @dataclass(frozen=True)
 class FieldConfig:
-    """Hash-grid density/albedo field (threestudio ``implicit-volume`` as MVDream configures it; design §10.4).
+    """Hash-grid density/albedo field (threestudio ``implicit-volume`` as MVDream configures it;
+    docs/design.md §10.4).
 
     "official" values: mvdream-sd21-shading.yaml ``system.geometry`` and the class defaults of
     ``threestudio/models/geometry/implicit_volume.py`` (MLP width and depth)."""
@@ -67,7 +68,7 @@ class FieldConfig:
 @dataclass(frozen=True)
 class RendererConfig:
     """Volume renderer: stratified samples inside the bounding sphere, occupancy-grid skipping, per-sample
-    pruning, ray chunks (threestudio ``nerf-volume-renderer`` over nerfacc; design §10.5)."""
+    pruning, ray chunks (threestudio ``nerf-volume-renderer`` over nerfacc; docs/design.md §10.5)."""
 
     samples_per_ray: int = 64
     """Stratified samples between the ray's entry and exit of the bounding sphere. Memory knob: activations
@@ -76,7 +77,7 @@ class RendererConfig:
     ray_chunk: int = 4096
     """Rays evaluated together; memory per chunk is fixed by ray_chunk x samples_per_ray (mvforge knob). With
     the pure-PyTorch grid and analytic normals a chunk needs about 20 KB per sample at the official grid size
-    (4096 x 64 samples: ~5 GB; measured on CPU, issue 14)."""
+    (figure: docs/benchmarks.md)."""
     checkpoint_chunks: bool = True
     """With gradients and more than one chunk per render, keep only each chunk's outputs and recompute the chunk
     in the backward, so memory stays that of one chunk at any resolution (about one more field forward per
@@ -109,7 +110,7 @@ class RendererConfig:
 @dataclass(frozen=True)
 class MaterialConfig:
     """Diffuse material with a random point light (threestudio ``diffuse-with-point-light-material``,
-    ``threestudio/models/materials/diffuse_with_point_light_material.py``; design §10.3).
+    ``threestudio/models/materials/diffuse_with_point_light_material.py``; docs/design.md §10.3).
 
     After the warm-up each step is albedo with probability 1 - diffuse_prob, else textureless with probability
     textureless_prob, else lit albedo: 25 % / 37.5 % / 37.5 % at the official values."""
@@ -147,7 +148,8 @@ class BackgroundConfig:
 @dataclass(frozen=True)
 class CameraConfig:
     """Random multi-view cameras (``threestudio/data/random_multiview.py`` with the ranges of
-    mvdream-sd21-shading.yaml ``data`` and the defaults of ``threestudio/data/uncond.py``; design §3, §10.2)."""
+    mvdream-sd21-shading.yaml ``data`` and the defaults of ``threestudio/data/uncond.py``; docs/design.md §3,
+    §10.2)."""
 
     n_view: int = 4
     """Views per group: one elevation, fov, distance and light; azimuths 360/n_view apart (official: 4)."""
@@ -181,7 +183,7 @@ class CameraConfig:
 @dataclass(frozen=True)
 class GuidanceConfig:
     """Multi-view score distillation with x0 reconstruction (mvdream-sd21-shading.yaml ``guidance`` and
-    ``threestudio/models/guidance/multiview_diffusion_guidance.py``; design §10.6)."""
+    ``threestudio/models/guidance/multiview_diffusion_guidance.py``; docs/design.md §10.6)."""
 
     guidance_scale: float = 50.0
     """Classifier-free guidance scale (official: 50)."""
@@ -209,7 +211,7 @@ class GuidanceConfig:
 @dataclass(frozen=True)
 class LossConfig:
     """Loss weights; ramps are linear from the first value to the second over ``ramp_steps`` (``system.loss`` of
-    mvdream-sd21-shading.yaml; design §10.7)."""
+    mvdream-sd21-shading.yaml; docs/design.md §10.7)."""
 
     lambda_sds: float = 1.0
     """Weight of the SDS (x0 reconstruction) loss (official: 1)."""
@@ -223,7 +225,8 @@ class LossConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW with one learning rate per parameter group (mvdream-sd21-shading.yaml ``system.optimizer``, built by
-    ``threestudio/systems/utils.py`` ``parse_optimizer`` as ``torch.optim.AdamW(params, **args)``; design §10.7)."""
+    ``threestudio/systems/utils.py`` ``parse_optimizer`` as ``torch.optim.AdamW(params, **args)``;
+    docs/design.md §10.7)."""
 
     lr_grid: float = 1e-2
     """Hash-grid encoding (official: 0.01)."""
@@ -241,7 +244,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Mesh and turntable written at the end of a run (design §10.8).
+    """Mesh and turntable written at the end of a run (docs/design.md §10.8).
 
     The mesh follows threestudio's README export recipe for finer meshes (``isosurface_method=mc-cpu``,
     ``isosurface_resolution=256``: marching cubes on the CPU), not its class default (marching tetrahedra at
@@ -310,7 +313,7 @@ def _at_least(name: str, value: int, low: int) -> None:
 
 @dataclass(frozen=True)
 class SDSConfig:
-    """One text-to-3D run (issue 14, design §2.6); outputs go to ``out``/<prompt-slug>/."""
+    """One text-to-3D run (MVDream §3.3; docs/design.md §2.6); outputs go to ``out``/<prompt-slug>/."""
 
     prompt: str = ""
     """The text prompt."""

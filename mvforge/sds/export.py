@@ -1,12 +1,13 @@
-"""Mesh and turntable export of an SDS field (issue 14, design §2.6).
+"""Mesh and turntable export of an SDS field (docs/design.md §2.6, §10.8).
 
 Mesh: marching cubes (PyMCubes) on the density sampled at the vertices of a grid over the field's box (threestudio
 README's export recipe: ``isosurface_method=mc-cpu``, ``isosurface_resolution=256``), connected components with
 fewer than 1 % of the largest one's faces dropped (threestudio's ``Mesh.remove_outlier`` with the class defaults
 of ``threestudio/models/geometry/base.py``; docs/design.md §10.8), vertex colours = the field's albedo at the
-vertices, written as ``mesh.glb`` and ``mesh.obj`` with trimesh. The field is Z up (mvforge's world, design §3);
-glTF requires +Y up, so vertices are rotated by -90 deg about X ((x, y, z) -> (x, z, -y)) before writing. The OBJ
-gets the same Y-up vertices: OBJ has no axis convention and the common viewers assume glTF's.
+vertices, written as ``mesh.glb`` and ``mesh.obj`` with trimesh. The field is Z up (mvforge's world,
+docs/design.md §3); glTF requires +Y up, so vertices are rotated by -90 deg about X ((x, y, z) -> (x, z, -y))
+before writing. The OBJ gets the same Y-up vertices: OBJ has no axis convention and the common viewers assume
+glTF's.
 
 Turntable: frames of the field rendered albedo-lit (as the official evaluation renders are) from a camera
 orbiting at a fixed elevation (the official evaluation camera: elevation 15, distance 3.0, fov 40), written as GIF

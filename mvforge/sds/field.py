@@ -1,4 +1,5 @@
-"""The 3D field optimised by SDS: a multi-resolution hash grid with small density and albedo MLPs (issue 14).
+"""The 3D field optimised by SDS: a multi-resolution hash grid with small density and albedo MLPs
+(docs/design.md §10.4).
 
 Instant-NGP's encoding (Müller et al. 2022) in pure PyTorch, so the stage installs with pip alone; when
 tiny-cuda-nn is importable and the field is on CUDA, ``backend="auto"`` uses its fused encoding instead (the

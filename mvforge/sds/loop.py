@@ -1,4 +1,4 @@
-"""The SDS optimisation loop of `mvtrain sds` (issue 14; design §2.6, §9: one loop read top to bottom).
+"""The SDS optimisation loop of `mvtrain sds` (docs/design.md §2.6, §9: one loop read top to bottom).
 
 Run directory ``<out>/<prompt-slug>/``::
 
@@ -75,6 +75,12 @@ def _torch_gen(seed: int, step: int, stream: int) -> torch.Generator:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | any name ``torch.device`` takes → a ``torch.device`` (SDS's own
+    resolver).
+
+    Narrower than :func:`mvforge.devices.resolve_device`, which the other stages use: only a bare ``cuda``
+    without a visible GPU is a UserError; a ``cuda:N`` index or ``mps`` is not checked here.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -169,7 +175,7 @@ RESUME_MAY_CHANGE = (
     "export_mesh.",
 )
 """Settings a resumed run may change: where and how it runs, how long, what it writes. Every other setting
-decides the field, so a resume under another value would mix two runs in one result (review of issue 14)."""
+decides the field, so a resume under another value would mix two runs in one result (docs/design.md §5)."""
 
 
 def load_checkpoint(

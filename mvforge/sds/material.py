@@ -1,4 +1,4 @@
-"""Shading of the field's samples: albedo, Lambertian with a point light, textureless (issues 14, 22).
+"""Shading of the field's samples: albedo, Lambertian with a point light, textureless (docs/design.md §10.3).
 
 threestudio's ``diffuse-with-point-light`` material (``threestudio/models/materials/
 diffuse_with_point_light_material.py``) as MVDream's shading yaml configures it (docs/design.md §10.3): albedo
@@ -38,7 +38,7 @@ class Shading:
 
 ALBEDO = Shading("albedo", 1.0, 0.0)
 """Unlit albedo: the warm-up, snapshots and the turntable. The official evaluation renders are "diffuse" with the
-yaml's ambient 1.0 and diffuse 0.0, i.e. the albedo itself (design §10.3)."""
+yaml's ambient 1.0 and diffuse 0.0, i.e. the albedo itself (docs/design.md §10.3)."""
 
 
 def draw_shading(rng: np.random.Generator, cfg: MaterialConfig, step: int) -> Shading:

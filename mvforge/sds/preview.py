@@ -1,4 +1,4 @@
-"""`mvtrain sds --preview`: the prompt's 4 views sampled through the multi-view pipeline (issue 14).
+"""`mvtrain sds --preview`: the prompt's 4 views sampled through the multi-view pipeline.
 
 The MVDream authors' advice: look at the model's multi-view samples of a prompt before a long SDS run; views
 with several faces (the Janus problem) or inconsistent across views predict a failed distillation. The views

@@ -1,4 +1,4 @@
-"""Many prompts at once: one Ray task per (prompt, seed), one GPU each (issue 14, design §4).
+"""Many prompts at once: one Ray task per (prompt, seed), one GPU each (docs/design.md §4).
 
 The same code runs on a laptop's local Ray and on a cluster (``--address``). Each task is ``run_sds`` on its own
 run directory, so a re-run resumes every unfinished prompt and skips finished ones (``summary.json`` present).

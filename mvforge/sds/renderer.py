@@ -1,4 +1,5 @@
-"""Volume renderer of the SDS field (issues 14, 22): bounding-sphere rays, stratified samples, alpha compositing.
+"""Volume renderer of the SDS field (docs/design.md §10.5): bounding-sphere rays, stratified samples, alpha
+compositing.
 
 The renderer is composed of the objects passed to its constructor (field, background), typed, in the spirit of
 threestudio's ``nerf-volume-renderer`` (``threestudio/models/renderers/nerf_volume_renderer.py``, which marches

@@ -10,7 +10,7 @@ from mvforge.errors import UserError
 
 @dataclass(frozen=True)
 class ShardConfig:
-    """How a render directory becomes webdataset shards (design §2.3)."""
+    """How a render directory becomes webdataset shards (docs/design.md §2.3)."""
 
     seed: int = 0
     """Seeds the order of objects across shards; with the same input and seed the tars are byte-identical."""
@@ -39,7 +39,7 @@ class ShardConfig:
 
 @dataclass(frozen=True)
 class LoaderConfig:
-    """The streaming multi-view loader used by training (design §2.4)."""
+    """The streaming multi-view loader used by training (docs/design.md §2.4)."""
 
     batch_size: int = 8
     """Objects per 3D batch (per rank)."""
@@ -48,8 +48,8 @@ class LoaderConfig:
     resolution: int = 256
     """Training resolution in pixels (square); views are resized to it after compositing."""
     view_mode: Literal["orthogonal", "random"] = "orthogonal"
-    """orthogonal: a random start azimuth of one orbit, then +360/V steps (design §2.4); random: V distinct
-    random views of one orbit."""
+    """orthogonal: a random start azimuth of one orbit, then +360/V steps (docs/design.md §2.4); random: V
+    distinct random views of one orbit."""
     background: Literal["random_grey", "white", "color"] = "random_grey"
     """What RGBA views are composited on: a uniform random grey per object (paper §4.1), white, or
     ``background_rgb``."""

@@ -1,4 +1,5 @@
-"""The streaming multi-view loader (design §2.4): shards -> batches of B objects x V views for training.
+"""The streaming multi-view loader (docs/design.md §2.4): shards -> batches of B objects x V views for
+training.
 
 Model code knows nothing of it: a batch is a dict of tensors and strings.
 
@@ -11,9 +12,9 @@ consumed, and a restored loader replays a visit without decoding up to that posi
 workers round-robin, so after ``n`` consumed batches the loader rotates the stream-to-worker mapping by
 ``n mod W`` and the next batch comes from the right stream.
 
-3D vs 2D per step comes from ``(seed, step)`` only, so every DDP rank takes the same branch (design §2.4).
-Every rank yields exactly ``batches_per_epoch`` batches per epoch (webdataset's with_epoch): streams are
-endless, so uneven shards never make one rank stop early and hang the others.
+3D vs 2D per step comes from ``(seed, step)`` only, so every DDP rank takes the same branch (docs/design.md
+§2.4). Every rank yields exactly ``batches_per_epoch`` batches per epoch (webdataset's with_epoch): streams
+are endless, so uneven shards never make one rank stop early and hang the others.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tu
 
 
 def stream_shards(shards: Sequence[str], rank: int, world: int, n_streams: int) -> list[list[str]]:
-    """Shards of each logical stream of ``rank``: split by node, then by worker (design §2.4)."""
+    """Shards of each logical stream of ``rank``: split by node, then by worker (docs/design.md §2.4)."""
     if len(shards) < world:
         raise UserError(
             f"{len(shards)} shard(s) for {world} ranks: ranks would read the same data; "
@@ -163,7 +164,7 @@ def _decode_rgba(data: bytes, min_size: int | None = None) -> np.ndarray:
 
 def composite(rgba: np.ndarray, bg: np.ndarray) -> torch.Tensor:
     """Straight-alpha RGBA uint8 (N, H, W, 4) over 8-bit backgrounds, (3,) or one per image (N, 3) ->
-    float32 (N, 3, H, W) in [-1, 1] (design §6: Blender's PNG alpha is straight).
+    float32 (N, 3, H, W) in [-1, 1] (docs/design.md §6: Blender's PNG alpha is straight).
 
     (rgb*a + bg*(255-a)) / 255^2 * 2 - 1 is computed as (rgb - bg) * a * 2/255^2 + (2 bg/255 - 1), in place
     on planar float32: four passes over the pixels instead of eight. Planar first, because the same math on

@@ -1,4 +1,5 @@
-"""The shard plan: which uid goes to which shard, a pure function of (uids, sizes, config) (design §4).
+"""The shard plan: which uid goes to which shard, a pure function of (uids, sizes, config) (docs/design.md
+§4).
 
 The train/val split hashes the uid alone, so an object never changes split when objects are added or the
 seed changes. Within a split, objects are ordered by a hash of (seed, uid): a shuffle that needs no RNG state

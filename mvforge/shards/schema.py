@@ -8,7 +8,8 @@ render's meta.json less machine-local fields, ``formats.shards.public_meta``}) a
 ``<uid>.txt`` (the caption). Keys contain no dot because webdataset splits a member name at its first dot.
 
 Every tar header field that could vary between machines or runs is fixed (mtime 0, uid/gid 0, empty
-owner names, mode 0o444), so the same input gives byte-identical tars (design §8: resume == uninterrupted).
+owner names, mode 0o444), so the same input gives byte-identical tars (docs/design.md §8: resume ==
+uninterrupted).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`mvdata verify`: read every shard back and check it against index.json and the format (design §2.3).
+"""`mvdata verify`: read every shard back and check it against index.json and the format (docs/design.md
+§2.3).
 
 Checks per shard: present, size and sha256 equal index.json, the tar parses to the end, the sample count
 equals nsamples, its marker exists; per sample: json, txt, cameras.npy and every view PNG the json lists are

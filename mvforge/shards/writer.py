@@ -1,4 +1,5 @@
-"""`mvdata shard`: a render directory -> deterministic webdataset shards, one Ray task per shard (design §2.3, §4).
+"""`mvdata shard`: a render directory -> deterministic webdataset shards, one Ray task per shard
+(docs/design.md §2.3, §4).
 
 Order of work: read the input (render dir, optional selection), plan (pure, mvforge.shards.plan), skip shards
 whose marker matches the plan (resume), write the others as Ray tasks (tar to ``<name>.tmp-<pid>``, rename,
@@ -43,7 +44,7 @@ def read_json(fs, path: str) -> dict | None:
 
 # ---------------------------------------------------------------- input
 def load_selection(path: str | Path) -> list[str]:
-    """Uids of the kept rows of a filter selection (design §2.2; the reader is the format's own)."""
+    """Uids of the kept rows of a filter selection (docs/design.md §2.2; the reader is the format's own)."""
     return selection_format.kept_uids(path)
 
 
@@ -263,7 +264,8 @@ def run_shard(
         layout.RenderedObject(inp.uids[0], layout.object_dir(renders, inp.uids[0])).cameras["views"]
     )
     put_bytes_atomic(fs, f"{root}/{CARD}", card.dataset_card(index, num_views).encode("utf-8"))
-    # index.json last: its presence says the whole shard set is complete (design §2: the marker is last).
+    # index.json last: its presence says the whole shard set is complete (docs/design.md §2: the marker is
+    # last).
     put_bytes_atomic(
         fs, f"{root}/{schema.INDEX}", (json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")
     )

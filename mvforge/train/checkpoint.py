@@ -1,4 +1,4 @@
-"""Checkpoint I/O of `mvtrain fit` (design §2.5, issue 13), apart from the loop so DreamBooth reuses it.
+"""Checkpoint I/O of `mvtrain fit` (docs/design.md §2.5), apart from the loop so DreamBooth reuses it.
 
 Layout (diffusers format): ``checkpoints/step-000100/`` with ``unet/``, ``unet_ema/`` (diffusers' ``EMAModel``
 saved as a UNet, its decay state in the config), ``optimizer.pt``, ``lr_scheduler.pt``, ``scaler.pt`` (fp16),

@@ -1,8 +1,8 @@
 """Typed configuration of `mvtrain fit` (TOML + ``--set``; CLI flags write here). Sampling: mvforge/models/config.py.
 
-Every field validates itself in ``__post_init__`` (a ``UserError`` naming the field, issue 13). Which values are
-the paper's: ``configs/`` presets say so (the paper's fine-tune: SD 2.1 base, 256 px, 4 views, lr 1e-4 after
-warm-up, global batch 1,024 objects, 30% 2D steps; design §2.4-§2.5, §10).
+Every field validates itself in ``__post_init__`` (a ``UserError`` naming the field, docs/design.md §5). Which
+values are the paper's: ``configs/`` presets say so (the paper's fine-tune: SD 2.1 base, 256 px, 4 views, lr
+1e-4 after warm-up, global batch 1,024 objects, 30% 2D steps; docs/design.md §2.4-§2.5, §10).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class OptimConfig:
     warmup_steps: int = 0
     """Linear warm-up from 0 to ``lr`` over this many optimizer steps (ignored by ``constant``)."""
     camera_lr_mult: float = 1.0
-    """LR multiplier of the new camera MLP (``class_embedding``), which starts from scratch (design §6)."""
+    """LR multiplier of the new camera MLP (``class_embedding``), which starts from scratch (docs/design.md
+    §6)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
     weight_decay: float = 0.01
@@ -57,8 +58,9 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    """Sample grids on rank 0 every ``every`` steps (issue 13): 3D prompts as 4-view grids and 2D prompts as
-    single camera-less images (to catch forgetting of the 2D ability), with the EMA weights and a fixed seed."""
+    """Sample grids on rank 0 every ``every`` steps (docs/design.md §2.5): 3D prompts as 4-view grids and 2D
+    prompts as single camera-less images (to catch forgetting of the 2D ability), with the EMA weights and a
+    fixed seed."""
 
     every: int = 0
     """Validate every this many optimizer steps (0 disables) and at the last step."""
@@ -94,7 +96,7 @@ def check_validation_sampling(every: int, steps: int, resolution: int) -> None:
 
 @dataclass(frozen=True)
 class FitConfig:
-    """One training run (design §2.5, issue 13)."""
+    """One training run (docs/design.md §2.5)."""
 
     pretrained: str = ""
     """A diffusers Stable Diffusion directory (SD 2.1 base for real runs; `mvtrain make-tiny-sd` for tests)."""

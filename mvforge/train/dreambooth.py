@@ -1,4 +1,5 @@
-"""MVDreamBooth (paper §3.4 / §5.3, issue 16): the multi-view model fine-tuned on a few photos of one subject.
+"""MVDreamBooth (paper §3.4 / §5.3; docs/dreambooth.md): the multi-view model fine-tuned on a few photos of
+one subject.
 
 The loop reads top to bottom like `mvtrain fit`'s and reuses its step pieces (train/loop.py:
 ``micro_batch_inputs``, ``micro_batch_loss``, ``make_optimizer``, ``optimizer_step``; train/checkpoint.py).
@@ -51,10 +52,10 @@ from mvforge.train.loop import (  # _fault: the FAULT_ENV test hook of fit (kill
 )
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-"""Subject photo formats (issue 16)."""
+"""File suffixes read as subject photos from ``--images``."""
 
 GREY = 0.5
-"""Background of MVDream's training renders (objects on grey, design §2.4); in [0, 1]."""
+"""Background of MVDream's training renders (objects on grey, docs/design.md §2.4); in [0, 1]."""
 
 METRICS_FIELDS = (
     "step",
@@ -129,7 +130,7 @@ def load_photos(
         rgb = np.asarray(_centre_square(rgba.convert("RGB"), resolution), dtype=np.float32) / 255.0
         if background == "grey" and alpha is not None:
             a = np.asarray(_centre_square(alpha, resolution), dtype=np.float32)[..., None] / 255.0
-            rgb = rgb * a + GREY * (1 - a)  # straight alpha (design §6)
+            rgb = rgb * a + GREY * (1 - a)  # straight alpha (docs/design.md §6)
         out.append(torch.from_numpy(rgb).permute(2, 0, 1) * 2 - 1)
         names.append(f.name)
     return torch.stack(out), names
@@ -140,7 +141,8 @@ def load_photos(
 def add_preservation_grad(params: list[torch.Tensor], theta0: list[torch.Tensor], coeff: float) -> None:
     """Add the gradient of ``coeff · Σ|θ − θ0|`` to each ``p.grad``: ``coeff · sign(θ − θ0)`` (0 where θ = θ0,
     autograd's choice for |x| at 0). With ``coeff = λ / N_θ`` this is the gradient of MVDreamBooth's
-    ``λ‖θ − θ0‖₁ / N_θ`` (paper §3.4), computed without an autograd graph (issue 16). A parameter without a
+    ``λ‖θ − θ0‖₁ / N_θ`` (paper §3.4), computed without an autograd graph (cheap next to the
+    step: docs/dreambooth.md). A parameter without a
     gradient gets one. Temporary memory: one copy of the parameters (the differences)."""
     if coeff == 0 or not params:
         return

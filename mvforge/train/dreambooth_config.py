@@ -1,8 +1,8 @@
-"""Typed configuration of `mvtrain dreambooth` (MVDreamBooth, paper §3.4 / §5.3, issue 16).
+"""Typed configuration of `mvtrain dreambooth` (MVDreamBooth, paper §3.4 / §5.3; docs/dreambooth.md).
 
 Every field validates itself in ``__post_init__`` (a ``UserError`` naming the field). The preset
-``configs/dreambooth-mvdream.toml`` carries the values reported secondhand for the paper's run (design §10:
-~600 steps, lr 2e-6, weight decay 0.01, batch 4, λ = 1), marked as such there.
+``configs/dreambooth-mvdream.toml`` carries the values reported secondhand for the paper's run (docs/design.md
+§10.11: ~600 steps, lr 2e-6, weight decay 0.01, batch 4, λ = 1), marked as such there.
 
 The fields the shared step pieces of train/loop.py read (``caption_dropout``, ``noise_offset``, ``snr_gamma``,
 ``mixed_precision``, ``allow_tf32``, ``gradient_checkpointing``, ``optim``, ``max_steps``, ``keep_checkpoints``)
@@ -20,11 +20,11 @@ from mvforge.train.config import OptimConfig, check_validation_sampling
 
 BACKGROUNDS = ("keep", "grey")
 """``keep``: the photo as it is; ``grey``: the subject (alpha channel or mask) composited on grey 0.5, the
-background of MVDream's training renders (design §2.4: objects on grey)."""
+background of MVDream's training renders (docs/design.md §2.4: objects on grey)."""
 
 
 def _dreambooth_optim() -> OptimConfig:
-    # Reported secondhand (design §10): lr 2e-6, weight decay 0.01, constant LR.
+    # Reported secondhand (docs/design.md §10.11): lr 2e-6, weight decay 0.01, constant LR.
     return OptimConfig(lr=2e-6, lr_scheduler="constant", weight_decay=0.01)
 
 
@@ -54,8 +54,9 @@ class DreamBoothValidationConfig:
 
 @dataclass(frozen=True)
 class DreamBoothConfig:
-    """One MVDreamBooth fine-tune (issue 16). Trained: the UNet; frozen: the VAE, the text encoder and (by
-    default) the camera MLP. Training runs in the 2D mode (per-image attention, no camera, paper §3.4)."""
+    """One MVDreamBooth fine-tune (docs/dreambooth.md). Trained: the UNet; frozen: the VAE, the text encoder
+    and (by default) the camera MLP. Training runs in the 2D mode (per-image attention, no camera, paper
+    §3.4)."""
 
     pretrained: str = ""
     """The multi-view model to fine-tune (CLI ``--model``): a pipeline directory, an ``mvtrain fit``

@@ -1,10 +1,10 @@
-"""The training loop of `mvtrain fit` (design §2.5, §9: one loop you can read top to bottom; issue 13).
+"""The training loop of `mvtrain fit` (docs/design.md §2.5, §9: one loop you can read top to bottom).
 
 Model code knows nothing about Ray: ``fit`` takes a ``Runtime`` saying which rank it is, on which device, how to
 wrap the model for data parallelism (DDP under Ray Train) and how to report. ``--workers 0`` runs it in-process.
 The pieces a step is made of (``load_models``, ``micro_batch_inputs``, ``micro_batch_loss``, ``optimizer_step``)
-are plain functions so MVDreamBooth (issue 16) reuses them; the loss is train/losses.py, checkpoint I/O
-train/checkpoint.py, validation grids train/validation.py. No Trainer class.
+are plain functions so MVDreamBooth (train/dreambooth.py) reuses them; the loss is train/losses.py, checkpoint
+I/O train/checkpoint.py, validation grids train/validation.py. No Trainer class.
 
 One optimizer step = ``grad_accum_steps`` micro-batches of the same kind: the loader's 3D/2D branch is a
 function of the optimizer step, identical on every rank, so DDP sees the same graph everywhere. On 2D steps
@@ -181,7 +181,7 @@ def load_models(cfg: FitConfig, rt: Runtime, resume: Path | None) -> StepModels:
         if autocast is not None:  # (a cast to the same dtype only makes diffusers warn)
             frozen.to(autocast)
     unet = load_unet(resume if resume else cfg.pretrained).to(dev).train()
-    if cfg.gradient_checkpointing:  # num_views travels with each call, so recomputation sees it (issue 9)
+    if cfg.gradient_checkpointing:  # num_views travels with each call, so recomputation sees it
         unet.enable_gradient_checkpointing()
     return StepModels(unet, rt.wrap_model(unet), vae, text_encoder, tokenizer, noise_sched, dev, autocast)
 
@@ -305,8 +305,8 @@ EXECUTION_KEYS = frozenset(
         "allow_tf32",
     }
 )
-"""FitConfig fields a resumed run may change (design §5: execution settings, and extending max_steps); every
-other field decides the weights and is compared with the checkpoint's config.toml."""
+"""FitConfig fields a resumed run may change (docs/design.md §5: execution settings, and extending max_steps);
+every other field decides the weights and is compared with the checkpoint's config.toml."""
 
 
 def _content(d: dict) -> dict:
@@ -315,7 +315,8 @@ def _content(d: dict) -> dict:
 
 def check_resume_config(resume: Path, cfg: FitConfig) -> None:
     """UserError when ``cfg``'s content settings differ from those the checkpoint was trained with: resuming
-    would silently mix two recipes in one run (issue 8 review). Older checkpoints without config.toml pass."""
+    would silently mix two recipes in one run (docs/design.md §5). Older checkpoints without config.toml
+    pass."""
     import tomllib
 
     stored_file = resume / "config.toml"

@@ -1,6 +1,6 @@
-"""The diffusion training loss of `mvtrain fit` (and MVDreamBooth, issue 16): target, noise, weighting.
+"""The diffusion training loss of `mvtrain fit` (and MVDreamBooth): target, noise, weighting.
 
-Kept apart from the loop (design §9, issue 13) so every trainer computes the same loss: ε or v target per the
+Kept apart from the loop (docs/design.md §9) so every trainer computes the same loss: ε or v target per the
 scheduler's ``prediction_type``, Min-SNR-γ weighting, noise offset.
 """
 

@@ -1,4 +1,4 @@
-"""`mvtrain fit --workers N`: the training loop under Ray Train (TorchTrainer + DDP, design §4).
+"""`mvtrain fit --workers N`: the training loop under Ray Train (TorchTrainer + DDP, docs/design.md §4).
 
 The loop (loop.py) knows nothing about Ray; this module builds its ``Runtime`` from the Ray Train context:
 rank, device, DDP wrapping (``prepare_model``) and reporting (``ray.train.report`` with the checkpoint

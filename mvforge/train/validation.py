@@ -1,4 +1,5 @@
-"""Validation grids of `mvtrain fit` (issue 13): sampled on rank 0 with the EMA weights and a fixed seed.
+"""Validation grids of `mvtrain fit` (docs/design.md §2.5): sampled on rank 0 with the EMA weights and a fixed
+seed.
 
 3D prompts go through the models layer's ``MVDreamPipeline`` (``sample_prompts``: V orbit views, the caption
 suffix of training added); 2D prompts are sampled without cameras (one view, ``predict_noise`` in 2D mode), so
