@@ -15,6 +15,7 @@ from mvforge.eval.known_answer import (
     load_references,
     rotate_azimuth,
     score_images,
+    score_renders,
     silhouette,
 )
 
@@ -67,6 +68,41 @@ def test_each_reference_retrieves_itself_with_full_iou(shared_reference):
     assert score_images(flipped, refs[0], refs, cfg)["mse"][refs[0].uid] > 0
 
 
+def test_renders_scored_against_the_references_view_for_view(shared_reference, tmp_path):
+    """A render directory scored as generated output (SDS meshes rendered back): the references themselves
+    score full IoU and their own shifted IoU; an object swapped for another is retrieved as that other."""
+    import json
+    import shutil
+
+    cfg = KnownAnswerConfig()
+    doc = score_renders(shared_reference, shared_reference, tmp_path / "self", cfg, baseline=shared_reference)
+    assert doc["mode"] == "renders" and doc["summary"]["retrieved_own"] == 3
+    for row in doc["captions"]:
+        assert row["iou"] == 1.0 and row["baseline_iou"] == 1.0 and row["mse_ratio_nearest_other"] > 1
+        assert all(s["iou"] == s["truth_iou"] for s in row["shifted"].values())
+    assert (tmp_path / "self" / "known_answer" / "obj-0000.png").is_file()
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(shared_reference, swapped)
+    d0, d1 = (next(swapped.rglob(f"obj-000{i}/meta.json")).parent for i in (0, 1))
+    for png in d1.glob("*.png"):
+        shutil.copy(png, d0 / png.name)
+    row = score_renders(swapped, shared_reference, tmp_path / "sw", cfg)["captions"][0]
+    assert row["uid"] == "obj-0000" and row["retrieved"] == "obj-0001" and row["mse_ratio_nearest_other"] < 1
+
+    moved = tmp_path / "moved"
+    shutil.copytree(shared_reference, moved)
+    cams = next(moved.rglob("obj-0002/cameras.json"))
+    doc_c = json.loads(cams.read_text())
+    doc_c["views"][0]["c2w"][0][3] += 0.5  # the first evaluation camera moved
+    cams.write_text(json.dumps(doc_c))
+    with pytest.raises(UserError, match="has no view at the reference's camera"):
+        score_renders(moved, shared_reference, tmp_path / "mv", cfg)
+    (tmp_path / "empty-renders").mkdir()
+    with pytest.raises(UserError, match="no render under a uid"):
+        score_renders(tmp_path / "empty-renders", shared_reference, tmp_path / "e", cfg)
+
+
 def test_missing_uid_and_empty_directory_are_one_line_errors(shared_reference, tmp_path):
     with pytest.raises(UserError, match="no finished render of nope"):
         load_references(shared_reference, KnownAnswerConfig(), ["nope"])
@@ -114,6 +150,23 @@ def test_run_writes_strips_and_scores_with_baselines_through_the_cli(tiny_mv, sh
 
     strip = Image.open(out / "known_answer" / "obj-0000.png")
     assert strip.size == (4 * 32, 4 * 32)  # truth, sample, two shifted rows of 4 views
+
+    # --prompts UID<TAB>PROMPT: only those objects, sampled with those prompts (a DreamBooth token).
+    prompts = tmp_path / "prompts.tsv"
+    prompts.write_text("# uid\tprompt\nobj-0001\ta photo of xjq object\n")
+    one = [*args[:-1], str(tmp_path / "ka3"), "--reference", str(shared_reference), "--prompts", str(prompts)]
+    done = subprocess.run(
+        [*one, "--device", "cpu", "--set", "steps=1", "--set", "shifts_deg=[]"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "ka3" / "known_answer.json").read_text())["captions"]
+    assert [(r["uid"], r["caption"]) for r in rows] == [("obj-0001", "a photo of xjq object")]
+    prompts.write_text("obj-0001 no tab\n")
+    bad = subprocess.run([*one, "--device", "cpu"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "UID<TAB>PROMPT" in bad.stderr
 
     refused = subprocess.run([*args[:-1], str(tmp_path / "ka2")], capture_output=True, text=True, env=env)
     assert (
