@@ -19,7 +19,7 @@ $BIN/mvdata filter "$OUT/renders" --out "$OUT/filter" \
   --clip-pretrained "local-dir:$OUT/models/tiny-clip" --keep-fraction 0.75 --workers 1
 
 echo "== shard + verify"
-$BIN/mvdata shard --renders "$OUT/renders" --selection "$OUT/filter/selection.parquet" --out "$OUT/shards" \
+$BIN/mvdata shard "$OUT/renders" --selection "$OUT/filter/selection.parquet" --out "$OUT/shards" \
   --max-count 4 --val-fraction 0.2
 $BIN/mvdata verify "$OUT/shards"
 

@@ -14,7 +14,7 @@ $BIN/mvdata render demo --out "$OUT/renders" --views 16 --orbits 2 --resolution 
   --shared-cameras --workers 2 --threads 1 --set cameras.framing=mvdream
 
 echo "== shard: every object in train (validation is the known-answer eval on the same cameras)"
-$BIN/mvdata shard --renders "$OUT/renders" --out "$OUT/shards" --val-fraction 0 --max-count 4 --workers 0 \
+$BIN/mvdata shard "$OUT/renders" --out "$OUT/shards" --val-fraction 0 --max-count 4 --workers 0 \
   --views-2d "$OUT/shards-2d"
 
 echo "== fit-vae: the world model's autoencoder fitted to the renders (a random VAE cannot reconstruct)"

@@ -73,7 +73,6 @@ def world(tmp_path_factory) -> Path:
     _run(
         "mvdata",
         "shard",
-        "--renders",
         str(root / "renders"),
         "--out",
         str(root / "shards"),

@@ -12,7 +12,7 @@ from mvforge.cli.common import ADDRESS_HELP, set_help
 
 
 def shard(
-    renders: Annotated[Path, typer.Option("--renders", help="Render directory written by `mvdata render`.")],
+    renders: Annotated[Path, typer.Argument(help="Render directory written by `mvdata render`.")],
     out: Annotated[
         str, typer.Option("--out", "-o", help="Output directory or fsspec URL (s3://bucket/shards, ...).")
     ],
@@ -38,6 +38,14 @@ def shard(
         Path | None, typer.Option("--config", help="TOML file of shard settings (ShardConfig fields).")
     ] = None,
     overrides: Annotated[list[str], typer.Option("--set", help=set_help("max_count=500"))] = [],
+    exclude: Annotated[
+        list[str],
+        typer.Option(
+            "--exclude",
+            help="Keep this uid out of every split, e.g. a DreamBooth subject (repeatable).",
+            show_default="none",
+        ),
+    ] = [],
     views_2d: Annotated[
         Path | None,
         typer.Option(
@@ -62,6 +70,7 @@ def shard(
         "max_size_mb": max_size_mb,
         "val_fraction": val_fraction,
         "workers": workers,
+        "exclude": tuple(exclude) or None,
     }
     cfg = with_flags(cfg, flags)
     if views_2d is not None and views_2d.resolve() == Path(out).resolve():

@@ -20,6 +20,9 @@ class ShardConfig:
     """Most bytes per shard, in MB (10^6), estimated from the object's files; webdataset advises 100 MB-1 GB."""
     val_fraction: float = 0.01
     """Fraction of objects in the val split, chosen by a hash of the uid so the split is stable as data grows."""
+    exclude: tuple[str, ...] = ()
+    """Uids kept out of every split, e.g. a subject held out for MVDreamBooth (paper §3.4) so that fine-tuning
+    on it is the model's first sight of it."""
     workers: int = 2
     """Concurrent shard-writing Ray tasks (one task per shard); 0 writes in the driver without Ray.
     Execution only: not part of index.json's config (resume with another worker count is the same output)."""

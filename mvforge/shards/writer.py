@@ -60,9 +60,15 @@ class ShardInput:
     """Selected uids without a finished render (reported, not sharded)."""
 
 
-def collect_input(renders: str | Path, selection: str | Path | None) -> ShardInput:
+def collect_input(
+    renders: str | Path, selection: str | Path | None, exclude: tuple[str, ...] = ()
+) -> ShardInput:
     renders = Path(renders)
     ok = list(layout.iter_uids(renders))  # raises UserError when the directory is missing
+    unknown = sorted(set(exclude) - set(ok))
+    if unknown:
+        raise UserError(f"--exclude {unknown[0]}: no finished render of it in {renders}; check the uid")
+    ok = [u for u in ok if u not in set(exclude)]
     if selection is not None:
         wanted = load_selection(selection)
         if not wanted:
@@ -71,7 +77,7 @@ def collect_input(renders: str | Path, selection: str | Path | None) -> ShardInp
             )
         ok_set = set(ok)
         uids = [u for u in wanted if u in ok_set]
-        not_rendered = [u for u in wanted if u not in ok_set]
+        not_rendered = [u for u in wanted if u not in ok_set and u not in exclude]
         if not uids:
             raise UserError(
                 f"none of the {len(wanted)} selected objects has a finished render in {renders}; "
@@ -193,7 +199,7 @@ def run_shard(
 
     if "://" not in str(out):
         layout.check_not_render_dir(out, "mvdata shard")
-    inp = collect_input(renders, selection)
+    inp = collect_input(renders, selection, cfg.exclude)
     specs = plan_shards(inp.uids, inp.sizes, cfg)
     fs, root = open_fs(out, storage_options)
     fs.makedirs(root, exist_ok=True)

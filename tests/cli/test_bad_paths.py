@@ -28,7 +28,7 @@ def test_out_is_an_existing_file(tmp_path):
     afile = tmp_path / "afile.txt"
     afile.write_text("x")
     res = subprocess.run(
-        [BIN / "mvdata", "shard", "--renders", renders, "--out", afile, "--workers", "0"],
+        [BIN / "mvdata", "shard", renders, "--out", afile, "--workers", "0"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -42,7 +42,7 @@ def test_stages_refuse_to_write_into_a_render_directory(tmp_path):
     write_synthetic_render_dir(renders, 2, views=2, resolution=8)
     (renders / layout.CONFIG).write_text("resolution = 8\n")
     res = subprocess.run(
-        [BIN / "mvdata", "shard", "--renders", renders, "--out", renders, "--workers", "0"],
+        [BIN / "mvdata", "shard", renders, "--out", renders, "--workers", "0"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -33,7 +33,7 @@ WIDE = {"COLUMNS": "250", "TERMINAL_WIDTH": "250", "NO_COLOR": "1"}
 
 # docs/cli.md, "Deviations": the commands each rule leaves out, with the reason there.
 NO_OUT = {"mvdata verify", "mvdata report", "mvdata doctor", "mvdata version", "mvtrain version"}
-POSITIONAL_INPUT = {"mvdata render", "mvdata filter", "mvdata verify", "mvdata report", "mvtrain convert"}
+POSITIONAL_INPUT = {"mvdata render", "mvdata filter", "mvdata shard", "mvdata verify", "mvdata report", "mvtrain convert"}
 # The commands that start Ray (mvforge/raytools.py init_ray callers); each takes --address.
 RAY_COMMANDS = {"mvdata render", "mvdata filter", "mvdata shard", "mvtrain fit", "mvtrain sds"}
 NO_WORKERS = {"mvtrain sds"}  # to do: its --prompts tasks are bounded by the cluster's GPUs, not --workers
@@ -65,7 +65,7 @@ ALIASES = {
     "--steps": {"--max-steps"},
 }
 # The execution-setting dialects docs/cli.md replaced, and the commands that still speak one (to do / reason).
-DIALECTS = {"--use-gpu": {"mvtrain fit"}, "--dtype": {"mvtrain convert"}, "--renders": {"mvdata shard"}}
+DIALECTS = {"--use-gpu": {"mvtrain fit"}, "--dtype": {"mvtrain convert"}, "--renders": set()}
 NO_CONFIG: set[str] = set()  # commands with --set but no --config
 DEFAULT_IN_HELP = re.compile(r"\(default\b|\bdefault:|[;,] default |\bdefault \d|\bby default\b", re.I)
 

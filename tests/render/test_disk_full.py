@@ -59,7 +59,6 @@ def test_a_full_disk_under_shard_is_one_line_and_the_rerun_finishes(small_disk, 
     cmd = [
         mvdata,
         "shard",
-        "--renders",
         str(renders),
         "--out",
         str(out),

@@ -48,7 +48,6 @@ def test_the_cli_writes_them_beside_the_shards(renders, mvdata_bin, tmp_path):
         [
             mvdata_bin,
             "shard",
-            "--renders",
             str(renders),
             "--out",
             str(tmp_path / "s"),
@@ -58,9 +57,31 @@ def test_the_cli_writes_them_beside_the_shards(renders, mvdata_bin, tmp_path):
             "0",
             "--views-2d",
             str(tmp_path / "s2d"),
+            "--exclude",
+            "obj-0001",
         ],
         capture_output=True,
         text=True,
         check=True,
     )
     assert "2d-000000.tar" in out.stdout and (tmp_path / "s2d" / "2d-000000.tar").is_file()
+    # --exclude: the held-out subject (MVDreamBooth) is in neither the 3D nor the 2D shards.
+    assert "obj-0001" not in train_uids(tmp_path / "s") and "obj-0000" in train_uids(tmp_path / "s")
+    with tarfile.open(tmp_path / "s2d" / "2d-000000.tar") as tar:
+        assert not any(n.startswith("obj-0001") for n in tar.getnames())
+    bad = subprocess.run(
+        [
+            mvdata_bin,
+            "shard",
+            str(renders),
+            "--out",
+            str(tmp_path / "s3"),
+            "--exclude",
+            "obj-9",
+            "--workers",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "--exclude obj-9" in bad.stderr

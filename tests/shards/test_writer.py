@@ -156,7 +156,6 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, mvdata_bin):
     cmd = [
         mvdata_bin,
         "shard",
-        "--renders",
         str(renders),
         "--out",
         str(out),
@@ -240,7 +239,7 @@ def test_bad_input_is_a_user_error(tmp_path, renders, mvdata_bin):
         run_shard(tmp_path / "missing", str(tmp_path / "o"), ShardConfig(workers=0))
     mvdata = mvdata_bin
     r = subprocess.run(
-        [mvdata, "shard", "--renders", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
+        [mvdata, "shard", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -249,14 +248,14 @@ def test_bad_input_is_a_user_error(tmp_path, renders, mvdata_bin):
     sel = tmp_path / "empty.parquet"
     pd.DataFrame({"uid": ["obj-0001"], "kept": [False]}).to_parquet(sel)
     r = subprocess.run(
-        [mvdata, "shard", "--renders", str(renders), "--out", str(tmp_path / "o"), "--selection", str(sel)],
+        [mvdata, "shard", str(renders), "--out", str(tmp_path / "o"), "--selection", str(sel)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert r.returncode == 2 and "keeps no object" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(
-        [mvdata, "shard", "--renders", str(renders), "--out", str(tmp_path / "o"), "--set", "max_cont=3"],
+        [mvdata, "shard", str(renders), "--out", str(tmp_path / "o"), "--set", "max_cont=3"],
         capture_output=True,
         text=True,
         timeout=60,
