@@ -7,16 +7,15 @@ Two roles, each a small protocol so a test or a caller can inject its own:
   logits); ``TinyFeatures`` is a seeded random projection for tests and the demo (its numbers mean nothing).
   torchvision's Inception is not the TF graph pytorch-fid / torch-fidelity use, so FID values differ from theirs.
 - ``ClipEmbedder``: images and texts -> embeddings for the CLIP score and the consistency figure. ``OpenClip``
-  loads an open_clip model with the conventions of `mvdata filter`: ``local-dir:DIR`` (an open_clip folder with
-  open_clip_config.json), or a model name plus a checkpoint file (``--clip-model-config`` for a custom JSON).
+  loads an open_clip model through ``mvforge.models.clip.load_clip``, the loader of `mvdata filter` (design §1),
+  local weights only: ``local-dir:DIR`` (an open_clip folder with open_clip_config.json), or a model name plus a
+  checkpoint file (``--clip-model-config`` for a custom JSON).
 
 Images are PIL RGB, already composited and resized by the caller (``mvforge.eval.run.prepare``).
 """
 
 from __future__ import annotations
 
-import logging
-import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -24,7 +23,6 @@ import numpy as np
 
 from mvforge.errors import UserError
 
-LOCAL_DIR_PREFIX = "local-dir:"  # open_clip's spelling of a local model folder (as `mvdata filter`)
 BATCH = 16
 
 
@@ -123,54 +121,13 @@ class OpenClip:
         model_config: str | Path | None = None,
         device: str = "cpu",
     ):
-        import open_clip
+        from mvforge.models.clip import ClipOptions, load_clip
 
-        if not pretrained:
-            raise UserError(
-                "no CLIP weights: pass --clip-pretrained local-dir:DIR or a checkpoint file (as `mvdata filter`)"
-            )
-        if pretrained.startswith(LOCAL_DIR_PREFIX):
-            folder = Path(pretrained[len(LOCAL_DIR_PREFIX) :])
-            if not (folder / "open_clip_config.json").is_file():
-                raise UserError(
-                    f"--clip-pretrained {pretrained}: no open_clip_config.json in {folder}; point at a model dir"
-                )
-            name, weights = pretrained, None
-        else:
-            if not Path(pretrained).is_file():
-                raise UserError(
-                    f"--clip-pretrained {pretrained} is not a file; pass a local open_clip checkpoint or "
-                    "local-dir:DIR (eval downloads nothing)"
-                )
-            if model_config is not None:
-                if not Path(model_config).is_file():
-                    raise UserError(
-                        f"--clip-model-config {model_config} does not exist; pass an open_clip JSON"
-                    )
-                open_clip.add_model_config(Path(model_config))
-            if model not in open_clip.list_models():
-                raise UserError(
-                    f"unknown open_clip model {model!r}; see open_clip.list_models() or pass --clip-model-config"
-                )
-            name, weights = model, pretrained
-        logging.disable(logging.WARNING)  # open_clip logs to the root logger; our errors say what matters
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                    name, pretrained=weights, device=device
-                )
-        except (RuntimeError, OSError, ValueError) as e:
-            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-            raise UserError(
-                f"could not load open_clip {name} / {weights}: {first}; pass local weights"
-            ) from None
-        finally:
-            logging.disable(logging.NOTSET)
-        self.model.eval()
-        self.tokenizer = open_clip.get_tokenizer(name)
+        options = ClipOptions("--clip-pretrained", "--clip-model-config", local_only=True)
+        clip = load_clip(model, pretrained, model_config, device=device, options=options)
+        self.model, self.preprocess, self.tokenizer = clip.model, clip.preprocess, clip.tokenizer
         self.device = device
-        self.name = f"open_clip {name}" + (f" ({Path(weights).name})" if weights else "")
+        self.name = f"open_clip {clip.name}" + (f" ({Path(clip.pretrained).name})" if clip.pretrained else "")
 
     def images(self, images: list) -> np.ndarray:
         import torch

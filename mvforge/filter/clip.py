@@ -1,4 +1,5 @@
-"""open_clip loading and per-object scoring: the one code path for real weights and the tiny test model.
+"""Per-object CLIP scoring; the model comes from ``mvforge.models.clip.load_clip``, the one open_clip loader (of
+real weights and the tiny test model alike, shared with `mvtrain eval`; design §1).
 
 A ``Scorer`` is the callable class Ray Data runs in each actor (design §4): it loads the model once in its
 constructor, then turns a batch of uids into one score row per object. The rows' views are decoded here,
@@ -7,11 +8,7 @@ inside the actor, so the dataset carries one small row per object and never a sh
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import pickle
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +16,10 @@ import pyarrow as pa
 from PIL import Image
 
 from mvforge.devices import resolve_device
-from mvforge.errors import UserError
-from mvforge.filter.config import LOCAL_DIR_PREFIX, FilterConfig
+from mvforge.filter.config import FilterConfig
 from mvforge.filter.gates import PIXEL_COLUMNS, pixel_metrics, view_metrics
 from mvforge.formats import renders as layout
+from mvforge.models.clip import clip_spec, load_clip
 
 # Reasons an object gets no score (recorded in scores.parquet, never raised).
 NOT_SCORABLE = (
@@ -79,86 +76,12 @@ def conform(table: pa.Table) -> pa.Table:
 # --- loading -------------------------------------------------------------------------------------------------
 
 
-def check_quickgelu(model_name: str, pretrained: str) -> None:
-    """OpenAI's CLIP weights were trained with QuickGELU; loading them into a GELU model gives silently wrong
-    embeddings (open_clip only warns). Refuse, and name the ``-quickgelu`` variant to use instead."""
-    import open_clip
-
-    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}
-    model_cfg = open_clip.get_model_config(model_name) or {}
-    if tag_cfg.get("quick_gelu", False) and not model_cfg.get("quick_gelu", False):
-        raise UserError(
-            f"pretrained {pretrained!r} was trained with QuickGELU but model {model_name!r} uses GELU; "
-            f"use --model {model_name}-quickgelu"
-        )
-
-
 def model_spec(cfg: FilterConfig) -> tuple[str, str | None]:
-    """(open_clip model_name, pretrained) after validating that the weights exist where they are named."""
-    import open_clip
-
+    """(open_clip model_name, pretrained) of ``cfg.model`` after validating that the weights exist where they
+    are named (``mvforge.models.clip.clip_spec``: the errors it raises, naming ``--pretrained`` and
+    ``--model-config``). The driver calls it before Ray starts, so a bad name is one line, not actor tracebacks."""
     m = cfg.model
-    if m.model_config_file is not None:
-        if not Path(m.model_config_file).is_file():
-            raise UserError(
-                f"--model-config {m.model_config_file} does not exist; pass an open_clip JSON config"
-            )
-        open_clip.add_model_config(Path(m.model_config_file))
-    if m.pretrained.startswith(LOCAL_DIR_PREFIX):
-        # open_clip spells a local folder as a model-name schema; its open_clip_config.json defines the model.
-        folder = Path(m.pretrained[len(LOCAL_DIR_PREFIX) :])
-        if not (folder / "open_clip_config.json").is_file():
-            raise UserError(
-                f"--pretrained {m.pretrained}: no open_clip_config.json in {folder}; point at a model dir"
-            )
-        return f"{LOCAL_DIR_PREFIX}{folder}", None
-    if m.name not in open_clip.list_models():
-        raise UserError(
-            f"unknown open_clip model {m.name!r}; see open_clip.list_models() or pass --model-config"
-        )
-    if m.pretrained and not os.path.isfile(m.pretrained):
-        check_quickgelu(m.name, m.pretrained)
-        if not open_clip.get_pretrained_cfg(m.name, m.pretrained):
-            tags = ", ".join(open_clip.list_pretrained_tags_by_model(m.name)) or "none"
-            raise UserError(
-                f"--pretrained {m.pretrained!r} is neither a file nor a tag of {m.name} (tags: {tags}); "
-                "pass a checkpoint file or local-dir:DIR"
-            )
-    if m.pretrained and os.path.isfile(m.pretrained):
-        # Checked here, in the driver: inside a Ray actor the same failure is a page of actor traceback.
-        from mvforge import rundir
-
-        check = rundir.check_safetensors if m.pretrained.endswith(".safetensors") else rundir.check_torch_file
-        try:
-            check(m.pretrained)
-        except rundir.Damaged as e:
-            raise UserError(
-                f"--pretrained {e}: not a readable open_clip checkpoint; pass the file again (copied whole) or a tag"
-            ) from None
-    return m.name, m.pretrained or None
-
-
-def load_clip(cfg: FilterConfig, device: str):
-    """(model id, model in eval mode, preprocess, tokenizer) through open_clip's own loader, whatever the weights' source."""
-    import open_clip
-
-    name, pretrained = model_spec(cfg)
-    logging.disable(logging.WARNING)  # open_clip logs to the root logger; our own errors say what matters
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # QuickGELU mismatches are refused above, not warned
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained, precision=cfg.model.precision, device=device
-            )
-    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(
-            f"could not load open_clip {name} / {pretrained}: {first}; offline, pass a checkpoint file or local-dir:DIR"
-        ) from None
-    finally:
-        logging.disable(logging.NOTSET)
-    model.eval()
-    return name, model, preprocess, open_clip.get_tokenizer(name)
+    return clip_spec(m.name, m.pretrained, m.model_config_file)
 
 
 # --- reading one object ----------------------------------------------------------------------------------------
@@ -288,7 +211,10 @@ class Scorer:
         self.root = Path(root)
         self.cfg = cfg
         self.device = resolve_device(device)
-        self.model_name, self.model, self.preprocess, self.tokenizer = load_clip(cfg, self.device)
+        m = cfg.model
+        clip = load_clip(m.name, m.pretrained, m.model_config_file, precision=m.precision, device=self.device)
+        self.model_name, self.model = clip.name, clip.model
+        self.preprocess, self.tokenizer = clip.preprocess, clip.tokenizer
         # open_clip's fp16/bf16 is mixed precision (LayerNorms stay fp32): the input dtype is its own rule.
         self.dtype = open_clip.get_input_dtype(cfg.model.precision) or torch.float32
 

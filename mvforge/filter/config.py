@@ -17,8 +17,6 @@ from typing import Literal
 from mvforge.config import to_dict
 from mvforge.errors import UserError
 
-LOCAL_DIR_PREFIX = "local-dir:"
-
 
 @dataclass(frozen=True)
 class ClipModelConfig:

@@ -1,9 +1,9 @@
 """A tiny random-init open_clip model written to disk like real weights, for tests and the offline demo.
 
 Nothing may be downloaded here (docs/design.md §6), so tests build this model, save it, and load it back
-through the same ``load_clip`` path as real weights: as a checkpoint file (``--model mvforge-tiny-clip
---model-config DIR/mvforge-tiny-clip.json --pretrained DIR/open_clip_model.safetensors``) or as
-``--pretrained local-dir:DIR``.
+through the same ``mvforge.models.clip.load_clip`` path as real weights: as a checkpoint file (``--clip-model
+mvforge-tiny-clip --clip-model-config DIR/mvforge-tiny-clip.json --clip-pretrained
+DIR/open_clip_model.safetensors``) or as ``--clip-pretrained local-dir:DIR``.
 """
 
 from __future__ import annotations

@@ -80,9 +80,12 @@ def orthogonal_views(azimuth_start_deg=90.0, num_views: int = 4):
 def get_rays(c2w, fov_deg, height: int, width: int):
     """Ray origins and unit directions, each (..., H, W, 3) in world space, through pixel centres.
 
-    c2w (..., 4, 4) in mvforge axes (OpenGL: +X right, +Y up, looking down -Z); ``fov_deg`` (...) or a scalar
-    covers the larger image side, as ``cameras.intrinsics`` (so a world point on pixel (u, v)'s ray projects
-    to (u + 0.5, v + 0.5) with ``cameras.project``). Row 0 is the top of the image.
+    The one ray function of the model stages (design §1, §3): SDS renders its views with it (square images:
+    ``height == width``). c2w (..., 4, 4) in mvforge axes (OpenGL: +X right, +Y up, looking down -Z);
+    ``fov_deg`` (...) or a scalar, in degrees, covers the larger image side, as ``cameras.intrinsics`` (so a
+    world point on pixel (u, v)'s ray projects to (u + 0.5, v + 0.5) with ``cameras.project``). Row 0 is the top
+    of the image. Tensors in: tensors out on c2w's device and dtype (the origins a broadcast view, not a copy);
+    otherwise numpy float64.
     """
     xp, arr = _ns(c2w, fov_deg)
     c2w = arr(c2w)

@@ -262,7 +262,9 @@ class MultiViewDiffusion:
         num_views: int = 4,
         guidance_scale: float = 1.0,
         guidance_rescale: float = 0.0,
-    ) -> torch.Tensor:
+        *,
+        return_cond: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Guided ε (B*V, 4, h, w) for noisy latents (B*V, 4, h, w), views of an object contiguous.
 
         ``t``: int timesteps (B*V,) or a scalar; ``cond``/``uncond``: (B*V, 77, D) text conditioning (uncond
@@ -271,6 +273,14 @@ class MultiViewDiffusion:
         on the batch ``CFG_ORDER`` describes, the cameras on both halves (design §10). ``guidance_rescale``:
         diffusers' per-image std rescale of the guided ε (0 = off; not MVDream's x0 rescale). A
         v-prediction model's output is converted to ε. Gradients flow to ``latents`` if it requires them.
+        The output has ``latents``' dtype.
+
+        ``return_cond=True`` returns ``(guided ε, conditional ε)``, both (B*V, 4, h, w), the conditional half
+        from the same UNet call: MVDream's SDS rescales the guided x0 to the std of the conditional x0
+        (§3.3, design §10; ``rescale_x0_multiview``). It needs ``uncond``.
+
+        Raises ValueError for a batch that is not a multiple of ``num_views``, for ``guidance_scale != 1`` or
+        ``return_cond`` without ``uncond``.
         """
         n = latents.shape[0]
         if n % num_views:
@@ -278,6 +288,8 @@ class MultiViewDiffusion:
         guided = uncond is not None
         if not guided and guidance_scale != 1.0:
             raise ValueError("guidance_scale != 1 needs the unconditional embeddings (uncond)")
+        if not guided and return_cond:
+            raise ValueError("return_cond needs the unconditional embeddings (uncond)")
         t = torch.as_tensor(t, device=self.device)
         t = t.expand(n) if t.ndim == 0 else t
         x, text, cams, tt = latents, cond, cameras, t
@@ -299,7 +311,7 @@ class MultiViewDiffusion:
         eps = parts["uncond"] + guidance_scale * (parts["cond"] - parts["uncond"])
         if guidance_rescale > 0:
             eps = rescale_noise_cfg(eps, parts["cond"], guidance_rescale)
-        return eps
+        return (eps, parts["cond"]) if return_cond else eps
 
     def _coeffs(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.alphas_cumprod[torch.as_tensor(t, device=self.device).long()].to(like.dtype)

@@ -1,4 +1,5 @@
-"""Random multi-view camera batches and rays for SDS (issue 14; docs/design.md §3 and §10.2).
+"""Random multi-view camera batches for SDS (issue 14; docs/design.md §3 and §10.2). Their rays come from
+``mvforge.models.camera_batch.get_rays``, the one ray function of the model stages (design §1).
 
 What a batch carries follows MVDream-threestudio's ``threestudio/data/random_multiview.py`` (design §10.2):
 groups of ``n_view`` views that share elevation, fov, distance and light distance, with azimuths
@@ -129,24 +130,3 @@ def orbit_cameras(
         embedding=torch.as_tensor(cameras.normalize_camera(c2w), dtype=f32),
         n_view=n,
     )
-
-
-def get_rays(c2w: torch.Tensor, fov_deg: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """World rays through pixel centres of square images.
-
-    c2w (N, 4, 4) and fov_deg (N,) -> origins (N, H, W, 3) and unit directions (N, H, W, 3), H = W =
-    ``resolution``. Pixel (i, j) centre (j + 0.5, i + 0.5); +X right and +Y up in the image, the camera looks
-    down -Z (design §3), so row 0 is the top of the image.
-    """
-    n = c2w.shape[0]
-    device, dtype = c2w.device, c2w.dtype
-    idx = torch.arange(resolution, device=device, dtype=dtype) + 0.5
-    focal = 0.5 * resolution / torch.tan(torch.deg2rad(fov_deg.to(dtype)) / 2)  # (N,) pixels
-    x = (idx[None, None, :] - resolution / 2) / focal[:, None, None]  # (N, 1, W)
-    y = -(idx[None, :, None] - resolution / 2) / focal[:, None, None]  # (N, H, 1)
-    x, y = torch.broadcast_tensors(x, y)
-    d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)  # (N, H, W, 3)
-    d_world = torch.einsum("nij,nhwj->nhwi", c2w[:, :3, :3], d_cam)
-    d_world = d_world / d_world.norm(dim=-1, keepdim=True)
-    origins = c2w[:, None, None, :3, 3].expand(n, resolution, resolution, 3)
-    return origins, d_world

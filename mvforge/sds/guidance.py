@@ -8,7 +8,8 @@ MVDream §3.3 and the official ``multiview_diffusion_guidance.py`` (docs/design.
 2. one timestep t for the whole batch (the official draws ``randint(min_t, max_t + 1)`` once) and Gaussian
    noise: z_t = sqrt(a_t) z + sqrt(1 - a_t) eps;
 3. one UNet call on the conditional and the unconditional (negative prompt) halves, the camera embeddings on
-   both; CFG eps = eps_u + s (eps_c - eps_u) with s = 50;
+   both; CFG eps = eps_u + s (eps_c - eps_u) with s = 50, by ``MultiViewDiffusion.predict_noise`` (the one CFG,
+   design §1), which also returns eps_c for step 4;
 4. x0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t); with ``recon_std_rescale`` f > 0, x0 is rescaled per group of V
    views to the std of the conditional x0 and mixed f * rescaled + (1 - f) * x0 (``rescale_x0_multiview``);
 5. loss = 0.5 * ||z - sg(x0)||² summed / N, so d loss / d z = (z - x0) / N.
@@ -109,17 +110,19 @@ class MultiViewSDS:
             noise = noise.to(latents.device, latents.dtype)
             a = model.alphas_cumprod[t].to(latents.dtype)
             noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-            # 3. conditional and unconditional halves in one call (guidance_scale 1: we need both halves)
+            # 3. CFG by the model's one implementation: one UNet call on both halves, the cameras on both; the
+            # conditional ε comes back too, for the x0 std rescale of step 4
             cond, uncond = text.expand(n)
-            both = model.predict_noise(
-                torch.cat([noisy, noisy]),
-                torch.full((2 * n,), t, dtype=torch.long),
-                torch.cat([cond, uncond]),
-                cameras=torch.cat([cameras, cameras]).to(latents.device),
+            eps, eps_cond = model.predict_noise(
+                noisy,
+                t,
+                cond,
+                uncond,
+                cameras=cameras.to(latents.device),
                 num_views=self.num_views,
-            ).float()
-            eps_cond, eps_uncond = both.chunk(2)
-            eps = eps_uncond + self.cfg.guidance_scale * (eps_cond - eps_uncond)
+                guidance_scale=self.cfg.guidance_scale,
+                return_cond=True,
+            )
             # 4. x0 reconstruction with MVDream's multi-view std rescale
             x0 = model.predict_x0(noisy, t, eps)
             if self.cfg.recon_std_rescale > 0:

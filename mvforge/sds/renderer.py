@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mvforge.sds.cameras import CameraBatch, get_rays
+from mvforge.models.camera_batch import get_rays
+from mvforge.sds.cameras import CameraBatch
 from mvforge.sds.config import RendererConfig
 from mvforge.sds.material import Shading, shade
 
@@ -321,7 +322,7 @@ class VolumeRenderer(nn.Module):
         with_orient: bool = False,
     ) -> RenderOutput:
         """Render every view of ``cams`` (on this module's device) at ``resolution`` x ``resolution``."""
-        rays_o, rays_d = get_rays(cams.c2w, cams.fov_deg, resolution)
+        rays_o, rays_d = get_rays(cams.c2w, cams.fov_deg, resolution, resolution)
         n, h, w = rays_o.shape[:3]
         light = cams.light_position[:, None, None, :].expand(n, h, w, 3)
         out = self.render_rays(

@@ -33,7 +33,14 @@ WIDE = {"COLUMNS": "250", "TERMINAL_WIDTH": "250", "NO_COLOR": "1"}
 
 # docs/cli.md, "Deviations": the commands each rule leaves out, with the reason there.
 NO_OUT = {"mvdata verify", "mvdata report", "mvdata doctor", "mvdata version", "mvtrain version"}
-POSITIONAL_INPUT = {"mvdata render", "mvdata filter", "mvdata shard", "mvdata verify", "mvdata report", "mvtrain convert"}
+POSITIONAL_INPUT = {
+    "mvdata render",
+    "mvdata filter",
+    "mvdata shard",
+    "mvdata verify",
+    "mvdata report",
+    "mvtrain convert",
+}
 # The commands that start Ray (mvforge/raytools.py init_ray callers); each takes --address.
 RAY_COMMANDS = {"mvdata render", "mvdata filter", "mvdata shard", "mvtrain fit", "mvtrain sds"}
 NO_WORKERS = {"mvtrain sds"}  # to do: its --prompts tasks are bounded by the cluster's GPUs, not --workers

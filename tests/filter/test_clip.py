@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from mvforge.errors import UserError
-from mvforge.filter.clip import Scorer, check_quickgelu, composite, object_text, view_subset
+from mvforge.filter.clip import Scorer, composite, object_text, view_subset
 from mvforge.filter.config import TextConfig, ViewsConfig
 from mvforge.filter.tiny import TINY_NAME, WEIGHTS
 from mvforge.formats import renders as layout
+from mvforge.models.clip import check_quickgelu
 from mvforge.render.synthetic import write_synthetic_object
 
 CAPTIONS = {"obj-a": "a red teapot", "obj-b": "wooden chair", "obj-c": "a small blue car"}

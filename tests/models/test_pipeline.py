@@ -90,10 +90,16 @@ def test_guidance_is_uncond_plus_scale_times_difference_on_one_step(model):
         torch.testing.assert_close(
             r, 0.7 * guided * std(c) / std(guided) + 0.3 * guided, rtol=1e-5, atol=1e-5
         )
+        # return_cond (SDS's x0 rescale needs the conditional half): the same guided ε and the conditional ε.
+        both, cond_eps = model.predict_noise(x, t, cond, uncond, cams, 4, 7.0, return_cond=True)
+        assert torch.equal(both, got)
+        torch.testing.assert_close(cond_eps, c, rtol=1e-5, atol=1e-5)
         # No guidance: one conditional call.
         torch.testing.assert_close(model.predict_noise(x, t, cond, None, cams, 4), c, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="uncond"):
         model.predict_noise(x, t, cond, None, cams, 4, guidance_scale=7.0)
+    with pytest.raises(ValueError, match="uncond"):
+        model.predict_noise(x, t, cond, None, cams, 4, return_cond=True)
 
 
 def test_x0_and_the_multiview_x0_rescale_against_hand_formulas(model):

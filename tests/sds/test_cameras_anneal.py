@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from mvforge import cameras
+from mvforge.models.camera_batch import get_rays
 from mvforge.sds.anneal import linear_ramp, timestep_range
-from mvforge.sds.cameras import get_rays, orbit_cameras, sample_cameras
+from mvforge.sds.cameras import orbit_cameras, sample_cameras
 from mvforge.sds.config import CameraConfig
 
 # design §3 golden values (distance 1), shared with tests/test_cameras.py of the render stage
@@ -89,7 +90,7 @@ def test_sampling_is_deterministic_given_the_generator():
 
 def test_centre_ray_looks_at_the_origin_and_corner_rays_span_the_fov():
     cams = orbit_cameras(20.0, [30.0], fov_deg=50.0, distance=2.0)
-    o, d = get_rays(cams.c2w, cams.fov_deg, 64)
+    o, d = get_rays(cams.c2w, cams.fov_deg, 64, 64)
     centre = (d[0, 31, 31] + d[0, 32, 32] + d[0, 31, 32] + d[0, 32, 31]) / 4
     np.testing.assert_allclose((centre / centre.norm()).numpy(), (-o[0, 0, 0] / 2.0).numpy(), atol=1e-5)
     # top row is +Y of the camera (design §3): its rays point higher than the bottom row's

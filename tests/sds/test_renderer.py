@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mvforge.sds.cameras import get_rays, orbit_cameras
+from mvforge.models.camera_batch import get_rays
+from mvforge.sds.cameras import orbit_cameras
 from mvforge.sds.config import FieldConfig, RendererConfig
 from mvforge.sds.field import HashGridField
 from mvforge.sds.material import ALBEDO, Shading
@@ -51,7 +52,7 @@ def test_ball_opacity_and_depth_match_closed_form():
     renderer = VolumeRenderer(Ball(sigma, r), None, RendererConfig(samples_per_ray=512, ray_chunk=1000))
     cams = orbit_cameras(15.0, [0.0, 90.0], fov_deg=40.0, distance=2.5)
     out = renderer.render(cams, 32, ALBEDO, bg_color=torch.tensor([0.0, 0.0, 1.0]))
-    o, d = get_rays(cams.c2w, cams.fov_deg, 32)
+    o, d = get_rays(cams.c2w, cams.fov_deg, 32, 32)
     o, d = o.reshape(-1, 3).double().numpy(), d.reshape(-1, 3).double().numpy()
     ref = np.array([closed_form(oi, di, sigma, r) for oi, di in zip(o, d, strict=True)])
     op = out.opacity.reshape(-1).numpy()
@@ -178,7 +179,7 @@ def test_per_sample_pruning_matches_the_unpruned_render_of_a_closed_form_sphere(
       most the haze's optical depth along its ray (what the official renderer does not see) + 2e-4.
     """
     cams = orbit_cameras(15.0, [0.0, 120.0], fov_deg=40.0, distance=2.5)
-    o, d = get_rays(cams.c2w, cams.fov_deg, 40)
+    o, d = get_rays(cams.c2w, cams.fov_deg, 40, 40)
     o, d = o.reshape(-1, 3).double(), d.reshape(-1, 3).double()
     sigma, r = 30.0, 0.45
 
