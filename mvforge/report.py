@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 import json
 import math
 import os
@@ -74,6 +75,7 @@ def write_report(run_dir: Path, cfg: ReportConfig | None = None) -> Path:
         ("sds", "sds", _sds_section(run_dir / "sds", run_dir, cfg)),
         ("dreambooth", "dreambooth", _dreambooth_section(run_dir / "dreambooth", run_dir, cfg)),
         ("eval", "eval", _eval_section(run_dir / "eval", run_dir, cfg)),
+        ("known-answer", "known answer", _known_answer_section(run_dir, cfg)),
     ]
     name = run_dir.resolve().name
     page = htmlkit.render(
@@ -691,6 +693,106 @@ def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
         caveat=CAVEAT,
         paper=[list(r) for r in PAPER_TABLE1],
     )
+
+
+# --- known answer -------------------------------------------------------------------------------------------
+
+_KNOWN_ANSWER_TITLES = {
+    "sampled": "views sampled at the ground-truth cameras",
+    "renders": "results rendered back at the ground-truth cameras",
+}
+
+
+def _known_answer_section(run_dir: Path, cfg: ReportConfig) -> str:
+    """Every ``*/known_answer.json`` under the run (`mvtrain eval --known-answer`, docs/demo.md): per caption the
+    ground truth beside what was generated, the numbers, and for rendered-back results (SDS meshes) the
+    ground-truth turntable beside the result's."""
+    blocks = []
+    for path in sorted(run_dir.glob("*/known_answer.json")):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        mode = doc.get("mode", "sampled")
+        rows = []
+        for r in doc["captions"]:
+            shifted = r.get("shifted", {})
+            if mode == "renders":
+                shift_text = ", ".join(
+                    f"{k}°: {v['iou']:.2f} (truth {v['truth_iou']:.2f})" for k, v in shifted.items()
+                )
+            else:
+                shift_text = ", ".join(
+                    f"{k}°: {v['views_nearer_at_true_camera']}/{len(r['views'])}" for k, v in shifted.items()
+                )
+            row = {
+                "uid": r["uid"],
+                "caption": r["caption"],
+                "ok": r["retrieved"] == r["uid"],
+                "retrieved": r["retrieved"],
+                "iou": f"{r['iou']:.2f}",
+                "iou_others": "" if r.get("iou_others") is None else f"{r['iou_others']:.2f}",
+                "baseline_iou": "" if r.get("baseline_iou") is None else f"{r['baseline_iou']:.2f}",
+                "psnr": _num(r.get("psnr_object_db"), 3),
+                "shifted": shift_text,
+                "strip": _img_src(path.parent / "known_answer" / f"{r['uid']}.png", run_dir, cfg),
+                "turntables": None,
+            }
+            if mode == "renders":
+                row["turntables"] = [
+                    _orbit_gif(_local(doc.get("reference"), run_dir), r["uid"], doc["config"]),
+                    _orbit_gif(_local(doc.get("generated"), run_dir), r["uid"], doc["config"]),
+                ]
+            rows.append(row)
+        blocks.append(
+            {
+                "name": path.parent.name,
+                "title": _KNOWN_ANSWER_TITLES.get(mode, mode),
+                "mode": mode,
+                "summary": doc.get("summary", {}),
+                "model": doc.get("model") or doc.get("generated", ""),
+                "rows": rows,
+            }
+        )
+    return htmlkit.render("report_known_answer.html.j2", blocks=blocks)
+
+
+def _local(path: str | None, run_dir: Path) -> Path | None:
+    """A directory a result names: as written, else the folder of that name in the run (a moved run)."""
+    if not path:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        return p
+    return run_dir / p.name if (run_dir / p.name).is_dir() else None
+
+
+def _orbit_gif(renders: Path | None, uid: str, ka_config: dict) -> str | None:
+    """A data-URI GIF of the first orbit's views of ``uid`` in a render directory, composited on the known
+    answer's grey: the turntable at the cameras the model saw."""
+    from PIL import Image
+
+    if renders is None:
+        return None
+    try:
+        obj = layout.load_object(renders, uid)
+        views = sorted(
+            (v for v in obj.cameras["views"] if int(v.get("orbit", 0)) == 0), key=lambda v: v["azimuth_deg"]
+        )
+        grey = int(ka_config.get("background_grey", 128))
+        frames = []
+        for v in views:
+            with Image.open(obj.view_path(int(v["index"]))) as im:
+                rgba = im.convert("RGBA")
+            bg = Image.new("RGBA", rgba.size, (grey, grey, grey, 255))
+            frames.append(Image.alpha_composite(bg, rgba).convert("RGB"))
+    except (OSError, ValueError, KeyError, UserError):
+        return None
+    if not frames:
+        return None
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=150, loop=0)
+    return "data:image/gif;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _config_text(stage_dir: Path) -> str:
