@@ -1,62 +1,113 @@
 #!/usr/bin/env bash
-# `make demo`: the whole data pipeline on the embedded demo objects, small enough for 2 CPU cores.
-# render (Blender Cycles, Ray) -> filter (tiny random-init CLIP, keep-fraction) -> shard -> verify
-# -> fit (tiny random-init multi-view SD, a few steps) -> sample (4 views, diffusers pipeline)
-# -> sds (text to 3D: mesh + turntable) -> eval -> dreambooth (a few MVDreamBooth steps on two demo
-# renders) -> report.
+# `make demo`: the demo world (docs/demo.md). The 12 embedded demo objects are rendered, filtered and sharded as a
+# user would, an autoencoder and a multi-view UNet are trained on them from scratch, and every generated result
+# (sampled views, SDS meshes rendered back, a DreamBooth subject) is scored against the ground truth it should
+# reproduce with `mvtrain eval --known-answer`. Then report.html shows the truth beside each result.
 # Every step resumes: running it again after an interruption redoes only what is missing.
 set -euo pipefail
 OUT=${1:-demo-out}
 BIN=.venv/bin
+STEPS=${STEPS:-1500}                 # UNet optimizer steps (the learning curve: docs/demo.md)
+HOLDOUT=demo-potted-cactus           # the MVDreamBooth subject: kept out of fit, learned from 4 photos
+TOKEN="a photo of xjq object"        # its rare-token prompt (paper §3.4)
+SDS_UIDS=(demo-traffic-cone demo-chair demo-kettle)  # one rotationally symmetric object, two that are not
 export RAY_USAGE_STATS_ENABLED=0
+# Same cameras for every object; the views of an object and the render-back of a result must match exactly.
+RENDER_ARGS=(--views 16 --orbits 2 --resolution 32 --samples 8 --shared-cameras --workers 2 --threads 1
+  --set cameras.framing=mvdream)
+caption() { $BIN/python -c "import json,sys; print(json.load(open(sys.argv[1]))['caption'])" \
+  "$(find "$OUT/renders" -path "*/$1/meta.json" | head -1)"; }
 
-echo "== render: 12 demo objects x 8 views, 128 px, 16 samples"
-$BIN/mvdata render demo --out "$OUT/renders" --views 8 --resolution 128 --samples 16 --workers 2
+echo "== render: the 12 demo objects, the same 2 orbits x 16 cameras for every object, 32 px"
+$BIN/mvdata render demo --out "$OUT/renders" "${RENDER_ARGS[@]}"
 
-echo "== filter: CLIP score with a tiny random-init model (no download), keep 75%"
+echo "== filter: quality gates (the tiny random CLIP's scores are recorded; keep-fraction 1 keeps all that pass)"
 $BIN/mvdata make-tiny-clip --out "$OUT/models/tiny-clip"
-$BIN/mvdata filter "$OUT/renders" --out "$OUT/filter" \
-  --clip-pretrained "local-dir:$OUT/models/tiny-clip" --keep-fraction 0.75 --workers 1
+$BIN/mvdata filter "$OUT/renders" --out "$OUT/filter" --clip-pretrained "local-dir:$OUT/models/tiny-clip" \
+  --keep-fraction 1.0 --workers 1
 
-echo "== shard + verify"
+echo "== shard + verify: every object but the DreamBooth subject in train, every view also as a 2D pair"
 $BIN/mvdata shard "$OUT/renders" --selection "$OUT/filter/selection.parquet" --out "$OUT/shards" \
-  --max-count 4 --val-fraction 0.2
+  --exclude "$HOLDOUT" --val-fraction 0 --max-count 4 --workers 0 --views-2d "$OUT/shards-2d"
 $BIN/mvdata verify "$OUT/shards"
 
-echo "== fit: multi-view UNet (3D self-attention + camera embedding) on the shards, tiny random-init SD"
-$BIN/mvtrain make-tiny-sd --out "$OUT/models/tiny-sd"
-$BIN/mvtrain fit --model "$OUT/models/tiny-sd" --shards "$OUT/shards" --out "$OUT/train" --workers 0 \
-  --max-steps 4 --set loader.batch_size=2 --set loader.resolution=64 --set checkpoint_every=2 --set log_every=1 \
-  --validate-every 2 --set validation.steps=4 --set "validation.prompts=['a red ceramic coffee mug']"
+echo "== fit-vae: the autoencoder fitted to the renders (a random VAE cannot reconstruct them)"
+$BIN/mvtrain make-tiny-sd --out "$OUT/models/world-init" --variant world --prediction-type v_prediction
+$BIN/mvtrain fit-vae --model "$OUT/models/world-init" --shards "$OUT/shards" --out "$OUT/models/world-sd" \
+  --max-steps 600
 
-echo "== sample: 4 views from text through the multi-view diffusers pipeline (the authors' DDIM + CFG 10, 10 steps)"
+echo "== fit: the multi-view UNet from scratch, 3D and 2D batches mixed (paper §3.3), $STEPS steps"
+$BIN/mvtrain fit --config configs/world-fit.toml --model "$OUT/models/world-sd" --shards "$OUT/shards" \
+  --shards-2d "$OUT/shards-2d/2d-000000.tar" --out "$OUT/train" --max-steps "$STEPS"
+
+echo "== sample: 4 views of one caption through the multi-view diffusers pipeline"
 PIPE="$OUT/models/mv-pipeline"  # the trained model as a diffusers pipeline directory, written once
 SAVE=()
 [ -f "$PIPE/model_index.json" ] || SAVE=(--save-pipeline "$PIPE")
-$BIN/mvtrain sample --model "$OUT/train" --prompt "a red ceramic coffee mug" --out "$OUT/samples" --steps 10 \
-  --resolution 64 --device cpu "${SAVE[@]}"
+$BIN/mvtrain sample --model "$OUT/train" --prompt "$(caption demo-chair)" --out "$OUT/samples" --steps 20 \
+  --guidance-scale 5 --elevation 28 --resolution 32 --device cpu "${SAVE[@]}"
 
-echo "== sds: text to 3D with the fitted tiny model as the prior (configs/sds-demo-cpu.toml: 200 steps at 32 px)"
-$BIN/mvtrain sds --config configs/sds-demo-cpu.toml --model "$OUT/train" --prompt "a red ceramic coffee mug" \
-  --out "$OUT/sds"
+echo "== eval: every trained caption sampled at its object's cameras, scored against the renders"
+$BIN/python - "$OUT" "$HOLDOUT" <<'PY'
+import json, pathlib, sys
+out, holdout = pathlib.Path(sys.argv[1]), sys.argv[2]
+lines = [f"{m['uid']}\t{m['caption']}" for m in (json.loads(p.read_text()) for p in sorted(out.glob("renders/*/*/meta.json")))
+         if m["uid"] != holdout]
+(out / "trained-captions.tsv").write_text("\n".join(lines) + "\n")
+PY
+$BIN/mvtrain eval --known-answer --model "$OUT/train" --reference "$OUT/renders" \
+  --prompts "$OUT/trained-captions.tsv" --out "$OUT/eval" --device cpu
 
-echo "== eval: FID/KID/IS/CLIP score + consistency of the sampled model against the held-out shards (tiny"
-echo "   random extractors: the numbers exercise the code, they measure nothing; resumable)"
-$BIN/mvtrain eval --model "$PIPE" --reference "$OUT/shards" --out "$OUT/eval" --features tiny \
-  --clip-pretrained "local-dir:$OUT/models/tiny-clip" --steps 4 --resolution 64 --image-size 64 --max-prompts 4 \
-  --device cpu
+echo "== sds: text to 3D with the world model as the prior (configs/sds-world-cpu.toml), 3 captions"
+for uid in "${SDS_UIDS[@]}"; do
+  $BIN/mvtrain sds --config configs/sds-world-cpu.toml --model "$OUT/train" --prompt "$(caption "$uid")" \
+    --out "$OUT/sds"
+done
+# Each mesh under its ground-truth uid (a captions file the render reads), so it is rendered back from the same
+# cameras under the same light as its object.
+$BIN/python - "$OUT" "${SDS_UIDS[@]}" <<'PY'
+import json, pathlib, sys
+out, uids = pathlib.Path(sys.argv[1]), sys.argv[2:]
+caption = {m["uid"]: m["caption"] for m in (json.loads(p.read_text()) for p in out.glob("renders/*/*/meta.json"))}
+by_prompt = {json.loads(p.read_text())["prompt"]: p.parent for p in out.glob("sds/*/summary.json")}
+with open(out / "sds-meshes.jsonl", "w") as f:
+    for uid in uids:
+        mesh = (by_prompt[caption[uid]] / "mesh.glb").resolve()
+        f.write(json.dumps({"uid": uid, "path": str(mesh), "caption": caption[uid]}) + "\n")
+PY
 
-echo "== dreambooth: MVDreamBooth on two renders of one demo object (4 steps, 2D mode, preservation loss)"
+echo "== sds render-back: each mesh rendered under its object's uid (the same cameras and light), and a sphere"
+mapfile -t MESHES < <($BIN/python -c "import json,sys; [print(json.loads(l)['path']) for l in open(sys.argv[1])]" \
+  "$OUT/sds-meshes.jsonl")
+$BIN/mvdata render "${MESHES[@]}" --captions "$OUT/sds-meshes.jsonl" --out "$OUT/sds-renders" "${RENDER_ARGS[@]}"
+$BIN/python - "$OUT" "${SDS_UIDS[@]}" <<'PY'
+# The baseline: an untrained prior's SDS result is a grey blob; a grey sphere stands in for it.
+import json, pathlib, sys, trimesh
+out, uids = pathlib.Path(sys.argv[1]), sys.argv[2:]
+(out / "blob").mkdir(exist_ok=True)
+with open(out / "blob" / "blob.jsonl", "w") as f:
+    for uid in uids:
+        sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+        sphere.visual.vertex_colors = [128, 128, 128, 255]
+        path = (out / "blob" / f"{uid}.glb").resolve()
+        sphere.export(path)
+        f.write(json.dumps({"uid": uid, "path": str(path), "caption": "a grey blob"}) + "\n")
+PY
+$BIN/mvdata render "$OUT"/blob/*.glb --captions "$OUT/blob/blob.jsonl" --out "$OUT/blob-renders" "${RENDER_ARGS[@]}"
+$BIN/mvtrain eval --known-answer --generated "$OUT/sds-renders" --baseline "$OUT/blob-renders" \
+  --reference "$OUT/renders" --out "$OUT/eval-sds"
+
+echo "== dreambooth: the held-out $HOLDOUT learned from 4 photos of its second orbit, sampled on the first"
 PHOTOS="$OUT/dreambooth-photos"
-OBJ=$(dirname "$(find "$OUT/renders" -name meta.json | sort | head -1)")
+OBJ=$(dirname "$(find "$OUT/renders" -path "*/$HOLDOUT/meta.json" | head -1)")
 mkdir -p "$PHOTOS"
-cp "$OBJ/000.png" "$PHOTOS/view-000.png"
-cp "$OBJ/002.png" "$PHOTOS/view-002.png"
-$BIN/mvtrain dreambooth --model "$PIPE" --images "$PHOTOS" --prompt "a photo of xjq object" --out "$OUT/dreambooth" \
-  --max-steps 4 --device cpu --class-prompt "a photo of an object" --validate-every 4 \
-  --set resolution=64 --set batch_size=2 --set checkpoint_every=2 --set log_every=1 --set validation.steps=2
-$BIN/mvtrain sample --model "$OUT/dreambooth" --prompt "a photo of xjq object" --out "$OUT/dreambooth-samples" \
-  --steps 4 --resolution 64 --device cpu
+for i in 016 020 024 028; do cp "$OBJ/$i.png" "$PHOTOS/view-$i.png"; done
+$BIN/mvtrain dreambooth --model "$PIPE" --images "$PHOTOS" --prompt "$TOKEN, 3d asset" --out "$OUT/dreambooth" \
+  --max-steps 150 --device cpu --class-prompt "a photo of an object, 3d asset" --validate-every 0 \
+  --set resolution=32 --set batch_size=4 --set checkpoint_every=50 --set log_every=10
+{ cat "$OUT/trained-captions.tsv"; printf '%s\t%s\n' "$HOLDOUT" "$TOKEN"; } > "$OUT/dreambooth-captions.tsv"
+$BIN/mvtrain eval --known-answer --model "$OUT/dreambooth" --reference "$OUT/renders" \
+  --prompts "$OUT/dreambooth-captions.tsv" --out "$OUT/eval-dreambooth" --device cpu --set "shifts_deg=[]"
 
 echo "== report"
 $BIN/mvdata report "$OUT"
