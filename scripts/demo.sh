@@ -24,7 +24,7 @@ $BIN/mvdata render demo --out "$OUT/renders" "${RENDER_ARGS[@]}"
 echo "== filter: quality gates (the tiny random CLIP's scores are recorded; keep-fraction 1 keeps all that pass)"
 $BIN/mvdata make-tiny-clip --out "$OUT/models/tiny-clip"
 $BIN/mvdata filter "$OUT/renders" --out "$OUT/filter" --clip-pretrained "local-dir:$OUT/models/tiny-clip" \
-  --keep-fraction 1.0 --workers 1
+  --keep-fraction 1.0 --engine local
 
 echo "== shard + verify: every object but the DreamBooth subject in train, every view also as a 2D pair"
 $BIN/mvdata shard "$OUT/renders" --selection "$OUT/filter/selection.parquet" --out "$OUT/shards" \
