@@ -26,7 +26,6 @@ import torch
 from mvforge import config as config_mod
 from mvforge import rundir
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, versions
-from mvforge.models.resolve import CKPT_PREFIX, checkpoints
 
 COMMITTED = "COMMITTED"
 
@@ -42,7 +41,8 @@ def save_checkpoint(out: Path, step: int, rt, state: dict, loader, cfg) -> Path:
     ``ema`` (EMAModel or None), ``optimizer``, ``lr_sched``, ``scaler`` (GradScaler or None). Each rank writes
     its loader state into the shared ``.tmp`` directory; rank 0 writes the rest, renames it into place, writes
     the marker and prunes old checkpoints. Returns the checkpoint directory."""
-    final = Path(out) / "checkpoints" / f"{CKPT_PREFIX}{step:06d}"
+    run = rundir.RunDir(out)
+    final = run.checkpoint_path(step)
     tmp = final.with_name(final.name + ".tmp")
     if rt.rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -65,8 +65,7 @@ def save_checkpoint(out: Path, step: int, rt, state: dict, loader, cfg) -> Path:
     if rt.rank == 0:
         os.replace(tmp, final)
         atomic_write_text(final / COMMITTED, f"{step}\n")
-        for old in checkpoints(out)[: -max(1, cfg.keep_checkpoints)]:
-            shutil.rmtree(old, ignore_errors=True)
+        run.prune_checkpoints(cfg.keep_checkpoints)
     rt.barrier()
     return final
 
