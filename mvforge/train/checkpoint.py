@@ -36,10 +36,11 @@ def _torch_bytes(obj) -> bytes:
     return buf.getvalue()
 
 
-def save_checkpoint(out: Path, step: int, rt, state: dict, loader, cfg) -> Path:
+def save_checkpoint(out: Path, step: int, rt, state: dict, loader_state: dict, cfg) -> Path:
     """Write checkpoint ``step`` of run ``out``; every rank calls it (barriers inside). ``state``: ``unet``,
     ``ema`` (EMAModel or None), ``optimizer``, ``lr_sched``, ``scaler`` (GradScaler or None). Each rank writes
-    its loader state into the shared ``.tmp`` directory; rank 0 writes the rest, renames it into place, writes
+    ``loader_state`` (its data position, JSON-able: the loader's ``state_dict()``; DreamBooth's photo set) into
+    the shared ``.tmp`` directory; rank 0 writes the rest, renames it into place, writes
     the marker and prunes old checkpoints. Returns the checkpoint directory."""
     run = rundir.RunDir(out)
     final = run.checkpoint_path(step)
@@ -49,7 +50,7 @@ def save_checkpoint(out: Path, step: int, rt, state: dict, loader, cfg) -> Path:
         shutil.rmtree(final, ignore_errors=True)  # a SIGTERM checkpoint may repeat a step's checkpoint
         tmp.mkdir(parents=True)
     rt.barrier()
-    atomic_write_json(tmp / f"loader-rank{rt.rank}.json", loader.state_dict())
+    atomic_write_json(tmp / f"loader-rank{rt.rank}.json", loader_state)
     if rt.rank == 0:
         state["unet"].save_pretrained(tmp / "unet")
         if state["ema"] is not None:

@@ -487,7 +487,7 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
                     "lr_sched": lr_sched,
                     "scaler": scaler,
                 }
-                ckpt = save_checkpoint(out, step, rt, state, loader, cfg)
+                ckpt = save_checkpoint(out, step, rt, state, loader.state_dict(), cfg)
             if log_now or ckpt is not None:
                 rt.report(rec, ckpt)
             if progress is not None:
