@@ -340,21 +340,36 @@ class RunDir:
         *,
         suffix: str = "",
         compared_elsewhere: tuple[str, ...] = (),
+        compare_only: tuple[str, ...] | None = None,
+        kept: bool | None = None,
         write: bool = True,
     ) -> RunDir:
-        """Create ``path``; when it already holds work to resume (a checkpoint or the done marker) under a
-        ``config.toml``, compare that file's settings with ``content`` (a dict or config dataclass), ignoring
-        :data:`EXECUTION_KEYS` and ``compared_elsewhere`` (settings the stage checks another way, e.g.
-        `mvtrain sds`'s model by its weights); then (``write``) write ``content`` to ``config.toml``
-        atomically. A directory without work (a run that failed before its first checkpoint) takes the new
-        settings. Raises UserError naming the first differing key and the fix, and for an unwritable place."""
+        """The run directory ``path`` for a run with settings ``content`` (a dict or config dataclass).
+
+        When ``path`` already holds work made under its ``config.toml`` (``kept``; None: a checkpoint or the done
+        marker), that file's settings are compared with ``content``, ignoring :data:`EXECUTION_KEYS` and
+        ``compared_elsewhere`` (settings the stage checks another way: `mvtrain sds`'s model, by its weights).
+        ``compare_only`` narrows the comparison to those top-level keys, for a stage whose other settings
+        re-apply to the kept work on every run (`mvtrain eval`: the model and sampling settings made the kept
+        images, the scoring settings re-score them). A directory without work (a run that failed before its
+        first checkpoint) takes the new settings. Then (``write``) ``content`` goes to ``config.toml``
+        atomically, the directory created; else call :meth:`write_config` once the run can start.
+
+        Raises UserError naming the first differing key and the fix (the same settings, or another --out),
+        and for an unwritable place."""
         from mvforge import config as config_mod
 
         run = cls(path, suffix)
         now = _content_dict(content)
         saved = run.saved_config()
-        if saved is not None and (run.checkpoints() or run.is_done()):
-            diff = config_mod.first_difference(saved, now, (*EXECUTION_KEYS, *compared_elsewhere))
+        if kept is None:
+            kept = bool(run.checkpoints()) or run.is_done()
+        if saved is not None and kept:
+            old, new = saved, now
+            if compare_only is not None:
+                old = {k: saved[k] for k in compare_only if k in saved}
+                new = {k: now[k] for k in compare_only if k in now}
+            diff = config_mod.first_difference(old, new, (*EXECUTION_KEYS, *compared_elsewhere))
             if diff:
                 raise UserError(
                     f"{run.path} holds a `{command}` run with other settings ({diff}); pass the same settings "

@@ -239,3 +239,22 @@ def test_rundir_checkpoints_ignore_unfinished_writes_and_pick_the_newest_intact(
     (dirs.path / rundir.CHECKPOINTS / "step-000200.tmp").mkdir()
     assert dirs.checkpoints() == [dirs.checkpoint_path(100)]
     assert rundir.RunDir(tmp_path / "none").latest_intact_checkpoint(check) is None
+
+
+def test_rundir_compare_only_and_kept_work(tmp_path):
+    """`mvtrain eval`: only the model and sampling settings made the kept images; its own test of kept work."""
+    doc = {"model": "tiny", "sample": {"seed": 1}, "kid_subsets": 10}
+    path = tmp_path / "eval"
+    rundir.RunDir.open(path, doc, "mvtrain eval", compare_only=("model", "sample"), kept=False)
+    rundir.RunDir.open(
+        path, {**doc, "kid_subsets": 5}, "mvtrain eval", compare_only=("model", "sample"), kept=True
+    )
+    with pytest.raises(UserError, match=r"other settings \(model was 'tiny', now 'big'\)"):
+        rundir.RunDir.open(
+            path, {**doc, "model": "big"}, "mvtrain eval", compare_only=("model", "sample"), kept=True
+        )
+    # nothing kept: the new settings replace the old
+    rundir.RunDir.open(
+        path, {**doc, "model": "big"}, "mvtrain eval", compare_only=("model", "sample"), kept=False
+    )
+    assert rundir.RunDir(path).saved_config()["model"] == "big"
