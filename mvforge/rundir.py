@@ -372,7 +372,7 @@ class RunDir:
             diff = config_mod.first_difference(old, new, (*EXECUTION_KEYS, *compared_elsewhere))
             if diff:
                 raise UserError(
-                    f"{run.path} holds a `{command}` run with other settings ({diff}); pass the same settings "
+                    f"{run.path} was made by `{command}` with other settings ({diff}); pass the same settings "
                     "to resume it, or another --out"
                 )
         if write:

@@ -184,7 +184,7 @@ def test_rundir_resumes_the_same_content_and_refuses_other_content_naming_the_ke
     other = {**content, "optim": {"lr": 3e-4, "betas": (0.9, 0.99)}}
     with pytest.raises(
         UserError,
-        match=r"^\S+/run holds a `mvtrain fit` run with other settings \(optim.lr was 0.0001, now 0.0003\); "
+        match=r"^\S+/run was made by `mvtrain fit` with other settings \(optim.lr was 0.0001, now 0.0003\); "
         r"pass the same settings to resume it, or another --out$",
     ):
         rundir.RunDir.open(run.path, other, "mvtrain fit", suffix=".pt")
