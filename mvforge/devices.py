@@ -1,7 +1,4 @@
-"""The device resolver of the torch stages filter, train (fit, dreambooth), sample and eval.
-
-`mvtrain sds` does not use it yet: ``mvforge.sds.loop.resolve_device`` is its own, narrower resolver.
-"""
+"""The device resolver of the torch stages: filter, train (fit, dreambooth), sample, sds and eval."""
 
 from __future__ import annotations
 

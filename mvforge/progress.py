@@ -29,8 +29,8 @@ class StageProgress:
     """done/total, rate, ETA and a failure count for one stage; use as a context manager.
 
     ``enabled=False`` draws nothing but still counts (library callers, tests, benchmarks, ranks other than 0):
-    the progress class of every stage, with no separate no-op variant (the SDS loop's per-step line, which
-    also shows the loss, is its own ``sds.loop._Progress``).
+    the progress class of every stage, with no separate no-op variant. ``advance(note=...)`` shows a short
+    text after the bar (`mvtrain sds`: the last loss).
     """
 
     def __init__(self, description: str, total: int, unit: str = "objects", enabled: bool = True):
@@ -47,13 +47,14 @@ class StageProgress:
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
             TextColumn("[red]{task.fields[failed]} failed"),
+            TextColumn("{task.fields[note]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=console,
             transient=False,
         )
-        self._task = self._progress.add_task(description, total=total, rate="", failed=0)
+        self._task = self._progress.add_task(description, total=total, rate="", failed=0, note="")
 
     def __enter__(self) -> StageProgress:
         if self._progress is not None:
@@ -64,7 +65,7 @@ class StageProgress:
         if self._progress is not None:
             self._progress.stop()
 
-    def advance(self, status: str = "ok", n: int = 1) -> None:
+    def advance(self, status: str = "ok", n: int = 1, note: str | None = None) -> None:
         self.counts[status] += n
         if self._progress is None:
             return
@@ -72,7 +73,8 @@ class StageProgress:
         done = sum(self.counts.values())
         rate = f"{done / elapsed * 60:.1f} {self.unit}/min"
         failed = done - self.counts["ok"] - self.counts["skipped"]
-        self._progress.update(self._task, advance=n, rate=rate, failed=failed)
+        fields = {} if note is None else {"note": note}
+        self._progress.update(self._task, advance=n, rate=rate, failed=failed, **fields)
 
     @property
     def elapsed(self) -> float:

@@ -263,3 +263,229 @@ def environment_error_in(e: BaseException) -> UserError | None:
             return environment_error(e)
         e = getattr(e, "cause", None) or e.__cause__ or e.__context__
     return None
+
+
+# --- the run directory of a model-wing stage -----------------------------------------------------------------
+
+CONFIG = "config.toml"
+"""The run's settings, as the stage resolved them (content and execution settings alike)."""
+
+DONE = "summary.json"
+"""The done marker: written last, so a run directory that has it is finished (its JSON is the run's summary)."""
+
+CHECKPOINTS = "checkpoints"
+CKPT_PREFIX = "step-"
+
+EXECUTION_KEYS = (
+    # where and how the run executes
+    "out",
+    "device",
+    "workers",
+    "address",
+    "progress",
+    "deterministic",
+    "allow_tf32",
+    # how long it runs and how often it writes (a resume may extend a run: docs/design.md §5)
+    "max_steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "snapshot_every",
+    "tensorboard",
+    "validation",
+    "max_nonfinite_steps",
+    # what it exports from the result (`mvtrain sds` re-exports a finished field; dreambooth's pipeline copy)
+    "export",
+    "export_mesh.",
+    "save_pipeline",
+)
+"""The settings a resumed run may change, for every stage that uses :class:`RunDir` (dotted keys, or prefixes
+ending in ``.``): where and how it runs, how long, what it writes besides the result. Every other setting decides
+the result, so a resume under another value would mix two recipes in one output (docs/design.md §5 "Execution
+settings vs content settings"). One list: a stage keeps execution settings out of its comparison only here."""
+
+
+def _content_dict(content) -> dict:
+    """``content`` (a dict or a config dataclass) as it reads back from TOML (tuples as lists, None dropped)."""
+    import dataclasses
+    import tomllib
+
+    import tomli_w
+
+    from mvforge import config as config_mod
+
+    d = config_mod.to_dict(content) if dataclasses.is_dataclass(content) else dict(content)
+    return tomllib.loads(tomli_w.dumps(d))
+
+
+class RunDir:
+    """The output directory of one model-wing run (docs/reliability.md "Every stage"): ``config.toml`` (its
+    settings), step-numbered checkpoints ``checkpoints/step-NNNNNN<suffix>`` (``suffix`` "" for a checkpoint
+    directory, ".pt" for a file), ``metrics.csv`` + ``tensorboard/`` (:mod:`mvforge.metrics`) and the done
+    marker ``summary.json``. "Resume only with the same settings" lives in :meth:`open`, once.
+
+    Build one with :meth:`open` (a run about to write) or ``RunDir(path, suffix)`` (reading: which checkpoints,
+    is it done). Holds no lock: the stage runs under :func:`locked`."""
+
+    def __init__(self, path: str | os.PathLike, suffix: str = ""):
+        self.path = Path(path)
+        self.suffix = suffix
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        content,
+        command: str,
+        *,
+        suffix: str = "",
+        compared_elsewhere: tuple[str, ...] = (),
+        compare_only: tuple[str, ...] | None = None,
+        kept: bool | None = None,
+        write: bool = True,
+    ) -> RunDir:
+        """The run directory ``path`` for a run with settings ``content`` (a dict or config dataclass).
+
+        When ``path`` already holds work made under its ``config.toml`` (``kept``; None: a checkpoint or the done
+        marker), that file's settings are compared with ``content``, ignoring :data:`EXECUTION_KEYS` and
+        ``compared_elsewhere`` (settings the stage checks another way: `mvtrain sds`'s model, by its weights).
+        ``compare_only`` narrows the comparison to those top-level keys, for a stage whose other settings
+        re-apply to the kept work on every run (`mvtrain eval`: the model and sampling settings made the kept
+        images, the scoring settings re-score them). A directory without work (a run that failed before its
+        first checkpoint) takes the new settings. Then (``write``) ``content`` goes to ``config.toml``
+        atomically, the directory created; else call :meth:`write_config` once the run can start.
+
+        Raises UserError naming the first differing key and the fix (the same settings, or another --out),
+        and for an unwritable place."""
+        from mvforge import config as config_mod
+
+        run = cls(path, suffix)
+        now = _content_dict(content)
+        saved = run.saved_config()
+        if kept is None:
+            kept = bool(run.checkpoints()) or run.is_done()
+        if saved is not None and kept:
+            old, new = saved, now
+            if compare_only is not None:
+                old = {k: saved[k] for k in compare_only if k in saved}
+                new = {k: now[k] for k in compare_only if k in now}
+            diff = config_mod.first_difference(old, new, (*EXECUTION_KEYS, *compared_elsewhere))
+            if diff:
+                raise UserError(
+                    f"{run.path} was made by `{command}` with other settings ({diff}); pass the same settings "
+                    "to resume it, or another --out"
+                )
+        if write:
+            run.write_config(now)
+        return run
+
+    def write_config(self, content) -> Path:
+        """Write ``content`` (a dict or config dataclass) to ``config.toml`` atomically, creating the directory;
+        an unwritable place is a one-line UserError. Call it through :meth:`open`, which compares first."""
+        import tomli_w
+
+        from mvforge.fsutil import atomic_write_text
+
+        make_out_dir(self.path)
+        try:
+            atomic_write_text(self.path / CONFIG, tomli_w.dumps(_content_dict(content)))
+        except OSError as e:
+            err = environment_error(e)
+            if err is None:
+                raise
+            raise err from None
+        return self.path / CONFIG
+
+    def saved_config(self) -> dict | None:
+        """``config.toml`` as a dict; None when there is none. Raises UserError when it is not TOML."""
+        import tomllib
+
+        path = self.path / CONFIG
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(
+                f"{path} is not TOML ({e}); delete it to start over, or pass another --out"
+            ) from None
+
+    # --- done marker
+    def is_done(self) -> bool:
+        return (self.path / DONE).is_file()
+
+    def summary(self) -> dict:
+        """The done marker's JSON ({} when absent or unreadable)."""
+        try:
+            done = json.loads((self.path / DONE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return done if isinstance(done, dict) else {}
+
+    def mark_done(self, summary: dict) -> Path:
+        """Write the done marker (``summary`` as JSON) atomically; call it after every other output."""
+        from mvforge.fsutil import atomic_write_json
+
+        path = self.path / DONE
+        atomic_write_json(path, summary)
+        return path
+
+    def clear_done(self) -> None:
+        """Remove the done marker before outputs it vouches for change (a re-export)."""
+        (self.path / DONE).unlink(missing_ok=True)
+
+    # --- metrics
+    @property
+    def metrics_csv(self) -> Path:
+        from mvforge.metrics import CSV
+
+        return self.path / CSV
+
+    def metrics(self, fields, step: int = 0, tensorboard: bool = True):
+        """:class:`mvforge.metrics.RunMetrics` on this directory, cut back to ``step`` (the resumed step)."""
+        from mvforge.metrics import RunMetrics
+
+        return RunMetrics(self.path, fields, step, tensorboard)
+
+    # --- checkpoints
+    def checkpoint_path(self, step: int) -> Path:
+        """``checkpoints/step-NNNNNN<suffix>`` for ``step`` optimizer steps done."""
+        return self.path / CHECKPOINTS / f"{CKPT_PREFIX}{step:06d}{self.suffix}"
+
+    def checkpoints(self) -> list[Path]:
+        """Finished checkpoints, oldest first. Any other name (``step-000100.tmp``, ``step-000100.pt.tmp-<pid>``)
+        is an unfinished write."""
+        root = self.path / CHECKPOINTS
+        if not root.is_dir():
+            return []
+        found = []
+        for p in root.iterdir():
+            digits = p.name[len(CKPT_PREFIX) : len(p.name) - len(self.suffix)]
+            if p.name.startswith(CKPT_PREFIX) and p.name.endswith(self.suffix) and digits.isdigit():
+                found.append((int(digits), p))
+        return [p for _, p in sorted(found)]
+
+    def latest_intact_checkpoint(
+        self, check: Callable[[Path], None], warn: Callable[[str], None] | None = None
+    ) -> Path | None:
+        """:func:`newest_intact` over :meth:`checkpoints`."""
+        return newest_intact(self.checkpoints(), check, warn)
+
+    def prune_checkpoints(self, keep: int, protect: Iterable[int] = ()) -> None:
+        """Delete all but the newest ``keep`` (at least 1) checkpoints, except the steps in ``protect``."""
+        import shutil
+
+        found = self.checkpoints()
+        protect = set(protect)
+        for p in found[: max(len(found) - max(1, keep), 0)]:
+            if self.step_of(p) in protect:
+                continue
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+    def step_of(self, checkpoint: Path) -> int:
+        return int(checkpoint.name[len(CKPT_PREFIX) : len(checkpoint.name) - len(self.suffix)])

@@ -156,3 +156,105 @@ def test_a_run_refused_for_bad_input_leaves_no_directory_behind(tmp_path, tiny_s
     with pytest.raises(UserError, match="no training shards"):
         fit(fit_config(tiny_sd, "", out))
     assert not (tmp_path / "runs").exists()
+
+
+# --- RunDir: one "resume only with the same settings" for the model wing ------------------------------------
+
+
+def _ckpt(run: rundir.RunDir, step: int, body: bytes = b"ok") -> Path:
+    path = run.checkpoint_path(step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+    return path
+
+
+def test_rundir_resumes_the_same_content_and_refuses_other_content_naming_the_key(tmp_path):
+    content = {"seed": 0, "optim": {"lr": 1e-4, "betas": (0.9, 0.99)}, "device": "cpu", "max_steps": 10}
+    run = rundir.RunDir.open(tmp_path / "run", content, "mvtrain fit", suffix=".pt")
+    assert (run.path / rundir.CONFIG).is_file() and run.checkpoints() == []
+    # nothing to resume yet: a run that died before its first checkpoint takes the new settings
+    rundir.RunDir.open(run.path, {**content, "seed": 1}, "mvtrain fit", suffix=".pt")
+    rundir.RunDir.open(run.path, content, "mvtrain fit", suffix=".pt")
+    _ckpt(run, 5)
+    # execution settings (rundir.EXECUTION_KEYS) may change; a tuple equals the list TOML reads back
+    again = rundir.RunDir.open(
+        run.path, {**content, "device": "cuda", "max_steps": 20}, "mvtrain fit", suffix=".pt"
+    )
+    assert again.saved_config()["max_steps"] == 20
+    other = {**content, "optim": {"lr": 3e-4, "betas": (0.9, 0.99)}}
+    with pytest.raises(
+        UserError,
+        match=r"^\S+/run was made by `mvtrain fit` with other settings \(optim.lr was 0.0001, now 0.0003\); "
+        r"pass the same settings to resume it, or another --out$",
+    ):
+        rundir.RunDir.open(run.path, other, "mvtrain fit", suffix=".pt")
+    assert rundir.RunDir(run.path).saved_config()["optim"]["lr"] == 1e-4  # the refused run wrote nothing
+    # a key the stage compares another way is left out
+    rundir.RunDir.open(
+        run.path, {**content, "model": "x"}, "mvtrain sds", suffix=".pt", compared_elsewhere=("model",)
+    )
+
+
+def test_rundir_accepts_a_config_dataclass(tmp_path):
+    from mvforge.sds.config import SDSConfig
+
+    cfg = SDSConfig(prompt="a mug", out=str(tmp_path))
+    run = rundir.RunDir.open(tmp_path / "run", cfg, "mvtrain sds")
+    from mvforge import config as config_mod
+
+    assert config_mod.load(SDSConfig, run.path / rundir.CONFIG) == cfg
+
+
+def test_rundir_done_marker(tmp_path):
+    run = rundir.RunDir.open(tmp_path / "run", {"seed": 0}, "mvtrain sds")
+    assert not run.is_done() and run.summary() == {}
+    run.mark_done({"steps": 3})
+    assert run.is_done() and run.summary() == {"steps": 3}
+    # a finished run counts as work to keep: other settings are refused even without a checkpoint
+    with pytest.raises(UserError, match=r"other settings \(seed was 0, now 1\)"):
+        rundir.RunDir.open(run.path, {"seed": 1}, "mvtrain sds")
+    run.clear_done()
+    assert not run.is_done()
+
+
+def test_rundir_checkpoints_ignore_unfinished_writes_and_pick_the_newest_intact(tmp_path, capsys):
+    run = rundir.RunDir(tmp_path, suffix=".pt")
+    for step in (2, 10, 4):
+        _ckpt(run, step)
+    bad = _ckpt(run, 12, b"truncated")
+    (run.path / rundir.CHECKPOINTS / "step-000014.pt.tmp-123").write_bytes(b"half")
+    assert [run.step_of(p) for p in run.checkpoints()] == [2, 4, 10, 12]
+
+    def check(path: Path) -> None:
+        if path.read_bytes() != b"ok":
+            raise rundir.Damaged(f"{path}: damaged")
+
+    assert run.latest_intact_checkpoint(check) == run.checkpoint_path(10)
+    assert f"skipping damaged checkpoint ({bad}: damaged)" in capsys.readouterr().err
+    run.prune_checkpoints(2, protect={2})
+    assert [run.step_of(p) for p in run.checkpoints()] == [2, 10, 12]
+    # directory checkpoints (fit, dreambooth): a name with a dot is an unfinished write
+    dirs = rundir.RunDir(tmp_path / "fit")
+    dirs.checkpoint_path(100).mkdir(parents=True)
+    (dirs.path / rundir.CHECKPOINTS / "step-000200.tmp").mkdir()
+    assert dirs.checkpoints() == [dirs.checkpoint_path(100)]
+    assert rundir.RunDir(tmp_path / "none").latest_intact_checkpoint(check) is None
+
+
+def test_rundir_compare_only_and_kept_work(tmp_path):
+    """`mvtrain eval`: only the model and sampling settings made the kept images; its own test of kept work."""
+    doc = {"model": "tiny", "sample": {"seed": 1}, "kid_subsets": 10}
+    path = tmp_path / "eval"
+    rundir.RunDir.open(path, doc, "mvtrain eval", compare_only=("model", "sample"), kept=False)
+    rundir.RunDir.open(
+        path, {**doc, "kid_subsets": 5}, "mvtrain eval", compare_only=("model", "sample"), kept=True
+    )
+    with pytest.raises(UserError, match=r"other settings \(model was 'tiny', now 'big'\)"):
+        rundir.RunDir.open(
+            path, {**doc, "model": "big"}, "mvtrain eval", compare_only=("model", "sample"), kept=True
+        )
+    # nothing kept: the new settings replace the old
+    rundir.RunDir.open(
+        path, {**doc, "model": "big"}, "mvtrain eval", compare_only=("model", "sample"), kept=False
+    )
+    assert rundir.RunDir(path).saved_config()["model"] == "big"

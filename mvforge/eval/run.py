@@ -115,22 +115,13 @@ def prompt_dir(out: Path, index: int, prompt: str) -> Path:
     return out / GENERATED / f"{index:04d}-{slug(prompt)}"
 
 
-def _check_resume(out: Path, cfg: EvalConfig, model_label: str) -> None:
-    """A resumed OUT must have been made with the same model and generation settings (else its finished
-    prompts would be mixed with new ones); then (re)write config.toml."""
+def _open_run(out: Path, cfg: EvalConfig, model_label: str) -> None:
+    """A resumed OUT must have been made with the same model and sampling settings, else its finished prompts
+    would be mixed with new ones (``rundir.RunDir.open``; the scoring settings re-score every run); then
+    (re)write config.toml."""
+    kept = any(out.glob(f"{GENERATED}/*/{DONE}"))  # finished prompts, of this prompt list or another
     doc = {"model": model_label, **config_mod.to_dict(cfg)}
-    path = out / "config.toml"
-    if path.is_file():
-        import tomllib
-
-        old = tomllib.loads(path.read_text(encoding="utf-8"))
-        if old.get("model") != model_label or old.get("sample") != doc["sample"]:
-            raise UserError(
-                f"{out} holds an eval of another model or sampling settings; pass a new --out (or remove it)"
-            )
-    import tomli_w
-
-    atomic_write_text(path, tomli_w.dumps(doc))
+    rundir.RunDir.open(out, doc, "mvtrain eval", compare_only=("model", "sample"), kept=kept)
 
 
 def generate(
@@ -261,8 +252,7 @@ def run_eval(
             raise UserError(f"no reference object in {reference} has a caption; pass --prompts FILE")
     if cfg.max_prompts:
         prompts = prompts[: cfg.max_prompts]
-    out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, cfg, model_label)
+    _open_run(out, cfg, model_label)
 
     progress = None
     if show_progress:

@@ -21,17 +21,12 @@ import re
 from pathlib import Path
 
 from mvforge.errors import UserError
-
-CKPT_PREFIX = "step-"
+from mvforge.rundir import RunDir
 
 
 def checkpoints(run: str | Path) -> list[Path]:
     """Finished checkpoints of a run, oldest first (a ``.tmp`` directory is an unfinished write)."""
-    root = Path(run) / "checkpoints"
-    if not root.is_dir():
-        return []
-    done = [p for p in root.iterdir() if p.name.startswith(CKPT_PREFIX) and "." not in p.name]
-    return sorted(done, key=lambda p: int(p.name[len(CKPT_PREFIX) :]))
+    return RunDir(run).checkpoints()
 
 
 def latest_checkpoint(run: str | Path) -> Path | None:

@@ -24,10 +24,10 @@ before the 64² -> 256² switch (memory peaks right after it) and one at the end
 from __future__ import annotations
 
 import io
-import json
 import pickle
 import sys
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +36,12 @@ import torch
 
 from mvforge import config as config_mod
 from mvforge import rundir
+from mvforge.devices import resolve_device
 from mvforge.errors import UserError
-from mvforge.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
-from mvforge.metrics import RunMetrics
+from mvforge.fsutil import atomic_write_bytes
 from mvforge.models.resolve import weights_fingerprint
 from mvforge.models.sample import prompt_slug  # names the run dir, as `mvtrain sample --prompts` names its
+from mvforge.progress import StageProgress
 from mvforge.sds.anneal import linear_ramp, timestep_range
 from mvforge.sds.background import EnvironmentBackground, draw_background_color
 from mvforge.sds.cameras import orbit_cameras, sample_cameras
@@ -57,7 +58,11 @@ SDS_METRICS = (
 """Columns of the run's metrics.csv (``step``: optimisation steps done; ``t`` the drawn timestep, ``t_min`` /
 ``t_max`` the annealed range it was drawn from; ``lr`` of the field's first parameter group)."""
 
-CKPT_PREFIX = "step-"
+CKPT_SUFFIX = ".pt"
+"""Checkpoints are files ``checkpoints/step-NNNNNN.pt`` (``rundir.RunDir`` with this suffix)."""
+COMPARED_ELSEWHERE = ("model",)
+"""Left out of the run directory's settings comparison (``rundir.RunDir.open``): the model is compared as the
+weights it names (``weights_fingerprint``, in each checkpoint), not as a path string."""
 # Independent random streams of one step (exact resume, module docstring).
 STREAM_CAMERAS, STREAM_SHADING, STREAM_BACKGROUND, STREAM_T_NOISE, STREAM_VAE, STREAM_RAYS, STREAM_OCC = (
     range(7)
@@ -74,27 +79,9 @@ def _torch_gen(seed: int, step: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | any name ``torch.device`` takes → a ``torch.device`` (SDS's own
-    resolver).
-
-    Narrower than :func:`mvforge.devices.resolve_device`, which the other stages use: only a bare ``cuda``
-    without a visible GPU is a UserError; a ``cuda:N`` index or ``mps`` is not checked here.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no CUDA device is visible; set device=cpu or auto")
-    return torch.device(name)
-
-
 def checkpoints(run_dir: Path) -> list[Path]:
     """Finished checkpoints of a run, oldest first (``*.pt.tmp-<pid>`` files are unfinished writes)."""
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    done = [p for p in root.glob(f"{CKPT_PREFIX}*.pt")]
-    return sorted(done, key=lambda p: int(p.stem[len(CKPT_PREFIX) :]))
+    return rundir.RunDir(run_dir, CKPT_SUFFIX).checkpoints()
 
 
 @dataclass
@@ -156,34 +143,16 @@ def save_checkpoint(
         },
         buf,
     )
-    path = run_dir / "checkpoints" / f"{CKPT_PREFIX}{step:06d}.pt"
+    path = rundir.RunDir(run_dir, CKPT_SUFFIX).checkpoint_path(step)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
 
-RESUME_MAY_CHANGE = (
-    "model",  # compared as the weights it names (``weights_fingerprint``), not as a path string
-    "out",
-    "max_steps",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "snapshot_every",
-    "log_every",
-    "device",
-    "deterministic",
-    "export",
-    "export_mesh.",
-)
-"""Settings a resumed run may change: where and how it runs, how long, what it writes. Every other setting
-decides the field, so a resume under another value would mix two runs in one result (docs/design.md §5)."""
-
-
-def load_checkpoint(
-    path: Path, state: SDSState, cfg: SDSConfig | None = None, weights: str | None = None
-) -> int:
+def load_checkpoint(path: Path, state: SDSState, weights: str | None = None) -> int:
     """Restore ``state`` from a checkpoint; returns its step. Raises UserError for a field of another shape,
-    or (given ``cfg``) when a setting outside RESUME_MAY_CHANGE differs from the checkpoint's, or (given
-    ``weights``) when the guidance model's weights are not those the checkpoint was optimised with."""
+    a checkpoint holding pickled objects, or (given ``weights``) when the guidance model's weights are not
+    those the checkpoint was optimised with. The other settings are compared once per run directory, by
+    ``rundir.RunDir.open`` (docs/design.md §5)."""
     device = next(state.renderer.parameters()).device
     # A checkpoint in a shared output directory is untrusted input: only tensors and plain containers are
     # rebuilt, never pickled objects, which could run code (docs/reliability.md).
@@ -199,13 +168,6 @@ def load_checkpoint(
             f"{path.parent.parent} was optimised with other model weights ({ckpt['weights']}, now {weights}); "
             "pass the same model to resume it, or another --out"
         )
-    if cfg is not None and "config" in ckpt:
-        diff = config_mod.first_difference(ckpt["config"], config_mod.to_dict(cfg), RESUME_MAY_CHANGE)
-        if diff:
-            raise UserError(
-                f"{path.parent.parent} was optimised with other settings ({diff}); pass the same settings "
-                "to resume it, or another --out"
-            )
     if ckpt.get("backend", "torch") != state.field.backend:
         raise UserError(
             f"{path} was written by the {ckpt.get('backend')} hash grid and this run uses {state.field.backend}; "
@@ -220,13 +182,6 @@ def load_checkpoint(
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.seconds, state.peak_memory_mb = ckpt.get("seconds"), ckpt.get("peak_memory_mb")
     return int(ckpt["step"])
-
-
-def _prune(run_dir: Path, keep: int, protect: set[int]) -> None:
-    found = checkpoints(run_dir)
-    for p in found[: max(len(found) - keep, 0)]:
-        if int(p.stem[len(CKPT_PREFIX) :]) not in protect:
-            p.unlink(missing_ok=True)
 
 
 def render_views(
@@ -283,13 +238,14 @@ def finished_with(run_dir: Path, cfg: SDSConfig) -> bool:
     """The run in ``run_dir`` is finished (summary.json, written last) with exactly these settings and, when
     ``cfg.model`` is a directory, the same weights (``weights_fingerprint``, recorded in summary.json). Any other
     run goes through :func:`run_sds`, which resumes, re-exports or refuses it."""
+    run = rundir.RunDir(run_dir, CKPT_SUFFIX)
     try:
-        same = (run_dir / "config.toml").read_text(encoding="utf-8") == config_mod.to_toml(cfg)
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        same = run.is_done() and run.saved_config() == tomllib.loads(config_mod.to_toml(cfg))
+    except UserError:  # a config.toml that is not TOML: run_sds says so
         return False
-    if not same or not isinstance(summary, dict):
+    if not same:
         return False
+    summary = run.summary()
     if cfg.model and Path(cfg.model).is_dir():
         return summary.get("weights") == weights_fingerprint(cfg.model)
     return True
@@ -322,6 +278,11 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
         if show_progress:
             print(f"{run_dir}: finished with these settings and weights; nothing to do", file=sys.stderr)
         return run_dir
+    # Refused here, before the model loads, when the directory holds a run with other settings (those in
+    # rundir.EXECUTION_KEYS may change: docs/design.md §5); config.toml is written once the run can start.
+    run = rundir.RunDir.open(
+        run_dir, cfg, "mvtrain sds", suffix=CKPT_SUFFIX, compared_elsewhere=COMPARED_ELSEWHERE, write=False
+    )
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -335,13 +296,13 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     state = build_state(cfg, device)
     start = 0
     # The newest checkpoint that loads (weights_only); a damaged newer one is passed over in one line.
-    latest = rundir.newest_intact(checkpoints(run_dir), rundir.check_torch_file)
-    previous = _read_summary(run_dir)
+    latest = run.latest_intact_checkpoint(rundir.check_torch_file)
+    previous = run.summary()
     # The weights the field is optimised against (a run dir's latest checkpoint, resolved): a resume under other
     # weights would mix two priors in one field. None when the caller passed a loaded model without a path.
     weights = weights_fingerprint(cfg.model) if cfg.model and Path(cfg.model).is_dir() else None
     if latest is not None:
-        start = load_checkpoint(latest, state, cfg, weights)
+        start = load_checkpoint(latest, state, weights)
         if state.seconds is None and previous.get("steps") == start:
             # A checkpoint older than the recorded figures: the finished run's summary holds them.
             state.seconds, state.peak_memory_mb = previous.get("seconds"), previous.get("peak_memory_mb")
@@ -350,14 +311,15 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
                 f"{run_dir} is at step {start}; pass max_steps >= {start} (--steps) to resume or re-export it"
             )
     seconds_before, peak_before = state.seconds, state.peak_memory_mb
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.toml", config_mod.to_toml(cfg))
+    run.write_config(cfg)
     # Rows and events past the checkpoint are the killed run's lost steps: cut; the resumed run rewrites them.
-    metrics = RunMetrics(run_dir, SDS_METRICS, start)
+    metrics = run.metrics(SDS_METRICS, start)
 
     # 3. The loop.
     cam_cfg, seed = cfg.camera, cfg.seed
-    progress = _Progress(cfg.max_steps, start) if show_progress else None
+    progress = None
+    if show_progress:
+        progress = StageProgress("mvtrain sds", cfg.max_steps - start, unit="steps").__enter__()
     for step in range(start, cfg.max_steps):
         t0 = time.monotonic()
         state.renderer.update_occupancy(step, _torch_gen(seed, step, STREAM_OCC))
@@ -419,7 +381,7 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
             }
             metrics.log(row)
         if progress is not None:
-            progress.update(done, float(loss.detach()), step_s)
+            progress.advance(note=f"loss {float(loss.detach()):.4g}")
         if cfg.snapshot_every > 0 and done % cfg.snapshot_every == 0:
             views = render_views(state, SNAPSHOT_AZIMUTHS, resolution, cfg)
             strip = np.concatenate(list(views), axis=1)
@@ -430,11 +392,10 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
             state.seconds = round((seconds_before or 0.0) + time.monotonic() - t_start, 2)
             state.peak_memory_mb = round(max(peak_before or 0.0, _peak_memory_mb(device)), 1)
             save_checkpoint(run_dir, state, done, cfg, weights)
-            protect = {cam_cfg.resolution_milestone}
-            _prune(run_dir, cfg.keep_checkpoints, protect)
+            run.prune_checkpoints(cfg.keep_checkpoints, protect={cam_cfg.resolution_milestone})
     metrics.close()
     if progress is not None:
-        progress.close()
+        progress.__exit__(None, None, None)
 
     # 4. Export: mesh (GLB + OBJ) and turntable of the final field, then the summary (written last).
     outputs = {}
@@ -449,7 +410,7 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
         # Only now that the new mesh exists (a no-surface error leaves the last export whole): a re-export with
         # other settings must not leave the last export's files beside the new ones. The summary goes first
         # (written last, it marks a finished run), then the files this export will not write.
-        (run_dir / "summary.json").unlink(missing_ok=True)
+        run.clear_done()
         stale = [] if e.mp4 else [run_dir / "turntable.mp4"]
         if not e.uv_texture:
             stale += [run_dir / "mesh.mtl", *run_dir.glob("material_*.png")]
@@ -482,43 +443,5 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
         "guidance_dtype": str(model.dtype),
         "outputs": outputs,
     }
-    atomic_write_json(run_dir / "summary.json", summary)
+    run.mark_done(summary)
     return run_dir
-
-
-def _read_summary(run_dir: Path) -> dict:
-    try:
-        done = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return done if isinstance(done, dict) else {}
-
-
-class _Progress:
-    """steps done/total, steps/s, ETA and the loss on one rich line (stderr)."""
-
-    def __init__(self, total: int, start: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from mvforge.progress import console
-
-        self._p = Progress(
-            TextColumn("[bold]sds"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        self._task = self._p.add_task("sds", total=total, completed=start, rate="", loss="")
-        self._p.start()
-
-    def update(self, done: int, loss: float, step_s: float) -> None:
-        self._p.update(
-            self._task, completed=done, rate=f"{1 / max(step_s, 1e-9):.2f} steps/s", loss=f"{loss:.4g}"
-        )
-
-    def close(self) -> None:
-        self._p.stop()

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mvforge.devices import resolve_device
 from mvforge.fsutil import atomic_write_bytes
 from mvforge.sds.config import SDSConfig
-from mvforge.sds.loop import load_guidance_model, prompt_slug, resolve_device
+from mvforge.sds.loop import load_guidance_model, prompt_slug
 
 PREVIEW_STEPS = 50
 PREVIEW_GUIDANCE = 10.0

@@ -26,7 +26,6 @@ import torch
 from mvforge import config as config_mod
 from mvforge import rundir
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, versions
-from mvforge.models.resolve import CKPT_PREFIX, checkpoints
 
 COMMITTED = "COMMITTED"
 
@@ -37,19 +36,21 @@ def _torch_bytes(obj) -> bytes:
     return buf.getvalue()
 
 
-def save_checkpoint(out: Path, step: int, rt, state: dict, loader, cfg) -> Path:
+def save_checkpoint(out: Path, step: int, rt, state: dict, loader_state: dict, cfg) -> Path:
     """Write checkpoint ``step`` of run ``out``; every rank calls it (barriers inside). ``state``: ``unet``,
     ``ema`` (EMAModel or None), ``optimizer``, ``lr_sched``, ``scaler`` (GradScaler or None). Each rank writes
-    its loader state into the shared ``.tmp`` directory; rank 0 writes the rest, renames it into place, writes
+    ``loader_state`` (its data position, JSON-able: the loader's ``state_dict()``; DreamBooth's photo set) into
+    the shared ``.tmp`` directory; rank 0 writes the rest, renames it into place, writes
     the marker and prunes old checkpoints. Returns the checkpoint directory."""
-    final = Path(out) / "checkpoints" / f"{CKPT_PREFIX}{step:06d}"
+    run = rundir.RunDir(out)
+    final = run.checkpoint_path(step)
     tmp = final.with_name(final.name + ".tmp")
     if rt.rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)  # a SIGTERM checkpoint may repeat a step's checkpoint
         tmp.mkdir(parents=True)
     rt.barrier()
-    atomic_write_json(tmp / f"loader-rank{rt.rank}.json", loader.state_dict())
+    atomic_write_json(tmp / f"loader-rank{rt.rank}.json", loader_state)
     if rt.rank == 0:
         state["unet"].save_pretrained(tmp / "unet")
         if state["ema"] is not None:
@@ -65,8 +66,7 @@ def save_checkpoint(out: Path, step: int, rt, state: dict, loader, cfg) -> Path:
     if rt.rank == 0:
         os.replace(tmp, final)
         atomic_write_text(final / COMMITTED, f"{step}\n")
-        for old in checkpoints(out)[: -max(1, cfg.keep_checkpoints)]:
-            shutil.rmtree(old, ignore_errors=True)
+        run.prune_checkpoints(cfg.keep_checkpoints)
     rt.barrier()
     return final
 

@@ -35,9 +35,9 @@ from mvforge import config as config_mod
 from mvforge import rundir
 from mvforge.devices import resolve_device
 from mvforge.errors import UserError
-from mvforge.fsutil import atomic_write_json, atomic_write_text
+from mvforge.fsutil import atomic_write_json
 from mvforge.metrics import RunMetrics
-from mvforge.models.resolve import checkpoints, is_pipeline_dir, latest_checkpoint, resolve_model
+from mvforge.models.resolve import is_pipeline_dir, latest_checkpoint, resolve_model
 from mvforge.train.checkpoint import check_checkpoint, load_training_state, save_checkpoint
 from mvforge.train.dreambooth_config import DreamBoothConfig
 from mvforge.train.loop import (  # _fault: the FAULT_ENV test hook of fit (kill/SIGTERM at a step)
@@ -270,17 +270,6 @@ def log_validation_images(metrics: RunMetrics, root: Path, step: int) -> None:
             metrics.image(f"validation/{grid.parent.name}", np.asarray(im.convert("RGB")), step)
 
 
-class _PhotoDraws:
-    """Which photos a step trains on: a function of (seed, step), so it has no position to save; its
-    ``state_dict`` records the photo set in the checkpoint (``save_checkpoint`` writes a loader state)."""
-
-    def __init__(self, names: list[str], class_names: list[str]):
-        self.names, self.class_names = names, class_names
-
-    def state_dict(self) -> dict:
-        return {"kind": "dreambooth", "photos": self.names, "class_images": self.class_names}
-
-
 def _draw(n: int, k: int, g: torch.Generator) -> torch.Tensor:
     """``k`` indices of ``n`` photos: without replacement when there are enough, else with."""
     return torch.randperm(n, generator=g)[:k] if n >= k else torch.randint(0, n, (k,), generator=g)
@@ -312,10 +301,10 @@ def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
     base = resolve_model(cfg.pretrained)
     # Checkpoints name the directory of the frozen parts (absolute, for any cwd), as fit's do.
     ckpt_cfg = config_mod.replace(cfg, pretrained=str(frozen_source(base)))
-    out.mkdir(parents=True, exist_ok=True)
-    resume = rundir.newest_intact(
-        checkpoints(out), check_checkpoint, None if rt.rank == 0 else lambda line: None
-    )
+    # Refused here, before the model loads, when ``out`` holds a run with other settings (those in
+    # rundir.EXECUTION_KEYS may change: docs/design.md §5); config.toml is written once the run can start.
+    run = rundir.RunDir.open(out, cfg, "mvtrain dreambooth", write=False)
+    resume = run.latest_intact_checkpoint(check_checkpoint, None if rt.rank == 0 else lambda line: None)
     m, params, theta0 = load_dreambooth_models(cfg, rt, resume)
     n_theta = sum(p.numel() for p in params)
 
@@ -323,9 +312,11 @@ def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
     optimizer, lr_sched = make_optimizer(m.unet, cfg, m.device)
     scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
     step = load_training_state(resume, m.device, optimizer, lr_sched, scaler) if resume else 0
-    draws = _PhotoDraws(names, class_names)
-    metrics = RunMetrics(out, METRICS_FIELDS, step)  # metrics.csv + tensorboard/, as fit and sds
-    atomic_write_text(out / "config.toml", config_mod.to_toml(cfg))
+    # Which photos a step trains on is a function of (seed, step): no data position to save, so the
+    # checkpoint's loader state records the photo set.
+    draws = {"kind": "dreambooth", "photos": names, "class_images": class_names}
+    run.write_config(cfg)
+    metrics = run.metrics(METRICS_FIELDS, step)  # metrics.csv + tensorboard/, as fit and sds
 
     # 3. Train.
     records: list[dict] = []

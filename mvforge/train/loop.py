@@ -40,7 +40,6 @@ from mvforge import config as config_mod
 from mvforge import rundir
 from mvforge.devices import resolve_device
 from mvforge.errors import UserError
-from mvforge.fsutil import atomic_write_text
 from mvforge.models.model import CAMERA_DIM, check_sd_dir, encode_text, load_frozen, load_unet
 from mvforge.models.resolve import checkpoints, is_hub_id, latest_checkpoint  # noqa: F401  (re-exported)
 from mvforge.shards.loader import MultiViewLoader
@@ -290,48 +289,6 @@ class _StepLoader(MultiViewLoader):
         return super().kind_of_step(step // self.accum)
 
 
-# ---------------------------------------------------------------- resume
-EXECUTION_KEYS = frozenset(
-    {
-        "out",
-        "max_steps",
-        "device",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "log_every",
-        "tensorboard",
-        "validation",
-        "max_nonfinite_steps",
-        "allow_tf32",
-    }
-)
-"""FitConfig fields a resumed run may change (docs/design.md §5: execution settings, and extending max_steps);
-every other field decides the weights and is compared with the checkpoint's config.toml."""
-
-
-def _content(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in EXECUTION_KEYS}
-
-
-def check_resume_config(resume: Path, cfg: FitConfig) -> None:
-    """UserError when ``cfg``'s content settings differ from those the checkpoint was trained with: resuming
-    would silently mix two recipes in one run (docs/design.md §5). Older checkpoints without config.toml
-    pass."""
-    import tomllib
-
-    stored_file = resume / "config.toml"
-    if not stored_file.is_file():
-        return
-    stored = _content(tomllib.loads(stored_file.read_text(encoding="utf-8")))
-    now = _content(tomllib.loads(config_mod.to_toml(cfg)))
-    diff = config_mod.first_difference(stored, now)
-    if diff:
-        raise UserError(
-            f"{resume.parent.parent} was trained with other settings ({diff}); pass the same settings to "
-            "resume it, or a new --out"
-        )
-
-
 # ---------------------------------------------------------------- metrics
 def _append_metrics(path: Path, row: dict) -> None:
     metrics_csv.append_row(path, row, METRICS_FIELDS)
@@ -391,16 +348,14 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
     check_sd_dir(cfg.pretrained)
     if not is_hub_id(cfg.pretrained):
         cfg = config_mod.replace(cfg, pretrained=str(Path(cfg.pretrained).resolve()))
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # The run directory: refused here when it holds a run with other content settings (rundir.EXECUTION_KEYS
+    # may change: docs/design.md §5); rank 0 writes config.toml.
+    run = rundir.RunDir.open(cfg.out, cfg, "mvtrain fit", write=rt.rank == 0)
+    out = run.path
     k = cfg.grad_accum_steps
 
     # 1. Models: frozen VAE + text encoder; the UNet from the last checkpoint, else from SD + camera MLP; EMA.
-    resume = rundir.newest_intact(
-        checkpoints(out), check_checkpoint, None if rt.rank == 0 else lambda line: None
-    )
-    if resume is not None:
-        check_resume_config(resume, cfg)
+    resume = run.latest_intact_checkpoint(check_checkpoint, None if rt.rank == 0 else lambda line: None)
     m = load_models(cfg, rt, resume)
     ema = None
     if cfg.ema_decay > 0:
@@ -435,11 +390,10 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
     if resume is not None:
         loader.load_state_dict(loader_state(resume, rt.rank, rt.world_size))
     batches = _batches(loader)
-    metrics_path = out / "metrics.csv"
+    metrics_path = run.metrics_csv
     writer = None
     if rt.rank == 0:
         _truncate_metrics(metrics_path, step)
-        atomic_write_text(out / "config.toml", config_mod.to_toml(cfg))
         if cfg.tensorboard:
             writer = _tb_writer(out, step)
     effective_batch = cfg.loader.batch_size * k * rt.world_size
@@ -533,7 +487,7 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
                     "lr_sched": lr_sched,
                     "scaler": scaler,
                 }
-                ckpt = save_checkpoint(out, step, rt, state, loader, cfg)
+                ckpt = save_checkpoint(out, step, rt, state, loader.state_dict(), cfg)
             if log_now or ckpt is not None:
                 rt.report(rec, ckpt)
             if progress is not None:

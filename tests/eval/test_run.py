@@ -89,7 +89,10 @@ def test_resume_with_other_settings_is_refused(tmp_path, pipe, clip, reference_d
     small = config_mod.set_field(small_cfg, "max_prompts", 1)
     run.run_eval(pipe, "tiny", reference_dir, out, small, extractors.TinyFeatures(), clip)
     other = config_mod.set_field(small, "sample.seed", 7)
-    with pytest.raises(UserError, match="pass a new --out"):
+    with pytest.raises(
+        UserError,
+        match=r"other settings \(sample.seed was \d+, now 7\); pass the same settings to resume it, or another --out",
+    ):
         run.run_eval(pipe, "tiny", reference_dir, out, other, extractors.TinyFeatures(), clip)
 
 

@@ -29,7 +29,7 @@ def test_a_pickled_payload_in_an_sds_checkpoint_is_refused_and_never_runs(tmp_pa
     state = build_state(cfg, torch.device("cpu"))
     run_dir = tmp_path / "run"
     good = save_checkpoint(run_dir, state, 2, cfg)
-    assert load_checkpoint(good, build_state(cfg, torch.device("cpu")), cfg) == 2  # the real format loads
+    assert load_checkpoint(good, build_state(cfg, torch.device("cpu"))) == 2  # the real format loads
 
     ckpt = torch.load(good, weights_only=True)
     marker = tmp_path / "pwned"
@@ -40,7 +40,7 @@ def test_a_pickled_payload_in_an_sds_checkpoint_is_refused_and_never_runs(tmp_pa
     bad.write_bytes(buf.getvalue())
 
     with pytest.raises(UserError, match="step-000004.pt was refused"):
-        load_checkpoint(bad, build_state(cfg, torch.device("cpu")), cfg)
+        load_checkpoint(bad, build_state(cfg, torch.device("cpu")))
     assert not marker.exists()
 
 
@@ -69,4 +69,4 @@ def test_a_truncated_newest_checkpoint_is_passed_over_in_one_line_and_the_run_re
     err = capsys.readouterr().err
     assert f"warning: skipping damaged checkpoint ({step2}: " in err and f"resuming from {step1}" in err
     assert read_losses(run_dir) == losses and len(losses) == 2  # step 2 redone
-    assert load_checkpoint(step2, build_state(cfg, torch.device("cpu")), cfg) == 2  # rewritten whole
+    assert load_checkpoint(step2, build_state(cfg, torch.device("cpu"))) == 2  # rewritten whole
