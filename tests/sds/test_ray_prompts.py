@@ -61,7 +61,7 @@ def test_prompts_run_as_ray_tasks_on_a_cpu_only_cluster_then_skip_when_done(tiny
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cfg = tiny_sds_config(tiny_mv, tmp_path / "sds", max_steps=2)
     prompts = ["a red mug", "a blue chair"]
-    with pytest.raises(UserError, match="--gpus-per-task 0"):
+    with pytest.raises(UserError, match="--gpus-per-worker 0"):
         run_prompts(cfg, prompts, [0], gpus_per_task=1.0)
     records = run_prompts(cfg, prompts, [0])
     assert [r["status"] for r in records] == ["ok", "ok"], records
