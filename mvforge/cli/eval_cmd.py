@@ -57,7 +57,10 @@ def eval_(
     clip_model_config: Annotated[
         Path | None, typer.Option(help="open_clip JSON config for a custom --clip-model.")
     ] = None,
-    max_prompts: Annotated[int | None, typer.Option(help="Only the first N prompts (0: all).")] = None,
+    max_prompts: Annotated[
+        int | None,
+        typer.Option(help="Only the first N prompts (0: all); with --known-answer the first N objects."),
+    ] = None,
     num_views: Annotated[
         int | None, typer.Option(help="Views per prompt (sample.num_views).", show_default="4")
     ] = None,
@@ -109,6 +112,20 @@ def eval_(
 
     require("mvtrain eval")
     if known_answer:
+        # docs/cli.md, "errors": the Table 1 metrics' flags would do nothing here; refused, not ignored.
+        _refuse(
+            "with --known-answer (it scores against --reference's own renders; no FID/CLIP features)",
+            {
+                "--sds": sds or None,
+                "--features": features,
+                "--inception-weights": inception_weights,
+                "--clip-model": clip_model,
+                "--clip-pretrained": clip_pretrained,
+                "--clip-model-config": clip_model_config,
+                "--resolution": resolution,
+                "--image-size": image_size,
+            },
+        )
         _known_answer(
             out,
             model,
@@ -144,6 +161,21 @@ def eval_(
     cfg = config_mod.with_flags(cfg, flags)
     if model is None and not sds:
         raise UserError("pass --model DIR --reference DIR (generate and score) and/or --sds DIR")
+    if model is None:
+        _refuse(
+            "without --model (they set how --model is sampled and compared; --sds results are only CLIP-scored)",
+            {
+                "--reference": reference,
+                "--prompts": prompts,
+                "--features": features,
+                "--inception-weights": inception_weights,
+                "--max-prompts": max_prompts,
+                "--num-views": num_views,
+                "--steps": steps,
+                "--seed": seed,
+                "--resolution": resolution,
+            },
+        )
     if model is not None and reference is None:
         raise UserError("--model needs --reference DIR (the held-out renders or shards to compare with)")
     # Input checks first (prompts, reference, model, weights), before the diffusion model loads.
@@ -226,6 +258,15 @@ def _known_answer(
     if generated is not None:
         if model is not None or prompts is not None:
             raise UserError("--generated scores renders: leave out --model and --prompts")
+        _refuse(
+            "with --generated (it scores renders; nothing is sampled)",
+            {
+                "--steps": steps,
+                "--seed": seed,
+                "--max-prompts": max_prompts,
+                "--device": None if device == "auto" else device,
+            },
+        )
         doc = score_renders(generated, reference, out, cfg, baseline)
         for r in doc["captions"]:
             shifts = ", ".join(
@@ -244,7 +285,7 @@ def _known_answer(
         raise UserError("--known-answer needs --model DIR (or --generated RENDER_DIR to score renders)")
     refs = load_references(reference, cfg)  # input errors before the model loads
     captions = _read_uid_prompts(prompts) if prompts is not None else {}
-    uids = list(captions) if captions else [r.uid for r in refs][: max_prompts or None]
+    uids = (list(captions) if captions else [r.uid for r in refs])[: max_prompts or None]
     from mvforge.models.resolve import resolve_model
 
     resolve_model(model)
@@ -261,6 +302,15 @@ def _known_answer(
         f"mean IoU {s['mean_iou']:.2f}, mean object PSNR {s['mean_psnr_object_db']:.1f} dB"
     )
     typer.echo(str(out / "known_answer.json"))
+
+
+def _refuse(mode: str, flags: dict) -> None:
+    """One line naming every flag given (not None) that does nothing in ``mode``, and the fix."""
+    from mvforge.errors import UserError
+
+    given = [name for name, value in flags.items() if value is not None]
+    if given:
+        raise UserError(f"{', '.join(given)}: not used {mode}; leave them out")
 
 
 def _read_uid_prompts(path: Path) -> dict[str, str]:

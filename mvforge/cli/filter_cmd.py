@@ -35,24 +35,16 @@ def filter_cmd(
     set_: Annotated[list[str], typer.Option("--set", help=set_help("gates.enabled=false"))] = [],
     model: Annotated[
         str | None,
-        typer.Option(
-            "--clip-model", "--model", help="open_clip architecture (model.name); --model is the old name."
-        ),
+        typer.Option("--clip-model", help="open_clip architecture (model.name)."),
     ] = None,
     pretrained: Annotated[
         str | None,
-        typer.Option(
-            "--clip-pretrained",
-            "--pretrained",
-            help="Tag, checkpoint file, or local-dir:DIR (model.pretrained); --pretrained is the old name.",
-        ),
+        typer.Option("--clip-pretrained", help="Tag, checkpoint file, or local-dir:DIR (model.pretrained)."),
     ] = None,
     model_config: Annotated[
         Path | None,
         typer.Option(
-            "--clip-model-config",
-            "--model-config",
-            help="Extra open_clip model JSON to register (model.model_config_file); --model-config is the old name.",
+            "--clip-model-config", help="Extra open_clip model JSON to register (model.model_config_file)."
         ),
     ] = None,
     precision: Annotated[

@@ -21,7 +21,6 @@ def fit(
         str | None,
         typer.Option(
             "--model",
-            "--pretrained",
             help=f"The model to fine-tune: a diffusers SD directory (pretrained=...). {REQUIRED_UNLESS_CONFIG}",
         ),
     ] = None,
@@ -51,9 +50,23 @@ def fit(
     workers: Annotated[
         int, typer.Option(help="Ray Train workers (DDP); 0 runs in this process.", rich_help_panel=_S)
     ] = 0,
-    use_gpu: Annotated[
-        bool, typer.Option("--use-gpu", help="One GPU per Ray Train worker.", rich_help_panel=_S)
-    ] = False,
+    gpus_per_worker: Annotated[
+        float,
+        typer.Option(
+            "--gpus-per-worker",
+            help="GPUs per Ray Train worker (with --workers): 1 gives each DDP worker a GPU, 0 runs on CPUs.",
+            rich_help_panel=_S,
+        ),
+    ] = 0,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="auto, cpu or cuda: where the in-process loop runs, with --workers 0 (device=...).",
+            show_default="auto",
+            rich_help_panel=_S,
+        ),
+    ] = None,
     max_failures: Annotated[
         int, typer.Option(help="Ray Train restarts after a worker dies (each resumes).", rich_help_panel=_S)
     ] = 0,
@@ -84,10 +97,33 @@ def fit(
         "max_steps": max_steps,
         "grad_accum_steps": grad_accum_steps,
         "validation.every": validate_every,
+        "device": device,
     }
-    cfg = config_mod.with_flags(cfg, flags)
     if workers < 0:
         raise UserError(f"--workers {workers}: pass 0 (in-process) or more")
+    # docs/cli.md, "device" and "Ray": --device is the in-process loop's, --gpus-per-worker Ray Train's; a
+    # flag for the other mode would be ignored, so it is refused.
+    if workers == 0 and gpus_per_worker != 0:
+        raise UserError(
+            f"--gpus-per-worker {gpus_per_worker:g} is for Ray Train workers; add --workers N, "
+            "or pass --device cuda to train in this process"
+        )
+    if workers > 0 and device is not None:
+        raise UserError(
+            f"--device {device} is for the in-process loop (--workers 0); Ray Train workers get their device "
+            "from --gpus-per-worker (1: a GPU each, 0: CPU)"
+        )
+    # A DDP worker drives one device (Ray Train's use_gpu gives each worker one GPU): 0 or 1 only.
+    if gpus_per_worker not in (0, 1):
+        raise UserError(
+            f"--gpus-per-worker {gpus_per_worker:g}: each Ray Train DDP worker drives one device; "
+            "pass 1 (a GPU each) or 0 (CPUs), and set the number of GPUs with --workers"
+        )
+    if device is not None and device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {device!r}: use auto, cpu or cuda")
+    cfg = config_mod.with_flags(cfg, flags)
+    if not cfg.pretrained:
+        raise UserError("no model given; pass --model DIR (a diffusers Stable Diffusion directory)")
     from mvforge.cli.common import quiet_libraries
 
     quiet_libraries()
@@ -101,7 +137,7 @@ def fit(
         result = fit_with_ray(
             cfg,
             workers,
-            use_gpu=use_gpu,
+            use_gpu=gpus_per_worker == 1,
             address=address,
             max_failures=max_failures,
             storage_path=storage_path,

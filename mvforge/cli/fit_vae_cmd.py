@@ -16,7 +16,7 @@ def fit_vae(
     out: Annotated[Path, typer.Option("--out", "-o", help="New directory: the model with the fitted vae/.")],
     steps: Annotated[
         int | None,
-        typer.Option("--max-steps", "--steps", help="Optimizer steps (steps=...).", show_default="600"),
+        typer.Option("--max-steps", help="Optimizer steps (steps=...).", show_default="600"),
     ] = None,
     resolution: Annotated[
         int | None, typer.Option(help="Image side in pixels (resolution=...).", show_default="32")

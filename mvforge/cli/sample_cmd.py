@@ -74,7 +74,6 @@ def sample(
         Path,
         typer.Option(
             "--model",
-            "--run",
             help="`mvtrain fit` run directory (its latest checkpoint), one checkpoint, or a pipeline directory.",
         ),
     ],

@@ -40,9 +40,7 @@ def sds(
     set_: Annotated[list[str], typer.Option("--set", help=set_help("camera.resolution_low=32"))] = [],
     max_steps: Annotated[
         int | None,
-        typer.Option(
-            "--max-steps", "--steps", help="Optimisation steps (max_steps=...); --steps is the old name."
-        ),
+        typer.Option("--max-steps", help="Optimisation steps (max_steps=...)."),
     ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed of the field and every per-step draw (seed=...).")
@@ -68,9 +66,16 @@ def sds(
         float | None,
         typer.Option(
             "--gpus-per-worker",
-            "--gpus-per-task",
-            help="GPUs per Ray task; --gpus-per-task is the old name.",
+            help="GPUs per Ray task (a fraction shares a GPU; 0 is CPU).",
             show_default="1 when the cluster has GPUs, else 0",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="With --prompts: Ray tasks in flight at once.",
+            show_default="as many as the cluster's GPUs (or CPUs) allow",
         ),
     ] = None,
     task_timeout_s: Annotated[
@@ -94,6 +99,24 @@ def sds(
         "device": device,
     }
     cfg = config_mod.with_flags(cfg, flags)
+    if prompts is None:
+        # docs/cli.md, "errors": a flag that would do nothing is refused, naming the fix.
+        given = [
+            name
+            for name, value in [
+                ("--seeds", seeds),
+                ("--workers", workers),
+                ("--gpus-per-worker", gpus_per_task),
+                ("--task-timeout", task_timeout_s or None),
+            ]
+            if value is not None
+        ]
+        if given:
+            raise UserError(
+                f"{', '.join(given)} belong to --prompts FILE (Ray tasks); add it or leave them out"
+            )
+    elif preview:
+        raise UserError("--preview takes one --prompt; leave out --prompts")
     if prompts is not None:
         if prompt is not None:
             raise UserError("pass either --prompt or --prompts, not both")
@@ -107,6 +130,7 @@ def sds(
             address=address,
             gpus_per_task=gpus_per_task,
             timeout_s=task_timeout_s,
+            workers=workers,
         )
         if any(r["status"] not in ("ok", "skipped") for r in records):
             raise typer.Exit(1)  # the table above names each failed prompt and why

@@ -78,8 +78,8 @@ def conform(table: pa.Table) -> pa.Table:
 
 def model_spec(cfg: FilterConfig) -> tuple[str, str | None]:
     """(open_clip model_name, pretrained) of ``cfg.model`` after validating that the weights exist where they
-    are named (``mvforge.models.clip.clip_spec``: the errors it raises, naming ``--pretrained`` and
-    ``--model-config``). The driver calls it before Ray starts, so a bad name is one line, not actor tracebacks."""
+    are named (``mvforge.models.clip.clip_spec``: the errors it raises, naming ``--clip-pretrained``
+    and ``--clip-model-config``). The driver calls it before Ray starts, so a bad name is one line, not actor tracebacks."""
     m = cfg.model
     return clip_spec(m.name, m.pretrained, m.model_config_file)
 

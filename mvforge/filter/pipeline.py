@@ -117,7 +117,7 @@ def check_scoring_key(out: Path, cfg: FilterConfig, rescore: bool) -> None:
     """One filter directory, one scoring key: mixing scores of two models would make thresholds meaningless."""
     key = scoring_key(cfg)
     path = out / SCORING_KEY
-    # Only stored scores bind the directory: a run that failed before scoring (a wrong --pretrained) leaves
+    # Only stored scores bind the directory: a run that failed before scoring (a wrong --clip-pretrained) leaves
     # its key behind, and the corrected command must not be refused for it.
     has_scores = (out / SCORES).is_file() or bool(part_files(out))
     if path.is_file() and has_scores:
@@ -246,7 +246,9 @@ def run_filter(
     t_score = time.monotonic()
     if todo:
         check_device(cfg)
-        model_spec(cfg)  # bad --model/--pretrained fails here, as one line, before Ray or weights load
+        model_spec(
+            cfg
+        )  # bad --clip-model/--clip-pretrained fails here, as one line, before Ray or weights load
         batches = (
             score_ray(root, todo, cfg, address) if cfg.run.engine == "ray" else score_local(root, todo, cfg)
         )

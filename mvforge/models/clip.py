@@ -33,10 +33,12 @@ LOCAL_DIR_PREFIX = "local-dir:"
 
 @dataclass(frozen=True)
 class ClipOptions:
-    """How the calling command spells its options, for the errors (`mvdata filter`: the defaults)."""
+    """How the calling command spells its options, for the errors: `mvdata filter` and `mvtrain eval` both use
+    the ``--clip-*`` names (docs/cli.md, "model")."""
 
-    pretrained: str = "--pretrained"
-    model_config: str = "--model-config"
+    pretrained: str = "--clip-pretrained"
+    model_config: str = "--clip-model-config"
+    model: str = "--clip-model"
     local_only: bool = False
     """Refuse tags and the empty weights name (no download, no random init): what `mvtrain eval` accepts."""
 
@@ -55,9 +57,10 @@ class LoadedClip:
     tokenizer: object
 
 
-def check_quickgelu(model_name: str, pretrained: str) -> None:
+def check_quickgelu(model_name: str, pretrained: str, option: str = ClipOptions.model) -> None:
     """OpenAI's CLIP weights were trained with QuickGELU; loading them into a GELU model gives silently wrong
-    embeddings (open_clip only warns). Refuse (UserError), and name the ``-quickgelu`` variant to use instead."""
+    embeddings (open_clip only warns). Refuse (UserError), and name the ``-quickgelu`` variant to use instead,
+    as the value of ``option`` (the calling command's model option)."""
     import open_clip
 
     tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}
@@ -65,7 +68,7 @@ def check_quickgelu(model_name: str, pretrained: str) -> None:
     if tag_cfg.get("quick_gelu", False) and not model_cfg.get("quick_gelu", False):
         raise UserError(
             f"pretrained {pretrained!r} was trained with QuickGELU but model {model_name!r} uses GELU; "
-            f"use --model {model_name}-quickgelu"
+            f"use {option} {model_name}-quickgelu"
         )
 
 
@@ -115,7 +118,7 @@ def clip_spec(
             f"unknown open_clip model {model!r}; see open_clip.list_models() or pass {options.model_config}"
         )
     if pretrained and not os.path.isfile(pretrained):
-        check_quickgelu(model, pretrained)
+        check_quickgelu(model, pretrained, options.model)
         if not open_clip.get_pretrained_cfg(model, pretrained):
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
             raise UserError(

@@ -361,7 +361,7 @@ def _require_multiview(unet_dir: Path) -> None:
     if not _is_multiview_config(config):
         raise UserError(
             f"{unet_dir} has no camera embedding (a plain Stable Diffusion UNet?); train it with "
-            "`mvtrain fit --pretrained DIR`, then pass the run"
+            "`mvtrain fit --model DIR`, then pass the run"
         )
 
 

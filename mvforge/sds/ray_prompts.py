@@ -44,10 +44,12 @@ def run_prompts(
     address: str | None = None,
     gpus_per_task: float | None = None,
     timeout_s: float = 0.0,
+    workers: int | None = None,
 ) -> list[dict]:
     """Run every (prompt, seed) as a Ray task; returns one record per task (prompt, seed, status, seconds, dir).
 
     ``gpus_per_task``: None = 1 when ``cfg.device`` is cuda or auto and the cluster has GPUs, else 0 (CPU tasks).
+    ``workers``: at most this many tasks in flight (None: as many as the cluster's GPUs, or CPUs, allow).
     Raises UserError when the tasks ask for GPUs the cluster does not have (Ray would queue them forever)."""
     import ray
 
@@ -58,17 +60,19 @@ def run_prompts(
         raise UserError(
             "no model given; pass --model with an `mvtrain fit` run or a converted MVDream pipeline"
         )
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers}: pass 1 or more (tasks in flight at once)")
     tasks = _task_configs(cfg, prompts, seeds)
     if gpus_per_task is not None and gpus_per_task < 0:
-        raise UserError(f"--gpus-per-task {gpus_per_task}: use 0 (CPU) or a positive number of GPUs")
+        raise UserError(f"--gpus-per-worker {gpus_per_task}: use 0 (CPU) or a positive number of GPUs")
     init_ray(address)
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
     if gpus_per_task is None:
         gpus_per_task = 1.0 if cfg.device != "cpu" and cluster_gpus > 0 else 0.0
     if gpus_per_task > cluster_gpus:
         raise UserError(
-            f"--gpus-per-task {gpus_per_task:g} but the Ray cluster has {cluster_gpus:g} GPUs; "
-            "pass --gpus-per-task 0 to run on CPUs"
+            f"--gpus-per-worker {gpus_per_task:g} but the Ray cluster has {cluster_gpus:g} GPUs; "
+            "pass --gpus-per-worker 0 to run on CPUs"
         )
 
     @ray.remote(num_gpus=gpus_per_task, max_retries=0)
@@ -82,7 +86,7 @@ def run_prompts(
     # Submit only as many tasks as can run at once, so a task's timeout counts its run, not its queueing.
     res = ray.cluster_resources()
     slots = int(res.get("GPU", 0) // gpus_per_task) if gpus_per_task > 0 else int(res.get("CPU", 1))
-    slots = max(slots, 1)
+    slots = max(min(slots, workers or slots), 1)
     queue = []
     with StageProgress("sds prompts", total=len(tasks), unit="prompts") as bar:
         for tc in tasks:

@@ -43,8 +43,9 @@ POSITIONAL_INPUT = {
 }
 # The commands that start Ray (mvforge/raytools.py init_ray callers); each takes --address.
 RAY_COMMANDS = {"mvdata render", "mvdata filter", "mvdata shard", "mvtrain fit", "mvtrain sds"}
-NO_WORKERS = {"mvtrain sds"}  # to do: its --prompts tasks are bounded by the cluster's GPUs, not --workers
-# --model is the diffusion model a command loads or trains; filter's --model is its CLIP's old name.
+# The Ray commands whose workers may hold GPUs (shard's tasks are CPU work).
+GPU_WORKERS = RAY_COMMANDS - {"mvdata shard"}
+# --model is the diffusion model a command loads or trains, and only that.
 MODEL_COMMANDS = {
     "mvtrain fit",
     "mvtrain fit-vae",
@@ -53,7 +54,6 @@ MODEL_COMMANDS = {
     "mvtrain eval",
     "mvtrain dreambooth",
 }
-MODEL_ALIAS_ONLY = {"mvdata filter"}
 # --steps alone is denoising steps; optimiser steps are --max-steps.
 DENOISING_STEPS = {"mvtrain sample", "mvtrain eval"}
 # Values a --config file may supply cannot be click-required; their help carries a "[required ..." mark.
@@ -63,16 +63,11 @@ REQUIRED_UNLESS = {
     "mvtrain dreambooth": {"--model", "--images", "--prompt"},
     "mvtrain sample": {"--prompt", "--prompts"},
 }
-# Old names kept as aliases: allowed only behind the convention's name (an option's first long name).
-ALIASES = {
-    "--pretrained": {"--model", "--clip-pretrained"},
-    "--model-config": {"--clip-model-config"},
-    "--run": {"--model"},
-    "--gpus-per-task": {"--gpus-per-worker"},
-    "--steps": {"--max-steps"},
-}
-# The execution-setting dialects docs/cli.md replaced, and the commands that still speak one (to do / reason).
-DIALECTS = {"--use-gpu": {"mvtrain fit"}, "--dtype": {"mvtrain convert"}, "--renders": set()}
+# The old names removed before the first release (docs/cli.md, "names"): no command takes them, so an old
+# script fails with "No such option" rather than meaning something else. (--steps stays as denoising steps.)
+REMOVED = {"--pretrained", "--model-config", "--run", "--gpus-per-task", "--use-gpu"}
+# The execution-setting dialects docs/cli.md replaced, and the commands that still speak one (with the reason).
+DIALECTS = {"--dtype": {"mvtrain convert"}, "--renders": set()}
 NO_CONFIG: set[str] = set()  # commands with --set but no --config
 DEFAULT_IN_HELP = re.compile(r"\(default\b|\bdefault:|[;,] default |\bdefault \d|\bby default\b", re.I)
 
@@ -146,7 +141,10 @@ def test_command_option_names_follow_the_convention(app, name):
     if key in RAY_COMMANDS:
         (addr,) = [p for p in opts if "--address" in p.opts]
         assert addr.envvar == "RAY_ADDRESS", key
-    assert ("--workers" in names) == (key in RAY_COMMANDS - NO_WORKERS), f"{key}: --workers where Ray runs"
+    assert ("--workers" in names) == (key in RAY_COMMANDS), f"{key}: --workers where Ray runs"
+    assert ("--gpus-per-worker" in names) == (key in GPU_WORKERS), (
+        f"{key}: --gpus-per-worker (docs/cli.md, Ray)"
+    )
     # One way to ask for a device and a compute precision.
     for p in opts:
         if "--device" in p.opts:
@@ -157,16 +155,15 @@ def test_command_option_names_follow_the_convention(app, name):
     if key in MODEL_COMMANDS:
         (model,) = [p for p in opts if "--model" in p.opts]
         assert model.opts[0] == "--model", key
-    elif "--model" in names:
-        assert key in MODEL_ALIAS_ONLY, f"{key}: --model is the diffusion model (docs/cli.md)"
-        (model,) = [p for p in opts if "--model" in p.opts]
-        assert model.opts[0] != "--model", f"{key}: --model may only be an old alias here"
-    # Old names only behind the convention's name.
+    else:
+        assert "--model" not in names, f"{key}: --model is the diffusion model (docs/cli.md)"
+    # One name per option: no alias beside the convention's name (a boolean's --no-X is its other half).
     for p in opts:
-        for old, new in ALIASES.items():
-            if old in p.opts and not (old == "--steps" and p.opts == ["--steps"]):
-                assert p.opts[0] in new, f"{key}: {old} is an old name; the option is {sorted(new)}"
-    if "--steps" in names and "--max-steps" not in names:
+        longs = [o for o in p.opts if o.startswith("--")]
+        assert len(longs) == 1, f"{key}: {longs}: one name per option, the old ones are removed (docs/cli.md)"
+    assert not names & REMOVED, f"{key}: {sorted(names & REMOVED)} were removed (docs/cli.md, names)"
+    # --steps alone is denoising steps; optimiser steps are --max-steps.
+    if "--steps" in names:
         assert key in DENOISING_STEPS, f"{key}: optimiser steps are --max-steps (docs/cli.md)"
     for dialect, where in DIALECTS.items():
         assert (dialect in names) <= (key in where), f"{key}: {dialect} is not the convention (docs/cli.md)"
@@ -246,9 +243,3 @@ def test_shown_command_parses(where, line):
     finally:
         for p, required in saved:
             p.required = required
-    # Examples teach the convention's names; README.md's old names go with its rewrite (to do).
-    if where != "README.md":
-        for word in args:
-            for p in _options(cmd):
-                if word.startswith("--") and word.split("=")[0] in p.opts[1:]:
-                    pytest.fail(f"{where}: `{line}`: write {p.opts[0]}, not its old name {word}")

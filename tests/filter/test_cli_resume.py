@@ -58,8 +58,8 @@ def test_sigkill_mid_run_then_resume(tmp_path, make_cfg, tiny_clip):
     out = tmp_path / "killed"
     args = [
         "filter", str(renders), "--out", str(out), "--engine", "local", "--score-views", "2", "--agg", "max",
-        "--model", TINY_NAME, "--model-config", str(tiny_clip / f"{TINY_NAME}.json"),
-        "--pretrained", str(tiny_clip / WEIGHTS), "--keep-fraction", "0.5", "--set", "run.objects_per_batch=1", "--set", "run.objects_per_part=2",
+        "--clip-model", TINY_NAME, "--clip-model-config", str(tiny_clip / f"{TINY_NAME}.json"),
+        "--clip-pretrained", str(tiny_clip / WEIGHTS), "--keep-fraction", "0.5", "--set", "run.objects_per_batch=1", "--set", "run.objects_per_part=2",
     ]  # fmt: skip
     proc = subprocess.Popen([MVDATA, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     parts = out / "parts"

@@ -93,7 +93,8 @@ def test_weights_are_loaded_and_model_is_in_eval_mode(scorers):
 
 
 def test_openai_weights_need_quickgelu():
-    with pytest.raises(UserError, match="ViT-B-32-quickgelu"):
+    # The fix names the option the commands take (docs/cli.md: a CLIP model is --clip-model).
+    with pytest.raises(UserError, match="use --clip-model ViT-B-32-quickgelu"):
         check_quickgelu("ViT-B-32", "openai")
     check_quickgelu("ViT-B-32-quickgelu", "openai")  # the right pairing passes (no download: a table look-up)
     check_quickgelu("ViT-B-32", "laion2b_s34b_b79k")  # GELU weights on a GELU model
@@ -151,5 +152,5 @@ def test_random_bytes_as_pretrained_are_one_line_from_the_driver(tmp_path):
     junk = tmp_path / "weights.bin"
     junk.write_bytes(bytes(range(256)) * 64)
     cfg = FilterConfig(model=ClipModelConfig(pretrained=str(junk)))
-    with pytest.raises(UserError, match=rf"--pretrained {junk}: .*not a readable open_clip checkpoint"):
+    with pytest.raises(UserError, match=rf"--clip-pretrained {junk}: .*not a readable open_clip checkpoint"):
         model_spec(cfg)

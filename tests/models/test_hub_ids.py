@@ -71,7 +71,7 @@ def test_a_hub_id_that_cannot_be_had_is_one_line_and_creates_nothing(command, hu
     out = tmp_path / "out"
     model = "nobody/missing-model"
     args = {
-        "fit": ["fit", "--pretrained", model, "--shards", str(tmp_path), "--out", str(out)],
+        "fit": ["fit", "--model", model, "--shards", str(tmp_path), "--out", str(out)],
         "sample": ["sample", "--model", model, "--prompt", "a cup", "--out", str(out)],
         "sds": ["sds", "--model", model, "--prompt", "a cup", "--out", str(out), "--device", "cpu"],
         "eval": ["eval", "--model", model, "--reference", str(tmp_path), "--out", str(out)],

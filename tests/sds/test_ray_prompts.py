@@ -61,9 +61,9 @@ def test_prompts_run_as_ray_tasks_on_a_cpu_only_cluster_then_skip_when_done(tiny
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cfg = tiny_sds_config(tiny_mv, tmp_path / "sds", max_steps=2)
     prompts = ["a red mug", "a blue chair"]
-    with pytest.raises(UserError, match="--gpus-per-task 0"):
+    with pytest.raises(UserError, match="--gpus-per-worker 0"):
         run_prompts(cfg, prompts, [0], gpus_per_task=1.0)
-    records = run_prompts(cfg, prompts, [0])
+    records = run_prompts(cfg, prompts, [0], workers=1)  # --workers 1: one task in flight at a time
     assert [r["status"] for r in records] == ["ok", "ok"], records
     assert all((tmp_path / "sds" / d / "summary.json").is_file() for d in ("a-red-mug", "a-blue-chair"))
     assert [r["status"] for r in run_prompts(cfg, prompts, [0])] == ["skipped", "skipped"]

@@ -121,7 +121,7 @@ def test_mvtrain_help_imports_no_torch():
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     proc = subprocess.run(
-        [str(VENV_BIN / "mvtrain"), "fit", "--pretrained", str(tmp_path / "nope"), "--shards", str(tmp_path)],
+        [str(VENV_BIN / "mvtrain"), "fit", "--model", str(tmp_path / "nope"), "--shards", str(tmp_path)],
         capture_output=True,
         text=True,
     )
