@@ -308,7 +308,7 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
             state.seconds, state.peak_memory_mb = previous.get("seconds"), previous.get("peak_memory_mb")
         if start > cfg.max_steps:
             raise UserError(
-                f"{run_dir} is at step {start}; pass max_steps >= {start} (--steps) to resume or re-export it"
+                f"{run_dir} is at step {start}; pass max_steps >= {start} (--max-steps) to resume or re-export it"
             )
     seconds_before, peak_before = state.seconds, state.peak_memory_mb
     run.write_config(cfg)

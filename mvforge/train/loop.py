@@ -340,7 +340,7 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
     ``max_nonfinite_steps`` non-finite steps in a row, Preempted (exit 143) after a SIGTERM checkpoint."""
     rt = rt or Runtime(device=resolve_device(cfg.device))
     if not cfg.pretrained:
-        raise UserError("no pretrained model; pass --pretrained DIR (a diffusers Stable Diffusion directory)")
+        raise UserError("no pretrained model; pass --model DIR (a diffusers Stable Diffusion directory)")
     if not cfg.shards:
         raise UserError("no training shards; pass --shards DIR (written by `mvdata shard`)")
     # Checked before anything is created. Checkpoints record where the frozen parts come from: an absolute path
