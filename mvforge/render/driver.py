@@ -80,8 +80,8 @@ def render(
     """Render ``sources`` into ``out`` with at most ``workers`` Blender processes at a time.
 
     ``task``: the function each Ray task runs on a batch of objects, with :func:`render_task`'s signature and
-    contract (default :func:`render_task`); the driver's dry run passes
-    ``mvforge.render.synthetic.stub_render_task``.
+    contract (default :func:`render_task`); the driver's tests and benchmark pass a stub that renders nothing
+    (``tests/fixtures/synthetic.py``).
     """
     start = time.monotonic()
     out = Path(out)

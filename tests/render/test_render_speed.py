@@ -2,7 +2,7 @@
 
 The dry run is the small version of ``bench/bench_render_driver.py`` (10⁵ objects): 10³ synthetic sources, half
 of them finished before the run, through the real driver, a real local Ray and the real resume logic; only
-Cycles is replaced (``mvforge.render.synthetic.stub_render_task``).
+Cycles is replaced (``tests.fixtures.synthetic.stub_render_task``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from mvforge.render.config import CyclesConfig, LightingConfig, LimitsConfig, Re
 from mvforge.render.download import sha256_file
 from mvforge.render.plan import SourceObject, hdri_pool, plan_job
 from mvforge.render.runner import run_object
-from mvforge.render.synthetic import stub_render_task
+from tests.fixtures.synthetic import stub_render_task
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 GLB = DATA / "glb" / "BoxTextured.glb"
