@@ -264,8 +264,8 @@ def _check_same_sources(out: Path, finished: list[SourceObject]) -> None:
 
     Compares the sha256 recorded in meta.json with the local file's or with the published one of a download.
     A local file is hashed only when its size or mtime differ from those recorded beside the sha256 (hashing
-    every finished file on every resume grew with the data set's bytes, hours at 10⁶ objects); renders
-    made before record neither and are hashed. Raises UserError naming the uid and both files.
+    every finished file on every resume grew with the data set's bytes, hours at 10⁶ objects); a record
+    without them is hashed. Raises UserError naming the uid and both files.
     """
     from mvforge.render.download import sha256_file
 

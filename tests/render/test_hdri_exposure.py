@@ -1,4 +1,4 @@
-"""HDRI exposure normalisation (issue 12, ``lighting.exposure``): the mean radiance of a map, a real render under a
+"""HDRI exposure normalisation (docs/render.md, ``lighting.exposure``): the mean radiance of a map, a real render under a
 dim and a bright map, what meta.json records, and what a resume refuses."""
 
 from __future__ import annotations
