@@ -587,4 +587,4 @@ class MultiViewLoader:
         for k, s in state["streams"].items():
             self.consumed[k] = int(s["consumed"])
             self.positions[k] = [tuple(int(x) for x in p) for p in s["positions"]]
-        self.bad = Counter(state.get("bad", {}))
+        self.bad = Counter(state["bad"])
