@@ -2,7 +2,7 @@
 (issue 10). Full size by default (~1.3 G parameters, ~5 GB fp32, as ``sd-v2.1-base-4view.pt``); smaller widths
 with ``--model-channels`` / ``--text-width`` / ``--vae-ch`` where memory is short.
 
-The checkpoint is written by ``mvforge.models.ldm_layout.random_sd21_checkpoint`` in this process; the
+The checkpoint is written by ``tests.fixtures.ldm_layout.random_sd21_checkpoint`` in this process; the
 conversion runs in a fresh ``mvtrain convert`` process, so its peak RSS is the converter's alone.
 
     .venv/bin/python bench/bench_convert.py --work /tmp/bench-convert            # full size
@@ -21,7 +21,10 @@ from pathlib import Path
 
 import torch
 
-from mvforge.models.ldm_layout import random_sd21_checkpoint
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.fixtures (the repository root; bench runs as python bench/x.py)
+
+from tests.fixtures.ldm_layout import random_sd21_checkpoint  # noqa: E402
 
 
 def main() -> None:

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
-from mvforge.eval import extractors, run
-from mvforge.eval.config import EvalConfig
-from mvforge.filter.tiny import write_tiny_clip
-from mvforge.models.config import SampleConfig
-from mvforge.models.pipeline import MultiViewDiffusion
-from mvforge.models.tiny import make_tiny_mv_pipeline
-from mvforge.render.synthetic import write_synthetic_render_dir
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.fixtures (the repository root; bench runs as python bench/x.py)
+
+from mvforge.eval import extractors, run  # noqa: E402
+from mvforge.eval.config import EvalConfig  # noqa: E402
+from mvforge.filter.tiny import write_tiny_clip  # noqa: E402
+from mvforge.models.config import SampleConfig  # noqa: E402
+from mvforge.models.pipeline import MultiViewDiffusion  # noqa: E402
+from mvforge.models.tiny import make_tiny_mv_pipeline  # noqa: E402
+from tests.fixtures.synthetic import write_synthetic_render_dir  # noqa: E402
 
 
 def main() -> None:

@@ -20,9 +20,13 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.fixtures (the repository root; bench runs as python bench/x.py)
 
 
 def main() -> None:
@@ -45,7 +49,7 @@ def main() -> None:
     from mvforge.filter.config import ClipModelConfig, FilterConfig, RunConfig, SelectConfig, ViewsConfig
     from mvforge.filter.pipeline import run_filter
     from mvforge.formats.renders import iter_uids
-    from mvforge.render.synthetic import write_synthetic_render_dir
+    from tests.fixtures.synthetic import write_synthetic_render_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-filter-"))
     renders = tmp / "renders"

@@ -12,16 +12,20 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
-from mvforge.models.tiny import make_tiny_sd
-from mvforge.render.synthetic import write_synthetic_render_dir
-from mvforge.shards.config import LoaderConfig, ShardConfig
-from mvforge.shards.writer import run_shard
-from mvforge.train.config import FitConfig
-from mvforge.train.loop import fit
-from mvforge.train.ray_fit import fit_with_ray
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.fixtures (the repository root; bench runs as python bench/x.py)
+
+from mvforge.models.tiny import make_tiny_sd  # noqa: E402
+from mvforge.shards.config import LoaderConfig, ShardConfig  # noqa: E402
+from mvforge.shards.writer import run_shard  # noqa: E402
+from mvforge.train.config import FitConfig  # noqa: E402
+from mvforge.train.loop import fit  # noqa: E402
+from mvforge.train.ray_fit import fit_with_ray  # noqa: E402
+from tests.fixtures.synthetic import write_synthetic_render_dir  # noqa: E402
 
 
 def summarize(run: Path) -> tuple[float, float]:

@@ -6,7 +6,7 @@ Each N runs in a fresh Python process (so peak RSS is that N's), over N syntheti
 as Objaverse's, so the ``<uid[:2]>`` fan-out is realistic; every source names one small real file) in a render
 directory where a ``--done`` fraction of them already has its meta.json (a resumed run). Phases, timed one by
 one with the driver's own functions, then the whole ``driver.render`` with
-``mvforge.render.synthetic.stub_render_task`` as the Ray task (it writes each object's terminal record):
+``tests.fixtures.synthetic.stub_render_task`` as the Ray task (it writes each object's terminal record):
 validate, resume scan (layout.status), same-source check (sha256 of each finished object's file),
 manifest preparation, planning (plan_job: cameras, HDRI, seed), then the full call (Ray start + task
 submission through bounded_map + manifest appends), then a second call over the finished directory (nothing
@@ -40,7 +40,7 @@ def one(n: int, workers: int, done: float, workdir: Path) -> dict:
     from mvforge.render.config import RenderConfig
     from mvforge.render.download import sha256_file
     from mvforge.render.plan import SourceObject, hdri_pool, plan_job
-    from mvforge.render.synthetic import stub_render_task
+    from tests.fixtures.synthetic import stub_render_task
 
     out = workdir / "renders"
     sha = sha256_file(SOURCE)

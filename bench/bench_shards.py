@@ -12,6 +12,7 @@ import hashlib
 import io
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,10 +20,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.fixtures (the repository root; bench runs as python bench/x.py)
+
 
 def noisy_render_dir(root: Path, objects: int, views: int, resolution: int) -> list[Path]:
     from mvforge.formats import renders as layout
-    from mvforge.render.synthetic import write_synthetic_render_dir
+    from tests.fixtures.synthetic import write_synthetic_render_dir
 
     write_synthetic_render_dir(root, objects, views=views, resolution=resolution)
     rng = np.random.default_rng(0)

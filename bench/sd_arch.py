@@ -43,7 +43,7 @@ def build(arch: dict, resolution: int):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from mvforge.models.tiny import clip_tokenizer
+    from mvforge.models.convert import clip_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**unet_kwargs(arch, resolution // 8))

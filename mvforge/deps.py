@@ -44,7 +44,6 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "mvdata shard": ("shard",),
     "mvdata verify": ("shard",),
     "mvdata report": (),
-    "mvdata demo-assets": (),
     "mvtrain fit": ("train", "shard"),
     "mvtrain fit-vae": ("train", "shard"),
     "mvtrain sample": ("train",),

@@ -479,14 +479,11 @@ def _num(v, digits: int = 4) -> str:
 
 
 def _metrics_rows(run: Path) -> list[dict]:
-    """Rows of a run's metrics.csv (``mvforge.metrics``), or of the metrics.jsonl of SDS runs made before."""
+    """Rows of a run's metrics.csv (``mvforge.metrics``); none when it is missing or unreadable."""
     from mvforge.metrics import CSV, read_rows
 
     try:
-        if (run / CSV).is_file():
-            return read_rows(run / CSV)
-        legacy = [r for r in _read_jsonl(run / "metrics.jsonl") if isinstance(r, dict)]
-        return [{**r, "step": r.get("step", 0) + 1} for r in legacy]  # its step was 0-based
+        return read_rows(run / CSV) if (run / CSV).is_file() else []
     except (OSError, ValueError):
         return []
 

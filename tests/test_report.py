@@ -20,8 +20,8 @@ from PIL import Image
 
 from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_json
-from mvforge.render.synthetic import write_synthetic_render_dir
 from mvforge.report import ReportConfig, histogram_bins, write_report
+from tests.fixtures.synthetic import write_synthetic_render_dir
 
 MVDATA = Path(sys.executable).with_name("mvdata")
 
@@ -235,7 +235,7 @@ def test_train_and_sample_section(tmp_path):
 def test_markup_in_captions_and_records_is_escaped(tmp_path):
     """Markup lives in templates with autoescaping (issue 8): text from files never becomes HTML."""
     from mvforge.formats import renders as fmt
-    from mvforge.render.synthetic import write_synthetic_object
+    from tests.fixtures.synthetic import write_synthetic_object
 
     write_synthetic_object(tmp_path / "renders", "evil", "<script>alert(1)</script>", views=2, resolution=8)
     atomic_write_json(

@@ -74,7 +74,6 @@ def _stage_runs(tmp_path: Path, tiny_sd: Path) -> dict:
     from mvforge.render.config import RenderConfig
     from mvforge.render.driver import render
     from mvforge.render.plan import SourceObject
-    from mvforge.render.synthetic import write_synthetic_render_dir
     from mvforge.sds.loop import run_sds
     from mvforge.shards.config import ShardConfig
     from mvforge.shards.writer import run_shard
@@ -82,6 +81,7 @@ def _stage_runs(tmp_path: Path, tiny_sd: Path) -> dict:
     from mvforge.train.dreambooth_config import DreamBoothConfig
     from mvforge.train.loop import fit
     from mvforge.train.ray_fit import fit_with_ray
+    from tests.fixtures.synthetic import write_synthetic_render_dir
     from tests.sds.conftest import tiny_sds_config
     from tests.train.conftest import fit_config
 

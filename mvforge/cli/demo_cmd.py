@@ -1,6 +1,6 @@
-"""`mvdata demo-assets` (regenerate the embedded demo GLBs) and `mvdata report` (the run's HTML report).
+"""`mvdata report` (the run's HTML report).
 
-Nothing heavy is imported at module level: the commands import their modules when they run (docs/design.md
+Nothing heavy is imported at module level: the command imports its modules when it runs (docs/design.md
 §5).
 """
 
@@ -12,26 +12,6 @@ from typing import Annotated
 import typer
 
 from mvforge.cli.common import set_help
-
-
-def demo_assets(
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", "-o", help="Output directory.", show_default="the package's mvforge/assets/demo"
-        ),
-    ] = None,
-) -> None:
-    """Regenerate the 12 procedural demo objects (GLB + captions.jsonl); byte-identical on every run."""
-    from mvforge.assets.generate import generate_demo_assets
-    from mvforge.progress import print_summary
-
-    results = generate_demo_assets(out)
-    print_summary(
-        "demo objects",
-        [(obj.uid, f"{tris} triangles, {size / 1000:.1f} KB") for obj, tris, size in results],
-    )
-    typer.echo(str(results[0][0].path.parent))
 
 
 def report(

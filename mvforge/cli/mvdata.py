@@ -50,7 +50,6 @@ app.command("filter", help=filter_cmd.FILTER_HELP)(filter_cmd.filter_cmd)
 app.command("make-tiny-clip")(filter_cmd.make_tiny_clip)
 app.command("shard")(shard_cmd.shard)
 app.command("verify")(shard_cmd.verify)
-app.command("demo-assets")(demo_cmd.demo_assets)
 app.command("report")(demo_cmd.report)
 
 main = run_app(app)

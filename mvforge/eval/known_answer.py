@@ -96,7 +96,7 @@ class Reference:
 def eval_views(cameras: dict, num_views: int) -> list[int]:
     """Indices of ``num_views`` views of the first orbit, 360/V apart from its first view. Raises UserError when
     the orbit's view count is not a multiple of ``num_views``."""
-    orbit = [v for v in cameras["views"] if int(v.get("orbit", 0)) == 0]
+    orbit = [v for v in cameras["views"] if int(v["orbit"]) == 0]
     if len(orbit) % num_views:
         raise UserError(
             f"an orbit of {len(orbit)} views has no {num_views} views 360/{num_views} degrees apart; render a "

@@ -16,6 +16,7 @@ import pyarrow as pa
 from PIL import Image
 
 from mvforge.devices import resolve_device
+from mvforge.errors import UserError
 from mvforge.filter.config import FilterConfig
 from mvforge.filter.gates import PIXEL_COLUMNS, pixel_metrics, view_metrics
 from mvforge.formats import renders as layout
@@ -55,21 +56,14 @@ SCORE_SCHEMA = pa.schema(
 )
 
 
-def conform(table: pa.Table) -> pa.Table:
-    """``table`` in SCORE_SCHEMA, columns added by later versions filled in (empty lists: nothing measured,
-    so no gate fires; 0 stripped textures; unknown framing), so a filter directory scored before them resumes.
-    """
-    n = table.num_rows
-    for field in SCORE_SCHEMA:
-        if field.name in table.column_names:
-            continue
-        if pa.types.is_list(field.type):
-            column = pa.array([[] for _ in range(n)], type=field.type)
-        elif pa.types.is_integer(field.type):
-            column = pa.array([0] * n, type=field.type)
-        else:
-            column = pa.nulls(n, type=field.type)
-        table = table.append_column(field, column)
+def conform(table: pa.Table, where: str) -> pa.Table:
+    """Stored score rows ``table`` (read from ``where``) in SCORE_SCHEMA's column order and types. Raises
+    UserError when a column is missing: the file was not written by this mvforge's filter."""
+    missing = [name for name in SCORE_SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise UserError(
+            f"{where} has no score column {', '.join(missing)}; pass --rescore to score the renders again"
+        )
     return table.select(SCORE_SCHEMA.names).cast(SCORE_SCHEMA)
 
 
@@ -160,7 +154,7 @@ def read_object(root: Path, uid: str, cfg: FilterConfig) -> _Row:
         return row
     try:
         views = obj.cameras["views"]
-        files = [v.get("file") or layout.view_name(v["index"]) for v in views]
+        files = [v["file"] for v in views]
         row.framing = obj.cameras.get("framing")
     except (OSError, ValueError, KeyError, TypeError) as e:
         row.fail("unreadable_cameras", f"{layout.CAMERAS}: {e}")

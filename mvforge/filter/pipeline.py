@@ -98,9 +98,8 @@ def load_scored(out: Path):
 
     tables = []
     if (out / SCORES).is_file():
-        stored = pq.read_table(out / SCORES)
-        tables.append(conform(stored.select([n for n in SCORE_SCHEMA.names if n in stored.column_names])))
-    tables += [conform(pq.read_table(p)) for p in part_files(out)]
+        tables.append(conform(pq.read_table(out / SCORES), str(out / SCORES)))
+    tables += [conform(pq.read_table(p), str(p)) for p in part_files(out)]
     if not tables:
         return SCORE_SCHEMA.empty_table()
     table = pa.concat_tables(tables)

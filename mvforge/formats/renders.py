@@ -40,8 +40,8 @@ META = "meta.json"
 CONVENTION = "mvforge/blender-c2w-opengl-zup"
 
 FORMAT_VERSION = 2
-"""Version of meta.json (key ``format_version``). 1: the layout before the key existed (readers treat a missing
-key as 1); 2: ``format_version`` added, fields as in :class:`RenderMeta`."""
+"""Version of meta.json and failure records (key ``format_version``), fields as in :class:`RenderMeta` and
+:class:`FailureRecord`; readers refuse any other version."""
 
 # Failure reason codes (docs/design.md §2.1). Every object ends as exactly one ok meta.json or one failure
 # record.
@@ -221,7 +221,7 @@ class RenderMeta:
     """meta.json of an ok object (docs/design.md §2.1), written last: its presence marks the object done.
 
     ``extra`` holds keys this version does not name (written by a newer mvforge, or stage-specific additions),
-    so a read → write round trip loses nothing. Readers accept format 1 (no ``format_version`` key).
+    so a read → write round trip loses nothing.
     """
 
     uid: str
@@ -236,13 +236,12 @@ class RenderMeta:
     """faces, vertices, materials, animations, missing_textures, ... as counted by the Blender adapter."""
     hdri: dict[str, Any] | None = None
     """name, rotation_deg, strength (the per-object draw), visible_to_camera of the HDRI that lit the object;
-    None under lamps. Since the exposure setting (``lighting.exposure``): ``exposure`` (raw |
-    normalized), ``exposure_target`` (normalized only), ``mean_radiance`` (the map's solid-angle weighted mean
-    luminance) and ``strength_applied`` (the Background strength Cycles used: strength, or strength x
-    exposure_target / mean_radiance); absent in renders made before."""
+    None under lamps. ``exposure`` (``lighting.exposure``: raw | normalized), ``exposure_target`` (normalized
+    only), ``mean_radiance`` (the map's solid-angle weighted mean luminance) and ``strength_applied`` (the
+    Background strength Cycles used: strength, or strength x exposure_target / mean_radiance)."""
     lamps: dict[str, Any] | None = None
     """Under ``lighting.kind = "lamps"``: rotation_deg, strength, ambient and ``lights`` (name,
-    azimuth_deg, elevation_deg, energy in W/m² per sun lamp); None under an HDRI and in renders made before."""
+    azimuth_deg, elevation_deg, energy in W/m² per sun lamp); None under an HDRI."""
     seed: int | None = None
     engine: str = "CYCLES"
     samples: int | None = None
@@ -259,12 +258,11 @@ class RenderMeta:
     adaptive_min_samples (the minimum Cycles used, its automatic rule resolved; None with adaptive sampling
     off), light_tree, denoiser (None when no denoiser ran, else "OPENIMAGEDENOISE"), denoising_input_passes,
     denoising_prefilter, denoising_quality, world_sampling (AUTOMATIC | MANUAL), world_map_resolution (pixels,
-    MANUAL only), filter_width (pixels), max_bounces, persistent_data. None in renders made before."""
+    MANUAL only), filter_width (pixels), max_bounces, persistent_data. None in stub renders."""
     process: dict[str, Any] | None = None
     """The Blender process that rendered the object (one process renders a batch in turn,
     docs/design.md §4): ``pid``,
-    ``position`` (1 = its first object, a fresh process) and ``reused`` (position > 1). None in renders made
-    before, and in stub renders."""
+    ``position`` (1 = its first object, a fresh process) and ``reused`` (position > 1). None in stub renders."""
     status: str = "ok"
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -276,7 +274,7 @@ class RenderMeta:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> RenderMeta:
-        """A record from a meta.json document of any known version; raises UserError on a newer one."""
+        """A record from a meta.json document; raises UserError on another format version."""
         return cls(**_split_known(cls, doc, "meta.json"))
 
 
@@ -311,24 +309,26 @@ class FailureRecord:
 
 
 def _split_known(cls, doc: dict[str, Any], what: str) -> dict[str, Any]:
-    """Constructor kwargs of ``cls`` from ``doc``: unknown keys go to ``extra``; format 1 = no version key."""
+    """Constructor kwargs of ``cls`` from ``doc``: unknown keys go to ``extra``."""
     from dataclasses import fields
 
-    version = int(doc.get("format_version", 1))
-    if version > FORMAT_VERSION:
+    version = doc.get("format_version")
+    if version != FORMAT_VERSION:
+        fix = (
+            "upgrade mvforge" if isinstance(version, int) and version > FORMAT_VERSION else "render it again"
+        )
         raise UserError(
-            f"{what} of {doc.get('uid')!r} has format_version {version}, newer than this mvforge reads "
-            f"({FORMAT_VERSION}); upgrade mvforge"
+            f"{what} of {doc.get('uid')!r} has format_version {version!r}; this mvforge reads "
+            f"{FORMAT_VERSION} only: {fix}"
         )
     names = {f.name for f in fields(cls)} - {"extra"}
     kwargs = {k: v for k, v in doc.items() if k in names}
-    kwargs["format_version"] = version
     kwargs["extra"] = {k: v for k, v in doc.items() if k not in names}
     return kwargs
 
 
 def read_meta(root: str | Path, uid: str) -> RenderMeta:
-    """The typed meta.json of a finished object (any format version)."""
+    """The typed meta.json of a finished object."""
     return RenderMeta.from_dict(load_object(root, uid).meta)
 
 

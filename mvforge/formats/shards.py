@@ -36,7 +36,7 @@ SPLITS = ("train", "val")
 FORMAT = "mvforge-shards-v1"
 """The ``format`` name in index.json (unchanged since the first release: the tar layout has not changed)."""
 FORMAT_VERSION = 2
-"""Version of index.json (key ``format_version``). 1: before the key existed (a missing key reads as 1)."""
+"""Version of index.json (key ``format_version``); readers refuse any other version."""
 
 
 PUBLIC_META_KEYS = (
@@ -106,10 +106,10 @@ def view_exts(sample: dict) -> list[str]:
 
 
 def parse_index(data: bytes | str, where: str = INDEX, strict: bool = True) -> dict[str, Any]:
-    """The index document from index.json bytes, any known version (1 = no ``format_version`` key).
+    """The index document from index.json bytes.
 
-    Raises UserError when it is not JSON, not an mvforge index (``strict``; a report reads hand-made ones too),
-    or newer than this mvforge reads.
+    Raises UserError when it is not JSON, not an mvforge index of this ``FORMAT_VERSION`` (``strict``; a
+    report reads hand-made ones too), or newer than this mvforge reads.
     """
     try:
         doc = json.loads(data)
@@ -121,12 +121,15 @@ def parse_index(data: bytes | str, where: str = INDEX, strict: bool = True) -> d
         raise UserError(
             f"{where} is not an mvforge shard index (format {FORMAT!r}); pass an `mvdata shard` output"
         )
-    version = int(doc.get("format_version", 1))
-    if version > FORMAT_VERSION:
+    version = doc.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
         raise UserError(
-            f"{where} has format_version {version} (this mvforge reads <= {FORMAT_VERSION}); upgrade mvforge"
+            f"{where} has format_version {version} (this mvforge reads {FORMAT_VERSION}); upgrade mvforge"
         )
-    doc["format_version"] = version
+    if strict and version != FORMAT_VERSION:
+        raise UserError(
+            f"{where} has format_version {version!r}, not {FORMAT_VERSION}; re-run `mvdata shard` into a new --out"
+        )
     return doc
 
 

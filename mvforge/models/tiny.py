@@ -2,43 +2,18 @@
 
 ``make_tiny_sd`` writes a real diffusers SD layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) saved
 with ``save_pretrained``, so it loads through the same ``from_pretrained`` path as SD 2.1 base (docs/design.md
-§6). The tokenizer is a real CLIP BPE tokenizer rebuilt from the merges file open_clip ships (no download).
+§6). The tokenizer is the converter's real CLIP BPE tokenizer (``mvforge.models.convert.clip_tokenizer``, built
+from the merges file open_clip ships; no download).
 """
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import torch
 
 from mvforge.errors import UserError
-
-
-def clip_tokenizer():
-    """The CLIP BPE tokenizer (49408 tokens, 77 positions) from open_clip's bundled merges file.
-
-    CLIP's vocab: the 256 byte-level characters, the same with ``</w>``, the joined merges, then the
-    start/end tokens (the construction in CLIP's and open_clip's SimpleTokenizer). It pads with id 0 ("!"), as
-    open_clip's ``tokenize`` and SD 2.x's tokenizer do: SD's cross-attention reads all 77 positions, so padding
-    with ``<|endoftext|>`` (49407, HF CLIP's default) would change a real SD 2.x model's conditioning.
-    """
-    import open_clip
-    from open_clip.tokenizer import bytes_to_unicode
-    from transformers import CLIPTokenizer
-
-    merges_file = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.decompress(merges_file.read_bytes()).decode("utf-8").split("\n")
-    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
-    chars = list(bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    tok = CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, model_max_length=77)
-    # Set after construction: a pad_token passed to the constructor becomes an added special token, and "!" in
-    # a prompt would then be split off as id 0 instead of merged by BPE ("!!" is one token for open_clip).
-    tok.pad_token = "!"  # id 0
-    return tok
-
+from mvforge.models.convert import clip_tokenizer
 
 VARIANTS = ("tiny", "world")
 """``tiny``: the smallest SD-shaped model (tests, benchmarks). ``world``: the same UNet and text encoder with a

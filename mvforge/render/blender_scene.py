@@ -60,8 +60,6 @@ CUBE_HALF_DIAGONAL = math.sqrt(3.0) / 2.0
 # GPU backends in the order of preference of docs/design.md §4.
 GPU_BACKENDS = ("OPTIX", "CUDA", "HIP", "METAL")
 NORMALIZE_EMPTY = "mvforge_normalize"
-# Jobs planned before limits.max_evaluated_faces existed carry only max_faces.
-DEFAULT_MAX_EVALUATED = 100_000_000
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_DROPPED_CHUNKS = {b"tEXt", b"zTXt", b"iTXt", b"tIME"}
 
@@ -83,9 +81,9 @@ def render_job(job: dict, staging: Path) -> dict:
 
     # 1. Fresh scene and import.
     bpy.ops.wm.read_factory_settings(use_empty=True)
-    importer, input_path = job.get("importer"), job.get("input_path")
-    materials = job.get("materials") or {}
-    policy = materials.get("missing_textures", "fail")
+    importer, input_path = job["importer"], job["input_path"]
+    materials = job["materials"]
+    policy = materials["missing_textures"]
     # Before any importer or reader opens a referenced file (the outside-reference rule, docs/render_failures.md).
     missing_materials = check_before_import(importer, input_path, policy)
     positions_check = check_positions_before_import(importer, input_path)
@@ -99,12 +97,10 @@ def render_job(job: dict, staging: Path) -> dict:
     scene.frame_set(EVAL_FRAME)
     geo = evaluated_geometry()
     limits = job["limits"]
-    check_geometry(
-        geo, int(limits["max_faces"]), int(limits.get("max_evaluated_faces", DEFAULT_MAX_EVALUATED))
-    )
+    check_geometry(geo, int(limits["max_faces"]), int(limits["max_evaluated_faces"]))
     legacy = handle_legacy_textures(loaded.get("legacy_textures") or [], policy)
     missing, stripped = handle_missing_textures(policy)
-    vertex_colors = apply_vertex_colors(bool(materials.get("vertex_colors", True)))
+    vertex_colors = apply_vertex_colors(bool(materials["vertex_colors"]))
     normalization = normalize(geo.points)
     # Under "strip", every texture or material the render lost counts as stripped: the filter drops the
     # object unless gates.keep_stripped_textures is set (docs/render_failures.md).
@@ -117,14 +113,14 @@ def render_job(job: dict, staging: Path) -> dict:
 
     # 5-6. World, engine and output settings.
     hdri_applied = None
-    if job.get("lamps") is not None:
+    if job["hdri"] is None:
         setup_lamps(job["lamps"])
     else:
-        hdri_applied = setup_world(job["hdri"], int(job["cycles"].get("world_map_resolution", 0)))
+        hdri_applied = setup_world(job["hdri"], int(job["cycles"]["world_map_resolution"]))
     device = setup_cycles(job["cycles"], int(job["seed"]), int(job["resolution"]))
     views = [view_from_dict(v) for v in job["views"]]
     depth_max = max(v.distance for v in views) + CUBE_HALF_DIAGONAL
-    outputs = setup_passes(job.get("passes") or {}, staging, depth_max)
+    outputs = setup_passes(job["passes"], staging, depth_max)
     camera = add_camera()
     t_setup = time.perf_counter()
 
@@ -145,8 +141,8 @@ def render_job(job: dict, staging: Path) -> dict:
         write_s += time.perf_counter() - t2
 
     # 8. Cameras (written even when the render is empty: the staging dir is discarded on failure anyway).
-    passes = passes_record(job.get("passes") or {}, depth_max)
-    record = layout.cameras_record(views, int(job["resolution"]), passes, framing=job.get("framing"))
+    passes = passes_record(job["passes"], depth_max)
+    record = layout.cameras_record(views, int(job["resolution"]), passes, framing=job["framing"])
     atomic_write_json(staging / layout.CAMERAS, record)
     if not any_alpha:
         raise RenderFailure("empty_render", f"all {len(views)} views have an all-zero alpha channel")
@@ -780,8 +776,7 @@ def setup_world(hdri: dict, map_resolution: int = 0) -> dict:
     its build time saves (docs/bench/render_speed.md).
 
     ``hdri["exposure"] == "normalized"`` (``lighting.exposure``) sets the Background strength to strength x
-    ``exposure_target`` / the map's mean radiance; ``raw`` (or absent: jobs planned before the setting) uses the
-    strength as drawn. Returns what meta.json ``hdri`` adds: ``mean_radiance`` (solid-angle weighted
+    ``exposure_target`` / the map's mean radiance; ``raw`` uses the strength as drawn. Returns what meta.json ``hdri`` adds: ``mean_radiance`` (solid-angle weighted
     luminance, ``mvforge.render.exposure.mean_radiance``) and ``strength_applied`` (the Background strength).
     Raises RuntimeError for an unreadable or black map under ``normalized`` (the pool is the run's input, so
     that is a crash of the run, not the object's failure).
@@ -806,7 +801,7 @@ def setup_world(hdri: dict, map_resolution: int = 0) -> dict:
         raise RuntimeError(f"cannot load HDRI {hdri['path']}: {e}") from e
     radiance = hdri_mean_radiance(env.image, str(hdri["path"]))
     strength = float(hdri["strength"])
-    if hdri.get("exposure", "raw") == "normalized":
+    if hdri["exposure"] == "normalized":
         try:
             strength = exposure.normalized_strength(strength, float(hdri["exposure_target"]), radiance)
         except ValueError as e:
@@ -818,7 +813,7 @@ def setup_world(hdri: dict, map_resolution: int = 0) -> dict:
     links.new(mapping.outputs["Vector"], env.inputs["Vector"])
     links.new(env.outputs["Color"], background.inputs["Color"])
     links.new(background.outputs["Background"], out.inputs["Surface"])
-    world.cycles_visibility.camera = bool(hdri.get("visible_to_camera", False))
+    world.cycles_visibility.camera = bool(hdri["visible_to_camera"])
     return {"mean_radiance": radiance, "strength_applied": strength}
 
 
@@ -874,7 +869,7 @@ def setup_lamps(lamps: dict) -> None:
     world.cycles.sampling_method = "NONE"
     world.use_nodes = True
     background = world.node_tree.nodes.get("Background") or world.node_tree.nodes.new("ShaderNodeBackground")
-    level = float(lamps.get("ambient", 0.0))
+    level = float(lamps["ambient"])
     background.inputs["Color"].default_value = (level, level, level, 1.0)
     background.inputs["Strength"].default_value = 1.0
     world.cycles_visibility.camera = False
@@ -895,15 +890,14 @@ def setup_cycles(cfg: dict, seed: int, resolution: int) -> str:
     scene = bpy.context.scene
     scene.render.engine = "CYCLES"
     cycles = scene.cycles
-    device = pick_device(cfg.get("device", "auto"))
+    device = pick_device(cfg["device"])
     cycles.device = "GPU" if device != "CPU" else "CPU"
     cycles.samples = int(cfg["samples"])
     threshold = float(cfg["adaptive_threshold"])
     cycles.use_adaptive_sampling = threshold > 0
     if threshold > 0:
         cycles.adaptive_threshold = threshold
-        # Jobs planned before the key existed used Cycles' automatic minimum (0).
-        cycles.adaptive_min_samples = int(cfg.get("adaptive_min_samples", 0))
+        cycles.adaptive_min_samples = int(cfg["adaptive_min_samples"])
     # Explicit, though Blender's default: the light tree changes the lamp rig's noise markedly per object
     # (docs/bench/render_speed.md), so a changed default would change the data.
     cycles.use_light_tree = True
@@ -911,14 +905,13 @@ def setup_cycles(cfg: dict, seed: int, resolution: int) -> str:
     # The denoiser's settings are explicit too (recorded in meta.json ``cycles``): OpenImageDenoise, which runs
     # on any CPU, guided by albedo and normal so texture detail is kept (docs/bench/render_speed.md
     # compares SSIM on textures).
-    # Jobs planned before these keys existed get the settings Cycles defaults to.
     cycles.denoiser = "OPENIMAGEDENOISE"
     cycles.denoising_input_passes = "RGB_ALBEDO_NORMAL"
-    cycles.denoising_prefilter = cfg.get("denoise_prefilter", "ACCURATE")
-    cycles.denoising_quality = cfg.get("denoise_quality", "HIGH")
+    cycles.denoising_prefilter = cfg["denoise_prefilter"]
+    cycles.denoising_quality = cfg["denoise_quality"]
     cycles.denoising_use_gpu = False
     cycles.pixel_filter_type = "BLACKMAN_HARRIS"
-    cycles.filter_width = float(cfg.get("filter_width", 1.5))
+    cycles.filter_width = float(cfg["filter_width"])
     cycles.max_bounces = int(cfg["max_bounces"])
     cycles.diffuse_bounces = int(cfg["diffuse_bounces"])
     cycles.glossy_bounces = int(cfg["glossy_bounces"])

@@ -80,8 +80,8 @@ def render(
     """Render ``sources`` into ``out`` with at most ``workers`` Blender processes at a time.
 
     ``task``: the function each Ray task runs on a batch of objects, with :func:`render_task`'s signature and
-    contract (default :func:`render_task`); the driver's dry run passes
-    ``mvforge.render.synthetic.stub_render_task``.
+    contract (default :func:`render_task`); the driver's tests and benchmark pass a stub that renders nothing
+    (``tests/fixtures/synthetic.py``).
     """
     start = time.monotonic()
     out = Path(out)
@@ -159,23 +159,7 @@ def _validate(sources: list[SourceObject], cfg: RenderConfig, workers: int, gpus
     check_lighting_kind(cfg.lighting)
 
 
-# Cycles keys added by the render-speed work (docs/bench/render_speed.md), with the values that reproduce what
-# renders made before them did (the AUTOMATIC world map; Cycles' own denoiser defaults), so those directories
-# still resume.
-_CYCLES_BEFORE_ISSUE_12 = {
-    "world_map_resolution": 0,
-    "denoise_prefilter": "ACCURATE",
-    "denoise_quality": "HIGH",
-    # Blender's default pixel filter, set explicitly since the lamp rig's comparison
-    # (docs/bench/render_speed.md).
-    "filter_width": 1.5,
-    # Cycles' automatic minimum for adaptive sampling (64 samples at the 0.01 threshold).
-    "adaptive_min_samples": 0,
-}
 _DENOISER_KEYS = ("denoise_prefilter", "denoise_quality")
-# Lighting keys added later (the lamp rig, exposure normalisation), with what renders made before them did: an
-# HDRI (before the lamp rig), used at its raw exposure (before exposure normalisation).
-_LIGHTING_BEFORE_ISSUE_12 = {"kind": "hdri", "exposure": "raw"}
 # Settings that decide nothing under the other kind of light.
 _LIGHTING_UNUSED = {
     "hdri": ("ambient",),
@@ -193,8 +177,6 @@ def _render_part(d: dict) -> dict:
             out[key[0]].pop(key[1], None)
     cycles = out.get("cycles")
     if isinstance(cycles, dict):
-        for key, value in _CYCLES_BEFORE_ISSUE_12.items():
-            cycles.setdefault(key, value)
         if not cycles.get("denoise", False):
             # Without the denoiser its settings decide nothing.
             for key in _DENOISER_KEYS:
@@ -202,25 +184,18 @@ def _render_part(d: dict) -> dict:
         _adaptive_part(cycles)
     lighting = out.get("lighting")
     if isinstance(lighting, dict):
-        for key, value in _LIGHTING_BEFORE_ISSUE_12.items():
-            lighting.setdefault(key, value)
-        if lighting["exposure"] == "raw":
+        if lighting.get("exposure") == "raw":
             # The target scales nothing at raw exposure.
             lighting.pop("exposure_target", None)
-        for key in _LIGHTING_UNUSED.get(lighting["kind"], ()):
+        for key in _LIGHTING_UNUSED.get(lighting.get("kind"), ()):
             lighting.pop(key, None)
-        if lighting["kind"] == "lamps" and isinstance(cycles, dict):
+        if lighting.get("kind") == "lamps" and isinstance(cycles, dict):
             # No world map is built under the lamp rig (its ambient world is never light-sampled).
             cycles.pop("world_map_resolution", None)
     return out
 
 
 _ADAPTIVE_OFF = "off (no pixel can stop before its last sample)"
-# Said with a refusal that names adaptive sampling: the one way back to renders made before the setting.
-_ADAPTIVE_HINT = (
-    "; renders made before --adaptive-min-samples existed resume with --adaptive-min-samples 0 (Cycles' "
-    "automatic minimum)"
-)
 
 
 def _adaptive_part(cycles: dict) -> None:
@@ -236,13 +211,6 @@ def _adaptive_part(cycles: dict) -> None:
         cycles["adaptive_sampling"] = f"threshold {threshold!r}, pixels may stop from {first} samples"
     else:
         cycles["adaptive_sampling"] = _ADAPTIVE_OFF
-
-
-def _before_min_samples(doc: dict) -> bool:
-    """Whether a config.toml was written before ``cycles.adaptive_min_samples`` existed (its renders used Cycles'
-    automatic minimum)."""
-    cycles = doc.get("cycles")
-    return isinstance(cycles, dict) and "adaptive_min_samples" not in cycles
 
 
 def _check_config(out: Path, cfg: RenderConfig, overwrite: bool, uids: set[str] | None = None) -> None:
@@ -267,7 +235,7 @@ def _check_config(out: Path, cfg: RenderConfig, overwrite: bool, uids: set[str] 
             diff = (
                 first_difference(*kinds)
                 or first_difference(a, b, ignore=("cycles.adaptive_sampling",))
-                or first_difference(a, b) + (_ADAPTIVE_HINT if _before_min_samples(old) else "")
+                or first_difference(a, b)
             )
             if not overwrite:
                 raise UserError(
@@ -296,8 +264,8 @@ def _check_same_sources(out: Path, finished: list[SourceObject]) -> None:
 
     Compares the sha256 recorded in meta.json with the local file's or with the published one of a download.
     A local file is hashed only when its size or mtime differ from those recorded beside the sha256 (hashing
-    every finished file on every resume grew with the data set's bytes, hours at 10⁶ objects); renders
-    made before record neither and are hashed. Raises UserError naming the uid and both files.
+    every finished file on every resume grew with the data set's bytes, hours at 10⁶ objects); a record
+    without them is hashed. Raises UserError naming the uid and both files.
     """
     from mvforge.render.download import sha256_file
 
@@ -398,7 +366,7 @@ def render_task(
     records: list[dict | None] = []
     todo: list[tuple[int, dict, dict]] = []  # (index in the batch, job, meta.json additions)
     for obj, job in zip(objs, jobs, strict=True):
-        if job.get("importer") is None:
+        if job["importer"] is None:
             # No bpy importer reads this extension: record it without paying for a Blender start.
             message = f"unknown 3D format {obj.ext!r}; supported: {', '.join(sorted(FORMATS))}"
             records.append(

@@ -210,11 +210,9 @@ def batch_images(
 def choose_views(views: list[dict], rng: np.random.Generator, cfg: LoaderConfig) -> list[int]:
     """View indices: one orbit, then a random start and +360/V azimuth steps (nearest rendered azimuth), or
     V distinct random views in random-view mode."""
-    orbits = sorted({int(v.get("orbit", 0)) for v in views})
+    orbits = sorted({int(v["orbit"]) for v in views})
     orbit = orbits[int(rng.integers(len(orbits)))]
-    ring = sorted(
-        (v for v in views if int(v.get("orbit", 0)) == orbit), key=lambda v: float(v["azimuth_deg"])
-    )
+    ring = sorted((v for v in views if int(v["orbit"]) == orbit), key=lambda v: float(v["azimuth_deg"]))
     if len(ring) < cfg.num_views:
         raise BadSample("too_few_views", f"orbit {orbit} has {len(ring)} views, num_views is {cfg.num_views}")
     if cfg.view_mode == "random":
@@ -589,4 +587,4 @@ class MultiViewLoader:
         for k, s in state["streams"].items():
             self.consumed[k] = int(s["consumed"])
             self.positions[k] = [tuple(int(x) for x in p) for p in s["positions"]]
-        self.bad = Counter(state.get("bad", {}))
+        self.bad = Counter(state["bad"])

@@ -82,7 +82,7 @@ def object_members(obj: layout.RenderedObject) -> dict[str, bytes]:
     views = cams["views"]
     members: dict[str, bytes] = {}
     for v in views:
-        name = v.get("file", layout.view_name(v["index"]))
+        name = v["file"]
         members[png_ext(int(v["index"]))] = check_png(name, (obj.path / name).read_bytes())
     members[CAMERAS_EXT] = npy_bytes(obj.c2w())
     doc = {

@@ -48,7 +48,7 @@ def write_view_shards(
             index = int(v["index"])
             if index in exclude_views:
                 continue
-            name = v.get("file", layout.view_name(index))
+            name = v["file"]
             png = schema.check_png(name, (obj.path / name).read_bytes())
             samples.append((f"{uid}_{index:03d}", {"png": png, schema.TXT_EXT: obj.caption.encode("utf-8")}))
     if not samples:

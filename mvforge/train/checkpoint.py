@@ -98,7 +98,7 @@ def loader_state(ckpt: Path, rank: int, world_size: int) -> dict:
     """The loader state rank ``rank`` of ``world_size`` resumes from (see the module docstring): its own
     file when the world size is the saved one, else rank 0's moved to the next epoch on fresh shard visits."""
     own = ckpt / f"loader-rank{rank}.json"
-    saved_world = json.loads((ckpt / "state.json").read_text()).get("world_size", 1)
+    saved_world = json.loads((ckpt / "state.json").read_text())["world_size"]
     if saved_world == world_size and own.is_file():
         return json.loads(own.read_text())
     state = json.loads((ckpt / "loader-rank0.json").read_text())

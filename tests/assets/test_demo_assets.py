@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import trimesh
 
 from mvforge.assets import DEMO_DIR, list_demo_objects
-from mvforge.assets.generate import generate_demo_assets
-from mvforge.assets.mesh import box, capsule, lathe, prism, sphere, torus, transform, tube
 from mvforge.formats.renders import UID_RE
+from tools.demo_assets.mesh import box, capsule, lathe, prism, sphere, torus, transform, tube
+from tools.make_demo_assets import generate_demo_assets
+
+SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "make_demo_assets.py"
 
 OBJECTS = list_demo_objects()
 REQUIRED = {
@@ -38,7 +43,7 @@ def test_regeneration_is_byte_identical_to_the_committed_files(tmp_path):
     assert fresh == committed
     for name in committed:
         assert (tmp_path / name).read_bytes() == (DEMO_DIR / name).read_bytes(), (
-            f"{name} differs: run `mvdata demo-assets`"
+            f"{name} differs: run `python tools/make_demo_assets.py mvforge/assets/demo`"
         )
 
 
@@ -157,15 +162,9 @@ def test_primitive_volumes_match_formulas():
     assert trimesh.Trimesh(b.positions, b.triangles).volume == pytest.approx(0.01)
 
 
-def test_cli_demo_assets_regenerates(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    mvdata = Path(sys.executable).with_name("mvdata")
-    proc = subprocess.run(
-        [str(mvdata), "demo-assets", "--out", str(tmp_path)], capture_output=True, text=True
-    )
+def test_the_script_regenerates(tmp_path):
+    """``python tools/make_demo_assets.py OUT`` (the maintainer tool) writes the committed files into OUT."""
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(tmp_path)
     assert [o.uid for o in list_demo_objects(tmp_path)] == [o.uid for o in OBJECTS]
@@ -175,8 +174,6 @@ def test_cli_demo_assets_regenerates(tmp_path):
 def test_generation_does_not_depend_on_simd_dispatch(tmp_path):
     """Another CPU takes other numpy SIMD paths: emulate one by switching AVX/AVX2/FMA/AVX-512 dispatch off."""
     import os
-    import subprocess
-    import sys
 
     from numpy.core._multiarray_umath import __cpu_features__
 
@@ -196,10 +193,9 @@ def test_generation_does_not_depend_on_simd_dispatch(tmp_path):
     off = " ".join(f for f in wanted if __cpu_features__.get(f))
     if not off:
         pytest.skip("this CPU has no AVX/AVX-512 dispatch to switch off")
-    code = "import sys; from mvforge.assets.generate import generate_demo_assets; generate_demo_assets(sys.argv[1])"
     env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": off}
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True
+        [sys.executable, str(SCRIPT), str(tmp_path)], env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     for obj in OBJECTS:

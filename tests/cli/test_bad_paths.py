@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from mvforge.formats import renders as layout
-from mvforge.render.synthetic import write_synthetic_render_dir
+from tests.fixtures.synthetic import write_synthetic_render_dir
 
 BIN = Path(sys.executable).parent
 

@@ -15,7 +15,7 @@ def tiny_clip_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def reference_dir(tmp_path_factory):
-    from mvforge.render.synthetic import write_synthetic_render_dir
+    from tests.fixtures.synthetic import write_synthetic_render_dir
 
     root = tmp_path_factory.mktemp("ref") / "renders"
     write_synthetic_render_dir(root, 3, views=8, resolution=32)

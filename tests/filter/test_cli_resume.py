@@ -26,7 +26,7 @@ from mvforge.errors import UserError
 from mvforge.filter.config import FilterConfig, SelectConfig, TextConfig, ViewsConfig
 from mvforge.filter.pipeline import run_filter
 from mvforge.filter.tiny import TINY_NAME, WEIGHTS
-from mvforge.render.synthetic import write_synthetic_render_dir
+from tests.fixtures.synthetic import write_synthetic_render_dir
 
 N_KILL = 24  # objects, two per part file (run.objects_per_part=2): the killed run is caught after 3 parts
 MVDATA = str(Path(sys.executable).with_name("mvdata"))

@@ -15,7 +15,7 @@ from mvforge.filter.config import TextConfig, ViewsConfig
 from mvforge.filter.tiny import TINY_NAME, WEIGHTS
 from mvforge.formats import renders as layout
 from mvforge.models.clip import check_quickgelu
-from mvforge.render.synthetic import write_synthetic_object
+from tests.fixtures.synthetic import write_synthetic_object
 
 CAPTIONS = {"obj-a": "a red teapot", "obj-b": "wooden chair", "obj-c": "a small blue car"}
 

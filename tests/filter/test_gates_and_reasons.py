@@ -12,7 +12,7 @@ from mvforge.filter.config import GatesConfig
 from mvforge.filter.gates import GATE_REASONS, PIXEL_COLUMNS, gate_table, pixel_metrics, view_metrics
 from mvforge.filter.pipeline import run_filter
 from mvforge.formats import renders as layout
-from mvforge.render.synthetic import synthetic_view, write_synthetic_object
+from tests.fixtures.synthetic import synthetic_view, write_synthetic_object
 
 
 def test_view_metrics_on_handmade_images():

@@ -9,7 +9,7 @@ import pytest
 from mvforge.filter.clip import Scorer
 from mvforge.filter.config import ClipModelConfig, RunConfig
 from mvforge.filter.pipeline import run_filter
-from mvforge.render.synthetic import write_synthetic_render_dir
+from tests.fixtures.synthetic import write_synthetic_render_dir
 
 pytestmark = pytest.mark.gpu
 

@@ -9,7 +9,7 @@ import pytest
 from mvforge.filter.config import RunConfig
 from mvforge.filter.pipeline import run_filter
 from mvforge.formats import renders as layout
-from mvforge.render.synthetic import write_synthetic_object, write_synthetic_render_dir
+from tests.fixtures.synthetic import write_synthetic_object, write_synthetic_render_dir
 
 # Ray Data's own DataContext warns about its deprecated fields when the context is shipped to workers.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")

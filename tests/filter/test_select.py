@@ -13,7 +13,7 @@ from mvforge.errors import UserError
 from mvforge.filter.config import FilterConfig, GatesConfig, SelectConfig, validate
 from mvforge.filter.pipeline import run_filter
 from mvforge.filter.select import aggregate, annotate, select
-from mvforge.render.synthetic import write_synthetic_render_dir
+from tests.fixtures.synthetic import write_synthetic_render_dir
 
 
 def scores_frame(cosines: list[list[float]], reasons: list[str] | None = None) -> pd.DataFrame:

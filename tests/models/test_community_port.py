@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from mvforge.cli.mvtrain import app
 from mvforge.errors import UserError
 from mvforge.models import MultiViewDiffusion
-from mvforge.models.ldm_layout import unet_to_ldm
 from mvforge.models.model import load_unet
+from tests.fixtures.ldm_layout import unet_to_ldm
 
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
 

@@ -1,7 +1,7 @@
 """`mvtrain convert` (issue 10): tiny checkpoints in the official LDM layout -> pipeline directories.
 
 The reference is independent of diffusers' conversion tables: tiny diffusers models written out under the
-official key names by ``mvforge.models.ldm_layout`` (a mapping written from the LDM module layout, which the
+official key names by ``tests.fixtures.ldm_layout`` (a mapping written from the LDM module layout, which the
 converter never uses), and the real open_clip / transformers text towers, whose own state-dict names the
 official checkpoint holds. The converted pipeline must reproduce their outputs
 within 1e-4.
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from mvforge.errors import UserError
-from mvforge.models.ldm_layout import schedule_buffers, unet_to_ldm, vae_to_ldm
+from tests.fixtures.ldm_layout import schedule_buffers, unet_to_ldm, vae_to_ldm
 
 MVTRAIN = str(Path(sys.executable).with_name("mvtrain"))
 

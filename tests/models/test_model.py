@@ -15,6 +15,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor
 
 from mvforge.errors import UserError
+from mvforge.models.convert import clip_tokenizer
 from mvforge.models.model import (
     CrossAttnProcessor,
     MultiViewAttnProcessor,
@@ -22,7 +23,6 @@ from mvforge.models.model import (
     load_unet,
     tokenize,
 )
-from mvforge.models.tiny import clip_tokenizer
 
 
 def _reference_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:

@@ -47,8 +47,8 @@ def test_a_full_disk_stops_the_render_in_one_line_and_the_rerun_finishes_every_o
 
 
 def test_a_full_disk_under_shard_is_one_line_and_the_rerun_finishes(small_disk, tmp_path):
-    from mvforge.render.synthetic import write_synthetic_render_dir
     from mvforge.shards.verify import verify
+    from tests.fixtures.synthetic import write_synthetic_render_dir
 
     renders = tmp_path / "renders"
     write_synthetic_render_dir(renders, 12, views=4, resolution=128)

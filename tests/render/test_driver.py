@@ -345,7 +345,7 @@ def test_a_ray_worker_dying_mid_batch_fails_no_neighbour(tmp_path, ray_local):
 
     def dying_task(objs, jobs, out, cfg, env):  # pickled by value into the Ray worker
 
-        from mvforge.render.synthetic import stub_render_task
+        from tests.fixtures.synthetic import stub_render_task
 
         if any(o.uid == "poison" for o in objs):
             if objs[0].uid != "poison":

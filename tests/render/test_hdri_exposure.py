@@ -1,5 +1,5 @@
-"""HDRI exposure normalisation (issue 12, ``lighting.exposure``): the mean radiance of a map, a real render under a
-dim and a bright map, what meta.json records, and resume safety of directories made before the setting."""
+"""HDRI exposure normalisation (docs/render.md, ``lighting.exposure``): the mean radiance of a map, a real render under a
+dim and a bright map, what meta.json records, and what a resume refuses."""
 
 from __future__ import annotations
 
@@ -171,22 +171,11 @@ def test_normalized_exposure_gives_a_dim_and_a_bright_map_the_same_light_and_met
 # --- resume safety ------------------------------------------------------------------------------------------
 
 
-def test_a_directory_rendered_before_the_exposure_setting_resumes_raw_and_refuses_normalized(tmp_path):
-    import tomli_w
-
-    from mvforge.config import to_dict
-
-    doc = to_dict(RenderConfig())
-    for key in ("exposure", "exposure_target"):  # config.toml as written before the setting
-        del doc["lighting"][key]
+def test_resume_refuses_another_exposure_and_the_target_matters_only_when_normalized(tmp_path):
     out = tmp_path / "renders"
-    out.mkdir()
-    (out / layout.CONFIG).write_text(tomli_w.dumps(doc), encoding="utf-8")
-
-    driver._check_config(out, RenderConfig(), overwrite=False)  # absent = raw: resumes
     raw = RenderConfig()
+    driver._check_config(out, raw, overwrite=False)
     normalized = dataclasses.replace(raw, lighting=LightingConfig(exposure="normalized"))
-    (out / layout.CONFIG).write_text(tomli_w.dumps(doc), encoding="utf-8")
     with pytest.raises(UserError, match="lighting.exposure was 'raw', now 'normalized'"):
         driver._check_config(out, normalized, overwrite=False)
     # The target scales nothing at raw exposure; under normalized a new target is a lighting change.

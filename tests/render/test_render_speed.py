@@ -2,7 +2,7 @@
 
 The dry run is the small version of ``bench/bench_render_driver.py`` (10⁵ objects): 10³ synthetic sources, half
 of them finished before the run, through the real driver, a real local Ray and the real resume logic; only
-Cycles is replaced (``mvforge.render.synthetic.stub_render_task``).
+Cycles is replaced (``tests.fixtures.synthetic.stub_render_task``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from mvforge.render.config import CyclesConfig, LightingConfig, LimitsConfig, Re
 from mvforge.render.download import sha256_file
 from mvforge.render.plan import SourceObject, hdri_pool, plan_job
 from mvforge.render.runner import run_object
-from mvforge.render.synthetic import stub_render_task
+from tests.fixtures.synthetic import stub_render_task
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 GLB = DATA / "glb" / "BoxTextured.glb"
@@ -194,59 +194,43 @@ def test_resume_rehashes_a_finished_source_only_when_its_size_or_mtime_changed(t
         driver._check_same_sources(out, [obj])
 
 
-def test_a_directory_rendered_before_the_new_cycles_keys_resumes_with_its_old_settings(tmp_path):
+def test_resume_refuses_only_the_settings_that_change_the_pixels_and_names_them(tmp_path):
     import dataclasses
 
-    import tomli_w
-
-    from mvforge.config import to_dict
     from mvforge.errors import UserError
 
-    # config.toml as written before issue 12: 32 samples, no denoiser, no world-map or denoiser keys.
-    old = RenderConfig(cycles=CyclesConfig(samples=32, denoise=False, world_map_resolution=0))
-    doc = to_dict(old)
-    for key in (
-        "world_map_resolution",
-        "denoise_prefilter",
-        "denoise_quality",
-        "filter_width",
-        "adaptive_min_samples",
-    ):
-        del doc["cycles"][key]
-    for key in ("kind", "ambient"):  # the lamp rig came later still: absent means an HDRI
-        del doc["lighting"][key]
+    # A directory rendered at 32 samples, no denoiser, the AUTOMATIC world map, Cycles' automatic adaptive
+    # minimum (0).
+    old = RenderConfig(
+        cycles=CyclesConfig(samples=32, denoise=False, world_map_resolution=0, adaptive_min_samples=0)
+    )
     out = tmp_path / "renders"
-    out.mkdir()
-    (out / layout.CONFIG).write_text(tomli_w.dumps(doc), encoding="utf-8")
+    driver._check_config(out, old, overwrite=False)
+    saved = (out / layout.CONFIG).read_text(encoding="utf-8")
 
     # The new defaults (16 samples, denoised) differ: refused, naming the first difference.
     with pytest.raises(UserError, match="cycles.denoise was false, now true"):
         driver._check_config(out, RenderConfig(), overwrite=False)
-    # The old settings given explicitly: at 32 samples the new adaptive minimum (8) lets pixels stop where
-    # Cycles' automatic one (64 at threshold 0.01) did not, so refused, naming it; with the old minimum (0 =
-    # automatic) they resume. The denoiser's settings do not matter with it off.
+    # The denoiser's settings do not matter with it off.
+    quick = dataclasses.replace(old.cycles, denoise_prefilter="NONE", denoise_quality="FAST")
+    driver._check_config(out, dataclasses.replace(old, cycles=quick), overwrite=False)
+    (out / layout.CONFIG).write_text(saved, encoding="utf-8")
+    # At 32 samples a minimum of 8 lets pixels stop where Cycles' automatic one (64 at threshold 0.01) did not:
+    # refused, naming adaptive sampling.
     with pytest.raises(
         UserError,
         match=r"adaptive_sampling was 'off \(no pixel can stop before its last sample\)', now 'threshold 0.01, "
-        r"pixels may stop from 16 samples'; renders made before --adaptive-min-samples existed resume with "
-        r"--adaptive-min-samples 0",
+        r"pixels may stop from 16 samples'\)",
     ):
-        driver._check_config(out, old, overwrite=False)
+        driver._check_config(
+            out,
+            dataclasses.replace(old, cycles=dataclasses.replace(old.cycles, adaptive_min_samples=8)),
+            False,
+        )
     # Fewer samples turn adaptive sampling off as a consequence: the samples are named, not adaptive sampling.
     with pytest.raises(UserError, match=r"\(cycles.samples was 32, now 16\)"):
         driver._check_config(
             out, dataclasses.replace(old, cycles=dataclasses.replace(old.cycles, samples=16)), overwrite=False
-        )
-    old = dataclasses.replace(old, cycles=dataclasses.replace(old.cycles, adaptive_min_samples=0))
-    driver._check_config(out, old, overwrite=False)
-    # A directory whose config.toml has the key gets no such hint (it would not help).
-    newer = tmp_path / "newer"
-    driver._check_config(newer, old, overwrite=False)
-    with pytest.raises(UserError, match=r"adaptive_sampling was .*now .*16 samples'\)"):
-        driver._check_config(
-            newer,
-            RenderConfig(cycles=dataclasses.replace(old.cycles, adaptive_min_samples=8)),
-            overwrite=False,
         )
     lamps = dataclasses.replace(old, lighting=dataclasses.replace(old.lighting, kind="lamps"))
     with pytest.raises(UserError, match="lighting.kind was 'hdri', now 'lamps'"):
@@ -258,7 +242,6 @@ def test_a_directory_rendered_before_the_new_cycles_keys_resumes_with_its_old_se
     driver._check_config(lamp_dir, other_map, overwrite=False)
     # A coarser world map changes the noise: refused.
     coarse = dataclasses.replace(old, cycles=dataclasses.replace(old.cycles, world_map_resolution=256))
-    (out / layout.CONFIG).write_text(tomli_w.dumps(doc), encoding="utf-8")
     with pytest.raises(UserError, match="world_map_resolution was 0, now 256"):
         driver._check_config(out, coarse, overwrite=False)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mvforge.render.synthetic import write_synthetic_render_dir
 from mvforge.shards.config import ShardConfig
 from mvforge.shards.writer import run_shard
+from tests.fixtures.synthetic import write_synthetic_render_dir
 
 VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 

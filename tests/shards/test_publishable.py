@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from mvforge.formats import renders as layout
-from mvforge.render.synthetic import write_synthetic_render_dir
 from mvforge.shards.config import ShardConfig
 from mvforge.shards.verify import verify
 from mvforge.shards.writer import run_shard
+from tests.fixtures.synthetic import write_synthetic_render_dir
 
 CFG = ShardConfig(max_count=3, val_fraction=0.4, workers=0)
 

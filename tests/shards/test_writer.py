@@ -19,11 +19,11 @@ import pytest
 
 from mvforge.errors import UserError
 from mvforge.formats import renders as layout
-from mvforge.render.synthetic import write_synthetic_render_dir
 from mvforge.shards import schema
 from mvforge.shards.config import ShardConfig
 from mvforge.shards.verify import verify
 from mvforge.shards.writer import run_shard
+from tests.fixtures.synthetic import write_synthetic_render_dir
 
 
 def _sha(path: Path) -> str:
@@ -299,9 +299,9 @@ def test_unreadable_object_is_skipped_and_listed(tmp_path):
 def test_views_that_are_not_whole_pngs_are_skipped_not_packed(tmp_path):
     """An overwritten or truncated view is skipped and counted (the verifier would otherwise find it later)."""
     from mvforge.formats import renders as layout
-    from mvforge.render.synthetic import write_synthetic_render_dir
     from mvforge.shards.config import ShardConfig
     from mvforge.shards.writer import run_shard
+    from tests.fixtures.synthetic import write_synthetic_render_dir
 
     renders = tmp_path / "renders"
     uids = write_synthetic_render_dir(renders, 4, views=2, resolution=8)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mvforge.render.synthetic import write_synthetic_render_dir
 from mvforge.shards.config import LoaderConfig, ShardConfig
 from mvforge.shards.writer import run_shard
 from mvforge.train.config import FitConfig
+from tests.fixtures.synthetic import write_synthetic_render_dir
 
 
 @pytest.fixture(scope="session")

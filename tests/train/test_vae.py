@@ -10,11 +10,11 @@ import torch
 
 from mvforge.errors import UserError
 from mvforge.models.tiny import make_tiny_sd
-from mvforge.render.synthetic import write_synthetic_render_dir
 from mvforge.shards.config import LoaderConfig, ShardConfig
 from mvforge.shards.loader import MultiViewLoader
 from mvforge.shards.writer import run_shard
 from mvforge.train.vae import DONE_FILE, VAEFitConfig, fit_vae, psnr
+from tests.fixtures.synthetic import write_synthetic_render_dir
 
 
 def _recon_psnr(model_dir, shards) -> float:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mvforge.assets.gltf import Material, srgb
-from mvforge.assets.mesh import (
+from tools.demo_assets.gltf import Material, srgb
+from tools.demo_assets.mesh import (
     Part,
     align_z,
     arc,

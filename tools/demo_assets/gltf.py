@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mvforge.assets.mesh import Part
+from tools.demo_assets.mesh import Part
 
 GLB_MAGIC = 0x46546C67  # b"glTF"
 CHUNK_JSON = 0x4E4F534A  # b"JSON"
