@@ -12,7 +12,7 @@ DEMO   ?= demo-out
 export PYTHONDONTWRITEBYTECODE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo world test test-train lint format bench constraints clean
+.PHONY: install demo test test-train lint format bench constraints clean
 
 # Everything ([all,dev,bench]) under constraints.txt: the versions this project was last tested with.
 $(STAMP): pyproject.toml constraints.txt
@@ -34,10 +34,6 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO)
-
-# The demo world trained from scratch and scored against its ground truth (docs/demo.md).
-world: $(STAMP)
-	bash scripts/world.sh world-out
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=20 tests
