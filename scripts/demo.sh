@@ -15,39 +15,46 @@ export RAY_USAGE_STATS_ENABLED=0
 # Same cameras for every object; the views of an object and the render-back of a result must match exactly.
 RENDER_ARGS=(--views 16 --orbits 2 --resolution 32 --samples 8 --shared-cameras --workers 2 --threads 1
   --set cameras.framing=mvdream)
+TIMES=()
+step() {  # a heading per step, with the time the previous one took (the summary at the end lists them all)
+  [ -n "${STEP_NAME:-}" ] && TIMES+=("$(printf '%-18s %4d s' "$STEP_NAME" $((SECONDS - STEP_START)))")
+  STEP_NAME=$1 STEP_START=$SECONDS
+  [ -n "$1" ] && echo "== $1: $2"
+  return 0
+}
 caption() { $BIN/python -c "import json,sys; print(json.load(open(sys.argv[1]))['caption'])" \
   "$(find "$OUT/renders" -path "*/$1/meta.json" | head -1)"; }
 
-echo "== render: the 12 demo objects, the same 2 orbits x 16 cameras for every object, 32 px"
+step "render" "the 12 demo objects, the same 2 orbits x 16 cameras for every object, 32 px"
 $BIN/mvdata render demo --out "$OUT/renders" "${RENDER_ARGS[@]}"
 
-echo "== filter: quality gates (the tiny random CLIP's scores are recorded; keep-fraction 1 keeps all that pass)"
+step "filter" "quality gates (the tiny random CLIP's scores are recorded; keep-fraction 1 keeps all that pass)"
 $BIN/mvdata make-tiny-clip --out "$OUT/models/tiny-clip"
 $BIN/mvdata filter "$OUT/renders" --out "$OUT/filter" --clip-pretrained "local-dir:$OUT/models/tiny-clip" \
   --keep-fraction 1.0 --engine local
 
-echo "== shard + verify: every object but the DreamBooth subject in train, every view also as a 2D pair"
+step "shard + verify" "every object but the DreamBooth subject in train, every view also as a 2D pair"
 $BIN/mvdata shard "$OUT/renders" --selection "$OUT/filter/selection.parquet" --out "$OUT/shards" \
   --exclude "$HOLDOUT" --val-fraction 0 --max-count 4 --workers 0 --views-2d "$OUT/shards-2d"
 $BIN/mvdata verify "$OUT/shards"
 
-echo "== fit-vae: the autoencoder fitted to the renders (a random VAE cannot reconstruct them)"
+step "fit-vae" "the autoencoder fitted to the renders (a random VAE cannot reconstruct them)"
 $BIN/mvtrain make-tiny-sd --out "$OUT/models/world-init" --variant world --prediction-type v_prediction
 $BIN/mvtrain fit-vae --model "$OUT/models/world-init" --shards "$OUT/shards" --out "$OUT/models/world-sd" \
   --max-steps 600
 
-echo "== fit: the multi-view UNet from scratch, 3D and 2D batches mixed (paper §3.3), $STEPS steps"
+step "fit" "the multi-view UNet from scratch, 3D and 2D batches mixed (paper §3.3), $STEPS steps"
 $BIN/mvtrain fit --config configs/world-fit.toml --model "$OUT/models/world-sd" --shards "$OUT/shards" \
   --shards-2d "$OUT/shards-2d/2d-000000.tar" --out "$OUT/train" --max-steps "$STEPS"
 
-echo "== sample: 4 views of one caption through the multi-view diffusers pipeline"
+step "sample" "4 views of one caption through the multi-view diffusers pipeline"
 PIPE="$OUT/models/mv-pipeline"  # the trained model as a diffusers pipeline directory, written once
 SAVE=()
 [ -f "$PIPE/model_index.json" ] || SAVE=(--save-pipeline "$PIPE")
 $BIN/mvtrain sample --model "$OUT/train" --prompt "$(caption demo-chair)" --out "$OUT/samples" --steps 20 \
   --guidance-scale 5 --elevation 28 --resolution 32 --device cpu "${SAVE[@]}"
 
-echo "== eval: every trained caption sampled at its object's cameras, scored against the renders"
+step "eval" "every trained caption sampled at its object's cameras, scored against the renders"
 $BIN/python - "$OUT" "$HOLDOUT" <<'PY'
 import json, pathlib, sys
 out, holdout = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -58,7 +65,7 @@ PY
 $BIN/mvtrain eval --known-answer --model "$OUT/train" --reference "$OUT/renders" \
   --prompts "$OUT/trained-captions.tsv" --out "$OUT/eval" --device cpu
 
-echo "== sds: text to 3D with the world model as the prior (configs/sds-world-cpu.toml), 3 captions"
+step "sds" "text to 3D with the world model as the prior (configs/sds-world-cpu.toml), 3 captions"
 for uid in "${SDS_UIDS[@]}"; do
   $BIN/mvtrain sds --config configs/sds-world-cpu.toml --model "$OUT/train" --prompt "$(caption "$uid")" \
     --out "$OUT/sds"
@@ -76,7 +83,7 @@ with open(out / "sds-meshes.jsonl", "w") as f:
         f.write(json.dumps({"uid": uid, "path": str(mesh), "caption": caption[uid]}) + "\n")
 PY
 
-echo "== sds render-back: each mesh rendered under its object's uid (the same cameras and light), and a sphere"
+step "sds render-back" "each mesh rendered under its object's uid (the same cameras and light), and a sphere"
 mapfile -t MESHES < <($BIN/python -c "import json,sys; [print(json.loads(l)['path']) for l in open(sys.argv[1])]" \
   "$OUT/sds-meshes.jsonl")
 $BIN/mvdata render "${MESHES[@]}" --captions "$OUT/sds-meshes.jsonl" --out "$OUT/sds-renders" "${RENDER_ARGS[@]}"
@@ -97,7 +104,7 @@ $BIN/mvdata render "$OUT"/blob/*.glb --captions "$OUT/blob/blob.jsonl" --out "$O
 $BIN/mvtrain eval --known-answer --generated "$OUT/sds-renders" --baseline "$OUT/blob-renders" \
   --reference "$OUT/renders" --out "$OUT/eval-sds"
 
-echo "== dreambooth: the held-out $HOLDOUT learned from 4 photos of its second orbit, sampled on the first"
+step "dreambooth" "the held-out $HOLDOUT learned from 4 photos of its second orbit, sampled on the first"
 PHOTOS="$OUT/dreambooth-photos"
 OBJ=$(dirname "$(find "$OUT/renders" -path "*/$HOLDOUT/meta.json" | head -1)")
 mkdir -p "$PHOTOS"
@@ -109,5 +116,9 @@ $BIN/mvtrain dreambooth --model "$PIPE" --images "$PHOTOS" --prompt "$TOKEN, 3d 
 $BIN/mvtrain eval --known-answer --model "$OUT/dreambooth" --reference "$OUT/renders" \
   --prompts "$OUT/dreambooth-captions.tsv" --out "$OUT/eval-dreambooth" --device cpu --set "shifts_deg=[]"
 
-echo "== report"
+step report "one HTML page with every result beside its ground truth"
 $BIN/mvdata report "$OUT"
+step "" ""
+echo "== times (a second run resumes every step: it takes seconds)"
+printf '  %s\n' "${TIMES[@]}"
+printf '  %-18s %4d s\n' total "$SECONDS"
