@@ -7,7 +7,7 @@
 set -euo pipefail
 OUT=${1:-demo-out}
 BIN=.venv/bin
-STEPS=${STEPS:-1500}                 # UNet optimizer steps (the learning curve: docs/demo.md)
+STEPS=${STEPS:-2400}                 # UNet optimizer steps (the learning curve: docs/demo.md)
 HOLDOUT=demo-potted-cactus           # the MVDreamBooth subject: kept out of fit, learned from 4 photos
 TOKEN="a photo of xjq object"        # its rare-token prompt (paper §3.4)
 SDS_UIDS=(demo-traffic-cone demo-chair demo-kettle)  # one rotationally symmetric object, two that are not
