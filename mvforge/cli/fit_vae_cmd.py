@@ -23,6 +23,7 @@ def fit_vae(
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML config (VAEFitConfig).")] = None,
     set_: Annotated[list[str], typer.Option("--set", help=set_help("lr=1e-3"))] = [],  # noqa: B006
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Fit the autoencoder of a model trained from scratch to the rendered views (LDM §3); sets the latent
     scaling factor from the data. A finished --out is kept as is, so a demo can re-run this step."""
@@ -35,4 +36,4 @@ def fit_vae(
     cfg = config_mod.load(VAEFitConfig, config, set_)
     cfg = config_mod.with_flags(cfg, {"steps": steps, "resolution": resolution})
     quiet_libraries()
-    run(model, shards, out, cfg)
+    run(model, shards, out, cfg, device=device)

@@ -78,25 +78,33 @@ def _images(batch: dict) -> torch.Tensor:
 
 
 def fit_vae(
-    model: str | Path, shards: str | Path, out: str | Path, cfg: VAEFitConfig, show_progress: bool = True
+    model: str | Path,
+    shards: str | Path,
+    out: str | Path,
+    cfg: VAEFitConfig,
+    show_progress: bool = True,
+    device: str = "auto",
 ) -> dict:
     """Fit ``model``'s ``vae/`` to the views in ``shards`` and write the model with it to ``out`` (under the
     output lock of docs/reliability.md; ``vae_fit.json`` written last marks it finished).
 
     Returns the summary written to ``out/vae_fit.json`` (``psnr_db``: reconstruction PSNR over the last
     batches, ``scaling_factor``). Raises UserError for a model without ``vae/``, empty shards, or an ``out``
-    that holds something else.
+    that holds something else. ``device``: auto | cpu | cuda (execution only: the result does not record it).
     """
+    from mvforge.devices import resolve_device
     from mvforge.models.resolve import local_model_dir
 
     model, out = local_model_dir(model), Path(out)  # a directory or a Hub id (docs/ecosystem.md)
     if not (model / "vae" / "config.json").is_file():
         raise UserError(f"{model} has no vae/; pass a diffusers Stable Diffusion directory as --model")
     with rundir.exclusive(out, "mvtrain fit-vae"):
-        return _fit_vae_locked(model, Path(shards), out, cfg, show_progress)
+        return _fit_vae_locked(model, Path(shards), out, cfg, show_progress, resolve_device(device))
 
 
-def _fit_vae_locked(model: Path, shards: Path, out: Path, cfg: VAEFitConfig, show_progress: bool) -> dict:
+def _fit_vae_locked(
+    model: Path, shards: Path, out: Path, cfg: VAEFitConfig, show_progress: bool, device
+) -> dict:
     from diffusers import AutoencoderKL
 
     wanted = {
@@ -119,7 +127,7 @@ def _fit_vae_locked(model: Path, shards: Path, out: Path, cfg: VAEFitConfig, sho
         raise UserError(f"{out} exists and is not a fit-vae output; pass a new --out or remove it")
 
     torch.manual_seed(cfg.seed)
-    vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").to(device)
     vae.train()
     loader = MultiViewLoader(
         str(shards),
@@ -137,7 +145,7 @@ def _fit_vae_locked(model: Path, shards: Path, out: Path, cfg: VAEFitConfig, sho
     start, recent = time.monotonic(), []
     with StageProgress("fit-vae", cfg.steps, unit="steps", enabled=show_progress) as progress:
         for step, batch in enumerate(loader):
-            x = _images(batch)
+            x = _images(batch).to(device)
             posterior = vae.encode(x).latent_dist
             recon = vae.decode(posterior.sample()).sample
             loss = torch.mean((recon - x) ** 2) + cfg.kl_weight * posterior.kl().mean() / x[0].numel()
@@ -155,7 +163,10 @@ def _fit_vae_locked(model: Path, shards: Path, out: Path, cfg: VAEFitConfig, sho
     vae.eval()
     with torch.no_grad():
         latents = torch.cat(
-            [vae.encode(_images(b)).latent_dist.mode() for _, b in zip(range(4), loader, strict=False)]
+            [
+                vae.encode(_images(b).to(device)).latent_dist.mode()
+                for _, b in zip(range(4), loader, strict=False)
+            ]
         )
     scaling = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling)
