@@ -294,7 +294,11 @@ def _known_answer(
     from mvforge.models.pipeline import MultiViewDiffusion
 
     mvd = MultiViewDiffusion.from_pretrained(model, resolve_device(device))
-    doc = run_known_answer(mvd, str(model), reference, out, cfg, uids, captions=captions)
+    from mvforge.models.resolve import weights_fingerprint
+
+    doc = run_known_answer(
+        mvd, str(model), reference, out, cfg, uids, captions=captions, weights=weights_fingerprint(model)
+    )
     s = doc["summary"]
     typer.echo(
         f"known answer: {s['retrieved_own']}/{s['captions']} captions retrieve their own object (a blank image: "

@@ -151,6 +151,24 @@ def test_run_writes_strips_and_scores_with_baselines_through_the_cli(tiny_mv, sh
     strip = Image.open(out / "known_answer" / "obj-0000.png")
     assert strip.size == (4 * 32, 4 * 32)  # truth, sample, two shifted rows of 4 views
 
+    # The same weights, references, settings and prompts: the result is kept, nothing is sampled again.
+    stamp = (out / "known_answer.json").stat().st_mtime_ns
+    again = [
+        *args,
+        "--reference",
+        str(shared_reference),
+        "--device",
+        "cpu",
+        "--set",
+        "steps=2",
+        "--max-prompts",
+        "2",
+    ]
+    assert subprocess.run(again, capture_output=True, text=True, env=env).returncode == 0
+    assert (out / "known_answer.json").stat().st_mtime_ns == stamp
+    changed = subprocess.run([*again, "--seed", "5"], capture_output=True, text=True, env=env)
+    assert changed.returncode == 0 and (out / "known_answer.json").stat().st_mtime_ns != stamp
+
     # --prompts UID<TAB>PROMPT: only those objects, sampled with those prompts (a DreamBooth token).
     prompts = tmp_path / "prompts.tsv"
     prompts.write_text("# uid\tprompt\nobj-0001\ta photo of xjq object\n")
