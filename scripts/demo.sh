@@ -111,7 +111,8 @@ mkdir -p "$PHOTOS"
 for i in 016 020 024 028; do cp "$OBJ/$i.png" "$PHOTOS/view-$i.png"; done
 $BIN/mvtrain dreambooth --model "$PIPE" --images "$PHOTOS" --prompt "$TOKEN, 3d asset" --out "$OUT/dreambooth" \
   --max-steps 150 --device cpu --class-prompt "a photo of an object, 3d asset" --validate-every 0 \
-  --set resolution=32 --set batch_size=4 --set checkpoint_every=50 --set log_every=10
+  --set resolution=32 --set batch_size=4 --set checkpoint_every=50 --set log_every=10 \
+  --set optim.lr=1e-3 --lambda 3e4  # the world's scale, not SD 2.1's 2e-6; the preservation term keeps the rest
 { cat "$OUT/trained-captions.tsv"; printf '%s\t%s\n' "$HOLDOUT" "$TOKEN"; } > "$OUT/dreambooth-captions.tsv"
 $BIN/mvtrain eval --known-answer --model "$OUT/dreambooth" --reference "$OUT/renders" \
   --prompts "$OUT/dreambooth-captions.tsv" --out "$OUT/eval-dreambooth" --device cpu --set "shifts_deg=[]"
