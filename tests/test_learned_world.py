@@ -4,8 +4,9 @@ sampled at its object's cameras must retrieve its own object, and samples at azi
 must be further from the truth than the samples at the true cameras. A camera convention that differs between
 stages (azimuth flipped, c2w transposed), a zeroed camera embedding or swapped CFG branches break these.
 
-Thresholds from the measured learning curve (docs/demo.md): at 600 v-prediction steps 3/3 captions retrieved
-their object and 5 of 6 shifted samples were further than the true one."""
+Thresholds from three seeds (docs/demo.md): at 600 v-prediction steps every seed retrieved 3/3 and had 5, 4 and
+5 of 6 shifted samples further; the sabotaged samplers scored 0-3 of 6 (or 0/3 retrieved), below the threshold
+of 4."""
 
 from __future__ import annotations
 
@@ -153,4 +154,4 @@ def test_each_caption_retrieves_its_own_object_at_the_true_cameras(world):
 def test_samples_turn_with_the_camera(world):
     doc = json.loads((world / "eval" / "known_answer.json").read_text())
     further, total = map(int, doc["summary"]["shifted_cameras_further"].split("/"))
-    assert total == 6 and further >= 5
+    assert total == 6 and further >= 4
