@@ -285,6 +285,9 @@ def _known_answer(
         raise UserError("--known-answer needs --model DIR (or --generated RENDER_DIR to score renders)")
     refs = load_references(reference, cfg)  # input errors before the model loads
     captions = _read_uid_prompts(prompts) if prompts is not None else {}
+    unknown = sorted(set(captions) - {r.uid for r in refs})
+    if unknown:
+        raise UserError(f"--prompts {prompts}: {unknown[0]} is no object of {reference}; check the uid")
     uids = (list(captions) if captions else [r.uid for r in refs])[: max_prompts or None]
     from mvforge.models.resolve import resolve_model
 

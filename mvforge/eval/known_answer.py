@@ -156,7 +156,7 @@ def views_at(obj: layout.RenderedObject, c2w: np.ndarray, what: str) -> list[int
         if hit is None:
             raise UserError(
                 f"{what}: {obj.uid} has no view at the reference's camera; render it with the reference's "
-                "seed, --views, --orbits, --resolution and --shared-cameras"
+                "seed, --views, --orbits, --resolution, camera framing and --shared-cameras"
             )
         found.append(hit)
     return found
@@ -305,6 +305,7 @@ def run_known_answer(
         and {r["uid"]: r["caption"] for r in previous.get("captions", [])} == prompts
     ):
         return previous
+    (out / RESULT).unlink(missing_ok=True)  # a run that fails below leaves no result of another run behind
     resolution = model.resolution
     rows = []
     with StageProgress("known-answer", len(wanted), unit="captions", enabled=show_progress) as progress:
@@ -360,6 +361,26 @@ def run_known_answer(
     return doc
 
 
+def _load_at(
+    root: str | Path, uid: str, truth: Reference, c2w: np.ndarray, cfg: KnownAnswerConfig
+) -> Reference:
+    """``uid``'s views in render directory ``root`` at the cameras ``c2w``, checked against ``truth``'s size.
+    Raises UserError in one line for unreadable files, missing cameras or another resolution."""
+    try:
+        obj = layout.load_object(root, uid)
+        got = _load_views(obj, views_at(obj, c2w, str(root)), cfg)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"{root}: the renders of {uid} are unreadable ({type(e).__name__}: {str(e)[:120]}); render it again"
+        ) from None
+    if got.rgb.shape != truth.rgb.shape:
+        raise UserError(
+            f"{root}: {uid} was rendered at {got.rgb.shape[1]} px, the reference at {truth.rgb.shape[1]} px; render "
+            f"it with --resolution {truth.rgb.shape[1]}"
+        )
+    return got
+
+
 @rundir.locked("mvtrain eval", lambda out, **_: out)
 def score_renders(
     generated: str | Path,
@@ -388,16 +409,16 @@ def score_renders(
             f"{generated} holds no render under a uid of {renders}; render the generated meshes with a captions "
             "file that gives each its ground-truth uid"
         )
+    (out / RESULT).unlink(missing_ok=True)  # a run that fails below leaves no result of another run behind
     base = {}
     if baseline is not None:
         for uid in set(uids) & set(layout.iter_uids(baseline)):
-            obj = layout.load_object(baseline, uid)
-            got = _load_views(obj, views_at(obj, by_uid[uid].c2w, str(baseline)), cfg)
+            got = _load_at(baseline, uid, by_uid[uid], by_uid[uid].c2w, cfg)
             base[uid] = iou(got.alpha > 0.5, by_uid[uid].alpha > 0.5)
     rows = []
     for uid in uids:
-        truth, obj = by_uid[uid], layout.load_object(generated, uid)
-        got = _load_views(obj, views_at(obj, truth.c2w, str(generated)), cfg)
+        truth = by_uid[uid]
+        got = _load_at(generated, uid, truth, truth.c2w, cfg)
         row = {"uid": uid, "caption": truth.caption, "views": got.views} | score_images(
             got.rgb, truth, refs, cfg, got.alpha > 0.5
         )
@@ -411,7 +432,7 @@ def score_renders(
         strip, shifted = [truth.rgb, got.rgb], {}
         for shift in cfg.shifts_deg:
             turned = rotate_azimuth(truth.c2w, shift)
-            moved = _load_views(obj, views_at(obj, turned, str(generated)), cfg)
+            moved = _load_at(generated, uid, truth, turned, cfg)
             truth_moved = _load_views(truth_obj, views_at(truth_obj, turned, str(renders)), cfg)
             shifted[f"{shift:g}"] = {
                 "iou": round(iou(moved.alpha > 0.5, truth.alpha > 0.5), 4),

@@ -154,7 +154,9 @@ def iter_uids(root: str | Path) -> Iterator[str]:
     """Uids of the ok objects in a render directory, sorted (a stable order for downstream plans)."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"render directory {root} does not exist; run `mvdata render --out {root}` first")
+        raise UserError(
+            f"render directory {root} does not exist; run `mvdata render SOURCE... --out {root}` first"
+        )
     uids = []
     for meta in root.glob(f"*/*/{META}"):
         prefix = meta.parent.parent.name

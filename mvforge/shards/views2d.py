@@ -10,13 +10,17 @@ held-out validation views) are left out. Tars are written with the 3D writer's d
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
 from mvforge.errors import UserError
 from mvforge.formats import renders as layout
-from mvforge.fsutil import atomic_write_bytes
+from mvforge.fsutil import atomic_write_bytes, atomic_write_json
 from mvforge.shards import schema
+
+RECORD = "views-2d.json"
+"""What a 2D view directory holds: the render directory, the uids and the views left out."""
 
 
 def train_uids(shards: str | Path) -> list[str]:
@@ -39,8 +43,28 @@ def write_view_shards(
 ) -> list[Path]:
     """Write ``out/2d-000000.tar`` ... holding every view of ``uids`` (sorted) but ``exclude_views``, at most
     ``max_count`` samples per tar; returns the tar paths. Existing tars are rewritten (the function is pure and
-    cheap, so resume is a rerun). Raises UserError when no view is left."""
+    cheap, so resume is a rerun); ``out/views-2d.json`` records what they hold, and a directory that holds the
+    views of other objects or another render directory is refused, so a held-out subject cannot leak into
+    training through a shared ``--views-2d``. Raises UserError when no view is left or ``out`` holds other
+    views."""
     renders, out = Path(renders), Path(out)
+    record = {
+        "renders": str(renders.resolve()),
+        "uids": sorted(uids),
+        "exclude_views": sorted(exclude_views),
+        "max_count": max_count,
+    }
+    marker = out / RECORD
+    if marker.is_file():
+        try:
+            held = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            held = None
+        if held != record:
+            raise UserError(
+                f"{out} holds the 2D views of other objects or another render directory ({RECORD}); pass "
+                "another --views-2d directory"
+            )
     samples = []
     for uid in sorted(uids):
         obj = layout.load_object(renders, uid)
@@ -60,4 +84,5 @@ def write_view_shards(
         path = out / f"2d-{i // max_count:06d}.tar"
         atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
+    atomic_write_json(marker, record)
     return paths

@@ -98,6 +98,13 @@ def test_renders_scored_against_the_references_view_for_view(shared_reference, t
     cams.write_text(json.dumps(doc_c))
     with pytest.raises(UserError, match="has no view at the reference's camera"):
         score_renders(moved, shared_reference, tmp_path / "mv", cfg)
+    junk = tmp_path / "junk"
+    shutil.copytree(shared_reference, junk)
+    for png in next(junk.rglob("obj-0002/meta.json")).parent.glob("*.png"):
+        png.write_bytes(b"not a png")
+    with pytest.raises(UserError, match="renders of obj-0002 are unreadable"):
+        score_renders(junk, shared_reference, tmp_path / "j", cfg)
+    assert not (tmp_path / "j" / "known_answer.json").exists()
     (tmp_path / "empty-renders").mkdir()
     with pytest.raises(UserError, match="no render under a uid"):
         score_renders(tmp_path / "empty-renders", shared_reference, tmp_path / "e", cfg)

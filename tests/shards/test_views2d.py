@@ -69,6 +69,16 @@ def test_the_cli_writes_them_beside_the_shards(renders, mvdata_bin, tmp_path):
     assert "obj-0001" not in train_uids(tmp_path / "s") and "obj-0000" in train_uids(tmp_path / "s")
     with tarfile.open(tmp_path / "s2d" / "2d-000000.tar") as tar:
         assert not any(n.startswith("obj-0001") for n in tar.getnames())
+    # Another shard run may not overwrite these 2D views with another object set (a held-out subject would leak).
+    other = subprocess.run(
+        [mvdata_bin, "shard", str(renders), "--out", str(tmp_path / "s4"), "--workers", "0"]
+        + ["--val-fraction", "0", "--views-2d", str(tmp_path / "s2d")],
+        capture_output=True,
+        text=True,
+    )
+    assert other.returncode == 2 and "other objects" in other.stderr and "--views-2d" in other.stderr
+    with tarfile.open(tmp_path / "s2d" / "2d-000000.tar") as tar:
+        assert not any(n.startswith("obj-0001") for n in tar.getnames())
     bad = subprocess.run(
         [
             mvdata_bin,
