@@ -110,6 +110,28 @@ def test_renders_scored_against_the_references_view_for_view(shared_reference, t
         score_renders(tmp_path / "empty-renders", shared_reference, tmp_path / "e", cfg)
 
 
+def test_the_report_shows_each_result_beside_its_truth(shared_reference, tmp_path):
+    """`mvdata report` on a run with a rendered-back result: the known-answer table with the numbers of
+    known_answer.json, the strip, and the truth's and the result's turntables (GIFs of the first orbit)."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from mvforge.report import ReportConfig, write_report
+
+    run = tmp_path / "run"
+    doc = score_renders(shared_reference, shared_reference, run / "eval-sds", KnownAnswerConfig())
+    html = write_report(run, ReportConfig(embed_images=True)).read_text()
+    assert "eval-sds/: results rendered back at the ground-truth cameras" in html
+    assert f"{doc['summary']['retrieved_own']}/3 results retrieve their own object" in html
+    gifs = re.findall(r'src="data:image/gif;base64,([^"]+)"', html)
+    assert len(gifs) == 2 * 3  # truth and result per object
+    with Image.open(io.BytesIO(base64.b64decode(gifs[0]))) as gif:
+        assert gif.n_frames == 8  # the synthetic references' one orbit of 8 views
+
+
 def test_missing_uid_and_empty_directory_are_one_line_errors(shared_reference, tmp_path):
     with pytest.raises(UserError, match="no finished render of nope"):
         load_references(shared_reference, KnownAnswerConfig(), ["nope"])
@@ -129,22 +151,18 @@ def test_run_writes_strips_and_scores_with_baselines_through_the_cli(tiny_mv, sh
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), HF_HUB_OFFLINE="1")
     out = tmp_path / "ka"
     args = [str(mvtrain), "eval", "--known-answer", "--model", str(tiny_mv), "--out", str(out)]
-    done = subprocess.run(
-        [
-            *args,
-            "--reference",
-            str(shared_reference),
-            "--device",
-            "cpu",
-            "--set",
-            "steps=2",
-            "--max-prompts",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    run = [
+        *args,
+        "--reference",
+        str(shared_reference),
+        "--device",
+        "cpu",
+        "--set",
+        "steps=2",
+        "--max-prompts",
+        "2",
+    ]
+    done = subprocess.run(run, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "captions retrieve their own object" in done.stdout
     doc = json.loads((out / "known_answer.json").read_text())
@@ -160,20 +178,9 @@ def test_run_writes_strips_and_scores_with_baselines_through_the_cli(tiny_mv, sh
 
     # The same weights, references, settings and prompts: the result is kept, nothing is sampled again.
     stamp = (out / "known_answer.json").stat().st_mtime_ns
-    again = [
-        *args,
-        "--reference",
-        str(shared_reference),
-        "--device",
-        "cpu",
-        "--set",
-        "steps=2",
-        "--max-prompts",
-        "2",
-    ]
-    assert subprocess.run(again, capture_output=True, text=True, env=env).returncode == 0
+    assert subprocess.run(run, capture_output=True, text=True, env=env).returncode == 0
     assert (out / "known_answer.json").stat().st_mtime_ns == stamp
-    changed = subprocess.run([*again, "--seed", "5"], capture_output=True, text=True, env=env)
+    changed = subprocess.run([*run, "--seed", "5"], capture_output=True, text=True, env=env)
     assert changed.returncode == 0 and (out / "known_answer.json").stat().st_mtime_ns != stamp
 
     # --prompts UID<TAB>PROMPT: only those objects, sampled with those prompts (a DreamBooth token).
