@@ -180,6 +180,7 @@ def load_models(cfg: FitConfig, rt: Runtime, resume: Path | None) -> StepModels:
         if autocast is not None:  # (a cast to the same dtype only makes diffusers warn)
             frozen.to(autocast)
     unet = load_unet(resume if resume else cfg.pretrained).to(dev).train()
+    unet.set_ablation(multiview_attention=cfg.multiview_attention, camera_embedding=cfg.camera_embedding)
     if cfg.gradient_checkpointing:  # num_views travels with each call, so recomputation sees it
         unet.enable_gradient_checkpointing()
     return StepModels(unet, rt.wrap_model(unet), vae, text_encoder, tokenizer, noise_sched, dev, autocast)
