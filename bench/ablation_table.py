@@ -3,9 +3,8 @@ variants `bench/ablation_world.sh` trained, on the known-answer eval and the SDS
 
     .venv/bin/python bench/ablation_table.py WORLD      # WORLD: the `make demo` output holding ablation/
 
-The full model's eval is WORLD/ablation/full/eval when present (re-run it with the current scorer:
-`mvtrain eval --known-answer --model WORLD/train ... --out WORLD/ablation/full/eval`), else WORLD/eval; its SDS
-scores are WORLD/eval-sds. Prints one markdown table."""
+Every variant, the full model included, is read from WORLD/ablation/VARIANT/{eval,eval-sds} (scored at the same
+step by the script). Prints one markdown table."""
 
 from __future__ import annotations
 
@@ -52,9 +51,11 @@ def main() -> None:
         "| PSNR object dB | SDS IoU cone | SDS IoU chair | SDS IoU kettle | SDS retrieved |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    full_eval = _load(world / "ablation" / "full" / "eval") or _load(world / "eval")
-    print(_row("full (3D attention + camera)", full_eval, _load(world / "eval-sds")))
-    for variant, name in (("no-camera", "no camera embedding"), ("per-image", "per-image attention")):
+    for variant, name in (
+        ("full", "full (3D attention + camera)"),
+        ("no-camera", "no camera embedding"),
+        ("per-image", "per-image attention"),
+    ):
         v = world / "ablation" / variant
         print(_row(name, _load(v / "eval"), _load(v / "eval-sds")))
 
