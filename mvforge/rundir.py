@@ -1,5 +1,5 @@
-"""What every stage's output directory shares (docs/reliability.md): one writer at a time, resume only with the
-same settings, and from the newest checkpoint that is intact.
+"""What every stage's output directory shares (docs/reliability.md): one writer at a time, resume only with
+the same settings, and from the newest checkpoint that is intact.
 
 - :func:`exclusive` holds ``fcntl.flock`` on ``<out>/.lock`` while a command writes ``<out>``; the file names the
   holder (command, pid, host) so a refused second run can say who writes. The kernel drops the lock when the
@@ -294,8 +294,8 @@ EXECUTION_KEYS = (
     "export",
     "export_mesh.",
     "save_pipeline",
-    # `mvdata render`: Cycles' thread count and device, the per-object process limits (timeout, memory, retries)
-    # and the download settings decide how fast or how safely an object renders, never its pixels
+    # `mvdata render`: Cycles' thread count and device, the per-object process limits (timeout, memory,
+    # retries) and the download settings decide how fast or how safely an object renders, never its pixels
     "cycles.threads",
     "cycles.device",
     "limits",
@@ -303,9 +303,10 @@ EXECUTION_KEYS = (
 )
 """The settings a resumed run may change, for every stage (dotted keys, or prefixes ending in ``.``; a key
 names a whole section too): where and how it runs, how long, what it writes besides the result. Every other
-setting decides the result, so a resume under another value would mix two recipes in one output (docs/design.md
-§5 "Execution settings vs content settings"). One list: a stage keeps execution settings out of its comparison
-(:func:`check_resume`) and out of the content it records (:func:`content_settings`) only here."""
+setting decides the result, so a resume under another value would mix two recipes in one output
+(docs/design.md §5 "Execution settings vs content settings"). One list: a stage keeps execution settings out
+of its comparison (:func:`check_resume`) and out of the content it records (:func:`content_settings`) only
+here."""
 
 
 def _ignored(dotted: str, ignore: Iterable[str]) -> bool:
@@ -347,11 +348,11 @@ def settings_difference(
     last: Iterable[str] = (),
 ) -> str:
     """The first content setting that differs between ``saved`` (what made the kept work) and ``now``, as
-    ``config.first_difference`` names it; "" when they agree. :data:`EXECUTION_KEYS` and ``compared_elsewhere``
-    (settings the stage checks another way) may differ; ``compare_only`` narrows the comparison to those
-    top-level keys. ``first``: settings named before any other (one that makes the rest differ as a consequence:
-    render's kind of light); ``last``: settings named only when nothing else differs (one that follows from
-    others: render's adaptive sampling follows from its samples)."""
+    ``config.first_difference`` names it; "" when they agree. :data:`EXECUTION_KEYS` and
+    ``compared_elsewhere`` (settings the stage checks another way) may differ; ``compare_only`` narrows the
+    comparison to those top-level keys. ``first``: settings named before any other (one that makes the rest
+    differ as a consequence: render's kind of light); ``last``: settings named only when nothing else differs
+    (one that follows from others: render's adaptive sampling follows from its samples)."""
     from mvforge import config as config_mod
 
     if compare_only is not None:
@@ -384,7 +385,7 @@ def check_resume(
     fix: str = "pass the same settings to resume it, or another --out",
     replace: bool = False,
 ) -> str:
-    """ "Resume only with the same settings" (docs/design.md §5, docs/reliability.md "Resume"), for every stage.
+    """Resume only with the same settings (docs/design.md §5, docs/reliability.md "Resume"), for every stage.
 
     ``saved``: the settings the output ``out_label`` was made with (its ``config.toml`` as a dict; None: none
     recorded); ``content``: this run's settings (a dict or config dataclass); ``kept``: whether ``out_label``

@@ -123,7 +123,7 @@ def test_checker_catches_planted_violations(tmp_path):
 
 
 def test_resume_settings_are_compared_in_one_place():
-    """ "Resume only with the same settings" is implemented once (docs/design.md §5, docs/reliability.md): every
+    """Resume only with the same settings is implemented once (docs/design.md §5, docs/reliability.md): every
     stage compares through mvforge.rundir (check_resume / settings_difference), which alone calls
     config.first_difference and holds the one list of execution settings, rundir.EXECUTION_KEYS."""
     package_dir = Path(mvforge.__file__).parent

@@ -242,9 +242,10 @@ def sample_prompts(
 
 
 def _settings_difference(out: Path, record: dict, cfg: SampleConfig) -> str | None:
-    """How ``out/sample.json`` differs from ``record`` + ``cfg`` (``rundir.settings_difference``, the comparison
-    every stage resumes by): "" when it records the same model, prompt and settings, None when there is no
-    readable sample.json (nothing finished there). When both carry a weights fingerprint the model is compared by it, not by how its path was spelled."""
+    """How ``out/sample.json`` differs from ``record`` + ``cfg`` (``rundir.settings_difference``, the
+    comparison every stage resumes by): "" when it records the same model, prompt and settings, None when
+    there is no readable sample.json (nothing finished there). When both carry a weights fingerprint the model
+    is compared by it, not by how its path was spelled."""
     try:
         done = json.loads((out / "sample.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

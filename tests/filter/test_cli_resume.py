@@ -103,7 +103,8 @@ def test_sigkill_mid_run_then_resume(tmp_path, make_cfg, tiny_clip):
     assert cfg.select.keep_fraction == 0.5 and cfg.run.objects_per_batch == 1 and cfg.views.count == 2
     with pytest.raises(
         UserError,
-        match=r"other settings \(text.template was 'a 3D model of \{\}', now 'a photo of \{\}'\); pass the same model flags",
+        match=r"other settings \(text.template was 'a 3D model of \{\}', now 'a photo of \{\}'\); "
+        r"pass the same model flags",
     ):
         run_filter(renders, out, replace(cfg, text=TextConfig(template="a photo of {}")), progress=False)
 

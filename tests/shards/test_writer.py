@@ -328,8 +328,8 @@ def test_resume_with_other_settings_is_refused_naming_the_key_also_at_a_url(rend
         assert "workers" not in first["config"]  # execution settings (rundir.EXECUTION_KEYS) are not content
         with pytest.raises(
             UserError,
-            match=r"holds shards made with other settings \(max_size_mb was 1000.0, now 500.0\); pass the same "
-            r"settings to resume it, or use a new --out directory",
+            match=r"holds shards made with other settings \(max_size_mb was 1000.0, now 500.0\); pass the "
+            r"same settings to resume it, or use a new --out directory",
         ):
             run_shard(
                 renders,
