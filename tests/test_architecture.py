@@ -1,4 +1,4 @@
-"""The package's dependency rule (design §1, issue 8), checked over every module's imports.
+"""The package's dependency rule (design §1), checked over every module's imports.
 
 - A stage (render, filter, shards, train, sds, eval) imports the shared layers (formats, models, cameras, config,
   errors, fsutil, progress, raytools, assets) and no other stage, with one named exception: ``train`` reads
