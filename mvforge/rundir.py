@@ -412,15 +412,15 @@ def check_resume(
 
 def _content_dict(content) -> dict:
     """``content`` (a dict or a config dataclass) as it reads back from TOML (tuples as lists, None dropped)."""
-    import dataclasses
     import tomllib
 
     import tomli_w
 
     from mvforge import config as config_mod
 
-    d = config_mod.to_dict(content) if dataclasses.is_dataclass(content) else dict(content)
-    return tomllib.loads(tomli_w.dumps(d))
+    return tomllib.loads(
+        tomli_w.dumps(config_mod.to_dict(content))
+    )  # to_dict: a dict's None values dropped too
 
 
 # --- the run directory of a model-wing stage -----------------------------------------------------------------

@@ -294,6 +294,15 @@ def test_check_resume_is_the_one_comparison_for_the_data_wing_too(tmp_path):
         )
 
 
+def test_check_resume_takes_a_dict_with_none_as_toml_reads_it_back(tmp_path):
+    """filter's scoring key holds None (no model_config_file) and was saved as JSON null."""
+    key = {"model": "ViT-B-32", "model_config_file": None, "text": {"fields": ("caption", "name")}}
+    saved = {"model": "ViT-B-32", "model_config_file": None, "text": {"fields": ["caption", "name"]}}
+    assert rundir.check_resume(saved, key, "mvdata filter", tmp_path, kept=True) == ""
+    with pytest.raises(UserError, match=r"\(model was 'ViT-B-32', now 'ViT-L-14'\)"):
+        rundir.check_resume(saved, {**key, "model": "ViT-L-14"}, "mvdata filter", tmp_path, kept=True)
+
+
 def test_content_settings_drop_the_execution_settings():
     doc = {"seed": 0, "workers": 2, "cycles": {"samples": 8, "threads": 4}, "limits": {"timeout_s": 5}}
     assert rundir.content_settings(doc) == {"seed": 0, "cycles": {"samples": 8}}
