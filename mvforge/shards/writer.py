@@ -231,7 +231,6 @@ def run_shard(
         made="holds shards made",
         fix="pass the same settings to resume it, or use a new --out directory",
     )
-    put_bytes_atomic(fs, f"{root}/{rundir.CONFIG}", to_toml(cfg).encode("utf-8"))
     # A shard is done iff its marker exists and was written for this very plan. A marker of a shard this plan
     # does not have means another plan (another input) wrote here: mixing the two would corrupt the set.
     planned = {schema.stats_name(s.name) for s in specs}
@@ -250,6 +249,8 @@ def run_shard(
                 f"{out} holds {spec.name} from a different input or config; use a new --out directory"
             )
         markers[spec.name] = m
+    # Recorded before the first shard, so the resume of a killed run is compared with it.
+    put_bytes_atomic(fs, f"{root}/{rundir.CONFIG}", to_toml(cfg).encode("utf-8"))
     todo = [s for s in specs if s.name not in markers]
     # A partial file of a killed run (tar, marker, index) is redone: drop every temporary left here.
     _remove_temporaries(fs, root)
