@@ -193,7 +193,6 @@ def trained_parameters(unet: torch.nn.Module, train_camera: bool) -> list[torch.
 def load_dreambooth_models(cfg: DreamBoothConfig, rt: Runtime, resume: Path | None):
     """(StepModels, trained parameters, θ0): the base model through ``MultiViewDiffusion.from_pretrained`` (the
     path `mvtrain sample` and `sds` load with), the UNet from ``resume`` when given; θ0 is always the base's."""
-    from mvforge.models.model import load_unet
     from mvforge.models.pipeline import MultiViewDiffusion
 
     dev = rt.device
@@ -210,7 +209,9 @@ def load_dreambooth_models(cfg: DreamBoothConfig, rt: Runtime, resume: Path | No
     unet = base.unet
     theta0 = [p.detach().clone() for p in trained_parameters(unet, cfg.train_camera)]
     if resume is not None:
-        unet = load_unet(resume, "unet").to(dev)
+        # The one loader again, for the checkpoint's UNet (θ0 above needs the base's): on the CPU, then moved,
+        # so its second copy of the frozen parts never reaches ``dev`` (seconds, once per resume).
+        unet = MultiViewDiffusion.from_pretrained(cfg.pretrained, unet_from=resume).unet.to(dev)
     unet.train()
     params = trained_parameters(unet, cfg.train_camera)
     if cfg.gradient_checkpointing:
