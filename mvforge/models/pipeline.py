@@ -51,6 +51,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from mvforge import rundir
 from mvforge.errors import UserError
+from mvforge.formats import runs
 from mvforge.fsutil import atomic_write_json, atomic_write_text, tmp_path
 from mvforge.models.camera_batch import camera_embedding, orbit_c2w_batch, orthogonal_views
 from mvforge.models.model import (
@@ -192,7 +193,7 @@ class MultiViewDiffusion:
                 found = _load_pipeline_parts(path, sampling_scheduler=False, unet_from=unet_from)
                 parts = tuple(found[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
             else:
-                sub = "unet_ema" if use_ema and (path / "unet_ema").is_dir() else "unet"
+                sub = runs.UNET_EMA if use_ema and (path / runs.UNET_EMA).is_dir() else runs.UNET
                 _require_multiview(path / sub)
                 pretrained = tomllib.loads((path / "config.toml").read_text()).get("pretrained", "")
                 if not pretrained:

@@ -35,6 +35,8 @@ from mvforge import config as config_mod
 from mvforge import rundir
 from mvforge.devices import resolve_device
 from mvforge.errors import UserError
+from mvforge.formats import runs
+from mvforge.formats import samples as sample_format
 from mvforge.fsutil import atomic_write_json
 from mvforge.metrics import RunMetrics
 from mvforge.models.resolve import is_pipeline_dir, latest_checkpoint, resolve_model
@@ -229,10 +231,10 @@ def validate(m: StepModels, cfg: DreamBoothConfig, step: int, out: Path) -> Path
     ``out/validation/step-XXXXXX/<nn>-<slug>/`` (``grid.png``, ``view_XX.png``, ``sample.json``)."""
     from mvforge.models.config import SampleConfig
     from mvforge.models.pipeline import MultiViewDiffusion
-    from mvforge.models.sample import sample_prompts, slug
+    from mvforge.models.sample import sample_prompts
 
     v = cfg.validation
-    root = Path(out) / "validation" / f"step-{step:06d}"
+    root = sample_format.validation_step_dir(out, step)
     sample_cfg = SampleConfig(
         steps=v.steps,
         guidance_scale=v.guidance_scale,
@@ -248,14 +250,14 @@ def validate(m: StepModels, cfg: DreamBoothConfig, step: int, out: Path) -> Path
         amp = torch.autocast(m.device.type, dtype=m.autocast_dtype, enabled=m.autocast_dtype is not None)
         with amp:
             for i, (prompt, kind) in enumerate(prompts):
-                d = root / f"{i:02d}-{slug(prompt)}"
+                d = sample_format.validation_prompt_dir(root, i, prompt)
                 sample_prompts(
                     mvd, [prompt], d, sample_cfg, m.device, show_progress=False, label=f"step {step}"
                 )
                 entries.append({"prompt": prompt, "kind": kind, "dir": d.name})
     finally:
         m.unet.train()
-    atomic_write_json(root / "validation.json", {"step": step, "prompts": entries})
+    atomic_write_json(root / sample_format.VALIDATION_INDEX, {"step": step, "prompts": entries})
     return root
 
 
@@ -266,7 +268,7 @@ def log_validation_images(metrics: RunMetrics, root: Path, step: int) -> None:
     import numpy as np
     from PIL import Image
 
-    for grid in sorted(Path(root).glob("*/grid.png")):
+    for grid in sorted(Path(root).glob(f"*/{sample_format.GRID}")):
         with Image.open(grid) as im:
             metrics.image(f"validation/{grid.parent.name}", np.asarray(im.convert("RGB")), step)
 
@@ -384,7 +386,7 @@ def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
             progress.__exit__(None, None, None)
 
     # 4. The full pipeline directory (frozen parts saved in fp32 as loaded).
-    pipe_dir = out / "pipeline"
+    pipe_dir = out / runs.PIPELINE
     if cfg.save_pipeline and not (pipe_dir / "model_index.json").is_file():
         from mvforge.models.pipeline import MultiViewDiffusion
 

@@ -40,6 +40,7 @@ from mvforge import config as config_mod
 from mvforge import rundir
 from mvforge.devices import resolve_device
 from mvforge.errors import UserError
+from mvforge.formats import runs
 from mvforge.models.model import CAMERA_DIM, encode_text
 from mvforge.models.pipeline import MultiViewDiffusion, check_sd_dir
 from mvforge.models.resolve import checkpoints, is_hub_id, latest_checkpoint  # noqa: F401  (re-exported)
@@ -306,7 +307,7 @@ def _tb_writer(out: Path, step: int):
     """TensorBoard writer on ``out/tensorboard``; on resume events past ``step`` are purged (rewritten)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
+    return SummaryWriter(str(out / runs.TENSORBOARD), purge_step=step + 1 if step else None)
 
 
 def _log_tb(writer, rec: dict) -> None:
@@ -367,10 +368,10 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
 
         from mvforge.models.model import MultiViewUNet
 
-        if resume is not None and (resume / "unet_ema").is_dir():
+        if resume is not None and (resume / runs.UNET_EMA).is_dir():
             with warnings.catch_warnings():  # diffusers' own from_config(path) call inside warns
                 warnings.simplefilter("ignore", FutureWarning)
-                ema = EMAModel.from_pretrained(resume / "unet_ema", MultiViewUNet)
+                ema = EMAModel.from_pretrained(resume / runs.UNET_EMA, MultiViewUNet)
         else:
             ema = EMAModel(
                 m.unet.parameters(),
