@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +60,7 @@ from mvforge.models.model import (
     install_multiview_attention,
     multiview_from_sd,
 )
-from mvforge.models.resolve import is_pipeline_dir, local_model_dir, resolve_model
+from mvforge.models.resolve import frozen_source, is_pipeline_dir, local_model_dir, resolve_model
 
 PIPELINE_MODULE = "mvforge_pipeline"
 """The module a pipeline directory carries (``mvforge_pipeline.py``) and names in ``model_index.json``
@@ -195,13 +194,8 @@ class MultiViewDiffusion:
             else:
                 sub = runs.UNET_EMA if use_ema and (path / runs.UNET_EMA).is_dir() else runs.UNET
                 _require_multiview(path / sub)
-                pretrained = tomllib.loads((path / "config.toml").read_text()).get("pretrained", "")
-                if not pretrained:
-                    raise UserError(
-                        f"{path / 'config.toml'} names no pretrained model; re-save the checkpoint"
-                    )
-                vae, text_encoder, tokenizer, sched = _load_frozen(pretrained)
-                unet = _load_unet(unet_from, "unet") if unet_from else _load_unet(path, sub)
+                vae, text_encoder, tokenizer, sched = _load_frozen(frozen_source(path))
+                unet = _load_unet(unet_from, runs.UNET) if unet_from else _load_unet(path, sub)
                 parts = unet, vae, text_encoder, tokenizer, sched
         model = cls(*parts)
         return model.to(device, dtype)

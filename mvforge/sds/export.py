@@ -251,7 +251,7 @@ def write_turntable(frames: np.ndarray, out_dir: str | Path, fps: int, mp4: bool
             from mvforge.errors import UserError
 
             raise UserError(
-                "turntable.mp4 needs pyav: pip install av (or set export_mesh.mp4=false)"
+                f"{result_format.TURNTABLE_MP4} needs pyav: pip install av (or set export_mesh.mp4=false)"
             ) from None
         buf = io.BytesIO()
         # yuv420p needs even sides; libx264 is in pyav's wheels.

@@ -26,7 +26,6 @@ loads the run or the checkpoint) and, with ``save_pipeline``, ``pipeline/`` (a f
 from __future__ import annotations
 
 import time
-import tomllib
 from pathlib import Path
 
 import torch
@@ -39,7 +38,7 @@ from mvforge.formats import runs
 from mvforge.formats import samples as sample_format
 from mvforge.fsutil import atomic_write_json
 from mvforge.metrics import RunMetrics
-from mvforge.models.resolve import is_pipeline_dir, latest_checkpoint, resolve_model
+from mvforge.models.resolve import frozen_source, latest_checkpoint, resolve_model
 from mvforge.train.checkpoint import check_checkpoint, load_training_state, save_checkpoint
 from mvforge.train.dreambooth_config import DreamBoothConfig
 from mvforge.train.loop import (  # _fault: the FAULT_ENV test hook of fit (kill/SIGTERM at a step)
@@ -169,17 +168,6 @@ def deviation(params: list[torch.Tensor], theta0: list[torch.Tensor]) -> tuple[f
 
 
 # ---------------------------------------------------------------- models
-def frozen_source(model: Path) -> Path:
-    """The directory the frozen VAE, text encoder, tokenizer and schedule of ``model`` (a resolved pipeline
-    directory or checkpoint) load from: the pipeline itself, or the SD directory the checkpoint names."""
-    if is_pipeline_dir(model):
-        return model.resolve()
-    pretrained = tomllib.loads((model / "config.toml").read_text()).get("pretrained", "")
-    if not pretrained:
-        raise UserError(f"{model / 'config.toml'} names no pretrained model; re-save the checkpoint")
-    return Path(pretrained)
-
-
 def trained_parameters(unet: torch.nn.Module, train_camera: bool) -> list[torch.nn.Parameter]:
     """The UNet's parameters DreamBooth trains (``requires_grad`` set accordingly): all, or all but the camera
     MLP (``class_embedding``)."""
