@@ -1,10 +1,12 @@
 """`mvdata report DIR`: one HTML page summarising whatever stages have run in a run directory.
 
-Reads the on-disk contracts only (docs/design.md §2): ``renders/`` (§2.1: contact sheet of each ok object's
-views with its caption, failures by reason code, render timings), ``filter/`` (§2.2: kept/dropped counts, the
-threshold used, a histogram of the aggregate CLIP score as inline SVG) and ``shards/`` (§2.3: shards, samples
-and bytes per split from index.json). A stage that has not run, or left nothing readable, gets a line saying
-so: the report is useful after any prefix of the pipeline and never fails because a later stage is missing.
+Reads the on-disk contracts only (docs/design.md §2): ``renders/`` (§2.1: contact sheet of each ok object's views
+with its caption, failures by reason code, render timings), ``filter/`` (§2.2: kept/dropped counts, the threshold
+used, a histogram of the aggregate CLIP score as inline SVG) and ``shards/`` (§2.3: shards, samples and bytes per
+split from index.json), and the model wing's outputs (fit, sds, dreambooth, eval, known answer) through the names of
+mvforge/formats/ (runs, samples, sds_result, eval_result). A stage that has not run, or left nothing readable, gets
+a line saying so: the report is useful after any prefix of the pipeline and never fails because a later stage is
+missing.
 
 Images are relative links from report.html (the run directory stays self-contained and the page small), or,
 with ``embed_images``, small base64 PNG thumbnails so the single file can be mailed around.

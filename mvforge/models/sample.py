@@ -1,15 +1,15 @@
 """`mvtrain sample`: V views of each prompt through ``MVDreamPipeline``; writes views, a grid and sample.json.
 
-Output layout: one prompt -> ``OUT/view_00.png ... view_{V-1}.png``, ``OUT/grid.png`` (the views side by side),
-``OUT/sample.json`` (prompt, text sent to the model, model, config) written last; a prompts file (``--prompts
-FILE``) -> the same in ``OUT/<slug>/`` per prompt, named by the prompt as `mvtrain sds` names its run
-directories (``prompt_slug``). Every prompt starts from the same seed, so a prompt's views do not depend on its
-place in the file, and neither does its directory: a reordered or extended file resumes, and two prompts that
-would share a directory (a prompt listed twice, or prompts equal up to case and punctuation) are refused, as
-`mvtrain sds --prompts` refuses them. Rerunning the same command resumes (``resume=True``, the CLI): a prompt
-whose sample.json records the same model (the same weights, however the path is spelled), prompt and settings
-is skipped; any other setting samples it again and overwrites, and the run says (one line on stderr) how many
-prompts that re-samples and the first setting that differs. A prompt's sample.json goes before any of its views
+Output layout (named in mvforge/formats/samples.py): one prompt -> ``OUT/view_00.png ... view_{V-1}.png``,
+``OUT/grid.png`` (the views side by side), ``OUT/sample.json`` (prompt, text sent to the model, model, config)
+written last; a prompts file (``--prompts FILE``) -> the same in ``OUT/<slug>/`` per prompt, named by the prompt as
+`mvtrain sds` names its run directories (``prompt_slug``). Every prompt starts from the same seed, so a prompt's
+views do not depend on its place in the file, and neither does its directory: a reordered or extended file resumes,
+and two prompts that would share a directory (a prompt listed twice, or prompts equal up to case and punctuation)
+are refused, as `mvtrain sds --prompts` refuses them. Rerunning the same command resumes (``resume=True``, the CLI):
+a prompt whose sample.json records the same model (the same weights, however the path is spelled), prompt and
+settings is skipped; any other setting samples it again and overwrites, and the run says (one line on stderr) how
+many prompts that re-samples and the first setting that differs. A prompt's sample.json goes before any of its views
 changes and comes back last, so a run killed mid-prompt never leaves views from two runs under one marker.
 """
 
