@@ -28,13 +28,13 @@ import torch
 from diffusers import UNet2DConditionModel
 from sd_arch import SD21, unet_kwargs
 
-from mvforge.models.model import load_unet
+from mvforge.models.model import multiview_from_sd
 
 # SD 2.1 base's UNet architecture (random weights: the timing does not depend on them), for GPU machines.
 SD21_UNET = unet_kwargs(SD21, sample_size=64)
 
 
-def build(arch: str, channels: list[int], tmp: str) -> tuple[UNet2DConditionModel, torch.nn.Module]:
+def build(arch: str, channels: list[int]) -> tuple[UNet2DConditionModel, torch.nn.Module]:
     torch.manual_seed(0)
     if arch == "sd21":
         plain = UNet2DConditionModel(**SD21_UNET)
@@ -48,8 +48,7 @@ def build(arch: str, channels: list[int], tmp: str) -> tuple[UNet2DConditionMode
             cross_attention_dim=64,
             attention_head_dim=8,
         )
-    plain.save_pretrained(f"{tmp}/unet")
-    mv = load_unet(tmp)  # the same loading path as SD 2.1 base: camera MLP added, multi-view attention set
+    mv = multiview_from_sd(plain)  # what loading SD 2.1 base does: camera MLP added, multi-view attention set
     return plain.train(), mv.train()
 
 
@@ -75,14 +74,12 @@ def main() -> None:
     )
     args = ap.parse_args()
     dev = torch.device(args.device)
-    import tempfile
 
     import diffusers
 
     diffusers.utils.logging.set_verbosity_error()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {dev}")
-    with tempfile.TemporaryDirectory() as tmp:
-        plain, mv = build(args.arch, args.channels, tmp)
+    plain, mv = build(args.arch, args.channels)
     plain, mv = plain.to(dev), mv.to(dev)
     if args.checkpointing:
         mv.enable_gradient_checkpointing()

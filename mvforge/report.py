@@ -1,10 +1,12 @@
 """`mvdata report DIR`: one HTML page summarising whatever stages have run in a run directory.
 
-Reads the on-disk contracts only (docs/design.md §2): ``renders/`` (§2.1: contact sheet of each ok object's
-views with its caption, failures by reason code, render timings), ``filter/`` (§2.2: kept/dropped counts, the
-threshold used, a histogram of the aggregate CLIP score as inline SVG) and ``shards/`` (§2.3: shards, samples
-and bytes per split from index.json). A stage that has not run, or left nothing readable, gets a line saying
-so: the report is useful after any prefix of the pipeline and never fails because a later stage is missing.
+Reads the on-disk contracts only (docs/design.md §2): ``renders/`` (§2.1: contact sheet of each ok object's views
+with its caption, failures by reason code, render timings), ``filter/`` (§2.2: kept/dropped counts, the threshold
+used, a histogram of the aggregate CLIP score as inline SVG) and ``shards/`` (§2.3: shards, samples and bytes per
+split from index.json), and the model wing's outputs (fit, sds, dreambooth, eval, known answer) through the names of
+mvforge/formats/ (runs, samples, sds_result, eval_result). A stage that has not run, or left nothing readable, gets
+a line saying so: the report is useful after any prefix of the pipeline and never fails because a later stage is
+missing.
 
 Images are relative links from report.html (the run directory stays self-contained and the page small), or,
 with ``embed_images``, small base64 PNG thumbnails so the single file can be mailed around.
@@ -26,7 +28,11 @@ from urllib.parse import quote
 
 from mvforge import htmlkit
 from mvforge.errors import UserError
+from mvforge.formats import eval_result
 from mvforge.formats import renders as layout
+from mvforge.formats import runs as run_format
+from mvforge.formats import samples as sample_format
+from mvforge.formats import sds_result as sds_format
 from mvforge.formats import selection as selection_format
 from mvforge.formats import shards as shard_format
 from mvforge.fsutil import atomic_write_text, is_tmp
@@ -62,8 +68,8 @@ def write_report(run_dir: Path, cfg: ReportConfig | None = None) -> Path:
         raise UserError("report settings: views_per_object >= 1, thumb_px >= 8 and histogram_bins >= 0")
     out = run_dir / REPORT
     renders = _stage_dir(run_dir, "renders", layout.is_render_dir)
-    filter_dir = _stage_dir(run_dir, "filter", lambda d: (d / "selection.parquet").is_file())
-    shards = _stage_dir(run_dir, "shards", lambda d: (d / "index.json").is_file())
+    filter_dir = _stage_dir(run_dir, "filter", lambda d: (d / selection_format.SELECTION).is_file())
+    shards = _stage_dir(run_dir, "shards", lambda d: (d / shard_format.INDEX).is_file())
 
     # One section per stage, each its own template (mvforge/templates/report_*.html.j2), in pipeline order.
     selection, filter_html = _filter_section(filter_dir, run_dir, cfg)
@@ -361,10 +367,10 @@ def _shard_section(root: Path | None) -> str:
 def _train_section(train: Path, samples: Path, report_dir: Path, cfg: ReportConfig) -> str:
     """Loss curve summary from train/metrics.csv and the sampled views of samples/ (mvtrain fit / sample)."""
     metrics = None
-    if (train / "metrics.csv").is_file():
+    if (train / run_format.METRICS).is_file():
         import csv
 
-        path = train / "metrics.csv"
+        path = train / run_format.METRICS
         rows = list(csv.DictReader(path.read_text(encoding="utf-8").splitlines()))
         metrics = {
             "count": len(rows),
@@ -376,16 +382,16 @@ def _train_section(train: Path, samples: Path, report_dir: Path, cfg: ReportConf
             "config": _config_text(train),
         }
     sample = None
-    if (samples / "grid.png").is_file():
+    if (samples / sample_format.GRID).is_file():
         meta = {}
-        if (samples / "sample.json").is_file():
-            meta = json.loads((samples / "sample.json").read_text(encoding="utf-8"))
+        if (samples / sample_format.META).is_file():
+            meta = json.loads((samples / sample_format.META).read_text(encoding="utf-8"))
         c = meta.get("config", {})
         how = f"{c['scheduler']}, {c['steps']} steps, CFG {c['guidance_scale']}" if "scheduler" in c else ""
         sample = {
             "prompt": meta.get("prompt", ""),
             "how": how,
-            "src": _img_src(samples / "grid.png", report_dir, cfg),
+            "src": _img_src(samples / sample_format.GRID, report_dir, cfg),
         }
     html = htmlkit.render("report_train.html.j2", metrics=metrics, sample=sample)
     if metrics is not None:
@@ -434,7 +440,7 @@ def _loss_curves(rows: list[dict], width: int = 640, height: int = 160) -> dict 
 def _validation_section(train: Path, rows: list[dict], report_dir: Path, cfg: ReportConfig) -> str:
     """Loss curves and, per validation prompt, a strip of its grids over steps (train/validation/,
     docs/design.md §2.5)."""
-    steps, strips = _strips(train / "validation", report_dir, cfg)
+    steps, strips = _strips(train / sample_format.VALIDATION, report_dir, cfg)
     losses = [(kind, [r for r in rows if r.get("kind", "3d") == kind]) for kind in _CURVE_COLORS]
     plot = _plot(
         [
@@ -492,7 +498,7 @@ def _strips(root: Path, report_dir: Path, cfg: ReportConfig) -> tuple[list[int],
     """(steps, one strip per validation prompt) of a validation/ directory (fit and dreambooth layout)."""
     steps, strips = [], {}
     for d in sorted(root.glob("step-*")) if root.is_dir() else []:
-        meta_file = d / "validation.json"
+        meta_file = d / sample_format.VALIDATION_INDEX
         if is_tmp(d.name) or not meta_file.is_file():
             continue
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
@@ -500,7 +506,7 @@ def _strips(root: Path, report_dir: Path, cfg: ReportConfig) -> tuple[list[int],
         for e in meta["prompts"]:
             strip = strips.setdefault(e["dir"], {"prompt": e["prompt"], "kind": e["kind"], "cells": []})
             strip["cells"].append(
-                {"step": meta["step"], "src": _img_src(d / e["dir"] / "grid.png", report_dir, cfg)}
+                {"step": meta["step"], "src": _img_src(d / e["dir"] / sample_format.GRID, report_dir, cfg)}
             )
     return steps, list(strips.values())
 
@@ -523,8 +529,8 @@ def _dreambooth_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
         ("max |θ − θ0|", steps, [r.get("max_abs_dev") for r in rows]),
     ]
     last = rows[-1]
-    val_steps, strips = _strips(root / "validation", report_dir, cfg)
-    samples = root.parent / "dreambooth-samples" / "grid.png"
+    val_steps, strips = _strips(root / sample_format.VALIDATION, report_dir, cfg)
+    samples = root.parent / "dreambooth-samples" / sample_format.GRID
     run = {
         "path": _rel(root, report_dir),
         "count": len(rows),
@@ -547,14 +553,14 @@ def _dreambooth_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
 def _sds_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
     """Per `mvtrain sds` run under sds/ (docs/design.md §2.6): summary, loss curve, turntable and every 4-view
     snapshot."""
-    runs = sorted(p.parent for p in root.glob("*/summary.json")) if root.is_dir() else []
+    found = sorted(p.parent for p in root.glob(f"*/{sds_format.SUMMARY}")) if root.is_dir() else []
     items = []
-    for run in runs:
+    for run in found:
         try:
-            summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+            summary = json.loads((run / sds_format.SUMMARY).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        gif = run / "turntable.gif"
+        gif = run / sds_format.TURNTABLE_GIF
         turntable = None
         if gif.is_file():
             # the GIF itself, never a thumbnail (a PNG thumbnail would drop the animation)
@@ -565,8 +571,8 @@ def _sds_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
             )
         big = dataclasses.replace(cfg, thumb_px=max(cfg.thumb_px, 512))
         snapshots = [
-            {"src": src, "step": int(p.stem.split("-")[-1])}
-            for p in sorted((run / "snapshots").glob("step-*.png"))
+            {"src": src, "step": sds_format.snapshot_step(p)}
+            for p in sds_format.snapshots(run)
             if not is_tmp(p.name) and (src := _img_src(p, report_dir, big))
         ]
         rows = _metrics_rows(run)
@@ -582,9 +588,9 @@ def _sds_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
             {
                 "prompt": summary.get("prompt", run.name),
                 "summary": summary,
-                "mesh_glb": _href(run / "mesh.glb", report_dir),
-                "mesh_obj": _href(run / "mesh.obj", report_dir),
-                "mp4": _href(run / "turntable.mp4", report_dir),
+                "mesh_glb": _href(run / sds_format.MESH_GLB, report_dir),
+                "mesh_obj": _href(run / sds_format.MESH_OBJ, report_dir),
+                "mp4": _href(run / sds_format.TURNTABLE_MP4, report_dir),
                 "turntable": turntable,
                 "snapshots": snapshots,
                 "plot": plot,
@@ -609,8 +615,8 @@ def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
     figures behind the caveat that they are not comparable (docs/design.md §10.11)."""
     from mvforge.eval.paper import CAVEAT, PAPER_TABLE1
 
-    path = root / "eval.json"
-    sds_path = root / "sds.json"
+    path = root / eval_result.EVAL
+    sds_path = root / eval_result.SDS
     if not path.is_file() and not sds_path.is_file():
         return htmlkit.render("report_eval.html.j2", problem="No evaluation here (no eval/eval.json).")
     try:
@@ -651,8 +657,8 @@ def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
             ]
         )
     timing = ""
-    if (root / "timing.json").is_file():
-        t = json.loads((root / "timing.json").read_text(encoding="utf-8"))
+    if (root / eval_result.TIMING).is_file():
+        t = json.loads((root / eval_result.TIMING).read_text(encoding="utf-8"))
         gen_s = t.get("generation_s_per_prompt")
         timing = (
             f"generation {gen_s:.2f} s/prompt over {t['prompts_generated']} prompts this run, "
@@ -676,8 +682,8 @@ def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
         clip=doc.get("extractors", {}).get("clip", "") or sds.get("clip", ""),
         rows=rows,
         timing=timing,
-        grid=_img_src(root / "grids" / "generated.png", report_dir, cfg),
-        ref_grid=_img_src(root / "grids" / "reference.png", report_dir, cfg),
+        grid=_img_src(root / eval_result.GRID_GENERATED, report_dir, cfg),
+        ref_grid=_img_src(root / eval_result.GRID_REFERENCE, report_dir, cfg),
         sds=[
             [
                 r["prompt"],
@@ -705,7 +711,7 @@ def _known_answer_section(run_dir: Path, cfg: ReportConfig) -> str:
     ground truth beside what was generated, the numbers, and for rendered-back results (SDS meshes) the
     ground-truth turntable beside the result's."""
     blocks = []
-    for path in sorted(run_dir.glob("*/known_answer.json")):
+    for path in sorted(run_dir.glob(f"*/{eval_result.KNOWN_ANSWER}")):
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -732,7 +738,7 @@ def _known_answer_section(run_dir: Path, cfg: ReportConfig) -> str:
                 "baseline_iou": "" if r.get("baseline_iou") is None else f"{r['baseline_iou']:.2f}",
                 "psnr": _num(r.get("psnr_object_db"), 3),
                 "shifted": shift_text,
-                "strip": _img_src(path.parent / "known_answer" / f"{r['uid']}.png", run_dir, cfg),
+                "strip": _img_src(eval_result.known_answer_strip(path.parent, r["uid"]), run_dir, cfg),
                 "turntables": None,
             }
             if mode == "renders":

@@ -137,3 +137,30 @@ def test_resume_settings_are_compared_in_one_place():
                 if name == "first_difference":
                     callers.add(path.relative_to(package_dir).as_posix())
     assert callers == {"config.py", "rundir.py"}, callers  # config.py: its own recursion
+
+
+# The model wing's output files, each named once in mvforge/formats/ (runs, samples, sds_result, eval_result) or,
+# for what every run directory shares, in rundir.py (config.toml, summary.json) and metrics.py (metrics.csv).
+OUTPUT_NAMES = {
+    "summary.json", "sample.json", "grid.png", "validation.json", "metrics.csv", "state.json", "optimizer.pt",
+    "lr_scheduler.pt", "scaler.pt", "COMMITTED", "unet_ema", "worker_starts.jsonl", "mesh.glb", "mesh.obj",
+    "mesh.mtl", "turntable.gif", "turntable.mp4", "preview.png", "eval.json", "eval.csv", "timing.json",
+    "sds.json", "known_answer.json",
+}  # fmt: skip
+NAMING_MODULES = ("formats", "rundir", "metrics")
+
+
+def test_output_file_names_are_spelled_only_by_the_formats():
+    """A writer and its readers agree on a file because both take its name from one place; a string literal
+    equal to one of these names anywhere else is a second spelling (docstrings and messages that mention a
+    name inside longer text are not literals equal to it)."""
+    package_dir = Path(mvforge.__file__).parent
+    found = []
+    for path in sorted(package_dir.rglob("*.py")):
+        rel = path.relative_to(package_dir)
+        if rel.parts[0].removesuffix(".py") in NAMING_MODULES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in OUTPUT_NAMES:
+                found.append(f"{rel}:{node.lineno} {node.value!r}")
+    assert found == [], "\n".join(found)

@@ -179,8 +179,10 @@ def eval_(
     if model is not None and reference is None:
         raise UserError("--model needs --reference DIR (the held-out renders or shards to compare with)")
     # Input checks first (prompts, reference, model, weights), before the diffusion model loads.
+    from mvforge.cli.prompts import read_prompts
+    from mvforge.formats import eval_result as result_format
     from mvforge.models.resolve import resolve_model
-    from mvforge.models.sample import check_config, read_prompts
+    from mvforge.models.sample import check_config
 
     texts = read_prompts(prompts) if prompts is not None else None
     if model is not None:
@@ -219,7 +221,7 @@ def eval_(
         bg, size = tuple(cfg.background_rgb), cfg.image_size
         rows = sds_mod.score_sds(sds, clip, lambda im: run.prepare(im, bg, size))
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "sds.json", {"clip": clip.name, "results": rows})
+        atomic_write_json(out / result_format.SDS, {"clip": clip.name, "results": rows})
         for r in rows:
             typer.echo(f"sds {r['dir']}: CLIP {r['clip_score']['mean']:.2f} ± {r['clip_score']['std']:.2f}")
     if doc is not None:
@@ -228,7 +230,7 @@ def eval_(
             f"FID {g['fid']:.3f}  KID {g['kid']['mean']:.5f}  IS {g['inception_score']['mean']:.3f}  "
             f"CLIP {g['clip_score']['over_images']['mean']:.2f}  consistency {g['consistency']['mean']:.2f}"
         )
-        typer.echo(str(out / "eval.json"))
+        typer.echo(str(out / result_format.EVAL))
 
 
 def _known_answer(
@@ -250,6 +252,7 @@ def _known_answer(
     from mvforge import config as config_mod
     from mvforge.errors import UserError
     from mvforge.eval.known_answer import KnownAnswerConfig, load_references, run_known_answer, score_renders
+    from mvforge.formats import eval_result as result_format
 
     if reference is None:
         raise UserError("--known-answer needs --reference RENDER_DIR (the trained objects' renders)")
@@ -277,7 +280,7 @@ def _known_answer(
                 f"{r['uid']}: retrieved {r['retrieved']}, IoU {r['iou']:.2f} (best other {r['iou_others']:.2f}"
                 f"{base}), shifted IoU {shifts}, object PSNR {r['psnr_object_db']:.1f} dB"
             )
-        typer.echo(str(out / "known_answer.json"))
+        typer.echo(str(out / result_format.KNOWN_ANSWER))
         return
     if baseline is not None:
         raise UserError("--baseline belongs to --generated")
@@ -308,7 +311,7 @@ def _known_answer(
         f"{s['blank_image_retrieves_own']}), shifted cameras further {s['shifted_cameras_further']}, "
         f"mean IoU {s['mean_iou']:.2f}, mean object PSNR {s['mean_psnr_object_db']:.1f} dB"
     )
-    typer.echo(str(out / "known_answer.json"))
+    typer.echo(str(out / result_format.KNOWN_ANSWER))
 
 
 def _refuse(mode: str, flags: dict) -> None:

@@ -151,8 +151,11 @@ def sample(
     }
     cfg = config_mod.with_flags(cfg, flags)
     # Input checks first: a bad flag fails before torch and diffusers are imported.
+    from mvforge.cli.prompts import read_prompts
+    from mvforge.formats import samples as sample_format
+    from mvforge.formats.samples import prompt_dirs
     from mvforge.models.resolve import weights_fingerprint
-    from mvforge.models.sample import check_config, prompt_dirs, read_prompts, sample_prompts, torch_dtype
+    from mvforge.models.sample import check_config, sample_prompts, torch_dtype
 
     if (prompt is None) == (prompts is None):
         raise UserError("pass exactly one of --prompt TEXT or --prompts FILE")
@@ -188,4 +191,4 @@ def sample(
             per_prompt=prompts is not None,
         )
         for d in dirs:
-            typer.echo(str(d / "grid.png"))
+            typer.echo(str(d / sample_format.GRID))

@@ -120,7 +120,8 @@ def sds(
     if prompts is not None:
         if prompt is not None:
             raise UserError("pass either --prompt or --prompts, not both")
-        from mvforge.sds.ray_prompts import read_prompts, run_prompts
+        from mvforge.cli.prompts import read_prompts
+        from mvforge.sds.ray_prompts import run_prompts
 
         seed_list = _parse_seeds(seeds, cfg.seed)
         records = run_prompts(

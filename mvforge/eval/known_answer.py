@@ -17,7 +17,7 @@ on one background, with every reference object's renders at those cameras:
 The same scores compare any images with the references (``score_images``), e.g. an SDS mesh rendered back
 with `mvdata render` under the ground-truth uid, so its cameras and light are the reference's.
 
-Output (``OUT``): ``known_answer/<uid>.png`` (rows: ground truth, the sample at the true cameras, then one row
+Output (``OUT``, named in mvforge/formats/eval_result.py): ``known_answer/<uid>.png`` (rows: ground truth, the sample at the true cameras, then one row
 per shifted azimuth), ``known_answer.json`` (written last; per caption, and a summary beside two baselines: what a
 blank image retrieves, and how often the shifted samples are further from the truth). Sampling is seeded per caption, so a rerun gives the same numbers.
 """
@@ -36,11 +36,9 @@ from mvforge import config as config_mod
 from mvforge import rundir
 from mvforge.cameras import normalize_camera
 from mvforge.errors import UserError
+from mvforge.formats import eval_result as result_format
 from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json
-
-RESULT = "known_answer.json"
-IMAGES = "known_answer"
 
 
 @dataclass(frozen=True)
@@ -321,7 +319,8 @@ def run_known_answer(
         and {r["uid"]: r["caption"] for r in previous.get("captions", [])} == prompts
     ):
         return previous
-    (out / RESULT).unlink(missing_ok=True)  # a run that fails below leaves no result of another run behind
+    # A run that fails below leaves no result of another run behind.
+    (out / result_format.KNOWN_ANSWER).unlink(missing_ok=True)
     resolution = model.resolution
     rows = []
     with StageProgress("known-answer", len(wanted), unit="captions", enabled=show_progress) as progress:
@@ -347,7 +346,7 @@ def run_known_answer(
                 }
                 strip.append(moved)
             row["shifted"] = shifted
-            atomic_write_bytes(out / IMAGES / f"{truth.uid}.png", _strip(strip))
+            atomic_write_bytes(result_format.known_answer_strip(out, truth.uid), _strip(strip))
             rows.append(row)
             progress.advance()
     # Baselines a result must beat: a blank image (the background only) retrieves whichever object covers
@@ -374,7 +373,7 @@ def run_known_answer(
         },
         "captions": rows,
     }
-    atomic_write_json(out / RESULT, doc)
+    atomic_write_json(out / result_format.KNOWN_ANSWER, doc)
     return doc
 
 
@@ -426,7 +425,8 @@ def score_renders(
             f"{generated} holds no render under a uid of {renders}; render the generated meshes with a captions "
             "file that gives each its ground-truth uid"
         )
-    (out / RESULT).unlink(missing_ok=True)  # a run that fails below leaves no result of another run behind
+    # A run that fails below leaves no result of another run behind.
+    (out / result_format.KNOWN_ANSWER).unlink(missing_ok=True)
     base = {}
     if baseline is not None:
         for uid in set(uids) & set(layout.iter_uids(baseline)):
@@ -457,7 +457,7 @@ def score_renders(
             }
             strip.append(moved.rgb)
         row["shifted"] = shifted
-        atomic_write_bytes(out / IMAGES / f"{uid}.png", _strip(strip))
+        atomic_write_bytes(result_format.known_answer_strip(out, uid), _strip(strip))
         rows.append(row)
     doc = {
         "mode": "renders",
@@ -474,11 +474,11 @@ def score_renders(
         },
         "captions": rows,
     }
-    atomic_write_json(out / RESULT, doc)
+    atomic_write_json(out / result_format.KNOWN_ANSWER, doc)
     return doc
 
 
 def read_result(out: str | Path) -> dict | None:
     """``OUT/known_answer.json`` or None."""
-    path = Path(out) / RESULT
+    path = Path(out) / result_format.KNOWN_ANSWER
     return json.loads(path.read_text()) if path.is_file() else None

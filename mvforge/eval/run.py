@@ -1,6 +1,6 @@
 """The resumable generate -> score loop of `mvtrain eval` (MVDream §5.1 Table 1).
 
-Output layout (``OUT``):
+Output layout (``OUT``, named in mvforge/formats/eval_result.py):
 
 ```
 OUT/config.toml                       the resolved EvalConfig + model; a resume must match it
@@ -34,13 +34,13 @@ from mvforge.errors import UserError
 from mvforge.eval import metrics
 from mvforge.eval.config import EvalConfig
 from mvforge.eval.consistency import adjacent_view_similarity
+from mvforge.formats import eval_result as result_format
 from mvforge.formats import renders as layout
+from mvforge.formats import samples as sample_format
 from mvforge.formats import shards as shard_format
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
-from mvforge.models.sample import generate_views, save_views, slug
+from mvforge.models.sample import generate_views, save_views
 
-GENERATED = "generated"
-DONE = "sample.json"
 RESIZE = "PIL bicubic"
 
 
@@ -111,15 +111,13 @@ def prepare(image: Image.Image, background: tuple[int, int, int], size: int) -> 
     return image
 
 
-def prompt_dir(out: Path, index: int, prompt: str) -> Path:
-    return out / GENERATED / f"{index:04d}-{slug(prompt)}"
-
-
 def _open_run(out: Path, cfg: EvalConfig, model_label: str) -> None:
     """A resumed OUT must have been made with the same model and sampling settings, else its finished prompts
     would be mixed with new ones (``rundir.RunDir.open``; the scoring settings re-score every run); then
     (re)write config.toml."""
-    kept = any(out.glob(f"{GENERATED}/*/{DONE}"))  # finished prompts, of this prompt list or another
+    kept = any(
+        out.glob(f"{result_format.GENERATED}/*/{sample_format.META}")
+    )  # finished prompts, of this prompt list or another
     doc = {"model": model_label, **config_mod.to_dict(cfg)}
     rundir.RunDir.open(out, doc, "mvtrain eval", compare_only=("model", "sample"), kept=kept)
 
@@ -133,8 +131,8 @@ def generate(
     s = cfg.sample
     seconds = []
     for i, prompt in enumerate(prompts):
-        d = prompt_dir(out, i, prompt)
-        if (d / DONE).is_file():
+        d = result_format.prompt_dir(out, i, prompt)
+        if (d / sample_format.META).is_file():
             if progress is not None:
                 progress.advance("resumed")
             continue
@@ -152,8 +150,8 @@ def read_generated(out: Path, prompts: list[str], views: int) -> list[list[Image
     """The saved views of each prompt, in prompt order."""
     result = []
     for i, p in enumerate(prompts):
-        d = prompt_dir(out, i, p)
-        result.append([_open(d / f"view_{v:02d}.png") for v in range(views)])
+        d = result_format.prompt_dir(out, i, p)
+        result.append([_open(d / sample_format.view_name(v)) for v in range(views)])
     return result
 
 
@@ -285,13 +283,13 @@ def run_eval(
     }
     score_seconds = time.perf_counter() - t0
     doc = _finite(doc)
-    atomic_write_json(out / "eval.json", doc)
-    write_csv(out / "eval.csv", prompts, gen, v)
+    atomic_write_json(out / result_format.EVAL, doc)
+    write_csv(out / result_format.EVAL_CSV, prompts, gen, v)
     k = cfg.grid_prompts
-    atomic_write_bytes(out / "grids" / "generated.png", _png(grid(gen_views[:k])))
-    atomic_write_bytes(out / "grids" / "reference.png", _png(grid(ref_views[:k])))
+    atomic_write_bytes(out / result_format.GRID_GENERATED, _png(grid(gen_views[:k])))
+    atomic_write_bytes(out / result_format.GRID_REFERENCE, _png(grid(ref_views[:k])))
     atomic_write_json(
-        out / "timing.json",
+        out / result_format.TIMING,
         {
             "prompts_generated": len(gen_seconds),
             "generation_s_per_prompt": float(np.mean(gen_seconds)) if gen_seconds else None,
@@ -325,4 +323,4 @@ def write_csv(path: Path, prompts: list[str], gen: dict, views: int) -> None:
 
 
 def load_eval(out: str | Path) -> dict:
-    return json.loads((Path(out) / "eval.json").read_text(encoding="utf-8"))
+    return json.loads((Path(out) / result_format.EVAL).read_text(encoding="utf-8"))

@@ -4,7 +4,7 @@ A result directory holds ``summary.json`` (with ``prompt``, written last), ``tur
 and ``snapshots/step-NNNNNN.png`` (each the V orbit views at azimuths 0/90/180/270 side by side, as
 ``mvtrain sds`` writes them, docs/design.md §2.6). The scored views are ``views`` frames evenly spaced over
 the turntable, else the square tiles of the latest snapshot; both are ring-ordered, so the consistency figure
-applies.
+applies. The names are mvforge/formats/sds_result.py's.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from PIL import Image, ImageSequence
 from mvforge.errors import UserError
 from mvforge.eval import metrics
 from mvforge.eval.consistency import adjacent_view_similarity
-
-SUMMARY = "summary.json"
+from mvforge.formats import sds_result as result_format
+from mvforge.formats.sds_result import SUMMARY
 
 
 def find_results(root: str | Path) -> list[Path]:
@@ -35,16 +35,19 @@ def find_results(root: str | Path) -> list[Path]:
 
 def result_views(result: Path, views: int) -> tuple[list[Image.Image], bool]:
     """(PIL views, whether they are turntable frames) of one result; UserError when it has neither kind."""
-    gif = result / "turntable.gif"
+    gif = result / result_format.TURNTABLE_GIF
     if gif.is_file():
         with Image.open(gif) as im:
             frames = [f.convert("RGBA") for f in ImageSequence.Iterator(im)]
         n = len(frames)
         idx = list(range(n)) if n <= views else [i * n // views for i in range(views)]
         return [frames[i] for i in idx], True
-    snaps = sorted((result / "snapshots").glob("*.png"))
+    snaps = result_format.snapshots(result)
     if not snaps:
-        raise UserError(f"{result} has no turntable.gif and no snapshots/*.png; let `mvtrain sds` finish")
+        raise UserError(
+            f"{result} has no {result_format.TURNTABLE_GIF} and no {result_format.SNAPSHOTS}/*.png; let "
+            "`mvtrain sds` finish"
+        )
     with Image.open(snaps[-1]) as im:  # step-NNNNNN sorts by step: the latest
         strip = im.convert("RGBA")
     h = strip.height

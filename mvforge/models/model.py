@@ -1,6 +1,7 @@
 """The multi-view UNet (MVDream §3.1-3.2): SD's UNet with 3D self-attention and a camera embedding.
 
-Reads top to bottom: the attention processors, the model, the loaders (UNet, frozen SD parts, text encoding).
+Reads top to bottom: the attention processors, the model, SD's UNet made multi-view, text encoding. Loading from
+disk is ``MultiViewDiffusion.from_pretrained`` (models/pipeline.py), the one loader of every stage.
 
 - 3D (multi-view) self-attention: the V views of one object share one self-attention. The processor reshapes
   the tokens ``(b v) l c -> b (v l) c`` around attn1 only, so every view attends to the tokens of all views
@@ -22,16 +23,13 @@ Reads top to bottom: the attention processors, the model, the loaders (UNet, fro
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import torch
 from diffusers import ModelMixin as ModelMixin  # noqa: F401  (read by diffusers' pipeline loader, see below)
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from mvforge import rundir
 from mvforge.errors import UserError
 
 # DiffusionPipeline.from_pretrained loads a component recorded as ["mvforge.models.model", "MultiViewUNet"] by
@@ -205,42 +203,7 @@ def init_camera(unet: UNet2DConditionModel, seed: int = 0) -> None:
         last.bias.zero_()
 
 
-# ---------------------------------------------------------------- loading
-def _is_multiview_config(config: dict) -> bool:
-    return (
-        config.get("class_embed_type") == "projection"
-        and config.get("projection_class_embeddings_input_dim") == CAMERA_DIM
-    )
-
-
-def load_unet(path: str | Path, subfolder: str = "unet") -> MultiViewUNet:
-    """A MultiViewUNet from a diffusers directory: an SD UNet (camera MLP added, last layer zero) or a
-    multi-view checkpoint of ours (loaded as is). The same path for SD 2.1 base and the tiny test model."""
-    from mvforge.models.resolve import local_model_dir
-
-    path = local_model_dir(path)
-    config_file = path / subfolder / "config.json"
-    if not config_file.is_file():
-        raise UserError(
-            f"{path / subfolder} holds no diffusers UNet (config.json); pass a Stable Diffusion directory "
-            "(unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a run checkpoint"
-        )
-    config = json.loads(config_file.read_text())
-    rundir.check_model_dir(
-        path / subfolder
-    )  # a truncated copy: one line naming the file, not diffusers' traceback
-    if _is_multiview_config(config):
-        unet = MultiViewUNet.from_pretrained(path, subfolder=subfolder)
-        install_multiview_attention(unet)
-        return unet
-    if config.get("class_embed_type") is None:
-        return multiview_from_sd(UNet2DConditionModel.from_pretrained(path, subfolder=subfolder))
-    raise UserError(
-        f"{path / subfolder} has class_embed_type={config.get('class_embed_type')!r}; "
-        "pass a plain Stable Diffusion UNet or an mvtrain checkpoint"
-    )
-
-
+# ---------------------------------------------------------------- from SD, text encoding
 def multiview_from_sd(base: UNet2DConditionModel) -> MultiViewUNet:
     """SD's UNet with the camera MLP added (seeded first layer, zero last layer: equal to ``base`` at init)."""
     # Private keys out: a fresh model's "_use_default_values" lists class_embed_type and would undo the update.
@@ -253,41 +216,6 @@ def multiview_from_sd(base: UNet2DConditionModel) -> MultiViewUNet:
     init_camera(unet)
     install_multiview_attention(unet)
     return unet
-
-
-def check_sd_dir(path: str | Path) -> Path:
-    """The local directory of the diffusers SD model ``path`` (a directory or a Hub id, through
-    ``local_model_dir``), checked to hold vae/, text_encoder/, tokenizer/ and scheduler/. Raises UserError."""
-    from mvforge.models.resolve import local_model_dir
-
-    path = local_model_dir(path)
-    if not path.is_dir():
-        raise UserError(
-            f"{path} does not exist; pass a diffusers Stable Diffusion directory or Hub id "
-            "(or make a tiny one: mvtrain make-tiny-sd --out DIR)"
-        )
-    for sub in ("vae", "text_encoder", "tokenizer", "scheduler"):
-        if not (path / sub).is_dir():
-            raise UserError(
-                f"{path} has no {sub}/; pass a diffusers Stable Diffusion directory "
-                "(or make a tiny one: mvtrain make-tiny-sd --out DIR)"
-            )
-    for sub in ("vae", "text_encoder"):
-        rundir.check_model_dir(path / sub)
-    return path
-
-
-def load_frozen(path: str | Path):
-    """(vae, text_encoder, tokenizer, noise scheduler config) of a diffusers SD directory, frozen."""
-    from diffusers import AutoencoderKL, DDPMScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    path = check_sd_dir(path)
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae").eval().requires_grad_(False)
-    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval().requires_grad_(False)
-    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
-    scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
-    return vae, text_encoder, tokenizer, scheduler
 
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:

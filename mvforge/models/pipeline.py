@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import (
+    AutoencoderKL,
     DDIMScheduler,
     DDPMScheduler,
     DiffusionPipeline,
@@ -41,6 +41,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     PNDMScheduler,
+    UNet2DConditionModel,
 )
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
@@ -49,16 +50,17 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from mvforge import rundir
 from mvforge.errors import UserError
+from mvforge.formats import runs
 from mvforge.fsutil import atomic_write_json, atomic_write_text, tmp_path
 from mvforge.models.camera_batch import camera_embedding, orbit_c2w_batch, orthogonal_views
 from mvforge.models.model import (
+    CAMERA_DIM,
     MultiViewUNet,
-    _is_multiview_config,
     encode_text,
-    load_frozen,
-    load_unet,
+    install_multiview_attention,
+    multiview_from_sd,
 )
-from mvforge.models.resolve import is_pipeline_dir, resolve_model
+from mvforge.models.resolve import frozen_source, is_pipeline_dir, local_model_dir, resolve_model
 
 PIPELINE_MODULE = "mvforge_pipeline"
 """The module a pipeline directory carries (``mvforge_pipeline.py``) and names in ``model_index.json``
@@ -163,23 +165,38 @@ class MultiViewDiffusion:
         dtype: torch.dtype = torch.float32,
         *,
         use_ema: bool = True,
+        stable_diffusion: bool = False,
+        unet_from: str | Path | None = None,
     ) -> MultiViewDiffusion:
-        """Load from a pipeline directory, an ``mvtrain fit`` checkpoint (``unet_ema/`` when ``use_ema`` and
-        present) or run (its latest checkpoint), via ``resolve_model``. Raises UserError for a missing
-        directory or a UNet without the camera embedding (a plain SD model: train it first)."""
-        path = resolve_model(path)
-        if is_pipeline_dir(path):
-            rundir.check_model_dir(path)
-            found = _load_pipeline_parts(path, sampling_scheduler=False)
-            parts = tuple(found[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
+        """The one loader of a model, for every stage (sample, sds, eval, fit, dreambooth).
+
+        ``path``: a pipeline directory, an ``mvtrain fit`` checkpoint (``unet_ema/`` when ``use_ema`` and
+        present; the frozen parts from the SD its ``config.toml`` names) or run (its latest checkpoint), via
+        ``resolve_model``. With ``stable_diffusion`` it is instead the Stable Diffusion directory or Hub id a fit
+        starts from (``check_sd_dir``): frozen parts and UNet from it, a UNet without the camera embedding
+        given the camera MLP (``multiview_from_sd``: equal to SD at init), a multi-view one loaded as is.
+        ``unet_from``: a checkpoint directory whose ``unet/`` (the trained weights, not the EMA: the trainer
+        resumes the average itself) replaces ``path``'s UNet, which is then not loaded (a resume of fit or
+        MVDreamBooth). Every module ends on ``device`` in ``dtype``, in eval mode without gradients: a trainer
+        switches its UNet back on.
+
+        Raises UserError for a missing directory or, without ``stable_diffusion``, a UNet without the camera
+        embedding (a plain SD model: train it first)."""
+        if stable_diffusion:
+            vae, text_encoder, tokenizer, sched = _load_frozen(path)  # checks the directory first
+            parts = _load_unet(unet_from or path), vae, text_encoder, tokenizer, sched
         else:
-            sub = "unet_ema" if use_ema and (path / "unet_ema").is_dir() else "unet"
-            _require_multiview(path / sub)
-            pretrained = tomllib.loads((path / "config.toml").read_text()).get("pretrained", "")
-            if not pretrained:
-                raise UserError(f"{path / 'config.toml'} names no pretrained model; re-save the checkpoint")
-            vae, text_encoder, tokenizer, sched = load_frozen(pretrained)
-            parts = load_unet(path, sub), vae, text_encoder, tokenizer, sched
+            path = resolve_model(path)
+            if is_pipeline_dir(path):
+                rundir.check_model_dir(path)
+                found = _load_pipeline_parts(path, sampling_scheduler=False, unet_from=unet_from)
+                parts = tuple(found[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
+            else:
+                sub = runs.UNET_EMA if use_ema and (path / runs.UNET_EMA).is_dir() else runs.UNET
+                _require_multiview(path / sub)
+                vae, text_encoder, tokenizer, sched = _load_frozen(frozen_source(path))
+                unet = _load_unet(unet_from, runs.UNET) if unet_from else _load_unet(path, sub)
+                parts = unet, vae, text_encoder, tokenizer, sched
         model = cls(*parts)
         return model.to(device, dtype)
 
@@ -349,6 +366,72 @@ class MultiViewDiffusion:
         return factor * rescaled + (1 - factor) * x0_guided
 
 
+# ---------------------------------------------------------------- loading (behind from_pretrained)
+def check_sd_dir(path: str | Path) -> Path:
+    """The local directory of the diffusers SD model ``path`` (a directory or a Hub id, through
+    ``local_model_dir``), checked to hold vae/, text_encoder/, tokenizer/ and scheduler/. Raises UserError.
+    `mvtrain fit` calls it before it creates anything; loading checks again."""
+    path = local_model_dir(path)
+    if not path.is_dir():
+        raise UserError(
+            f"{path} does not exist; pass a diffusers Stable Diffusion directory or Hub id "
+            "(or make a tiny one: mvtrain make-tiny-sd --out DIR)"
+        )
+    for sub in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (path / sub).is_dir():
+            raise UserError(
+                f"{path} has no {sub}/; pass a diffusers Stable Diffusion directory "
+                "(or make a tiny one: mvtrain make-tiny-sd --out DIR)"
+            )
+    for sub in ("vae", "text_encoder"):
+        rundir.check_model_dir(path / sub)
+    return path
+
+
+def _load_frozen(path: str | Path):
+    """(vae, text_encoder, tokenizer, noise scheduler) of a diffusers SD directory, frozen."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = check_sd_dir(path)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae").eval().requires_grad_(False)
+    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval().requires_grad_(False)
+    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+    scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+    return vae, text_encoder, tokenizer, scheduler
+
+
+def _is_multiview_config(config: dict) -> bool:
+    return (
+        config.get("class_embed_type") == "projection"
+        and config.get("projection_class_embeddings_input_dim") == CAMERA_DIM
+    )
+
+
+def _load_unet(path: str | Path, subfolder: str = "unet") -> MultiViewUNet:
+    """A MultiViewUNet from a diffusers directory: an SD UNet (camera MLP added, last layer zero) or a
+    multi-view checkpoint of ours (loaded as is). The same path for SD 2.1 base and the tiny test model."""
+    path = local_model_dir(path)
+    config_file = path / subfolder / "config.json"
+    if not config_file.is_file():
+        raise UserError(
+            f"{path / subfolder} holds no diffusers UNet (config.json); pass a Stable Diffusion directory "
+            "(unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a run checkpoint"
+        )
+    config = json.loads(config_file.read_text())
+    # A truncated copy: one line naming the file, not diffusers' traceback.
+    rundir.check_model_dir(path / subfolder)
+    if _is_multiview_config(config):
+        unet = MultiViewUNet.from_pretrained(path, subfolder=subfolder)
+        install_multiview_attention(unet)
+        return unet
+    if config.get("class_embed_type") is None:
+        return multiview_from_sd(UNet2DConditionModel.from_pretrained(path, subfolder=subfolder))
+    raise UserError(
+        f"{path / subfolder} has class_embed_type={config.get('class_embed_type')!r}; "
+        "pass a plain Stable Diffusion UNet or an mvtrain checkpoint"
+    )
+
+
 def _require_multiview(unet_dir: Path) -> None:
     config_file = unet_dir / "config.json"
     if not config_file.is_file():
@@ -366,13 +449,16 @@ def _require_multiview(unet_dir: Path) -> None:
         )
 
 
-def _load_pipeline_parts(path: Path, *, sampling_scheduler: bool) -> dict:
+def _load_pipeline_parts(
+    path: Path, *, sampling_scheduler: bool, unet_from: str | Path | None = None
+) -> dict:
     """The components of a pipeline directory, each through its own class's ``from_pretrained`` (no module
     of the directory is imported). ``sampling_scheduler``: the saved scheduler as saved (one of
-    ``SCHEDULERS``), else the training schedule as a DDPMScheduler. Raises UserError for a UNet without the
-    camera embedding or a scheduler mvforge does not offer."""
+    ``SCHEDULERS``), else the training schedule as a DDPMScheduler; ``unet_from``: a checkpoint whose ``unet/``
+    is loaded instead of the directory's. Raises UserError for a UNet without the camera embedding or a
+    scheduler mvforge does not offer."""
     _require_multiview(path / "unet")
-    vae, text_encoder, tokenizer, ddpm = load_frozen(path)
+    vae, text_encoder, tokenizer, ddpm = _load_frozen(path)
     scheduler = ddpm
     if sampling_scheduler:
         saved = json.loads((path / "scheduler" / "scheduler_config.json").read_text()).get("_class_name")
@@ -383,7 +469,7 @@ def _load_pipeline_parts(path: Path, *, sampling_scheduler: bool) -> dict:
                 "pipeline with one of them"
             )
         scheduler = classes[saved].from_pretrained(path, subfolder="scheduler")
-    unet = load_unet(path, "unet")
+    unet = _load_unet(unet_from or path, "unet")
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
 
 

@@ -18,9 +18,11 @@ not an existing path: :func:`local_model_dir` turns it into the snapshot directo
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 from mvforge.errors import UserError
+from mvforge.formats import runs
 from mvforge.rundir import RunDir
 
 
@@ -39,7 +41,7 @@ def is_pipeline_dir(path: Path) -> bool:
 
 
 def is_checkpoint_dir(path: Path) -> bool:
-    return (path / "unet").is_dir() and (path / "config.toml").is_file()
+    return (path / runs.UNET).is_dir() and (path / runs.CONFIG).is_file()
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]$")
@@ -110,6 +112,19 @@ def resolve_model(path: str | Path) -> Path:
             "`mvtrain fit` run or checkpoint, or a pipeline directory (mvtrain sample --save-pipeline DIR)"
         )
     return ckpt
+
+
+def frozen_source(model: Path) -> Path:
+    """Where the frozen VAE, text encoder, tokenizer and schedule of ``model`` (a pipeline directory or checkpoint,
+    as :func:`resolve_model` returns it) load from: the pipeline itself, or the Stable Diffusion directory or Hub
+    id that the checkpoint's ``config.toml`` names (a checkpoint saves the trained UNet only). Raises UserError
+    when it names none."""
+    if is_pipeline_dir(model):
+        return model.resolve()
+    pretrained = tomllib.loads((model / runs.CONFIG).read_text()).get("pretrained", "")
+    if not pretrained:
+        raise UserError(f"{model / runs.CONFIG} names no pretrained model; re-save the checkpoint")
+    return Path(pretrained)
 
 
 def weights_fingerprint(path: str | Path) -> str:

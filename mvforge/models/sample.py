@@ -1,15 +1,15 @@
 """`mvtrain sample`: V views of each prompt through ``MVDreamPipeline``; writes views, a grid and sample.json.
 
-Output layout: one prompt -> ``OUT/view_00.png ... view_{V-1}.png``, ``OUT/grid.png`` (the views side by side),
-``OUT/sample.json`` (prompt, text sent to the model, model, config) written last; a prompts file (``--prompts
-FILE``) -> the same in ``OUT/<slug>/`` per prompt, named by the prompt as `mvtrain sds` names its run
-directories (``prompt_slug``). Every prompt starts from the same seed, so a prompt's views do not depend on its
-place in the file, and neither does its directory: a reordered or extended file resumes, and two prompts that
-would share a directory (a prompt listed twice, or prompts equal up to case and punctuation) are refused, as
-`mvtrain sds --prompts` refuses them. Rerunning the same command resumes (``resume=True``, the CLI): a prompt
-whose sample.json records the same model (the same weights, however the path is spelled), prompt and settings
-is skipped; any other setting samples it again and overwrites, and the run says (one line on stderr) how many
-prompts that re-samples and the first setting that differs. A prompt's sample.json goes before any of its views
+Output layout (named in mvforge/formats/samples.py): one prompt -> ``OUT/view_00.png ... view_{V-1}.png``,
+``OUT/grid.png`` (the views side by side), ``OUT/sample.json`` (prompt, text sent to the model, model, config)
+written last; a prompts file (``--prompts FILE``) -> the same in ``OUT/<slug>/`` per prompt, named by the prompt as
+`mvtrain sds` names its run directories (``prompt_slug``). Every prompt starts from the same seed, so a prompt's
+views do not depend on its place in the file, and neither does its directory: a reordered or extended file resumes,
+and two prompts that would share a directory (a prompt listed twice, or prompts equal up to case and punctuation)
+are refused, as `mvtrain sds --prompts` refuses them. Rerunning the same command resumes (``resume=True``, the CLI):
+a prompt whose sample.json records the same model (the same weights, however the path is spelled), prompt and
+settings is skipped; any other setting samples it again and overwrites, and the run says (one line on stderr) how
+many prompts that re-samples and the first setting that differs. A prompt's sample.json goes before any of its views
 changes and comes back last, so a run killed mid-prompt never leaves views from two runs under one marker.
 """
 
@@ -19,14 +19,14 @@ import dataclasses
 import io
 import json
 import math
-import re
-import stat
 import sys
 from pathlib import Path
 
 from mvforge import config as config_mod
 from mvforge import rundir
 from mvforge.errors import UserError
+from mvforge.formats import samples as sample_format
+from mvforge.formats.samples import prompt_dirs
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json
 from mvforge.models.config import SampleConfig
 
@@ -66,39 +66,6 @@ def check_config(cfg: SampleConfig, device_type: str | None = None) -> None:
         raise UserError(f"--precision {cfg.precision} needs a CUDA GPU; use fp32 on {device_type}")
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """Non-empty lines of a UTF-8 text file (``#`` starts a comment line; a leading byte-order mark is dropped).
-    Raises UserError when the path is missing, is not a regular file (a directory, a FIFO: never opened), is
-    not UTF-8, cannot be read, or holds no prompt."""
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; pass a text file with one prompt per line") from None
-    except OSError as e:
-        raise UserError(
-            f"{path} cannot be read ({e.strerror}); pass a text file with one prompt per line"
-        ) from None
-    if not stat.S_ISREG(mode):
-        # Opening a FIFO would block until something writes to it; say what the path is instead.
-        what = (
-            "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
-        )
-        raise UserError(f"{path} is {what}; pass a text file with one prompt per line")
-    try:
-        # utf-8-sig: a BOM (Windows editors write one) would otherwise reach the model as part of the prompt.
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 (byte {e.start}); save it as UTF-8 text") from None
-    except OSError as e:
-        raise UserError(f"{path} cannot be read ({e.strerror}); pass a readable text file") from None
-    prompts = [ln.strip() for ln in text.splitlines()]
-    prompts = [p for p in prompts if p and not p.startswith("#")]
-    if not prompts:
-        raise UserError(f"{path} holds no prompts; write one prompt per line")
-    return prompts
-
-
 def generate_views(pipe, prompt: str, cfg: SampleConfig, seed: int) -> list:
     """The V views of ``prompt`` (``cfg.prompt_suffix`` appended) as PIL images, every sampling setting taken
     from ``cfg`` and the noise from ``seed``: the one call `mvtrain sample` and `mvtrain eval` both make."""
@@ -117,37 +84,6 @@ def generate_views(pipe, prompt: str, cfg: SampleConfig, seed: int) -> list:
         resolution=cfg.resolution,
         generator=torch.Generator().manual_seed(seed),
     ).images
-
-
-def slug(text: str, n: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "prompt"
-
-
-def prompt_slug(prompt: str, max_len: int = 60) -> str:
-    """Directory name of a prompt: lower case, runs of other characters as '-', at most ``max_len`` chars (the
-    run directories of `mvtrain sds` and the per-prompt directories of `mvtrain sample --prompts`). Raises
-    UserError for a prompt without letters or digits."""
-    name = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:max_len].strip("-")
-    if not name:
-        raise UserError(
-            f"prompt {prompt!r} has no letters or digits to name its directory; describe the object"
-        )
-    return name
-
-
-def prompt_dirs(prompts: list[str], what: str = "directory") -> list[str]:
-    """``prompt_slug`` of each prompt, in order. Raises UserError (naming both prompts) when two prompts name
-    one directory: a prompt listed twice, or prompts equal up to case and punctuation. ``what``: the directory's
-    name in that message."""
-    seen: dict[str, str] = {}
-    for p in prompts:
-        name = prompt_slug(p)
-        if name in seen:
-            raise UserError(
-                f"prompts {seen[name]!r} and {p!r} both name the {what} {name}/; remove the duplicate or reword one"
-            )
-        seen[name] = p
-    return list(seen)
 
 
 def sample_prompts(
@@ -247,7 +183,7 @@ def _settings_difference(out: Path, record: dict, cfg: SampleConfig) -> str | No
     there is no readable sample.json (nothing finished there). When both carry a weights fingerprint the model
     is compared by it, not by how its path was spelled."""
     try:
-        done = json.loads((out / "sample.json").read_text(encoding="utf-8"))
+        done = json.loads((out / sample_format.META).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(done, dict):
@@ -258,7 +194,7 @@ def _settings_difference(out: Path, record: dict, cfg: SampleConfig) -> str | No
 
 
 def _views_complete(out: Path, cfg: SampleConfig) -> bool:
-    return all((out / f"view_{i:02d}.png").is_file() for i in range(cfg.num_views))
+    return all((out / sample_format.view_name(i)).is_file() for i in range(cfg.num_views))
 
 
 def _png(image) -> bytes:
@@ -276,20 +212,20 @@ def save_views(images: list, out: str | Path, meta: dict, cfg: SampleConfig) -> 
     out = Path(out)
     # Marker first: a run killed after rewriting view_00 must not leave the old marker vouching for a mix of
     # new and old views.
-    (out / "sample.json").unlink(missing_ok=True)
-    for old in out.glob("view_*.png"):
-        index = old.name[len("view_") : -len(".png")]
-        if not index.isdigit() or int(index) >= len(images):
+    (out / sample_format.META).unlink(missing_ok=True)
+    for old in out.glob(f"{sample_format.VIEW_PREFIX}*{sample_format.VIEW_SUFFIX}"):
+        index = sample_format.view_index(old.name)
+        if index is None or index >= len(images):
             old.unlink(missing_ok=True)
     paths = []
     for i, im in enumerate(images):
-        p = out / f"view_{i:02d}.png"
+        p = out / sample_format.view_name(i)
         atomic_write_bytes(p, _png(im))
         paths.append(p)
     w, h = images[0].size
     grid = Image.new("RGB", (w * len(images), h))
     for i, im in enumerate(images):
         grid.paste(im, (i * w, 0))
-    atomic_write_bytes(out / "grid.png", _png(grid))
-    atomic_write_json(out / "sample.json", {**meta, "config": config_mod.to_dict(cfg)})
-    return [*paths, out / "grid.png"]
+    atomic_write_bytes(out / sample_format.GRID, _png(grid))
+    atomic_write_json(out / sample_format.META, {**meta, "config": config_mod.to_dict(cfg)})
+    return [*paths, out / sample_format.GRID]

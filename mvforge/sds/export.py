@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mvforge.formats import sds_result as result_format
 from mvforge.fsutil import atomic_write_bytes
 from mvforge.sds.config import ExportConfig
 
@@ -216,10 +217,12 @@ def write_mesh(mesh, out_dir: str | Path) -> tuple[Path, Path]:
 
     out_dir = Path(out_dir)
     y_up = to_y_up(mesh)
-    glb, obj = out_dir / "mesh.glb", out_dir / "mesh.obj"
+    glb, obj = out_dir / result_format.MESH_GLB, out_dir / result_format.MESH_OBJ
     atomic_write_bytes(glb, y_up.export(file_type="glb"))
     if isinstance(y_up.visual, trimesh.visual.TextureVisuals):
-        text, files = export_obj(y_up, include_texture=True, return_texture=True, mtl_name="mesh.mtl")
+        text, files = export_obj(
+            y_up, include_texture=True, return_texture=True, mtl_name=result_format.MESH_MTL
+        )
         for name, data in files.items():
             atomic_write_bytes(out_dir / name, data)
     else:
@@ -239,8 +242,8 @@ def write_turntable(frames: np.ndarray, out_dir: str | Path, fps: int, mp4: bool
     written = []
     buf = io.BytesIO()
     iio.imwrite(buf, frames, extension=".gif", duration=1000.0 / fps, loop=0)
-    atomic_write_bytes(out_dir / "turntable.gif", buf.getvalue())
-    written.append(out_dir / "turntable.gif")
+    atomic_write_bytes(out_dir / result_format.TURNTABLE_GIF, buf.getvalue())
+    written.append(out_dir / result_format.TURNTABLE_GIF)
     if mp4:
         try:
             import av  # noqa: F401
@@ -248,11 +251,11 @@ def write_turntable(frames: np.ndarray, out_dir: str | Path, fps: int, mp4: bool
             from mvforge.errors import UserError
 
             raise UserError(
-                "turntable.mp4 needs pyav: pip install av (or set export_mesh.mp4=false)"
+                f"{result_format.TURNTABLE_MP4} needs pyav: pip install av (or set export_mesh.mp4=false)"
             ) from None
         buf = io.BytesIO()
         # yuv420p needs even sides; libx264 is in pyav's wheels.
         iio.imwrite(buf, frames, extension=".mp4", plugin="pyav", codec="libx264", fps=fps)
-        atomic_write_bytes(out_dir / "turntable.mp4", buf.getvalue())
-        written.append(out_dir / "turntable.mp4")
+        atomic_write_bytes(out_dir / result_format.TURNTABLE_MP4, buf.getvalue())
+        written.append(out_dir / result_format.TURNTABLE_MP4)
     return written

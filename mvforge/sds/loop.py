@@ -1,6 +1,6 @@
 """The SDS optimisation loop of `mvtrain sds` (docs/design.md §2.6, §9: one loop read top to bottom).
 
-Run directory ``<out>/<prompt-slug>/``::
+Run directory ``<out>/<prompt-slug>/`` (its names: mvforge/formats/sds_result.py)::
 
     config.toml                 the resolved SDSConfig (written first)
     checkpoints/step-NNNNNN.pt  field, background, occupancy grid, optimiser, step (atomic files)
@@ -38,9 +38,9 @@ from mvforge import config as config_mod
 from mvforge import rundir
 from mvforge.devices import resolve_device
 from mvforge.errors import UserError
+from mvforge.formats import sds_result as result_format
 from mvforge.fsutil import atomic_write_bytes
 from mvforge.models.resolve import weights_fingerprint
-from mvforge.models.sample import prompt_slug  # names the run dir, as `mvtrain sample --prompts` names its
 from mvforge.progress import StageProgress
 from mvforge.sds.anneal import linear_ramp, timestep_range
 from mvforge.sds.background import EnvironmentBackground, draw_background_color
@@ -58,8 +58,7 @@ SDS_METRICS = (
 """Columns of the run's metrics.csv (``step``: optimisation steps done; ``t`` the drawn timestep, ``t_min`` /
 ``t_max`` the annealed range it was drawn from; ``lr`` of the field's first parameter group)."""
 
-CKPT_SUFFIX = ".pt"
-"""Checkpoints are files ``checkpoints/step-NNNNNN.pt`` (``rundir.RunDir`` with this suffix)."""
+CKPT_SUFFIX = result_format.CKPT_SUFFIX
 COMPARED_ELSEWHERE = ("model",)
 """Left out of the run directory's settings comparison (``rundir.RunDir.open``): the model is compared as the
 weights it names (``weights_fingerprint``, in each checkpoint), not as a path string."""
@@ -252,7 +251,8 @@ def finished_with(run_dir: Path, cfg: SDSConfig) -> bool:
 
 
 @rundir.locked(
-    "mvtrain sds", lambda cfg, **_: Path(cfg.out) / prompt_slug(cfg.prompt) if cfg.prompt.strip() else None
+    "mvtrain sds",
+    lambda cfg, **_: result_format.result_dir(cfg.out, cfg.prompt) if cfg.prompt.strip() else None,
 )
 def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     """Optimise a field for ``cfg.prompt`` and export it; resumes ``<out>/<slug>`` when it has checkpoints.
@@ -271,7 +271,7 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     if cfg.max_steps < 1 or cfg.checkpoint_every < 1:
         raise UserError("max_steps and checkpoint_every must be >= 1")
     device = resolve_device(cfg.device)
-    run_dir = Path(cfg.out) / prompt_slug(cfg.prompt)
+    run_dir = result_format.result_dir(cfg.out, cfg.prompt)
     t_start = time.monotonic()
     if finished_with(run_dir, cfg):
         # Nothing to do (a marching-cubes export at 256³ takes minutes): what --prompts skips, a single run skips.
@@ -385,7 +385,7 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
         if cfg.snapshot_every > 0 and done % cfg.snapshot_every == 0:
             views = render_views(state, SNAPSHOT_AZIMUTHS, resolution, cfg)
             strip = np.concatenate(list(views), axis=1)
-            _save_png(run_dir / "snapshots" / f"step-{done:06d}.png", strip)
+            _save_png(result_format.snapshot_path(run_dir, done), strip)
             metrics.image("snapshot", strip, done)
         pre_switch = done == cam_cfg.resolution_milestone
         if done % cfg.checkpoint_every == 0 or pre_switch or done == cfg.max_steps:
@@ -411,9 +411,9 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
         # other settings must not leave the last export's files beside the new ones. The summary goes first
         # (written last, it marks a finished run), then the files this export will not write.
         run.clear_done()
-        stale = [] if e.mp4 else [run_dir / "turntable.mp4"]
+        stale = [] if e.mp4 else [run_dir / result_format.TURNTABLE_MP4]
         if not e.uv_texture:
-            stale += [run_dir / "mesh.mtl", *run_dir.glob("material_*.png")]
+            stale += [run_dir / result_format.MESH_MTL, *run_dir.glob(result_format.TEXTURE_GLOB)]
         for path in stale:
             path.unlink(missing_ok=True)
         glb, obj = write_mesh(mesh, run_dir)

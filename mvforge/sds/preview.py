@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from mvforge.devices import resolve_device
+from mvforge.formats import sds_result as result_format
 from mvforge.fsutil import atomic_write_bytes
 from mvforge.sds.config import SDSConfig
-from mvforge.sds.loop import load_guidance_model, prompt_slug
+from mvforge.sds.loop import load_guidance_model
 
 PREVIEW_STEPS = 50
 PREVIEW_GUIDANCE = 10.0
@@ -40,7 +41,7 @@ def preview_views(cfg: SDSConfig, steps: int = PREVIEW_STEPS, model=None) -> Pat
         output_type="np",
     ).images
     grid = (np.concatenate(list(images), axis=1).clip(0, 1) * 255).round().astype(np.uint8)
-    path = Path(cfg.out) / prompt_slug(cfg.prompt) / "preview.png"
+    path = result_format.result_dir(cfg.out, cfg.prompt) / result_format.PREVIEW
     buf = io.BytesIO()
     Image.fromarray(grid).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from mvforge.errors import UserError
-from mvforge.models.sample import prompt_dirs, read_prompts  # noqa: F401  (read_prompts: re-exported for the CLI)
+from mvforge.formats import sds_result as result_format
+from mvforge.formats.samples import prompt_dirs
 from mvforge.sds.config import SDSConfig
-from mvforge.sds.loop import finished_with, prompt_slug
+from mvforge.sds.loop import finished_with
 
 
 def _task_configs(cfg: SDSConfig, prompts: list[str], seeds: list[int]) -> list[SDSConfig]:
@@ -90,7 +91,7 @@ def run_prompts(
     queue = []
     with StageProgress("sds prompts", total=len(tasks), unit="prompts") as bar:
         for tc in tasks:
-            run_dir = Path(tc.out) / prompt_slug(tc.prompt)
+            run_dir = result_format.result_dir(tc.out, tc.prompt)
             if finished_with(run_dir, tc):
                 records.append(
                     {"prompt": tc.prompt, "seed": tc.seed, "status": "skipped", "dir": str(run_dir)}
@@ -141,7 +142,7 @@ def run_prompts(
     rows = []
     for r in records:
         extra = ""
-        summary = Path(r["dir"]) / "summary.json"
+        summary = Path(r["dir"]) / result_format.SUMMARY
         if r["status"] in ("ok", "skipped") and summary.is_file():
             extra = f"{json.loads(summary.read_text())['seconds']} s"
         rows.append(

@@ -25,9 +25,8 @@ import torch
 
 from mvforge import config as config_mod
 from mvforge import rundir
+from mvforge.formats import runs
 from mvforge.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, versions
-
-COMMITTED = "COMMITTED"
 
 
 def _torch_bytes(obj) -> bytes:
@@ -50,22 +49,22 @@ def save_checkpoint(out: Path, step: int, rt, state: dict, loader_state: dict, c
         shutil.rmtree(final, ignore_errors=True)  # a SIGTERM checkpoint may repeat a step's checkpoint
         tmp.mkdir(parents=True)
     rt.barrier()
-    atomic_write_json(tmp / f"loader-rank{rt.rank}.json", loader_state)
+    atomic_write_json(tmp / runs.loader_state_name(rt.rank), loader_state)
     if rt.rank == 0:
-        state["unet"].save_pretrained(tmp / "unet")
+        state["unet"].save_pretrained(tmp / runs.UNET)
         if state["ema"] is not None:
-            state["ema"].save_pretrained(tmp / "unet_ema")
-        atomic_write_bytes(tmp / "optimizer.pt", _torch_bytes(state["optimizer"].state_dict()))
-        atomic_write_bytes(tmp / "lr_scheduler.pt", _torch_bytes(state["lr_sched"].state_dict()))
+            state["ema"].save_pretrained(tmp / runs.UNET_EMA)
+        atomic_write_bytes(tmp / runs.OPTIMIZER, _torch_bytes(state["optimizer"].state_dict()))
+        atomic_write_bytes(tmp / runs.LR_SCHEDULER, _torch_bytes(state["lr_sched"].state_dict()))
         if state.get("scaler") is not None:
-            atomic_write_bytes(tmp / "scaler.pt", _torch_bytes(state["scaler"].state_dict()))
-        atomic_write_text(tmp / "config.toml", config_mod.to_toml(cfg))
+            atomic_write_bytes(tmp / runs.SCALER, _torch_bytes(state["scaler"].state_dict()))
+        atomic_write_text(tmp / runs.CONFIG, config_mod.to_toml(cfg))
         meta = {"step": step, "world_size": rt.world_size, "versions": versions("torch", "diffusers")}
-        atomic_write_json(tmp / "state.json", meta)
+        atomic_write_json(tmp / runs.STATE, meta)
     rt.barrier()
     if rt.rank == 0:
         os.replace(tmp, final)
-        atomic_write_text(final / COMMITTED, f"{step}\n")
+        atomic_write_text(final / runs.COMMITTED, f"{step}\n")
         run.prune_checkpoints(cfg.keep_checkpoints)
     rt.barrier()
     return final
@@ -76,9 +75,9 @@ def check_checkpoint(ckpt: Path) -> None:
     header fits its file and every ``.pt`` loads with ``weights_only`` (a pickled optimizer state is refused,
     never run). Header and zip-directory reads only: cheap next to loading the weights."""
     try:
-        int(json.loads((ckpt / "state.json").read_text())["step"])
+        int(json.loads((ckpt / runs.STATE).read_text())["step"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise rundir.Damaged(f"{ckpt / 'state.json'}: {type(e).__name__}") from None
+        raise rundir.Damaged(f"{ckpt / runs.STATE}: {type(e).__name__}") from None
     for f in sorted(ckpt.rglob("*.safetensors")):
         rundir.check_safetensors(f)
     for f in sorted(ckpt.glob("*.pt")):
@@ -87,21 +86,21 @@ def check_checkpoint(ckpt: Path) -> None:
 
 def load_training_state(ckpt: Path, device: torch.device, optimizer, lr_sched, scaler) -> int:
     """Restore optimizer, LR schedule and gradient scaler from ``ckpt`` in place; returns its step."""
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
-    lr_sched.load_state_dict(torch.load(ckpt / "lr_scheduler.pt", weights_only=True))
-    if scaler is not None and (ckpt / "scaler.pt").is_file():
-        scaler.load_state_dict(torch.load(ckpt / "scaler.pt", weights_only=True))
-    return int(json.loads((ckpt / "state.json").read_text())["step"])
+    optimizer.load_state_dict(torch.load(ckpt / runs.OPTIMIZER, map_location=device, weights_only=True))
+    lr_sched.load_state_dict(torch.load(ckpt / runs.LR_SCHEDULER, weights_only=True))
+    if scaler is not None and (ckpt / runs.SCALER).is_file():
+        scaler.load_state_dict(torch.load(ckpt / runs.SCALER, weights_only=True))
+    return int(json.loads((ckpt / runs.STATE).read_text())["step"])
 
 
 def loader_state(ckpt: Path, rank: int, world_size: int) -> dict:
     """The loader state rank ``rank`` of ``world_size`` resumes from (see the module docstring): its own
     file when the world size is the saved one, else rank 0's moved to the next epoch on fresh shard visits."""
-    own = ckpt / f"loader-rank{rank}.json"
-    saved_world = json.loads((ckpt / "state.json").read_text())["world_size"]
+    own = ckpt / runs.loader_state_name(rank)
+    saved_world = json.loads((ckpt / runs.STATE).read_text())["world_size"]
     if saved_world == world_size and own.is_file():
         return json.loads(own.read_text())
-    state = json.loads((ckpt / "loader-rank0.json").read_text())
+    state = json.loads((ckpt / runs.loader_state_name(0)).read_text())
     streams = {}
     for kind, s in state["streams"].items():
         # Visits past any saved one: every rank's shard draws are new (they are seeded by rank and visit).

@@ -26,7 +26,6 @@ loads the run or the checkpoint) and, with ``save_pipeline``, ``pipeline/`` (a f
 from __future__ import annotations
 
 import time
-import tomllib
 from pathlib import Path
 
 import torch
@@ -35,9 +34,11 @@ from mvforge import config as config_mod
 from mvforge import rundir
 from mvforge.devices import resolve_device
 from mvforge.errors import UserError
+from mvforge.formats import runs
+from mvforge.formats import samples as sample_format
 from mvforge.fsutil import atomic_write_json
 from mvforge.metrics import RunMetrics
-from mvforge.models.resolve import is_pipeline_dir, latest_checkpoint, resolve_model
+from mvforge.models.resolve import frozen_source, latest_checkpoint, resolve_model
 from mvforge.train.checkpoint import check_checkpoint, load_training_state, save_checkpoint
 from mvforge.train.dreambooth_config import DreamBoothConfig
 from mvforge.train.loop import (  # _fault: the FAULT_ENV test hook of fit (kill/SIGTERM at a step)
@@ -167,17 +168,6 @@ def deviation(params: list[torch.Tensor], theta0: list[torch.Tensor]) -> tuple[f
 
 
 # ---------------------------------------------------------------- models
-def frozen_source(model: Path) -> Path:
-    """The directory the frozen VAE, text encoder, tokenizer and schedule of ``model`` (a resolved pipeline
-    directory or checkpoint) load from: the pipeline itself, or the SD directory the checkpoint names."""
-    if is_pipeline_dir(model):
-        return model.resolve()
-    pretrained = tomllib.loads((model / "config.toml").read_text()).get("pretrained", "")
-    if not pretrained:
-        raise UserError(f"{model / 'config.toml'} names no pretrained model; re-save the checkpoint")
-    return Path(pretrained)
-
-
 def trained_parameters(unet: torch.nn.Module, train_camera: bool) -> list[torch.nn.Parameter]:
     """The UNet's parameters DreamBooth trains (``requires_grad`` set accordingly): all, or all but the camera
     MLP (``class_embedding``)."""
@@ -193,7 +183,6 @@ def trained_parameters(unet: torch.nn.Module, train_camera: bool) -> list[torch.
 def load_dreambooth_models(cfg: DreamBoothConfig, rt: Runtime, resume: Path | None):
     """(StepModels, trained parameters, θ0): the base model through ``MultiViewDiffusion.from_pretrained`` (the
     path `mvtrain sample` and `sds` load with), the UNet from ``resume`` when given; θ0 is always the base's."""
-    from mvforge.models.model import load_unet
     from mvforge.models.pipeline import MultiViewDiffusion
 
     dev = rt.device
@@ -210,7 +199,9 @@ def load_dreambooth_models(cfg: DreamBoothConfig, rt: Runtime, resume: Path | No
     unet = base.unet
     theta0 = [p.detach().clone() for p in trained_parameters(unet, cfg.train_camera)]
     if resume is not None:
-        unet = load_unet(resume, "unet").to(dev)
+        # The one loader again, for the checkpoint's UNet (θ0 above needs the base's): on the CPU, then moved,
+        # so its second copy of the frozen parts never reaches ``dev`` (seconds, once per resume).
+        unet = MultiViewDiffusion.from_pretrained(cfg.pretrained, unet_from=resume).unet.to(dev)
     unet.train()
     params = trained_parameters(unet, cfg.train_camera)
     if cfg.gradient_checkpointing:
@@ -228,10 +219,10 @@ def validate(m: StepModels, cfg: DreamBoothConfig, step: int, out: Path) -> Path
     ``out/validation/step-XXXXXX/<nn>-<slug>/`` (``grid.png``, ``view_XX.png``, ``sample.json``)."""
     from mvforge.models.config import SampleConfig
     from mvforge.models.pipeline import MultiViewDiffusion
-    from mvforge.models.sample import sample_prompts, slug
+    from mvforge.models.sample import sample_prompts
 
     v = cfg.validation
-    root = Path(out) / "validation" / f"step-{step:06d}"
+    root = sample_format.validation_step_dir(out, step)
     sample_cfg = SampleConfig(
         steps=v.steps,
         guidance_scale=v.guidance_scale,
@@ -247,14 +238,14 @@ def validate(m: StepModels, cfg: DreamBoothConfig, step: int, out: Path) -> Path
         amp = torch.autocast(m.device.type, dtype=m.autocast_dtype, enabled=m.autocast_dtype is not None)
         with amp:
             for i, (prompt, kind) in enumerate(prompts):
-                d = root / f"{i:02d}-{slug(prompt)}"
+                d = sample_format.validation_prompt_dir(root, i, prompt)
                 sample_prompts(
                     mvd, [prompt], d, sample_cfg, m.device, show_progress=False, label=f"step {step}"
                 )
                 entries.append({"prompt": prompt, "kind": kind, "dir": d.name})
     finally:
         m.unet.train()
-    atomic_write_json(root / "validation.json", {"step": step, "prompts": entries})
+    atomic_write_json(root / sample_format.VALIDATION_INDEX, {"step": step, "prompts": entries})
     return root
 
 
@@ -265,7 +256,7 @@ def log_validation_images(metrics: RunMetrics, root: Path, step: int) -> None:
     import numpy as np
     from PIL import Image
 
-    for grid in sorted(Path(root).glob("*/grid.png")):
+    for grid in sorted(Path(root).glob(f"*/{sample_format.GRID}")):
         with Image.open(grid) as im:
             metrics.image(f"validation/{grid.parent.name}", np.asarray(im.convert("RGB")), step)
 
@@ -383,7 +374,7 @@ def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
             progress.__exit__(None, None, None)
 
     # 4. The full pipeline directory (frozen parts saved in fp32 as loaded).
-    pipe_dir = out / "pipeline"
+    pipe_dir = out / runs.PIPELINE
     if cfg.save_pipeline and not (pipe_dir / "model_index.json").is_file():
         from mvforge.models.pipeline import MultiViewDiffusion
 

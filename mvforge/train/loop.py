@@ -40,7 +40,9 @@ from mvforge import config as config_mod
 from mvforge import rundir
 from mvforge.devices import resolve_device
 from mvforge.errors import UserError
-from mvforge.models.model import CAMERA_DIM, check_sd_dir, encode_text, load_frozen, load_unet
+from mvforge.formats import runs
+from mvforge.models.model import CAMERA_DIM, encode_text
+from mvforge.models.pipeline import MultiViewDiffusion, check_sd_dir
 from mvforge.models.resolve import checkpoints, is_hub_id, latest_checkpoint  # noqa: F401  (re-exported)
 from mvforge.shards.loader import MultiViewLoader
 from mvforge.train import metrics_csv
@@ -169,21 +171,24 @@ def load_models(cfg: FitConfig, rt: Runtime, resume: Path | None) -> StepModels:
         torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
         torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
     autocast = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.mixed_precision]
-    vae, text_encoder, tokenizer, noise_sched = load_frozen(cfg.pretrained)
+    # The UNet from the checkpoint when resuming (SD's UNet is then never loaded), else SD's + camera MLP.
+    base = MultiViewDiffusion.from_pretrained(cfg.pretrained, dev, stable_diffusion=True, unet_from=resume)
+    noise_sched = base.scheduler
     if noise_sched.config.prediction_type not in ("epsilon", "v_prediction"):
         raise UserError(
             f"scheduler prediction_type {noise_sched.config.prediction_type!r}: train supports epsilon or "
             "v_prediction"
         )
-    for frozen in (vae, text_encoder):
-        frozen.to(dev)
-        if autocast is not None:  # (a cast to the same dtype only makes diffusers warn)
-            frozen.to(autocast)
-    unet = load_unet(resume if resume else cfg.pretrained).to(dev).train()
+    if autocast is not None:  # frozen parts in the compute dtype; the trained UNet stays fp32
+        base.vae.to(autocast)
+        base.text_encoder.to(autocast)
+    unet = base.unet.train().requires_grad_(True)
     unet.set_ablation(multiview_attention=cfg.multiview_attention, camera_embedding=cfg.camera_embedding)
     if cfg.gradient_checkpointing:  # num_views travels with each call, so recomputation sees it
         unet.enable_gradient_checkpointing()
-    return StepModels(unet, rt.wrap_model(unet), vae, text_encoder, tokenizer, noise_sched, dev, autocast)
+    return StepModels(
+        unet, rt.wrap_model(unet), base.vae, base.text_encoder, base.tokenizer, noise_sched, dev, autocast
+    )
 
 
 @torch.no_grad()
@@ -303,7 +308,7 @@ def _tb_writer(out: Path, step: int):
     """TensorBoard writer on ``out/tensorboard``; on resume events past ``step`` are purged (rewritten)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
+    return SummaryWriter(str(out / runs.TENSORBOARD), purge_step=step + 1 if step else None)
 
 
 def _log_tb(writer, rec: dict) -> None:
@@ -364,10 +369,10 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
 
         from mvforge.models.model import MultiViewUNet
 
-        if resume is not None and (resume / "unet_ema").is_dir():
+        if resume is not None and (resume / runs.UNET_EMA).is_dir():
             with warnings.catch_warnings():  # diffusers' own from_config(path) call inside warns
                 warnings.simplefilter("ignore", FutureWarning)
-                ema = EMAModel.from_pretrained(resume / "unet_ema", MultiViewUNet)
+                ema = EMAModel.from_pretrained(resume / runs.UNET_EMA, MultiViewUNet)
         else:
             ema = EMAModel(
                 m.unet.parameters(),

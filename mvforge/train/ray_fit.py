@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mvforge import config as config_mod
 from mvforge import rundir
+from mvforge.formats import runs
 from mvforge.fsutil import atomic_write_text
 from mvforge.train.config import FitConfig
 
@@ -55,7 +56,7 @@ def _train_loop_per_worker(loop_config: dict) -> None:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         ckpt = latest_checkpoint(cfg.out)
         append_jsonl(
-            Path(cfg.out) / "worker_starts.jsonl",
+            Path(cfg.out) / runs.WORKER_STARTS,
             {"world_size": ctx.get_world_size(), "resume": str(ckpt or "")},
         )
     stop_file = Path(cfg.out) / STOP

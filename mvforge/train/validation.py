@@ -16,12 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mvforge.formats import samples as sample_format
 from mvforge.fsutil import atomic_write_json
 from mvforge.models.config import SampleConfig
 from mvforge.models.pipeline import MultiViewDiffusion, make_scheduler
-from mvforge.models.sample import sample_prompts, save_views, slug
-
-VALIDATION_DIR = "validation"
+from mvforge.models.sample import sample_prompts, save_views
 
 
 def _sample_2d(mvd: MultiViewDiffusion, prompt: str, cfg: SampleConfig) -> Image.Image:
@@ -47,7 +46,7 @@ def validate(m, ema, cfg, step: int, out: Path, writer=None) -> Path:
     weights are restored after) into ``out/validation/step-XXXXXX/``; returns that directory."""
     v = cfg.validation
     unet = m.unet
-    root = Path(out) / VALIDATION_DIR / f"step-{step:06d}"
+    root = sample_format.validation_step_dir(out, step)
     sample_cfg = SampleConfig(
         steps=v.steps,
         guidance_scale=v.guidance_scale,
@@ -67,24 +66,24 @@ def validate(m, ema, cfg, step: int, out: Path, writer=None) -> Path:
         amp = torch.autocast(m.device.type, dtype=m.autocast_dtype, enabled=m.autocast_dtype is not None)
         with amp:
             for i, prompt in enumerate(v.prompts):
-                d = root / f"{i:02d}-{slug(prompt)}"
+                d = sample_format.validation_prompt_dir(root, i, prompt)
                 sample_prompts(
                     mvd, [prompt], d, sample_cfg, m.device, show_progress=False, label=f"step {step}"
                 )
                 entries.append({"prompt": prompt, "kind": "3d", "dir": d.name})
             cfg_2d = SampleConfig(**{**sample_cfg.__dict__, "num_views": 1, "prompt_suffix": ""})
             for i, prompt in enumerate(v.prompts_2d, start=len(v.prompts)):
-                d = root / f"{i:02d}-{slug(prompt)}"
+                d = sample_format.validation_prompt_dir(root, i, prompt)
                 save_views([_sample_2d(mvd, prompt, cfg_2d)], d, {"prompt": prompt, "text": prompt}, cfg_2d)
                 entries.append({"prompt": prompt, "kind": "2d", "dir": d.name})
     finally:
         if ema is not None:
             ema.restore(unet.parameters())
         unet.train(was_training)
-    atomic_write_json(root / "validation.json", {"step": step, "prompts": entries})
+    atomic_write_json(root / sample_format.VALIDATION_INDEX, {"step": step, "prompts": entries})
     if writer is not None:
         for e in entries:
-            grid = np.asarray(Image.open(root / e["dir"] / "grid.png").convert("RGB"))
+            grid = np.asarray(Image.open(root / e["dir"] / sample_format.GRID).convert("RGB"))
             writer.add_image(f"validation/{e['dir']}", grid, step, dataformats="HWC")
         writer.flush()
     return root

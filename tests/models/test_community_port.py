@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from mvforge.cli.mvtrain import app
 from mvforge.errors import UserError
 from mvforge.models import MultiViewDiffusion
-from mvforge.models.model import load_unet
 from tests.fixtures.ldm_layout import unet_to_ldm
 
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
@@ -28,7 +27,7 @@ def _community_dir(tiny_mv, root):
     for sub in ("vae", "text_encoder", "tokenizer", "scheduler"):
         shutil.copytree(tiny_mv / sub, root / sub)
     (root / "unet").mkdir()
-    unet = load_unet(tiny_mv)
+    unet = MultiViewDiffusion.from_pretrained(tiny_mv).unet
     save_file(
         {k: v.contiguous() for k, v in unet_to_ldm(unet).items()},
         root / "unet" / "diffusion_pytorch_model.safetensors",

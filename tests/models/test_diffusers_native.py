@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from mvforge.models import MultiViewDiffusion
-from mvforge.models.model import MultiViewUNet, load_frozen, load_unet
+from mvforge.models.model import MultiViewUNet
 from mvforge.models.pipeline import PIPELINE_MODULE, MVDreamPipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def test_ema_state_neither_warns_nor_leaks_into_saved_pipelines(tiny_mv, tmp_pat
     saved from it carried them in unet/config.json (so every later load warned too)."""
     from diffusers.training_utils import EMAModel
 
-    unet = load_unet(tiny_mv)
+    unet = MultiViewDiffusion.from_pretrained(tiny_mv).unet
     ema = EMAModel(unet.parameters(), decay=0.99, model_cls=MultiViewUNet, model_config=unet.config)
     ckpt = tmp_path / "checkpoints" / "step-000001"
     ema.save_pretrained(ckpt / "unet_ema")
@@ -91,9 +91,8 @@ def test_ema_state_neither_warns_nor_leaks_into_saved_pipelines(tiny_mv, tmp_pat
 
 def test_mvforge_loaders_never_run_code_found_in_a_model_directory(tiny_mv, tmp_path):
     """A pipeline directory whose module writes a marker: sample / sds / eval / dreambooth
-    (``MultiViewDiffusion.from_pretrained``), ``MVDreamPipeline.from_pretrained`` and fit's loaders leave no
-    marker (each command loads through one of these: sample/sds/eval/dreambooth through the first, fit through
-    ``load_frozen`` + ``load_unet``), while diffusers with trust_remote_code=True does run it (the control: the marker works)."""
+    (``MultiViewDiffusion.from_pretrained``), ``MVDreamPipeline.from_pretrained`` and fit's start (the first
+    with ``stable_diffusion=True``) leave no marker (every command loads through one of these), while diffusers with trust_remote_code=True does run it (the control: the marker works)."""
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_mv, model_dir)
     marker = tmp_path / "ran.txt"
@@ -103,7 +102,7 @@ def test_mvforge_loaders_never_run_code_found_in_a_model_directory(tiny_mv, tmp_
     )
     MultiViewDiffusion.from_pretrained(model_dir)
     MVDreamPipeline.from_pretrained(model_dir)
-    load_frozen(model_dir), load_unet(model_dir)
+    MultiViewDiffusion.from_pretrained(model_dir, stable_diffusion=True)
     assert not marker.exists()
     code = f"from diffusers import DiffusionPipeline\nDiffusionPipeline.from_pretrained({str(model_dir)!r}, trust_remote_code=True)"
     proc = _fresh_python(code, tmp_path)

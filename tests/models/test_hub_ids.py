@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from mvforge.cli.mvtrain import app
 from mvforge.errors import UserError
-from mvforge.models.model import check_sd_dir, load_unet
+from mvforge.models.pipeline import MultiViewDiffusion, check_sd_dir
 from mvforge.models.resolve import is_hub_id, local_model_dir, resolve_model
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -47,7 +47,8 @@ def test_hub_ids_resolve_through_the_cache(hub_cache, tiny_mv, tiny_sd, tmp_path
     assert is_hub_id("mvforge-test/tiny-mv") and not is_hub_id("./a/b") and not is_hub_id("a/b/c")
     assert local_model_dir("mvforge-test/tiny-mv") == mv and resolve_model("mvforge-test/tiny-mv") == mv
     assert check_sd_dir("mvforge-test/tiny-sd") == sd  # fit's frozen parts
-    assert load_unet("mvforge-test/tiny-sd").config.class_embed_type == "projection"
+    fit_start = MultiViewDiffusion.from_pretrained("mvforge-test/tiny-sd", stable_diffusion=True)
+    assert fit_start.unet.config.class_embed_type == "projection"
     # An existing directory of the same name wins over the Hub.
     (tmp_path / "mvforge-test" / "tiny-mv").mkdir(parents=True)
     assert local_model_dir("mvforge-test/tiny-mv") == Path("mvforge-test/tiny-mv")

@@ -20,9 +20,14 @@ from mvforge.models.model import (
     CrossAttnProcessor,
     MultiViewAttnProcessor,
     MultiViewUNet,
-    load_unet,
     tokenize,
 )
+from mvforge.models.pipeline import MultiViewDiffusion
+
+
+def load_unet(sd) -> MultiViewUNet:
+    """SD's UNet made multi-view as `mvtrain fit` starts (through the one loader), trainable again."""
+    return MultiViewDiffusion.from_pretrained(sd, stable_diffusion=True).unet.train().requires_grad_(True)
 
 
 def _reference_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +152,8 @@ def test_saved_multiview_unet_loads_back(tiny_sd, tmp_path):
         unet.class_embedding.linear_2.weight.fill_(0.01)
     unet.save_pretrained(tmp_path / "unet")
     (tmp_path / "config.toml").write_text("")
-    again = load_unet(tmp_path)
+    # A fit resume: the checkpoint's UNet loads as is (no new camera MLP).
+    again = MultiViewDiffusion.from_pretrained(tiny_sd, stable_diffusion=True, unet_from=tmp_path).unet
     assert isinstance(again, MultiViewUNet)
     for (k, a), (_, b) in zip(unet.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
@@ -155,13 +161,13 @@ def test_saved_multiview_unet_loads_back(tiny_sd, tmp_path):
 
 def test_load_unet_bad_input(tiny_sd, tmp_path):
     with pytest.raises(UserError, match="holds no diffusers UNet"):
-        load_unet(tmp_path)
+        MultiViewDiffusion.from_pretrained(tiny_sd, stable_diffusion=True, unet_from=tmp_path)
     (tmp_path / "unet").mkdir()
     config = json.loads((tiny_sd / "unet" / "config.json").read_text())
     config["class_embed_type"] = "timestep"
     (tmp_path / "unet" / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="class_embed_type"):
-        load_unet(tmp_path)
+        MultiViewDiffusion.from_pretrained(tiny_sd, stable_diffusion=True, unet_from=tmp_path)
 
 
 def test_tokenizer_matches_open_clip_padding_included(tiny_mv):

@@ -15,7 +15,6 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionMod
 from mvforge.cameras import normalize_camera, orbit_c2w
 from mvforge.errors import UserError
 from mvforge.models import MultiViewDiffusion, resolve_model
-from mvforge.models.model import load_unet
 from mvforge.models.pipeline import SCHEDULERS, MVDreamPipeline, make_scheduler
 
 RES, STEPS = 16, 3  # tiny: latents 8 x 8 (the VAE downsamples x2)
@@ -153,7 +152,8 @@ def test_every_scheduler_is_deterministic_and_distinct(model):
 def sd_and_fresh_mv(tiny_sd):
     sd = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None, requires_safety_checker=False)
     sd.set_progress_bar_config(disable=True)
-    return sd, MultiViewDiffusion(load_unet(tiny_sd), sd.vae, sd.text_encoder, sd.tokenizer, sd.scheduler)
+    unet = MultiViewDiffusion.from_pretrained(tiny_sd, stable_diffusion=True).unet  # fit's start: SD + camera
+    return sd, MultiViewDiffusion(unet, sd.vae, sd.text_encoder, sd.tokenizer, sd.scheduler)
 
 
 @pytest.mark.parametrize("name", list(SCHEDULERS))

@@ -7,9 +7,10 @@ import os
 
 import pytest
 
+from mvforge.cli.prompts import read_prompts
 from mvforge.errors import UserError
 from mvforge.sds.config import SDSConfig
-from mvforge.sds.ray_prompts import _task_configs, read_prompts
+from mvforge.sds.ray_prompts import _task_configs
 from tests.sds.conftest import tiny_sds_config
 
 

@@ -15,7 +15,6 @@ from PIL import Image, ImageDraw
 
 from mvforge.errors import UserError
 from mvforge.models import MultiViewDiffusion
-from mvforge.models.model import load_unet
 from mvforge.models.resolve import latest_checkpoint
 from mvforge.train.config import OptimConfig
 from mvforge.train.dreambooth import (
@@ -62,6 +61,11 @@ def db_config(tiny_mv: Path, photos: Path, out: Path, **changes) -> DreamBoothCo
         optim=OptimConfig(lr=LR, lr_scheduler="constant", weight_decay=0.01, grad_clip_norm=0),
     )
     return DreamBoothConfig(**(base | changes))
+
+
+def load_unet(path) -> torch.nn.Module:
+    """The raw UNet (``unet/``, not the EMA) of a model or checkpoint through the one loader, trainable."""
+    return MultiViewDiffusion.from_pretrained(path, use_ema=False).unet.requires_grad_(True)
 
 
 def run(cfg: DreamBoothConfig) -> list[dict]:
