@@ -10,7 +10,7 @@ while the trained model keeps the convention it learned, and the evaluation is r
 - ``camera_zeroed``: the camera embedding's input all zeros (a model that never receives its camera);
 - ``cfg_swapped``: the conditional and unconditional CFG branches exchanged.
 
-The mesh's up axis is a property of the SDS export, checked on `make demo`'s render-back instead (docs/demo.md).
+The mesh's up axis is a property of the SDS export: bench/mesh_up_sabotage.py breaks it (docs/demo.md).
 
     .venv/bin/python bench/known_answer_sabotage.py --model RUN --reference RENDERS --out /tmp/sabotage
 

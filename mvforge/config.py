@@ -191,7 +191,9 @@ def to_dict(cfg: Any) -> dict:
 def first_difference(old: dict, new: dict, ignore: tuple[str, ...] = (), prefix: str = "") -> str:
     """The first setting (sorted, depth first) whose value differs between two ``to_dict`` trees, as
     ``"key.sub was OLD, now NEW"``; "" when none does. ``ignore``: dotted keys (or key prefixes ending in ``.``)
-    that may differ. The one comparison behind every stage's "resume only with the same settings" check."""
+    that may differ. The one comparison behind every stage's "resume only with the same settings" check, which
+    stages call through ``rundir.settings_difference`` / ``rundir.check_resume`` (they add the one list of
+    execution settings, ``rundir.EXECUTION_KEYS``)."""
     for key in sorted(set(old) | set(new)):
         dotted = f"{prefix}{key}"
         if dotted in ignore or any(i.endswith(".") and dotted.startswith(i) for i in ignore):

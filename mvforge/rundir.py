@@ -1,5 +1,5 @@
-"""What every stage's output directory shares (docs/reliability.md): one writer at a time, and resume from the
-newest checkpoint that is intact.
+"""What every stage's output directory shares (docs/reliability.md): one writer at a time, resume only with
+the same settings, and from the newest checkpoint that is intact.
 
 - :func:`exclusive` holds ``fcntl.flock`` on ``<out>/.lock`` while a command writes ``<out>``; the file names the
   holder (command, pid, host) so a refused second run can say who writes. The kernel drops the lock when the
@@ -7,6 +7,8 @@ newest checkpoint that is intact.
 - :func:`newest_intact` picks the newest checkpoint that passes a check (a safetensors header that fits its
   file, a ``torch.load(weights_only=True)`` that succeeds) and says in one line which newer one it passed over.
   A checkpoint is untrusted input: nothing here unpickles anything but tensors and plain containers.
+- :func:`check_resume` is "resume only with the same settings" for every stage, data wing included: the saved
+  settings against the new ones, ignoring the one list of execution settings, :data:`EXECUTION_KEYS`.
 
 Pure standard library at import time (the CLI imports stages lazily; ``--help`` must stay light).
 """
@@ -265,16 +267,10 @@ def environment_error_in(e: BaseException) -> UserError | None:
     return None
 
 
-# --- the run directory of a model-wing stage -----------------------------------------------------------------
+# --- resume only with the same settings (every stage) --------------------------------------------------------
 
 CONFIG = "config.toml"
 """The run's settings, as the stage resolved them (content and execution settings alike)."""
-
-DONE = "summary.json"
-"""The done marker: written last, so a run directory that has it is finished (its JSON is the run's summary)."""
-
-CHECKPOINTS = "checkpoints"
-CKPT_PREFIX = "step-"
 
 EXECUTION_KEYS = (
     # where and how the run executes
@@ -298,24 +294,142 @@ EXECUTION_KEYS = (
     "export",
     "export_mesh.",
     "save_pipeline",
+    # `mvdata render`: Cycles' thread count and device, the per-object process limits (timeout, memory,
+    # retries) and the download settings decide how fast or how safely an object renders, never its pixels
+    "cycles.threads",
+    "cycles.device",
+    "limits",
+    "download",
 )
-"""The settings a resumed run may change, for every stage that uses :class:`RunDir` (dotted keys, or prefixes
-ending in ``.``): where and how it runs, how long, what it writes besides the result. Every other setting decides
-the result, so a resume under another value would mix two recipes in one output (docs/design.md §5 "Execution
-settings vs content settings"). One list: a stage keeps execution settings out of its comparison only here."""
+"""The settings a resumed run may change, for every stage (dotted keys, or prefixes ending in ``.``; a key
+names a whole section too): where and how it runs, how long, what it writes besides the result. Every other
+setting decides the result, so a resume under another value would mix two recipes in one output
+(docs/design.md §5 "Execution settings vs content settings"). One list: a stage keeps execution settings out
+of its comparison (:func:`check_resume`) and out of the content it records (:func:`content_settings`) only
+here."""
+
+
+def _ignored(dotted: str, ignore: Iterable[str]) -> bool:
+    return any(dotted == i or (i.endswith(".") and dotted.startswith(i)) for i in ignore)
+
+
+def content_settings(d: dict) -> dict:
+    """``d`` (a ``config.to_dict`` tree) without its :data:`EXECUTION_KEYS`: what a stage records as the
+    settings that made its output (the shard set's index.json), so a resume under another worker count writes
+    the same document."""
+
+    def strip(tree: dict, prefix: str) -> dict:
+        return {
+            k: strip(v, f"{prefix}{k}.") if isinstance(v, dict) else v
+            for k, v in tree.items()
+            if not _ignored(f"{prefix}{k}", EXECUTION_KEYS)
+        }
+
+    return strip(d, "")
+
+
+def _only(d: dict, dotted: str) -> dict:
+    """The one setting ``dotted`` of ``d``, nested as in ``d`` (None where ``d`` lacks it)."""
+    value = d
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    for part in reversed(dotted.split(".")):
+        value = {part: value}
+    return value
+
+
+def settings_difference(
+    saved: dict,
+    now: dict,
+    *,
+    compared_elsewhere: Iterable[str] = (),
+    compare_only: Iterable[str] | None = None,
+    first: Iterable[str] = (),
+    last: Iterable[str] = (),
+) -> str:
+    """The first content setting that differs between ``saved`` (what made the kept work) and ``now``, as
+    ``config.first_difference`` names it; "" when they agree. :data:`EXECUTION_KEYS` and
+    ``compared_elsewhere`` (settings the stage checks another way) may differ; ``compare_only`` narrows the
+    comparison to those top-level keys. ``first``: settings named before any other (one that makes the rest
+    differ as a consequence: render's kind of light); ``last``: settings named only when nothing else differs
+    (one that follows from others: render's adaptive sampling follows from its samples)."""
+    from mvforge import config as config_mod
+
+    if compare_only is not None:
+        saved = {k: saved[k] for k in compare_only if k in saved}
+        now = {k: now[k] for k in compare_only if k in now}
+    ignore = (*EXECUTION_KEYS, *compared_elsewhere)
+    for key in first:
+        if not _ignored(key, ignore):
+            diff = config_mod.first_difference(_only(saved, key), _only(now, key), ignore)
+            if diff:
+                return diff
+    last = tuple(last)
+    return (
+        last and config_mod.first_difference(saved, now, (*ignore, *last))
+    ) or config_mod.first_difference(saved, now, ignore)
+
+
+def check_resume(
+    saved: dict | None,
+    content,
+    command: str,
+    out_label: str | os.PathLike,
+    kept: bool,
+    *,
+    compared_elsewhere: Iterable[str] = (),
+    compare_only: Iterable[str] | None = None,
+    first: Iterable[str] = (),
+    last: Iterable[str] = (),
+    made: str | None = None,
+    fix: str = "pass the same settings to resume it, or another --out",
+    replace: bool = False,
+) -> str:
+    """Resume only with the same settings (docs/design.md §5, docs/reliability.md "Resume"), for every stage.
+
+    ``saved``: the settings the output ``out_label`` was made with (its ``config.toml`` as a dict; None: none
+    recorded); ``content``: this run's settings (a dict or config dataclass); ``kept``: whether ``out_label``
+    holds work made under ``saved`` (a directory without work takes the new settings). Compared by
+    :func:`settings_difference`. A difference raises one line, ``<out> <made> with other settings (<first
+    difference>); <fix>``, ``made`` defaulting to "was made by `<command>`" — unless ``replace`` (the stage
+    was told to redo the kept work: render's ``--overwrite``, filter's ``--rescore``), when the difference is
+    returned for the stage's own rules. Returns "" when nothing differs."""
+    if saved is None or not kept:
+        return ""
+    diff = settings_difference(
+        saved,
+        _content_dict(content),
+        compared_elsewhere=compared_elsewhere,
+        compare_only=compare_only,
+        first=first,
+        last=last,
+    )
+    if diff and not replace:
+        made = made if made is not None else f"was made by `{command}`"
+        raise UserError(f"{out_label} {made} with other settings ({diff}); {fix}")
+    return diff
 
 
 def _content_dict(content) -> dict:
     """``content`` (a dict or a config dataclass) as it reads back from TOML (tuples as lists, None dropped)."""
-    import dataclasses
     import tomllib
 
     import tomli_w
 
     from mvforge import config as config_mod
 
-    d = config_mod.to_dict(content) if dataclasses.is_dataclass(content) else dict(content)
-    return tomllib.loads(tomli_w.dumps(d))
+    return tomllib.loads(
+        tomli_w.dumps(config_mod.to_dict(content))
+    )  # to_dict: a dict's None values dropped too
+
+
+# --- the run directory of a model-wing stage -----------------------------------------------------------------
+
+DONE = "summary.json"
+"""The done marker: written last, so a run directory that has it is finished (its JSON is the run's summary)."""
+
+CHECKPOINTS = "checkpoints"
+CKPT_PREFIX = "step-"
 
 
 class RunDir:
@@ -357,24 +471,19 @@ class RunDir:
 
         Raises UserError naming the first differing key and the fix (the same settings, or another --out),
         and for an unwritable place."""
-        from mvforge import config as config_mod
-
         run = cls(path, suffix)
         now = _content_dict(content)
-        saved = run.saved_config()
         if kept is None:
             kept = bool(run.checkpoints()) or run.is_done()
-        if saved is not None and kept:
-            old, new = saved, now
-            if compare_only is not None:
-                old = {k: saved[k] for k in compare_only if k in saved}
-                new = {k: now[k] for k in compare_only if k in now}
-            diff = config_mod.first_difference(old, new, (*EXECUTION_KEYS, *compared_elsewhere))
-            if diff:
-                raise UserError(
-                    f"{run.path} was made by `{command}` with other settings ({diff}); pass the same settings "
-                    "to resume it, or another --out"
-                )
+        check_resume(
+            run.saved_config(),
+            now,
+            command,
+            run.path,
+            kept,
+            compared_elsewhere=compared_elsewhere,
+            compare_only=compare_only,
+        )
         if write:
             run.write_config(now)
         return run

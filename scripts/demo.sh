@@ -16,10 +16,25 @@ export RAY_USAGE_STATS_ENABLED=0
 RENDER_ARGS=(--views 16 --orbits 2 --resolution 32 --samples 8 --shared-cameras --workers 2 --threads 1
   --set cameras.framing=mvdream)
 TIMES=()
-step() {  # a heading per step, with the time the previous one took (the summary at the end lists them all)
-  [ -n "${STEP_NAME:-}" ] && TIMES+=("$(printf '%-18s %4d s' "$STEP_NAME" $((SECONDS - STEP_START)))")
+tree_rss_kb() {  # resident memory of this script's whole process tree (Ray's workers included), in kB
+  ps -eo pid=,ppid=,rss= | awk -v root=$$ '{up[$1] = $2; rss[$1] = $3}
+    END {for (p in up) {q = p; while (q in up && q != root && q > 1) q = up[q]; if (q == root) s += rss[p]}; print s + 0}'
+}
+PEAK_FILE=$(mktemp)
+trap 'kill "${SAMPLER:-}" 2>/dev/null; rm -f "$PEAK_FILE"' EXIT
+sample_peak() {  # the step's peak of tree_rss_kb, sampled twice a second into $PEAK_FILE
+  local peak=0 now
+  while :; do now=$(tree_rss_kb); ((now > peak)) && peak=$now && echo "$peak" > "$PEAK_FILE"; sleep 0.5; done
+}
+step() {  # a heading per step, with the time and peak memory of the previous one (listed again at the end)
+  if [ -n "${STEP_NAME:-}" ]; then
+    kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null || true
+    TIMES+=("$(printf '%-18s %4d s  %6.2f GB peak' "$STEP_NAME" $((SECONDS - STEP_START)) \
+      "$(awk '{print $1 / 1048576}' "$PEAK_FILE")")")
+  fi
   STEP_NAME=$1 STEP_START=$SECONDS
-  [ -n "$1" ] && echo "== $1: $2"
+  echo 0 > "$PEAK_FILE"
+  if [ -n "$1" ]; then echo "== $1: $2"; sample_peak & SAMPLER=$!; fi
   return 0
 }
 caption() { $BIN/python -c "import json,sys; print(json.load(open(sys.argv[1]))['caption'])" \

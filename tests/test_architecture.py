@@ -1,4 +1,4 @@
-"""The package's dependency rule (design §1, issue 8), checked over every module's imports.
+"""The package's dependency rule (design §1), checked over every module's imports.
 
 - A stage (render, filter, shards, train, sds, eval) imports the shared layers (formats, models, cameras, config,
   errors, fsutil, progress, raytools, assets) and no other stage, with one named exception: ``train`` reads
@@ -120,3 +120,20 @@ def test_checker_catches_planted_violations(tmp_path):
         and "mvforge.cli" not in text
     )
     assert len(violations) == 5
+
+
+def test_resume_settings_are_compared_in_one_place():
+    """Resume only with the same settings is implemented once (docs/design.md §5, docs/reliability.md): every
+    stage compares through mvforge.rundir (check_resume / settings_difference), which alone calls
+    config.first_difference and holds the one list of execution settings, rundir.EXECUTION_KEYS."""
+    package_dir = Path(mvforge.__file__).parent
+    callers = set()
+    for path in sorted(package_dir.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+                if name == "first_difference":
+                    callers.add(path.relative_to(package_dir).as_posix())
+    assert callers == {"config.py", "rundir.py"}, callers  # config.py: its own recursion

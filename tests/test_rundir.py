@@ -258,3 +258,51 @@ def test_rundir_compare_only_and_kept_work(tmp_path):
         path, {**doc, "model": "big"}, "mvtrain eval", compare_only=("model", "sample"), kept=False
     )
     assert rundir.RunDir(path).saved_config()["model"] == "big"
+
+
+def test_check_resume_is_the_one_comparison_for_the_data_wing_too(tmp_path):
+    """render, filter and shard compare their saved settings through rundir.check_resume, with the one list of
+    execution settings; a stage's own wording and its "redo the kept work" flag go through its arguments."""
+    saved = {
+        "resolution": 32,
+        "cycles": {"samples": 8, "threads": 1, "adaptive_sampling": "off"},
+        "lighting": {},
+    }
+    saved["lighting"] = {"kind": "hdri", "exposure": 1.0}
+    faster = {**saved, "cycles": {**saved["cycles"], "threads": 8}, "limits": {"timeout_s": 5}}
+    assert rundir.check_resume(saved, faster, "mvdata render", tmp_path, kept=True) == ""
+    # nothing recorded, or no work kept under it: the new settings are taken
+    assert rundir.check_resume(None, {"resolution": 64}, "mvdata render", tmp_path, kept=True) == ""
+    assert rundir.check_resume(saved, {"resolution": 64}, "mvdata render", tmp_path, kept=False) == ""
+    lamps = {**saved, "resolution": 64, "lighting": {"kind": "lamps", "ambient": 0.1}}
+    kw = {"first": ("lighting.kind",), "last": ("cycles.adaptive_sampling",)}
+    with pytest.raises(
+        UserError, match=r"^\S+ holds renders made with other settings \(lighting.kind was 'hdri', "
+    ):
+        rundir.check_resume(saved, lamps, "mvdata render", tmp_path, True, made="holds renders made", **kw)
+    quicker = {**saved, "cycles": {**saved["cycles"], "samples": 4, "adaptive_sampling": "on"}}
+    with pytest.raises(UserError, match=r"\(cycles.samples was 8, now 4\); pass the same settings to resume"):
+        rundir.check_resume(saved, quicker, "mvdata render", tmp_path, True, **kw)
+    # the stage was told to redo the kept work: the difference comes back for its own rules
+    diff = rundir.check_resume(saved, quicker, "mvdata render", tmp_path, True, replace=True, **kw)
+    assert diff == "cycles.samples was 8, now 4"
+    with pytest.raises(
+        UserError, match=r"was made by `mvdata shard` with other settings \(seed was 0, now 1\)"
+    ):
+        rundir.check_resume(
+            {"seed": 0, "workers": 2}, {"seed": 1, "workers": 4}, "mvdata shard", tmp_path, True
+        )
+
+
+def test_check_resume_takes_a_dict_with_none_as_toml_reads_it_back(tmp_path):
+    """filter's scoring key holds None (no model_config_file) and was saved as JSON null."""
+    key = {"model": "ViT-B-32", "model_config_file": None, "text": {"fields": ("caption", "name")}}
+    saved = {"model": "ViT-B-32", "model_config_file": None, "text": {"fields": ["caption", "name"]}}
+    assert rundir.check_resume(saved, key, "mvdata filter", tmp_path, kept=True) == ""
+    with pytest.raises(UserError, match=r"\(model was 'ViT-B-32', now 'ViT-L-14'\)"):
+        rundir.check_resume(saved, {**key, "model": "ViT-L-14"}, "mvdata filter", tmp_path, kept=True)
+
+
+def test_content_settings_drop_the_execution_settings():
+    doc = {"seed": 0, "workers": 2, "cycles": {"samples": 8, "threads": 4}, "limits": {"timeout_s": 5}}
+    assert rundir.content_settings(doc) == {"seed": 0, "cycles": {"samples": 8}}

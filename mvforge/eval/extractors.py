@@ -1,4 +1,4 @@
-"""Feature extractors of `mvtrain eval`, from local weight files only (issue 15; nothing is downloaded, design §6).
+"""Feature extractors of `mvtrain eval`, from local weight files only (nothing is downloaded, design §6).
 
 Two roles, each a small protocol so a test or a caller can inject its own:
 

@@ -226,22 +226,38 @@ def score_images(
     same cameras (all references of a world share them: `mvdata render --shared-cameras`). ``mask``: the
     images' foreground (V, H, W) bool when known (a render's alpha); else their ``silhouette`` on the grey.
 
-    Returns ``retrieved`` (uid with the smallest MSE), ``mse`` per uid, ``psnr_object_db`` (over the true
-    object's pixels), ``iou`` (silhouettes) and ``iou_others`` (the best IoU with any other object)."""
+    Returns ``retrieved`` (uid with the smallest MSE), ``views_retrieved`` (the same per view: which object each
+    view alone is nearest to; views that disagree are not one object, whatever their mean retrieves), ``mse`` per
+    uid, ``psnr_object_db`` (over the true object's pixels), ``iou`` (silhouettes) and ``iou_others`` (the best
+    IoU with any other object)."""
     if images.shape != truth.rgb.shape:
         images = _resize(images, truth.rgb.shape[1])
-    mse = {r.uid: float(((images - r.rgb) ** 2).mean()) for r in refs}
+    per_view = {r.uid: ((images - r.rgb) ** 2).mean(axis=(1, 2, 3)) for r in refs}
+    mse = {uid: float(err.mean()) for uid, err in per_view.items()}
+    uids = list(per_view)
+    nearest = np.stack([per_view[u] for u in uids]).argmin(axis=0)
     if mask is None:
         mask = silhouette(images, cfg.background, cfg.silhouette_tolerance)
     ious = {r.uid: iou(mask, r.alpha > 0.5) for r in refs}
     others = [v for k, v in ious.items() if k != truth.uid]
     return {
         "retrieved": min(mse, key=mse.get),
+        "views_retrieved": [uids[i] for i in nearest],
         "mse": {k: round(v, 6) for k, v in mse.items()},
         "psnr_object_db": round(masked_psnr(images, truth.rgb, truth.alpha > 0.5), 3),
         "iou": round(ious[truth.uid], 4),
         "iou_others": round(max(others), 4) if others else None,
     }
+
+
+def views_summary(rows: list[dict]) -> dict:
+    """Per-view retrieval over scored rows: ``views_retrieving_own`` ("k/N" views nearest their own object) and
+    ``views_agree`` (captions whose views are all nearest one object, right or wrong: multi-view consistency
+    without the truth, the property per-image attention loses in paper §5.1)."""
+    views = [v for r in rows for v in r["views_retrieved"]]
+    own = sum(v == r["uid"] for r in rows for v in r["views_retrieved"])
+    agree = sum(len(set(r["views_retrieved"])) == 1 for r in rows)
+    return {"views_retrieving_own": f"{own}/{len(views)}", "views_agree": f"{agree}/{len(rows)}"}
 
 
 def _resize(images: np.ndarray, side: int) -> np.ndarray:
@@ -349,6 +365,7 @@ def run_known_answer(
         "summary": {
             "captions": n,
             "retrieved_own": sum(r["retrieved"] == r["uid"] for r in rows),
+            **views_summary(rows),
             "mean_iou": round(float(np.mean([r["iou"] for r in rows])), 4),
             "mean_psnr_object_db": round(float(np.nanmean([r["psnr_object_db"] for r in rows])), 3),
             "blank_image_retrieves_own": blank_hits,
@@ -451,6 +468,7 @@ def score_renders(
         "summary": {
             "captions": len(rows),
             "retrieved_own": sum(r["retrieved"] == r["uid"] for r in rows),
+            **views_summary(rows),
             "mean_iou": round(float(np.mean([r["iou"] for r in rows])), 4),
             "mean_psnr_object_db": round(float(np.nanmean([r["psnr_object_db"] for r in rows])), 3),
         },

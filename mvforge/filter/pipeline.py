@@ -119,14 +119,19 @@ def check_scoring_key(out: Path, cfg: FilterConfig, rescore: bool) -> None:
     # Only stored scores bind the directory: a run that failed before scoring (a wrong --clip-pretrained) leaves
     # its key behind, and the corrected command must not be refused for it.
     has_scores = (out / SCORES).is_file() or bool(part_files(out))
-    if path.is_file() and has_scores:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if stored.get("hash") != scoring_key_hash(key) and not rescore:
-            changed = sorted(k for k in key if stored.get("key", {}).get(k) != key[k])
-            raise UserError(
-                f"{out} holds scores made with other settings ({', '.join(changed)}); pass the same model "
-                "flags to re-select from them, another --out, or --rescore to discard them"
-            )
+    # The scoring key is the filter's content settings (docs/design.md §5): the selection settings re-apply to
+    # stored scores on every run, so only the key is compared, by the comparison every stage shares.
+    stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    rundir.check_resume(
+        stored.get("key", {}) if isinstance(stored, dict) else None,
+        key,
+        "mvdata filter",
+        out,
+        kept=has_scores,
+        made="holds scores made",
+        fix="pass the same model flags to re-select from them, another --out, or --rescore to discard them",
+        replace=rescore,
+    )
     if rescore:
         for p in [*part_files(out), out / SCORES]:
             p.unlink(missing_ok=True)

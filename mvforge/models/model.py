@@ -15,6 +15,10 @@ disk is ``MultiViewDiffusion.from_pretrained`` (models/pipeline.py), the one loa
   ``class_labels=None``; MVDream's own UNet simply skips the camera term when ``camera is None``, so
   ``MultiViewUNet.get_class_embed`` returns no class embedding then. A fake camera (zeros) would NOT be
   equivalent: the MLP's first layer has a bias, so zeros still shift the time embedding.
+- Ablations (paper §5.1): a UNet whose ``config.json`` has ``multiview_attention: false`` attends within each
+  image only, one with ``camera_embedding: false`` ignores the cameras it is given. They are written only when
+  false (``set_ablation``), so every other model's config is diffusers' own, and every consumer (fit, sample,
+  SDS, eval) honours them through ``forward``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ EMA_CONFIG_KEYS = frozenset(
     {"decay", "inv_gamma", "min_decay", "optimization_step", "power", "update_after_step", "use_ema_warmup"}
 )
 """Keys diffusers' ``EMAModel.save_pretrained`` adds to ``unet_ema/config.json`` (its averaging state)."""
+
+ABLATION_KEYS = ("multiview_attention", "camera_embedding")
+"""``config.json`` keys of a §5.1 ablation model (both default true); see the module docstring."""
 
 
 # ---------------------------------------------------------------- processors
@@ -120,9 +127,33 @@ class MultiViewUNet(UNet2DConditionModel):
         ignored nor copies them into the model's config (and from there into every pipeline saved from it),
         and ``EMAModel.from_pretrained`` still receives them as unused keys to resume the average."""
         ema = {k: v for k, v in config_dict.items() if k in EMA_CONFIG_KEYS}
-        rest = {k: v for k, v in config_dict.items() if k not in EMA_CONFIG_KEYS}
+        ablation = {k: v for k, v in config_dict.items() if k in ABLATION_KEYS}
+        rest = {k: v for k, v in config_dict.items() if k not in EMA_CONFIG_KEYS and k not in ABLATION_KEYS}
         init, unused, hidden = super().extract_init_dict(rest, **kwargs)
-        return init, {**unused, **ema}, hidden
+        # Hidden keys are registered to the loaded model's config (so saved again) without a warning.
+        return init, {**unused, **ema}, {**hidden, **ablation}
+
+    @property
+    def multiview_attention(self) -> bool:
+        """False for the per-image-attention ablation (paper §5.1): ``num_views`` then never joins views."""
+        return bool(self.config.get("multiview_attention", True))
+
+    @property
+    def camera_embedding(self) -> bool:
+        """False for the no-camera ablation (paper §5.1): ``forward`` then drops the cameras."""
+        return bool(self.config.get("camera_embedding", True))
+
+    def set_ablation(self, *, multiview_attention: bool = True, camera_embedding: bool = True) -> None:
+        """Make this UNet a §5.1 ablation (recorded in its config, so saved and loaded with it). Raises
+        ValueError when asked to undo an ablation the weights were trained under."""
+        for key, value in (
+            ("multiview_attention", multiview_attention),
+            ("camera_embedding", camera_embedding),
+        ):
+            if not value:
+                self.register_to_config(**{key: False})
+            elif not getattr(self, key):
+                raise ValueError(f"this UNet was trained with {key} = false; it cannot be switched back on")
 
     def get_class_embed(self, sample: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor | None:
         if class_labels is None:  # 2D batch: no camera term (see module docstring)
@@ -152,8 +183,8 @@ class MultiViewUNet(UNet2DConditionModel):
             sample,
             timestep,
             encoder_hidden_states,
-            class_labels=cameras,
-            cross_attention_kwargs={"num_views": num_views},
+            class_labels=cameras if self.camera_embedding else None,
+            cross_attention_kwargs={"num_views": num_views if self.multiview_attention else 1},
             return_dict=False,
         )[0]
 

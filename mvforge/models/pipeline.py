@@ -1,5 +1,5 @@
 """The multi-view diffusion model every stage uses (``MultiViewDiffusion``) and its diffusers pipeline
-(``MVDreamPipeline``: text -> V views), design §1 and §10, issue 9.
+(``MVDreamPipeline``: text -> V views), design §1 and §10.
 
 - ``MultiViewDiffusion``: the loaded parts (multi-view UNet, VAE, text encoder, tokenizer, training noise
   schedule) with what sampling, SDS, MVDreamBooth and evaluation need: encode prompts, encode images to latents
@@ -92,7 +92,7 @@ SCHEDULERS = {
     "euler-a": EulerAncestralDiscreteScheduler,
     "pndm": PNDMScheduler,
 }
-"""The sampling schedulers offered and tested (issue 9), all diffusers'. DDIM is the authors' (design §10)."""
+"""The sampling schedulers offered and tested, all diffusers'. DDIM is the authors' (design §10.10)."""
 
 
 def make_scheduler(name: str, config) -> object:
@@ -257,7 +257,8 @@ class MultiViewDiffusion:
     # -- encode / predict / decode
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """Text conditioning (N, 77, D) in the model's dtype for N prompts (padded with id 0, issue 9)."""
+        """Text conditioning (N, 77, D) in the model's dtype for N prompts (padded with the tokenizer's pad
+        id, 0 for SD 2.x as for OpenCLIP: ``model.tokenize`` says why it matters)."""
         if isinstance(prompts, str):
             raise TypeError("encode_prompt takes a list of prompts")
         return encode_text(self.tokenizer, self.text_encoder, list(prompts), self.device).to(self.dtype)

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from mvforge import config as config_mod
+from mvforge import rundir
 from mvforge.errors import UserError
 from mvforge.formats import samples as sample_format
 from mvforge.formats.samples import prompt_dirs
@@ -177,9 +178,10 @@ def sample_prompts(
 
 
 def _settings_difference(out: Path, record: dict, cfg: SampleConfig) -> str | None:
-    """How ``out/sample.json`` differs from ``record`` + ``cfg`` (``config.first_difference``): "" when it records
-    the same model, prompt and settings, None when there is no readable sample.json (nothing finished there).
-    When both carry a weights fingerprint the model is compared by it, not by how its path was spelled."""
+    """How ``out/sample.json`` differs from ``record`` + ``cfg`` (``rundir.settings_difference``, the
+    comparison every stage resumes by): "" when it records the same model, prompt and settings, None when
+    there is no readable sample.json (nothing finished there). When both carry a weights fingerprint the model
+    is compared by it, not by how its path was spelled."""
     try:
         done = json.loads((out / sample_format.META).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -188,7 +190,7 @@ def _settings_difference(out: Path, record: dict, cfg: SampleConfig) -> str | No
         return None
     now = json.loads(json.dumps({**record, "config": config_mod.to_dict(cfg)}))
     ignore = ("model",) if "weights" in done and "weights" in now else ()
-    return config_mod.first_difference(done, now, ignore)
+    return rundir.settings_difference(done, now, compared_elsewhere=ignore)
 
 
 def _views_complete(out: Path, cfg: SampleConfig) -> bool:

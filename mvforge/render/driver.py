@@ -22,17 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mvforge import rundir
-from mvforge.config import first_difference, to_dict, to_toml
+from mvforge.config import to_dict, to_toml
 from mvforge.errors import UserError
 from mvforge.formats import renders as layout
 from mvforge.fsutil import append_jsonl, atomic_write_text, read_jsonl
 from mvforge.render.config import RenderConfig, adaptive_first_stop, check_lighting_kind
 from mvforge.render.plan import FORMATS, SourceObject, hdri_pool, plan_job
 from mvforge.render.worker import FAULT_ENV
-
-# Settings that change how fast or how safely objects render but not what they look like: a resumed run may
-# change them. Everything else in RenderConfig decides the pixels, so it must match the run being resumed.
-_NON_RENDER_KEYS = {("cycles", "threads"), ("cycles", "device"), ("limits",), ("download",)}
 
 
 @dataclass(frozen=True)
@@ -168,13 +164,10 @@ _LIGHTING_UNUSED = {
 
 
 def _render_part(d: dict) -> dict:
-    """The part of a config dict that decides the pixels (see _NON_RENDER_KEYS)."""
+    """A config dict as its settings decide the pixels: those that decide nothing under the others dropped,
+    adaptive sampling as one entry. The settings that change how fast or how safely an object renders (its
+    threads, device, limits, downloads) are execution settings, in ``rundir.EXECUTION_KEYS``."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
-    for key in _NON_RENDER_KEYS:
-        if len(key) == 1:
-            out.pop(key[0], None)
-        elif isinstance(out.get(key[0]), dict):
-            out[key[0]].pop(key[1], None)
     cycles = out.get("cycles")
     if isinstance(cycles, dict):
         if not cycles.get("denoise", False):
@@ -221,34 +214,33 @@ def _check_config(out: Path, cfg: RenderConfig, overwrite: bool, uids: set[str] 
     §2.1, Sources).
     """
     path = out / layout.CONFIG
+    old = None
     if path.is_file():
         try:
             old = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError:
-            old = None
-        new = to_dict(cfg)
-        if old is not None and _render_part(old) != _render_part(new):
-            a, b = _render_part(old), _render_part(new)
-            # The kind of light first: under another kind the other lighting keys differ only as a consequence.
-            # Adaptive sampling last: it follows from the samples too, and a changed --samples should be named.
-            kinds = [{"lighting": {"kind": (d.get("lighting") or {}).get("kind")}} for d in (a, b)]
-            diff = (
-                first_difference(*kinds)
-                or first_difference(a, b, ignore=("cycles.adaptive_sampling",))
-                or first_difference(a, b)
-            )
-            if not overwrite:
-                raise UserError(
-                    f"{out} holds renders made with other settings ({diff}); pick a new --out, or pass "
-                    "--overwrite to re-render everything with the new settings"
-                )
-            others = _finished_uids(out) - (uids or set())
-            if uids is not None and others:
-                raise UserError(
-                    f"--overwrite with new settings ({diff}) would re-render only the objects named, leaving "
-                    f"{len(others)} other finished object(s) in {out} (e.g. {min(others)}) with the old ones; "
-                    "name all of them, or pick a new --out"
-                )
+            old = None  # not a record of settings: the new one replaces it
+    # The kind of light first: under another kind the other lighting keys differ only as a consequence.
+    # Adaptive sampling last: it follows from the samples too, and a changed --samples should be named.
+    diff = rundir.check_resume(
+        _render_part(old) if old is not None else None,
+        _render_part(to_dict(cfg)),
+        "mvdata render",
+        out,
+        kept=True,
+        first=("lighting.kind",),
+        last=("cycles.adaptive_sampling",),
+        made="holds renders made",
+        fix="pick a new --out, or pass --overwrite to re-render everything with the new settings",
+        replace=overwrite,
+    )
+    others = _finished_uids(out) - (uids or set()) if diff else set()
+    if uids is not None and others:
+        raise UserError(
+            f"--overwrite with new settings ({diff}) would re-render only the objects named, leaving "
+            f"{len(others)} other finished object(s) in {out} (e.g. {min(others)}) with the old ones; "
+            "name all of them, or pick a new --out"
+        )
     atomic_write_text(path, to_toml(cfg))
 
 

@@ -1,12 +1,13 @@
-"""Random multi-view camera batches for SDS (issue 14; docs/design.md §3 and §10.2). Their rays come from
+"""Random multi-view camera batches for SDS (MVDream §3.3; docs/design.md §3 and §10.2). Their rays come from
 ``mvforge.models.camera_batch.get_rays``, the one ray function of the model stages (design §1).
 
 What a batch carries follows MVDream-threestudio's ``threestudio/data/random_multiview.py`` (design §10.2):
 groups of ``n_view`` views that share elevation, fov, distance and light distance, with azimuths
 ``(u + k) / n_view * 360`` from one uniform ``u`` per group; each view has its own point light, placed from that
-view's camera (issue 22). The poses come from :mod:`mvforge.cameras` (the convention of the renders and the
-trainer: Z up, azimuth 0 at -Y, OpenGL camera axes), and the conditioning is its ``normalize_camera``, so the
-frozen model sees cameras exactly as it was trained on them.
+view's camera (design §10.2: every view is lit from near its own camera). The poses come from
+:mod:`mvforge.cameras` (the convention of the renders and the trainer: Z up, azimuth 0 at -Y, OpenGL camera
+axes), and the conditioning is its ``normalize_camera``, so the frozen model sees cameras exactly as it was
+trained on them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The frozen multi-view diffusion model as a 3D prior: multi-view SDS with x0 reconstruction (issue 14).
+"""The frozen multi-view diffusion model as a 3D prior: multi-view SDS with x0 reconstruction (MVDream §3.3).
 
 MVDream §3.3 and the official ``multiview_diffusion_guidance.py`` (docs/design.md §10.6), through
 ``mvforge.models``:

@@ -42,6 +42,20 @@ def read_json(fs, path: str) -> dict | None:
         ) from None
 
 
+def _saved_config(fs, path: str) -> dict | None:
+    """The settings a shard output was made with (its config.toml, read through fsspec: ``--out`` may be a
+    URL), None when it has none."""
+    import tomllib
+
+    data = read_bytes_or_none(fs, path)
+    if data is None:
+        return None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not TOML ({e}); delete it to start over, or pass another --out") from None
+
+
 # ---------------------------------------------------------------- input
 def load_selection(path: str | Path) -> list[str]:
     """Uids of the kept rows of a filter selection (docs/design.md §2.2; the reader is the format's own)."""
@@ -170,7 +184,7 @@ def index_document(specs: list[ShardSpec], markers: dict[str, dict], cfg: ShardC
         totals["samples"] += totals[split]["samples"]
         totals["bytes"] += totals[split]["bytes"]
     skipped = sorted((x for s in specs for x in markers[s.name]["skipped"]), key=lambda x: x["uid"])
-    config = {k: v for k, v in to_dict(cfg).items() if k != "workers"}
+    config = rundir.content_settings(to_dict(cfg))
     return {
         "format": schema.FORMAT,
         "format_version": schema.FORMAT_VERSION,
@@ -205,14 +219,22 @@ def run_shard(
     fs.makedirs(root, exist_ok=True)
     fs.invalidate_cache()
 
-    # Resume: a shard is done iff its marker exists and was written for this very plan. A marker of a shard
-    # this plan does not have means another plan wrote here: mixing the two would corrupt the set.
-    planned = {schema.stats_name(s.name) for s in specs}
-    foreign = sorted(
-        n
-        for n in (p.rsplit("/", 1)[-1] for p in fs.glob(f"{root}/*{schema.STATS_SUFFIX}"))
-        if n not in planned
+    # Resume: first the settings, by the comparison every stage shares (docs/design.md §5; `workers` is an
+    # execution setting), then the plan. The saved config.toml binds the output once it holds a shard.
+    found = [p.rsplit("/", 1)[-1] for p in fs.glob(f"{root}/*{schema.STATS_SUFFIX}")]
+    rundir.check_resume(
+        _saved_config(fs, f"{root}/{rundir.CONFIG}"),
+        cfg,
+        "mvdata shard",
+        out,
+        kept=bool(found),
+        made="holds shards made",
+        fix="pass the same settings to resume it, or use a new --out directory",
     )
+    # A shard is done iff its marker exists and was written for this very plan. A marker of a shard this plan
+    # does not have means another plan (another input) wrote here: mixing the two would corrupt the set.
+    planned = {schema.stats_name(s.name) for s in specs}
+    foreign = sorted(n for n in found if n not in planned)
     if foreign:
         raise UserError(
             f"{out} holds {foreign[0]} from a different input or config; use a new --out directory"
@@ -227,6 +249,8 @@ def run_shard(
                 f"{out} holds {spec.name} from a different input or config; use a new --out directory"
             )
         markers[spec.name] = m
+    # Recorded before the first shard, so the resume of a killed run is compared with it.
+    put_bytes_atomic(fs, f"{root}/{rundir.CONFIG}", to_toml(cfg).encode("utf-8"))
     todo = [s for s in specs if s.name not in markers]
     # A partial file of a killed run (tar, marker, index) is redone: drop every temporary left here.
     _remove_temporaries(fs, root)
@@ -265,7 +289,6 @@ def run_shard(
         "not_rendered": inp.not_rendered,
     }
     index = index_document(specs, markers, cfg, source)
-    put_bytes_atomic(fs, f"{root}/config.toml", to_toml(cfg).encode("utf-8"))
     num_views = len(
         layout.RenderedObject(inp.uids[0], layout.object_dir(renders, inp.uids[0])).cameras["views"]
     )

@@ -138,6 +138,12 @@ class FitConfig:
     """A step whose loss or gradients are NaN/inf is skipped and counted; this many in a row stop the run."""
     checkpoint_every: int = 500
     """Write a checkpoint every this many steps (and at the last step, and on SIGTERM)."""
+    multiview_attention: bool = True
+    """False trains the paper's §5.1 ablation with per-image self-attention (no view sees another); recorded in
+    the UNet's config, so sampling, SDS and eval use the model as it was trained (docs/benchmarks.md)."""
+    camera_embedding: bool = True
+    """False trains the paper's §5.1 ablation without the camera embedding; recorded like
+    ``multiview_attention``."""
     keep_checkpoints: int = 2
     """Most recent checkpoints kept on disk."""
     log_every: int = 10

@@ -183,6 +183,7 @@ def load_models(cfg: FitConfig, rt: Runtime, resume: Path | None) -> StepModels:
         base.vae.to(autocast)
         base.text_encoder.to(autocast)
     unet = base.unet.train().requires_grad_(True)
+    unet.set_ablation(multiview_attention=cfg.multiview_attention, camera_embedding=cfg.camera_embedding)
     if cfg.gradient_checkpointing:  # num_views travels with each call, so recomputation sees it
         unet.enable_gradient_checkpointing()
     return StepModels(

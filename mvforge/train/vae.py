@@ -114,7 +114,7 @@ def _fit_vae_locked(
     }
     if (out / DONE_FILE).is_file():
         done = json.loads((out / DONE_FILE).read_text())
-        diff = config_mod.first_difference({k: done.get(k) for k in wanted}, wanted)
+        diff = rundir.settings_difference({k: done.get(k) for k in wanted}, wanted)
         if diff:
             raise UserError(
                 f"{out} holds a VAE fitted with other settings ({diff}); pass another --out or remove it"

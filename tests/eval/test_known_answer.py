@@ -17,6 +17,7 @@ from mvforge.eval.known_answer import (
     score_images,
     score_renders,
     silhouette,
+    views_summary,
 )
 
 
@@ -63,6 +64,14 @@ def test_each_reference_retrieves_itself_with_full_iou(shared_reference):
         # The silhouette of a composited reference is its alpha wherever its colour leaves the background grey.
         assert s["iou"] == pytest.approx(iou(mask, truth.alpha > 0.5), abs=1e-4) and s["iou"] > 0.75
         assert s["psnr_object_db"] > 90
+        assert s["views_retrieved"] == [truth.uid] * 4
+    # Views of two objects: the mean may retrieve either, but per view they are not one object.
+    mixed = np.concatenate([refs[0].rgb[:2], refs[1].rgb[2:]])
+    s = score_images(mixed, refs[0], refs, cfg)
+    assert s["views_retrieved"] == [refs[0].uid] * 2 + [refs[1].uid] * 2
+    rows = [{"uid": r.uid, "views_retrieved": [r.uid] * 4} for r in refs]
+    rows.append({"uid": refs[0].uid, "views_retrieved": s["views_retrieved"]})
+    assert views_summary(rows) == {"views_retrieving_own": "14/16", "views_agree": "3/4"}
     # Flipped views (the azimuth mirrored) score worse against the truth than the truth itself.
     flipped = refs[0].rgb[:, :, ::-1]
     assert score_images(flipped, refs[0], refs, cfg)["mse"][refs[0].uid] > 0

@@ -101,7 +101,11 @@ def test_sigkill_mid_run_then_resume(tmp_path, make_cfg, tiny_clip):
     # (here only the template) is refused in the same directory.
     cfg = cfglib.load(FilterConfig, out / "config.toml")
     assert cfg.select.keep_fraction == 0.5 and cfg.run.objects_per_batch == 1 and cfg.views.count == 2
-    with pytest.raises(UserError, match=r"other settings \(text\)"):
+    with pytest.raises(
+        UserError,
+        match=r"other settings \(text.template was 'a 3D model of \{\}', now 'a photo of \{\}'\); "
+        r"pass the same model flags",
+    ):
         run_filter(renders, out, replace(cfg, text=TextConfig(template="a photo of {}")), progress=False)
 
 

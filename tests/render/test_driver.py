@@ -267,7 +267,7 @@ def test_task_errors_name_the_cause_not_rays_banner():
     )
 
 
-# --- issue 11: uid reuse, case collisions, --overwrite on a subset (refused before any render) -----------------
+# --- design §2.1 Sources: uid reuse, case collisions, --overwrite on a subset (refused before any render) ---
 
 
 def _finished(out: Path, uid: str, path: Path) -> None:
@@ -321,7 +321,7 @@ def test_overwrite_with_new_settings_on_a_subset_is_refused(tmp_path):
         render(box, out, replace(TINY, resolution=64), overwrite=True, show_progress=False)
 
 
-# --- issue 12: objects go to the Ray tasks in batches ---------------------------------------------------------
+# --- design §4: objects go to the Ray tasks in batches (one Blender start per batch) ------------------------
 
 
 def test_batches_shrink_towards_the_end_of_the_run():

@@ -315,3 +315,45 @@ def test_views_that_are_not_whole_pngs_are_skipped_not_packed(tmp_path):
         [(uids[0], "unreadable_view"), (uids[1], "unreadable_view")]
     )
     assert index["totals"]["samples"] == 2
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_resume_with_other_settings_is_refused_naming_the_key_also_at_a_url(renders, tmp_path, where):
+    """The shard set's config.toml, read through fsspec (``--out`` may be a URL), is compared by the one check
+    every stage shares (rundir.check_resume): a setting that leaves the plan as it was is refused too."""
+    out = str(tmp_path / "s") if where == "local" else f"memory://mvforge-resume-{os.getpid()}/s"
+    cfg = ShardConfig(max_count=2, val_fraction=0.0, workers=0)
+    try:
+        first = run_shard(renders, out, cfg, show_progress=False)
+        assert "workers" not in first["config"]  # execution settings (rundir.EXECUTION_KEYS) are not content
+        with pytest.raises(
+            UserError,
+            match=r"holds shards made with other settings \(max_size_mb was 1000.0, now 500.0\); pass the "
+            r"same settings to resume it, or use a new --out directory",
+        ):
+            run_shard(
+                renders,
+                out,
+                ShardConfig(max_count=2, val_fraction=0.0, max_size_mb=500.0, workers=0),
+                show_progress=False,
+            )
+        # the same settings under another worker count resume (nothing left to write: no Ray started)
+        again = ShardConfig(max_count=2, val_fraction=0.0, workers=3)
+        assert run_shard(renders, out, again, show_progress=False) == first
+    finally:
+        if where == "memory":
+            import fsspec
+
+            fsspec.filesystem("memory").rm(out.removeprefix("memory://"), recursive=True)
+
+
+def test_a_run_killed_before_its_first_shard_takes_the_new_settings(renders, tmp_path):
+    out = tmp_path / "s"
+    run_shard(renders, str(out), ShardConfig(max_count=2, val_fraction=0.0, workers=0), show_progress=False)
+    for p in out.iterdir():
+        if p.name != "config.toml":
+            p.unlink()
+    index = run_shard(
+        renders, str(out), ShardConfig(max_count=3, val_fraction=0.0, workers=0), show_progress=False
+    )
+    assert index["config"]["max_count"] == 3 and "max_count = 3" in (out / "config.toml").read_text()
