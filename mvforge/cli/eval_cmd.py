@@ -167,6 +167,20 @@ def eval_(
         )
     if model is not None and reference is None:
         raise UserError("--model needs --reference DIR (the held-out renders or shards to compare with)")
+    _score(cfg, out, model, reference, prompts, sds, device)
+
+
+def _score(
+    cfg,
+    out: Path,
+    model: Path | None,
+    reference: Path | None,
+    prompts: Path | None,
+    sds: list[Path],
+    device: str,
+) -> None:
+    """The Table 1 mode (``model`` given: sample and score against ``reference``) and the ``--sds`` mode (CLIP
+    scores of SDS results), sharing one CLIP model; the Table 1 line is printed last."""
     # Input checks first (prompts, reference, model, weights), before the diffusion model loads.
     texts = _check_inputs(cfg, model, prompts, device)
     from mvforge.devices import resolve_device
