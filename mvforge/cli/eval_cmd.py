@@ -105,10 +105,8 @@ def eval_(
     ] = None,
 ) -> None:
     """Generate V views per prompt (resumable) and score them: FID, KID, IS, CLIP score, consistency."""
-    from mvforge import config as config_mod
     from mvforge.deps import require
     from mvforge.errors import UserError
-    from mvforge.eval.config import EvalConfig
 
     require("mvtrain eval")
     if known_answer:
@@ -127,38 +125,29 @@ def eval_(
             },
         )
         _known_answer(
-            out,
-            model,
-            reference,
-            config,
-            set_,
-            steps,
-            seed,
-            num_views,
-            max_prompts,
-            device,
-            prompts,
-            generated,
+            out, model, reference, config, set_, steps, seed, num_views, max_prompts, device, prompts, generated,
             baseline,
-        )
+        )  # fmt: skip
         return
     if generated is not None or baseline is not None:
         raise UserError("--generated and --baseline belong to --known-answer; add it")
-    cfg = config_mod.load(EvalConfig, config, set_)
-    flags = {
-        "features": features,
-        "inception_weights": inception_weights,
-        "clip_model": clip_model,
-        "clip_pretrained": clip_pretrained,
-        "clip_model_config": clip_model_config,
-        "max_prompts": max_prompts,
-        "sample.num_views": num_views,
-        "sample.steps": steps,
-        "sample.seed": seed,
-        "sample.resolution": resolution,
-        "image_size": image_size,
-    }
-    cfg = config_mod.with_flags(cfg, flags)
+    cfg = _eval_config(
+        config,
+        set_,
+        {
+            "features": features,
+            "inception_weights": inception_weights,
+            "clip_model": clip_model,
+            "clip_pretrained": clip_pretrained,
+            "clip_model_config": clip_model_config,
+            "max_prompts": max_prompts,
+            "sample.num_views": num_views,
+            "sample.steps": steps,
+            "sample.seed": seed,
+            "sample.resolution": resolution,
+            "image_size": image_size,
+        },
+    )
     if model is None and not sds:
         raise UserError("pass --model DIR --reference DIR (generate and score) and/or --sds DIR")
     if model is None:
@@ -178,9 +167,47 @@ def eval_(
         )
     if model is not None and reference is None:
         raise UserError("--model needs --reference DIR (the held-out renders or shards to compare with)")
+    _score(cfg, out, model, reference, prompts, sds, device)
+
+
+def _score(
+    cfg,
+    out: Path,
+    model: Path | None,
+    reference: Path | None,
+    prompts: Path | None,
+    sds: list[Path],
+    device: str,
+) -> None:
+    """The Table 1 mode (``model`` given: sample and score against ``reference``) and the ``--sds`` mode (CLIP
+    scores of SDS results), sharing one CLIP model; the Table 1 line is printed last."""
     # Input checks first (prompts, reference, model, weights), before the diffusion model loads.
+    texts = _check_inputs(cfg, model, prompts, device)
+    from mvforge.devices import resolve_device
+    from mvforge.eval import extractors
+
+    dev = resolve_device(device)
+    clip = extractors.OpenClip(cfg.clip_model, cfg.clip_pretrained, cfg.clip_model_config, str(dev))
+    doc = _table1(cfg, model, reference, out, texts, dev, clip) if model is not None else None
+    if sds:
+        _score_sds(cfg, sds, clip, out)
+    if doc is not None:
+        _echo_table1(doc, out)
+
+
+def _eval_config(config: Path | None, set_: list[str], flags: dict):
+    """The EvalConfig of ``--config`` and ``--set``, then the flags given (dotted key -> value, None: not given)."""
+    from mvforge import config as config_mod
+    from mvforge.eval.config import EvalConfig
+
+    cfg = config_mod.load(EvalConfig, config, set_)
+    return config_mod.with_flags(cfg, flags)
+
+
+def _check_inputs(cfg, model: Path | None, prompts: Path | None, device: str) -> list[str] | None:
+    """The prompts of ``--prompts`` (None: the reference captions); with ``--model``, its sampling settings and
+    the model's directory checked (UserError) before anything loads."""
     from mvforge.cli.prompts import read_prompts
-    from mvforge.formats import eval_result as result_format
     from mvforge.models.resolve import resolve_model
     from mvforge.models.sample import check_config
 
@@ -188,49 +215,59 @@ def eval_(
     if model is not None:
         check_config(cfg.sample, None if device == "auto" else device)
         resolve_model(model)
-    from mvforge.devices import resolve_device
+    return texts
+
+
+def _table1(cfg, model: Path, reference: Path, out: Path, texts: list[str] | None, dev, clip) -> dict:
+    """MVDream's Table 1 mode: sample ``model`` for the prompts (resumable in ``out``) and score the images
+    against ``reference`` (FID, KID, IS, CLIP score, consistency); returns eval.json's document."""
     from mvforge.eval import extractors, run
+
+    run.read_reference(reference, 1, cfg.reference_split)  # "no renders" before any model load
+    feats = (
+        extractors.TinyFeatures()
+        if cfg.features == "tiny"
+        else extractors.InceptionFeatures(cfg.inception_weights, str(dev))
+    )
+    quiet_libraries()
+    from mvforge.models.pipeline import MultiViewDiffusion
+    from mvforge.models.sample import check_config, torch_dtype
+
+    check_config(cfg.sample, dev.type)
+    mvd = MultiViewDiffusion.from_pretrained(
+        model, dev, torch_dtype(cfg.sample.precision), use_ema=cfg.sample.use_ema
+    )
+    pipe = mvd.pipeline(cfg.sample.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return run.run_eval(pipe, str(model), reference, out, cfg, feats, clip, texts, show_progress=True)
+
+
+def _score_sds(cfg, sds: list[Path], clip, out: Path) -> None:
+    """The ``--sds`` mode: CLIP scores of `mvtrain sds` results' turntables, written to ``out``'s sds.json and
+    one line per result."""
+    from mvforge.eval import run
     from mvforge.eval import sds as sds_mod
+    from mvforge.formats import eval_result as result_format
     from mvforge.fsutil import atomic_write_json
 
-    dev = resolve_device(device)
-    clip = extractors.OpenClip(cfg.clip_model, cfg.clip_pretrained, cfg.clip_model_config, str(dev))
-    doc = None
-    if model is not None:
-        refs_probe = run.read_reference(
-            reference, 1, cfg.reference_split
-        )  # "no renders" before any model load
-        del refs_probe
-        feats = (
-            extractors.TinyFeatures()
-            if cfg.features == "tiny"
-            else extractors.InceptionFeatures(cfg.inception_weights, str(dev))
-        )
-        quiet_libraries()
-        from mvforge.models.pipeline import MultiViewDiffusion
-        from mvforge.models.sample import torch_dtype
+    bg, size = tuple(cfg.background_rgb), cfg.image_size
+    rows = sds_mod.score_sds(sds, clip, lambda im: run.prepare(im, bg, size))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / result_format.SDS, {"clip": clip.name, "results": rows})
+    for r in rows:
+        typer.echo(f"sds {r['dir']}: CLIP {r['clip_score']['mean']:.2f} ± {r['clip_score']['std']:.2f}")
 
-        check_config(cfg.sample, dev.type)
-        mvd = MultiViewDiffusion.from_pretrained(
-            model, dev, torch_dtype(cfg.sample.precision), use_ema=cfg.sample.use_ema
-        )
-        pipe = mvd.pipeline(cfg.sample.scheduler)
-        pipe.set_progress_bar_config(disable=True)
-        doc = run.run_eval(pipe, str(model), reference, out, cfg, feats, clip, texts, show_progress=True)
-    if sds:
-        bg, size = tuple(cfg.background_rgb), cfg.image_size
-        rows = sds_mod.score_sds(sds, clip, lambda im: run.prepare(im, bg, size))
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / result_format.SDS, {"clip": clip.name, "results": rows})
-        for r in rows:
-            typer.echo(f"sds {r['dir']}: CLIP {r['clip_score']['mean']:.2f} ± {r['clip_score']['std']:.2f}")
-    if doc is not None:
-        g = doc["metrics"]["generated"]
-        typer.echo(
-            f"FID {g['fid']:.3f}  KID {g['kid']['mean']:.5f}  IS {g['inception_score']['mean']:.3f}  "
-            f"CLIP {g['clip_score']['over_images']['mean']:.2f}  consistency {g['consistency']['mean']:.2f}"
-        )
-        typer.echo(str(out / result_format.EVAL))
+
+def _echo_table1(doc: dict, out: Path) -> None:
+    """The Table 1 figures of the generated images in one line, then eval.json's path."""
+    from mvforge.formats import eval_result as result_format
+
+    g = doc["metrics"]["generated"]
+    typer.echo(
+        f"FID {g['fid']:.3f}  KID {g['kid']['mean']:.5f}  IS {g['inception_score']['mean']:.3f}  "
+        f"CLIP {g['clip_score']['over_images']['mean']:.2f}  consistency {g['consistency']['mean']:.2f}"
+    )
+    typer.echo(str(out / result_format.EVAL))
 
 
 def _known_answer(
@@ -248,11 +285,11 @@ def _known_answer(
     generated,
     baseline,
 ) -> None:
-    """`mvtrain eval --known-answer`: mvforge/eval/known_answer.py through the CLI."""
+    """`mvtrain eval --known-answer`: mvforge/eval/known_answer.py through the CLI, on ``--generated`` renders
+    or on ``--model``'s samples."""
     from mvforge import config as config_mod
     from mvforge.errors import UserError
-    from mvforge.eval.known_answer import KnownAnswerConfig, load_references, run_known_answer, score_renders
-    from mvforge.formats import eval_result as result_format
+    from mvforge.eval.known_answer import KnownAnswerConfig
 
     if reference is None:
         raise UserError("--known-answer needs --reference RENDER_DIR (the trained objects' renders)")
@@ -270,22 +307,43 @@ def _known_answer(
                 "--device": None if device == "auto" else device,
             },
         )
-        doc = score_renders(generated, reference, out, cfg, baseline)
-        for r in doc["captions"]:
-            shifts = ", ".join(
-                f"{k}°: {v['iou']:.2f} (truth {v['truth_iou']:.2f})" for k, v in r["shifted"].items()
-            )
-            base = f", baseline {r['baseline_iou']:.2f}" if "baseline_iou" in r else ""
-            typer.echo(
-                f"{r['uid']}: retrieved {r['retrieved']}, IoU {r['iou']:.2f} (best other {r['iou_others']:.2f}"
-                f"{base}), shifted IoU {shifts}, object PSNR {r['psnr_object_db']:.1f} dB"
-            )
-        typer.echo(str(out / result_format.KNOWN_ANSWER))
+        _known_answer_renders(cfg, generated, reference, out, baseline)
         return
     if baseline is not None:
         raise UserError("--baseline belongs to --generated")
     if model is None:
         raise UserError("--known-answer needs --model DIR (or --generated RENDER_DIR to score renders)")
+    _known_answer_samples(cfg, model, reference, out, prompts, max_prompts, device)
+
+
+def _known_answer_renders(cfg, generated: Path, reference: Path, out: Path, baseline: Path | None) -> None:
+    """``--known-answer --generated``: score a render directory against ``reference`` (and ``baseline``'s IoU
+    beside it); one line per object, then known_answer.json's path."""
+    from mvforge.eval.known_answer import score_renders
+    from mvforge.formats import eval_result as result_format
+
+    doc = score_renders(generated, reference, out, cfg, baseline)
+    for r in doc["captions"]:
+        shifts = ", ".join(
+            f"{k}°: {v['iou']:.2f} (truth {v['truth_iou']:.2f})" for k, v in r["shifted"].items()
+        )
+        base = f", baseline {r['baseline_iou']:.2f}" if "baseline_iou" in r else ""
+        typer.echo(
+            f"{r['uid']}: retrieved {r['retrieved']}, IoU {r['iou']:.2f} (best other {r['iou_others']:.2f}"
+            f"{base}), shifted IoU {shifts}, object PSNR {r['psnr_object_db']:.1f} dB"
+        )
+    typer.echo(str(out / result_format.KNOWN_ANSWER))
+
+
+def _known_answer_samples(
+    cfg, model: Path, reference: Path, out: Path, prompts: Path | None, max_prompts: int | None, device: str
+) -> None:
+    """``--known-answer --model``: sample the reference objects' captions (or ``--prompts``' UID<TAB>PROMPT
+    lines) and score them against their own renders; one summary line, then known_answer.json's path."""
+    from mvforge.errors import UserError
+    from mvforge.eval.known_answer import load_references, run_known_answer
+    from mvforge.formats import eval_result as result_format
+
     refs = load_references(reference, cfg)  # input errors before the model loads
     captions = _read_uid_prompts(prompts) if prompts is not None else {}
     unknown = sorted(set(captions) - {r.uid for r in refs})

@@ -250,6 +250,62 @@ def finished_with(run_dir: Path, cfg: SDSConfig) -> bool:
     return True
 
 
+@dataclass
+class _Session:
+    """One session of a run (a first run or a resume): what its loop, checkpoints, export and summary share."""
+
+    run: rundir.RunDir
+    device: torch.device
+    model: object
+    """The frozen ``MultiViewDiffusion``."""
+    guidance: MultiViewSDS
+    text: object
+    """The prompt's embeddings (``guidance.encode_text``, computed once)."""
+    state: SDSState
+    start: int
+    """Steps done when this session began (the resumed checkpoint's; 0 for a new run)."""
+    weights: str | None
+    """The guidance model's ``weights_fingerprint``; None for a loaded model passed without a path."""
+    t_start: float
+    """``time.monotonic()`` at the session's start (model loading is part of the optimisation's seconds)."""
+    seconds_before: float | None
+    peak_before: float | None
+    """The optimisation's seconds and peak MiB of the earlier sessions (the resumed checkpoint's)."""
+
+
+@dataclass
+class _StepDraws:
+    """What step ``step`` renders, drawn from its own streams (exact resume, module docstring)."""
+
+    resolution: int
+    """Render side in pixels (64, then 256 from ``camera.resolution_milestone``)."""
+    cams: object
+    """The step's cameras (``sample_cameras``: groups x n_view views) on the device."""
+    shading: object
+    """The step's shading (``draw_shading``)."""
+    bg: torch.Tensor | None
+    """Background colour (3,) in [0, 1] on the device; None: the environment background."""
+    lambda_orient: float
+    """Weight of the orientation loss at this step (``loss.lambda_orient`` ramp)."""
+
+
+@dataclass
+class _StepResult:
+    """One optimisation step's figures (the metrics row and the progress note)."""
+
+    done: int
+    """Steps done after it."""
+    draws: _StepDraws
+    loss: torch.Tensor
+    loss_sds: torch.Tensor
+    loss_orient: torch.Tensor
+    t: int
+    t_range: tuple[int, int]
+    """The annealed timestep range ``t`` was drawn from."""
+    step_s: float
+    """Wall seconds of the step."""
+
+
 @rundir.locked(
     "mvtrain sds",
     lambda cfg, **_: result_format.result_dir(cfg.out, cfg.prompt) if cfg.prompt.strip() else None,
@@ -291,8 +347,27 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
         model = load_guidance_model(cfg, device)
     guidance = MultiViewSDS(model, cfg.guidance, num_views=cfg.camera.n_view)
     text = guidance.encode_text(cfg.prompt)
-
     # 2. Field, background, renderer, optimiser; resume from the latest checkpoint.
+    s = _start_session(cfg, run, device, model, guidance, text, t_start)
+    # 3. The loop.
+    _optimise(cfg, s, show_progress)
+    # 4. Export: mesh (GLB + OBJ) and turntable of the final field, then the summary (written last).
+    outputs, export_seconds = _export(cfg, s)
+    run.mark_done(_summary(cfg, s, outputs, export_seconds))
+    return run_dir
+
+
+def _start_session(
+    cfg: SDSConfig,
+    run: rundir.RunDir,
+    device: torch.device,
+    model,
+    guidance: MultiViewSDS,
+    text,
+    t_start: float,
+) -> _Session:
+    """Build the state and restore it from the run's newest intact checkpoint, if any; then write config.toml.
+    Raises UserError when that checkpoint is past ``cfg.max_steps`` or does not fit (``load_checkpoint``)."""
     state = build_state(cfg, device)
     start = 0
     # The newest checkpoint that loads (weights_only); a damaged newer one is passed over in one line.
@@ -308,140 +383,173 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
             state.seconds, state.peak_memory_mb = previous.get("seconds"), previous.get("peak_memory_mb")
         if start > cfg.max_steps:
             raise UserError(
-                f"{run_dir} is at step {start}; pass max_steps >= {start} (--max-steps) to resume or re-export it"
+                f"{run.path} is at step {start}; pass max_steps >= {start} (--max-steps) to resume or re-export it"
             )
     seconds_before, peak_before = state.seconds, state.peak_memory_mb
     run.write_config(cfg)
-    # Rows and events past the checkpoint are the killed run's lost steps: cut; the resumed run rewrites them.
-    metrics = run.metrics(SDS_METRICS, start)
+    return _Session(
+        run, device, model, guidance, text, state, start, weights, t_start, seconds_before, peak_before
+    )
 
-    # 3. The loop.
-    cam_cfg, seed = cfg.camera, cfg.seed
+
+def _optimise(cfg: SDSConfig, s: _Session, show_progress: bool) -> None:
+    """Steps ``s.start`` .. ``cfg.max_steps - 1``, each followed by its metrics, snapshot and checkpoint."""
+    # Rows and events past the checkpoint are the killed run's lost steps: cut; the resumed run rewrites them.
+    metrics = s.run.metrics(SDS_METRICS, s.start)
     progress = None
     if show_progress:
-        progress = StageProgress("mvtrain sds", cfg.max_steps - start, unit="steps").__enter__()
-    for step in range(start, cfg.max_steps):
-        t0 = time.monotonic()
-        state.renderer.update_occupancy(step, _torch_gen(seed, step, STREAM_OCC))
-        high = step >= cam_cfg.resolution_milestone
-        resolution = cam_cfg.resolution_high if high else cam_cfg.resolution_low
-        groups = cam_cfg.groups_high_res if high else cam_cfg.groups_low_res
-        cams = sample_cameras(_np_rng(seed, step, STREAM_CAMERAS), cam_cfg, groups).to(device)
-        shading = draw_shading(_np_rng(seed, step, STREAM_SHADING), cfg.material, step)
-        bg = draw_background_color(_np_rng(seed, step, STREAM_BACKGROUND), cfg.background)
-        bg = None if bg is None else torch.tensor(bg, device=device)
-        lambda_orient = linear_ramp(*cfg.loss.lambda_orient, step, cfg.loss.orient_ramp_steps)
-
-        # render -> SDS on the renders -> orientation loss on the normals
-        out = state.renderer.render(
-            cams,
-            resolution,
-            shading,
-            bg_color=bg,
-            generator=_torch_gen(seed, step, STREAM_RAYS),
-            with_orient=lambda_orient > 0,
-        )
-        t_range = timestep_range(
-            step,
-            model.num_train_timesteps,
-            cfg.guidance.min_step_percent,
-            cfg.guidance.max_step_percent,
-            cfg.guidance.anneal_steps,
-        )
-        t, noise = guidance.draw(out.rgb.shape[0], t_range, _torch_gen(seed, step, STREAM_T_NOISE))
-        g = guidance(
-            out.rgb, cams.embedding, text, t, noise, vae_generator=_torch_gen(seed, step, STREAM_VAE)
-        )
-        loss = cfg.loss.lambda_sds * g.loss
-        loss_orient = torch.zeros((), device=device)
-        if out.orient is not None:
-            # threestudio's orientation loss: normals facing the camera where there is density, per visible ray
-            loss_orient = out.orient.sum() / (out.opacity > 0).sum().clamp_min(1)
-            loss = loss + lambda_orient * loss_orient
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        state.optimizer.step()
-        done = step + 1
-        step_s = time.monotonic() - t0
-
-        if done % cfg.log_every == 0 or done == cfg.max_steps:
-            row = {
-                "step": done,
-                "loss": float(loss.detach()),
-                "loss_sds": float(g.loss.detach()),
-                "loss_orient": float(loss_orient.detach()),
-                "lambda_orient": lambda_orient,
-                "t": t,
-                "t_min": t_range[0],
-                "t_max": t_range[1],
-                "lr": state.optimizer.param_groups[0]["lr"],
-                "resolution": resolution,
-                "shading": shading.mode,
-                "step_s": round(step_s, 4),
-            }
-            metrics.log(row)
-        if progress is not None:
-            progress.advance(note=f"loss {float(loss.detach()):.4g}")
-        if cfg.snapshot_every > 0 and done % cfg.snapshot_every == 0:
-            views = render_views(state, SNAPSHOT_AZIMUTHS, resolution, cfg)
-            strip = np.concatenate(list(views), axis=1)
-            _save_png(result_format.snapshot_path(run_dir, done), strip)
-            metrics.image("snapshot", strip, done)
-        pre_switch = done == cam_cfg.resolution_milestone
-        if done % cfg.checkpoint_every == 0 or pre_switch or done == cfg.max_steps:
-            state.seconds = round((seconds_before or 0.0) + time.monotonic() - t_start, 2)
-            state.peak_memory_mb = round(max(peak_before or 0.0, _peak_memory_mb(device)), 1)
-            save_checkpoint(run_dir, state, done, cfg, weights)
-            run.prune_checkpoints(cfg.keep_checkpoints, protect={cam_cfg.resolution_milestone})
+        progress = StageProgress("mvtrain sds", cfg.max_steps - s.start, unit="steps").__enter__()
+    for step in range(s.start, cfg.max_steps):
+        r = _optimisation_step(cfg, s, step)
+        _after_step(cfg, s, r, metrics, progress)
     metrics.close()
     if progress is not None:
         progress.__exit__(None, None, None)
 
-    # 4. Export: mesh (GLB + OBJ) and turntable of the final field, then the summary (written last).
+
+def _draw_step(cfg: SDSConfig, s: _Session, step: int) -> _StepDraws:
+    """Resolution, cameras, shading, background colour and orientation weight of ``step`` (0-based)."""
+    cam_cfg, seed = cfg.camera, cfg.seed
+    high = step >= cam_cfg.resolution_milestone
+    resolution = cam_cfg.resolution_high if high else cam_cfg.resolution_low
+    groups = cam_cfg.groups_high_res if high else cam_cfg.groups_low_res
+    cams = sample_cameras(_np_rng(seed, step, STREAM_CAMERAS), cam_cfg, groups).to(s.device)
+    shading = draw_shading(_np_rng(seed, step, STREAM_SHADING), cfg.material, step)
+    bg = draw_background_color(_np_rng(seed, step, STREAM_BACKGROUND), cfg.background)
+    bg = None if bg is None else torch.tensor(bg, device=s.device)
+    lambda_orient = linear_ramp(*cfg.loss.lambda_orient, step, cfg.loss.orient_ramp_steps)
+    return _StepDraws(resolution, cams, shading, bg, lambda_orient)
+
+
+def _optimisation_step(cfg: SDSConfig, s: _Session, step: int) -> _StepResult:
+    """Step ``step`` (0-based): occupancy update, render -> SDS on the renders -> orientation loss on the
+    normals, one optimiser step."""
+    t0 = time.monotonic()
+    seed = cfg.seed
+    s.state.renderer.update_occupancy(step, _torch_gen(seed, step, STREAM_OCC))
+    d = _draw_step(cfg, s, step)
+    out = s.state.renderer.render(
+        d.cams,
+        d.resolution,
+        d.shading,
+        bg_color=d.bg,
+        generator=_torch_gen(seed, step, STREAM_RAYS),
+        with_orient=d.lambda_orient > 0,
+    )
+    g_cfg = cfg.guidance
+    t_range = timestep_range(
+        step, s.model.num_train_timesteps, g_cfg.min_step_percent, g_cfg.max_step_percent, g_cfg.anneal_steps
+    )
+    t, noise = s.guidance.draw(out.rgb.shape[0], t_range, _torch_gen(seed, step, STREAM_T_NOISE))
+    g = s.guidance(
+        out.rgb, d.cams.embedding, s.text, t, noise, vae_generator=_torch_gen(seed, step, STREAM_VAE)
+    )
+    loss = cfg.loss.lambda_sds * g.loss
+    loss_orient = torch.zeros((), device=s.device)
+    if out.orient is not None:
+        # threestudio's orientation loss: normals facing the camera where there is density, per visible ray
+        loss_orient = out.orient.sum() / (out.opacity > 0).sum().clamp_min(1)
+        loss = loss + d.lambda_orient * loss_orient
+    s.state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    s.state.optimizer.step()
+    return _StepResult(step + 1, d, loss, g.loss, loss_orient, t, t_range, time.monotonic() - t0)
+
+
+def _after_step(cfg: SDSConfig, s: _Session, r: _StepResult, metrics, progress) -> None:
+    """The metrics row (every ``log_every`` steps and the last), the progress bar, the snapshot (every
+    ``snapshot_every``) and the checkpoint (every ``checkpoint_every``, just before the 64² -> 256² switch, and
+    the last), with the optimisation's seconds and peak MiB so far."""
+    done, milestone = r.done, cfg.camera.resolution_milestone
+    if done % cfg.log_every == 0 or done == cfg.max_steps:
+        metrics.log(_metrics_row(s, r))
+    if progress is not None:
+        progress.advance(note=f"loss {float(r.loss.detach()):.4g}")
+    if cfg.snapshot_every > 0 and done % cfg.snapshot_every == 0:
+        views = render_views(s.state, SNAPSHOT_AZIMUTHS, r.draws.resolution, cfg)
+        strip = np.concatenate(list(views), axis=1)
+        _save_png(result_format.snapshot_path(s.run.path, done), strip)
+        metrics.image("snapshot", strip, done)
+    if done % cfg.checkpoint_every == 0 or done == milestone or done == cfg.max_steps:
+        s.state.seconds = round((s.seconds_before or 0.0) + time.monotonic() - s.t_start, 2)
+        s.state.peak_memory_mb = round(max(s.peak_before or 0.0, _peak_memory_mb(s.device)), 1)
+        save_checkpoint(s.run.path, s.state, done, cfg, s.weights)
+        s.run.prune_checkpoints(cfg.keep_checkpoints, protect={milestone})
+
+
+def _metrics_row(s: _Session, r: _StepResult) -> dict:
+    """The ``SDS_METRICS`` row of one step."""
+    return {
+        "step": r.done,
+        "loss": float(r.loss.detach()),
+        "loss_sds": float(r.loss_sds.detach()),
+        "loss_orient": float(r.loss_orient.detach()),
+        "lambda_orient": r.draws.lambda_orient,
+        "t": r.t,
+        "t_min": r.t_range[0],
+        "t_max": r.t_range[1],
+        "lr": s.state.optimizer.param_groups[0]["lr"],
+        "resolution": r.draws.resolution,
+        "shading": r.draws.shading.mode,
+        "step_s": round(r.step_s, 4),
+    }
+
+
+def _export(cfg: SDSConfig, s: _Session) -> tuple[dict, float | None]:
+    """Mesh (GLB + OBJ, + MTL and texture when baked) and turntable of the final field when ``cfg.export``;
+    returns (summary.json's ``outputs``, export seconds or None)."""
     outputs = {}
     t_export = time.monotonic()
     if cfg.export:
         from mvforge.sds.export import bake_texture, extract_mesh, write_mesh, write_turntable
 
-        e = cfg.export_mesh
-        mesh = extract_mesh(state.field.density, state.field.albedo, state.field.radius, e, device)
+        e, field, run_dir = cfg.export_mesh, s.state.field, s.run.path
+        mesh = extract_mesh(field.density, field.albedo, field.radius, e, s.device)
         if e.uv_texture:
-            mesh = bake_texture(mesh, state.field.albedo, e.texture_resolution, device)
+            mesh = bake_texture(mesh, field.albedo, e.texture_resolution, s.device)
         # Only now that the new mesh exists (a no-surface error leaves the last export whole): a re-export with
         # other settings must not leave the last export's files beside the new ones. The summary goes first
         # (written last, it marks a finished run), then the files this export will not write.
-        run.clear_done()
+        s.run.clear_done()
         stale = [] if e.mp4 else [run_dir / result_format.TURNTABLE_MP4]
         if not e.uv_texture:
             stale += [run_dir / result_format.MESH_MTL, *run_dir.glob(result_format.TEXTURE_GLOB)]
         for path in stale:
             path.unlink(missing_ok=True)
         glb, obj = write_mesh(mesh, run_dir)
-        frames = render_views(
-            state,
-            [360.0 * i / e.turntable_frames for i in range(e.turntable_frames)],
-            e.turntable_resolution,
-            cfg,
-            bg=torch.ones(3, device=device),
-            fov_deg=e.turntable_fov_deg,
-            elev=e.turntable_elevation_deg,
-        )
-        written = write_turntable(frames, run_dir, e.turntable_fps, mp4=e.mp4)
+        written = write_turntable(_turntable_frames(cfg, s), run_dir, e.turntable_fps, mp4=e.mp4)
         outputs = {p.name: p.name for p in [glb, obj, *written]}
         outputs["mesh_faces"] = len(mesh.faces)
-    summary = {
+    return outputs, round(time.monotonic() - t_export, 2) if cfg.export else None
+
+
+def _turntable_frames(cfg: SDSConfig, s: _Session) -> np.ndarray:
+    """The turntable's albedo frames (F, H, W, 3) uint8 on white, one orbit at ``export_mesh``'s elevation."""
+    e = cfg.export_mesh
+    return render_views(
+        s.state,
+        [360.0 * i / e.turntable_frames for i in range(e.turntable_frames)],
+        e.turntable_resolution,
+        cfg,
+        bg=torch.ones(3, device=s.device),
+        fov_deg=e.turntable_fov_deg,
+        elev=e.turntable_elevation_deg,
+    )
+
+
+def _summary(cfg: SDSConfig, s: _Session, outputs: dict, export_seconds: float | None) -> dict:
+    """summary.json (its fields: the module docstring and ``run_sds``)."""
+    return {
         "prompt": cfg.prompt,
         "steps": cfg.max_steps,
-        "resumed_from_step": start,
-        "seconds": state.seconds,
-        "peak_memory_mb": state.peak_memory_mb,
-        "export_seconds": round(time.monotonic() - t_export, 2) if cfg.export else None,
-        "backend": state.field.backend,
-        "device": str(device),
+        "resumed_from_step": s.start,
+        "seconds": s.state.seconds,
+        "peak_memory_mb": s.state.peak_memory_mb,
+        "export_seconds": export_seconds,
+        "backend": s.state.field.backend,
+        "device": str(s.device),
         "model": cfg.model,
-        "weights": weights,
-        "guidance_dtype": str(model.dtype),
+        "weights": s.weights,
+        "guidance_dtype": str(s.model.dtype),
         "outputs": outputs,
     }
-    run.mark_done(summary)
-    return run_dir

@@ -338,6 +338,34 @@ def _fault(rank: int, step: int, out: Path) -> None:
 
 
 # ---------------------------------------------------------------- the loop
+@dataclass
+class _Training:
+    """What the step loop reads and evolves on one rank: models, EMA, optimizer state, data, logging."""
+
+    m: StepModels
+    ema: object | None
+    """diffusers' ``EMAModel`` of the UNet, None when ``ema_decay`` is 0."""
+    optimizer: torch.optim.Optimizer
+    lr_sched: object
+    scaler: torch.amp.GradScaler | None
+    """The fp16 gradient scaler; None for bf16 and fp32."""
+    loader: _StepLoader
+    batches: Iterator[dict]
+    """The loader's batches across epochs (``_batches``)."""
+    writer: object | None
+    """TensorBoard writer on rank 0 when ``cfg.tensorboard``; else None."""
+    out: Path
+    metrics_path: Path
+    step: int
+    """Optimizer steps done."""
+    effective_batch: int
+    """Objects per optimizer step over all ranks (batch size x grad_accum_steps x world size)."""
+    nonfinite_run: int = 0
+    """Non-finite steps in a row (``max_nonfinite_steps`` of them stop the run)."""
+    skipped: int = 0
+    """Non-finite steps skipped by this call."""
+
+
 # In-process only: under Ray Train the driver (ray_fit.py) holds the lock for its workers.
 @rundir.locked("mvtrain fit", lambda cfg, rt: cfg.out if rt is None and cfg.out else None)
 def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
@@ -345,64 +373,12 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
     records (step, kind, loss, ...). Raises UserError for bad inputs, NonFiniteLoss after
     ``max_nonfinite_steps`` non-finite steps in a row, Preempted (exit 143) after a SIGTERM checkpoint."""
     rt = rt or Runtime(device=resolve_device(cfg.device))
-    if not cfg.pretrained:
-        raise UserError("no pretrained model; pass --model DIR (a diffusers Stable Diffusion directory)")
-    if not cfg.shards:
-        raise UserError("no training shards; pass --shards DIR (written by `mvdata shard`)")
-    # Checked before anything is created. Checkpoints record where the frozen parts come from: an absolute path
-    # (so `mvtrain sample` works from any cwd) or the Hub id, which resolves through the cache again.
-    check_sd_dir(cfg.pretrained)
-    if not is_hub_id(cfg.pretrained):
-        cfg = config_mod.replace(cfg, pretrained=str(Path(cfg.pretrained).resolve()))
+    cfg = _checked_inputs(cfg)
     # The run directory: refused here when it holds a run with other content settings (rundir.EXECUTION_KEYS
     # may change: docs/design.md §5); rank 0 writes config.toml.
     run = rundir.RunDir.open(cfg.out, cfg, "mvtrain fit", write=rt.rank == 0)
-    out = run.path
-    k = cfg.grad_accum_steps
-
-    # 1. Models: frozen VAE + text encoder; the UNet from the last checkpoint, else from SD + camera MLP; EMA.
-    resume = run.latest_intact_checkpoint(check_checkpoint, None if rt.rank == 0 else lambda line: None)
-    m = load_models(cfg, rt, resume)
-    ema = None
-    if cfg.ema_decay > 0:
-        from diffusers.training_utils import EMAModel
-
-        from mvforge.models.model import MultiViewUNet
-
-        if resume is not None and (resume / runs.UNET_EMA).is_dir():
-            with warnings.catch_warnings():  # diffusers' own from_config(path) call inside warns
-                warnings.simplefilter("ignore", FutureWarning)
-                ema = EMAModel.from_pretrained(resume / runs.UNET_EMA, MultiViewUNet)
-        else:
-            ema = EMAModel(
-                m.unet.parameters(),
-                decay=cfg.ema_decay,
-                use_ema_warmup=cfg.ema_warmup,
-                model_cls=MultiViewUNet,
-                model_config=m.unet.config,
-            )
-        ema.to(m.device)
-
-    # 2. Optimizer, LR schedule, fp16 gradient scaler (states restored on resume).
-    optimizer, lr_sched = make_optimizer(m.unet, cfg, m.device)
-    scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
-    step = load_training_state(resume, m.device, optimizer, lr_sched, scaler) if resume else 0
-
-    # 3. Data: the streaming loader, at its saved position on resume (another worker count: checkpoint.py).
-    loader = _StepLoader(
-        cfg.shards, cfg.loader, shards_2d=cfg.shards_2d, rank=rt.rank, world_size=rt.world_size
-    )
-    loader.accum = k
-    if resume is not None:
-        loader.load_state_dict(loader_state(resume, rt.rank, rt.world_size))
-    batches = _batches(loader)
-    metrics_path = run.metrics_csv
-    writer = None
-    if rt.rank == 0:
-        _truncate_metrics(metrics_path, step)
-        if cfg.tensorboard:
-            writer = _tb_writer(out, step)
-    effective_batch = cfg.loader.batch_size * k * rt.world_size
+    # 1-3. Models, optimizer and data, restored from the last checkpoint.
+    tr = _start(cfg, rt, run)
 
     # SIGTERM: finish the step, checkpoint, exit. Only the main thread may install a handler (Ray Train runs
     # the loop in a thread: there Ray's own shutdown applies and restarts resume from the last checkpoint).
@@ -413,106 +389,215 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
 
     # 4. Train.
     records: list[dict] = []
-    start_step, t_start, nonfinite_run, skipped = step, time.monotonic(), 0, 0
-    progress = None
-    if rt.show_progress and rt.rank == 0:
-        from mvforge.progress import StageProgress, console
-
-        console.print(f"mvtrain fit: effective batch {effective_batch} objects per optimizer step")
-        progress = StageProgress("mvtrain fit", max(0, cfg.max_steps - step), unit="steps").__enter__()
+    start_step, t_start = tr.step, time.monotonic()
+    progress = _open_progress(cfg, rt, tr)
     try:
-        while step < cfg.max_steps:
-            t0, wait, n_images, losses = time.monotonic(), 0.0, 0, []
-            # 4a. k micro-batches of the same kind; gradients all-reduced on the last one only.
-            for j in range(k):
-                tw = time.monotonic()
-                batch = next(batches)
-                wait += time.monotonic() - tw
-                inputs = micro_batch_inputs(m, batch, step_generator(cfg.seed, step, rt.rank, j), cfg)
-                sync = j == k - 1 or not hasattr(m.model, "no_sync")
-                with contextlib.nullcontext() if sync else m.model.no_sync():
-                    loss = micro_batch_loss(m, inputs, cfg)
-                    scaled = loss / k
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                losses.append(loss.item())
-                n_images += batch["images"].shape[0] * batch["images"].shape[1]
-            # 4b. Clip, step (or skip a non-finite one), schedule, EMA.
-            lr = lr_sched.get_last_lr()[0]
-            grad_norm, finite = optimizer_step(m, optimizer, lr_sched, scaler, cfg)
-            if finite:
-                nonfinite_run = 0
-                if ema is not None:
-                    ema.step(m.unet.parameters())
-            else:
-                nonfinite_run, skipped = nonfinite_run + 1, skipped + 1
-                if nonfinite_run >= cfg.max_nonfinite_steps:
-                    raise NonFiniteLoss(
-                        f"{nonfinite_run} steps in a row had NaN/inf loss or gradients (last at step {step + 1}); "
-                        "lower optim.lr, or use mixed_precision=bf16 instead of fp16"
-                    )
-            step += 1
-
-            # 4c. Metrics (the mean over ranks), TensorBoard, validation, checkpoints.
-            step_s = time.monotonic() - t0
-            rec = {
-                "step": step,
-                "epoch": batch["epoch"],
-                "kind": batch["kind"],
-                "loss": rt.mean(sum(losses) / len(losses)),
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "step_s": step_s,
-                "images_per_s": n_images * rt.world_size / max(step_s, 1e-9),
-                "loader_wait_share": wait / max(step_s, 1e-9),
-                "effective_batch": effective_batch,
-                "nonfinite_skipped": skipped,
-            }
-            if m.device.type == "cuda":
-                rec["gpu_mem_gb"] = torch.cuda.max_memory_allocated(m.device) / 2**30
+        while tr.step < cfg.max_steps:
+            rec = _train_step(cfg, rt, tr)
             records.append(rec)
-            log_now = step % cfg.log_every == 0 or step == cfg.max_steps
-            if rt.rank == 0 and log_now:
-                _append_metrics(metrics_path, rec)
-                if writer is not None:
-                    _log_tb(writer, rec)
-            v = cfg.validation
-            if v.every and (step % v.every == 0 or step == cfg.max_steps):
-                if rt.rank == 0:
-                    from mvforge.train.validation import validate
-
-                    validate(m, ema, cfg, step, out, writer)
-                rt.barrier()  # the other ranks wait for rank 0's grids
-            _fault(rt.rank, step, out)  # tests only (FAULT_ENV)
-            preempted = rt.any(stop["sigterm"] or rt.stop_requested())
-            ckpt = None
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or preempted:
-                state = {
-                    "unet": m.unet,
-                    "ema": ema,
-                    "optimizer": optimizer,
-                    "lr_sched": lr_sched,
-                    "scaler": scaler,
-                }
-                ckpt = save_checkpoint(out, step, rt, state, loader.state_dict(), cfg)
-            if log_now or ckpt is not None:
-                rt.report(rec, ckpt)
-            if progress is not None:
-                progress.advance()
-            if preempted:
-                raise Preempted(step, ckpt)
+            _after_step(cfg, rt, tr, rec, stop, progress)
     finally:
         if progress is not None:
             progress.__exit__(None, None, None)
-        if writer is not None:
-            writer.close()
+        if tr.writer is not None:
+            tr.writer.close()
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
     if rt.rank == 0 and rt.show_progress:
-        _summary(records, start_step, step, t_start, out, effective_batch, skipped)
+        _summary(records, start_step, tr.step, t_start, tr.out, tr.effective_batch, tr.skipped)
     return records
 
 
+def _checked_inputs(cfg: FitConfig) -> FitConfig:
+    """``cfg`` with ``pretrained`` made absolute (a local directory); UserError for a missing model or shards,
+    or a model directory that is no Stable Diffusion pipeline."""
+    if not cfg.pretrained:
+        raise UserError("no pretrained model; pass --model DIR (a diffusers Stable Diffusion directory)")
+    if not cfg.shards:
+        raise UserError("no training shards; pass --shards DIR (written by `mvdata shard`)")
+    # Checked before anything is created. Checkpoints record where the frozen parts come from: an absolute path
+    # (so `mvtrain sample` works from any cwd) or the Hub id, which resolves through the cache again.
+    check_sd_dir(cfg.pretrained)
+    if not is_hub_id(cfg.pretrained):
+        cfg = config_mod.replace(cfg, pretrained=str(Path(cfg.pretrained).resolve()))
+    return cfg
+
+
+def _start(cfg: FitConfig, rt: Runtime, run: rundir.RunDir) -> _Training:
+    """Models, EMA, optimizer and loader, restored from the run's newest intact checkpoint when it has one;
+    on rank 0 metrics.csv cut back to that checkpoint's step and the TensorBoard writer opened."""
+    # 1. Models: frozen VAE + text encoder; the UNet from the last checkpoint, else from SD + camera MLP; EMA.
+    resume = run.latest_intact_checkpoint(check_checkpoint, None if rt.rank == 0 else lambda line: None)
+    m = load_models(cfg, rt, resume)
+    ema = _make_ema(cfg, m, resume)
+
+    # 2. Optimizer, LR schedule, fp16 gradient scaler (states restored on resume).
+    optimizer, lr_sched = make_optimizer(m.unet, cfg, m.device)
+    scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
+    step = load_training_state(resume, m.device, optimizer, lr_sched, scaler) if resume else 0
+
+    # 3. Data: the streaming loader, at its saved position on resume (another worker count: checkpoint.py).
+    loader = _StepLoader(
+        cfg.shards, cfg.loader, shards_2d=cfg.shards_2d, rank=rt.rank, world_size=rt.world_size
+    )
+    loader.accum = cfg.grad_accum_steps
+    if resume is not None:
+        loader.load_state_dict(loader_state(resume, rt.rank, rt.world_size))
+    writer = None
+    if rt.rank == 0:
+        _truncate_metrics(run.metrics_csv, step)
+        if cfg.tensorboard:
+            writer = _tb_writer(run.path, step)
+    effective_batch = cfg.loader.batch_size * cfg.grad_accum_steps * rt.world_size
+    return _Training(
+        m, ema, optimizer, lr_sched, scaler, loader, _batches(loader), writer, run.path, run.metrics_csv, step,
+        effective_batch,
+    )  # fmt: skip
+
+
+def _make_ema(cfg: FitConfig, m: StepModels, resume: Path | None):
+    """The UNet's EMA on the models' device: the checkpoint's when resuming one that has it, else a new one
+    (``ema_decay``, ``ema_warmup``); None when ``ema_decay`` is 0."""
+    if cfg.ema_decay <= 0:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    from mvforge.models.model import MultiViewUNet
+
+    if resume is not None and (resume / runs.UNET_EMA).is_dir():
+        with warnings.catch_warnings():  # diffusers' own from_config(path) call inside warns
+            warnings.simplefilter("ignore", FutureWarning)
+            ema = EMAModel.from_pretrained(resume / runs.UNET_EMA, MultiViewUNet)
+    else:
+        ema = EMAModel(
+            m.unet.parameters(),
+            decay=cfg.ema_decay,
+            use_ema_warmup=cfg.ema_warmup,
+            model_cls=MultiViewUNet,
+            model_config=m.unet.config,
+        )
+    ema.to(m.device)
+    return ema
+
+
+def _open_progress(cfg: FitConfig, rt: Runtime, tr: _Training):
+    """The progress bar over the steps left (rank 0 with ``show_progress``; else None), after one line naming
+    the effective batch."""
+    if not (rt.show_progress and rt.rank == 0):
+        return None
+    from mvforge.progress import StageProgress, console
+
+    console.print(f"mvtrain fit: effective batch {tr.effective_batch} objects per optimizer step")
+    return StageProgress("mvtrain fit", max(0, cfg.max_steps - tr.step), unit="steps").__enter__()
+
+
+def _train_step(cfg: FitConfig, rt: Runtime, tr: _Training) -> dict:
+    """One optimizer step (``tr.step`` advances by one); returns its record (``METRICS_FIELDS``, the loss the
+    mean over ranks, + ``gpu_mem_gb`` on CUDA). Raises NonFiniteLoss (``_apply_gradients``)."""
+    t0 = time.monotonic()
+    # 4a. k micro-batches of the same kind; gradients all-reduced on the last one only.
+    batch, losses, n_images, wait = _accumulate(cfg, rt, tr)
+    # 4b. Clip, step (or skip a non-finite one), schedule, EMA.
+    lr = tr.lr_sched.get_last_lr()[0]
+    grad_norm = _apply_gradients(cfg, tr)
+    tr.step += 1
+    step_s = time.monotonic() - t0
+    rec = {
+        "step": tr.step,
+        "epoch": batch["epoch"],
+        "kind": batch["kind"],
+        "loss": rt.mean(sum(losses) / len(losses)),
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "step_s": step_s,
+        "images_per_s": n_images * rt.world_size / max(step_s, 1e-9),
+        "loader_wait_share": wait / max(step_s, 1e-9),
+        "effective_batch": tr.effective_batch,
+        "nonfinite_skipped": tr.skipped,
+    }
+    if tr.m.device.type == "cuda":
+        rec["gpu_mem_gb"] = torch.cuda.max_memory_allocated(tr.m.device) / 2**30
+    return rec
+
+
+def _accumulate(cfg: FitConfig, rt: Runtime, tr: _Training) -> tuple[dict, list[float], int, float]:
+    """Forward and backward of the step's ``grad_accum_steps`` micro-batches (``no_sync`` on all but the last);
+    returns (the last batch, each micro-batch's loss, images seen, seconds spent waiting for the loader)."""
+    k, m, scaler = cfg.grad_accum_steps, tr.m, tr.scaler
+    wait, n_images, losses = 0.0, 0, []
+    for j in range(k):
+        tw = time.monotonic()
+        batch = next(tr.batches)
+        wait += time.monotonic() - tw
+        inputs = micro_batch_inputs(m, batch, step_generator(cfg.seed, tr.step, rt.rank, j), cfg)
+        sync = j == k - 1 or not hasattr(m.model, "no_sync")
+        with contextlib.nullcontext() if sync else m.model.no_sync():
+            loss = micro_batch_loss(m, inputs, cfg)
+            scaled = loss / k
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        losses.append(loss.item())
+        n_images += batch["images"].shape[0] * batch["images"].shape[1]
+    return batch, losses, n_images, wait
+
+
+def _apply_gradients(cfg: FitConfig, tr: _Training) -> float:
+    """``optimizer_step`` and the EMA update when the gradients are finite, else count the skipped step;
+    returns the grad norm. Raises NonFiniteLoss at ``max_nonfinite_steps`` non-finite steps in a row."""
+    grad_norm, finite = optimizer_step(tr.m, tr.optimizer, tr.lr_sched, tr.scaler, cfg)
+    if finite:
+        tr.nonfinite_run = 0
+        if tr.ema is not None:
+            tr.ema.step(tr.m.unet.parameters())
+    else:
+        tr.nonfinite_run, tr.skipped = tr.nonfinite_run + 1, tr.skipped + 1
+        if tr.nonfinite_run >= cfg.max_nonfinite_steps:
+            raise NonFiniteLoss(
+                f"{tr.nonfinite_run} steps in a row had NaN/inf loss or gradients (last at step {tr.step + 1}); "
+                "lower optim.lr, or use mixed_precision=bf16 instead of fp16"
+            )
+    return grad_norm
+
+
+def _after_step(cfg: FitConfig, rt: Runtime, tr: _Training, rec: dict, stop: dict, progress) -> None:
+    """4c. Metrics and TensorBoard (rank 0, every ``log_every`` steps and the last), validation, checkpoint
+    (every ``checkpoint_every``, the last, and on SIGTERM or a driver's stop: all ranks alike), report,
+    progress. ``stop["sigterm"]``: set by the SIGTERM handler. Raises Preempted after a stop's checkpoint."""
+    step = tr.step
+    log_now = step % cfg.log_every == 0 or step == cfg.max_steps
+    if rt.rank == 0 and log_now:
+        _append_metrics(tr.metrics_path, rec)
+        if tr.writer is not None:
+            _log_tb(tr.writer, rec)
+    v = cfg.validation
+    if v.every and (step % v.every == 0 or step == cfg.max_steps):
+        if rt.rank == 0:
+            from mvforge.train.validation import validate
+
+            validate(tr.m, tr.ema, cfg, step, tr.out, tr.writer)
+        rt.barrier()  # the other ranks wait for rank 0's grids
+    _fault(rt.rank, step, tr.out)  # tests only (FAULT_ENV)
+    # Read after the fault hook: its SIGTERM must stop this very step, as a real one arriving here would.
+    preempted = rt.any(stop["sigterm"] or rt.stop_requested())
+    ckpt = None
+    if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or preempted:
+        state = {
+            "unet": tr.m.unet,
+            "ema": tr.ema,
+            "optimizer": tr.optimizer,
+            "lr_sched": tr.lr_sched,
+            "scaler": tr.scaler,
+        }
+        ckpt = save_checkpoint(tr.out, step, rt, state, tr.loader.state_dict(), cfg)
+    if log_now or ckpt is not None:
+        rt.report(rec, ckpt)
+    if progress is not None:
+        progress.advance()
+    if preempted:
+        raise Preempted(step, ckpt)
+
+
 def _summary(records, start_step, step, t_start, out, effective_batch, skipped) -> None:
+    """The summary table of this call's steps (rank 0, ``show_progress``)."""
     from mvforge.progress import print_summary
 
     done = step - start_step
