@@ -18,7 +18,7 @@ def _load(path: Path) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def _row(name: str, sampled: dict | None, sds: dict | None) -> str:
+def _row(name: str, sampled: dict | None, novel: dict | None, sds: dict | None) -> str:
     cells = [name]
     if sampled:
         s = sampled["summary"]
@@ -31,6 +31,7 @@ def _row(name: str, sampled: dict | None, sds: dict | None) -> str:
         ]
     else:
         cells += ["-"] * 5
+    cells.append(novel["summary"].get("views_agree", "-") if novel else "-")
     if sds:
         by_uid = {r["uid"]: r for r in sds["captions"]}
         for uid in ("demo-traffic-cone", "demo-chair", "demo-kettle"):
@@ -48,16 +49,16 @@ def main() -> None:
     world = ap.parse_args().world
     print(
         "| model | captions retrieved | views retrieving own | captions whose views agree | shifted further "
-        "| PSNR object dB | SDS IoU cone | SDS IoU chair | SDS IoU kettle | SDS retrieved |"
+        "| PSNR object dB | novel prompts: views agree | SDS IoU cone | SDS IoU chair | SDS IoU kettle | SDS retrieved |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for variant, name in (
         ("full", "full (3D attention + camera)"),
         ("no-camera", "no camera embedding"),
         ("per-image", "per-image attention"),
     ):
         v = world / "ablation" / variant
-        print(_row(name, _load(v / "eval"), _load(v / "eval-sds")))
+        print(_row(name, _load(v / "eval"), _load(v / "eval-novel"), _load(v / "eval-sds")))
 
 
 if __name__ == "__main__":
