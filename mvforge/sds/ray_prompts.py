@@ -1,9 +1,10 @@
 """Many prompts at once: one Ray task per (prompt, seed), one GPU each (docs/design.md §4).
 
 The same code runs on a laptop's local Ray and on a cluster (``--address``). Each task is ``run_sds`` on its own
-run directory, so a re-run resumes every unfinished prompt and skips finished ones (``summary.json`` present).
-A task past its timeout is cancelled and counted as failed; the driver shows a progress bar over prompts and
-ends with one summary table.
+run directory in the batch directory ``--out`` (``<out>/<prompt-slug>/``; mvforge/formats/sds_result.py), so a
+re-run resumes every unfinished prompt and skips finished ones (``summary.json`` present). A task past its
+timeout is cancelled and counted as failed; the driver shows a progress bar over prompts and ends with one
+summary table.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from mvforge.sds.loop import finished_with
 
 
 def _task_configs(cfg: SDSConfig, prompts: list[str], seeds: list[int]) -> list[SDSConfig]:
+    """One config per (prompt, seed), its ``out`` the task's own run directory in the batch directory
+    ``cfg.out`` (``<out>/<slug>/``, ``<out>/seed-S/<slug>/`` with several seeds; docs/cli.md, "output")."""
     out = []
     # Fails early on a prompt that cannot name a directory, and on two that name one: two tasks would write one
     # run directory at the same time.
     prompt_dirs(prompts, "run directory")
     for p in prompts:
         for s in seeds:
-            parent = cfg.out if len(seeds) == 1 else str(Path(cfg.out) / f"seed-{s}")
-            out.append(dataclasses.replace(cfg, prompt=p, seed=s, out=parent))
+            run_dir = result_format.batch_run_dir(cfg.out, p, None if len(seeds) == 1 else s)
+            out.append(dataclasses.replace(cfg, prompt=p, seed=s, out=str(run_dir)))
     return out
 
 
@@ -91,7 +94,7 @@ def run_prompts(
     queue = []
     with StageProgress("sds prompts", total=len(tasks), unit="prompts") as bar:
         for tc in tasks:
-            run_dir = result_format.result_dir(tc.out, tc.prompt)
+            run_dir = Path(tc.out)
             if finished_with(run_dir, tc):
                 records.append(
                     {"prompt": tc.prompt, "seed": tc.seed, "status": "skipped", "dir": str(run_dir)}

@@ -43,7 +43,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_field_and_outputs(ti
     ref = run_sds(cfg, show_progress=False)
 
     # the same run through the CLI, killed after its first checkpoint
-    killed_cfg = dataclasses.replace(cfg, out=str(tmp_path / "sds"), export=True, snapshot_every=2)
+    # sds/<name>/: the demo's layout, one run directory per prompt under the report's sds/
+    killed_cfg = dataclasses.replace(cfg, out=str(tmp_path / "sds" / "mug"), export=True, snapshot_every=2)
     cfg_file = tmp_path / "sds.toml"
     cfg_file.write_text(config_mod.to_toml(killed_cfg))
     proc = subprocess.Popen(
@@ -53,7 +54,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_field_and_outputs(ti
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    run_dir = tmp_path / "sds" / "a-red-ceramic-mug"
+    run_dir = tmp_path / "sds" / "mug"  # --out itself (docs/cli.md, "output")
     deadline = time.monotonic() + 240
     while not checkpoints(run_dir) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -88,11 +89,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_field_and_outputs(ti
     from mvforge.report import write_report
 
     html = write_report(tmp_path).read_text()
-    assert (
-        "a red ceramic mug" in html
-        and "sds/a-red-ceramic-mug/turntable.gif" in html
-        and "step-000006" in html
-    )
+    assert "a red ceramic mug" in html and "sds/mug/turntable.gif" in html and "step-000006" in html
 
 
 @pytest.mark.parametrize(
@@ -153,7 +150,7 @@ def test_export_settings_are_honoured_and_no_surface_fails_fast_then_a_rerun_onl
     cfg = tiny_sds_config(tiny_mv, tmp_path, max_steps=2, snapshot_every=0, export_mesh=export)
     with pytest.raises(UserError, match="no surface at density 1000000.0"):
         run_sds(cfg, show_progress=False)
-    run_dir = tmp_path / "a-red-ceramic-mug"
+    run_dir = tmp_path
     assert [p.name for p in checkpoints(run_dir)][-1] == "step-000002.pt"  # the steps are kept
     assert not (run_dir / "summary.json").exists() and not (run_dir / "turntable.gif").exists()
 
