@@ -1,6 +1,6 @@
 """The SDS optimisation loop of `mvtrain sds` (docs/design.md §2.6, §9: one loop read top to bottom).
 
-Run directory ``<out>/<prompt-slug>/`` (its names: mvforge/formats/sds_result.py)::
+Run directory ``<out>``, the `--out` of one prompt (docs/cli.md, "output"; its names: mvforge/formats/sds_result.py)::
 
     config.toml                 the resolved SDSConfig (written first)
     checkpoints/step-NNNNNN.pt  field, background, occupancy grid, optimiser, step (atomic files)
