@@ -215,3 +215,18 @@ def test_resume_refuses_other_weights_at_the_same_path_and_a_max_steps_below_the
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     with pytest.raises(UserError, match="other model weights"):
         run_sds(dataclasses.replace(cfg, max_steps=4), show_progress=False)
+
+
+def test_one_prompt_writes_into_out_itself_and_another_prompt_there_is_refused(tiny_mv, tmp_path):
+    """--out is the run directory (docs/cli.md, "output"): no <prompt-slug>/ below it. The prompt decides the
+    field, so another prompt into the same --out is refused in one line; the finished run is kept."""
+    from mvforge.errors import UserError
+
+    cfg = tiny_sds_config(tiny_mv, tmp_path / "mug", max_steps=2, export=False, snapshot_every=0)
+    assert run_sds(cfg, show_progress=False) == tmp_path / "mug"
+    assert (tmp_path / "mug" / "summary.json").is_file() and (tmp_path / "mug" / "config.toml").is_file()
+    assert not (tmp_path / "mug" / "a-red-ceramic-mug").exists()
+    with pytest.raises(UserError, match="prompt") as e:
+        run_sds(dataclasses.replace(cfg, prompt="a blue chair"), show_progress=False)
+    assert "\n" not in str(e.value)
+    assert json.loads((tmp_path / "mug" / "summary.json").read_text())["prompt"] == "a red ceramic mug"
