@@ -46,11 +46,11 @@ echo "== $VARIANT: SDS of ${SDS_UIDS[*]}, rendered back and scored"
 : > "$OUT/sds-meshes.jsonl.tmp"
 for uid in "${SDS_UIDS[@]}"; do
   t $BIN/mvtrain sds --config configs/sds-world-cpu.toml --model "$MODEL" --prompt "$(caption "$uid")" \
-    --out "$OUT/sds"
+    --out "$OUT/sds/$uid"
   $BIN/python - "$OUT" "$uid" "$(caption "$uid")" >> "$OUT/sds-meshes.jsonl.tmp" <<'PY'
 import json, pathlib, sys
 out, uid, caption = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-run = next(p.parent for p in out.glob("sds/*/summary.json") if json.loads(p.read_text())["prompt"] == caption)
+run = out / "sds" / uid  # the caption's run is its --out
 print(json.dumps({"uid": uid, "path": str((run / "mesh.glb").resolve()), "caption": caption}))
 PY
 done

@@ -552,8 +552,9 @@ def _dreambooth_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
 
 def _sds_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
     """Per `mvtrain sds` run under sds/ (docs/design.md §2.6): summary, loss curve, turntable and every 4-view
-    snapshot."""
-    found = sorted(p.parent for p in root.glob(f"*/{sds_format.SUMMARY}")) if root.is_dir() else []
+    snapshot. sds/ may be one run, a parent of runs (``sds/<name>/``, the demo's) or a `--prompts` batch
+    (``<slug>/``, ``seed-S/<slug>/``), also one level down (``sds/<batch>/<slug>/``)."""
+    found = sds_format.find_results(root) if root.is_dir() else []
     items = []
     for run in found:
         try:

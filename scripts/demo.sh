@@ -83,7 +83,7 @@ $BIN/mvtrain eval --known-answer --model "$OUT/train" --reference "$OUT/renders"
 step "sds" "text to 3D with the world model as the prior (configs/sds-world-cpu.toml), 3 captions"
 for uid in "${SDS_UIDS[@]}"; do
   $BIN/mvtrain sds --config configs/sds-world-cpu.toml --model "$OUT/train" --prompt "$(caption "$uid")" \
-    --out "$OUT/sds"
+    --out "$OUT/sds/$uid"
 done
 # Each mesh under its ground-truth uid (a captions file the render reads), so it is rendered back from the same
 # cameras under the same light as its object.
@@ -91,10 +91,9 @@ $BIN/python - "$OUT" "${SDS_UIDS[@]}" <<'PY'
 import json, pathlib, sys
 out, uids = pathlib.Path(sys.argv[1]), sys.argv[2:]
 caption = {m["uid"]: m["caption"] for m in (json.loads(p.read_text()) for p in out.glob("renders/*/*/meta.json"))}
-by_prompt = {json.loads(p.read_text())["prompt"]: p.parent for p in out.glob("sds/*/summary.json")}
 with open(out / "sds-meshes.jsonl", "w") as f:
     for uid in uids:
-        mesh = (by_prompt[caption[uid]] / "mesh.glb").resolve()
+        mesh = (out / "sds" / uid / "mesh.glb").resolve()  # each caption's run is its --out, sds/<uid>/
         f.write(json.dumps({"uid": uid, "path": str(mesh), "caption": caption[uid]}) + "\n")
 PY
 

@@ -115,7 +115,7 @@ def _stage_runs(tmp_path: Path, tiny_sd: Path) -> dict:
 def test_every_stage_refuses_a_directory_another_run_writes(tmp_path, held, tiny_sd):
     for name, run in _stage_runs(tmp_path, tiny_sd).items():
         out = tmp_path / name.replace(" ", "")
-        held(out / "a-red-ceramic-mug" if name == "sds" else out)  # sds: one run directory per prompt
+        held(out)
         with pytest.raises(UserError, match=r"`mvtrain fit` \(pid \d+ on .*\) is writing"):
             run(out)
 

@@ -37,7 +37,10 @@ def eval_(
     ] = None,
     sds: Annotated[
         list[Path],
-        typer.Option("--sds", help="`mvtrain sds` result directory (or a parent of them); repeatable."),
+        typer.Option(
+            "--sds",
+            help="`mvtrain sds` run directory, --prompts batch directory, or a parent of them; repeatable.",
+        ),
     ] = [],
     config: Annotated[Path | None, typer.Option("--config", help="TOML config (EvalConfig).")] = None,
     set_: Annotated[list[str], typer.Option("--set", help=set_help("sample.steps=20"))] = [],

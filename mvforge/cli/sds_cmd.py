@@ -28,7 +28,11 @@ def sds(
     out: Annotated[
         str | None,
         typer.Option(
-            "--out", "-o", help="Parent directory; writes OUT/<prompt-slug>/ (out=...).", show_default="sds"
+            "--out",
+            "-o",
+            help="Run directory; with --prompts the batch's directory, one OUT/<prompt-slug>/ per prompt "
+            "(out=...).",
+            show_default="sds",
         ),
     ] = None,
     config: Annotated[
@@ -51,7 +55,7 @@ def sds(
         typer.Option(
             "--preview",
             help="Only sample the prompt's 4 views through the model (multi-face views predict a "
-            "failed SDS) into OUT/<slug>/preview.png, then stop.",
+            "failed SDS) into OUT/preview.png, then stop.",
         ),
     ] = False,
     prompts: Annotated[

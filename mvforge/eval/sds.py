@@ -23,13 +23,14 @@ from mvforge.formats.sds_result import SUMMARY
 
 
 def find_results(root: str | Path) -> list[Path]:
-    """``root`` when it is one SDS result directory (summary.json), else its result subdirectories, sorted."""
+    """``root`` when it is one SDS run directory (summary.json), else the runs under it: a `--prompts` batch's
+    ``<slug>/`` (``seed-S/<slug>/`` with several seeds) or a parent of runs (``result_format.find_results``)."""
     root = Path(root)
-    if (root / SUMMARY).is_file():
-        return [root]
-    found = sorted(p.parent for p in root.glob(f"*/{SUMMARY}")) if root.is_dir() else []
+    found = result_format.find_results(root)
     if not found:
-        raise UserError(f"--sds {root}: no summary.json here or one level below; pass `mvtrain sds` output")
+        raise UserError(
+            f"--sds {root}: no summary.json here or up to two levels below; pass `mvtrain sds` output"
+        )
     return found
 
 

@@ -27,6 +27,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from mvforge import rundir
@@ -215,17 +216,42 @@ def run_filter(
     progress: bool = True,
 ) -> dict:
     """Score what is not yet scored, merge, select, report; returns the summary (also in summary.json)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from mvforge.filter.clip import SCORE_SCHEMA, model_spec
-    from mvforge.filter.report import write_report
-    from mvforge.filter.select import annotate, select
-    from mvforge.progress import StageProgress, print_summary
-
     t0 = time.monotonic()
     validate(cfg)
     root, out = Path(renders), Path(out)
+    uids = _finished_uids(root)
+    _prepare_out(out, cfg, rescore)
+
+    # 1. Score the objects that have no stored row.
+    scored = _score_new(root, out, uids, cfg, address, progress)
+
+    # 2. Merge parts into scores.parquet (one row per uid), then drop the merged parts.
+    scores = _merge(out, uids, cfg)
+
+    # 3. Select from the stored scores, report, and mark the run done.
+    selection, threshold = _select_and_report(out, root, scores, cfg)
+    summary = _summary(uids, scored, scores, selection, threshold, cfg, t0)
+    atomic_write_json(out / SUMMARY, summary)
+    if progress:
+        _print_summary(summary, threshold, out)
+    return summary
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """What step 1 did in this run."""
+
+    todo: list[str]
+    """The uids it scored (those without a stored row)."""
+    images: int
+    """Views scored (one CLIP cosine each)."""
+    seconds: float
+    """Wall time of scoring, in seconds (near 0 when ``todo`` is empty)."""
+
+
+def _finished_uids(root: Path) -> list[str]:
+    """The uids of the finished objects of the render directory ``root``; UserError when it has none (naming
+    the failed ones and the render command to run)."""
     uids = list(layout.iter_uids(root))
     if not uids:
         failed = sum(1 for _ in (root / layout.FAILED_DIR).glob("*.json"))
@@ -234,6 +260,12 @@ def run_filter(
             f"render directory {root} has no finished objects ({failed} failed); "
             f"run `mvdata render --out {root}{retry}` first"
         )
+    return uids
+
+
+def _prepare_out(out: Path, cfg: FilterConfig, rescore: bool) -> None:
+    """Make ``out`` ready for this run: refuse a render directory or another scoring key, drop the old
+    summary.json ("done" marker) and torn part files, write config.toml."""
     layout.check_not_render_dir(out, "mvdata filter")
     out.mkdir(parents=True, exist_ok=True)
     check_scoring_key(out, cfg, rescore)
@@ -242,77 +274,124 @@ def run_filter(
         stale.unlink(missing_ok=True)  # torn writes of a killed run
     atomic_write_text(out / CONFIG, to_toml(cfg))
 
-    # 1. Score the objects that have no stored row.
+
+def _score_new(
+    root: Path, out: Path, uids: list[str], cfg: FilterConfig, address: str | None, progress: bool
+) -> _Scored:
+    """Score the objects of ``uids`` that have no row in ``out`` yet into new parts (``_score_into_parts``);
+    the model is not loaded when there are none."""
+    from mvforge.filter.clip import model_spec
+
     done = set(load_scored(out).column("uid").to_pylist())
     todo = [u for u in uids if u not in done]
-    counts: Counter[str] = Counter()
     images = 0
     t_score = time.monotonic()
     if todo:
         check_device(cfg)
-        model_spec(
-            cfg
-        )  # bad --clip-model/--clip-pretrained fails here, as one line, before Ray or weights load
-        batches = (
-            score_ray(root, todo, cfg, address) if cfg.run.engine == "ray" else score_local(root, todo, cfg)
-        )
-        run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        parts = PartWriter(out, run_id, cfg.run.objects_per_part, cfg.run.part_flush_s)
-        with StageProgress("filter", total=len(todo), enabled=progress) as bar:
-            for table in batches:
-                table = table.cast(SCORE_SCHEMA)
-                parts.add(table)
-                images += sum(len(c) for c in table.column("cosines").to_pylist())
-                for reason in table.column("reason").to_pylist():
-                    counts[reason or "ok"] += 1
-                    bar.advance(reason or "ok")
-            parts.flush()
-    t_score = time.monotonic() - t_score
+        # A bad --clip-model/--clip-pretrained fails here, as one line, before Ray or weights load.
+        model_spec(cfg)
+        images = _score_into_parts(root, out, todo, cfg, address, progress)
+    return _Scored(todo, images, time.monotonic() - t_score)
 
-    # 2. Merge parts into scores.parquet (one row per uid), then drop the merged parts.
+
+def _score_into_parts(
+    root: Path, out: Path, todo: list[str], cfg: FilterConfig, address: str | None, progress: bool
+) -> int:
+    """Score ``todo`` (in-process or on Ray, ``cfg.run.engine``) under a progress bar counting each object's
+    reason, writing the rows as parts of this run; returns the number of views scored."""
+    from mvforge.filter.clip import SCORE_SCHEMA
+    from mvforge.progress import StageProgress
+
+    batches = score_ray(root, todo, cfg, address) if cfg.run.engine == "ray" else score_local(root, todo, cfg)
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    parts = PartWriter(out, run_id, cfg.run.objects_per_part, cfg.run.part_flush_s)
+    images = 0
+    with StageProgress("filter", total=len(todo), enabled=progress) as bar:
+        for table in batches:
+            table = table.cast(SCORE_SCHEMA)
+            parts.add(table)
+            images += sum(len(c) for c in table.column("cosines").to_pylist())
+            for reason in table.column("reason").to_pylist():
+                bar.advance(reason or "ok")
+        parts.flush()
+    return images
+
+
+def _merge(out: Path, uids: list[str], cfg: FilterConfig):
+    """The stored rows of ``uids`` (sorted by uid) with aggregate and gates (``annotate``), as a DataFrame,
+    written to scores.parquet; the merged parts are then deleted."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from mvforge.filter.select import annotate
+
     merged = load_scored(out)
     merged = merged.filter(pc.is_in(merged.column("uid"), value_set=pa.array(uids))).sort_by("uid")
     scores = annotate(merged.to_pandas(), cfg)
     write_parquet_atomic(pa.Table.from_pandas(scores, preserve_index=False), out / SCORES)
     for p in part_files(out):
         p.unlink(missing_ok=True)
+    return scores
 
-    # 3. Select from the stored scores, report, and mark the run done.
+
+def _mode(cfg: FilterConfig) -> str:
+    """How the threshold is chosen: ``clip_threshold`` (given) or ``keep_fraction`` (a quantile)."""
+    return "clip_threshold" if cfg.select.clip_threshold is not None else "keep_fraction"
+
+
+def _select_and_report(out: Path, root: Path, scores, cfg: FilterConfig) -> tuple:
+    """Select from ``scores``, write selection.parquet (threshold, mode and aggregation in its metadata) and
+    report.html; returns (the selection DataFrame, the threshold, inf when nothing is kept)."""
+    import pyarrow as pa
+
+    from mvforge.filter.report import write_report
+    from mvforge.filter.select import select
+
     selection, threshold = select(scores, cfg)
-    mode = "clip_threshold" if cfg.select.clip_threshold is not None else "keep_fraction"
     write_parquet_atomic(
         pa.Table.from_pandas(selection, preserve_index=False),
         out / SELECTION,
-        metadata={"threshold": threshold, "mode": mode, "agg": cfg.select.agg},
+        metadata={"threshold": threshold, "mode": _mode(cfg), "agg": cfg.select.agg},
     )
     write_report(out / REPORT, root, scores, selection, threshold, cfg)
+    return selection, threshold
+
+
+def _summary(
+    uids: list[str], scored: _Scored, scores, selection, threshold: float, cfg: FilterConfig, t0: float
+) -> dict:
+    """The summary.json document: counts, threshold, timings (seconds since ``t0`` for the wall) and versions."""
     dropped = Counter(r for r in selection["reason"] if r)
-    summary = {
+    t_score, images = scored.seconds, scored.images
+    return {
         "objects": len(uids),
-        "scored_this_run": len(todo),
+        "scored_this_run": len(scored.todo),
         "scorable": int(scores["aggregate"].notna().sum()),
         "kept": int(selection["kept"].sum()),
         "dropped": dict(sorted(dropped.items())),
         "threshold": threshold if threshold != float("inf") else None,
-        "mode": mode,
+        "mode": _mode(cfg),
         "agg": cfg.select.agg,
         "engine": cfg.run.engine,
         "score_seconds": round(t_score, 3),
         "wall_seconds": round(time.monotonic() - t0, 3),
         "images_scored_this_run": images,
-        "images_per_second": round(images / t_score, 2) if todo and t_score > 0 else None,
+        "images_per_second": round(images / t_score, 2) if scored.todo and t_score > 0 else None,
         "versions": versions("torch", "open_clip_torch", "ray", "bpy"),
     }
-    atomic_write_json(out / SUMMARY, summary)
-    if progress:
-        rows = [
-            ("objects", len(uids)),
-            ("scored this run", len(todo)),
-            ("kept", summary["kept"]),
-            *[(f"dropped: {k}", v) for k, v in summary["dropped"].items()],
-            (f"threshold ({mode})", f"{threshold:.4f}"),
-            ("wall", f"{summary['wall_seconds']:.1f} s"),
-            ("report", str(out / REPORT)),
-        ]
-        print_summary("mvdata filter", rows)
-    return summary
+
+
+def _print_summary(summary: dict, threshold: float, out: Path) -> None:
+    """The closing table of ``summary`` (``threshold`` as selected, inf printed as such)."""
+    from mvforge.progress import print_summary
+
+    rows = [
+        ("objects", summary["objects"]),
+        ("scored this run", summary["scored_this_run"]),
+        ("kept", summary["kept"]),
+        *[(f"dropped: {k}", v) for k, v in summary["dropped"].items()],
+        (f"threshold ({summary['mode']})", f"{threshold:.4f}"),
+        ("wall", f"{summary['wall_seconds']:.1f} s"),
+        ("report", str(out / REPORT)),
+    ]
+    print_summary("mvdata filter", rows)

@@ -9,7 +9,7 @@ report read. Pure Python.
                                               text sent to the model, the SampleConfig
 ```
 Where the directories go: one prompt -> ``OUT`` itself; a prompts file -> ``OUT/<prompt_slug>/`` per prompt (the
-run directories of `mvtrain sds` use the same names, :func:`prompt_slug`); validation ->
+run directories of `mvtrain sds --prompts` use the same names, :func:`prompt_slug`); validation ->
 ``validation/step-NNNNNN/<nn>-<slug>/`` beside ``validation.json`` (:func:`validation_step_dir`).
 """
 
@@ -52,7 +52,7 @@ def slug(text: str, n: int = 40) -> str:
 
 def prompt_slug(prompt: str, max_len: int = 60) -> str:
     """Directory name of a prompt: lower case, runs of other characters as '-', at most ``max_len`` chars (the
-    run directories of `mvtrain sds` and the per-prompt directories of `mvtrain sample --prompts`). Raises
+    run directories of `mvtrain sds --prompts` and the per-prompt directories of `mvtrain sample --prompts`). Raises
     UserError for a prompt without letters or digits."""
     name = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:max_len].strip("-")
     if not name:

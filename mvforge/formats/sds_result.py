@@ -1,17 +1,21 @@
 """The result directory of `mvtrain sds` (docs/design.md §2.6): what the SDS loop and its exporter write and
 `mvtrain sds --prompts`, `mvtrain eval --sds` and the report read. Pure Python.
 
+One `--prompt` writes its run directory ``<run>`` into ``--out`` itself (docs/cli.md, "output"); a `--prompts`
+batch's ``--out`` holds one run directory per prompt, ``<out>/<prompt-slug>/`` (``<out>/seed-S/<prompt-slug>/``
+with several seeds; :func:`batch_run_dir`), the names `mvtrain sample --prompts` gives its prompts.
+
 ```
-<out>/<prompt-slug>/config.toml                 the resolved SDSConfig (written first; rundir.CONFIG)
-<out>/<prompt-slug>/checkpoints/step-NNNNNN.pt  field, background, occupancy grid, optimiser, step
-<out>/<prompt-slug>/metrics.csv, tensorboard/   one row / scalars per logged step (mvforge.metrics)
-<out>/<prompt-slug>/snapshots/step-NNNNNN.png   the 4 orbit views (azimuths 0/90/180/270) side by side, albedo
-<out>/<prompt-slug>/mesh.glb, mesh.obj          marching cubes of the final field, vertex colours
-<out>/<prompt-slug>/mesh.mtl, material_*.png    with export_mesh.uv_texture: the OBJ's material and baked texture
-<out>/<prompt-slug>/turntable.gif, .mp4         albedo-lit orbit of the final field (.mp4 with export_mesh.mp4)
-<out>/<prompt-slug>/preview.png                 `mvtrain sds --preview`: 4 sampled views, no optimisation
-<out>/<prompt-slug>/summary.json                written LAST (rundir.DONE): prompt, steps, seconds, peak memory,
-                                                backend, device, model, weights, outputs {file name: file name}
+<run>/config.toml                 the resolved SDSConfig (written first; rundir.CONFIG)
+<run>/checkpoints/step-NNNNNN.pt  field, background, occupancy grid, optimiser, step
+<run>/metrics.csv, tensorboard/   one row / scalars per logged step (mvforge.metrics)
+<run>/snapshots/step-NNNNNN.png   the 4 orbit views (azimuths 0/90/180/270) side by side, albedo
+<run>/mesh.glb, mesh.obj          marching cubes of the final field, vertex colours
+<run>/mesh.mtl, material_*.png    with export_mesh.uv_texture: the OBJ's material and baked texture
+<run>/turntable.gif, .mp4         albedo-lit orbit of the final field (.mp4 with export_mesh.mp4)
+<run>/preview.png                 `mvtrain sds --preview`: 4 sampled views, no optimisation
+<run>/summary.json                written LAST (rundir.DONE): prompt, steps, seconds, peak memory,
+                                  backend, device, model, weights, outputs {file name: file name}
 ```
 """
 
@@ -37,10 +41,28 @@ TURNTABLE_MP4 = "turntable.mp4"
 PREVIEW = "preview.png"
 
 
-def result_dir(out: str | Path, prompt: str) -> Path:
-    """``<out>/<prompt_slug(prompt)>``: the run directory of ``prompt`` (UserError for a prompt that cannot name
-    one)."""
-    return Path(out) / prompt_slug(prompt)
+def batch_run_dir(out: str | Path, prompt: str, seed: int | None = None) -> Path:
+    """The run directory of ``prompt`` in the `--prompts` batch directory ``out``: ``<out>/<prompt-slug>/``, or
+    ``<out>/seed-S/<prompt-slug>/`` when ``seed`` is given (a batch of several seeds). UserError for a prompt
+    that cannot name one."""
+    parent = Path(out) if seed is None else Path(out) / f"seed-{seed}"
+    return parent / prompt_slug(prompt)
+
+
+def find_results(root: str | Path, levels: int = 2) -> list[Path]:
+    """The finished run directories (summary.json) at or under ``root``, sorted: ``root`` itself when it is one
+    run, else those up to ``levels`` directories below it, so a parent of single runs (``sds/<name>/``), a
+    `--prompts` batch (``<slug>/``) and a batch of several seeds (``seed-S/<slug>/``) are all found. A run's own
+    subdirectories are not searched."""
+    root = Path(root)
+    if (root / SUMMARY).is_file():
+        return [root]
+    if levels < 1 or not root.is_dir():
+        return []
+    found: list[Path] = []
+    for child in sorted(p for p in root.iterdir() if p.is_dir()):
+        found.extend(find_results(child, levels - 1))
+    return sorted(found)
 
 
 def snapshot_path(result: str | Path, step: int) -> Path:

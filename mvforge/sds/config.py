@@ -313,14 +313,15 @@ def _at_least(name: str, value: int, low: int) -> None:
 
 @dataclass(frozen=True)
 class SDSConfig:
-    """One text-to-3D run (MVDream §3.3; docs/design.md §2.6); outputs go to ``out``/<prompt-slug>/."""
+    """One text-to-3D run (MVDream §3.3; docs/design.md §2.6); outputs go to the run directory ``out``."""
 
     prompt: str = ""
     """The text prompt."""
     model: str = ""
     """The frozen multi-view model: an `mvtrain fit` run or checkpoint dir, or a converted pipeline dir."""
     out: str = "sds"
-    """Parent directory; the run writes to out/<prompt-slug>/ (an existing run is resumed)."""
+    """The run directory: the run writes into it (an existing run is resumed; docs/cli.md, "output"). With
+    `mvtrain sds --prompts` the batch's directory, holding one run directory per prompt, out/<prompt-slug>/."""
     seed: int = 0
     """Seeds the field's initialisation and every per-step draw (cameras, t, noise, backgrounds, shading, ray
     jitter, occupancy updates): each is a function of (seed, step, stream), so resume replays it exactly."""

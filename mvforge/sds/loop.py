@@ -1,6 +1,6 @@
 """The SDS optimisation loop of `mvtrain sds` (docs/design.md §2.6, §9: one loop read top to bottom).
 
-Run directory ``<out>/<prompt-slug>/`` (its names: mvforge/formats/sds_result.py)::
+Run directory ``<out>``, the `--out` of one prompt (docs/cli.md, "output"; its names: mvforge/formats/sds_result.py)::
 
     config.toml                 the resolved SDSConfig (written first)
     checkpoints/step-NNNNNN.pt  field, background, occupancy grid, optimiser, step (atomic files)
@@ -308,10 +308,12 @@ class _StepResult:
 
 @rundir.locked(
     "mvtrain sds",
-    lambda cfg, **_: result_format.result_dir(cfg.out, cfg.prompt) if cfg.prompt.strip() else None,
+    # The run directory is --out itself (docs/cli.md, "output"); an empty prompt is refused inside, unlocked.
+    lambda cfg, **_: Path(cfg.out) if cfg.prompt.strip() else None,
 )
 def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
-    """Optimise a field for ``cfg.prompt`` and export it; resumes ``<out>/<slug>`` when it has checkpoints.
+    """Optimise a field for ``cfg.prompt`` and export it into the run directory ``cfg.out``; resumes it when it
+    has checkpoints.
 
     summary.json's ``seconds`` and ``peak_memory_mb`` are the optimisation's (wall seconds summed over the
     sessions that ran steps, model loading included; MiB), kept when a later run only re-exports;
@@ -327,7 +329,7 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
     if cfg.max_steps < 1 or cfg.checkpoint_every < 1:
         raise UserError("max_steps and checkpoint_every must be >= 1")
     device = resolve_device(cfg.device)
-    run_dir = result_format.result_dir(cfg.out, cfg.prompt)
+    run_dir = Path(cfg.out)
     t_start = time.monotonic()
     if finished_with(run_dir, cfg):
         # Nothing to do (a marching-cubes export at 256³ takes minutes): what --prompts skips, a single run skips.

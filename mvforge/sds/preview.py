@@ -25,7 +25,7 @@ PREVIEW_GUIDANCE = 10.0
 
 
 def preview_views(cfg: SDSConfig, steps: int = PREVIEW_STEPS, model=None) -> Path:
-    """Write ``<out>/<slug>/preview.png`` (4 views side by side at the model's resolution); returns its path."""
+    """Write ``<out>/preview.png`` (4 views side by side at the model's resolution); returns its path."""
     from PIL import Image
 
     device = resolve_device(cfg.device)
@@ -41,7 +41,7 @@ def preview_views(cfg: SDSConfig, steps: int = PREVIEW_STEPS, model=None) -> Pat
         output_type="np",
     ).images
     grid = (np.concatenate(list(images), axis=1).clip(0, 1) * 255).round().astype(np.uint8)
-    path = result_format.result_dir(cfg.out, cfg.prompt) / result_format.PREVIEW
+    path = Path(cfg.out) / result_format.PREVIEW
     buf = io.BytesIO()
     Image.fromarray(grid).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())

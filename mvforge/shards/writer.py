@@ -209,8 +209,6 @@ def run_shard(
     show_progress: bool = True,
 ) -> dict:
     """Shard ``renders`` into ``out`` (path or URL); resumes from markers; returns the index document."""
-    from mvforge.progress import StageProgress, print_summary
-
     if "://" not in str(out):
         layout.check_not_render_dir(out, "mvdata shard")
     inp = collect_input(renders, selection, cfg.exclude)
@@ -219,8 +217,35 @@ def run_shard(
     fs.makedirs(root, exist_ok=True)
     fs.invalidate_cache()
 
-    # Resume: first the settings, by the comparison every stage shares (docs/design.md §5; `workers` is an
-    # execution setting), then the plan. The saved config.toml binds the output once it holds a shard.
+    # 1. Resume: the settings, then the plan; the markers of the shards already written.
+    markers = _resume_markers(fs, root, out, cfg, specs)
+    # Recorded before the first shard, so the resume of a killed run is compared with it.
+    put_bytes_atomic(fs, f"{root}/{rundir.CONFIG}", to_toml(cfg).encode("utf-8"))
+    todo = [s for s in specs if s.name not in markers]
+    # A partial file of a killed run (tar, marker, index) is redone: drop every temporary left here.
+    _remove_temporaries(fs, root)
+
+    # 2. The shards left, in-process or as Ray tasks.
+    start = time.monotonic()
+    renders_s = str(Path(renders).resolve())
+    out_url = fs.unstrip_protocol(root)  # absolute, so a Ray worker with another cwd writes to the same place
+    run = _ShardRun(renders_s, out_url, cfg, address, storage_options)
+    written_bytes = _write_todo(run, todo, len(specs), markers, show_progress)
+    elapsed = time.monotonic() - start
+    _remove_temporaries(fs, root)  # a task Ray retried after its worker died leaves its partial tar behind
+
+    # 3. The dataset card and index.json (last: the set is complete).
+    index = _publish(fs, root, specs, markers, cfg, inp, renders, selection, renders_s)
+    if show_progress:
+        _summary(out, index, inp, len(todo), len(specs) - len(todo), written_bytes, elapsed)
+    return index
+
+
+def _resume_markers(fs, root: str, out: str, cfg: ShardConfig, specs: list[ShardSpec]) -> dict[str, dict]:
+    """The markers (shard name -> stats document) of the planned shards already in ``root``. Raises UserError
+    when ``out`` holds shards made with other settings, or of another plan (another input or config)."""
+    # First the settings, by the comparison every stage shares (docs/design.md §5; `workers` is an execution
+    # setting), then the plan. The saved config.toml binds the output once it holds a shard.
     found = [p.rsplit("/", 1)[-1] for p in fs.glob(f"{root}/*{schema.STATS_SUFFIX}")]
     rundir.check_resume(
         _saved_config(fs, f"{root}/{rundir.CONFIG}"),
@@ -249,39 +274,69 @@ def run_shard(
                 f"{out} holds {spec.name} from a different input or config; use a new --out directory"
             )
         markers[spec.name] = m
-    # Recorded before the first shard, so the resume of a killed run is compared with it.
-    put_bytes_atomic(fs, f"{root}/{rundir.CONFIG}", to_toml(cfg).encode("utf-8"))
-    todo = [s for s in specs if s.name not in markers]
-    # A partial file of a killed run (tar, marker, index) is redone: drop every temporary left here.
-    _remove_temporaries(fs, root)
+    return markers
 
-    start = time.monotonic()
+
+@dataclass(frozen=True)
+class _ShardRun:
+    """What every ``write_shard`` call of one run gets, and where it runs."""
+
+    renders: str
+    """The render directory, absolute."""
+    out_url: str
+    """The output, as an absolute path or URL (so a Ray worker with another cwd writes to the same place)."""
+    cfg: ShardConfig
+    address: str | None
+    """Ray cluster address (None: a local Ray), used when ``cfg.workers`` > 0."""
+    storage_options: dict | None
+
+
+def _write_todo(run: _ShardRun, todo: list[ShardSpec], total: int, markers: dict, show_progress: bool) -> int:
+    """Write the shards of ``todo`` under a progress bar over all ``total`` planned shards (those in
+    ``markers`` counted as skipped); each new marker goes into ``markers``. Returns the bytes written."""
+    from mvforge.progress import StageProgress
+
     written_bytes = 0
-    renders_s = str(Path(renders).resolve())
-    out_url = fs.unstrip_protocol(root)  # absolute, so a Ray worker with another cwd writes to the same place
-    with StageProgress("shard", total=len(specs), unit="shards", enabled=show_progress) as progress:
+    with StageProgress("shard", total=total, unit="shards", enabled=show_progress) as progress:
         if markers:
             progress.advance("skipped", len(markers))
-        if cfg.workers == 0 or not todo:
-            for spec in todo:
-                markers[spec.name] = write_shard(spec, renders_s, out_url, storage_options)
-                written_bytes += markers[spec.name]["bytes"]
-                progress.advance("ok")
-        else:
-            import ray
+        for spec, marker in _written(run, todo):
+            markers[spec.name] = marker
+            written_bytes += marker["bytes"]
+            progress.advance("ok")
+    return written_bytes
 
-            from mvforge.raytools import bounded_map, init_ray
 
-            init_ray(address, num_cpus=cfg.workers)
-            task = ray.remote(num_cpus=1, max_retries=2)(write_shard)
-            submit = lambda spec: task.remote(spec, renders_s, out_url, storage_options)  # noqa: E731
-            for spec, ref in bounded_map(submit, todo, cfg.workers):
-                markers[spec.name] = ray.get(ref)
-                written_bytes += markers[spec.name]["bytes"]
-                progress.advance("ok")
-    elapsed = time.monotonic() - start
-    _remove_temporaries(fs, root)  # a task Ray retried after its worker died leaves its partial tar behind
+def _written(run: _ShardRun, todo: list[ShardSpec]):
+    """(spec, marker) of each shard of ``todo`` as it is written: in-process in order with ``workers`` 0 (or
+    nothing to do), else as Ray tasks (``cfg.workers`` at a time, each retried twice) in completion order."""
+    if run.cfg.workers == 0 or not todo:
+        for spec in todo:
+            yield spec, write_shard(spec, run.renders, run.out_url, run.storage_options)
+        return
+    import ray
 
+    from mvforge.raytools import bounded_map, init_ray
+
+    init_ray(run.address, num_cpus=run.cfg.workers)
+    task = ray.remote(num_cpus=1, max_retries=2)(write_shard)
+    submit = lambda spec: task.remote(spec, run.renders, run.out_url, run.storage_options)  # noqa: E731
+    for spec, ref in bounded_map(submit, todo, run.cfg.workers):
+        yield spec, ray.get(ref)
+
+
+def _publish(
+    fs,
+    root: str,
+    specs: list[ShardSpec],
+    markers: dict[str, dict],
+    cfg: ShardConfig,
+    inp: ShardInput,
+    renders: str | Path,
+    selection: str | Path | None,
+    renders_s: str,
+) -> dict:
+    """Write the dataset card (README.md) and then index.json into ``root``; returns the index document."""
     # Folder names only: a published shard directory carries no path of the machine that wrote it.
     source = {
         "renders": Path(renders_s).name,
@@ -298,19 +353,27 @@ def run_shard(
     put_bytes_atomic(
         fs, f"{root}/{schema.INDEX}", (json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")
     )
-    if show_progress:
-        t = index["totals"]
-        print_summary(
-            f"mvdata shard -> {out}",
-            [
-                ("shards (train / val)", f"{t['train']['shards']} / {t['val']['shards']}"),
-                ("shards written / resumed", f"{len(todo)} / {len(specs) - len(todo)}"),
-                ("samples (train / val)", f"{t['train']['samples']} / {t['val']['samples']}"),
-                ("objects skipped (unreadable)", len(index["skipped"])),
-                ("selected but not rendered", len(inp.not_rendered)),
-                ("GB", f"{t['bytes'] / 1e9:.3f}"),
-                ("MB/s (this run)", f"{written_bytes / 1e6 / max(elapsed, 1e-9):.1f}"),
-                ("seconds", f"{elapsed:.1f}"),
-            ],
-        )
     return index
+
+
+def _summary(
+    out: str, index: dict, inp: ShardInput, written: int, resumed: int, written_bytes: int, elapsed: float
+) -> None:
+    """The closing table: shards and samples per split, shards ``written`` and ``resumed``, skipped objects, size and
+    this run's throughput (``written_bytes`` over ``elapsed`` seconds)."""
+    from mvforge.progress import print_summary
+
+    t = index["totals"]
+    print_summary(
+        f"mvdata shard -> {out}",
+        [
+            ("shards (train / val)", f"{t['train']['shards']} / {t['val']['shards']}"),
+            ("shards written / resumed", f"{written} / {resumed}"),
+            ("samples (train / val)", f"{t['train']['samples']} / {t['val']['samples']}"),
+            ("objects skipped (unreadable)", len(index["skipped"])),
+            ("selected but not rendered", len(inp.not_rendered)),
+            ("GB", f"{t['bytes'] / 1e9:.3f}"),
+            ("MB/s (this run)", f"{written_bytes / 1e6 / max(elapsed, 1e-9):.1f}"),
+            ("seconds", f"{elapsed:.1f}"),
+        ],
+    )

@@ -26,6 +26,7 @@ loads the run or the checkpoint) and, with ``save_pipeline``, ``pipeline/`` (a f
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -272,6 +273,38 @@ def photo_batch(photos: torch.Tensor, caption: str, idx: torch.Tensor) -> dict:
 
 
 # ---------------------------------------------------------------- the loop
+@dataclass
+class _Tuning:
+    """What the step loop reads and evolves: the photos, models, θ0, optimizer state and the run's logging."""
+
+    photos: torch.Tensor
+    """Subject photos (N, 3, R, R) in [-1, 1]."""
+    names: list[str]
+    """Their file names (the checkpoint's record of the photo set)."""
+    class_photos: torch.Tensor | None
+    """Class images (M, 3, R, R) in [-1, 1] for prior preservation; None without ``class_images``."""
+    class_names: list[str]
+    m: StepModels
+    params: list[torch.nn.Parameter]
+    """The trained parameters (``trained_parameters``)."""
+    theta0: list[torch.Tensor]
+    """The base model's values of ``params`` (paper §3.4's θ0)."""
+    n_theta: int
+    """N_θ: the number of trained parameter elements."""
+    optimizer: torch.optim.Optimizer
+    lr_sched: object
+    scaler: torch.amp.GradScaler | None
+    """The fp16 gradient scaler; None for bf16 and fp32."""
+    draws: dict
+    """The checkpoint's loader state: the photo sets (which photos a step draws is a function of (seed, step))."""
+    ckpt_cfg: DreamBoothConfig
+    """The config checkpoints record (``pretrained`` names the frozen parts' directory)."""
+    metrics: RunMetrics
+    out: Path
+    step: int
+    """Optimizer steps done."""
+
+
 @rundir.locked("mvtrain dreambooth", lambda cfg, rt: cfg.out if rt is None and cfg.out else None)
 def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
     """Fine-tune until ``cfg.max_steps``, resuming from the run's latest checkpoint; returns this call's
@@ -282,8 +315,33 @@ def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
     for name, fix in (("pretrained", "--model DIR"), ("images", "--images DIR"), ("prompt", "--prompt TEXT")):
         if not getattr(cfg, name):
             raise UserError(f"no {name}; pass {fix}")
-    out = Path(cfg.out)
+    # 1-2. Photos, models, θ0, optimizer and LR schedule, restored from the last checkpoint.
+    tu = _start(cfg, rt)
 
+    # 3. Train.
+    records: list[dict] = []
+    progress = _open_progress(cfg, rt, tu)
+    try:
+        while tu.step < cfg.max_steps:
+            rec = _train_step(cfg, rt, tu)
+            records.append(rec)
+            _after_step(cfg, rt, tu, rec, progress)
+    finally:
+        tu.metrics.close()
+        if progress is not None:
+            progress.__exit__(None, None, None)
+
+    # 4. The full pipeline directory (frozen parts saved in fp32 as loaded).
+    pipe_dir = _save_pipeline(cfg, tu.m, tu.out)
+    if rt.show_progress and records:
+        _summary(cfg, records, tu.out, pipe_dir)
+    return records
+
+
+def _start(cfg: DreamBoothConfig, rt: Runtime) -> _Tuning:
+    """Photos, models, θ0, optimizer, LR schedule and gradient scaler, restored from the run's newest intact
+    checkpoint when it has one; config.toml written and the metrics (metrics.csv + tensorboard/) opened."""
+    out = Path(cfg.out)
     # 1. Photos first (cheap; bad input fails before the model loads), the model, θ0.
     photos, names = load_photos(cfg.images, cfg.resolution, cfg.masks, cfg.background)
     class_photos, class_names = None, []
@@ -308,72 +366,92 @@ def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
     draws = {"kind": "dreambooth", "photos": names, "class_images": class_names}
     run.write_config(cfg)
     metrics = run.metrics(METRICS_FIELDS, step)  # metrics.csv + tensorboard/, as fit and sds
+    return _Tuning(
+        photos, names, class_photos, class_names, m, params, theta0, n_theta, optimizer, lr_sched, scaler,
+        draws, ckpt_cfg, metrics, out, step,
+    )  # fmt: skip
 
-    # 3. Train.
-    records: list[dict] = []
-    progress = None
-    if rt.show_progress:
-        from mvforge.progress import StageProgress, console
 
-        console.print(
-            f"mvtrain dreambooth: {len(names)} photos, N_θ = {n_theta:,} trained parameters, "
-            f"λ = {cfg.preservation_lambda} (per-parameter gradient {cfg.preservation_lambda / n_theta:.1e})"
+def _open_progress(cfg: DreamBoothConfig, rt: Runtime, tu: _Tuning):
+    """The progress bar over the steps left (with ``show_progress``; else None), after one line naming the
+    photos, N_θ and λ."""
+    if not rt.show_progress:
+        return None
+    from mvforge.progress import StageProgress, console
+
+    console.print(
+        f"mvtrain dreambooth: {len(tu.names)} photos, N_θ = {tu.n_theta:,} trained parameters, "
+        f"λ = {cfg.preservation_lambda} (per-parameter gradient {cfg.preservation_lambda / tu.n_theta:.1e})"
+    )
+    return StageProgress("mvtrain dreambooth", max(0, cfg.max_steps - tu.step), unit="steps").__enter__()
+
+
+def _train_step(cfg: DreamBoothConfig, rt: Runtime, tu: _Tuning) -> dict:
+    """One optimizer step (``tu.step`` advances by one); returns its record (step, loss, prior_loss, lr,
+    grad_norm, step_s in seconds). Raises UserError for NaN/inf gradients without fp16."""
+    t0 = time.monotonic()
+    # 3a. The subject batch (and the class batch): draws from (seed, step) only.
+    loss, prior = _losses(cfg, rt, tu)
+    total = loss + cfg.prior_loss_weight * prior if tu.class_photos is not None else loss
+    scaler = tu.scaler
+    (scaler.scale(total) if scaler is not None else total).backward()
+    # 3b. The preservation term's gradient, analytically (scaled like the loss under fp16).
+    coeff = cfg.preservation_lambda / tu.n_theta
+    add_preservation_grad(tu.params, tu.theta0, coeff * (scaler.get_scale() if scaler is not None else 1.0))
+    lr = tu.lr_sched.get_last_lr()[0]
+    grad_norm, finite = optimizer_step(tu.m, tu.optimizer, tu.lr_sched, scaler, cfg)
+    if not finite and scaler is None:  # (fp16: the scaler skipped the step and lowered its scale)
+        raise UserError(
+            f"NaN/inf gradients at step {tu.step + 1}; lower optim.lr or use mixed_precision=bf16"
         )
-        progress = StageProgress("mvtrain dreambooth", max(0, cfg.max_steps - step), unit="steps").__enter__()
-    try:
-        while step < cfg.max_steps:
-            t0 = time.monotonic()
-            # 3a. The subject batch (and the class batch): draws from (seed, step) only.
-            idx = _draw(len(names), cfg.batch_size, step_generator(cfg.seed, step, rt.rank, 1))
-            inputs = micro_batch_inputs(
-                m, photo_batch(photos, cfg.prompt, idx), step_generator(cfg.seed, step, rt.rank, 0), cfg
-            )
-            loss = micro_batch_loss(m, inputs, cfg)
-            prior = torch.zeros(())
-            if class_photos is not None:
-                cidx = _draw(len(class_names), cfg.batch_size, step_generator(cfg.seed, step, rt.rank, 3))
-                cb = photo_batch(class_photos, cfg.class_prompt, cidx)
-                prior = micro_batch_loss(
-                    m, micro_batch_inputs(m, cb, step_generator(cfg.seed, step, rt.rank, 2), cfg), cfg
-                )
-            total = loss + cfg.prior_loss_weight * prior if class_photos is not None else loss
-            (scaler.scale(total) if scaler is not None else total).backward()
-            # 3b. The preservation term's gradient, analytically (scaled like the loss under fp16).
-            coeff = cfg.preservation_lambda / n_theta
-            add_preservation_grad(params, theta0, coeff * (scaler.get_scale() if scaler is not None else 1.0))
-            lr = lr_sched.get_last_lr()[0]
-            grad_norm, finite = optimizer_step(m, optimizer, lr_sched, scaler, cfg)
-            if not finite and scaler is None:  # (fp16: the scaler skipped the step and lowered its scale)
-                raise UserError(
-                    f"NaN/inf gradients at step {step + 1}; lower optim.lr or use mixed_precision=bf16"
-                )
-            step += 1
+    tu.step += 1
+    rec = {"step": tu.step, "loss": loss.item(), "prior_loss": prior.item(), "lr": lr}
+    rec["grad_norm"], rec["step_s"] = grad_norm, time.monotonic() - t0
+    return rec
 
-            # 3c. Metrics, validation, checkpoints.
-            rec = {"step": step, "loss": loss.item(), "prior_loss": prior.item(), "lr": lr}
-            rec["grad_norm"], rec["step_s"] = grad_norm, time.monotonic() - t0
-            log_now = step % cfg.log_every == 0 or step == cfg.max_steps
-            if log_now:
-                rec["mean_abs_dev"], rec["max_abs_dev"] = deviation(params, theta0)
-                rec["preservation"] = cfg.preservation_lambda * rec["mean_abs_dev"]
-                metrics.log(rec)
-            records.append(rec)
-            v = cfg.validation
-            if v.every and (step % v.every == 0 or step == cfg.max_steps):
-                log_validation_images(metrics, validate(m, cfg, step, out), step)
-            _fault(rt.rank, step, out)  # tests only (MVFORGE_FAULT=kill:0:<step>): dies before the checkpoint
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                state = {"unet": m.unet, "ema": None, "optimizer": optimizer, "lr_sched": lr_sched}
-                state["scaler"] = scaler
-                save_checkpoint(out, step, rt, state, draws, ckpt_cfg)
-            if progress is not None:
-                progress.advance()
-    finally:
-        metrics.close()
-        if progress is not None:
-            progress.__exit__(None, None, None)
 
-    # 4. The full pipeline directory (frozen parts saved in fp32 as loaded).
+def _losses(cfg: DreamBoothConfig, rt: Runtime, tu: _Tuning) -> tuple[torch.Tensor, torch.Tensor]:
+    """(subject loss, prior loss) of step ``tu.step``, both scalar float32 tensors with graphs; the prior loss is
+    a constant 0 without class images. Photo indices, timesteps and noise come from (seed, step, rank)."""
+    m, step = tu.m, tu.step
+    idx = _draw(len(tu.names), cfg.batch_size, step_generator(cfg.seed, step, rt.rank, 1))
+    inputs = micro_batch_inputs(
+        m, photo_batch(tu.photos, cfg.prompt, idx), step_generator(cfg.seed, step, rt.rank, 0), cfg
+    )
+    loss = micro_batch_loss(m, inputs, cfg)
+    prior = torch.zeros(())
+    if tu.class_photos is not None:
+        cidx = _draw(len(tu.class_names), cfg.batch_size, step_generator(cfg.seed, step, rt.rank, 3))
+        cb = photo_batch(tu.class_photos, cfg.class_prompt, cidx)
+        prior = micro_batch_loss(
+            m, micro_batch_inputs(m, cb, step_generator(cfg.seed, step, rt.rank, 2), cfg), cfg
+        )
+    return loss, prior
+
+
+def _after_step(cfg: DreamBoothConfig, rt: Runtime, tu: _Tuning, rec: dict, progress) -> None:
+    """3c. Metrics (``rec`` gains mean_abs_dev, max_abs_dev and preservation on logged steps), validation grids,
+    checkpoints and the progress bar, after step ``tu.step``."""
+    step, out = tu.step, tu.out
+    if step % cfg.log_every == 0 or step == cfg.max_steps:
+        rec["mean_abs_dev"], rec["max_abs_dev"] = deviation(tu.params, tu.theta0)
+        rec["preservation"] = cfg.preservation_lambda * rec["mean_abs_dev"]
+        tu.metrics.log(rec)
+    v = cfg.validation
+    if v.every and (step % v.every == 0 or step == cfg.max_steps):
+        log_validation_images(tu.metrics, validate(tu.m, cfg, step, out), step)
+    _fault(rt.rank, step, out)  # tests only (MVFORGE_FAULT=kill:0:<step>): dies before the checkpoint
+    if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+        state = {"unet": tu.m.unet, "ema": None, "optimizer": tu.optimizer, "lr_sched": tu.lr_sched}
+        state["scaler"] = tu.scaler
+        save_checkpoint(out, step, rt, state, tu.draws, tu.ckpt_cfg)
+    if progress is not None:
+        progress.advance()
+
+
+def _save_pipeline(cfg: DreamBoothConfig, m: StepModels, out: Path) -> Path:
+    """Write ``out/pipeline/`` (a full pipeline directory, frozen parts back in fp32) with ``save_pipeline``
+    unless it is there already; returns its path either way."""
     pipe_dir = out / runs.PIPELINE
     if cfg.save_pipeline and not (pipe_dir / "model_index.json").is_file():
         from mvforge.models.pipeline import MultiViewDiffusion
@@ -384,19 +462,22 @@ def dreambooth(cfg: DreamBoothConfig, rt: Runtime | None = None) -> list[dict]:
         MultiViewDiffusion(m.unet, m.vae, m.text_encoder, m.tokenizer, m.noise_sched).save_pretrained(
             pipe_dir
         )
-    if rt.show_progress and records:
-        from mvforge.progress import print_summary
+    return pipe_dir
 
-        last = records[-1]
-        print_summary(
-            "mvtrain dreambooth",
-            [
-                ("steps this run", len(records)),
-                ("last loss", f"{last['loss']:.4f}"),
-                ("preservation λ‖θ−θ0‖₁/N_θ", f"{last.get('preservation', float('nan')):.3e}"),
-                ("max |θ − θ0|", f"{last.get('max_abs_dev', float('nan')):.3e}"),
-                ("checkpoint", latest_checkpoint(out) or "-"),
-                ("pipeline", pipe_dir if cfg.save_pipeline else "- (UNet checkpoint only)"),
-            ],
-        )
-    return records
+
+def _summary(cfg: DreamBoothConfig, records: list[dict], out: Path, pipe_dir: Path) -> None:
+    """The closing table: steps of this call, the last loss and deviation, the newest checkpoint, the pipeline."""
+    from mvforge.progress import print_summary
+
+    last = records[-1]
+    print_summary(
+        "mvtrain dreambooth",
+        [
+            ("steps this run", len(records)),
+            ("last loss", f"{last['loss']:.4f}"),
+            ("preservation λ‖θ−θ0‖₁/N_θ", f"{last.get('preservation', float('nan')):.3e}"),
+            ("max |θ − θ0|", f"{last.get('max_abs_dev', float('nan')):.3e}"),
+            ("checkpoint", latest_checkpoint(out) or "-"),
+            ("pipeline", pipe_dir if cfg.save_pipeline else "- (UNet checkpoint only)"),
+        ],
+    )

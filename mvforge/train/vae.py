@@ -105,6 +105,8 @@ def fit_vae(
 def _fit_vae_locked(
     model: Path, shards: Path, out: Path, cfg: VAEFitConfig, show_progress: bool, device
 ) -> dict:
+    """``fit_vae`` under its output lock: returns ``out``'s summary as is when it already holds this fit, else
+    fits, writes the model with the fitted ``vae/`` and the summary (``vae_fit.json``, last) and returns it."""
     from diffusers import AutoencoderKL
 
     wanted = {
@@ -112,6 +114,39 @@ def _fit_vae_locked(
         "shards": str(shards.resolve()),
         "config": config_mod.to_dict(cfg),
     }
+    done = _existing_fit(out, wanted, show_progress)
+    if done is not None:
+        return done
+
+    # 1. Fit the VAE's reconstruction on the shards' views.
+    torch.manual_seed(cfg.seed)
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").to(device)
+    vae.train()
+    loader = _loader(shards, cfg)
+    start = time.monotonic()
+    recent = _train(vae, loader, cfg, device, show_progress)
+
+    # 2. LDM §4.3.2: scale latents to unit variance so the diffusion noise schedule fits them.
+    scaling = _scaling_factor(vae, loader, device)
+    vae.register_to_config(scaling_factor=scaling)
+
+    # 3. The model with the fitted vae/, then the marker.
+    _write_model(model, out, vae)
+    summary = wanted | {
+        "psnr_db": round(sum(recent) / len(recent), 2),
+        "scaling_factor": round(scaling, 5),
+        "seconds": round(time.monotonic() - start, 1),
+    }
+    atomic_write_json(out / DONE_FILE, summary)
+    if show_progress:
+        print_summary("mvtrain fit-vae", [(k, v) for k, v in summary.items() if k != "config"])
+    return summary
+
+
+def _existing_fit(out: Path, wanted: dict, show_progress: bool) -> dict | None:
+    """The summary of the finished fit in ``out`` (kept, as its summary table says), None when there is none to
+    keep. Raises UserError when ``out`` holds a fit with settings other than ``wanted``, or something that is
+    not a fit-vae output."""
     if (out / DONE_FILE).is_file():
         done = json.loads((out / DONE_FILE).read_text())
         diff = rundir.settings_difference({k: done.get(k) for k in wanted}, wanted)
@@ -125,11 +160,12 @@ def _fit_vae_locked(
     leftovers = [p.name for p in out.iterdir() if p.name != rundir.LOCK]
     if leftovers and not (out / "model_index.json").is_file():
         raise UserError(f"{out} exists and is not a fit-vae output; pass a new --out or remove it")
+    return None
 
-    torch.manual_seed(cfg.seed)
-    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").to(device)
-    vae.train()
-    loader = MultiViewLoader(
+
+def _loader(shards: Path, cfg: VAEFitConfig) -> MultiViewLoader:
+    """The shards' views one at a time (``view_mode`` random), ``cfg.steps`` batches per epoch."""
+    return MultiViewLoader(
         str(shards),
         LoaderConfig(
             batch_size=cfg.batch_size,
@@ -140,9 +176,14 @@ def _fit_vae_locked(
             batches_per_epoch=cfg.steps,
         ),
     )
+
+
+def _train(vae, loader: MultiViewLoader, cfg: VAEFitConfig, device, show_progress: bool) -> list[float]:
+    """``cfg.steps`` Adam steps (cosine LR) of MSE reconstruction + ``kl_weight`` x KL per pixel value; returns
+    the reconstruction PSNR in dB of each of the last 20 batches."""
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
-    start, recent = time.monotonic(), []
+    recent = []
     with StageProgress("fit-vae", cfg.steps, unit="steps", enabled=show_progress) as progress:
         for step, batch in enumerate(loader):
             x = _images(batch).to(device)
@@ -158,19 +199,21 @@ def _fit_vae_locked(
             progress.advance()
             if step + 1 >= cfg.steps:
                 break
+    return recent
 
-    # LDM §4.3.2: scale latents to unit variance so the diffusion noise schedule fits them.
+
+@torch.no_grad()
+def _scaling_factor(vae, loader: MultiViewLoader, device) -> float:
+    """1 / std of the latents (posterior modes) of 4 loader batches (``vae`` left in eval mode)."""
     vae.eval()
-    with torch.no_grad():
-        latents = torch.cat(
-            [
-                vae.encode(_images(b).to(device)).latent_dist.mode()
-                for _, b in zip(range(4), loader, strict=False)
-            ]
-        )
-    scaling = float(1.0 / latents.std())
-    vae.register_to_config(scaling_factor=scaling)
+    latents = torch.cat(
+        [vae.encode(_images(b).to(device)).latent_dist.mode() for _, b in zip(range(4), loader, strict=False)]
+    )
+    return float(1.0 / latents.std())
 
+
+def _write_model(model: Path, out: Path, vae) -> None:
+    """Copy ``model``'s other parts into ``out``, then put the fitted ``vae/`` in place (renamed in whole)."""
     # The model's other parts, then the fitted vae/, then the marker: an interrupted run left no marker and
     # is redone from the start (a minute or two), so nothing half-written is ever taken for a result.
     shutil.copytree(
@@ -181,12 +224,3 @@ def _fit_vae_locked(
     vae.save_pretrained(tmp)
     shutil.rmtree(out / "vae", ignore_errors=True)
     tmp.rename(out / "vae")
-    summary = wanted | {
-        "psnr_db": round(sum(recent) / len(recent), 2),
-        "scaling_factor": round(scaling, 5),
-        "seconds": round(time.monotonic() - start, 1),
-    }
-    atomic_write_json(out / DONE_FILE, summary)
-    if show_progress:
-        print_summary("mvtrain fit-vae", [(k, v) for k, v in summary.items() if k != "config"])
-    return summary

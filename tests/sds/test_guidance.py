@@ -86,6 +86,6 @@ def test_preview_writes_the_four_views_of_the_prompt(model, tmp_path):
 
     cfg = SDSConfig(prompt="a red ceramic mug", out=str(tmp_path), device="cpu")
     path = preview_views(cfg, steps=2, model=model)
-    assert path == tmp_path / "a-red-ceramic-mug" / "preview.png"
+    assert path == tmp_path / "preview.png"  # --out is the run directory (docs/cli.md, "output")
     with Image.open(path) as im:
         assert im.size == (4 * model.resolution, model.resolution)

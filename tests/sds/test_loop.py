@@ -43,7 +43,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_field_and_outputs(ti
     ref = run_sds(cfg, show_progress=False)
 
     # the same run through the CLI, killed after its first checkpoint
-    killed_cfg = dataclasses.replace(cfg, out=str(tmp_path / "sds"), export=True, snapshot_every=2)
+    # sds/<name>/: the demo's layout, one run directory per prompt under the report's sds/
+    killed_cfg = dataclasses.replace(cfg, out=str(tmp_path / "sds" / "mug"), export=True, snapshot_every=2)
     cfg_file = tmp_path / "sds.toml"
     cfg_file.write_text(config_mod.to_toml(killed_cfg))
     proc = subprocess.Popen(
@@ -53,7 +54,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_field_and_outputs(ti
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    run_dir = tmp_path / "sds" / "a-red-ceramic-mug"
+    run_dir = tmp_path / "sds" / "mug"  # --out itself (docs/cli.md, "output")
     deadline = time.monotonic() + 240
     while not checkpoints(run_dir) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -88,11 +89,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_field_and_outputs(ti
     from mvforge.report import write_report
 
     html = write_report(tmp_path).read_text()
-    assert (
-        "a red ceramic mug" in html
-        and "sds/a-red-ceramic-mug/turntable.gif" in html
-        and "step-000006" in html
-    )
+    assert "a red ceramic mug" in html and "sds/mug/turntable.gif" in html and "step-000006" in html
 
 
 @pytest.mark.parametrize(
@@ -153,7 +150,7 @@ def test_export_settings_are_honoured_and_no_surface_fails_fast_then_a_rerun_onl
     cfg = tiny_sds_config(tiny_mv, tmp_path, max_steps=2, snapshot_every=0, export_mesh=export)
     with pytest.raises(UserError, match="no surface at density 1000000.0"):
         run_sds(cfg, show_progress=False)
-    run_dir = tmp_path / "a-red-ceramic-mug"
+    run_dir = tmp_path
     assert [p.name for p in checkpoints(run_dir)][-1] == "step-000002.pt"  # the steps are kept
     assert not (run_dir / "summary.json").exists() and not (run_dir / "turntable.gif").exists()
 
@@ -218,3 +215,18 @@ def test_resume_refuses_other_weights_at_the_same_path_and_a_max_steps_below_the
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     with pytest.raises(UserError, match="other model weights"):
         run_sds(dataclasses.replace(cfg, max_steps=4), show_progress=False)
+
+
+def test_one_prompt_writes_into_out_itself_and_another_prompt_there_is_refused(tiny_mv, tmp_path):
+    """--out is the run directory (docs/cli.md, "output"): no <prompt-slug>/ below it. The prompt decides the
+    field, so another prompt into the same --out is refused in one line; the finished run is kept."""
+    from mvforge.errors import UserError
+
+    cfg = tiny_sds_config(tiny_mv, tmp_path / "mug", max_steps=2, export=False, snapshot_every=0)
+    assert run_sds(cfg, show_progress=False) == tmp_path / "mug"
+    assert (tmp_path / "mug" / "summary.json").is_file() and (tmp_path / "mug" / "config.toml").is_file()
+    assert not (tmp_path / "mug" / "a-red-ceramic-mug").exists()
+    with pytest.raises(UserError, match="prompt") as e:
+        run_sds(dataclasses.replace(cfg, prompt="a blue chair"), show_progress=False)
+    assert "\n" not in str(e.value)
+    assert json.loads((tmp_path / "mug" / "summary.json").read_text())["prompt"] == "a red ceramic mug"
