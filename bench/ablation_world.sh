@@ -7,7 +7,7 @@
 #   bash bench/ablation_world.sh WORLD VARIANT     WORLD: a finished `make demo` output (its renders, shards,
 #                                                  fitted VAE and model are reused); VARIANT: full, no-camera,
 #                                                  per-image
-# Writes WORLD/ablation/VARIANT/{train,eval,sds,sds-renders,eval-sds}; resumable like the demo (each step keeps
+# Writes WORLD/ablation/VARIANT/{train,eval,eval-novel,sds,sds-renders,eval-sds}; resumable like the demo (each step keeps
 # what is done). Print the table of all variants with bench/ablation_table.py WORLD.
 set -euo pipefail
 WORLD=${1:?usage: bash bench/ablation_world.sh WORLD no-camera|per-image}
@@ -42,6 +42,10 @@ MODEL=$TRAIN/checkpoints/step-$(printf %06d "$STEPS")
 echo "== $VARIANT: known-answer eval of the trained captions"
 t $BIN/mvtrain eval --known-answer --model "$MODEL" --reference "$WORLD/renders" \
   --prompts "$WORLD/trained-captions.tsv" --out "$OUT/eval" --device cpu
+echo "== $VARIANT: novel prompts (bench/novel-prompts.tsv: the world's objects in colours never trained); no truth"
+echo "   exists for them, so what counts is whether an object's 4 views are nearest one object (views_agree)"
+t $BIN/mvtrain eval --known-answer --model "$MODEL" --reference "$WORLD/renders" \
+  --prompts bench/novel-prompts.tsv --out "$OUT/eval-novel" --device cpu --set "shifts_deg=[]"
 echo "== $VARIANT: SDS of ${SDS_UIDS[*]}, rendered back and scored"
 : > "$OUT/sds-meshes.jsonl.tmp"
 for uid in "${SDS_UIDS[@]}"; do
