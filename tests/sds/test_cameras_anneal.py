@@ -1,4 +1,4 @@
-"""Camera sampler (design §3 golden values, §10.2 ranges) and timestep annealing (issue 14 must-show 1, 4).
+"""Camera sampler (design §3 golden values, §10.2 ranges) and timestep annealing (paper §3.2, design §10.6).
 The per-view light and the official elevation rule against the official code: tests/sds/test_official.py."""
 
 from __future__ import annotations

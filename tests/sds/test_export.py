@@ -1,4 +1,4 @@
-"""Mesh and turntable export (issue 14 must-show 5): a density ball exports a closed mesh of the right radius,
+"""Mesh and turntable export (docs/sds.md, "Export"): a density ball exports a closed mesh of the right radius,
 the GLB loads back with +Y up, and vertex colours equal the albedo at the vertices."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Multi-view SDS guidance against a hand computation (issue 14 must-show 3)."""
+"""Multi-view SDS guidance against a hand computation (paper §3.2)."""
 
 from __future__ import annotations
 

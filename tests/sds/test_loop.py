@@ -1,5 +1,5 @@
-"""The SDS loop end to end on the tiny model: outputs, SIGKILL + resume = uninterrupted run (issue 14
-must-show 6), one-line user errors through the installed `mvtrain` (must-show 7)."""
+"""The SDS loop end to end on the tiny model: outputs, SIGKILL + resume = uninterrupted run
+(docs/sds.md, "Resume"), one-line user errors through the installed `mvtrain` (docs/cli.md)."""
 
 from __future__ import annotations
 

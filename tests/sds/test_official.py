@@ -1,7 +1,7 @@
-"""mvforge's SDS against the official MVDream-threestudio run (issue 22 must-show 1; docs/design.md §10).
+"""mvforge's SDS against the official MVDream-threestudio run (docs/design.md §10).
 
 Every expected value below is the official code's, written out with its source: files of
-bytedance/MVDream-threestudio at commit efcd6c3 (the stored snapshot read for issue 22), and nerfacc v0.5.2 (the
+bytedance/MVDream-threestudio at commit efcd6c3 (the snapshot docs/design.md §10.1 cites), and nerfacc v0.5.2 (the
 version its requirements.txt pins). A statistic drawn from mvforge's sampler is compared with the same statistic
 of a direct port of the official lines (vectorised torch, many more draws) and with the number it gives.
 """
@@ -70,7 +70,7 @@ def test_every_view_is_lit_from_near_its_own_camera_as_the_official_sampler():
     cams = sample_cameras(np.random.default_rng(0), CameraConfig(), groups=3000)
     cos = F.cosine_similarity(cams.light_position, cams.c2w[:, :3, 3], dim=-1).reshape(-1, 4)
     # per view index, not only on average: the light placed from the group's first camera gave 0.85 / 0.07 /
-    # -0.70 / 0.07 (issue 22). Standard error of the 3000-group mean ~0.004.
+    # -0.70 / 0.07 (docs/design.md §10.2). Standard error of the 3000-group mean ~0.004.
     np.testing.assert_allclose(cos.mean(0).numpy(), official.numpy(), atol=0.02)
     # one light distance per group, U[0.8, 1.5]
     d = cams.light_position.norm(dim=-1).reshape(-1, 4)

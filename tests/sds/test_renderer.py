@@ -1,5 +1,5 @@
-"""The volume renderer against the closed form of a constant-density ball (issue 14 must-show 2), with and
-without the official per-sample pruning (issue 22 must-show 2)."""
+"""The volume renderer against the closed form of a constant-density ball, with and without the official
+per-sample pruning (docs/design.md §10.5)."""
 
 from __future__ import annotations
 
@@ -100,8 +100,8 @@ def test_lambertian_normals_and_orientation_from_a_hash_grid_field_reach_its_par
 
 
 def test_chunk_checkpointing_keeps_one_chunks_memory_with_the_same_gradients():
-    """With gradients, a render of many chunks keeps only the chunks' outputs (memory fixed per chunk, issue 14
-    benchmark) and gives the same values and parameter gradients as keeping every chunk's graph."""
+    """With gradients, a render of many chunks keeps only the chunks' outputs (memory fixed per chunk,
+    docs/bench/sds.md) and gives the same values and parameter gradients as keeping every chunk's graph."""
     cams = orbit_cameras(15.0, [0.0, 90.0], fov_deg=40.0, distance=2.5)
     field_cfg = FieldConfig(n_levels=4, log2_hashmap_size=10, max_resolution=64, mlp_hidden=16)
     results = {}
@@ -169,8 +169,9 @@ def _render_both(field, cams, resolution=40):
 
 
 def test_per_sample_pruning_matches_the_unpruned_render_of_a_closed_form_sphere():
-    """Issue 22 must-show 2. The official rule (nerfacc via nerf_volume_renderer.py) drops samples behind a
-    transmittance of 1e-4 and samples whose alpha is below min(0.01, mean occupancy). Stated tolerances:
+    """Pruned vs unpruned renders (docs/design.md §10.5). The official rule (nerfacc via nerf_volume_renderer.py)
+    drops samples behind a transmittance of 1e-4 and samples whose alpha is below min(0.01, mean occupancy).
+    Stated tolerances:
 
     - a sphere of density 30 (no haze): only the transmittance cut acts, so every pixel agrees within 2e-4 (the
       light left behind the cut is < 1e-4) and both match the closed-form opacity 1 - exp(-sigma L) within 0.02;
