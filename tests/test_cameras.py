@@ -110,7 +110,7 @@ def test_sphere_directions_unbiased():
 
 
 def test_mvdream_framing_is_the_paper_rule():
-    """framing = "mvdream": distance = 0.5 / tan(fov / 2) x jitter (paper §4.1, design §3, issue 11)."""
+    """framing = "mvdream": distance = 0.5 / tan(fov / 2) x jitter (paper §4.1, design §3)."""
     s = OrbitSampling(views=4, framing="mvdream")
     for v in cameras.sample_orbits(np.random.default_rng(5), s, orbits=3):
         jitter = v.distance * math.tan(math.radians(v.fov_deg) / 2) / 0.5

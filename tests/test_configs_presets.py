@@ -33,7 +33,7 @@ def test_presets_carry_the_paper_settings():
     assert (fit.loader.num_views, fit.loader.resolution, fit.loader.p_3d) == (4, 256, 0.7)
     render = load(RenderConfig, CONFIGS / "render-objaverse.toml")
     assert (render.cameras.views, render.orbits, render.resolution) == (32, 2, 256)
-    assert render.cameras.framing == "mvdream"  # the paper's distance rule (issue 11)
+    assert render.cameras.framing == "mvdream"  # the paper's distance rule (paper §4.1, design §3)
     db = load(DreamBoothConfig, CONFIGS / "dreambooth-mvdream.toml")
     assert (db.max_steps, db.optim.lr, db.optim.weight_decay, db.batch_size) == (600, 2e-6, 0.01, 4)
     assert db.preservation_lambda == 1.0 and not db.train_camera

@@ -1,4 +1,4 @@
-"""Must-show 4 (SIGKILL mid-run, re-run: no duplicate rows, the same selection) and the CLI through the installed
+"""SIGKILL mid-run, then a re-run: no duplicate rows and the same selection; and the CLI through the installed
 entry point (.venv/bin/mvdata), including bad input (exit 2, one line).
 
 Each `mvdata filter` subprocess pays torch + open_clip imports (seconds on a loaded 2-core machine), so the
@@ -74,7 +74,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, make_cfg, tiny_clip):
     part_paths = sorted(parts.glob("part-*.parquet"))
     scored_before = len(part_paths)
     assert 3 <= scored_before < N_KILL // 2 and not (out / "summary.json").exists()
-    # Batches of one object are grouped two to a part (issue 8: no file per batch at scale).
+    # Batches of one object are grouped two to a part (`run.objects_per_part`): no file per batch at scale.
     assert {pq.read_metadata(p).num_rows for p in part_paths} == {2}
 
     resumed = mvdata(*args)

@@ -1,4 +1,4 @@
-"""Must-show 1: the tiny model, saved and loaded through the real-weights path (file and local-dir:), scores
+"""The tiny model, saved and loaded through the real-weights path (file and local-dir:), scores
 exactly what a hand-written open_clip computation gives on the same images and texts."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Must-show 3 (gates on synthetic renders) and 5 (an unreadable PNG or a missing view is a reason, not a crash)."""
+"""Gates on synthetic renders, and an unreadable PNG or a missing view is a reason, not a crash."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def test_border_gate_tolerates_a_graze_and_catches_a_backdrop():
 
 
 def test_pixel_safety_net_measures_each_fault():
-    """Issue 11: magenta (a missing image, lit and shadowed), crushed, blown and faint views, on synthetic images."""
+    """The pixel safety net (docs/filter.md): magenta (a missing image, lit and shadowed), crushed, blown and
+    faint views, on synthetic images."""
     views = {
         k: np.asarray(synthetic_view((90, 140, 60), 0.0, 64, k))
         for k in ("ok", "magenta", "dark", "bright", "faint")
@@ -106,7 +107,7 @@ def filtered(tmp_path_factory, make_cfg):
         # "tiny" is a 3x3 square: 0.22% of a 64² view, under the default 0.25% limit.
         res = 64 if kind == "tiny" else 32
         write_synthetic_object(root, f"gate-{kind}", f"a {kind} object", views=8, resolution=res, kind=kind)
-    # Issue 11: the pixel safety net, a repaired render, and cut corners that the paper's framing expects.
+    # The pixel safety net (docs/filter.md), a repaired render, and cut corners that the paper's framing expects.
     for kind in ("magenta", "dark", "bright", "faint"):
         write_synthetic_object(root, f"net-{kind}", f"a {kind} object", views=8, resolution=32, kind=kind)
     write_synthetic_object(

@@ -1,4 +1,4 @@
-"""Must-show 2: the Ray Data path (actor pool, one row per object) gives the in-process path's scores."""
+"""The Ray Data path (actor pool, one row per object) gives the in-process path's scores."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Must-show 3 (part): threshold and keep-fraction semantics, aggregates, and re-selection without re-scoring."""
+"""Threshold and keep-fraction semantics, aggregates, and re-selection without re-scoring."""
 
 from __future__ import annotations
 

@@ -204,7 +204,8 @@ def big_render(tmp):
         write_marker_obj(tmp / "big.obj", BIG_SCALE, BIG_OFFSET, missing_texture=True),
         TINY,
         uid="unit",
-        # The missing texture is stripped (issue 11), so it must render exactly like the untextured unit object.
+        # The missing texture is stripped (docs/render_failures.md), so it must render exactly like the
+        # untextured unit object.
         materials={"missing_textures": "strip", "vertex_colors": True},
     )
 
@@ -227,7 +228,8 @@ def test_marker_lands_where_cameras_json_projects_it(unit_render):
 
 
 def test_fit_framing_keeps_all_cube_corners_inside_the_alpha_box(unit_render):
-    """Under ``fit`` (the default), every corner of [-0.5, 0.5]^3 lands inside the rendered alpha box (issue 11)."""
+    """Under ``fit`` (the default, docs/render.md), every corner of [-0.5, 0.5]^3 lands inside the rendered
+    alpha box."""
     _, _, staging = unit_render
     cams = json.loads((staging / layout.CAMERAS).read_text())
     assert cams["framing"] == "fit"

@@ -1,4 +1,4 @@
-"""CPU slots (issue 12, ``limits.pin_cpus``): disjoint CPUs per Blender child, freed when the holder dies."""
+"""CPU slots (``limits.pin_cpus``, design §4): disjoint CPUs per Blender child, freed when the holder dies."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Non-finite positions are caught before an importer can repair them (issue 11), for every hiding format."""
+"""Non-finite positions are caught before an importer can repair them (design §2.1), for every hiding format."""
 
 from __future__ import annotations
 

@@ -140,7 +140,7 @@ def test_sigkill_driver_then_resume_equals_an_uninterrupted_run(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
 
     # 1. Start a run and SIGKILL the driver (only the driver) once the first object is done. Each object starts
-    # 2 s late: one Blender process renders the 4 in turn (issue 12), each in a fraction of a second at these
+    # 2 s late: one Blender process renders the 4 in turn (design §4), each in a fraction of a second at these
     # settings, faster than the driver's death reaches it.
     slow = ",".join(f"{u}=delay" for u in uids)
     driver = subprocess.Popen(

@@ -1,4 +1,5 @@
-"""Render fidelity (issue 11): no silently wrong ``ok`` objects, and the paper's framing, in real Blender renders.
+"""Render fidelity (docs/render_failures.md): no silently wrong ``ok`` objects, and the paper's framing, in real
+Blender renders.
 
 Each kind of silently wrong render has one input (a real file from tests/data/wrong-ok, or one generated here)
 and ends in its outcome: the record, the reason code or flag, and pixels that show it. Renders are tiny (48-64 px,

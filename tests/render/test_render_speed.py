@@ -1,4 +1,5 @@
-"""Issue 12 (render speed): the driver's dry run with the stub renderer, and the sampling settings in meta.json.
+"""Render speed (docs/bench/render_speed.md): the driver's dry run with the stub renderer, and the sampling
+settings in meta.json.
 
 The dry run is the small version of ``bench/bench_render_driver.py`` (10⁵ objects): 10³ synthetic sources, half
 of them finished before the run, through the real driver, a real local Ray and the real resume logic; only

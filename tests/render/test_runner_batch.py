@@ -1,4 +1,4 @@
-"""One Blender process renders a batch of objects in turn (issue 12): no state leaks from one object into the
+"""One Blender process renders a batch of objects in turn (design §4): no state leaks from one object into the
 next, and every per-object guarantee of the runner holds inside a batch.
 
 Real renders (32 px, 2 views, 2-4 samples, 1 thread, no denoiser: OpenImageDenoise may move a pixel by 1/255
