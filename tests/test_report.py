@@ -233,7 +233,7 @@ def test_train_and_sample_section(tmp_path):
 
 
 def test_markup_in_captions_and_records_is_escaped(tmp_path):
-    """Markup lives in templates with autoescaping (issue 8): text from files never becomes HTML."""
+    """Markup lives in templates with autoescaping: text from files never becomes HTML."""
     from mvforge.formats import renders as fmt
     from tests.fixtures.synthetic import write_synthetic_object
 
@@ -255,7 +255,7 @@ def test_markup_in_captions_and_records_is_escaped(tmp_path):
 
 def test_validation_strips_and_loss_curves(tmp_path):
     """A fit run's validation/step-*/ grids become one strip per prompt (oldest left), its metrics a curve
-    per kind (issue 13)."""
+    per kind (docs/train.md)."""
     train = tmp_path / "train"
     train.mkdir()
     (train / "metrics.csv").write_text(

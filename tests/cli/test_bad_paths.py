@@ -1,5 +1,5 @@
-"""Paths of the wrong kind and outputs that would clobber another stage end in one line and exit 2 (issue 8's
-new-user review: these were tracebacks, or silently replaced a render directory's config.toml)."""
+"""Paths of the wrong kind and outputs that would clobber another stage end in one line and exit 2 (docs/cli.md,
+"errors" and "output"; these used to be tracebacks, or silently replaced a render directory's config.toml)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`--version` and `--help` of every command, enumerated from the typer apps (not a hand list), imports nothing heavy
-(design §1, issue 8): the CLI modules keep torch, bpy, ray, diffusers, open_clip, pyarrow and pandas inside
+(design §1, docs/cli.md): the CLI modules keep torch, bpy, ray, diffusers, open_clip, pyarrow and pandas inside
 the command bodies."""
 
 from __future__ import annotations

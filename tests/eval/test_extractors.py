@@ -1,4 +1,4 @@
-"""The real Inception extractor from a local weights file (issue 15): torchvision's Inception v3 architecture
+"""The real Inception extractor from a local weights file (docs/eval.md): torchvision's Inception v3 architecture
 loaded from a state dict on disk (random weights here: nothing may be downloaded), 2048-d pool features and 1000
 logits; a wrong file is a one-line UserError."""
 

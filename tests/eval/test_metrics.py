@@ -1,4 +1,4 @@
-"""Must-show 1 of issue 15: each metric equals its definition computed by hand on known inputs."""
+"""Each metric (docs/eval.md) equals its definition computed by hand on known inputs."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Reference reading (render directory or shards, the held-out split) and the one image preparation both sets
-go through (issue 15)."""
+go through (docs/eval.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Must-show 2 and 3 of issue 15: a killed eval resumes without regenerating a finished prompt and gives the
+"""A killed eval (docs/eval.md) resumes without regenerating a finished prompt and gives the
 same eval.json as an uninterrupted run (deterministic for a seed); bad inputs end with one-line errors."""
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def test_cli_tiny_eval_and_sds(tmp_path, tiny_mv, tiny_clip_dir, reference_dir):
 
 
 def test_sds_snapshot_tiles_and_missing_results(tmp_path, clip):
-    """Without a turntable, the latest snapshot's square tiles are the views (issue 14's snapshot layout)."""
+    """Without a turntable, the latest snapshot's square tiles are the views (docs/sds.md, "Output")."""
     from PIL import Image
 
     from mvforge.eval import sds

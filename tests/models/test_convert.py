@@ -1,4 +1,4 @@
-"""`mvtrain convert` (issue 10): tiny checkpoints in the official LDM layout -> pipeline directories.
+"""`mvtrain convert` (docs/sample.md): tiny checkpoints in the official LDM layout -> pipeline directories.
 
 The reference is independent of diffusers' conversion tables: tiny diffusers models written out under the
 official key names by ``tests.fixtures.ldm_layout`` (a mapping written from the LDM module layout, which the

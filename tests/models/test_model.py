@@ -1,5 +1,5 @@
-"""The multi-view UNet: 3D self-attention against a hand computation, camera zero-init, 2D path, loading,
-gradient checkpointing (issue 9 must-show 1), the tokenizer's padding (must-show 4)."""
+"""The multi-view UNet (paper §3.1): 3D self-attention against a hand computation, camera zero-init, 2D path,
+loading, gradient checkpointing, the tokenizer's padding."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_cross_attention_processor_equals_the_plain_one():
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_sd):
-    """Issue 9 must-show 1: num_views travels with the call, so the recomputation in backward sees 4 views.
+    """num_views travels with the call, so the recomputation in backward sees 4 views.
     (With num_views as processor state reset after forward, torch raised CheckpointError here.)"""
     plain = load_unet(tiny_sd).train()
     with torch.no_grad():  # a trained camera MLP, so the camera path is in the gradients too
@@ -171,7 +171,7 @@ def test_load_unet_bad_input(tiny_sd, tmp_path):
 
 
 def test_tokenizer_matches_open_clip_padding_included(tiny_mv):
-    """Issue 9 must-show 4: all 77 ids equal open_clip's ``tokenize`` (pad id 0, as SD 2.x), also for the
+    """All 77 ids equal open_clip's ``tokenize`` (pad id 0, as SD 2.x), also for the
     tokenizer saved in a pipeline directory and for a prompt longer than 77 tokens (truncated alike)."""
     from transformers import CLIPTokenizer
 

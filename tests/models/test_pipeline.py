@@ -1,4 +1,5 @@
-"""MultiViewDiffusion and MVDreamPipeline on the tiny multi-view model (CPU), issue 9 must-shows 2 and 3.
+"""MultiViewDiffusion and MVDreamPipeline on the tiny multi-view model (CPU): sampling and the
+pipeline directory (docs/sample.md).
 
 References are independent computations: a hand-written DDIM loop (the formulas of Song et al. 2021, eq. 12
 with eta 0, LDM's uniform timesteps + 1), guidance from two separate UNet calls, diffusers' own
@@ -38,7 +39,7 @@ def _hand_text(model, prompts: list[str]) -> torch.Tensor:
 
 
 def test_ddim_equals_a_hand_written_ddim_loop(model):
-    """Must-show 2: the pipeline's DDIM (eta 0, CFG 10, 4 views, elevation 15, start 90) against the loop
+    """The pipeline's DDIM (eta 0, CFG 10, 4 views, elevation 15, start 90) against the loop
     written out by hand: uncond-then-cond batch, x0 from ε, x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) ε."""
     v, s = 4, 10.0
     x = torch.randn(v, 4, RES // 2, RES // 2, generator=torch.Generator().manual_seed(5))
@@ -69,7 +70,7 @@ def test_ddim_equals_a_hand_written_ddim_loop(model):
 
 
 def test_guidance_is_uncond_plus_scale_times_difference_on_one_step(model):
-    """Must-show 2: predict_noise with CFG against two separate 4-view UNet calls combined by hand."""
+    """predict_noise with CFG against two separate 4-view UNet calls combined by hand."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(8, 4, 8, 8, generator=g)  # 2 objects x 4 views
     cond = _hand_text(model, ["a chair", "a lamp"]).repeat_interleave(4, dim=0)
@@ -135,7 +136,7 @@ def _run(model, name: str, seed: int, steps: int = STEPS) -> torch.Tensor:
 
 
 def test_every_scheduler_is_deterministic_and_distinct(model):
-    """Must-show 2: same seed -> the same images; another seed or another scheduler -> different images."""
+    """Same seed -> the same images; another seed or another scheduler -> different images."""
     outs = {}
     for name in SCHEDULERS:
         a, b, c = _run(model, name, 0, 2), _run(model, name, 0, 2), _run(model, name, 1, 2)
@@ -193,7 +194,7 @@ def test_scheduler_settings_hold_for_any_source_config():
 
 
 def test_save_pretrained_round_trip_is_bit_identical_and_unet_is_vanilla(model, tiny_mv, tmp_path):
-    """Must-show 3 (pipeline directory): save -> load gives the same bits; diffusers alone loads unet/."""
+    """Pipeline directory: save -> load gives the same bits; diffusers alone loads unet/."""
     out = model.save_pretrained(tmp_path / "pipe")
     assert sorted(p.name for p in out.iterdir()) == [
         "model_index.json",

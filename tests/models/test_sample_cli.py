@@ -104,7 +104,7 @@ def test_sample_rejects_zero_views_before_loading(tmp_path):
 
 
 def test_sample_help_imports_no_torch_and_names_the_authors_defaults():
-    """Must-show 5: `mvtrain --help` and `mvtrain sample --help` import none of the heavy libraries."""
+    """`mvtrain --help` and `mvtrain sample --help` import none of the heavy libraries."""
     for argv in (["mvtrain", "--help"], ["mvtrain", "sample", "--help"]):
         code = (
             f"import sys\nfrom mvforge.cli.mvtrain import main\nsys.argv = {argv!r}\n"

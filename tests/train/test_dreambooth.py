@@ -1,6 +1,7 @@
-"""MVDreamBooth (issue 16) on the tiny multi-view model, CPU: the preservation term's gradient, its effect on
-the drift from θ0, the loss on fixed (t, noise) pairs, exact resume, photo loading, and the output loading
-through `mvtrain sample` and ``MultiViewDiffusion.from_pretrained`` (the loading path of `mvtrain sds`)."""
+"""MVDreamBooth (paper §3.3, docs/dreambooth.md) on the tiny multi-view model, CPU: the preservation term's
+gradient, its effect on the drift from θ0, the loss on fixed (t, noise) pairs, exact resume, photo loading, and
+the output loading through `mvtrain sample` and ``MultiViewDiffusion.from_pretrained`` (the loading path of
+`mvtrain sds`)."""
 
 from __future__ import annotations
 

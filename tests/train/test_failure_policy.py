@@ -1,4 +1,4 @@
-"""Failure policy of `mvtrain fit` (issue 13): SIGTERM writes a checkpoint and exits 143, then the run resumes;
+"""Failure policy of `mvtrain fit` (docs/train.md): SIGTERM writes a checkpoint and exits 143, then the run resumes;
 non-finite steps are skipped and counted, and N in a row stop the run with a one-line error."""
 
 from __future__ import annotations

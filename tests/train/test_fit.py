@@ -87,7 +87,7 @@ def test_fit_mixes_2d_batches_and_v_prediction(make_fit_config, tiny_sd, shards_
 def test_sample_from_a_run_writes_views_and_its_pipeline_reloads_bit_identical(
     make_fit_config, tiny_sd, shards_3d, tmp_path
 ):
-    """`mvtrain sample` from a fit run (its latest checkpoint, EMA weights) and must-show 3 for a checkpoint:
+    """`mvtrain sample` from a fit run (its latest checkpoint, EMA weights) and, for a checkpoint:
     save_pretrained -> from_pretrained gives the same images, bit for bit."""
     fit(make_fit_config(tiny_sd, shards_3d, tmp_path / "run", max_steps=1))
     cfg = SampleConfig(steps=2, resolution=32, num_views=4)

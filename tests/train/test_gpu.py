@@ -1,5 +1,6 @@
-"""Mixed precision on a CUDA GPU (issue 13): bf16 autocast and fp16 with the gradient scaler train with fp32
-master weights of the UNet and the frozen VAE and text encoder in the compute dtype. Skipped without a GPU."""
+"""Mixed precision on a CUDA GPU (docs/train.md, `mixed_precision`): bf16 autocast and fp16 with the gradient
+scaler train with fp32 master weights of the UNet and the frozen VAE and text encoder in the compute dtype.
+Skipped without a GPU."""
 
 from __future__ import annotations
 

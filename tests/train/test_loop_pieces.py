@@ -1,5 +1,5 @@
 """Pieces of the training step checked against hand formulas (no training run needed): the target, Min-SNR-γ
-weighting and the noise offset (issue 13, must-show 5b), and the config checks (must-show 6)."""
+weighting and the noise offset (docs/train.md), and the config checks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Two Ray Train workers (gloo DDP on CPU), tiny SD model (issue 13, must-show 1 and 3): one DDP step equals
+"""Two Ray Train workers (gloo DDP on CPU), tiny SD model (docs/train.md): one DDP step equals
 one single-process step on the concatenated batches; a 2-worker `fit` on real shards runs its steps; a worker
 killed at step 3 (deterministic fault hook) is restarted and the run ends with the uninterrupted run's weights;
 the run then resumes in-process with one worker."""

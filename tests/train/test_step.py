@@ -1,6 +1,6 @@
-"""The training step on injected inputs (t, noise, latents fixed), tiny SD model on CPU (issue 13):
-gradient accumulation equals one large batch with one all-reduce per optimizer step (must-show 2), and a
-tiny model's loss on one multi-view batch falls >= 10x (must-show 5)."""
+"""The training step on injected inputs (t, noise, latents fixed), tiny SD model on CPU (docs/train.md):
+gradient accumulation equals one large batch with one all-reduce per optimizer step, and a tiny model's loss
+on one multi-view batch falls >= 10x."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Validation grids and TensorBoard of `mvtrain fit` (issue 13, must-show 4), tiny SD model on CPU."""
+"""Validation grids and TensorBoard of `mvtrain fit` (docs/train.md), tiny SD model on CPU."""
 
 from __future__ import annotations
 
