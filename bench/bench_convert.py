@@ -1,5 +1,5 @@
 """Benchmark: `mvtrain convert` time and peak RSS on a random checkpoint in the official SD 2.1 MVDream layout
-(issue 10). Full size by default (~1.3 G parameters, ~5 GB fp32, as ``sd-v2.1-base-4view.pt``); smaller widths
+(docs/sample.md). Full size by default (~1.3 G parameters, ~5 GB fp32, as ``sd-v2.1-base-4view.pt``); smaller widths
 with ``--model-channels`` / ``--text-width`` / ``--vae-ch`` where memory is short.
 
 The checkpoint is written by ``tests.fixtures.ldm_layout.random_sd21_checkpoint`` in this process; the

@@ -1,4 +1,4 @@
-"""MVDreamBooth benchmark (issue 16, design §8: step ≤ 1.05x a plain fit step) and the λ measurement.
+"""MVDreamBooth benchmark (docs/dreambooth.md, design §8: step ≤ 1.05x a plain fit step) and the λ measurement.
 
 1. Step time: the same 2D step (photo batch, loss, backward, AdamW) with and without the analytic
    preservation gradient (``add_preservation_grad``), alternated on one model and batch; the ratio of medians, and the

@@ -1,4 +1,4 @@
-"""Benchmark: `mvtrain eval` seconds per prompt, split into generation and scoring (issue 15).
+"""Benchmark: `mvtrain eval` seconds per prompt, split into generation and scoring (docs/eval.md).
 
 On the demo model (the tiny random multi-view pipeline of ``mvtrain make-tiny-sd --multiview``), a synthetic
 reference render directory, the tiny open_clip model loaded from disk and the tiny feature extractor, with the

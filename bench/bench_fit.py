@@ -1,4 +1,4 @@
-"""Benchmark: `mvtrain fit` throughput, in-process vs N Ray Train CPU workers (issue 13).
+"""Benchmark: `mvtrain fit` throughput, in-process vs N Ray Train CPU workers (docs/bench/train.md).
 
 Builds tiny synthetic 3D shards and the tiny SD model in a temp directory, trains ``--steps`` steps in-process
 (--workers 0) and with each worker count of ``--workers``, and prints the median images/s and loader wait share

@@ -1,4 +1,5 @@
-"""Dry run of the `mvdata render` driver at 10⁵ objects: time and peak memory per phase, no rendering (issue 12).
+"""Dry run of the `mvdata render` driver at 10⁵ objects: time and peak memory per phase, no rendering
+(docs/bench/render_speed.md).
 
 Run: .venv/bin/python bench/bench_render_driver.py --n 1000 10000 100000 [--workers 8 --done 0.5]
 

@@ -31,7 +31,7 @@ from mvforge.render.config import CyclesConfig, RenderConfig
 from mvforge.render.plan import SourceObject, hdri_pool, plan_job
 
 ROOT = Path(__file__).resolve().parents[1]
-# The design's benchmark setting (design §8, issue 3): 256² at 32 samples.
+# The design's benchmark setting (design §8): 256² at 32 samples.
 RESOLUTION = 256
 SAMPLES = 32
 

@@ -1,4 +1,5 @@
-"""Render speed at equal noise: mvforge's Blender child vs objaverse-xl's script, judged by PSNR per second (issue 12).
+"""Render speed at equal noise: mvforge's Blender child vs objaverse-xl's script, judged by PSNR per second
+(docs/bench/render_speed.md).
 
 Run (the peer script is never vendored; pass your checkout's copy):
 
@@ -53,10 +54,10 @@ from mvforge.render.plan import SourceObject, hdri_pool, plan_job  # noqa: E402
 GLBS = ROOT / "tests" / "data" / "glb"
 OUT = ROOT / "bench" / "out" / "render_speed"
 PEER_RUNNER = ROOT / "bench" / "run_peer_script.py"
-# Texture-heavy objects first: the PSNR/SSIM set is the first --psnr-objects of this order (issue 12).
+# Texture-heavy objects first: the PSNR/SSIM set is the first --psnr-objects of this order.
 DEFAULT_OBJECTS = ["BoxTextured", "CesiumMilkTruck", "Duck", "AlphaBlendModeTest", "monkey"]
 REF_SAMPLES = 1024
-# name -> CyclesConfig overrides. "auto32" is the default before issue 12.
+# name -> CyclesConfig overrides. "auto32" is the old default (32 spp, no denoiser, AUTOMATIC map).
 FAST_OIDN = {"denoise": True, "denoise_prefilter": "FAST", "denoise_quality": "BALANCED"}
 VARIANTS = {
     "auto32": {"samples": 32, "world_map_resolution": 0, "denoise": False},
@@ -106,8 +107,8 @@ for _spp, _t in (
     VARIANTS[f"lamps-{_spp}-a{_t:g}-f001"] = VARIANTS[f"lamps-{_spp}-a{_t:g}"] | {"filter_width": 0.01}
 for _spp, _t in ((32, 0.01), (48, 0.01)):
     VARIANTS[f"map512-{_spp}-a{_t:g}-fast"] = {"samples": _spp, "adaptive_threshold": _t, **FAST_OIDN}
-# HDRI exposure (lighting.exposure, issue 12): the default cycles settings with each map normalised to a mean
-# radiance ("-norm<target>"); LIGHTING holds a variant's LightingConfig overrides.
+# HDRI exposure (lighting.exposure, docs/bench/render_speed.md): the default cycles settings with each map
+# normalised to a mean radiance ("-norm<target>"); LIGHTING holds a variant's LightingConfig overrides.
 LIGHTING: dict[str, dict] = {}
 for _target in (0.35, 0.5, 0.7):
     VARIANTS[f"map512-16-fast-norm{_target:g}"] = VARIANTS["map512-16-fast"]
@@ -164,7 +165,7 @@ def coverage(paths: list[Path]) -> float:
 
 def exposure_scores(paths: list[Path]) -> dict:
     """Over the object's pixels (alpha > 128) of all ``paths``: share with any / all three RGB channels at
-    ``CLIP_LEVEL`` or more, and the mean RGB value in 0-255 (HDRI exposure, issue 12)."""
+    ``CLIP_LEVEL`` or more, and the mean RGB value in 0-255 (HDRI exposure, docs/bench/render_speed.md)."""
     rgb = np.concatenate(
         [(x[..., :3][x[..., 3] > 128 / 255] * 255).round() for x in (read_rgba(p) for p in paths)]
     )

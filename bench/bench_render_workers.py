@@ -1,4 +1,5 @@
-"""Where a render's time goes, and 2 workers x 1 thread against 1 worker x 2 threads on 2 cores (issue 12).
+"""Where a render's time goes, and 2 workers x 1 thread against 1 worker x 2 threads on 2 cores
+(docs/bench/render_speed.md).
 
 Run: .venv/bin/python bench/bench_render_workers.py [--views 8 --repeats 2 --layouts 1x2 2x1]
      .venv/bin/python bench/bench_render_workers.py --views 32 --layouts 2x1 --objects-per-process 1 8 --copies 2
@@ -137,7 +138,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--layouts", nargs="*", default=["1x2", "2x1"], help="WORKERSxTHREADS")
     p.add_argument(
-        "--objects-per-process", nargs="*", type=int, default=[1], help="batch sizes to compare (issue 12)"
+        "--objects-per-process",
+        nargs="*",
+        type=int,
+        default=[1],
+        help="batch sizes to compare (limits.objects_per_process)",
     )
     p.add_argument("--copies", type=int, default=1, help="render each GLB this many times, as other uids")
     p.add_argument(
@@ -156,7 +161,7 @@ def main() -> None:
         nargs="+",
         default=["on"],
         choices=["on", "off"],
-        help="limits.pin_cpus settings to compare (CPU pinning, issue 12)",
+        help="limits.pin_cpus settings to compare (CPU pinning)",
     )
     p.add_argument(
         "--foreign-load",

@@ -1,5 +1,5 @@
 """Benchmark: the multi-view pipeline against diffusers' plain StableDiffusionPipeline, per image (design §8:
-<= 1.15x; issue 9).
+<= 1.15x; docs/bench/sample.md).
 
 Both sides share the VAE, text encoder, tokenizer and UNet weights, the scheduler (DDIM), steps, CFG scale,
 resolution and device. The multi-view side is ``MVDreamPipeline`` (camera MLP, 3D self-attention over the V

@@ -1,4 +1,4 @@
-"""Benchmark: seconds per SDS iteration at the 64² and 256² phases and peak memory (issue 14, design §8).
+"""Benchmark: seconds per SDS iteration at the 64² and 256² phases and peak memory (docs/bench/sds.md, design §8).
 
 One iteration = what `mvtrain sds` does per step: occupancy update, camera draw, volume render of the views
 (hash-grid field at the official size unless overridden), resize to the model's resolution, VAE encode with
@@ -12,9 +12,9 @@ as 5K at 64² (batch 8) + 5K at 256² (batch 4), the official schedule.
 
 ``--shading`` lambertian (default, the post-warm-up phase with analytic normals) and/or albedo (the warm-up);
 several values are timed in the same run, one after the other. ``--prune on off`` times the renderer with and
-without the official per-sample pruning (issue 22) in the same run, each phase also reporting the samples per ray
-the field was evaluated at with gradients; ``--blob-density`` changes the initial blob (official 10; a larger
-value is a denser, more opaque start, where the transmittance cut drops more samples).
+without the official per-sample pruning (design §10.5) in the same run, each phase also reporting the samples
+per ray the field was evaluated at with gradients; ``--blob-density`` changes the initial blob (official 10; a
+larger value is a denser, more opaque start, where the transmittance cut drops more samples).
 
 ``--floaters STEPS`` runs instead the fitted-prior experiment of tests/sds/test_fitted_prior.py (a tiny model
 fitted to 4 views of a red ball, SDS from the official initial blob) for STEPS steps with pruning on and off

@@ -96,7 +96,8 @@ def main() -> None:
         print(f"        of which sha256 of the output alone (needed for index.json): {t_sha:.3f} s")
 
         # 1b. the tar encoder alone: mvforge's hand-built GNU header vs stdlib tarfile with the same fixed TarInfo
-        # (issue 8: keep the hand-built header only while this shows it is worth it; bytes are equal, tested).
+        # (docs/bench/shards.md: keep the hand-built header only while this shows it is worth it; bytes are equal,
+        # tested).
         from mvforge.formats import renders as layout
         from mvforge.shards import schema
 

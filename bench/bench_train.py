@@ -10,7 +10,7 @@ all sides alike; the median per side is reported.
     .venv/bin/python bench/bench_train.py [--steps 10] [--latent 16 32] [--channels 128 256]
     .venv/bin/python bench/bench_train.py --arch sd21 --device cuda --bf16 --objects 4 --latent 32   # on a GPU
     .venv/bin/python bench/bench_train.py --arch sd21 --device cuda --bf16 --objects 8 --latent 32 --mfu \
-        --peak-tflops 989 [--checkpointing]       # MFU and peak memory (issue 13)
+        --peak-tflops 989 [--checkpointing]       # MFU and peak memory (docs/bench/train.md)
 
 ``--mfu``: FLOPs of one multi-view step counted with ``torch.utils.flop_counter.FlopCounterMode`` (forward +
 backward), divided by the median step time and by ``--peak-tflops`` (the GPU's dense bf16 peak: 989 for H100 /

@@ -10,10 +10,10 @@ Here bpy is a Python module, so this runner executes the script's module body un
 and ``render_object``) under a name other than ``__main__``, then does what the script's ``__main__`` block
 does, with the benchmark's settings in place of its hard-coded ones (512², 128 spp, OpenImageDenoise, CUDA):
 render engine CYCLES, PNG RGBA, film transparent, its ``filter_width`` 0.01, and the bounce limits of
-mvforge's ``CyclesConfig`` so both sides trace the same paths (issue 12). Python's and numpy's random
+mvforge's ``CyclesConfig`` so both sides trace the same paths. Python's and numpy's random
 generators are seeded so a reference render (more samples) sees the same cameras and lights.
 
-The script is never copied into this repository: pass the path of your checkout (issue 12).
+The script is never copied into this repository: pass the path of your checkout (docs/bench/render_speed.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The training-only environment's test run (issue 8): no bpy, numpy >= 2. Asserts, inside this run, that the
+# The training-only environment's test run (docs/install.md): no bpy, numpy >= 2. Asserts, inside this run, that the
 # environment really is that, that at least MIN_PASSED named tests passed, and that none was skipped because an
 # import was missing (a skip would hide exactly the breakage this run exists to catch).
 set -euo pipefail
