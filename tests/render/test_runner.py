@@ -148,17 +148,25 @@ def test_render_process_dies_with_its_killed_owner(tmp_path):
     owner = subprocess.Popen(
         [sys.executable, "-c", code, str(tmp_path / "job.json"), str(tmp_path / "out")], env=env
     )
+
+    def worker_pids() -> list[int]:
+        found = []
+        for p in _marked_pids(marker):
+            try:
+                if b"mvforge.render.worker" in Path(f"/proc/{p}/cmdline").read_bytes():
+                    found.append(p)
+            except OSError:  # exited between the listing and the read
+                pass
+        return found
+
+    workers: list[int] = []
     try:
         deadline = time.monotonic() + 30
-        while len(_marked_pids(marker) - {owner.pid}) < 2:  # the worker and its grandchild are up
-            assert time.monotonic() < deadline
+        # Up: the worker and its grandchild. Between the grandchild's fork and its exec it still shows the
+        # worker's command line, so wait until exactly one process does.
+        while len(_marked_pids(marker) - {owner.pid}) < 2 or len(workers := worker_pids()) != 1:
+            assert time.monotonic() < deadline, f"worker processes {worker_pids()}"
             time.sleep(0.1)
-        workers = [
-            p
-            for p in _marked_pids(marker)
-            if b"mvforge.render.worker" in Path(f"/proc/{p}/cmdline").read_bytes()
-        ]
-        assert len(workers) == 1
         owner.send_signal(signal.SIGKILL)
         owner.wait()
         deadline = time.monotonic() + 5
