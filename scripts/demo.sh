@@ -21,7 +21,7 @@ tree_rss_kb() {  # resident memory of this script's whole process tree (Ray's wo
     END {for (p in up) {q = p; while (q in up && q != root && q > 1) q = up[q]; if (q == root) s += rss[p]}; print s + 0}'
 }
 PEAK_FILE=$(mktemp)
-trap 'kill "${SAMPLER:-}" 2>/dev/null; rm -f "$PEAK_FILE"' EXIT
+trap 'kill "${SAMPLER:-}" 2>/dev/null || true; rm -f "$PEAK_FILE"' EXIT  # (set -e holds in the trap too)
 sample_peak() {  # the step's peak of tree_rss_kb, sampled twice a second into $PEAK_FILE
   local peak=0 now
   while :; do now=$(tree_rss_kb); ((now > peak)) && peak=$now && echo "$peak" > "$PEAK_FILE"; sleep 0.5; done
