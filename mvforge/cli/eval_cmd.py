@@ -369,8 +369,9 @@ def _known_answer_samples(
     s = doc["summary"]
     typer.echo(
         f"known answer: {s['retrieved_own']}/{s['captions']} captions retrieve their own object (a blank image: "
-        f"{s['blank_image_retrieves_own']}), shifted cameras further {s['shifted_cameras_further']}, "
-        f"mean IoU {s['mean_iou']:.2f}, mean object PSNR {s['mean_psnr_object_db']:.1f} dB"
+        f"{s['blank_image_retrieves_own']}), views one object {s['views_agree']}, shifted cameras further "
+        f"{s['shifted_cameras_further']}, mean IoU {s['mean_iou']:.2f}, mean object PSNR "
+        f"{s['mean_psnr_object_db']:.1f} dB"
     )
     typer.echo(str(out / result_format.KNOWN_ANSWER))
 

@@ -360,6 +360,11 @@ def run_known_answer(
         "mode": "sampled",
         "model": model_name,
         "weights": weights,
+        # The paper's §5.1 ablations are the model's, recorded so their results cannot be mistaken for the full's.
+        "unet": {
+            "multiview_attention": bool(getattr(model.unet, "multiview_attention", True)),
+            "camera_embedding": bool(getattr(model.unet, "camera_embedding", True)),
+        },
         "reference": str(renders),
         "config": config_mod.to_dict(cfg),
         "summary": {

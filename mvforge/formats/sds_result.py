@@ -65,6 +65,13 @@ def find_results(root: str | Path, levels: int = 2) -> list[Path]:
     return sorted(found)
 
 
+def batch_runs(root: str | Path) -> list[Path]:
+    """The run directories, finished or not (each has a config.toml), one or two levels below ``root``: what a
+    `--prompts` batch directory holds (``<slug>/``, ``seed-S/<slug>/``)."""
+    root = Path(root)
+    return sorted(p.parent for pattern in (f"*/{CONFIG}", f"*/*/{CONFIG}") for p in root.glob(pattern))
+
+
 def snapshot_path(result: str | Path, step: int) -> Path:
     """``snapshots/step-NNNNNN.png`` after ``step`` optimisation steps."""
     return Path(result) / SNAPSHOTS / f"step-{step:06d}.png"

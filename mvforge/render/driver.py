@@ -218,8 +218,15 @@ def _check_config(out: Path, cfg: RenderConfig, overwrite: bool, uids: set[str] 
     if path.is_file():
         try:
             old = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError:
-            old = None  # not a record of settings: the new one replaces it
+        except tomllib.TOMLDecodeError as e:
+            # Unreadable settings cannot vouch for the finished renders beside them: refused, not replaced
+            # (the new settings would be recorded over renders made with unknown ones).
+            if _finished_uids(out) and not overwrite:
+                raise UserError(
+                    f"{path} is not TOML ({e}) and {out} holds finished renders made with the settings it "
+                    "recorded; restore it, pass --overwrite to re-render everything, or pick a new --out"
+                ) from None
+            old = None  # nothing finished depends on it: the new record replaces it
     # The kind of light first: under another kind the other lighting keys differ only as a consequence.
     # Adaptive sampling last: it follows from the samples too, and a changed --samples should be named.
     diff = rundir.check_resume(

@@ -330,6 +330,12 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
         raise UserError("max_steps and checkpoint_every must be >= 1")
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.out)
+    if not (run_dir / result_format.CONFIG).is_file() and result_format.batch_runs(run_dir):
+        # A run written into a --prompts batch's directory would hide the batch from its readers.
+        raise UserError(
+            f"{run_dir} is a --prompts batch directory (it holds runs of other prompts); pass a new --out for "
+            "one prompt's run"
+        )
     t_start = time.monotonic()
     if finished_with(run_dir, cfg):
         # Nothing to do (a marching-cubes export at 256³ takes minutes): what --prompts skips, a single run skips.

@@ -68,6 +68,11 @@ def run_prompts(
         )
     if workers is not None and workers < 1:
         raise UserError(f"--workers {workers}: pass 1 or more (tasks in flight at once)")
+    if (Path(cfg.out) / result_format.CONFIG).is_file():
+        # One prompt's run directory holds no batch: its readers would find only the run at the top.
+        raise UserError(
+            f"{cfg.out} is the run directory of one prompt; pass another --out for the --prompts batch"
+        )
     tasks = _task_configs(cfg, prompts, seeds)
     if gpus_per_task is not None and gpus_per_task < 0:
         raise UserError(f"--gpus-per-worker {gpus_per_task}: use 0 (CPU) or a positive number of GPUs")

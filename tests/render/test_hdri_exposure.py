@@ -185,3 +185,21 @@ def test_resume_refuses_another_exposure_and_the_target_matters_only_when_normal
     brighter = dataclasses.replace(raw, lighting=LightingConfig(exposure="normalized", exposure_target=0.9))
     with pytest.raises(UserError, match="lighting.exposure_target was 0.35, now 0.9"):
         driver._check_config(out, brighter, overwrite=False)
+
+
+def test_an_unreadable_config_beside_finished_renders_is_refused_not_replaced(tmp_path):
+    """A damaged config.toml cannot vouch for the renders beside it: recording new settings over them would mix
+    two recipes in one directory unnoticed."""
+    from mvforge.formats import renders as layout
+
+    out = tmp_path / "renders"
+    out.mkdir()
+    (out / layout.CONFIG).write_text("[[x\n")
+    driver._check_config(out, RenderConfig(), overwrite=False)  # nothing finished yet: replaced
+    (out / layout.CONFIG).write_text("[[x\n")
+    (out / layout.FAILED_DIR).mkdir()
+    (out / layout.FAILED_DIR / "obj.json").write_text("{}")
+    with pytest.raises(UserError, match="is not TOML .* holds finished renders"):
+        driver._check_config(out, RenderConfig(), overwrite=False)
+    assert (out / layout.CONFIG).read_text() == "[[x\n"
+    driver._check_config(out, RenderConfig(), overwrite=True, uids=None)  # re-rendering everything is allowed

@@ -230,3 +230,21 @@ def test_one_prompt_writes_into_out_itself_and_another_prompt_there_is_refused(t
         run_sds(dataclasses.replace(cfg, prompt="a blue chair"), show_progress=False)
     assert "\n" not in str(e.value)
     assert json.loads((tmp_path / "mug" / "summary.json").read_text())["prompt"] == "a red ceramic mug"
+
+
+def test_one_prompt_run_and_a_prompts_batch_never_share_a_directory(tiny_mv, tmp_path):
+    """--out is one prompt's run or a --prompts batch's directory, never both (docs/cli.md, "output"): the
+    readers (report, eval --sds) would otherwise see only one of them."""
+    from mvforge.errors import UserError
+    from mvforge.sds.ray_prompts import run_prompts
+
+    batch = tmp_path / "batch"
+    (batch / "a-red-cone").mkdir(parents=True)
+    (batch / "a-red-cone" / "config.toml").write_text("")
+    with pytest.raises(UserError, match="is a --prompts batch directory"):
+        run_sds(tiny_sds_config(tiny_mv, batch))
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "config.toml").write_text("")
+    with pytest.raises(UserError, match="is the run directory of one prompt"):
+        run_prompts(tiny_sds_config(tiny_mv, single), ["a red cone"], [0])
