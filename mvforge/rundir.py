@@ -256,13 +256,24 @@ def locked(command: str, out: Callable[..., str | os.PathLike | None]):
     return deco
 
 
+CREDENTIAL_ERRORS = frozenset({"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"})
+"""Class names of the object stores' "no credentials" errors (botocore for s3://, google-auth for gs://),
+matched by name so neither library is imported here."""
+
+
 def environment_error_in(e: BaseException) -> UserError | None:
-    """:func:`environment_error` of ``e`` or of what it wraps (a Ray task's ``cause``, ``__cause__``)."""
+    """:func:`environment_error` of ``e`` or of what it wraps (a Ray task's ``cause``, ``__cause__``); also an
+    object store that has no credentials for an ``s3://`` or ``gs://`` path (the machine's setup, not a bug)."""
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if is_environment_error(e) and getattr(e, "errno", None) is not None:
             return environment_error(e)
+        if type(e).__name__ in CREDENTIAL_ERRORS:
+            return UserError(
+                f"the object store has no credentials ({type(e).__name__}: {str(e)[:200]}); set them (for s3:// "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) or use a local path"
+            )
         e = getattr(e, "cause", None) or e.__cause__ or e.__context__
     return None
 

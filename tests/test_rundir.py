@@ -306,3 +306,22 @@ def test_check_resume_takes_a_dict_with_none_as_toml_reads_it_back(tmp_path):
 def test_content_settings_drop_the_execution_settings():
     doc = {"seed": 0, "workers": 2, "cycles": {"samples": 8, "threads": 4}, "limits": {"timeout_s": 5}}
     assert rundir.content_settings(doc) == {"seed": 0, "cycles": {"samples": 8}}
+
+
+def test_missing_object_store_credentials_are_one_line_wherever_they_are_wrapped():
+    """botocore's NoCredentialsError (s3:// without credentials), raised directly or inside another error as a
+    Ray task's is, becomes the CLI's one-line error naming the fix."""
+    from mvforge.rundir import environment_error_in
+
+    class NoCredentialsError(Exception):  # botocore's name; matched by name
+        pass
+
+    try:
+        try:
+            raise NoCredentialsError("Unable to locate credentials")
+        except NoCredentialsError as inner:
+            raise RuntimeError("shard task failed") from inner
+    except RuntimeError as outer:
+        err = environment_error_in(outer)
+    assert err is not None and "no credentials" in str(err) and "AWS_ACCESS_KEY_ID" in str(err)
+    assert environment_error_in(ValueError("a bug")) is None

@@ -373,7 +373,7 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
     records (step, kind, loss, ...). Raises UserError for bad inputs, NonFiniteLoss after
     ``max_nonfinite_steps`` non-finite steps in a row, Preempted (exit 143) after a SIGTERM checkpoint."""
     rt = rt or Runtime(device=resolve_device(cfg.device))
-    cfg = _checked_inputs(cfg)
+    cfg = checked_inputs(cfg)
     # The run directory: refused here when it holds a run with other content settings (rundir.EXECUTION_KEYS
     # may change: docs/design.md §5); rank 0 writes config.toml.
     run = rundir.RunDir.open(cfg.out, cfg, "mvtrain fit", write=rt.rank == 0)
@@ -408,7 +408,7 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
     return records
 
 
-def _checked_inputs(cfg: FitConfig) -> FitConfig:
+def checked_inputs(cfg: FitConfig) -> FitConfig:
     """``cfg`` with ``pretrained`` made absolute (a local directory); UserError for a missing model or shards,
     or a model directory that is no Stable Diffusion pipeline."""
     if not cfg.pretrained:

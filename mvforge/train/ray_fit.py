@@ -96,15 +96,17 @@ def fit_with_ray(
     from ray.train.torch import TorchTrainer
 
     from mvforge.raytools import init_ray
-    from mvforge.train.loop import FAULT_ENV
+    from mvforge.train.loop import FAULT_ENV, checked_inputs
 
+    # A missing model or shards is one line here, before Ray starts, not a traceback from inside a worker;
+    # the model comes back absolute (or a Hub id, resolved through the cache on every node).
+    cfg = checked_inputs(cfg)
     init_ray(address)
     out = Path(cfg.out).resolve()
     # Workers must see the run directory: absolute paths, the same on every node (shared storage on a cluster).
     cfg = config_mod.replace(
         cfg,
         out=str(out),
-        pretrained=str(Path(cfg.pretrained).resolve()),
         shards=_abs(cfg.shards),
         shards_2d=_abs(cfg.shards_2d) if cfg.shards_2d else None,
     )

@@ -56,3 +56,19 @@ def test_stages_refuse_to_write_into_a_render_directory(tmp_path):
     )
     _one_line_error(res, "is a render directory")
     assert (renders / layout.CONFIG).read_text() == "resolution = 8\n"
+
+
+def test_fit_on_ray_checks_the_model_before_ray_starts(tmp_path):
+    """A wrong --model with --workers is the same one line as without: checked before Ray starts, not a traceback
+    from inside a Ray Train worker."""
+    renders = tmp_path / "renders"
+    write_synthetic_render_dir(renders, 1, views=2, resolution=8)
+    res = subprocess.run(
+        [BIN / "mvtrain", "fit", "--model", tmp_path / "nope", "--shards", renders, "--out", tmp_path / "run"]
+        + ["--workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    _one_line_error(res, "nope")
+    assert not (tmp_path / "ray_results").exists()
