@@ -49,27 +49,20 @@ def batch_run_dir(out: str | Path, prompt: str, seed: int | None = None) -> Path
     return parent / prompt_slug(prompt)
 
 
-def find_results(root: str | Path, levels: int = 2) -> list[Path]:
+def find_results(root: str | Path, levels: int = 2, marker: str = SUMMARY) -> list[Path]:
     """The finished run directories (summary.json) at or under ``root``, sorted: ``root`` itself when it is one
     run, else those up to ``levels`` directories below it, so a parent of single runs (``sds/<name>/``), a
     `--prompts` batch (``<slug>/``) and a batch of several seeds (``seed-S/<slug>/``) are all found. A run's own
-    subdirectories are not searched."""
+    subdirectories are not searched. ``marker`` CONFIG finds runs begun, finished or not."""
     root = Path(root)
-    if (root / SUMMARY).is_file():
+    if (root / marker).is_file():
         return [root]
     if levels < 1 or not root.is_dir():
         return []
     found: list[Path] = []
     for child in sorted(p for p in root.iterdir() if p.is_dir()):
-        found.extend(find_results(child, levels - 1))
+        found.extend(find_results(child, levels - 1, marker))
     return sorted(found)
-
-
-def batch_runs(root: str | Path) -> list[Path]:
-    """The run directories, finished or not (each has a config.toml), one or two levels below ``root``: what a
-    `--prompts` batch directory holds (``<slug>/``, ``seed-S/<slug>/``)."""
-    root = Path(root)
-    return sorted(p.parent for pattern in (f"*/{CONFIG}", f"*/*/{CONFIG}") for p in root.glob(pattern))
 
 
 def snapshot_path(result: str | Path, step: int) -> Path:

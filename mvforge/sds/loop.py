@@ -330,7 +330,9 @@ def run_sds(cfg: SDSConfig, model=None, show_progress: bool = True) -> Path:
         raise UserError("max_steps and checkpoint_every must be >= 1")
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.out)
-    if not (run_dir / result_format.CONFIG).is_file() and result_format.batch_runs(run_dir):
+    if not (run_dir / result_format.CONFIG).is_file() and result_format.find_results(
+        run_dir, marker=result_format.CONFIG
+    ):
         # A run written into a --prompts batch's directory would hide the batch from its readers.
         raise UserError(
             f"{run_dir} is a --prompts batch directory (it holds runs of other prompts); pass a new --out for "
