@@ -8,6 +8,7 @@ set -euo pipefail
 OUT=${1:-demo-out}
 BIN=.venv/bin
 STEPS=${STEPS:-2400}                 # UNet optimizer steps (the learning curve: docs/demo.md)
+SEED=${SEED:-0}                      # the models' random init and the VAE and UNet fits (docs/demo.md: 3 seeds)
 HOLDOUT=demo-potted-cactus           # the MVDreamBooth subject: kept out of fit, learned from 4 photos
 TOKEN="a photo of xjq object"        # its rare-token prompt (paper §3.4)
 SDS_UIDS=(demo-traffic-cone demo-chair demo-kettle)  # one rotationally symmetric object, two that are not
@@ -54,13 +55,14 @@ $BIN/mvdata shard "$OUT/renders" --selection "$OUT/filter/selection.parquet" --o
 $BIN/mvdata verify "$OUT/shards"
 
 step "fit-vae" "the autoencoder fitted to the renders (a random VAE cannot reconstruct them)"
-$BIN/mvtrain make-tiny-sd --out "$OUT/models/world-init" --variant world --prediction-type v_prediction
+$BIN/mvtrain make-tiny-sd --out "$OUT/models/world-init" --variant world --prediction-type v_prediction \
+  --seed "$SEED"
 $BIN/mvtrain fit-vae --model "$OUT/models/world-init" --shards "$OUT/shards" --out "$OUT/models/world-sd" \
-  --max-steps 600
+  --max-steps 600 --set seed="$SEED"
 
 step "fit" "the multi-view UNet from scratch, 3D and 2D batches mixed (paper §3.3), $STEPS steps"
 $BIN/mvtrain fit --config configs/world-fit.toml --model "$OUT/models/world-sd" --shards "$OUT/shards" \
-  --shards-2d "$OUT/shards-2d/2d-000000.tar" --out "$OUT/train" --max-steps "$STEPS"
+  --shards-2d "$OUT/shards-2d/2d-000000.tar" --out "$OUT/train" --max-steps "$STEPS" --set seed="$SEED"
 
 step "sample" "4 views of one caption through the multi-view diffusers pipeline"
 PIPE="$OUT/models/mv-pipeline"  # the trained model as a diffusers pipeline directory, written once

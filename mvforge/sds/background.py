@@ -36,8 +36,12 @@ class EnvironmentBackground(nn.Module):
 def draw_background_color(
     rng: np.random.Generator, cfg: BackgroundConfig
 ) -> tuple[float, float, float] | None:
-    """One random colour (replace the MLP this step) with probability ``random_color_prob``, else None."""
-    if rng.random() < cfg.random_color_prob:
+    """One random colour (replace the MLP this step) with probability ``random_color_prob``, else None; always
+    ``cfg.color`` when it is set (the draw is still made, so the other streams do not depend on it)."""
+    coin = rng.random()
+    if cfg.color is not None:
+        return tuple(float(c) for c in cfg.color)
+    if coin < cfg.random_color_prob:
         r, g, b = rng.random(3)
         return (float(r), float(g), float(b))
     return None

@@ -143,6 +143,17 @@ class BackgroundConfig:
     """Sinusoidal frequencies of the direction encoding (mvforge)."""
     random_color_prob: float = 0.5
     """Probability that a step replaces the background by one uniform random colour (official: 0.5)."""
+    color: tuple[float, float, float] | None = None
+    """One fixed RGB in [0, 1] for every step, snapshot and preview instead of the MLP and the random colours
+    (mvforge, not official): for a prior trained on one known background, such as the demo world's grey
+    (docs/demo.md), where any learned background colour is a place to paint the object instead of the field.
+    None (default): the MLP with ``random_color_prob``."""
+
+    def __post_init__(self):
+        if self.color is not None and (len(self.color) != 3 or not all(0.0 <= c <= 1.0 for c in self.color)):
+            raise UserError(
+                f"background.color {list(self.color)}: give three values in [0, 1], e.g. [0.5, 0.5, 0.5]"
+            )
 
 
 @dataclass(frozen=True)
@@ -202,6 +213,11 @@ class GuidanceConfig:
     """Steps over which both bounds anneal (official: 8000)."""
     image_size: int = 0
     """Side the renders are resized to before the VAE; 0 = the model's native resolution (256 for MVDream)."""
+    x0_ddim_steps: int = 0
+    """0 (official): x0 is the one-step prediction at t. N > 0: x0 is the end of a DDIM run (eta 0, CFG at every
+    step, no std rescale) down the N-step grid from the largest grid timestep <= t, which replaces t (mvforge,
+    not official; multi-step targets as in HiFA, arXiv 2305.18766, §3). For a weak prior whose one-step x0 at
+    large t is a blur of everything it learned (the demo world, docs/demo.md); costs up to N UNet calls a step."""
     half_precision: Literal["auto", "fp16", "fp32"] = "auto"
     """Frozen weights in fp16 on CUDA, fp32 on CPU (mvforge). The official guidance declares
     ``half_precision_weights: true`` but never reads it: its model keeps fp32 weights and runs under

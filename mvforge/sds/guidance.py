@@ -14,6 +14,11 @@ MVDream §3.3 and the official ``multiview_diffusion_guidance.py`` (docs/design.
    views to the std of the conditional x0 and mixed f * rescaled + (1 - f) * x0 (``rescale_x0_multiview``);
 5. loss = 0.5 * ||z - sg(x0)||² summed / N, so d loss / d z = (z - x0) / N.
 
+With ``x0_ddim_steps`` N > 0 (mvforge, not official) steps 3-4 become a DDIM run: t is snapped down to the
+N-step grid of the model's DDIM scheduler (``mvforge.models.make_scheduler``), and x0 is where diffusers' DDIM
+steps, CFG at each, take z_t at t = 0 (no std rescale). A prior too weak for its one-step x0 at large t to be
+more than a blur (the demo world, docs/demo.md) still gives a sharp target this way.
+
 The text embeddings are computed once per run (:meth:`MultiViewSDS.encode_text`). The prompt gets
 ``prompt_suffix`` (empty by default: the official SDS adds no ", 3d asset").
 """
@@ -65,6 +70,12 @@ class MultiViewSDS:
                 f"{model.vae_scale_factor}; pick a multiple"
             )
         self.latent_size = self.image_size // model.vae_scale_factor
+        self.ddim = None
+        if cfg.x0_ddim_steps > 0:
+            from mvforge.models.pipeline import make_scheduler
+
+            self.ddim = make_scheduler("ddim", model.scheduler.config)
+            self.ddim.set_timesteps(cfg.x0_ddim_steps)
 
     def encode_text(self, prompt: str) -> TextEmbeddings:
         """Embeddings of ``prompt + prompt_suffix`` and of the negative prompt. Raises UserError on empty text."""
@@ -74,9 +85,13 @@ class MultiViewSDS:
         return TextEmbeddings(emb[:1], emb[1:2])
 
     def draw(self, n: int, t_range: tuple[int, int], generator: torch.Generator) -> tuple[int, torch.Tensor]:
-        """One timestep uniform in the inclusive ``t_range`` and noise (n, 4, h, w) float32 on CPU."""
+        """One timestep uniform in the inclusive ``t_range`` and noise (n, 4, h, w) float32 on CPU. With
+        ``x0_ddim_steps`` the timestep is snapped down to the DDIM grid (never below its smallest step)."""
         t = int(torch.randint(t_range[0], t_range[1] + 1, (1,), generator=generator))
         noise = torch.randn((n, 4, self.latent_size, self.latent_size), generator=generator)
+        if self.ddim is not None:
+            grid = self.ddim.timesteps
+            t = int(grid[grid <= t].max()) if bool((grid <= t).any()) else int(grid.min())
         return t, noise
 
     def __call__(
@@ -123,11 +138,25 @@ class MultiViewSDS:
                 guidance_scale=self.cfg.guidance_scale,
                 return_cond=True,
             )
-            # 4. x0 reconstruction with MVDream's multi-view std rescale
+            # 4. x0 reconstruction with MVDream's multi-view std rescale, or the end of a DDIM run from z_t
             x0 = model.predict_x0(noisy, t, eps)
-            if self.cfg.recon_std_rescale > 0:
+            if self.ddim is not None:
+                x0 = self._ddim_x0(noisy, t, eps, cond, uncond, cameras.to(latents.device))
+            elif self.cfg.recon_std_rescale > 0:
                 x0_cond = model.predict_x0(noisy, t, eps_cond)
                 x0 = model.rescale_x0_multiview(x0, x0_cond, self.num_views, self.cfg.recon_std_rescale)
         # 5. x0-reconstruction loss (MVDream §3.3): gradient (z - x0) / N
         loss = 0.5 * F.mse_loss(latents, x0, reduction="sum") / n
         return GuidanceOutput(loss=loss, latents=latents, x0=x0, t=t)
+
+    def _ddim_x0(self, noisy, t: int, eps, cond, uncond, cameras) -> torch.Tensor:
+        """z_0 of diffusers' DDIM (eta 0) from ``noisy`` at grid timestep ``t``, whose ε ``eps`` is given."""
+        z = noisy
+        for step_t in self.ddim.timesteps[self.ddim.timesteps <= t]:
+            if int(step_t) != t:
+                eps = self.model.predict_noise(
+                    z, int(step_t), cond, uncond, cameras=cameras, num_views=self.num_views,
+                    guidance_scale=self.cfg.guidance_scale,
+                )  # fmt: skip
+            z = self.ddim.step(eps.float(), int(step_t), z.float()).prev_sample.to(z.dtype)
+        return z

@@ -187,8 +187,11 @@ def render_views(
     state: SDSState, azimuths, resolution: int, cfg: SDSConfig, bg=None, fov_deg=40.0, elev=15.0
 ):
     """Albedo renders (V, H, W, 3) uint8 of the field from fixed orbit cameras (snapshots, turntable), at the
-    official evaluation distance ``export_mesh.turntable_distance`` (3.0; docs/design.md §10.8)."""
+    official evaluation distance ``export_mesh.turntable_distance`` (3.0; docs/design.md §10.8). ``bg`` (3,):
+    the background colour; None: ``background.color`` when set, else the background MLP."""
     device = next(state.field.parameters()).device
+    if bg is None and cfg.background.color is not None:
+        bg = torch.tensor(cfg.background.color, dtype=torch.float32, device=device)
     distance = cfg.export_mesh.turntable_distance
     frames = []
     with torch.no_grad():

@@ -89,3 +89,47 @@ def test_preview_writes_the_four_views_of_the_prompt(model, tmp_path):
     assert path == tmp_path / "preview.png"  # --out is the run directory (docs/cli.md, "output")
     with Image.open(path) as im:
         assert im.size == (4 * model.resolution, model.resolution)
+
+
+def test_ddim_x0_is_the_end_of_a_guided_ddim_run_from_the_snapped_timestep(model):
+    torch.manual_seed(0)
+    cfg = GuidanceConfig(guidance_scale=5.0, x0_ddim_steps=10)
+    sds = MultiViewSDS(model, cfg)
+    t, noise = sds.draw(4, (640, 640), torch.Generator().manual_seed(0))
+    grid = [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]  # 10 DDIM steps, LDM's offset 1
+    assert t == 601  # snapped down to the grid, so the DDIM run starts exactly at t
+    rgb = torch.rand(4, 32, 32, 3, requires_grad=True)
+    cams = orbit_cameras(20.0, [0.0, 90.0, 180.0, 270.0], fov_deg=50.0, distance=2.0).embedding
+    out = sds(rgb, cams, sds.encode_text("a red mug"), t, noise, vae_generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+
+    # by hand: DDIM (eta 0) with CFG at each step, down to alphas_cumprod[0] (set_alpha_to_one=False)
+    ac = model.scheduler.alphas_cumprod.float()
+    z = out.latents.detach()
+    zt = ac[t].sqrt() * z + (1 - ac[t]).sqrt() * noise
+    with torch.no_grad():
+        emb = model.encode_prompt(["a red mug", cfg.negative_prompt])
+        for i, s in enumerate(grid[grid.index(t) :]):
+            v_c = model.unet(zt, torch.full((4,), s), emb[:1].expand(4, -1, -1), cams, 4)
+            v_u = model.unet(zt, torch.full((4,), s), emb[1:].expand(4, -1, -1), cams, 4)
+            v = v_u + 5.0 * (v_c - v_u)
+            if model.scheduler.config.prediction_type == "v_prediction":
+                eps = ac[s].sqrt() * v + (1 - ac[s]).sqrt() * zt
+            else:
+                eps = v
+            x0 = (zt - (1 - ac[s]).sqrt() * eps) / ac[s].sqrt()
+            prev = ac[s - 100] if s - 100 >= 0 else ac[0]
+            zt = prev.sqrt() * x0 + (1 - prev).sqrt() * eps
+    torch.testing.assert_close(out.x0, zt, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.latents.grad, (z - zt) / 4, rtol=1e-4, atol=1e-5)
+
+
+def test_fixed_background_color_replaces_the_mlp_everywhere():
+    from mvforge.errors import UserError
+    from mvforge.sds.background import draw_background_color
+
+    cfg = BackgroundConfig(random_color_prob=0.5, color=(0.5, 0.25, 0.0))
+    draws = [draw_background_color(np.random.default_rng(s), cfg) for s in range(8)]
+    assert draws == [(0.5, 0.25, 0.0)] * 8
+    with pytest.raises(UserError, match=r"background.color \[1.5, 0, 0\]: give three values in \[0, 1\]"):
+        BackgroundConfig(color=(1.5, 0, 0))
