@@ -100,7 +100,9 @@ def test_ddim_x0_is_the_end_of_a_guided_ddim_run_from_the_snapped_timestep(model
     assert t == 601  # snapped down to the grid, so the DDIM run starts exactly at t
     rgb = torch.rand(4, 32, 32, 3, requires_grad=True)
     cams = orbit_cameras(20.0, [0.0, 90.0, 180.0, 270.0], fov_deg=50.0, distance=2.0).embedding
-    out = sds(rgb, cams, sds.encode_text("a red mug"), t, noise, vae_generator=torch.Generator().manual_seed(0))
+    out = sds(
+        rgb, cams, sds.encode_text("a red mug"), t, noise, vae_generator=torch.Generator().manual_seed(0)
+    )
     out.loss.backward()
 
     # by hand: DDIM (eta 0) with CFG at each step, down to alphas_cumprod[0] (set_alpha_to_one=False)
@@ -109,7 +111,7 @@ def test_ddim_x0_is_the_end_of_a_guided_ddim_run_from_the_snapped_timestep(model
     zt = ac[t].sqrt() * z + (1 - ac[t]).sqrt() * noise
     with torch.no_grad():
         emb = model.encode_prompt(["a red mug", cfg.negative_prompt])
-        for i, s in enumerate(grid[grid.index(t) :]):
+        for s in grid[grid.index(t) :]:
             v_c = model.unet(zt, torch.full((4,), s), emb[:1].expand(4, -1, -1), cams, 4)
             v_u = model.unet(zt, torch.full((4,), s), emb[1:].expand(4, -1, -1), cams, 4)
             v = v_u + 5.0 * (v_c - v_u)
