@@ -125,10 +125,31 @@ PHOTOS="$OUT/dreambooth-photos"
 OBJ=$(dirname "$(find "$OUT/renders" -path "*/$HOLDOUT/meta.json" | head -1)")
 mkdir -p "$PHOTOS"
 for i in 016 020 024 028; do cp "$OBJ/$i.png" "$PHOTOS/view-$i.png"; done
+# Prior preservation by rehearsal: 4 renders of every trained object with its caption (<stem>.txt beside each),
+# on the world's grey, instead of generated images of one class prompt.
+$BIN/python - "$OUT" "$HOLDOUT" <<'PY'
+import json, pathlib, sys
+import numpy as np
+from PIL import Image
+out, holdout = pathlib.Path(sys.argv[1]), sys.argv[2]
+rehearsal = out / "dreambooth-rehearsal"
+rehearsal.mkdir(exist_ok=True)
+for meta_path in sorted(out.glob("renders/*/*/meta.json")):
+    meta = json.loads(meta_path.read_text())
+    if meta["uid"] == holdout:
+        continue
+    for view in (0, 8, 20, 28):
+        rgba = np.asarray(Image.open(meta_path.parent / f"{view:03d}.png").convert("RGBA"), dtype=np.float32)
+        alpha = rgba[..., 3:] / 255.0
+        rgb = rgba[..., :3] * alpha + 128.0 * (1.0 - alpha)
+        Image.fromarray(rgb.round().astype(np.uint8)).save(rehearsal / f"{meta['uid']}-{view:03d}.png")
+        (rehearsal / f"{meta['uid']}-{view:03d}.txt").write_text(meta["caption"] + ", 3d asset\n")
+PY
 $BIN/mvtrain dreambooth --model "$PIPE" --images "$PHOTOS" --prompt "$TOKEN, 3d asset" --out "$OUT/dreambooth" \
   --max-steps 150 --device cpu --class-prompt "a photo of an object, 3d asset" --validate-every 0 \
+  --class-images "$OUT/dreambooth-rehearsal" --set prior_loss_weight=3 \
   --set resolution=32 --set batch_size=4 --set checkpoint_every=50 --set log_every=10 \
-  --set optim.lr=1e-3 --lambda 3e4  # the world's scale, not SD 2.1's 2e-6; the preservation term keeps the rest
+  --set optim.lr=1e-3 --lambda 1  # the world's scale, not SD 2.1's 2e-6; the rehearsal keeps the rest
 { cat "$OUT/trained-captions.tsv"; printf '%s\t%s\n' "$HOLDOUT" "$TOKEN"; } > "$OUT/dreambooth-captions.tsv"
 $BIN/mvtrain eval --known-answer --model "$OUT/dreambooth" --reference "$OUT/renders" \
   --prompts "$OUT/dreambooth-captions.tsv" --out "$OUT/eval-dreambooth" --device cpu --set "shifts_deg=[]"

@@ -267,9 +267,29 @@ def _draw(n: int, k: int, g: torch.Generator) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:k] if n >= k else torch.randint(0, n, (k,), generator=g)
 
 
-def photo_batch(photos: torch.Tensor, caption: str, idx: torch.Tensor) -> dict:
-    """A loader-shaped 2D batch (``micro_batch_inputs``' input): images (B, 1, 3, R, R), no cameras."""
-    return {"images": photos[idx].unsqueeze(1), "captions": [caption] * len(idx), "cameras": None}
+def photo_batch(photos: torch.Tensor, captions: str | list[str], idx: torch.Tensor) -> dict:
+    """A loader-shaped 2D batch (``micro_batch_inputs``' input): images (B, 1, 3, R, R), no cameras.
+    ``captions``: one caption for every photo, or a list with one per photo (indexed like ``photos``)."""
+    caps = [captions] * len(idx) if isinstance(captions, str) else [captions[int(i)] for i in idx]
+    return {"images": photos[idx].unsqueeze(1), "captions": caps, "cameras": None}
+
+
+def class_captions(directory: str | Path, names: list[str], class_prompt: str) -> list[str]:
+    """The caption of each class image ``names`` (file names in ``directory``): the text of its ``<stem>.txt``
+    beside it (img2dataset's caption file) when there is one, else ``class_prompt``. Captions per image make
+    the prior-preservation set a rehearsal of many captions (a trained world's own renders), not one class.
+    Raises UserError for an empty caption file."""
+    out = []
+    for name in names:
+        sidecar = Path(directory) / f"{Path(name).stem}.txt"
+        if not sidecar.is_file():
+            out.append(class_prompt)
+            continue
+        text = sidecar.read_text(encoding="utf-8").strip()
+        if not text:
+            raise UserError(f"{sidecar} is empty; write the image's caption in it or remove it")
+        out.append(text)
+    return out
 
 
 # ---------------------------------------------------------------- the loop
@@ -284,6 +304,8 @@ class _Tuning:
     class_photos: torch.Tensor | None
     """Class images (M, 3, R, R) in [-1, 1] for prior preservation; None without ``class_images``."""
     class_names: list[str]
+    class_captions: list[str]
+    """Each class image's caption (``class_captions``)."""
     m: StepModels
     params: list[torch.nn.Parameter]
     """The trained parameters (``trained_parameters``)."""
@@ -344,9 +366,10 @@ def _start(cfg: DreamBoothConfig, rt: Runtime) -> _Tuning:
     out = Path(cfg.out)
     # 1. Photos first (cheap; bad input fails before the model loads), the model, θ0.
     photos, names = load_photos(cfg.images, cfg.resolution, cfg.masks, cfg.background)
-    class_photos, class_names = None, []
+    class_photos, class_names, captions = None, [], []
     if cfg.class_images:
         class_photos, class_names = load_photos(cfg.class_images, cfg.resolution, None, "keep", "class")
+        captions = class_captions(cfg.class_images, class_names, cfg.class_prompt)
     base = resolve_model(cfg.pretrained)
     # Checkpoints name the directory of the frozen parts (absolute, for any cwd), as fit's do.
     ckpt_cfg = config_mod.replace(cfg, pretrained=str(frozen_source(base)))
@@ -367,7 +390,8 @@ def _start(cfg: DreamBoothConfig, rt: Runtime) -> _Tuning:
     run.write_config(cfg)
     metrics = run.metrics(METRICS_FIELDS, step)  # metrics.csv + tensorboard/, as fit and sds
     return _Tuning(
-        photos, names, class_photos, class_names, m, params, theta0, n_theta, optimizer, lr_sched, scaler,
+        photos, names, class_photos, class_names, captions, m, params, theta0, n_theta, optimizer, lr_sched,
+        scaler,
         draws, ckpt_cfg, metrics, out, step,
     )  # fmt: skip
 
@@ -422,7 +446,7 @@ def _losses(cfg: DreamBoothConfig, rt: Runtime, tu: _Tuning) -> tuple[torch.Tens
     prior = torch.zeros(())
     if tu.class_photos is not None:
         cidx = _draw(len(tu.class_names), cfg.batch_size, step_generator(cfg.seed, step, rt.rank, 3))
-        cb = photo_batch(tu.class_photos, cfg.class_prompt, cidx)
+        cb = photo_batch(tu.class_photos, tu.class_captions, cidx)
         prior = micro_batch_loss(
             m, micro_batch_inputs(m, cb, step_generator(cfg.seed, step, rt.rank, 2), cfg), cfg
         )

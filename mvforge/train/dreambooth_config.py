@@ -89,7 +89,8 @@ class DreamBoothConfig:
     """The class prompt without the identifier ("a photo of a dog"): validation grids, and prior preservation."""
     class_images: str | None = None
     """Prior preservation (diffusers' DreamBooth, off by default): a directory of class images trained with
-    ``class_prompt`` at weight ``prior_loss_weight`` each step."""
+    ``class_prompt`` at weight ``prior_loss_weight`` each step. An image with a ``<stem>.txt`` beside it is
+    trained with that caption instead (a rehearsal of many captions, e.g. a trained world's own renders)."""
     prior_loss_weight: float = 1.0
     """Weight of the class images' loss."""
     seed: int = 0

@@ -20,6 +20,7 @@ from mvforge.models.resolve import latest_checkpoint
 from mvforge.train.config import OptimConfig
 from mvforge.train.dreambooth import (
     add_preservation_grad,
+    class_captions,
     dreambooth,
     load_dreambooth_models,
     load_photos,
@@ -165,6 +166,26 @@ def test_photos_exif_mask_and_bad_input(tmp_path, tiny_mv):
         load_photos(empty, 16)
     with pytest.raises(UserError, match="class_prompt"):
         db_config(tiny_mv, d, tmp_path / "o", class_images=str(d))
+
+
+def test_class_images_take_their_sidecar_captions(photos, tmp_path):
+    """A class image with a <stem>.txt beside it trains with that caption (a rehearsal of a world's captions),
+    the others with the class prompt; a batch gets each drawn image's own caption."""
+    d = tmp_path / "class"
+    d.mkdir()
+    for f in photos.iterdir():
+        (d / f.name).write_bytes(f.read_bytes())
+    (d / "a.txt").write_text("a red ball, 3d asset\n")
+    images, names = load_photos(d, 16, None, "keep", "class")  # the .txt is not an image
+    assert names == ["a.png", "b.jpg"]
+    captions = class_captions(d, names, "a photo of a toy")
+    assert captions == ["a red ball, 3d asset", "a photo of a toy"]
+    batch = photo_batch(images, captions, torch.tensor([1, 0, 0]))
+    assert batch["captions"] == ["a photo of a toy", "a red ball, 3d asset", "a red ball, 3d asset"]
+    assert photo_batch(images, "x", torch.tensor([1, 0]))["captions"] == ["x", "x"]
+    (d / "b.txt").write_text("  \n")
+    with pytest.raises(UserError, match=r"b.txt is empty; write the image's caption in it or remove it"):
+        class_captions(d, names, "a photo of a toy")
 
 
 def test_cli_output_samples_and_loads(tiny_mv, photos, tmp_path):
