@@ -216,8 +216,8 @@ class GuidanceConfig:
     x0_ddim_steps: int = 0
     """0 (official): x0 is the one-step prediction at t. N > 0: x0 is the end of a DDIM run (eta 0, CFG at every
     step, no std rescale) down the N-step grid from the largest grid timestep <= t, which replaces t (mvforge,
-    not official; multi-step targets as in HiFA, arXiv 2305.18766, §3). For a weak prior whose one-step x0 at
-    large t is a blur of everything it learned (the demo world, docs/demo.md); costs up to N UNet calls a step."""
+    not official; docs/sds.md). For a weak prior whose one-step x0 at large t is a blur of everything it
+    learned (the demo world, docs/demo.md); costs up to N UNet calls a step."""
     half_precision: Literal["auto", "fp16", "fp32"] = "auto"
     """Frozen weights in fp16 on CUDA, fp32 on CPU (mvforge). The official guidance declares
     ``half_precision_weights: true`` but never reads it: its model keeps fp32 weights and runs under

@@ -139,12 +139,13 @@ class MultiViewSDS:
                 return_cond=True,
             )
             # 4. x0 reconstruction with MVDream's multi-view std rescale, or the end of a DDIM run from z_t
-            x0 = model.predict_x0(noisy, t, eps)
             if self.ddim is not None:
                 x0 = self._ddim_x0(noisy, t, eps, cond, uncond, cameras.to(latents.device))
-            elif self.cfg.recon_std_rescale > 0:
-                x0_cond = model.predict_x0(noisy, t, eps_cond)
-                x0 = model.rescale_x0_multiview(x0, x0_cond, self.num_views, self.cfg.recon_std_rescale)
+            else:
+                x0 = model.predict_x0(noisy, t, eps)
+                if self.cfg.recon_std_rescale > 0:
+                    x0_cond = model.predict_x0(noisy, t, eps_cond)
+                    x0 = model.rescale_x0_multiview(x0, x0_cond, self.num_views, self.cfg.recon_std_rescale)
         # 5. x0-reconstruction loss (MVDream §3.3): gradient (z - x0) / N
         loss = 0.5 * F.mse_loss(latents, x0, reduction="sum") / n
         return GuidanceOutput(loss=loss, latents=latents, x0=x0, t=t)

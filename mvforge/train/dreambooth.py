@@ -386,13 +386,12 @@ def _start(cfg: DreamBoothConfig, rt: Runtime) -> _Tuning:
     step = load_training_state(resume, m.device, optimizer, lr_sched, scaler) if resume else 0
     # Which photos a step trains on is a function of (seed, step): no data position to save, so the
     # checkpoint's loader state records the photo set.
-    draws = {"kind": "dreambooth", "photos": names, "class_images": class_names}
+    draws = {"kind": "dreambooth", "photos": names, "class_images": class_names, "class_captions": captions}
     run.write_config(cfg)
     metrics = run.metrics(METRICS_FIELDS, step)  # metrics.csv + tensorboard/, as fit and sds
     return _Tuning(
-        photos, names, class_photos, class_names, captions, m, params, theta0, n_theta, optimizer, lr_sched,
-        scaler,
-        draws, ckpt_cfg, metrics, out, step,
+        photos, names, class_photos, class_names, captions, m, params, theta0, n_theta, optimizer,
+        lr_sched, scaler, draws, ckpt_cfg, metrics, out, step,
     )  # fmt: skip
 
 
