@@ -94,4 +94,6 @@ def main(out: Path) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python scripts/demo_check.py OUT (the directory `make demo` wrote)")
+    if not Path(sys.argv[1]).is_dir():
+        sys.exit(f"error: {sys.argv[1]} is not a directory; pass the directory `make demo` wrote (demo-out)")
     main(Path(sys.argv[1]))

@@ -43,3 +43,15 @@ def test_the_closing_table_reads_every_result_and_flags_a_regression(tmp_path):
     assert "0.31" in lines["SDS chair IoU"] and "BELOW THE 3-SEED FLOOR" in lines["SDS chair IoU"]
     assert lines["SDS kettle IoU"].endswith("not measured")
     assert lines["other captions kept after DreamBooth (of 11)"].endswith("not measured")
+
+
+def test_a_missing_output_directory_is_one_line_naming_the_fix(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo_check.py"), str(tmp_path / "nope")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip()
+        == f"error: {tmp_path / 'nope'} is not a directory; pass the directory `make demo` wrote (demo-out)"
+    )

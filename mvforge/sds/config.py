@@ -223,6 +223,9 @@ class GuidanceConfig:
     ``half_precision_weights: true`` but never reads it: its model keeps fp32 weights and runs under
     Lightning's 16-bit autocast (``precision: 16-mixed``), so its matrix products are fp16 as well."""
 
+    def __post_init__(self):
+        _at_least("guidance.x0_ddim_steps", self.x0_ddim_steps, 0)
+
 
 @dataclass(frozen=True)
 class LossConfig:

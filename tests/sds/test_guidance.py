@@ -135,3 +135,5 @@ def test_fixed_background_color_replaces_the_mlp_everywhere():
     assert draws == [(0.5, 0.25, 0.0)] * 8
     with pytest.raises(UserError, match=r"background.color \[1.5, 0, 0\]: give three values in \[0, 1\]"):
         BackgroundConfig(color=(1.5, 0, 0))
+    with pytest.raises(UserError, match="guidance.x0_ddim_steps"):
+        GuidanceConfig(x0_ddim_steps=-3)
