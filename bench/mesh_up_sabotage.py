@@ -15,20 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import trimesh
+from renderback import render_and_score  # bench/renderback.py, beside this script
 
 from mvforge.assets import list_demo_objects
-from mvforge.eval.known_answer import KnownAnswerConfig, score_renders
 from mvforge.sds.export import Z_UP_TO_Y_UP
-
-BIN = Path(sys.executable).parent
-RENDER_ARGS = ["--views", "16", "--orbits", "2", "--resolution", "32", "--samples", "8", "--shared-cameras",
-               "--workers", "2", "--threads", "1", "--set", "cameras.framing=mvdream"]  # fmt: skip
 
 
 def left_z_up(src: Path, dst: Path) -> None:
@@ -38,17 +32,6 @@ def left_z_up(src: Path, dst: Path) -> None:
     undo[:3, :3] = Z_UP_TO_Y_UP.T  # Y-up -> Z-up: the vertices the exporter held before its rotation
     scene.apply_transform(undo)
     dst.write_bytes(scene.export(file_type="glb"))
-
-
-def render_and_score(entries: list[dict], out: Path, world: Path) -> dict:
-    (out / "meshes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
-    subprocess.run(
-        [str(BIN / "mvdata"), "render", *(e["path"] for e in entries), "--captions", str(out / "meshes.jsonl"),
-         "--out", str(out / "renders"), *RENDER_ARGS],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    doc = score_renders(out / "renders", world / "renders", out / "eval", KnownAnswerConfig())
-    return {r["uid"]: r for r in doc["captions"]}
 
 
 def main() -> None:

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from renderback import render_and_score  # bench/renderback.py, beside this script
 
 from mvforge import cameras as camlib
 from mvforge import config as config_mod
-from mvforge.eval.known_answer import KnownAnswerConfig, score_renders
+from mvforge.eval.known_answer import KnownAnswerConfig
 from mvforge.sds.cameras import CameraBatch
 from mvforge.sds.config import SDSConfig
 from mvforge.sds.export import extract_mesh, write_mesh
@@ -34,10 +34,7 @@ from mvforge.sds.loop import build_state
 from mvforge.sds.material import ALBEDO
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-RENDER_ARGS = ["--views", "16", "--orbits", "2", "--resolution", "32", "--samples", "8", "--shared-cameras",
-               "--workers", "1", "--threads", "1", "--set", "cameras.framing=mvdream"]  # fmt: skip
-GREY = 0.5  # the world's background (configs/world-fit.toml: background_rgb 128)
+GREY = KnownAnswerConfig().background  # the world's grey, 128/255 (configs/world-fit.toml: background_rgb)
 
 
 def true_views(object_dir: Path, half_size: float) -> tuple[CameraBatch, torch.Tensor]:
@@ -102,14 +99,7 @@ def main() -> None:
     field = state.field
     glb, _ = write_mesh(extract_mesh(field.density, field.albedo, field.radius, cfg.export_mesh), mesh_dir)
     entry = {"uid": args.uid, "path": str(glb.resolve()), "caption": "the field fitted to its renders"}
-    (args.out / "meshes.jsonl").write_text(json.dumps(entry) + "\n")
-    subprocess.run(
-        [str(BIN / "mvdata"), "render", entry["path"], "--captions", str(args.out / "meshes.jsonl"),
-         "--out", str(args.out / "renders"), *RENDER_ARGS],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    doc = score_renders(args.out / "renders", args.world / "renders", args.out / "eval", KnownAnswerConfig())
-    r = doc["captions"][0]
+    r = render_and_score([entry], args.out, args.world)[args.uid]
     print(
         f"{args.uid}, half-size {args.half_size}, {args.steps} steps: IoU {r['iou']:.2f} "
         f"(nearest other object {r['iou_others']:.2f}), retrieves {r['retrieved']}"

@@ -11,6 +11,8 @@ STEPS=${STEPS:-2400}                 # UNet optimizer steps (the learning curve:
 SEED=${SEED:-0}                      # the models' random init and the VAE and UNet fits (docs/demo.md: 3 seeds)
 HOLDOUT=demo-potted-cactus           # the MVDreamBooth subject: kept out of fit, learned from 4 photos
 TOKEN="a photo of xjq object"        # its rare-token prompt (paper §3.4)
+VAL_VIEWS=2,6,10,14                  # views held out of training: one orthogonal set of the first orbit
+VIEW_OFFSET=2                        # the evals of sampled views score that set: cameras never trained on
 SDS_UIDS=(demo-traffic-cone demo-chair demo-kettle)  # one rotationally symmetric object, two that are not
 export RAY_USAGE_STATS_ENABLED=0
 # Same cameras for every object; the views of an object and the render-back of a result must match exactly.
@@ -49,9 +51,10 @@ $BIN/mvdata make-tiny-clip --out "$OUT/models/tiny-clip"
 $BIN/mvdata filter "$OUT/renders" --out "$OUT/filter" --clip-pretrained "local-dir:$OUT/models/tiny-clip" \
   --keep-fraction 1.0 --engine local
 
-step "shard + verify" "every object but the DreamBooth subject in train, every view also as a 2D pair"
+step "shard + verify" "every object but the DreamBooth subject in train, less 4 views held out for validation"
 $BIN/mvdata shard "$OUT/renders" --selection "$OUT/filter/selection.parquet" --out "$OUT/shards" \
-  --exclude "$HOLDOUT" --val-fraction 0 --max-count 4 --workers 0 --views-2d "$OUT/shards-2d"
+  --exclude "$HOLDOUT" --val-fraction 0 --val-views "$VAL_VIEWS" --max-count 4 --workers 0 \
+  --views-2d "$OUT/shards-2d"
 $BIN/mvdata verify "$OUT/shards"
 
 step "fit-vae" "the autoencoder fitted to the renders (a random VAE cannot reconstruct them)"
@@ -71,7 +74,7 @@ SAVE=()
 $BIN/mvtrain sample --model "$OUT/train" --prompt "$(caption demo-chair)" --out "$OUT/samples" --steps 20 \
   --guidance-scale 5 --elevation 28 --resolution 32 --device cpu "${SAVE[@]}"
 
-step "eval" "every trained caption sampled at its object's cameras, scored against the renders"
+step "eval" "every trained caption sampled at its object's held-out cameras, scored against the renders"
 $BIN/python - "$OUT" "$HOLDOUT" <<'PY'
 import json, pathlib, sys
 out, holdout = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -80,7 +83,7 @@ lines = [f"{m['uid']}\t{m['caption']}" for m in (json.loads(p.read_text()) for p
 (out / "trained-captions.tsv").write_text("\n".join(lines) + "\n")
 PY
 $BIN/mvtrain eval --known-answer --model "$OUT/train" --reference "$OUT/renders" \
-  --prompts "$OUT/trained-captions.tsv" --out "$OUT/eval" --device cpu
+  --prompts "$OUT/trained-captions.tsv" --out "$OUT/eval" --device cpu --set view_offset="$VIEW_OFFSET"
 
 step "sds" "text to 3D with the world model as the prior (configs/sds-world-cpu.toml), 3 captions"
 for uid in "${SDS_UIDS[@]}"; do
@@ -126,11 +129,9 @@ OBJ=$(dirname "$(find "$OUT/renders" -path "*/$HOLDOUT/meta.json" | head -1)")
 mkdir -p "$PHOTOS"
 for i in 016 020 024 028; do cp "$OBJ/$i.png" "$PHOTOS/view-$i.png"; done
 # Prior preservation by rehearsal: 4 renders of every trained object with its caption (<stem>.txt beside each),
-# on the world's grey, instead of generated images of one class prompt.
+# instead of generated images of one class prompt; dreambooth composites them on grey like the photos.
 $BIN/python - "$OUT" "$HOLDOUT" <<'PY'
-import json, pathlib, sys
-import numpy as np
-from PIL import Image
+import json, pathlib, shutil, sys
 out, holdout = pathlib.Path(sys.argv[1]), sys.argv[2]
 rehearsal = out / "dreambooth-rehearsal"
 rehearsal.mkdir(exist_ok=True)
@@ -138,11 +139,8 @@ for meta_path in sorted(out.glob("renders/*/*/meta.json")):
     meta = json.loads(meta_path.read_text())
     if meta["uid"] == holdout:
         continue
-    for view in (0, 8, 20, 28):
-        rgba = np.asarray(Image.open(meta_path.parent / f"{view:03d}.png").convert("RGBA"), dtype=np.float32)
-        alpha = rgba[..., 3:] / 255.0
-        rgb = rgba[..., :3] * alpha + 128.0 * (1.0 - alpha)
-        Image.fromarray(rgb.round().astype(np.uint8)).save(rehearsal / f"{meta['uid']}-{view:03d}.png")
+    for view in (0, 8, 20, 28):  # trained views (the held-out 2, 6, 10, 14 stay unseen)
+        shutil.copyfile(meta_path.parent / f"{view:03d}.png", rehearsal / f"{meta['uid']}-{view:03d}.png")
         (rehearsal / f"{meta['uid']}-{view:03d}.txt").write_text(meta["caption"] + ", 3d asset\n")
 PY
 $BIN/mvtrain dreambooth --model "$PIPE" --images "$PHOTOS" --prompt "$TOKEN, 3d asset" --out "$OUT/dreambooth" \
@@ -152,7 +150,8 @@ $BIN/mvtrain dreambooth --model "$PIPE" --images "$PHOTOS" --prompt "$TOKEN, 3d 
   --set optim.lr=1e-3 --lambda 1  # the world's scale, not SD 2.1's 2e-6; the rehearsal keeps the rest
 { cat "$OUT/trained-captions.tsv"; printf '%s\t%s\n' "$HOLDOUT" "$TOKEN"; } > "$OUT/dreambooth-captions.tsv"
 $BIN/mvtrain eval --known-answer --model "$OUT/dreambooth" --reference "$OUT/renders" \
-  --prompts "$OUT/dreambooth-captions.tsv" --out "$OUT/eval-dreambooth" --device cpu --set "shifts_deg=[]"
+  --prompts "$OUT/dreambooth-captions.tsv" --out "$OUT/eval-dreambooth" --device cpu --set "shifts_deg=[]" \
+  --set view_offset="$VIEW_OFFSET"
 
 step report "one HTML page with every result beside its ground truth"
 $BIN/mvdata report "$OUT"

@@ -30,6 +30,15 @@ def shard(
     val_fraction: Annotated[
         float | None, typer.Option("--val-fraction", help="Fraction of objects in val.")
     ] = None,
+    val_views: Annotated[
+        str | None,
+        typer.Option(
+            "--val-views",
+            help="Comma-separated view indices held out of every train object for validation "
+            "(e.g. 2,6,10,14: one orthogonal set of a 16-view orbit); they go to the val split.",
+            show_default="none",
+        ),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Concurrent shard-writing Ray tasks (0: no Ray).")
     ] = None,
@@ -71,6 +80,7 @@ def shard(
         "val_fraction": val_fraction,
         "workers": workers,
         "exclude": tuple(exclude) or None,
+        "val_views": _indices(val_views) if val_views is not None else None,
     }
     cfg = with_flags(cfg, flags)
     if views_2d is not None and views_2d.resolve() == Path(out).resolve():
@@ -83,8 +93,19 @@ def shard(
     if views_2d is not None:
         from mvforge.shards.views2d import train_uids, write_view_shards
 
-        paths = write_view_shards(renders, views_2d, train_uids(out))  # 1,000 pairs per tar
+        # 1,000 pairs per tar; the held-out views stay out of training in 2D too
+        paths = write_view_shards(renders, views_2d, train_uids(out), exclude_views=frozenset(cfg.val_views))
         typer.echo(f"2D view shards: {', '.join(str(p) for p in paths)}")
+
+
+def _indices(text: str) -> tuple[int, ...]:
+    """``--val-views 2,6,10,14`` -> (2, 6, 10, 14); UserError naming the form otherwise."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        from mvforge.errors import UserError
+
+        raise UserError(f"--val-views {text!r}: pass comma-separated view indices, e.g. 2,6,10,14") from None
 
 
 def verify(

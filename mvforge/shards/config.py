@@ -20,6 +20,12 @@ class ShardConfig:
     """Most bytes per shard, in MB (10^6), estimated from the object's files; webdataset advises 100 MB-1 GB."""
     val_fraction: float = 0.01
     """Fraction of objects in the val split, chosen by a hash of the uid so the split is stable as data grows."""
+    val_views: tuple[int, ...] = ()
+    """Render view indices held out of every train object for validation (the issue's "hold out views, not
+    objects"): they form a second sample of the object (same uid) in the val split and are left out of its train
+    sample and of ``--views-2d``. Hold out whole orthogonal sets, e.g. 2,6,10,14 of a 16-view orbit, so that
+    every view left in the orbit still starts an orthogonal set of 4 (the loader's ``view_mode``); the known-answer
+    evaluation scores that set with ``view_offset`` (docs/demo.md). Empty: every view trains."""
     exclude: tuple[str, ...] = ()
     """Uids kept out of every split, e.g. a subject held out for MVDreamBooth (paper §3.4) so that fine-tuning
     on it is the model's first sight of it."""
@@ -38,6 +44,10 @@ class ShardConfig:
             )
         if self.workers < 0:
             raise UserError(f"workers must be >= 0 (got {self.workers}); pass --workers 2")
+        if any(i < 0 for i in self.val_views) or len(set(self.val_views)) != len(self.val_views):
+            raise UserError(
+                f"val_views {list(self.val_views)}: use distinct view indices >= 0 (--val-views 2,6,10,14)"
+            )
 
 
 @dataclass(frozen=True)

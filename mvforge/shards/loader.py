@@ -445,7 +445,8 @@ class MultiViewLoader:
 
     A batch: ``kind`` ("3d" | "2d"), ``images`` float32 (B, V, 3, H, W) in [-1, 1] (V = 1 for 2D),
     ``cameras`` (B, V, 16) or None for 2D, ``captions``, ``uids``, ``backgrounds`` (B, 3) in [0, 1],
-    ``views`` (B, V) rendered view indices (3D), ``step`` and ``epoch``.
+    ``views`` (B, V) rendered view indices (3D), ``step`` and ``epoch``. ``split`` picks the 3D shards' split
+    ("val" reads the held-out views of `mvdata shard --val-views`); 2D shards have no split.
     """
 
     def __init__(
@@ -457,11 +458,12 @@ class MultiViewLoader:
         rank: int | None = None,
         world_size: int | None = None,
         storage_options: dict | None = None,
+        split: str = "train",
     ):
         self.cfg = cfg  # validated by LoaderConfig.__post_init__
         self.rank, self.world_size = rank_and_world(rank, world_size)
         self.n_streams = max(1, cfg.num_workers)
-        urls_3d, total = resolve_shards(shards_3d, "train", storage_options)
+        urls_3d, total = resolve_shards(shards_3d, split, storage_options)
         self.batches_per_epoch = cfg.batches_per_epoch or (
             max(1, total // (cfg.batch_size * self.world_size)) if total else None
         )
@@ -469,7 +471,7 @@ class MultiViewLoader:
             raise UserError("set batches_per_epoch when the 3D shards are given as tar files (no index.json)")
         sizes = {"3d": cfg.batch_size, "2d": cfg.batch_size_2d or cfg.batch_size * cfg.num_views}
         self.kinds = {"3d": urls_3d}
-        digests = {"3d": shard_digests(shards_3d, "train", storage_options)}
+        digests = {"3d": shard_digests(shards_3d, split, storage_options)}
         if shards_2d is not None:
             self.kinds["2d"] = resolve_shards(shards_2d, "train", storage_options)[0]
         self.streams = {

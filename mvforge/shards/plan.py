@@ -4,6 +4,9 @@
 The train/val split hashes the uid alone, so an object never changes split when objects are added or the
 seed changes. Within a split, objects are ordered by a hash of (seed, uid): a shuffle that needs no RNG state
 and puts similar uids (one source, one prefix) into different shards.
+
+With held-out views (``ShardConfig.val_views``) every train object is written twice: its train sample without
+those views, and a sample of only those views in val shards of their own, after the val split's whole objects.
 """
 
 from __future__ import annotations
@@ -32,11 +35,18 @@ class ShardSpec:
     """Objects in the order they are written."""
     est_bytes: int
     """Estimated size in bytes (file sizes plus tar headers)."""
+    keep_views: tuple[int, ...] = ()
+    """Only these view indices go into each sample (a held-out-view val shard); empty: every view."""
+    drop_views: tuple[int, ...] = ()
+    """These view indices are left out of each sample (a train shard with held-out views)."""
 
     @property
     def digest(self) -> str:
-        """sha256 of the shard's name and uid list: a marker from another plan never matches."""
-        return hashlib.sha256("\n".join((self.name, *self.uids)).encode()).hexdigest()
+        """sha256 of the shard's name, uid list and view set: a marker from another plan never matches."""
+        parts = [self.name, *self.uids]
+        if self.keep_views or self.drop_views:  # (a plan without held-out views keeps its digests)
+            parts += [f"keep={list(self.keep_views)}", f"drop={list(self.drop_views)}"]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def split_of(uid: str, val_fraction: float) -> str:
@@ -49,29 +59,45 @@ def order_key(seed: int, uid: str) -> bytes:
     return hashlib.sha256(f"{seed}:{uid}".encode()).digest()
 
 
+def _pack(members: list[str], sizes: Mapping[str, int], cfg: ShardConfig) -> list[tuple[list[str], int]]:
+    """``members`` in order, packed greedily into (uids, estimated bytes) groups within max_count and
+    max_size_mb (a single larger object gets its own group)."""
+    max_bytes = int(cfg.max_size_mb * 1e6)
+    groups: list[tuple[list[str], int]] = []
+    for uid in members:
+        s = int(sizes[uid])
+        if not groups or len(groups[-1][0]) >= cfg.max_count or groups[-1][1] + s > max_bytes:
+            groups.append(([], 0))
+        groups[-1][0].append(uid)
+        groups[-1] = (groups[-1][0], groups[-1][1] + s)
+    return groups
+
+
 def plan_shards(uids: Sequence[str], sizes: Mapping[str, int], cfg: ShardConfig) -> list[ShardSpec]:
     """Shards for ``uids`` (sizes in bytes per uid): split by uid hash, ordered by (seed, uid) hash, packed
-    greedily so no shard passes max_count samples or max_size_mb (a single larger object gets its own)."""
+    greedily so no shard passes max_count samples or max_size_mb. With ``cfg.val_views`` the train objects'
+    held-out views follow as val shards (module docstring); their size estimate is the whole object's."""
     # cfg's own ranges are checked by ShardConfig.__post_init__.
     if len(set(uids)) != len(uids):
         raise UserError("duplicate uids in the input; each object must appear once")
-    max_bytes = int(cfg.max_size_mb * 1e6)
-    out: list[ShardSpec] = []
-    for split in schema.SPLITS:
-        members = sorted(
+    members = {
+        split: sorted(
             (u for u in uids if split_of(u, cfg.val_fraction) == split), key=lambda u: order_key(cfg.seed, u)
         )
-        groups: list[list[str]] = []  # uids per shard of this split, and their estimated bytes
-        group_bytes: list[int] = []
-        for uid in members:
-            s = int(sizes[uid])
-            if not groups or len(groups[-1]) >= cfg.max_count or group_bytes[-1] + s > max_bytes:
-                groups.append([])
-                group_bytes.append(0)
-            groups[-1].append(uid)
-            group_bytes[-1] += s
+        for split in schema.SPLITS
+    }
+    out: list[ShardSpec] = []
+    held = tuple(sorted(cfg.val_views))
+    for split in schema.SPLITS:
+        drop = held if split == "train" else ()
         out += [
-            ShardSpec(schema.shard_name(split, i), split, tuple(g), b)
-            for i, (g, b) in enumerate(zip(groups, group_bytes, strict=True))
+            ShardSpec(schema.shard_name(split, i), split, tuple(g), b, drop_views=drop)
+            for i, (g, b) in enumerate(_pack(members[split], sizes, cfg))
+        ]
+    if held:
+        first = sum(s.split == "val" for s in out)
+        out += [
+            ShardSpec(schema.shard_name("val", first + i), "val", tuple(g), b, keep_views=held)
+            for i, (g, b) in enumerate(_pack(members["train"], sizes, cfg))
         ]
     return out

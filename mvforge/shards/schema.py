@@ -75,16 +75,28 @@ def check_png(name: str, data: bytes) -> bytes:
     return data
 
 
-def object_members(obj: layout.RenderedObject) -> dict[str, bytes]:
-    """Extension -> bytes of one object's sample. Raises FileNotFoundError when a view file is missing and
-    BadViewError when one is not a whole PNG."""
+class ViewSetError(ValueError):
+    """A held-out view index (``ShardConfig.val_views``) that the object was not rendered with."""
+
+
+def object_members(
+    obj: layout.RenderedObject, keep: tuple[int, ...] = (), drop: tuple[int, ...] = ()
+) -> dict[str, bytes]:
+    """Extension -> bytes of one object's sample: every view, only the views ``keep`` (when given), less the
+    views ``drop``. Raises FileNotFoundError when a view file is missing, BadViewError when one is not a whole
+    PNG, and ViewSetError when a view of ``keep`` or ``drop`` is not among the object's."""
     cams = obj.cameras
-    views = cams["views"]
+    indices = [int(v["index"]) for v in cams["views"]]
+    missing = sorted((set(keep) | set(drop)) - set(indices))
+    if missing:
+        raise ViewSetError(f"held-out view {missing[0]} is not among its views {indices[0]}-{indices[-1]}")
+    picked = [i for i, index in enumerate(indices) if (not keep or index in keep) and index not in drop]
+    views = [cams["views"][i] for i in picked]
     members: dict[str, bytes] = {}
     for v in views:
         name = v["file"]
         members[png_ext(int(v["index"]))] = check_png(name, (obj.path / name).read_bytes())
-    members[CAMERAS_EXT] = npy_bytes(obj.c2w())
+    members[CAMERAS_EXT] = npy_bytes(obj.c2w()[picked])
     doc = {
         "uid": obj.uid,
         "convention": cams.get("convention"),

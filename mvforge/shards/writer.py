@@ -116,7 +116,10 @@ def write_shard(spec: ShardSpec, renders: str, out: str, storage_options: dict |
         for uid in spec.uids:
             obj = layout.RenderedObject(uid, layout.object_dir(renders, uid))
             try:
-                members = schema.object_members(obj)
+                members = schema.object_members(obj, spec.keep_views, spec.drop_views)
+            except schema.ViewSetError as e:
+                skipped.append({"uid": uid, "reason": "missing_val_view", "message": str(e)})
+                continue
             except FileNotFoundError as e:
                 skipped.append({"uid": uid, "reason": "missing_file", "message": Path(e.filename or "").name})
                 continue
@@ -197,6 +200,24 @@ def index_document(specs: list[ShardSpec], markers: dict[str, dict], cfg: ShardC
     }
 
 
+def _check_val_views(renders: str | Path, uid: str, val_views: tuple[int, ...]) -> None:
+    """Refuse held-out views the first object was not rendered with (a later object that lacks them is
+    skipped as ``missing_val_view``), and a hold-out that leaves it no view to train on."""
+    if not val_views:
+        return
+    indices = [
+        int(v["index"]) for v in layout.RenderedObject(uid, layout.object_dir(renders, uid)).cameras["views"]
+    ]
+    missing = sorted(set(val_views) - set(indices))
+    if missing:
+        raise UserError(
+            f"--val-views {missing[0]}: {uid} was rendered with views {indices[0]}-{indices[-1]}; "
+            "pass indices among them"
+        )
+    if set(indices) <= set(val_views):
+        raise UserError(f"--val-views holds every view of {uid}; hold out fewer views")
+
+
 @rundir.locked("mvdata shard", lambda out, **_: out)
 def run_shard(
     renders: str | Path,
@@ -212,6 +233,7 @@ def run_shard(
     if "://" not in str(out):
         layout.check_not_render_dir(out, "mvdata shard")
     inp = collect_input(renders, selection, cfg.exclude)
+    _check_val_views(renders, inp.uids[0], cfg.val_views)
     specs = plan_shards(inp.uids, inp.sizes, cfg)
     fs, root = open_fs(out, storage_options)
     fs.makedirs(root, exist_ok=True)
@@ -370,6 +392,7 @@ def _summary(
             ("shards (train / val)", f"{t['train']['shards']} / {t['val']['shards']}"),
             ("shards written / resumed", f"{written} / {resumed}"),
             ("samples (train / val)", f"{t['train']['samples']} / {t['val']['samples']}"),
+            ("views held out for val", ",".join(map(str, index["config"].get("val_views", []))) or "none"),
             ("objects skipped (unreadable)", len(index["skipped"])),
             ("selected but not rendered", len(inp.not_rendered)),
             ("GB", f"{t['bytes'] / 1e9:.3f}"),

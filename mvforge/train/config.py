@@ -75,12 +75,21 @@ class ValidationConfig:
     resolution: int = 0
     """Image side (0: the training resolution)."""
     seed: int = 23
-    """Initial-noise seed, the same at every validation (comparable strips)."""
+    """Initial-noise seed, the same at every validation (comparable strips); also seeds the loss batches."""
+    loss_batches: int = 0
+    """Batches of the shards' 3D val split (views held out by `mvdata shard --val-views`, or whole objects by
+    ``--val-fraction``) whose mean diffusion loss is logged as ``val/loss`` at each validation: the same
+    samples, views, timesteps and noise every time, so the curve compares across steps. 0: none."""
 
     def __post_init__(self) -> None:
         check_validation_sampling(self.every, self.steps, self.resolution)
-        if self.every > 0 and not (self.prompts or self.prompts_2d):
-            raise UserError("validation.prompts is empty; give at least one prompt or set validation.every=0")
+        if self.loss_batches < 0:
+            raise UserError(f"validation.loss_batches must be >= 0 (got {self.loss_batches}); 0 disables it")
+        if self.every > 0 and not (self.prompts or self.prompts_2d or self.loss_batches):
+            raise UserError(
+                "validation.prompts is empty; give at least one prompt, set validation.loss_batches, or set "
+                "validation.every=0"
+            )
 
 
 def check_validation_sampling(every: int, steps: int, resolution: int) -> None:

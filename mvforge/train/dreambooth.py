@@ -368,7 +368,9 @@ def _start(cfg: DreamBoothConfig, rt: Runtime) -> _Tuning:
     photos, names = load_photos(cfg.images, cfg.resolution, cfg.masks, cfg.background)
     class_photos, class_names, captions = None, [], []
     if cfg.class_images:
-        class_photos, class_names = load_photos(cfg.class_images, cfg.resolution, None, "keep", "class")
+        class_photos, class_names = load_photos(
+            cfg.class_images, cfg.resolution, None, cfg.background, "class"
+        )
         captions = class_captions(cfg.class_images, class_names, cfg.class_prompt)
     base = resolve_model(cfg.pretrained)
     # Checkpoints name the directory of the frozen parts (absolute, for any cwd), as fit's do.

@@ -90,7 +90,8 @@ class DreamBoothConfig:
     class_images: str | None = None
     """Prior preservation (diffusers' DreamBooth, off by default): a directory of class images trained with
     ``class_prompt`` at weight ``prior_loss_weight`` each step. An image with a ``<stem>.txt`` beside it is
-    trained with that caption instead (a rehearsal of many captions, e.g. a trained world's own renders)."""
+    trained with that caption instead (a rehearsal of many captions, e.g. a trained world's own renders). Class
+    images with an alpha channel are composited on ``background`` like the photos."""
     prior_loss_weight: float = 1.0
     """Weight of the class images' loss."""
     seed: int = 0

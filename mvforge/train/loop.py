@@ -437,6 +437,9 @@ def _start(cfg: FitConfig, rt: Runtime, run: rundir.RunDir) -> _Training:
     step = load_training_state(resume, m.device, optimizer, lr_sched, scaler) if resume else 0
 
     # 3. Data: the streaming loader, at its saved position on resume (another worker count: checkpoint.py).
+    from mvforge.train.validation import check_val_split
+
+    check_val_split(cfg)
     loader = _StepLoader(
         cfg.shards, cfg.loader, shards_2d=cfg.shards_2d, rank=rt.rank, world_size=rt.world_size
     )

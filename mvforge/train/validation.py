@@ -1,21 +1,24 @@
-"""Validation grids of `mvtrain fit` (docs/design.md §2.5): sampled on rank 0 with the EMA weights and a fixed
-seed.
+"""Validation of `mvtrain fit` (docs/design.md §2.5): grids sampled on rank 0 with the EMA weights and a fixed
+seed, and the diffusion loss on the shards' val split (the held-out views of `mvdata shard --val-views`).
 
 3D prompts go through the models layer's ``MVDreamPipeline`` (``sample_prompts``: V orbit views, the caption
 suffix of training added); 2D prompts are sampled without cameras (one view, ``predict_noise`` in 2D mode), so
 forgetting of SD's 2D ability shows. Output: ``validation/step-XXXXXX/<nn>-<slug>/`` with ``grid.png``,
-``view_XX.png`` and ``sample.json`` per prompt, plus ``validation.json`` listing them; each grid also goes to
-TensorBoard as ``validation/<nn>-<slug>``.
+``view_XX.png`` and ``sample.json`` per prompt, plus ``validation.json`` listing them (and ``val_loss``); each grid
+also goes to TensorBoard as ``validation/<nn>-<slug>``, the loss as ``val/loss``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from mvforge import config as config_mod
+from mvforge.errors import UserError
 from mvforge.formats import samples as sample_format
 from mvforge.fsutil import atomic_write_json
 from mvforge.models.config import SampleConfig
@@ -40,10 +43,47 @@ def _sample_2d(mvd: MultiViewDiffusion, prompt: str, cfg: SampleConfig) -> Image
     return Image.fromarray(arr)
 
 
+def check_val_split(cfg) -> None:
+    """Refuse, before training, a ``validation.loss_batches`` with no val split to compute it on."""
+    v = cfg.validation
+    if not (v.every and v.loss_batches):
+        return
+    from mvforge.shards.loader import resolve_shards
+
+    try:
+        resolve_shards(cfg.shards, "val")
+    except UserError:
+        raise UserError(
+            f"validation.loss_batches needs a val split and {cfg.shards} has none; shard with "
+            "`mvdata shard --val-views 2,6,10,14` (or --val-fraction), or set validation.loss_batches=0"
+        ) from None
+
+
+@torch.no_grad()
+def validation_loss(m, cfg) -> float:
+    """Mean diffusion loss (fit's loss: ε/v target, Min-SNR-γ) of the UNet as it is over
+    ``cfg.validation.loss_batches`` 3D batches of the val split, float. Views, backgrounds, timesteps and noise
+    come from ``validation.seed`` only (no caption dropout, no noise offset), so every call sees the same
+    inputs. Runs on the bare UNet, never its DDP wrapper: only rank 0 validates."""
+    from mvforge.shards.loader import MultiViewLoader
+    from mvforge.train.loop import micro_batch_inputs, micro_batch_loss
+
+    v = cfg.validation
+    loader_cfg = config_mod.replace(cfg.loader, num_workers=0, batches_per_epoch=v.loss_batches, seed=v.seed)
+    loss_cfg = config_mod.replace(cfg, caption_dropout=0.0, noise_offset=0.0)
+    m = dataclasses.replace(m, model=m.unet)
+    g = torch.Generator().manual_seed(v.seed)
+    losses = []
+    for batch in MultiViewLoader(cfg.shards, loader_cfg, rank=0, world_size=1, split="val"):
+        losses.append(micro_batch_loss(m, micro_batch_inputs(m, batch, g, loss_cfg), loss_cfg).item())
+    return sum(losses) / len(losses)
+
+
 @torch.no_grad()
 def validate(m, ema, cfg, step: int, out: Path, writer=None) -> Path:
     """Sample ``cfg.validation``'s prompts at ``step`` with the EMA weights (when EMA is on; the training
-    weights are restored after) into ``out/validation/step-XXXXXX/``; returns that directory."""
+    weights are restored after) into ``out/validation/step-XXXXXX/``, and the val split's loss when
+    ``validation.loss_batches`` > 0; returns that directory."""
     v = cfg.validation
     unet = m.unet
     root = sample_format.validation_step_dir(out, step)
@@ -76,12 +116,17 @@ def validate(m, ema, cfg, step: int, out: Path, writer=None) -> Path:
                 d = sample_format.validation_prompt_dir(root, i, prompt)
                 save_views([_sample_2d(mvd, prompt, cfg_2d)], d, {"prompt": prompt, "text": prompt}, cfg_2d)
                 entries.append({"prompt": prompt, "kind": "2d", "dir": d.name})
+        val_loss = validation_loss(m, cfg) if v.loss_batches else None
     finally:
         if ema is not None:
             ema.restore(unet.parameters())
         unet.train(was_training)
-    atomic_write_json(root / sample_format.VALIDATION_INDEX, {"step": step, "prompts": entries})
+    root.mkdir(parents=True, exist_ok=True)  # (no prompt made it)
+    doc = {"step": step, "prompts": entries} | ({"val_loss": val_loss} if val_loss is not None else {})
+    atomic_write_json(root / sample_format.VALIDATION_INDEX, doc)
     if writer is not None:
+        if val_loss is not None:
+            writer.add_scalar("val/loss", val_loss, step)
         for e in entries:
             grid = np.asarray(Image.open(root / e["dir"] / sample_format.GRID).convert("RGB"))
             writer.add_image(f"validation/{e['dir']}", grid, step, dataformats="HWC")

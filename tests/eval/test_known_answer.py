@@ -33,6 +33,10 @@ def test_eval_views_are_a_quarter_orbit_apart_on_the_first_orbit():
     assert eval_views({"views": views}, 4) == [0, 4, 8, 12]
     with pytest.raises(UserError, match="multiple of 3"):
         eval_views({"views": views}, 3)
+    # The views `mvdata shard --val-views 2,6,10,14` holds out: cameras the model never trained on.
+    assert eval_views({"views": views}, 4, offset=2) == [2, 6, 10, 14]
+    with pytest.raises(UserError, match="view_offset=0..3"):
+        eval_views({"views": views}, 4, offset=4)
 
 
 @pytest.fixture

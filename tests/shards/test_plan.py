@@ -47,3 +47,25 @@ def test_bad_plan_settings_are_user_errors():
         plan_shards(["a"], {"a": 1}, ShardConfig(max_count=0))
     with pytest.raises(UserError, match="val_fraction"):
         plan_shards(["a"], {"a": 1}, ShardConfig(val_fraction=1.5))
+
+
+def test_held_out_views_add_val_shards_of_the_train_objects_after_the_whole_val_objects():
+    uids = _uids(60)
+    sizes = dict.fromkeys(uids, 1000)
+    plain = plan_shards(uids, sizes, ShardConfig(max_count=10, val_fraction=0.1))
+    held = plan_shards(uids, sizes, ShardConfig(max_count=10, val_fraction=0.1, val_views=(6, 2)))
+    whole_val = [s for s in plain if s.split == "val"]
+    train = [s for s in plain if s.split == "train"]
+    # The whole-object shards are the plan without held-out views; train shards drop the views, and the train
+    # objects come again, in the same order, as val shards of only those views, numbered after the others.
+    assert [(s.name, s.uids) for s in held[: len(plain)]] == [(s.name, s.uids) for s in plain]
+    assert all(s.drop_views == (2, 6) for s in held if s.split == "train")
+    extra = held[len(plain) :]
+    assert [s.uids for s in extra] == [s.uids for s in train] and all(s.keep_views == (2, 6) for s in extra)
+    assert [s.name for s in extra] == [
+        f"val-{i:06d}.tar" for i in range(len(whole_val), len(whole_val) + len(train))
+    ]
+    # A plan without held-out views keeps its digests (shards written before the option resume); with them,
+    # a train shard's digest differs from the plain one, so its marker is not taken for it.
+    assert plan_shards(uids, sizes, ShardConfig(max_count=10, val_fraction=0.1)) == plain
+    assert {s.digest for s in held if s.split == "train"}.isdisjoint(s.digest for s in train)

@@ -357,3 +357,59 @@ def test_a_run_killed_before_its_first_shard_takes_the_new_settings(renders, tmp
         renders, str(out), ShardConfig(max_count=3, val_fraction=0.0, workers=0), show_progress=False
     )
     assert index["config"]["max_count"] == 3 and "max_count = 3" in (out / "config.toml").read_text()
+
+
+def test_held_out_views_form_a_val_sample_of_each_train_object(renders, tmp_path, mvdata_bin):
+    # 8 views of one orbit: 1,3,5,7 is one orthogonal set of 4; 0,2,4,6 (the other) is left to train on.
+    out = tmp_path / "s"
+    r = subprocess.run(
+        [mvdata_bin, "shard", str(renders), "--out", str(out), "--workers", "0", "--val-fraction", "0"]
+        + ["--max-count", "3", "--val-views", "1,3,5,7", "--views-2d", str(tmp_path / "s2d")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    index = json.loads((out / "index.json").read_text())
+    assert index["totals"]["train"]["samples"] == 8 and index["totals"]["val"]["samples"] == 8
+    assert index["config"]["val_views"] == [1, 3, 5, 7]
+    views_of = {"train": {}, "val": {}}
+    for entry in index["shards"]:
+        with tarfile.open(out / entry["name"]) as tar:
+            for m in tar.getmembers():
+                key, ext = schema.split_key(m.name)
+                if ext == "json":
+                    doc = json.loads(tar.extractfile(m).read())
+                    cams = schema.load_npy(tar.extractfile(f"{key}.cameras.npy").read())
+                    want = [v["c2w"] for v in doc["views"]]
+                    np.testing.assert_array_equal(
+                        cams, np.asarray(want, np.float32)
+                    )  # cameras follow the views
+                    views_of[entry["split"]][key] = [int(v["index"]) for v in doc["views"]]
+                elif ext.endswith(".png"):
+                    assert int(ext[:3]) in ({1, 3, 5, 7} if entry["split"] == "val" else {0, 2, 4, 6})
+    assert len(views_of["train"]) == 8 and all(v == [0, 2, 4, 6] for v in views_of["train"].values())
+    assert len(views_of["val"]) == 8 and all(v == [1, 3, 5, 7] for v in views_of["val"].values())
+    assert verify(str(out))[1] == []
+    with tarfile.open(tmp_path / "s2d" / "2d-000000.tar") as tar:  # not trained on in 2D either
+        assert {n.split(".")[0][-3:] for n in tar.getnames()} == {"000", "002", "004", "006"}
+    # The standard loader reads both splits: training never sees a held-out view, the val split only them.
+    from mvforge.shards.config import LoaderConfig
+    from mvforge.shards.loader import MultiViewLoader
+
+    for split, want in (("train", {0, 2, 4, 6}), ("val", {1, 3, 5, 7})):
+        cfg = LoaderConfig(batch_size=2, resolution=32, p_3d=1.0, batches_per_epoch=4)
+        for batch in MultiViewLoader(str(out), cfg, split=split):
+            assert set(batch["views"].flatten().tolist()) == want
+
+    # Bad input: one line naming the fix, nothing written.
+    for arg, msg in (("1,x", "comma-separated"), ("9", "rendered with views 0-7"), ("1,1", "distinct")):
+        r = subprocess.run(
+            [mvdata_bin, "shard", str(renders), "--out", str(tmp_path / "bad"), "--workers", "0"]
+            + ["--val-views", arg],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (arg, r.stderr)
+    assert not (tmp_path / "bad" / "index.json").exists()

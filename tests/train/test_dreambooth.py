@@ -188,6 +188,18 @@ def test_class_images_take_their_sidecar_captions(photos, tmp_path):
         class_captions(d, names, "a photo of a toy")
 
 
+def test_class_images_are_composited_on_the_runs_background(tiny_mv, photos, tmp_path):
+    """An RGBA class image (a world's own render) is trained on the photos' grey, not on the black its
+    transparent pixels hold."""
+    from mvforge.train.dreambooth import _start
+
+    cfg = db_config(tiny_mv, photos, tmp_path / "o", class_images=str(photos), class_prompt="a toy")
+    tu = _start(cfg, Runtime(show_progress=False))
+    corner = tu.class_photos[0, :, 0, 0]  # a.png's transparent corner
+    assert torch.allclose(corner, torch.zeros(3), atol=0.02)  # grey 0.5 is 0 in [-1, 1]
+    assert torch.equal(tu.class_photos, tu.photos)  # the same directory loads the same way as the photos
+
+
 def test_cli_output_samples_and_loads(tiny_mv, photos, tmp_path):
     """`mvtrain dreambooth` (2 steps, prior preservation and validation on) killed hard after step 2 (before its
     checkpoint) and run again ends with the weights of an uninterrupted in-process run; then

@@ -39,3 +39,62 @@ def test_validation_grids_at_configured_steps_and_tensorboard_equals_metrics_csv
         # Event files hold float32: equal to the CSV's float64 up to float32 rounding.
         assert [e.value for e in events] == pytest.approx([float(r[col]) for r in rows], rel=1e-6), tag
     assert {e.step for e in acc.Images("validation/00-a-chair")} == {2, 3}
+
+
+def test_val_loss_on_held_out_views_leaves_training_as_it_was(make_fit_config, tiny_sd, tmp_path):
+    """``validation.loss_batches``: the loss on the views `mvdata shard --val-views` held out, logged at each
+    validation, the same inputs every time; the training it watches is bit for bit the run without it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mvforge.errors import UserError
+    from mvforge.shards.config import ShardConfig
+    from mvforge.shards.writer import run_shard
+    from tests.fixtures.synthetic import write_synthetic_render_dir
+
+    write_synthetic_render_dir(tmp_path / "renders", 4, views=8, resolution=32)
+    shards = tmp_path / "shards"
+    held = ShardConfig(max_count=2, val_fraction=0.0, val_views=(1, 3, 5, 7), workers=0)
+    run_shard(tmp_path / "renders", str(shards), held, show_progress=False)
+    val = ValidationConfig(every=2, prompts=(), prompts_2d=(), loss_batches=2)
+    fit(make_fit_config(tiny_sd, shards, tmp_path / "run", max_steps=3, checkpoint_every=3, validation=val))
+    fit(make_fit_config(tiny_sd, shards, tmp_path / "plain", max_steps=3, checkpoint_every=3))
+
+    losses = {}
+    for step in (2, 3):
+        meta = json.loads(
+            (tmp_path / "run" / "validation" / f"step-{step:06d}" / "validation.json").read_text()
+        )
+        assert meta["prompts"] == [] and 0 < meta["val_loss"] < 10
+        losses[step] = meta["val_loss"]
+    assert losses[2] != losses[3]  # the weights moved between them; the inputs did not (below)
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    assert [e.value for e in acc.Scalars("val/loss")] == pytest.approx([losses[2], losses[3]], rel=1e-6)
+    train = [r["loss"] for r in csv.DictReader((tmp_path / "run" / "metrics.csv").read_text().splitlines())]
+    plain = [r["loss"] for r in csv.DictReader((tmp_path / "plain" / "metrics.csv").read_text().splitlines())]
+    assert train == plain
+
+    # Shards without a val split are refused before the first step, naming the fix.
+    plain_shards = tmp_path / "no-val"
+    run_shard(
+        tmp_path / "renders", str(plain_shards), ShardConfig(val_fraction=0.0, workers=0), show_progress=False
+    )
+    with pytest.raises(UserError, match="--val-views"):
+        fit(make_fit_config(tiny_sd, plain_shards, tmp_path / "refused", max_steps=3, validation=val))
+    assert not (tmp_path / "refused" / "metrics.csv").exists()
+
+
+def test_val_loss_sees_the_same_inputs_every_call(make_fit_config, tiny_sd, tmp_path):
+    from mvforge.shards.config import ShardConfig
+    from mvforge.shards.writer import run_shard
+    from mvforge.train.loop import Runtime, load_models
+    from mvforge.train.validation import validation_loss
+    from tests.fixtures.synthetic import write_synthetic_render_dir
+
+    write_synthetic_render_dir(tmp_path / "renders", 3, views=8, resolution=32)
+    held = ShardConfig(val_fraction=0.0, val_views=(0, 2, 4, 6), workers=0)
+    run_shard(tmp_path / "renders", str(tmp_path / "s"), held, show_progress=False)
+    cfg = make_fit_config(
+        tiny_sd, tmp_path / "s", tmp_path / "o", validation=ValidationConfig(every=1, loss_batches=2)
+    )
+    m = load_models(cfg, Runtime(), None)
+    assert validation_loss(m, cfg) == validation_loss(m, cfg)
