@@ -442,13 +442,14 @@ def _validation_section(train: Path, rows: list[dict], report_dir: Path, cfg: Re
     docs/design.md §2.5)."""
     steps, strips = _strips(train / sample_format.VALIDATION, report_dir, cfg)
     losses = [(kind, [r for r in rows if r.get("kind", "3d") == kind]) for kind in _CURVE_COLORS]
-    plot = _plot(
-        [
-            (f"{kind.upper()} batches", [r.get("step") for r in part], [r.get("loss") for r in part])
-            for kind, part in losses
-        ],
-        "loss (MSE of the noise prediction)",
-    )
+    series = [
+        (f"{kind.upper()} batches", [r.get("step") for r in part], [r.get("loss") for r in part])
+        for kind, part in losses
+    ]
+    val = _val_losses(train / sample_format.VALIDATION)
+    if val[0]:  # validation.loss_batches: the loss on the held-out views
+        series.append(("val split (held out)", *val))
+    plot = _plot(series, "loss (MSE of the noise prediction)")
     return htmlkit.render(
         "report_validation.html.j2",
         plot=plot,
@@ -492,6 +493,16 @@ def _metrics_rows(run: Path) -> list[dict]:
         return read_rows(run / CSV) if (run / CSV).is_file() else []
     except (OSError, ValueError):
         return []
+
+
+def _val_losses(root: Path) -> tuple[list[int], list[float]]:
+    """(steps, val_loss) of the validations in a validation/ directory that computed one."""
+    points = []
+    for meta_file in sorted(root.glob(f"step-*/{sample_format.VALIDATION_INDEX}")) if root.is_dir() else []:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if "val_loss" in meta and not is_tmp(meta_file.parent.name):
+            points.append((meta["step"], meta["val_loss"]))
+    return [p[0] for p in points], [p[1] for p in points]
 
 
 def _strips(root: Path, report_dir: Path, cfg: ReportConfig) -> tuple[list[int], list[dict]]:
