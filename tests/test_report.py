@@ -274,7 +274,9 @@ def test_validation_strips_and_loss_curves(tmp_path):
         for e in entries:
             (root / e["dir"]).mkdir(parents=True)
             Image.new("RGB", (64, 16), (step * 40, 0, 0)).save(root / e["dir"] / "grid.png")
-        atomic_write_json(root / "validation.json", {"step": step, "prompts": entries, "val_loss": 0.1 * step})
+        atomic_write_json(
+            root / "validation.json", {"step": step, "prompts": entries, "val_loss": 0.1 * step}
+        )
     html = write_report(tmp_path).read_text()
     assert "steps 2, 4" in html and html.count('class="strip"') == 2
     assert "val split (held out)" in html  # validation.loss_batches: the held-out views' loss joins the plot
