@@ -410,7 +410,9 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
 
 def checked_inputs(cfg: FitConfig) -> FitConfig:
     """``cfg`` with ``pretrained`` made absolute (a local directory); UserError for a missing model or shards,
-    or a model directory that is no Stable Diffusion pipeline."""
+    a model directory that is no Stable Diffusion pipeline, or a validation loss without a val split."""
+    from mvforge.train.validation import check_val_split
+
     if not cfg.pretrained:
         raise UserError("no pretrained model; pass --model DIR (a diffusers Stable Diffusion directory)")
     if not cfg.shards:
@@ -418,6 +420,7 @@ def checked_inputs(cfg: FitConfig) -> FitConfig:
     # Checked before anything is created. Checkpoints record where the frozen parts come from: an absolute path
     # (so `mvtrain sample` works from any cwd) or the Hub id, which resolves through the cache again.
     check_sd_dir(cfg.pretrained)
+    check_val_split(cfg)
     if not is_hub_id(cfg.pretrained):
         cfg = config_mod.replace(cfg, pretrained=str(Path(cfg.pretrained).resolve()))
     return cfg
@@ -437,9 +440,6 @@ def _start(cfg: FitConfig, rt: Runtime, run: rundir.RunDir) -> _Training:
     step = load_training_state(resume, m.device, optimizer, lr_sched, scaler) if resume else 0
 
     # 3. Data: the streaming loader, at its saved position on resume (another worker count: checkpoint.py).
-    from mvforge.train.validation import check_val_split
-
-    check_val_split(cfg)
     loader = _StepLoader(
         cfg.shards, cfg.loader, shards_2d=cfg.shards_2d, rank=rt.rank, world_size=rt.world_size
     )
