@@ -97,6 +97,15 @@ def dataset_card(index: dict[str, Any], num_views: int, title: str = "mvforge mu
         f"Multi-view renders of 3D objects written by `mvdata shard` (mvforge {index.get('mvforge', '')}): "
         f"{counts}. Format `{index['format']}` v{index['format_version']}.",
         "",
+        *(
+            [
+                f"The validation split holds views {', '.join(map(str, held))} of the train objects (held out of "
+                "training: `mvdata shard --val-views`), one sample per object with the train sample's key.",
+                "",
+            ]
+            if (held := index.get("config", {}).get("val_views"))
+            else []
+        ),
         "## Samples",
         "",
         "One webdataset sample per object, key = the object's uid:",

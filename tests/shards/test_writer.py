@@ -373,6 +373,12 @@ def test_held_out_views_form_a_val_sample_of_each_train_object(renders, tmp_path
     index = json.loads((out / "index.json").read_text())
     assert index["totals"]["train"]["samples"] == 8 and index["totals"]["val"]["samples"] == 8
     assert index["config"]["val_views"] == [1, 3, 5, 7]
+    assert "validation split holds views 1, 3, 5, 7 of the train objects" in (out / "README.md").read_text()
+    import datasets  # the card still reads: a view a sample lacks is None
+
+    ds = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
+    row = ds["validation"][0]
+    assert row["001.png"].size == (32, 32) and row["000.png"] is None and ds["train"][0]["001.png"] is None
     views_of = {"train": {}, "val": {}}
     for entry in index["shards"]:
         with tarfile.open(out / entry["name"]) as tar:
