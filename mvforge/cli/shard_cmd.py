@@ -89,6 +89,10 @@ def shard(
         raise UserError(
             "--views-2d must be another directory than --out (2D tars are not part of the 3D index)"
         )
+    if views_2d is not None:
+        from mvforge.shards.views2d import check_view_dir
+
+        check_view_dir(renders, views_2d, frozenset(cfg.val_views))  # before the 3D shards, not after
     run_shard(renders, out, cfg, selection=selection, address=address)
     if views_2d is not None:
         from mvforge.shards.views2d import train_uids, write_view_shards
@@ -101,11 +105,14 @@ def shard(
 def _indices(text: str) -> tuple[int, ...]:
     """``--val-views 2,6,10,14`` -> (2, 6, 10, 14); UserError naming the form otherwise."""
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        indices = tuple(int(x) for x in text.split(","))
     except ValueError:
+        indices = ()
+    if not indices:
         from mvforge.errors import UserError
 
-        raise UserError(f"--val-views {text!r}: pass comma-separated view indices, e.g. 2,6,10,14") from None
+        raise UserError(f"--val-views {text!r}: pass comma-separated view indices, e.g. 2,6,10,14")
+    return indices
 
 
 def verify(

@@ -46,8 +46,10 @@ class ShardConfig:
             raise UserError(f"workers must be >= 0 (got {self.workers}); pass --workers 2")
         if any(i < 0 for i in self.val_views) or len(set(self.val_views)) != len(self.val_views):
             raise UserError(
-                f"val_views {list(self.val_views)}: use distinct view indices >= 0 (--val-views 2,6,10,14)"
+                f"--val-views {','.join(map(str, self.val_views))}: use distinct view indices >= 0, e.g. "
+                "--val-views 2,6,10,14"
             )
+        object.__setattr__(self, "val_views", tuple(sorted(self.val_views)))  # a set: 14,10,6,2 is 2,6,10,14
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,33 @@ def train_uids(shards: str | Path) -> list[str]:
     return sorted(uids)
 
 
+def _check_record(out: Path, record: dict) -> None:
+    """Refuse ``out`` when its record differs from ``record`` in a key both have, naming the key."""
+    marker = out / RECORD
+    if not marker.is_file():
+        return
+    try:
+        held = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        held = {}
+    for key, value in record.items():
+        if held.get(key) != value:
+            was = held.get(key, "missing")
+            shown = f"{len(was)} uids" if key == "uids" and isinstance(was, list) else was
+            now = f"{len(value)} uids" if key == "uids" else value
+            raise UserError(
+                f"{out} holds 2D views made with other {key} ({RECORD}: {shown}, now {now}); pass another "
+                "--views-2d directory"
+            )
+
+
+def check_view_dir(renders: str | Path, out: str | Path, exclude_views: frozenset[int] = frozenset()) -> None:
+    """Refuse, before any shard is written, a 2D view directory that holds the views of another render
+    directory or with other views held out (the objects are compared when the views are written)."""
+    record = {"renders": str(Path(renders).resolve()), "exclude_views": sorted(exclude_views)}
+    _check_record(Path(out), record)
+
+
 def write_view_shards(
     renders: str | Path,
     out: str | Path,
@@ -54,17 +81,7 @@ def write_view_shards(
         "exclude_views": sorted(exclude_views),
         "max_count": max_count,
     }
-    marker = out / RECORD
-    if marker.is_file():
-        try:
-            held = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            held = None
-        if held != record:
-            raise UserError(
-                f"{out} holds the 2D views of other objects or another render directory ({RECORD}); pass "
-                "another --views-2d directory"
-            )
+    _check_record(out, record)
     samples = []
     for uid in sorted(uids):
         obj = layout.load_object(renders, uid)
@@ -84,5 +101,5 @@ def write_view_shards(
         path = out / f"2d-{i // max_count:06d}.tar"
         atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
-    atomic_write_json(marker, record)
+    atomic_write_json(out / RECORD, record)
     return paths

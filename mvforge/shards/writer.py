@@ -186,7 +186,9 @@ def index_document(specs: list[ShardSpec], markers: dict[str, dict], cfg: ShardC
         }
         totals["samples"] += totals[split]["samples"]
         totals["bytes"] += totals[split]["bytes"]
-    skipped = sorted((x for s in specs for x in markers[s.name]["skipped"]), key=lambda x: x["uid"])
+    # An object with held-out views is in a train and a val shard: skipped once, listed once.
+    once = {(x["uid"], x["reason"]): x for s in specs for x in markers[s.name]["skipped"]}
+    skipped = sorted(once.values(), key=lambda x: (x["uid"], x["reason"]))
     config = rundir.content_settings(to_dict(cfg))
     return {
         "format": schema.FORMAT,
@@ -201,21 +203,35 @@ def index_document(specs: list[ShardSpec], markers: dict[str, dict], cfg: ShardC
 
 
 def _check_val_views(renders: str | Path, uid: str, val_views: tuple[int, ...]) -> None:
-    """Refuse held-out views the first object was not rendered with (a later object that lacks them is
-    skipped as ``missing_val_view``), and a hold-out that leaves it no view to train on."""
+    """Refuse held-out views the first object was not rendered with (a later object that lacks them is skipped
+    as ``missing_val_view``), and, per orbit, held-out views that are not evenly spaced round it: k of its n
+    views 360/k degrees apart (n a multiple of k) leave views that are whole sets of k too, so both splits
+    hold the orthogonal sets the loader draws (docs/shards.md)."""
     if not val_views:
         return
-    indices = [
-        int(v["index"]) for v in layout.RenderedObject(uid, layout.object_dir(renders, uid)).cameras["views"]
-    ]
+    views = layout.RenderedObject(uid, layout.object_dir(renders, uid)).cameras["views"]
+    indices = [int(v["index"]) for v in views]
     missing = sorted(set(val_views) - set(indices))
     if missing:
         raise UserError(
             f"--val-views {missing[0]}: {uid} was rendered with views {indices[0]}-{indices[-1]}; "
             "pass indices among them"
         )
-    if set(indices) <= set(val_views):
-        raise UserError(f"--val-views holds every view of {uid}; hold out fewer views")
+    for orbit in sorted({int(v["orbit"]) for v in views}):
+        ring = [
+            int(v["index"])
+            for v in sorted(views, key=lambda v: float(v["azimuth_deg"]))
+            if int(v["orbit"]) == orbit
+        ]
+        held = [i for i, index in enumerate(ring) if index in val_views]
+        n, k = len(ring), len(held)
+        if k and (n % k or held != list(range(held[0], n, n // k))):
+            step = n // k if n % k == 0 else n // 4 if n % 4 == 0 else n
+            example = ",".join(str(ring[j]) for j in range(held[0] % step, n, step))
+            raise UserError(
+                f"--val-views: the {k} views held out of orbit {orbit} are not evenly spaced round its {n}; hold "
+                f"out views 360/k degrees apart, e.g. --val-views {example}"
+            )
 
 
 @rundir.locked("mvdata shard", lambda out, **_: out)
@@ -393,7 +409,7 @@ def _summary(
             ("shards written / resumed", f"{written} / {resumed}"),
             ("samples (train / val)", f"{t['train']['samples']} / {t['val']['samples']}"),
             ("views held out for val", ",".join(map(str, index["config"].get("val_views", []))) or "none"),
-            ("objects skipped (unreadable)", len(index["skipped"])),
+            ("objects skipped (index.json lists why)", len({x["uid"] for x in index["skipped"]})),
             ("selected but not rendered", len(inp.not_rendered)),
             ("GB", f"{t['bytes'] / 1e9:.3f}"),
             ("MB/s (this run)", f"{written_bytes / 1e6 / max(elapsed, 1e-9):.1f}"),

@@ -79,7 +79,8 @@ class ValidationConfig:
     loss_batches: int = 0
     """Batches of the shards' 3D val split (views held out by `mvdata shard --val-views`, or whole objects by
     ``--val-fraction``) whose mean diffusion loss is logged as ``val/loss`` at each validation: the same
-    samples, views, timesteps and noise every time, so the curve compares across steps. 0: none."""
+    samples, views, timesteps and noise every time, so the curve compares across steps (keep it fixed for a
+    run). More batches than the split holds go round it again. 0: none."""
 
     def __post_init__(self) -> None:
         check_validation_sampling(self.every, self.steps, self.resolution)

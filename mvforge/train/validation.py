@@ -44,18 +44,34 @@ def _sample_2d(mvd: MultiViewDiffusion, prompt: str, cfg: SampleConfig) -> Image
 
 
 def check_val_split(cfg) -> None:
-    """Refuse, before training, a ``validation.loss_batches`` with no val split to compute it on."""
+    """Refuse, before training, a ``validation.loss_batches`` with no val split to compute it on, or one whose
+    first sample gives no set of ``loader.num_views`` views (held-out views fewer than that per orbit)."""
     v = cfg.validation
     if not (v.every and v.loss_batches):
         return
-    from mvforge.shards.loader import resolve_shards
+    import fsspec
+    import numpy as np
+
+    from mvforge.formats.shards import iter_raw_samples
+    from mvforge.shards.loader import BadSample, decode_3d, resolve_shards
 
     try:
-        resolve_shards(cfg.shards, "val")
+        urls = resolve_shards(cfg.shards, "val")[0]
     except UserError:
         raise UserError(
             f"validation.loss_batches needs a val split and {cfg.shards} has none; shard with "
             "`mvdata shard --val-views 2,6,10,14` (or --val-fraction), or set validation.loss_batches=0"
+        ) from None
+    with fsspec.open(urls[-1], "rb") as f:  # the last: held-out views follow the whole val objects
+        raw = next(iter_raw_samples(f, urls[-1]), None)
+    try:
+        if raw is not None:
+            decode_3d(raw, np.random.default_rng(v.seed), cfg.loader)
+    except BadSample as e:
+        raise UserError(
+            f"the val split of {cfg.shards} gives no batch ({e}); hold out "
+            f"{cfg.loader.num_views} views per orbit (e.g. `mvdata shard --val-views 2,6,10,14` of a 16-view orbit), "
+            "or set validation.loss_batches=0"
         ) from None
 
 

@@ -76,7 +76,7 @@ def test_the_cli_writes_them_beside_the_shards(renders, mvdata_bin, tmp_path):
         capture_output=True,
         text=True,
     )
-    assert other.returncode == 2 and "other objects" in other.stderr and "--views-2d" in other.stderr
+    assert other.returncode == 2 and "other uids" in other.stderr and "--views-2d" in other.stderr
     with tarfile.open(tmp_path / "s2d" / "2d-000000.tar") as tar:
         assert not any(n.startswith("obj-0001") for n in tar.getnames())
     bad = subprocess.run(

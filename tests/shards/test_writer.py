@@ -364,7 +364,7 @@ def test_held_out_views_form_a_val_sample_of_each_train_object(renders, tmp_path
     out = tmp_path / "s"
     r = subprocess.run(
         [mvdata_bin, "shard", str(renders), "--out", str(out), "--workers", "0", "--val-fraction", "0"]
-        + ["--max-count", "3", "--val-views", "1,3,5,7", "--views-2d", str(tmp_path / "s2d")],
+        + ["--max-count", "3", "--val-views", "7,3,5,1", "--views-2d", str(tmp_path / "s2d")],  # a set
         capture_output=True,
         text=True,
         timeout=120,
@@ -409,7 +409,12 @@ def test_held_out_views_form_a_val_sample_of_each_train_object(renders, tmp_path
             assert set(batch["views"].flatten().tolist()) == want
 
     # Bad input: one line naming the fix, nothing written.
-    for arg, msg in (("1,x", "comma-separated"), ("9", "rendered with views 0-7"), ("1,1", "distinct")):
+    bad = [("1,x", "comma-separated"), ("", "comma-separated"), ("9", "rendered with views 0-7")]
+    bad += [
+        ("1,1", "distinct"),
+        ("1,3", "not evenly spaced round its 8; hold out views 360/k degrees apart, e.g. --val-views 1,5"),
+    ]
+    for arg, msg in bad:
         r = subprocess.run(
             [mvdata_bin, "shard", str(renders), "--out", str(tmp_path / "bad"), "--workers", "0"]
             + ["--val-views", arg],
@@ -419,3 +424,14 @@ def test_held_out_views_form_a_val_sample_of_each_train_object(renders, tmp_path
         )
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (arg, r.stderr)
     assert not (tmp_path / "bad" / "index.json").exists()
+
+
+def test_an_object_without_a_held_out_view_is_skipped_once_in_both_splits(tmp_path):
+    from tests.fixtures.synthetic import write_synthetic_object
+
+    write_synthetic_render_dir(tmp_path / "r", 3, views=8, resolution=16)
+    write_synthetic_object(tmp_path / "r", "short-one", "four views only", views=4, resolution=16)
+    held = ShardConfig(val_fraction=0.0, val_views=(1, 3, 5, 7), workers=0)
+    index = run_shard(tmp_path / "r", str(tmp_path / "s"), held, show_progress=False)
+    assert [(x["uid"], x["reason"]) for x in index["skipped"]] == [("short-one", "missing_val_view")]
+    assert index["totals"]["train"]["samples"] == index["totals"]["val"]["samples"] == 3

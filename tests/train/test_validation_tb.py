@@ -81,6 +81,11 @@ def test_val_loss_on_held_out_views_leaves_training_as_it_was(make_fit_config, t
     with pytest.raises(UserError, match="--val-views"):
         fit(make_fit_config(tiny_sd, plain_shards, tmp_path / "refused", max_steps=3, validation=val))
     assert not (tmp_path / "refused" / "metrics.csv").exists()
+    # So are held-out views too few to make a batch of 4 (one per orbit: the loader would skip every sample).
+    one = tmp_path / "one-view"
+    run_shard(tmp_path / "renders", str(one), ShardConfig(val_views=(3,), workers=0), show_progress=False)
+    with pytest.raises(UserError, match=r"gives no batch \(too_few_views.*hold out 4 views per orbit"):
+        fit(make_fit_config(tiny_sd, one, tmp_path / "refused", max_steps=3, validation=val))
 
 
 def test_val_loss_sees_the_same_inputs_every_call(make_fit_config, tiny_sd, tmp_path):
