@@ -217,6 +217,8 @@ def _check_val_views(renders: str | Path, uid: str, val_views: tuple[int, ...]) 
             f"--val-views {missing[0]}: {uid} was rendered with views {indices[0]}-{indices[-1]}; "
             "pass indices among them"
         )
+    if set(indices) <= set(val_views):
+        raise UserError(f"--val-views holds every view of {uid}; hold out fewer views")
     for orbit in sorted({int(v["orbit"]) for v in views}):
         ring = [
             int(v["index"])
