@@ -41,7 +41,7 @@ MODEL=$TRAIN/checkpoints/step-$(printf %06d "$STEPS")
 [ -d "$MODEL" ] || { echo "error: $MODEL is missing (STEPS=$STEPS: a multiple of the fit's checkpoint_every)" >&2; exit 2; }
 echo "== $VARIANT: known-answer eval of the trained captions"
 t $BIN/mvtrain eval --known-answer --model "$MODEL" --reference "$WORLD/renders" \
-  --prompts "$WORLD/trained-captions.tsv" --out "$OUT/eval" --device cpu --set view_offset=2  # held-out views
+  --prompts "$WORLD/trained-captions.tsv" --out "$OUT/eval" --device cpu
 echo "== $VARIANT: novel prompts (bench/novel-prompts.tsv: the world's objects in colours never trained); no truth"
 echo "   exists for them, so what counts is whether an object's 4 views are nearest one object (views_agree)"
 t $BIN/mvtrain eval --known-answer --model "$MODEL" --reference "$WORLD/renders" \

@@ -16,9 +16,9 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 t() { local s=$SECONDS; "$@"; echo "  -> $((SECONDS - s)) s: $*" | cut -c1-160; }
 
 echo "== 1. the world at 256 px"
-t $BIN/mvdata render demo --out "$OUT/renders" --views 16 --orbits 2 --resolution 256 --samples 16 \
+t $BIN/mvdata render demo --out "$OUT/renders" --views 16 --orbits 3 --resolution 256 --samples 16 \
   --shared-cameras --workers 4 --gpus-per-worker 0.25 --set cameras.framing=mvdream
-t $BIN/mvdata shard "$OUT/renders" --out "$OUT/shards" --val-fraction 0 --val-views 2,6,10,14 --max-count 4 \
+t $BIN/mvdata shard "$OUT/renders" --out "$OUT/shards" --val-fraction 0 --val-views "$(seq -s, 32 47)" --max-count 4 \
   --workers 0 --views-2d "$OUT/shards-2d"
 [ -d "$OUT/world-init" ] || t $BIN/mvtrain make-tiny-sd --out "$OUT/world-init" --variant world \
   --prediction-type v_prediction
@@ -28,7 +28,7 @@ t $BIN/mvtrain fit --config configs/world-fit.toml --model "$OUT/world-sd" --sha
   --shards-2d "$OUT/shards-2d/2d-000000.tar" --out "$OUT/train" --max-steps "$STEPS" --device cuda \
   --set loader.resolution=256
 t $BIN/mvtrain eval --known-answer --model "$OUT/train" --reference "$OUT/renders" --out "$OUT/eval" --device cuda \
-  --set view_offset=2
+  --set orbit=2
 
 echo "== 2. one SDS step at the official settings (SD 2.1-size random weights, 64² and 256² phases)"
 t $BIN/python bench/bench_sds.py --device cuda --sd21-random --samples 256 --iters 3 --warmup 1

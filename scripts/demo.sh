@@ -11,12 +11,14 @@ STEPS=${STEPS:-2400}                 # UNet optimizer steps (the learning curve:
 SEED=${SEED:-0}                      # the models' random init and the VAE and UNet fits (docs/demo.md: 3 seeds)
 HOLDOUT=demo-potted-cactus           # the MVDreamBooth subject: kept out of fit, learned from 4 photos
 TOKEN="a photo of xjq object"        # its rare-token prompt (paper §3.4)
-VAL_VIEWS=2,6,10,14                  # views held out of training: one orthogonal set of the first orbit
-VIEW_OFFSET=2                        # the evals of sampled views score that set: cameras never trained on
+# A third orbit is rendered for validation and held out of training (views 32-47: --val-views); the first two
+# are the training data, exactly as rendered without it. Every sampled view is scored on the held-out orbit.
+VAL_VIEWS=$(seq -s, 32 47)
+EVAL_ORBIT=2
 SDS_UIDS=(demo-traffic-cone demo-chair demo-kettle)  # one rotationally symmetric object, two that are not
 export RAY_USAGE_STATS_ENABLED=0
 # Same cameras for every object; the views of an object and the render-back of a result must match exactly.
-RENDER_ARGS=(--views 16 --orbits 2 --resolution 32 --samples 8 --shared-cameras --workers 2 --threads 1
+RENDER_ARGS=(--views 16 --orbits 3 --resolution 32 --samples 8 --shared-cameras --workers 2 --threads 1
   --set cameras.framing=mvdream)
 TIMES=()
 tree_rss_kb() {  # resident memory of this script's whole process tree (Ray's workers included), in kB
@@ -43,7 +45,7 @@ step() {  # a heading per step, with the time and peak memory of the previous on
 caption() { $BIN/python -c "import json,sys; print(json.load(open(sys.argv[1]))['caption'])" \
   "$(find "$OUT/renders" -path "*/$1/meta.json" | head -1)"; }
 
-step "render" "the 12 demo objects, the same 2 orbits x 16 cameras for every object, 32 px"
+step "render" "the 12 demo objects, the same 3 orbits x 16 cameras for every object, 32 px"
 $BIN/mvdata render demo --out "$OUT/renders" "${RENDER_ARGS[@]}"
 
 step "filter" "quality gates (the tiny random CLIP's scores are recorded; keep-fraction 1 keeps all that pass)"
@@ -51,7 +53,7 @@ $BIN/mvdata make-tiny-clip --out "$OUT/models/tiny-clip"
 $BIN/mvdata filter "$OUT/renders" --out "$OUT/filter" --clip-pretrained "local-dir:$OUT/models/tiny-clip" \
   --keep-fraction 1.0 --engine local
 
-step "shard + verify" "every object but the DreamBooth subject in train, less 4 views held out for validation"
+step "shard + verify" "every object but the DreamBooth subject in train, its third orbit held out for validation"
 $BIN/mvdata shard "$OUT/renders" --selection "$OUT/filter/selection.parquet" --out "$OUT/shards" \
   --exclude "$HOLDOUT" --val-fraction 0 --val-views "$VAL_VIEWS" --max-count 4 --workers 0 \
   --views-2d "$OUT/shards-2d"
@@ -74,7 +76,7 @@ SAVE=()
 $BIN/mvtrain sample --model "$OUT/train" --prompt "$(caption demo-chair)" --out "$OUT/samples" --steps 20 \
   --guidance-scale 5 --elevation 28 --resolution 32 --device cpu "${SAVE[@]}"
 
-step "eval" "every trained caption sampled at its object's held-out cameras, scored against the renders"
+step "eval" "every trained caption sampled at the held-out orbit's cameras, scored against the renders"
 $BIN/python - "$OUT" "$HOLDOUT" <<'PY'
 import json, pathlib, sys
 out, holdout = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -83,7 +85,7 @@ lines = [f"{m['uid']}\t{m['caption']}" for m in (json.loads(p.read_text()) for p
 (out / "trained-captions.tsv").write_text("\n".join(lines) + "\n")
 PY
 $BIN/mvtrain eval --known-answer --model "$OUT/train" --reference "$OUT/renders" \
-  --prompts "$OUT/trained-captions.tsv" --out "$OUT/eval" --device cpu --set view_offset="$VIEW_OFFSET"
+  --prompts "$OUT/trained-captions.tsv" --out "$OUT/eval" --device cpu --set orbit="$EVAL_ORBIT"
 
 step "sds" "text to 3D with the world model as the prior (configs/sds-world-cpu.toml), 3 captions"
 for uid in "${SDS_UIDS[@]}"; do
@@ -123,7 +125,7 @@ $BIN/mvdata render "$OUT"/blob/*.glb --captions "$OUT/blob/blob.jsonl" --out "$O
 $BIN/mvtrain eval --known-answer --generated "$OUT/sds-renders" --baseline "$OUT/blob-renders" \
   --reference "$OUT/renders" --out "$OUT/eval-sds"
 
-step "dreambooth" "the held-out $HOLDOUT learned from 4 photos of its second orbit, sampled on the first"
+step "dreambooth" "the held-out $HOLDOUT learned from 4 photos of its second orbit, scored on the held-out third"
 PHOTOS="$OUT/dreambooth-photos"
 OBJ=$(dirname "$(find "$OUT/renders" -path "*/$HOLDOUT/meta.json" | head -1)")
 mkdir -p "$PHOTOS"
@@ -139,7 +141,7 @@ for meta_path in sorted(out.glob("renders/*/*/meta.json")):
     meta = json.loads(meta_path.read_text())
     if meta["uid"] == holdout:
         continue
-    for view in (0, 8, 20, 28):  # trained views (the held-out 2, 6, 10, 14 stay unseen)
+    for view in (0, 8, 20, 28):  # trained views (the held-out orbit stays unseen)
         shutil.copyfile(meta_path.parent / f"{view:03d}.png", rehearsal / f"{meta['uid']}-{view:03d}.png")
         (rehearsal / f"{meta['uid']}-{view:03d}.txt").write_text(meta["caption"] + ", 3d asset\n")
 PY
@@ -151,7 +153,7 @@ $BIN/mvtrain dreambooth --model "$PIPE" --images "$PHOTOS" --prompt "$TOKEN, 3d 
 { cat "$OUT/trained-captions.tsv"; printf '%s\t%s\n' "$HOLDOUT" "$TOKEN"; } > "$OUT/dreambooth-captions.tsv"
 $BIN/mvtrain eval --known-answer --model "$OUT/dreambooth" --reference "$OUT/renders" \
   --prompts "$OUT/dreambooth-captions.tsv" --out "$OUT/eval-dreambooth" --device cpu --set "shifts_deg=[]" \
-  --set view_offset="$VIEW_OFFSET"
+  --set orbit="$EVAL_ORBIT"
 
 step report "one HTML page with every result beside its ground truth"
 $BIN/mvdata report "$OUT"

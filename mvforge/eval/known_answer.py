@@ -47,10 +47,12 @@ class KnownAnswerConfig:
 
     num_views: int = 4
     """Views per caption: azimuths 360/V apart on the reference's first orbit."""
+    orbit: int = 0
+    """The reference orbit the views are taken from. Point it at an orbit `mvdata shard --val-views` held out of
+    training to score cameras the model never saw (the demo holds out its third orbit: docs/demo.md)."""
     view_offset: int = 0
-    """Position on the first orbit of the first evaluation view: views ``offset, offset + N/V, ...`` of its N.
-    Point it at the views `mvdata shard --val-views` held out of training (e.g. 2 for 2,6,10,14 of 16) to
-    score cameras the model never saw (docs/demo.md)."""
+    """Position on that orbit of the first evaluation view: views ``offset, offset + N/V, ...`` of its N (e.g. 2
+    for views 2, 6, 10, 14 of a 16-view orbit)."""
     steps: int = 20
     """DDIM steps."""
     guidance_scale: float = 5.0
@@ -70,8 +72,10 @@ class KnownAnswerConfig:
     def __post_init__(self) -> None:
         if self.num_views < 1 or self.steps < 1:
             raise UserError("num_views and steps must be >= 1")
-        if self.view_offset < 0:
-            raise UserError(f"view_offset must be >= 0 (got {self.view_offset}); pass --set view_offset=0")
+        if self.view_offset < 0 or self.orbit < 0:
+            raise UserError(
+                f"view_offset and orbit must be >= 0 (got {self.view_offset}, {self.orbit}); pass --set orbit=0"
+            )
         if not 0 <= self.background_grey <= 255:
             raise UserError(f"background_grey must be 0-255 (got {self.background_grey})")
 
@@ -97,23 +101,26 @@ class Reference:
     """The view indices of ``cameras.json`` used."""
 
 
-def eval_views(cameras: dict, num_views: int, offset: int = 0) -> list[int]:
-    """Indices of ``num_views`` views of the first orbit, 360/V apart from its view at position ``offset``.
-    Raises UserError when the orbit's view count is not a multiple of ``num_views`` or ``offset`` is not below
-    N/V (the sets repeat after it)."""
-    orbit = [v for v in cameras["views"] if int(v["orbit"]) == 0]
-    if len(orbit) % num_views:
+def eval_views(cameras: dict, num_views: int, offset: int = 0, orbit: int = 0) -> list[int]:
+    """Indices of ``num_views`` views of orbit ``orbit``, 360/V apart from its view at position ``offset``.
+    Raises UserError when the references have no such orbit, when its view count is not a multiple of
+    ``num_views``, or when ``offset`` is not below N/V (the sets repeat after it)."""
+    ring = [v for v in cameras["views"] if int(v["orbit"]) == orbit]
+    if not ring:
+        orbits = sorted({int(v["orbit"]) for v in cameras["views"]})
+        raise UserError(f"orbit {orbit}: the references have orbits {orbits}; pass --set orbit={orbits[0]}")
+    if len(ring) % num_views:
         raise UserError(
-            f"an orbit of {len(orbit)} views has no {num_views} views 360/{num_views} degrees apart; render a "
+            f"an orbit of {len(ring)} views has no {num_views} views 360/{num_views} degrees apart; render a "
             f"multiple of {num_views} views per orbit"
         )
-    step = len(orbit) // num_views
+    step = len(ring) // num_views
     if offset >= step:
         raise UserError(
-            f"view_offset {offset}: an orbit of {len(orbit)} views has {step} sets of {num_views}; pass "
+            f"view_offset {offset}: an orbit of {len(ring)} views has {step} sets of {num_views}; pass "
             f"--set view_offset=0..{step - 1}"
         )
-    return [int(orbit[offset + i * step]["index"]) for i in range(num_views)]
+    return [int(ring[offset + i * step]["index"]) for i in range(num_views)]
 
 
 def load_references(
@@ -133,7 +140,7 @@ def load_references(
     refs = []
     for uid in uids or available:
         obj = layout.load_object(renders, uid)
-        views = eval_views(obj.cameras, cfg.num_views, cfg.view_offset)
+        views = eval_views(obj.cameras, cfg.num_views, cfg.view_offset, cfg.orbit)
         refs.append(_load_views(obj, views, cfg))
     for r in refs[1:]:
         if r.rgb.shape != refs[0].rgb.shape or not np.allclose(r.c2w, refs[0].c2w, atol=1e-5):

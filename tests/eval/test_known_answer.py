@@ -33,10 +33,13 @@ def test_eval_views_are_a_quarter_orbit_apart_on_the_first_orbit():
     assert eval_views({"views": views}, 4) == [0, 4, 8, 12]
     with pytest.raises(UserError, match="multiple of 3"):
         eval_views({"views": views}, 3)
-    # The views `mvdata shard --val-views 2,6,10,14` holds out: cameras the model never trained on.
+    # Views held out of training by `mvdata shard --val-views`: a set within an orbit, or a whole orbit.
     assert eval_views({"views": views}, 4, offset=2) == [2, 6, 10, 14]
+    assert eval_views({"views": views}, 4, orbit=1) == [16, 20, 24, 28]
     with pytest.raises(UserError, match="view_offset=0..3"):
         eval_views({"views": views}, 4, offset=4)
+    with pytest.raises(UserError, match=r"orbit 2: the references have orbits \[0, 1\]; pass --set orbit=0"):
+        eval_views({"views": views}, 4, orbit=2)
 
 
 @pytest.fixture

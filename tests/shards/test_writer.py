@@ -435,3 +435,15 @@ def test_an_object_without_a_held_out_view_is_skipped_once_in_both_splits(tmp_pa
     index = run_shard(tmp_path / "r", str(tmp_path / "s"), held, show_progress=False)
     assert [(x["uid"], x["reason"]) for x in index["skipped"]] == [("short-one", "missing_val_view")]
     assert index["totals"]["train"]["samples"] == index["totals"]["val"]["samples"] == 3
+
+
+def test_a_whole_orbit_can_be_held_out_and_its_train_samples_are_the_other_orbits(tmp_path):
+    from tests.fixtures.synthetic import write_synthetic_object
+
+    for uid in ("a", "b"):  # views 0-7 on one orbit, 8-15 on another
+        write_synthetic_object(tmp_path / "r", uid, f"object {uid}", views=8, resolution=16, orbits=2)
+    held = ShardConfig(val_fraction=0.0, val_views=tuple(range(8, 16)), workers=0)
+    run_shard(tmp_path / "r", str(tmp_path / "s"), held, show_progress=False)
+    for name, want in (("train-000000.tar", set(range(8))), ("val-000000.tar", set(range(8, 16)))):
+        with tarfile.open(tmp_path / "s" / name) as tar:
+            assert {int(n.split(".")[1]) for n in tar.getnames() if n.endswith(".png")} == want
