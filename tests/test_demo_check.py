@@ -37,8 +37,8 @@ def test_the_closing_table_reads_every_result_and_flags_a_regression(tmp_path):
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     lines = {line.split("  ")[1].strip(): line for line in out.splitlines()[1:]}
-    assert "    9  (target 10" in lines["trained captions retrieving their own object (of 11)"]
-    assert "    5  (target 10" in lines["non-symmetric shifts further from the truth (of 10)"]  # 3 of 4 views
+    assert "    9  (target 10" in lines["captions retrieving their own object, held-out orbit (of 11)"]
+    assert "    5  (target 10" in lines["non-symmetric shifts further from the truth, held-out orbit (of 10)"]
     assert "meets the target" in lines["SDS cone IoU"]
     assert "0.31" in lines["SDS chair IoU"] and "BELOW THE 3-SEED FLOOR" in lines["SDS chair IoU"]
     assert lines["SDS kettle IoU"].endswith("not measured")
