@@ -1,7 +1,8 @@
 """The demo's render-back, shared by the bench scripts that score meshes as `make demo` scores SDS meshes.
 
-Each mesh is rendered with the demo's render settings (scripts/demo.sh ``RENDER_ARGS``) under the uid of its
-ground-truth object, so from the same cameras under the same light, then scored with
+Each mesh is rendered with the demo's render settings (scripts/demo.sh ``RENDER_ARGS``, less the third orbit the
+demo holds out: the scoring uses the first) under the uid of its ground-truth object, so from the same cameras
+under the same light, then scored with
 `mvtrain eval --known-answer --generated`'s scoring (``score_renders``) against the world's renders.
 """
 

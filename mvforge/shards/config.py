@@ -23,9 +23,10 @@ class ShardConfig:
     val_views: tuple[int, ...] = ()
     """Render view indices held out of every train object for validation (the issue's "hold out views, not
     objects"): they form a second sample of the object (same uid) in the val split and are left out of its train
-    sample and of ``--views-2d``. Hold out whole orthogonal sets, e.g. 2,6,10,14 of a 16-view orbit, so that
-    every view left in the orbit still starts an orthogonal set of 4 (the loader's ``view_mode``); the known-answer
-    evaluation scores that set with ``view_offset`` (docs/demo.md). Empty: every view trains."""
+    sample and of ``--views-2d``. Per orbit, the held-out views must be evenly spaced round it: a whole orbit
+    (the demo holds out a third one rendered for it) or e.g. 2,6,10,14 of 16, so that both splits keep the
+    orthogonal sets the loader draws (docs/shards.md). The known-answer evaluation scores them with ``orbit``
+    and ``view_offset``. Sorted on load; empty: every view trains."""
     exclude: tuple[str, ...] = ()
     """Uids kept out of every split, e.g. a subject held out for MVDreamBooth (paper §3.4) so that fine-tuning
     on it is the model's first sight of it."""

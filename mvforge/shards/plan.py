@@ -87,7 +87,7 @@ def plan_shards(uids: Sequence[str], sizes: Mapping[str, int], cfg: ShardConfig)
         for split in schema.SPLITS
     }
     out: list[ShardSpec] = []
-    held = tuple(sorted(cfg.val_views))
+    held = cfg.val_views  # sorted by ShardConfig
     for split in schema.SPLITS:
         drop = held if split == "train" else ()
         out += [
