@@ -34,8 +34,8 @@ def shard(
         str | None,
         typer.Option(
             "--val-views",
-            help="Comma-separated view indices held out of every train object for validation, evenly spaced "
-            "round their orbit (a whole orbit, or e.g. 2,6,10,14 of 16); they go to the val split.",
+            help="Comma-separated view indices held out of every train object for validation: whole orbits, or "
+            "sets of 4 views 90 degrees apart (e.g. 2,6,10,14 of 16); they go to the val split.",
             show_default="none",
         ),
     ] = None,

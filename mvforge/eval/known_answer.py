@@ -72,10 +72,9 @@ class KnownAnswerConfig:
     def __post_init__(self) -> None:
         if self.num_views < 1 or self.steps < 1:
             raise UserError("num_views and steps must be >= 1")
-        if self.view_offset < 0 or self.orbit < 0:
-            raise UserError(
-                f"view_offset and orbit must be >= 0 (got {self.view_offset}, {self.orbit}); pass --set orbit=0"
-            )
+        for key in ("orbit", "view_offset"):
+            if getattr(self, key) < 0:
+                raise UserError(f"{key} must be >= 0 (got {getattr(self, key)}); pass --set {key}=0")
         if not 0 <= self.background_grey <= 255:
             raise UserError(f"background_grey must be 0-255 (got {self.background_grey})")
 
@@ -108,7 +107,9 @@ def eval_views(cameras: dict, num_views: int, offset: int = 0, orbit: int = 0) -
     ring = [v for v in cameras["views"] if int(v["orbit"]) == orbit]
     if not ring:
         orbits = sorted({int(v["orbit"]) for v in cameras["views"]})
-        raise UserError(f"orbit {orbit}: the references have orbits {orbits}; pass --set orbit={orbits[0]}")
+        raise UserError(
+            f"orbit {orbit}: the references have orbits {orbits}; pass --set orbit={orbits[0]}..{orbits[-1]}"
+        )
     if len(ring) % num_views:
         raise UserError(
             f"an orbit of {len(ring)} views has no {num_views} views 360/{num_views} degrees apart; render a "

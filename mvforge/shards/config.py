@@ -23,9 +23,9 @@ class ShardConfig:
     val_views: tuple[int, ...] = ()
     """Render view indices held out of every train object for validation (the issue's "hold out views, not
     objects"): they form a second sample of the object (same uid) in the val split and are left out of its train
-    sample and of ``--views-2d``. Per orbit, the held-out views must be evenly spaced round it: a whole orbit
-    (the demo holds out a third one rendered for it) or e.g. 2,6,10,14 of 16, so that both splits keep the
-    orthogonal sets the loader draws (docs/shards.md). The known-answer evaluation scores them with ``orbit``
+    sample and of ``--views-2d``. Per orbit, the held-out views must be the whole orbit (the demo holds out a
+    third one rendered for it) or whole sets of 4 views 90° apart, e.g. 2,6,10,14 of 16, so that both splits keep
+    the orthogonal sets the loader draws (docs/shards.md). The known-answer evaluation scores them with ``orbit``
     and ``view_offset``. Sorted on load; empty: every view trains."""
     exclude: tuple[str, ...] = ()
     """Uids kept out of every split, e.g. a subject held out for MVDreamBooth (paper §3.4) so that fine-tuning

@@ -204,9 +204,9 @@ def index_document(specs: list[ShardSpec], markers: dict[str, dict], cfg: ShardC
 
 def _check_val_views(renders: str | Path, uid: str, val_views: tuple[int, ...]) -> None:
     """Refuse held-out views the first object was not rendered with (a later object that lacks them is skipped
-    as ``missing_val_view``), and, per orbit, held-out views that are not evenly spaced round it: k of its n
-    views 360/k degrees apart (n a multiple of k) leave views that are whole sets of k too, so both splits
-    hold the orthogonal sets the loader draws (docs/shards.md)."""
+    as ``missing_val_view``), and, per orbit, held-out views that are neither the whole orbit nor whole sets of 4
+    views 90° apart (unchanged by a quarter turn): the loader draws such orthogonal sets (paper §3.3), so both
+    splits must keep them whole (docs/shards.md)."""
     if not val_views:
         return
     views = layout.RenderedObject(uid, layout.object_dir(renders, uid)).cameras["views"]
@@ -225,14 +225,18 @@ def _check_val_views(renders: str | Path, uid: str, val_views: tuple[int, ...]) 
             for v in sorted(views, key=lambda v: float(v["azimuth_deg"]))
             if int(v["orbit"]) == orbit
         ]
-        held = [i for i, index in enumerate(ring) if index in val_views]
-        n, k = len(ring), len(held)
-        if k and (n % k or held != list(range(held[0], n, n // k))):
-            step = n // k if n % k == 0 else n // 4 if n % 4 == 0 else n
-            example = ",".join(str(ring[j]) for j in range(held[0] % step, n, step))
+        n, held = len(ring), {i for i, index in enumerate(ring) if index in val_views}
+        if not held or len(held) == n:
+            continue
+        if n % 4 or {(i + n // 4) % n for i in held} != held:
+            example = (
+                ",".join(str(ring[j]) for j in range(min(held) % (n // 4), n, n // 4))
+                if n % 4 == 0
+                else f"{min(ring)}-{max(ring)} (the whole orbit)"
+            )
             raise UserError(
-                f"--val-views: the {k} views held out of orbit {orbit} are not evenly spaced round its {n}; hold "
-                f"out views 360/k degrees apart, e.g. --val-views {example}"
+                f"--val-views: the {len(held)} views held out of orbit {orbit} are not whole sets of 4 views 90° "
+                f"apart, nor the whole orbit; the loader draws such sets: hold out e.g. --val-views {example}"
             )
 
 

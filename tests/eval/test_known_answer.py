@@ -38,7 +38,9 @@ def test_eval_views_are_a_quarter_orbit_apart_on_the_first_orbit():
     assert eval_views({"views": views}, 4, orbit=1) == [16, 20, 24, 28]
     with pytest.raises(UserError, match="view_offset=0..3"):
         eval_views({"views": views}, 4, offset=4)
-    with pytest.raises(UserError, match=r"orbit 2: the references have orbits \[0, 1\]; pass --set orbit=0"):
+    with pytest.raises(
+        UserError, match=r"orbit 2: the references have orbits \[0, 1\]; pass --set orbit=0..1"
+    ):
         eval_views({"views": views}, 4, orbit=2)
 
 

@@ -412,7 +412,11 @@ def test_held_out_views_form_a_val_sample_of_each_train_object(renders, tmp_path
     bad = [("1,x", "comma-separated"), ("", "comma-separated"), ("9", "rendered with views 0-7")]
     bad += [
         ("1,1", "distinct"),
-        ("1,3", "not evenly spaced round its 8; hold out views 360/k degrees apart, e.g. --val-views 1,5"),
+        (
+            "1,3",
+            "not whole sets of 4 views 90° apart, nor the whole orbit; the loader draws such sets: hold out e.g. --val-views 1,3,5,7",
+        ),
+        ("2,6", "the 2 views held out of orbit 0 are not whole sets of 4"),
     ]
     for arg, msg in bad:
         r = subprocess.run(

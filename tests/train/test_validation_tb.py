@@ -81,11 +81,12 @@ def test_val_loss_on_held_out_views_leaves_training_as_it_was(make_fit_config, t
     with pytest.raises(UserError, match="--val-views"):
         fit(make_fit_config(tiny_sd, plain_shards, tmp_path / "refused", max_steps=3, validation=val))
     assert not (tmp_path / "refused" / "metrics.csv").exists()
-    # So are held-out views too few to make a batch of 4 (one per orbit: the loader would skip every sample).
-    one = tmp_path / "one-view"
-    run_shard(tmp_path / "renders", str(one), ShardConfig(val_views=(3,), workers=0), show_progress=False)
-    with pytest.raises(UserError, match=r"gives no batch \(too_few_views.*hold out 4 views per orbit"):
-        fit(make_fit_config(tiny_sd, one, tmp_path / "refused", max_steps=3, validation=val))
+    # So is a val split whose samples hold fewer views than a batch takes (its 4 held-out views, 8 asked for).
+    from mvforge.shards.config import LoaderConfig
+
+    eight = LoaderConfig(batch_size=2, num_views=8, resolution=32, batches_per_epoch=3)
+    with pytest.raises(UserError, match=r"gives no batch \(too_few_views.*hold out 8 views per orbit"):
+        fit(make_fit_config(tiny_sd, shards, tmp_path / "refused", max_steps=3, validation=val, loader=eight))
 
 
 def test_val_loss_sees_the_same_inputs_every_call(make_fit_config, tiny_sd, tmp_path):
