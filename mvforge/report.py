@@ -766,10 +766,23 @@ def _known_answer_section(run_dir: Path, cfg: ReportConfig) -> str:
                 "mode": mode,
                 "summary": doc.get("summary", {}),
                 "model": doc.get("model") or doc.get("generated", ""),
+                "cameras": _known_answer_cameras(doc),
                 "rows": rows,
             }
         )
     return htmlkit.render("report_known_answer.html.j2", blocks=blocks)
+
+
+def _known_answer_cameras(doc: dict) -> str:
+    """Which of the reference's cameras a known-answer result was scored at (its ``orbit`` and ``view_offset``):
+    a held-out orbit is the one that shows generalization (docs/demo.md)."""
+    config = doc.get("config", {})
+    if doc.get("mode", "sampled") != "sampled" or "orbit" not in config:
+        return ""
+    return (
+        f"scored at orbit {config['orbit']} of the reference renders, {config.get('num_views', 4)} views from "
+        f"view {config.get('view_offset', 0)} of that orbit"
+    )
 
 
 def _local(path: str | None, run_dir: Path) -> Path | None:

@@ -193,6 +193,10 @@ def test_run_writes_strips_and_scores_with_baselines_through_the_cli(tiny_mv, sh
 
     strip = Image.open(out / "known_answer" / "obj-0000.png")
     assert strip.size == (4 * 32, 4 * 32)  # truth, sample, two shifted rows of 4 views
+    from mvforge.report import ReportConfig, write_report
+
+    html = write_report(tmp_path, ReportConfig()).read_text()
+    assert "Cameras: scored at orbit 0 of the reference renders, 4 views from view 0 of that orbit." in html
 
     # The same weights, references, settings and prompts: the result is kept, nothing is sampled again.
     stamp = (out / "known_answer.json").stat().st_mtime_ns
