@@ -21,7 +21,7 @@ t $BIN/mvdata render demo --out "$OUT/renders" --views 16 --orbits 3 --resolutio
 t $BIN/mvdata shard "$OUT/renders" --out "$OUT/shards" --val-fraction 0 --val-views "$(seq -s, 32 47)" --max-count 4 \
   --workers 0 --views-2d "$OUT/shards-2d"
 [ -d "$OUT/world-init" ] || t $BIN/mvtrain make-tiny-sd --out "$OUT/world-init" --variant world \
-  --prediction-type v_prediction
+  --prediction-type v_prediction --attention-heads 1
 t $BIN/mvtrain fit-vae --model "$OUT/world-init" --shards "$OUT/shards" --out "$OUT/world-sd" --max-steps 600 \
   --device cuda
 t $BIN/mvtrain fit --config configs/world-fit.toml --model "$OUT/world-sd" --shards "$OUT/shards" \

@@ -73,18 +73,24 @@ def main() -> None:
     model = MultiViewDiffusion.from_pretrained(args.model, "cpu")
     cfg = ka.KnownAnswerConfig()
     print(
-        "| case | captions retrieving their own object | shifted cameras further | mean IoU | mean object PSNR |"
+        "| case | captions retrieving their own object | shifted cameras further | objects turning at no shift "
+        "| mean IoU | mean object PSNR |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for case in args.cases:
         with sabotage(case, model):
             doc = ka.run_known_answer(
                 model, args.model, args.reference, args.out / case, cfg, args.uids, show_progress=False
             )
         s = doc["summary"]
+        unturned = [  # objects none of whose shifted samples is further (tests/test_learned_world.py)
+            r["uid"]
+            for r in doc["captions"]
+            if not any(2 * v["views_nearer_at_true_camera"] > len(r["views"]) for v in r["shifted"].values())
+        ]
         print(
-            f"| {case} | {s['retrieved_own']}/{s['captions']} | {s['shifted_cameras_further']} | {s['mean_iou']:.2f} "
-            f"| {s['mean_psnr_object_db']:.1f} dB |",
+            f"| {case} | {s['retrieved_own']}/{s['captions']} | {s['shifted_cameras_further']} "
+            f"| {', '.join(unturned) or '-'} | {s['mean_iou']:.2f} | {s['mean_psnr_object_db']:.1f} dB |",
             flush=True,
         )
 

@@ -17,19 +17,32 @@ from mvforge.models.convert import clip_tokenizer
 
 VARIANTS = ("tiny", "world")
 """``tiny``: the smallest SD-shaped model (tests, benchmarks). ``world``: the same UNet and text encoder with a
-lighter autoencoder (16/32 channels, no mid-block attention: faster per step, ~4x fewer parameters;
-docs/benchmarks.md) for models trained from scratch on the demo world at 32 px, whose VAE is fitted first
-(`mvtrain fit-vae`, docs/demo.md)."""
+lighter autoencoder (16/32 channels, no mid-block attention: faster per step, ~4x fewer
+parameters; docs/benchmarks.md), for models trained from scratch on the demo world at 32 px, whose VAE is
+fitted first (`mvtrain fit-vae`, docs/demo.md)."""
+ATTENTION_HEADS = 8
+"""Attention heads of the tiny UNets by default: 8 of 4 channels at the 32-channel level (the reference tests
+compare against it). One head of 32 channels (``attention_heads=1``, `make demo`) makes a CPU training step
+3.8x faster: the 4-view self-attention over 1,024 tokens is most of the step (docs/benchmarks.md)."""
 
 
-def _tiny_parts(seed: int, prediction_type: str, variant: str = "tiny") -> dict:
+def _tiny_parts(
+    seed: int, prediction_type: str, variant: str = "tiny", attention_heads: int = ATTENTION_HEADS
+) -> dict:
     """Random tiny SD parts: UNet (latents 16 x 16, attention at the first level), VAE (x2), CLIP text model
-    (2 layers, width 32), the real CLIP tokenizer, SD's training schedule. ``variant``: see ``VARIANTS``."""
+    (2 layers, width 32), the real CLIP tokenizer, SD's training schedule. ``variant``: see ``VARIANTS``;
+    ``attention_heads``: see ``ATTENTION_HEADS``. Raises UserError for an unknown variant or a head count that
+    does not divide 32."""
     if variant not in VARIANTS:
         raise UserError(f"unknown tiny model variant {variant!r}; use one of {', '.join(VARIANTS)}")
+    if attention_heads < 1 or 32 % attention_heads:
+        raise UserError(
+            f"--attention-heads {attention_heads}: use 1, 2, 4, 8, 16 or 32 (heads of 32 channels)"
+        )
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    world = variant == "world"
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=16,
@@ -38,10 +51,11 @@ def _tiny_parts(seed: int, prediction_type: str, variant: str = "tiny") -> dict:
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
-        attention_head_dim=8,
+        # diffusers reads ``attention_head_dim`` as the number of heads (its legacy name; SD 2.1's 5/10/20/20
+        # are heads of 64 channels each).
+        attention_head_dim=attention_heads,
         norm_num_groups=32,
     )
-    world = variant == "world"
     vae = AutoencoderKL(
         block_out_channels=(16, 32) if world else (32, 64),
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
@@ -94,16 +108,20 @@ def _save(pipe, out: Path) -> Path:
 
 
 def make_tiny_sd(
-    out: str | Path, seed: int = 0, prediction_type: str = "epsilon", variant: str = "tiny"
+    out: str | Path,
+    seed: int = 0,
+    prediction_type: str = "epsilon",
+    variant: str = "tiny",
+    attention_heads: int = ATTENTION_HEADS,
 ) -> Path:
     """Write a tiny random SD directory to ``out`` (must not exist or be empty); returns it. ``variant``: see
-    ``VARIANTS``."""
+    ``VARIANTS``; ``attention_heads``: see ``ATTENTION_HEADS``."""
     from diffusers import StableDiffusionPipeline
 
     out = Path(out)
     _check_new(out)
     pipe = StableDiffusionPipeline(
-        **_tiny_parts(seed, prediction_type, variant),
+        **_tiny_parts(seed, prediction_type, variant, attention_heads),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -125,3 +125,20 @@ def test_sds_workers_must_be_positive():
 
     with pytest.raises(UserError, match="--workers 0"):
         run_prompts(SDSConfig(model="m"), ["a cup"], [0], workers=0)  # refused before Ray starts
+
+
+def test_tiny_sd_attention_heads_reach_the_unet_and_odd_counts_are_refused(tmp_path):
+    import json
+
+    res = CliRunner().invoke(
+        mvtrain.app,
+        ["make-tiny-sd", "--out", str(tmp_path / "one"), "--variant", "world", "--attention-heads", "1"],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "one" / "unet" / "config.json").read_text())["attention_head_dim"] == 1
+    _refused(["make-tiny-sd", "--out", str(tmp_path / "three"), "--attention-heads", "3"], "use 1, 2, 4, 8")
+    _refused(
+        ["make-tiny-sd", "--out", str(tmp_path / "mv"), "--multiview", "--attention-heads", "1"],
+        "--attention-heads",
+    )
+    assert not (tmp_path / "three").exists() and not (tmp_path / "mv").exists()

@@ -45,7 +45,8 @@ def test_fitted_vae_reconstructs_and_scales_its_latents(tmp_path):
     vae_cfg = json.loads((tmp_path / "fitted" / "vae" / "config.json").read_text())
     assert vae_cfg["scaling_factor"] == pytest.approx(summary["scaling_factor"], rel=1e-4)
     assert summary["scaling_factor"] != 0.18215
-    assert (tmp_path / "fitted" / "unet" / "config.json").is_file()  # the rest of the model travels along
+    unet_cfg = json.loads((tmp_path / "fitted" / "unet" / "config.json").read_text())  # travels along
+    assert unet_cfg["attention_head_dim"] == 8  # diffusers' name for the head count
 
     mtime = (tmp_path / "fitted" / DONE_FILE).stat().st_mtime_ns
     assert fit_vae(init, shards, tmp_path / "fitted", cfg, show_progress=False) == summary  # resume: no-op
