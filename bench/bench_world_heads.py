@@ -1,9 +1,10 @@
 """Benchmark: the demo world's UNet training step against its attention head count (docs/benchmarks.md).
 
 diffusers' ``UNet2DConditionModel`` reads ``attention_head_dim`` as the number of heads. The world UNet's
-32-channel level holds the 4-view self-attention over 4 x 16² = 1,024 tokens; this times forward + backward of
-the multi-view UNet (camera MLP included) on one batch of the demo's shape (4 objects x 4 views, 16² latents)
-for each head count, and the default head count again under the math SDPA kernel and under bf16 autocast.
+32-channel levels hold the 4-view self-attention over 4 x 16² = 1,024 tokens; this times forward + backward of
+the multi-view UNet (camera MLP included; no optimizer step) on one batch of the demo's shape (4 objects x 4
+views, 16² latents) for each head count, and the default head count (8) again under the math SDPA kernel and
+under bf16 autocast.
 The sides are interleaved so load from other processes hits them alike; the median per side is reported.
 
     .venv/bin/python bench/bench_world_heads.py [--steps 10] [--threads 2] [--heads 8 4 2 1]
@@ -17,32 +18,21 @@ import statistics
 import time
 
 import torch
-from diffusers import UNet2DConditionModel
 
 from mvforge.models.model import multiview_from_sd
+from mvforge.models.tiny import ATTENTION_HEADS, _tiny_parts
 
 
 def world_unet(heads: int) -> torch.nn.Module:
-    """The world variant's UNet (mvforge/models/tiny.py) with ``heads`` attention heads, random weights."""
-    torch.manual_seed(0)
-    plain = UNet2DConditionModel(
-        sample_size=16,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=heads,
-        norm_num_groups=32,
-    )
-    return multiview_from_sd(plain).train()
+    """`mvtrain make-tiny-sd --variant world --attention-heads HEADS`'s UNet, made multi-view, random weights."""
+    return multiview_from_sd(_tiny_parts(0, "v_prediction", "world", heads)["unet"]).train()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--heads", type=int, nargs="+", default=[8, 4, 2, 1])
+    ap.add_argument("--heads", type=int, nargs="+", default=[8, 4, 2, 1], help="divisors of 32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -56,17 +46,10 @@ def main() -> None:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         for h in args.heads:
-            yield f"{h} heads", world_unet(h), contextlib.nullcontext
-        yield (
-            f"{args.heads[0]} heads, math SDPA",
-            world_unet(args.heads[0]),
-            lambda: sdpa_kernel(SDPBackend.MATH),
-        )
-        yield (
-            f"{args.heads[0]} heads, bf16 autocast",
-            world_unet(args.heads[0]),
-            lambda: torch.autocast("cpu", dtype=torch.bfloat16),
-        )
+            yield f"{h} head{'s' * (h > 1)}", world_unet(h), contextlib.nullcontext
+        d = ATTENTION_HEADS
+        yield f"{d} heads, math SDPA", world_unet(d), lambda: sdpa_kernel(SDPBackend.MATH)
+        yield f"{d} heads, bf16 autocast", world_unet(d), lambda: torch.autocast("cpu", dtype=torch.bfloat16)
 
     sides = list(variants())
 

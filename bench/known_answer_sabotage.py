@@ -14,7 +14,8 @@ The mesh's up axis is a property of the SDS export: bench/mesh_up_sabotage.py br
 
     .venv/bin/python bench/known_answer_sabotage.py --model RUN --reference RENDERS --out /tmp/sabotage
 
-Prints one markdown row per case: captions retrieving their own object and shifted cameras further.
+Prints one markdown row per case: captions retrieving their own object, shifted cameras further, and the objects
+whose samples were further at no shift (a mirrored azimuth shows only on objects without a mirror symmetry).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def main() -> None:
     model = MultiViewDiffusion.from_pretrained(args.model, "cpu")
     cfg = ka.KnownAnswerConfig()
     print(
-        "| case | captions retrieving their own object | shifted cameras further | objects turning at no shift "
+        "| case | captions retrieving their own object | shifted cameras further | objects with no shift further "
         "| mean IoU | mean object PSNR |"
     )
     print("|---|---|---|---|---|---|")
@@ -83,7 +84,7 @@ def main() -> None:
                 model, args.model, args.reference, args.out / case, cfg, args.uids, show_progress=False
             )
         s = doc["summary"]
-        unturned = [  # objects none of whose shifted samples is further (tests/test_learned_world.py)
+        unturned = [  # objects none of whose shifts is further (the summary's rule: most views nearer)
             r["uid"]
             for r in doc["captions"]
             if not any(2 * v["views_nearer_at_true_camera"] > len(r["views"]) for v in r["shifted"].values())

@@ -1,8 +1,9 @@
-"""The demo world's numbers against their targets and their 3-seed floors (docs/demo.md, "Three seeds").
+"""The demo world's numbers against their targets and their 3-seed floors (docs/demo.md, "One attention head").
 
 Reads the three known-answer results `make demo` writes (OUT/eval, OUT/eval-sds, OUT/eval-dreambooth; written
 by `mvtrain eval --known-answer`) and prints one line per measure: the target the world was set, the floor (the
-lowest value of the three seeds measured, 2026-12-06), this run's value, and whether it meets the target, stays
+lowest value of the runs on three seeds measured, 2026-12-06; set at the lowest run, so with no margin below
+it), this run's value, and whether it meets the target, stays
 at or above the floor, or fell below it (a regression: the floors were measured with this recipe). Prints and
 exits 0 whatever the numbers: `make demo` shows, the known-answer test in `make test` asserts.
 

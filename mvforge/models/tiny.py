@@ -21,9 +21,10 @@ lighter autoencoder (16/32 channels, no mid-block attention: faster per step, ~4
 parameters; docs/benchmarks.md), for models trained from scratch on the demo world at 32 px, whose VAE is
 fitted first (`mvtrain fit-vae`, docs/demo.md)."""
 ATTENTION_HEADS = 8
-"""Attention heads of the tiny UNets by default: 8 of 4 channels at the 32-channel level (the reference tests
-compare against it). One head of 32 channels (``attention_heads=1``, `make demo`) makes a CPU training step
-3.8x faster: the 4-view self-attention over 1,024 tokens is most of the step (docs/benchmarks.md)."""
+"""Attention heads of every attention layer of the tiny UNets by default: 8, of 4 channels at the 32-channel
+levels and of 8 at the 64-channel mid block (the reference tests compare against it). With one head
+(``attention_heads=1``, `make demo`) the UNet's forward and backward run 3.8x faster on a CPU: the 4-view
+self-attention over 1,024 tokens is most of the step (docs/benchmarks.md)."""
 
 
 def _tiny_parts(
@@ -37,7 +38,8 @@ def _tiny_parts(
         raise UserError(f"unknown tiny model variant {variant!r}; use one of {', '.join(VARIANTS)}")
     if attention_heads < 1 or 32 % attention_heads:
         raise UserError(
-            f"--attention-heads {attention_heads}: use 1, 2, 4, 8, 16 or 32 (heads of 32 channels)"
+            f"attention heads {attention_heads}: use 1, 2, 4, 8, 16 or 32 (a divisor of the UNet's 32 and 64 "
+            "channels)"
         )
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

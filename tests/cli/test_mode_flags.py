@@ -142,3 +142,7 @@ def test_tiny_sd_attention_heads_reach_the_unet_and_odd_counts_are_refused(tmp_p
         "--attention-heads",
     )
     assert not (tmp_path / "three").exists() and not (tmp_path / "mv").exists()
+    # A finished directory is kept only when it has the heads asked for (a resumed demo built with other heads).
+    _refused(
+        ["make-tiny-sd", "--out", str(tmp_path / "one"), "--variant", "world"], "1 attention heads, not 8"
+    )
