@@ -61,7 +61,7 @@ $BIN/mvdata verify "$OUT/shards"
 
 step "fit-vae" "the autoencoder fitted to the renders (a random VAE cannot reconstruct them)"
 $BIN/mvtrain make-tiny-sd --out "$OUT/models/world-init" --variant world --prediction-type v_prediction \
-  --attention-heads 1 --seed "$SEED"  # one head of 32 channels: a 3.8x faster step (docs/benchmarks.md)
+  --attention-heads 1 --seed "$SEED"  # one head: a 3.8x faster UNet forward and backward (docs/benchmarks.md)
 $BIN/mvtrain fit-vae --model "$OUT/models/world-init" --shards "$OUT/shards" --out "$OUT/models/world-sd" \
   --max-steps 600 --set seed="$SEED"
 
