@@ -34,7 +34,7 @@ def make_tiny_sd(
         int,
         typer.Option(
             help="Attention heads of every UNet attention layer (a divisor of 32). With 1 the UNet's forward and "
-            "backward run 3.8x faster on a CPU than with the default 8 (docs/benchmarks.md); the demo world uses 1."
+            "backward run 3.8x faster on a CPU than with 8 (docs/benchmarks.md); the demo world uses 1."
         ),
     ] = 8,
 ) -> None:
