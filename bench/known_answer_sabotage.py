@@ -84,10 +84,10 @@ def main() -> None:
                 model, args.model, args.reference, args.out / case, cfg, args.uids, show_progress=False
             )
         s = doc["summary"]
-        unturned = [  # objects none of whose shifts is further (the summary's rule: most views nearer)
+        unturned = [
             r["uid"]
             for r in doc["captions"]
-            if not any(2 * v["views_nearer_at_true_camera"] > len(r["views"]) for v in r["shifted"].values())
+            if not any(ka.shift_is_further(v, len(r["views"])) for v in r["shifted"].values())
         ]
         print(
             f"| {case} | {s['retrieved_own']}/{s['captions']} | {s['shifted_cameras_further']} "

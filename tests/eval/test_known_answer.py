@@ -228,3 +228,9 @@ def test_run_writes_strips_and_scores_with_baselines_through_the_cli(tiny_mv, sh
         and "--reference" in refused.stderr
         and len(refused.stderr.strip().splitlines()) == 1
     )
+
+
+def test_a_shift_is_further_when_most_views_are_nearer_ties_are_not():
+    from mvforge.eval.known_answer import shift_is_further
+
+    assert [shift_is_further({"views_nearer_at_true_camera": n}, 4) for n in range(5)] == [0, 0, 0, 1, 1]
