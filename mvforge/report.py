@@ -6,7 +6,9 @@ used, a histogram of the aggregate CLIP score as inline SVG) and ``shards/`` (§
 split from index.json), and the model wing's outputs (fit, sds, dreambooth, eval, known answer) through the names of
 mvforge/formats/ (runs, samples, sds_result, eval_result). A stage that has not run, or left nothing readable, gets
 a line saying so: the report is useful after any prefix of the pipeline and never fails because a later stage is
-missing.
+missing. A stage is found under its name (``renders/``, ``train/``: the layout of `make demo`), else as a
+subdirectory whose contents are that stage's output (``find_stages``), else where the caller points
+(`mvdata report RUN --renders /data/renders --train runs/mvdream`).
 
 Images are relative links from report.html (the run directory stays self-contained and the page small), or,
 with ``embed_images``, small base64 PNG thumbnails so the single file can be mailed around.
@@ -58,30 +60,94 @@ class ReportConfig:
     """At most this many rows in the failures table; the reason counts always cover every failure."""
 
 
-def write_report(run_dir: Path, cfg: ReportConfig | None = None) -> Path:
-    """Write ``run_dir``/report.html from the stage outputs found under ``run_dir``; return its path."""
+def _metrics_header(d: Path) -> list[str]:
+    try:
+        with (d / run_format.METRICS).open(encoding="utf-8") as f:
+            return f.readline().strip().split(",")
+    except OSError:
+        return []
+
+
+def _is_sds_run(d: Path) -> bool:
+    """An `mvtrain sds` run (fit and DreamBooth runs also end with summary.json): its own files."""
+    names = (sds_format.SNAPSHOTS, sds_format.MESH_GLB, sds_format.TURNTABLE_GIF, sds_format.PREVIEW)
+    return any((d / n).exists() for n in names) or any((d / run_format.CHECKPOINTS).glob("*.pt"))
+
+
+# How each stage's output is recognised by its contents (the on-disk contracts of mvforge/formats/), for a run
+# laid out under other names than the demo's. DreamBooth's metrics carry the drift from the base model.
+STAGE_MARKERS = {
+    "renders": layout.is_render_dir,
+    "filter": lambda d: (d / selection_format.SELECTION).is_file(),
+    "shards": lambda d: (d / shard_format.INDEX).is_file(),
+    "train": lambda d: (d / run_format.CHECKPOINTS).is_dir() and "mean_abs_dev" not in _metrics_header(d),
+    "samples": lambda d: (d / sample_format.GRID).is_file() and (d / sample_format.META).is_file(),
+    "sds": lambda d: any(_is_sds_run(r) for r in sds_format.find_results(d)),
+    "dreambooth": lambda d: "mean_abs_dev" in _metrics_header(d),
+    "eval": lambda d: (d / eval_result.EVAL).is_file() or (d / eval_result.SDS).is_file(),
+}
+"""The stages `mvdata report` shows, in pipeline order, each with the test that recognises its output."""
+
+
+def find_stages(run_dir: Path, given: dict[str, Path | None] | None = None) -> dict[str, Path | None]:
+    """Where each stage of ``STAGE_MARKERS`` wrote, for the report: the path ``given`` for it; else
+    ``run_dir/<stage>`` (the layout of `make demo`); else the first child of ``run_dir`` (sorted by name) whose
+    contents are that stage's output; else ``run_dir`` itself when it is (``mvdata report renders/``); else None.
+    A child found for one stage is not taken for another. Raises UserError for a given path that is not a
+    directory."""
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    for stage, path in given.items():
+        if not Path(path).is_dir():
+            raise UserError(f"--{stage} {path} is not a directory; pass the directory that stage wrote")
+    children = sorted(p for p in run_dir.iterdir() if p.is_dir()) if run_dir.is_dir() else []
+    taken = {Path(p).resolve() for p in given.values()}
+    taken |= {(run_dir / s).resolve() for s in STAGE_MARKERS if (run_dir / s).is_dir()}
+    found: dict[str, Path | None] = {}
+    for stage, looks_right in STAGE_MARKERS.items():
+        if stage in given:
+            found[stage] = Path(given[stage])
+        elif (run_dir / stage).is_dir():
+            found[stage] = run_dir / stage
+        else:
+            match = next((c for c in children if c.resolve() not in taken and looks_right(c)), None)
+            if match is None and looks_right(run_dir):
+                match = run_dir
+            if match is not None and match != run_dir:
+                taken.add(match.resolve())
+            found[stage] = match
+    return found
+
+
+def write_report(
+    run_dir: Path, cfg: ReportConfig | None = None, stages: dict[str, Path | None] | None = None
+) -> Path:
+    """Write ``run_dir``/report.html from the stage outputs ``find_stages`` finds (``stages``: a path per stage
+    name of ``STAGE_MARKERS`` where the run keeps it elsewhere); return its path. Raises UserError for a missing
+    ``run_dir``, bad settings or a given stage path that is not a directory."""
     cfg = cfg or ReportConfig()
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; pass the --out directory of a run")
     if cfg.views_per_object < 1 or cfg.thumb_px < 8 or cfg.histogram_bins < 0:
         raise UserError("report settings: views_per_object >= 1, thumb_px >= 8 and histogram_bins >= 0")
+    unknown = sorted(set(stages or {}) - set(STAGE_MARKERS))
+    if unknown:
+        raise UserError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGE_MARKERS)}")
     out = run_dir / REPORT
-    renders = _stage_dir(run_dir, "renders", layout.is_render_dir)
-    filter_dir = _stage_dir(run_dir, "filter", lambda d: (d / selection_format.SELECTION).is_file())
-    shards = _stage_dir(run_dir, "shards", lambda d: (d / shard_format.INDEX).is_file())
+    at = find_stages(run_dir, stages)
+    missing = run_dir / "-"  # a path that holds nothing: the section says the stage has not run
 
     # One section per stage, each its own template (mvforge/templates/report_*.html.j2), in pipeline order.
-    selection, filter_html = _filter_section(filter_dir, run_dir, cfg)
+    selection, filter_html = _filter_section(at["filter"], run_dir, cfg)
     sections = [
-        ("renders", "renders", _render_section(renders, run_dir, cfg, selection)),
+        ("renders", "renders", _render_section(at["renders"], run_dir, cfg, selection)),
         ("filter", "filter", filter_html),
-        ("shards", "shards", _shard_section(shards)),
-        ("train", "train", _train_section(run_dir / "train", run_dir / "samples", run_dir, cfg)),
-        ("sds", "sds", _sds_section(run_dir / "sds", run_dir, cfg)),
-        ("dreambooth", "dreambooth", _dreambooth_section(run_dir / "dreambooth", run_dir, cfg)),
-        ("eval", "eval", _eval_section(run_dir / "eval", run_dir, cfg)),
-        ("known-answer", "known answer", _known_answer_section(run_dir, cfg)),
+        ("shards", "shards", _shard_section(at["shards"])),
+        ("train", "train", _train_section(at["train"] or missing, at["samples"] or missing, run_dir, cfg)),
+        ("sds", "sds", _sds_section(at["sds"] or missing, run_dir, cfg)),
+        ("dreambooth", "dreambooth", _dreambooth_section(at["dreambooth"] or missing, run_dir, cfg)),
+        ("eval", "eval", _eval_section(at["eval"] or missing, run_dir, cfg)),
+        ("known-answer", "known answer", _known_answer_section(run_dir, cfg, at["eval"])),
     ]
     name = run_dir.resolve().name
     page = htmlkit.render(
@@ -94,13 +160,6 @@ def write_report(run_dir: Path, cfg: ReportConfig | None = None) -> Path:
     )
     atomic_write_text(out, page)
     return out
-
-
-def _stage_dir(run_dir: Path, name: str, looks_right) -> Path | None:
-    """``run_dir/name``; or ``run_dir`` itself when it is that stage's output (``mvdata report renders/``)."""
-    if (run_dir / name).is_dir():
-        return run_dir / name
-    return run_dir if looks_right(run_dir) else None
 
 
 # --- renders ------------------------------------------------------------------------------------------------
@@ -718,12 +777,15 @@ _KNOWN_ANSWER_TITLES = {
 }
 
 
-def _known_answer_section(run_dir: Path, cfg: ReportConfig) -> str:
-    """Every ``*/known_answer.json`` under the run (`mvtrain eval --known-answer`, docs/demo.md): per caption the
-    ground truth beside what was generated, the numbers, and for rendered-back results (SDS meshes) the
-    ground-truth turntable beside the result's."""
+def _known_answer_section(run_dir: Path, cfg: ReportConfig, eval_dir: Path | None = None) -> str:
+    """Every ``*/known_answer.json`` under the run and in ``eval_dir`` (`mvtrain eval --known-answer`,
+    docs/demo.md): per caption the ground truth beside what was generated, the numbers, and for rendered-back
+    results (SDS meshes) the ground-truth turntable beside the result's."""
     blocks = []
-    for path in sorted(run_dir.glob(f"*/{eval_result.KNOWN_ANSWER}")):
+    paths = {p.resolve(): p for p in run_dir.glob(f"*/{eval_result.KNOWN_ANSWER}")}
+    if eval_dir is not None and (eval_dir / eval_result.KNOWN_ANSWER).is_file():
+        paths.setdefault((eval_dir / eval_result.KNOWN_ANSWER).resolve(), eval_dir / eval_result.KNOWN_ANSWER)
+    for path in sorted(paths.values()):
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

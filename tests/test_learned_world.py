@@ -131,6 +131,8 @@ def world(tmp_path_factory) -> Path:
         "--set",
         "validation.every=0",  # its shards hold no val split (the demo's do: --val-views)
         "--set",
+        "validation.loss_batches=0",
+        "--set",
         f"seed={SEED}",
     )
     _run(

@@ -338,3 +338,41 @@ def test_the_report_bins_scores_as_the_filter_page_does(tmp_path):
     section = html[html.index('<section id="filter"') :]
     assert section[: section.index("</section>")].count('class="bin"') == 7
     assert write_report(tmp_path, ReportConfig(histogram_bins=5)).read_text().count('class="bin"') == 5
+
+
+def test_stages_under_other_names_are_found_by_their_contents_or_given(run_dir, tmp_path_factory):
+    """A run laid out as a user's cluster job writes it, not as `make demo` does: each stage is recognised by
+    its contents; one kept outside the run is passed by flag; a flag that names no directory is one line."""
+    import shutil
+
+    root, uids, _ = run_dir
+    for old, new in (("renders", "objaverse-r64"), ("filter", "clip-0.25"), ("shards", "wds")):
+        (root / old).rename(root / new)
+    db = root / "xjq-tune"
+    db.mkdir()
+    (db / "metrics.csv").write_text("step,loss,prior_loss,preservation,mean_abs_dev\n1,0.5,0.0,0.0,1e-06\n")
+    sds = root / "mug" / "a-red-mug"
+    (sds / "snapshots").mkdir(parents=True)
+    atomic_write_json(sds / "summary.json", {"prompt": "a red mug", "steps": 4, "seconds": 1.0})
+    html = write_report(root).read_text()
+    assert all(uid in html for uid in uids) and "import_error" in html  # renders/ and its failures
+    assert "below_threshold" in html and "train-000001.tar" in html  # the filter's selection, the shards
+    assert "subject loss 0.5" in html and "a red mug" in html  # DreamBooth and SDS, each in its own section
+    assert "No render output here" not in html
+
+    elsewhere = tmp_path_factory.mktemp("cluster-disk") / "renders-v2"
+    shutil.move(root / "objaverse-r64", elsewhere)
+    assert "No render output here" in write_report(root).read_text()
+    proc = subprocess.run(
+        [str(MVDATA), "report", str(root), "--renders", str(elsewhere)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    html = (root / "report.html").read_text()
+    assert all(uid in html for uid in uids)
+    for src in _parse(html).srcs:  # links from the report to renders outside the run resolve
+        assert (root / unquote(src)).resolve().is_file(), src
+    bad = subprocess.run(
+        [str(MVDATA), "report", str(root), "--train", str(root / "nope")], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "--train" in bad.stderr and "is not a directory" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

@@ -15,7 +15,9 @@ from mvforge.cli.common import set_help
 
 
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory holding renders/, filter/ and/or shards/.")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="Where report.html goes; the stages' outputs are found in it or given.")
+    ],
     config: Annotated[
         Path | None, typer.Option("--config", help="TOML file of ReportConfig settings.")
     ] = None,
@@ -30,8 +32,28 @@ def report(
             "--embed/--link", help="Embed base64 thumbnails instead of linking the PNGs (embed_images)."
         ),
     ] = None,
+    renders: Annotated[Path | None, typer.Option(help="`mvdata render` output kept elsewhere.")] = None,
+    filter_dir: Annotated[
+        Path | None, typer.Option("--filter", help="`mvdata filter` output kept elsewhere.")
+    ] = None,
+    shards: Annotated[Path | None, typer.Option(help="`mvdata shard` output kept elsewhere.")] = None,
+    train: Annotated[Path | None, typer.Option(help="`mvtrain fit` run directory kept elsewhere.")] = None,
+    samples: Annotated[Path | None, typer.Option(help="`mvtrain sample` output kept elsewhere.")] = None,
+    sds: Annotated[
+        Path | None, typer.Option(help="`mvtrain sds` run (or a parent of runs) kept elsewhere.")
+    ] = None,
+    dreambooth: Annotated[
+        Path | None, typer.Option(help="`mvtrain dreambooth` run directory kept elsewhere.")
+    ] = None,
+    eval_dir: Annotated[
+        Path | None, typer.Option("--eval", help="`mvtrain eval` output kept elsewhere.")
+    ] = None,
 ) -> None:
-    """Write RUN_DIR/report.html: contact sheet, failures, timings, CLIP histogram, shard counts."""
+    """Write RUN_DIR/report.html: every stage found in RUN_DIR (by name, else by its contents) or given.
+
+    Renders (contact sheet, failures, timings), filter (CLIP histogram), shards (counts), fit (loss curves,
+    validation), SDS (turntables), DreamBooth, eval and known-answer results.
+    """
     from mvforge.config import load, replace
     from mvforge.report import ReportConfig, write_report
 
@@ -40,4 +62,14 @@ def report(
         cfg = replace(cfg, views_per_object=views)
     if embed is not None:
         cfg = replace(cfg, embed_images=embed)
-    typer.echo(str(write_report(run_dir, cfg)))
+    given = {
+        "renders": renders,
+        "filter": filter_dir,
+        "shards": shards,
+        "train": train,
+        "samples": samples,
+        "sds": sds,
+        "dreambooth": dreambooth,
+        "eval": eval_dir,
+    }
+    typer.echo(str(write_report(run_dir, cfg, given)))

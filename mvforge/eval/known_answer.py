@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -337,15 +338,28 @@ def run_known_answer(
         raise UserError(f"{renders} has no finished render of {', '.join(unknown)}; render it first")
     prompts = {r.uid: captions.get(r.uid, r.caption) for r in refs if r.uid in wanted}
     previous = read_result(out)
-    if (
-        weights is not None
-        and previous is not None
-        and previous.get("weights") == weights
-        and previous.get("reference") == str(renders)
-        and previous.get("config") == config_mod.to_dict(cfg)
-        and {r["uid"]: r["caption"] for r in previous.get("captions", [])} == prompts
-    ):
-        return previous
+    now = {
+        "weights": weights,
+        "reference": str(renders),
+        "config": config_mod.to_dict(cfg),
+        "prompts": prompts,
+    }
+    if previous is not None:
+        kept = {
+            "weights": previous.get("weights"),
+            "reference": previous.get("reference"),
+            "config": previous.get("config"),
+            "prompts": {r.get("uid"): r.get("caption") for r in previous.get("captions", [])},
+        }
+        diff = rundir.settings_difference(kept, json.loads(json.dumps(now)))
+        if weights is not None and not diff:
+            return previous
+        # Overwriting a result is what a rerun asks for, but never silently (as `mvtrain sample` says it).
+        print(
+            f"mvtrain eval: {out / result_format.KNOWN_ANSWER} was written by another run "
+            f"({diff or 'weights not recorded'}); scoring again and replacing it",
+            file=sys.stderr,
+        )
     # A run that fails below leaves no result of another run behind.
     (out / result_format.KNOWN_ANSWER).unlink(missing_ok=True)
     resolution = model.resolution
@@ -456,6 +470,17 @@ def score_renders(
             f"{generated} holds no render under a uid of {renders}; render the generated meshes with a captions "
             "file that gives each its ground-truth uid"
         )
+    previous = read_result(out)
+    if previous is not None:
+        now = {"generated": str(generated), "reference": str(renders), "config": config_mod.to_dict(cfg)}
+        now["baseline"] = str(baseline) if baseline is not None else None
+        diff = rundir.settings_difference({k: previous.get(k) for k in now}, json.loads(json.dumps(now)))
+        if diff:  # the same inputs are scored again without a word: the result can only be the same
+            print(
+                f"mvtrain eval: {out / result_format.KNOWN_ANSWER} was written by another run ({diff}); "
+                "scoring again and replacing it",
+                file=sys.stderr,
+            )
     # A run that fails below leaves no result of another run behind.
     (out / result_format.KNOWN_ANSWER).unlink(missing_ok=True)
     base = {}

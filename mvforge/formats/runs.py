@@ -8,6 +8,7 @@ runs/<name>/checkpoints/step-NNNNNN/          unet/, unet_ema/, optimizer.pt, lr
 runs/<name>/metrics.csv, tensorboard/         one row / scalars per logged step (mvforge.metrics)
 runs/<name>/validation/step-NNNNNN/           sample directories per validation prompt (formats.samples)
 runs/<name>/worker_starts.jsonl               one line per (re)start of a Ray Train worker group
+runs/<name>/ray_results/                      Ray Train's own results and reported checkpoints (--storage-path)
 runs/<name>/summary.json                      written LAST by a finished run (rundir.DONE)
 runs/<name>/pipeline/                         dreambooth with save_pipeline: the result as a pipeline directory
 ```
@@ -25,6 +26,9 @@ from mvforge.rundir import CHECKPOINTS, CONFIG, DONE  # noqa: F401  (every model
 SUMMARY = DONE
 WORKER_STARTS = "worker_starts.jsonl"
 """Under Ray Train: one JSON line per start of the worker group (first start and every restart)."""
+RAY_RESULTS = "ray_results"
+"""Under Ray Train, unless ``--storage-path`` names another place: Ray's results and its copies of the reported
+checkpoints (inside the run, so nothing is written beside it)."""
 PIPELINE = "pipeline"
 """`mvtrain dreambooth --save-pipeline`: the result as a pipeline directory inside the run."""
 

@@ -143,7 +143,8 @@ class MultiViewDiffusion:
     Attributes: ``unet`` (MultiViewUNet), ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler`` (the training
     noise schedule, a DDPMScheduler), ``num_train_timesteps``, ``vae_scale_factor`` (8 for SD),
     ``resolution`` (native image side: UNet sample size x VAE factor), ``alphas_cumprod`` ((T,) float32 on the
-    model's device). Latents of V views of an object are contiguous along dim 0 ((B*V, 4, h, w)).
+    model's device), ``ema`` (whether ``from_pretrained`` loaded a checkpoint's EMA weights: True or False; None
+    when the UNet came from a pipeline or Stable Diffusion directory, which holds one UNet). Latents of V views of an object are contiguous along dim 0 ((B*V, 4, h, w)).
     """
 
     def __init__(self, unet: MultiViewUNet, vae, text_encoder, tokenizer, scheduler) -> None:
@@ -155,6 +156,7 @@ class MultiViewDiffusion:
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.resolution = int(unet.config.sample_size) * self.vae_scale_factor
         self._alphas = None
+        self.ema: bool | None = None
 
     # -- loading, moving, saving
     @classmethod
@@ -197,7 +199,10 @@ class MultiViewDiffusion:
                 vae, text_encoder, tokenizer, sched = _load_frozen(frozen_source(path))
                 unet = _load_unet(unet_from, runs.UNET) if unet_from else _load_unet(path, sub)
                 parts = unet, vae, text_encoder, tokenizer, sched
+                ema = sub == runs.UNET_EMA and not unet_from
         model = cls(*parts)
+        if not stable_diffusion and not is_pipeline_dir(path):
+            model.ema = ema  # recorded by sample.json: a checkpoint of a run without an EMA has only unet/
         return model.to(device, dtype)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):

@@ -1,8 +1,8 @@
 """`mvtrain sample`: V views of each prompt through ``MVDreamPipeline``; writes views, a grid and sample.json.
 
 Output layout (named in mvforge/formats/samples.py): one prompt -> ``OUT/view_00.png ... view_{V-1}.png``,
-``OUT/grid.png`` (the views side by side), ``OUT/sample.json`` (prompt, text sent to the model, model, config)
-written last; a prompts file (``--prompts FILE``) -> the same in ``OUT/<slug>/`` per prompt, named by the prompt as
+``OUT/grid.png`` (the views side by side), ``OUT/sample.json`` (prompt, text sent to the model, model, ``ema``:
+whether a checkpoint's EMA weights were used, config) written last; a prompts file (``--prompts FILE``) -> the same in ``OUT/<slug>/`` per prompt, named by the prompt as
 `mvtrain sds --prompts` names its run directories (``prompt_slug``). Every prompt starts from the same seed, so a prompt's
 views do not depend on its place in the file, and neither does its directory: a reordered or extended file resumes,
 and two prompts that would share a directory (a prompt listed twice, or prompts equal up to case and punctuation)
@@ -128,7 +128,7 @@ def sample_prompts(
         source = MultiViewDiffusion.from_pretrained(
             model, device, torch_dtype(cfg.precision), use_ema=cfg.use_ema
         )
-    meta = {"model": label or str(model)}
+    meta = {"model": label or str(model), "ema": source.ema}  # the weights used (config.use_ema only asks)
     if weights is not None:
         meta["weights"] = weights
     records = {

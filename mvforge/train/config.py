@@ -80,12 +80,18 @@ class ValidationConfig:
     """Batches of the shards' 3D val split (views held out by `mvdata shard --val-views`, or whole objects by
     ``--val-fraction``) whose mean diffusion loss is logged as ``val/loss`` at each validation: the same
     samples, views, timesteps and noise every time, so the curve compares across steps (keep it fixed for a
-    run). More batches than the split holds go round it again. 0: none."""
+    run). More batches than the split holds go round it again. 0: none; > 0 needs ``every`` > 0."""
 
     def __post_init__(self) -> None:
         check_validation_sampling(self.every, self.steps, self.resolution)
         if self.loss_batches < 0:
             raise UserError(f"validation.loss_batches must be >= 0 (got {self.loss_batches}); 0 disables it")
+        if self.loss_batches and not self.every:
+            # The loss is computed at each validation: with none it would be dropped without a word.
+            raise UserError(
+                f"validation.loss_batches={self.loss_batches} needs validation.every > 0 (the loss is computed at "
+                "each validation); set validation.every, or validation.loss_batches=0"
+            )
         if self.every > 0 and not (self.prompts or self.prompts_2d or self.loss_batches):
             raise UserError(
                 "validation.prompts is empty; give at least one prompt, set validation.loss_batches, or set "

@@ -25,6 +25,7 @@ loads the run or the checkpoint) and, with ``save_pipeline``, ``pipeline/`` (a f
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -379,6 +380,18 @@ def _start(cfg: DreamBoothConfig, rt: Runtime) -> _Tuning:
     # rundir.EXECUTION_KEYS may change: docs/design.md §5); config.toml is written once the run can start.
     run = rundir.RunDir.open(out, cfg, "mvtrain dreambooth", write=False)
     resume = run.latest_intact_checkpoint(check_checkpoint, None if rt.rank == 0 else lambda line: None)
+    # Which photos a step trains on is a function of (seed, step): no data position to save, so the
+    # checkpoint's loader state records the photo sets, and a resume goes on only with the same photos.
+    draws = {
+        "kind": "dreambooth",
+        "photos": names,
+        "photos_sha256": _digest(photos),
+        "class_images": class_names,
+        "class_images_sha256": _digest(class_photos),
+        "class_captions": captions,
+    }
+    if resume is not None:
+        _check_same_photos(cfg, resume, draws)
     m, params, theta0 = load_dreambooth_models(cfg, rt, resume)
     n_theta = sum(p.numel() for p in params)
 
@@ -386,15 +399,56 @@ def _start(cfg: DreamBoothConfig, rt: Runtime) -> _Tuning:
     optimizer, lr_sched = make_optimizer(m.unet, cfg, m.device)
     scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
     step = load_training_state(resume, m.device, optimizer, lr_sched, scaler) if resume else 0
-    # Which photos a step trains on is a function of (seed, step): no data position to save, so the
-    # checkpoint's loader state records the photo set.
-    draws = {"kind": "dreambooth", "photos": names, "class_images": class_names, "class_captions": captions}
     run.write_config(cfg)
     metrics = run.metrics(METRICS_FIELDS, step)  # metrics.csv + tensorboard/, as fit and sds
     return _Tuning(
         photos, names, class_photos, class_names, captions, m, params, theta0, n_theta, optimizer,
         lr_sched, scaler, draws, ckpt_cfg, metrics, out, step,
     )  # fmt: skip
+
+
+def _digest(photos: torch.Tensor | None) -> str | None:
+    """SHA-256 of the loaded photos' pixels (after crop, resize and compositing), or None without photos."""
+    import hashlib
+
+    if photos is None:
+        return None
+    return hashlib.sha256(photos.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _check_same_photos(cfg: DreamBoothConfig, resume: Path, draws: dict) -> None:
+    """Refuse to resume ``resume`` when the subject or class photos differ from those it was trained on (files
+    added, removed, renamed or edited in ``--images`` / ``--class-images``): the rest of the run would tune on
+    another subject under the same step count. Checkpoints that predate the pixel digest compare names only."""
+    saved = json.loads((resume / runs.loader_state_name(0)).read_text(encoding="utf-8"))
+    for key, flag in (("photos", "--images"), ("class_images", "--class-images")):
+        if key not in saved:
+            continue
+        what = "subject photos" if key == "photos" else "class photos"
+        before, now = list(saved[key] or []), draws[key]
+        if before != now:
+            gone, new = sorted(set(before) - set(now)), sorted(set(now) - set(before))
+            change = (
+                ", ".join(
+                    part
+                    for part in (
+                        f"{len(gone)} gone (first: {gone[0]})" if gone else "",
+                        f"{len(new)} new (first: {new[0]})" if new else "",
+                    )
+                    if part
+                )
+                or "the same files in another order"
+            )
+            raise UserError(
+                f"{cfg.out} was tuned on other {what} than {flag} holds now ({change}); restore them, or pass a "
+                "new --out to start over"
+            )
+        digest = saved.get(f"{key}_sha256")
+        if digest is not None and digest != draws[f"{key}_sha256"]:
+            raise UserError(
+                f"{cfg.out} was tuned on other {what}: a file in {flag} was edited since its last checkpoint; "
+                "restore it, or pass a new --out to start over"
+            )
 
 
 def _open_progress(cfg: DreamBoothConfig, rt: Runtime, tu: _Tuning):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mvforge import config as config_mod
 from mvforge import rundir
+from mvforge.errors import UserError
 from mvforge.formats import runs
 from mvforge.fsutil import atomic_write_text
 from mvforge.train.config import FitConfig
@@ -90,8 +91,10 @@ def fit_with_ray(
     ``max_failures``: restarts after a worker dies; each restart resumes from the run's latest checkpoint
     (loop.py), so the data order and the final weights are those of an uninterrupted run. ``storage_path``:
     where Ray Train keeps its results and reported checkpoints (shared storage or an fsspec URL such as
-    ``s3://bucket/runs``; default ``<out>/../ray_results``). The run directory ``cfg.out`` itself must be on
-    storage every node sees."""
+    ``s3://bucket/runs``; default ``<out>/ray_results``). The run directory ``cfg.out`` itself must be on
+    storage every node sees. Raises UserError when a local Ray (no ``address``) has fewer CPUs (GPUs with
+    ``use_gpu``) than ``workers``; a cluster that small is waited on, and the wait is said on stderr (an
+    autoscaler may add nodes)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -101,7 +104,11 @@ def fit_with_ray(
     # A missing model or shards is one line here, before Ray starts, not a traceback from inside a worker;
     # the model comes back absolute (or a Hub id, resolved through the cache on every node).
     cfg = checked_inputs(cfg)
+    import ray
+
+    ours = not (ray.is_initialized() or address or os.environ.get("RAY_ADDRESS"))
     init_ray(address)
+    check_cluster_size(workers, use_gpu, local=ours)
     out = Path(cfg.out).resolve()
     # Workers must see the run directory: absolute paths, the same on every node (shared storage on a cluster).
     cfg = config_mod.replace(
@@ -118,7 +125,7 @@ def fit_with_ray(
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=RunConfig(
             name=out.name,
-            storage_path=storage_path or str(out.parent / "ray_results"),
+            storage_path=storage_path or str(out / runs.RAY_RESULTS),
             failure_config=FailureConfig(max_failures=max_failures),
         ),
     )
@@ -144,6 +151,29 @@ def fit_with_ray(
         )
         raise SystemExit(143)
     return result
+
+
+def check_cluster_size(workers: int, use_gpu: bool, local: bool) -> None:
+    """Ray Train waits, without a word, until the cluster can place every worker (one CPU each, or one GPU with
+    ``use_gpu``). A local Ray never grows: refuse. A cluster may (an autoscaler): say that it waits, and why."""
+    import ray
+
+    kind = "GPU" if use_gpu else "CPU"
+    have = int(ray.cluster_resources().get(kind, 0))
+    if have >= workers:
+        return
+    fix = f"pass --workers {have}" if have else ("pass --gpus-per-worker 0" if use_gpu else "add nodes")
+    if local:
+        raise UserError(
+            f"--workers {workers} needs {workers} {kind}s (one per worker) and this machine's Ray has {have}; "
+            f"{fix}, or --address of a larger cluster"
+        )
+    print(
+        f"mvtrain fit: --workers {workers} needs {workers} {kind}s and the Ray cluster has {have} now; "
+        f"waiting for nodes to join (an autoscaler adds them). Ctrl-C stops; or {fix}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _abs(source: str) -> str:

@@ -86,7 +86,7 @@ def test_each_reference_retrieves_itself_with_full_iou(shared_reference):
     assert score_images(flipped, refs[0], refs, cfg)["mse"][refs[0].uid] > 0
 
 
-def test_renders_scored_against_the_references_view_for_view(shared_reference, tmp_path):
+def test_renders_scored_against_the_references_view_for_view(shared_reference, tmp_path, capsys):
     """A render directory scored as generated output (SDS meshes rendered back): the references themselves
     score full IoU and their own shifted IoU; an object swapped for another is retrieved as that other."""
     import json
@@ -107,6 +107,10 @@ def test_renders_scored_against_the_references_view_for_view(shared_reference, t
         shutil.copy(png, d0 / png.name)
     row = score_renders(swapped, shared_reference, tmp_path / "sw", cfg)["captions"][0]
     assert row["uid"] == "obj-0000" and row["retrieved"] == "obj-0001" and row["mse_ratio_nearest_other"] < 1
+    # Another result in the same directory is replaced, and the replacement said (one line).
+    score_renders(swapped, shared_reference, tmp_path / "self", cfg)
+    said = capsys.readouterr().err
+    assert "known_answer.json was written by another run (baseline was" in said and said.count("\n") == 1
 
     moved = tmp_path / "moved"
     shutil.copytree(shared_reference, moved)
@@ -204,6 +208,7 @@ def test_run_writes_strips_and_scores_with_baselines_through_the_cli(tiny_mv, sh
     assert (out / "known_answer.json").stat().st_mtime_ns == stamp
     changed = subprocess.run([*run, "--seed", "5"], capture_output=True, text=True, env=env)
     assert changed.returncode == 0 and (out / "known_answer.json").stat().st_mtime_ns != stamp
+    assert "was written by another run (config.seed was 23, now 5); scoring again" in changed.stderr
 
     # --prompts UID<TAB>PROMPT: only those objects, sampled with those prompts (a DreamBooth token).
     prompts = tmp_path / "prompts.tsv"

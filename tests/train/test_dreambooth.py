@@ -136,6 +136,32 @@ def test_resume_equals_uninterrupted_and_subject_loss_falls(tiny_mv, photos, tmp
     assert loss1 < loss0, (loss0, loss1)
 
 
+def test_resume_refuses_other_photos_and_keeps_the_run(tiny_mv, photos, tmp_path):
+    """A checkpoint records the photos it was tuned on: a resume with a photo added, or one edited in place,
+    is a one-line error naming the fix, and the run's checkpoint is left as it was."""
+    import shutil
+
+    subject = tmp_path / "subject"
+    shutil.copytree(photos, subject)
+    run(db_config(tiny_mv, subject, tmp_path / "run", max_steps=2))
+    ckpt = latest_checkpoint(tmp_path / "run")
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(subject / "c.png")
+    with pytest.raises(
+        UserError, match=r"other subject photos than --images holds now \(1 new \(first: c.png\)\)"
+    ):
+        run(db_config(tiny_mv, subject, tmp_path / "run"))
+    (subject / "c.png").unlink()
+    edited = Image.open(subject / "a.png")
+    edited.putpixel((20, 20), (0, 255, 0, 255))
+    edited.save(subject / "a.png")
+    with pytest.raises(UserError, match="a file in --images was edited since its last checkpoint") as e:
+        run(db_config(tiny_mv, subject, tmp_path / "run"))
+    assert "\n" not in str(e.value)
+    assert latest_checkpoint(tmp_path / "run") == ckpt
+    shutil.copy(photos / "a.png", subject / "a.png")
+    assert [r["step"] for r in run(db_config(tiny_mv, subject, tmp_path / "run"))] == [3, 4]
+
+
 def test_photos_exif_mask_and_bad_input(tmp_path, tiny_mv):
     """EXIF orientation is applied before the crop; a mask puts the background on grey; empty or unreadable
     photo directories are one-line UserErrors."""

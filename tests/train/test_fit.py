@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +62,6 @@ def test_fit_resume_equals_uninterrupted_and_checkpoint_loads(make_fit_config, t
 def test_fit_mixes_2d_batches_and_v_prediction(make_fit_config, tiny_sd, shards_3d, shards_2d, tmp_path):
     """Also runs with gradient checkpointing (3D and 2D steps: num_views 4 and 1 under recomputation)."""
     sd = tmp_path / "sd-v"
-    import shutil
 
     shutil.copytree(tiny_sd, sd)
     sched = sd / "scheduler" / "scheduler_config.json"
@@ -100,8 +100,16 @@ def test_sample_from_a_run_writes_views_and_its_pipeline_reloads_bit_identical(
     assert Image.open(out / "grid.png").size == (128, 32)
     meta = json.loads((out / "sample.json").read_text())
     assert meta["text"] == "a red chair, 3d asset" and meta["config"]["guidance_scale"] == 10.0
+    assert meta["ema"] is True and meta["config"]["use_ema"] is True
+    # A checkpoint without an EMA (a run with ema_decay = 0): sample.json records the weights used, not the ask.
+    no_ema = tmp_path / "no-ema"
+    shutil.copytree(tmp_path / "run", no_ema)
+    shutil.rmtree(latest_checkpoint(no_ema) / "unet_ema")
+    (out3,) = sample_prompts(no_ema, ["a red chair"], tmp_path / "out3", cfg, show_progress=False)
+    assert json.loads((out3 / "sample.json").read_text())["ema"] is False
 
     again = MultiViewDiffusion.from_pretrained(model.save_pretrained(tmp_path / "pipe"))
+    assert again.ema is None  # a pipeline directory holds one UNet
     (out2,) = sample_prompts(again, ["a red chair"], tmp_path / "out2", cfg, show_progress=False)
     for name in ("grid.png", "view_00.png"):
         assert (out / name).read_bytes() == (out2 / name).read_bytes()

@@ -65,6 +65,7 @@ def test_noise_offset_adds_a_per_channel_constant():
         ("optim.lr_scheduler='warp'", "optim.lr_scheduler"),
         ("mixed_precision='fp16'", "mixed_precision"),
         ("validation.prompts=[]", "validation.prompts"),
+        ("validation.loss_batches=3", "validation.every"),  # no validation to compute it at: not ignored
     ],
 )
 def test_bad_configs_name_the_field(override, field):
