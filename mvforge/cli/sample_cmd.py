@@ -40,26 +40,21 @@ def make_tiny_sd(
 ) -> None:
     """Write a tiny random Stable Diffusion directory (diffusers layout), offline, for tests and demos.
 
-    A finished one (model_index.json present) is kept as is, so a demo can re-run this step."""
+    A finished one is kept when it is the model asked for (its mvforge-tiny.json records the options), so a demo
+    can re-run this step; another one is refused in one line."""
     from mvforge.errors import UserError
 
     if prediction_type not in ("epsilon", "v_prediction"):
         raise UserError(f"--prediction-type {prediction_type!r}: use epsilon or v_prediction")
-    if (out / "model_index.json").is_file():
-        import json
+    from mvforge.models.tiny import recipe_difference
 
-        unet_cfg = out / "unet" / "config.json"
-        unet = json.loads(unet_cfg.read_text()) if unet_cfg.is_file() else {}
-        has_camera = unet.get("class_embed_type") is not None
-        if has_camera != multiview:
-            kind = "a multi-view pipeline" if has_camera else "a plain SD directory"
-            raise UserError(f"{out} already holds {kind}; pass another --out (or remove it to rebuild)")
-        heads = unet.get("attention_head_dim")  # diffusers' name for the head count
-        if heads is not None and heads != attention_heads:
-            raise UserError(
-                f"{out} holds a UNet with {heads} attention heads, not {attention_heads}; pass another --out "
-                "(or remove it to rebuild)"
-            )
+    asked = {"multiview": multiview, "attention_heads": attention_heads, "prediction_type": prediction_type}
+    diff = recipe_difference(out, **asked, variant=variant, seed=seed)
+    if diff:  # a rerun (the demo's) keeps a finished directory only when it is the model asked for
+        raise UserError(
+            f"{out} holds another tiny model ({diff}); pass another --out (or remove it to rebuild)"
+        )
+    if diff == "":
         typer.echo(f"{out} (exists; remove it to rebuild)")
         return
     quiet_libraries()

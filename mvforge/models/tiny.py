@@ -8,11 +8,13 @@ from the merges file open_clip ships; no download).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from mvforge.errors import UserError
+from mvforge.fsutil import atomic_write_text
 from mvforge.models.convert import clip_tokenizer
 
 VARIANTS = ("tiny", "world")
@@ -94,15 +96,51 @@ def _tiny_parts(
     )
 
 
+RECIPE = "mvforge-tiny.json"
+"""Written into every tiny model directory: the arguments that made it (seed, prediction_type, variant,
+attention_heads, multiview), so a rerun over a finished directory can tell whether it is the model asked for."""
+
+
+def recipe_difference(out: str | Path, **asked) -> str | None:
+    """How the finished tiny model in ``out`` differs from the one ``asked`` for (``make_tiny_sd``'s arguments
+    and ``multiview``), as "--attention-heads 1, not 8"; "" when it is the same; None when ``out`` holds no
+    finished model. A directory from before ``RECIPE`` is compared on what its configs show (camera
+    embedding, head count, prediction type)."""
+    out = Path(out)
+    if not (out / "model_index.json").is_file():
+        return None
+    recipe_file = out / RECIPE
+    if recipe_file.is_file():
+        made = json.loads(recipe_file.read_text(encoding="utf-8"))
+    else:
+        unet_cfg, sched_cfg = out / "unet" / "config.json", out / "scheduler" / "scheduler_config.json"
+        unet = json.loads(unet_cfg.read_text()) if unet_cfg.is_file() else {}
+        sched = json.loads(sched_cfg.read_text()) if sched_cfg.is_file() else {}
+        made = {
+            "multiview": unet.get("class_embed_type") is not None,
+            "attention_heads": unet.get("attention_head_dim"),  # diffusers' name for the head count
+            "prediction_type": sched.get("prediction_type"),
+        }
+    for key, value in asked.items():
+        if key in made and made[key] is not None and made[key] != value:
+            flag = "--" + key.replace("_", "-")
+            if isinstance(value, bool):
+                return f"{flag} is {str(made[key]).lower()} there, not {str(value).lower()}"
+            return f"{flag} {made[key]} there, not {value}"
+    return ""
+
+
 def _check_new(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; pass a new directory to --out (or remove it to rebuild)")
 
 
-def _save(pipe, out: Path) -> Path:
-    """save_pretrained into a sibling temp dir, then rename: the directory is complete or absent."""
+def _save(pipe, out: Path, recipe: dict) -> Path:
+    """save_pretrained into a sibling temp dir with ``RECIPE``, then rename: the directory is complete or
+    absent."""
     tmp = out.with_name(out.name + ".tmp-tiny")
     pipe.save_pretrained(tmp)
+    (tmp / RECIPE).write_text(json.dumps(recipe, indent=1) + "\n", encoding="utf-8")
     if out.exists():
         out.rmdir()
     tmp.rename(out)
@@ -128,7 +166,8 @@ def make_tiny_sd(
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return _save(pipe, out)
+    recipe = {"seed": seed, "prediction_type": prediction_type, "variant": variant}
+    return _save(pipe, out, recipe | {"attention_heads": attention_heads, "multiview": False})
 
 
 def make_tiny_mv_pipeline(out: str | Path, seed: int = 0, prediction_type: str = "epsilon") -> Path:
@@ -147,4 +186,10 @@ def make_tiny_mv_pipeline(out: str | Path, seed: int = 0, prediction_type: str =
     with torch.no_grad():
         for p in unet.class_embedding.linear_2.parameters():
             p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return MultiViewDiffusion(unet=unet, **parts).save_pretrained(out)
+    MultiViewDiffusion(unet=unet, **parts).save_pretrained(out)
+    recipe = {"seed": seed, "prediction_type": prediction_type, "variant": "tiny"}
+    recipe |= {"attention_heads": ATTENTION_HEADS, "multiview": True}
+    atomic_write_text(
+        out / RECIPE, json.dumps(recipe, indent=1) + "\n"
+    )  # after: a model without it still loads
+    return out

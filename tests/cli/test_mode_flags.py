@@ -143,6 +143,10 @@ def test_tiny_sd_attention_heads_reach_the_unet_and_odd_counts_are_refused(tmp_p
     )
     assert not (tmp_path / "three").exists() and not (tmp_path / "mv").exists()
     # A finished directory is kept only when it has the heads asked for (a resumed demo built with other heads).
-    _refused(
-        ["make-tiny-sd", "--out", str(tmp_path / "one"), "--variant", "world"], "1 attention heads, not 8"
-    )
+    one = ["make-tiny-sd", "--out", str(tmp_path / "one"), "--variant", "world", "--attention-heads", "1"]
+    _refused(one[:5], "holds another tiny model (--attention-heads 1 there, not 8)")
+    _refused([*one, "--seed", "3"], "(--seed 0 there, not 3)")
+    _refused([*one, "--prediction-type", "v_prediction"], "(--prediction-type epsilon there, not v_prediction)")
+    _refused([*one[:4], "tiny", *one[5:]], "(--variant world there, not tiny)")
+    kept = CliRunner().invoke(mvtrain.app, one)
+    assert kept.exit_code == 0 and "exists; remove it to rebuild" in kept.output
