@@ -75,12 +75,17 @@ def _is_sds_run(d: Path) -> bool:
 
 
 # How each stage's output is recognised by its contents (the on-disk contracts of mvforge/formats/), for a run
-# laid out under other names than the demo's. DreamBooth's metrics carry the drift from the base model.
+# laid out under other names than the demo's. DreamBooth's metrics carry the drift from the base model; an SDS
+# run's checkpoints are files, a fit run's directories.
 STAGE_MARKERS = {
     "renders": layout.is_render_dir,
     "filter": lambda d: (d / selection_format.SELECTION).is_file(),
     "shards": lambda d: (d / shard_format.INDEX).is_file(),
-    "train": lambda d: (d / run_format.CHECKPOINTS).is_dir() and "mean_abs_dev" not in _metrics_header(d),
+    "train": lambda d: (
+        (d / run_format.CHECKPOINTS).is_dir()
+        and not _is_sds_run(d)
+        and "mean_abs_dev" not in _metrics_header(d)
+    ),
     "samples": lambda d: (d / sample_format.GRID).is_file() and (d / sample_format.META).is_file(),
     "sds": lambda d: any(_is_sds_run(r) for r in sds_format.find_results(d)),
     "dreambooth": lambda d: "mean_abs_dev" in _metrics_header(d),
@@ -89,41 +94,73 @@ STAGE_MARKERS = {
 """The stages `mvdata report` shows, in pipeline order, each with the test that recognises its output."""
 
 
-def find_stages(run_dir: Path, given: dict[str, Path | None] | None = None) -> dict[str, Path | None]:
+def find_stages(
+    run_dir: Path, given: dict[str, Path | None] | None = None, say=None
+) -> dict[str, Path | None]:
     """Where each stage of ``STAGE_MARKERS`` wrote, for the report: the path ``given`` for it; else
-    ``run_dir/<stage>`` (the layout of `make demo`); else the first child of ``run_dir`` (sorted by name) whose
-    contents are that stage's output; else ``run_dir`` itself when it is (``mvdata report renders/``); else None.
-    A child found for one stage is not taken for another. Raises UserError for a given path that is not a
+    ``run_dir/<stage>`` (the layout of `make demo`); else the child of ``run_dir`` whose contents are that
+    stage's output (the first by name when several are, each named through ``say``); else ``run_dir`` itself
+    when it is (``mvdata report renders/``); else None. A child found for one stage is not taken for
+    another. SDS runs are found as a whole: ``run_dir`` when runs sit directly in it (a `--prompts` batch), else
+    the child that holds them. ``say(line)`` (e.g. print to stderr) hears each stage found by its contents and
+    each given path that does not look like its stage. Raises UserError for a given path that is not a
     directory."""
-    given = {k: v for k, v in (given or {}).items() if v is not None}
+    say = say or (lambda line: None)
+    given = {k: Path(v) for k, v in (given or {}).items() if v is not None}
     for stage, path in given.items():
-        if not Path(path).is_dir():
+        if not path.is_dir():
             raise UserError(f"--{stage} {path} is not a directory; pass the directory that stage wrote")
+        if not STAGE_MARKERS[stage](path):
+            say(
+                f"mvdata report: --{stage} {path} does not look like `{stage}` output; its section may be empty"
+            )
     children = sorted(p for p in run_dir.iterdir() if p.is_dir()) if run_dir.is_dir() else []
-    taken = {Path(p).resolve() for p in given.values()}
+    taken = {p.resolve() for p in given.values()}
     taken |= {(run_dir / s).resolve() for s in STAGE_MARKERS if (run_dir / s).is_dir()}
     found: dict[str, Path | None] = {}
     for stage, looks_right in STAGE_MARKERS.items():
         if stage in given:
-            found[stage] = Path(given[stage])
-        elif (run_dir / stage).is_dir():
+            found[stage] = given[stage]
+            continue
+        if (run_dir / stage).is_dir():
             found[stage] = run_dir / stage
+            continue
+        if stage == "sds":
+            found[stage] = _sds_root(run_dir, taken)
         else:
-            match = next((c for c in children if c.resolve() not in taken and looks_right(c)), None)
-            if match is None and looks_right(run_dir):
-                match = run_dir
-            if match is not None and match != run_dir:
-                taken.add(match.resolve())
-            found[stage] = match
+            matches = [c for c in children if looks_right(c)]
+            free = [c for c in matches if c.resolve() not in taken]
+            found[stage] = free[0] if free else (run_dir if not matches and looks_right(run_dir) else None)
+            if len(free) > 1:
+                others = ", ".join(c.name for c in free[1:])
+                say(
+                    f"mvdata report: {stage}: several directories qualify; showing {free[0].name} (not {others})"
+                )
+        chosen = found[stage]
+        if chosen is not None and chosen != run_dir:
+            taken.add(chosen.resolve())
+            say(f"mvdata report: {stage}: {chosen} (found by its contents; --{stage} DIR names another)")
     return found
 
 
+def _sds_root(run_dir: Path, taken: set[Path]) -> Path | None:
+    """Where the report looks for SDS runs when ``run_dir`` has no ``sds/`` (``find_stages``)."""
+    runs = [r for r in sds_format.find_results(run_dir) if _is_sds_run(r) and r.resolve() not in taken]
+    runs = [r for r in runs if not any(t in r.resolve().parents for t in taken)]
+    if not runs:
+        return None
+    if any(r == run_dir or r.parent == run_dir for r in runs):
+        return run_dir
+    return runs[0].parent
+
+
 def write_report(
-    run_dir: Path, cfg: ReportConfig | None = None, stages: dict[str, Path | None] | None = None
+    run_dir: Path, cfg: ReportConfig | None = None, stages: dict[str, Path | None] | None = None, say=None
 ) -> Path:
     """Write ``run_dir``/report.html from the stage outputs ``find_stages`` finds (``stages``: a path per stage
-    name of ``STAGE_MARKERS`` where the run keeps it elsewhere); return its path. Raises UserError for a missing
-    ``run_dir``, bad settings or a given stage path that is not a directory."""
+    name of ``STAGE_MARKERS`` where the run keeps it elsewhere; ``say``: hears how each was found); return its
+    path. Raises UserError for a missing ``run_dir``, bad settings or a given stage path that is not a
+    directory."""
     cfg = cfg or ReportConfig()
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -134,7 +171,7 @@ def write_report(
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGE_MARKERS)}")
     out = run_dir / REPORT
-    at = find_stages(run_dir, stages)
+    at = find_stages(run_dir, stages, say)
     missing = run_dir / "-"  # a path that holds nothing: the section says the stage has not run
 
     # One section per stage, each its own template (mvforge/templates/report_*.html.j2), in pipeline order.
@@ -285,10 +322,12 @@ def _filter_section(root: Path | None, report_dir: Path, cfg: ReportConfig) -> t
     """(uid -> selection row, HTML); an empty dict when there is no selection."""
     tpl = "report_filter.html.j2"
     if root is None:
-        return {}, htmlkit.render(tpl, problem="No filter output here (no filter/selection.parquet).")
+        return {}, htmlkit.render(
+            tpl, problem="No filter output here (no filter/selection.parquet; elsewhere: --filter DIR)."
+        )
     if not (root / selection_format.SELECTION).is_file():
         return {}, htmlkit.render(
-            tpl, problem="filter/ has no selection.parquet (the filter has not finished)."
+            tpl, problem=f"{root.name}/ has no selection.parquet (the filter has not finished)."
         )
     try:
         rows = _read_parquet(root / selection_format.SELECTION)
@@ -368,9 +407,11 @@ histogram_bins = htmlkit.histogram_bins
 def _shard_section(root: Path | None) -> str:
     tpl = "report_shards.html.j2"
     if root is None:
-        return htmlkit.render(tpl, problem="No shard output here (no shards/index.json).")
+        return htmlkit.render(
+            tpl, problem="No shard output here (no shards/index.json; elsewhere: --shards DIR)."
+        )
     if not (root / shard_format.INDEX).is_file():
-        return htmlkit.render(tpl, problem="shards/ has no index.json (sharding has not finished).")
+        return htmlkit.render(tpl, problem=f"{root.name}/ has no index.json (sharding has not finished).")
     try:
         index = shard_format.parse_index(
             (root / shard_format.INDEX).read_bytes(), "shards/index.json", strict=False
@@ -689,7 +730,9 @@ def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
     path = root / eval_result.EVAL
     sds_path = root / eval_result.SDS
     if not path.is_file() and not sds_path.is_file():
-        return htmlkit.render("report_eval.html.j2", problem="No evaluation here (no eval/eval.json).")
+        return htmlkit.render(
+            "report_eval.html.j2", problem="No evaluation here (no eval/eval.json; elsewhere: --eval DIR)."
+        )
     try:
         doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         sds = json.loads(sds_path.read_text(encoding="utf-8")) if sds_path.is_file() else {}

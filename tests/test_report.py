@@ -351,14 +351,28 @@ def test_stages_under_other_names_are_found_by_their_contents_or_given(run_dir, 
     db = root / "xjq-tune"
     db.mkdir()
     (db / "metrics.csv").write_text("step,loss,prior_loss,preservation,mean_abs_dev\n1,0.5,0.0,0.0,1e-06\n")
-    sds = root / "mug" / "a-red-mug"
-    (sds / "snapshots").mkdir(parents=True)
-    atomic_write_json(sds / "summary.json", {"prompt": "a red mug", "steps": 4, "seconds": 1.0})
-    html = write_report(root).read_text()
+    for slug in ("a-red-mug", "a-blue-mug"):  # a `--prompts` batch: SDS checkpoints are files
+        (root / "mugs" / slug / "checkpoints").mkdir(parents=True)
+        (root / "mugs" / slug / "checkpoints" / "step-000004.pt").write_bytes(b"")
+        atomic_write_json(root / "mugs" / slug / "summary.json", {"prompt": slug.replace("-", " ")})
+    fit_run = root / "b-fit"  # a fit run: checkpoints are directories
+    (fit_run / "checkpoints" / "step-000004").mkdir(parents=True)
+    (fit_run / "metrics.csv").write_text("step,kind,loss,step_s\n4,3d,0.25,1.0\n")
+    said = []
+    html = write_report(root, say=said.append).read_text()
+    section = {
+        name: html[html.index(f'<section id="{name}"') :].split("</section>")[0]
+        for name in ("renders", "train", "sds", "dreambooth")
+    }
     assert all(uid in html for uid in uids) and "import_error" in html  # renders/ and its failures
     assert "below_threshold" in html and "train-000001.tar" in html  # the filter's selection, the shards
-    assert "subject loss 0.5" in html and "a red mug" in html  # DreamBooth and SDS, each in its own section
-    assert "No render output here" not in html
+    assert "subject loss 0.5" in section["dreambooth"]
+    assert "a red mug" in section["sds"] and "a blue mug" in section["sds"] and "b-fit" not in section["sds"]
+    assert "0.25" in section["train"] and "mug" not in section["train"]
+    assert any("train: " in line and "b-fit (found by its contents" in line for line in said), said
+    # A `--prompts` batch reported on its own: every prompt, none taken for a fit run.
+    html = write_report(root / "mugs").read_text()
+    assert "a red mug" in html and "a blue mug" in html and "No training run here" in html
 
     elsewhere = tmp_path_factory.mktemp("cluster-disk") / "renders-v2"
     shutil.move(root / "objaverse-r64", elsewhere)

@@ -72,4 +72,4 @@ def report(
         "dreambooth": dreambooth,
         "eval": eval_dir,
     }
-    typer.echo(str(write_report(run_dir, cfg, given)))
+    typer.echo(str(write_report(run_dir, cfg, given, say=lambda line: typer.echo(line, err=True))))

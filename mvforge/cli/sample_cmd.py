@@ -46,8 +46,19 @@ def make_tiny_sd(
 
     if prediction_type not in ("epsilon", "v_prediction"):
         raise UserError(f"--prediction-type {prediction_type!r}: use epsilon or v_prediction")
-    from mvforge.models.tiny import recipe_difference
+    from mvforge.models.tiny import check_options, recipe_difference
 
+    check_options(variant, attention_heads)  # bad flags first: they are the error, whatever --out holds
+    if multiview:
+        extra = [
+            f
+            for f, given in (("--variant", variant != "tiny"), ("--attention-heads", attention_heads != 8))
+            if given
+        ]
+        if extra:
+            raise UserError(
+                f"--multiview builds the tiny variant with 8 heads only; drop {' and '.join(extra)}, or --multiview"
+            )
     asked = {"multiview": multiview, "attention_heads": attention_heads, "prediction_type": prediction_type}
     diff = recipe_difference(out, **asked, variant=variant, seed=seed)
     if diff:  # a rerun (the demo's) keeps a finished directory only when it is the model asked for
@@ -61,15 +72,6 @@ def make_tiny_sd(
     from mvforge.models.tiny import make_tiny_mv_pipeline, make_tiny_sd
 
     if multiview:
-        extra = [
-            f
-            for f, given in (("--variant", variant != "tiny"), ("--attention-heads", attention_heads != 8))
-            if given
-        ]
-        if extra:
-            raise UserError(
-                f"--multiview builds the tiny variant with 8 heads only; drop {' and '.join(extra)}, or --multiview"
-            )
         typer.echo(str(make_tiny_mv_pipeline(out, seed=seed, prediction_type=prediction_type)))
     else:
         typer.echo(

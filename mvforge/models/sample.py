@@ -189,6 +189,8 @@ def _settings_difference(out: Path, record: dict, cfg: SampleConfig) -> str | No
     if not isinstance(done, dict):
         return None
     now = json.loads(json.dumps({**record, "config": config_mod.to_dict(cfg)}))
+    if "ema" not in done:  # written before sample.json recorded it: it follows from the model and use_ema
+        now.pop("ema", None)
     ignore = ("model",) if "weights" in done and "weights" in now else ()
     return rundir.settings_difference(done, now, compared_elsewhere=ignore)
 

@@ -36,13 +36,7 @@ def _tiny_parts(
     (2 layers, width 32), the real CLIP tokenizer, SD's training schedule. ``variant``: see ``VARIANTS``;
     ``attention_heads``: see ``ATTENTION_HEADS``. Raises UserError for an unknown variant or a head count that
     does not divide 32."""
-    if variant not in VARIANTS:
-        raise UserError(f"unknown tiny model variant {variant!r}; use one of {', '.join(VARIANTS)}")
-    if attention_heads < 1 or 32 % attention_heads:
-        raise UserError(
-            f"attention heads {attention_heads}: use 1, 2, 4, 8, 16 or 32 (a divisor of the UNet's 32 and 64 "
-            "channels)"
-        )
+    check_options(variant, attention_heads)
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -96,6 +90,17 @@ def _tiny_parts(
     )
 
 
+def check_options(variant: str, attention_heads: int) -> None:
+    """UserError (one line) for an unknown ``variant`` or a head count that does not divide 32."""
+    if variant not in VARIANTS:
+        raise UserError(f"unknown tiny model variant {variant!r}; use one of {', '.join(VARIANTS)}")
+    if attention_heads < 1 or 32 % attention_heads:
+        raise UserError(
+            f"attention heads {attention_heads}: use 1, 2, 4, 8, 16 or 32 (a divisor of the UNet's 32 and 64 "
+            "channels)"
+        )
+
+
 RECIPE = "mvforge-tiny.json"
 """Written into every tiny model directory: the arguments that made it (seed, prediction_type, variant,
 attention_heads, multiview), so a rerun over a finished directory can tell whether it is the model asked for."""
@@ -110,16 +115,27 @@ def recipe_difference(out: str | Path, **asked) -> str | None:
     if not (out / "model_index.json").is_file():
         return None
     recipe_file = out / RECIPE
+
+    def read(path: Path) -> dict:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (OSError, ValueError):
+            doc = None
+        if not isinstance(doc, dict):
+            raise UserError(f"{path} is unreadable; remove {out} to rebuild it")
+        return doc
+
     if recipe_file.is_file():
-        made = json.loads(recipe_file.read_text(encoding="utf-8"))
+        made = read(recipe_file)
     else:
-        unet_cfg, sched_cfg = out / "unet" / "config.json", out / "scheduler" / "scheduler_config.json"
-        unet = json.loads(unet_cfg.read_text()) if unet_cfg.is_file() else {}
-        sched = json.loads(sched_cfg.read_text()) if sched_cfg.is_file() else {}
+        unet, sched = read(out / "unet" / "config.json"), read(out / "scheduler" / "scheduler_config.json")
+        vae = read(out / "vae" / "config.json")
         made = {
             "multiview": unet.get("class_embed_type") is not None,
             "attention_heads": unet.get("attention_head_dim"),  # diffusers' name for the head count
             "prediction_type": sched.get("prediction_type"),
+            # the world variant's lighter autoencoder (``_tiny_parts``)
+            "variant": {16: "world", 32: "tiny"}.get((vae.get("block_out_channels") or [None])[0]),
         }
     for key, value in asked.items():
         if key in made and made[key] is not None and made[key] != value:

@@ -90,7 +90,7 @@ class ValidationConfig:
             # The loss is computed at each validation: with none it would be dropped without a word.
             raise UserError(
                 f"validation.loss_batches={self.loss_batches} needs validation.every > 0 (the loss is computed at "
-                "each validation); set validation.every, or validation.loss_batches=0"
+                "each validation); pass --validate-every N, or --set validation.loss_batches=0"
             )
         if self.every > 0 and not (self.prompts or self.prompts_2d or self.loss_batches):
             raise UserError(

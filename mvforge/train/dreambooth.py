@@ -385,9 +385,9 @@ def _start(cfg: DreamBoothConfig, rt: Runtime) -> _Tuning:
     draws = {
         "kind": "dreambooth",
         "photos": names,
-        "photos_sha256": _digest(photos),
+        "photos_sha256": _digest(cfg.images, names, cfg.masks),
         "class_images": class_names,
-        "class_images_sha256": _digest(class_photos),
+        "class_images_sha256": _digest(cfg.class_images, class_names) if cfg.class_images else None,
         "class_captions": captions,
     }
     if resume is not None:
@@ -407,20 +407,30 @@ def _start(cfg: DreamBoothConfig, rt: Runtime) -> _Tuning:
     )  # fmt: skip
 
 
-def _digest(photos: torch.Tensor | None) -> str | None:
-    """SHA-256 of the loaded photos' pixels (after crop, resize and compositing), or None without photos."""
+def _digest(directory: str | Path, names: list[str], masks: str | Path | None = None) -> str:
+    """SHA-256 over the bytes of the photo files ``names`` in ``directory`` (and of their masks), in order."""
     import hashlib
 
-    if photos is None:
-        return None
-    return hashlib.sha256(photos.contiguous().numpy().tobytes()).hexdigest()
+    h = hashlib.sha256()
+    for name in names:
+        h.update(name.encode() + b"\0" + (Path(directory) / name).read_bytes())
+        if masks is not None:
+            h.update((Path(masks) / f"{Path(name).stem}.png").read_bytes())
+    return h.hexdigest()
 
 
 def _check_same_photos(cfg: DreamBoothConfig, resume: Path, draws: dict) -> None:
     """Refuse to resume ``resume`` when the subject or class photos differ from those it was trained on (files
-    added, removed, renamed or edited in ``--images`` / ``--class-images``): the rest of the run would tune on
-    another subject under the same step count. Checkpoints that predate the pixel digest compare names only."""
-    saved = json.loads((resume / runs.loader_state_name(0)).read_text(encoding="utf-8"))
+    added, removed, renamed or edited in ``--images``, their ``--masks``, ``--class-images`` or the class
+    captions): the rest of the run would tune on another subject under the same step count. Checkpoints that
+    predate the digest compare names only."""
+    try:
+        saved = json.loads((resume / runs.loader_state_name(0)).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UserError(
+            f"{resume}: its photo record ({runs.loader_state_name(0)}) is unreadable; remove that checkpoint to "
+            "resume from the one before"
+        ) from None
     for key, flag in (("photos", "--images"), ("class_images", "--class-images")):
         if key not in saved:
             continue
@@ -445,10 +455,16 @@ def _check_same_photos(cfg: DreamBoothConfig, resume: Path, draws: dict) -> None
             )
         digest = saved.get(f"{key}_sha256")
         if digest is not None and digest != draws[f"{key}_sha256"]:
+            where = f"{flag} (or --masks)" if key == "photos" and cfg.masks else flag
             raise UserError(
-                f"{cfg.out} was tuned on other {what}: a file in {flag} was edited since its last checkpoint; "
+                f"{cfg.out} was tuned on other {what}: a file in {where} was edited since its last checkpoint; "
                 "restore it, or pass a new --out to start over"
             )
+    if "class_captions" in saved and saved["class_captions"] != draws["class_captions"]:
+        raise UserError(
+            f"{cfg.out} was tuned with other class captions: a caption file in --class-images was edited since "
+            "its last checkpoint; restore it, or pass a new --out to start over"
+        )
 
 
 def _open_progress(cfg: DreamBoothConfig, rt: Runtime, tu: _Tuning):

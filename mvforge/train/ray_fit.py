@@ -155,22 +155,24 @@ def fit_with_ray(
 
 def check_cluster_size(workers: int, use_gpu: bool, local: bool) -> None:
     """Ray Train waits, without a word, until the cluster can place every worker (one CPU each, or one GPU with
-    ``use_gpu``). A local Ray never grows: refuse. A cluster may (an autoscaler): say that it waits, and why."""
+    ``use_gpu``). A local Ray this command started never grows: refuse. Any other (a cluster, or a Ray the
+    caller started) may: say that it waits, and why."""
     import ray
 
     kind = "GPU" if use_gpu else "CPU"
     have = int(ray.cluster_resources().get(kind, 0))
     if have >= workers:
         return
-    fix = f"pass --workers {have}" if have else ("pass --gpus-per-worker 0" if use_gpu else "add nodes")
+    if have:
+        fix = f"pass --workers {have}"
+    else:
+        fix = "pass --gpus-per-worker 0 to train on CPUs" if use_gpu else "start Ray with CPUs"
+    need = f"--workers {workers} needs {workers} {kind}{'s' if workers > 1 else ''} (one per worker)"
     if local:
-        raise UserError(
-            f"--workers {workers} needs {workers} {kind}s (one per worker) and this machine's Ray has {have}; "
-            f"{fix}, or --address of a larger cluster"
-        )
+        raise UserError(f"{need} and this machine's Ray has {have}; {fix}, or --address of a larger cluster")
     print(
-        f"mvtrain fit: --workers {workers} needs {workers} {kind}s and the Ray cluster has {have} now; "
-        f"waiting for nodes to join (an autoscaler adds them). Ctrl-C stops; or {fix}",
+        f"mvtrain fit: {need} and the Ray cluster has {have} now; Ray Train waits until it has them (an "
+        f"autoscaler may add nodes). Ctrl-C stops; or {fix}",
         file=sys.stderr,
         flush=True,
     )

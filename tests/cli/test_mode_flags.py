@@ -146,7 +146,12 @@ def test_tiny_sd_attention_heads_reach_the_unet_and_odd_counts_are_refused(tmp_p
     one = ["make-tiny-sd", "--out", str(tmp_path / "one"), "--variant", "world", "--attention-heads", "1"]
     _refused(one[:5], "holds another tiny model (--attention-heads 1 there, not 8)")
     _refused([*one, "--seed", "3"], "(--seed 0 there, not 3)")
-    _refused([*one, "--prediction-type", "v_prediction"], "(--prediction-type epsilon there, not v_prediction)")
+    _refused(
+        [*one, "--prediction-type", "v_prediction"], "(--prediction-type epsilon there, not v_prediction)"
+    )
     _refused([*one[:4], "tiny", *one[5:]], "(--variant world there, not tiny)")
     kept = CliRunner().invoke(mvtrain.app, one)
     assert kept.exit_code == 0 and "exists; remove it to rebuild" in kept.output
+    _refused([*one[:4], "bogus", *one[5:]], "unknown tiny model variant 'bogus'")  # the flag, not the dir
+    (tmp_path / "one" / "mvforge-tiny.json").write_text("{")
+    _refused(one, "mvforge-tiny.json is unreadable; remove")

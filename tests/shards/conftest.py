@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import tarfile
 from pathlib import Path
 
@@ -13,13 +14,12 @@ from mvforge.shards.config import ShardConfig
 from mvforge.shards.writer import run_shard
 from tests.fixtures.synthetic import write_synthetic_render_dir
 
-VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
-
 
 @pytest.fixture(scope="session")
 def mvdata_bin() -> str:
-    """The installed `mvdata` entry point of this checkout's venv."""
-    return str(VENV_BIN / "mvdata")
+    """The `mvdata` entry point of the environment running the tests (.venv, or .venv-train under
+    `make test-train`: each environment's tests run its own commands)."""
+    return str(Path(sys.executable).with_name("mvdata"))
 
 
 @pytest.fixture(scope="session")

@@ -101,6 +101,11 @@ def test_sample_from_a_run_writes_views_and_its_pipeline_reloads_bit_identical(
     meta = json.loads((out / "sample.json").read_text())
     assert meta["text"] == "a red chair, 3d asset" and meta["config"]["guidance_scale"] == 10.0
     assert meta["ema"] is True and meta["config"]["use_ema"] is True
+    # A sample.json from before "ema" was recorded is still the same settings: a resume keeps its views.
+    (out / "sample.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "ema"}))
+    stamp = (out / "view_00.png").stat().st_mtime_ns
+    sample_prompts(model, ["a red chair"], tmp_path / "out", cfg, show_progress=False, resume=True)
+    assert (out / "view_00.png").stat().st_mtime_ns == stamp
     # A checkpoint without an EMA (a run with ema_decay = 0): sample.json records the weights used, not the ask.
     no_ema = tmp_path / "no-ema"
     shutil.copytree(tmp_path / "run", no_ema)

@@ -23,10 +23,12 @@ def test_ray_train_one_worker_matches_in_process(make_fit_config, tiny_sd, shard
         result = fit_with_ray(cfg, workers=1)
         # A cluster too small for the workers: Ray Train would wait without a word. A Ray that cannot grow is
         # refused; one that may (an autoscaler) is waited on, and the wait said.
-        with pytest.raises(UserError, match="--workers 3 needs 3 CPUs .* has 2; pass --workers 2"):
+        with pytest.raises(
+            UserError, match=r"--workers 3 needs 3 CPUs \(one per worker\) and .* has 2; pass --workers 2"
+        ):
             check_cluster_size(3, use_gpu=False, local=True)
         check_cluster_size(3, use_gpu=False, local=False)
-        assert "has 2 now; waiting for nodes to join" in capsys.readouterr().err
+        assert "has 2 now; Ray Train waits until it has them" in capsys.readouterr().err
         check_cluster_size(2, use_gpu=False, local=True)
     finally:
         ray.shutdown()
