@@ -55,3 +55,32 @@ def test_a_missing_output_directory_is_one_line_naming_the_fix(tmp_path):
         done.stderr.strip()
         == f"error: {tmp_path / 'nope'} is not a directory; pass the directory `make demo` wrote (demo-out)"
     )
+
+
+def test_the_pictures_tile_the_truth_above_each_result_and_a_missing_strip_is_one_line(tmp_path):
+    """scripts/demo_pictures.py: the README's pictures from the known-answer strips (4 rows of 4 views)."""
+    from PIL import Image
+
+    for sub, uids in (("eval", UIDS), ("eval-sds", ("demo-traffic-cone", "demo-chair", "demo-kettle"))):
+        (tmp_path / sub / "known_answer").mkdir(parents=True)
+        for i, uid in enumerate(uids):
+            strip = Image.new("RGB", (4 * 32, 4 * 32), (i * 20, 0, 0))
+            strip.paste((0, 255, 0), (0, 32, 128, 64))  # the result's row
+            strip.paste((0, 0, 255), (0, 64, 128, 128))  # the shifted rows: left out of the picture
+            strip.save(tmp_path / sub / "known_answer" / f"{uid}.png")
+    script = [
+        sys.executable,
+        str(ROOT / "scripts" / "demo_pictures.py"),
+        str(tmp_path),
+        str(tmp_path / "img"),
+    ]
+    done = subprocess.run(script, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    world = Image.open(tmp_path / "img" / "demo-world.png").convert("RGB")
+    assert world.size == (4 * 256 + 3 * 8, 2 * 128 + 8)  # 8 captions, 4 to a row, 2x upscaled
+    assert world.getpixel((10, 70)) == (0, 255, 0) and (0, 0, 255) not in {c for _, c in world.getcolors()}
+    assert Image.open(tmp_path / "img" / "demo-sds.png").size == (256, 3 * 128 + 2 * 8)
+    (tmp_path / "eval-sds" / "known_answer" / "demo-chair.png").unlink()
+    done = subprocess.run(script, capture_output=True, text=True)
+    assert done.returncode == 2 and "demo-chair.png is missing" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
