@@ -29,6 +29,9 @@ OBJECTS = ("demo-bench", "demo-chair", "demo-kettle")
 # The seed of the weights, the VAE fit and the UNet fit. CI runs seed 0; the thresholds come from seeds 0-2
 # (docs/demo.md): `MVFORGE_WORLD_SEED=1 pytest tests/test_learned_world.py`.
 SEED = int(os.environ.get("MVFORGE_WORLD_SEED", "0"))
+# The UNet's attention heads: 8 is what the thresholds were set on; fewer train faster and failed seed 1
+# (docs/demo.md, "Not done yet"): `MVFORGE_WORLD_HEADS=4 pytest tests/test_learned_world.py`.
+HEADS = int(os.environ.get("MVFORGE_WORLD_HEADS", "8"))
 
 
 def _run(*args: str) -> str:
@@ -98,6 +101,8 @@ def world(tmp_path_factory) -> Path:
         "v_prediction",
         "--seed",
         str(SEED),
+        "--attention-heads",
+        str(HEADS),
     )
     _run(
         "mvtrain",
