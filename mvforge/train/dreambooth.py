@@ -170,12 +170,22 @@ def deviation(params: list[torch.Tensor], theta0: list[torch.Tensor]) -> tuple[f
 
 
 # ---------------------------------------------------------------- models
-def trained_parameters(unet: torch.nn.Module, train_camera: bool) -> list[torch.nn.Parameter]:
-    """The UNet's parameters DreamBooth trains (``requires_grad`` set accordingly): all, or all but the camera
-    MLP (``class_embedding``)."""
+def trained_parameters(
+    unet: torch.nn.Module, train_camera: bool, trained: str = "all"
+) -> list[torch.nn.Parameter]:
+    """The UNet's parameters DreamBooth trains (``requires_grad`` set accordingly): ``trained="all"``, all but the
+    camera MLP (``class_embedding``) unless ``train_camera``; ``"cross_attention_kv"``, only the key and value
+    projections of the text cross-attention (``attn2.to_k``, ``attn2.to_v``: Custom Diffusion, Kumari et al.
+    2023, §3.2), the only weights that read the text, so a new token is learned where other captions drift
+    least (plus the camera MLP with ``train_camera``)."""
     params = []
     for name, p in unet.named_parameters():
-        train = train_camera or not name.startswith("class_embedding.")
+        if name.startswith("class_embedding."):
+            train = train_camera
+        elif trained == "cross_attention_kv":
+            train = ".attn2.to_k." in name or ".attn2.to_v." in name
+        else:
+            train = True
         p.requires_grad_(train)
         if train:
             params.append(p)
@@ -199,13 +209,13 @@ def load_dreambooth_models(cfg: DreamBoothConfig, rt: Runtime, resume: Path | No
         base.vae.to(autocast)
         base.text_encoder.to(autocast)
     unet = base.unet
-    theta0 = [p.detach().clone() for p in trained_parameters(unet, cfg.train_camera)]
+    theta0 = [p.detach().clone() for p in trained_parameters(unet, cfg.train_camera, cfg.trained)]
     if resume is not None:
         # The one loader again, for the checkpoint's UNet (θ0 above needs the base's): on the CPU, then moved,
         # so its second copy of the frozen parts never reaches ``dev`` (seconds, once per resume).
         unet = MultiViewDiffusion.from_pretrained(cfg.pretrained, unet_from=resume).unet.to(dev)
     unet.train()
-    params = trained_parameters(unet, cfg.train_camera)
+    params = trained_parameters(unet, cfg.train_camera, cfg.trained)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     m = StepModels(

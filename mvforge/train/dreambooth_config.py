@@ -85,6 +85,9 @@ class DreamBoothConfig:
     train_camera: bool = False
     """Also train the camera MLP. In the 2D mode its loss gradient is zero, so it would only feel AdamW's weight
     decay and the preservation term; off (the default) keeps it bit-identical to the base model's."""
+    trained: Literal["all", "cross_attention_kv"] = "all"
+    """Which UNet weights the fine-tune moves: ``all`` (MVDreamBooth, paper §3.4) or ``cross_attention_kv``, the
+    text cross-attention's key and value projections only (Custom Diffusion, Kumari et al. 2023)."""
     class_prompt: str = ""
     """The class prompt without the identifier ("a photo of a dog"): validation grids, and prior preservation."""
     class_images: str | None = None

@@ -162,6 +162,17 @@ def test_resume_refuses_other_photos_and_keeps_the_run(tiny_mv, photos, tmp_path
     assert [r["step"] for r in run(db_config(tiny_mv, subject, tmp_path / "run"))] == [3, 4]
 
 
+def test_cross_attention_kv_moves_only_the_text_keys_and_values(tiny_mv, photos, tmp_path):
+    """``trained = "cross_attention_kv"`` (Custom Diffusion): every other weight stays the base model's, bit for
+    bit; the text cross-attention's key and value projections move."""
+    run(db_config(tiny_mv, photos, tmp_path / "kv", max_steps=2, trained="cross_attention_kv"))
+    tuned = load_unet(latest_checkpoint(tmp_path / "kv")).state_dict()
+    base = load_unet(tiny_mv).state_dict()
+    kv = {k for k in base if ".attn2.to_k." in k or ".attn2.to_v." in k}
+    assert kv and all(not torch.equal(tuned[k], base[k]) for k in kv)
+    assert all(torch.equal(tuned[k], base[k]) for k in base if k not in kv)
+
+
 def test_photos_exif_mask_and_bad_input(tmp_path, tiny_mv):
     """EXIF orientation is applied before the crop; a mask puts the background on grey; empty or unreadable
     photo directories are one-line UserErrors."""
