@@ -33,8 +33,8 @@ def make_tiny_sd(
     attention_heads: Annotated[
         int,
         typer.Option(
-            help="Attention heads of every UNet attention layer (a divisor of 32). With 1 the UNet's forward and "
-            "backward run 3.8x faster on a CPU than with 8 (docs/benchmarks.md); the demo world uses 1."
+            help="Attention heads of every UNet attention layer (a divisor of 32). With 1 the UNet trains faster "
+            "on a CPU than with 8 (docs/benchmarks.md); the demo world uses 1."
         ),
     ] = 8,
 ) -> None:

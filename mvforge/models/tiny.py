@@ -25,8 +25,8 @@ fitted first (`mvtrain fit-vae`, docs/demo.md)."""
 ATTENTION_HEADS = 8
 """Attention heads of every attention layer of the tiny UNets by default: 8, of 4 channels at the 32-channel
 levels and of 8 at the 64-channel mid block (the reference tests compare against it). With one head
-(``attention_heads=1``, `make demo`) the UNet's forward and backward run 3.8x faster on a CPU: the 4-view
-self-attention over 1,024 tokens is most of the step (docs/benchmarks.md)."""
+(``attention_heads=1``, `make demo`) the UNet's forward and backward run faster on a CPU, by how much depends on
+the CPU's kernels: the 4-view self-attention over 1,024 tokens is most of the 8-head step (docs/benchmarks.md)."""
 
 
 def _tiny_parts(
