@@ -161,6 +161,16 @@ def test_resume_refuses_other_photos_and_keeps_the_run(tiny_mv, photos, tmp_path
     shutil.copy(photos / "a.png", subject / "a.png")
     assert [r["step"] for r in run(db_config(tiny_mv, subject, tmp_path / "run"))] == [3, 4]
 
+    # Class images trained with their caption files: an edited caption is another recipe too.
+    rehearsal = tmp_path / "rehearsal"
+    shutil.copytree(photos, rehearsal)
+    (rehearsal / "a.txt").write_text("a red ball, 3d asset\n")
+    with_class = dict(class_images=str(rehearsal), class_prompt="a photo of a toy")
+    run(db_config(tiny_mv, subject, tmp_path / "prior", max_steps=2, **with_class))
+    (rehearsal / "a.txt").write_text("a blue ball, 3d asset\n")
+    with pytest.raises(UserError, match="tuned with other class captions"):
+        run(db_config(tiny_mv, subject, tmp_path / "prior", **with_class))
+
 
 def test_cross_attention_kv_moves_only_the_text_keys_and_values(tiny_mv, photos, tmp_path):
     """``trained = "cross_attention_kv"`` (Custom Diffusion): every other weight stays the base model's, bit for
