@@ -8,7 +8,7 @@ mvforge/formats/ (runs, samples, sds_result, eval_result). A stage that has not 
 a line saying so: the report is useful after any prefix of the pipeline and never fails because a later stage is
 missing. A stage is found under its name (``renders/``, ``train/``: the layout of `make demo`), else as a
 subdirectory whose contents are that stage's output (``find_stages``), else where the caller points
-(`mvdata report RUN --renders /data/renders --train runs/mvdream`).
+(`mvdata report RUN --stage renders=/data/renders --stage train=runs/mvdream`).
 
 Images are relative links from report.html (the run directory stays self-contained and the page small), or,
 with ``embed_images``, small base64 PNG thumbnails so the single file can be mailed around.
@@ -109,10 +109,11 @@ def find_stages(
     given = {k: Path(v) for k, v in (given or {}).items() if v is not None}
     for stage, path in given.items():
         if not path.is_dir():
-            raise UserError(f"--{stage} {path} is not a directory; pass the directory that stage wrote")
+            raise UserError(f"--stage {stage}={path}: not a directory; pass the directory that stage wrote")
         if not STAGE_MARKERS[stage](path):
             say(
-                f"mvdata report: --{stage} {path} does not look like `{stage}` output; its section may be empty"
+                f"mvdata report: --stage {stage}={path} does not look like `{stage}` output; its section may "
+                "be empty"
             )
     children = sorted(p for p in run_dir.iterdir() if p.is_dir()) if run_dir.is_dir() else []
     taken = {p.resolve() for p in given.values()}
@@ -139,7 +140,9 @@ def find_stages(
         chosen = found[stage]
         if chosen is not None and chosen != run_dir:
             taken.add(chosen.resolve())
-            say(f"mvdata report: {stage}: {chosen} (found by its contents; --{stage} DIR names another)")
+            say(
+                f"mvdata report: {stage}: {chosen} (found by its contents; --stage {stage}=DIR names another)"
+            )
     return found
 
 
@@ -323,7 +326,7 @@ def _filter_section(root: Path | None, report_dir: Path, cfg: ReportConfig) -> t
     tpl = "report_filter.html.j2"
     if root is None:
         return {}, htmlkit.render(
-            tpl, problem="No filter output here (no filter/selection.parquet; elsewhere: --filter DIR)."
+            tpl, problem="No filter output here (no filter/selection.parquet; elsewhere: --stage filter=DIR)."
         )
     if not (root / selection_format.SELECTION).is_file():
         return {}, htmlkit.render(
@@ -408,7 +411,7 @@ def _shard_section(root: Path | None) -> str:
     tpl = "report_shards.html.j2"
     if root is None:
         return htmlkit.render(
-            tpl, problem="No shard output here (no shards/index.json; elsewhere: --shards DIR)."
+            tpl, problem="No shard output here (no shards/index.json; elsewhere: --stage shards=DIR)."
         )
     if not (root / shard_format.INDEX).is_file():
         return htmlkit.render(tpl, problem=f"{root.name}/ has no index.json (sharding has not finished).")
@@ -731,7 +734,8 @@ def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
     sds_path = root / eval_result.SDS
     if not path.is_file() and not sds_path.is_file():
         return htmlkit.render(
-            "report_eval.html.j2", problem="No evaluation here (no eval/eval.json; elsewhere: --eval DIR)."
+            "report_eval.html.j2",
+            problem="No evaluation here (no eval/eval.json; elsewhere: --stage eval=DIR).",
         )
     try:
         doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -378,15 +378,19 @@ def test_stages_under_other_names_are_found_by_their_contents_or_given(run_dir, 
     shutil.move(root / "objaverse-r64", elsewhere)
     assert "No render output here" in write_report(root).read_text()
     proc = subprocess.run(
-        [str(MVDATA), "report", str(root), "--renders", str(elsewhere)], capture_output=True, text=True
+        [str(MVDATA), "report", str(root), "--stage", f"renders={elsewhere}"], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     html = (root / "report.html").read_text()
     assert all(uid in html for uid in uids)
     for src in _parse(html).srcs:  # links from the report to renders outside the run resolve
         assert (root / unquote(src)).resolve().is_file(), src
-    bad = subprocess.run(
-        [str(MVDATA), "report", str(root), "--train", str(root / "nope")], capture_output=True, text=True
-    )
-    assert bad.returncode == 2 and "--train" in bad.stderr and "is not a directory" in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1
+    for stage, said in (
+        (f"train={root / 'nope'}", "not a directory"),
+        ("train", "write STAGE=DIR"),
+        ("trains=x", "unknown stage 'trains'"),
+    ):
+        bad = subprocess.run(
+            [str(MVDATA), "report", str(root), "--stage", stage], capture_output=True, text=True
+        )
+        assert bad.returncode == 2 and said in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

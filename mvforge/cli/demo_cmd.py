@@ -32,22 +32,14 @@ def report(
             "--embed/--link", help="Embed base64 thumbnails instead of linking the PNGs (embed_images)."
         ),
     ] = None,
-    renders: Annotated[Path | None, typer.Option(help="`mvdata render` output kept elsewhere.")] = None,
-    filter_dir: Annotated[
-        Path | None, typer.Option("--filter", help="`mvdata filter` output kept elsewhere.")
-    ] = None,
-    shards: Annotated[Path | None, typer.Option(help="`mvdata shard` output kept elsewhere.")] = None,
-    train: Annotated[Path | None, typer.Option(help="`mvtrain fit` run directory kept elsewhere.")] = None,
-    samples: Annotated[Path | None, typer.Option(help="`mvtrain sample` output kept elsewhere.")] = None,
-    sds: Annotated[
-        Path | None, typer.Option(help="`mvtrain sds` run (or a parent of runs) kept elsewhere.")
-    ] = None,
-    dreambooth: Annotated[
-        Path | None, typer.Option(help="`mvtrain dreambooth` run directory kept elsewhere.")
-    ] = None,
-    eval_dir: Annotated[
-        Path | None, typer.Option("--eval", help="`mvtrain eval` output kept elsewhere.")
-    ] = None,
+    stage: Annotated[
+        list[str],
+        typer.Option(
+            "--stage",
+            help="STAGE=DIR: a stage's output kept outside RUN_DIR, e.g. renders=/data/renders (repeatable; "
+            "stages: renders, filter, shards, train, samples, sds, dreambooth, eval).",
+        ),
+    ] = [],
 ) -> None:
     """Write RUN_DIR/report.html: every stage found in RUN_DIR (by name, else by its contents) or given.
 
@@ -55,6 +47,7 @@ def report(
     validation), SDS (turntables), DreamBooth, eval and known-answer results.
     """
     from mvforge.config import load, replace
+    from mvforge.errors import UserError
     from mvforge.report import ReportConfig, write_report
 
     cfg = load(ReportConfig, config, set_)
@@ -62,14 +55,12 @@ def report(
         cfg = replace(cfg, views_per_object=views)
     if embed is not None:
         cfg = replace(cfg, embed_images=embed)
-    given = {
-        "renders": renders,
-        "filter": filter_dir,
-        "shards": shards,
-        "train": train,
-        "samples": samples,
-        "sds": sds,
-        "dreambooth": dreambooth,
-        "eval": eval_dir,
-    }
+    given = {}
+    for item in stage:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--stage {item!r}: write STAGE=DIR, e.g. --stage renders=/data/renders")
+        if name in given:
+            raise UserError(f"--stage {name} is given twice; keep one")
+        given[name] = Path(path)
     typer.echo(str(write_report(run_dir, cfg, given, say=lambda line: typer.echo(line, err=True))))
