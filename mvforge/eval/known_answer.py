@@ -354,12 +354,7 @@ def run_known_answer(
         diff = rundir.settings_difference(kept, json.loads(json.dumps(now)))
         if weights is not None and not diff:
             return previous
-        # Overwriting a result is what a rerun asks for, but never silently (as `mvtrain sample` says it).
-        print(
-            f"mvtrain eval: {out / result_format.KNOWN_ANSWER} was written by another run "
-            f"({diff or 'weights not recorded'}); scoring again and replacing it",
-            file=sys.stderr,
-        )
+        _say_replacing(out, diff or "weights not recorded")
     # A run that fails below leaves no result of another run behind.
     (out / result_format.KNOWN_ANSWER).unlink(missing_ok=True)
     resolution = model.resolution
@@ -476,11 +471,7 @@ def score_renders(
         now["baseline"] = str(baseline) if baseline is not None else None
         diff = rundir.settings_difference({k: previous.get(k) for k in now}, json.loads(json.dumps(now)))
         if diff:  # the same inputs are scored again without a word: the result can only be the same
-            print(
-                f"mvtrain eval: {out / result_format.KNOWN_ANSWER} was written by another run ({diff}); "
-                "scoring again and replacing it",
-                file=sys.stderr,
-            )
+            _say_replacing(out, diff)
     # A run that fails below leaves no result of another run behind.
     (out / result_format.KNOWN_ANSWER).unlink(missing_ok=True)
     base = {}
@@ -532,6 +523,15 @@ def score_renders(
     }
     atomic_write_json(out / result_format.KNOWN_ANSWER, doc)
     return doc
+
+
+def _say_replacing(out: Path, diff: str) -> None:
+    """Replacing another run's result is what a rerun asks for, but never silently (as `mvtrain sample`)."""
+    print(
+        f"mvtrain eval: {out / result_format.KNOWN_ANSWER} was written by another run ({diff}); scoring again "
+        "and replacing it",
+        file=sys.stderr,
+    )
 
 
 def read_result(out: str | Path) -> dict | None:

@@ -2,7 +2,8 @@
 
 Output layout (named in mvforge/formats/samples.py): one prompt -> ``OUT/view_00.png ... view_{V-1}.png``,
 ``OUT/grid.png`` (the views side by side), ``OUT/sample.json`` (prompt, text sent to the model, model, ``ema``:
-whether a checkpoint's EMA weights were used, config) written last; a prompts file (``--prompts FILE``) -> the same in ``OUT/<slug>/`` per prompt, named by the prompt as
+whether a checkpoint's EMA weights were used, config) written last; a prompts file (``--prompts FILE``) -> the
+same in ``OUT/<slug>/`` per prompt, named by the prompt as
 `mvtrain sds --prompts` names its run directories (``prompt_slug``). Every prompt starts from the same seed, so a prompt's
 views do not depend on its place in the file, and neither does its directory: a reordered or extended file resumes,
 and two prompts that would share a directory (a prompt listed twice, or prompts equal up to case and punctuation)

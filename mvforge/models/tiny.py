@@ -146,6 +146,10 @@ def recipe_difference(out: str | Path, **asked) -> str | None:
     return ""
 
 
+def _write_recipe(out: Path, recipe: dict) -> None:
+    atomic_write_text(out / RECIPE, json.dumps(recipe, indent=1) + "\n")
+
+
 def _check_new(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; pass a new directory to --out (or remove it to rebuild)")
@@ -156,7 +160,7 @@ def _save(pipe, out: Path, recipe: dict) -> Path:
     absent."""
     tmp = out.with_name(out.name + ".tmp-tiny")
     pipe.save_pretrained(tmp)
-    (tmp / RECIPE).write_text(json.dumps(recipe, indent=1) + "\n", encoding="utf-8")
+    _write_recipe(tmp, recipe)
     if out.exists():
         out.rmdir()
     tmp.rename(out)
@@ -204,8 +208,7 @@ def make_tiny_mv_pipeline(out: str | Path, seed: int = 0, prediction_type: str =
             p.copy_(0.1 * torch.randn(p.shape, generator=g))
     MultiViewDiffusion(unet=unet, **parts).save_pretrained(out)
     recipe = {"seed": seed, "prediction_type": prediction_type, "variant": "tiny"}
-    recipe |= {"attention_heads": ATTENTION_HEADS, "multiview": True}
-    atomic_write_text(
-        out / RECIPE, json.dumps(recipe, indent=1) + "\n"
-    )  # after: a model without it still loads
+    _write_recipe(
+        out, recipe | {"attention_heads": ATTENTION_HEADS, "multiview": True}
+    )  # after: it still loads
     return out

@@ -176,8 +176,8 @@ def trained_parameters(
     """The UNet's parameters DreamBooth trains (``requires_grad`` set accordingly): ``trained="all"``, all but the
     camera MLP (``class_embedding``) unless ``train_camera``; ``"cross_attention_kv"``, only the key and value
     projections of the text cross-attention (``attn2.to_k``, ``attn2.to_v``: Custom Diffusion, Kumari et al.
-    2023, §3.2), the only weights that read the text, so a new token is learned where other captions drift
-    least (plus the camera MLP with ``train_camera``)."""
+    2023, §3.2), the only weights that read the text (plus the camera MLP with ``train_camera``); on the demo
+    world it kept fewer other captions than ``all`` (docs/demo.md)."""
     params = []
     for name, p in unet.named_parameters():
         if name.startswith("class_embedding."):
