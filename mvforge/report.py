@@ -125,6 +125,11 @@ def find_stages(
             continue
         if (run_dir / stage).is_dir():
             found[stage] = run_dir / stage
+            if any((run_dir / stage).iterdir()) and not looks_right(run_dir / stage):  # empty: not run yet
+                say(
+                    f"mvdata report: {run_dir / stage} does not look like `{stage}` output; pass the right "
+                    f"directory with --stage {stage}=DIR"
+                )
             continue
         if stage == "sds":
             found[stage] = _sds_root(run_dir, taken)

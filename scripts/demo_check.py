@@ -78,6 +78,12 @@ def measures(out: Path) -> dict[str, float]:
 
 def main(out: Path) -> None:
     found = measures(out)
+    if not found:
+        # A check that measured nothing must not read as passed.
+        print(
+            f"error: {out} holds no known-answer result (eval/, eval-sds/, eval-dreambooth/); run `make demo`"
+        )
+        sys.exit(2)
     print(f"== the numbers against their targets and 3-seed floors (docs/demo.md): {out}")
     width = max(map(len, TARGETS))
     for name, (target, floor) in TARGETS.items():

@@ -64,9 +64,15 @@ def main() -> None:
     ap.add_argument("out", type=Path, help="a finished `make demo` output directory")
     ap.add_argument("images", type=Path, help="where demo-world.png and demo-sds.png go")
     args = ap.parse_args()
-    args.images.mkdir(parents=True, exist_ok=True)
+    if not args.out.is_dir():
+        print(f"error: {args.out} is not a directory; pass the directory `make demo` wrote", file=sys.stderr)
+        sys.exit(2)
+    if args.images.exists() and not args.images.is_dir():
+        print(f"error: {args.images} is a file; pass a directory for the pictures", file=sys.stderr)
+        sys.exit(2)
     world = _tile([_two_rows(args.out / "eval", u) for u in WORLD_UIDS], columns=4)
     sds = _tile([_two_rows(args.out / "eval-sds", u) for u in SDS_UIDS], columns=1)
+    args.images.mkdir(parents=True, exist_ok=True)  # only once every strip was read
     for name, picture in (("demo-world.png", world), ("demo-sds.png", sds)):
         picture.save(args.images / name, optimize=True)
         print(args.images / name)

@@ -80,7 +80,17 @@ def test_the_pictures_tile_the_truth_above_each_result_and_a_missing_strip_is_on
     assert world.size == (4 * 256 + 3 * 8, 2 * 128 + 8)  # 8 captions, 4 to a row, 2x upscaled
     assert world.getpixel((10, 70)) == (0, 255, 0) and (0, 0, 255) not in {c for _, c in world.getcolors()}
     assert Image.open(tmp_path / "img" / "demo-sds.png").size == (256, 3 * 128 + 2 * 8)
+    assert subprocess.run([*script[:2], str(tmp_path / "nope"), str(tmp_path / "x")]).returncode == 2
     (tmp_path / "eval-sds" / "known_answer" / "demo-chair.png").unlink()
     done = subprocess.run(script, capture_output=True, text=True)
     assert done.returncode == 2 and "demo-chair.png is missing" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_an_output_with_no_result_is_an_error_not_a_pass(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo_check.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "holds no known-answer result" in done.stdout

@@ -370,6 +370,12 @@ def test_stages_under_other_names_are_found_by_their_contents_or_given(run_dir, 
     assert "a red mug" in section["sds"] and "a blue mug" in section["sds"] and "b-fit" not in section["sds"]
     assert "0.25" in section["train"] and "mug" not in section["train"]
     assert any("train: " in line and "b-fit (found by its contents" in line for line in said), said
+    # A folder under a stage's name that holds something else is shown, and said to be suspect.
+    (root / "samples").mkdir()
+    (root / "samples" / "notes.txt").write_text("not a sample")
+    said.clear()
+    write_report(root, say=said.append)
+    assert any("samples does not look like `samples` output" in line for line in said), said
     # A `--prompts` batch reported on its own: every prompt, none taken for a fit run.
     html = write_report(root / "mugs").read_text()
     assert "a red mug" in html and "a blue mug" in html and "No training run here" in html
