@@ -89,7 +89,9 @@ STAGE_MARKERS = {
     "samples": lambda d: (d / sample_format.GRID).is_file() and (d / sample_format.META).is_file(),
     "sds": lambda d: any(_is_sds_run(r) for r in sds_format.find_results(d)),
     "dreambooth": lambda d: "mean_abs_dev" in _metrics_header(d),
-    "eval": lambda d: (d / eval_result.EVAL).is_file() or (d / eval_result.SDS).is_file(),
+    "eval": lambda d: any(
+        (d / name).is_file() for name in (eval_result.EVAL, eval_result.SDS, eval_result.KNOWN_ANSWER)
+    ),
 }
 """The stages `mvdata report` shows, in pipeline order, each with the test that recognises its output."""
 

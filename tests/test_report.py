@@ -20,7 +20,7 @@ from PIL import Image
 
 from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_json
-from mvforge.report import ReportConfig, histogram_bins, write_report
+from mvforge.report import ReportConfig, find_stages, histogram_bins, write_report
 from tests.fixtures.synthetic import write_synthetic_render_dir
 
 MVDATA = Path(sys.executable).with_name("mvdata")
@@ -376,6 +376,13 @@ def test_stages_under_other_names_are_found_by_their_contents_or_given(run_dir, 
     said.clear()
     write_report(root, say=said.append)
     assert any("samples does not look like `samples` output" in line for line in said), said
+    # `make demo`'s eval/ holds a known-answer evaluation only: that is `eval` output too.
+    (root / "eval").mkdir()
+    atomic_write_json(root / "eval" / "known_answer.json", {"captions": []})
+    said.clear()
+    assert find_stages(root, say=said.append)["eval"] == root / "eval"
+    assert not any("eval does not look like" in line for line in said), said
+    shutil.rmtree(root / "eval")
     # A `--prompts` batch reported on its own: every prompt, none taken for a fit run.
     html = write_report(root / "mugs").read_text()
     assert "a red mug" in html and "a blue mug" in html and "No training run here" in html
