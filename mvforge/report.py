@@ -742,7 +742,12 @@ def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
     if not path.is_file() and not sds_path.is_file():
         return htmlkit.render(
             "report_eval.html.j2",
-            problem="No evaluation here (no eval/eval.json; elsewhere: --stage eval=DIR).",
+            problem=(
+                "No FID / IS / CLIP evaluation here (no eval.json; a known-answer evaluation is shown below; "
+                "elsewhere: --stage eval=DIR)."
+                if (root / eval_result.KNOWN_ANSWER).is_file()
+                else "No evaluation here (no eval/eval.json; elsewhere: --stage eval=DIR)."
+            ),
         )
     try:
         doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -24,7 +24,9 @@ SDS_OBJECTS = ("demo-traffic-cone", "demo-chair", "demo-kettle")
 SUBJECT = "demo-potted-cactus"
 # (measure, target, floor): floors are the lowest of the one-head UNet's runs, seeds 0 (twice: 2 threads and 1),
 # 1 and 2, and seed 0 again on a CPU with other float kernels (AVX512: another model from the same seed; the last
-# value of each list), docs/demo.md "One attention head"; the DreamBooth ones from its 300-step runs.
+# value of each list), docs/demo.md "One attention head"; the DreamBooth ones from its 300-step runs. Seed 0 with
+# 2 threads was run again on 2026-12-07 and gave the first values again, to every digit (docs/demo.md, "A third
+# run").
 TARGETS = {
     "captions retrieving their own object, held-out orbit (of 11)": (10, 10),  # 10, 10, 10, 10, 10
     "non-symmetric shifts further from the truth, held-out orbit (of 10)": (10, 6),  # 7, 9, 6, 6, 8

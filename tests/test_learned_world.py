@@ -29,9 +29,10 @@ OBJECTS = ("demo-bench", "demo-chair", "demo-kettle")
 # The seed of the weights, the VAE fit and the UNet fit. CI runs seed 0; the thresholds come from seeds 0-2
 # (docs/demo.md): `MVFORGE_WORLD_SEED=1 pytest tests/test_learned_world.py`.
 SEED = int(os.environ.get("MVFORGE_WORLD_SEED", "0"))
-# The UNet's attention heads and its steps: one head of 32 channels trains 3.4x faster than 8 of 4 (`make demo`'s
-# UNet, docs/benchmarks.md); at 600 steps it learned the camera on one seed of three, at 900 on all
-# (docs/demo.md): `MVFORGE_WORLD_HEADS=8 MVFORGE_WORLD_STEPS=600 pytest tests/test_learned_world.py`.
+# The UNet's attention heads and its steps: one head of 32 channels trains 1.9-3.8x faster than 8 of 4, by the
+# CPU (`make demo`'s UNet, docs/benchmarks.md); at 600 steps it failed to learn the camera on one seed of three
+# (seed 0: 3 of 6), at 900 it learned it on all (docs/demo.md). The test before:
+# `MVFORGE_WORLD_HEADS=8 MVFORGE_WORLD_STEPS=600 pytest tests/test_learned_world.py`.
 HEADS = int(os.environ.get("MVFORGE_WORLD_HEADS", "1"))
 STEPS = int(os.environ.get("MVFORGE_WORLD_STEPS", "900"))
 
