@@ -8,7 +8,7 @@ runs/<name>/checkpoints/step-NNNNNN/          unet/, unet_ema/, optimizer.pt, lr
 runs/<name>/metrics.csv, tensorboard/         one row / scalars per logged step (mvforge.metrics)
 runs/<name>/validation/step-NNNNNN/           sample directories per validation prompt (formats.samples)
 runs/<name>/worker_starts.jsonl               one line per (re)start of a Ray Train worker group
-runs/<name>/ray_results/                      Ray Train's own results and reported checkpoints (--storage-path)
+runs/<name>/ray_results/                      Ray Train's own results, checkpoints as pointers (--storage-path)
 runs/<name>/summary.json                      written LAST by a finished run (rundir.DONE)
 runs/<name>/pipeline/                         dreambooth with save_pipeline: the result as a pipeline directory
 ```

@@ -1,16 +1,24 @@
 """`mvtrain fit --workers N`: the training loop under Ray Train (TorchTrainer + DDP, docs/design.md §4).
 
 The loop (loop.py) knows nothing about Ray; this module builds its ``Runtime`` from the Ray Train context:
-rank, device, DDP wrapping (``prepare_model``) and reporting (``ray.train.report`` with the checkpoint
-directory). Ray restarts failed workers up to ``max_failures`` times; a restarted loop resumes from the run's
-latest checkpoint, so a restart continues exactly where the last checkpoint left off.
+rank, device, DDP wrapping (``prepare_model``) and reporting (``ray.train.report`` of the metrics). Ray restarts
+failed workers up to ``max_failures`` times; a restarted loop resumes from the run's latest checkpoint, so a
+restart continues exactly where the last checkpoint left off.
+
+A checkpoint is reported to Ray as a pointer (``POINTER``: a directory holding one JSON file with the checkpoint's
+path), the pattern Ray Train's docs give for checkpoints stored elsewhere. Reporting the checkpoint itself would
+make Ray copy it into its storage path and keep every copy (it does not know ``keep_checkpoints``): twice the
+disk and a synchronous copy on rank 0 at each checkpoint, for nothing, since the loop resumes from the run
+directory's own checkpoints, on storage every node sees. ``Result.checkpoint`` is then the newest pointer.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from mvforge import config as config_mod
@@ -20,6 +28,8 @@ from mvforge.formats import runs
 from mvforge.fsutil import atomic_write_text
 from mvforge.train.config import FitConfig
 
+POINTER = "mvforge_checkpoint.json"
+"""The one file of a checkpoint reported to Ray Train: ``{"checkpoint": "<absolute path of the run's checkpoint>"}``."""
 STOP = ".stop"
 """Written into the run directory by the driver on SIGTERM: the workers (threads of Ray Train workers, where no
 signal handler can be installed) see it after their step, checkpoint and end; the driver then exits 143. A file,
@@ -45,10 +55,14 @@ def _train_loop_per_worker(loop_config: dict) -> None:
         return ray.train.torch.prepare_model(model)
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
-        checkpoint = None
-        if checkpoint_dir is not None and rank == 0:
-            checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
-        ray.train.report({k: v for k, v in metrics.items() if k != "kind"}, checkpoint=checkpoint)
+        metrics = {k: v for k, v in metrics.items() if k != "kind"}
+        if checkpoint_dir is None or rank != 0:
+            ray.train.report(metrics)
+            return
+        # A pointer, not the checkpoint (module docstring): Ray copies this directory of one small file.
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / POINTER).write_text(json.dumps({"checkpoint": str(Path(checkpoint_dir).resolve())}))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     if rank == 0:  # one line per (re)start of the worker group: restarts after failures show here
         from mvforge.fsutil import append_jsonl
@@ -90,7 +104,7 @@ def fit_with_ray(
 
     ``max_failures``: restarts after a worker dies; each restart resumes from the run's latest checkpoint
     (loop.py), so the data order and the final weights are those of an uninterrupted run. ``storage_path``:
-    where Ray Train keeps its results and reported checkpoints (shared storage or an fsspec URL such as
+    where Ray Train keeps its results and checkpoint pointers (shared storage or an fsspec URL such as
     ``s3://bucket/runs``; default ``<out>/ray_results``). The run directory ``cfg.out`` itself must be on
     storage every node sees. Raises UserError when a local Ray (no ``address``) has fewer CPUs (GPUs with
     ``use_gpu``) than ``workers``; a cluster that small is waited on, and the wait is said on stderr (an

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
+from pathlib import Path
 
 import pytest
 
 from mvforge.errors import UserError
 from mvforge.train.loop import fit, latest_checkpoint
-from mvforge.train.ray_fit import check_cluster_size, fit_with_ray
+from mvforge.train.ray_fit import POINTER, check_cluster_size, fit_with_ray
 
 
 @pytest.mark.slow
@@ -33,9 +35,14 @@ def test_ray_train_one_worker_matches_in_process(make_fit_config, tiny_sd, shard
     finally:
         ray.shutdown()
     assert result.error is None
-    assert result.checkpoint is not None  # reported through ray.train.report
-    # Ray's own results live inside the run directory, nothing beside it.
+    assert result.metrics["step"] == 2  # reported through ray.train.report
+    # Ray's own results live inside the run directory, nothing beside it; a checkpoint is reported as a
+    # pointer to the run's own, never copied (Ray would keep every copy).
     assert (tmp_path / "ray-run" / "ray_results").is_dir() and not (tmp_path / "ray_results").exists()
+    with result.checkpoint.as_directory() as pointer:
+        target = json.loads((Path(pointer) / POINTER).read_text())["checkpoint"]
+    assert Path(target) == (tmp_path / "ray-run" / "checkpoints" / "step-000002").resolve()
+    assert not [p for p in (tmp_path / "ray-run" / "ray_results").rglob("*") if p.name == "unet"]
     assert latest_checkpoint(tmp_path / "ray-run").name == "step-000002"
     rows = list(csv.DictReader((tmp_path / "ray-run" / "metrics.csv").read_text().splitlines()))
     here = fit(make_fit_config(tiny_sd, shards_3d, tmp_path / "local", max_steps=2))
