@@ -6,7 +6,8 @@ failed workers up to ``max_failures`` times; a restarted loop resumes from the r
 restart continues exactly where the last checkpoint left off.
 
 A checkpoint is reported to Ray as a pointer (``POINTER``: a directory holding one JSON file with the checkpoint's
-path), the pattern Ray Train's docs give for checkpoints stored elsewhere. Reporting the checkpoint itself would
+path), the pattern Ray Train itself suggests for checkpoints stored elsewhere (its ``report``, in the error for a
+checkpoint outside its storage path). Reporting the checkpoint itself would
 make Ray copy it into its storage path and keep every copy (it does not know ``keep_checkpoints``): twice the
 disk and a synchronous copy on rank 0 at each checkpoint, for nothing, since the loop resumes from the run
 directory's own checkpoints, on storage every node sees. ``Result.checkpoint`` is then the newest pointer.
