@@ -7,10 +7,10 @@ restart continues exactly where the last checkpoint left off.
 
 A checkpoint is reported to Ray as a pointer (``POINTER``: a directory holding one JSON file with the checkpoint's
 path), the pattern Ray Train itself suggests for checkpoints stored elsewhere (its ``report``, in the error for a
-checkpoint outside its storage path). Reporting the checkpoint itself would
-make Ray copy it into its storage path and keep every copy (it does not know ``keep_checkpoints``): twice the
-disk and a synchronous copy on rank 0 at each checkpoint, for nothing, since the loop resumes from the run
-directory's own checkpoints, on storage every node sees. ``Result.checkpoint`` is then the newest pointer.
+checkpoint outside its storage path). Reporting the checkpoint itself would make Ray copy it into its storage
+path and keep every copy (it does not know ``keep_checkpoints``): more disk than the run's own checkpoints and a
+synchronous copy on rank 0 at each checkpoint, for nothing, since the loop resumes from the run directory's own
+checkpoints, on storage every node sees. ``Result.checkpoint`` is then the newest pointer.
 """
 
 from __future__ import annotations
