@@ -208,7 +208,6 @@ def make_tiny_mv_pipeline(out: str | Path, seed: int = 0, prediction_type: str =
             p.copy_(0.1 * torch.randn(p.shape, generator=g))
     MultiViewDiffusion(unet=unet, **parts).save_pretrained(out)
     recipe = {"seed": seed, "prediction_type": prediction_type, "variant": "tiny"}
-    _write_recipe(
-        out, recipe | {"attention_heads": ATTENTION_HEADS, "multiview": True}
-    )  # after: it still loads
+    # Written after the model: a directory without it still loads (recipe_difference reads its configs).
+    _write_recipe(out, recipe | {"attention_heads": ATTENTION_HEADS, "multiview": True})
     return out
