@@ -174,7 +174,8 @@ def write_report(
     cfg = cfg or ReportConfig()
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist; pass the --out directory of a run")
+        what = "is a file" if run_dir.exists() else "does not exist"
+        raise UserError(f"run directory {run_dir} {what}; pass the --out directory of a run")
     if cfg.views_per_object < 1 or cfg.thumb_px < 8 or cfg.histogram_bins < 0:
         raise UserError("report settings: views_per_object >= 1, thumb_px >= 8 and histogram_bins >= 0")
     unknown = sorted(set(stages or {}) - set(STAGE_MARKERS))

@@ -407,3 +407,13 @@ def test_stages_under_other_names_are_found_by_their_contents_or_given(run_dir, 
             [str(MVDATA), "report", str(root), "--stage", stage], capture_output=True, text=True
         )
         assert bad.returncode == 2 and said in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_directory_that_is_missing_or_a_file_is_one_line_naming_which(tmp_path):
+    from mvforge.errors import UserError
+
+    with pytest.raises(UserError, match=r"nope does not exist; pass the --out directory"):
+        write_report(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match=r"notes.txt is a file; pass the --out directory"):
+        write_report(tmp_path / "notes.txt")
