@@ -117,6 +117,11 @@ def find_stages(
                 f"mvdata report: --stage {stage}={path} does not look like `{stage}` output; its section may "
                 "be empty"
             )
+    by_path: dict[Path, str] = {}
+    for stage, path in given.items():
+        other = by_path.setdefault(path.resolve(), stage)
+        if other != stage:
+            say(f"mvdata report: --stage {other} and --stage {stage} name the same directory {path}")
     children = sorted(p for p in run_dir.iterdir() if p.is_dir()) if run_dir.is_dir() else []
     taken = {p.resolve() for p in given.values()}
     taken |= {(run_dir / s).resolve() for s in STAGE_MARKERS if (run_dir / s).is_dir()}
@@ -150,6 +155,11 @@ def find_stages(
             say(
                 f"mvdata report: {stage}: {chosen} (found by its contents; --stage {stage}=DIR names another)"
             )
+    if not any(path is not None and STAGE_MARKERS[stage](path) for stage, path in found.items()):
+        say(
+            f"mvdata report: nothing in {run_dir} looks like any stage's output, so every section is empty; "
+            "pass the --out directory of a run, or --stage STAGE=DIR"
+        )
     return found
 
 
@@ -744,10 +754,12 @@ def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
         return htmlkit.render(
             "report_eval.html.j2",
             problem=(
-                "No FID / IS / CLIP evaluation here (no eval.json; a known-answer evaluation is shown below; "
-                "elsewhere: --stage eval=DIR)."
+                f"No FID / IS / CLIP evaluation here (no {eval_result.EVAL} in {_rel(root, report_dir)}; a "
+                "known-answer evaluation is shown below; elsewhere: --stage eval=DIR)."
                 if (root / eval_result.KNOWN_ANSWER).is_file()
-                else "No evaluation here (no eval/eval.json; elsewhere: --stage eval=DIR)."
+                else "No evaluation here (no eval/ in the run directory; elsewhere: --stage eval=DIR)."
+                if not root.is_dir()
+                else f"No evaluation here (no {eval_result.EVAL} in {_rel(root, report_dir)})."
             ),
         )
     try:

@@ -82,10 +82,7 @@ def main(out: Path) -> None:
     found = measures(out)
     if not found:
         # A check that measured nothing must not read as passed.
-        print(
-            f"error: {out} holds no known-answer result (eval/, eval-sds/, eval-dreambooth/); run `make demo`"
-        )
-        sys.exit(2)
+        _usage_error(f"{out} holds no known-answer result (eval/, eval-sds/, eval-dreambooth/); run `make demo`")
     print(f"== the numbers against their targets and 3-seed floors (docs/demo.md): {out}")
     width = max(map(len, TARGETS))
     for name, (target, floor) in TARGETS.items():
@@ -104,9 +101,15 @@ def main(out: Path) -> None:
         print(f"  {name:<{width}}  {shown:>5}  (target {target:g}, floor {floor:g})  {verdict}")
 
 
+def _usage_error(message: str) -> None:
+    """Bad arguments or input: one line on stderr and exit status 2, as every mvforge command does."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python scripts/demo_check.py OUT (the directory `make demo` wrote)")
+        _usage_error("usage: python scripts/demo_check.py OUT (the directory `make demo` wrote)")
     if not Path(sys.argv[1]).is_dir():
-        sys.exit(f"error: {sys.argv[1]} is not a directory; pass the directory `make demo` wrote (demo-out)")
+        _usage_error(f"{sys.argv[1]} is not a directory; pass the directory `make demo` wrote (demo-out)")
     main(Path(sys.argv[1]))

@@ -50,7 +50,7 @@ def test_a_missing_output_directory_is_one_line_naming_the_fix(tmp_path):
         [sys.executable, str(ROOT / "scripts" / "demo_check.py"), str(tmp_path / "nope")],
         capture_output=True, text=True,
     )  # fmt: skip
-    assert done.returncode == 1
+    assert done.returncode == 2  # bad arguments: 2, as for every mvforge command
     assert (
         done.stderr.strip()
         == f"error: {tmp_path / 'nope'} is not a directory; pass the directory `make demo` wrote (demo-out)"
@@ -93,4 +93,5 @@ def test_an_output_with_no_result_is_an_error_not_a_pass(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert done.returncode == 2 and "holds no known-answer result" in done.stdout
+    assert done.returncode == 2 and "holds no known-answer result" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

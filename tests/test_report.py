@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -183,9 +184,12 @@ def test_embedded_thumbnails_are_pngs(run_dir):
 
 
 def test_missing_stages_say_so(tmp_path):
-    html = write_report(tmp_path).read_text()
+    said = []
+    html = write_report(tmp_path, say=said.append).read_text()
     for text in ("No render output here", "No filter output here", "No shard output here"):
         assert text in html
+    assert "no eval/ in the run directory" in html
+    assert any("nothing in" in line and "every section is empty" in line for line in said), said
     (tmp_path / "filter").mkdir()
     (tmp_path / "shards").mkdir()
     html = write_report(tmp_path).read_text()
@@ -382,7 +386,15 @@ def test_stages_under_other_names_are_found_by_their_contents_or_given(run_dir, 
     said.clear()
     find_stages(root, say=said.append)
     assert not any("eval does not look like" in line for line in said), said  # it did before
+    assert not any("every section is empty" in line for line in said), said
     shutil.rmtree(root / "eval")
+    # An eval directory given elsewhere is named as given, not as the run's eval/.
+    other = tmp_path_factory.mktemp("elsewhere") / "ka"
+    other.mkdir()
+    said.clear()
+    html = write_report(root, stages={"eval": other, "samples": other}, say=said.append).read_text()
+    assert f"no eval.json in {os.path.relpath(other, root)}" in html and "no eval/ in" not in html
+    assert any("--stage eval and --stage samples name the same directory" in line for line in said), said
     # A `--prompts` batch reported on its own: every prompt, none taken for a fit run.
     html = write_report(root / "mugs").read_text()
     assert "a red mug" in html and "a blue mug" in html and "No training run here" in html

@@ -221,6 +221,8 @@ def test_run_writes_strips_and_scores_with_baselines_through_the_cli(tiny_mv, sh
         env=env,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "shifted cameras not sampled" in done.stdout and "further 0/0" not in done.stdout
+    assert "shifted cameras not sampled" in write_report(tmp_path, ReportConfig()).read_text()
     rows = json.loads((tmp_path / "ka3" / "known_answer.json").read_text())["captions"]
     assert [(r["uid"], r["caption"]) for r in rows] == [("obj-0001", "a photo of xjq object")]
     prompts.write_text("obj-0001 no tab\n")
