@@ -82,7 +82,9 @@ def main(out: Path) -> None:
     found = measures(out)
     if not found:
         # A check that measured nothing must not read as passed.
-        _usage_error(f"{out} holds no known-answer result (eval/, eval-sds/, eval-dreambooth/); run `make demo`")
+        _usage_error(
+            f"{out} holds no known-answer result (eval/, eval-sds/, eval-dreambooth/); run `make demo`"
+        )
     print(f"== the numbers against their targets and 3-seed floors (docs/demo.md): {out}")
     width = max(map(len, TARGETS))
     for name, (target, floor) in TARGETS.items():
