@@ -18,6 +18,19 @@ SET_HELP = "Override a config value, e.g. --set cycles.samples=64 (repeatable)."
 REQUIRED_UNLESS_CONFIG = r"\[required unless --config sets it]"
 
 
+def reflow_help(app: typer.Typer) -> None:
+    """Join the hard line breaks inside each paragraph of every command's help (its docstring or ``help=``), so
+    the terminal wraps it: typer's rich help keeps a docstring's line breaks and wraps each line on its own, which
+    broke sentences mid-way at any other width. Paragraphs (blank lines) stay."""
+    import inspect
+
+    for command in app.registered_commands:
+        text = command.help or (command.callback.__doc__ if command.callback else None)
+        if text:
+            paragraphs = inspect.cleandoc(text).split("\n\n")
+            command.help = "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
 def set_help(example: str) -> str:
     """The --set help with an example key of the command's own config."""
     return f"Override a config value, e.g. --set {example} (repeatable)."

@@ -8,7 +8,7 @@ or ray. ``mvdata doctor`` says which extras are installed and which commands wor
 from __future__ import annotations
 
 from mvforge.cli import demo_cmd, filter_cmd, render_cmd, shard_cmd
-from mvforge.cli.common import make_app, run_app
+from mvforge.cli.common import make_app, reflow_help, run_app
 
 app = make_app(
     "mvdata",
@@ -52,6 +52,7 @@ app.command("shard")(shard_cmd.shard)
 app.command("verify")(shard_cmd.verify)
 app.command("report")(demo_cmd.report)
 
+reflow_help(app)
 main = run_app(app)
 
 if __name__ == "__main__":

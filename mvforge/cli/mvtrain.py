@@ -6,7 +6,7 @@ Heavy imports (torch, diffusers, ray) happen inside the command bodies, so `mvtr
 from __future__ import annotations
 
 from mvforge.cli import convert_cmd, dreambooth_cmd, eval_cmd, fit_cmd, fit_vae_cmd, sample_cmd, sds_cmd
-from mvforge.cli.common import make_app, run_app
+from mvforge.cli.common import make_app, reflow_help, run_app
 
 app = make_app(
     "mvtrain", "mvforge training stages: multi-view diffusion fit, sampling and score distillation."
@@ -23,6 +23,7 @@ app.command("convert")(convert_cmd.convert)
 app.command("eval")(eval_cmd.eval_)
 app.command("dreambooth")(dreambooth_cmd.dreambooth)
 
+reflow_help(app)
 main = run_app(app)
 
 if __name__ == "__main__":

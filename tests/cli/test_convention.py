@@ -110,6 +110,8 @@ def test_command_help_marks_required_and_shows_defaults_one_way(app, name):
     text = _help([name, "-h"], app)
     assert "Usage:" in text
     assert cmd.help, f"{key}: no help text (a docstring or help=)"
+    # A line break inside a paragraph is kept by rich and wraps on its own: sentences broke mid-way.
+    assert all("\n" not in para for para in cmd.help.split("\n\n")), f"{key}: a hard-wrapped help paragraph"
     # Every click-required parameter shows the [required] mark (rich prints one per parameter).
     required = [p for p in cmd.params if p.required]
     assert text.count("[required]") == len(required), (key, [p.name for p in required])
