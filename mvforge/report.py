@@ -155,7 +155,7 @@ def find_stages(
             say(
                 f"mvdata report: {stage}: {chosen} (found by its contents; --stage {stage}=DIR names another)"
             )
-    if not any(path is not None and STAGE_MARKERS[stage](path) for stage, path in found.items()):
+    if all(path is None for path in found.values()):
         say(
             f"mvdata report: nothing in {run_dir} looks like any stage's output, so every section is empty; "
             "pass the --out directory of a run, or --stage STAGE=DIR"
@@ -754,12 +754,12 @@ def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
         return htmlkit.render(
             "report_eval.html.j2",
             problem=(
-                f"No FID / IS / CLIP evaluation here (no {eval_result.EVAL} in {_rel(root, report_dir)}; a "
+                f"No FID / IS / CLIP evaluation here (no {eval_result.EVAL} in {_where(root, report_dir)}; a "
                 "known-answer evaluation is shown below; elsewhere: --stage eval=DIR)."
                 if (root / eval_result.KNOWN_ANSWER).is_file()
                 else "No evaluation here (no eval/ in the run directory; elsewhere: --stage eval=DIR)."
                 if not root.is_dir()
-                else f"No evaluation here (no {eval_result.EVAL} in {_rel(root, report_dir)})."
+                else f"No evaluation here (no {eval_result.EVAL} in {_where(root, report_dir)})."
             ),
         )
     try:
@@ -991,6 +991,11 @@ def _img_src(path: Path, report_dir: Path, cfg: ReportConfig) -> str | None:
             return htmlkit.thumbnail_uri(im, cfg.thumb_px)
     except OSError:
         return None
+
+
+def _where(path: Path, run_dir: Path) -> str:
+    """``path`` as a section names it: relative to the run directory, or "the run directory" itself."""
+    return "the run directory" if path.resolve() == run_dir.resolve() else _rel(path, run_dir)
 
 
 def _rel(path: Path, start: Path) -> str:

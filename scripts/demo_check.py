@@ -47,18 +47,27 @@ def measures(out: Path) -> dict[str, float]:
     for sub, kind in kinds.items():
         path = out / sub / "known_answer.json"
         if path.is_file():
-            results[kind] = {c["uid"]: c for c in json.loads(path.read_text())["captions"]}
+            try:
+                results[kind] = {c["uid"]: c for c in json.loads(path.read_text())["captions"]}
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                _usage_error(
+                    f"{path} is unreadable or not a known-answer result ({e!r}); run `make demo` again"
+                )
     if "trained" in results:
         rows = results["trained"]
         found["captions retrieving their own object, held-out orbit (of 11)"] = sum(
             r["retrieved"] == uid for uid, r in rows.items()
         )
-        found["non-symmetric shifts further from the truth, held-out orbit (of 10)"] = sum(
-            shift_is_further(s, len(rows[uid]["views"]))
+        shifts = [
+            (s, len(rows[uid]["views"]))
             for uid in NON_SYMMETRIC
             if uid in rows
             for s in rows[uid]["shifted"].values()
-        )
+        ]
+        if shifts:  # none when the evaluation sampled no shifted cameras (shifts_deg=[]): not measured
+            found["non-symmetric shifts further from the truth, held-out orbit (of 10)"] = sum(
+                shift_is_further(s, n) for s, n in shifts
+            )
     if "sds" in results:
         rows = results["sds"]
         for uid in SDS_OBJECTS:
@@ -109,9 +118,17 @@ def _usage_error(message: str) -> None:
     sys.exit(2)
 
 
+USAGE = "usage: python scripts/demo_check.py OUT (the directory `make demo` wrote, e.g. demo-out)"
+
 if __name__ == "__main__":
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        print(USAGE)
+        sys.exit(0)
     if len(sys.argv) != 2:
-        _usage_error("usage: python scripts/demo_check.py OUT (the directory `make demo` wrote)")
-    if not Path(sys.argv[1]).is_dir():
-        _usage_error(f"{sys.argv[1]} is not a directory; pass the directory `make demo` wrote (demo-out)")
-    main(Path(sys.argv[1]))
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    given = Path(sys.argv[1])
+    if not given.is_dir():
+        what = "is not a directory" if given.exists() else "does not exist"
+        _usage_error(f"{given} {what}; pass the directory `make demo` wrote (demo-out)")
+    main(given)

@@ -53,8 +53,16 @@ def test_a_missing_output_directory_is_one_line_naming_the_fix(tmp_path):
     assert done.returncode == 2  # bad arguments: 2, as for every mvforge command
     assert (
         done.stderr.strip()
-        == f"error: {tmp_path / 'nope'} is not a directory; pass the directory `make demo` wrote (demo-out)"
+        == f"error: {tmp_path / 'nope'} does not exist; pass the directory `make demo` wrote (demo-out)"
     )
+    script = [sys.executable, str(ROOT / "scripts" / "demo_check.py")]
+    (tmp_path / "a-file").write_text("x")
+    done = subprocess.run([*script, str(tmp_path / "a-file")], capture_output=True, text=True)
+    assert done.returncode == 2 and "a-file is not a directory" in done.stderr
+    done = subprocess.run(script, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("usage: ")
+    done = subprocess.run([*script, "-h"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("usage: ")
 
 
 def test_the_pictures_tile_the_truth_above_each_result_and_a_missing_strip_is_one_line(tmp_path):
@@ -95,3 +103,20 @@ def test_an_output_with_no_result_is_an_error_not_a_pass(tmp_path):
     )
     assert done.returncode == 2 and "holds no known-answer result" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_damaged_result_is_one_line_and_no_shifted_cameras_are_not_measured(tmp_path):
+    script = [sys.executable, str(ROOT / "scripts" / "demo_check.py"), str(tmp_path)]
+    (tmp_path / "eval").mkdir()
+    for damaged in ("{}", "not json"):
+        (tmp_path / "eval" / "known_answer.json").write_text(damaged)
+        done = subprocess.run(script, capture_output=True, text=True)
+        assert done.returncode == 2 and "is unreadable or not a known-answer result" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    (tmp_path / "eval" / "known_answer.json").unlink()
+    (tmp_path / "eval").rmdir()
+    # An evaluation run with shifts_deg=[] sampled no shifted cameras: the measure is absent, not 0.
+    _write(tmp_path / "eval", [{"uid": u, "retrieved": u, "views": [0], "shifted": {}} for u in UIDS])
+    out = subprocess.run(script, capture_output=True, text=True, check=True).stdout
+    (line,) = [line for line in out.splitlines() if "shifts further" in line]
+    assert line.endswith("not measured") and "FLOOR" not in line

@@ -51,7 +51,7 @@ def _run(*args: str) -> str:
 # imported once instead of four times (about 7 s each on a 2-core CPU). Each command still parses its own argv
 # and seeds itself, so its output is the one a separate `mvtrain` process writes.
 _ONE_PROCESS = """
-import json, sys
+import json, sys, traceback
 from mvforge.cli.mvtrain import main
 for args in json.loads(sys.argv[1]):
     sys.argv = ["mvtrain", *args]
@@ -60,6 +60,9 @@ for args in json.loads(sys.argv[1]):
     except SystemExit as e:
         if e.code not in (0, None):
             sys.exit(f"mvtrain {args[0]} exited {e.code}")
+    except BaseException:
+        traceback.print_exc()
+        sys.exit(f"mvtrain {args[0]} raised the exception above")
 """
 
 

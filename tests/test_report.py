@@ -190,6 +190,13 @@ def test_missing_stages_say_so(tmp_path):
         assert text in html
     assert "no eval/ in the run directory" in html
     assert any("nothing in" in line and "every section is empty" in line for line in said), said
+    (tmp_path / "train").mkdir()  # a fit before its first checkpoint: its log is shown, so no such warning
+    (tmp_path / "train" / "metrics.csv").write_text("step,kind,loss,step_s\n4,3d,0.25,1.0\n")
+    said.clear()
+    write_report(tmp_path, say=said.append)
+    assert not any("every section is empty" in line for line in said), said
+    (tmp_path / "train" / "metrics.csv").unlink()
+    (tmp_path / "train").rmdir()
     (tmp_path / "filter").mkdir()
     (tmp_path / "shards").mkdir()
     html = write_report(tmp_path).read_text()
