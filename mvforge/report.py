@@ -751,17 +751,16 @@ def _eval_section(root: Path, report_dir: Path, cfg: ReportConfig) -> str:
     path = root / eval_result.EVAL
     sds_path = root / eval_result.SDS
     if not path.is_file() and not sds_path.is_file():
-        return htmlkit.render(
-            "report_eval.html.j2",
-            problem=(
+        if not root.is_dir():
+            problem = "No evaluation here (no eval/ in the run directory; elsewhere: --stage eval=DIR)."
+        elif (root / eval_result.KNOWN_ANSWER).is_file():
+            problem = (
                 f"No FID / IS / CLIP evaluation here (no {eval_result.EVAL} in {_where(root, report_dir)}; a "
                 "known-answer evaluation is shown below; elsewhere: --stage eval=DIR)."
-                if (root / eval_result.KNOWN_ANSWER).is_file()
-                else "No evaluation here (no eval/ in the run directory; elsewhere: --stage eval=DIR)."
-                if not root.is_dir()
-                else f"No evaluation here (no {eval_result.EVAL} in {_where(root, report_dir)})."
-            ),
-        )
+            )
+        else:
+            problem = f"No evaluation here (no {eval_result.EVAL} in {_where(root, report_dir)})."
+        return htmlkit.render("report_eval.html.j2", problem=problem)
     try:
         doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         sds = json.loads(sds_path.read_text(encoding="utf-8")) if sds_path.is_file() else {}
@@ -899,6 +898,7 @@ def _known_answer_section(run_dir: Path, cfg: ReportConfig, eval_dir: Path | Non
                 "title": _KNOWN_ANSWER_TITLES.get(mode, mode),
                 "mode": mode,
                 "summary": doc.get("summary", {}),
+                "shifted": eval_result.shifted_text(doc.get("summary", {})),
                 "model": doc.get("model") or doc.get("generated", ""),
                 "cameras": _known_answer_cameras(doc),
                 "rows": rows,

@@ -20,7 +20,7 @@ import pytest
 
 from mvforge.assets import list_demo_objects
 
-# The fixture trains a world (240-300 s on 2 quiet cores); a busy machine doubles that, past the suite's
+# The fixture trains a world (225-300 s on 2 quiet cores); a busy machine doubles that, past the suite's
 # 600 s timeout, so its tests get 1,500 s (the fixture's setup counts against the first test's).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 BIN = Path(sys.executable).parent

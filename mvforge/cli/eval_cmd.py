@@ -367,12 +367,10 @@ def _known_answer_samples(
         mvd, str(model), reference, out, cfg, uids, captions=captions, weights=weights_fingerprint(model)
     )
     s = doc["summary"]
-    shifts = s["shifted_cameras_further"]
-    shifts = "shifted cameras not sampled" if shifts.endswith("/0") else f"shifted cameras further {shifts}"
     typer.echo(
         f"known answer: {s['retrieved_own']}/{s['captions']} captions retrieve their own object (a blank image: "
-        f"{s['blank_image_retrieves_own']}), views one object {s['views_agree']}, {shifts}, mean IoU "
-        f"{s['mean_iou']:.2f}, mean object PSNR "
+        f"{s['blank_image_retrieves_own']}), views one object {s['views_agree']}, "
+        f"{result_format.shifted_text(s)}, mean IoU {s['mean_iou']:.2f}, mean object PSNR "
         f"{s['mean_psnr_object_db']:.1f} dB"
     )
     typer.echo(str(out / result_format.KNOWN_ANSWER))

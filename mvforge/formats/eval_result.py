@@ -43,3 +43,10 @@ def prompt_dir(out: str | Path, index: int, prompt: str) -> Path:
 def known_answer_strip(out: str | Path, uid: str) -> Path:
     """``OUT/known_answer/<uid>.png``: the rows of one caption (ground truth, sample, shifted samples)."""
     return Path(out) / KNOWN_ANSWER_IMAGES / f"{uid}.png"
+
+
+def shifted_text(summary: dict) -> str:
+    """A known-answer summary's ``shifted_cameras_further`` ("N/M": of M shifted samples, N further from the truth)
+    as the CLI and the report print it; M = 0 when no shifted cameras were sampled (``shifts_deg=[]``)."""
+    value = str(summary.get("shifted_cameras_further", "0/0"))
+    return "shifted cameras not sampled" if value.endswith("/0") else f"shifted cameras further {value}"

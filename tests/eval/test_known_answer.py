@@ -241,3 +241,11 @@ def test_a_shift_is_further_when_most_views_are_nearer_ties_are_not():
     from mvforge.eval.known_answer import shift_is_further
 
     assert [shift_is_further({"views_nearer_at_true_camera": n}, 4) for n in range(5)] == [0, 0, 0, 1, 1]
+
+
+def test_the_shift_count_reads_not_sampled_only_when_none_were():
+    from mvforge.formats.eval_result import shifted_text
+
+    assert shifted_text({"shifted_cameras_further": "3/40"}) == "shifted cameras further 3/40"
+    assert shifted_text({"shifted_cameras_further": "0/6"}) == "shifted cameras further 0/6"
+    assert shifted_text({"shifted_cameras_further": "0/0"}) == "shifted cameras not sampled"
