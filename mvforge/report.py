@@ -858,53 +858,66 @@ def _known_answer_section(run_dir: Path, cfg: ReportConfig, eval_dir: Path | Non
         paths.setdefault((eval_dir / eval_result.KNOWN_ANSWER).resolve(), eval_dir / eval_result.KNOWN_ANSWER)
     for path in sorted(paths.values()):
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        mode = doc.get("mode", "sampled")
-        rows = []
-        for r in doc["captions"]:
-            shifted = r.get("shifted", {})
-            if mode == "renders":
-                shift_text = ", ".join(
-                    f"{k}°: {v['iou']:.2f} (truth {v['truth_iou']:.2f})" for k, v in shifted.items()
-                )
-            else:
-                shift_text = ", ".join(
-                    f"{k}°: {v['views_nearer_at_true_camera']}/{len(r['views'])}" for k, v in shifted.items()
-                )
-            row = {
-                "uid": r["uid"],
-                "caption": r["caption"],
-                "ok": r["retrieved"] == r["uid"],
-                "retrieved": r["retrieved"],
-                "iou": f"{r['iou']:.2f}",
-                "iou_others": "" if r.get("iou_others") is None else f"{r['iou_others']:.2f}",
-                "baseline_iou": "" if r.get("baseline_iou") is None else f"{r['baseline_iou']:.2f}",
-                "psnr": _num(r.get("psnr_object_db"), 3),
-                "shifted": shift_text,
-                "strip": _img_src(eval_result.known_answer_strip(path.parent, r["uid"]), run_dir, cfg),
-                "turntables": None,
-            }
-            if mode == "renders":
-                row["turntables"] = [
-                    _orbit_gif(_local(doc.get("reference"), run_dir), r["uid"], doc["config"]),
-                    _orbit_gif(_local(doc.get("generated"), run_dir), r["uid"], doc["config"]),
-                ]
-            rows.append(row)
-        blocks.append(
-            {
-                "name": path.parent.name,
-                "title": _KNOWN_ANSWER_TITLES.get(mode, mode),
-                "mode": mode,
-                "summary": doc.get("summary", {}),
-                "shifted": eval_result.shifted_text(doc.get("summary", {})),
-                "model": doc.get("model") or doc.get("generated", ""),
-                "cameras": _known_answer_cameras(doc),
-                "rows": rows,
-            }
-        )
+            blocks.append(
+                _known_answer_block(path, json.loads(path.read_text(encoding="utf-8")), run_dir, cfg)
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            # A damaged result is shown as such; the rest of the report stands.
+            blocks.append({"name": path.parent.name, "problem": f"{path} is unreadable or damaged ({e!r})"})
     return htmlkit.render("report_known_answer.html.j2", blocks=blocks)
+
+
+def _known_answer_block(path: Path, doc: dict, run_dir: Path, cfg: ReportConfig) -> dict:
+    """One known_answer.json (``doc``, read from ``path``) as the template's block. Raises KeyError, TypeError or
+    AttributeError for a document that is not a known-answer result."""
+    summary = doc["summary"]
+    mode = doc.get("mode", "sampled")
+    needed = ("retrieved_own", "captions", "mean_iou", "mean_psnr_object_db")
+    absent = [
+        k for k in needed + (("blank_image_retrieves_own",) if mode == "sampled" else ()) if k not in summary
+    ]
+    if absent:  # the template prints each
+        raise KeyError(f"summary.{absent[0]}")
+    rows = []
+    for r in doc["captions"]:
+        shifted = r.get("shifted", {})
+        if mode == "renders":
+            shift_text = ", ".join(
+                f"{k}°: {v['iou']:.2f} (truth {v['truth_iou']:.2f})" for k, v in shifted.items()
+            )
+        else:
+            shift_text = ", ".join(
+                f"{k}°: {v['views_nearer_at_true_camera']}/{len(r['views'])}" for k, v in shifted.items()
+            )
+        row = {
+            "uid": r["uid"],
+            "caption": r["caption"],
+            "ok": r["retrieved"] == r["uid"],
+            "retrieved": r["retrieved"],
+            "iou": f"{r['iou']:.2f}",
+            "iou_others": "" if r.get("iou_others") is None else f"{r['iou_others']:.2f}",
+            "baseline_iou": "" if r.get("baseline_iou") is None else f"{r['baseline_iou']:.2f}",
+            "psnr": _num(r.get("psnr_object_db"), 3),
+            "shifted": shift_text,
+            "strip": _img_src(eval_result.known_answer_strip(path.parent, r["uid"]), run_dir, cfg),
+            "turntables": None,
+        }
+        if mode == "renders":
+            row["turntables"] = [
+                _orbit_gif(_local(doc.get("reference"), run_dir), r["uid"], doc["config"]),
+                _orbit_gif(_local(doc.get("generated"), run_dir), r["uid"], doc["config"]),
+            ]
+        rows.append(row)
+    return {
+        "name": path.parent.name,
+        "title": _KNOWN_ANSWER_TITLES.get(mode, mode),
+        "mode": mode,
+        "summary": summary,
+        "shifted": eval_result.shifted_text(summary),
+        "model": doc.get("model") or doc.get("generated", ""),
+        "cameras": _known_answer_cameras(doc),
+        "rows": rows,
+    }
 
 
 def _known_answer_cameras(doc: dict) -> str:

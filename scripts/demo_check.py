@@ -2,10 +2,11 @@
 
 Reads the three known-answer results `make demo` writes (OUT/eval, OUT/eval-sds, OUT/eval-dreambooth; written
 by `mvtrain eval --known-answer`) and prints one line per measure: the target the world was set, the floor (the
-lowest value of the runs on three seeds measured, 2026-12-06; set at the lowest run, so with no margin below
-it), this run's value, and whether it meets the target, stays
-at or above the floor, or fell below it (a regression: the floors were measured with this recipe). Prints and
-exits 0 whatever the numbers: `make demo` shows, the known-answer test in `make test` asserts.
+lowest value of the runs on three seeds, 2026-12-06 and 2026-12-07: five runs on two CPUs, four for DreamBooth;
+set at the lowest run, so with no margin below it), this run's value, and whether it meets the target, stays at
+or above the floor, or fell below it (a regression: the floors were measured with this recipe). Prints and exits
+0 whatever the numbers: `make demo` shows, the known-answer test in `make test` asserts. Bad arguments, no
+result or a damaged one: one line on stderr, exit 2.
 
 Usage: python scripts/demo_check.py OUT
 """
@@ -40,8 +41,8 @@ TARGETS = {
 
 
 def measures(out: Path) -> dict[str, float]:
-    """This run's value of every ``TARGETS`` measure (missing results are skipped)."""
-    found: dict[str, float] = {}
+    """This run's value of every ``TARGETS`` measure (missing results are skipped); a damaged result is one
+    error line, exit 2."""
     kinds = {"eval": "trained", "eval-sds": "sds", "eval-dreambooth": "dreambooth"}
     results = {}
     for sub, kind in kinds.items():
@@ -53,6 +54,16 @@ def measures(out: Path) -> dict[str, float]:
                 _usage_error(
                     f"{path} is unreadable or not a known-answer result ({e!r}); run `make demo` again"
                 )
+    try:
+        return _measures_of(results)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        _usage_error(f"a known-answer result under {out} is damaged ({e!r}); run `make demo` again")
+
+
+def _measures_of(results: dict[str, dict[str, dict]]) -> dict[str, float]:
+    """``measures`` of the results read, per kind and uid. Raises KeyError, TypeError, AttributeError or
+    ValueError for a damaged result."""
+    found: dict[str, float] = {}
     if "trained" in results:
         rows = results["trained"]
         found["captions retrieving their own object, held-out orbit (of 11)"] = sum(
@@ -64,6 +75,8 @@ def measures(out: Path) -> dict[str, float]:
             if uid in rows
             for s in rows[uid]["shifted"].values()
         ]
+        if any(n == 0 for _, n in shifts):
+            raise ValueError("a caption with shifted samples but no views")
         if shifts:  # none when the evaluation sampled no shifted cameras (shifts_deg=[]): not measured
             found["non-symmetric shifts further from the truth, held-out orbit (of 10)"] = sum(
                 shift_is_further(s, n) for s, n in shifts

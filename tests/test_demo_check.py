@@ -108,10 +108,18 @@ def test_an_output_with_no_result_is_an_error_not_a_pass(tmp_path):
 def test_a_damaged_result_is_one_line_and_no_shifted_cameras_are_not_measured(tmp_path):
     script = [sys.executable, str(ROOT / "scripts" / "demo_check.py"), str(tmp_path)]
     (tmp_path / "eval").mkdir()
-    for damaged in ("{}", "not json"):
+    shifted = {"90": {"views_nearer_at_true_camera": 4}}
+    for damaged, says in (
+        ("{}", "is unreadable or not a known-answer result"),
+        ("not json", "is unreadable or not a known-answer result"),
+        ('{"captions": [{"uid": "demo-chair"}]}', "is damaged"),
+        (json.dumps({"captions": [{"uid": "demo-mug", "retrieved": "demo-mug", "shifted": None}]}), "is damaged"),
+        (json.dumps({"captions": [{"uid": "demo-mug", "retrieved": "demo-mug", "views": [], "shifted": shifted}]}),
+         "is damaged"),  # no views: it must not count as further
+    ):  # fmt: skip
         (tmp_path / "eval" / "known_answer.json").write_text(damaged)
         done = subprocess.run(script, capture_output=True, text=True)
-        assert done.returncode == 2 and "is unreadable or not a known-answer result" in done.stderr
+        assert done.returncode == 2 and says in done.stderr, (damaged, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1
     (tmp_path / "eval" / "known_answer.json").unlink()
     (tmp_path / "eval").rmdir()

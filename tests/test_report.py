@@ -394,6 +394,12 @@ def test_stages_under_other_names_are_found_by_their_contents_or_given(run_dir, 
     find_stages(root, say=said.append)
     assert not any("eval does not look like" in line for line in said), said  # it did before
     assert not any("every section is empty" in line for line in said), said
+    # A damaged or unreadable known-answer result is shown as such; the rest of the report stands.
+    for damaged in ("{not json", json.dumps({"captions": [], "summary": {"captions": 0}}), "[1, 2]"):
+        (root / "eval" / "known_answer.json").write_text(damaged)
+        html = write_report(root).read_text()
+        section = html[html.index('<section id="known-answer"') :].split("</section>")[0]
+        assert "known_answer.json is unreadable or damaged" in section and all(uid in html for uid in uids)
     shutil.rmtree(root / "eval")
     # An eval directory given elsewhere is named as given, not as the run's eval/.
     other = tmp_path_factory.mktemp("elsewhere") / "ka"
