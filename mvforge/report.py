@@ -186,8 +186,15 @@ def write_report(
     if not run_dir.is_dir():
         what = "is a file" if run_dir.exists() else "does not exist"
         raise UserError(f"run directory {run_dir} {what}; pass the --out directory of a run")
-    if cfg.views_per_object < 1 or cfg.thumb_px < 8 or cfg.histogram_bins < 0:
-        raise UserError("report settings: views_per_object >= 1, thumb_px >= 8 and histogram_bins >= 0")
+    for name, value, low, flag in (
+        ("views_per_object", cfg.views_per_object, 1, "--views-shown"),
+        ("thumb_px", cfg.thumb_px, 8, "--set thumb_px"),
+        ("histogram_bins", cfg.histogram_bins, 0, "--set histogram_bins"),
+        ("max_objects", cfg.max_objects, 0, "--set max_objects"),
+        ("max_failures", cfg.max_failures, 0, "--set max_failures"),
+    ):
+        if value < low:
+            raise UserError(f"{flag} {value}: {name} must be >= {low}")
     unknown = sorted(set(stages or {}) - set(STAGE_MARKERS))
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGE_MARKERS)}")
@@ -899,6 +906,12 @@ def _known_answer_block(path: Path, doc: dict, run_dir: Path, cfg: ReportConfig)
             "baseline_iou": "" if r.get("baseline_iou") is None else f"{r['baseline_iou']:.2f}",
             "psnr": _num(r.get("psnr_object_db"), 3),
             "shifted": shift_text,
+            # Per view: a caption can retrieve its object on the mean of its views while most views do not.
+            "views_own": (
+                f"{r['views_retrieved'].count(r['uid'])}/{len(r['views_retrieved'])}"
+                if r.get("views_retrieved")
+                else ""
+            ),
             "strip": _img_src(eval_result.known_answer_strip(path.parent, r["uid"]), run_dir, cfg),
             "turntables": None,
         }
@@ -912,7 +925,12 @@ def _known_answer_block(path: Path, doc: dict, run_dir: Path, cfg: ReportConfig)
         "name": path.parent.name,
         "title": _KNOWN_ANSWER_TITLES.get(mode, mode),
         "mode": mode,
-        "summary": summary,
+        # As the table: IoU to 2 decimals, PSNR to 3 significant digits (the file keeps 4 decimals).
+        "summary": {
+            **summary,
+            "mean_iou": f"{float(summary['mean_iou']):.2f}",
+            "mean_psnr_object_db": _num(summary["mean_psnr_object_db"], 3),
+        },
         "shifted": eval_result.shifted_text(summary),
         "model": doc.get("model") or doc.get("generated", ""),
         "cameras": _known_answer_cameras(doc),

@@ -220,6 +220,12 @@ def test_cli_writes_report_and_rejects_bad_input(run_dir):
         [str(MVDATA), "report", str(root), "--set", "thumbs=3"], capture_output=True, text=True
     )
     assert bad_set.returncode == 2 and "unknown config key" in bad_set.stderr
+    for args, said in (
+        (["--views-shown", "0"], "--views-shown 0: views_per_object must be >= 1"),
+        (["--set", "thumb_px=4"], "--set thumb_px 4: thumb_px must be >= 8"),
+    ):
+        bad_value = subprocess.run([str(MVDATA), "report", str(root), *args], capture_output=True, text=True)
+        assert bad_value.returncode == 2 and said in bad_value.stderr, bad_value.stderr
 
 
 def test_train_and_sample_section(tmp_path):

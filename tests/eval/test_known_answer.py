@@ -201,6 +201,11 @@ def test_run_writes_strips_and_scores_with_baselines_through_the_cli(tiny_mv, sh
 
     html = write_report(tmp_path, ReportConfig()).read_text()
     assert "Cameras: scored at orbit 0 of the reference renders, 4 views from view 0 of that orbit." in html
+    assert f"mean IoU {doc['summary']['mean_iou']:.2f}," in html
+    assert f"views retrieving their own {doc['summary']['views_retrieving_own']}," in html
+    for r in doc["captions"]:  # each caption's views that retrieve its own object, in its row
+        row = html[html.index(f"<tr><td>{r['uid']}</td>") :].split("</tr>")[0]
+        assert f"<td>{r['views_retrieved'].count(r['uid'])}/4</td>" in row
 
     # The same weights, references, settings and prompts: the result is kept, nothing is sampled again.
     stamp = (out / "known_answer.json").stat().st_mtime_ns
