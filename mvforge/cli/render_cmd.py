@@ -93,8 +93,8 @@ def render(
     hdri_exposure: Annotated[
         str | None,
         typer.Option(
-            help="raw: each HDRI at its own exposure; normalized: every map scaled to the mean radiance "
-            "lighting.exposure_target.",
+            help="raw: each HDRI at its own exposure; normalized: every map scaled to one mean radiance "
+            "(the exposure_target of the lighting settings).",
             show_default="raw",
             rich_help_panel=_R,
         ),
