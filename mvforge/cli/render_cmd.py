@@ -21,6 +21,7 @@ Example: mvdata render demo ./models '/data/**/*.glb' --out renders --workers 2 
 """
 
 _R = "Render settings"
+_C = "Cameras"
 _S = "Sources"
 _L = "Limits"
 _X = "Scheduling and resume"
@@ -46,12 +47,12 @@ def render(
         int | None, typer.Option(help="Image side in pixels.", show_default="256", rich_help_panel=_R)
     ] = None,
     views: Annotated[
-        int | None, typer.Option(help="Views (azimuths) per orbit.", show_default="32", rich_help_panel=_R)
+        int | None, typer.Option(help="Views (azimuths) per orbit.", show_default="32", rich_help_panel=_C)
     ] = None,
     orbits: Annotated[
         int | None,
         typer.Option(
-            help="Orbits per object, each with its own elevation/fov.", show_default="1", rich_help_panel=_R
+            help="Orbits per object, each with its own elevation/fov.", show_default="1", rich_help_panel=_C
         ),
     ] = None,
     samples: Annotated[
@@ -61,7 +62,7 @@ def render(
     seed: Annotated[
         int | None,
         typer.Option(
-            help="Run seed; cameras and light derive from (seed, uid).", show_default="0", rich_help_panel=_R
+            help="Run seed; cameras and light derive from (seed, uid).", show_default="0", rich_help_panel=_C
         ),
     ] = None,
     shared_cameras: Annotated[
@@ -70,7 +71,7 @@ def render(
             "--shared-cameras/--per-object-cameras",
             help="Same cameras for every object (drawn from the run seed), for view-by-view comparisons.",
             show_default="per object",
-            rich_help_panel=_R,
+            rich_help_panel=_C,
         ),
     ] = None,
     lighting: Annotated[

@@ -124,6 +124,19 @@ def test_command_help_marks_required_and_shows_defaults_one_way(app, name):
 
 
 @pytest.mark.parametrize(("app", "name"), COMMANDS, ids=IDS)
+def test_help_at_80_columns_cuts_no_option_name_or_word(app, name, monkeypatch):
+    # rich sizes each panel's table to its widest flag names and longest help word; past 80 columns it cuts
+    # cells with "…" (an option no one could then type). A long flag pair goes into a panel of its own.
+    import typer.rich_utils
+
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 80)
+    res = CliRunner().invoke(APPS[app], [name, "-h"], env={"COLUMNS": "80", "NO_COLOR": "1"}, prog_name=app)
+    assert res.exit_code == 0, res.output
+    cut = [line for line in res.output.splitlines() if "…" in line]
+    assert not cut, f"{app} {name}: {cut}"
+
+
+@pytest.mark.parametrize(("app", "name"), COMMANDS, ids=IDS)
 def test_command_option_names_follow_the_convention(app, name):
     key = f"{app} {name}"
     cmd = GROUPS[app].commands[name]
