@@ -27,9 +27,30 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     logging.getLogger(_RAY_AUTH_LOGGER).setLevel(logging.ERROR)
     kwargs: dict = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:
+        check_reachable(address)
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Raise UserError unless a TCP connection to the ``host:port`` of ``address`` (``host:port`` or
+    ``ray://host:port``) opens within ``timeout_s``: ``ray.init`` retries an unreachable GCS for minutes while
+    logging warnings. ``auto``, ``local`` and other forms are left to Ray."""
+    import socket
+
+    from mvforge.errors import UserError
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise UserError(
+            f"cannot reach Ray at {address} ({e.strerror or type(e).__name__}); start the cluster there "
+            "(ray start --head) or fix --address / RAY_ADDRESS; leave both unset for a local Ray"
+        ) from None
 
 
 def bounded_map(submit, items, max_in_flight: int):

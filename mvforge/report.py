@@ -96,6 +96,15 @@ STAGE_MARKERS = {
 """The stages `mvdata report` shows, in pipeline order, each with the test that recognises its output."""
 
 
+def _given_stages(given: dict[str, Path | None] | None) -> dict[str, Path]:
+    """The ``--stage`` paths given, each checked to be a directory (UserError naming the flag otherwise)."""
+    given = {k: Path(v) for k, v in (given or {}).items() if v is not None}
+    for stage, path in given.items():
+        if not path.is_dir():
+            raise UserError(f"--stage {stage}={path}: not a directory; pass the directory that stage wrote")
+    return given
+
+
 def find_stages(
     run_dir: Path, given: dict[str, Path | None] | None = None, say=None
 ) -> dict[str, Path | None]:
@@ -108,10 +117,8 @@ def find_stages(
     each given path that does not look like its stage. Raises UserError for a given path that is not a
     directory."""
     say = say or (lambda line: None)
-    given = {k: Path(v) for k, v in (given or {}).items() if v is not None}
+    given = _given_stages(given)
     for stage, path in given.items():
-        if not path.is_dir():
-            raise UserError(f"--stage {stage}={path}: not a directory; pass the directory that stage wrote")
         if not STAGE_MARKERS[stage](path):
             say(
                 f"mvdata report: --stage {stage}={path} does not look like `{stage}` output; its section may "
@@ -179,13 +186,14 @@ def write_report(
 ) -> Path:
     """Write ``run_dir``/report.html from the stage outputs ``find_stages`` finds (``stages``: a path per stage
     name of ``STAGE_MARKERS`` where the run keeps it elsewhere; ``say``: hears how each was found); return its
-    path. Raises UserError for a missing ``run_dir``, bad settings or a given stage path that is not a
-    directory."""
+    path. A missing ``run_dir`` is made when ``stages`` are given (it is then only where the page goes).
+    Raises UserError for a missing ``run_dir`` without them, bad settings, an unknown stage or a given stage
+    path that is not a directory, each before anything is written."""
     cfg = cfg or ReportConfig()
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        what = "is a file" if run_dir.exists() else "does not exist"
-        raise UserError(f"run directory {run_dir} {what}; pass the --out directory of a run")
+    unknown = sorted(set(stages or {}) - set(STAGE_MARKERS))
+    if unknown:
+        raise UserError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGE_MARKERS)}")
     for name, value, low, flag in (
         ("views_per_object", cfg.views_per_object, 1, "--views-shown"),
         ("thumb_px", cfg.thumb_px, 8, "--set thumb_px"),
@@ -195,9 +203,13 @@ def write_report(
     ):
         if value < low:
             raise UserError(f"{flag} {value}: {name} must be >= {low}")
-    unknown = sorted(set(stages or {}) - set(STAGE_MARKERS))
-    if unknown:
-        raise UserError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGE_MARKERS)}")
+    if not run_dir.exists() and _given_stages(stages):
+        run_dir.mkdir(parents=True)  # the stages given elsewhere: run_dir is only where the page goes
+    if not run_dir.is_dir():
+        what = "is a file" if run_dir.exists() else "does not exist"
+        raise UserError(
+            f"run directory {run_dir} {what}; pass the --out directory of a run (or --stage STAGE=DIR)"
+        )
     out = run_dir / REPORT
     at = find_stages(run_dir, stages, say)
     missing = run_dir / "-"  # a path that holds nothing: the section says the stage has not run
@@ -511,14 +523,24 @@ def _train_section(train: Path, samples: Path, report_dir: Path, cfg: ReportConf
         }
     sample = None
     if (samples / sample_format.GRID).is_file():
-        meta = {}
-        if (samples / sample_format.META).is_file():
+        meta, problem = {}, ""
+        try:
             meta = json.loads((samples / sample_format.META).read_text(encoding="utf-8"))
-        c = meta.get("config", {})
-        how = f"{c['scheduler']}, {c['steps']} steps, CFG {c['guidance_scale']}" if "scheduler" in c else ""
+            c = meta.get("config", {})
+            how = (
+                f"{c['scheduler']}, {c['steps']} steps, CFG {c['guidance_scale']}" if "scheduler" in c else ""
+            )
+            prompt = str(meta.get("prompt", ""))
+        except FileNotFoundError:
+            how, prompt = "", ""
+        except (OSError, ValueError, AttributeError, KeyError, TypeError) as e:
+            # A damaged record is said; the grid and the rest of the report stand.
+            how, prompt = "", ""
+            problem = f"{samples / sample_format.META} is unreadable or damaged ({e!r})"
         sample = {
-            "prompt": meta.get("prompt", ""),
+            "prompt": prompt,
             "how": how,
+            "problem": problem,
             "src": _img_src(samples / sample_format.GRID, report_dir, cfg),
         }
     html = htmlkit.render("report_train.html.j2", metrics=metrics, sample=sample)

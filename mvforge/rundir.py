@@ -195,23 +195,38 @@ def check_torch_file(path: str | os.PathLike) -> None:
 
 
 def check_model_dir(path: str | os.PathLike) -> None:
-    """Raise UserError naming the first damaged ``*.safetensors`` under ``path`` (a model or checkpoint dir);
-    header checks only, so it costs a few reads whatever the model's size."""
-    for f in sorted(Path(path).rglob("*.safetensors")):
+    """Raise UserError naming the first damaged file under ``path`` (a model or checkpoint dir): a
+    ``*.safetensors`` whose header does not fit the file, a ``*.json`` (configs, tokenizer) that does not parse,
+    or a component directory (one with ``config.json``) without a weights file. Header checks and the small
+    JSON files only, so it costs a few reads whatever the model's size; diffusers and transformers would
+    otherwise raise a traceback (a JSONDecodeError, "no file named diffusion_pytorch_model.bin")."""
+    again = "copy the model again (or pass another one)"
+    root = Path(path)
+    for f in sorted(root.rglob("*.safetensors")):
         try:
             check_safetensors(f)
         except Damaged as e:
-            raise UserError(f"{e}; copy the model again (or pass another one)") from None
+            raise UserError(f"{e}; {again}") from None
+    for f in sorted(root.rglob("*.json")):
+        try:
+            json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{f}: damaged ({type(e).__name__}: {e}); {again}") from None
+        weights = [*f.parent.glob("*.safetensors"), *f.parent.glob("*.bin")]
+        if f.name == "config.json" and not weights:
+            raise UserError(f"{f.parent} holds config.json but no weights file (*.safetensors); {again}")
 
 
 def newest_intact(
     candidates: Iterable[Path],
     check: Callable[[Path], None],
     warn: Callable[[str], None] | None = None,
+    using: str = "resuming from",
 ) -> Path | None:
     """The newest of ``candidates`` (oldest first) that ``check`` passes, or None when there are none. Each
-    newer one passed over is reported in one line through ``warn`` (stderr by default) and left in place for
-    the user to look at. Raises UserError when there are candidates and none is intact."""
+    newer one passed over is reported in one line through ``warn`` (stderr by default; ``using``: what is done
+    with the one taken) and left in place for the user to look at. Raises UserError when there are candidates
+    and none is intact."""
     found = list(candidates)
     warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
     skipped: list[str] = []
@@ -222,7 +237,7 @@ def newest_intact(
             skipped.append(str(e))
             continue
         for reason in skipped:
-            warn(f"warning: skipping damaged checkpoint ({reason}); resuming from {path}")
+            warn(f"warning: skipping damaged checkpoint ({reason}); {using} {path}")
         return path
     if found:
         raise UserError(

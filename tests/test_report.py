@@ -247,6 +247,12 @@ def test_train_and_sample_section(tmp_path):
     assert any(
         (tmp_path / unquote(s)).resolve() == (tmp_path / "samples" / "grid.png").resolve() for s in srcs
     )
+    # A damaged sample.json is a line in the section; the grid and the rest of the report stand.
+    for damaged in ("{bad", "[1, 2]", '{"config": {"scheduler": "ddim"}}'):
+        (tmp_path / "samples" / "sample.json").write_text(damaged)
+        html = write_report(tmp_path).read_text()
+        assert "sample.json is unreadable or damaged" in html and "0.9876" in html
+        assert len(_parse(html).srcs) == len(srcs)
 
 
 def test_markup_in_captions_and_records_is_escaped(tmp_path):
@@ -448,3 +454,9 @@ def test_a_run_directory_that_is_missing_or_a_file_is_one_line_naming_which(tmp_
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(UserError, match=r"notes.txt is a file; pass the --out directory"):
         write_report(tmp_path / "notes.txt")
+    # Every stage given with --stage: the run directory is only where the page goes, so it is made.
+    with pytest.raises(UserError, match=r"--stage renders=.*nowhere: not a directory"):
+        write_report(tmp_path / "new" / "job7", stages={"renders": tmp_path / "nowhere"})
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "r").mkdir()
+    assert write_report(tmp_path / "new" / "job7", stages={"renders": tmp_path / "r"}).is_file()

@@ -74,7 +74,10 @@ def eval_(
         int | None, typer.Option(help="Seed of prompt 0; prompt i uses seed + i (sample.seed).")
     ] = None,
     resolution: Annotated[
-        int | None, typer.Option(help="Generated image side (sample.resolution).", show_default="256")
+        int | None,
+        typer.Option(
+            help="Generated image side (sample.resolution); 0: the model's native side.", show_default="0"
+        ),
     ] = None,
     image_size: Annotated[
         int | None, typer.Option(help="Side both sets are resized to before scoring.")
@@ -170,6 +173,11 @@ def eval_(
         )
     if model is not None and reference is None:
         raise UserError("--model needs --reference DIR (the held-out renders or shards to compare with)")
+    if cfg.inception_weights is not None and not Path(cfg.inception_weights).is_file():
+        raise UserError(
+            f"--inception-weights {cfg.inception_weights} is not a file; pass torchvision's inception_v3 "
+            "ImageNet weights (inception_v3_google-0cc3c7bd.pth)"
+        )
     _score(cfg, out, model, reference, prompts, sds, device)
 
 
@@ -347,6 +355,8 @@ def _known_answer_samples(
     from mvforge.eval.known_answer import load_references, run_known_answer
     from mvforge.formats import eval_result as result_format
 
+    if max_prompts is not None and max_prompts < 0:
+        raise UserError(f"--max-prompts {max_prompts}: pass 0 (all objects) or a positive count")
     refs = load_references(reference, cfg)  # input errors before the model loads
     captions = _read_uid_prompts(prompts) if prompts is not None else {}
     unknown = sorted(set(captions) - {r.uid for r in refs})

@@ -95,6 +95,23 @@ def _authors(text: str, default: str) -> dict:
     }
 
 
+def _save_pipeline(mvd, out: Path, weights: str) -> None:
+    """``--save-pipeline``: write the pipeline, or keep it when a previous run wrote it from these weights (a
+    rerun of the same command); a non-empty directory from anything else is refused (``save_pretrained``)."""
+    import json
+
+    from mvforge.models.pipeline import SAVED_FROM
+
+    try:
+        saved = json.loads((out / SAVED_FROM).read_text(encoding="utf-8")).get("weights")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if saved == weights:
+        typer.echo(f"mvtrain sample: {out} was written from these weights; kept as it is", err=True)
+        return
+    typer.echo(str(mvd.save_pretrained(out, source={"weights": weights})))
+
+
 def sample(
     model: Annotated[
         Path,
@@ -144,7 +161,12 @@ def sample(
     ] = None,
     seed: Annotated[int | None, typer.Option(**_authors("Noise seed (seed=...).", "23"))] = None,
     resolution: Annotated[
-        int | None, typer.Option(**_authors("Image side in px (resolution=...).", "256"))
+        int | None,
+        typer.Option(
+            help="Image side in px, a multiple of 8 (resolution=...); 0: the model's native side, 256 for "
+            "MVDream's.",
+            show_default="0",
+        ),
     ] = None,
     precision: Annotated[
         str | None, typer.Option(help="fp32, or fp16 / bf16 on a GPU (precision=...).")
@@ -203,7 +225,7 @@ def sample(
         check_config(cfg, dev.type)
         mvd = MultiViewDiffusion.from_pretrained(model, dev, torch_dtype(cfg.precision), use_ema=cfg.use_ema)
         if save_pipeline is not None:
-            typer.echo(str(mvd.save_pretrained(save_pipeline)))
+            _save_pipeline(mvd, save_pipeline, weights)
         dirs = sample_prompts(
             mvd,
             texts,

@@ -51,6 +51,9 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.max_prompts < 0:
             raise UserError(f"max_prompts {self.max_prompts}: pass 0 (all) or a positive count")
+        if self.inception_weights is not None and self.features == "tiny":
+            # docs/cli.md, "errors": a setting that would do nothing is refused, not ignored.
+            raise UserError("inception_weights is read by features = inception only; leave it out with tiny")
         if any(not 0 <= c <= 255 for c in self.background_rgb) or len(self.background_rgb) != 3:
             raise UserError(f"background_rgb {self.background_rgb}: use three values in 0..255")
         if self.image_size < 8:

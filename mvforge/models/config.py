@@ -2,8 +2,8 @@
 
 Defaults are the official MVDream inference script's (docs/design.md §10.10, bytedance/MVDream
 scripts/t2i.py): DDIM 50 steps, eta 0, CFG 10, empty negative prompt, the ", 3d asset" suffix, 4 views at
-elevation 15 from azimuth 90, seed 23, 256 px. ``AUTHORS_DEFAULTS`` lists them so the CLI help can say which
-are the authors'.
+elevation 15 from azimuth 90, seed 23, 256 px (the side is the model's own, as in diffusers: 256 for
+MVDream's). ``AUTHORS_DEFAULTS`` lists them so the CLI help can say which are the authors'.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ class SampleConfig:
     """Camera elevation of every view."""
     azimuth_start_deg: float = 90.0
     """Azimuth of view 0 (90 = +X, docs/design.md §3)."""
-    resolution: int = 256
-    """Image side in pixels; a multiple of the VAE's downsampling factor (MVDream was trained at 256)."""
+    resolution: int = 0
+    """Image side in pixels, a multiple of 8 (the VAE's downsampling); 0: the model's native side, its UNet's
+    sample size x the VAE factor, as diffusers' pipelines do (256 for MVDream's, which the authors sample at)."""
     seed: int = 23
     """Seeds the initial noise (and euler-a's per-step noise)."""
     use_ema: bool = True
@@ -58,7 +59,6 @@ AUTHORS_DEFAULTS = (
     "num_views",
     "elevation_deg",
     "azimuth_start_deg",
-    "resolution",
     "seed",
 )
 """Fields whose default is the official inference script's (docs/design.md §10.10)."""

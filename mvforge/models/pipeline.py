@@ -63,6 +63,8 @@ from mvforge.models.model import (
 from mvforge.models.resolve import frozen_source, is_pipeline_dir, local_model_dir, resolve_model
 
 PIPELINE_MODULE = "mvforge_pipeline"
+SAVED_FROM = "mvforge_saved_from.json"
+"""In a pipeline directory ``save_pretrained`` wrote with a ``source``: what it was written from."""
 """The module a pipeline directory carries (``mvforge_pipeline.py``) and names in ``model_index.json``
 (``"_class_name": ["mvforge_pipeline", "MVDreamPipeline"]``): diffusers imports it for
 ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)``. It only re-exports this module's class, so
@@ -195,6 +197,7 @@ class MultiViewDiffusion:
                 parts = tuple(found[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
             else:
                 sub = runs.UNET_EMA if use_ema and (path / runs.UNET_EMA).is_dir() else runs.UNET
+                rundir.check_model_dir(path / sub)
                 _require_multiview(path / sub)
                 vae, text_encoder, tokenizer, sched = _load_frozen(frozen_source(path))
                 unet = _load_unet(unet_from, runs.UNET) if unet_from else _load_unet(path, sub)
@@ -238,16 +241,19 @@ class MultiViewDiffusion:
             scheduler=make_scheduler(scheduler, self.scheduler.config),
         )
 
-    def save_pretrained(self, out: str | Path) -> Path:
+    def save_pretrained(self, out: str | Path, source: dict | None = None) -> Path:
         """Write a pipeline directory (safetensors; the official DDIM as its scheduler; ``PIPELINE_MODULE``)
         to ``out``, which must not exist or be empty. Filled as ``out.tmp-<pid>`` and renamed into place:
-        complete or absent."""
+        complete or absent. ``source`` (e.g. the weights fingerprint of the model it came from) is written
+        with it as ``SAVED_FROM``, so that a rerun can tell its own finished pipeline from another."""
         out = Path(out)
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out} is not empty; pass a new directory for the pipeline")
         tmp = tmp_path(out)
         shutil.rmtree(tmp, ignore_errors=True)
         self.pipeline("ddim").save_pretrained(tmp)
+        if source is not None:
+            atomic_write_json(tmp / SAVED_FROM, source)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -388,7 +394,7 @@ def check_sd_dir(path: str | Path) -> Path:
                 f"{path} has no {sub}/; pass a diffusers Stable Diffusion directory "
                 "(or make a tiny one: mvtrain make-tiny-sd --out DIR)"
             )
-    for sub in ("vae", "text_encoder"):
+    for sub in ("vae", "text_encoder", "tokenizer", "scheduler"):
         rundir.check_model_dir(path / sub)
     return path
 
@@ -422,9 +428,9 @@ def _load_unet(path: str | Path, subfolder: str = "unet") -> MultiViewUNet:
             f"{path / subfolder} holds no diffusers UNet (config.json); pass a Stable Diffusion directory "
             "(unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a run checkpoint"
         )
-    config = json.loads(config_file.read_text())
-    # A truncated copy: one line naming the file, not diffusers' traceback.
+    # A truncated or damaged copy: one line naming the file, not diffusers' traceback.
     rundir.check_model_dir(path / subfolder)
+    config = json.loads(config_file.read_text())
     if _is_multiview_config(config):
         unet = MultiViewUNet.from_pretrained(path, subfolder=subfolder)
         install_multiview_attention(unet)

@@ -18,12 +18,13 @@ not an existing path: :func:`local_model_dir` turns it into the snapshot directo
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
 from pathlib import Path
 
 from mvforge.errors import UserError
 from mvforge.formats import runs
-from mvforge.rundir import RunDir
+from mvforge.rundir import Damaged, RunDir, check_model_dir, newest_intact
 
 
 def checkpoints(run: str | Path) -> list[Path]:
@@ -34,6 +35,19 @@ def checkpoints(run: str | Path) -> list[Path]:
 def latest_checkpoint(run: str | Path) -> Path | None:
     found = checkpoints(run)
     return found[-1] if found else None
+
+
+def check_loadable_checkpoint(ckpt: Path) -> None:
+    """Raise ``rundir.Damaged`` unless the fit checkpoint ``ckpt`` is committed (``COMMITTED``, written last)
+    and its UNet files are whole (``rundir.check_model_dir``): what a command that samples from a run needs."""
+    if not (ckpt / runs.COMMITTED).is_file():
+        raise Damaged(f"{ckpt} has no {runs.COMMITTED} (an unfinished write)")
+    for sub in (runs.UNET, runs.UNET_EMA):
+        if sub == runs.UNET or (ckpt / sub).is_dir():
+            try:
+                check_model_dir(ckpt / sub)
+            except UserError as e:
+                raise Damaged(str(e).split("; copy the model again")[0]) from None
 
 
 def is_pipeline_dir(path: Path) -> bool:
@@ -94,18 +108,28 @@ def local_model_dir(name: str | Path) -> Path:
         raise UserError(f"{name} is no directory here and the Hub model {why}; {fix}") from e
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+    """A command resolves its model more than once (checks, loading, the resume fingerprint): say it once."""
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
 def resolve_model(path: str | Path) -> Path:
     """The pipeline or checkpoint directory that ``path`` names: ``path`` itself when it is one, else the latest
     checkpoint of the run directory ``path``; a Hub id goes through :func:`local_model_dir` first. Raises
     UserError when it is none of the three."""
     path = local_model_dir(path)
     if not path.is_dir():
-        raise UserError(
-            f"{path} does not exist; pass an `mvtrain fit` run or checkpoint, or a pipeline directory"
-        )
+        what = "is a file" if path.exists() else "does not exist"
+        raise UserError(f"{path} {what}; pass an `mvtrain fit` run or checkpoint, or a pipeline directory")
     if is_pipeline_dir(path) or is_checkpoint_dir(path):
         return path
-    ckpt = latest_checkpoint(path)
+    # The newest checkpoint a sampler can load; a newer damaged or unfinished one is named and passed over.
+    ckpt = newest_intact(checkpoints(path), check_loadable_checkpoint, _warn_once, using="loading")
     if ckpt is None:
         raise UserError(
             f"{path} holds no model (no model_index.json, no unet/ + config.toml, no checkpoints/); pass an "
@@ -121,9 +145,21 @@ def frozen_source(model: Path) -> Path:
     when it names none."""
     if is_pipeline_dir(model):
         return model.resolve()
-    pretrained = tomllib.loads((model / runs.CONFIG).read_text()).get("pretrained", "")
+    config = model / runs.CONFIG
+    try:
+        pretrained = tomllib.loads(config.read_text(encoding="utf-8")).get("pretrained", "")
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"{config}: damaged ({type(e).__name__}: {e}); restore it from a copy of the run"
+        ) from None
     if not pretrained:
-        raise UserError(f"{model / runs.CONFIG} names no pretrained model; re-save the checkpoint")
+        raise UserError(f"{config} names no pretrained model; re-save the checkpoint")
+    if not Path(pretrained).exists() and not is_hub_id(pretrained):
+        # A run moved from another machine keeps the absolute path it was trained with.
+        raise UserError(
+            f"{config} names pretrained = {pretrained!r}, which does not exist here; point that line at the "
+            "Stable Diffusion directory (or Hub id) the run was trained from"
+        )
     return Path(pretrained)
 
 

@@ -60,9 +60,11 @@ def check_config(cfg: SampleConfig, device_type: str | None = None) -> None:
     if cfg.seed < 0:
         # torch would wrap a negative seed silently; sample.json would then record a seed no one can pass again.
         raise UserError(f"seed {cfg.seed}: pass 0 or more, such as 23 (the default)")
-    if cfg.resolution < 8 or cfg.resolution % 8:
+    if cfg.resolution != 0 and (cfg.resolution < 8 or cfg.resolution % 8):
         # The VAE downsamples by 8 (SD's latents are resolution / 8), as diffusers' pipelines also require.
-        raise UserError(f"resolution {cfg.resolution}: pass a multiple of 8 such as 256")
+        raise UserError(
+            f"resolution {cfg.resolution}: pass a multiple of 8 such as 256, or 0 for the model's native side"
+        )
     if cfg.precision != "fp32" and device_type not in (None, "cuda"):
         raise UserError(f"--precision {cfg.precision} needs a CUDA GPU; use fp32 on {device_type}")
 
@@ -129,6 +131,8 @@ def sample_prompts(
         source = MultiViewDiffusion.from_pretrained(
             model, device, torch_dtype(cfg.precision), use_ema=cfg.use_ema
         )
+    if cfg.resolution == 0:  # the model's native side, recorded as the number sampled at
+        cfg = dataclasses.replace(cfg, resolution=source.resolution)
     meta = {"model": label or str(model), "ema": source.ema}  # the weights used (config.use_ema only asks)
     if weights is not None:
         meta["weights"] = weights

@@ -19,6 +19,7 @@ from mvforge.cameras import is_rigid
 from mvforge.errors import UserError
 from mvforge.formats import shards as schema
 from mvforge.fsutil import open_fs
+from mvforge.shards import views2d
 
 
 @dataclass(frozen=True)
@@ -90,10 +91,20 @@ def verify(url: str, storage_options: dict | None = None) -> tuple[dict, list[Pr
     """(counts, problems) for the shard directory at ``url``."""
     fs, root = open_fs(url, storage_options)
     fs.invalidate_cache()  # object stores: list what is there now, not a cached listing
+    if fs.isfile(root):
+        raise UserError(
+            f"{url} is a file; pass the shard directory that holds it (the --out of `mvdata shard`)"
+        )
     index = schema.read_index(fs, root)
     if index is None:
         if not fs.exists(root):
             raise UserError(f"shard directory {url} does not exist; pass the --out of `mvdata shard`")
+        if fs.exists(f"{root}/{views2d.RECORD}"):
+            # `mvdata shard --views-2d` tars: 2D image-text pairs without the 3D index this command checks.
+            raise UserError(
+                f"{url} holds the 2D views of `mvdata shard --views-2d` (img2dataset layout), not 3D shards; "
+                "pass the --out of `mvdata shard`"
+            )
         return {}, [Problem("index.json", "", "missing: the shard run did not finish (re-run mvdata shard)")]
     problems: list[Problem] = []
     counts = {"shards": 0, "samples": 0, "bytes": 0}

@@ -26,6 +26,7 @@ loads the run or the checkpoint) and, with ``save_pipeline``, ``pipeline/`` (a f
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,15 @@ def load_dreambooth_models(cfg: DreamBoothConfig, rt: Runtime, resume: Path | No
         torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
     autocast = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.mixed_precision]
     base = MultiViewDiffusion.from_pretrained(cfg.pretrained, dev, torch.float32)
+    if cfg.resolution != base.resolution and rt.rank == 0:
+        # Legal (the UNet is convolutional), but a configs/ preset made for MVDream's 256 px on a small model
+        # costs (256 / side)^2 per step and trains a size the model never sampled.
+        print(
+            f"warning: resolution {cfg.resolution} is not the model's native {base.resolution} px; "
+            f"--set resolution={base.resolution} trains at its own",
+            file=sys.stderr,
+            flush=True,
+        )
     if autocast is not None:
         base.vae.to(autocast)
         base.text_encoder.to(autocast)

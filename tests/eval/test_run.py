@@ -183,3 +183,24 @@ def test_sds_snapshot_tiles_and_missing_results(tmp_path, clip):
     assert row["source"] == "snapshot" and row["views"] == 4 and row["consistency"] is not None
     with pytest.raises(UserError, match="no summary.json"):
         sds.score_sds([tmp_path / "nothing"], clip, lambda im: im)
+
+
+@pytest.mark.parametrize(
+    "extra, said",
+    [
+        (["--features", "tiny", "--inception-weights", "{tmp}/w.pth"], "read by features = inception only"),
+        (["--inception-weights", "{tmp}/nosuch.pth"], "nosuch.pth is not a file; pass torchvision's"),
+        (["--known-answer", "--max-prompts", "-1"], "--max-prompts -1: pass 0 (all objects)"),
+    ],
+)
+def test_cli_a_flag_that_would_do_nothing_or_find_nothing_is_refused(
+    tmp_path, tiny_mv, reference_dir, extra, said
+):
+    (tmp_path / "w.pth").write_bytes(b"")
+    res = _mvtrain(
+        "eval", "--model", str(tiny_mv), "--reference", str(reference_dir), "--out", str(tmp_path / "o"),
+        *(a.format(tmp=tmp_path) for a in extra),
+    )  # fmt: skip
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and said in lines[0], res.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything is written

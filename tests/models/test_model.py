@@ -7,6 +7,7 @@ import copy
 import inspect
 import json
 import math
+import shutil
 
 import open_clip
 import pytest
@@ -166,6 +167,10 @@ def test_load_unet_bad_input(tiny_sd, tmp_path):
     config = json.loads((tiny_sd / "unet" / "config.json").read_text())
     config["class_embed_type"] = "timestep"
     (tmp_path / "unet" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="holds config.json but no weights file"):
+        MultiViewDiffusion.from_pretrained(tiny_sd, stable_diffusion=True, unet_from=tmp_path)
+    for weights in (tiny_sd / "unet").glob("*.safetensors"):
+        shutil.copy(weights, tmp_path / "unet")
     with pytest.raises(UserError, match="class_embed_type"):
         MultiViewDiffusion.from_pretrained(tiny_sd, stable_diffusion=True, unet_from=tmp_path)
 

@@ -8,6 +8,8 @@ StableDiffusionPipeline loop for every scheduler, and cameras from ``mvforge.cam
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -223,8 +225,9 @@ def test_save_pretrained_round_trip_is_bit_identical_and_unet_is_vanilla(model, 
 def test_resolve_model_and_bad_input(tiny_mv, tiny_sd, tmp_path):
     assert resolve_model(tiny_mv) == tiny_mv
     ckpt = tmp_path / "run" / "checkpoints" / "step-000002"
-    (ckpt / "unet").mkdir(parents=True)
+    shutil.copytree(tiny_mv / "unet", ckpt / "unet")
     (ckpt / "config.toml").write_text("")
+    (ckpt / "COMMITTED").write_text("2\n")
     (tmp_path / "run" / "checkpoints" / "step-000004.tmp" / "unet").mkdir(parents=True)  # unfinished write
     assert resolve_model(tmp_path / "run") == ckpt and resolve_model(ckpt) == ckpt
     with pytest.raises(UserError, match="does not exist"):

@@ -66,6 +66,17 @@ def test_sample_cli_prompts_file_scheduler_and_save_pipeline(tiny_mv, tmp_path):
     assert json.loads((tmp_path / "out" / dirs[0] / "sample.json").read_text())["prompt"] == "A Lamp!"
     assert len(list((tmp_path / "out" / dirs[1]).glob("view_*.png"))) == 2
     assert (tmp_path / "pipe" / "model_index.json").is_file()  # its round trip: tests/models/test_pipeline.py
+    # The same command again keeps the pipeline it wrote; a pipeline from other weights there is refused.
+    stamp = (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    again = _mvtrain(
+        "sample", "--model", str(tiny_mv), *args, "--save-pipeline", str(tmp_path / "pipe"), *FAST
+    )
+    assert again.returncode == 0 and "was written from these weights; kept as it is" in again.stderr
+    assert (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
+    other = _mvtrain(
+        "sample", "--model", str(tmp_path / "pipe"), *args, "--save-pipeline", str(tmp_path / "pipe"), *FAST
+    )
+    assert other.returncode == 2 and "is not empty; pass a new directory for the pipeline" in other.stderr
 
 
 @pytest.mark.parametrize(
@@ -184,8 +195,23 @@ def test_an_interrupted_resample_is_not_taken_as_done_and_fewer_views_leave_no_o
 
 
 def test_sample_rejects_a_resolution_the_vae_cannot_halve(tmp_path):
-    with pytest.raises(UserError, match="multiple of 8"):
-        sample_prompts(tmp_path / "no-model", ["a chair"], tmp_path / "o", SampleConfig(resolution=100))
+    for bad in (100, -8):
+        with pytest.raises(UserError, match="multiple of 8 such as 256, or 0 for the model's native side"):
+            sample_prompts(tmp_path / "no-model", ["a chair"], tmp_path / "o", SampleConfig(resolution=bad))
+
+
+def test_the_default_side_is_the_models_own_and_sample_json_records_it(tiny_mv, tmp_path):
+    from PIL import Image
+
+    from mvforge.models.pipeline import MultiViewDiffusion
+
+    native = MultiViewDiffusion.from_pretrained(tiny_mv).resolution
+    assert (
+        SampleConfig().resolution == 0 and native != 256
+    )  # not the authors' 256 for a model that is not theirs
+    (d,) = sample_prompts(tiny_mv, ["a chair"], tmp_path / "o", SampleConfig(steps=1, num_views=1))
+    assert Image.open(d / "view_00.png").size == (native, native)
+    assert json.loads((d / "sample.json").read_text())["config"]["resolution"] == native
 
 
 def test_sample_cli_resume_is_keyed_on_the_weights_not_only_the_path(tiny_mv, tmp_path):

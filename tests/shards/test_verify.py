@@ -74,6 +74,18 @@ def test_missing_directory_is_a_user_error(tmp_path, mvdata_bin):
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_shard_file_or_a_2d_views_directory_is_one_line_naming_the_fix(shards, tmp_path, mvdata_bin):
+    from mvforge.shards import views2d
+
+    (tar,) = sorted(shards.glob("*.tar"))[:1]
+    views = tmp_path / "shards-2d"
+    views.mkdir()
+    (views / views2d.RECORD).write_text("{}")
+    for path, said in ((tar, "is a file; pass the shard directory"), (views, "holds the 2D views of")):
+        r = subprocess.run([mvdata_bin, "verify", str(path)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and said in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 def test_corrupt_index_is_a_user_error(shards, tmp_path, mvdata_bin):
     out = _copy(shards, tmp_path)
     (out / "index.json").write_text('{"shards": [')

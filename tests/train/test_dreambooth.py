@@ -172,10 +172,11 @@ def test_resume_refuses_other_photos_and_keeps_the_run(tiny_mv, photos, tmp_path
         run(db_config(tiny_mv, subject, tmp_path / "prior", **with_class))
 
 
-def test_cross_attention_kv_moves_only_the_text_keys_and_values(tiny_mv, photos, tmp_path):
+def test_cross_attention_kv_moves_only_the_text_keys_and_values(tiny_mv, photos, tmp_path, capsys):
     """``trained = "cross_attention_kv"`` (Custom Diffusion): every other weight stays the base model's, bit for
-    bit; the text cross-attention's key and value projections move."""
-    run(db_config(tiny_mv, photos, tmp_path / "kv", max_steps=2, trained="cross_attention_kv"))
+    bit; the text cross-attention's key and value projections move. (At 16 px, not the model's 32: said.)"""
+    run(db_config(tiny_mv, photos, tmp_path / "kv", max_steps=2, trained="cross_attention_kv", resolution=16))
+    assert "warning: resolution 16 is not the model's native 32 px" in capsys.readouterr().err
     tuned = load_unet(latest_checkpoint(tmp_path / "kv")).state_dict()
     base = load_unet(tiny_mv).state_dict()
     kv = {k for k in base if ".attn2.to_k." in k or ".attn2.to_v." in k}
