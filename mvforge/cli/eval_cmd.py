@@ -248,6 +248,10 @@ def _table1(cfg, model: Path, reference: Path, out: Path, texts: list[str] | Non
     mvd = MultiViewDiffusion.from_pretrained(
         model, dev, torch_dtype(cfg.sample.precision), use_ema=cfg.sample.use_ema
     )
+    if cfg.sample.resolution == 0:  # the model's native side, recorded as the number sampled at
+        from mvforge.config import set_field
+
+        cfg = set_field(cfg, "sample.resolution", mvd.resolution)
     pipe = mvd.pipeline(cfg.sample.scheduler)
     pipe.set_progress_bar_config(disable=True)
     return run.run_eval(pipe, str(model), reference, out, cfg, feats, clip, texts, show_progress=True)

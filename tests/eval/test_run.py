@@ -140,12 +140,16 @@ def test_cli_tiny_eval_and_sds(tmp_path, tiny_mv, tiny_clip_dir, reference_dir):
     res = _mvtrain(
         "eval", "--model", str(tiny_mv), "--reference", str(reference_dir), "--out", str(out),
         "--features", "tiny", "--clip-pretrained", f"local-dir:{tiny_clip_dir}", "--steps", "1",
-        "--resolution", "32", "--image-size", "32", "--max-prompts", "1", "--sds", str(tmp_path / "sds"),
+        "--image-size", "32", "--max-prompts", "1", "--sds", str(tmp_path / "sds"),
         "--device", "cpu",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads((out / "eval.json").read_text())
     assert doc["prompts"]["count"] == 1 and doc["views_per_prompt"] == 4
+    # No --resolution: the model's own side (32 px for the tiny model), recorded as a number.
+    (meta,) = out.glob("generated/*/sample.json")
+    assert json.loads(meta.read_text())["config"]["resolution"] == 32
+    assert Image.open(meta.with_name("view_00.png")).size == (32, 32)
     sds_doc = json.loads((out / "sds.json").read_text())
     (row,) = sds_doc["results"]
     assert row["prompt"] == "a red mug" and row["source"] == "turntable" and row["views"] == 6
