@@ -21,7 +21,12 @@ def convert(
         ),
     ],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="New directory for the pipeline (model_index.json, ...).")
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="New directory for the pipeline (model_index.json, ...); a finished one is kept.",
+        ),
     ],
     original_config: Annotated[
         Path | None,
@@ -35,7 +40,8 @@ def convert(
         str, typer.Option("--dtype", help="Weights dtype written: fp32, fp16 or bf16.")
     ] = "fp32",
 ) -> None:
-    """Convert an official MVDream checkpoint into a pipeline directory for `mvtrain sample --model DIR`."""
+    """Convert an official MVDream checkpoint into a pipeline directory for `mvtrain sample --model DIR`.
+    Running the same command again keeps the finished directory as it is."""
     from mvforge.deps import require
 
     require("mvtrain convert")
@@ -62,6 +68,9 @@ def convert(
         rep = convert_community(local, out, dtype)
     else:
         rep = convert_checkpoint(src, out, original_config, dtype)
+    if rep.kept:  # the same command again (docs/cli.md): the finished output stays as it is
+        typer.echo(f"{rep.out}: already converted from {src} with these settings (kept as it is)")
+        return
     dropped = len(rep.dropped)
     typer.echo(
         f"{rep.out}: {rep.architecture}, keys converted {rep.converted}, dropped {dropped} "

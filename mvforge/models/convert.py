@@ -13,7 +13,12 @@ that layout, described by an LDM yaml) and writes a ``MVDreamPipeline`` director
   ``cond_stage_model.transformer.*`` (HF CLIP, SD 1.x), and the 12 schedule buffers of ``register_schedule``.
   Every key is converted or dropped with a reason (``conversion.json``: the text blocks after the yaml's
   layer, the CLIP head, the 10 schedule buffers derived from ``betas``); a missing or unknown key is a
-  UserError naming it.
+  UserError naming it. Which source key a converted tensor came from is tracked by key name (``_sources``).
+  Without a yaml the official architecture is assumed, and a checkpoint of another size is told to pass its
+  ``--original-config`` rather than reported as incomplete.
+- Rerun: ``DONE_FILE`` (written last) records the source file's path, size and mtime, the yaml and the dtype;
+  the same conversion again keeps a finished ``out`` as it is, anything else into a non-empty ``out`` is
+  refused.
 - One component at a time: each is converted, checked against a model built on the meta device (no weights
   allocated), cast and written as safetensors shards (``SHARD_SIZE``) before the next is read. The source's
   pages are read once through the mmap; they count in the reported peak RSS as file-backed page cache.
@@ -22,11 +27,13 @@ that layout, described by an LDM yaml) and writes a ``MVDreamPipeline`` director
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import re
 import resource
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,7 +132,8 @@ OFFICIAL_CONFIGS = {
 class ConvertReport:
     """What ``convert_checkpoint`` did: ``out`` (the pipeline directory), ``architecture`` (official config
     name or the yaml's path), ``converted`` (source keys per component), ``dropped`` (source key -> reason),
-    ``seconds`` and ``peak_rss_mb`` (this process's peak resident memory, MiB)."""
+    ``seconds`` and ``peak_rss_mb`` (this process's peak resident memory, MiB); ``kept``: ``out`` already held
+    this conversion and was kept as it is (the counts are those its ``conversion.json`` records)."""
 
     out: Path
     architecture: str
@@ -133,47 +141,55 @@ class ConvertReport:
     dropped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    kept: bool = False
 
 
 # ---------------------------------------------------------------- loading
+ZIP_MAGIC = b"PK\x03\x04"
+"""The first bytes of a zip-format torch file (``torch.save``'s default since 1.6; the only one torch can mmap)."""
+
+
 def load_state_dict(src: str | Path) -> dict:
-    """The flat {key: tensor} of a ``.pt``/``.ckpt``/``.pth`` (``torch.load(weights_only=True, mmap=True)``,
-    a ``{"state_dict": ...}`` wrapper unwrapped) or ``.safetensors`` file. Raises UserError (one line) for a
-    missing file, another suffix, a pickle that needs code to load, a truncated or non-checkpoint file."""
+    """The flat {key: tensor} of a ``.pt``/``.ckpt``/``.pth`` (``torch.load(weights_only=True)``, memory-mapped
+    for the zip format, a ``{"state_dict": ...}`` wrapper unwrapped) or ``.safetensors`` file.
+
+    Raises UserError (one line naming the file and the fix, no library text cut short) for a missing file,
+    another suffix, a pickle that would import code (refused, nothing ran), a truncated or damaged file, or a
+    file that is not a checkpoint at all."""
+    import pickle
+
     import torch
 
     src = Path(src)
     if not src.is_file():
-        raise UserError(f"{src} does not exist; pass the downloaded checkpoint file (nothing is downloaded)")
+        raise _no_source(src)
     suffix = src.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            sd = load_file(src)
-        except Exception as e:  # safetensors raises its own error types for a bad header / short file
-            raise UserError(f"{src} is not a readable safetensors file ({_first_line(e)})") from None
+        sd = _load_safetensors(src)
     elif suffix in (".pt", ".ckpt", ".pth", ".bin"):
-        import pickle
-
         try:
-            try:
-                sd = torch.load(src, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:
-                if "mmap" not in str(e):
-                    raise
-                # A legacy (pre-zip) torch file cannot be memory-mapped; weights_only still guards it.
-                sd = torch.load(src, map_location="cpu", weights_only=True)
+            with open(src, "rb") as f:
+                head = f.read(len(ZIP_MAGIC))
+            with warnings.catch_warnings():
+                # torch warns about a pickle protocol it did not write before refusing the file; the refusal
+                # below is the one line the user needs.
+                warnings.simplefilter("ignore")
+                # Only the zip format can be memory-mapped; weights_only guards a legacy (pre-zip) file too.
+                sd = torch.load(src, map_location="cpu", weights_only=True, mmap=head == ZIP_MAGIC)
         except pickle.UnpicklingError as e:
-            found = re.search(r"GLOBAL (\S+)", str(e))
-            if found is None:  # not a pickle at all (text, random bytes): no code was involved
-                raise UserError(f"{src} is not a torch checkpoint ({_first_line(e)[:120]})") from None
+            code = _code_import(src, e)
+            if code is not None:
+                raise UserError(
+                    f"{src} was refused: loading it would import {code} (pickled code, not plain tensors); "
+                    "convert only checkpoints from a source you trust"
+                ) from None
+            raise _not_a_torch_checkpoint(src, head, unpickling=True) from None
+        except OSError as e:
             raise UserError(
-                f"{src} was refused: loading it would import {found.group(1)} (pickled code, not plain "
-                "tensors); convert only checkpoints from a source you trust"
+                f"{src} cannot be read ({e.strerror or type(e).__name__}); check the file"
             ) from None
-        except Exception as e:  # truncated zip, legacy (non-zip) format, random bytes
-            raise UserError(f"{src} is not a complete torch checkpoint ({_first_line(e)[:160]})") from None
+        except Exception:  # truncated zip or pickle, random bytes, text: torch's own text names no fix
+            raise _not_a_torch_checkpoint(src, head, unpickling=False) from None
     else:
         raise UserError(
             f"{src}: use a .pt/.ckpt checkpoint or a .safetensors file (got {suffix or 'no suffix'})"
@@ -185,9 +201,161 @@ def load_state_dict(src: str | Path) -> dict:
     return sd
 
 
+def _no_source(src: Path) -> UserError:
+    return UserError(f"{src} does not exist; pass the downloaded checkpoint file (nothing is downloaded)")
+
+
+MAX_SAFETENSORS_HEADER = 100_000_000
+"""safetensors' own limit on a header's length: a longer one means the file is not safetensors at all."""
+
+
+def _load_safetensors(src: Path) -> dict:
+    """``src``'s tensors. Raises UserError for a file that is not safetensors, one cut short (its header
+    describes more bytes than it holds), or one safetensors cannot read otherwise."""
+    import struct
+
+    from safetensors.torch import load_file
+
+    # The header first: safetensors' own errors ("incomplete metadata, file not fully covered") do not say
+    # that the file is cut short, nor what to do.
+    size = src.stat().st_size
+    with open(src, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else MAX_SAFETENSORS_HEADER + 1
+        header = None
+        if n <= MAX_SAFETENSORS_HEADER and 8 + n <= size:
+            try:
+                header = json.loads(f.read(n))
+            except ValueError:
+                pass
+    if n > MAX_SAFETENSORS_HEADER or (8 + n <= size and not isinstance(header, dict)):
+        raise UserError(
+            f"{src} is not a safetensors file (it has no safetensors header); pass the downloaded file, or "
+            "download it again"
+        )
+    try:
+        need = (
+            8 + n + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        )
+    except (AttributeError, KeyError, TypeError, IndexError):
+        need = None  # a malformed header: safetensors names what is wrong with it below
+    if 8 + n > size or (need is not None and need != size):
+        raise UserError(
+            f"{src} is not a complete safetensors file ({size} bytes, "
+            f"{f'its header describes {need}' if 8 + n <= size else f'its header alone needs {8 + n}'}); "
+            "download it again"
+        )
+    try:
+        return load_file(src)
+    except Exception as e:  # safetensors raises its own error types (an unknown dtype, overlapping tensors)
+        raise UserError(
+            f"{src} is not a readable safetensors file ({_first_line(e)}); download it again"
+        ) from None
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def _not_a_torch_checkpoint(src: Path, head: bytes, unpickling: bool) -> UserError:
+    """The one-line error for a ``.pt`` torch could not load and that would import no code, from what the file
+    starts with: a zip archive or a pickle that failed to read is cut short or damaged; anything else (text, an
+    HTML error page saved by a browser, random bytes) is not a checkpoint at all."""
+    if head == ZIP_MAGIC:
+        return UserError(
+            f"{src} is not a complete torch checkpoint (its zip archive is cut short or damaged); "
+            "download it again"
+        )
+    if head[:1] == b"\x80":  # the PROTO opcode every pickle since protocol 2 starts with
+        if unpickling and _pickle_globals(src)[1]:
+            return UserError(
+                f"{src} is not a torch checkpoint (a pickle of objects other than tensors, which "
+                "torch.load(weights_only=True) does not read); pass a checkpoint saved by torch.save"
+            )
+        return UserError(
+            f"{src} is not a complete torch checkpoint (its pickle is cut short or damaged); download it again"
+        )
+    if not head:
+        return UserError(f"{src} is empty (0 bytes); download it again")
+    what = "text" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "other bytes"
+    return UserError(
+        f"{src} is not a torch checkpoint (it starts with {what}, not a zip archive or a pickle); "
+        "pass the checkpoint file itself, or download it again"
+    )
+
+
+MAX_PICKLES = 8
+"""How many pickles in a row ``_pickle_globals`` reads: a legacy torch file is five (magic number, protocol,
+system info, the data, the storage keys), then raw storage bytes."""
+
+
+def _pickle_globals(src: Path) -> tuple[list[str], bool]:
+    """(the globals, as ``module.name``, that unpickling ``src`` would import; whether its first pickle is
+    complete), read with ``pickletools`` opcode by opcode: nothing is imported or run. The pickle of a
+    zip-format torch file is its ``data.pkl``; otherwise the file is a pickle (or several in a row)."""
+    import pickletools
+    import zipfile
+
+    found: list[str] = []
+    complete = False
+
+    def scan(stream) -> None:
+        nonlocal complete
+        for n in range(MAX_PICKLES):
+            memo: dict = {}
+            strings: list = []  # the values last pushed: STACK_GLOBAL's module and name are the last two
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif op.name == "MEMOIZE" and strings:
+                    memo[len(memo)] = strings[-1]
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT") and strings:
+                    memo[arg] = strings[-1]
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    strings.append(memo.get(arg))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+            complete = complete or n == 0
+
+    try:
+        if zipfile.is_zipfile(src):
+            with zipfile.ZipFile(src) as z:
+                names = [n for n in z.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]
+                if names:
+                    scan(io.BytesIO(z.read(names[0])))
+        else:
+            with open(src, "rb") as f:  # read lazily: genops stops at each pickle's STOP
+                scan(f)
+    except Exception:  # the end of the pickles (raw storage bytes follow), or a pickle cut short
+        pass
+    return found, complete
+
+
+def _code_import(src: Path, e: Exception) -> str | None:
+    """The first global that ``torch.load(weights_only=True)`` refused to import from ``src`` (the reason
+    ``e`` is), None when the failure was not about code: torch's message names it for a zip-format file;
+    for a bare or legacy pickle it may fail on an opcode first, so the pickle is read for its globals."""
+    found = re.search(r"GLOBAL (\S+)", str(e))
+    if found is not None:
+        return found.group(1).rstrip(".,;")
+    try:  # torch's own allowlist: a private name, so torch's and OrderedDict stand in where it is gone
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed: set[str] | None = set(_get_allowed_globals())
+    except Exception:
+        allowed = None
+    for name in _pickle_globals(src)[0]:
+        safe = (
+            name in allowed
+            if allowed is not None
+            else name.startswith("torch.") or name == "collections.OrderedDict"
+        )
+        if not safe:
+            return name
+    return None
 
 
 def load_original_config(path: str | Path | None, sd: dict) -> tuple[str, dict]:
@@ -198,7 +366,7 @@ def load_original_config(path: str | Path | None, sd: dict) -> tuple[str, dict]:
 
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"--original-config {path} does not exist; pass the LDM yaml of the checkpoint")
+            raise _no_yaml(path)
         try:
             cfg = yaml.safe_load(path.read_text())
             cfg["model"]["params"]["unet_config"]["params"]
@@ -218,34 +386,38 @@ def load_original_config(path: str | Path | None, sd: dict) -> tuple[str, dict]:
     )
 
 
+def _no_yaml(path: Path) -> UserError:
+    return UserError(f"--original-config {path} does not exist; pass the LDM yaml of the checkpoint")
+
+
 # ---------------------------------------------------------------- key accounting
-class _Recorder(dict):
-    """A dict that records which keys were read (diffusers' OpenCLIP converter reads the keys it converts)."""
+def _sources(convert: Callable[[dict], dict], part: dict) -> dict[str, str]:
+    """{converted key: source key}, by key name: ``convert`` (a diffusers converter of ``part``) run once more
+    on stand-ins, meta tensors (no data) of ``part``'s shapes that each carry their key, which every view,
+    slice or copy made from them inherits. Tensor identity would not do: the converters return views (the
+    VAE's 1x1-conv attention) and copies (OpenCLIP's q/k/v split of ``in_proj``), and whether a view's
+    ``_base`` is the loaded tensor depends on the loader (it is not for safetensors' ``load_file``)."""
+    import torch
 
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.read: set[str] = set()
+    class Named(torch.Tensor):
+        key: str | None = None
 
-    def __getitem__(self, key):
-        self.read.add(key)
-        return super().__getitem__(key)
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            out = super().__torch_function__(func, types, args, kwargs or {})
+            if isinstance(out, cls) and out.key is None:
+                flat = [b for a in args for b in (a if isinstance(a, list | tuple) else (a,))]
+                out.key = next((a.key for a in flat if isinstance(a, cls) and a.key is not None), None)
+            return out
 
-    def get(self, key, default=None):
-        if key in self:
-            self.read.add(key)
-        return super().get(key, default)
-
-
-def _sources(converted: dict, part: dict) -> dict[str, str]:
-    """{converted key: source key} by tensor identity (diffusers' UNet/VAE converters pass the source tensors
-    through, or a view of them for the VAE's 1x1-conv attention)."""
-    by_id = {id(v): k for k, v in part.items()}
-    out = {}
-    for k, v in converted.items():
-        src = by_id.get(id(v)) or by_id.get(id(getattr(v, "_base", None)))
-        if src is not None:
-            out[k] = src
-    return out
+    stand_ins = {}
+    for k, v in part.items():
+        stand_ins[k] = torch.empty(v.shape, dtype=v.dtype, device="meta").as_subclass(Named)
+        stand_ins[k].key = k
+    with warnings.catch_warnings():  # what the converter warns about was said by its run on the real tensors
+        warnings.simplefilter("ignore")
+        converted = convert(stand_ins)
+    return {k: v.key for k, v in converted.items() if isinstance(v, Named) and v.key is not None}
 
 
 def _ldm_name_of_missing(missing: str, sources: dict[str, str]) -> str | None:
@@ -282,49 +454,113 @@ def _sibling_of_unused(missing: str, unused: set[str]) -> str | None:
     return hits[0][: -len(other)] + leaf if len(hits) == 1 else None
 
 
-def _unknown(part_keys, used: set[str], prefix: str) -> None:
+def _unknown(part_keys, used: set[str], prefix: str, official: str | None = None) -> None:
+    """Raise UserError naming the first of ``part_keys`` (source keys less ``prefix``) not in ``used``: a key
+    the architecture has no place for; with ``official`` (the architecture was assumed), the fix is the
+    checkpoint's own --original-config."""
     left = sorted(set(part_keys) - used)
     if left:
-        raise UserError(
-            f"unknown key {prefix}{left[0]} ({len(left)} unconverted); not part of this architecture"
+        fix = (
+            f"not part of the official {official} architecture: pass --original-config with the checkpoint's "
+            "LDM yaml"
+            if official
+            else "not part of this architecture"
         )
+        raise UserError(f"unknown key {prefix}{left[0]} ({len(left)} unconverted); {fix}")
 
 
-def _check_and_load(model_cls, config, converted: dict, part: dict, prefix: str):
+def _converter_missing(prefix: str, e: KeyError, official: str | None) -> UserError:
+    """The error for a key a diffusers converter looked up and the checkpoint lacks: the config's blocks are
+    not all there, so either the checkpoint is incomplete or, when the official architecture was assumed, it
+    is another one."""
+    if official:
+        return UserError(
+            f"missing key {prefix}{e.args[0]}, which the official {official} architecture has; pass "
+            "--original-config with the checkpoint's LDM yaml (or download the checkpoint again if it is an "
+            "official one)"
+        )
+    return UserError(f"missing key {prefix}{e.args[0]}; the checkpoint is incomplete")
+
+
+def _check_and_load(
+    model_cls,
+    config,
+    converted: dict,
+    sources: dict[str, str],
+    part,
+    prefix: str,
+    official: str | None = None,
+):
     """Match ``converted`` against ``model_cls(config)`` built on the meta device: the same keys and shapes.
-    Raises UserError naming the source key (``prefix`` + name) that is missing, unknown or mis-shaped.
-    Returns the set of source keys used."""
+    ``sources``: {converted key: source key} (``_sources``); ``part``: the source keys (less ``prefix``).
+    ``official``: the name of the official architecture ``config`` is, when it was assumed (no
+    --original-config) rather than given.
+
+    Raises UserError naming the source key (``prefix`` + name) that is missing, unknown or mis-shaped. With
+    ``official``, any unknown or mis-shaped key (or a missing one no source name is found for) means the
+    checkpoint is of another size: the error says so and names --original-config, not a missing key.
+    Returns (the model, the set of source keys used). ``converted`` and ``sources`` are renamed in place
+    where transformers names a key otherwise."""
     import torch
 
     with torch.device("meta"):
         model = model_cls(config) if not isinstance(config, dict) else model_cls.from_config(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for k in [k for k, v in converted.items() if v is None]:  # a converter's ``.get`` of an absent key
+        del converted[k]
     # transformers 5's CLIPTextModel has no ``text_model.`` level; the official (and diffusers') names do.
     for k in [k for k in converted if k.startswith("text_model.") and k not in expected]:
         if k[len("text_model.") :] in expected:
             converted[k[len("text_model.") :]] = converted.pop(k)
-    sources = _sources(converted, part)
+            if k in sources:
+                sources[k[len("text_model.") :]] = sources.pop(k)
     unused = set(part) - set(sources.values())
-    for k in expected:
-        if k not in converted:
-            name = _sibling_of_unused(k, unused) or _ldm_name_of_missing(k, sources)
-            where = f"{prefix}{name}" if name else f"a {prefix}* key"
-            raise UserError(f"missing key {where} (converted name {k}); the checkpoint is incomplete")
-    for k, v in converted.items():
-        src = prefix + sources.get(k, k)
-        if k not in expected:
-            raise UserError(f"unknown key {src} (converted to {k}, which the model has no place for)")
-        if tuple(v.shape) != expected[k]:
+    missing = {
+        k: _sibling_of_unused(k, unused) or _ldm_name_of_missing(k, sources)
+        for k in expected
+        if k not in converted
+    }
+    unknown = [k for k in converted if k not in expected]
+    shapes = [k for k in converted if k in expected and tuple(converted[k].shape) != expected[k]]
+
+    def src(k: str) -> str:
+        return prefix + sources.get(k, k)
+
+    if official and (unknown or shapes or None in missing.values()):
+        if shapes:
+            k = shapes[0]
+            first = f"{src(k)} has shape {tuple(converted[k].shape)}, {official}'s is {expected[k]}"
+        elif unknown:
+            first = f"{src(unknown[0])} has no place in it"
+        else:
+            first = f"no key converts to its {next(k for k, v in missing.items() if v is None)}"
+        raise UserError(
+            f"the checkpoint's {prefix}* keys do not match the official {official} architecture ({first}; "
+            f"{len(shapes) + len(unknown) + len(missing)} keys differ); pass --original-config with the "
+            "checkpoint's LDM yaml"
+        )
+    for k, name in missing.items():
+        if name is None:
             raise UserError(
-                f"key {src} has shape {tuple(v.shape)}, the architecture expects {expected[k]}; "
-                "pass the matching --original-config"
+                f"no {prefix}* key of the checkpoint converts to the model's {k}; the checkpoint is incomplete "
+                "or of another architecture than --original-config describes"
             )
-    used = set(sources.values())
-    return model, used
+        raise UserError(f"missing key {prefix}{name} (converted name {k}); the checkpoint is incomplete")
+    for k in unknown:
+        raise UserError(f"unknown key {src(k)} (converted to {k}, which the model has no place for)")
+    for k in shapes:
+        raise UserError(
+            f"key {src(k)} has shape {tuple(converted[k].shape)}, the architecture expects {expected[k]}; "
+            "pass the matching --original-config"
+        )
+    return model, set(sources.values())
 
 
 # ---------------------------------------------------------------- components
-def _unet(sd: dict, cfg: dict):
+def _unet(sd: dict, cfg: dict, official: str | None = None):
+    """The UNet (``MultiViewUNet``), its converted state dict and the source keys used. ``official``: the
+    official architecture's name when ``cfg`` was assumed, not given (``_check_and_load``). Raises UserError
+    for a camera_dim other than 16, a missing, unknown or mis-shaped key."""
     from diffusers.loaders.single_file_utils import (
         convert_ldm_unet_checkpoint,
         create_unet_diffusers_config_from_ldm,
@@ -362,17 +598,24 @@ def _unet(sd: dict, cfg: dict):
                 raise UserError(
                     f"missing key {UNET_PREFIX}camera_embed.{i}.{leaf}; the checkpoint is incomplete"
                 )
-    try:
-        converted = convert_ldm_unet_checkpoint({UNET_PREFIX + k: v for k, v in renamed.items()}, config)
-    except KeyError as e:
-        raise UserError(f"missing key {UNET_PREFIX}{e.args[0]}; the checkpoint is incomplete") from None
-    model, used = _check_and_load(MultiViewUNet, config, converted, renamed, UNET_PREFIX)
-    _unknown(renamed, used, UNET_PREFIX)
+
+    def convert(part: dict) -> dict:
+        try:
+            return convert_ldm_unet_checkpoint({UNET_PREFIX + k: v for k, v in part.items()}, config)
+        except KeyError as e:
+            raise _converter_missing(UNET_PREFIX, e, official) from None
+
+    converted = convert(renamed)
+    sources = _sources(convert, renamed)
+    model, used = _check_and_load(MultiViewUNet, config, converted, sources, renamed, UNET_PREFIX, official)
+    _unknown(renamed, used, UNET_PREFIX, official)
     back = {("camera_embed." + k[len("label_emb.0.") :] if k.startswith("label_emb.0.") else k) for k in used}
     return model, converted, {UNET_PREFIX + k for k in back}
 
 
-def _vae(sd: dict, cfg: dict):
+def _vae(sd: dict, cfg: dict, official: str | None = None):
+    """The VAE (``AutoencoderKL``), its converted state dict and the source keys used; ``official`` as for
+    ``_unet``. Raises UserError for an attention VAE, a missing, unknown or mis-shaped key."""
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import (
         convert_ldm_vae_checkpoint,
@@ -391,12 +634,17 @@ def _vae(sd: dict, cfg: dict):
             cfg, {}, image_size=int(ddconfig.get("resolution", 256))
         )
     part = {k[len(VAE_PREFIX) :]: v for k, v in sd.items() if k.startswith(VAE_PREFIX)}
-    try:
-        converted = convert_ldm_vae_checkpoint({VAE_PREFIX + k: v for k, v in part.items()}, config)
-    except KeyError as e:
-        raise UserError(f"missing key {VAE_PREFIX}{e.args[0]}; the checkpoint is incomplete") from None
-    model, used = _check_and_load(AutoencoderKL, config, converted, part, VAE_PREFIX)
-    _unknown(part, used, VAE_PREFIX)
+
+    def convert(part: dict) -> dict:
+        try:
+            return convert_ldm_vae_checkpoint({VAE_PREFIX + k: v for k, v in part.items()}, config)
+        except KeyError as e:
+            raise _converter_missing(VAE_PREFIX, e, official) from None
+
+    converted = convert(part)
+    sources = _sources(convert, part)
+    model, used = _check_and_load(AutoencoderKL, config, converted, sources, part, VAE_PREFIX, official)
+    _unknown(part, used, VAE_PREFIX, official)
     return model, converted, {VAE_PREFIX + k for k in used}
 
 
@@ -496,10 +744,14 @@ def _openclip(sd: dict, cfg: dict):
             if f"transformer.resblocks.{i}.attn.{leaf}" not in kept:
                 name = f"{OPENCLIP_PREFIX}transformer.resblocks.{i}.attn.{leaf}"
                 raise UserError(f"missing key {name}; the checkpoint is incomplete")
-    rec = _Recorder({tag + k: v for k, v in kept.items()})
-    converted = convert_open_clip_checkpoint(_Width(width), rec, prefix=tag)
-    model, used = _check_and_load(CLIPTextModel, config, converted, kept, OPENCLIP_PREFIX)
-    used |= {k[len(tag) :] for k in rec.read}
+
+    def convert(part: dict) -> dict:
+        return convert_open_clip_checkpoint(_Width(width), {tag + k: v for k, v in part.items()}, prefix=tag)
+
+    converted = convert(kept)
+    model, used = _check_and_load(
+        CLIPTextModel, config, converted, _sources(convert, kept), kept, OPENCLIP_PREFIX
+    )
     _unknown(kept, used, OPENCLIP_PREFIX)
     used = {OPENCLIP_PREFIX + k for k in used}
     return model, converted, used, dropped
@@ -550,8 +802,13 @@ def _clip(sd: dict, cfg: dict):
         width,
     )
     kept_part = {k: v for k, v in part.items() if CLIP_PREFIX + k not in dropped}
-    converted = convert_ldm_clip_checkpoint({CLIP_PREFIX + k: v for k, v in kept_part.items()})
-    model, used = _check_and_load(CLIPTextModel, config, converted, kept_part, CLIP_PREFIX)
+
+    def convert(part: dict) -> dict:
+        return convert_ldm_clip_checkpoint({CLIP_PREFIX + k: v for k, v in part.items()})
+
+    converted = convert(kept_part)
+    sources = _sources(convert, kept_part)
+    model, used = _check_and_load(CLIPTextModel, config, converted, sources, kept_part, CLIP_PREFIX)
     _unknown(kept_part, used, CLIP_PREFIX)
     return model, converted, {CLIP_PREFIX + k for k in used}, dropped
 
@@ -689,12 +946,14 @@ def convert_checkpoint(
 ) -> ConvertReport:
     """Convert an LDM-format MVDream checkpoint ``src`` into a pipeline directory ``out`` (new or empty),
     weights in ``dtype`` (fp32, fp16 or bf16). Filled as ``out.tmp-<pid>`` and renamed: complete or absent.
+    An ``out`` that already holds this conversion (``DONE_FILE``: the same source file, yaml and dtype) is kept
+    as it is, so the same command run again succeeds without converting again.
 
     Raises UserError for a refused/unreadable file, an unknown or missing key (named), a shape that does not
-    fit the architecture, or a non-empty ``out``. Returns a ``ConvertReport`` (also written as
+    fit the architecture (without ``original_config``: a checkpoint of another size than the official one),
+    or an ``out`` that holds anything but this conversion. Returns a ``ConvertReport`` (also written as
     ``conversion.json`` and summarised in the model card ``README.md``).
     """
-    import os
     import shutil
 
     import torch
@@ -706,12 +965,18 @@ def convert_checkpoint(
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} is not empty; pass a new directory to --out")
+    src, out = Path(src), Path(out)
+    if not src.is_file():
+        raise _no_source(src)
+    if original_config is not None and not Path(original_config).is_file():
+        raise _no_yaml(Path(original_config))
+    request = _request(src, original_config, dtype)
+    if _finished(out, request):
+        return _kept_report(out)
     start = time.perf_counter()
     sd = load_state_dict(src)
     name, cfg = load_original_config(original_config, sd)
+    official = name if original_config is None else None  # assumed from the text tower, not given
     report = ConvertReport(out=out, architecture=name)
 
     known = {k for k in sd if k.startswith((UNET_PREFIX, VAE_PREFIX, OPENCLIP_PREFIX, CLIP_PREFIX))}
@@ -729,14 +994,14 @@ def convert_checkpoint(
     dropped: dict[str, str] = {}
     try:
         # One component at a time: converted, checked, written, freed.
-        model, conv, u = _unet(sd, cfg)
+        model, conv, u = _unet(sd, cfg, official)
         model.save_config(tmp / "unet")
         _write_weights(conv, tmp / "unet", "diffusion_pytorch_model", torch_dtype, False)
         used |= u
         report.converted["unet"] = len(u)
         del model, conv
 
-        model, conv, u = _vae(sd, cfg)
+        model, conv, u = _vae(sd, cfg, official)
         model.save_config(tmp / "vae")
         _write_weights(conv, tmp / "vae", "diffusion_pytorch_model", torch_dtype, False)
         used |= u
@@ -778,7 +1043,7 @@ def convert_checkpoint(
         report.seconds = time.perf_counter() - start
         report.peak_rss_mb = _peak_rss_mb()
         record = {
-            "source": str(Path(src).resolve()),
+            "source": str(src.resolve()),
             "architecture": name,
             "dtype": dtype,
             "converted": report.converted,
@@ -790,13 +1055,100 @@ def convert_checkpoint(
         }
         atomic_write_json(tmp / "conversion.json", record)
         atomic_write_text(tmp / "README.md", model_card(record))
+        atomic_write_json(tmp / DONE_FILE, request)  # last: what a rerun compares itself with
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
+    report.kept = not _publish(tmp, out, request)
     return report
+
+
+DONE_FILE = "convert.json"
+"""Written last into a converted pipeline directory: what decides that a rerun is the same conversion
+(``_request``), so the same command run again keeps the directory as it is."""
+
+
+def _request(src: Path, original_config: str | Path | None, dtype: str) -> dict:
+    """What makes two conversions the same, as ``DONE_FILE`` records it: the source's resolved path, size and
+    modification time (a file downloaded again or replaced is another source; a directory: the sum of its
+    files' sizes and the newest time), the yaml's resolved path and content hash, and the dtype. Size and time
+    instead of a hash: hashing a 5 GB checkpoint to decide to do nothing would take longer than a glance."""
+    import hashlib
+
+    files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
+    stats = [p.stat() for p in files]
+    yaml = Path(original_config) if original_config is not None else None
+    return {
+        "command": "mvtrain convert",
+        "source": str(src.resolve()),
+        "source_bytes": sum(st.st_size for st in stats),
+        "source_mtime_ns": max((st.st_mtime_ns for st in stats), default=0),
+        "original_config": str(yaml.resolve()) if yaml is not None else None,
+        "original_config_sha256": hashlib.sha256(yaml.read_bytes()).hexdigest() if yaml is not None else None,
+        "dtype": dtype,
+    }
+
+
+def _finished(out: Path, request: dict) -> bool:
+    """Whether ``out`` already holds the conversion ``request`` describes (its ``DONE_FILE`` says so); False
+    for an absent or empty ``out``. Raises UserError, naming the fix, for an ``out`` converted from another
+    source or with other settings, or holding anything else."""
+    from mvforge import rundir
+
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    try:
+        done = json.loads((out / DONE_FILE).read_text())
+    except (OSError, ValueError):
+        done = None
+    if not isinstance(done, dict) or done.get("command") != request["command"]:
+        raise UserError(f"{out} is not empty and holds no finished conversion; pass a new directory to --out")
+    diff = rundir.settings_difference(done, request)
+    if diff:
+        raise UserError(
+            f"{out} holds a conversion from another source or with other settings ({diff}); pass a new "
+            "directory to --out, or remove it to convert again"
+        )
+    return True
+
+
+def _kept_report(out: Path) -> ConvertReport:
+    """The report of the finished conversion kept in ``out``, from its ``conversion.json``."""
+    try:
+        record = json.loads((out / "conversion.json").read_text())
+    except (OSError, ValueError):
+        record = {}
+    return ConvertReport(
+        out=out,
+        architecture=str(record.get("architecture", "?")),
+        converted=dict(record.get("converted") or {}),
+        dropped=dict(record.get("dropped") or {}),
+        seconds=float(record.get("seconds") or 0.0),
+        peak_rss_mb=float(record.get("peak_rss_mb") or 0.0),
+        kept=True,
+    )
+
+
+def _publish(tmp: Path, out: Path, request: dict) -> bool:
+    """Rename the filled ``tmp`` onto ``out`` (absent or an empty directory): True. False (``tmp`` removed)
+    when another run of the same conversion filled ``out`` meanwhile. Raises UserError (``_finished``) when
+    something else did."""
+    import errno
+    import os
+    import shutil
+
+    try:
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+        return True
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    if not _finished(out, request):
+        raise UserError(f"{out} changed while converting into it; run the same command again")
+    return False
 
 
 def _licence(architecture: str) -> str:
@@ -892,9 +1244,9 @@ def convert_community(src: str | Path, out: str | Path, dtype: str = "fp32") -> 
     directory ``out`` (new or empty), weights in ``dtype``. The UNet goes through the same LDM converter as the
     official checkpoints (its keys are the official ones less the prefix); the VAE, text encoder and tokenizer
     are copied as they are; the scheduler becomes the official DDIM on the port's noise schedule. Filled as
-    ``out.tmp-<pid>`` and renamed: complete or absent. Raises UserError for a missing or unknown key, a
-    camera_dim other than 16, or a non-empty ``out``."""
-    import os
+    ``out.tmp-<pid>`` and renamed: complete or absent; an ``out`` that already holds this conversion (the same
+    directory, unchanged, and dtype: ``DONE_FILE``) is kept as it is. Raises UserError for a missing or
+    unknown key, a camera_dim other than 16, or an ``out`` that holds anything but this conversion."""
     import shutil
 
     import torch
@@ -908,11 +1260,12 @@ def convert_community(src: str | Path, out: str | Path, dtype: str = "fp32") -> 
         raise UserError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     src, out = Path(src), Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} is not empty; pass a new directory to --out")
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if not (src / sub).is_dir():
             raise UserError(f"{src} has no {sub}/; pass the whole community pipeline directory")
+    request = _request(src, None, dtype)
+    if _finished(out, request):
+        return _kept_report(out)
     start = time.perf_counter()
     params = {k: v for k, v in json.loads((src / "unet" / "config.json").read_text()).items() if k[0] != "_"}
     sd = {UNET_PREFIX + k: v for k, v in _community_unet_weights(src / "unet").items()}
@@ -957,12 +1310,11 @@ def convert_community(src: str | Path, out: str | Path, dtype: str = "fp32") -> 
             {"source": src.name, "architecture": report.architecture, "dtype": dtype,
              "converted": report.converted, "seconds": round(report.seconds, 2)},
         )  # fmt: skip
+        atomic_write_json(tmp / DONE_FILE, request)  # last: what a rerun compares itself with
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
+    report.kept = not _publish(tmp, out, request)
     return report
 
 

@@ -10,6 +10,8 @@ within 1e-4.
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -175,6 +177,16 @@ def v2(tmp_path_factory):
     (d / "tiny-v2.yaml").write_text(YAML_V2)
     torch.save(sd, d / "tiny-v2.pt")
     return d, refs, sd
+
+
+@pytest.fixture(scope="module")
+def v2_safetensors(v2) -> Path:
+    """The v2 checkpoint's tensors as ``tiny-v2.safetensors`` (what ``safetensors.torch.save_file`` writes)."""
+    from safetensors.torch import save_file
+
+    d, _, sd = v2
+    save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(d / "tiny-v2.safetensors"))
+    return d / "tiny-v2.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -346,8 +358,8 @@ class _Canary:
         return (os.mkdir, (self.path,))
 
 
-def _cli(capsys, *args: str) -> tuple[int | None, str]:
-    """Run the mvtrain entry point in this process; (exit code, stderr)."""
+def _cli(capsys, *args: str) -> tuple[int | None, str, str]:
+    """Run the mvtrain entry point in this process; (exit code, stderr, stdout)."""
     from mvforge.cli.mvtrain import main
 
     argv = sys.argv
@@ -357,30 +369,163 @@ def _cli(capsys, *args: str) -> tuple[int | None, str]:
             main()
     finally:
         sys.argv = argv
-    return exc.value.code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return exc.value.code, captured.err, captured.out
 
 
-def test_unsafe_truncated_and_foreign_files_are_refused_in_one_line(v2, tmp_path, capsys):
+def test_unsafe_truncated_and_foreign_files_are_refused_in_one_line(v2, v2_safetensors, tmp_path, capsys):
+    """Each one line on stderr, exit 2, naming the file and the fix in full: before, a bare pickle printed
+    torch's UserWarning and a refusal cut mid-word, a text file "(101)", a truncated file torch's text cut at
+    "there is a high)"."""
     d, _, _ = v2
     canary = tmp_path / "canary"
     torch.save({"state_dict": {"x": _Canary(canary)}}, tmp_path / "evil.pt")
+    # A bare pickle (protocol 4, as pickle.dumps writes): torch fails on its FRAME opcode before the global.
+    (tmp_path / "evil-bare.pt").write_bytes(pickle.dumps({"x": _Canary(canary)}, protocol=4))
     good = (d / "tiny-v2.pt").read_bytes()
     (tmp_path / "truncated.pt").write_bytes(good[: len(good) // 2])
+    torch.save(torch.load(d / "tiny-v2.pt"), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    legacy = (tmp_path / "legacy.pt").read_bytes()
+    (tmp_path / "legacy-truncated.pt").write_bytes(legacy[: len(legacy) // 2])
+    safe = v2_safetensors.read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(safe[: len(safe) // 2])
     (tmp_path / "notes.pt").write_text("not a checkpoint\n")
+    (tmp_path / "text.ckpt").write_text("hello\n")
+    (tmp_path / "text.safetensors").write_text("hello, a text file and not safetensors\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "model.txt").write_bytes(good)
+    # name: (what the line says, the fix it ends with)
     cases = {
-        "evil.pt": "refused: loading it would import",
-        "truncated.pt": "not a complete torch checkpoint",
-        "notes.pt": "is not a torch checkpoint",
-        "model.txt": "use a .pt/.ckpt checkpoint or a .safetensors",
-        "absent.pt": "does not exist",
+        "evil.pt": ("refused: loading it would import posix.mkdir", "from a source you trust"),
+        "evil-bare.pt": ("refused: loading it would import posix.mkdir", "from a source you trust"),
+        "truncated.pt": ("truncated.pt is not a complete torch checkpoint", "download it again"),
+        "legacy-truncated.pt": (
+            "legacy-truncated.pt is not a complete torch checkpoint",
+            "download it again",
+        ),
+        "truncated.safetensors": ("is not a complete safetensors file", "download it again"),
+        "notes.pt": ("notes.pt is not a torch checkpoint (it starts with text", "download it again"),
+        "text.ckpt": ("text.ckpt is not a torch checkpoint (it starts with text", "download it again"),
+        "text.safetensors": ("text.safetensors is not a safetensors file", "download it again"),
+        "empty.pt": ("empty.pt is empty", "download it again"),
+        "model.txt": ("use a .pt/.ckpt checkpoint or a .safetensors", "(got .txt)"),
+        "absent.pt": ("absent.pt does not exist", "(nothing is downloaded)"),
     }
-    for name, message in cases.items():
-        code, err = _cli(capsys, "convert", str(tmp_path / name), "--out", str(tmp_path / f"out-{name}"))
+    if os.name != "posix":
+        cases = {k: (m.replace("posix.", "nt."), f) for k, (m, f) in cases.items()}
+    for name, (message, fix) in cases.items():
+        code, err, _ = _cli(capsys, "convert", str(tmp_path / name), "--out", str(tmp_path / f"out-{name}"))
         assert code == 2, (name, err)
-        assert err.count("\n") == 1 and message in err, (name, err)
+        assert err.count("\n") == 1 and err.startswith("error: "), (
+            name,
+            err,
+        )  # no warning line, no traceback
+        assert message in err and err.rstrip().endswith(fix), (name, err)  # the whole fix, nothing cut
         assert not (tmp_path / f"out-{name}").exists()
     assert not canary.exists()
+    # The legacy (pre-zip) format itself is read (weights_only, without mmap).
+    code, err, _ = _cli(
+        capsys, "convert", str(tmp_path / "legacy.pt"), "--out", str(tmp_path / "out-legacy"),
+        "--original-config", str(d / "tiny-v2.yaml"),
+    )  # fmt: skip
+    assert code in (0, None), err
+
+
+def test_a_checkpoint_of_another_size_without_its_yaml_says_to_pass_it(v2, tmp_path, capsys):
+    """Before: "missing key a model.diffusion_model.* key (converted name down_blocks.0.attentions.1...);
+    the checkpoint is incomplete": garbled, and the checkpoint was complete, only not of the official size."""
+    from mvforge.models.convert import convert_checkpoint
+
+    d, _, _ = v2
+    with pytest.raises(UserError) as exc:
+        convert_checkpoint(d / "tiny-v2.pt", tmp_path / "out")
+    message = str(exc.value)
+    assert "do not match the official sd-v2-base architecture" in message, message
+    assert message.endswith("pass --original-config with the checkpoint's LDM yaml"), message
+    assert "missing key" not in message and "incomplete" not in message and "\n" not in message
+    assert not (tmp_path / "out").exists()
+    code, err, _ = _cli(capsys, "convert", str(d / "tiny-v2.pt"), "--out", str(tmp_path / "out"))
+    assert code == 2 and err.count("\n") == 1 and "--original-config" in err, err
+
+
+def test_a_safetensors_copy_converts_to_the_same_pipeline_as_the_pt(
+    v2, v2_converted, v2_safetensors, tmp_path
+):
+    """Before: "unknown key first_stage_model.decoder.mid.attn_1.k.weight (8 unconverted)": the source of the
+    VAE's 1x1-conv attention weights (views the converter makes) was found by tensor identity, which
+    safetensors' tensors do not share with their views; now by key name."""
+    from safetensors.torch import load_file
+
+    from mvforge.models.convert import convert_checkpoint
+
+    d, _, _ = v2
+    report = convert_checkpoint(v2_safetensors, tmp_path / "out", d / "tiny-v2.yaml")
+    pt_record = json.loads((v2_converted / "conversion.json").read_text())
+    assert report.converted == pt_record["converted"] and report.dropped == pt_record["dropped"]
+    for sub in ("unet", "vae", "text_encoder"):
+        files = sorted(p.name for p in (v2_converted / sub).iterdir())
+        assert sorted(p.name for p in (tmp_path / "out" / sub).iterdir()) == files
+        for name in files:
+            a, b = v2_converted / sub / name, tmp_path / "out" / sub / name
+            if name.endswith(".safetensors"):
+                want, got = load_file(a), load_file(b)
+                assert sorted(got) == sorted(want), (sub, name)
+                for k in want:
+                    assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), (sub, k)
+            else:
+                assert b.read_text() == a.read_text(), (sub, name)
+
+
+def test_the_same_convert_again_keeps_the_pipeline_and_anything_else_is_refused(
+    v2, tmp_path, capsys, monkeypatch
+):
+    """docs/cli.md: the same command again keeps a finished output (exit 0, one line saying so) without
+    reading the checkpoint; another source, yaml or dtype into it is refused in one line naming the fix.
+    Before: the second run failed with "X is not empty; pass a new directory to --out"."""
+    import mvforge.models.convert as convert_mod
+
+    d, _, _ = v2
+    src, out = tmp_path / "tiny.pt", tmp_path / "pipe"
+    src.write_bytes((d / "tiny-v2.pt").read_bytes())
+    args = ["convert", str(src), "--out", str(out), "--original-config", str(d / "tiny-v2.yaml")]
+    code, err, _ = _cli(capsys, *args)
+    assert code in (0, None), err
+    done = json.loads((out / convert_mod.DONE_FILE).read_text())
+    assert done["source"] == str(src.resolve()) and done["source_bytes"] == src.stat().st_size
+    assert done["dtype"] == "fp32" and done["original_config"] == str((d / "tiny-v2.yaml").resolve())
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+    def no_loading(path):
+        raise AssertionError("a kept conversion must not read the checkpoint")
+
+    monkeypatch.setattr(convert_mod, "load_state_dict", no_loading)
+    code, err, stdout = _cli(capsys, *args)
+    assert code in (0, None) and err == "", err
+    assert stdout.count("\n") == 1 and "kept" in stdout, stdout
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing rewritten
+    assert not list(tmp_path.glob("pipe.tmp-*"))
+
+    other_yaml = tmp_path / "other.yaml"
+    other_yaml.write_text((d / "tiny-v2.yaml").read_text() + "\n# another recipe\n")
+    changed = {
+        "dtype": [*args, "--dtype", "fp16"],
+        "original_config": [*args[:-1], str(other_yaml)],
+        "source": ["convert", str(d / "tiny-v2.pt"), *args[2:]],
+    }
+    for setting, argv in changed.items():
+        code, err, _ = _cli(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1, (setting, err)
+        assert f"({setting}" in err and "pass a new directory to --out" in err, (setting, err)
+    # The same path, downloaded again (another modification time): another source.
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))
+    code, err, _ = _cli(capsys, *args)
+    assert code == 2 and "source_mtime_ns" in err, err
+    # A non-empty directory that is no conversion.
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine\n")
+    code, err, _ = _cli(capsys, "convert", str(src), "--out", str(tmp_path / "other"))
+    assert code == 2 and err.count("\n") == 1 and "pass a new directory to --out" in err, err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
 def test_cli_convert_then_sample_end_to_end(v2, tmp_path, capsys):
@@ -388,9 +533,9 @@ def test_cli_convert_then_sample_end_to_end(v2, tmp_path, capsys):
     out = tmp_path / "pipe"
     # convert in this process (its output line), sample through the installed entry point.
     args = ["convert", str(d / "tiny-v2.pt"), "--out", str(out), "--original-config", str(d / "tiny-v2.yaml")]
-    code, _ = _cli(capsys, *args, "--dtype", "bf16")
-    assert code in (0, None)
-    assert "peak RSS" in capsys.readouterr().out or (out / "conversion.json").is_file()
+    code, err, stdout = _cli(capsys, *args, "--dtype", "bf16")
+    assert code in (0, None), err
+    assert "peak RSS" in stdout and (out / "conversion.json").is_file()
     samp = subprocess.run(
         [MVTRAIN, "sample", "--model", str(out), "--prompt", "a chair", "--out", str(tmp_path / "views")]
         + ["--steps", "2", "--resolution", "64", "--device", "cpu"],
