@@ -599,18 +599,26 @@ def _unet(sd: dict, cfg: dict, official: str | None = None):
                     f"missing key {UNET_PREFIX}camera_embed.{i}.{leaf}; the checkpoint is incomplete"
                 )
 
-    def convert(part: dict) -> dict:
-        try:
-            return convert_ldm_unet_checkpoint({UNET_PREFIX + k: v for k, v in part.items()}, config)
-        except KeyError as e:
-            raise _converter_missing(UNET_PREFIX, e, official) from None
-
+    convert = _ldm_converter(convert_ldm_unet_checkpoint, UNET_PREFIX, config, official)
     converted = convert(renamed)
     sources = _sources(convert, renamed)
     model, used = _check_and_load(MultiViewUNet, config, converted, sources, renamed, UNET_PREFIX, official)
     _unknown(renamed, used, UNET_PREFIX, official)
     back = {("camera_embed." + k[len("label_emb.0.") :] if k.startswith("label_emb.0.") else k) for k in used}
     return model, converted, {UNET_PREFIX + k for k in back}
+
+
+def _ldm_converter(fn: Callable, prefix: str, config: dict, official: str | None) -> Callable[[dict], dict]:
+    """``part`` (keys without ``prefix``) -> diffusers' ``fn(prefixed part, config)``; a key the converter
+    needs and the checkpoint lacks is ``_converter_missing``'s one line."""
+
+    def convert(part: dict) -> dict:
+        try:
+            return fn({prefix + k: v for k, v in part.items()}, config)
+        except KeyError as e:
+            raise _converter_missing(prefix, e, official) from None
+
+    return convert
 
 
 def _vae(sd: dict, cfg: dict, official: str | None = None):
@@ -635,12 +643,7 @@ def _vae(sd: dict, cfg: dict, official: str | None = None):
         )
     part = {k[len(VAE_PREFIX) :]: v for k, v in sd.items() if k.startswith(VAE_PREFIX)}
 
-    def convert(part: dict) -> dict:
-        try:
-            return convert_ldm_vae_checkpoint({VAE_PREFIX + k: v for k, v in part.items()}, config)
-        except KeyError as e:
-            raise _converter_missing(VAE_PREFIX, e, official) from None
-
+    convert = _ldm_converter(convert_ldm_vae_checkpoint, VAE_PREFIX, config, official)
     converted = convert(part)
     sources = _sources(convert, part)
     model, used = _check_and_load(AutoencoderKL, config, converted, sources, part, VAE_PREFIX, official)

@@ -100,8 +100,11 @@ def make_scheduler(name: str, config) -> object:
     """A sampling scheduler ``name`` (a key of ``SCHEDULERS``) on the noise schedule of ``config`` (any diffusers
     scheduler config of the model: betas, train timesteps, steps offset).
 
-    The model output reaching a scheduler is always ε (``predict_noise`` converts v-prediction), so
-    ``prediction_type`` is epsilon. DDIM is set up as the official LDM sampler (design §10): no sample clipping,
+    The scheduler keeps the model's ``prediction_type`` (diffusers' convention: what the UNet outputs), so a
+    pipeline saved with it loads as the model it is; ``MVDreamPipeline`` steps an ε copy of it
+    (:func:`epsilon_stepper`), because ``predict_noise`` hands it ε whatever the UNet predicts. (Forcing epsilon
+    here once made a v-prediction model's pipeline, and everything loaded from the saved directory, take its v
+    for ε.) DDIM is set up as the official LDM sampler (design §10): no sample clipping,
     the last step's "previous" alpha is alphas_cumprod[0] (``set_alpha_to_one=False``), timesteps uniform with
     offset 1 (LDM's ``ddim_discretize="uniform"``). DPM-Solver++ is the 2nd-order multistep ``dpmsolver++``;
     PNDM skips its Runge-Kutta warm-up as SD's own scheduler config does.
@@ -111,7 +114,6 @@ def make_scheduler(name: str, config) -> object:
     # Private keys out: "_use_default_values" would make from_config drop the overrides below for keys the
     # source scheduler left at its defaults (a default DDPMScheduler has clip_sample=True there).
     cfg = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-    cfg.update(prediction_type="epsilon")
     extra = {
         "ddim": dict(clip_sample=False, set_alpha_to_one=False, timestep_spacing="leading"),
         "dpm++": dict(algorithm_type="dpmsolver++", solver_order=2),
@@ -119,6 +121,15 @@ def make_scheduler(name: str, config) -> object:
     }.get(name, {})
     cfg.update(extra)
     return SCHEDULERS[name].from_config(cfg)
+
+
+def epsilon_stepper(scheduler):
+    """A copy of the sampling ``scheduler`` that takes ε (``prediction_type="epsilon"``): what the pipeline's
+    denoising loop steps with, since ``MultiViewDiffusion.predict_noise`` returns ε for an ε or a v model."""
+    if scheduler.config.prediction_type == "epsilon":
+        return scheduler
+    cfg = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    return type(scheduler).from_config({**cfg, "prediction_type": "epsilon"})
 
 
 def scheduler_name(scheduler) -> str:
@@ -578,7 +589,11 @@ class MVDreamPipeline(DiffusionPipeline):
         if latents is not None and tuple(latents.shape[:2]) != shape:
             raise ValueError(f"latents of shape {tuple(latents.shape)}; expected {shape} + (h, w)")
 
-    def prepare_latents(self, n: int, height: int, width: int, generator, latents) -> torch.Tensor:
+    def prepare_latents(
+        self, n: int, height: int, width: int, generator, latents, scheduler=None
+    ) -> torch.Tensor:
+        """Initial latents (n, C, h, w) float32, scaled by ``scheduler``'s (default: the pipeline's) initial
+        noise sigma."""
         shape = (
             n,
             self.unet.config.in_channels,
@@ -589,7 +604,8 @@ class MVDreamPipeline(DiffusionPipeline):
             latents = randn_tensor(
                 shape, generator=generator, device=self._execution_device, dtype=torch.float32
             )
-        return latents.to(self._execution_device, torch.float32) * self.scheduler.init_noise_sigma
+        sigma = (scheduler or self.scheduler).init_noise_sigma
+        return latents.to(self._execution_device, torch.float32) * sigma
 
     def encode_prompt(
         self, prompts: list[str] | None, negative, prompt_embeds, negative_prompt_embeds, guided: bool
@@ -729,22 +745,25 @@ class MVDreamPipeline(DiffusionPipeline):
         cams = self.camera_batch(num_views, elevation_deg, azimuth_start_deg, c2ws)
         cams = cams.to(device).repeat(b * num_images_per_prompt, 1)
 
-        # 4. Timesteps.
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        # 4. Timesteps, on the scheduler that steps ε (the model's own is told them too, for callers that read
+        # pipe.scheduler.timesteps).
+        stepper = epsilon_stepper(self.scheduler)
+        for sched in {id(stepper): stepper, id(self.scheduler): self.scheduler}.values():
+            sched.set_timesteps(num_inference_steps, device=device)
 
         # 5. Initial noise.
-        latents = self.prepare_latents(n, height, width, generator, latents)
+        latents = self.prepare_latents(n, height, width, generator, latents, stepper)
 
         # 6. Denoise: guided ε for all views of all objects in one UNet call per step.
         step_kwargs = {}
-        if isinstance(self.scheduler, DDIMScheduler):
+        if isinstance(stepper, DDIMScheduler):
             step_kwargs["eta"] = eta
-        if isinstance(self.scheduler, EulerAncestralDiscreteScheduler | DDIMScheduler):
+        if isinstance(stepper, EulerAncestralDiscreteScheduler | DDIMScheduler):
             step_kwargs["generator"] = generator
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            x = self.scheduler.scale_model_input(latents, t)
+        for i, t in enumerate(self.progress_bar(stepper.timesteps)):
+            x = stepper.scale_model_input(latents, t)
             eps = model.predict_noise(x, t, cond, uncond, cams, num_views, guidance_scale, guidance_rescale)
-            latents = self.scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+            latents = stepper.step(eps, t, latents, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 local = {"latents": latents, "prompt_embeds": cond, "negative_prompt_embeds": uncond}
                 out = callback_on_step_end(self, i, t, {k: local[k] for k in tensor_inputs})

@@ -178,6 +178,42 @@ def test_one_view_without_camera_effect_equals_diffusers_sd_pipeline(sd_and_fres
     torch.testing.assert_close(got.images, want.images, rtol=1e-4, atol=1e-4)
 
 
+def test_a_v_prediction_model_samples_through_the_pipeline_as_through_its_own_predictions(tmp_path):
+    """A v-prediction model: the pipeline's DDIM equals a loop over ``predict_noise`` (v converted to ε) with the
+    model's training schedule; the saved pipeline keeps ``v_prediction`` and samples the same latents when loaded
+    (by the one loader, or as the pipeline directory)."""
+    from mvforge.models.tiny import make_tiny_mv_pipeline
+
+    source = make_tiny_mv_pipeline(tmp_path / "v", seed=1, prediction_type="v_prediction")
+    model = MultiViewDiffusion.from_pretrained(source)
+    assert model.scheduler.config.prediction_type == "v_prediction"
+    v, s = 4, 5.0
+    x = torch.randn(v, 4, RES // 2, RES // 2, generator=torch.Generator().manual_seed(5))
+    call = dict(num_inference_steps=STEPS, guidance_scale=s, resolution=RES, latents=x, output_type="latent")
+    got = model.pipeline("ddim")("a chair", **call).images
+
+    text = _hand_text(model, ["a chair"]).repeat(v, 1, 1)
+    unc = _hand_text(model, [""]).repeat(v, 1, 1)
+    cams = _hand_cameras(v, 15.0, 90.0)
+    ac, stride = model.scheduler.alphas_cumprod.double(), 1000 // STEPS
+    lat = x.clone()
+    with torch.no_grad():
+        for t in [int(t) + 1 for t in np.arange(0, STEPS)[::-1] * stride]:
+            eps = model.predict_noise(lat, t, text, unc, cams, v, guidance_scale=s).double()
+            a, a_prev = ac[t], (ac[t - stride] if t - stride >= 0 else ac[0])
+            x0 = (lat.double() - (1 - a).sqrt() * eps) / a.sqrt()
+            lat = (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps).float()
+    torch.testing.assert_close(got, lat, rtol=1e-5, atol=1e-5)
+
+    saved = model.save_pretrained(tmp_path / "pipe")
+    for loaded in (
+        MultiViewDiffusion.from_pretrained(saved).pipeline("ddim"),
+        MVDreamPipeline.from_pretrained(saved),
+    ):
+        assert loaded.scheduler.config.prediction_type == "v_prediction"
+        torch.testing.assert_close(loaded("a chair", **call).images, got, rtol=0, atol=0)
+
+
 def test_scheduler_settings_hold_for_any_source_config():
     """The official DDIM settings (design §10) override whatever the model's scheduler config says."""
     src = DDPMScheduler(
@@ -189,6 +225,9 @@ def test_scheduler_settings_hold_for_any_source_config():
         False,
         "epsilon",
     )
+    # The model's prediction type is kept: it is what a saved pipeline tells its loaders the UNet outputs.
+    v_src = DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction")
+    assert make_scheduler("euler", v_src.config).config.prediction_type == "v_prediction"
     assert make_scheduler("dpm++", src.config).config.algorithm_type == "dpmsolver++"
     assert make_scheduler("pndm", src.config).config.skip_prk_steps
     with pytest.raises(UserError, match="not offered"):
