@@ -194,27 +194,34 @@ def check_torch_file(path: str | os.PathLike) -> None:
         raise Damaged(f"{path}: {first}") from None
 
 
-def check_model_dir(path: str | os.PathLike) -> None:
-    """Raise UserError naming the first damaged file under ``path`` (a model or checkpoint dir): a
+def model_dir_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with the first damaged file under ``path`` (a model or checkpoint dir), or None: a
     ``*.safetensors`` whose header does not fit the file, a ``*.json`` (configs, tokenizer) that does not parse,
     or a component directory (one with ``config.json``) without a weights file. Header checks and the small
     JSON files only, so it costs a few reads whatever the model's size; diffusers and transformers would
     otherwise raise a traceback (a JSONDecodeError, "no file named diffusion_pytorch_model.bin")."""
-    again = "copy the model again (or pass another one)"
     root = Path(path)
     for f in sorted(root.rglob("*.safetensors")):
         try:
             check_safetensors(f)
         except Damaged as e:
-            raise UserError(f"{e}; {again}") from None
+            return str(e)
     for f in sorted(root.rglob("*.json")):
         try:
             json.loads(f.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise UserError(f"{f}: damaged ({type(e).__name__}: {e}); {again}") from None
+            return f"{f}: damaged ({type(e).__name__}: {e})"
         weights = [*f.parent.glob("*.safetensors"), *f.parent.glob("*.bin")]
         if f.name == "config.json" and not weights:
-            raise UserError(f"{f.parent} holds config.json but no weights file (*.safetensors); {again}")
+            return f"{f.parent} holds config.json but no weights file (*.safetensors)"
+    return None
+
+
+def check_model_dir(path: str | os.PathLike) -> None:
+    """Raise UserError naming the first damaged file under ``path`` (:func:`model_dir_problem`)."""
+    problem = model_dir_problem(path)
+    if problem is not None:
+        raise UserError(f"{problem}; copy the model again (or pass another one)")
 
 
 def newest_intact(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mvforge.errors import UserError
 from mvforge.formats import runs
-from mvforge.rundir import Damaged, RunDir, check_model_dir, newest_intact
+from mvforge.rundir import Damaged, RunDir, model_dir_problem, newest_intact
 
 
 def checkpoints(run: str | Path) -> list[Path]:
@@ -39,15 +39,14 @@ def latest_checkpoint(run: str | Path) -> Path | None:
 
 def check_loadable_checkpoint(ckpt: Path) -> None:
     """Raise ``rundir.Damaged`` unless the fit checkpoint ``ckpt`` is committed (``COMMITTED``, written last)
-    and its UNet files are whole (``rundir.check_model_dir``): what a command that samples from a run needs."""
+    and its UNet files are whole (``rundir.model_dir_problem``): what a command that samples from a run needs."""
     if not (ckpt / runs.COMMITTED).is_file():
         raise Damaged(f"{ckpt} has no {runs.COMMITTED} (an unfinished write)")
     for sub in (runs.UNET, runs.UNET_EMA):
         if sub == runs.UNET or (ckpt / sub).is_dir():
-            try:
-                check_model_dir(ckpt / sub)
-            except UserError as e:
-                raise Damaged(str(e).split("; copy the model again")[0]) from None
+            problem = model_dir_problem(ckpt / sub)
+            if problem is not None:
+                raise Damaged(problem)
 
 
 def is_pipeline_dir(path: Path) -> bool:
