@@ -196,10 +196,10 @@ def sample_at_cameras(model, caption: str, c2w: np.ndarray, cfg: KnownAnswerConf
     ``predict_noise``."""
     import torch
 
-    from mvforge.models.pipeline import make_scheduler
+    from mvforge.models.pipeline import make_stepper
 
     v = c2w.shape[0]
-    scheduler = make_scheduler("ddim", model.scheduler.config)
+    scheduler = make_stepper("ddim", model.scheduler.config)
     scheduler.set_timesteps(cfg.steps, device=model.device)
     cond = model.encode_prompt([caption + cfg.caption_suffix]).expand(v, -1, -1)
     uncond = model.encode_prompt([""]).expand(v, -1, -1) if cfg.guidance_scale != 1.0 else None

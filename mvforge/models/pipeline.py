@@ -132,6 +132,12 @@ def epsilon_stepper(scheduler):
     return type(scheduler).from_config({**cfg, "prediction_type": "epsilon"})
 
 
+def make_stepper(name: str, config) -> object:
+    """``make_scheduler`` for a loop that steps ``predict_noise``'s ε by hand (known-answer sampling, SDS's
+    DDIM x0, validation): :func:`epsilon_stepper` of it."""
+    return epsilon_stepper(make_scheduler(name, config))
+
+
 def scheduler_name(scheduler) -> str:
     """The ``SCHEDULERS`` key of a scheduler instance (raises ValueError for another class)."""
     for name, cls in SCHEDULERS.items():

@@ -15,7 +15,7 @@ MVDream §3.3 and the official ``multiview_diffusion_guidance.py`` (docs/design.
 5. loss = 0.5 * ||z - sg(x0)||² summed / N, so d loss / d z = (z - x0) / N.
 
 With ``x0_ddim_steps`` N > 0 (mvforge, not official) steps 3-4 become a DDIM run: t is snapped down to the
-N-step grid of the model's DDIM scheduler (``mvforge.models.make_scheduler``), and x0 is where diffusers' DDIM
+N-step grid of the model's DDIM scheduler (``mvforge.models.pipeline.make_stepper``), and x0 is where diffusers' DDIM
 steps, CFG at each, take z_t at t = 0 (no std rescale). A prior too weak for its one-step x0 at large t to be
 more than a blur (the demo world, docs/demo.md) still gives a sharp target this way.
 
@@ -72,9 +72,9 @@ class MultiViewSDS:
         self.latent_size = self.image_size // model.vae_scale_factor
         self.ddim = None
         if cfg.x0_ddim_steps > 0:
-            from mvforge.models.pipeline import make_scheduler
+            from mvforge.models.pipeline import make_stepper
 
-            self.ddim = make_scheduler("ddim", model.scheduler.config)
+            self.ddim = make_stepper("ddim", model.scheduler.config)
             self.ddim.set_timesteps(cfg.x0_ddim_steps)
 
     def encode_text(self, prompt: str) -> TextEmbeddings:

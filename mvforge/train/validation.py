@@ -22,13 +22,13 @@ from mvforge.errors import UserError
 from mvforge.formats import samples as sample_format
 from mvforge.fsutil import atomic_write_json
 from mvforge.models.config import SampleConfig
-from mvforge.models.pipeline import MultiViewDiffusion, make_scheduler
+from mvforge.models.pipeline import MultiViewDiffusion, make_stepper
 from mvforge.models.sample import sample_prompts, save_views
 
 
 def _sample_2d(mvd: MultiViewDiffusion, prompt: str, cfg: SampleConfig) -> Image.Image:
     """One camera-less image of ``prompt`` (SD's own 2D mode of the multi-view UNet), DDIM with CFG."""
-    sched = make_scheduler("ddim", mvd.scheduler.config)
+    sched = make_stepper("ddim", mvd.scheduler.config)
     sched.set_timesteps(cfg.steps, device=mvd.device)
     cond = mvd.encode_prompt([prompt])
     uncond = mvd.encode_prompt([cfg.negative_prompt]) if cfg.guidance_scale != 1.0 else None

@@ -205,6 +205,17 @@ def test_a_v_prediction_model_samples_through_the_pipeline_as_through_its_own_pr
             lat = (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps).float()
     torch.testing.assert_close(got, lat, rtol=1e-5, atol=1e-5)
 
+    # The known-answer sampler steps the same DDIM by hand: the same latents, decoded.
+    from mvforge.eval.known_answer import KnownAnswerConfig, sample_at_cameras
+    from mvforge.models.camera_batch import orbit_c2w_batch
+
+    c2w = orbit_c2w_batch(15.0, 90.0 + 90.0 * np.arange(v), 1.0)
+    ka = KnownAnswerConfig(steps=STEPS, guidance_scale=s, caption_suffix="", seed=5)
+    views = sample_at_cameras(model, "a chair", c2w, ka, RES)
+    with torch.no_grad():
+        decoded = ((model.decode_latents(got) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(views, decoded, atol=1e-4)
+
     saved = model.save_pretrained(tmp_path / "pipe")
     for loaded in (
         MultiViewDiffusion.from_pretrained(saved).pipeline("ddim"),

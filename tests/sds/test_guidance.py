@@ -91,7 +91,18 @@ def test_preview_writes_the_four_views_of_the_prompt(model, tmp_path):
         assert im.size == (4 * model.resolution, model.resolution)
 
 
-def test_ddim_x0_is_the_end_of_a_guided_ddim_run_from_the_snapped_timestep(model):
+@pytest.fixture(scope="module")
+def v_model(tmp_path_factory):
+    from mvforge.models.tiny import make_tiny_mv_pipeline
+
+    path = make_tiny_mv_pipeline(tmp_path_factory.mktemp("v") / "v", seed=1, prediction_type="v_prediction")
+    return MultiViewDiffusion.from_pretrained(path)
+
+
+@pytest.mark.parametrize("which", ["epsilon", "v_prediction"])
+def test_ddim_x0_is_the_end_of_a_guided_ddim_run_from_the_snapped_timestep(model, v_model, which):
+    model = v_model if which == "v_prediction" else model
+    assert model.scheduler.config.prediction_type == which
     torch.manual_seed(0)
     cfg = GuidanceConfig(guidance_scale=5.0, x0_ddim_steps=10)
     sds = MultiViewSDS(model, cfg)
