@@ -70,9 +70,11 @@ $BIN/mvtrain fit --config configs/world-fit.toml --model "$OUT/models/world-sd" 
   --shards-2d "$OUT/shards-2d/2d-000000.tar" --out "$OUT/train" --max-steps "$STEPS" --set seed="$SEED"
 
 step "sample" "4 views of one caption through the multi-view diffusers pipeline"
-PIPE="$OUT/models/mv-pipeline"  # the trained model as a diffusers pipeline directory, written once
-SAVE=()
-[ -f "$PIPE/model_index.json" ] || SAVE=(--save-pipeline "$PIPE")
+PIPE="$OUT/models/mv-pipeline"  # the trained model as a diffusers pipeline directory (kept when up to date)
+# A pipeline without the record of the weights it came from predates the v-prediction fix (docs/demo.md): its
+# scheduler may say epsilon for this v model, so it is written again.
+[ -f "$PIPE/mvforge_saved_from.json" ] || rm -rf "$PIPE"
+SAVE=(--save-pipeline "$PIPE")
 $BIN/mvtrain sample --model "$OUT/train" --prompt "$(caption demo-chair)" --out "$OUT/samples" --steps 20 \
   --guidance-scale 5 --elevation 28 --resolution 32 --device cpu "${SAVE[@]}"
 
