@@ -111,9 +111,7 @@ def make_scheduler(name: str, config) -> object:
     """
     if name not in SCHEDULERS:
         raise UserError(f"scheduler {name!r} is not offered; use one of {', '.join(SCHEDULERS)}")
-    # Private keys out: "_use_default_values" would make from_config drop the overrides below for keys the
-    # source scheduler left at its defaults (a default DDPMScheduler has clip_sample=True there).
-    cfg = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    cfg = _public(config)
     extra = {
         "ddim": dict(clip_sample=False, set_alpha_to_one=False, timestep_spacing="leading"),
         "dpm++": dict(algorithm_type="dpmsolver++", solver_order=2),
@@ -128,8 +126,13 @@ def epsilon_stepper(scheduler):
     denoising loop steps with, since ``MultiViewDiffusion.predict_noise`` returns ε for an ε or a v model."""
     if scheduler.config.prediction_type == "epsilon":
         return scheduler
-    cfg = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
-    return type(scheduler).from_config({**cfg, "prediction_type": "epsilon"})
+    return type(scheduler).from_config({**_public(scheduler.config), "prediction_type": "epsilon"})
+
+
+def _public(config) -> dict:
+    """A scheduler config without its private keys: "_use_default_values" would make ``from_config`` drop
+    overrides of keys the source left at their defaults."""
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
 
 
 def make_stepper(name: str, config) -> object:
@@ -754,8 +757,9 @@ class MVDreamPipeline(DiffusionPipeline):
         # 4. Timesteps, on the scheduler that steps ε (the model's own is told them too, for callers that read
         # pipe.scheduler.timesteps).
         stepper = epsilon_stepper(self.scheduler)
-        for sched in {id(stepper): stepper, id(self.scheduler): self.scheduler}.values():
-            sched.set_timesteps(num_inference_steps, device=device)
+        stepper.set_timesteps(num_inference_steps, device=device)
+        if stepper is not self.scheduler:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
 
         # 5. Initial noise.
         latents = self.prepare_latents(n, height, width, generator, latents, stepper)
