@@ -25,6 +25,40 @@ def is_tmp(name: str | os.PathLike) -> bool:
     return TMP_MARK in Path(name).name
 
 
+def remove_dead_tmp(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary siblings of ``path`` (``<name>.tmp-<pid>[-tag]``, files or directories) whose writer
+    process no longer runs on this host: what a killed writer of ``path`` left behind (a converted checkpoint's
+    can be gigabytes). A sibling of a live process, this one included, or one without a pid is kept. Returns the
+    paths removed. (A writer of the same ``path`` on another host of a shared file system is not seen: give
+    concurrent writers different outputs, as every mvforge stage asks.)"""
+    import shutil
+
+    path = Path(path)
+    removed = []
+    for sibling in path.parent.glob(f"{path.name}{TMP_MARK}*"):
+        pid = sibling.name[len(path.name) + len(TMP_MARK) :].split("-")[0].split(".")[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        removed.append(sibling)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def tmp_url(url: str) -> str:
     """:func:`tmp_path` for an fsspec path or URL (``s3://b/x`` → ``s3://b/x.tmp-<pid>``)."""
     return f"{url}{TMP_MARK}{os.getpid()}"

@@ -68,6 +68,8 @@ def convert(
         rep = convert_community(local, out, dtype)
     else:
         rep = convert_checkpoint(src, out, original_config, dtype)
+    for leftover in rep.leftovers:
+        typer.echo(f"removed {leftover}: the unfinished output of a killed conversion")
     if rep.kept:  # the same command again (docs/cli.md): the finished output stays as it is
         typer.echo(f"{rep.out}: already converted from {src} with these settings (kept as it is)")
         return

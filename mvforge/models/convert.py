@@ -132,7 +132,7 @@ OFFICIAL_CONFIGS = {
 class ConvertReport:
     """What ``convert_checkpoint`` did: ``out`` (the pipeline directory), ``architecture`` (official config
     name or the yaml's path), ``converted`` (source keys per component), ``dropped`` (source key -> reason),
-    ``seconds`` and ``peak_rss_mb`` (this process's peak resident memory, MiB); ``kept``: ``out`` already held
+    ``seconds`` and ``peak_rss_mb`` (this process's peak resident memory, MiB); ``leftovers``; ``kept``: ``out`` already held
     this conversion and was kept as it is (the counts are those its ``conversion.json`` records)."""
 
     out: Path
@@ -142,6 +142,8 @@ class ConvertReport:
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
     kept: bool = False
+    leftovers: list[Path] = field(default_factory=list)
+    """Temporary copies of ``out`` that killed conversions left, removed before this one."""
 
 
 # ---------------------------------------------------------------- loading
@@ -962,7 +964,7 @@ def convert_checkpoint(
     import torch
     from diffusers import __version__ as diffusers_version
 
-    from mvforge.fsutil import atomic_write_json, atomic_write_text, tmp_path
+    from mvforge.fsutil import atomic_write_json, atomic_write_text, remove_dead_tmp, tmp_path
     from mvforge.models.pipeline import make_scheduler
 
     if dtype not in DTYPES:
@@ -990,6 +992,7 @@ def convert_checkpoint(
             f"unknown key {unknown[0]} ({len(unknown)} unknown); not part of an MVDream checkpoint"
         )
 
+    report.leftovers = remove_dead_tmp(out)
     tmp = tmp_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -1256,7 +1259,7 @@ def convert_community(src: str | Path, out: str | Path, dtype: str = "fp32") -> 
     from diffusers import DDIMScheduler
     from diffusers import __version__ as diffusers_version
 
-    from mvforge.fsutil import atomic_write_json, tmp_path
+    from mvforge.fsutil import atomic_write_json, remove_dead_tmp, tmp_path
     from mvforge.models.pipeline import make_scheduler
 
     if dtype not in DTYPES:
@@ -1287,6 +1290,7 @@ def convert_community(src: str | Path, out: str | Path, dtype: str = "fp32") -> 
         }
     }
     report = ConvertReport(out=out, architecture="community-diffusers")
+    report.leftovers = remove_dead_tmp(out)
     tmp = tmp_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

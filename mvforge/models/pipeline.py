@@ -51,7 +51,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from mvforge import rundir
 from mvforge.errors import UserError
 from mvforge.formats import runs
-from mvforge.fsutil import atomic_write_json, atomic_write_text, tmp_path
+from mvforge.fsutil import atomic_write_json, atomic_write_text, remove_dead_tmp, tmp_path
 from mvforge.models.camera_batch import camera_embedding, orbit_c2w_batch, orthogonal_views
 from mvforge.models.model import (
     CAMERA_DIM,
@@ -269,6 +269,7 @@ class MultiViewDiffusion:
         out = Path(out)
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out} is not empty; pass a new directory for the pipeline")
+        remove_dead_tmp(out)  # a killed save's copy (hundreds of MB at SD size)
         tmp = tmp_path(out)
         shutil.rmtree(tmp, ignore_errors=True)
         self.pipeline("ddim").save_pretrained(tmp)
