@@ -26,28 +26,40 @@ def is_tmp(name: str | os.PathLike) -> bool:
 
 
 def remove_dead_tmp(path: str | os.PathLike) -> list[Path]:
-    """Delete the temporary siblings of ``path`` (``<name>.tmp-<pid>[-tag]``, files or directories) whose writer
-    process no longer runs on this host: what a killed writer of ``path`` left behind (a converted checkpoint's
-    can be gigabytes). A sibling of a live process, this one included, or one without a pid is kept. Returns the
-    paths removed. (A writer of the same ``path`` on another host of a shared file system is not seen: give
-    concurrent writers different outputs, as every mvforge stage asks.)"""
+    """Delete the temporary siblings of ``path`` that :func:`tmp_path` names (``<name>.tmp-<pid>`` or
+    ``<name>.tmp-<pid>-<tag>``, files or directories) whose writer process no longer runs on this host: what a
+    killed writer of ``path`` left behind (a converted checkpoint's can be gigabytes). A sibling of a live
+    process, this one included, or of any other form is kept; a symlink is unlinked, never followed. Returns the
+    paths actually removed (one that could not be, e.g. for permissions, is left and not returned). A writer of
+    the same ``path`` on another host of a shared file system is not seen: give concurrent writers different
+    outputs, as every mvforge stage asks."""
     import shutil
 
     path = Path(path)
+    prefix = f"{path.name}{TMP_MARK}"
+    try:
+        siblings = list(path.parent.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
     removed = []
-    for sibling in path.parent.glob(f"{path.name}{TMP_MARK}*"):
-        pid = sibling.name[len(path.name) + len(TMP_MARK) :].split("-")[0].split(".")[0]
-        if not pid.isdigit() or _alive(int(pid)):
+    for sibling in siblings:
+        if not sibling.name.startswith(prefix):  # a name compared, never a glob pattern
+            continue
+        pid = sibling.name[len(prefix) :].split("-", 1)[0]
+        if not (pid.isascii() and pid.isdigit()) or _alive(int(pid)):
             continue
         if sibling.is_dir() and not sibling.is_symlink():
             shutil.rmtree(sibling, ignore_errors=True)
         else:
-            sibling.unlink(missing_ok=True)
-        removed.append(sibling)
+            with contextlib.suppress(OSError):
+                sibling.unlink()
+        if not os.path.lexists(sibling):
+            removed.append(sibling)
     return removed
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (this process counts; so does a pid no signal can reach)."""
     if pid == os.getpid():
         return True
     try:
@@ -56,6 +68,8 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's process
         return True
+    except OverflowError:  # beyond a C int: no process has it
+        return False
     return True
 
 

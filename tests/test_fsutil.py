@@ -6,7 +6,8 @@ import os
 import subprocess
 import sys
 
-from mvforge.fsutil import remove_dead_tmp, tmp_path
+from mvforge import fsutil
+from mvforge.fsutil import remove_dead_tmp
 
 
 def _dead_pid() -> int:
@@ -16,34 +17,55 @@ def _dead_pid() -> int:
     return int(done.stdout)
 
 
-def _own_tmp(out):
-    path = tmp_path(out)
-    assert path.name == f"{out.name}.tmp-{os.getpid()}"
-    return path
-
-
 def test_remove_dead_tmp_removes_a_killed_writers_copies_and_keeps_live_ones(tmp_path):
     out = tmp_path / "pipe"
     dead = _dead_pid()
     killed_dir = tmp_path / f"pipe.tmp-{dead}"
     (killed_dir / "unet").mkdir(parents=True)
     (killed_dir / "unet" / "weights.bin").write_bytes(b"x" * 1000)
-    killed_file = tmp_path / f"pipe.tmp-{dead}-part.json"
-    killed_file.write_text("{")
+    killed_tagged = tmp_path / f"pipe.tmp-{dead}-part"
+    killed_tagged.write_text("{")
+    beyond_c_int = tmp_path / "pipe.tmp-99999999999"  # no process can have it
+    beyond_c_int.mkdir()
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
         try:
-            alive = tmp_path / f"pipe.tmp-{live.pid}"
-            alive.mkdir()
-            mine = _own_tmp(out)
-            mine.mkdir()
-            untagged = tmp_path / "pipe.tmp-notapid"
-            untagged.mkdir()
-            other = tmp_path / f"pipes.tmp-{dead}"  # another output's leftover
-            other.mkdir()
+            kept = [
+                tmp_path / f"pipe.tmp-{live.pid}",  # a writer still running
+                own := fsutil.tmp_path(out),  # this process
+                tmp_path / "pipe.tmp-notapid",
+                tmp_path / "pipe.tmp-\u00b2",  # a digit to str.isdigit, not a pid
+                tmp_path / f"pipe.tmp-{dead}.json",  # not a name tmp_path makes
+                tmp_path / f"pipes.tmp-{dead}",  # another output's leftover
+            ]
+            assert own.name == f"pipe.tmp-{os.getpid()}"
+            for path in kept:
+                path.mkdir()
             removed = remove_dead_tmp(out)
-            assert sorted(removed) == sorted([killed_dir, killed_file])
-            assert not killed_dir.exists() and not killed_file.exists()
-            assert alive.is_dir() and mine.is_dir() and untagged.is_dir() and other.is_dir()
+            assert sorted(removed) == sorted([killed_dir, killed_tagged, beyond_c_int])
+            assert not any(p.exists() for p in removed)
+            assert all(p.is_dir() for p in kept)
             assert remove_dead_tmp(out) == []
         finally:
             live.kill()
+
+
+def test_remove_dead_tmp_reads_the_output_name_as_a_name_not_a_glob(tmp_path):
+    """``--out 'm[a]'`` must not match ``ma.tmp-<pid>``, another output's (possibly live) temporary."""
+    dead = _dead_pid()
+    other = tmp_path / f"ma.tmp-{dead}"
+    other.mkdir()
+    (tmp_path / f"m[a].tmp-{dead}").mkdir()
+    assert remove_dead_tmp(tmp_path / "m[a]") == [tmp_path / f"m[a].tmp-{dead}"]
+    assert other.is_dir()
+    assert remove_dead_tmp(tmp_path / "p?") == [] and other.is_dir()
+    assert remove_dead_tmp(tmp_path / "no" / "such" / "dir") == []
+
+
+def test_remove_dead_tmp_unlinks_a_symlink_and_keeps_its_target(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    link = tmp_path / f"pipe.tmp-{_dead_pid()}"
+    link.symlink_to(target, target_is_directory=True)
+    assert remove_dead_tmp(tmp_path / "pipe") == [link]
+    assert (target / "keep.txt").read_text() == "mine"

@@ -976,8 +976,9 @@ def convert_checkpoint(
     if original_config is not None and not Path(original_config).is_file():
         raise _no_yaml(Path(original_config))
     request = _request(src, original_config, dtype)
+    leftovers = remove_dead_tmp(out)
     if _finished(out, request):
-        return _kept_report(out)
+        return _kept_report(out, leftovers)
     start = time.perf_counter()
     sd = load_state_dict(src)
     name, cfg = load_original_config(original_config, sd)
@@ -992,7 +993,7 @@ def convert_checkpoint(
             f"unknown key {unknown[0]} ({len(unknown)} unknown); not part of an MVDream checkpoint"
         )
 
-    report.leftovers = remove_dead_tmp(out)
+    report.leftovers = leftovers
     tmp = tmp_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -1118,8 +1119,9 @@ def _finished(out: Path, request: dict) -> bool:
     return True
 
 
-def _kept_report(out: Path) -> ConvertReport:
-    """The report of the finished conversion kept in ``out``, from its ``conversion.json``."""
+def _kept_report(out: Path, leftovers: list[Path]) -> ConvertReport:
+    """The report of the finished conversion kept in ``out``, from its ``conversion.json``; ``leftovers``: the
+    killed runs' copies removed before it was found finished."""
     try:
         record = json.loads((out / "conversion.json").read_text())
     except (OSError, ValueError):
@@ -1132,6 +1134,7 @@ def _kept_report(out: Path) -> ConvertReport:
         seconds=float(record.get("seconds") or 0.0),
         peak_rss_mb=float(record.get("peak_rss_mb") or 0.0),
         kept=True,
+        leftovers=leftovers,
     )
 
 
@@ -1270,8 +1273,9 @@ def convert_community(src: str | Path, out: str | Path, dtype: str = "fp32") -> 
         if not (src / sub).is_dir():
             raise UserError(f"{src} has no {sub}/; pass the whole community pipeline directory")
     request = _request(src, None, dtype)
+    leftovers = remove_dead_tmp(out)
     if _finished(out, request):
-        return _kept_report(out)
+        return _kept_report(out, leftovers)
     start = time.perf_counter()
     params = {k: v for k, v in json.loads((src / "unet" / "config.json").read_text()).items() if k[0] != "_"}
     sd = {UNET_PREFIX + k: v for k, v in _community_unet_weights(src / "unet").items()}
@@ -1290,7 +1294,7 @@ def convert_community(src: str | Path, out: str | Path, dtype: str = "fp32") -> 
         }
     }
     report = ConvertReport(out=out, architecture="community-diffusers")
-    report.leftovers = remove_dead_tmp(out)
+    report.leftovers = leftovers
     tmp = tmp_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
