@@ -28,7 +28,7 @@ SUBJECT = "demo-potted-cactus"
 # these values to every digit), seed 0 with 1 thread, seeds 1 and 2 with 1 thread, seed 0 on a CPU with other
 # float kernels, seeds 1 and 2 with 2 threads (2026-12-07). The DreamBooth floors come from seeds 0, 1 and 2 with
 # 2 threads, the runs since its fine-tune reads the v-prediction model as v (before the fix: 2-3 views and 6-7
-# captions).
+# captions): the views' floor is its target (every run got 4), the captions' the lowest.
 TARGETS = {
     "captions retrieving their own object, held-out orbit (of 11)": (10, 10),  # 10, 10, 10, 10, 10, 10, 10
     "non-symmetric shifts further from the truth, held-out orbit (of 10)": (10, 5),  # 7, 9, 6, 6, 8, 9, 5
