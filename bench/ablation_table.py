@@ -56,6 +56,7 @@ def main() -> None:
         ("full", "full (3D attention + camera)"),
         ("no-camera", "no camera embedding"),
         ("per-image", "per-image attention"),
+        ("3d-only", "3D batches only (no 2D steps)"),
     ):
         v = world / "ablation" / variant
         print(_row(name, _load(v / "eval"), _load(v / "eval-novel"), _load(v / "eval-sds")))

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The paper's §5.1 ablations at toy scale (docs/benchmarks.md "Ablations"): the demo world's UNet trained again
-# without the camera embedding, or with per-image self-attention only, then scored exactly as `make demo` scores
+# without the camera embedding, or with per-image self-attention only (or, beyond the paper's ablations, without
+# its 2D batches: every step a 3D one), then scored exactly as `make demo` scores
 # the full model: the known-answer eval of the 11 trained captions, and SDS of the cone, the chair and the kettle
 # rendered back and compared with the ground truth. Every variant is scored at the checkpoint of step STEPS (the
 # full model's is the demo's own, WORLD/train), so all are compared after the same training.
 #   bash bench/ablation_world.sh WORLD VARIANT     WORLD: a finished `make demo` output (its renders, shards,
 #                                                  fitted VAE and model are reused); VARIANT: full, no-camera,
-#                                                  per-image
+#                                                  per-image, 3d-only
 # Writes WORLD/ablation/VARIANT/{train,eval,eval-novel,sds,sds-renders,eval-sds}; resumable like the demo (each step keeps
 # what is done). Print the table of all variants with bench/ablation_table.py WORLD.
 set -euo pipefail
-WORLD=${1:?usage: bash bench/ablation_world.sh WORLD no-camera|per-image}
-VARIANT=${2:?usage: bash bench/ablation_world.sh WORLD full|no-camera|per-image}
+WORLD=${1:?usage: bash bench/ablation_world.sh WORLD full|no-camera|per-image|3d-only}
+VARIANT=${2:?usage: bash bench/ablation_world.sh WORLD full|no-camera|per-image|3d-only}
 STEPS=${STEPS:-2400}
 BIN=.venv/bin
 SDS_UIDS=(demo-traffic-cone demo-chair demo-kettle)
@@ -20,7 +21,8 @@ case $VARIANT in
   full) KNOB="" ;;
   no-camera) KNOB=camera_embedding=false ;;
   per-image) KNOB=multiview_attention=false ;;
-  *) echo "error: VARIANT is full, no-camera or per-image, not $VARIANT" >&2; exit 2 ;;
+  3d-only) KNOB=loader.p_3d=1.0 ;;  # the 2D image-text steps (paper §3.3: 30%) left out
+  *) echo "error: VARIANT is full, no-camera, per-image or 3d-only, not $VARIANT" >&2; exit 2 ;;
 esac
 for f in train/config.toml trained-captions.tsv models/world-sd shards-2d/2d-000000.tar blob-renders; do
   [ -e "$WORLD/$f" ] || { echo "error: $WORLD/$f is missing; run \`make demo DEMO=$WORLD\` first" >&2; exit 2; }
