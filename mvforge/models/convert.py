@@ -132,8 +132,9 @@ OFFICIAL_CONFIGS = {
 class ConvertReport:
     """What ``convert_checkpoint`` did: ``out`` (the pipeline directory), ``architecture`` (official config
     name or the yaml's path), ``converted`` (source keys per component), ``dropped`` (source key -> reason),
-    ``seconds`` and ``peak_rss_mb`` (this process's peak resident memory, MiB); ``leftovers``; ``kept``: ``out`` already held
-    this conversion and was kept as it is (the counts are those its ``conversion.json`` records)."""
+    ``seconds`` and ``peak_rss_mb`` (this process's peak resident memory, MiB); ``leftovers`` (below);
+    ``kept``: ``out`` already held this conversion and was kept as it is (the counts are those its
+    ``conversion.json`` records)."""
 
     out: Path
     architecture: str
