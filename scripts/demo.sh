@@ -149,7 +149,7 @@ for meta_path in sorted(out.glob("renders/*/*/meta.json")):
 PY
 $BIN/mvtrain dreambooth --model "$PIPE" --images "$PHOTOS" --prompt "$TOKEN, 3d asset" --out "$OUT/dreambooth" \
   --max-steps 300 --device cpu --class-prompt "a photo of an object, 3d asset" --validate-every 0 \
-  --class-images "$OUT/dreambooth-rehearsal" \
+  --class-images "$OUT/dreambooth-rehearsal" --set prior_loss_weight=1 \
   --set resolution=32 --set batch_size=4 --set checkpoint_every=50 --set log_every=10 \
   --set optim.lr=3e-3 --lambda 1  # the world's scale, not SD 2.1's 2e-6; the rehearsal keeps the rest
 { cat "$OUT/trained-captions.tsv"; printf '%s\t%s\n' "$HOLDOUT" "$TOKEN"; } > "$OUT/dreambooth-captions.tsv"

@@ -984,7 +984,7 @@ def convert_checkpoint(
     sd = load_state_dict(src)
     name, cfg = load_original_config(original_config, sd)
     official = name if original_config is None else None  # assumed from the text tower, not given
-    report = ConvertReport(out=out, architecture=name)
+    report = ConvertReport(out=out, architecture=name, leftovers=leftovers)
 
     known = {k for k in sd if k.startswith((UNET_PREFIX, VAE_PREFIX, OPENCLIP_PREFIX, CLIP_PREFIX))}
     known |= set(SCHEDULE_BUFFERS) & set(sd)
@@ -994,7 +994,6 @@ def convert_checkpoint(
             f"unknown key {unknown[0]} ({len(unknown)} unknown); not part of an MVDream checkpoint"
         )
 
-    report.leftovers = leftovers
     tmp = tmp_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -1294,8 +1293,7 @@ def convert_community(src: str | Path, out: str | Path, dtype: str = "fp32") -> 
             }
         }
     }
-    report = ConvertReport(out=out, architecture="community-diffusers")
-    report.leftovers = leftovers
+    report = ConvertReport(out=out, architecture="community-diffusers", leftovers=leftovers)
     tmp = tmp_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
