@@ -16,8 +16,15 @@ TMP_MARK = ".tmp-"
 
 def tmp_path(path: str | os.PathLike, tag: str = "") -> Path:
     """The temporary sibling a writer fills before renaming it onto ``path`` (a file or a directory)."""
-    path = Path(path)
+    path = _named(path)
     return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}{'-' + tag if tag else ''}")
+
+
+def _named(path: str | os.PathLike) -> Path:
+    """``path``, made absolute when its last part is not a name (``.``, ``..``, ``dir/..``), so that its
+    siblings are those of the directory it means, not the entries of the directory it is in."""
+    path = Path(path)
+    return Path(os.path.abspath(path)) if path.name in ("", "..") else path
 
 
 def is_tmp(name: str | os.PathLike) -> bool:
@@ -35,7 +42,9 @@ def remove_dead_tmp(path: str | os.PathLike) -> list[Path]:
     outputs, as every mvforge stage asks."""
     import shutil
 
-    path = Path(path)
+    path = _named(path)
+    if not path.name:  # the file system's root has no siblings
+        return []
     prefix = f"{path.name}{TMP_MARK}"
     try:
         siblings = list(path.parent.iterdir())

@@ -2,7 +2,7 @@
 
 Reads the three known-answer results `make demo` writes (OUT/eval, OUT/eval-sds, OUT/eval-dreambooth; written
 by `mvtrain eval --known-answer`) and prints one line per measure: the target the world was set, the floor (the
-lowest value of the runs on three seeds, 2026-12-06 and 2026-12-07: five runs on two CPUs, four for DreamBooth;
+lowest value of the runs on three seeds, 2026-12-06 and 2026-12-07: seven runs on two CPUs, three for DreamBooth;
 set at the lowest run, so with no margin below it), this run's value, and whether it meets the target, stays at
 or above the floor, or fell below it (a regression: the floors were measured with this recipe). Prints and exits
 0 whatever the numbers: `make demo` shows, the known-answer test in `make test` asserts. Bad arguments, no

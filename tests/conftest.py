@@ -41,3 +41,15 @@ def tiny_mv(tmp_path_factory):
     from mvforge.models.tiny import make_tiny_mv_pipeline
 
     return make_tiny_mv_pipeline(tmp_path_factory.mktemp("mv") / "tiny-mv", seed=0)
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The pid of a process that has exited (what a killed writer's ``OUT.tmp-<pid>`` names)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(done.stdout)

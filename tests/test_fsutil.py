@@ -10,16 +10,9 @@ from mvforge import fsutil
 from mvforge.fsutil import remove_dead_tmp
 
 
-def _dead_pid() -> int:
-    done = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    return int(done.stdout)
-
-
-def test_remove_dead_tmp_removes_a_killed_writers_copies_and_keeps_live_ones(tmp_path):
+def test_remove_dead_tmp_removes_a_killed_writers_copies_and_keeps_live_ones(tmp_path, dead_pid):
     out = tmp_path / "pipe"
-    dead = _dead_pid()
+    dead = dead_pid
     killed_dir = tmp_path / f"pipe.tmp-{dead}"
     (killed_dir / "unet").mkdir(parents=True)
     (killed_dir / "unet" / "weights.bin").write_bytes(b"x" * 1000)
@@ -49,9 +42,9 @@ def test_remove_dead_tmp_removes_a_killed_writers_copies_and_keeps_live_ones(tmp
             live.kill()
 
 
-def test_remove_dead_tmp_reads_the_output_name_as_a_name_not_a_glob(tmp_path):
+def test_remove_dead_tmp_reads_the_output_name_as_a_name_not_a_glob(tmp_path, dead_pid):
     """``--out 'm[a]'`` must not match ``ma.tmp-<pid>``, another output's (possibly live) temporary."""
-    dead = _dead_pid()
+    dead = dead_pid
     other = tmp_path / f"ma.tmp-{dead}"
     other.mkdir()
     (tmp_path / f"m[a].tmp-{dead}").mkdir()
@@ -61,11 +54,26 @@ def test_remove_dead_tmp_reads_the_output_name_as_a_name_not_a_glob(tmp_path):
     assert remove_dead_tmp(tmp_path / "no" / "such" / "dir") == []
 
 
-def test_remove_dead_tmp_unlinks_a_symlink_and_keeps_its_target(tmp_path):
+def test_remove_dead_tmp_unlinks_a_symlink_and_keeps_its_target(tmp_path, dead_pid):
     target = tmp_path / "elsewhere"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    link = tmp_path / f"pipe.tmp-{_dead_pid()}"
+    link = tmp_path / f"pipe.tmp-{dead_pid}"
     link.symlink_to(target, target_is_directory=True)
     assert remove_dead_tmp(tmp_path / "pipe") == [link]
     assert (target / "keep.txt").read_text() == "mine"
+
+
+def test_an_output_named_dot_is_the_directory_it_means(tmp_path, dead_pid, monkeypatch):
+    """``--out .`` means the current directory: its temporary is the directory's sibling, and a ``.tmp-<pid>``
+    entry inside it is not a leftover of it (it was deleted, then tmp_path raised on the empty name)."""
+    here = tmp_path / "run"
+    inside = here / f".tmp-{dead_pid}"
+    inside.mkdir(parents=True)
+    beside = tmp_path / f"run.tmp-{dead_pid}"
+    beside.mkdir()
+    monkeypatch.chdir(here)
+    assert fsutil.tmp_path(".") == tmp_path / f"run.tmp-{os.getpid()}"
+    assert remove_dead_tmp(".") == [beside]
+    assert inside.is_dir()
+    assert remove_dead_tmp("/") == []

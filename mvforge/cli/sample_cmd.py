@@ -100,6 +100,7 @@ def _save_pipeline(mvd, out: Path, weights: str) -> None:
     rerun of the same command); a non-empty directory from anything else is refused (``save_pretrained``)."""
     import json
 
+    from mvforge.fsutil import remove_dead_tmp
     from mvforge.models.pipeline import SAVED_FROM
 
     try:
@@ -107,6 +108,7 @@ def _save_pipeline(mvd, out: Path, weights: str) -> None:
     except (OSError, ValueError, AttributeError):
         saved = None
     if saved == weights:
+        remove_dead_tmp(out)  # what a killed save left beside it (save_pretrained does this when it writes)
         typer.echo(f"mvtrain sample: {out} was written from these weights; kept as it is", err=True)
         return
     typer.echo(str(mvd.save_pretrained(out, source={"weights": weights})))

@@ -528,18 +528,14 @@ def test_the_same_convert_again_keeps_the_pipeline_and_anything_else_is_refused(
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
-def test_a_killed_conversions_copy_is_removed_by_the_next_run(v2, tmp_path, capsys):
+def test_a_killed_conversions_copy_is_removed_by_the_next_run(v2, tmp_path, capsys, dead_pid):
     """A conversion killed mid-write leaves ``OUT.tmp-<pid>`` (gigabytes at SD size); the next run into the same
     OUT removes it and says so in one line, also when that run finds OUT finished and keeps it."""
-    import subprocess
-
     d, _, _ = v2
     out = tmp_path / "pipe"
     args = ["convert", str(d / "tiny-v2.pt"), "--out", str(out), "--original-config", str(d / "tiny-v2.yaml")]
     for finished in (False, True):
-        pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                                 text=True).stdout)  # fmt: skip
-        leftover = tmp_path / f"pipe.tmp-{pid}"
+        leftover = tmp_path / f"pipe.tmp-{dead_pid}"
         (leftover / "unet").mkdir(parents=True)
         (leftover / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 4096)
         code, err, stdout = _cli(capsys, *args)

@@ -44,7 +44,7 @@ def test_sample_cli_defaults_files_and_equality_with_the_api(tiny_mv, tmp_path):
         assert (api / name).read_bytes() == (out / name).read_bytes()
 
 
-def test_sample_cli_prompts_file_scheduler_and_save_pipeline(tiny_mv, tmp_path):
+def test_sample_cli_prompts_file_scheduler_and_save_pipeline(tiny_mv, tmp_path, dead_pid):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red chair\n# a comment\n\nA Lamp!\n")
     args = [
@@ -57,10 +57,13 @@ def test_sample_cli_prompts_file_scheduler_and_save_pipeline(tiny_mv, tmp_path):
         "--num-views",
         "2",
     ]
+    leftover = tmp_path / f"pipe.tmp-{dead_pid}"  # what a killed save left: removed by the next one
+    (leftover / "unet").mkdir(parents=True)
     proc = _mvtrain(
         "sample", "--model", str(tiny_mv), *args, "--save-pipeline", str(tmp_path / "pipe"), *FAST
     )
     assert proc.returncode == 0, proc.stderr
+    assert not leftover.exists()
     dirs = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != LOCK)
     assert dirs == ["a-lamp", "a-red-chair"]  # named by the prompt, as `mvtrain sds` names its runs
     assert json.loads((tmp_path / "out" / dirs[0] / "sample.json").read_text())["prompt"] == "A Lamp!"
@@ -68,10 +71,12 @@ def test_sample_cli_prompts_file_scheduler_and_save_pipeline(tiny_mv, tmp_path):
     assert (tmp_path / "pipe" / "model_index.json").is_file()  # its round trip: tests/models/test_pipeline.py
     # The same command again keeps the pipeline it wrote; a pipeline from other weights there is refused.
     stamp = (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    leftover.mkdir()  # also when the rerun keeps the pipeline
     again = _mvtrain(
         "sample", "--model", str(tiny_mv), *args, "--save-pipeline", str(tmp_path / "pipe"), *FAST
     )
     assert again.returncode == 0 and "was written from these weights; kept as it is" in again.stderr
+    assert not leftover.exists()
     assert (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
     other = _mvtrain(
         "sample", "--model", str(tmp_path / "pipe"), *args, "--save-pipeline", str(tmp_path / "pipe"), *FAST
