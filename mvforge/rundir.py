@@ -314,6 +314,7 @@ EXECUTION_KEYS = (
     "progress",
     "deterministic",
     "allow_tf32",
+    "loader.cache_mb",
     # how long it runs and how often it writes (a resume may extend a run: docs/design.md §5)
     "max_steps",
     "checkpoint_every",

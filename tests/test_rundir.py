@@ -306,6 +306,9 @@ def test_check_resume_takes_a_dict_with_none_as_toml_reads_it_back(tmp_path):
 def test_content_settings_drop_the_execution_settings():
     doc = {"seed": 0, "workers": 2, "cycles": {"samples": 8, "threads": 4}, "limits": {"timeout_s": 5}}
     assert rundir.content_settings(doc) == {"seed": 0, "cycles": {"samples": 8}}
+    # the loader's shard cache changes where the bytes come from, not the batches (tests/shards/test_loader.py)
+    fit = {"loader": {"batch_size": 4, "cache_mb": 256.0}}
+    assert rundir.content_settings(fit) == {"loader": {"batch_size": 4}}
 
 
 def test_missing_object_store_credentials_are_one_line_wherever_they_are_wrapped():

@@ -87,6 +87,13 @@ class LoaderConfig:
     """Samples held to shuffle within one shard visit (0: read order). The writer already shuffled objects."""
     max_empty_visits: int = 50
     """Consecutive shard visits without one good sample before the loader gives up (all data bad)."""
+    cache_mb: float = 0.0
+    """Memory, in MB (10^6) per stream, for shards read once and then served from memory: a shard whose
+    samples fit in what is left is kept as it is first read, and its later visits open no file. The batches are
+    the same with or without it; only the first visit of a kept shard is checked against index.json's sha256.
+    For a dataset that fits in memory (the demo world: parsing its tar at every visit was most of the loader's
+    time, docs/benchmarks.md); 0 (the default) streams every visit, as a dataset larger than memory must.
+    Execution only: a resume may change it."""
     on_checksum_mismatch: Literal["stop", "count"] = "stop"
     """A shard whose bytes do not hash to index.json's sha256 (hashed as it streams, so known only at its end,
     after its samples were used): ``stop`` ends training with one line naming the shard; ``count`` counts it
@@ -102,5 +109,9 @@ class LoaderConfig:
             raise UserError(f"loader.p_3d must be in [0, 1] (got {self.p_3d}); set it to e.g. 0.7")
         if self.num_workers < 0 or self.shuffle_buffer < 0:
             raise UserError("loader.num_workers and loader.shuffle_buffer must be >= 0")
+        if not self.cache_mb >= 0:
+            raise UserError(
+                f"loader.cache_mb must be >= 0 (got {self.cache_mb}); set 0 to stream every visit"
+            )
         if any(not 0 <= c <= 255 for c in self.background_rgb):
             raise UserError(f"loader.background_rgb {self.background_rgb}: use three values in 0..255")

@@ -319,19 +319,50 @@ def _open_samples(url: str, storage_options: dict | None, expected: str | None =
             mismatched.append(url)
 
 
+def _raw_size(raw: dict) -> int:
+    return sum(len(v) for v in raw.values() if isinstance(v, bytes | str))
+
+
+class _ShardCache:
+    """Raw samples of whole shards kept in memory up to ``budget`` bytes (``LoaderConfig.cache_mb``)."""
+
+    def __init__(self, budget: float):
+        self.budget, self.used = budget, 0
+        self.shards: dict[str, list[dict]] = {}
+
+    def samples(self, url: str, storage_options, expected: str | None, mismatched: list) -> Iterator[dict]:
+        """The raw samples of one visit of ``url``: from memory when kept, else streamed, and kept when the
+        whole shard was read, fits in what is left of the budget and matched its digest."""
+        if url in self.shards:
+            yield from self.shards[url]
+            return
+        kept: list[dict] | None = [] if self.used < self.budget else None
+        size = 0
+        for raw in _open_samples(url, storage_options, expected, mismatched):
+            if kept is not None:
+                size += _raw_size(raw)
+                if self.used + size > self.budget:
+                    kept = None
+                else:
+                    kept.append(raw)
+            yield raw
+        # Reached only when the visit read the shard to its end (a visit cut short is closed before here).
+        if kept is not None and url not in mismatched:
+            self.shards[url] = kept
+            self.used += size
+
+
 def _visit(
     url: str,
     rng: np.random.Generator,
     buffer: int,
-    storage_options,
+    samples: Iterator[dict],
     bad: Counter,
-    expected: str | None = None,
-    mismatched: list | None = None,
 ) -> Iterator[dict]:
-    """One visit of a shard: its raw samples through a seeded shuffle buffer (deterministic given rng)."""
+    """One visit of a shard: its raw ``samples`` through a seeded shuffle buffer (deterministic given rng)."""
     buf: list[dict] = []
     try:
-        for raw in _open_samples(url, storage_options, expected, mismatched):
+        for raw in samples:
             buf.append(raw)
             if len(buf) > buffer:
                 j = int(rng.integers(len(buf)))
@@ -357,6 +388,8 @@ class _Stream:
     storage_options: dict | None = None
     digests: dict[str, str] | None = None
     """index.json's sha256 per shard URL, checked as each visit streams its shard."""
+    cache: _ShardCache | None = None
+    """The shards this stream keeps in memory (``LoaderConfig.cache_mb``); made on first use."""
 
     def batches(self, visit: int, offset: int) -> Iterator[dict]:
         """Endless batches from position (visit, offset): ``offset`` samples of ``visit`` already consumed."""
@@ -372,7 +405,10 @@ class _Stream:
             url = self.shards[int(vrng.integers(len(self.shards)))]
             good = 0
             expected = (self.digests or {}).get(url)
-            samples = _visit(url, vrng, cfg.shuffle_buffer, self.storage_options, bad, expected, mismatched)
+            if self.cache is None:
+                self.cache = _ShardCache(cfg.cache_mb * 1e6)
+            raws = self.cache.samples(url, self.storage_options, expected, mismatched)
+            samples = _visit(url, vrng, cfg.shuffle_buffer, raws, bad)
             for i, raw in enumerate(samples):
                 if i < offset:
                     continue  # replaying up to the restored position: read, never decoded

@@ -236,7 +236,7 @@ def micro_batch_loss(m: StepModels, inputs: dict, cfg: FitConfig) -> torch.Tenso
 
 
 def make_optimizer(unet: torch.nn.Module, cfg: FitConfig, device: torch.device):
-    """AdamW (fused on CUDA; bitsandbytes' 8-bit AdamW when asked) with the camera MLP in its own parameter
+    """AdamW (fused on CUDA, foreach on CPU; bitsandbytes' 8-bit AdamW when asked) with the camera MLP in its own parameter
     group at ``lr x camera_lr_mult``, and the LR schedule of ``diffusers.optimization.get_scheduler``."""
     from diffusers.optimization import get_scheduler
 
@@ -254,11 +254,18 @@ def make_optimizer(unet: torch.nn.Module, cfg: FitConfig, device: torch.device):
             raise UserError("optim.use_8bit_adam needs bitsandbytes: pip install bitsandbytes") from None
         optimizer = bnb.optim.AdamW8bit(groups, **kwargs)
     else:
-        optimizer = torch.optim.AdamW(groups, fused=device.type == "cuda", **kwargs)
+        fast = {"fused": True} if device.type == "cuda" else {"foreach": _cpu_foreach(device)}
+        optimizer = torch.optim.AdamW(groups, **fast, **kwargs)
     lr_sched = get_scheduler(
         o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=cfg.max_steps
     )
     return optimizer, lr_sched
+
+
+def _cpu_foreach(device: torch.device) -> bool | None:
+    """``foreach`` for torch's optimizers and clipping: True on CPU, whose default is a Python loop over the
+    tensors (the foreach kernels give the same numbers to the bit), else torch's own choice."""
+    return True if device.type == "cpu" else None
 
 
 def optimizer_step(m: StepModels, optimizer, lr_sched, scaler, cfg: FitConfig) -> tuple[float, bool]:
@@ -267,7 +274,9 @@ def optimizer_step(m: StepModels, optimizer, lr_sched, scaler, cfg: FitConfig) -
     if scaler is not None:
         scaler.unscale_(optimizer)
     max_norm = cfg.optim.grad_clip_norm if cfg.optim.grad_clip_norm > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(m.unet.parameters(), max_norm).item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        m.unet.parameters(), max_norm, foreach=_cpu_foreach(m.device)
+    ).item()
     finite = bool(torch.isfinite(torch.tensor(grad_norm)))
     if scaler is not None:
         scaler.step(optimizer)

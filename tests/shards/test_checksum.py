@@ -55,6 +55,17 @@ def test_the_count_policy_counts_the_shard_and_goes_on(damaged, shards):
     assert len(list(intact)) == 8 and not intact.bad  # intact shards: nothing counted, nothing stops
 
 
+def test_a_shard_that_fails_its_checksum_is_not_kept_in_the_cache(damaged):
+    copy, _ = damaged
+    counts = []
+    for cache_mb in (0, 100):
+        loader = MultiViewLoader(str(copy), _cfg(on_checksum_mismatch="count", cache_mb=cache_mb))
+        for _ in range(3):  # three epochs: the damaged shard is visited again, and counted at each visit
+            list(loader)
+        counts.append(loader.bad["checksum_mismatch"])
+    assert counts[0] > 1 and counts[1] == counts[0]
+
+
 def test_fit_stops_in_one_line_on_a_damaged_shard(damaged, tiny_sd, tmp_path):
     from mvforge.train.loop import fit
     from tests.train.conftest import fit_config

@@ -265,3 +265,45 @@ def test_batch_images_per_sample_backgrounds_and_mixed_sizes():
         reference(large, bgs[1]), size=(8, 8), mode="bilinear", antialias=True
     )
     torch.testing.assert_close(mixed[1], resized, atol=1e-5, rtol=0)
+
+
+def _count_opens(monkeypatch) -> dict[str, int]:
+    from mvforge.shards import loader as loader_mod
+
+    opens: dict[str, int] = {}
+    real = loader_mod._open_samples
+
+    def counted(url, *args, **kwargs):
+        opens[url] = opens.get(url, 0) + 1
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(loader_mod, "_open_samples", counted)
+    return opens
+
+
+def test_cached_shards_give_the_same_batches_and_are_read_once(shards, tmp_path, make_2d_shards, monkeypatch):
+    tars_2d = make_2d_shards(tmp_path / "laion")
+    streamed = _take(_loader(shards, tars_2d, bpe=8), 24)  # three epochs: every shard visited again
+    opens = _count_opens(monkeypatch)
+    cached = _take(_loader(shards, tars_2d, bpe=8, cache_mb=100), 24)
+    for a, b in zip(streamed, cached, strict=True):
+        assert (a["kind"], a["uids"]) == (b["kind"], b["uids"])
+        torch.testing.assert_close(a["images"], b["images"], atol=0, rtol=0)
+    assert len(opens) == 4 + len(tars_2d) and set(opens.values()) == {1}
+
+
+def test_a_cache_smaller_than_the_shards_keeps_what_fits_and_streams_the_rest(shards, monkeypatch):
+    from mvforge.shards.loader import _raw_size
+
+    tars = sorted(shards.glob("train-*.tar"))
+    with tars[0].open("rb") as f:
+        one = sum(_raw_size(raw) for raw in schema.iter_raw_samples(f)) / 1e6
+    opens = _count_opens(monkeypatch)
+    loader = MultiViewLoader(
+        str(shards), LoaderConfig(batch_size=2, resolution=16, cache_mb=one * 1.5)
+    )  # one shard, not two
+    _take(loader, 24)
+    assert sorted(opens.values())[:1] == [1] and sum(n == 1 for n in opens.values()) == 1
+    assert all(n > 1 for n in sorted(opens.values())[1:])  # the others are streamed at every visit
+    with pytest.raises(UserError, match="cache_mb must be >= 0"):
+        LoaderConfig(cache_mb=-1)
