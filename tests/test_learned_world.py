@@ -47,13 +47,15 @@ def _run(*args: str) -> str:
     return done.stdout
 
 
-# `mvtrain`'s entry point run once per command, in one Python process: torch, diffusers and transformers are
-# imported once instead of four times (about 7 s each on a 2-core CPU). Each command still parses its own argv
-# and seeds itself, so its output is the one a separate `mvtrain` process writes.
+# `mvtrain`'s entry point run once per command, in one Python process that reads the commands from its stdin:
+# torch, diffusers and transformers are imported once instead of four times (about 7 s each on a 2-core CPU),
+# and that import and the tiny model's creation run while Blender renders the world. Each command still parses
+# its own argv and seeds itself, so its output is the one a separate `mvtrain` process writes.
 _ONE_PROCESS = """
 import json, sys, traceback
 from mvforge.cli.mvtrain import main
-for args in json.loads(sys.argv[1]):
+for line in sys.stdin:
+    args = json.loads(line)
     sys.argv = ["mvtrain", *args]
     try:
         main()
@@ -66,8 +68,36 @@ for args in json.loads(sys.argv[1]):
 """
 
 
-def _mvtrain(*commands: list[str]) -> str:
-    return _run("python", "-c", _ONE_PROCESS, json.dumps([list(c) for c in commands]))
+class _Mvtrain:
+    """The one `mvtrain` process: :meth:`send` queues a command, :meth:`finish` waits for all of them."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+        env.update(OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"), RAY_USAGE_STATS_ENABLED="0")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _ONE_PROCESS],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    def send(self, *args: str) -> None:
+        try:
+            self.proc.stdin.write(json.dumps(list(args)) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:  # an earlier command failed and the process ended: finish() says why
+            self.finish()
+
+    def finish(self) -> str:
+        try:
+            out, err = self.proc.communicate(timeout=1200)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        assert self.proc.returncode == 0, f"mvtrain: {err[-3000:]}"
+        return out
 
 
 @pytest.fixture(scope="session")
@@ -81,43 +111,10 @@ def world(tmp_path_factory) -> Path:
             for u in OBJECTS
         )
     )
-    _run(
-        "mvdata",
-        "render",
-        *(str(demo[u].path) for u in OBJECTS),
-        "--captions",
-        str(side),
-        "--out",
-        str(root / "renders"),
-        "--views",
-        "16",
-        "--orbits",
-        "2",
-        "--resolution",
-        "32",
-        "--samples",
-        "8",
-        "--shared-cameras",
-        "--workers",
-        "1",
-        "--threads",
-        "2",
-        "--set",
-        "cameras.framing=mvdream",
-    )
-    _run(
-        "mvdata",
-        "shard",
-        str(root / "renders"),
-        "--out",
-        str(root / "shards"),
-        "--val-fraction",
-        "0",
-        "--workers",
-        "0",
-    )
-    _mvtrain(
-        [
+    # Blender renders the world while the mvtrain process imports torch and makes the untrained model.
+    mvtrain = _Mvtrain()
+    try:
+        mvtrain.send(
             "make-tiny-sd",
             "--out",
             str(root / "init"),
@@ -129,8 +126,43 @@ def world(tmp_path_factory) -> Path:
             str(SEED),
             "--attention-heads",
             str(HEADS),
-        ],
-        [
+        )
+        _run(
+            "mvdata",
+            "render",
+            *(str(demo[u].path) for u in OBJECTS),
+            "--captions",
+            str(side),
+            "--out",
+            str(root / "renders"),
+            "--views",
+            "16",
+            "--orbits",
+            "2",
+            "--resolution",
+            "32",
+            "--samples",
+            "8",
+            "--shared-cameras",
+            "--workers",
+            "1",
+            "--threads",
+            "2",
+            "--set",
+            "cameras.framing=mvdream",
+        )
+        _run(
+            "mvdata",
+            "shard",
+            str(root / "renders"),
+            "--out",
+            str(root / "shards"),
+            "--val-fraction",
+            "0",
+            "--workers",
+            "0",
+        )
+        mvtrain.send(
             "fit-vae",
             "--model",
             str(root / "init"),
@@ -142,8 +174,8 @@ def world(tmp_path_factory) -> Path:
             "400",
             "--set",
             f"seed={SEED}",
-        ],
-        [
+        )
+        mvtrain.send(
             "fit",
             "--config",
             str(ROOT / "configs" / "world-fit.toml"),
@@ -163,8 +195,8 @@ def world(tmp_path_factory) -> Path:
             "validation.loss_batches=0",
             "--set",
             f"seed={SEED}",
-        ],
-        [
+        )
+        mvtrain.send(
             "eval",
             "--known-answer",
             "--model",
@@ -175,8 +207,12 @@ def world(tmp_path_factory) -> Path:
             str(root / "eval"),
             "--device",
             "cpu",
-        ],
-    )
+        )
+        mvtrain.finish()
+    finally:
+        if mvtrain.proc.poll() is None:  # a failed render or shard: stop the mvtrain process
+            mvtrain.proc.kill()
+            mvtrain.proc.wait()
     return root
 
 
