@@ -28,6 +28,9 @@ for f in train/config.toml trained-captions.tsv models/world-sd shards-2d/2d-000
   [ -e "$WORLD/$f" ] || { echo "error: $WORLD/$f is missing; run \`make demo DEMO=$WORLD\` first" >&2; exit 2; }
 done
 OUT=$WORLD/ablation/$VARIANT
+# The world's own seed (demo.sh's SEED, recorded in its fit's config): a variant differs from the full model in its
+# knob alone, not in its batches or its noise.
+SEED=$($BIN/python -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["seed"])' "$WORLD/train/config.toml")
 mkdir -p "$OUT"
 t() { local s=$SECONDS; "$@"; echo "  -> $((SECONDS - s)) s: ${*:1:3}"; }
 caption() { grep -P "^$1\t" "$WORLD/trained-captions.tsv" | cut -f2; }
@@ -37,7 +40,8 @@ if [ -n "$KNOB" ]; then
   echo "== $VARIANT: fit ($KNOB), the demo's recipe otherwise"
   TRAIN=$OUT/train
   t $BIN/mvtrain fit --config configs/world-fit.toml --model "$WORLD/models/world-sd" --shards "$WORLD/shards" \
-    --shards-2d "$WORLD/shards-2d/2d-000000.tar" --out "$TRAIN" --max-steps "$STEPS" --set "$KNOB"
+    --shards-2d "$WORLD/shards-2d/2d-000000.tar" --out "$TRAIN" --max-steps "$STEPS" --set "$KNOB" \
+    --set seed="$SEED"
 fi
 MODEL=$TRAIN/checkpoints/step-$(printf %06d "$STEPS")
 [ -d "$MODEL" ] || { echo "error: $MODEL is missing (STEPS=$STEPS: a multiple of the fit's checkpoint_every)" >&2; exit 2; }
