@@ -37,11 +37,24 @@ def is_url(path: str | os.PathLike) -> bool:
     return "://" in str(path)
 
 
+def _as_the_user_knows_it(filename) -> str:
+    """The path an OSError names, as the user knows it: a temporary copy (``X.tmp-<pid>``, mvforge's atomic
+    writes) is named as the output X it becomes, which is what the user passed or can find."""
+    from mvforge.fsutil import TMP_MARK
+
+    if not filename:
+        return "a file"
+    parent, sep, name = os.fsdecode(filename).rpartition("/")  # string work: a URL keeps its "//"
+    if TMP_MARK in name and not name.startswith(TMP_MARK):
+        name = name.split(TMP_MARK)[0]
+    return parent + sep + name
+
+
 def environment_error(e: OSError) -> UserError | None:
     """The one-line UserError for a write that failed because of the machine, not the data (a full disk, a
     read-only or unwritable directory), else None. The message names the file and what to do; finished work is
     kept, so the fix is always to rerun the same command."""
-    where = e.filename or "a file"
+    where = _as_the_user_knows_it(e.filename)
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return UserError(
             f"disk full writing {where}; free space (or pick another --out) and rerun the same command"

@@ -311,6 +311,17 @@ def test_content_settings_drop_the_execution_settings():
     assert rundir.content_settings(fit) == {"loader": {"batch_size": 4}}
 
 
+def test_an_unwritable_temporary_copy_is_named_as_the_output_it_becomes(tmp_path):
+    out = tmp_path / "model"
+    for errno_, said in ((errno.EACCES, "permission denied: {}"), (errno.EROFS, "{} is on a read-only")):
+        err = rundir.environment_error(OSError(errno_, os.strerror(errno_), f"{out}.tmp-4242-vae"))
+        assert str(err).startswith(said.format(out)) and ".tmp-" not in str(err)
+    url = rundir.environment_error(OSError(errno.EACCES, "denied", "s3://bucket/run/x.json.tmp-7"))
+    assert str(url).startswith("permission denied: s3://bucket/run/x.json;")
+    plain = rundir.environment_error(OSError(errno.ENOSPC, "full", str(out / "a.png")))
+    assert str(plain).startswith(f"disk full writing {out / 'a.png'};")
+
+
 def test_missing_object_store_credentials_are_one_line_wherever_they_are_wrapped():
     """botocore's NoCredentialsError (s3:// without credentials), raised directly or inside another error as a
     Ray task's is, becomes the CLI's one-line error naming the fix."""
