@@ -75,6 +75,10 @@ def make_out_dir(out: str | os.PathLike) -> Path:
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+    except FileNotFoundError as e:
+        # mkdir -p creates each missing parent first, so ENOENT here means a directory that takes no new
+        # entries (/proc, /sys) or one removed meanwhile: the place is wrong, not the data.
+        raise UserError(f"cannot create {e.filename or out} ({e.strerror}); pass another --out") from None
     except OSError as e:
         err = environment_error(e)
         if err is None:

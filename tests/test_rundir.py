@@ -311,6 +311,13 @@ def test_content_settings_drop_the_execution_settings():
     assert rundir.content_settings(fit) == {"loader": {"batch_size": 4}}
 
 
+def test_an_out_where_no_directory_can_be_made_is_one_line():
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc on this system")
+    with pytest.raises(UserError, match=r"^cannot create /proc/mvforge-out \(.*\); pass another --out$"):
+        rundir.make_out_dir("/proc/mvforge-out/run")
+
+
 def test_an_unwritable_temporary_copy_is_named_as_the_output_it_becomes(tmp_path):
     out = tmp_path / "model"
     for errno_, said in ((errno.EACCES, "permission denied: {}"), (errno.EROFS, "{} is on a read-only")):
