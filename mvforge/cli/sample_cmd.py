@@ -103,12 +103,13 @@ def _save_pipeline(mvd, out: Path, weights: str) -> None:
     from mvforge.fsutil import remove_dead_tmp
     from mvforge.models.pipeline import SAVED_FROM
 
+    for leftover in remove_dead_tmp(out):  # a killed save's copy (hundreds of MB at SD size)
+        typer.echo(f"mvtrain sample: removed {leftover}: the unfinished copy of a killed save", err=True)
     try:
         saved = json.loads((out / SAVED_FROM).read_text(encoding="utf-8")).get("weights")
     except (OSError, ValueError, AttributeError):
         saved = None
     if saved == weights:
-        remove_dead_tmp(out)  # what a killed save left beside it (save_pretrained does this when it writes)
         typer.echo(f"mvtrain sample: {out} was written from these weights; kept as it is", err=True)
         return
     typer.echo(str(mvd.save_pretrained(out, source={"weights": weights})))

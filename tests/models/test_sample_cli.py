@@ -63,7 +63,9 @@ def test_sample_cli_prompts_file_scheduler_and_save_pipeline(tiny_mv, tmp_path, 
         "sample", "--model", str(tiny_mv), *args, "--save-pipeline", str(tmp_path / "pipe"), *FAST
     )
     assert proc.returncode == 0, proc.stderr
-    assert not leftover.exists()
+    assert (
+        not leftover.exists() and f"removed {leftover}: the unfinished copy of a killed save" in proc.stderr
+    )
     dirs = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != LOCK)
     assert dirs == ["a-lamp", "a-red-chair"]  # named by the prompt, as `mvtrain sds` names its runs
     assert json.loads((tmp_path / "out" / dirs[0] / "sample.json").read_text())["prompt"] == "A Lamp!"
@@ -76,7 +78,7 @@ def test_sample_cli_prompts_file_scheduler_and_save_pipeline(tiny_mv, tmp_path, 
         "sample", "--model", str(tiny_mv), *args, "--save-pipeline", str(tmp_path / "pipe"), *FAST
     )
     assert again.returncode == 0 and "was written from these weights; kept as it is" in again.stderr
-    assert not leftover.exists()
+    assert not leftover.exists() and f"removed {leftover}" in again.stderr
     assert (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
     other = _mvtrain(
         "sample", "--model", str(tmp_path / "pipe"), *args, "--save-pipeline", str(tmp_path / "pipe"), *FAST
