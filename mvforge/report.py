@@ -24,6 +24,7 @@ import math
 import os
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -182,15 +183,28 @@ def _sds_root(run_dir: Path, taken: set[Path]) -> Path | None:
 
 
 def write_report(
-    run_dir: Path, cfg: ReportConfig | None = None, stages: dict[str, Path | None] | None = None, say=None
+    run_dir: Path,
+    cfg: ReportConfig | None = None,
+    stages: dict[str, Path | None] | None = None,
+    say=None,
+    known_answer: Sequence[Path] = (),
 ) -> Path:
     """Write ``run_dir``/report.html from the stage outputs ``find_stages`` finds (``stages``: a path per stage
     name of ``STAGE_MARKERS`` where the run keeps it elsewhere; ``say``: hears how each was found); return its
-    path. A missing ``run_dir`` is made when ``stages`` are given (it is then only where the page goes).
-    Raises UserError for a missing ``run_dir`` without them, bad settings, an unknown stage or a given stage
-    path that is not a directory, each before anything is written."""
+    path. ``known_answer``: `mvtrain eval --known-answer` outputs kept outside ``run_dir``, shown beside those
+    under it (the ``eval`` stage is one directory; a run has several: sampled views, SDS meshes, DreamBooth).
+    A missing ``run_dir`` is made when ``stages`` are given (it is then only where the page goes). Raises
+    UserError for a missing ``run_dir`` without them, bad settings, an unknown stage, a given stage path that is
+    not a directory or a ``known_answer`` directory without known_answer.json, each before anything is
+    written."""
     cfg = cfg or ReportConfig()
     run_dir = Path(run_dir)
+    for extra in known_answer:
+        if not (Path(extra) / eval_result.KNOWN_ANSWER).is_file():
+            raise UserError(
+                f"--known-answer {extra} holds no {eval_result.KNOWN_ANSWER}; pass the --out of "
+                "`mvtrain eval --known-answer`"
+            )
     unknown = sorted(set(stages or {}) - set(STAGE_MARKERS))
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGE_MARKERS)}")
@@ -203,7 +217,7 @@ def write_report(
     ):
         if value < low:
             raise UserError(f"{flag} {value}: {name} must be >= {low}")
-    if not run_dir.exists() and _given_stages(stages):
+    if not run_dir.exists() and (_given_stages(stages) or known_answer):
         run_dir.mkdir(parents=True)  # the stages given elsewhere: run_dir is only where the page goes
     if not run_dir.is_dir():
         what = "is a file" if run_dir.exists() else "does not exist"
@@ -224,7 +238,7 @@ def write_report(
         ("sds", "sds", _sds_section(at["sds"] or missing, run_dir, cfg)),
         ("dreambooth", "dreambooth", _dreambooth_section(at["dreambooth"] or missing, run_dir, cfg)),
         ("eval", "eval", _eval_section(at["eval"] or missing, run_dir, cfg)),
-        ("known-answer", "known answer", _known_answer_section(run_dir, cfg, at["eval"])),
+        ("known-answer", "known answer", _known_answer_section(run_dir, cfg, [at["eval"], *known_answer])),
     ]
     name = run_dir.resolve().name
     page = htmlkit.render(
@@ -877,14 +891,16 @@ _KNOWN_ANSWER_TITLES = {
 }
 
 
-def _known_answer_section(run_dir: Path, cfg: ReportConfig, eval_dir: Path | None = None) -> str:
-    """Every ``*/known_answer.json`` under the run and in ``eval_dir`` (`mvtrain eval --known-answer`,
-    docs/demo.md): per caption the ground truth beside what was generated, the numbers, and for rendered-back
-    results (SDS meshes) the ground-truth turntable beside the result's."""
+def _known_answer_section(run_dir: Path, cfg: ReportConfig, eval_dirs: Sequence[Path | None] = ()) -> str:
+    """Every ``*/known_answer.json`` under the run and in ``eval_dirs`` (`mvtrain eval --known-answer`,
+    docs/demo.md), each once: per caption the ground truth beside what was generated, the numbers, and for
+    rendered-back results (SDS meshes) the ground-truth turntable beside the result's."""
     blocks = []
     paths = {p.resolve(): p for p in run_dir.glob(f"*/{eval_result.KNOWN_ANSWER}")}
-    if eval_dir is not None and (eval_dir / eval_result.KNOWN_ANSWER).is_file():
-        paths.setdefault((eval_dir / eval_result.KNOWN_ANSWER).resolve(), eval_dir / eval_result.KNOWN_ANSWER)
+    for eval_dir in eval_dirs:
+        if eval_dir is not None and (Path(eval_dir) / eval_result.KNOWN_ANSWER).is_file():
+            path = Path(eval_dir) / eval_result.KNOWN_ANSWER
+            paths.setdefault(path.resolve(), path)
     for path in sorted(paths.values()):
         try:
             blocks.append(

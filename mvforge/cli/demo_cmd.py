@@ -40,6 +40,14 @@ def report(
             "stages: renders, filter, shards, train, samples, sds, dreambooth, eval).",
         ),
     ] = [],
+    known_answer: Annotated[
+        list[Path],
+        typer.Option(
+            "--known-answer",
+            help="An `mvtrain eval --known-answer` output kept outside RUN_DIR, shown beside those under it "
+            "(repeatable).",
+        ),
+    ] = [],
 ) -> None:
     """Write RUN_DIR/report.html: every stage found in RUN_DIR (by name, else by its contents) or given.
 
@@ -63,4 +71,5 @@ def report(
         if name in given:
             raise UserError(f"--stage {name} is given twice; keep one")
         given[name] = Path(path)
-    typer.echo(str(write_report(run_dir, cfg, given, say=lambda line: typer.echo(line, err=True))))
+    say = lambda line: typer.echo(line, err=True)  # noqa: E731
+    typer.echo(str(write_report(run_dir, cfg, given, say=say, known_answer=known_answer)))

@@ -153,6 +153,38 @@ def test_the_report_shows_each_result_beside_its_truth(shared_reference, tmp_pat
     with Image.open(io.BytesIO(base64.b64decode(gifs[0]))) as gif:
         assert gif.n_frames == 8  # the synthetic references' one orbit of 8 views
 
+    # Known-answer results kept elsewhere are added with --known-answer (repeatable), each shown once.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mvdata = str(Path(sys.executable).with_name("mvdata"))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    elsewhere = tmp_path / "kept" / "eval-dreambooth"
+    score_renders(shared_reference, shared_reference, elsewhere, KnownAnswerConfig())
+    proc = subprocess.run(
+        [
+            mvdata,
+            "report",
+            str(run),
+            "--known-answer",
+            str(elsewhere),
+            "--known-answer",
+            str(run / "eval-sds"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    html = (run / "report.html").read_text()
+    assert html.count("eval-dreambooth/: ") == 1 and html.count("eval-sds/: ") == 1
+    bad = subprocess.run(
+        [mvdata, "report", str(run), "--known-answer", str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert bad.returncode == 2 and "holds no known_answer.json; pass the --out of" in bad.stderr
+
 
 def test_missing_uid_and_empty_directory_are_one_line_errors(shared_reference, tmp_path):
     with pytest.raises(UserError, match="no finished render of nope"):
