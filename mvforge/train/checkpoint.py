@@ -85,8 +85,13 @@ def check_checkpoint(ckpt: Path) -> None:
 
 
 def load_training_state(ckpt: Path, device: torch.device, optimizer, lr_sched, scaler) -> int:
-    """Restore optimizer, LR schedule and gradient scaler from ``ckpt`` in place; returns its step."""
+    """Restore optimizer, LR schedule and gradient scaler from ``ckpt`` in place; returns its step. The optimizer
+    keeps the kernels it was made with (``foreach``/``fused``: how this process runs, e.g. a CUDA run's fused
+    kernel resumed on a CPU), which torch's ``load_state_dict`` would take from the checkpoint."""
+    kernels = [{k: g[k] for k in ("foreach", "fused") if k in g} for g in optimizer.param_groups]
     optimizer.load_state_dict(torch.load(ckpt / runs.OPTIMIZER, map_location=device, weights_only=True))
+    for group, kept in zip(optimizer.param_groups, kernels, strict=True):
+        group.update(kept)
     lr_sched.load_state_dict(torch.load(ckpt / runs.LR_SCHEDULER, weights_only=True))
     if scaler is not None and (ckpt / runs.SCALER).is_file():
         scaler.load_state_dict(torch.load(ckpt / runs.SCALER, weights_only=True))

@@ -122,3 +122,24 @@ def test_resume_with_other_content_settings_is_refused(make_fit_config, tiny_sd,
     with pytest.raises(UserError, match=r"optim.lr was .*, now"):
         fit(dataclasses.replace(changed, optim=dataclasses.replace(changed.optim, lr=changed.optim.lr * 2)))
     fit(dataclasses.replace(changed, log_every=2))  # execution settings and a later max_steps resume
+
+
+def test_a_resumed_optimizer_keeps_the_kernels_this_process_chose(tmp_path):
+    """torch's load_state_dict takes ``foreach``/``fused`` from the checkpoint: a run saved with the default
+    loop (or CUDA's fused kernel) would resume without the CPU's foreach kernels."""
+    import json
+
+    from mvforge.formats import runs
+    from mvforge.train.checkpoint import load_training_state
+
+    w = torch.nn.Parameter(torch.ones(3))
+    saved = torch.optim.AdamW([w], lr=0.1, fused=True)  # as a CUDA run writes it
+    sched = torch.optim.lr_scheduler.LambdaLR(saved, lambda s: 1.0)
+    torch.save(saved.state_dict(), tmp_path / runs.OPTIMIZER)
+    torch.save(sched.state_dict(), tmp_path / runs.LR_SCHEDULER)
+    (tmp_path / runs.STATE).write_text(json.dumps({"step": 7}))
+    now = torch.optim.AdamW([w], lr=0.1, foreach=True)
+    step = load_training_state(
+        tmp_path, torch.device("cpu"), now, torch.optim.lr_scheduler.LambdaLR(now, lambda s: 1.0), None
+    )
+    assert step == 7 and now.param_groups[0]["foreach"] is True and not now.param_groups[0]["fused"]
