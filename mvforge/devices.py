@@ -37,3 +37,10 @@ def resolve_device(name: str) -> torch.device:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return dev
+
+
+def cpu_foreach(device: torch.device) -> bool | None:
+    """``foreach`` for torch's optimizers and gradient clipping on ``device``: True on the CPU, whose default is a
+    Python loop over the tensors (the foreach kernels give the same numbers to the bit, in less time:
+    docs/benchmarks.md "The known-answer fixture's time"), else None (torch's own choice)."""
+    return True if device.type == "cpu" else None

@@ -38,7 +38,7 @@ import torch
 
 from mvforge import config as config_mod
 from mvforge import rundir
-from mvforge.devices import resolve_device
+from mvforge.devices import cpu_foreach, resolve_device
 from mvforge.errors import UserError
 from mvforge.formats import runs
 from mvforge.models.model import CAMERA_DIM, encode_text
@@ -236,8 +236,9 @@ def micro_batch_loss(m: StepModels, inputs: dict, cfg: FitConfig) -> torch.Tenso
 
 
 def make_optimizer(unet: torch.nn.Module, cfg: FitConfig, device: torch.device):
-    """AdamW (fused on CUDA, foreach on CPU; bitsandbytes' 8-bit AdamW when asked) with the camera MLP in its own parameter
-    group at ``lr x camera_lr_mult``, and the LR schedule of ``diffusers.optimization.get_scheduler``."""
+    """AdamW (fused on CUDA, foreach on CPU; bitsandbytes' 8-bit AdamW when asked) with the camera MLP in its
+    own parameter group at ``lr x camera_lr_mult``, and the LR schedule of
+    ``diffusers.optimization.get_scheduler``."""
     from diffusers.optimization import get_scheduler
 
     o = cfg.optim
@@ -254,18 +255,12 @@ def make_optimizer(unet: torch.nn.Module, cfg: FitConfig, device: torch.device):
             raise UserError("optim.use_8bit_adam needs bitsandbytes: pip install bitsandbytes") from None
         optimizer = bnb.optim.AdamW8bit(groups, **kwargs)
     else:
-        fast = {"fused": True} if device.type == "cuda" else {"foreach": _cpu_foreach(device)}
+        fast = {"fused": True} if device.type == "cuda" else {"foreach": cpu_foreach(device)}
         optimizer = torch.optim.AdamW(groups, **fast, **kwargs)
     lr_sched = get_scheduler(
         o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=cfg.max_steps
     )
     return optimizer, lr_sched
-
-
-def _cpu_foreach(device: torch.device) -> bool | None:
-    """``foreach`` for torch's optimizers and clipping: True on CPU, whose default is a Python loop over the
-    tensors (the foreach kernels give the same numbers to the bit), else torch's own choice."""
-    return True if device.type == "cpu" else None
 
 
 def optimizer_step(m: StepModels, optimizer, lr_sched, scaler, cfg: FitConfig) -> tuple[float, bool]:
@@ -275,7 +270,7 @@ def optimizer_step(m: StepModels, optimizer, lr_sched, scaler, cfg: FitConfig) -
         scaler.unscale_(optimizer)
     max_norm = cfg.optim.grad_clip_norm if cfg.optim.grad_clip_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(
-        m.unet.parameters(), max_norm, foreach=_cpu_foreach(m.device)
+        m.unet.parameters(), max_norm, foreach=cpu_foreach(m.device)
     ).item()
     finite = bool(torch.isfinite(torch.tensor(grad_norm)))
     if scaler is not None:

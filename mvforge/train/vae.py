@@ -28,6 +28,7 @@ import torch
 
 from mvforge import config as config_mod
 from mvforge import rundir
+from mvforge.devices import cpu_foreach
 from mvforge.errors import UserError
 from mvforge.fsutil import atomic_write_json, tmp_path
 from mvforge.progress import StageProgress, print_summary
@@ -188,8 +189,7 @@ def _loader(shards: Path, cfg: VAEFitConfig) -> MultiViewLoader:
 def _train(vae, loader: MultiViewLoader, cfg: VAEFitConfig, device, show_progress: bool) -> list[float]:
     """``cfg.steps`` Adam steps (cosine LR) of MSE reconstruction + ``kl_weight`` x KL per pixel value; returns
     the reconstruction PSNR in dB of each of the last 20 batches."""
-    # foreach on CPU, whose default is a Python loop over the tensors (same numbers to the bit, less time)
-    opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr, foreach=True if device.type == "cpu" else None)
+    opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr, foreach=cpu_foreach(device))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     recent = []
     with StageProgress("fit-vae", cfg.steps, unit="steps", enabled=show_progress) as progress:
