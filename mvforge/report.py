@@ -163,11 +163,6 @@ def find_stages(
             say(
                 f"mvdata report: {stage}: {chosen} (found by its contents; --stage {stage}=DIR names another)"
             )
-    if all(path is None for path in found.values()):
-        say(
-            f"mvdata report: nothing in {run_dir} looks like any stage's output, so every section is empty; "
-            "pass the --out directory of a run, or --stage STAGE=DIR"
-        )
     return found
 
 
@@ -199,12 +194,15 @@ def write_report(
     written."""
     cfg = cfg or ReportConfig()
     run_dir = Path(run_dir)
-    for extra in known_answer:
-        if not (Path(extra) / eval_result.KNOWN_ANSWER).is_file():
-            raise UserError(
-                f"--known-answer {extra} holds no {eval_result.KNOWN_ANSWER}; pass the --out of "
-                "`mvtrain eval --known-answer`"
-            )
+    for extra in map(Path, known_answer):
+        if not (extra / eval_result.KNOWN_ANSWER).is_file():
+            if not extra.exists():
+                what = "does not exist"
+            elif not extra.is_dir():
+                what = "is a file"
+            else:
+                what = f"holds no {eval_result.KNOWN_ANSWER}"
+            raise UserError(f"--known-answer {extra} {what}; pass the --out of `mvtrain eval --known-answer`")
     unknown = sorted(set(stages or {}) - set(STAGE_MARKERS))
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGE_MARKERS)}")
@@ -218,7 +216,12 @@ def write_report(
         if value < low:
             raise UserError(f"{flag} {value}: {name} must be >= {low}")
     if not run_dir.exists() and (_given_stages(stages) or known_answer):
-        run_dir.mkdir(parents=True)  # the stages given elsewhere: run_dir is only where the page goes
+        try:  # the stages given elsewhere: run_dir is only where the page goes
+            run_dir.mkdir(parents=True)
+        except FileNotFoundError as e:  # a place that takes no new directories (/proc)
+            raise UserError(
+                f"cannot create {e.filename or run_dir} ({e.strerror}); pass another RUN_DIR"
+            ) from None
     if not run_dir.is_dir():
         what = "is a file" if run_dir.exists() else "does not exist"
         raise UserError(
@@ -226,6 +229,11 @@ def write_report(
         )
     out = run_dir / REPORT
     at = find_stages(run_dir, stages, say)
+    if all(path is None for path in at.values()) and not known_answer:
+        (say or (lambda line: None))(
+            f"mvdata report: nothing in {run_dir} looks like any stage's output, so every section is empty; "
+            "pass the --out directory of a run, or --stage STAGE=DIR (or --known-answer DIR)"
+        )
     missing = run_dir / "-"  # a path that holds nothing: the section says the stage has not run
 
     # One section per stage, each its own template (mvforge/templates/report_*.html.j2), in pipeline order.

@@ -21,7 +21,7 @@ from PIL import Image
 
 from mvforge.formats import renders as layout
 from mvforge.fsutil import atomic_write_json
-from mvforge.report import ReportConfig, find_stages, histogram_bins, write_report
+from mvforge.report import ReportConfig, histogram_bins, write_report
 from tests.fixtures.synthetic import write_synthetic_render_dir
 
 MVDATA = Path(sys.executable).with_name("mvdata")
@@ -403,7 +403,7 @@ def test_stages_under_other_names_are_found_by_their_contents_or_given(run_dir, 
     (root / "eval").mkdir()
     atomic_write_json(root / "eval" / "known_answer.json", {"captions": []})
     said.clear()
-    find_stages(root, say=said.append)
+    write_report(root, say=said.append)
     assert not any("eval does not look like" in line for line in said), said  # it did before
     assert not any("every section is empty" in line for line in said), said
     # A damaged or unreadable known-answer result is shown as such; the rest of the report stands.

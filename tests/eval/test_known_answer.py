@@ -184,6 +184,32 @@ def test_the_report_shows_each_result_beside_its_truth(shared_reference, tmp_pat
         [mvdata, "report", str(run), "--known-answer", str(tmp_path)], capture_output=True, text=True, env=env
     )
     assert bad.returncode == 2 and "holds no known_answer.json; pass the --out of" in bad.stderr
+    for where, said in ((tmp_path / "nope", "does not exist"), (run / "report.html", "is a file")):
+        refused = subprocess.run(
+            [mvdata, "report", str(run), "--known-answer", str(where)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert refused.returncode == 2 and f"--known-answer {where} {said};" in refused.stderr
+    # A page given only results kept elsewhere neither says every section is empty nor fails where no
+    # directory can be made for it.
+    only = subprocess.run(
+        [mvdata, "report", str(tmp_path / "page"), "--known-answer", str(elsewhere)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert only.returncode == 0 and "every section is empty" not in only.stderr, only.stderr
+    if Path("/proc/self").is_dir():
+        nowhere = subprocess.run(
+            [mvdata, "report", "/proc/mvforge-page", "--known-answer", str(elsewhere)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert nowhere.returncode == 2 and "cannot create /proc/mvforge-page" in nowhere.stderr
+        assert "Traceback" not in nowhere.stderr
 
 
 def test_missing_uid_and_empty_directory_are_one_line_errors(shared_reference, tmp_path):
