@@ -411,6 +411,11 @@ class _Stream:
             samples = _visit(url, vrng, cfg.shuffle_buffer, raws, bad)
             for i, raw in enumerate(samples):
                 if i < offset:
+                    if i == offset - 1:
+                        # What the replay met up to here (a truncated shard, a failed digest) was counted in
+                        # the batches before the checkpoint: count it once.
+                        bad.clear()
+                        mismatched.clear()
                     continue  # replaying up to the restored position: read, never decoded
                 srng = _rng(cfg.seed, TAG_SAMPLE, kid, self.rank, self.stream, visit, i)
                 try:

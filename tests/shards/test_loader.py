@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 import warnings
 
 import numpy as np
@@ -307,3 +308,30 @@ def test_a_cache_smaller_than_the_shards_keeps_what_fits_and_streams_the_rest(sh
     assert kept == 1 and all(n > 1 for n in streamed)  # the others are streamed at every visit
     with pytest.raises(UserError, match="cache_mb must be >= 0"):
         LoaderConfig(cache_mb=-1)
+
+
+def test_a_resume_counts_a_replayed_visits_unreadable_shard_once(renders, tmp_path):
+    """The shard is read to its (truncated) end before its first batch; a resume replays that visit."""
+    objs = list(layout.iter_objects(renders))[:4]
+    path = tmp_path / "train-000000.tar"
+    with open(path, "wb") as f:
+        schema.write_samples(f, [(o.uid, schema.object_members(o)) for o in objs])
+    with tarfile.open(path) as tar:
+        last = tar.getmembers()[-1]
+    path.write_bytes(path.read_bytes()[: last.offset_data + last.size // 2])  # cut inside the last member
+
+    def loader():
+        cfg = LoaderConfig(batch_size=1, resolution=16, batches_per_epoch=2, shuffle_buffer=10)
+        return MultiViewLoader([str(path)], cfg)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = loader()
+        _take(full, 2)
+        first = loader()
+        _take(first, 1)
+        resumed = loader()
+        resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+        _take(resumed, 1)
+    assert full.bad["unreadable_shard"] == 1, dict(full.bad)
+    assert resumed.bad == full.bad
