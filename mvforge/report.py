@@ -917,6 +917,10 @@ def _known_answer_section(run_dir: Path, cfg: ReportConfig, eval_dirs: Sequence[
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             # A damaged result is shown as such; the rest of the report stands.
             blocks.append({"name": path.parent.name, "problem": f"{path} is unreadable or damaged ({e!r})"})
+    names = Counter(b["name"] for b in blocks)
+    for block, path in zip(blocks, sorted(paths.values()), strict=True):
+        if names[block["name"]] > 1:  # two results in folders of the same name: tell them apart by their path
+            block["name"] = str(path.parent)
     return htmlkit.render("report_known_answer.html.j2", blocks=blocks)
 
 

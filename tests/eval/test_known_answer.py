@@ -193,14 +193,27 @@ def test_the_report_shows_each_result_beside_its_truth(shared_reference, tmp_pat
         )
         assert refused.returncode == 2 and f"--known-answer {where} {said};" in refused.stderr
     # A page given only results kept elsewhere neither says every section is empty nor fails where no
-    # directory can be made for it.
+    # directory can be made for it; two results in folders of the same name are told apart by their paths.
+    import shutil
+
+    twin = shutil.copytree(elsewhere, tmp_path / "twin" / "eval-dreambooth")
     only = subprocess.run(
-        [mvdata, "report", str(tmp_path / "page"), "--known-answer", str(elsewhere)],
+        [
+            mvdata,
+            "report",
+            str(tmp_path / "page"),
+            "--known-answer",
+            str(elsewhere),
+            "--known-answer",
+            str(twin),
+        ],
         capture_output=True,
         text=True,
         env=env,
     )
     assert only.returncode == 0 and "every section is empty" not in only.stderr, only.stderr
+    page = (tmp_path / "page" / "report.html").read_text()
+    assert f"{elsewhere}/: " in page and f"{twin}/: " in page
     if Path("/proc/self").is_dir():
         nowhere = subprocess.run(
             [mvdata, "report", "/proc/mvforge-page", "--known-answer", str(elsewhere)],
