@@ -57,12 +57,16 @@ def environment_error(e: OSError) -> UserError | None:
     where = _as_the_user_knows_it(e.filename)
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return UserError(
-            f"disk full writing {where}; free space (or write elsewhere) and rerun the same command"
+            f"disk full writing {where}; free space (or pick another --out) and rerun the same command"
         )
     if e.errno == errno.EROFS:
-        return UserError(f"{where} is on a read-only file system; write to a writable directory")
+        return UserError(
+            f"{where} is on a read-only file system; pass a writable --out (RUN_DIR for mvdata report)"
+        )
     if e.errno in (errno.EACCES, errno.EPERM):
-        return UserError(f"permission denied: {where}; write to a writable directory or fix its permissions")
+        return UserError(
+            f"permission denied: {where}; pass a writable --out (RUN_DIR for mvdata report) or fix its permissions"
+        )
     return None
 
 

@@ -143,7 +143,8 @@ def test_every_stage_says_a_read_only_out_in_one_line(tmp_path, tiny_sd, monkeyp
     for name, run in runs.items():
         out = ro / name.replace(" ", "")
         with pytest.raises(
-            UserError, match=rf"^{out}/\S* is on a read-only file system; write to a writable directory$"
+            UserError,
+            match=rf"^{out}/\S* is on a read-only file system; pass a writable --out \(RUN_DIR for mvdata report\)$",
         ):
             run(out)
 
