@@ -909,7 +909,8 @@ def _known_answer_section(run_dir: Path, cfg: ReportConfig, eval_dirs: Sequence[
         if eval_dir is not None and (Path(eval_dir) / eval_result.KNOWN_ANSWER).is_file():
             path = Path(eval_dir) / eval_result.KNOWN_ANSWER
             paths.setdefault(path.resolve(), path)
-    for path in sorted(paths.values()):
+    ordered = sorted(paths.values())
+    for path in ordered:
         try:
             blocks.append(
                 _known_answer_block(path, json.loads(path.read_text(encoding="utf-8")), run_dir, cfg)
@@ -918,7 +919,7 @@ def _known_answer_section(run_dir: Path, cfg: ReportConfig, eval_dirs: Sequence[
             # A damaged result is shown as such; the rest of the report stands.
             blocks.append({"name": path.parent.name, "problem": f"{path} is unreadable or damaged ({e!r})"})
     names = Counter(b["name"] for b in blocks)
-    for block, path in zip(blocks, sorted(paths.values()), strict=True):
+    for block, path in zip(blocks, ordered, strict=True):
         if names[block["name"]] > 1:  # two results in folders of the same name: tell them apart by their path
             block["name"] = str(path.parent)
     return htmlkit.render("report_known_answer.html.j2", blocks=blocks)

@@ -3,6 +3,7 @@ streams it and, at the shard's end, stops (default) or counts (docs/reliability.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -64,6 +65,24 @@ def test_a_shard_that_fails_its_checksum_is_not_kept_in_the_cache(damaged):
             list(loader)
         counts.append(loader.bad["checksum_mismatch"])
     assert counts[0] > 1 and counts[1] == counts[0]
+
+
+def test_a_resume_at_any_batch_counts_each_mismatch_once(damaged):
+    """A resume replays the visit it stopped in; a mismatch met before the checkpoint is not counted again."""
+    copy, _ = damaged
+    cfg = _cfg(on_checksum_mismatch="count")
+    full = MultiViewLoader(str(copy), cfg)
+    list(full)
+    assert full.bad["checksum_mismatch"] >= 1
+    for k in range(1, 8):
+        first = MultiViewLoader(str(copy), cfg)
+        for i, _ in enumerate(first):
+            if i + 1 == k:
+                break
+        resumed = MultiViewLoader(str(copy), cfg)
+        resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+        list(resumed)
+        assert resumed.bad == full.bad, k
 
 
 def test_fit_stops_in_one_line_on_a_damaged_shard(damaged, tiny_sd, tmp_path):
