@@ -257,7 +257,10 @@ def write_report(
         sections=[html for _, _, html in sections],
         thumb_px=cfg.thumb_px,
     )
-    atomic_write_text(out, page)
+    try:
+        atomic_write_text(out, page)
+    except FileNotFoundError as e:  # a directory that takes no new files (/proc/sys)
+        raise UserError(f"cannot write {out} ({e.strerror}); pass another RUN_DIR") from None
     return out
 
 

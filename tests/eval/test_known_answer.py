@@ -223,6 +223,9 @@ def test_the_report_shows_each_result_beside_its_truth(shared_reference, tmp_pat
         )
         assert nowhere.returncode == 2 and "cannot create /proc/mvforge-page" in nowhere.stderr
         assert "Traceback" not in nowhere.stderr
+        # A directory that exists but takes no new files: one line too.
+        sealed = subprocess.run([mvdata, "report", "/proc/sys"], capture_output=True, text=True, env=env)
+        assert sealed.returncode == 2 and "cannot write /proc/sys/report.html" in sealed.stderr, sealed.stderr
 
 
 def test_missing_uid_and_empty_directory_are_one_line_errors(shared_reference, tmp_path):
