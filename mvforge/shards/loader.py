@@ -287,12 +287,27 @@ def decode_2d(raw: dict, rng: np.random.Generator, cfg: LoaderConfig) -> dict:
 
 
 # ---------------------------------------------------------------- one logical stream
-class _HashingReader:
-    """A read-only file wrapper computing the sha256 of what is read through it: the shard is hashed by the
+class _NamedReader:
+    """A read-only file wrapper whose repr is its URL: the tar reader's errors print the file object
+    ("unexpected end of data @ <file>"), and a warning should name the shard, not an object address."""
+
+    def __init__(self, raw, url: str):
+        self.raw, self.url = raw, url
+
+    def read(self, n: int = -1) -> bytes:
+        return self.raw.read(n)
+
+    def __repr__(self) -> str:
+        return self.url
+
+
+class _HashingReader(_NamedReader):
+    """A :class:`_NamedReader` computing the sha256 of what is read through it: the shard is hashed by the
     one read that decodes it (no second pass over the data)."""
 
-    def __init__(self, raw):
-        self.raw, self.sha = raw, hashlib.sha256()
+    def __init__(self, raw, url: str):
+        super().__init__(raw, url)
+        self.sha = hashlib.sha256()
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
@@ -309,14 +324,29 @@ class _HashingReader:
 def _open_samples(url: str, storage_options: dict | None, expected: str | None = None, mismatched=None):
     """Raw samples of one shard; a local path or any fsspec URL (webdataset's gopen has no s3://, §6). With
     ``expected`` (index.json's sha256) the shard is hashed as it streams and, at its end, ``url`` is appended
-    to ``mismatched`` when the digest differs."""
+    to ``mismatched`` when the digest differs. A shard whose tar cannot be parsed (truncated, overwritten) is
+    hashed to its end before the error goes on, so damage the digest sees is a mismatch, not only an
+    unreadable visit; a read that fails (an I/O error) leaves the digest unchecked."""
     import fsspec
 
     with fsspec.open(url, "rb", **(storage_options or {})) as f:
-        reader = _HashingReader(f) if expected else f
-        yield from schema.iter_raw_samples(reader, url)
+        reader = _HashingReader(f, url) if expected else _NamedReader(f, url)
+        try:
+            yield from schema.iter_raw_samples(reader, url)
+        except Exception:
+            if expected and _drained(reader) not in (None, expected):
+                mismatched.append(url)
+            raise
         if expected and reader.drain() != expected:
             mismatched.append(url)
+
+
+def _drained(reader: _HashingReader) -> str | None:
+    """The digest of a shard whose parsing failed, or None when reading its rest fails too."""
+    try:
+        return reader.drain()
+    except Exception:
+        return None
 
 
 def _raw_size(raw: dict) -> int:

@@ -47,6 +47,22 @@ def test_a_flipped_byte_stops_the_loader_naming_the_shard_and_mvdata_verify(dama
             pass
 
 
+def test_a_truncated_shard_stops_the_loader_too(shards, tmp_path, caplog):
+    """A shard cut short fails to parse before its end; its digest is still checked, so it stops the run."""
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    shard = sorted(copy.glob("train-*.tar"))[1]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2 + 3])
+    with pytest.raises(UserError, match=rf"^shard {shard} does not match the sha256"):
+        for _ in MultiViewLoader(str(copy), _cfg(), rank=0, world_size=1):
+            pass
+    counting = MultiViewLoader(str(copy), _cfg(on_checksum_mismatch="count"), rank=0, world_size=1)
+    assert len(list(counting)) == 8
+    assert counting.bad["checksum_mismatch"] == counting.bad["unreadable_shard"] >= 1
+    warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert warnings and all("object at 0x" not in w for w in warnings)  # the shard's path, not a repr
+
+
 def test_the_count_policy_counts_the_shard_and_goes_on(damaged, shards):
     copy, _ = damaged
     loader = MultiViewLoader(str(copy), _cfg(on_checksum_mismatch="count"), rank=0, world_size=1)
