@@ -19,6 +19,7 @@ shards/index.json               written LAST: per shard name/split/nsamples/byte
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -89,6 +90,34 @@ def load_npy(data: bytes):
     import numpy as np
 
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+class ShardReader:
+    """A read-only file wrapper for a shard: its repr is the shard's URL (the tar reader's errors print the file
+    object: "unexpected end of data @ <url>", not an object address), and with ``hash=True`` it keeps the
+    sha256 and byte count of what is read through it, so one read both decodes and checksums a shard."""
+
+    def __init__(self, raw, url: str, hash: bool = True):
+        self.raw, self.url = raw, url
+        self.sha = hashlib.sha256() if hash else None
+        self.nbytes = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        if self.sha is not None:
+            self.sha.update(data)
+        self.nbytes += len(data)
+        return data
+
+    def drain(self) -> str:
+        """Read what the tar reader left (end-of-archive padding, or the rest after a parse error) and return
+        the hex sha256 of the whole file (``hash=True`` only)."""
+        while self.read(1 << 20):
+            pass
+        return self.sha.hexdigest()
+
+    def __repr__(self) -> str:
+        return self.url
 
 
 def iter_raw_samples(fileobj, url: str = "") -> Iterator[dict]:

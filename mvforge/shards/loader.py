@@ -19,7 +19,6 @@ are endless, so uneven shards never make one rank stop early and hang the others
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -287,40 +286,6 @@ def decode_2d(raw: dict, rng: np.random.Generator, cfg: LoaderConfig) -> dict:
 
 
 # ---------------------------------------------------------------- one logical stream
-class _NamedReader:
-    """A read-only file wrapper whose repr is its URL: the tar reader's errors print the file object
-    ("unexpected end of data @ <file>"), and a warning should name the shard, not an object address."""
-
-    def __init__(self, raw, url: str):
-        self.raw, self.url = raw, url
-
-    def read(self, n: int = -1) -> bytes:
-        return self.raw.read(n)
-
-    def __repr__(self) -> str:
-        return self.url
-
-
-class _HashingReader(_NamedReader):
-    """A :class:`_NamedReader` computing the sha256 of what is read through it: the shard is hashed by the
-    one read that decodes it (no second pass over the data)."""
-
-    def __init__(self, raw, url: str):
-        super().__init__(raw, url)
-        self.sha = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.sha.update(data)
-        return data
-
-    def drain(self) -> str:
-        """Read what the tar reader left (end-of-archive padding) and return the hex digest of the whole file."""
-        while self.read(1 << 20):
-            pass
-        return self.sha.hexdigest()
-
-
 def _open_samples(url: str, storage_options: dict | None, expected: str | None = None, mismatched=None):
     """Raw samples of one shard; a local path or any fsspec URL (webdataset's gopen has no s3://, §6). With
     ``expected`` (index.json's sha256) the shard is hashed as it streams and, at its end, ``url`` is appended
@@ -330,7 +295,7 @@ def _open_samples(url: str, storage_options: dict | None, expected: str | None =
     import fsspec
 
     with fsspec.open(url, "rb", **(storage_options or {})) as f:
-        reader = _HashingReader(f, url) if expected else _NamedReader(f, url)
+        reader = schema.ShardReader(f, url, hash=bool(expected))
         try:
             yield from schema.iter_raw_samples(reader, url)
         except Exception:
@@ -341,7 +306,7 @@ def _open_samples(url: str, storage_options: dict | None, expected: str | None =
             mismatched.append(url)
 
 
-def _drained(reader: _HashingReader) -> str | None:
+def _drained(reader: schema.ShardReader) -> str | None:
     """The digest of a shard whose parsing failed, or None when reading its rest fails too."""
     try:
         return reader.drain()

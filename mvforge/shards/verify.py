@@ -8,7 +8,6 @@ present, every PNG decodes, cameras are finite, rigid (det +1) and equal in numb
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -27,21 +26,6 @@ class Problem:
     shard: str
     sample: str
     problem: str
-
-
-class _HashingReader:
-    """A read-only stream wrapper hashing every byte the tar reader consumes."""
-
-    def __init__(self, raw):
-        self.raw = raw
-        self.sha = hashlib.sha256()
-        self.nbytes = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.sha.update(data)
-        self.nbytes += len(data)
-        return data
 
 
 def check_sample(sample: dict) -> list[str]:
@@ -121,7 +105,7 @@ def verify(url: str, storage_options: dict | None = None) -> tuple[dict, list[Pr
         counts["shards"] += 1
         n = 0
         with fs.open(path, "rb") as f:
-            reader = _HashingReader(f)
+            reader = schema.ShardReader(f, path)
             try:
                 for sample in schema.iter_raw_samples(reader, path):
                     n += 1
@@ -131,13 +115,12 @@ def verify(url: str, storage_options: dict | None = None) -> tuple[dict, list[Pr
                 problems.append(
                     Problem(name, "", f"tar unreadable after {n} samples ({type(e).__name__}: {e})")
                 )
-            while reader.read(1 << 20):  # hash the whole file, also past a parse error
-                pass
+            digest = reader.drain()  # the whole file, also past a parse error
         counts["samples"] += n
         counts["bytes"] += reader.nbytes
         if reader.nbytes != entry["bytes"]:
             problems.append(Problem(name, "", f"size {reader.nbytes} != index {entry['bytes']}"))
-        if reader.sha.hexdigest() != entry["sha256"]:
+        if digest != entry["sha256"]:
             problems.append(Problem(name, "", "sha256 differs from index.json"))
         if n != entry["nsamples"]:
             problems.append(Problem(name, "", f"{n} samples != index {entry['nsamples']}"))

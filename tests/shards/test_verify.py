@@ -31,6 +31,7 @@ def test_truncated_tar(shards, tmp_path, mvdata_bin):
     mine = [p.problem for p in problems if p.shard == "train-000002.tar"]
     assert any("sha256" in p for p in mine) and any("size" in p for p in mine)
     assert any("samples != index" in p or "unreadable" in p for p in mine)
+    assert not any("object at 0x" in p for p in mine)  # a parse error names the shard, not a reader object
     assert {p.shard for p in problems} == {"train-000002.tar"}
     r = subprocess.run([mvdata_bin, "verify", str(out)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "train-000002.tar" in r.stderr
