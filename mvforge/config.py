@@ -125,8 +125,16 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     return cls(**kwargs)
 
 
-def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """Config ``cls`` from an optional TOML file and ``a.b=c`` overrides (applied after the file)."""
+def load(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    flags: dict[str, Any] | None = None,
+) -> T:
+    """Config ``cls`` from an optional TOML file, ``a.b=c`` overrides (applied after the file) and command-line
+    ``flags`` (dotted field -> value, None: not given; applied last, flags win). The config is built once from
+    all three, so its checks see the settings as merged: ``--validate-every 5`` with
+    ``--set validation.loss_batches=2`` is one consistent config, not a refused intermediate one."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -136,7 +144,17 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | tu
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML ({e}); fix the syntax") from None
-    return from_dict(cls, apply_overrides(data, overrides))
+    data = apply_overrides(data, overrides)
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            *parents, leaf = dotted.split(".")
+            table = data
+            for part in parents:
+                if not isinstance(table.get(part, {}), dict):
+                    raise ConfigError(f"{part} is a table of settings; {dotted} cannot be set inside it")
+                table = table.setdefault(part, {})
+            table[leaf] = value
+    return from_dict(cls, data)
 
 
 def replace(cfg: T, **changes: Any) -> T:

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from mvforge import config
-from mvforge.errors import ConfigError
+from mvforge.errors import ConfigError, UserError
 from mvforge.render.config import RenderConfig
 
 
@@ -79,3 +79,16 @@ def test_first_difference_names_the_first_changed_key_and_skips_ignored_ones():
     new = {"a": 9, "b": {"c": 2, "d": 3}, "e": {"f": 7}}
     assert first_difference(old, new, ignore=("a", "e.")) == ""
     assert first_difference(old, new, ignore=("e.",)) == "a was 1, now 9"
+
+
+def test_load_builds_the_config_once_from_file_overrides_and_flags(tmp_path):
+    """A flag that a cross-field check needs is applied before the check runs (flags win over --set)."""
+    from mvforge.train.config import FitConfig
+
+    with pytest.raises(UserError, match="needs validation.every > 0"):
+        config.load(FitConfig, None, ["validation.loss_batches=1"])
+    cfg = config.load(FitConfig, None, ["validation.loss_batches=1"], {"validation.every": 5, "out": None})
+    assert (cfg.validation.every, cfg.validation.loss_batches) == (5, 1)
+    assert config.load(FitConfig, None, ["max_steps=7"], {"max_steps": 9}).max_steps == 9
+    with pytest.raises(ConfigError, match="validation is a table of settings"):
+        config.load(FitConfig, None, ["validation=3"], {"validation.every": 5})

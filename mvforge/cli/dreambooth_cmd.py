@@ -99,7 +99,6 @@ def dreambooth(
     from mvforge.train.dreambooth_config import DreamBoothConfig
 
     require("mvtrain dreambooth")
-    cfg = config_mod.load(DreamBoothConfig, config, set_)
     flags = {
         "pretrained": model,
         "images": images,
@@ -113,7 +112,7 @@ def dreambooth(
         "validation.every": validate_every,
         "device": device,
     }
-    cfg = config_mod.with_flags(cfg, flags)
+    cfg = config_mod.load(DreamBoothConfig, config, set_, flags)
     from mvforge.cli.common import quiet_libraries
 
     quiet_libraries()

@@ -211,8 +211,7 @@ def _eval_config(config: Path | None, set_: list[str], flags: dict):
     from mvforge import config as config_mod
     from mvforge.eval.config import EvalConfig
 
-    cfg = config_mod.load(EvalConfig, config, set_)
-    return config_mod.with_flags(cfg, flags)
+    return config_mod.load(EvalConfig, config, set_, flags)
 
 
 def _check_inputs(cfg, model: Path | None, prompts: Path | None, device: str) -> list[str] | None:
@@ -308,8 +307,9 @@ def _known_answer(
 
     if reference is None:
         raise UserError("--known-answer needs --reference RENDER_DIR (the trained objects' renders)")
-    cfg = config_mod.load(KnownAnswerConfig, config, set_)
-    cfg = config_mod.with_flags(cfg, {"steps": steps, "seed": seed, "num_views": num_views})
+    cfg = config_mod.load(
+        KnownAnswerConfig, config, set_, {"steps": steps, "seed": seed, "num_views": num_views}
+    )
     if generated is not None:
         if model is not None or prompts is not None:
             raise UserError("--generated scores renders: leave out --model and --prompts")

@@ -88,7 +88,6 @@ def fit(
     from mvforge.train.config import FitConfig
 
     require("mvtrain fit")
-    cfg = config_mod.load(FitConfig, config, set_)
     flags = {
         "pretrained": pretrained,
         "shards": shards,
@@ -121,7 +120,7 @@ def fit(
         )
     if device is not None and device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device {device!r}: use auto, cpu or cuda")
-    cfg = config_mod.with_flags(cfg, flags)
+    cfg = config_mod.load(FitConfig, config, set_, flags)
     if not cfg.pretrained:
         raise UserError("no model given; pass --model DIR (a diffusers Stable Diffusion directory)")
     from mvforge.cli.common import quiet_libraries

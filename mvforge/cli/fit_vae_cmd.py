@@ -33,7 +33,6 @@ def fit_vae(
     from mvforge.train.vae import fit_vae as run
 
     require("mvtrain fit-vae")
-    cfg = config_mod.load(VAEFitConfig, config, set_)
-    cfg = config_mod.with_flags(cfg, {"steps": steps, "resolution": resolution})
+    cfg = config_mod.load(VAEFitConfig, config, set_, {"steps": steps, "resolution": resolution})
     quiet_libraries()
     run(model, shards, out, cfg, device=device)

@@ -252,7 +252,6 @@ def render(
     from mvforge.render.driver import render as run_render
     from mvforge.render.sources import ObjaverseSelection, resolve_sources
 
-    cfg = cfglib.load(RenderConfig, config, set_ or [])
     flags = {
         "resolution": resolution,
         "orbits": orbits,
@@ -280,7 +279,7 @@ def render(
         "limits.max_faces": max_faces,
         "download.cache_dir": cache_dir,
     }
-    cfg = cfglib.with_flags(cfg, flags)
+    cfg = cfglib.load(RenderConfig, config, set_ or [], flags)
     # Checked on the merged settings: a flag may change the kind of light a config file set.
     check_lighting_kind(cfg.lighting)
     objects = resolve_sources(

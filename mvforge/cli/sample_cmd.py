@@ -187,7 +187,6 @@ def sample(
     from mvforge.errors import UserError
     from mvforge.models.config import SampleConfig
 
-    cfg = config_mod.load(SampleConfig, config, set_)
     flags = {
         "scheduler": scheduler,
         "steps": steps,
@@ -200,7 +199,7 @@ def sample(
         "resolution": resolution,
         "precision": precision,
     }
-    cfg = config_mod.with_flags(cfg, flags)
+    cfg = config_mod.load(SampleConfig, config, set_, flags)
     # Input checks first: a bad flag fails before torch and diffusers are imported.
     from mvforge.cli.prompts import read_prompts
     from mvforge.formats import samples as sample_format

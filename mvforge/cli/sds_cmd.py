@@ -93,7 +93,6 @@ def sds(
     from mvforge.errors import UserError
     from mvforge.sds.config import SDSConfig
 
-    cfg = config_mod.load(SDSConfig, config, set_)
     flags = {
         "prompt": prompt,
         "model": model,
@@ -102,7 +101,7 @@ def sds(
         "seed": seed,
         "device": device,
     }
-    cfg = config_mod.with_flags(cfg, flags)
+    cfg = config_mod.load(SDSConfig, config, set_, flags)
     if prompts is None:
         # docs/cli.md, "errors": a flag that would do nothing is refused, naming the fix.
         given = [

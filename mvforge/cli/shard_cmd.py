@@ -68,11 +68,10 @@ def shard(
     from mvforge.deps import require
 
     require("mvdata shard")
-    from mvforge.config import load, with_flags
+    from mvforge.config import load
     from mvforge.shards.config import ShardConfig
     from mvforge.shards.writer import run_shard
 
-    cfg = load(ShardConfig, config, overrides)
     flags = {
         "seed": seed,
         "max_count": max_count,
@@ -82,7 +81,7 @@ def shard(
         "exclude": tuple(exclude) or None,
         "val_views": _indices(val_views) if val_views is not None else None,
     }
-    cfg = with_flags(cfg, flags)
+    cfg = load(ShardConfig, config, overrides, flags)
     if views_2d is not None and views_2d.resolve() == Path(out).resolve():
         from mvforge.errors import UserError
 

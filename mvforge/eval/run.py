@@ -79,12 +79,18 @@ def read_reference(root: str | Path, views: int, split: str = "val") -> list[Ref
         chosen = [t for t in tars if t.name.startswith(f"{split}-")] or tars
         out = []
         for tar in chosen:
-            with tar.open("rb") as f:
-                for s in shard_format.iter_raw_samples(f, str(tar)):
-                    exts = shard_format.view_exts(s)
-                    caption = s.get(shard_format.TXT_EXT, b"").decode("utf-8").strip()
-                    picked = [exts[i] for i in evenly_spaced(len(exts), views)]
-                    out.append(RefObject(s["__key__"], caption, [_open(s[e]) for e in picked]))
+            for s in shard_format.read_shard(str(tar)):
+                exts = shard_format.view_exts(s)
+                caption = s.get(shard_format.TXT_EXT, b"").decode("utf-8", "replace").strip()
+                picked = [exts[i] for i in evenly_spaced(len(exts), views)]
+                try:
+                    images = [_open(s[e]) for e in picked]
+                except OSError as e:  # PIL's UnidentifiedImageError and a damaged PNG's decode error
+                    raise UserError(
+                        f"shard {tar}: a view of {s['__key__']} does not decode ({e}); run "
+                        f"`mvdata verify {root}` and rewrite the shards"
+                    ) from None
+                out.append(RefObject(s["__key__"], caption, images))
         return sorted(out, key=lambda o: o.key)
     out = []
     for obj in layout.iter_objects(root):

@@ -129,6 +129,23 @@ def iter_raw_samples(fileobj, url: str = "") -> Iterator[dict]:
     yield from group_by_keys(files)
 
 
+def read_shard(url: str, storage_options: dict | None = None) -> Iterator[dict]:
+    """:func:`iter_raw_samples` of the shard at ``url`` (a local path or an fsspec URL), for the readers that
+    need a whole shard (fit's val check, eval's reference). Raises UserError naming the shard and `mvdata verify`
+    when it cannot be opened or parsed (missing, truncated, overwritten)."""
+    import fsspec
+
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+            yield from iter_raw_samples(ShardReader(f, url, hash=False), url)
+    except Exception as e:  # tarfile's ReadError, EOFError, fsspec's FileNotFoundError, an I/O error
+        root = url.rsplit("/", 1)[0]
+        raise UserError(
+            f"shard {url} is unreadable ({type(e).__name__}: {e}); run `mvdata verify {root}` and rewrite "
+            "the shards"
+        ) from None
+
+
 def view_exts(sample: dict) -> list[str]:
     """PNG view extensions ("000.png", ...) of a raw 3D sample, sorted."""
     return sorted(k for k in sample if k.endswith(".png") and k[:3].isdigit() and k.count(".") == 1)

@@ -392,7 +392,7 @@ class _Stream:
         kid = KIND_ID[self.kind]
         decode = decode_3d if self.kind == "3d" else decode_2d
         bad: Counter = Counter()
-        mismatched: list[str] = []  # shards whose digest failed since the last batch
+        mismatched: list[tuple[str, int]] = []  # (shard, visit) whose digest failed since the last batch
         items: list[dict] = []
         empty_visits = 0
         while True:
@@ -402,15 +402,16 @@ class _Stream:
             expected = (self.digests or {}).get(url)
             if self.cache is None:
                 self.cache = _ShardCache(cfg.cache_mb * 1e6)
-            raws = self.cache.samples(url, self.storage_options, expected, mismatched)
+            found: list[str] = []  # this visit's shard, once its digest failed
+            raws = self.cache.samples(url, self.storage_options, expected, found)
             samples = _visit(url, vrng, cfg.shuffle_buffer, raws, bad)
             for i, raw in enumerate(samples):
                 if i < offset:
                     if i == offset - 1:
-                        # What the replay met up to here (a truncated shard, a failed digest) was counted in
-                        # the batches before the checkpoint: count it once.
+                        # The bad samples the replay met up to here were counted in the batches before the
+                        # checkpoint: count them once. A failed digest is not cleared: the shard may have been
+                        # damaged after the checkpoint; the loader knows which visits it already reported.
                         bad.clear()
-                        mismatched.clear()
                     continue  # replaying up to the restored position: read, never decoded
                 srng = _rng(cfg.seed, TAG_SAMPLE, kid, self.rank, self.stream, visit, i)
                 try:
@@ -421,10 +422,13 @@ class _Stream:
                     log.warning("skipped %s sample %s of %s: %s", self.kind, raw.get("__key__"), url, e)
                     continue
                 if len(items) == self.batch_size:
+                    mismatched += [(u, visit) for u in found]
+                    found.clear()
                     yield self._collate(items, (self.stream, visit, i + 1), bad, mismatched)
                     items = []
                     bad.clear()
                     mismatched.clear()
+            mismatched += [(u, visit) for u in found]
             empty_visits = 0 if good else empty_visits + 1
             if empty_visits >= cfg.max_empty_visits:
                 hint = (
@@ -523,6 +527,8 @@ class MultiViewLoader:
         self.consumed = {k: 0 for k in self.kinds}
         self.positions = {k: [(0, 0)] * self.n_streams for k in self.kinds}
         self.bad: Counter = Counter()
+        self.reported: set[tuple[str, int, int, str]] = set()
+        """(kind, stream, visit, shard) of the digest failures already applied, for visits a resume replays."""
         self._live: dict[str, Iterator] = {}
 
     def __len__(self) -> int:
@@ -558,16 +564,24 @@ class MultiViewLoader:
             self.positions[kind][stream] = (visit, offset)
             self.consumed[kind] += 1
             self.bad.update(batch.pop("_bad"))
-            self._check_digests(batch.pop("_mismatched"))
+            self._check_digests(kind, stream, batch.pop("_mismatched"))
             batch["step"], batch["epoch"] = self.step, self.epoch
             self.step += 1
             self.batch_in_epoch += 1
             yield batch
         self._end_epoch()
 
-    def _check_digests(self, mismatched: list[str]) -> None:
-        """Apply ``on_checksum_mismatch`` to shards whose streamed bytes failed index.json's sha256."""
-        for url in mismatched:
+    def _check_digests(self, kind: str, stream: int, mismatched: list[tuple[str, int]]) -> None:
+        """Apply ``on_checksum_mismatch`` to shards whose streamed bytes failed index.json's sha256, once per
+        visit: a resume replays the visit it stopped in, and a failure reported before the checkpoint is in
+        ``reported`` (saved with the state); one the replay meets for the first time (a shard damaged after
+        the checkpoint) is new."""
+        # A resume replays from this batch's visit on: failures of earlier visits can no longer come back
+        current = self.positions[kind][stream][0]
+        new = [(url, visit) for url, visit in mismatched if (kind, stream, visit, url) not in self.reported]
+        self.reported = {r for r in self.reported if r[:2] != (kind, stream) or r[2] >= current}
+        self.reported |= {(kind, stream, visit, url) for url, visit in new if visit >= current}
+        for url, _ in new:
             self.bad["checksum_mismatch"] += 1
             if self.cfg.on_checksum_mismatch == "stop":
                 root = url.rsplit("/", 1)[0]
@@ -602,6 +616,7 @@ class MultiViewLoader:
                 for k in self.kinds
             },
             "bad": dict(self.bad),
+            "reported_mismatches": sorted(list(r) for r in self.reported),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -626,3 +641,4 @@ class MultiViewLoader:
             self.consumed[k] = int(s["consumed"])
             self.positions[k] = [tuple(int(x) for x in p) for p in s["positions"]]
         self.bad = Counter(state["bad"])
+        self.reported = {tuple(r) for r in state.get("reported_mismatches", [])}

@@ -49,10 +49,9 @@ def check_val_split(cfg) -> None:
     v = cfg.validation
     if not (v.every and v.loss_batches):
         return
-    import fsspec
     import numpy as np
 
-    from mvforge.formats.shards import iter_raw_samples
+    from mvforge.formats.shards import read_shard
     from mvforge.shards.loader import BadSample, decode_3d, resolve_shards
 
     try:
@@ -62,8 +61,7 @@ def check_val_split(cfg) -> None:
             f"validation.loss_batches needs a val split and {cfg.shards} has none; shard with "
             "`mvdata shard --val-views 2,6,10,14` (or --val-fraction), or set validation.loss_batches=0"
         ) from None
-    with fsspec.open(urls[-1], "rb") as f:  # the last: held-out views follow the whole val objects
-        raw = next(iter_raw_samples(f, urls[-1]), None)
+    raw = next(read_shard(urls[-1]), None)  # the last: held-out views follow the whole val objects
     try:
         if raw is not None:
             decode_3d(raw, np.random.default_rng(v.seed), cfg.loader)

@@ -34,3 +34,24 @@ def test_prepare_composites_on_background_and_resizes():
     assert out.getpixel((7, 7)) == (0, 0, 255)  # transparent -> the background
     same = run.prepare(Image.new("RGB", (8, 8), (1, 2, 3)), (255, 255, 255), 8)
     assert same.getpixel((3, 3)) == (1, 2, 3)  # opaque, right size: unchanged
+
+
+def test_a_damaged_reference_shard_is_one_line_naming_it_and_mvdata_verify(tmp_path, reference_dir):
+    import pytest
+
+    from mvforge.errors import UserError
+
+    objs = list(layout.iter_objects(reference_dir))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    tar = shards / "val-000000.tar"
+    with tar.open("wb") as f:
+        schema.write_samples(f, [(o.uid, schema.object_members(o)) for o in objs[:2]])
+    whole = tar.read_bytes()
+    tar.write_bytes(whole[: len(whole) // 2 + 7])  # truncated
+    with pytest.raises(UserError, match=rf"^shard {tar} is unreadable .*`mvdata verify {shards}`"):
+        run.read_reference(shards, views=4)
+    png = whole.index(b"\x89PNG")
+    tar.write_bytes(whole[: png + 40] + bytes(64) + whole[png + 104 :])  # a view's pixels zeroed: no PNG
+    with pytest.raises(UserError, match=rf"^shard {tar}: a view of .* does not decode"):
+        run.read_reference(shards, views=4)

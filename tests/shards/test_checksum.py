@@ -101,6 +101,30 @@ def test_a_resume_at_any_batch_counts_each_mismatch_once(damaged):
         assert resumed.bad == full.bad, k
 
 
+def test_a_shard_damaged_after_the_checkpoint_stops_the_resume_at_once(shards, tmp_path):
+    """The visit a resume replays re-reads its shard: damage done since the checkpoint stops the first batch."""
+    cfg = LoaderConfig(batch_size=1, num_views=4, resolution=16, batches_per_epoch=8)  # checkpoints mid-visit
+    stopped_at_once = 0
+    for k in range(1, 8):
+        first = MultiViewLoader(str(shards), cfg)
+        for i, _ in enumerate(first):
+            if i + 1 == k:
+                break
+        state = json.loads(json.dumps(first.state_dict()))
+        visit, offset = state["streams"]["3d"]["positions"][0]
+        copy = tmp_path / f"k{k}"
+        shutil.copytree(shards, copy)
+        for shard in copy.glob("train-*.tar"):  # every shard: whichever the replayed visit reads is damaged
+            shard.write_bytes(shard.read_bytes() + b"appended after the checkpoint")
+        resumed = MultiViewLoader(str(copy), cfg)
+        resumed.load_state_dict(state)
+        if offset == 1:  # one of the shard's two samples consumed: the resume's first batch is its second
+            with pytest.raises(UserError, match="does not match the sha256"):
+                next(iter(resumed))
+            stopped_at_once += 1
+    assert stopped_at_once >= 2  # checkpoints inside a visit were met
+
+
 def test_fit_stops_in_one_line_on_a_damaged_shard(damaged, tiny_sd, tmp_path):
     from mvforge.train.loop import fit
     from tests.train.conftest import fit_config

@@ -87,6 +87,15 @@ def test_val_loss_on_held_out_views_leaves_training_as_it_was(make_fit_config, t
     eight = LoaderConfig(batch_size=2, num_views=8, resolution=32, batches_per_epoch=3)
     with pytest.raises(UserError, match=r"gives no batch \(too_few_views.*hold out 8 views per orbit"):
         fit(make_fit_config(tiny_sd, shards, tmp_path / "refused", max_steps=3, validation=val, loader=eight))
+    # And a damaged val shard (truncated): one line naming it and `mvdata verify`, not a traceback.
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(shards, damaged)
+    last_val = sorted(damaged.glob("val-*.tar"))[-1]
+    last_val.write_bytes(last_val.read_bytes()[:1000])
+    with pytest.raises(UserError, match=rf"^shard {last_val} is unreadable .*`mvdata verify {damaged}`"):
+        fit(make_fit_config(tiny_sd, damaged, tmp_path / "refused", max_steps=3, validation=val))
 
 
 def test_val_loss_sees_the_same_inputs_every_call(make_fit_config, tiny_sd, tmp_path):
