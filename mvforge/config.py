@@ -1,12 +1,16 @@
 """Typed configs: frozen dataclasses filled from a TOML file plus repeatable ``--set a.b=c`` overrides.
 
 Unknown keys are an error (a typo must never be silently ignored), values are type-checked against the
-dataclass annotations, and a resolved config can be written back as TOML next to a stage's outputs.
+dataclass annotations, and a resolved config can be written back as TOML next to a stage's outputs. Checks every
+config shares: numbers are finite (TOML and ``--set`` accept ``nan`` and ``inf``; no setting means them), a
+``seed`` is an integer in [0, 2**63), and a path (a ``Path`` field, or ``out``) is not the empty string, which
+would mean the current directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -97,6 +101,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -105,6 +111,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is Path:
         if not isinstance(value, (str, Path)):
             raise ConfigError(f"{where}: expected a path, got {value!r}")
+        if str(value) == "":
+            raise ConfigError(f"{where}: the path is empty; pass a file or directory (or leave the setting out)")
         return Path(value)
     return value
 
@@ -121,7 +129,12 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         )
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(value, hints[name], key)
+        if name == "seed" and isinstance(kwargs[name], int) and not 0 <= kwargs[name] < 2**63:
+            raise ConfigError(f"{key}: {kwargs[name]} is not a seed; pass an integer from 0 to 2**63 - 1")
+        if name == "out" and kwargs[name] == "":
+            raise ConfigError(f"{key}: the output directory is empty; pass a directory")
     return cls(**kwargs)
 
 
@@ -148,11 +161,16 @@ def load(
     for dotted, value in (flags or {}).items():
         if value is not None:
             *parents, leaf = dotted.split(".")
-            table = data
+            table, where = data, []
             for part in parents:
+                where.append(part)
                 if not isinstance(table.get(part, {}), dict):
-                    raise ConfigError(f"{part} is a table of settings; {dotted} cannot be set inside it")
+                    got = table[part]
+                    raise ConfigError(f"{'.'.join(where)}: expected a table of settings, got {got!r}")
                 table = table.setdefault(part, {})
+            if isinstance(table.get(leaf), dict) and not isinstance(value, dict):
+                # --set gave a table where the flag sets one value: refused as it would be without the flag
+                raise ConfigError(f"{dotted}: expected a single value, got the table {table[leaf]!r}")
             table[leaf] = value
     return from_dict(cls, data)
 

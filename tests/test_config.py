@@ -90,5 +90,31 @@ def test_load_builds_the_config_once_from_file_overrides_and_flags(tmp_path):
     cfg = config.load(FitConfig, None, ["validation.loss_batches=1"], {"validation.every": 5, "out": None})
     assert (cfg.validation.every, cfg.validation.loss_batches) == (5, 1)
     assert config.load(FitConfig, None, ["max_steps=7"], {"max_steps": 9}).max_steps == 9
-    with pytest.raises(ConfigError, match="validation is a table of settings"):
+    # A --set that would be refused on its own is refused with the flag too, in the same words
+    with pytest.raises(ConfigError, match="^validation: expected a table of settings, got 3$"):
         config.load(FitConfig, None, ["validation=3"], {"validation.every": 5})
+    with pytest.raises(ConfigError, match="^validation.every: expected a single value"):
+        config.load(FitConfig, None, ["validation.every.x=3"], {"validation.every": 5})
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr=nan", "optim.lr: expected a finite number, got nan"),
+        ("optim.lr=inf", "optim.lr: expected a finite number, got inf"),
+        ("seed=-1", "seed: -1 is not a seed"),
+        ('out=""', "out: the output directory is empty"),
+    ],
+)
+def test_settings_no_run_can_mean_are_refused_in_every_config(override, message):
+    from mvforge.train.config import FitConfig
+
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        config.load(FitConfig, None, [override])
+
+
+def test_an_empty_path_is_refused():
+    from mvforge.eval.config import EvalConfig
+
+    with pytest.raises(ConfigError, match="^clip_model_config: the path is empty"):
+        config.load(EvalConfig, None, ['clip_model_config=""'])
