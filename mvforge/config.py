@@ -112,7 +112,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (str, Path)):
             raise ConfigError(f"{where}: expected a path, got {value!r}")
         if str(value) == "":
-            raise ConfigError(f"{where}: the path is empty; pass a file or directory (or leave the setting out)")
+            raise ConfigError(
+                f"{where}: the path is empty; pass a file or directory (or leave the setting out)"
+            )
         return Path(value)
     return value
 
