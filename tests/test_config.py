@@ -118,3 +118,8 @@ def test_an_empty_path_is_refused():
 
     with pytest.raises(ConfigError, match="^clip_model_config: the path is empty"):
         config.load(EvalConfig, None, ['clip_model_config=""'])
+
+
+def test_a_config_directory_is_named_as_one(tmp_path):
+    with pytest.raises(ConfigError, match=rf"^--config {tmp_path} is a directory; pass a TOML file"):
+        config.load(RenderConfig, tmp_path)
