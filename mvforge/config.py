@@ -154,7 +154,9 @@ def load(
     if path is not None:
         path = Path(path)
         if path.is_dir():
-            raise ConfigError(f"--config {path} is a directory; pass a TOML file (e.g. configs/world-fit.toml)")
+            raise ConfigError(
+                f"--config {path} is a directory; pass a TOML file (e.g. configs/world-fit.toml)"
+            )
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass an existing TOML file to --config")
         try:
