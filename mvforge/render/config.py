@@ -68,8 +68,7 @@ class CyclesConfig:
             *[
                 (
                     lo <= getattr(self, name) <= hi,
-                    f"{_FLAG.get(name, 'cycles.' + name)} must be {lo} to {hi}, got "
-                    f"{getattr(self, name)}{_RANGE_NOTE.get(name, '')}",
+                    f"{_setting(name)} must be {lo} to {hi}, got {getattr(self, name)}{_RANGE_NOTE.get(name, '')}",
                 )
                 for name, (lo, hi) in _BLENDER_RANGES.items()
             ],
@@ -106,6 +105,14 @@ _FLAG = {
     "adaptive_min_samples": "--adaptive-min-samples",
     "max_bounces": "--max-bounces",
 }
+
+
+def _setting(name: str) -> str:
+    """How an error names cycles setting ``name``: its flag and its key when it has a flag (it may come from
+    either), else its key."""
+    return f"{_FLAG[name]} (cycles.{name})" if name in _FLAG else f"cycles.{name}"
+
+
 _RANGE_NOTE = {"adaptive_threshold": " (0 = off)", "adaptive_min_samples": " (0 = Cycles' automatic rule)"}
 
 

@@ -97,9 +97,12 @@ def test_sample_cli_prompts_file_scheduler_and_save_pipeline(tiny_mv, tmp_path, 
         # NaN guidance wrote black views and a sample.json that is not valid JSON.
         (
             ["--model", "{mv}", "--prompt", "x", "--guidance-scale", "nan"],
-            "guidance_scale nan: pass a finite",
+            "guidance_scale: expected a finite number, got nan",
         ),
-        (["--model", "{mv}", "--prompt", "x", "--elevation", "inf"], "elevation_deg inf: pass a finite"),
+        (
+            ["--model", "{mv}", "--prompt", "x", "--elevation", "inf"],
+            "elevation_deg: expected a finite number, got inf",
+        ),
         (["--model", "{mv}", "--prompt", "x", "--set", "eta=-1"], "eta -1.0: DDIM's eta must be in 0..1"),
         (["--model", "{mv}", "--prompts", "{tmp}"], "is a directory; pass a text file"),
         (["--model", "{mv}", "--prompts", "{tmp}/latin1.txt"], "latin1.txt is not UTF-8 (byte 5)"),

@@ -115,9 +115,9 @@ def test_lighting_settings_are_checked():
     with pytest.raises(UserError, match="lighting.ambient must be 0 or more"):
         load(RenderConfig, None, ["lighting.ambient=-1"])
     for key in ("strength_max", "ambient", "exposure_target"):  # inf passes a >= check, then overflows numpy
-        with pytest.raises(UserError, match=f"lighting.{key} must be a finite number, got inf"):
+        with pytest.raises(UserError, match=f"lighting.{key}: expected a finite number, got inf"):
             load(RenderConfig, None, [f"lighting.{key}=inf"])
-    with pytest.raises(UserError, match="cycles.adaptive_threshold must be a finite number, got nan"):
+    with pytest.raises(UserError, match="cycles.adaptive_threshold: expected a finite number, got nan"):
         load(RenderConfig, None, ["cycles.adaptive_threshold=nan"])
     # A flag's bad value names the whole setting, not only its last part.
     from mvforge.config import with_flags
@@ -128,11 +128,23 @@ def test_lighting_settings_are_checked():
         load(RenderConfig, None, ["cycles.filter_width=0"])
     # Blender's own ranges: beyond them it clamps silently (or kills the render), so refused up front.
     for setting, message in (
-        ("cycles.adaptive_min_samples=-1", "--adaptive-min-samples must be 0 to 4096, got -1"),
-        ("cycles.adaptive_min_samples=4097", "--adaptive-min-samples must be 0 to 4096, got 4097"),
-        ("cycles.adaptive_threshold=2", "--adaptive-threshold must be 0.0 to 1.0, got 2.0 (0 = off)"),
-        ("cycles.samples=100000000000", "--samples must be 1 to 16777216, got 100000000000"),
-        ("cycles.max_bounces=100000", "--max-bounces must be 0 to 1024, got 100000"),
+        (
+            "cycles.adaptive_min_samples=-1",
+            "--adaptive-min-samples (cycles.adaptive_min_samples) must be 0 to 4096, got -1",
+        ),
+        (
+            "cycles.adaptive_min_samples=4097",
+            "--adaptive-min-samples (cycles.adaptive_min_samples) must be 0 to 4096, got 4097",
+        ),
+        (
+            "cycles.adaptive_threshold=2",
+            "--adaptive-threshold (cycles.adaptive_threshold) must be 0.0 to 1.0, got 2.0 (0 = off)",
+        ),
+        (
+            "cycles.samples=100000000000",
+            "--samples (cycles.samples) must be 1 to 16777216, got 100000000000",
+        ),
+        ("cycles.max_bounces=100000", "--max-bounces (cycles.max_bounces) must be 0 to 1024, got 100000"),
         ("cycles.diffuse_bounces=-1", "cycles.diffuse_bounces must be 0 to 1024, got -1"),
         ("cycles.world_map_resolution=-1", "world_map_resolution must be 0 (AUTOMATIC) or 4 to 8192"),
         ("cycles.world_map_resolution=100000000", "world_map_resolution must be 0 (AUTOMATIC) or 4 to 8192"),
