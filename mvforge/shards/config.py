@@ -97,7 +97,8 @@ class LoaderConfig:
     on_checksum_mismatch: Literal["stop", "count"] = "stop"
     """A shard whose bytes do not hash to index.json's sha256 (hashed as it streams, so known only at its end,
     after its samples were used): ``stop`` ends training with one line naming the shard; ``count`` counts it
-    (``checksum_mismatch`` in the loader's skipped counts) and goes on (docs/reliability.md)."""
+    (``checksum_mismatch`` in the loader's skipped counts) and goes on (docs/reliability.md). A shard index.json
+    lists that is not there is handled the same way (counted as ``missing_shard``)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "num_views", "resolution", "max_empty_visits"):

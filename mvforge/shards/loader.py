@@ -286,24 +286,32 @@ def decode_2d(raw: dict, rng: np.random.Generator, cfg: LoaderConfig) -> dict:
 
 
 # ---------------------------------------------------------------- one logical stream
-def _open_samples(url: str, storage_options: dict | None, expected: str | None = None, mismatched=None):
-    """Raw samples of one shard; a local path or any fsspec URL (webdataset's gopen has no s3://, §6). With
-    ``expected`` (index.json's sha256) the shard is hashed as it streams and, at its end, ``url`` is appended
-    to ``mismatched`` when the digest differs. A shard whose tar cannot be parsed (truncated, overwritten) is
-    hashed to its end before the error goes on, so damage the digest sees is a mismatch, not only an
-    unreadable visit; a read that fails (an I/O error) leaves the digest unchecked."""
+def _open_samples(url: str, storage_options: dict | None, expected: str | None = None, failed=None):
+    """Raw samples of one shard; a local path or any fsspec URL (webdataset's gopen has no s3://, §6).
+
+    With ``expected`` (index.json's sha256: a shard the index lists) the shard is hashed as it streams, and
+    ``(url, "sha256")`` is appended to ``failed`` when the digest differs at its end, ``(url, "missing")``
+    when the file is not there. A shard whose tar cannot be parsed (truncated, overwritten) is hashed to its
+    end before the error goes on, so damage the digest sees is a failure, not only an unreadable visit; a read
+    that fails (an I/O error) leaves the digest unchecked."""
     import fsspec
 
-    with fsspec.open(url, "rb", **(storage_options or {})) as f:
+    try:
+        f = fsspec.open(url, "rb", **(storage_options or {})).open()
+    except FileNotFoundError:
+        if expected:
+            failed.append((url, "missing"))
+        raise
+    with f:
         reader = schema.ShardReader(f, url, hash=bool(expected))
         try:
             yield from schema.iter_raw_samples(reader, url)
         except Exception:
             if expected and _drained(reader) not in (None, expected):
-                mismatched.append(url)
+                failed.append((url, "sha256"))
             raise
         if expected and reader.drain() != expected:
-            mismatched.append(url)
+            failed.append((url, "sha256"))
 
 
 def _drained(reader: schema.ShardReader) -> str | None:
@@ -325,7 +333,7 @@ class _ShardCache:
         self.budget, self.used = budget, 0
         self.shards: dict[str, list[dict]] = {}
 
-    def samples(self, url: str, storage_options, expected: str | None, mismatched: list) -> Iterator[dict]:
+    def samples(self, url: str, storage_options, expected: str | None, failed: list) -> Iterator[dict]:
         """The raw samples of one visit of ``url``: from memory when kept, else streamed, and kept when the
         whole shard was read, fits in what is left of the budget and matched its digest."""
         if url in self.shards:
@@ -333,7 +341,7 @@ class _ShardCache:
             return
         kept: list[dict] | None = [] if self.used < self.budget else None
         size = 0
-        for raw in _open_samples(url, storage_options, expected, mismatched):
+        for raw in _open_samples(url, storage_options, expected, failed):
             if kept is not None:
                 size += _raw_size(raw)
                 if self.used + size > self.budget:
@@ -342,7 +350,7 @@ class _ShardCache:
                     kept.append(raw)
             yield raw
         # Reached only when the visit read the shard to its end (a visit cut short is closed before here).
-        if kept is not None and url not in mismatched:
+        if kept is not None and not failed:
             self.shards[url] = kept
             self.used += size
 
@@ -392,7 +400,7 @@ class _Stream:
         kid = KIND_ID[self.kind]
         decode = decode_3d if self.kind == "3d" else decode_2d
         bad: Counter = Counter()
-        mismatched: list[tuple[str, int]] = []  # (shard, visit) whose digest failed since the last batch
+        mismatched: list[tuple[str, int, str]] = []  # (shard, visit, reason) failed since the last batch
         items: list[dict] = []
         empty_visits = 0
         while True:
@@ -402,7 +410,7 @@ class _Stream:
             expected = (self.digests or {}).get(url)
             if self.cache is None:
                 self.cache = _ShardCache(cfg.cache_mb * 1e6)
-            found: list[str] = []  # this visit's shard, once its digest failed
+            found: list[tuple[str, str]] = []  # (this visit's shard, reason) once it failed its index entry
             raws = self.cache.samples(url, self.storage_options, expected, found)
             samples = _visit(url, vrng, cfg.shuffle_buffer, raws, bad)
             for i, raw in enumerate(samples):
@@ -422,13 +430,13 @@ class _Stream:
                     log.warning("skipped %s sample %s of %s: %s", self.kind, raw.get("__key__"), url, e)
                     continue
                 if len(items) == self.batch_size:
-                    mismatched += [(u, visit) for u in found]
+                    mismatched += [(u, visit, why) for u, why in found]
                     found.clear()
                     yield self._collate(items, (self.stream, visit, i + 1), bad, mismatched)
                     items = []
                     bad.clear()
                     mismatched.clear()
-            mismatched += [(u, visit) for u in found]
+            mismatched += [(u, visit, why) for u, why in found]
             empty_visits = 0 if good else empty_visits + 1
             if empty_visits >= cfg.max_empty_visits:
                 hint = (
@@ -571,28 +579,32 @@ class MultiViewLoader:
             yield batch
         self._end_epoch()
 
-    def _check_digests(self, kind: str, stream: int, mismatched: list[tuple[str, int]]) -> None:
-        """Apply ``on_checksum_mismatch`` to shards whose streamed bytes failed index.json's sha256, once per
-        visit: a resume replays the visit it stopped in, and a failure reported before the checkpoint is in
+    def _check_digests(self, kind: str, stream: int, mismatched: list[tuple[str, int, str]]) -> None:
+        """Apply ``on_checksum_mismatch`` to shards whose streamed bytes failed index.json's sha256 (reason
+        "sha256") or that index.json lists but are not there ("missing"), once per visit: a resume replays the visit it stopped in, and a failure reported before the checkpoint is in
         ``reported`` (saved with the state); one the replay meets for the first time (a shard damaged after
         the checkpoint) is new."""
         # A resume replays from this batch's visit on: failures of earlier visits can no longer come back
         current = self.positions[kind][stream][0]
-        new = [(url, visit) for url, visit in mismatched if (kind, stream, visit, url) not in self.reported]
+        new = [m for m in mismatched if (kind, stream, m[1], m[0]) not in self.reported]
         self.reported = {r for r in self.reported if r[:2] != (kind, stream) or r[2] >= current}
-        self.reported |= {(kind, stream, visit, url) for url, visit in new if visit >= current}
-        for url, _ in new:
-            self.bad["checksum_mismatch"] += 1
+        self.reported |= {(kind, stream, visit, url) for url, visit, _ in new if visit >= current}
+        for url, _, why in new:
+            root = url.rsplit("/", 1)[0]
+            if why == "missing":
+                self.bad["missing_shard"] += 1
+                problem = f"shard {url} is listed in {root}/{schema.INDEX} but is not there"
+                fix = "restore it or rewrite the shards"
+            else:
+                self.bad["checksum_mismatch"] += 1
+                problem = f"shard {url} does not match the sha256 in {root}/{schema.INDEX} (its samples were already read)"
+                fix = "rewrite the shards"
             if self.cfg.on_checksum_mismatch == "stop":
-                root = url.rsplit("/", 1)[0]
                 raise UserError(
-                    f"shard {url} does not match the sha256 in {root}/{schema.INDEX} (its samples were already "
-                    f"read); run `mvdata verify {root}` and rewrite the shards, or set "
-                    "loader.on_checksum_mismatch=count to go on"
+                    f"{problem}; run `mvdata verify {root}` and {fix}, or set loader.on_checksum_mismatch=count "
+                    "to go on"
                 )
-            log.warning(
-                "shard %s does not match its sha256 in %s; counted, training goes on", url, schema.INDEX
-            )
+            log.warning("%s; counted, training goes on", problem)
 
     def _end_epoch(self) -> None:
         if self.bad:

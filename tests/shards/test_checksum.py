@@ -63,6 +63,20 @@ def test_a_truncated_shard_stops_the_loader_too(shards, tmp_path, caplog):
     assert warnings and all("object at 0x" not in w for w in warnings)  # the shard's path, not a repr
 
 
+def test_a_shard_the_index_lists_but_that_is_gone_stops_the_loader(shards, tmp_path):
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    gone = sorted(copy.glob("train-*.tar"))[1]
+    gone.unlink()
+    with pytest.raises(
+        UserError, match=rf"^shard {gone} is listed in {copy}/index.json but is not there; run"
+    ):
+        for _ in MultiViewLoader(str(copy), _cfg(), rank=0, world_size=1):
+            pass
+    counting = MultiViewLoader(str(copy), _cfg(on_checksum_mismatch="count"), rank=0, world_size=1)
+    assert len(list(counting)) == 8 and counting.bad["missing_shard"] >= 1
+
+
 def test_the_count_policy_counts_the_shard_and_goes_on(damaged, shards):
     copy, _ = damaged
     loader = MultiViewLoader(str(copy), _cfg(on_checksum_mismatch="count"), rank=0, world_size=1)
