@@ -8,3 +8,8 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A config file or ``--set`` override that does not match the config dataclasses."""
+
+
+class ShardDamaged(UserError):
+    """A shard that fails its index.json entry (sha256, or missing) under ``loader.on_checksum_mismatch = "stop"``:
+    ``mvtrain fit`` checkpoints the last finished step before it stops (in-process runs; docs/reliability.md)."""

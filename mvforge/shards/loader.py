@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from mvforge.cameras import normalize_camera
-from mvforge.errors import UserError
+from mvforge.errors import ShardDamaged, UserError
 from mvforge.formats import shards as schema
 from mvforge.shards.config import LoaderConfig
 
@@ -600,7 +600,7 @@ class MultiViewLoader:
                 problem = f"shard {url} does not match the sha256 in {root}/{schema.INDEX} (its samples were already read)"
                 fix = "rewrite the shards"
             if self.cfg.on_checksum_mismatch == "stop":
-                raise UserError(
+                raise ShardDamaged(
                     f"{problem}; run `mvdata verify {root}` and {fix}, or set loader.on_checksum_mismatch=count "
                     "to go on"
                 )

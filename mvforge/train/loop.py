@@ -39,7 +39,7 @@ import torch
 from mvforge import config as config_mod
 from mvforge import rundir
 from mvforge.devices import cpu_foreach, resolve_device
-from mvforge.errors import UserError
+from mvforge.errors import ShardDamaged, UserError
 from mvforge.formats import runs
 from mvforge.models.model import CAMERA_DIM, encode_text
 from mvforge.models.pipeline import MultiViewDiffusion, check_sd_dir
@@ -368,6 +368,8 @@ class _Training:
     """Non-finite steps in a row (``max_nonfinite_steps`` of them stop the run)."""
     skipped: int = 0
     """Non-finite steps skipped by this call."""
+    checkpointed: int = 0
+    """The step of the newest checkpoint this call wrote or resumed from (0: none)."""
 
 
 # In-process only: under Ray Train the driver (ray_fit.py) holds the lock for its workers.
@@ -397,9 +399,23 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
     progress = _open_progress(cfg, rt, tr)
     try:
         while tr.step < cfg.max_steps:
-            rec = _train_step(cfg, rt, tr)
+            # The data position at the step's start: a damaged shard met inside the step stops the run, and the
+            # checkpoint written first must resume at the step's first batch (in-process runs only: under DDP
+            # every rank would have to stop at the same step; those resume from the last periodic checkpoint).
+            at_start = tr.loader.state_dict() if rt.world_size == 1 else None
+            try:
+                rec = _train_step(cfg, rt, tr)
+            except ShardDamaged:
+                if at_start is not None and tr.step > tr.checkpointed:
+                    _save(cfg, rt, tr, at_start)
+                raise
             records.append(rec)
-            _after_step(cfg, rt, tr, rec, stop, progress)
+            try:
+                _after_step(cfg, rt, tr, rec, stop, progress)
+            except ShardDamaged:  # met by the validation pass, after the step
+                if rt.world_size == 1 and tr.step > tr.checkpointed:
+                    _save(cfg, rt, tr, tr.loader.state_dict())
+                raise
     finally:
         if progress is not None:
             progress.__exit__(None, None, None)
@@ -458,7 +474,7 @@ def _start(cfg: FitConfig, rt: Runtime, run: rundir.RunDir) -> _Training:
     effective_batch = cfg.loader.batch_size * cfg.grad_accum_steps * rt.world_size
     return _Training(
         m, ema, optimizer, lr_sched, scaler, loader, _batches(loader), writer, run.path, run.metrics_csv, step,
-        effective_batch,
+        effective_batch, checkpointed=step,
     )  # fmt: skip
 
 
@@ -587,20 +603,27 @@ def _after_step(cfg: FitConfig, rt: Runtime, tr: _Training, rec: dict, stop: dic
     preempted = rt.any(stop["sigterm"] or rt.stop_requested())
     ckpt = None
     if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or preempted:
-        state = {
-            "unet": tr.m.unet,
-            "ema": tr.ema,
-            "optimizer": tr.optimizer,
-            "lr_sched": tr.lr_sched,
-            "scaler": tr.scaler,
-        }
-        ckpt = save_checkpoint(tr.out, step, rt, state, tr.loader.state_dict(), cfg)
+        ckpt = _save(cfg, rt, tr, tr.loader.state_dict())
     if log_now or ckpt is not None:
         rt.report(rec, ckpt)
     if progress is not None:
         progress.advance()
     if preempted:
         raise Preempted(step, ckpt)
+
+
+def _save(cfg: FitConfig, rt: Runtime, tr: _Training, loader_state: dict) -> Path:
+    """Checkpoint ``tr.step`` (all ranks call it) with the data position ``loader_state``."""
+    state = {
+        "unet": tr.m.unet,
+        "ema": tr.ema,
+        "optimizer": tr.optimizer,
+        "lr_sched": tr.lr_sched,
+        "scaler": tr.scaler,
+    }
+    ckpt = save_checkpoint(tr.out, tr.step, rt, state, loader_state, cfg)
+    tr.checkpointed = tr.step
+    return ckpt
 
 
 def _summary(records, start_step, step, t_start, out, effective_batch, skipped) -> None:

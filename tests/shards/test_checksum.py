@@ -33,6 +33,11 @@ def damaged(shards, tmp_path) -> tuple[Path, Path]:
     return copy, shard
 
 
+def _names(shard: Path) -> list[str]:
+    with tarfile.open(shard) as tar:
+        return tar.getnames()
+
+
 def _cfg(**changes) -> LoaderConfig:
     return LoaderConfig(batch_size=2, num_views=4, resolution=16, batches_per_epoch=8, **changes)
 
@@ -139,11 +144,31 @@ def test_a_shard_damaged_after_the_checkpoint_stops_the_resume_at_once(shards, t
     assert stopped_at_once >= 2  # checkpoints inside a visit were met
 
 
-def test_fit_stops_in_one_line_on_a_damaged_shard(damaged, tiny_sd, tmp_path):
+def test_fit_stops_in_one_line_on_a_damaged_shard_and_loses_no_step(shards, tiny_sd, tmp_path):
+    """The stop checkpoints the last finished step; with the shard rewritten the rerun resumes there."""
+    import csv
+
+    from mvforge.rundir import RunDir
     from mvforge.train.loop import fit
     from tests.train.conftest import fit_config
 
-    copy, shard = damaged
-    cfg = fit_config(tiny_sd, copy, tmp_path / "run", max_steps=8, checkpoint_every=8)
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    cfg = fit_config(tiny_sd, copy, tmp_path / "run", max_steps=8, checkpoint_every=8, log_every=1)
+    # Damage a shard that the run first reads after some finished steps
+    steps = [set(b["uids"]) for b, _ in zip(MultiViewLoader(str(shards), cfg.loader), range(8), strict=False)]
+    first_read = {
+        t: min((i for i, uids in enumerate(steps) if uids & {n.split(".")[0] for n in _names(t)}), default=99)
+        for t in sorted(copy.glob("train-*.tar"))
+    }
+    shard = next(t for t, i in first_read.items() if 1 <= i < 7)
+    _flip_a_camera_byte(shard)
     with pytest.raises(UserError, match=rf"^shard {shard} does not match the sha256"):
         fit(cfg)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").read_text().splitlines()))
+    done = int(rows[-1]["step"]) if rows else 0
+    assert 0 < done < 8  # the damaged shard is met after some steps, before the end
+    assert RunDir(tmp_path / "run").checkpoint_path(done).is_dir()  # not only at checkpoint_every
+    shutil.copyfile(shards / shard.name, shard)  # the shard rewritten
+    records = fit(cfg)
+    assert [r["step"] for r in records] == list(range(done + 1, 9))
