@@ -155,9 +155,14 @@ def fit_with_ray(
     old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         result = trainer.fit()
+    except Exception as e:
+        _raise_workers_user_error(e)
+        raise
     finally:
         signal.signal(signal.SIGTERM, old)
         stop_file.unlink(missing_ok=True)
+    if result.error is not None:
+        _raise_workers_user_error(result.error)
     if terminated:
         from mvforge.models.resolve import latest_checkpoint
 
@@ -166,6 +171,16 @@ def fit_with_ray(
         )
         raise SystemExit(143)
     return result
+
+
+def _raise_workers_user_error(error: BaseException) -> None:
+    """Raise, as the one line it is, a UserError a worker raised (a damaged shard, a bad input), prefixed with its
+    rank; Ray Train wraps the workers' exceptions in a WorkerGroupError (``worker_failures``: rank -> error),
+    which the CLI would print as a traceback. Returns when no worker raised one."""
+    failures = getattr(error, "worker_failures", None) or {}
+    for rank, failure in sorted(failures.items()):
+        if isinstance(failure, UserError):
+            raise UserError(f"rank {rank}: {failure}") from None
 
 
 def check_cluster_size(workers: int, use_gpu: bool, local: bool) -> None:

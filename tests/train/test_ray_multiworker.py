@@ -111,3 +111,22 @@ def test_two_worker_fit_survives_a_killed_worker_with_the_same_weights(
     monkeypatch.delenv(FAULT_ENV)
     more = fit(make_fit_config(tiny_sd, shards_3d, tmp_path / "full", max_steps=5, checkpoint_every=5))
     assert [r["step"] for r in more] == [5]
+
+
+@pytest.mark.slow
+def test_a_damaged_shard_on_one_rank_ends_the_run_with_that_ranks_one_line(
+    ray_local, make_fit_config, tiny_sd, shards_3d, tmp_path
+):
+    """Ray Train wraps a worker's exception in a WorkerGroupError; the driver raises the worker's UserError."""
+    import shutil
+
+    from mvforge.errors import UserError
+    from tests.shards.test_checksum import _flip_a_camera_byte
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards_3d, copy)
+    rank1 = sorted(copy.glob("train-*.tar"))[1]  # ranks take shards[rank::world]
+    _flip_a_camera_byte(rank1)
+    cfg = make_fit_config(tiny_sd, copy, tmp_path / "run", max_steps=4, checkpoint_every=4)
+    with pytest.raises(UserError, match=rf"^rank 1: shard {rank1} does not match the sha256"):
+        fit_with_ray(cfg, workers=2)
