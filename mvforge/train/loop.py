@@ -20,7 +20,9 @@ killed after a checkpoint and resumed gives the same losses and final weights as
 
 Failure policy: a step whose gradients are NaN/inf is skipped (the fp16 scaler skips it and lowers its scale;
 without a scaler the optimizer step is not taken) and counted; ``max_nonfinite_steps`` in a row stop the run.
-SIGTERM (preemptible nodes) makes every rank finish its step, write a checkpoint and exit with 143.
+SIGTERM (preemptible nodes) makes every rank finish its step, write a checkpoint and exit with 143. A shard
+that fails its index.json entry under ``loader.on_checksum_mismatch = "stop"`` (``ShardDamaged``) stops the
+run; in-process, the last finished step is checkpointed first (docs/reliability.md).
 """
 
 from __future__ import annotations
