@@ -336,6 +336,7 @@ EXECUTION_KEYS = (
     "deterministic",
     "allow_tf32",
     "loader.cache_mb",
+    "loader.on_checksum_mismatch",  # the stop line's own advice is to resume with "count"
     # how long it runs and how often it writes (a resume may extend a run: docs/design.md §5)
     "max_steps",
     "checkpoint_every",

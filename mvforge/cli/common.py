@@ -36,12 +36,32 @@ def set_help(example: str) -> str:
     return f"Override a config value, e.g. --set {example} (repeatable)."
 
 
+EMPTY_ALLOWED = frozenset({"--negative-prompt"})
+"""Options where the empty string is a value (no negative text); everywhere else it is a mistake."""
+
+
+def refuse_empty_arguments(args: list[str]) -> None:
+    """Raise UserError for an empty or blank argument ("" is the current directory to a path option, and a
+    shell variable that was never set looks like this); ``--negative-prompt ""`` is allowed."""
+    for i, arg in enumerate(args):
+        option, sep, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if arg.startswith("--") and not sep:
+            continue
+        if not option and i and args[i - 1].startswith("-"):
+            option = args[i - 1]
+        if value.strip() or option in EMPTY_ALLOWED:
+            continue
+        what = option or "an argument"
+        raise UserError(f"{what} is given an empty value {value!r}; pass a value (a path, a number, a name)")
+
+
 def run_app(app: typer.Typer) -> Callable[[], None]:
     """An entry point that prints a UserError as one line and exits 2, without a traceback (docs/design.md
     §5)."""
 
     def main() -> None:
         try:
+            refuse_empty_arguments(sys.argv[1:])
             app()
         except UserError as e:
             typer.secho(f"error: {e}", fg="red", err=True)

@@ -159,8 +159,10 @@ class StepModels:
 
 # ---------------------------------------------------------------- pieces of a step
 def step_generator(seed: int, step: int, rank: int, micro: int = 0) -> torch.Generator:
-    """All randomness of micro-batch ``micro`` of step ``step`` on one rank: a function of these only."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 4099 + rank) * 1031 + micro)
+    """All randomness of micro-batch ``micro`` of step ``step`` on one rank: a function of these only. The mix
+    is taken modulo 2**63 (torch's seed range); below that, as for every seed of a few million or less, it is
+    the mix itself."""
+    return torch.Generator().manual_seed((((seed * 1_000_003 + step) * 4099 + rank) * 1031 + micro) % 2**63)
 
 
 def load_models(cfg: FitConfig, rt: Runtime, resume: Path | None) -> StepModels:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -258,3 +260,25 @@ def test_shown_command_parses(where, line):
     finally:
         for p, required in saved:
             p.required = required
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["shard", "renders", "--out", ""], "--out"),
+        (["shard", "renders", "--out= "], "--out"),
+        (["verify", ""], "an argument"),
+    ],
+)
+def test_an_empty_argument_is_refused_before_the_command_runs(args, named, tmp_path):
+    """ "" is the current directory to a path option: an unset shell variable must not write the run there."""
+    mvdata_bin = str(Path(sys.executable).with_name("mvdata"))
+    r = subprocess.run([mvdata_bin, *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {named} is given an empty value"), r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written in the working directory
+
+
+def test_an_empty_negative_prompt_is_a_value():
+    from mvforge.cli.common import refuse_empty_arguments
+
+    refuse_empty_arguments(["--prompt", "a chair", "--negative-prompt", ""])  # no negative text: allowed

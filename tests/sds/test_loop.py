@@ -95,7 +95,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_field_and_outputs(ti
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--prompt", " ", "--model", "MODEL"], "prompt is empty"),
+        (["--prompt", " ", "--model", "MODEL"], "--prompt is given an empty value"),
         (["--prompt", "a mug", "--model", "{tmp}/nope"], "does not exist"),
         (["--prompt", "a mug", "--model", "PLAIN_SD"], "no camera embedding"),
     ],

@@ -409,7 +409,11 @@ def test_held_out_views_form_a_val_sample_of_each_train_object(renders, tmp_path
             assert set(batch["views"].flatten().tolist()) == want
 
     # Bad input: one line naming the fix, nothing written.
-    bad = [("1,x", "comma-separated"), ("", "comma-separated"), ("9", "rendered with views 0-7")]
+    bad = [
+        ("1,x", "comma-separated"),
+        ("", "--val-views is given an empty value"),
+        ("9", "rendered with views 0-7"),
+    ]
     bad += [
         ("1,1", "distinct"),
         (

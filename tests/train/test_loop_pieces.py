@@ -143,3 +143,12 @@ def test_a_resumed_optimizer_keeps_the_kernels_this_process_chose(tmp_path):
         tmp_path, torch.device("cpu"), now, torch.optim.lr_scheduler.LambdaLR(now, lambda s: 1.0), None
     )
     assert step == 7 and now.param_groups[0]["foreach"] is True and not now.param_groups[0]["fused"]
+
+
+def test_every_seed_the_config_accepts_seeds_the_step_generator():
+    from mvforge.train.loop import step_generator
+
+    assert (
+        step_generator(23, 5, 1, 2).initial_seed() == ((23 * 1_000_003 + 5) * 4099 + 1) * 1031 + 2
+    )  # unchanged
+    assert 0 <= step_generator(2**63 - 1, 10**9, 63, 7).initial_seed() < 2**63  # was an overflow traceback
