@@ -402,6 +402,7 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
     start_step, t_start = tr.step, time.monotonic()
     progress = _open_progress(cfg, rt, tr)
     try:
+        _redo_unfinished_validation(cfg, rt, tr)
         while tr.step < cfg.max_steps:
             # The data position at the step's start: a damaged shard met inside the step stops the run, and the
             # checkpoint written first must resume at the step's first batch (in-process runs only: under DDP
@@ -614,6 +615,24 @@ def _after_step(cfg: FitConfig, rt: Runtime, tr: _Training, rec: dict, stop: dic
         progress.advance()
     if preempted:
         raise Preempted(step, ckpt)
+
+
+def _redo_unfinished_validation(cfg: FitConfig, rt: Runtime, tr: _Training) -> None:
+    """The validation of the resumed step when the run that wrote its checkpoint stopped inside it (a damaged
+    val shard: its checkpoint is written, its ``validation.json`` is not). So the resumed run has every
+    validation, and a val shard still damaged stops it before any step, not at the next validation."""
+    from mvforge.formats import samples as sample_format
+
+    v, step = cfg.validation, tr.step
+    if not (v.every and step and step % v.every == 0):
+        return
+    if (sample_format.validation_step_dir(tr.out, step) / sample_format.VALIDATION_INDEX).exists():
+        return
+    if rt.rank == 0:
+        from mvforge.train.validation import validate
+
+        validate(tr.m, tr.ema, cfg, step, tr.out, tr.writer)
+    rt.barrier()
 
 
 def _save(cfg: FitConfig, rt: Runtime, tr: _Training, loader_state: dict) -> Path:

@@ -113,3 +113,35 @@ def test_val_loss_sees_the_same_inputs_every_call(make_fit_config, tiny_sd, tmp_
     )
     m = load_models(cfg, Runtime(), None)
     assert validation_loss(m, cfg) == validation_loss(m, cfg)
+
+
+def test_a_validation_stopped_by_a_damaged_val_shard_is_redone_on_resume(make_fit_config, tiny_sd, tmp_path):
+    """The stop checkpoints the step but leaves its validation unfinished: the resume redoes it first, so a
+    val shard still damaged stops the run before any step, and a fixed one gives the step its val loss."""
+    from mvforge.errors import UserError
+    from mvforge.shards.config import ShardConfig
+    from mvforge.shards.writer import run_shard
+    from tests.fixtures.synthetic import write_synthetic_render_dir
+    from tests.shards.test_checksum import _flip_a_camera_byte
+
+    write_synthetic_render_dir(tmp_path / "renders", 4, views=8, resolution=32)
+    shards = tmp_path / "shards"
+    held = ShardConfig(max_count=2, val_fraction=0.0, val_views=(1, 3, 5, 7), workers=0)
+    run_shard(tmp_path / "renders", str(shards), held, show_progress=False)
+    val = ValidationConfig(every=2, prompts=(), prompts_2d=(), loss_batches=2)
+    run = tmp_path / "run"
+    fit(make_fit_config(tiny_sd, shards, run, max_steps=2, checkpoint_every=2, validation=val))
+    done = run / "validation" / "step-000002" / "validation.json"
+    first = json.loads(done.read_text())["val_loss"]
+    done.unlink()  # as a stop inside the step-2 validation leaves it
+    val_shard = sorted(shards.glob("val-*.tar"))[0]
+    pristine = val_shard.read_bytes()
+    _flip_a_camera_byte(val_shard)
+    more = make_fit_config(tiny_sd, shards, run, max_steps=4, checkpoint_every=2, validation=val)
+    with pytest.raises(UserError, match=rf"^shard {val_shard} does not match the sha256"):
+        fit(more)
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert not done.exists() and not any(r.startswith("3,") for r in rows)  # no step trained
+    val_shard.write_bytes(pristine)
+    assert [r["step"] for r in fit(more)] == [3, 4]
+    assert json.loads(done.read_text())["val_loss"] == first  # redone: the same weights, the same inputs
