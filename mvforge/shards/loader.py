@@ -290,8 +290,8 @@ def _open_samples(url: str, storage_options: dict | None, expected: str | None =
     """Raw samples of one shard; a local path or any fsspec URL (webdataset's gopen has no s3://, §6).
 
     With ``expected`` (index.json's sha256: a shard the index lists) the shard is hashed as it streams, and
-    ``(url, "sha256")`` is appended to ``failed`` when the digest differs at its end, ``(url, "missing")``
-    when the file is not there. A shard whose tar cannot be parsed (truncated, overwritten) is hashed to its
+    "sha256" is appended to ``failed`` when the digest differs at its end, "missing" when the file is not
+    there. A shard whose tar cannot be parsed (truncated, overwritten) is hashed to its
     end before the error goes on, so damage the digest sees is a failure, not only an unreadable visit; a read
     that fails (an I/O error) leaves the digest unchecked."""
     import fsspec
@@ -300,7 +300,7 @@ def _open_samples(url: str, storage_options: dict | None, expected: str | None =
         f = fsspec.open(url, "rb", **(storage_options or {})).open()
     except FileNotFoundError:
         if expected:
-            failed.append((url, "missing"))
+            failed.append("missing")
         raise
     with f:
         reader = schema.ShardReader(f, url, hash=bool(expected))
@@ -308,10 +308,10 @@ def _open_samples(url: str, storage_options: dict | None, expected: str | None =
             yield from schema.iter_raw_samples(reader, url)
         except Exception:
             if expected and _drained(reader) not in (None, expected):
-                failed.append((url, "sha256"))
+                failed.append("sha256")
             raise
         if expected and reader.drain() != expected:
-            failed.append((url, "sha256"))
+            failed.append("sha256")
 
 
 def _drained(reader: schema.ShardReader) -> str | None:
@@ -410,7 +410,7 @@ class _Stream:
             expected = (self.digests or {}).get(url)
             if self.cache is None:
                 self.cache = _ShardCache(cfg.cache_mb * 1e6)
-            found: list[tuple[str, str]] = []  # (this visit's shard, reason) once it failed its index entry
+            found: list[str] = []  # why this visit's shard failed its index entry ("sha256", "missing")
             raws = self.cache.samples(url, self.storage_options, expected, found)
             samples = _visit(url, vrng, cfg.shuffle_buffer, raws, bad)
             for i, raw in enumerate(samples):
@@ -430,13 +430,13 @@ class _Stream:
                     log.warning("skipped %s sample %s of %s: %s", self.kind, raw.get("__key__"), url, e)
                     continue
                 if len(items) == self.batch_size:
-                    mismatched += [(u, visit, why) for u, why in found]
+                    mismatched += [(url, visit, why) for why in found]
                     found.clear()
                     yield self._collate(items, (self.stream, visit, i + 1), bad, mismatched)
                     items = []
                     bad.clear()
                     mismatched.clear()
-            mismatched += [(u, visit, why) for u, why in found]
+            mismatched += [(url, visit, why) for why in found]
             empty_visits = 0 if good else empty_visits + 1
             if empty_visits >= cfg.max_empty_visits:
                 hint = (
@@ -535,8 +535,8 @@ class MultiViewLoader:
         self.consumed = {k: 0 for k in self.kinds}
         self.positions = {k: [(0, 0)] * self.n_streams for k in self.kinds}
         self.bad: Counter = Counter()
-        self.reported: set[tuple[str, int, int, str]] = set()
-        """(kind, stream, visit, shard) of the digest failures already applied, for visits a resume replays."""
+        self.reported: set[tuple[str, int, int]] = set()
+        """(kind, stream, visit) of the shard failures already applied, for the visit a resume replays."""
         self._live: dict[str, Iterator] = {}
 
     def __len__(self) -> int:
@@ -580,15 +580,15 @@ class MultiViewLoader:
         self._end_epoch()
 
     def _check_digests(self, kind: str, stream: int, mismatched: list[tuple[str, int, str]]) -> None:
-        """Apply ``on_checksum_mismatch`` to shards whose streamed bytes failed index.json's sha256 (reason
-        "sha256") or that index.json lists but are not there ("missing"), once per visit: a resume replays the visit it stopped in, and a failure reported before the checkpoint is in
-        ``reported`` (saved with the state); one the replay meets for the first time (a shard damaged after
-        the checkpoint) is new."""
-        # A resume replays from this batch's visit on: failures of earlier visits can no longer come back
+        """Apply ``on_checksum_mismatch`` to shards whose streamed bytes failed index.json's sha256 ("sha256")
+        or that index.json lists but are not there ("missing"), once per visit (one shard each). A resume
+        replays the visit it stopped in: a failure reported before the checkpoint is in ``reported`` (saved
+        with the state); one the replay meets for the first time (damage done after the checkpoint) is new."""
         current = self.positions[kind][stream][0]
-        new = [m for m in mismatched if (kind, stream, m[1], m[0]) not in self.reported]
+        new = [m for m in mismatched if (kind, stream, m[1]) not in self.reported]
+        # A resume replays from this batch's visit on: failures of earlier visits cannot come back
         self.reported = {r for r in self.reported if r[:2] != (kind, stream) or r[2] >= current}
-        self.reported |= {(kind, stream, visit, url) for url, visit, _ in new if visit >= current}
+        self.reported |= {(kind, stream, visit) for _, visit, _ in new if visit >= current}
         for url, _, why in new:
             root = url.rsplit("/", 1)[0]
             if why == "missing":
@@ -597,7 +597,10 @@ class MultiViewLoader:
                 fix = "restore it or rewrite the shards"
             else:
                 self.bad["checksum_mismatch"] += 1
-                problem = f"shard {url} does not match the sha256 in {root}/{schema.INDEX} (its samples were already read)"
+                problem = (
+                    f"shard {url} does not match the sha256 in {root}/{schema.INDEX} "
+                    "(its samples were already read)"
+                )
                 fix = "rewrite the shards"
             if self.cfg.on_checksum_mismatch == "stop":
                 raise ShardDamaged(

@@ -407,19 +407,16 @@ def fit(cfg: FitConfig, rt: Runtime | None = None) -> list[dict]:
             # The data position at the step's start: a damaged shard met inside the step stops the run, and the
             # checkpoint written first must resume at the step's first batch (in-process runs only: under DDP
             # every rank would have to stop at the same step; those resume from the last periodic checkpoint).
-            at_start = tr.loader.state_dict() if rt.world_size == 1 else None
+            step, at_start = tr.step, tr.loader.state_dict() if rt.world_size == 1 else None
             try:
                 rec = _train_step(cfg, rt, tr)
-            except ShardDamaged:
-                if at_start is not None and tr.step > tr.checkpointed:
-                    _save(cfg, rt, tr, at_start)
-                raise
-            records.append(rec)
-            try:
+                records.append(rec)
                 _after_step(cfg, rt, tr, rec, stop, progress)
-            except ShardDamaged:  # met by the validation pass, after the step
-                if rt.world_size == 1 and tr.step > tr.checkpointed:
-                    _save(cfg, rt, tr, tr.loader.state_dict())
+            except ShardDamaged:
+                # Met inside the step (tr.step not advanced: resume at its first batch) or in its validation
+                # (the step is done: resume after it).
+                if at_start is not None and tr.step > tr.checkpointed:
+                    _save(cfg, rt, tr, at_start if tr.step == step else tr.loader.state_dict())
                 raise
     finally:
         if progress is not None:

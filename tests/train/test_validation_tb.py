@@ -129,19 +129,24 @@ def test_a_validation_stopped_by_a_damaged_val_shard_is_redone_on_resume(make_fi
     held = ShardConfig(max_count=2, val_fraction=0.0, val_views=(1, 3, 5, 7), workers=0)
     run_shard(tmp_path / "renders", str(shards), held, show_progress=False)
     val = ValidationConfig(every=2, prompts=(), prompts_2d=(), loss_batches=2)
-    run = tmp_path / "run"
-    fit(make_fit_config(tiny_sd, shards, run, max_steps=2, checkpoint_every=2, validation=val))
-    done = run / "validation" / "step-000002" / "validation.json"
-    first = json.loads(done.read_text())["val_loss"]
-    done.unlink()  # as a stop inside the step-2 validation leaves it
+    clean = make_fit_config(
+        tiny_sd, shards, tmp_path / "clean", max_steps=2, checkpoint_every=4, validation=val
+    )
+    fit(clean)
+    first = json.loads((tmp_path / "clean" / "validation" / "step-000002" / "validation.json").read_text())
     val_shard = sorted(shards.glob("val-*.tar"))[0]
     pristine = val_shard.read_bytes()
     _flip_a_camera_byte(val_shard)
-    more = make_fit_config(tiny_sd, shards, run, max_steps=4, checkpoint_every=2, validation=val)
+    run = tmp_path / "run"
+    cfg = make_fit_config(tiny_sd, shards, run, max_steps=4, checkpoint_every=4, validation=val)
     with pytest.raises(UserError, match=rf"^shard {val_shard} does not match the sha256"):
-        fit(more)
-    rows = (run / "metrics.csv").read_text().splitlines()
-    assert not done.exists() and not any(r.startswith("3,") for r in rows)  # no step trained
+        fit(cfg)  # trains steps 1-2, then stops in the step-2 validation's loss
+    done = run / "validation" / "step-000002" / "validation.json"
+    steps = lambda: [r.split(",")[0] for r in (run / "metrics.csv").read_text().splitlines()[1:]]  # noqa: E731
+    assert not done.exists() and (run / "checkpoints" / "step-000002").is_dir() and steps() == ["1", "2"]
+    with pytest.raises(UserError, match=rf"^shard {val_shard} does not match the sha256"):
+        fit(cfg)  # unfixed: the redone validation stops it before any step
+    assert not done.exists() and steps() == ["1", "2"]
     val_shard.write_bytes(pristine)
-    assert [r["step"] for r in fit(more)] == [3, 4]
-    assert json.loads(done.read_text())["val_loss"] == first  # redone: the same weights, the same inputs
+    assert [r["step"] for r in fit(cfg)] == [3, 4]
+    assert json.loads(done.read_text())["val_loss"] == first["val_loss"]  # redone: the clean run's weights
