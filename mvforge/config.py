@@ -119,6 +119,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def check_seed(seed: int, where: str = "seed") -> None:
+    """Raise ConfigError unless ``seed`` is in [0, 2**63), the range every seed of mvforge (torch's, numpy's)
+    takes as given."""
+    if not 0 <= seed < 2**63:
+        raise ConfigError(f"{where}: {seed} is not a seed; pass an integer from 0 to 2**63 - 1")
+
+
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types raise ConfigError."""
     hints = typing.get_type_hints(cls)
@@ -133,8 +140,8 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
         kwargs[name] = _coerce(value, hints[name], key)
-        if name == "seed" and isinstance(kwargs[name], int) and not 0 <= kwargs[name] < 2**63:
-            raise ConfigError(f"{key}: {kwargs[name]} is not a seed; pass an integer from 0 to 2**63 - 1")
+        if name == "seed" and isinstance(kwargs[name], int):
+            check_seed(kwargs[name], key)
         if name == "out" and kwargs[name] == "":
             raise ConfigError(f"{key}: the output directory is empty; pass a directory")
     return cls(**kwargs)
@@ -154,9 +161,7 @@ def load(
     if path is not None:
         path = Path(path)
         if path.is_dir():
-            raise ConfigError(
-                f"--config {path} is a directory; pass a TOML file (e.g. configs/world-fit.toml)"
-            )
+            raise ConfigError(f"--config {path} is a directory; pass a TOML file of this command's settings")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass an existing TOML file to --config")
         try:

@@ -138,8 +138,10 @@ def make_tiny_clip(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random initialisation.")] = 0,
 ) -> None:
     """Write a tiny random-init open_clip model (tests, offline demo); load it with --clip-pretrained local-dir:OUT."""
+    from mvforge.config import check_seed
     from mvforge.deps import require
 
+    check_seed(seed, "--seed")
     require("mvdata make-tiny-clip")
     from mvforge.filter.tiny import TINY_NAME, WEIGHTS, write_tiny_clip
 

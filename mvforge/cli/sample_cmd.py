@@ -42,8 +42,10 @@ def make_tiny_sd(
 
     A finished one is kept when it is the model asked for (its mvforge-tiny.json records the options), so a demo
     can re-run this step; another one is refused in one line."""
+    from mvforge.config import check_seed
     from mvforge.errors import UserError
 
+    check_seed(seed, "--seed")
     if prediction_type not in ("epsilon", "v_prediction"):
         raise UserError(f"--prediction-type {prediction_type!r}: use epsilon or v_prediction")
     from mvforge.models.tiny import check_options, recipe_difference

@@ -88,7 +88,7 @@ def read_reference(root: str | Path, views: int, split: str = "val") -> list[Ref
                 except OSError as e:  # PIL's UnidentifiedImageError and a damaged PNG's decode error
                     raise UserError(
                         f"shard {tar}: a view of {s['__key__']} does not decode ({e}); run "
-                        f"`mvdata verify {root}` and rewrite the shards"
+                        f"`mvdata verify {root}`, delete it and rerun `mvdata shard` with the same --out"
                     ) from None
                 out.append(RefObject(s["__key__"], caption, images))
         return sorted(out, key=lambda o: o.key)

@@ -141,8 +141,8 @@ def read_shard(url: str, storage_options: dict | None = None) -> Iterator[dict]:
     except Exception as e:  # tarfile's ReadError, EOFError, fsspec's FileNotFoundError, an I/O error
         root = url.rsplit("/", 1)[0]
         raise UserError(
-            f"shard {url} is unreadable ({type(e).__name__}: {e}); run `mvdata verify {root}` and rewrite "
-            "the shards"
+            f"shard {url} is unreadable ({type(e).__name__}: {e}); run `mvdata verify {root}`, delete it and "
+            "rerun `mvdata shard` with the same --out to rewrite it"
         ) from None
 
 

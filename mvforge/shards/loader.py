@@ -594,14 +594,14 @@ class MultiViewLoader:
             if why == "missing":
                 self.bad["missing_shard"] += 1
                 problem = f"shard {url} is listed in {root}/{schema.INDEX} but is not there"
-                fix = "restore it or rewrite the shards"
+                fix = "restore it, or rerun `mvdata shard` with the same --out to rewrite it"
             else:
                 self.bad["checksum_mismatch"] += 1
                 problem = (
                     f"shard {url} does not match the sha256 in {root}/{schema.INDEX} "
                     "(its samples were already read)"
                 )
-                fix = "rewrite the shards"
+                fix = "delete it and rerun `mvdata shard` with the same --out to rewrite it"
             if self.cfg.on_checksum_mismatch == "stop":
                 raise ShardDamaged(
                     f"{problem}; run `mvdata verify {root}` and {fix}, or set loader.on_checksum_mismatch=count "
@@ -611,7 +611,7 @@ class MultiViewLoader:
 
     def _end_epoch(self) -> None:
         if self.bad:
-            log.warning("epoch %d: skipped bad samples %s", self.epoch, dict(self.bad))
+            log.warning("epoch %d: skipped so far (every epoch): %s", self.epoch, dict(self.bad))
         self.epoch += 1
         self.batch_in_epoch = 0
 

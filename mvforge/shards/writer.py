@@ -308,6 +308,11 @@ def _resume_markers(fs, root: str, out: str, cfg: ShardConfig, specs: list[Shard
         raise UserError(
             f"{out} holds {foreign[0]} from a different input or config; use a new --out directory"
         )
+    # A marker whose tar is gone or has another size (deleted, truncated, appended to) is not done: the shard
+    # is written again, so deleting a damaged shard and rerunning rewrites it (docs/reliability.md).
+    sizes = {
+        p.rsplit("/", 1)[-1]: info.get("size") for p, info in fs.glob(f"{root}/*.tar", detail=True).items()
+    }
     markers: dict[str, dict] = {}
     for spec in specs:
         m = read_json(fs, f"{root}/{schema.stats_name(spec.name)}")
@@ -317,6 +322,8 @@ def _resume_markers(fs, root: str, out: str, cfg: ShardConfig, specs: list[Shard
             raise UserError(
                 f"{out} holds {spec.name} from a different input or config; use a new --out directory"
             )
+        if sizes.get(spec.name) != m.get("bytes"):
+            continue
         markers[spec.name] = m
     return markers
 

@@ -282,3 +282,13 @@ def test_an_empty_negative_prompt_is_a_value():
     from mvforge.cli.common import refuse_empty_arguments
 
     refuse_empty_arguments(["--prompt", "a chair", "--negative-prompt", ""])  # no negative text: allowed
+
+
+@pytest.mark.parametrize("cli, command", [("mvtrain", "make-tiny-sd"), ("mvdata", "make-tiny-clip")])
+def test_tiny_model_seeds_are_checked_like_every_config_seed(cli, command, tmp_path):
+    exe = str(Path(sys.executable).with_name(cli))
+    r = subprocess.run(
+        [exe, command, "--out", str(tmp_path / "m"), "--seed", "-1"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and r.stderr.startswith("error: --seed: -1 is not a seed"), r.stderr
+    assert not (tmp_path / "m").exists()

@@ -455,3 +455,18 @@ def test_a_whole_orbit_can_be_held_out_and_its_train_samples_are_the_other_orbit
     for name, want in (("train-000000.tar", set(range(8))), ("val-000000.tar", set(range(8, 16)))):
         with tarfile.open(tmp_path / "s" / name) as tar:
             assert {int(n.split(".")[1]) for n in tar.getnames() if n.endswith(".png")} == want
+
+
+def test_a_rerun_rewrites_a_deleted_or_resized_shard_and_nothing_else(renders, tmp_path):
+    """The loader's advice for a damaged shard: delete it and rerun `mvdata shard` with the same --out."""
+    out = tmp_path / "s"
+    cfg = ShardConfig(max_count=2, val_fraction=0.0, workers=0)
+    run_shard(renders, str(out), cfg, show_progress=False)
+    tars = sorted(out.glob("train-*.tar"))
+    before = {t.name: t.read_bytes() for t in tars}
+    tars[0].unlink()
+    tars[1].write_bytes(before[tars[1].name][:1000])  # truncated
+    untouched = tars[2].stat().st_mtime_ns
+    run_shard(renders, str(out), cfg, show_progress=False)
+    assert {t.name: t.read_bytes() for t in sorted(out.glob("train-*.tar"))} == before  # the same bytes
+    assert tars[2].stat().st_mtime_ns == untouched and verify(str(out))[1] == []
